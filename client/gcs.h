@@ -1,0 +1,83 @@
+/* gcs: Cloud Storage JSON API objects.
+ *
+ * Owns: uploads from a file descriptor (one media request up to the
+ * resumable threshold, resumable sessions in 256 KiB-multiple chunks beyond
+ * it, resuming from the server's Range on 308 and after an interruption),
+ * verification of the returned md5Hash/crc32c against what was sent, listing
+ * with prefix/delimiter/paging, ranged downloads, delete. The endpoint is
+ * STORAGE_EMULATOR_HOST (scheme included) when set, else
+ * https://storage.googleapis.com, unless given explicitly.
+ */
+#ifndef DICOMFS_GCS_H
+#define DICOMFS_GCS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "http.h"
+
+typedef struct gcs_client gcs_client;
+
+enum {
+    GCS_OK = 0,
+    GCS_ERR_HTTP = -1,     /* see http_error */
+    GCS_ERR_CHECKSUM = -2, /* the server's md5/crc32c differs from what was sent */
+    GCS_ERR_IO = -3,
+    GCS_ERR_NOMEM = -4,
+    GCS_ERR_INVAL = -5,
+    GCS_ERR_PROTOCOL = -6, /* unexpected response shape */
+};
+
+typedef struct gcs_object {
+    char *bucket;
+    char *name;
+    uint64_t size;
+    int64_t generation;
+    char md5_b64[32];
+    char crc32c_b64[16];
+    char *content_type;
+} gcs_object;
+
+/* endpoint NULL: environment or the Google default. The client borrows http. */
+gcs_client *gcs_client_new(http_client *http, const char *endpoint);
+void gcs_client_free(gcs_client *c);
+const char *gcs_client_endpoint(const gcs_client *c);
+
+/* Objects up to this size go in one request; larger ones use a resumable
+ * session. Default 8 MiB; chunk size default 8 MiB (multiple of 256 KiB). */
+void gcs_client_set_resumable_threshold(gcs_client *c, uint64_t threshold, uint64_t chunk);
+
+int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, uint64_t size,
+                  const char *content_type, gcs_object *out, http_error *err);
+int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
+                   size_t len, const char *content_type, gcs_object *out, http_error *err);
+
+int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out,
+             http_error *err);
+
+/* Downloads [offset, offset+len) (len 0 = to the end) to fd at fd_offset. */
+int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,
+                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err);
+
+int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err);
+
+/* Lists all pages. For each object cb gets obj; for each prefix (when
+ * delimiter is set) cb gets obj == NULL and prefix. Non-zero from cb stops. */
+typedef int (*gcs_list_cb)(void *ctx, const gcs_object *obj, const char *prefix);
+int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *delimiter,
+             gcs_list_cb cb, void *ctx, http_error *err);
+
+void gcs_object_clear(gcs_object *o);
+
+/* Parses an object resource (exposed for tests and fuzzing). */
+int gcs_object_from_json(const char *json, size_t len, gcs_object *out);
+
+/* CRC32C (Castagnoli), incremental: start with crc = 0. */
+uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* "gs://bucket/path" -> bucket, path (path without leading '/', may be "").
+ * Returns GCS_ERR_INVAL for anything else. */
+int gcs_parse_uri(const char *uri, char **bucket, char **path);
+
+#endif

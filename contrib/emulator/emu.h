@@ -1,0 +1,90 @@
+/* emu: the core of dicomfs-emulator shared by its API modules.
+ *
+ * server.c owns the HTTP server (libmicrohttpd), request assembly, routing,
+ * bearer-token checks and fault injection; store.c the emulated Cloud Storage
+ * state on disk; gcs_api.c and oauth.c the Cloud Storage and OAuth2 APIs;
+ * hc_*.c, dicomweb.c, convert.c and lro.c the Healthcare API.
+ *
+ * Every handler runs on a server thread; shared state is guarded by the
+ * module that owns it.
+ */
+#ifndef DICOMFS_EMU_H
+#define DICOMFS_EMU_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <cjson/cJSON.h>
+
+typedef struct emu_ctx emu_ctx;
+typedef struct emu_request emu_request;
+typedef struct emu_response emu_response;
+
+/* ---- context (server.c) ---- */
+const char *emu_data_dir(const emu_ctx *ctx);  /* --data DIR */
+const char *emu_base_url(const emu_ctx *ctx);  /* "http://127.0.0.1:PORT" (no trailing '/') */
+int emu_lro_delay_ms(const emu_ctx *ctx);      /* --lro-delay */
+bool emu_shutting_down(const emu_ctx *ctx);
+
+/* ---- requests (server.c) ---- */
+const char *emu_req_method(const emu_request *r);
+const char *emu_req_path(const emu_request *r);       /* percent-decoded, no query */
+const char *emu_req_raw_path(const emu_request *r);   /* as sent, no query */
+const char *emu_req_query(const emu_request *r, const char *key);  /* decoded or NULL */
+/* Iterates all query arguments (repeated keys included). */
+typedef void (*emu_kv_cb)(void *ctx, const char *key, const char *value);
+void emu_req_query_each(const emu_request *r, emu_kv_cb cb, void *cb_ctx);
+const char *emu_req_header(const emu_request *r, const char *name); /* case-insensitive */
+/* Whole request body. Bodies above 64 MiB are kept in a temp file: then
+ * body is NULL and body_fd >= 0. */
+const char *emu_req_body(const emu_request *r, size_t *len);
+int emu_req_body_fd(const emu_request *r, uint64_t *len);
+
+/* ---- responses (server.c). Each call replaces the previous body. ---- */
+void emu_resp_header(emu_response *w, const char *name, const char *value);
+/* Takes ownership of json; serialized unformatted with a trailing "\n". */
+void emu_resp_json(emu_response *w, int status, cJSON *json);
+/* Copies data. */
+void emu_resp_bytes(emu_response *w, int status, const char *content_type, const void *data,
+                    size_t len);
+/* Serves [off, off+len) of a file; takes ownership of fd. */
+void emu_resp_file(emu_response *w, int status, const char *content_type, int fd, off_t off,
+                   uint64_t len);
+void emu_resp_empty(emu_response *w, int status);
+/* Google API error envelope (AIP-193):
+ *   {"error":{"code":STATUS,"message":MSG,"status":"CANONICAL_NAME"}} */
+void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Cloud Storage error envelope with errors[] {domain:"global", reason, message}. */
+void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- emulated Cloud Storage (store.c), for the Healthcare side ---- */
+bool emu_gcs_bucket_exists(emu_ctx *ctx, const char *bucket);
+int emu_gcs_bucket_create(emu_ctx *ctx, const char *bucket);
+/* Objects under prefix, in name order. Non-zero from cb stops. */
+typedef int (*emu_gcs_name_cb)(void *cb_ctx, const char *name, uint64_t size);
+int emu_gcs_list(emu_ctx *ctx, const char *bucket, const char *prefix, emu_gcs_name_cb cb,
+                 void *cb_ctx);
+/* Reads a whole object (malloc'ed). Returns 0, or -ENOENT, -EIO. */
+int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len);
+/* Writes (atomically replaces) an object. Returns 0 or -errno. */
+int emu_gcs_write(emu_ctx *ctx, const char *bucket, const char *name, const void *data,
+                  size_t len, const char *content_type);
+
+/* ---- the Healthcare API (hc_api.c etc.), called by the router ---- */
+/* Handles /v1/... and /v1beta1/... (version is "v1" or "v1beta1", rest the
+ * path after "/v1/"), and /logs/... for operation logsUrl pages. */
+void emu_hc_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *version,
+                   const char *rest);
+void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *rest);
+/* Loads state from the data dir and resumes or fails interrupted operations. */
+int emu_hc_init(emu_ctx *ctx);
+void emu_hc_shutdown(emu_ctx *ctx);
+/* --project/--location/--dataset/--store pre-creation; idempotent. */
+int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
+                     const char *dataset, const char *store);
+
+#endif

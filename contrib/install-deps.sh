@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building, testing and demoing dicomfs
+# needs. Idempotent and quiet: does nothing when all are present.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  meson ninja-build pkg-config gcc clang libclang-rt-14-dev
+  libfuse3-dev fuse3 libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev
+  # emulator
+  libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev
+  # tests, demo and benchmarks: independent DICOM toolkits and real file tools
+  dcmtk python3 python3-pytest python3-pydicom python3-numpy python3-matplotlib
+  rsync curl rclone jq psmisc procps ca-certificates
+)
+# Node.js (for the official Google client tests): Debian's, unless a node with
+# npm is already installed (e.g. from NodeSource, whose package conflicts).
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages: ${missing[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# FUSE needs the device node; in containers it may have to be created.
+if [ ! -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
+  mknod -m 0666 /dev/fuse c 10 229 || true
+fi

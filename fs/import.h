@@ -1,0 +1,74 @@
+/* import: the STORE/import/ directory — spool, journal, background uploads
+ * and batch commits (spool.c, journal.c, uploader.c, import.c, status.c).
+ *
+ * A file written under import/ goes to a spool file in cache_dir. flush()
+ * (what close() returns) fsyncs it and checks it is DICOM Part 10: EINVAL and
+ * a log line naming the file otherwise. Accepted files are recorded in the
+ * journal, uploaded in the background by `uploads` threads to
+ * gs://STAGING/<batch>/..., and when no file has arrived for commit_delay
+ * seconds and every upload of the batch is done, ONE dicomStores.import of
+ * gs://STAGING/<batch>/** is started and recorded as the store's operation.
+ * Staged objects are deleted after a successful import. Files stay listed
+ * until imported. State survives a restart (journal in cache_dir).
+ *
+ * Paths: store is the full resource name ".../dicomStores/S"; rel is the path
+ * below import/ without a leading '/' ("" is import/ itself).
+ * Every int-returning function returns 0 or a negative errno.
+ */
+#ifndef DICOMFS_IMPORT_H
+#define DICOMFS_IMPORT_H
+
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "gcs.h"
+#include "healthcare.h"
+
+typedef struct import_mgr import_mgr;
+typedef struct journal journal;
+
+typedef struct import_config {
+    const char *cache_dir;      /* exists, 0700 */
+    const char *staging_bucket; /* from staging=gs://B/P */
+    const char *staging_prefix; /* "P" without trailing '/', may be "" */
+    int uploads;                /* parallel uploads */
+    double commit_delay_s;      /* quiet period before a batch is committed */
+    uid_t uid;                  /* owner shown for spooled files */
+    gid_t gid;
+} import_config;
+
+/* Starts the manager: loads the journal, resumes pending uploads and imports. */
+int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, journal *j,
+                   import_mgr **out);
+/* Stops threads after the in-flight requests; pending work stays in the journal. */
+void import_mgr_free(import_mgr *m);
+
+typedef int (*import_fill_fn)(void *buf, const char *name, const struct stat *st);
+
+int import_getattr(import_mgr *m, const char *store, const char *rel, struct stat *st);
+int import_readdir(import_mgr *m, const char *store, const char *rel, import_fill_fn fill,
+                   void *buf);
+int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode);
+int import_rmdir(import_mgr *m, const char *store, const char *rel);
+int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh);
+int import_open(import_mgr *m, const char *store, const char *rel, int flags, uint64_t *fh);
+/* Return bytes written/read or a negative errno (ENOSPC when the cache is full). */
+int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t off);
+int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off);
+int import_flush(import_mgr *m, uint64_t fh);   /* durability + DICOM check: close()'s result */
+int import_release(import_mgr *m, uint64_t fh);
+int import_fsync(import_mgr *m, uint64_t fh);
+int import_truncate(import_mgr *m, const char *store, const char *rel, off_t size,
+                    uint64_t fh /* 0 if none */);
+int import_rename(import_mgr *m, const char *store, const char *from, const char *to,
+                  unsigned int flags);
+int import_unlink(import_mgr *m, const char *store, const char *rel);
+int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2]);
+int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode);
+
+/* The STORE/status file: progress counters as "key: value" lines, then one
+ * "failed: PATH: REASON" line per failed file. Returns malloc'ed text. */
+char *import_status_text(import_mgr *m, const char *store);
+
+#endif
