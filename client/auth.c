@@ -664,7 +664,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
 
 static int read_file_secret(const char *path, char **out, size_t *len, http_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not hang us */
     struct stat st;
     *out = NULL;
     if (fd < 0 || fstat(fd, &st) != 0) {
