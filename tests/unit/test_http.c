@@ -1061,6 +1061,54 @@ TEST(invalid_arguments)
     http_client_free(c);
 }
 
+TEST(connection_reused_across_requests)
+{
+    testsrv *srv = testsrv_start();
+    http_client *c = mkclient(1);
+    char *url = mkurl(srv, "/k");
+    for (int i = 0; i < 3; i++) {
+        push_status(srv, 200, "{}");
+        http_request req;
+        http_request_init(&req);
+        req.url = url;
+        http_response resp;
+        http_error err;
+        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+        http_response_free(&resp);
+    }
+    CHECK_EQ_INT(testsrv_count(srv), 3);
+    const testsrv_req *a = testsrv_get(srv, 0), *b = testsrv_get(srv, 2);
+    CHECK(a && b && a->client_port != 0 && a->client_port == b->client_port);
+    free(url);
+    http_client_free(c);
+    testsrv_stop(srv);
+}
+
+TEST(body_fd_shorter_than_length_is_io_error)
+{
+    testsrv *srv = testsrv_start();
+    http_client *c = mkclient(3);
+    int fd = tmpfile_with("short", 5);
+    http_request req;
+    http_request_init(&req);
+    char *url = mkurl(srv, "/o");
+    req.url = url;
+    req.method = "PUT";
+    req.idempotent = true;
+    req.body_fd = fd;
+    req.body_fd_len = 100;
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_IO);
+    CHECK_EQ_INT(resp.attempts, 1);
+    CHECK(strstr(err.message, "shorter") != NULL);
+    http_response_free(&resp);
+    close(fd);
+    free(url);
+    http_client_free(c);
+    testsrv_stop(srv);
+}
+
 /* --- large streamed upload */
 
 static size_t allocated_bytes(void)
@@ -1239,6 +1287,8 @@ int main(void)
     RUN(response_header_lookup);
     RUN(max_body_cap);
     RUN(invalid_arguments);
+    RUN(connection_reused_across_requests);
+    RUN(body_fd_shorter_than_length_is_io_error);
     RUN(streamed_upload_20mib_not_buffered);
     RUN(concurrent_requests_share_one_client);
     curl_global_cleanup();

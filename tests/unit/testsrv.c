@@ -312,6 +312,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (!c->started) {
         c->started = true;
         c->req->pub.method = xstrdup_opt(method);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+            c->req->pub.client_port =
+                ntohs(((const struct sockaddr_in *)(const void *)ci->client_addr)->sin_port);
         MHD_get_connection_values(con, MHD_HEADER_KIND, collect_header, c->req);
         return MHD_YES;
     }

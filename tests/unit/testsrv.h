@@ -35,6 +35,7 @@ typedef struct testsrv_req {
                           "" when bodies are not stored (testsrv_set_store_bodies) */
     size_t body_len;   /* bytes received, also when the body is not stored */
     char body_md5[33]; /* lowercase hex MD5 of the received body */
+    int client_port;   /* the client's TCP port: equal ports = a reused connection */
 } testsrv_req;
 
 /* Fills *out for a request. Calls are serialized (one at a time), and every
