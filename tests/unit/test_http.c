@@ -1109,6 +1109,70 @@ TEST(body_fd_shorter_than_length_is_io_error)
     testsrv_stop(srv);
 }
 
+/* --- TLS */
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char *s = calloc(1, 65536);
+    size_t n = s ? fread(s, 1, 65535, f) : 0;
+    fclose(f);
+    if (s && n == 0) {
+        free(s);
+        s = NULL;
+    }
+    return s;
+}
+
+/* A server with a self-signed certificate must be refused: verification is
+ * always on, and a verification failure is not worth retrying. */
+TEST(tls_self_signed_certificate_rejected)
+{
+    char dir[] = "/tmp/test_http_tls.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *cmd = http_strdup_printf(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout %s/key.pem "
+        "-out %s/cert.pem >/dev/null 2>&1",
+        dir, dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    free(cmd);
+    char *kp = http_strdup_printf("%s/key.pem", dir), *cp = http_strdup_printf("%s/cert.pem", dir);
+    char *key = read_text(kp), *cert = read_text(cp);
+    unlink(kp);
+    unlink(cp);
+    rmdir(dir);
+    free(kp);
+    free(cp);
+    CHECK(key && cert);
+    testsrv *srv = key && cert ? testsrv_start_tls(cert, key) : NULL;
+    CHECK(srv != NULL);
+    if (srv) {
+        CHECK(strncmp(testsrv_url(srv), "https://", 8) == 0);
+        push_status(srv, 200, "must not be served");
+        http_client *c = mkclient(3);
+        http_request req;
+        http_request_init(&req);
+        char *url = mkurl(srv, "/secure");
+        req.url = url;
+        req.idempotent = true;
+        http_response resp;
+        http_error err;
+        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_TRANSPORT);
+        CHECK_EQ_INT(err.curl_code, CURLE_PEER_FAILED_VERIFICATION);
+        CHECK_EQ_INT(resp.attempts, 1);
+        CHECK_EQ_INT(testsrv_count(srv), 0);
+        http_response_free(&resp);
+        free(url);
+        http_client_free(c);
+        testsrv_stop(srv);
+    }
+    free(key);
+    free(cert);
+}
+
 /* --- large streamed upload */
 
 static size_t allocated_bytes(void)
@@ -1289,6 +1353,7 @@ int main(void)
     RUN(invalid_arguments);
     RUN(connection_reused_across_requests);
     RUN(body_fd_shorter_than_length_is_io_error);
+    RUN(tls_self_signed_certificate_rejected);
     RUN(streamed_upload_20mib_not_buffered);
     RUN(concurrent_requests_share_one_client);
     curl_global_cleanup();
