@@ -2,6 +2,7 @@
 #include "testsrv.h"
 
 #include <microhttpd.h>
+#include <openssl/evp.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -38,6 +39,8 @@ typedef struct conn_ctx {
     srv_req *req;
     size_t cap;
     bool started;
+    bool store; /* keep the body (else only count and hash it) */
+    EVP_MD_CTX *md5;
 } conn_ctx;
 
 struct testsrv {
@@ -51,6 +54,7 @@ struct testsrv {
     pthread_mutex_t handler_lock; /* serializes handler calls */
     testsrv_handler handler;
     void *handler_ctx;
+    bool store_bodies;
 };
 
 static void *xcalloc(size_t n, size_t size)
@@ -147,9 +151,15 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
  * what the tests want to see; the return value becomes the request's ctx. */
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *con)
 {
-    (void)cls;
+    testsrv *srv = cls;
     (void)con;
     conn_ctx *c = xcalloc(1, sizeof *c);
+    pthread_mutex_lock(&srv->lock);
+    c->store = srv->store_bodies;
+    pthread_mutex_unlock(&srv->lock);
+    c->md5 = EVP_MD_CTX_new();
+    if (!c->md5 || !EVP_DigestInit_ex(c->md5, EVP_md5(), NULL))
+        abort();
     c->req = xcalloc(1, sizeof *c->req);
     c->req->pub.url = xstrdup_opt(uri ? uri : "");
     c->req->pub.body = xcalloc(1, 1);
@@ -166,6 +176,7 @@ static void request_done(void *cls, struct MHD_Connection *con, void **con_cls,
     conn_ctx *c = *con_cls;
     if (c) {
         req_free(c->req);
+        EVP_MD_CTX_free(c->md5);
         free(c);
         *con_cls = NULL;
     }
@@ -174,6 +185,11 @@ static void request_done(void *cls, struct MHD_Connection *con, void **con_cls,
 static void append_body(conn_ctx *c, const char *data, size_t n)
 {
     testsrv_req *p = &c->req->pub;
+    EVP_DigestUpdate(c->md5, data, n);
+    if (!c->store) {
+        p->body_len += n;
+        return;
+    }
     if (p->body_len + n + 1 > c->cap) {
         size_t cap = c->cap ? c->cap : 4096;
         while (cap < p->body_len + n + 1)
@@ -306,6 +322,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     }
     srv_req *r = c->req;
     c->req = NULL;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_DigestFinal_ex(c->md5, md, &mdlen);
+    for (unsigned i = 0; i < mdlen && i < 16; i++)
+        snprintf(r->pub.body_md5 + 2 * i, 3, "%02x", md[i]);
     record(srv, r);
     canned *rep = next_reply(srv, r);
     if (rep->delay_ms > 0)
@@ -320,6 +341,7 @@ testsrv *testsrv_start(void)
     testsrv *srv = xcalloc(1, sizeof *srv);
     pthread_mutex_init(&srv->lock, NULL);
     pthread_mutex_init(&srv->handler_lock, NULL);
+    srv->store_bodies = true;
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
     sa.sin_port = 0;
@@ -385,6 +407,13 @@ void testsrv_set_handler(testsrv *srv, testsrv_handler handler, void *ctx)
     srv->handler = handler;
     srv->handler_ctx = ctx;
     pthread_mutex_unlock(&srv->handler_lock);
+}
+
+void testsrv_set_store_bodies(testsrv *srv, bool store)
+{
+    pthread_mutex_lock(&srv->lock);
+    srv->store_bodies = store;
+    pthread_mutex_unlock(&srv->lock);
 }
 
 int testsrv_count(testsrv *srv)

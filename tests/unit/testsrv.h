@@ -29,10 +29,12 @@ typedef struct testsrv_reply {
 
 typedef struct testsrv_req {
     char *method;
-    char *url;     /* path?query exactly as sent (not unescaped) */
-    char *headers; /* "Name: value\n" lines */
-    char *body;    /* NUL-terminated (the NUL is not counted), never NULL */
-    size_t body_len;
+    char *url;         /* path?query exactly as sent (not unescaped) */
+    char *headers;     /* "Name: value\n" lines */
+    char *body;        /* NUL-terminated (the NUL is not counted), never NULL;
+                          "" when bodies are not stored (testsrv_set_store_bodies) */
+    size_t body_len;   /* bytes received, also when the body is not stored */
+    char body_md5[33]; /* lowercase hex MD5 of the received body */
 } testsrv_req;
 
 /* Fills *out for a request. Calls are serialized (one at a time), and every
@@ -48,6 +50,9 @@ int testsrv_port(testsrv *srv);
 
 void testsrv_push(testsrv *srv, const testsrv_reply *reply);
 void testsrv_set_handler(testsrv *srv, testsrv_handler handler, void *ctx);
+/* false: request bodies are only counted and hashed, not kept (for tests
+ * that measure the client's memory during a large upload). Default true. */
+void testsrv_set_store_bodies(testsrv *srv, bool store);
 
 /* Recorded requests, in order of completion. Pointers stay valid while the
  * server lives. */
