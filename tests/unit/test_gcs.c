@@ -338,6 +338,7 @@ typedef struct resum_srv {
     size_t total, persisted;
     int chunk_puts, queries, starts;
     bool shortened, was_reset;
+    int resets_left; /* chunk PUTs still to be dropped before a status query */
     int gone_at_put; /* answer 404 to this chunk PUT number (0: never) */
     char location[256], range[64], reply[1024];
     const char *hdr_total;
@@ -364,9 +365,18 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
     }
     if (sscanf(cr, "bytes */%llu", &tot) == 1) {
         s->queries++;
+        s->resets_left = 0;
     } else if (sscanf(cr, "bytes %llu-%llu/%llu", &a, &b, &tot) == 3) {
         size_t len = (size_t)(b - a + 1), keep;
         s->chunk_puts++;
+        /* libcurl resends a request once by itself when a reused connection
+         * dies before any reply; drop that resend too, so the client sees
+         * the failure. */
+        if (s->resets_left > 0) {
+            s->resets_left--;
+            out->reset = true;
+            return;
+        }
         if (s->gone_at_put && s->chunk_puts == s->gone_at_put) {
             out->status = 404;
             out->body = "{\"error\":{\"code\":404,\"message\":\"No such upload\"}}";
@@ -391,6 +401,7 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
         /* Fourth chunk: store 50000 bytes of it, then drop the connection. */
         if (s->chunk_puts == 4 && !s->was_reset) {
             s->was_reset = true;
+            s->resets_left = 1;
             s->persisted = a + 50000;
             out->reset = true;
             return;
@@ -457,10 +468,22 @@ TEST(resumable_upload_short_persist_and_reset)
     /* Fourth chunk reset after 50000 bytes were kept: status query, then resume there. */
     CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
                  "bytes 686432-948575/1300000");
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 5), "Content-Range"), "bytes */1300000");
-    CHECK_EQ_INT(testsrv_get(srv, 5)->body_len, 0);
+    int qi = -1;
+    for (int i = 5; i < testsrv_count(srv) && qi < 0; i++)
+        if (strcmp(testsrv_req_header(testsrv_get(srv, i), "Content-Range"), "bytes */1300000") ==
+            0)
+            qi = i;
+    CHECK(qi == 5 || qi == 6); /* 6 when libcurl resent the chunk once by itself */
+    if (qi == 6)
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 5), "Content-Range"),
+                     "bytes 686432-948575/1300000");
+    CHECK(qi > 0 && testsrv_get(srv, qi)->body_len == 0);
     snprintf(want, sizeof want, "bytes %d-%d/1300000", 736432, 736432 + 262143);
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 6), "Content-Range"), want);
+    if (qi > 0)
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, qi + 1), "Content-Range"), want);
+    /* Then 998576-1260719 and the short last chunk. */
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, testsrv_count(srv) - 1), "Content-Range"),
+                 "bytes 1260720-1299999/1300000");
     gcs_object_clear(&o);
     close(fd);
     free(data);
