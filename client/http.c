@@ -980,7 +980,7 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
             break;
         double ra = o.code == CURLE_OK ? retry_after_of(&x) : -1;
         double wait = http_backoff_ms(&c->retry, retries + 1, random_unit(), ra);
-        if (waited + wait > c->retry.total_ms)
+        if (c->retry.total_ms > 0 && waited + wait > c->retry.total_ms)
             break;
         char what[CURL_ERROR_SIZE + 32];
         if (o.code == CURLE_OK)

@@ -24,7 +24,7 @@ typedef struct testsrv_reply {
     size_t body_len;          /* 0 = strlen(body) */
     const char *headers[8];   /* "Name: value", NULL-terminated */
     int delay_ms;             /* sleep this long before answering */
-    bool reset;               /* drop the connection (TCP RST) without an answer */
+    bool reset;               /* close the connection without an answer (curl: "Empty reply") */
 } testsrv_reply;
 
 typedef struct testsrv_req {
@@ -35,6 +35,7 @@ typedef struct testsrv_req {
                           "" when bodies are not stored (testsrv_set_store_bodies) */
     size_t body_len;   /* bytes received, also when the body is not stored */
     char body_md5[33]; /* lowercase hex MD5 of the received body */
+    int client_port;   /* the client's TCP port: equal ports = a reused connection */
 } testsrv_req;
 
 /* Fills *out for a request. Calls are serialized (one at a time), and every
@@ -44,8 +45,11 @@ typedef struct testsrv_req {
 typedef void (*testsrv_handler)(void *ctx, const testsrv_req *req, testsrv_reply *out);
 
 testsrv *testsrv_start(void); /* NULL on failure */
+/* The same over TLS with the given PEM certificate and key; the URL is then
+ * "https://127.0.0.1:PORT". */
+testsrv *testsrv_start_tls(const char *cert_pem, const char *key_pem);
 void testsrv_stop(testsrv *srv);
-const char *testsrv_url(testsrv *srv); /* "http://127.0.0.1:PORT" */
+const char *testsrv_url(testsrv *srv); /* "http://127.0.0.1:PORT" (https with TLS) */
 int testsrv_port(testsrv *srv);
 
 void testsrv_push(testsrv *srv, const testsrv_reply *reply);
