@@ -25,10 +25,6 @@
 
 #define CHUNK_QUANTUM (256u * 1024)
 
-/* client/multipart.c lands on branch parsers; until it is merged multipart
- * uploads answer 501. */
-#define EMU_HAVE_MULTIPART 0
-
 /* ---- helpers ---- */
 
 static bool has_prefix(const char *s, const char *p)
@@ -172,7 +168,7 @@ typedef struct body_view {
     size_t maplen;
 } body_view;
 
-__attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
+static int body_get(const emu_request *r, body_view *b)
 {
     memset(b, 0, sizeof(*b));
     uint64_t flen = 0;
@@ -194,7 +190,7 @@ __attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
     return 0;
 }
 
-__attribute__((unused)) static void body_put(body_view *b)
+static void body_put(body_view *b)
 {
     if (b->map)
         munmap(b->map, b->maplen);
@@ -647,7 +643,6 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     answer_object(ctx, w, rc, &o, bucket, name);
 }
 
-#if EMU_HAVE_MULTIPART
 typedef struct mp_parts {
     int n;
     multipart_part part[2];
@@ -740,23 +735,6 @@ static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w
     cJSON_Delete(meta);
     body_put(&b);
 }
-
-#else
-static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                             const char *bucket)
-{
-    (void)ctx;
-    (void)r;
-    (void)bucket;
-    emu_resp_gcs_error(w, 501, "notImplemented", "Multipart uploads are not built in yet.");
-}
-
-static const char *json_str(const cJSON *j, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-#endif
 
 /* ---- resumable sessions ---- */
 
