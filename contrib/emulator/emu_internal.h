@@ -43,6 +43,7 @@ typedef struct emu_stats {
     atomic_ullong fault_429, fault_500, fault_503;
     atomic_ullong fault_reset, fault_malformed, fault_latency;
     atomic_ullong unauthenticated;
+    atomic_ullong anonymous_upload_starts;
 } emu_stats;
 
 typedef struct emu_store emu_store;
@@ -57,6 +58,7 @@ struct emu_ctx {
     int port;
     int lro_delay_ms;
     bool no_auth;
+    bool strict_auth; /* also refuse token-less resumable starts */
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
     atomic_bool shutting_down;

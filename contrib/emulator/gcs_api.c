@@ -885,10 +885,17 @@ static int parse_content_range(const char *h, int64_t *first, int64_t *last, int
         if (end == p || *end != '-')
             return -1;
         p = end + 1;
-        *last = strtoll(p, &end, 10);
-        if (end == p || *last < *first)
-            return -1;
-        p = end;
+        if (*p == '*') {
+            /* "A-STAR": the body runs to the end of this request (single-
+             * stream uploads of the Node client). */
+            *last = -2;
+            p++;
+        } else {
+            *last = strtoll(p, &end, 10);
+            if (end == p || *last < *first)
+                return -1;
+            p = end;
+        }
     }
     if (*p != '/')
         return -1;
@@ -1050,6 +1057,14 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
         cJSON_Delete(s);
         emu_resp_gcs_error(w, 400, "invalid", "Invalid Content-Range: %s", cr);
         return;
+    } else if (last == -2) {
+        /* Open-ended: this request carries the rest; with an unknown total
+         * it is also the end of the object. */
+        if (total < 0)
+            total = first + (int64_t)len;
+        last = first + (int64_t)len - 1;
+        if (len == 0)
+            first = last = -1;
     }
     if (first < 0) {
         /* Status query, or the final empty request. */

@@ -589,6 +589,8 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
+    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
+                            (double)atomic_load(&s->anonymous_upload_starts));
     cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
     return root;
 }
@@ -628,7 +630,19 @@ static bool needs_auth(emu_ctx *ctx, const emu_request *r)
     case EMU_KIND_LOGS:
         return true;
     case EMU_KIND_UPLOAD:
-        return !emu_gcs_is_session_request(r);
+        if (emu_gcs_is_session_request(r))
+            return false;
+        /* @google-cloud/storage starts resumable sessions on a custom
+         * endpoint with no Authorization header at all (createURI drops its
+         * auth client there). Unless --strict-auth, such a start is let
+         * through; a header that is present must still be valid. */
+        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
+            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
+            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
+            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
+            return false;
+        }
+        return true;
     default:
         return false;
     }

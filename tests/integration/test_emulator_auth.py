@@ -211,3 +211,18 @@ def test_resumable_session_needs_no_token(emulator):
                                      headers={"Content-Range": "bytes 0-2/3"})
     assert code == 200, body
     assert json.loads(body)["size"] == "3"
+
+
+def test_tokenless_resumable_start(emulator_factory):
+    # The Node storage client starts resumable sessions on custom endpoints
+    # without any Authorization header: let through by default, refused with
+    # --strict-auth; a bad header is refused either way.
+    path = "/upload/storage/v1/b/staging/o?uploadType=resumable&name=anon"
+    emu = emulator_factory()
+    code, _, body = emu.request("POST", path, body=b"", auth=False)
+    assert code == 200, body
+    assert emu.stats()["anonymousUploadStarts"] == 1
+    assert_unauthenticated(emu.request("POST", path, body=b"", auth=False,
+                                       headers={"Authorization": "Bearer bogus"}))
+    strict = emulator_factory("--strict-auth")
+    assert_unauthenticated(strict.request("POST", path, body=b"", auth=False))

@@ -519,3 +519,15 @@ def test_ok_at_root_and_stats(emulator):
     after = emulator.stats()
     assert after["byKind"]["gcs"] == before["byKind"]["gcs"] + 1
     assert after["total"] > before["total"]
+
+
+def test_resumable_single_stream_open_range(emulator):
+    # @google-cloud/storage streams a whole upload as "bytes 0-*/*".
+    data = os.urandom(300000)
+    session = start_resumable(emulator, "stream")
+    code, _, body = emulator.request("PUT", session, body=data, auth=False,
+                                     headers={"Content-Range": "bytes 0-*/*"})
+    assert code == 200, body
+    doc = json.loads(body)
+    assert doc["size"] == str(len(data)) and doc["md5Hash"] == md5_b64(data)
+    assert download(emulator, "stream")[2] == data
