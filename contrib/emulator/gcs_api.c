@@ -754,9 +754,26 @@ static void session_path(emu_ctx *ctx, const char *id, const char *ext, char *ou
     snprintf(out, len, "%s/gcs/uploads/%s.%s", emu_data_dir(ctx), id, ext);
 }
 
-/* One lock for all sessions: chunk appends to different sessions are short
- * next to the transfer itself, which happens before the handler runs. */
-static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Session locks, striped by upload id: appends and the final hashing of one
+ * session never wait for another session's. */
+#define SESSION_LOCKS 64
+static pthread_mutex_t session_locks[SESSION_LOCKS];
+static pthread_once_t session_locks_once = PTHREAD_ONCE_INIT;
+
+static void session_locks_init(void)
+{
+    for (int i = 0; i < SESSION_LOCKS; i++)
+        pthread_mutex_init(&session_locks[i], NULL);
+}
+
+static pthread_mutex_t *session_lock(const char *id)
+{
+    pthread_once(&session_locks_once, session_locks_init);
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &session_locks[h % SESSION_LOCKS];
+}
 
 static cJSON *session_load(emu_ctx *ctx, const char *id)
 {
@@ -932,7 +949,7 @@ static void preconds_from_json(const cJSON *p, emu_preconds *pre)
         parse_i64(json_str(p, "ifMetagenerationNotMatch"), &pre->meta_not_match);
 }
 
-/* Called with sessions_mu held once every byte is in the part file. */
+/* Called with the session's lock held once every byte is in the part file. */
 static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *id,
                              cJSON *s)
 {
@@ -1022,8 +1039,20 @@ static uint64_t body_len(const emu_request *r)
     return len;
 }
 
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id);
+
 static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_response *w,
                                  const char *id)
+{
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
+    upload_resumable_put_locked(ctx, r, w, id);
+    pthread_mutex_unlock(mu);
+}
+
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id)
 {
     cJSON *s = session_load(ctx, id);
     if (!s) {
@@ -1100,10 +1129,6 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
                            "request contained %llu bytes, which does not meet this requirement.",
                            (unsigned long long)len);
     } else {
-        pthread_mutex_lock(&sessions_mu);
-        /* Re-stat under the lock: another request may have appended. */
-        if (stat(path, &st) == 0)
-            persisted = (uint64_t)st.st_size;
         uint64_t end = (uint64_t)last + 1;
         int rc = 0;
         if (end > persisted && (uint64_t)first <= persisted)
@@ -1116,7 +1141,6 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
             session_finalize(ctx, r, w, id, s);
         else
             answer_incomplete(r, w, persisted);
-        pthread_mutex_unlock(&sessions_mu);
     }
     cJSON_Delete(s);
 }
@@ -1124,12 +1148,13 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
 static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *id)
 {
     char path[4200];
-    pthread_mutex_lock(&sessions_mu);
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
-    pthread_mutex_unlock(&sessions_mu);
+    pthread_mutex_unlock(mu);
     if (!existed)
         emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
     else
