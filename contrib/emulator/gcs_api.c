@@ -628,11 +628,26 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     emu_preconds pre;
     if (!parse_preconds(r, w, &pre))
         return;
-    char md5[64] = "", crc[32] = "";
+    char md5[64] = "", crc[32] = "", spool[4200];
     parse_goog_hash(emu_req_header(r, "x-goog-hash"), md5, sizeof(md5), crc, sizeof(crc));
-    emu_writer *wr = emu_store_writer_new(ctx);
-    if (!wr || write_body(r, wr) != EMU_STORE_OK) {
-        emu_store_writer_abort(wr);
+    unsigned char spool_md5[16];
+    uint32_t spool_crc;
+    uint64_t spool_len = 0;
+    emu_writer *wr = NULL;
+    if (emu_req_body_fd(r, &spool_len) >= 0 &&
+        emu_req_spool_take(r, spool, sizeof(spool), spool_md5, &spool_crc)) {
+        /* A big body is already a hashed file: adopt it instead of copying. */
+        wr = emu_store_writer_adopt(ctx, spool, spool_len, spool_md5, spool_crc);
+        if (!wr)
+            unlink(spool);
+    } else {
+        wr = emu_store_writer_new(ctx);
+        if (wr && write_body(r, wr) != EMU_STORE_OK) {
+            emu_store_writer_abort(wr);
+            wr = NULL;
+        }
+    }
+    if (!wr) {
         emu_resp_gcs_error(w, 500, "backendError", "Cannot store the upload.");
         return;
     }
