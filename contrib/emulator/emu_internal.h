@@ -143,6 +143,8 @@ emu_store *emu_store_open(emu_ctx *ctx);
 void emu_store_close(emu_store *s);
 
 int emu_store_bucket_info(emu_ctx *ctx, const char *bucket, int64_t *created_us);
+/* EMU_STORE_EXISTS while it holds objects. */
+int emu_store_bucket_delete(emu_ctx *ctx, const char *bucket);
 /* Calls cb with bucket names in order. */
 int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx);
 

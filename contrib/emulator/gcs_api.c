@@ -338,6 +338,17 @@ static void bucket_get(emu_ctx *ctx, const char *bucket, emu_response *w)
     emu_resp_json(w, 200, bucket_json(ctx, bucket, created));
 }
 
+static void bucket_delete(emu_ctx *ctx, const char *bucket, emu_response *w)
+{
+    int rc = emu_store_bucket_delete(ctx, bucket);
+    if (rc == EMU_STORE_OK)
+        emu_resp_empty(w, 204);
+    else if (rc == EMU_STORE_EXISTS)
+        emu_resp_gcs_error(w, 409, "conflict", "The bucket you tried to delete is not empty.");
+    else
+        answer_store_error(w, rc, bucket, NULL);
+}
+
 /* ---- objects: get / download ---- */
 
 /* Parses "bytes=a-b", "bytes=a-", "bytes=-n". Returns 0 ok, 1 unsatisfiable,
@@ -1350,6 +1361,8 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
         if (is_method(r, "GET") && !is_upload && !is_download)
             bucket_get(ctx, bucket, w);
+        else if (is_method(r, "DELETE") && !is_upload && !is_download)
+            bucket_delete(ctx, bucket, w);
         else
             emu_resp_gcs_error(w, 405, "invalid", "Method not allowed.");
         return;

@@ -833,6 +833,8 @@ static enum MHD_Result send_response(emu_ctx *ctx, emu_request *r, emu_response 
     for (size_t i = 0; i < w->nhdrs; i++)
         MHD_add_response_header(resp, w->hdrs[i].name, w->hdrs[i].value);
     MHD_add_response_header(resp, "Server", "dicomfs-emulator");
+    /* Path only: queries can hold credentials (upload_id). */
+    log_debug("%s %s -> %d", r->method, r->raw_path, w->status);
     int cls = w->status / 100;
     atomic_fetch_add(&ctx->stats.by_class[cls >= 1 && cls <= 5 ? cls : 5], 1);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)w->status, resp);

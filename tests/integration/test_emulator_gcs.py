@@ -531,3 +531,56 @@ def test_resumable_single_stream_open_range(emulator):
     doc = json.loads(body)
     assert doc["size"] == str(len(data)) and doc["md5Hash"] == md5_b64(data)
     assert download(emulator, "stream")[2] == data
+
+
+def test_bucket_delete(emulator):
+    ok_json(emulator.request("POST", "/storage/v1/b?project=test-project",
+                             body=json.dumps({"name": "gone-soon"}).encode(),
+                             headers={"Content-Type": "application/json"}))
+    ok_json(upload_media(emulator, "x", b"x", bucket="gone-soon"))
+    gcs_error(emulator.request("DELETE", "/storage/v1/b/gone-soon"), 409, "conflict")
+    assert emulator.request("DELETE", "/storage/v1/b/gone-soon/o/x")[0] == 204
+    code, _, body = emulator.request("DELETE", "/storage/v1/b/gone-soon")
+    assert code == 204 and body == b""
+    gcs_error(emulator.request("GET", "/storage/v1/b/gone-soon"), 404, "notFound")
+    emulator.restart()
+    gcs_error(emulator.request("GET", "/storage/v1/b/gone-soon"), 404, "notFound")
+
+
+# ---- command line ----
+def test_cli_help_and_bad_arguments():
+    from emulator_fixture import emulator_binary
+    r = subprocess.run([emulator_binary(), "--help"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0
+    for opt in ("--listen", "--data", "--write-credentials", "--fail-rate", "--seed",
+                "--reset-rate", "--malformed-rate", "--latency-ms", "--token-ttl", "--no-auth"):
+        assert opt in r.stdout, opt
+    for bad in (["--fail-rate", "2"], ["--listen", "nonsense"], ["--bogus"],
+                ["--project", "p", "--dataset", "d"]):
+        r = subprocess.run([emulator_binary()] + bad, capture_output=True, text=True, timeout=20)
+        assert r.returncode != 0, bad
+        assert "dicomfs-emulator" in r.stderr or "usage" in r.stderr, bad
+
+
+def test_cli_without_data_dir_uses_a_temp_dir_and_removes_it():
+    from emulator_fixture import emulator_binary
+    p = subprocess.Popen([emulator_binary(), "--no-auth", "--bucket", "b-tmp", "--verbose"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        export = p.stdout.readline()
+        ready = p.stdout.readline()
+        assert export.startswith("export STORAGE_EMULATOR_HOST=http://127.0.0.1:")
+        assert "GOOGLE_APPLICATION_CREDENTIALS" not in export
+        assert ready.startswith("dicomfs-emulator ready on http://127.0.0.1:")
+        url = ready.split(" on ", 1)[1].strip()
+        r = subprocess.run(["curl", "-sS", url + "/storage/v1/b/b-tmp"], capture_output=True,
+                           text=True, timeout=20)
+        assert json.loads(r.stdout)["name"] == "b-tmp"
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    temp = [l.split("using ", 1)[1].split(" ", 1)[0] for l in err.splitlines() if "no --data" in l]
+    assert temp and not os.path.exists(temp[0])
+    # --verbose logs requests by path, never queries or tokens.
+    assert "GET /storage/v1/b/b-tmp -> 200" in err
