@@ -1338,6 +1338,10 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
 {
     const char *path = emu_req_path(r);
     bool is_upload = false, is_download = false;
+    if (strstr(emu_req_raw_path(r), "%00")) {
+        emu_resp_gcs_error(w, 400, "invalid", "Names cannot contain NUL characters.");
+        return;
+    }
     if (has_prefix(path, "/storage/v1")) {
         path += strlen("/storage/v1");
     } else if (has_prefix(path, "/upload/storage/v1")) {

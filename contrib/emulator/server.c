@@ -724,6 +724,8 @@ static void dispatch(emu_ctx *ctx, emu_request *r, emu_response *w)
         if (strcmp(r->path, "/") == 0 &&
             (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)) {
             emu_resp_bytes(w, 200, "text/plain; charset=UTF-8", "OK", 2);
+            /* google-auth pings the metadata host's root and wants this. */
+            emu_resp_header(w, "Metadata-Flavor", "Google");
             return;
         }
         emu_resp_error(w, 404, "The requested URL %s was not found on this server.", r->path);
