@@ -633,3 +633,40 @@ def test_reset_after_handling_empty_answer(emulator_factory):
     assert r.returncode != 0
     emu.request("POST", "/_emulator/faults?reset_rate=0", auth=False)
     assert emu.stats()["faults"]["resets"] == 1
+
+
+def test_concurrent_uploads_and_listings(emulator):
+    from concurrent.futures import ThreadPoolExecutor
+    token = emulator.token()
+    payloads = {"conc/%03d" % i: os.urandom(1000 + i) for i in range(120)}
+
+    def work(item):
+        name, data = item
+        if int(name[-3:]) % 3 == 0:
+            session = start_resumable(emulator, name)
+            code, _, body = put_chunk(emulator, session, data, 0, len(data))
+        else:
+            code, _, body = upload_media(emulator, name, data)
+        assert code == 200, body
+        # Listings and reads interleave with the writes of other threads.
+        list_objects(emulator, prefix="conc/", maxResults=7)
+        assert download(emulator, name)[2] == data
+        return name
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        done = list(pool.map(work, payloads.items()))
+    assert sorted(done) == sorted(payloads)
+    names, token_ = [], None
+    while True:
+        params = {"prefix": "conc/"}
+        if token_:
+            params["pageToken"] = token_
+        doc = list_objects(emulator, **params)
+        names += [i["name"] for i in doc["items"]]
+        for i in doc["items"]:
+            assert i["md5Hash"] == md5_b64(payloads[i["name"]])
+        token_ = doc.get("nextPageToken")
+        if not token_:
+            break
+    assert names == sorted(payloads)
+    assert token == emulator.token()
