@@ -670,3 +670,13 @@ def test_concurrent_uploads_and_listings(emulator):
             break
     assert names == sorted(payloads)
     assert token == emulator.token()
+
+
+def test_empty_object(emulator):
+    doc = ok_json(upload_media(emulator, "empty", b""))
+    assert doc["size"] == "0"
+    assert doc["md5Hash"] == md5_b64(b"") and doc["crc32c"] == crc32c_b64(b"")
+    code, _, body = download(emulator, "empty")
+    assert code == 200 and body == b""
+    code, _, body = download(emulator, "empty", headers={"Range": "bytes=0-"})
+    assert code == 200 and body == b""
