@@ -681,3 +681,20 @@ def test_empty_object(emulator):
     assert code == 200 and body == b""
     code, _, body = download(emulator, "empty", headers={"Range": "bytes=0-"})
     assert code == 200 and body == b""
+
+
+def test_resumable_checks_declared_checksums(emulator):
+    data = os.urandom(1000)
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "md5Hash": md5_b64(b"no")})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data))
+    gcs_error((code, None, body), 400, "invalid")
+    assert "items" not in list_objects(emulator)
+    # The final chunk's x-goog-hash is checked as well, and a match passes.
+    session = start_resumable(emulator, "ck")
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "crc32c=" + crc32c_b64(b"no")})
+    assert code == 400, body
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "crc32c": crc32c_b64(data)})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "md5=" + md5_b64(data)})
+    assert code == 200, body
