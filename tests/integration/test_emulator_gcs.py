@@ -698,3 +698,22 @@ def test_resumable_checks_declared_checksums(emulator):
     code, _, body = put_chunk(emulator, session, data, 0, len(data),
                               headers={"x-goog-hash": "md5=" + md5_b64(data)})
     assert code == 200, body
+
+
+def test_reset_during_uploads_never_leaves_partial_objects(emulator_factory, tmp_path):
+    emu = emulator_factory("--reset-rate", "1", "--seed", "11", "--fault-paths", "/upload/")
+    token = emu.token()
+    data = os.urandom(2 << 20)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    for i in range(6):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "POST", "-T", str(src),
+                            "-H", "Authorization: Bearer " + token,
+                            "-H", "Content-Type: application/octet-stream",
+                            emu.url + "/upload/storage/v1/b/staging/o?uploadType=media&name=u%d" % i],
+                           capture_output=True, timeout=30)
+        assert r.returncode != 0
+    # Each upload either took effect whole (answer lost) or not at all.
+    for item in list_objects(emu).get("items", []):
+        assert item["size"] == str(len(data)) and item["md5Hash"] == md5_b64(data)
+    assert emu.stats()["faults"]["resets"] == 6
