@@ -660,7 +660,7 @@ static bool file_equals(const char *path, const uint8_t *buf, size_t len)
 }
 
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[3][HC_UID_MAX + 1],
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen)
 {
     dicom_info info;
@@ -674,6 +674,8 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         snprintf(uids_out[0], HC_UID_MAX + 1, "%s", info.study_uid);
         snprintf(uids_out[1], HC_UID_MAX + 1, "%s", info.series_uid);
         snprintf(uids_out[2], HC_UID_MAX + 1, "%s", info.sop_instance_uid);
+        snprintf(uids_out[3], HC_UID_MAX + 1, "%s",
+                 info.sop_class_uid[0] ? info.sop_class_uid : info.media_sop_class);
     }
     if (require_study && strcmp(require_study, info.study_uid) != 0) {
         snprintf(why, whylen, "StudyInstanceUID %s does not match the study %s in the request URL",

@@ -128,9 +128,9 @@ char *hc_inst_path(hc_store *s, const hc_inst *i);
 
 enum hc_add_result { HC_ADD_NEW, HC_ADD_DUP_SAME, HC_ADD_DUP_DIFFERENT, HC_ADD_ERROR };
 /* Parses and stores one Part-10 file. why gets the reason of an error. The
- * UIDs of the instance go to *info_out (may be NULL). */
+ * study, series, SOP instance and SOP class UIDs go to uids_out (may be NULL). */
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[3][HC_UID_MAX + 1],
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen);
 /* Removes instances matching study [series [sop]]; returns the count or -1. */
 long hc_store_delete(const char *store_name, const char *study, const char *series,
