@@ -26,19 +26,18 @@
 
 enum level { LV_STUDY, LV_SERIES, LV_INSTANCE };
 
-static const uint32_t def_study[] = {0x00080005, 0x00080020, 0x00080030, 0x00080050,
-                                     0x00080056, 0x00080090, 0x00080201, 0x00100010,
-                                     0x00100020, 0x00100030, 0x00100040, 0x0020000D,
-                                     0x00200010, 0};
+static const uint32_t def_study[] = {0x00080005, 0x00080020, 0x00080030, 0x00080050, 0x00080056,
+                                     0x00080090, 0x00080201, 0x00100010, 0x00100020, 0x00100030,
+                                     0x00100040, 0x0020000D, 0x00200010, 0};
 static const uint32_t all_study[] = {0x00081030, 0x00080061, 0x00201206, 0x00201208, 0};
-static const uint32_t def_series[] = {0x00080005, 0x00080060, 0x00080201, 0x0008103E,
-                                      0x0020000E, 0x00400244, 0x00400245, 0x00400275, 0};
+static const uint32_t def_series[] = {0x00080005, 0x00080060, 0x00080201, 0x0008103E, 0x0020000E,
+                                      0x00400244, 0x00400245, 0x00400275, 0};
 static const uint32_t all_series[] = {0x00200011, 0x00201209, 0};
-static const uint32_t def_inst[] = {0x00080005, 0x00080016, 0x00080018, 0x00080056, 0x00080201,
-                                    0x00200013, 0x00280010, 0x00280011, 0x00280100, 0x00280008,
-                                    0};
-static const uint32_t keys_study[] = {0x0020000D, 0x00100010, 0x00100020,
-                                      0x00080050, 0x00080090, 0x00080020, 0};
+static const uint32_t def_inst[] = {0x00080005, 0x00080016, 0x00080018, 0x00080056,
+                                    0x00080201, 0x00200013, 0x00280010, 0x00280011,
+                                    0x00280100, 0x00280008, 0};
+static const uint32_t keys_study[] = {0x0020000D, 0x00100010, 0x00100020, 0x00080050,
+                                      0x00080090, 0x00080020, 0};
 static const uint32_t keys_series[] = {0x0020000E, 0x00080060, 0};
 static const uint32_t keys_inst[] = {0x00080018, 0};
 
@@ -120,9 +119,9 @@ static void query_param(void *ctx, const char *key, const char *value)
         return;
     }
     uint32_t tag = dj_parse_tag(key);
-    bool ok = tag && (in_list(keys_study, tag) ||
-                      (q->lv >= LV_SERIES && in_list(keys_series, tag)) ||
-                      (q->lv == LV_INSTANCE && in_list(keys_inst, tag)));
+    bool ok =
+        tag && (in_list(keys_study, tag) || (q->lv >= LV_SERIES && in_list(keys_series, tag)) ||
+                (q->lv == LV_INSTANCE && in_list(keys_inst, tag)));
     if (!ok) {
         snprintf(q->err, sizeof q->err, "unsupported search parameter \"%.100s\"", key);
         return;
@@ -138,10 +137,14 @@ static void query_param(void *ctx, const char *key, const char *value)
 static const char *attr_text(const hc_inst *in, uint32_t tag)
 {
     switch (tag) {
-    case 0x0020000D: return in->study;
-    case 0x0020000E: return in->series;
-    case 0x00080018: return in->sop;
-    default: break;
+    case 0x0020000D:
+        return in->study;
+    case 0x0020000E:
+        return in->series;
+    case 0x00080018:
+        return in->sop;
+    default:
+        break;
     }
     char hex[9];
     dj_tag_hex(tag, hex);
@@ -203,8 +206,7 @@ static bool value_matches(const query *q, uint32_t tag, const char *have, const 
     return strcmp(have, want) == 0;
 }
 
-static bool inst_matches(const query *q, const hc_inst *in, const char *study,
-                         const char *series)
+static bool inst_matches(const query *q, const hc_inst *in, const char *study, const char *series)
 {
     if (study && strcmp(in->study, study) != 0)
         return false;
@@ -259,8 +261,7 @@ static bool sset_add(sset *s, const char *k)
     return true;
 }
 
-static void add_computed(cJSON *row, hc_store *st, const hc_inst *rep, enum level lv,
-                         uint32_t tag)
+static void add_computed(cJSON *row, hc_store *st, const hc_inst *rep, enum level lv, uint32_t tag)
 {
     char hex[9];
     dj_tag_hex(tag, hex);
@@ -330,8 +331,8 @@ typedef struct row {
     uint32_t *need; /* tags to read (0-terminated); NULL with path = all */
 } row;
 
-static void add_tag(cJSON *row_json, hc_store *st, const hc_inst *rep, enum level lv,
-                    uint32_t tag, bool *need_file)
+static void add_tag(cJSON *row_json, hc_store *st, const hc_inst *rep, enum level lv, uint32_t tag,
+                    bool *need_file)
 {
     char hex[9];
     dj_tag_hex(tag, hex);
@@ -454,8 +455,8 @@ typedef struct found {
     char (*ts)[HC_UID_MAX + 1];
 } found;
 
-static int find_instances(const char *store, const char *study, const char *series,
-                          const char *sop, found *out)
+static int find_instances(const char *store, const char *study, const char *series, const char *sop,
+                          found *out)
 {
     memset(out, 0, sizeof *out);
     hc_lock();
@@ -494,8 +495,7 @@ static void found_free(found *f)
 
 /* Parses Accept for DICOM retrieval: single-part or multipart, and the
  * transfer syntax asked for. Returns -1 when nothing acceptable. */
-static int dicom_accept(const char *accept, bool allow_single, bool *single, char *ts,
-                        size_t tslen)
+static int dicom_accept(const char *accept, bool allow_single, bool *single, char *ts, size_t tslen)
 {
     *single = false;
     snprintf(ts, tslen, "%s", EXPLICIT_LE);
@@ -534,8 +534,8 @@ static int dicom_accept(const char *accept, bool allow_single, bool *single, cha
 
 /* Bytes of one instance in the asked transfer syntax; out_ts gets the one
  * actually sent. */
-static int instance_bytes(const char *path, const char *stored_ts, const char *want,
-                          hc_buf *out, char *out_ts, size_t tslen, char *why, size_t whylen)
+static int instance_bytes(const char *path, const char *stored_ts, const char *want, hc_buf *out,
+                          char *out_ts, size_t tslen, char *why, size_t whylen)
 {
     uint8_t *data;
     size_t len;
@@ -713,14 +713,13 @@ static void pixels(emu_response *w, const emu_request *r, const char *store, con
                 rc = -400;
                 break;
             }
-            if (conv_pixel_data(&df, conv_num_frames(&df) > 1 ? (int)v - 1 : -1, false, &out,
-                                why, sizeof why) < 0) {
+            if (conv_pixel_data(&df, conv_num_frames(&df) > 1 ? (int)v - 1 : -1, false, &out, why,
+                                sizeof why) < 0) {
                 rc = -406;
                 break;
             }
-            static const char hdr[] =
-                "--dicomfs-frame\r\nContent-Type: application/octet-stream; "
-                "transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n";
+            static const char hdr[] = "--dicomfs-frame\r\nContent-Type: application/octet-stream; "
+                                      "transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n";
             hc_buf_put(&body, hdr, sizeof hdr - 1);
             hc_buf_put(&body, out.p, out.len);
             hc_buf_put(&body, "\r\n", 2);
@@ -807,11 +806,20 @@ static void xml_escape(hc_buf *b, const char *s)
     for (; *s; s++) {
         const char *e = NULL;
         switch (*s) {
-        case '<': e = "&lt;"; break;
-        case '>': e = "&gt;"; break;
-        case '&': e = "&amp;"; break;
-        case '"': e = "&quot;"; break;
-        default: break;
+        case '<':
+            e = "&lt;";
+            break;
+        case '>':
+            e = "&gt;";
+            break;
+        case '&':
+            e = "&amp;";
+            break;
+        case '"':
+            e = "&quot;";
+            break;
+        default:
+            break;
         }
         if (e)
             hc_buf_put(b, e, strlen(e));
@@ -860,8 +868,8 @@ static void json_to_xml(hc_buf *b, const cJSON *obj)
     }
 }
 
-static void stow_rs(emu_response *w, const emu_request *r, const char *version,
-                    const char *store, const char *study)
+static void stow_rs(emu_response *w, const emu_request *r, const char *version, const char *store,
+                    const char *study)
 {
     const char *ct = emu_req_header(r, "Content-Type");
     size_t len = 0;
@@ -883,7 +891,10 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version,
     char *base;
     if (asprintf(&base, "%s/%s/%s/dicomWeb", emu_base_url(hc_ctx()), version, store) < 0)
         base = NULL;
-    stow s = {.store = store, .study = study, .base = base, .ok = cJSON_CreateArray(),
+    stow s = {.store = store,
+              .study = study,
+              .base = base,
+              .ok = cJSON_CreateArray(),
               .failed = cJSON_CreateArray()};
     char why[300] = "";
     int status = 0;
@@ -898,8 +909,10 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version,
             snprintf(why, sizeof why, "multipart/related without a boundary");
         } else if (type && strcasecmp(type, "application/dicom") != 0) {
             status = 415;
-            snprintf(why, sizeof why, "multipart type \"%.100s\" is not supported (use "
-                     "application/dicom)", type);
+            snprintf(why, sizeof why,
+                     "multipart type \"%.100s\" is not supported (use "
+                     "application/dicom)",
+                     type);
         } else if (multipart_parse(body, len, boundary, stow_part, &s, why, sizeof why) !=
                    MULTIPART_OK) {
             status = 400;
@@ -908,8 +921,10 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version,
         free(type);
     } else {
         status = 415;
-        snprintf(why, sizeof why, "Content-Type %.100s is not supported (use application/dicom "
-                 "or multipart/related; type=\"application/dicom\")", ct ? ct : "(none)");
+        snprintf(why, sizeof why,
+                 "Content-Type %.100s is not supported (use application/dicom "
+                 "or multipart/related; type=\"application/dicom\")",
+                 ct ? ct : "(none)");
     }
     if (map)
         munmap(map, flen);
@@ -965,8 +980,8 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version,
 }
 
 /* ---- DELETE ---- */
-static void delete_rs(emu_response *w, const char *version, const char *dataset,
-                      const char *store, const char *study, const char *series, const char *sop)
+static void delete_rs(emu_response *w, const char *version, const char *dataset, const char *store,
+                      const char *study, const char *series, const char *sop)
 {
     found f;
     int n = find_instances(store, study, series, sop, &f);
@@ -984,8 +999,7 @@ static void delete_rs(emu_response *w, const char *version, const char *dataset,
     cJSON_AddStringToObject(req, "study", study);
     if (series)
         cJSON_AddStringToObject(req, "series", series);
-    hc_op_start(w, series ? HC_OP_DELETE_SERIES : HC_OP_DELETE_STUDY, version, dataset, store,
-                req);
+    hc_op_start(w, series ? HC_OP_DELETE_SERIES : HC_OP_DELETE_STUDY, version, dataset, store, req);
     cJSON_Delete(req);
 }
 

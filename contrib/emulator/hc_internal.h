@@ -44,12 +44,12 @@ struct dj_ds {
 };
 
 typedef struct dj_file {
-    dj_ds *meta;            /* group 0002, explicit LE */
-    dj_ds *ds;              /* the data set */
-    enum dj_enc enc;        /* data set encoding */
-    bool compressed;        /* encapsulated transfer syntax */
+    dj_ds *meta;     /* group 0002, explicit LE */
+    dj_ds *ds;       /* the data set */
+    enum dj_enc enc; /* data set encoding */
+    bool compressed; /* encapsulated transfer syntax */
     char ts[HC_UID_MAX + 1];
-    uint8_t *inflated;      /* deflated transfer syntax: owned buffer */
+    uint8_t *inflated; /* deflated transfer syntax: owned buffer */
 } dj_file;
 
 /* Parses a whole Part-10 file held in memory (buf must outlive the result). */
@@ -151,8 +151,8 @@ void hc_refs_free(hc_inst_ref *refs, size_t n);
 void hc_error(emu_response *w, int status, const char *msg);
 /* Validates body fields against an allowed-field schema; on error sends 400. */
 typedef struct hc_field {
-    const char *json_name;  /* camelCase */
-    const char *proto_name; /* snake_case (for messages) */
+    const char *json_name;      /* camelCase */
+    const char *proto_name;     /* snake_case (for messages) */
     const struct hc_field *sub; /* NULL-terminated nested schema or NULL */
 } hc_field;
 bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, const char *at);
@@ -209,9 +209,15 @@ void hc_export_run(hc_job *job);
 void hc_delete_run(hc_job *job);
 
 /* Export formats (hc_export.c). */
-enum hc_export_fmt { HC_FMT_DICOM_ASIS, HC_FMT_DICOM_ELE, HC_FMT_RAW_ASIS, HC_FMT_RAW_LE,
-                     HC_FMT_PNG, HC_FMT_JPEG,
-                     HC_FMT_DICOM_OTHER /* valid for the real API, not transcoded here */ };
+enum hc_export_fmt {
+    HC_FMT_DICOM_ASIS,
+    HC_FMT_DICOM_ELE,
+    HC_FMT_RAW_ASIS,
+    HC_FMT_RAW_LE,
+    HC_FMT_PNG,
+    HC_FMT_JPEG,
+    HC_FMT_DICOM_OTHER /* valid for the real API, not transcoded here */
+};
 /* Parses gcsDestination.mimeType (NULL/"" = as stored). Returns 0 or -1. */
 int hc_export_parse_mime(const char *mime, enum hc_export_fmt *fmt);
 
