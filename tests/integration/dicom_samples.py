@@ -100,3 +100,43 @@ def make_tree(directory, n_studies=1, n_series=1, n_instances=1, **kw):
                 make_instance(path, study, series, sop, instance_number=k + 1, **kw)
                 out.append((study, series, sop, path))
     return out
+
+
+def make_encapsulated(path, study, series, sop, fragments, transfer_syntax="1.2.840.10008.1.2.4.50",
+                      rows=8, cols=8):
+    """Writes an instance whose PixelData is encapsulated (one fragment per frame).
+
+    The fragment bytes are opaque to the emulator (it never decodes them).
+    """
+    from pydicom.encaps import encapsulate
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = generate_uid()
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.PatientName = "ENCAPS^ULATED"
+    ds.Modality = "OT"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.NumberOfFrames = len(fragments)
+    ds.PixelData = encapsulate(list(fragments))
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    try:
+        ds.save_as(path, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    except TypeError:  # pydicom < 3
+        ds.is_implicit_VR = False
+        ds.is_little_endian = True
+        ds.save_as(path, write_like_original=False)
+    return ds

@@ -426,6 +426,34 @@ def _png_info(data):
     return width, height, depth, color, raw
 
 
+def _unfilter(raw, width, height, bpp):
+    """Undoes PNG row filters (RFC 2083 6.3); bpp = bytes per pixel."""
+    stride = width * bpp
+    out, prev = bytearray(), bytearray(stride)
+    pos = 0
+    for _ in range(height):
+        ftype, line = raw[pos], bytearray(raw[pos + 1:pos + 1 + stride])
+        pos += 1 + stride
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 255
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 255
+            elif ftype == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 255
+        out += line
+        prev = line
+    return bytes(out)
+
+
 def test_export_images_raw_and_transcode(emulator, tmp):
     cases = {}
     for key, kw in {"m8": dict(bits=8), "m16": dict(bits=16),
@@ -451,11 +479,11 @@ def test_export_images_raw_and_transcode(emulator, tmp):
     w, h, depth, color, raw = _png_info(obj("png", "m8", ".png"))
     assert (w, h, depth, color) == (20, 12, 8, 0)
     ds = pydicom.dcmread(cases["m8"][3])
-    rows = [raw[r * 21 + 1:(r + 1) * 21] for r in range(12)]  # filter byte + 20 samples
-    if all(raw[r * 21] == 0 for r in range(12)):
-        assert b"".join(rows) == ds.pixel_array.tobytes()
+    assert _unfilter(raw, 20, 12, 1) == ds.pixel_array.tobytes()
     w, h, depth, color, raw = _png_info(obj("png", "m16", ".png"))
     assert (w, h, depth, color) == (20, 12, 16, 0)
+    src16 = pydicom.dcmread(cases["m16"][3]).pixel_array.astype(">u2").tobytes()
+    assert _unfilter(raw, 20, 12, 2) == src16
     w, h, depth, color, _ = _png_info(obj("png", "rgbp", ".png"))
     assert (w, h, depth, color) == (20, 12, 8, 2)
 
@@ -522,3 +550,37 @@ def test_lro_delay_cancel_and_restart(emulator_factory, tmp):
     assert status == 200 and data == read(tree[0][3])
     status, body, _, _ = call(emu, "GET", DS + "/dicomStores/store")
     assert status == 200
+
+
+def test_export_compressed_and_multiframe(emulator, tmp):
+    study, series = generate_uid(), generate_uid()
+    comp, multi = generate_uid(), generate_uid()
+    pc = os.path.join(tmp, "c.dcm")
+    frags = [b"\xff\xd8fragment-one\xff\xd9", b"\xff\xd8fragment-two\xff\xd9"]
+    samples.make_encapsulated(pc, study, series, comp, frags)
+    pm = os.path.join(tmp, "m.dcm")
+    samples.make_instance(pm, study, series, multi, frames=3, rows=4, cols=6)
+    upload(emulator, "staging", "c/c.dcm", read(pc))
+    upload(emulator, "staging", "c/m.dcm", read(pm))
+    assert import_files(emulator, "gs://staging/c/*")["metadata"]["counter"] == {"success": "2"}
+
+    # compressed source: as-stored export works, explicit-LE transcoding is a counted failure
+    op = export(emulator, {"uriPrefix": "gs://staging/co",
+                           "mimeType": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"})
+    assert op["metadata"]["counter"] == {"success": "1", "failure": "1"}
+    assert op["error"]["code"] == 3
+    status, _, logs = emulator.request("GET", op["metadata"]["logsUrl"][len(emulator.url):])
+    assert comp.encode() in logs
+    op = export(emulator, {"uriPrefix": "gs://staging/ca",
+                           "mimeType": "application/octet-stream; transfer-syntax=*"})
+    assert "error" not in op, op
+    st, data = download(emulator, "staging", "ca/%s/%s/%s" % (study, series, comp))
+    assert st == 200 and data == b"".join(frags)
+
+    # multi-frame images: one object per frame
+    op = export(emulator, {"uriPrefix": "gs://staging/mf", "mimeType": "image/png"})
+    assert op["metadata"]["counter"] == {"success": "1", "failure": "1"}
+    names = list_objects(emulator, "staging", "mf/")
+    assert names == ["mf/%s/%s/%s/%d.png" % (study, series, multi, k) for k in (1, 2, 3)]
+    w, h, depth, color, _ = _png_info(download(emulator, "staging", names[0])[1])
+    assert (w, h) == (6, 4)
