@@ -349,7 +349,7 @@ static void inst_remove_at(hc_store *s, size_t idx)
 static void inst_free(hc_inst *in)
 {
     if (in) {
-        cJSON_Delete(in->attrs);
+        free(in->attrs);
         free(in);
     }
 }
@@ -372,7 +372,8 @@ static cJSON *inst_to_json(const hc_inst *in, const char *op)
         cJSON_AddStringToObject(j, "class", in->sop_class);
         cJSON_AddStringToObject(j, "ts", in->ts);
         cJSON_AddNumberToObject(j, "size", (double)in->size);
-        cJSON_AddItemToObject(j, "attrs", cJSON_Duplicate(in->attrs, true));
+        cJSON *a = cJSON_Parse(in->attrs ? in->attrs : "{}");
+        cJSON_AddItemToObject(j, "attrs", a ? a : cJSON_CreateObject());
     }
     return j;
 }
@@ -435,9 +436,8 @@ static int store_load(hc_store *s)
                             cJSON_GetObjectItemCaseSensitive(j, "f"));
                         in->size = (uint64_t)cJSON_GetNumberValue(
                             cJSON_GetObjectItemCaseSensitive(j, "size"));
-                        in->attrs = cJSON_DetachItemFromObject(j, "attrs");
-                        if (!in->attrs)
-                            in->attrs = cJSON_CreateObject();
+                        const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "attrs");
+                        in->attrs = a ? cJSON_PrintUnformatted(a) : strdup("{}");
                         if (in->file_no >= s->next_file)
                             s->next_file = in->file_no + 1;
                         if (inst_insert(s, in) < 0)
@@ -631,14 +631,15 @@ static const uint32_t cached_tags[] = {
     0x00280010, 0x00280011, 0x00280100, 0x00400244, 0x00400245, 0x00400275,
 };
 
-static cJSON *cached_attrs(const uint8_t *buf, size_t len)
+static char *cached_attrs(const uint8_t *buf, size_t len)
 {
     dj_file f;
     char why[256];
     cJSON *out = cJSON_CreateObject();
     if (dj_parse_file(buf, len, &f, why, sizeof why) < 0) {
         log_warn("emulator: attributes of an instance not indexed: %s", why);
-        return out;
+        cJSON_Delete(out);
+        return strdup("{}");
     }
     for (size_t i = 0; i < sizeof cached_tags / sizeof cached_tags[0]; i++) {
         const dj_elem *e = dj_find(f.ds, cached_tags[i]);
@@ -654,7 +655,9 @@ static cJSON *cached_attrs(const uint8_t *buf, size_t len)
     }
     dj_file_free(&f);
     dj_sort(out);
-    return out;
+    char *txt = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return txt ? txt : strdup("{}");
 }
 
 static bool file_equals(const char *path, const uint8_t *buf, size_t len)
