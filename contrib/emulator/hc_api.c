@@ -5,6 +5,28 @@
  * store stores/sN/index.log (append-only add/del lines, compacted on load)
  * plus files/N.dcm (the Part-10 bytes as uploaded). Routes /v1 and /v1beta1
  * requests to datasets, dicomStores, operations (lro.c) and DICOMweb.
+ *
+ * Choices where the real service is undocumented (see api-facts.md 6):
+ * - Errors use the AIP-193 envelope; unknown JSON fields answer 400 with
+ *   'Invalid JSON payload received. Unknown name "x"[ at 'path']: Cannot find
+ *   field.'; v1 export has no filterConfig (so it is an unknown field).
+ * - datasetId and dicomStoreId: ASCII approximation of [\p{L}\p{N}_\-.]{1,256}
+ *   (bytes >= 0x80 allowed); an existing id answers 409 ALREADY_EXISTS.
+ * - datasets.create makes the dataset visible at once; its LRO finishes after
+ *   --lro-delay with the Dataset (timeZone "UTC" when unset) as response.
+ * - Operations show "done": false while running (the real API omits false).
+ *   Counter values are strings, zero values omitted. Import: a file that is
+ *   not DICOM is a failure (op error code 3); no matching object or a missing
+ *   bucket: code 5. Export: a missing destination bucket or filter object
+ *   fails the operation with code 5 (not a synchronous 400/404); a bad filter
+ *   line with code 3 naming the line and column; an instance that cannot be
+ *   converted is a counted failure (op error code 3). Cancel: error code 1.
+ * - Operations interrupted by a restart are resumed from the start (import,
+ *   export and deletes are idempotent); counters restart from zero.
+ * - QIDO with no match answers 200 []; missing DICOMweb resources answer 404.
+ * - WADO without transfer-syntax=* transcodes to explicit VR LE; compressed
+ *   sources then answer 406 (the emulator decodes no compressed syntax).
+ * - bigqueryDestination answers 501 UNIMPLEMENTED.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -1186,23 +1208,38 @@ out:
     cJSON_Delete(body);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static long count_unique(const char **v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_str);
+    long u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(v[i], v[i - 1]) != 0)
+            u++;
+    return u;
+}
+
 static void store_metrics(emu_response *w, hc_store *s)
 {
-    /* under lock */
+    /* under lock; O(n log n) */
     long studies = 0, series = 0;
     uint64_t bytes = 0;
-    for (size_t i = 0; i < s->n_inst; i++) {
-        bool ns = true, nse = true;
-        for (size_t k = 0; k < i && (ns || nse); k++) {
-            if (strcmp(s->inst[k]->study, s->inst[i]->study) == 0)
-                ns = false;
-            if (strcmp(s->inst[k]->series, s->inst[i]->series) == 0)
-                nse = false;
-        }
-        studies += ns;
-        series += nse;
-        bytes += s->inst[i]->size;
+    const char **v = malloc((s->n_inst + 1) * sizeof *v);
+    if (v) {
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->study;
+        studies = count_unique(v, s->n_inst);
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->series;
+        series = count_unique(v, s->n_inst);
+        free(v);
     }
+    for (size_t i = 0; i < s->n_inst; i++)
+        bytes += s->inst[i]->size;
     cJSON *j = cJSON_CreateObject();
     char b[32];
     cJSON_AddStringToObject(j, "name", s->name);
