@@ -584,3 +584,60 @@ def test_export_compressed_and_multiframe(emulator, tmp):
     assert names == ["mf/%s/%s/%s/%d.png" % (study, series, multi, k) for k in (1, 2, 3)]
     w, h, depth, color, _ = _png_info(download(emulator, "staging", names[0])[1])
     assert (w, h) == (6, 4)
+
+
+def test_wado_transcode_rendered_frames_includefield(emulator, tmp):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    p = os.path.join(tmp, "i.dcm")
+    samples.make_instance(p, study, series, sop, transfer_syntax=samples.IMPLICIT_LE, bits=16,
+                          rows=8, cols=10, frames=2, patient_id="PX-9")
+    status, body, raw, _ = call(emulator, "POST", STORE + ":import",
+                                {"gcsSource": {"uri": "gs://staging/w/i.dcm"}}, version="v1beta1")
+    assert status == 200
+    op = wait_op(emulator, body["name"], "v1beta1")
+    assert op["error"]["code"] == 5  # nothing uploaded yet
+    assert op["metadata"]["apiMethodName"] == \
+        "google.cloud.healthcare.v1beta1.dicom.DicomService.ImportDicomData"
+    upload(emulator, "staging", "w/i.dcm", read(p))
+    op = import_files(emulator, "gs://staging/w/i.dcm", version="v1beta1")
+    assert op["response"]["@type"].endswith("v1beta1.dicom.ImportDicomDataResponse")
+
+    # operations.list: newest first
+    status, body, _, _ = call(emulator, "GET", DS + "/operations")
+    ids = [int(o["name"].rsplit("/", 1)[1]) for o in body["operations"]]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 2
+
+    inst = "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop)
+    # default: multipart, transcoded to explicit VR little endian
+    status, hdrs, body = emulator.request("GET", inst)
+    assert status == 200 and hdrs["Content-Type"].startswith("multipart/related")
+    msg = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + hdrs["Content-Type"].encode() + b"\r\n\r\n" + body)
+    part = msg.get_payload()[0]
+    assert "1.2.840.10008.1.2.1" in part["Content-Type"]
+    ds = pydicom.dcmread(io.BytesIO(part.get_payload(decode=True)))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (ds.pixel_array == pydicom.dcmread(p).pixel_array).all()
+
+    status, hdrs, body = emulator.request("GET", inst + "/rendered",
+                                          headers={"Accept": "image/png"})
+    assert status == 200 and hdrs["Content-Type"] == "image/png"
+    assert _png_info(body)[:2] == (10, 8)
+    status, hdrs, body = emulator.request("GET", inst + "/frames/2")
+    assert status == 200
+    msg = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + hdrs["Content-Type"].encode() + b"\r\n\r\n" + body)
+    frame = msg.get_payload()[0].get_payload(decode=True)
+    assert frame == pydicom.dcmread(p).PixelData[8 * 10 * 2:]
+
+    # includefield repeated, keywords and tags; match by tag
+    status, body, _ = qido(emulator, "instances",
+                           includefield=["StudyInstanceUID", "0020000E"], **{"00100020": "PX-9"})
+    assert status == 200 and len(body) == 1
+    assert body[0]["0020000D"]["Value"] == [study] and body[0]["0020000E"]["Value"] == [series]
+    assert body[0]["00280008"]["Value"] == [2]
+    status, body, _ = qido(emulator, "instances", includefield="all")
+    assert body[0]["00100020"]["Value"] == ["PX-9"] and "7FE00010" not in body[0]
+
+    status, body, _, _ = call(emulator, "GET", STORE + ":getDICOMStoreMetrics")
+    assert status == 200 and body["instanceCount"] == "1" and body["studyCount"] == "1"
