@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "multipart.h"
@@ -597,7 +599,17 @@ static void wado(emu_response *w, const emu_request *r, const char *store, const
     hc_buf body = {0};
     char why[300] = "", sent_ts[80] = "";
     int rc = 0;
-    if (single) {
+    int fd = -1;
+    struct stat st;
+    if (single && (!strcmp(ts, "*") || !strcmp(ts, f.ts[0])) &&
+        (fd = open(f.v[0].path, O_RDONLY | O_CLOEXEC)) >= 0 && fstat(fd, &st) == 0) {
+        /* as stored: served from the file without copying it into memory */
+        char ct[160];
+        snprintf(ct, sizeof ct, "application/dicom; transfer-syntax=%s", f.ts[0]);
+        emu_resp_file(w, 200, ct, fd, 0, (uint64_t)st.st_size);
+    } else if (single) {
+        if (fd >= 0)
+            close(fd);
         rc = instance_bytes(f.v[0].path, f.ts[0], ts, &body, sent_ts, sizeof sent_ts, why,
                             sizeof why);
         if (rc == 0) {

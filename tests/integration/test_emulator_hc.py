@@ -641,3 +641,22 @@ def test_wado_transcode_rendered_frames_includefield(emulator, tmp):
 
     status, body, _, _ = call(emulator, "GET", STORE + ":getDICOMStoreMetrics")
     assert status == 200 and body["instanceCount"] == "1" and body["studyCount"] == "1"
+
+
+def test_large_instance_stow_and_retrieve(emulator, tmp):
+    """A ~100 MB instance: STOW bodies above 64 MiB take the server's spool-file path."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    p = os.path.join(tmp, "big.dcm")
+    samples.make_instance(p, study, series, sop, bits=16, rows=4096, cols=4096, frames=3)
+    data = read(p)
+    assert len(data) > 64 * 1024 * 1024
+    status, _, body = emulator.request("POST", "/v1/%s/studies" % WEB, body=data,
+                                       headers={"Content-Type": "application/dicom",
+                                                "Accept": "application/dicom+json"}, timeout=120)
+    assert status == 200, body
+    status, hdrs, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop),
+        headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=120)
+    assert status == 200 and len(body) == len(data) and body == data
+    status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop)
+    assert body[0]["00280008"]["Value"] == [3] and body[0]["00280010"]["Value"] == [4096]
