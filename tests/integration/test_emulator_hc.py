@@ -660,3 +660,24 @@ def test_large_instance_stow_and_retrieve(emulator, tmp):
     assert status == 200 and len(body) == len(data) and body == data
     status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop)
     assert body[0]["00280008"]["Value"] == [3] and body[0]["00280010"]["Value"] == [4096]
+
+
+def test_dataset_delete_removes_stores_ops_and_data(emulator, tmp):
+    stage_tree(emulator, tmp, "d", n_studies=1, n_series=1, n_instances=1)
+    op = import_files(emulator, "gs://staging/d/**")
+    status, body, _, _ = call(emulator, "POST", op["name"] + ":cancel", {})
+    assert status == 200  # cancelling a finished operation changes nothing
+    assert "error" not in wait_op(emulator, op["name"])
+    status, _, _, _ = call(emulator, "DELETE", DS)
+    assert status == 200
+    for path in (DS, STORE, op["name"], DS + "/operations"):
+        status, body, _, _ = call(emulator, "GET", path)
+        assert status == 404, path
+    assert not os.listdir(os.path.join(emulator.data_dir, "healthcare", "stores"))
+    # the id can be used again, empty
+    status, body, _, _ = call(emulator, "POST", LOC + "/datasets?datasetId=ds", {})
+    wait_op(emulator, body["name"])
+    status, body, _, _ = call(emulator, "POST", DS + "/dicomStores?dicomStoreId=store", {})
+    assert status == 200
+    status, body, _ = qido(emulator, "instances")
+    assert status == 200 and body == []
