@@ -681,3 +681,23 @@ def test_dataset_delete_removes_stores_ops_and_data(emulator, tmp):
     assert status == 200
     status, body, _ = qido(emulator, "instances")
     assert status == 200 and body == []
+
+
+def test_concurrent_stow_of_the_same_instances(emulator, tmp):
+    import concurrent.futures
+    tree = samples.make_tree(tmp, 1, 1, 5)
+    blobs = [read(t[3]) for t in tree]
+
+    def stow(blob):
+        status, _, _ = emulator.request("POST", "/v1/%s/studies" % WEB, body=blob,
+                                        headers={"Content-Type": "application/dicom"})
+        return status
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        statuses = list(ex.map(stow, blobs * 6))
+    assert statuses == [200] * 30
+    status, body, _ = qido(emulator, "instances")
+    assert sorted(i["00080018"]["Value"][0] for i in body) == sorted(t[2] for t in tree)
+    stores = os.path.join(emulator.data_dir, "healthcare", "stores")
+    files = [f for d in os.listdir(stores) for f in os.listdir(os.path.join(stores, d, "files"))]
+    assert len(files) == 5
