@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -701,3 +702,67 @@ def test_concurrent_stow_of_the_same_instances(emulator, tmp):
     stores = os.path.join(emulator.data_dir, "healthcare", "stores")
     files = [f for d in os.listdir(stores) for f in os.listdir(os.path.join(stores, d, "files"))]
     assert len(files) == 5
+
+
+def _dataset_with_sequences(path, study, series, sop, transfer_syntax):
+    from pydicom.dataset import Dataset
+    ds = samples.make_instance(path, study, series, sop, transfer_syntax=transfer_syntax)
+    item = Dataset()
+    item.RequestedProcedureID = "RP1"
+    inner = Dataset()
+    inner.CodeValue = "C1"
+    inner.CodeMeaning = "nested meaning"
+    item.RequestedProcedureCodeSequence = [inner]
+    item2 = Dataset()
+    item2.RequestedProcedureID = "RP2"
+    ds.RequestAttributesSequence = [item, item2]
+    ds.add_new(0x00091010, "LO", "PRIVATE CREATOR")
+    ds.add_new(0x00091011, "LO", "private value")
+    ds.ImagePositionPatient = [1.5, -2, 3]
+    samples.save_dataset(ds, path)
+    return ds
+
+
+def test_transcode_sequences_and_metadata(emulator, tmp):
+    cases = {}
+    for key, ts in (("impl", samples.IMPLICIT_LE), ("be", samples.EXPLICIT_BE)):
+        study, series, sop = generate_uid(), generate_uid(), generate_uid()
+        p = os.path.join(tmp, key + ".dcm")
+        _dataset_with_sequences(p, study, series, sop, ts)
+        upload(emulator, "staging", "sq/%s.dcm" % key, read(p))
+        cases[key] = (study, series, sop, p)
+    assert import_files(emulator, "gs://staging/sq/*.dcm")["metadata"]["counter"] == \
+        {"success": "2"}
+    export(emulator, {"uriPrefix": "gs://staging/sqout",
+                      "mimeType": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"})
+    for key, (study, series, sop, p) in cases.items():
+        st, data = download(emulator, "staging", "sqout/%s/%s/%s.dcm" % (study, series, sop))
+        assert st == 200
+        out = pydicom.dcmread(io.BytesIO(data))
+        src = pydicom.dcmread(p)
+        assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        seq = out.RequestAttributesSequence
+        assert [i.RequestedProcedureID for i in seq] == ["RP1", "RP2"]
+        assert seq[0].RequestedProcedureCodeSequence[0].CodeMeaning == "nested meaning"
+        assert [float(v) for v in out.ImagePositionPatient] == [1.5, -2.0, 3.0]
+        if key == "impl":
+            assert out.PixelData == src.PixelData
+        assert (out.pixel_array == src.pixel_array).all()
+        if key == "be":
+            assert out[0x00091011].value in ("private value", b"private value")
+        # dcmtk reads it strictly, too
+        conv = os.path.join(tmp, key + ".ele.dcm")
+        with open(conv, "wb") as f:
+            f.write(data)
+        r = subprocess.run(["dcmdump", "-q", "+E", conv], capture_output=True, text=True)
+        assert r.returncode == 0 and "E:" not in r.stderr, r.stderr
+        assert "Little Endian Explicit" in r.stdout or "1.2.840.10008.1.2.1" in r.stdout
+
+    study, series, sop, _ = cases["impl"]
+    status, _, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s/metadata" % (WEB, study, series, sop))
+    meta = json.loads(body)[0]
+    assert meta["00400275"]["vr"] == "SQ"
+    assert len(meta["00400275"]["Value"]) == 2
+    assert meta["00200032"] == {"vr": "DS", "Value": [1.5, -2, 3]}
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "DOE^JANE"}]
