@@ -766,3 +766,42 @@ def test_transcode_sequences_and_metadata(emulator, tmp):
     assert len(meta["00400275"]["Value"]) == 2
     assert meta["00200032"] == {"vr": "DS", "Value": [1.5, -2, 3]}
     assert meta["00100010"]["Value"] == [{"Alphabetic": "DOE^JANE"}]
+
+
+def test_hostile_inputs_get_clear_errors(emulator, tmp):
+    cases = [
+        ("POST", STORE + ":import", b"{not json"),
+        ("POST", STORE + ":import", b"[]"),
+        ("POST", STORE + ":import", b'{"gcsSource": "gs://x/y"}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": 5}}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": "gs:///x"}}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": "gs://b/**/x*"}}'),
+        ("POST", STORE + ":export", b'{}'),
+        ("POST", STORE + ":export", b'{"gcsDestination": {"uriPrefix": "gs://b/x*"}}'),
+        ("POST", STORE + ":export", b'{"gcsDestination": {"uriPrefix": "gs://b",'
+                                    b' "mimeType": "application/dicom; transfer-syntax=9.9"}}'),
+        ("GET", DS + "/dicomStores?pageSize=-1", None),
+        ("GET", DS + "/dicomStores?pageToken=zz", None),
+        ("GET", DS + "/operations/notanumber", None),
+        ("POST", LOC + "/datasets?datasetId=" + "a" * 300, b"{}"),
+        ("POST", LOC + "/datasets", b"{}"),
+        ("GET", WEB + "/studies?limit=abc", None),
+        ("GET", WEB + "/studies?offset=1000001", None),
+        ("GET", WEB + "/studies?includefield=NoSuchKeyword", None),
+        ("GET", WEB + "/studies/1.2/series/3.4/instances/5.6/frames/0", None),
+        ("GET", "projects/p/locations/l/datasets/ds/dicomStores/store/nothing", None),
+    ]
+    for method, path, body in cases:
+        status, parsed, raw, _ = call(emulator, method, path, body=body)
+        assert 400 <= status < 500, (method, path, status, raw)
+        assert parsed and parsed["error"]["message"], (path, raw)
+    # STOW garbage: not DICOM, bad multipart, wrong content type
+    for ct, body in (("application/dicom", b"\0" * 200),
+                     ("application/dicom", b"\0" * 128 + b"DICM" + b"\xff" * 50),
+                     ("multipart/related; type=\"application/dicom\"; boundary=b", b"--b\r\nxx"),
+                     ("text/plain", b"hello")):
+        status, _, raw = emulator.request("POST", "/v1/%s/studies" % WEB, body=body,
+                                          headers={"Content-Type": ct})
+        assert status in (400, 409, 415), (ct, status, raw)
+    status, body, _ = qido(emulator, "instances")
+    assert status == 200 and body == []
