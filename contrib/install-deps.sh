@@ -41,3 +41,14 @@ fi
 if [ ! -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   mknod -m 0666 /dev/fuse c 10 229 || true
 fi
+
+# Google's official Node.js clients, used to check the emulator (tests only).
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/integration/node"
+if [ -f "$node_dir/package-lock.json" ] && command -v npm >/dev/null 2>&1; then
+  stamp="$node_dir/node_modules/.dicomfs-lock"
+  if ! cmp -s "$node_dir/package-lock.json" "$stamp" 2>/dev/null; then
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
+      || { echo "install-deps: npm ci in $node_dir failed" >&2; exit 1; }
+    cp "$node_dir/package-lock.json" "$stamp"
+  fi
+fi

@@ -1,0 +1,568 @@
+#!/usr/bin/python3
+"""dicomfs benchmarks: ratios against baselines measured in the same run.
+
+Everything runs against dicomfs-emulator on 127.0.0.1 (started with --no-auth so
+that no path pays for tokens), built without sanitizers (build-release/).
+
+Measured, each --repeat times (medians reported):
+  a  cp -r into STORE/import/ vs cp -r to a directory on the cache disk
+  b  start of cp until the import operation is done (`dicomfs wait`) vs the raw
+     limit: curl --parallel (same concurrency) to the bucket + one import call
+  c  rclone copy --transfers=N + one import; rclone mount --vfs-cache-mode writes
+     + cp + one import
+  d  one large file through dicomfs vs one raw curl upload + import
+  e  peak RSS of dicomfs (VmHWM)
+  f  ls -l of DATASET/operations/ holding --ops operations and of import/
+     holding N pending files: first and cached
+  g  a and b at several N: time per file
+
+Output: results.md (table of ratios and targets), results.json, files_per_s.png
+in tests/bench/results/<timestamp>/.
+
+usage: tests/bench/bench.py [--n 2000] [--size-kib 512] [--studies 20]
+         [--sizes 500,2000,8000] [--big-mib 1024] [--repeat 3] [--uploads 16]
+         [--ops 1000] [--smoke]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
+
+PROJECT, LOCATION, DATASET, BUCKET = "bench", "us-central1", "ds", "staging"
+DATASET_NAME = f"projects/{PROJECT}/locations/{LOCATION}/datasets/{DATASET}"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def build():
+    build_dir = os.path.join(TOP, "build-release")
+    if not os.path.exists(os.path.join(build_dir, "build.ninja")):
+        run(["meson", "setup", build_dir, "--buildtype=release"], cwd=TOP,
+            stdout=subprocess.DEVNULL)
+    run(["ninja", "-C", build_dir], stdout=subprocess.DEVNULL)
+    return build_dir
+
+
+# ---------------------------------------------------------------- data
+
+def make_dicom(path, study, series, sop, size):
+    """One valid Part-10 file of about `size` bytes, written by pydicom."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.PatientName = "BENCH^DATA"
+    ds.PatientID = "BENCH"
+    ds.Modality = "OT"
+    side = max(8, int((max(size - 1024, 64) // 2) ** 0.5))
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    rng = np.random.default_rng(abs(hash(sop)) % (2**32))
+    ds.PixelData = rng.integers(0, 4096, side * side, dtype=np.uint16).tobytes()
+    ds.save_as(path, write_like_original=False)
+
+
+def make_tree(root, n, size, studies):
+    """n files over `studies` studies (2 series each); returns the file list."""
+    from pydicom.uid import generate_uid
+
+    os.makedirs(root, exist_ok=True)
+    files = []
+    study_uids = [generate_uid() for _ in range(studies)]
+    series_uids = [[generate_uid(), generate_uid()] for _ in range(studies)]
+    for i in range(n):
+        s = i % studies
+        se = (i // studies) % 2
+        d = os.path.join(root, f"study{s:03d}", f"series{se}")
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, f"img{i:05d}.dcm")
+        make_dicom(p, study_uids[s], series_uids[s][se], generate_uid(), size)
+        files.append(p)
+    return files
+
+
+# ---------------------------------------------------------------- services
+
+class Emulator:
+    def __init__(self, build_dir, work):
+        self.data = os.path.join(work, "emulator-data")
+        os.makedirs(self.data)
+        self.log = open(os.path.join(work, "emulator.log"), "w+")
+        self.proc = subprocess.Popen(
+            [os.path.join(build_dir, "contrib/emulator/dicomfs-emulator"),
+             "--listen", "127.0.0.1:0", "--data", self.data, "--no-auth",
+             "--project", PROJECT, "--location", LOCATION, "--dataset", DATASET,
+             "--store", "warmup", "--bucket", BUCKET],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.env = {}
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("export "):
+                for kv in line.split()[1:]:
+                    k, _, v = kv.partition("=")
+                    self.env[k] = v
+            if "ready on" in line:
+                self.url = line.strip().rsplit(" ", 1)[-1].rstrip("/")
+                return
+        raise RuntimeError("emulator did not start; see emulator.log")
+
+    def api(self, method, path, body=None):
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            data = r.read()
+            return json.loads(data) if data.strip() else {}
+
+    def create_store(self, store):
+        self.api("POST", f"/v1/{DATASET_NAME}/dicomStores?dicomStoreId={store}", {})
+        return f"{DATASET_NAME}/dicomStores/{store}"
+
+    def import_and_wait(self, store_name, uri):
+        op = self.api("POST", f"/v1/{store_name}:import", {"gcsSource": {"uri": uri}})
+        return self.wait_op(op["name"])
+
+    def wait_op(self, name):
+        while True:
+            op = self.api("GET", f"/v1/{name}")
+            if op.get("done"):
+                return op
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Mount:
+    def __init__(self, build_dir, emu, work, uploads, commit_delay=1.0, name="mnt"):
+        self.build_dir = build_dir
+        self.mnt = os.path.join(work, name)
+        self.cache = os.path.join(work, name + "-cache")
+        os.makedirs(self.mnt)
+        os.makedirs(self.cache, mode=0o700)
+        self.log = open(os.path.join(work, name + ".log"), "w")
+        env = dict(os.environ, **emu.env)
+        self.proc = subprocess.Popen(
+            [self.exe, f"projects/{PROJECT}/locations/{LOCATION}", self.mnt, "-f",
+             "-o", f"staging=gs://{BUCKET}/dicomfs,cache_dir={self.cache},no_auth,"
+                   f"uploads={uploads},commit_delay={commit_delay},"
+                   f"endpoint={emu.url}/,storage_endpoint={emu.url}"],
+            stdout=self.log, stderr=self.log, env=env)
+        deadline = time.time() + 30
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"dicomfs did not mount; see {self.log.name}")
+            time.sleep(0.05)
+
+    @property
+    def exe(self):
+        return os.path.join(self.build_dir, "fs", "dicomfs")
+
+    def store_dir(self, store):
+        return os.path.join(self.mnt, DATASET, store)
+
+    def wait(self, store):
+        return subprocess.run([self.exe, "wait", self.store_dir(store)],
+                              stdout=subprocess.DEVNULL).returncode
+
+    def peak_rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return -1
+
+    def stop(self):
+        subprocess.run(["fusermount3", "-u", self.mnt])
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def drop_caches():
+    """Same start for every variant: dirty pages written, page cache dropped."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def timed(fn):
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- variants
+
+class Bench:
+    def __init__(self, args, build_dir, work):
+        self.args = args
+        self.build_dir = build_dir
+        self.work = work
+        self.emu = Emulator(build_dir, work)
+        self.mount = Mount(build_dir, self.emu, work, args.uploads)
+        self.counter = 0
+
+    def fresh_store(self, tag):
+        self.counter += 1
+        store = f"{tag}{self.counter}"
+        name = self.emu.create_store(store)
+        deadline = time.time() + 10  # the mount's listing cache has a short TTL
+        while not os.path.isdir(os.path.join(self.mount.store_dir(store), "import")):
+            if time.time() > deadline:
+                raise RuntimeError(f"store {store} did not appear in the mount")
+            time.sleep(0.2)
+        return store, name
+
+    def local_cp(self, src):
+        dst = os.path.join(self.mount.cache, "..", f"localcp{self.counter}")
+        self.counter += 1
+        drop_caches()
+        t = timed(lambda: run(["cp", "-r", src, dst]))
+        shutil.rmtree(dst)
+        return t
+
+    def dicomfs_cp(self, src):
+        """(cp seconds, seconds until the import operation is done)."""
+        store, _ = self.fresh_store("fs")
+        drop_caches()
+        t0 = time.monotonic()
+        run(["cp", "-r", src, os.path.join(self.mount.store_dir(store), "import", "run")])
+        t_cp = time.monotonic() - t0
+        rc = self.mount.wait(store)
+        t_done = time.monotonic() - t0
+        if rc != 0:
+            raise RuntimeError(f"dicomfs wait exited {rc} for store {store}")
+        return t_cp, t_done
+
+    def raw_parallel(self, files):
+        """curl --parallel uploads + one import: the limit dicomfs approaches."""
+        store, name = self.fresh_store("raw")
+        prefix = f"raw/{store}"
+        cfg = os.path.join(self.work, f"curl-{store}.cfg")
+        with open(cfg, "w") as f:
+            for i, p in enumerate(files):
+                f.write(f'url = "{self.emu.url}/upload/storage/v1/b/{BUCKET}/o'
+                        f'?uploadType=media&name={prefix}%2F{i:06d}.dcm"\n')
+                f.write(f'upload-file = "{p}"\n')
+                f.write('output = "/dev/null"\n')
+        drop_caches()
+        t0 = time.monotonic()
+        run(["curl", "-sS", "--fail", "--parallel", "--parallel-max", str(self.args.uploads),
+             "-X", "POST", "-H", "Content-Type: application/dicom", "-K", cfg])
+        op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
+        if "error" in op:
+            raise RuntimeError(f"raw import failed: {op['error']}")
+        return time.monotonic() - t0
+
+    def rclone_env(self):
+        return dict(os.environ, RCLONE_CONFIG_BENCH_TYPE="google cloud storage",
+                    RCLONE_CONFIG_BENCH_ANONYMOUS="true",
+                    RCLONE_CONFIG_BENCH_ENDPOINT=f"{self.emu.url}/storage/v1/",
+                    RCLONE_CONFIG_BENCH_BUCKET_POLICY_ONLY="true")
+
+    def rclone_copy(self, src):
+        store, name = self.fresh_store("rclone")
+        prefix = f"rclone/{store}"
+        drop_caches()
+        t0 = time.monotonic()
+        run(["rclone", "copy", src, f"bench:{BUCKET}/{prefix}",
+             f"--transfers={self.args.uploads}", "--gcs-no-check-bucket"],
+            env=self.rclone_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
+        if "error" in op:
+            raise RuntimeError(f"rclone import failed: {op['error']}")
+        return time.monotonic() - t0
+
+    def rclone_mount(self, src):
+        store, name = self.fresh_store("rmount")
+        prefix = f"rmount/{store}"
+        mnt = os.path.join(self.work, f"rclone-mnt-{store}")
+        cache = os.path.join(self.work, f"rclone-cache-{store}")
+        os.makedirs(mnt)
+        proc = subprocess.Popen(
+            ["rclone", "mount", f"bench:{BUCKET}/{prefix}", mnt, "--vfs-cache-mode", "writes",
+             "--cache-dir", cache, f"--transfers={self.args.uploads}", "--gcs-no-check-bucket"],
+            env=self.rclone_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None:
+                    raise RuntimeError("rclone mount failed")
+                time.sleep(0.05)
+            drop_caches()
+            t0 = time.monotonic()
+            run(["cp", "-r", src + "/.", mnt])
+            # Unmounting makes rclone finish its write-back before it exits.
+            subprocess.run(["fusermount3", "-u", mnt])
+            proc.wait(3600)
+            op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
+            if "error" in op:
+                raise RuntimeError(f"rclone mount import failed: {op['error']}")
+            return time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                subprocess.run(["fusermount3", "-uz", mnt])
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def big_file(self, path):
+        store, name = self.fresh_store("big")
+        drop_caches()
+        t0 = time.monotonic()
+        run(["cp", path, os.path.join(self.mount.store_dir(store), "import", "big.dcm")])
+        if self.mount.wait(store) != 0:
+            raise RuntimeError("big file import failed")
+        t_fs = time.monotonic() - t0
+        store2, name2 = self.fresh_store("bigraw")
+        drop_caches()
+        t0 = time.monotonic()
+        run(["curl", "-sS", "--fail", "-o", "/dev/null", "-X", "POST", "-H",
+             "Content-Type: application/dicom", "-T", path,
+             f"{self.emu.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media"
+             f"&name=bigraw%2F{store2}%2Fbig.dcm"])
+        op = self.emu.import_and_wait(name2, f"gs://{BUCKET}/bigraw/{store2}/**")
+        if "error" in op:
+            raise RuntimeError(f"raw big import failed: {op['error']}")
+        return t_fs, time.monotonic() - t0
+
+    def listings(self, src):
+        """ls -l of operations/ with many ops, and of import/ with pending files."""
+        out = {}
+        store, name = self.fresh_store("ops")
+        for _ in range(self.args.ops):
+            self.emu.api("POST", f"/v1/{name}:import",
+                         {"gcsSource": {"uri": f"gs://{BUCKET}/nothing-here/**"}})
+        opsdir = os.path.join(self.mount.mnt, DATASET, "operations")
+        time.sleep(6)  # let the mount's listing cache expire
+        out["ops_first"] = timed(lambda: run(["ls", "-l", opsdir], stdout=subprocess.DEVNULL))
+        out["ops_cached"] = timed(lambda: run(["ls", "-l", opsdir], stdout=subprocess.DEVNULL))
+        # Pending files: a second mount with a long commit delay keeps them pending.
+        m2 = Mount(self.build_dir, self.emu, self.work, self.args.uploads, commit_delay=3600,
+                   name="mnt-pending")
+        try:
+            pstore, _ = self.fresh_store("pending")
+            dst = os.path.join(m2.store_dir(pstore), "import", "p")
+            run(["cp", "-r", src, dst])
+            out["pending_files"] = sum(len(f) for _, _, f in os.walk(dst))
+            time.sleep(6)
+            out["pending_first"] = timed(lambda: run(["ls", "-lR", dst],
+                                                     stdout=subprocess.DEVNULL))
+            out["pending_cached"] = timed(lambda: run(["ls", "-lR", dst],
+                                                      stdout=subprocess.DEVNULL))
+        finally:
+            m2.stop()
+        return out
+
+    def stop(self):
+        self.mount.stop()
+        self.emu.stop()
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def measure_n(bench, n, args, data_root):
+    src = os.path.join(data_root, f"n{n}")
+    files = make_tree(src, n, args.size_kib * 1024, args.studies)
+    r = {"n": n, "local_cp": [], "fs_cp": [], "fs_done": [], "raw": [], "rclone_copy": [],
+         "rclone_mount": []}
+    for i in range(args.repeat):
+        log(f"N={n} repeat {i + 1}/{args.repeat}")
+        r["local_cp"].append(bench.local_cp(src))
+        t_cp, t_done = bench.dicomfs_cp(src)
+        r["fs_cp"].append(t_cp)
+        r["fs_done"].append(t_done)
+        r["raw"].append(bench.raw_parallel(files))
+        if not args.no_rclone:
+            r["rclone_copy"].append(bench.rclone_copy(src))
+            if n <= args.rclone_mount_max:
+                r["rclone_mount"].append(bench.rclone_mount(src))
+    r["median"] = {k: median(v) for k, v in r.items() if isinstance(v, list)}
+    return r, files
+
+
+def report(results, outdir, args):
+    main = next(r for r in results["by_n"] if r["n"] == args.n)
+    m = main["median"]
+    rows = []
+
+    def row(name, value, target, ok):
+        rows.append((name, value, target, "yes" if ok else "NO"))
+
+    a = m["local_cp"] / m["fs_cp"]
+    row("a. cp -r into import/ throughput vs local cp", f"{a:.2f}", ">= 0.70", a >= 0.7)
+    b = m["fs_done"] / m["raw"]
+    row("b. time to imported vs raw curl --parallel + import", f"{b:.2f}", "<= 1.20", b <= 1.2)
+    if m["rclone_copy"] == m["rclone_copy"]:  # not NaN
+        c = m["fs_done"] / m["rclone_copy"]
+        row("b. time to imported vs rclone copy + import", f"{c:.2f}", "<= 0.80", c <= 0.8)
+    if m["rclone_mount"] == m["rclone_mount"]:
+        c2 = m["fs_done"] / m["rclone_mount"]
+        row("c. time to imported vs rclone mount + cp + import", f"{c2:.2f}", "(info)", True)
+    if "big" in results:
+        t_fs, t_raw = results["big"]
+        d = t_raw / t_fs
+        row(f"d. {args.big_mib} MiB file throughput vs raw curl", f"{d:.2f}", ">= 0.80", d >= 0.8)
+    rss = results["peak_rss_kib"] / 1024
+    row("e. dicomfs peak RSS (MiB)", f"{rss:.1f}", "<= 100", rss <= 100)
+    if "listings" in results:
+        ls = results["listings"]
+        row(f"f. ls -l operations/ ({args.ops} ops), first (s)", f"{ls['ops_first']:.3f}", "< 1",
+            ls["ops_first"] < 1)
+        row("f. ls -l operations/, cached (s)", f"{ls['ops_cached']:.3f}", "< 0.020",
+            ls["ops_cached"] < 0.02)
+        row(f"f. ls -lR import/ ({ls['pending_files']} pending), first (s)",
+            f"{ls['pending_first']:.3f}", "< 1", ls["pending_first"] < 1)
+        row("f. ls -lR import/ pending, cached (s)", f"{ls['pending_cached']:.3f}", "< 0.020",
+            ls["pending_cached"] < 0.02)
+    per_file = [r["median"]["fs_done"] / r["n"] for r in results["by_n"]]
+    if len(per_file) > 1:
+        spread = max(per_file) / min(per_file) - 1
+        row("g. time per file, spread across N", f"{spread * 100:.0f}%", "<= 20%", spread <= 0.2)
+
+    lines = ["# dicomfs benchmark", "",
+             f"N={args.n} files x {args.size_kib} KiB over {args.studies} studies, "
+             f"uploads={args.uploads}, repeat={args.repeat} (medians), "
+             f"{time.strftime('%Y-%m-%d %H:%M')}", "",
+             "| measure | value | target | holds |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines += ["", "| N | local cp s | dicomfs cp s | dicomfs done s | raw s | rclone copy s |"
+              " rclone mount s |", "|---|---|---|---|---|---|---|"]
+    for r in results["by_n"]:
+        mm = r["median"]
+        lines.append(f"| {r['n']} | {mm['local_cp']:.2f} | {mm['fs_cp']:.2f} | "
+                     f"{mm['fs_done']:.2f} | {mm['raw']:.2f} | {mm['rclone_copy']:.2f} | "
+                     f"{mm['rclone_mount']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(outdir, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(text)
+    plot(results, outdir)
+    return all(r[3] == "yes" for r in rows)
+
+
+def plot(results, outdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r["n"] for r in results["by_n"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("fs_done", "dicomfs (cp to imported)"),
+                       ("raw", "raw limit (curl --parallel + import)"),
+                       ("rclone_copy", "rclone copy + import")):
+        ys = [r["n"] / r["median"][key] for r in results["by_n"]]
+        if all(y == y for y in ys):
+            ax.plot(ns, ys, marker="o", label=label)
+    ax.set_xlabel("files (N)")
+    ax.set_ylabel("files per second")
+    ax.set_xscale("log")
+    ax.set_title("Import throughput against the emulator")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "files_per_s.png"), dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--size-kib", type=int, default=512)
+    p.add_argument("--studies", type=int, default=20)
+    p.add_argument("--sizes", default="500,2000,8000")
+    p.add_argument("--big-mib", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--uploads", type=int, default=16)
+    p.add_argument("--ops", type=int, default=1000)
+    p.add_argument("--rclone-mount-max", type=int, default=2000,
+                   help="skip rclone mount above this N (it is slow)")
+    p.add_argument("--no-rclone", action="store_true")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny run: checks the harness works, numbers mean little")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args()
+    if args.smoke:
+        args.n, args.size_kib, args.studies, args.sizes = 12, 16, 3, "6,12"
+        args.big_mib, args.repeat, args.ops, args.uploads = 4, 1, 10, 4
+    sizes = sorted({int(s) for s in args.sizes.split(",")} | {args.n})
+
+    build_dir = build()
+    work = tempfile.mkdtemp(prefix="dicomfs-bench.")
+    outdir = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(outdir, exist_ok=True)
+    bench = None
+    try:
+        bench = Bench(args, build_dir, work)
+        data_root = os.path.join(work, "data")
+        results = {"by_n": [], "args": vars(args)}
+        for n in sizes:
+            r, _ = measure_n(bench, n, args, data_root)
+            results["by_n"].append(r)
+            if n != args.n:
+                shutil.rmtree(os.path.join(data_root, f"n{n}"), ignore_errors=True)
+        big = os.path.join(data_root, "big.dcm")
+        log(f"making a {args.big_mib} MiB file")
+        make_dicom(big, "1.2.3.999", "1.2.3.999.1", "1.2.3.999.1.1", args.big_mib << 20)
+        results["big"] = bench.big_file(big)
+        os.unlink(big)
+        log("listings")
+        results["listings"] = bench.listings(os.path.join(data_root, f"n{args.n}"))
+        results["peak_rss_kib"] = bench.mount.peak_rss_kib()
+        ok = report(results, outdir, args)
+        log(f"results in {outdir}")
+        return 0 if ok or args.smoke else 1
+    finally:
+        if bench:
+            bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
