@@ -50,7 +50,7 @@ typedef struct http_retry_policy {
     int max_attempts;     /* total attempts including the first; 1 = no retry */
     double base_ms;       /* first backoff ceiling */
     double max_backoff_ms;/* cap of one wait */
-    double total_ms;      /* give up once this much time has been spent waiting */
+    double total_ms;      /* give up once this much time has been spent waiting (<= 0: no limit) */
 } http_retry_policy;
 
 typedef struct http_options {
