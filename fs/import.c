@@ -922,8 +922,7 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     node *n = lookup(m, store, rel);
     int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
     if (rc == 0 && wr && node_importing(n)) {
-        log_error("import: %s/%s: cannot be changed: its batch import already started", store,
-                  rel);
+        log_error("import: %s/%s: cannot be changed: its batch import already started", store, rel);
         rc = -EBUSY;
     }
     int fd = -1;
@@ -968,8 +967,8 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     if (n < 0) {
         int e = errno;
         pthread_mutex_lock(&m->lock);
-        log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name,
-                  h->n->path, strerror(e));
+        log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
+                  strerror(e));
         pthread_mutex_unlock(&m->lock);
         return -e;
     }
@@ -1074,8 +1073,8 @@ static int validate(import_mgr *m, handle *h)
     pthread_mutex_unlock(&m->lock);
     int rc = journal_sync(m->j);
     if (rc < 0)
-        log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name,
-                  n->path, strerror(-rc));
+        log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
+                  strerror(-rc));
     return rc;
 }
 

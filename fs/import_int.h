@@ -46,19 +46,19 @@ struct batch {
     char id[48];
     store_st *st;
     int state;
-    char *op;             /* operation name once started */
-    double last_accept;   /* monotonic seconds of the newest accepted file */
-    double next_try;      /* next import start / poll */
+    char *op;           /* operation name once started */
+    double last_accept; /* monotonic seconds of the newest accepted file */
+    double next_try;    /* next import start / poll */
     double backoff;
-    bool verifying;       /* op done with errors: checking files one by one */
-    char *op_error;       /* message of the finished op's error */
+    bool verifying;                    /* op done with errors: checking files one by one */
+    char *op_error;                    /* message of the finished op's error */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
     batch *next;
 };
 
 struct store_st {
     char *name;
-    batch *open; /* the batch new files join, or NULL */
+    batch *open;                                      /* the batch new files join, or NULL */
     uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
     store_st *next;
 };
@@ -78,15 +78,15 @@ struct node {
     /* files */
     int state;
     char sop[DICOM_UID_MAX + 1];
-    batch *b;       /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
-    char bid[48];   /* batch id of the staged object name */
-    bool staged;    /* a staged object may exist */
-    char *reason;   /* FAILED */
-    bool dirty;     /* written since last validated */
-    uint64_t gen;   /* bumped by every write/truncate */
-    int writers;    /* open handles with write access */
-    int refs;       /* open handles */
-    bool busy;      /* a worker job is running on it */
+    batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
+    char bid[48]; /* batch id of the staged object name */
+    bool staged;  /* a staged object may exist */
+    char *reason; /* FAILED */
+    bool dirty;   /* written since last validated */
+    uint64_t gen; /* bumped by every write/truncate */
+    int writers;  /* open handles with write access */
+    int refs;     /* open handles */
+    bool busy;    /* a worker job is running on it */
     bool queued;
     double retry_at;
     double backoff;
@@ -123,8 +123,8 @@ double imp_now(void); /* CLOCK_MONOTONIC seconds */
 /* import.c */
 void imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);
-void imp_node_hide(import_mgr *m, node *n);     /* drop from the name table */
-void imp_node_unlist(import_mgr *m, node *n);   /* hide + drop from the list + journal del */
+void imp_node_hide(import_mgr *m, node *n);   /* drop from the name table */
+void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
 void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

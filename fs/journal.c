@@ -343,13 +343,13 @@ static int load_records(journal *j, int fd, const char *what, uint64_t start, ui
         if ((rc = read_full(fd, buf, len, &got)) < 0)
             break;
         if (got < len) {
-            log_warn("journal: %s/%s: torn last record at offset %" PRIu64 " ignored", j->dir,
-                     what, off);
+            log_warn("journal: %s/%s: torn last record at offset %" PRIu64 " ignored", j->dir, what,
+                     off);
             break;
         }
         if ((uint32_t)crc32(0L, buf, len) != crc) {
-            log_error("journal: %s/%s: CRC mismatch in the record at offset %" PRIu64, j->dir,
-                      what, off);
+            log_error("journal: %s/%s: CRC mismatch in the record at offset %" PRIu64, j->dir, what,
+                      off);
             break;
         }
         int arc = record_apply(j, buf, len);
@@ -515,8 +515,7 @@ static int compact_locked(journal *j)
     /* The snapshot holds everything: the log can go. */
     if (ftruncate(j->logfd, 0) < 0 || fsync(j->logfd) < 0) {
         rc = -errno;
-        log_error("journal: %s: cannot empty the log after compaction: %s", j->dir,
-                  strerror(-rc));
+        log_error("journal: %s: cannot empty the log after compaction: %s", j->dir, strerror(-rc));
         return rc;
     }
     j->log_size = 0;

@@ -75,8 +75,8 @@ char *import_status_text(import_mgr *m, const char *store)
             "spooled: %" PRIu64 "\nuploading: %" PRIu64 "\nuploaded: %" PRIu64
             "\nimporting: %" PRIu64 "\nimported: %" PRIu64 "\nfailed: %" PRIu64
             "\nbytes_spooled: %" PRIu64 "\nbytes_uploaded: %" PRIu64 "\n",
-            c.spooled, c.uploading, c.uploaded, c.importing, c.imported, c.failed,
-            c.bytes_spooled, c.bytes_uploaded);
+            c.spooled, c.uploading, c.uploaded, c.importing, c.imported, c.failed, c.bytes_spooled,
+            c.bytes_uploaded);
     for (node *n = st ? m->head : NULL; n; n = n->next) {
         if (n->is_dir || n->st != st || n->state != ST_FAILED)
             continue;

@@ -14,7 +14,7 @@
  *   commit. When commit_delay seconds passed without a new accepted file and
  *   every file of the batch is uploaded (none open for writing), the batch
  *   is sealed (journaled) and ONE dicomStores.import of
- *   gs://BUCKET/PREFIX/batches/BATCH/** is started. Its operation name is
+ *   gs://BUCKET/PREFIX/batches/BATCH/ + "**" is started. Its operation name is
  *   journaled (and listed in STORE/operations/) before anything depends on
  *   it. The operation is polled with backoff up to 5 s. Done without error:
  *   the files are IMPORTED, their staged objects and spool files deleted.
@@ -136,8 +136,7 @@ static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
     *size = (uint64_t)sb.st_size;
     gcs_object obj;
     memset(&obj, 0, sizeof obj);
-    int rc = gcs_upload_fd(m->gcs, m->bucket, j->object, fd, *size, "application/dicom", &obj,
-                           err);
+    int rc = gcs_upload_fd(m->gcs, m->bucket, j->object, fd, *size, "application/dicom", &obj, err);
     gcs_object_clear(&obj);
     close(fd);
     return rc == GCS_OK ? 0 : -EAGAIN;
@@ -163,20 +162,20 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
         return;
     }
     if (permanent(err)) {
-        imp_node_fail(m, n, "upload to gs://%s/%s refused: HTTP %ld %s: %s", m->bucket,
-                      j->object, err->http_status, err->status, err->message);
+        imp_node_fail(m, n, "upload to gs://%s/%s refused: HTTP %ld %s: %s", m->bucket, j->object,
+                      err->http_status, err->status, err->message);
         return;
     }
-    log_warn("import: %s: upload to gs://%s/%s failed (HTTP %ld %s), retrying in %.0f s",
-             j->label, m->bucket, j->object, err->http_status, err->message, n->backoff);
+    log_warn("import: %s: upload to gs://%s/%s failed (HTTP %ld %s), retrying in %.0f s", j->label,
+             m->bucket, j->object, err->http_status, err->message, n->backoff);
     retry_later(n, now);
 }
 
 static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, double now)
 {
     if (rc != 0 && err->http_status != 404) {
-        log_warn("import: %s/%s: cannot delete staged object (HTTP %ld %s), retrying",
-                 n->st->name, n->path ? n->path : "", err->http_status, err->message);
+        log_warn("import: %s/%s: cannot delete staged object (HTTP %ld %s), retrying", n->st->name,
+                 n->path ? n->path : "", err->http_status, err->message);
         retry_later(n, now);
         return;
     }
@@ -345,9 +344,9 @@ static void verify(import_mgr *m, batch *b)
         int found = 0;
         http_error err;
         memset(&err, 0, sizeof err);
-        int rc = store && q ? hc_dicomweb_search(m->hc, store, "instances", q, count_result,
-                                                 &found, &err)
-                            : HC_ERR_NOMEM;
+        int rc = store && q
+                     ? hc_dicomweb_search(m->hc, store, "instances", q, count_result, &found, &err)
+                     : HC_ERR_NOMEM;
         free(store);
         free(q);
         pthread_mutex_lock(&m->lock);
@@ -391,8 +390,8 @@ static void poll_op(import_mgr *m, batch *b)
     double now = imp_now();
     if (rc != HC_OK || !op.done) {
         if (rc != HC_OK)
-            log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying",
-                     b->st->name, b->op, err.http_status, err.message);
+            log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying", b->st->name,
+                     b->op, err.http_status, err.message);
         b->next_try = now + b->backoff;
         b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
     } else if (!op.has_error && op.failure <= 0) {

@@ -76,7 +76,7 @@ static int find_store(const char *path, char *out, size_t outlen)
 /* Reads the whole status file (it is small; its stat size may be 0). */
 static char *read_status(const char *store)
 {
-    char p[PATH_MAX];
+    char p[PATH_MAX + 16];
     snprintf(p, sizeof p, "%s/status", store);
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -124,8 +124,7 @@ static void print_failures(const char *text)
     for (const char *line = text; line && *line;) {
         const char *eol = strchr(line, '\n');
         size_t ll = eol ? (size_t)(eol - line) : strlen(line);
-        if (ll > 8 && strncmp(line, "failed: ", 8) == 0 &&
-            strspn(line + 8, "0123456789") < ll - 8)
+        if (ll > 8 && strncmp(line, "failed: ", 8) == 0 && strspn(line + 8, "0123456789") < ll - 8)
             printf("%.*s\n", (int)ll, line);
         line = eol ? eol + 1 : NULL;
     }
@@ -245,8 +244,8 @@ int wait_main(int argc, char **argv)
         if (timeout >= 0 && t - start >= timeout) {
             if (tty)
                 printf("\n");
-            fprintf(stderr, "dicomfs wait: timed out after %.0f s with %" PRIu64
-                            " file(s) pending\n",
+            fprintf(stderr,
+                    "dicomfs wait: timed out after %.0f s with %" PRIu64 " file(s) pending\n",
                     timeout, pending);
             return WAIT_TIMEOUT;
         }
