@@ -375,11 +375,13 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (!o->mountpoint)
         return fail(err, errlen, "missing MOUNTPOINT (usage: dicomfs SOURCE MOUNTPOINT -o "
                                  "staging=gs://BUCKET/PREFIX)");
-    size_t n = strlen(o->source);
-    if (n > 1 && o->source[n - 1] == '/')
-        o->source[n - 1] = '\0';
     if (fs_source_parse(o->source, &o->location, &o->dataset, err, errlen))
         return -1;
+    /* The canonical form (no trailing '/') names the mount and its cache. */
+    free(o->source);
+    o->source = strdup(o->dataset ? o->dataset : o->location);
+    if (!o->source)
+        return fail(err, errlen, "out of memory");
     if (!o->staging)
         return fail(err, errlen, "missing -o staging=gs://BUCKET/PREFIX (where files are "
                                  "staged for import)");

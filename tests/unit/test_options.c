@@ -46,7 +46,9 @@ TEST(location_defaults)
     CHECK(!o.allow_delete);
     CHECK(!o.no_auth);
     CHECK(!o.foreground);
-    CHECK(o.cache_dir && strncmp(o.cache_dir, "/tmp/xdg-test/dicomfs/", 22) == 0);
+    char *want = fs_options_default_cache_dir("projects/p/locations/l", geteuid());
+    CHECK_EQ_STR(o.cache_dir, want);
+    free(want);
     CHECK(fuse_has(&o, "default_permissions"));
     CHECK(fuse_has(&o, "fsname=projects/p/locations/l"));
     CHECK(!fuse_has(&o, "staging"));
@@ -185,6 +187,7 @@ TEST(bad_sources)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *a[] = {"dicomfs", bad[i], "/m", "-ostaging=gs://b/p", NULL};
+        printf("# source '%s'\n", bad[i]);
         expect_error(a, "SOURCE");
     }
 }
