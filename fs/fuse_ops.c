@@ -86,8 +86,8 @@ int fs_errno_gcs(int rc, const http_error *err)
 static int errno_from_rpc(int code)
 {
     switch (code) {
-    case 3: /* INVALID_ARGUMENT */
-    case 9: /* FAILED_PRECONDITION */
+    case 3:  /* INVALID_ARGUMENT */
+    case 9:  /* FAILED_PRECONDITION */
     case 11: /* OUT_OF_RANGE */
         return -EINVAL;
     case 5:
@@ -481,8 +481,7 @@ static bool dataset_id_ok(const char *id)
 static int create_dataset(fs_ctx *x, const char *path, const char *id)
 {
     if (!dataset_id_ok(id))
-        return deny(path, "a dataset id may only hold letters, digits, '_', '-' and '.'",
-                    -EINVAL);
+        return deny(path, "a dataset id may only hold letters, digits, '_', '-' and '.'", -EINVAL);
     if (listed(x, NULL, id) == 0)
         return -EEXIST;
     char *op = NULL;
@@ -651,8 +650,7 @@ static int op_rmdir(const char *path)
     case TREE_DATASET:
     case TREE_STORE:
         if (!x->opt->allow_delete)
-            return deny(path, "rmdir: removing datasets and stores needs -o allow_delete",
-                        -EPERM);
+            return deny(path, "rmdir: removing datasets and stores needs -o allow_delete", -EPERM);
         if (tp.kind == TREE_DATASET) {
             if (x->opt->dataset)
                 return -EBUSY;
@@ -720,8 +718,7 @@ static int create_denied(const char *path, const tree_path *tp)
     switch (tp->kind) {
     case TREE_ROOT:
     case TREE_DATASET:
-        return deny(path, "create: only directories (datasets, stores) can be made here",
-                    -EPERM);
+        return deny(path, "create: only directories (datasets, stores) can be made here", -EPERM);
     case TREE_STORE:
         if (!*tp->store)
             return deny(path, "create: only directories can be made here", -EPERM);
@@ -888,8 +885,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     }
 }
 
-static int op_read(const char *path, char *buf, size_t size, off_t off,
-                   struct fuse_file_info *fi)
+static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
     (void)path;
     fs_handle *h = handle_of(fi);
@@ -1200,8 +1196,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         }
     }
     log_info("mounted %s (staging gs://%s/%s, exports to %s, cache %s)", x->opt->source,
-             x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to,
-             x->opt->cache_dir);
+             x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to, x->opt->cache_dir);
     return x;
 }
 
@@ -1269,9 +1264,9 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
             quick_retries(&ao);
         c->auth_http = http_client_new(&ao);
         char *where = NULL;
-        int rc = c->auth_http ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where,
-                                                  &err)
-                              : AUTH_ERR_NOMEM;
+        int rc = c->auth_http
+                     ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where, &err)
+                     : AUTH_ERR_NOMEM;
         if (rc != AUTH_OK) {
             switch (rc) {
             case AUTH_ERR_NOTFOUND:
