@@ -18,6 +18,7 @@
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
+#include "studies.h"
 #include "tree.h"
 
 /* ---- errors */
@@ -338,7 +339,9 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
     case TREE_STORE_OP:
         rc = store_child_exists(x, tp);
         return rc ? rc : ops_getattr(x, tp->dataset, tp->store, tp->name, st);
-    case TREE_STUDIES: /* the DICOMweb view is not served yet */
+    case TREE_STUDIES:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : studies_getattr(x, tp, st);
     case TREE_NONE:
     default:
         return -ENOENT;
@@ -410,7 +413,7 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
     case TREE_DS_OPS:
         return ops_readdir(x, tp->dataset, NULL, adapt_fill, a);
     case TREE_STORE: {
-        static const char *const fixed[] = {"import", "export", "operations"};
+        static const char *const fixed[] = {"import", "export", "operations", "studies"};
         for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
             fs_stat_dir(x, &st, strcmp(fixed[i], "import") == 0 ? 0755 : 0555);
             adapt_fill(a, fixed[i], &st);
@@ -438,6 +441,8 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         return export_out_readdir(x, tp, adapt_fill, a);
     case TREE_STORE_OPS:
         return ops_readdir(x, tp->dataset, tp->store, adapt_fill, a);
+    case TREE_STUDIES:
+        return studies_readdir(x, tp, adapt_fill, a);
     default:
         return -ENOTDIR;
     }
@@ -864,6 +869,21 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         }
         fi->fh = (uintptr_t)h;
         fi->direct_io = 1;
+        return 0;
+    }
+    case TREE_STUDIES: {
+        if (w)
+            return deny(path, "open for writing: studies/ is read-only", -EACCES);
+        fs_handle *h = handle_new(H_FD);
+        if (!h)
+            return -ENOMEM;
+        rc = studies_open(x, &tp, &h->fd);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        fi->direct_io = st.st_size == 0; /* size unknown before the first retrieval */
         return 0;
     }
     case TREE_EXPORT_OUT: {

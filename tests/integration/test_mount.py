@@ -40,7 +40,7 @@ def test_ls_root_dataset_store(dicomfs_mount, hc_api, ds_store):
     assert set(root) == api_ids
     assert sorted(os.listdir(m.path(ds_id))) == sorted(["operations", st_id])
     assert sorted(os.listdir(m.path(ds_id, st_id))) == ["export", "import", "operations",
-                                                         "status"]
+                                                         "status", "studies"]
     assert sorted(os.listdir(m.path(ds_id, st_id, "export"))) == sorted(
         ["dicom", "dicom-explicit-le", "raw", "png", "jpeg"])
 
