@@ -253,6 +253,8 @@ static int parse(const char *path, tree_path *tp)
     int rc = tree_parse(path, fixed, tp);
     if (rc)
         log_debug("%s: %s", path, strerror(-rc));
+    else if (tp->kind == TREE_IMPORT && !x->import)
+        rc = -EIO; /* init could not start it (logged there) */
     return rc;
 }
 
@@ -1307,9 +1309,7 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
             fs_clients_close(c);
             return -1;
         }
-        if (where)
-            log_info("credentials: %s", where);
-        free(where);
+        free(where); /* auth logs what it found */
     }
     if (!c->auth) {
         snprintf(msg, msglen, "out of memory");
