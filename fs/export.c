@@ -437,6 +437,15 @@ static int save_record(fs_ctx *x, export_file *f, const char *op)
     return rc;
 }
 
+/* A new filter whose export did not start is not listed: close() failed,
+ * so the file was never written as far as the user can tell. (release()
+ * comes asynchronously after close(), too late for an `ls` right after.) */
+static void forget_unstarted(fs_ctx *x, export_file *f)
+{
+    if (f->created && !f->started)
+        remove_record(x, &f->tp);
+}
+
 int export_flush(fs_ctx *x, export_file *f)
 {
     if (!f->dirty)
@@ -449,14 +458,17 @@ int export_flush(fs_ctx *x, export_file *f)
     if (p == FILTER_ERR_SYNTAX) {
         log_error("export/%s/%s: line %zu, column %zu: %s", tp->format->dir, tp->name, ferr.line,
                   ferr.column, ferr.message);
+        forget_unstarted(x, f);
         return -EINVAL;
     }
     if (p != FILTER_OK)
         return -ENOMEM;
     char *op = NULL;
     int rc = start_export(x, f, n_paths, &op);
-    if (rc)
+    if (rc) {
+        forget_unstarted(x, f);
         return rc;
+    }
     f->dirty = false;
     f->started = true;
     char *store = fs_store_name(x, tp->dataset, tp->store);

@@ -356,7 +356,7 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
     tree_path tp;
     int rc = parse(path, &tp);
     if (rc)
-        return rc == -ENAMETOOLONG ? rc : -ENOENT;
+        return rc == -EINVAL ? -ENOENT : rc;
     return getattr_path(ctx(), &tp, st);
 }
 
