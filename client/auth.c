@@ -664,7 +664,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
 
 static int read_file_secret(const char *path, char **out, size_t *len, http_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not hang us */
     struct stat st;
     *out = NULL;
     if (fd < 0 || fstat(fd, &st) != 0) {
@@ -772,17 +772,20 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
         set_err(err, "INVALID_ARGUMENT", "credentials file %s is not a JSON object", path);
         log_error("auth: credentials file %s is not a JSON object", path);
         rc = AUTH_ERR_FILE;
-    } else if (type && strcmp(type, "service_account") == 0) {
+    } else if (!type) {
+        set_err(err, "INVALID_ARGUMENT", "credentials file %s has no \"type\" string", path);
+        log_error("auth: credentials file %s has no \"type\" string", path);
+        rc = AUTH_ERR_FILE;
+    } else if (strcmp(type, "service_account") == 0) {
         rc = load_service_account(p, root, path, err);
-    } else if (type && strcmp(type, "authorized_user") == 0) {
+    } else if (strcmp(type, "authorized_user") == 0) {
         rc = load_authorized_user(p, root, path, err);
     } else {
         set_err(err, "INVALID_ARGUMENT",
                 "credentials file %s has type \"%.40s\"; supported: service_account, "
                 "authorized_user",
-                path, type ? type : "");
-        log_error("auth: credentials file %s has unsupported type \"%.40s\"", path,
-                  type ? type : "");
+                path, type);
+        log_error("auth: credentials file %s has unsupported type \"%.40s\"", path, type);
         rc = AUTH_ERR_FILE;
     }
     json_free_wiped(root);

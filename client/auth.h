@@ -50,7 +50,13 @@ auth_kind auth_provider_kind(const auth_provider *p);
 /* quota_project_id of an authorized_user file (for X-Goog-User-Project), or NULL. */
 const char *auth_provider_quota_project(const auth_provider *p);
 
-/* http_token_fn-compatible: returns a valid cached token or fetches one. */
+/* http_token_fn-compatible: returns a valid cached token or fetches one.
+ * The token is refreshed by one thread while others wait once less than
+ * min(300 s, lifetime/4) remains; force_refresh (after a 401) refetches unless
+ * another thread refreshed within the last second. A failed refresh-ahead
+ * still returns the old token while it is valid. For AUTH_KIND_NONE it
+ * writes an empty string and succeeds: the daemon passes token_fn = NULL for
+ * that kind instead, so no empty Authorization header is ever sent. */
 int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
                    http_error *err);
 

@@ -1109,6 +1109,140 @@ TEST(body_fd_shorter_than_length_is_io_error)
     testsrv_stop(srv);
 }
 
+TEST(fd_upload_resent_whole_on_retry)
+{
+    testsrv *srv = testsrv_start();
+    http_client *c = mkclient(3);
+    push_status(srv, 503, google_503);
+    push_status(srv, 200, "{}");
+    const char *content = "headerPAYLOAD-BYTEStrailer";
+    int fd = tmpfile_with(content, strlen(content));
+    http_request req;
+    http_request_init(&req);
+    char *url = mkurl(srv, "/o");
+    req.url = url;
+    req.method = "PUT";
+    req.idempotent = true;
+    req.body_fd = fd;
+    req.body_fd_offset = 6;
+    req.body_fd_len = 13;
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK_EQ_INT(testsrv_count(srv), 2);
+    for (int i = 0; i < 2; i++) {
+        const testsrv_req *r = testsrv_get(srv, i);
+        CHECK(r && strcmp(r->body, "PAYLOAD-BYTES") == 0);
+    }
+    http_response_free(&resp);
+    close(fd);
+    free(url);
+    http_client_free(c);
+    testsrv_stop(srv);
+}
+
+TEST(large_download_streamed_to_fd)
+{
+    const size_t size = 5u << 20;
+    char *big = malloc(size + 1);
+    for (size_t i = 0; i < size; i++)
+        big[i] = (char)('a' + (i * 7 + i / 1000) % 26);
+    big[size] = '\0';
+    testsrv *srv = testsrv_start();
+    testsrv_reply r = {
+        .status = 200, .body = big, .body_len = size, .content_type = "application/dicom"};
+    testsrv_push(srv, &r);
+    http_client *c = mkclient(1);
+    int fd = tmpfile_with("", 0);
+    http_request req;
+    http_request_init(&req);
+    char *url = mkurl(srv, "/instance");
+    req.url = url;
+    req.response_fd = fd;
+    req.response_fd_offset = 100;
+    req.max_body = 1024; /* applies to memory only, not to a streamed body */
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK(resp.body == NULL);
+    CHECK_EQ_INT(resp.body_len, size);
+    char *back = malloc(size);
+    CHECK_EQ_INT(pread(fd, back, size, 100), (ssize_t)size);
+    CHECK(memcmp(back, big, size) == 0);
+    CHECK_EQ_INT(lseek(fd, 0, SEEK_END), (off_t)size + 100);
+    free(back);
+    free(big);
+    http_response_free(&resp);
+    close(fd);
+    free(url);
+    http_client_free(c);
+    testsrv_stop(srv);
+}
+
+/* --- TLS */
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char *s = calloc(1, 65536);
+    size_t n = s ? fread(s, 1, 65535, f) : 0;
+    fclose(f);
+    if (s && n == 0) {
+        free(s);
+        s = NULL;
+    }
+    return s;
+}
+
+/* A server with a self-signed certificate must be refused: verification is
+ * always on, and a verification failure is not worth retrying. */
+TEST(tls_self_signed_certificate_rejected)
+{
+    char dir[] = "/tmp/test_http_tls.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *cmd = http_strdup_printf(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout %s/key.pem "
+        "-out %s/cert.pem >/dev/null 2>&1",
+        dir, dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    free(cmd);
+    char *kp = http_strdup_printf("%s/key.pem", dir), *cp = http_strdup_printf("%s/cert.pem", dir);
+    char *key = read_text(kp), *cert = read_text(cp);
+    unlink(kp);
+    unlink(cp);
+    rmdir(dir);
+    free(kp);
+    free(cp);
+    CHECK(key && cert);
+    testsrv *srv = key && cert ? testsrv_start_tls(cert, key) : NULL;
+    CHECK(srv != NULL);
+    if (srv) {
+        CHECK(strncmp(testsrv_url(srv), "https://", 8) == 0);
+        push_status(srv, 200, "must not be served");
+        http_client *c = mkclient(3);
+        http_request req;
+        http_request_init(&req);
+        char *url = mkurl(srv, "/secure");
+        req.url = url;
+        req.idempotent = true;
+        http_response resp;
+        http_error err;
+        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_TRANSPORT);
+        CHECK_EQ_INT(err.curl_code, CURLE_PEER_FAILED_VERIFICATION);
+        CHECK_EQ_INT(resp.attempts, 1);
+        CHECK_EQ_INT(testsrv_count(srv), 0);
+        http_response_free(&resp);
+        free(url);
+        http_client_free(c);
+        testsrv_stop(srv);
+    }
+    free(key);
+    free(cert);
+}
+
 /* --- large streamed upload */
 
 static size_t allocated_bytes(void)
@@ -1189,6 +1323,8 @@ TEST(streamed_upload_20mib_not_buffered)
     if (r) {
         CHECK_EQ_INT(r->body_len, size);
         CHECK_EQ_STR(r->body_md5, want);
+        CHECK(testsrv_req_header(r, "Expect") == NULL);
+        CHECK(testsrv_req_header(r, "Transfer-Encoding") == NULL);
     }
     /* Far less than the file: a few curl and server buffers at most. */
     printf("# heap growth during upload: %zu KiB\n", (s.peak - before) / 1024);
@@ -1289,6 +1425,9 @@ int main(void)
     RUN(invalid_arguments);
     RUN(connection_reused_across_requests);
     RUN(body_fd_shorter_than_length_is_io_error);
+    RUN(fd_upload_resent_whole_on_retry);
+    RUN(large_download_streamed_to_fd);
+    RUN(tls_self_signed_certificate_rejected);
     RUN(streamed_upload_20mib_not_buffered);
     RUN(concurrent_requests_share_one_client);
     curl_global_cleanup();

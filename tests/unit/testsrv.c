@@ -341,7 +341,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     return ret;
 }
 
-testsrv *testsrv_start(void)
+static testsrv *start(const char *cert_pem, const char *key_pem)
 {
     testsrv *srv = xcalloc(1, sizeof *srv);
     pthread_mutex_init(&srv->lock, NULL);
@@ -351,19 +351,38 @@ testsrv *testsrv_start(void)
     sa.sin_family = AF_INET;
     sa.sin_port = 0;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    srv->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
-                                   0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+    if (cert_pem)
+        flags |= MHD_USE_TLS;
+    /* The TLS options come last: with plain HTTP they are cut off by the
+     * first MHD_OPTION_END. */
+    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
                                    (struct sockaddr *)&sa, MHD_OPTION_URI_LOG_CALLBACK, uri_log,
                                    srv, MHD_OPTION_NOTIFY_COMPLETED, request_done, srv,
-                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60, MHD_OPTION_END);
+                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60,
+                                   cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert_pem,
+                                   MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
     if (!srv->daemon) {
         free(srv);
         return NULL;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : 0;
-    snprintf(srv->url, sizeof srv->url, "http://127.0.0.1:%d", srv->port);
+    snprintf(srv->url, sizeof srv->url, "%s://127.0.0.1:%d", cert_pem ? "https" : "http",
+             srv->port);
     return srv;
+}
+
+testsrv *testsrv_start(void)
+{
+    return start(NULL, NULL);
+}
+
+testsrv *testsrv_start_tls(const char *cert_pem, const char *key_pem)
+{
+    if (!cert_pem || !key_pem)
+        return NULL;
+    return start(cert_pem, key_pem);
 }
 
 void testsrv_stop(testsrv *srv)

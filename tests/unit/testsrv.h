@@ -45,8 +45,11 @@ typedef struct testsrv_req {
 typedef void (*testsrv_handler)(void *ctx, const testsrv_req *req, testsrv_reply *out);
 
 testsrv *testsrv_start(void); /* NULL on failure */
+/* The same over TLS with the given PEM certificate and key; the URL is then
+ * "https://127.0.0.1:PORT". */
+testsrv *testsrv_start_tls(const char *cert_pem, const char *key_pem);
 void testsrv_stop(testsrv *srv);
-const char *testsrv_url(testsrv *srv); /* "http://127.0.0.1:PORT" */
+const char *testsrv_url(testsrv *srv); /* "http://127.0.0.1:PORT" (https with TLS) */
 int testsrv_port(testsrv *srv);
 
 void testsrv_push(testsrv *srv, const testsrv_reply *reply);
