@@ -44,10 +44,11 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 echo "== build (ASan+UBSan) in $BUILD"
-if [ ! -f "$BUILD/build.ninja" ]; then
-  meson setup "$BUILD" -Db_sanitize=address,undefined -Db_lundef=false >"$LOGDIR/setup.log" 2>&1 \
-    || { cat "$LOGDIR/setup.log"; fail "meson setup"; summary; }
-fi
+# Modules are compiled once their .c file exists (meson checks at configure
+# time), so an existing build dir is reconfigured to pick up new files.
+reconf=(); [ -f "$BUILD/build.ninja" ] && reconf=(--reconfigure)
+meson setup "${reconf[@]}" "$BUILD" -Db_sanitize=address,undefined -Db_lundef=false \
+  >"$LOGDIR/setup.log" 2>&1 || { cat "$LOGDIR/setup.log"; fail "meson setup"; summary; }
 if ! ninja -C "$BUILD" >"$LOGDIR/build.log" 2>&1; then
   tail -50 "$LOGDIR/build.log"
   fail "build"
@@ -128,11 +129,10 @@ run_fuzz() {
     echo "  (no fuzz targets yet)"
     return
   fi
-  if [ ! -f "$FUZZ_BUILD/build.ninja" ]; then
-    CC=clang meson setup "$FUZZ_BUILD" -Dfuzz=true -Db_sanitize=address,undefined \
-      -Db_lundef=false >"$LOGDIR/fuzz-setup.log" 2>&1 \
-      || { tail -30 "$LOGDIR/fuzz-setup.log"; fail "fuzz build setup"; return; }
-  fi
+  local freconf=(); [ -f "$FUZZ_BUILD/build.ninja" ] && freconf=(--reconfigure)
+  CC=clang meson setup "${freconf[@]}" "$FUZZ_BUILD" -Dfuzz=true -Db_sanitize=address,undefined \
+    -Db_lundef=false >"$LOGDIR/fuzz-setup.log" 2>&1 \
+    || { tail -30 "$LOGDIR/fuzz-setup.log"; fail "fuzz build setup"; return; }
   if ! ninja -C "$FUZZ_BUILD" >"$LOGDIR/fuzz-build.log" 2>&1; then
     tail -30 "$LOGDIR/fuzz-build.log"
     fail "fuzz build"

@@ -340,6 +340,7 @@ typedef struct resum_srv {
     bool shortened, was_reset;
     int resets_left; /* chunk PUTs still to be dropped before a status query */
     int gone_at_put; /* answer 404 to this chunk PUT number (0: never) */
+    int busy_at_put; /* answer 503 to this chunk PUT number, persisting nothing */
     char location[256], range[64], reply[1024];
     const char *hdr_total;
 } resum_srv;
@@ -380,6 +381,11 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
         if (s->gone_at_put && s->chunk_puts == s->gone_at_put) {
             out->status = 404;
             out->body = "{\"error\":{\"code\":404,\"message\":\"No such upload\"}}";
+            return;
+        }
+        if (s->busy_at_put && s->chunk_puts == s->busy_at_put) {
+            out->status = 503;
+            out->body = "{\"error\":{\"code\":503,\"message\":\"Backend Error\"}}";
             return;
         }
         if (a > s->persisted || len != req->body_len || b >= tot || tot != s->total) {
@@ -515,6 +521,70 @@ TEST(resumable_upload_restarts_lost_session)
     CHECK(memcmp(s.data, data, n) == 0);
     free(data);
     free(s.data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(resumable_upload_503_queries_then_resumes)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    size_t n = 700000;
+    unsigned char *data = pattern(n, 9);
+    resum_srv s = {.base = testsrv_url(srv),
+                   .data = calloc(1, n),
+                   .total = n,
+                   .shortened = true,
+                   .was_reset = true,
+                   .busy_at_put = 2};
+    http_error e;
+
+    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e), GCS_OK);
+    CHECK_EQ_INT(s.starts, 1);
+    CHECK_EQ_INT(s.queries, 1);
+    CHECK(memcmp(s.data, data, n) == 0);
+    /* POST, PUT 0-, PUT 262144- (503), query, PUT 262144- again, last PUT. */
+    CHECK_EQ_INT(testsrv_count(srv), 6);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 3), "Content-Range"), "bytes */700000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
+                 "bytes 262144-524287/700000");
+    free(data);
+    free(s.data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(upload_errors_and_empty_object)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    media_srv m = {.md5_override = NULL};
+    gcs_object o;
+    http_error e;
+    testsrv_reply denied = {.status = 403,
+                            .body = "{\"error\":{\"code\":403,\"message\":\"no write access\","
+                                    "\"errors\":[{\"reason\":\"forbidden\"}]}}"};
+    testsrv_push(srv, &denied);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "x", "abc", 3, NULL, &o, &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(e.http_status, 403);
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+
+    /* An empty object: empty body, MD5 of nothing. */
+    testsrv_set_handler(srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_get(srv, 1)->body_len, 0);
+    CHECK_EQ_STR(o.md5_b64, "1B2M2Y8AsgTpgAmY7PhCfg==");
+    CHECK_EQ_INT(o.size, 0);
+    gcs_object_clear(&o);
+
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "", "a", 1, NULL, NULL, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(testsrv_count(srv), 2);
     gcs_client_free(c);
     http_client_free(h);
     testsrv_stop(srv);
@@ -678,6 +748,8 @@ int main(void)
     RUN(simple_upload_wrong_md5_is_checksum_error);
     RUN(resumable_upload_short_persist_and_reset);
     RUN(resumable_upload_restarts_lost_session);
+    RUN(resumable_upload_503_queries_then_resumes);
+    RUN(upload_errors_and_empty_object);
     RUN(list_two_pages_with_prefixes);
     RUN(list_callback_stops);
     RUN(download_range_into_fd);

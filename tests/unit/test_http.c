@@ -17,7 +17,15 @@
 #include <time.h>
 #include <unistd.h>
 
+/* gcc defines __SANITIZE_ADDRESS__, clang has __has_feature instead. */
 #if defined(__SANITIZE_ADDRESS__)
+#define TEST_HAVE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_HAVE_ASAN 1
+#endif
+#endif
+#if defined(TEST_HAVE_ASAN)
 /* From sanitizer/allocator_interface.h, which gcc does not install. */
 size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
@@ -1247,7 +1255,7 @@ TEST(tls_self_signed_certificate_rejected)
 
 static size_t allocated_bytes(void)
 {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(TEST_HAVE_ASAN)
     return __sanitizer_get_current_allocated_bytes();
 #else
     struct mallinfo2 mi = mallinfo2();

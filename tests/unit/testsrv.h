@@ -24,7 +24,7 @@ typedef struct testsrv_reply {
     size_t body_len;          /* 0 = strlen(body) */
     const char *headers[8];   /* "Name: value", NULL-terminated */
     int delay_ms;             /* sleep this long before answering */
-    bool reset;               /* drop the connection (TCP RST) without an answer */
+    bool reset;               /* close the connection without an answer (curl: "Empty reply") */
 } testsrv_reply;
 
 typedef struct testsrv_req {
