@@ -11,13 +11,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "import.h"
-#include "journal.h"
+#include "../../fs/import.h"
+#include "../../fs/journal.h"
 #include "log.h"
-#include "spool.h"
-#include "status.h"
+#include "../../fs/spool.h"
+#include "../../fs/status.h"
 #include "testlib.h"
-#include "wait.h"
+#include "../../fs/wait.h"
 
 #define STORE "projects/p/locations/l/datasets/d/dicomStores/s"
 #define SOP1 "1.2.826.0.1.3680043.8.498.4242.1"
