@@ -307,10 +307,10 @@ static int split_fields(const char *val, size_t len, const char **f, int max)
     return n;
 }
 
-void imp_node_journal(import_mgr *m, node *n)
+int imp_node_journal(import_mgr *m, node *n)
 {
     if (!n->is_dir && n->state == ST_NEW)
-        return; /* not accepted yet: nothing to remember */
+        return 0; /* not accepted yet: nothing to remember */
     sbuf b = {0};
     char key[SPOOL_ID_LEN + 3];
     snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
@@ -343,6 +343,7 @@ void imp_node_journal(import_mgr *m, node *n)
         log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
                   n->path ? n->path : "", strerror(-rc));
     free(b.p);
+    return rc;
 }
 
 void imp_batch_journal(import_mgr *m, batch *b)
@@ -827,7 +828,9 @@ int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
             snprintf(n->id + 2 * i, 3, "%02x", r[i]);
         list_add(m, n);
         name_insert(m, n);
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
+        if (rc < 0)
+            imp_node_unlist(m, n); /* a directory we cannot remember is not made */
     } else if (rc == 0) {
         node_free(n);
         rc = -EIO;
@@ -1033,6 +1036,9 @@ static int validate(import_mgr *m, handle *h)
     node *n = h->n;
     char why[256] = "";
     dicom_info info;
+    pthread_mutex_lock(&m->lock);
+    uint64_t gen = n->gen;
+    pthread_mutex_unlock(&m->lock);
     if (fdatasync(h->fd) < 0) {
         int e = errno;
         log_error("import: %s/%s: cannot make the spool file durable: %s", n->st->name, n->path,
@@ -1044,7 +1050,9 @@ static int validate(import_mgr *m, handle *h)
         return -errno;
     int drc = dicom_parse_fd(h->fd, &info, why, sizeof why);
     pthread_mutex_lock(&m->lock);
-    if (!n->visible) { /* unlinked or replaced while open: nothing to accept */
+    if (!n->visible || n->gen != gen) {
+        /* Unlinked or replaced while open: nothing to accept. Or written
+         * meanwhile through another descriptor: its flush validates. */
         pthread_mutex_unlock(&m->lock);
         return 0;
     }
@@ -1057,6 +1065,7 @@ static int validate(import_mgr *m, handle *h)
         journal_sync(m->j);
         return -EINVAL;
     }
+    int prev_state = n->state;
     n->dirty = false;
     n->size = (uint64_t)sb.st_size;
     snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
@@ -1065,13 +1074,21 @@ static int validate(import_mgr *m, handle *h)
     n->state = ST_ACCEPTED;
     n->retry_at = 0;
     assign_batch(m, n);
+    int rc = imp_node_journal(m, n);
+    if (rc < 0) {
+        /* Not recorded = not accepted: close() fails (ENOSPC on a full
+         * cache disk) and the file goes, as for a rejected one. */
+        n->state = prev_state == ST_NEW ? ST_NEW : n->state;
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
     if (n->b)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
-    imp_node_journal(m, n);
     up_enqueue(m, n);
     pthread_mutex_unlock(&m->lock);
-    int rc = journal_sync(m->j);
+    rc = journal_sync(m->j);
     if (rc < 0)
         log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
                   strerror(-rc));
@@ -1218,7 +1235,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
             np = NULL;
             name_insert(m, src);
             clock_gettime(CLOCK_REALTIME, &src->ctime);
-            imp_node_journal(m, src);
+            rc = imp_node_journal(m, src);
         }
         free(np);
     }
@@ -1252,6 +1269,7 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
 {
     if (!*rel)
         return 0;
+    int rc = 0;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1265,23 +1283,24 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         /* Written to the log now (survives a daemon kill); made durable by
          * the next sync point: an fsync per utimens would halve rsync's speed. */
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return n ? rc : -ENOENT;
 }
 
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
     if (!*rel)
         return 0;
+    int rc = 0;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
         n->mode = mode & 07777;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return n ? rc : -ENOENT;
 }
