@@ -1045,6 +1045,13 @@ static int validate(import_mgr *m, handle *h)
                   strerror(e));
         return -e;
     }
+    /* The spool file's directory entry must survive a crash too. */
+    int src = spool_sync_dir(m->sp);
+    if (src < 0) {
+        log_error("import: %s/%s: cannot sync the spool directory: %s", n->st->name, n->path,
+                  strerror(-src));
+        return src;
+    }
     struct stat sb;
     if (fstat(h->fd, &sb) < 0)
         return -errno;
