@@ -6,9 +6,9 @@ every SOP Instance UID in the store exactly once (QIDO against the emulator),
 files leaving import/ once imported, unmount with uploads pending and remount
 with the same cache directory, hostile names.
 
-The mounts are made here (ImportMount) rather than with the shared mount
-fixture because these tests need a chosen commit_delay and a remount on the
-same cache directory. DICOM files are written by pydicom at test time.
+Mounts come from mount_factory (mount_fixture.py) with a chosen commit_delay;
+ImportMount adds the store-level helpers. DICOM files are written by pydicom at
+test time.
 """
 import collections
 import glob
@@ -89,33 +89,14 @@ def make_tree(root, studies=3, series=2, instances=2, names=None):
 # ---------------------------------------------------------------- mount
 
 class ImportMount:
-    def __init__(self, emu, cache_dir, commit_delay=1, uploads=4):
-        self.emu = emu
-        self.cache_dir = cache_dir
-        self.dir = tempfile.mkdtemp(prefix="dicomfs-import-mnt.")
-        self.log_path = os.path.join(os.path.dirname(cache_dir), "dicomfs-%d.log" % time.time_ns())
-        opts = ["staging=gs://staging/stage", "cache_dir=" + cache_dir,
-                "commit_delay=%g" % commit_delay, "uploads=%d" % uploads,
-                "credentials=" + emu.credentials]
-        env = dict(os.environ)
-        env.update(emu.env)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [dicomfs_binary(), "projects/%s/locations/%s" % (PROJECT, LOCATION), self.dir, "-f",
-             "-o", ",".join(opts)],
-            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("dicomfs exited %s: %s" % (self.proc.returncode, self.log()))
-            if os.path.isdir(self.import_dir()):
-                return
-            time.sleep(0.1)
-        self.unmount()
-        raise RuntimeError("mount did not come up: %s" % self.log())
+    """Store-level helpers over a DicomfsMount of mount_fixture.py."""
+
+    def __init__(self, mount):
+        self.m = mount
+        self.cache_dir = mount.cache_dir
 
     def store_dir(self):
-        return os.path.join(self.dir, DATASET, STORE)
+        return self.m.path(DATASET, STORE)
 
     def import_dir(self):
         return os.path.join(self.store_dir(), "import")
@@ -134,11 +115,7 @@ class ImportMount:
         return counts, failed
 
     def log(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-6000:]
-        except OSError:
-            return ""
+        return self.m.log_text()[-6000:]
 
     def wait(self, timeout=90):
         return subprocess.run([dicomfs_binary(), "wait", self.store_dir(), "--timeout",
@@ -146,42 +123,29 @@ class ImportMount:
                               timeout=timeout + 30)
 
     def unmount(self):
-        if self.proc.poll() is None:
-            subprocess.run(["fusermount3", "-u", self.dir], capture_output=True)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                subprocess.run(["fusermount3", "-uz", self.dir], capture_output=True)
-        self._log.close()
-        try:
-            os.rmdir(self.dir)
-        except OSError:
-            pass
-        return self.proc.returncode
+        self.m.stop()
+        return 0
+
+    def remount(self, commit_delay):
+        self.m.extra = [o for o in self.m.extra if not o.startswith("commit_delay=")]
+        self.m.extra.append("commit_delay=%g" % commit_delay)
+        self.m.remount()
+        return self
 
 
 @pytest.fixture
 def workdir():
     d = tempfile.mkdtemp(prefix="dicomfs-import-test.")
-    os.makedirs(os.path.join(d, "cache"), mode=0o700)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def mounts(emulator, workdir):
-    made = []
-
-    def make(**kw):
-        m = ImportMount(emulator, os.path.join(workdir, "cache"), **kw)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.unmount()
+def mounts(mount_factory):
+    def make(commit_delay=1, uploads=4):
+        return ImportMount(mount_factory(options=("commit_delay=%g" % commit_delay,
+                                                  "uploads=%d" % uploads)))
+    return make
 
 
 # ---------------------------------------------------------------- checks
@@ -224,6 +188,12 @@ def assert_all_imported_once(emu, expected_uids):
     assert not dup, "more than once: %s" % dup
 
 
+def staged_objects(emu):
+    status, _, body = emu.request("GET", "/storage/v1/b/staging/o?prefix=dicomfs/")
+    assert status == 200, body[:300]
+    return [o["name"] for o in json.loads(body).get("items", [])]
+
+
 def listed_files(top):
     out = []
     for d, _, files in os.walk(top):
@@ -253,9 +223,10 @@ def test_import_cp_one_file(mounts, emulator, workdir):
     assert counts["imported"] == 1 and counts["failed"] == 0 and not failed
     assert counts["bytes_uploaded"] == os.path.getsize(src)
     # The staged object was removed after the import.
-    status, _, body = emulator.request("GET", "/storage/v1/b/staging/o?prefix=stage/")
-    assert status == 200
-    assert json.loads(body).get("items", []) == []
+    deadline = time.monotonic() + 10
+    while staged_objects(emulator) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staged_objects(emulator) == []
 
 
 def test_import_cp_r_three_studies_with_hostile_names(mounts, emulator, workdir):
@@ -342,10 +313,10 @@ def test_import_pending_survives_unmount_and_remount(mounts, emulator, workdir):
     assert counts["spooled"] + counts["uploading"] + counts["uploaded"] == len(uids)
     w = m.wait(timeout=2)
     assert w.returncode == 3  # timeout: still pending
-    assert m.unmount() == 0
+    m.unmount()
     assert sum(store_uids(emulator).values()) == 0
 
-    m2 = mounts(commit_delay=1)
+    m2 = m.remount(commit_delay=1)  # same cache_dir
     assert listed_files(m2.import_dir()) == sorted(uids)  # from the journal
     w = m2.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m2.log())
