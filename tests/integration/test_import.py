@@ -347,3 +347,34 @@ def test_wait_outside_a_store_is_a_usage_error(workdir):
     r = subprocess.run([dicomfs_binary(), "wait", workdir], capture_output=True, text=True)
     assert r.returncode == 2
     assert "not inside a dicomfs store" in r.stderr
+
+
+def test_import_full_cache_disk_gives_enospc(mount_factory, emulator, workdir):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the cache directory needs root")
+    cache = os.path.join(workdir, "smallcache")
+    os.makedirs(cache)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", cache],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        m = ImportMount(mount_factory(options=("commit_delay=1", "cache_dir=" + cache)))
+        big = os.path.join(workdir, "big.dcm")
+        ds_uid = write_instance(big, generate_uid(), generate_uid(), 1)
+        with open(big, "ab") as f:  # pad: trailing bytes after the data set
+            f.write(b"\0" * (3 << 20))
+        r = subprocess.run(["cp", big, m.import_dir()], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert "No space left on device" in r.stderr, r.stderr
+        assert os.listdir(m.import_dir()) == []  # never silently accepted
+        small = os.path.join(workdir, "small.dcm")
+        uid = write_instance(small, generate_uid(), generate_uid(), 2)
+        r = subprocess.run(["cp", small, m.import_dir()], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        w = m.wait()
+        assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+        got = store_uids(emulator)
+        assert got[uid] == 1 and got[ds_uid] == 0
+        m.unmount()
+    finally:
+        subprocess.run(["umount", "-l", cache], capture_output=True)
