@@ -972,6 +972,9 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         pthread_mutex_lock(&m->lock);
         log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
                   strerror(e));
+        /* The file is incomplete: it must not be accepted at close(). */
+        h->n->io_err = -e;
+        h->n->dirty = true;
         pthread_mutex_unlock(&m->lock);
         return -e;
     }
@@ -1038,6 +1041,15 @@ static int validate(import_mgr *m, handle *h)
     dicom_info info;
     pthread_mutex_lock(&m->lock);
     uint64_t gen = n->gen;
+    int io_err = n->io_err;
+    if (io_err) {
+        log_error("import: %s/%s: not accepted: a write failed (%s)", n->st->name, n->path,
+                  strerror(-io_err));
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        return io_err;
+    }
     pthread_mutex_unlock(&m->lock);
     if (fdatasync(h->fd) < 0) {
         int e = errno;
@@ -1149,8 +1161,14 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
         handle *h = (handle *)(uintptr_t)fh;
         if (!h->writable)
             return -EBADF;
-        if (ftruncate(h->fd, size) < 0)
-            return -errno;
+        if (ftruncate(h->fd, size) < 0) {
+            int e = errno;
+            pthread_mutex_lock(&m->lock);
+            h->n->io_err = -e;
+            h->n->dirty = true;
+            pthread_mutex_unlock(&m->lock);
+            return -e;
+        }
         pthread_mutex_lock(&m->lock);
         h->n->size = (uint64_t)size;
         h->n->dirty = true;

@@ -83,6 +83,7 @@ struct node {
     bool staged;  /* a staged object may exist */
     char *reason; /* FAILED */
     bool dirty;   /* written since last validated */
+    int io_err;   /* a write or truncate failed (e.g. -ENOSPC): never accept */
     uint64_t gen; /* bumped by every write/truncate */
     int writers;  /* open handles with write access */
     int refs;     /* open handles */

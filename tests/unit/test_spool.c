@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <time.h>
@@ -200,6 +202,40 @@ TEST(write_truncate_read_back)
     /* Not DICOM: close fails. */
     CHECK_EQ_INT(import_flush(e.m, fh), -EINVAL);
     import_release(e.m, fh);
+    env_stop(&e);
+}
+
+TEST(write_error_never_accepted)
+{
+    /* A disk error during the copy (simulated with RLIMIT_FSIZE: EFBIG, as
+     * ENOSPC would come from a full disk) must fail close() even though the
+     * part that was written is a valid DICOM header. */
+    env e;
+    CHECK_EQ_INT(env_new(&e), 0);
+    if (!e.m)
+        return;
+    size_t len;
+    char *b = slurp(valid1, &len);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    uint64_t fh;
+    CHECK_EQ_INT(import_create(e.m, STORE, "partial.dcm", 0644, &fh), 0);
+    CHECK_EQ_INT(import_write(e.m, fh, b, len, 0), (int)len);
+    struct rlimit old, small = {1 << 20, 1 << 20};
+    getrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, SIG_IGN);
+    small.rlim_max = old.rlim_max;
+    CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
+    CHECK_EQ_INT(import_write(e.m, fh, b, len, 2 << 20), -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &old);
+    CHECK_EQ_INT(import_flush(e.m, fh), -EFBIG);
+    import_release(e.m, fh);
+    struct stat st;
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "partial.dcm", &st), -ENOENT);
+    CHECK_EQ_INT(counts(&e).spooled, 0);
+    CHECK_EQ_INT(count_spool(&e, NULL), 0);
+    free(b);
     env_stop(&e);
 }
 
@@ -1089,6 +1125,7 @@ int main(void)
     snprintf(valid2, sizeof valid2, "%s/valid2.dcm", root);
     RUN(write_truncate_read_back);
     RUN(valid_file_accepted_durably);
+    RUN(write_error_never_accepted);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
