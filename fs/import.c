@@ -613,13 +613,38 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     return 0;
 }
 
+/* Spool files to keep at startup: a sorted array of ids, so that checking
+ * every file of a large spool stays O(n log n). */
+typedef struct keep_set {
+    const char **ids;
+    size_t n;
+} keep_set;
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static bool spool_keep(void *ctx, const char *id)
 {
-    import_mgr *m = ctx;
-    for (node *n = m->head; n; n = n->next)
-        if (!n->is_dir && strcmp(n->id, id) == 0)
-            return n->state != ST_IMPORTED && n->state != ST_WITHDRAWN;
-    return false;
+    keep_set *k = ctx;
+    return k->n && bsearch(&id, k->ids, k->n, sizeof *k->ids, cmp_id) != NULL;
+}
+
+static void gc_spool(import_mgr *m)
+{
+    size_t n = 0;
+    for (node *x = m->head; x; x = x->next)
+        n++;
+    keep_set k = {calloc(n ? n : 1, sizeof *k.ids), 0};
+    if (!k.ids)
+        return; /* keeping strays is harmless */
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && x->state != ST_IMPORTED && x->state != ST_WITHDRAWN)
+            k.ids[k.n++] = x->id;
+    qsort(k.ids, k.n, sizeof *k.ids, cmp_id);
+    spool_gc(m->sp, spool_keep, &k);
+    free(k.ids);
 }
 
 static void assign_batch(import_mgr *m, node *n);
@@ -669,7 +694,7 @@ static int load_all(import_mgr *m)
         journal_scan(m->j, "e/", load_node, &c);
     if (c.rc < 0)
         return c.rc;
-    spool_gc(m->sp, spool_keep, m);
+    gc_spool(m);
     resume(m);
     int n = 0;
     for (node *x = m->head; x; x = x->next)

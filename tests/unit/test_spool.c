@@ -873,7 +873,16 @@ TEST(uploader_one_import_per_batch)
     CHECK(strstr(r.f.import_body, "/**\"") != NULL);
     CHECK(strncmp(r.f.first_object, "pre%2Fbatches%2F", 16) == 0);
     CHECK(strstr(r.f.first_object, ".dcm") != NULL);
-    CHECK(strstr(r.f.first_object, "a.dcm") == NULL);
+    /* ".../SPOOLID.dcm": 32 hex characters, never the user's name. */
+    const char *leaf = strrchr(r.f.first_object, 'F'); /* the last "%2F" */
+    CHECK(leaf && strlen(leaf + 1) == SPOOL_ID_LEN + 4 &&
+          strcmp(leaf + 1 + SPOOL_ID_LEN, ".dcm") == 0);
+    if (leaf && strlen(leaf + 1) == SPOOL_ID_LEN + 4) {
+        char id[SPOOL_ID_LEN + 1];
+        memcpy(id, leaf + 1, SPOOL_ID_LEN);
+        id[SPOOL_ID_LEN] = '\0';
+        CHECK(spool_id_valid(id));
+    }
     /* Staged objects and spool files are removed; the files left import/. */
     for (int i = 0; i < 200 && (r.f.deletes < 3 || count_spool(&e, NULL) > 0); i++)
         usleep(50000);
