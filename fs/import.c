@@ -1354,3 +1354,22 @@ int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
     pthread_mutex_unlock(&m->lock);
     return n ? rc : -ENOENT;
 }
+
+int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
+{
+    if (!*rel)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n) {
+        if (uid != (uid_t)-1)
+            n->uid = uid;
+        if (gid != (gid_t)-1)
+            n->gid = gid;
+        clock_gettime(CLOCK_REALTIME, &n->ctime);
+        rc = imp_node_journal(m, n);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n ? rc : -ENOENT;
+}

@@ -398,6 +398,8 @@ TEST(rsync_temp_name_then_rename_and_utimens)
     struct timespec tv[2] = {{1000, 0}, {1234567890, 123456789}};
     CHECK_EQ_INT(import_utimens(e.m, STORE, "study/img.dcm", tv), 0);
     CHECK_EQ_INT(import_chmod(e.m, STORE, "study/img.dcm", 0600), 0);
+    CHECK_EQ_INT(import_chown(e.m, STORE, "study/img.dcm", 1234, (gid_t)-1), 0);
+    CHECK_EQ_INT(import_chown(e.m, STORE, "study/nope.dcm", 1234, 5), -ENOENT);
     struct stat st;
     CHECK_EQ_INT(import_getattr(e.m, STORE, "study/.img.dcm.Ab12Cd", &st), -ENOENT);
     CHECK_EQ_INT(import_getattr(e.m, STORE, "study/img.dcm", &st), 0);
@@ -413,6 +415,8 @@ TEST(rsync_temp_name_then_rename_and_utimens)
     CHECK_EQ_INT(st.st_mtim.tv_sec, 1234567890);
     CHECK_EQ_INT(st.st_mtim.tv_nsec, 123456789);
     CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    CHECK_EQ_INT(st.st_uid, 1234);
+    CHECK_EQ_INT(st.st_gid, getgid());
     struct stat src;
     stat(valid1, &src);
     CHECK_EQ_INT(st.st_size, src.st_size);
