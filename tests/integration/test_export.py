@@ -190,3 +190,19 @@ def test_filter_survives_remount(dicomfs_mount, filled_store):
     with open(m.path(ds_id, st_id, "export", "raw", "keep"), newline="") as f:
         assert f.read() == filt
     assert len(os.listdir(m.path(ds_id, st_id, "operations"))) == 1
+
+
+def test_odd_filter_names_refused(dicomfs_mount, hc_api):
+    m = dicomfs_mount
+    before = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    d = m.path("ds", "store", "export", "dicom")
+    for name in (".hidden", "x.out"):
+        with pytest.raises(OSError) as ei:
+            write_filter(os.path.join(d, name), "")
+        assert ei.value.errno == errno.EINVAL, name
+    with pytest.raises(OSError) as ei:
+        write_filter(m.path("ds", "store", "export", "gif"), "")
+    assert ei.value.errno in (errno.EACCES, errno.EPERM)
+    assert os.listdir(d) == []
+    after = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    assert after == before
