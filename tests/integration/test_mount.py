@@ -160,6 +160,7 @@ def attempt(emulator, tmp, source=LOCATION_NAME, staging=STAGING, endpoint=None,
     opts += list(extra)
     rc, out, err = run_dicomfs([source, mnt, "-f", "-o", ",".join(opts)], timeout=60)
     assert not os.path.ismount(mnt)
+    assert "Sanitizer" not in err and "runtime error:" not in err, err
     return rc, err
 
 
