@@ -467,8 +467,13 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         return -1;
     }
     size_t count = 0;
-    rd r = {.p = buf, .len = len, .pos = 132, .enc = DJ_EXPLICIT_LE, .why = why,
-            .whylen = whylen, .count = &count};
+    rd r = {.p = buf,
+            .len = len,
+            .pos = 132,
+            .enc = DJ_EXPLICIT_LE,
+            .why = why,
+            .whylen = whylen,
+            .count = &count};
     out->meta = calloc(1, sizeof *out->meta);
     out->ds = calloc(1, sizeof *out->ds);
     if (!out->meta || !out->ds)
@@ -506,7 +511,12 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         out->compressed = strcmp(out->ts, "1.2.840.10008.1.2.1") != 0;
     }
     size_t base = (size_t)(dp - buf);
-    rd d = {.p = dp, .len = dlen, .pos = 0, .enc = out->enc, .why = why, .whylen = whylen,
+    rd d = {.p = dp,
+            .len = dlen,
+            .pos = 0,
+            .enc = out->enc,
+            .why = why,
+            .whylen = whylen,
             .count = &count};
     if (parse_ds(&d, dlen, false, 0, out->ds) < 0) {
         if (!out->inflated) {
@@ -579,8 +589,8 @@ long dj_int(const dj_elem *e, enum dj_enc enc, long def)
 /* ---- DICOM JSON ---- */
 static bool is_string_vr(const char *vr)
 {
-    static const char *const s[] = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH",
-                                    "ST", "TM", "UC", "UI", "UR", "UT"};
+    static const char *const s[] = {"AE", "AS", "CS", "DA", "DT", "LO", "LT",
+                                    "SH", "ST", "TM", "UC", "UI", "UR", "UT"};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         if (strcmp(vr, s[i]) == 0)
             return true;
@@ -726,7 +736,7 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
         }
         return o;
     }
-    if (e->encapsulated || (e->len > 65536 && !is_string_vr(e->vr))) {
+    if (e->encapsulated || e->tag == TAG_PIXEL || (e->len > 65536 && !is_string_vr(e->vr))) {
         if (bulk_base) {
             char hex[9], *uri;
             dj_tag_hex(e->tag, hex);

@@ -104,7 +104,9 @@ int hc_write_atomic(const char *path, const void *data, size_t len)
         p += n;
         left -= (size_t)n;
     }
-    if (fdatasync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
+    /* No fsync: the emulator must survive its own kill/restart (the page
+     * cache does), not power loss; fsync per instance made big imports slow. */
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
         int e = -errno;
         unlink(tmp);
         free(tmp);
@@ -170,15 +172,24 @@ bool hc_id_valid(const char *id)
 static const char *status_name(int status)
 {
     switch (status) {
-    case 400: return "INVALID_ARGUMENT";
-    case 401: return "UNAUTHENTICATED";
-    case 403: return "PERMISSION_DENIED";
-    case 404: return "NOT_FOUND";
-    case 409: return "ALREADY_EXISTS";
-    case 429: return "RESOURCE_EXHAUSTED";
-    case 501: return "UNIMPLEMENTED";
-    case 503: return "UNAVAILABLE";
-    default: return "INTERNAL";
+    case 400:
+        return "INVALID_ARGUMENT";
+    case 401:
+        return "UNAUTHENTICATED";
+    case 403:
+        return "PERMISSION_DENIED";
+    case 404:
+        return "NOT_FOUND";
+    case 409:
+        return "ALREADY_EXISTS";
+    case 429:
+        return "RESOURCE_EXHAUSTED";
+    case 501:
+        return "UNIMPLEMENTED";
+    case 503:
+        return "UNAVAILABLE";
+    default:
+        return "INTERNAL";
     }
 }
 
@@ -238,8 +249,7 @@ bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, 
                          "not repeating, cannot start list.",
                          c->string);
                 if (!cJSON_IsArray(c))
-                    snprintf(msg, sizeof msg, "Invalid value at '%s', expected an object.",
-                             path);
+                    snprintf(msg, sizeof msg, "Invalid value at '%s', expected an object.", path);
                 hc_error(w, 400, msg);
                 return false;
             }
@@ -347,8 +357,7 @@ static void inst_free(hc_inst *in)
 char *hc_inst_path(hc_store *s, const hc_inst *i)
 {
     char *p;
-    return asprintf(&p, "%s/files/%llu.dcm", s->dir, (unsigned long long)i->file_no) < 0 ? NULL
-                                                                                           : p;
+    return asprintf(&p, "%s/files/%llu.dcm", s->dir, (unsigned long long)i->file_no) < 0 ? NULL : p;
 }
 
 static cJSON *inst_to_json(const hc_inst *in, const char *op)
@@ -660,7 +669,7 @@ static bool file_equals(const char *path, const uint8_t *buf, size_t len)
 }
 
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[3][HC_UID_MAX + 1],
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen)
 {
     dicom_info info;
@@ -674,6 +683,8 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         snprintf(uids_out[0], HC_UID_MAX + 1, "%s", info.study_uid);
         snprintf(uids_out[1], HC_UID_MAX + 1, "%s", info.series_uid);
         snprintf(uids_out[2], HC_UID_MAX + 1, "%s", info.sop_instance_uid);
+        snprintf(uids_out[3], HC_UID_MAX + 1, "%s",
+                 info.sop_class_uid[0] ? info.sop_class_uid : info.media_sop_class);
     }
     if (require_study && strcmp(require_study, info.study_uid) != 0) {
         snprintf(why, whylen, "StudyInstanceUID %s does not match the study %s in the request URL",
@@ -741,8 +752,7 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
     return HC_ADD_ERROR;
 }
 
-long hc_store_delete(const char *store_name, const char *study, const char *series,
-                     const char *sop)
+long hc_store_delete(const char *store_name, const char *study, const char *series, const char *sop)
 {
     hc_lock();
     hc_store *s = hc_store_find(store_name);
@@ -825,9 +835,8 @@ static const hc_field f_blob[] = {{"blobStorageClass", "blob_storage_class", NUL
 static const hc_field f_import[] = {{"gcsSource", "gcs_source", f_gcs_source},
                                     {"blobStorageSettings", "blob_storage_settings", f_blob},
                                     {NULL, NULL, NULL}};
-static const hc_field f_gcs_dest[] = {{"uriPrefix", "uri_prefix", NULL},
-                                      {"mimeType", "mime_type", NULL},
-                                      {NULL, NULL, NULL}};
+static const hc_field f_gcs_dest[] = {
+    {"uriPrefix", "uri_prefix", NULL}, {"mimeType", "mime_type", NULL}, {NULL, NULL, NULL}};
 static const hc_field f_bq_dest[] = {{"tableUri", "table_uri", NULL},
                                      {"force", "force", NULL},
                                      {"writeDisposition", "write_disposition", NULL},
@@ -1206,8 +1215,7 @@ static void store_metrics(emu_response *w, hc_store *s)
 }
 
 static void store_item(emu_response *w, const emu_request *r, const char *method,
-                       const char *version, const char *dataset, const char *name,
-                       const char *verb)
+                       const char *version, const char *dataset, const char *name, const char *verb)
 {
     hc_lock();
     hc_store *s = hc_store_find(name);
@@ -1404,8 +1412,8 @@ void emu_hc_shutdown(emu_ctx *ctx)
     g.dir = NULL;
 }
 
-int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
-                     const char *dataset, const char *store)
+int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
+                     const char *store)
 {
     (void)ctx;
     if (!project || !location || !dataset || !hc_id_valid(dataset) ||
