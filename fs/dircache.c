@@ -184,6 +184,8 @@ void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
 
 static centry *bsearch_name(listing *l, const char *name)
 {
+    if (l->n == 0)
+        return NULL;
     centry k = {.e = {.name = (char *)name}};
     return bsearch(&k, l->v, l->n, sizeof *l->v, cmp_centry);
 }

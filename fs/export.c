@@ -676,7 +676,8 @@ static int out_listing(fs_ctx *x, const tree_path *tp, dircache_list *l)
                   x->opt->export_bucket, slashed, err.message);
         rc = e;
     }
-    qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
+    if (oc.n)
+        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
     dircache_list built;
     dircache_list_init(&built);
     for (size_t i = 0; rc == 0 && i < oc.n; i++) {

@@ -1087,11 +1087,19 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
     if (rc)
         return rc;
     fs_ctx *x = ctx();
+    if (tp.kind == TREE_IMPORT && *tp.rest) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_chown(x->import, store, tp.rest, uid, gid);
+        free(store);
+        return rc;
+    }
     struct stat st;
     rc = getattr_path(x, &tp, &st);
     if (rc)
         return rc;
-    /* Everything belongs to the mounting user; "changing" to it is a no-op
+    /* Everything else belongs to the mounting user; "changing" to it is a no-op
      * (cp -p, rsync -o as that user). */
     if ((uid == (uid_t)-1 || uid == x->uid) && (gid == (gid_t)-1 || gid == x->gid))
         return 0;

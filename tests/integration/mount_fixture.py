@@ -260,6 +260,7 @@ class DicomfsMount:
         os.makedirs(self.mnt, exist_ok=True)
         self.proc = None
         self._log = None
+        self.exit_codes = []
 
     def argv(self):
         opts = [f"staging={self.staging}", f"cache_dir={self.cache_dir}",
@@ -300,15 +301,19 @@ class DicomfsMount:
             return ""
 
     def stop(self, timeout=20):
+        """Unmounts and waits for dicomfs; returns its exit code (None if killed)."""
+        rc = None
         if _ismount(self.mnt):
             subprocess.run(["fusermount3", "-u", self.mnt], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         if self.proc is not None:
             try:
-                self.proc.wait(timeout=timeout)
+                rc = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+                rc = None
+            self.exit_codes.append(rc)
             self.proc = None
         if _ismount(self.mnt):  # the process died without unmounting
             subprocess.run(["fusermount3", "-uz", self.mnt], stdout=subprocess.DEVNULL,
@@ -316,6 +321,17 @@ class DicomfsMount:
         if self._log:
             self._log.close()
             self._log = None
+        return rc
+
+    def problems(self):
+        """Unclean exits or sanitizer reports over every run of this mount."""
+        out = []
+        if any(rc != 0 for rc in self.exit_codes):
+            out.append(f"dicomfs exit codes {self.exit_codes}")
+        log = self.log_text()
+        if "Sanitizer" in log or "runtime error:" in log:
+            out.append("sanitizer report in the log")
+        return out
 
     def remount(self):
         self.stop()
@@ -343,12 +359,18 @@ def mount_factory(emulator, request):
 
     yield make
     failed = getattr(request.node, "rep_call", None)
+    problems = []
     for m in reversed(mounts):
         m.stop()
-        if failed is not None and failed.failed:
+        p = m.problems()
+        if p:
+            problems.append(f"{m.mnt}: {'; '.join(p)}\n{m.log_text()[-4000:]}")
+        elif failed is not None and failed.failed:
             print(f"--- dicomfs log ({m.log_path}) ---\n{m.log_text()[-4000:]}")
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture

@@ -41,7 +41,9 @@ def make_instance(path, study, series, instance):
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = (np.arange(64, dtype=np.uint8) * 3).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    ds.is_little_endian = True
+    ds.is_implicit_VR = False
+    ds.save_as(path, write_like_original=False)  # pydicom 2.x: full Part-10 file
 
 
 @pytest.fixture

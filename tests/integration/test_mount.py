@@ -232,3 +232,68 @@ def test_help_and_version():
     p = subprocess.run([DICOMFS, "--version"], capture_output=True, text=True, timeout=20)
     assert p.returncode == 0
     assert p.stdout.startswith("dicomfs ")
+
+
+def _pids_with_arg(arg):
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if arg.encode() in argv and state != "Z":
+            pids.append(int(d))
+    return pids
+
+
+def test_fstab_style_mount_daemonizes(emulator, tmp_path):
+    """mount.fuse3 runs `dicomfs SOURCE MOUNTPOINT -o rw,...,_netdev`: dicomfs
+    checks, mounts, daemonizes; fusermount3 -u ends the daemon."""
+    import time
+    hc, st, creds = emulator_endpoints(emulator)
+    mnt = str(tmp_path / "mnt")
+    os.makedirs(mnt)
+    opts = (f"rw,staging=gs://staging/p,_netdev,endpoint={hc},storage_endpoint={st},"
+            f"credentials={creds},cache_dir={tmp_path}/cache")
+    env = dict(os.environ, PATH=os.path.dirname(DICOMFS) + ":" + os.environ.get("PATH", ""))
+    p = subprocess.run(["/usr/sbin/mount.fuse3", f"{LOCATION_NAME}/datasets/ds", mnt, "-t",
+                        "dicomfs", "-o", opts], env=env, capture_output=True, text=True,
+                       timeout=60)
+    try:
+        assert p.returncode == 0, p.stderr
+        assert os.path.ismount(mnt)
+        assert sorted(os.listdir(mnt)) == ["operations", "store"]
+        with open("/proc/mounts") as f:
+            line = [l for l in f if f" {mnt} " in l][0]
+        assert line.startswith(f"{LOCATION_NAME}/datasets/ds {mnt} fuse.dicomfs ")
+        assert "default_permissions" in line and "allow_other" not in line
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", mnt])
+        deadline = time.time() + 20
+        while _pids_with_arg(mnt) and time.time() < deadline:
+            time.sleep(0.1)
+        left = _pids_with_arg(mnt)
+        for pid in left:
+            os.kill(pid, 9)
+    assert not left, "the daemon did not exit after unmount"
+
+
+def test_fstab_style_error_reaches_terminal(emulator, tmp_path):
+    hc, st, creds = emulator_endpoints(emulator)
+    mnt = str(tmp_path / "mnt")
+    os.makedirs(mnt)
+    opts = (f"rw,staging=gs://no-such-bucket-q/p,_netdev,endpoint={hc},storage_endpoint={st},"
+            f"credentials={creds},cache_dir={tmp_path}/cache")
+    env = dict(os.environ, PATH=os.path.dirname(DICOMFS) + ":" + os.environ.get("PATH", ""))
+    p = subprocess.run(["/usr/sbin/mount.fuse3", f"{LOCATION_NAME}/datasets/ds", mnt, "-t",
+                        "dicomfs", "-o", opts], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0
+    assert "gs://no-such-bucket-q does not exist" in p.stderr
+    assert not os.path.ismount(mnt)
