@@ -61,11 +61,17 @@ def test_stat(dicomfs_mount, ds_store):
     expect_errno(errno.ENAMETOOLONG, os.stat, m.path("x" * 256))
 
 
-def test_mount_of_a_dataset(mount_factory, ds_store):
+def test_mount_of_a_dataset(mount_factory, hc_api, ds_store):
     ds_id, st_id = ds_store
     m = mount_factory(source=f"{LOCATION_NAME}/datasets/{ds_id}")
     assert sorted(os.listdir(m.mnt)) == sorted(["operations", st_id])
     assert "import" in os.listdir(m.path(st_id))
+    os.mkdir(m.path("newstore"))
+    assert (f"{LOCATION_NAME}/datasets/{ds_id}/dicomStores/newstore"
+            in hc_api.list_stores(f"{LOCATION_NAME}/datasets/{ds_id}"))
+    assert sorted(os.listdir(m.mnt)) == sorted(["operations", st_id, "newstore"])
+    expect_errno(errno.EPERM, os.rmdir, m.path("newstore"))
+    expect_errno((errno.EPERM, errno.EACCES), write_file, m.path("file-at-root"))
 
 
 def test_mkdir_dataset_and_store(dicomfs_mount, hc_api):
