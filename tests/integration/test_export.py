@@ -102,7 +102,7 @@ def walk_files(root):
     return out
 
 
-def test_filtered_export_one_study(dicomfs_mount, filled_store):
+def test_filtered_export_one_study(dicomfs_mount, hc_api, filled_store):
     ds, store, files = filled_store
     ds_id, st_id = ids(ds, store)
     m = dicomfs_mount
@@ -123,6 +123,14 @@ def test_filtered_export_one_study(dicomfs_mount, filled_store):
         with open(p, "rb") as f:
             assert f.read() == want[rel], rel
         assert os.stat(p).st_size == len(want[rel])
+    # the filter was uploaded beside the staging prefix, the objects went to
+    # the default export destination gs://staging/dicomfs-exports/DS/STORE/FMT/NAME/
+    (fobj,) = hc_api.list_objects("staging", f"dicomfs/filters/{ds_id}/{st_id}/dicom/")
+    assert fobj["name"].rsplit("/", 1)[1].startswith("one-")
+    assert hc_api.download("staging", fobj["name"]) == filt.encode()
+    exported = {o["name"] for o in hc_api.list_objects(
+        "staging", f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/")}
+    assert exported == {f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/{r}" for r in want}
 
 
 def test_empty_filter_exports_whole_store(dicomfs_mount, filled_store):
