@@ -214,3 +214,57 @@ def test_odd_filter_names_refused(dicomfs_mount, hc_api):
     assert os.listdir(d) == []
     after = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
     assert after == before
+
+
+def set_faults(emulator, **kw):
+    q = "&".join(f"{k}={v}" for k, v in kw.items())
+    status, _, body = emulator.request("POST", f"/_emulator/faults?{q}", auth=False)
+    assert status == 200, body
+
+
+def test_export_under_server_faults(dicomfs_mount, emulator, filled_store):
+    """429/500/503 answers and dropped connections on a third of the requests:
+    the client's retries hide them; results are exact."""
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    study = sorted({k[0] for k in files})[0]
+    set_faults(emulator, fail_rate=0.3, reset_rate=0.05)
+    try:
+        write_filter(m.path(ds_id, st_id, "export", "dicom", "f"), f"/studies/{study}\n")
+        wait_store_ops_done(m, ds_id, st_id, 1, timeout=120)
+        got = walk_files(m.path(ds_id, st_id, "export", "dicom", "f.out"))
+        want = {f"{s}/{se}/{i}.dcm": d for (s, se, i), d in files.items() if s == study}
+        assert sorted(got) == sorted(want)
+        for rel, p in got.items():
+            with open(p, "rb") as f:
+                assert f.read() == want[rel], rel
+        for n in os.listdir(m.path(ds_id, "operations")):
+            json.loads(open(m.path(ds_id, "operations", n), "rb").read())
+        faults = emulator.stats()["faults"]
+        assert faults["http429"] + faults["http500"] + faults["http503"] + faults["resets"] > 0
+    finally:
+        set_faults(emulator, fail_rate=0, reset_rate=0)
+
+
+def test_malformed_responses_give_eio_not_a_crash(dicomfs_mount, emulator, filled_store):
+    ds, store, _ = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    set_faults(emulator, malformed_rate=1)
+    try:
+        errors = 0
+        for _ in range(3):
+            try:
+                for n in os.listdir(m.path(ds_id, "operations")):
+                    open(m.path(ds_id, "operations", n), "rb").read()
+            except OSError as e:
+                # EACCES: the token endpoint's answers are garbled too
+                assert e.errno in (errno.EIO, errno.ENOENT, errno.EACCES), e
+                errors += 1
+            time.sleep(2.1)  # past the listing caches
+        assert errors > 0
+    finally:
+        set_faults(emulator, malformed_rate=0)
+    # the daemon is still serving
+    assert "operations" in os.listdir(m.path(ds_id))
