@@ -268,3 +268,35 @@ def test_malformed_responses_give_eio_not_a_crash(dicomfs_mount, emulator, fille
         set_faults(emulator, malformed_rate=0)
     # the daemon is still serving
     assert "operations" in os.listdir(m.path(ds_id))
+
+
+def test_out_is_empty_until_the_export_is_done(emulator_factory, tmp_path):
+    from mount_fixture import ApiClient, DicomfsMount
+    from pydicom.uid import generate_uid
+    emu = emulator_factory("--lro-delay", "3000")
+    api = ApiClient(emu)
+    study, series, inst = generate_uid(), generate_uid(), generate_uid()
+    p = tmp_path / "i.dcm"
+    make_instance(str(p), study, series, inst)
+    api.upload("staging", "slow/i.dcm", p.read_bytes(), "application/dicom")
+    api.wait_operation(api.import_gcs(
+        "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store",
+        "gs://staging/slow/**"))
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        out = m.path("ds", "store", "export", "dicom", "s.out")
+        write_filter(m.path("ds", "store", "export", "dicom", "s"), "")
+        ops = store_ops(m, "ds", "store")
+        assert len(ops) == 1 and not list(ops.values())[0].get("done")
+        assert os.listdir(out) == []
+        wait_store_ops_done(m, "ds", "store", 1)
+        got = walk_files(out)
+        assert sorted(got) == [f"{study}/{series}/{inst}.dcm"]
+        with open(got[f"{study}/{series}/{inst}.dcm"], "rb") as f:
+            assert f.read() == p.read_bytes()
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]
