@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "multipart.h"
@@ -133,8 +135,16 @@ static void query_param(void *ctx, const char *key, const char *value)
     }
 }
 
+/* Parsed cached attributes of an instance, parsed once into *cache. */
+static const cJSON *inst_attrs(const hc_inst *in, cJSON **cache)
+{
+    if (!*cache)
+        *cache = cJSON_Parse(in->attrs ? in->attrs : "{}");
+    return *cache;
+}
+
 /* First value of a cached attribute as text (PN: the alphabetic group). */
-static const char *attr_text(const hc_inst *in, uint32_t tag)
+static const char *attr_text(const hc_inst *in, uint32_t tag, cJSON **cache)
 {
     switch (tag) {
     case 0x0020000D:
@@ -148,7 +158,7 @@ static const char *attr_text(const hc_inst *in, uint32_t tag)
     }
     char hex[9];
     dj_tag_hex(tag, hex);
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(in->attrs, hex);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(inst_attrs(in, cache), hex);
     const cJSON *v = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(a, "Value"), 0);
     if (cJSON_IsString(v))
         return v->valuestring;
@@ -206,14 +216,15 @@ static bool value_matches(const query *q, uint32_t tag, const char *have, const 
     return strcmp(have, want) == 0;
 }
 
-static bool inst_matches(const query *q, const hc_inst *in, const char *study, const char *series)
+static bool inst_matches(const query *q, const hc_inst *in, const char *study, const char *series,
+                         cJSON **cache)
 {
     if (study && strcmp(in->study, study) != 0)
         return false;
     if (series && strcmp(in->series, series) != 0)
         return false;
     for (int i = 0; i < q->n_m; i++)
-        if (!value_matches(q, q->m[i].tag, attr_text(in, q->m[i].tag), q->m[i].value))
+        if (!value_matches(q, q->m[i].tag, attr_text(in, q->m[i].tag, cache), q->m[i].value))
             return false;
     return true;
 }
@@ -276,7 +287,7 @@ static void add_computed(cJSON *row, hc_store *st, const hc_inst *rep, enum leve
     if (tag != 0x00201206 && tag != 0x00201208 && tag != 0x00201209 && tag != 0x00080061)
         return;
     long n_inst = 0, n_series = 0;
-    sset series = {0}, mods = {0};
+    sset series = {0};
     cJSON *modv = cJSON_CreateArray();
     for (size_t i = 0; i < st->n_inst; i++) {
         const hc_inst *in = st->inst[i];
@@ -287,12 +298,20 @@ static void add_computed(cJSON *row, hc_store *st, const hc_inst *rep, enum leve
         n_inst++;
         if (sset_add(&series, in->series))
             n_series++;
-        const char *m = attr_text(in, 0x00080060);
-        if (m && sset_add(&mods, m))
+        cJSON *cache = NULL;
+        const char *m = attr_text(in, 0x00080060, &cache);
+        if (m && !cJSON_GetArraySize(modv))
             cJSON_AddItemToArray(modv, cJSON_CreateString(m));
+        else if (m) {
+            bool dup = false;
+            const cJSON *x;
+            cJSON_ArrayForEach(x, modv) dup = dup || strcmp(x->valuestring, m) == 0;
+            if (!dup)
+                cJSON_AddItemToArray(modv, cJSON_CreateString(m));
+        }
+        cJSON_Delete(cache);
     }
     free(series.v);
-    free(mods.v);
     cJSON *o = cJSON_CreateObject();
     if (tag == 0x00080061) {
         cJSON_AddStringToObject(o, "vr", "CS");
@@ -332,7 +351,7 @@ typedef struct row {
 } row;
 
 static void add_tag(cJSON *row_json, hc_store *st, const hc_inst *rep, enum level lv, uint32_t tag,
-                    bool *need_file)
+                    bool *need_file, cJSON **cache)
 {
     char hex[9];
     dj_tag_hex(tag, hex);
@@ -342,7 +361,7 @@ static void add_tag(cJSON *row_json, hc_store *st, const hc_inst *rep, enum leve
         add_computed(row_json, st, rep, lv, tag);
         return;
     }
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(rep->attrs, hex);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(inst_attrs(rep, cache), hex);
     if (a)
         cJSON_AddItemToObject(row_json, hex, cJSON_Duplicate(a, true));
     else if (!is_cached(tag))
@@ -387,24 +406,27 @@ static void qido(emu_response *w, const emu_request *r, const char *store, enum 
     hc_store *st = hc_store_find(store);
     for (size_t i = 0; st && rows && i < st->n_inst && n_rows < (size_t)q.limit; i++) {
         hc_inst *in = st->inst[i];
-        if (!inst_matches(&q, in, study, series))
-            continue;
-        if (lv == LV_STUDY && !sset_add(&seen, in->study))
-            continue;
-        if (lv == LV_SERIES && !sset_add(&seen, in->series))
-            continue;
-        if (skipped < q.offset) {
+        cJSON *cache = NULL;
+        bool skip = !inst_matches(&q, in, study, series, &cache) ||
+                    (lv == LV_STUDY && !sset_add(&seen, in->study)) ||
+                    (lv == LV_SERIES && !sset_add(&seen, in->series));
+        if (!skip && skipped < q.offset) {
             skipped++;
+            skip = true;
+        }
+        if (skip) {
+            cJSON_Delete(cache);
             continue;
         }
         cJSON *j = cJSON_CreateObject();
         bool need_file = lv == LV_INSTANCE && q.inc_all;
         for (const uint32_t *t = defs; *t; t++)
-            add_tag(j, st, in, lv, *t, &need_file);
+            add_tag(j, st, in, lv, *t, &need_file, &cache);
         for (const uint32_t *t = alls; q.inc_all && t && *t; t++)
-            add_tag(j, st, in, lv, *t, &need_file);
+            add_tag(j, st, in, lv, *t, &need_file, &cache);
         for (int k = 0; k < q.n_inc; k++)
-            add_tag(j, st, in, lv, q.inc[k], &need_file);
+            add_tag(j, st, in, lv, q.inc[k], &need_file, &cache);
+        cJSON_Delete(cache);
         rows[n_rows].json = j;
         if (need_file)
             rows[n_rows].path = hc_inst_path(st, in);
@@ -577,7 +599,17 @@ static void wado(emu_response *w, const emu_request *r, const char *store, const
     hc_buf body = {0};
     char why[300] = "", sent_ts[80] = "";
     int rc = 0;
-    if (single) {
+    int fd = -1;
+    struct stat st;
+    if (single && (!strcmp(ts, "*") || !strcmp(ts, f.ts[0])) &&
+        (fd = open(f.v[0].path, O_RDONLY | O_CLOEXEC)) >= 0 && fstat(fd, &st) == 0) {
+        /* as stored: served from the file without copying it into memory */
+        char ct[160];
+        snprintf(ct, sizeof ct, "application/dicom; transfer-syntax=%s", f.ts[0]);
+        emu_resp_file(w, 200, ct, fd, 0, (uint64_t)st.st_size);
+    } else if (single) {
+        if (fd >= 0)
+            close(fd);
         rc = instance_bytes(f.v[0].path, f.ts[0], ts, &body, sent_ts, sizeof sent_ts, why,
                             sizeof why);
         if (rc == 0) {

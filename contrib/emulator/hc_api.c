@@ -5,6 +5,28 @@
  * store stores/sN/index.log (append-only add/del lines, compacted on load)
  * plus files/N.dcm (the Part-10 bytes as uploaded). Routes /v1 and /v1beta1
  * requests to datasets, dicomStores, operations (lro.c) and DICOMweb.
+ *
+ * Choices where the real service is undocumented (see api-facts.md 6):
+ * - Errors use the AIP-193 envelope; unknown JSON fields answer 400 with
+ *   'Invalid JSON payload received. Unknown name "x"[ at 'path']: Cannot find
+ *   field.'; v1 export has no filterConfig (so it is an unknown field).
+ * - datasetId and dicomStoreId: ASCII approximation of [\p{L}\p{N}_\-.]{1,256}
+ *   (bytes >= 0x80 allowed); an existing id answers 409 ALREADY_EXISTS.
+ * - datasets.create makes the dataset visible at once; its LRO finishes after
+ *   --lro-delay with the Dataset (timeZone "UTC" when unset) as response.
+ * - Operations show "done": false while running (the real API omits false).
+ *   Counter values are strings, zero values omitted. Import: a file that is
+ *   not DICOM is a failure (op error code 3); no matching object or a missing
+ *   bucket: code 5. Export: a missing destination bucket or filter object
+ *   fails the operation with code 5 (not a synchronous 400/404); a bad filter
+ *   line with code 3 naming the line and column; an instance that cannot be
+ *   converted is a counted failure (op error code 3). Cancel: error code 1.
+ * - Operations interrupted by a restart are resumed from the start (import,
+ *   export and deletes are idempotent); counters restart from zero.
+ * - QIDO with no match answers 200 []; missing DICOMweb resources answer 404.
+ * - WADO without transfer-syntax=* transcodes to explicit VR LE; compressed
+ *   sources then answer 406 (the emulator decodes no compressed syntax).
+ * - bigqueryDestination answers 501 UNIMPLEMENTED.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -349,7 +371,7 @@ static void inst_remove_at(hc_store *s, size_t idx)
 static void inst_free(hc_inst *in)
 {
     if (in) {
-        cJSON_Delete(in->attrs);
+        free(in->attrs);
         free(in);
     }
 }
@@ -372,7 +394,8 @@ static cJSON *inst_to_json(const hc_inst *in, const char *op)
         cJSON_AddStringToObject(j, "class", in->sop_class);
         cJSON_AddStringToObject(j, "ts", in->ts);
         cJSON_AddNumberToObject(j, "size", (double)in->size);
-        cJSON_AddItemToObject(j, "attrs", cJSON_Duplicate(in->attrs, true));
+        cJSON *a = cJSON_Parse(in->attrs ? in->attrs : "{}");
+        cJSON_AddItemToObject(j, "attrs", a ? a : cJSON_CreateObject());
     }
     return j;
 }
@@ -435,9 +458,8 @@ static int store_load(hc_store *s)
                             cJSON_GetObjectItemCaseSensitive(j, "f"));
                         in->size = (uint64_t)cJSON_GetNumberValue(
                             cJSON_GetObjectItemCaseSensitive(j, "size"));
-                        in->attrs = cJSON_DetachItemFromObject(j, "attrs");
-                        if (!in->attrs)
-                            in->attrs = cJSON_CreateObject();
+                        const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "attrs");
+                        in->attrs = a ? cJSON_PrintUnformatted(a) : strdup("{}");
                         if (in->file_no >= s->next_file)
                             s->next_file = in->file_no + 1;
                         if (inst_insert(s, in) < 0)
@@ -631,14 +653,15 @@ static const uint32_t cached_tags[] = {
     0x00280010, 0x00280011, 0x00280100, 0x00400244, 0x00400245, 0x00400275,
 };
 
-static cJSON *cached_attrs(const uint8_t *buf, size_t len)
+static char *cached_attrs(const uint8_t *buf, size_t len)
 {
     dj_file f;
     char why[256];
     cJSON *out = cJSON_CreateObject();
     if (dj_parse_file(buf, len, &f, why, sizeof why) < 0) {
         log_warn("emulator: attributes of an instance not indexed: %s", why);
-        return out;
+        cJSON_Delete(out);
+        return strdup("{}");
     }
     for (size_t i = 0; i < sizeof cached_tags / sizeof cached_tags[0]; i++) {
         const dj_elem *e = dj_find(f.ds, cached_tags[i]);
@@ -654,7 +677,9 @@ static cJSON *cached_attrs(const uint8_t *buf, size_t len)
     }
     dj_file_free(&f);
     dj_sort(out);
-    return out;
+    char *txt = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return txt ? txt : strdup("{}");
 }
 
 static bool file_equals(const char *path, const uint8_t *buf, size_t len)
@@ -705,14 +730,15 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
     in->size = len;
     in->attrs = cached_attrs(buf, len);
 
+    hc_store *first = NULL;
+    char *written = NULL; /* our file, removed again if we do not index it */
     for (int attempt = 0; attempt < 2; attempt++) {
         hc_lock();
         hc_store *s = hc_store_find(store_name);
-        if (!s) {
+        if (!s || (attempt == 1 && s != first)) {
             hc_unlock();
             snprintf(why, whylen, "DICOM store %s does not exist", store_name);
-            inst_free(in);
-            return HC_ADD_ERROR;
+            goto drop;
         }
         hc_inst *old = hc_inst_find(s, in->sop);
         if (old) {
@@ -720,19 +746,23 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
             hc_unlock();
             bool same = p && file_equals(p, buf, len);
             free(p);
-            inst_free(in);
             snprintf(why, whylen, "an instance with SOPInstanceUID %s already exists%s",
                      info.sop_instance_uid, same ? "" : " with different content");
+            if (written)
+                unlink(written);
+            free(written);
+            inst_free(in);
             return same ? HC_ADD_DUP_SAME : HC_ADD_DUP_DIFFERENT;
         }
         if (attempt == 0) {
+            first = s;
             in->file_no = s->next_file++;
-            char *p = hc_inst_path(s, in);
+            written = hc_inst_path(s, in);
             hc_unlock();
-            int wrc = p ? hc_write_atomic(p, buf, len) : -ENOMEM;
-            free(p);
+            int wrc = written ? hc_write_atomic(written, buf, len) : -ENOMEM;
             if (wrc < 0) {
                 snprintf(why, whylen, "cannot store the instance: %s", strerror(-wrc));
+                free(written);
                 inst_free(in);
                 return HC_ADD_ERROR;
             }
@@ -741,13 +771,17 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         if (inst_insert(s, in) < 0) {
             hc_unlock();
             snprintf(why, whylen, "out of memory");
-            inst_free(in);
-            return HC_ADD_ERROR;
+            goto drop;
         }
+        free(written);
         index_append(s, in, "add");
         hc_unlock();
         return HC_ADD_NEW;
     }
+drop:
+    if (written)
+        unlink(written);
+    free(written);
     inst_free(in);
     return HC_ADD_ERROR;
 }
@@ -1183,23 +1217,38 @@ out:
     cJSON_Delete(body);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static long count_unique(const char **v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_str);
+    long u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(v[i], v[i - 1]) != 0)
+            u++;
+    return u;
+}
+
 static void store_metrics(emu_response *w, hc_store *s)
 {
-    /* under lock */
+    /* under lock; O(n log n) */
     long studies = 0, series = 0;
     uint64_t bytes = 0;
-    for (size_t i = 0; i < s->n_inst; i++) {
-        bool ns = true, nse = true;
-        for (size_t k = 0; k < i && (ns || nse); k++) {
-            if (strcmp(s->inst[k]->study, s->inst[i]->study) == 0)
-                ns = false;
-            if (strcmp(s->inst[k]->series, s->inst[i]->series) == 0)
-                nse = false;
-        }
-        studies += ns;
-        series += nse;
-        bytes += s->inst[i]->size;
+    const char **v = malloc((s->n_inst + 1) * sizeof *v);
+    if (v) {
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->study;
+        studies = count_unique(v, s->n_inst);
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->series;
+        series = count_unique(v, s->n_inst);
+        free(v);
     }
+    for (size_t i = 0; i < s->n_inst; i++)
+        bytes += s->inst[i]->size;
     cJSON *j = cJSON_CreateObject();
     char b[32];
     cJSON_AddStringToObject(j, "name", s->name);

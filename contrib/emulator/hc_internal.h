@@ -100,7 +100,9 @@ typedef struct hc_inst {
     char sop_class[HC_UID_MAX + 1], ts[HC_UID_MAX + 1];
     uint64_t size;
     uint64_t file_no;
-    cJSON *attrs; /* cached DICOM JSON for QIDO (match keys and defaults) */
+    /* Cached DICOM JSON (match keys and defaults) kept as compact text: a
+     * parsed cJSON tree costs ~10x the memory; searches parse on demand. */
+    char *attrs;
     struct hc_inst *hnext;
 } hc_inst;
 

@@ -584,3 +584,120 @@ def test_export_compressed_and_multiframe(emulator, tmp):
     assert names == ["mf/%s/%s/%s/%d.png" % (study, series, multi, k) for k in (1, 2, 3)]
     w, h, depth, color, _ = _png_info(download(emulator, "staging", names[0])[1])
     assert (w, h) == (6, 4)
+
+
+def test_wado_transcode_rendered_frames_includefield(emulator, tmp):
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    p = os.path.join(tmp, "i.dcm")
+    samples.make_instance(p, study, series, sop, transfer_syntax=samples.IMPLICIT_LE, bits=16,
+                          rows=8, cols=10, frames=2, patient_id="PX-9")
+    status, body, raw, _ = call(emulator, "POST", STORE + ":import",
+                                {"gcsSource": {"uri": "gs://staging/w/i.dcm"}}, version="v1beta1")
+    assert status == 200
+    op = wait_op(emulator, body["name"], "v1beta1")
+    assert op["error"]["code"] == 5  # nothing uploaded yet
+    assert op["metadata"]["apiMethodName"] == \
+        "google.cloud.healthcare.v1beta1.dicom.DicomService.ImportDicomData"
+    upload(emulator, "staging", "w/i.dcm", read(p))
+    op = import_files(emulator, "gs://staging/w/i.dcm", version="v1beta1")
+    assert op["response"]["@type"].endswith("v1beta1.dicom.ImportDicomDataResponse")
+
+    # operations.list: newest first
+    status, body, _, _ = call(emulator, "GET", DS + "/operations")
+    ids = [int(o["name"].rsplit("/", 1)[1]) for o in body["operations"]]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 2
+
+    inst = "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop)
+    # default: multipart, transcoded to explicit VR little endian
+    status, hdrs, body = emulator.request("GET", inst)
+    assert status == 200 and hdrs["Content-Type"].startswith("multipart/related")
+    msg = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + hdrs["Content-Type"].encode() + b"\r\n\r\n" + body)
+    part = msg.get_payload()[0]
+    assert "1.2.840.10008.1.2.1" in part["Content-Type"]
+    ds = pydicom.dcmread(io.BytesIO(part.get_payload(decode=True)))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (ds.pixel_array == pydicom.dcmread(p).pixel_array).all()
+
+    status, hdrs, body = emulator.request("GET", inst + "/rendered",
+                                          headers={"Accept": "image/png"})
+    assert status == 200 and hdrs["Content-Type"] == "image/png"
+    assert _png_info(body)[:2] == (10, 8)
+    status, hdrs, body = emulator.request("GET", inst + "/frames/2")
+    assert status == 200
+    msg = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + hdrs["Content-Type"].encode() + b"\r\n\r\n" + body)
+    frame = msg.get_payload()[0].get_payload(decode=True)
+    assert frame == pydicom.dcmread(p).PixelData[8 * 10 * 2:]
+
+    # includefield repeated, keywords and tags; match by tag
+    status, body, _ = qido(emulator, "instances",
+                           includefield=["StudyInstanceUID", "0020000E"], **{"00100020": "PX-9"})
+    assert status == 200 and len(body) == 1
+    assert body[0]["0020000D"]["Value"] == [study] and body[0]["0020000E"]["Value"] == [series]
+    assert body[0]["00280008"]["Value"] == [2]
+    status, body, _ = qido(emulator, "instances", includefield="all")
+    assert body[0]["00100020"]["Value"] == ["PX-9"] and "7FE00010" not in body[0]
+
+    status, body, _, _ = call(emulator, "GET", STORE + ":getDICOMStoreMetrics")
+    assert status == 200 and body["instanceCount"] == "1" and body["studyCount"] == "1"
+
+
+def test_large_instance_stow_and_retrieve(emulator, tmp):
+    """A ~100 MB instance: STOW bodies above 64 MiB take the server's spool-file path."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    p = os.path.join(tmp, "big.dcm")
+    samples.make_instance(p, study, series, sop, bits=16, rows=4096, cols=4096, frames=3)
+    data = read(p)
+    assert len(data) > 64 * 1024 * 1024
+    status, _, body = emulator.request("POST", "/v1/%s/studies" % WEB, body=data,
+                                       headers={"Content-Type": "application/dicom",
+                                                "Accept": "application/dicom+json"}, timeout=120)
+    assert status == 200, body
+    status, hdrs, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop),
+        headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=120)
+    assert status == 200 and len(body) == len(data) and body == data
+    status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop)
+    assert body[0]["00280008"]["Value"] == [3] and body[0]["00280010"]["Value"] == [4096]
+
+
+def test_dataset_delete_removes_stores_ops_and_data(emulator, tmp):
+    stage_tree(emulator, tmp, "d", n_studies=1, n_series=1, n_instances=1)
+    op = import_files(emulator, "gs://staging/d/**")
+    status, body, _, _ = call(emulator, "POST", op["name"] + ":cancel", {})
+    assert status == 200  # cancelling a finished operation changes nothing
+    assert "error" not in wait_op(emulator, op["name"])
+    status, _, _, _ = call(emulator, "DELETE", DS)
+    assert status == 200
+    for path in (DS, STORE, op["name"], DS + "/operations"):
+        status, body, _, _ = call(emulator, "GET", path)
+        assert status == 404, path
+    assert not os.listdir(os.path.join(emulator.data_dir, "healthcare", "stores"))
+    # the id can be used again, empty
+    status, body, _, _ = call(emulator, "POST", LOC + "/datasets?datasetId=ds", {})
+    wait_op(emulator, body["name"])
+    status, body, _, _ = call(emulator, "POST", DS + "/dicomStores?dicomStoreId=store", {})
+    assert status == 200
+    status, body, _ = qido(emulator, "instances")
+    assert status == 200 and body == []
+
+
+def test_concurrent_stow_of_the_same_instances(emulator, tmp):
+    import concurrent.futures
+    tree = samples.make_tree(tmp, 1, 1, 5)
+    blobs = [read(t[3]) for t in tree]
+
+    def stow(blob):
+        status, _, _ = emulator.request("POST", "/v1/%s/studies" % WEB, body=blob,
+                                        headers={"Content-Type": "application/dicom"})
+        return status
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        statuses = list(ex.map(stow, blobs * 6))
+    assert statuses == [200] * 30
+    status, body, _ = qido(emulator, "instances")
+    assert sorted(i["00080018"]["Value"][0] for i in body) == sorted(t[2] for t in tree)
+    stores = os.path.join(emulator.data_dir, "healthcare", "stores")
+    files = [f for d in os.listdir(stores) for f in os.listdir(os.path.join(stores, d, "files"))]
+    assert len(files) == 5
