@@ -372,6 +372,8 @@ static int parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *
     unsigned long long a = strtoull(p, &end, 10);
     if (end == p || *end != '-')
         return -1;
+    if (size == 0 && a == 0)
+        return -1; /* "bytes=0-" of an empty object: the whole (empty) object */
     p = end + 1;
     unsigned long long b = size ? size - 1 : 0;
     if (*p) {

@@ -463,7 +463,8 @@ def test_fail_rate_is_repeatable_with_seed(emulator_factory):
 
 
 def test_fault_error_bodies_are_gcs_shaped(emulator_factory):
-    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/storage/")
+    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/nothing/,/storage/")
+    emu.token()  # /token is outside the fault paths
     code, _, body = emu.request("GET", "/storage/v1/b/staging")
     assert code in (429, 500, 503)
     doc = json.loads(body)
@@ -670,3 +671,49 @@ def test_concurrent_uploads_and_listings(emulator):
             break
     assert names == sorted(payloads)
     assert token == emulator.token()
+
+
+def test_empty_object(emulator):
+    doc = ok_json(upload_media(emulator, "empty", b""))
+    assert doc["size"] == "0"
+    assert doc["md5Hash"] == md5_b64(b"") and doc["crc32c"] == crc32c_b64(b"")
+    code, _, body = download(emulator, "empty")
+    assert code == 200 and body == b""
+    code, _, body = download(emulator, "empty", headers={"Range": "bytes=0-"})
+    assert code == 200 and body == b""
+
+
+def test_resumable_checks_declared_checksums(emulator):
+    data = os.urandom(1000)
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "md5Hash": md5_b64(b"no")})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data))
+    gcs_error((code, None, body), 400, "invalid")
+    assert "items" not in list_objects(emulator)
+    # The final chunk's x-goog-hash is checked as well, and a match passes.
+    session = start_resumable(emulator, "ck")
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "crc32c=" + crc32c_b64(b"no")})
+    assert code == 400, body
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "crc32c": crc32c_b64(data)})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "md5=" + md5_b64(data)})
+    assert code == 200, body
+
+
+def test_reset_during_uploads_never_leaves_partial_objects(emulator_factory, tmp_path):
+    emu = emulator_factory("--reset-rate", "1", "--seed", "11", "--fault-paths", "/upload/")
+    token = emu.token()
+    data = os.urandom(2 << 20)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    for i in range(6):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "POST", "-T", str(src),
+                            "-H", "Authorization: Bearer " + token,
+                            "-H", "Content-Type: application/octet-stream",
+                            emu.url + "/upload/storage/v1/b/staging/o?uploadType=media&name=u%d" % i],
+                           capture_output=True, timeout=30)
+        assert r.returncode != 0
+    # Each upload either took effect whole (answer lost) or not at all.
+    for item in list_objects(emu).get("items", []):
+        assert item["size"] == str(len(data)) and item["md5Hash"] == md5_b64(data)
+    assert emu.stats()["faults"]["resets"] == 6
