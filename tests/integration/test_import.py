@@ -378,3 +378,58 @@ def test_import_full_cache_disk_gives_enospc(mount_factory, emulator, workdir):
         m.unmount()
     finally:
         subprocess.run(["umount", "-l", cache], capture_output=True)
+
+
+def set_faults(emu, **rates):
+    q = urllib.parse.urlencode(rates)
+    status, _, body = emu.request("POST", "/_emulator/faults?" + q, auth=False)
+    assert status == 200, body
+
+
+def test_import_killed_daemon_with_faults_loses_nothing(mount_factory, emulator, workdir):
+    """kill -9 while uploads run against a faulty server, remount: every file
+    whose cp succeeded is imported exactly once."""
+    src = os.path.join(workdir, "src")
+    uids = make_tree(src, studies=2, series=2, instances=5)
+    m = ImportMount(mount_factory(options=("commit_delay=1", "uploads=4")))
+    set_faults(emulator, fail_rate=0.3, reset_rate=0.05)
+    r = subprocess.run(["cp", "-r", src + "/.", m.import_dir()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m.m.proc.kill()  # SIGKILL by PID: no clean shutdown, uploads cut off
+    m.m.proc.wait()
+    m.m.stop()  # fusermount3 -u of the dead mount
+    # The fixture flags unclean exits; this one was on purpose.
+    assert m.m.exit_codes[-1] == -9
+    m.m.exit_codes.pop()
+    set_faults(emulator, fail_rate=0.1, reset_rate=0.02)
+    m.remount(commit_delay=1)
+    # From the journal: whatever is not imported yet is listed again.
+    assert set(listed_files(m.import_dir())) <= set(uids)
+    w = m.wait(timeout=180)
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    set_faults(emulator, fail_rate=0, reset_rate=0)
+    assert_all_imported_once(emulator, uids.values())
+    assert listed_files(m.import_dir()) == []
+
+
+def test_import_hostile_file_names(mounts, emulator, workdir):
+    names = ["new\nline.dcm", "-leading-dash.dcm", "tab\there.dcm", "L" * 251 + ".dcm",
+             "\u00fcn\u00ef\u00e7\u00f8d\u00e9 \u540d\u524d.dcm", "semi;colon 'quote\".dcm"]
+    src = os.path.join(workdir, "src")
+    uids = {}
+    for i, n in enumerate(names):
+        uids[n] = write_instance(os.path.join(src, n), generate_uid(), generate_uid(), i)
+    m = mounts(commit_delay=1)
+    r = subprocess.run(["cp", "-r", src + "/.", m.import_dir()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(m.import_dir())) == sorted(names)
+    for n in names:
+        assert os.path.getsize(os.path.join(m.import_dir(), n)) == \
+            os.path.getsize(os.path.join(src, n))
+    # The cache holds random ids only, never the names.
+    spooled = os.listdir(os.path.join(m.cache_dir, "spool"))
+    assert len(spooled) == len(names)
+    assert all(len(f) == 32 and all(c in "0123456789abcdef" for c in f) for f in spooled)
+    w = m.wait()
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    assert_all_imported_once(emulator, uids.values())
