@@ -10,11 +10,7 @@
 #include <unistd.h>
 
 #include "export.h"
-/* import.h has a URI pattern with a double star in a comment (-Wcomment). */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "import.h"
-#pragma GCC diagnostic pop
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
