@@ -534,6 +534,11 @@ def test_lro_delay_cancel_and_restart(emulator_factory, tmp):
     op = wait_op(emu, body["name"])
     assert op["error"]["code"] == 1 and op["metadata"]["cancelRequested"] is True
 
+    status, body, _, _ = call(emu, "POST", LOC + "/datasets?datasetId=kept", {})
+    wait_op(emu, body["name"])
+    status, _, raw, _ = call(emu, "POST", LOC + "/datasets/kept/dicomStores?dicomStoreId=st", {})
+    assert status == 200, raw
+
     # an import still running at shutdown is resumed after the restart
     status, body, _, _ = call(emu, "POST", STORE + ":import",
                               {"gcsSource": {"uri": "gs://staging/r/**"}})
@@ -543,6 +548,10 @@ def test_lro_delay_cancel_and_restart(emulator_factory, tmp):
     assert op["metadata"]["counter"] == {"success": "2"} and "response" in op
     status, body, _, _ = call(emu, "GET", DS + "/operations")
     assert len(body["operations"]) == 3
+    status, body, _, _ = call(emu, "GET", LOC + "/datasets/kept/dicomStores/st")
+    assert status == 200 and body["name"] == LOC + "/datasets/kept/dicomStores/st"
+    status, body, _, _ = call(emu, "GET", LOC + "/datasets/kept/operations")
+    assert [o["done"] for o in body["operations"]] == [True]
     status, body, _ = qido(emu, "instances")
     assert sorted(i["00080018"]["Value"][0] for i in body) == sorted(t[2] for t in tree)
     status, _, data = emu.request(
