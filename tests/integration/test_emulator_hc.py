@@ -299,7 +299,11 @@ def test_qido_wado_metadata(emulator, tmp):
     status, _, body = emulator.request("GET", "/v1/" + inst + "/metadata")
     meta = json.loads(body)
     assert len(meta) == 1 and meta[0]["00080018"]["Value"] == [sop]
-    assert "BulkDataURI" in meta[0]["7FE00010"]
+    uri = meta[0]["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(emulator.url + "/v1/")
+    status, _, px = emulator.request("GET", uri[len(emulator.url):],
+                                     headers={"Accept": "application/octet-stream"})
+    assert status == 200 and px == pydicom.dcmread(path).PixelData
     status, _, _ = emulator.request("GET", "/v1/" + inst[:-3] + "999/metadata")
     assert status == 404
 
