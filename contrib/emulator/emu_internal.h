@@ -18,6 +18,7 @@ typedef struct emu_fault_config {
     double fail_rate;      /* answered 429/500/503 before handling */
     double reset_rate;     /* connection closed mid-request or mid-body */
     double malformed_rate; /* JSON bodies truncated or garbled */
+    double partial_rate;   /* resumable chunks only partly persisted */
     int latency_ms;        /* added to every faulted-path request */
     char *paths;           /* only paths starting with this prefix; NULL = all */
 } emu_fault_config;
@@ -41,8 +42,9 @@ typedef struct emu_stats {
     atomic_ullong by_kind[EMU_KIND_COUNT];
     atomic_ullong by_class[6]; /* 1xx..5xx, [0] = no response (reset) */
     atomic_ullong fault_429, fault_500, fault_503;
-    atomic_ullong fault_reset, fault_malformed, fault_latency;
+    atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
     atomic_ullong unauthenticated;
+    atomic_ullong anonymous_upload_starts;
 } emu_stats;
 
 typedef struct emu_store emu_store;
@@ -57,6 +59,7 @@ struct emu_ctx {
     int port;
     int lro_delay_ms;
     bool no_auth;
+    bool strict_auth; /* also refuse token-less resumable starts */
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
     atomic_bool shutting_down;
@@ -73,6 +76,14 @@ int emu_server_start(emu_ctx *ctx, int listen_fd);
 void emu_server_stop(emu_ctx *ctx);
 /* The request's connection-level kind as routed. */
 enum emu_kind emu_req_kind(const emu_request *r);
+/* For a body spooled to disk (above 64 MiB): hands its file over to the
+ * caller, who must rename or unlink it, with the MD5 and CRC32C of its
+ * bytes, computed while it arrived. False for bodies kept in memory. */
+bool emu_req_spool_take(const emu_request *r, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc);
+/* True if this request drew the partial-persistence fault (counted when
+ * asked); aux is randomness for how much to keep. */
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux);
 /* Status and whether a body was set (for handlers composing responses). */
 int emu_resp_status(const emu_response *w);
 
@@ -82,6 +93,7 @@ typedef struct emu_fault_plan {
     bool reset;       /* close the connection */
     bool reset_early; /* ... before handling (else after, mid-body) */
     bool malformed;   /* garble a JSON body */
+    bool partial;     /* a resumable chunk keeps only some of its bytes */
     int latency_ms;
     uint32_t aux; /* extra randomness for where to cut or garble */
 } emu_fault_plan;
@@ -93,7 +105,8 @@ void emu_faults_free(emu_faults *f);
  * the same seed (concurrent requests may take their draws in any order). */
 void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out);
 /* Changes rates at run time (control path). Negative values keep the old. */
-void emu_faults_set(emu_faults *f, double fail, double reset, double malformed, int latency_ms);
+void emu_faults_set(emu_faults *f, double fail, double reset, double partial, double malformed,
+                    int latency_ms);
 cJSON *emu_faults_json(emu_faults *f);
 
 /* ---- store.c ---- */
@@ -136,6 +149,8 @@ emu_store *emu_store_open(emu_ctx *ctx);
 void emu_store_close(emu_store *s);
 
 int emu_store_bucket_info(emu_ctx *ctx, const char *bucket, int64_t *created_us);
+/* EMU_STORE_EXISTS while it holds objects. */
+int emu_store_bucket_delete(emu_ctx *ctx, const char *bucket);
 /* Calls cb with bucket names in order. */
 int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx);
 
@@ -153,6 +168,10 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket, const char *name,
                             const emu_preconds *pre, const char *want_md5, const char *want_crc,
                             emu_obj_info *out);
 void emu_store_writer_abort(emu_writer *w);
+/* A writer for a complete file under DATA whose hashes are known (a
+ * spooled request body): commit renames it into place without copying. */
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc);
 /* Commits an existing file under DATA (renamed into place, hashed first). */
 int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, const char *name,
                           const char *content_type, const cJSON *metadata, const emu_preconds *pre,

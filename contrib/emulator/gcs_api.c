@@ -19,15 +19,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "emu_internal.h"
 #include "log.h"
 #include "multipart.h"
 
 #define CHUNK_QUANTUM (256u * 1024)
-
-/* client/multipart.c lands on branch parsers; until it is merged multipart
- * uploads answer 501. */
-#define EMU_HAVE_MULTIPART 0
 
 /* ---- helpers ---- */
 
@@ -172,7 +170,7 @@ typedef struct body_view {
     size_t maplen;
 } body_view;
 
-__attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
+static int body_get(const emu_request *r, body_view *b)
 {
     memset(b, 0, sizeof(*b));
     uint64_t flen = 0;
@@ -194,7 +192,7 @@ __attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
     return 0;
 }
 
-__attribute__((unused)) static void body_put(body_view *b)
+static void body_put(body_view *b)
 {
     if (b->map)
         munmap(b->map, b->maplen);
@@ -340,6 +338,17 @@ static void bucket_get(emu_ctx *ctx, const char *bucket, emu_response *w)
     emu_resp_json(w, 200, bucket_json(ctx, bucket, created));
 }
 
+static void bucket_delete(emu_ctx *ctx, const char *bucket, emu_response *w)
+{
+    int rc = emu_store_bucket_delete(ctx, bucket);
+    if (rc == EMU_STORE_OK)
+        emu_resp_empty(w, 204);
+    else if (rc == EMU_STORE_EXISTS)
+        emu_resp_gcs_error(w, 409, "conflict", "The bucket you tried to delete is not empty.");
+    else
+        answer_store_error(w, rc, bucket, NULL);
+}
+
 /* ---- objects: get / download ---- */
 
 /* Parses "bytes=a-b", "bytes=a-", "bytes=-n". Returns 0 ok, 1 unsatisfiable,
@@ -363,6 +372,8 @@ static int parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *
     unsigned long long a = strtoull(p, &end, 10);
     if (end == p || *end != '-')
         return -1;
+    if (size == 0 && a == 0)
+        return -1; /* "bytes=0-" of an empty object: the whole (empty) object */
     p = end + 1;
     unsigned long long b = size ? size - 1 : 0;
     if (*p) {
@@ -632,11 +643,26 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     emu_preconds pre;
     if (!parse_preconds(r, w, &pre))
         return;
-    char md5[64] = "", crc[32] = "";
+    char md5[64] = "", crc[32] = "", spool[4200];
     parse_goog_hash(emu_req_header(r, "x-goog-hash"), md5, sizeof(md5), crc, sizeof(crc));
-    emu_writer *wr = emu_store_writer_new(ctx);
-    if (!wr || write_body(r, wr) != EMU_STORE_OK) {
-        emu_store_writer_abort(wr);
+    unsigned char spool_md5[16];
+    uint32_t spool_crc;
+    uint64_t spool_len = 0;
+    emu_writer *wr = NULL;
+    if (emu_req_body_fd(r, &spool_len) >= 0 &&
+        emu_req_spool_take(r, spool, sizeof(spool), spool_md5, &spool_crc)) {
+        /* A big body is already a hashed file: adopt it instead of copying. */
+        wr = emu_store_writer_adopt(ctx, spool, spool_len, spool_md5, spool_crc);
+        if (!wr)
+            unlink(spool);
+    } else {
+        wr = emu_store_writer_new(ctx);
+        if (wr && write_body(r, wr) != EMU_STORE_OK) {
+            emu_store_writer_abort(wr);
+            wr = NULL;
+        }
+    }
+    if (!wr) {
         emu_resp_gcs_error(w, 500, "backendError", "Cannot store the upload.");
         return;
     }
@@ -647,7 +673,6 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     answer_object(ctx, w, rc, &o, bucket, name);
 }
 
-#if EMU_HAVE_MULTIPART
 typedef struct mp_parts {
     int n;
     multipart_part part[2];
@@ -741,23 +766,6 @@ static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w
     body_put(&b);
 }
 
-#else
-static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                             const char *bucket)
-{
-    (void)ctx;
-    (void)r;
-    (void)bucket;
-    emu_resp_gcs_error(w, 501, "notImplemented", "Multipart uploads are not built in yet.");
-}
-
-static const char *json_str(const cJSON *j, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-#endif
-
 /* ---- resumable sessions ---- */
 
 static bool valid_upload_id(const char *id)
@@ -776,9 +784,93 @@ static void session_path(emu_ctx *ctx, const char *id, const char *ext, char *ou
     snprintf(out, len, "%s/gcs/uploads/%s.%s", emu_data_dir(ctx), id, ext);
 }
 
-/* One lock for all sessions: chunk appends to different sessions are short
- * next to the transfer itself, which happens before the handler runs. */
-static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Session locks, striped by upload id: appends and the final hashing of one
+ * session never wait for another session's. */
+#define SESSION_LOCKS 64
+static pthread_mutex_t session_locks[SESSION_LOCKS];
+static pthread_once_t session_locks_once = PTHREAD_ONCE_INIT;
+
+static void session_locks_init(void)
+{
+    for (int i = 0; i < SESSION_LOCKS; i++)
+        pthread_mutex_init(&session_locks[i], NULL);
+}
+
+static pthread_mutex_t *session_lock(const char *id)
+{
+    pthread_once(&session_locks_once, session_locks_init);
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &session_locks[h % SESSION_LOCKS];
+}
+
+/* Running MD5/CRC32C of each session's part file, so finishing a 1 GiB
+ * upload does not read it back. Lost on restart: then the file is hashed at
+ * the end. Each entry is used under its session's lock. */
+typedef struct sess_hash {
+    struct sess_hash *next;
+    char id[65];
+    EVP_MD_CTX *md5;
+    uint32_t crc;
+    uint64_t len; /* bytes hashed; valid while equal to the part file size */
+} sess_hash;
+
+static sess_hash *g_hashes;
+static pthread_mutex_t hashes_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void sess_hash_free(sess_hash *h)
+{
+    EVP_MD_CTX_free(h->md5);
+    free(h);
+}
+
+static void hash_drop(const char *id)
+{
+    pthread_mutex_lock(&hashes_mu);
+    for (sess_hash **pp = &g_hashes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->id, id) == 0) {
+            sess_hash *h = *pp;
+            *pp = h->next;
+            sess_hash_free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&hashes_mu);
+}
+
+/* fresh: start over (the part file is empty). */
+static sess_hash *hash_get(const char *id, bool fresh)
+{
+    if (fresh)
+        hash_drop(id);
+    pthread_mutex_lock(&hashes_mu);
+    sess_hash *h = g_hashes;
+    while (h && strcmp(h->id, id) != 0)
+        h = h->next;
+    if (!h && fresh && (h = calloc(1, sizeof(*h)))) {
+        snprintf(h->id, sizeof(h->id), "%s", id);
+        h->md5 = EVP_MD_CTX_new();
+        if (!h->md5 || EVP_DigestInit_ex(h->md5, EVP_md5(), NULL) != 1) {
+            sess_hash_free(h);
+            h = NULL;
+        } else {
+            h->next = g_hashes;
+            g_hashes = h;
+        }
+    }
+    pthread_mutex_unlock(&hashes_mu);
+    return h;
+}
+
+static void hash_update(sess_hash *h, const void *data, size_t len)
+{
+    if (!h)
+        return;
+    EVP_DigestUpdate(h->md5, data, len);
+    h->crc = emu_crc32c(h->crc, data, len);
+    h->len += len;
+}
 
 static cJSON *session_load(emu_ctx *ctx, const char *id)
 {
@@ -907,10 +999,17 @@ static int parse_content_range(const char *h, int64_t *first, int64_t *last, int
         if (end == p || *end != '-')
             return -1;
         p = end + 1;
-        *last = strtoll(p, &end, 10);
-        if (end == p || *last < *first)
-            return -1;
-        p = end;
+        if (*p == '*') {
+            /* "A-STAR": the body runs to the end of this request (single-
+             * stream uploads of the Node client). */
+            *last = -2;
+            p++;
+        } else {
+            *last = strtoll(p, &end, 10);
+            if (end == p || *last < *first)
+                return -1;
+            p = end;
+        }
     }
     if (*p != '/')
         return -1;
@@ -947,7 +1046,7 @@ static void preconds_from_json(const cJSON *p, emu_preconds *pre)
         parse_i64(json_str(p, "ifMetagenerationNotMatch"), &pre->meta_not_match);
 }
 
-/* Called with sessions_mu held once every byte is in the part file. */
+/* Called with the session's lock held once every byte is in the part file. */
 static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *id,
                              cJSON *s)
 {
@@ -962,9 +1061,22 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     preconds_from_json(cJSON_GetObjectItemCaseSensitive(s, "preconditions"), &pre);
     const char *bucket = json_str(s, "bucket"), *name = json_str(s, "name");
     emu_obj_info o;
-    int rc =
-        emu_store_commit_file(ctx, path, bucket, name, json_str(s, "contentType"),
-                              cJSON_GetObjectItemCaseSensitive(s, "metadata"), &pre, md5, crc, &o);
+    const char *ct = json_str(s, "contentType");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(s, "metadata");
+    sess_hash *h = hash_get(id, false);
+    struct stat st;
+    int rc;
+    unsigned char digest[16];
+    unsigned int dlen = 0;
+    if (h && stat(path, &st) == 0 && (uint64_t)st.st_size == h->len &&
+        EVP_DigestFinal_ex(h->md5, digest, &dlen) == 1) {
+        emu_writer *wr = emu_store_writer_adopt(ctx, path, h->len, digest, h->crc);
+        rc = wr ? emu_store_writer_commit(wr, bucket, name, ct, meta, &pre, md5, crc, &o)
+                : EMU_STORE_IO;
+    } else {
+        rc = emu_store_commit_file(ctx, path, bucket, name, ct, meta, &pre, md5, crc, &o);
+    }
+    hash_drop(id);
     if (rc != EMU_STORE_OK) {
         /* The session is over either way, as on GCS: the bytes are dropped. */
         unlink(path);
@@ -981,8 +1093,12 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     emu_resp_json(w, 200, obj);
 }
 
-static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint64_t skip)
+static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint64_t persisted,
+                       uint64_t skip, uint64_t limit)
 {
+    sess_hash *h = hash_get(id, persisted == 0);
+    if (h && h->len != persisted)
+        h = NULL; /* out of step (restart, failed write): hash at the end */
     char path[4200];
     session_path(ctx, id, "part", path, sizeof(path));
     int out = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -996,6 +1112,8 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
         const char *b = emu_req_body(r, &len);
         b += skip;
         len -= (size_t)skip;
+        if (len > limit)
+            len = (size_t)limit;
         while (len && rc == 0) {
             ssize_t n = write(out, b, len);
             if (n < 0 && errno == EINTR)
@@ -1003,6 +1121,7 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
             if (n <= 0)
                 rc = -1;
             else {
+                hash_update(h, b, (size_t)n);
                 b += n;
                 len -= (size_t)n;
             }
@@ -1010,13 +1129,17 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
     } else {
         char *buf = malloc(1 << 20);
         uint64_t off = skip;
+        if (flen - skip > limit)
+            flen = skip + limit;
         while (buf && off < flen && rc == 0) {
             size_t want = flen - off < (1u << 20) ? (size_t)(flen - off) : (1u << 20);
             ssize_t n = pread(in, buf, want, (off_t)off);
-            if (n <= 0 || write(out, buf, (size_t)n) != n)
+            if (n <= 0 || write(out, buf, (size_t)n) != n) {
                 rc = -1;
-            else
+            } else {
+                hash_update(h, buf, (size_t)n);
                 off += (uint64_t)n;
+            }
         }
         if (!buf)
             rc = -1;
@@ -1037,8 +1160,20 @@ static uint64_t body_len(const emu_request *r)
     return len;
 }
 
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id);
+
 static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_response *w,
                                  const char *id)
+{
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
+    upload_resumable_put_locked(ctx, r, w, id);
+    pthread_mutex_unlock(mu);
+}
+
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id)
 {
     cJSON *s = session_load(ctx, id);
     if (!s) {
@@ -1072,6 +1207,14 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
         cJSON_Delete(s);
         emu_resp_gcs_error(w, 400, "invalid", "Invalid Content-Range: %s", cr);
         return;
+    } else if (last == -2) {
+        /* Open-ended: this request carries the rest; with an unknown total
+         * it is also the end of the object. */
+        if (total < 0)
+            total = first + (int64_t)len;
+        last = first + (int64_t)len - 1;
+        if (len == 0)
+            first = last = -1;
     }
     if (first < 0) {
         /* Status query, or the final empty request. */
@@ -1107,14 +1250,18 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
                            "request contained %llu bytes, which does not meet this requirement.",
                            (unsigned long long)len);
     } else {
-        pthread_mutex_lock(&sessions_mu);
-        /* Re-stat under the lock: another request may have appended. */
-        if (stat(path, &st) == 0)
-            persisted = (uint64_t)st.st_size;
         uint64_t end = (uint64_t)last + 1;
         int rc = 0;
-        if (end > persisted && (uint64_t)first <= persisted)
-            rc = append_part(ctx, r, id, persisted - (uint64_t)first);
+        uint64_t limit = end > persisted ? end - persisted : 0;
+        uint32_t aux;
+        if (limit > 0 && emu_req_fault_partial(r, &aux)) {
+            /* GCS may keep fewer bytes than were sent; clients must resume
+             * from the Range it answers. Keep a 256 KiB multiple below all. */
+            uint64_t quanta = (limit - 1) / CHUNK_QUANTUM;
+            limit = (aux % (quanta + 1)) * CHUNK_QUANTUM;
+        }
+        if (end > persisted && (uint64_t)first <= persisted && limit > 0)
+            rc = append_part(ctx, r, id, persisted, persisted - (uint64_t)first, limit);
         if (rc == 0 && stat(path, &st) == 0)
             persisted = (uint64_t)st.st_size;
         if (rc != 0)
@@ -1123,7 +1270,6 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
             session_finalize(ctx, r, w, id, s);
         else
             answer_incomplete(r, w, persisted);
-        pthread_mutex_unlock(&sessions_mu);
     }
     cJSON_Delete(s);
 }
@@ -1131,12 +1277,14 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
 static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *id)
 {
     char path[4200];
-    pthread_mutex_lock(&sessions_mu);
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
+    hash_drop(id);
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
-    pthread_mutex_unlock(&sessions_mu);
+    pthread_mutex_unlock(mu);
     if (!existed)
         emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
     else
@@ -1192,6 +1340,10 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
 {
     const char *path = emu_req_path(r);
     bool is_upload = false, is_download = false;
+    if (strstr(emu_req_raw_path(r), "%00")) {
+        emu_resp_gcs_error(w, 400, "invalid", "Names cannot contain NUL characters.");
+        return;
+    }
     if (has_prefix(path, "/storage/v1")) {
         path += strlen("/storage/v1");
     } else if (has_prefix(path, "/upload/storage/v1")) {
@@ -1227,6 +1379,8 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
         if (is_method(r, "GET") && !is_upload && !is_download)
             bucket_get(ctx, bucket, w);
+        else if (is_method(r, "DELETE") && !is_upload && !is_download)
+            bucket_delete(ctx, bucket, w);
         else
             emu_resp_gcs_error(w, 405, "invalid", "Method not allowed.");
         return;

@@ -42,20 +42,27 @@ static void usage(FILE *f)
             "  --write-user-credentials FILE\n"
             "                            write an authorized_user file (refresh-token grant)\n"
             "  --no-auth                 accept API requests without a bearer token\n"
+            "  --strict-auth             also refuse resumable-upload starts that carry no\n"
+            "                            Authorization header (by default let through: the\n"
+            "                            Node storage client sends none to custom endpoints)\n"
             "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
             "  --lro-delay MS            minimum duration of long-running operations\n"
             "  --seed N                  seed for fault injection (default 1)\n"
             "  --fail-rate F             fraction answered 429 (Retry-After: 1), 500 or 503\n"
             "  --reset-rate F            fraction whose connection is closed mid-request or\n"
             "                            mid-response\n"
+            "  --partial-rate F          fraction of resumable chunks of which only a part\n"
+            "                            (a 256 KiB multiple, maybe none) is kept: 308 + Range\n"
             "  --latency-ms N            delay added to each faulted request\n"
             "  --malformed-rate F        fraction of JSON responses truncated or garbled\n"
-            "  --fault-paths PREFIX      only paths starting with PREFIX get faults\n"
+            "  --fault-paths P[,P...]    only paths starting with one of these prefixes get\n"
+            "                            faults (e.g. /upload/,/v1/)\n"
             "  --verbose                 log each request (never tokens)\n"
             "  --help                    this text\n"
             "\n"
             "Faults never touch /_emulator/ (GET /_emulator/stats: request and fault counters;\n"
-            "POST /_emulator/faults?fail_rate=&reset_rate=&malformed_rate=&latency_ms=).\n"
+            "POST "
+            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=).\n"
             "Draws are repeatable for a seed; concurrent requests may take them in any order.\n");
 }
 
@@ -70,6 +77,7 @@ enum {
     OPT_CREDS,
     OPT_USER_CREDS,
     OPT_NO_AUTH,
+    OPT_STRICT_AUTH,
     OPT_TTL,
     OPT_LRO,
     OPT_SEED,
@@ -77,6 +85,7 @@ enum {
     OPT_RESET,
     OPT_LATENCY,
     OPT_MALFORMED,
+    OPT_PARTIAL,
     OPT_FAULT_PATHS,
     OPT_VERBOSE,
     OPT_HELP,
@@ -130,6 +139,7 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"write-credentials", required_argument, NULL, OPT_CREDS},
         {"write-user-credentials", required_argument, NULL, OPT_USER_CREDS},
         {"no-auth", no_argument, NULL, OPT_NO_AUTH},
+        {"strict-auth", no_argument, NULL, OPT_STRICT_AUTH},
         {"token-ttl", required_argument, NULL, OPT_TTL},
         {"lro-delay", required_argument, NULL, OPT_LRO},
         {"seed", required_argument, NULL, OPT_SEED},
@@ -137,6 +147,7 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"reset-rate", required_argument, NULL, OPT_RESET},
         {"latency-ms", required_argument, NULL, OPT_LATENCY},
         {"malformed-rate", required_argument, NULL, OPT_MALFORMED},
+        {"partial-rate", required_argument, NULL, OPT_PARTIAL},
         {"fault-paths", required_argument, NULL, OPT_FAULT_PATHS},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"help", no_argument, NULL, OPT_HELP},
@@ -180,6 +191,9 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         case OPT_NO_AUTH:
             ctx->no_auth = true;
             break;
+        case OPT_STRICT_AUTH:
+            ctx->strict_auth = true;
+            break;
         case OPT_TTL:
             if (parse_int("--token-ttl", optarg, 1, 86400 * 7, &n) != 0)
                 return -1;
@@ -209,6 +223,10 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
             break;
         case OPT_MALFORMED:
             if (parse_rate("--malformed-rate", optarg, &ctx->fault_cfg.malformed_rate) != 0)
+                return -1;
+            break;
+        case OPT_PARTIAL:
+            if (parse_rate("--partial-rate", optarg, &ctx->fault_cfg.partial_rate) != 0)
                 return -1;
             break;
         case OPT_LATENCY:

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <openssl/evp.h>
 
 #include "emu_internal.h"
 #include "log.h"
@@ -38,7 +39,11 @@ struct emu_request {
     size_t body_len, body_cap;
     int body_fd;
     uint64_t body_fd_len;
+    char spool_path[4200]; /* named while the request lives; "" once taken */
+    EVP_MD_CTX *spool_md5; /* hashes of the spooled bytes */
+    uint32_t spool_crc;
     uint64_t received;
+    uint64_t reset_after; /* bytes of body read before an early reset */
     emu_fault_plan plan;
 };
 
@@ -80,6 +85,16 @@ const char *emu_base_url(const emu_ctx *ctx)
 int emu_lro_delay_ms(const emu_ctx *ctx)
 {
     return ctx->lro_delay_ms;
+}
+
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux)
+{
+    if (r->plan.partial) {
+        atomic_fetch_add(&r->ctx->stats.fault_partial, 1);
+        if (aux)
+            *aux = r->plan.aux;
+    }
+    return r->plan.partial;
 }
 
 bool emu_shutting_down(const emu_ctx *ctx)
@@ -461,63 +476,79 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->body);
     if (r->body_fd >= 0)
         close(r->body_fd);
+    if (r->spool_path[0])
+        unlink(r->spool_path);
+    EVP_MD_CTX_free(r->spool_md5);
     free(r);
     *con_cls = NULL;
 }
 
+static int spool_write(emu_request *r, const char *data, size_t len)
+{
+    EVP_DigestUpdate(r->spool_md5, data, len);
+    r->spool_crc = emu_crc32c(r->spool_crc, data, len);
+    while (len) {
+        ssize_t n = write(r->body_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            log_error("spool request body to %s: %s", r->spool_path, strerror(errno));
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+        r->body_fd_len += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Moves the body to a file in DATA/tmp, hashing as it goes, so an upload
+ * can become an object by a rename. */
 static int spool_open(emu_request *r)
 {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/tmp/body.XXXXXX", r->ctx->data_dir);
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        log_error("spool request body in %s: %s", path, strerror(errno));
+    snprintf(r->spool_path, sizeof(r->spool_path), "%s/tmp/body.XXXXXX", r->ctx->data_dir);
+    int fd = mkstemp(r->spool_path);
+    r->spool_md5 = EVP_MD_CTX_new();
+    if (fd < 0 || !r->spool_md5 || EVP_DigestInit_ex(r->spool_md5, EVP_md5(), NULL) != 1) {
+        log_error("spool request body in %s: %s", r->spool_path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(r->spool_path);
+        }
+        r->spool_path[0] = '\0';
         return -1;
     }
-    unlink(path);
-    if (r->body_len) {
-        const char *p = r->body;
-        size_t left = r->body_len;
-        while (left) {
-            ssize_t n = write(fd, p, left);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                log_error("spool request body: %s", strerror(errno));
-                close(fd);
-                return -1;
-            }
-            p += n;
-            left -= (size_t)n;
-        }
-    }
     r->body_fd = fd;
-    r->body_fd_len = r->body_len;
+    r->body_fd_len = 0;
+    if (r->body_len && spool_write(r, r->body, r->body_len) != 0)
+        return -1;
     free(r->body);
     r->body = NULL;
     r->body_len = r->body_cap = 0;
     return 0;
 }
 
+bool emu_req_spool_take(const emu_request *cr, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc)
+{
+    emu_request *r = (emu_request *)cr; /* the server owns requests */
+    if (r->body_fd < 0 || !r->spool_path[0] || !r->spool_md5)
+        return false;
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(r->spool_md5, md5, &n) != 1)
+        return false;
+    snprintf(path, pathlen, "%s", r->spool_path);
+    *crc = r->spool_crc;
+    r->spool_path[0] = '\0';
+    return true;
+}
+
 static int body_append(emu_request *r, const char *data, size_t len)
 {
     if (r->body_fd < 0 && r->body_len + len > EMU_BODY_MEM_MAX && spool_open(r) != 0)
         return -1;
-    if (r->body_fd >= 0) {
-        while (len) {
-            ssize_t n = write(r->body_fd, data, len);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                log_error("spool request body: %s", strerror(errno));
-                return -1;
-            }
-            data += n;
-            len -= (size_t)n;
-            r->body_fd_len += (uint64_t)n;
-        }
-        return 0;
-    }
+    if (r->body_fd >= 0)
+        return spool_write(r, data, len);
     if (r->body_len + len + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
         while (cap < r->body_len + len + 1)
@@ -587,8 +618,11 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "http503", (double)atomic_load(&s->fault_503));
     cJSON_AddNumberToObject(f, "resets", (double)atomic_load(&s->fault_reset));
     cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
+    cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
+    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
+                            (double)atomic_load(&s->anonymous_upload_starts));
     cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
     return root;
 }
@@ -609,7 +643,8 @@ static void handle_control(emu_ctx *ctx, const emu_request *r, emu_response *w)
         if (strcmp(r->method, "POST") == 0) {
             const char *lat = emu_req_query(r, "latency_ms");
             emu_faults_set(ctx->faults, query_double(r, "fail_rate"), query_double(r, "reset_rate"),
-                           query_double(r, "malformed_rate"), lat ? atoi(lat) : -1);
+                           query_double(r, "partial_rate"), query_double(r, "malformed_rate"),
+                           lat ? atoi(lat) : -1);
         }
         emu_resp_json(w, 200, emu_faults_json(ctx->faults));
         return;
@@ -628,7 +663,19 @@ static bool needs_auth(emu_ctx *ctx, const emu_request *r)
     case EMU_KIND_LOGS:
         return true;
     case EMU_KIND_UPLOAD:
-        return !emu_gcs_is_session_request(r);
+        if (emu_gcs_is_session_request(r))
+            return false;
+        /* @google-cloud/storage starts resumable sessions on a custom
+         * endpoint with no Authorization header at all (createURI drops its
+         * auth client there). Unless --strict-auth, such a start is let
+         * through; a header that is present must still be valid. */
+        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
+            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
+            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
+            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
+            return false;
+        }
+        return true;
     default:
         return false;
     }
@@ -678,6 +725,8 @@ static void dispatch(emu_ctx *ctx, emu_request *r, emu_response *w)
         if (strcmp(r->path, "/") == 0 &&
             (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)) {
             emu_resp_bytes(w, 200, "text/plain; charset=UTF-8", "OK", 2);
+            /* google-auth pings the metadata host's root and wants this. */
+            emu_resp_header(w, "Metadata-Flavor", "Google");
             return;
         }
         emu_resp_error(w, 404, "The requested URL %s was not found on this server.", r->path);
@@ -799,6 +848,8 @@ static enum MHD_Result send_response(emu_ctx *ctx, emu_request *r, emu_response 
     for (size_t i = 0; i < w->nhdrs; i++)
         MHD_add_response_header(resp, w->hdrs[i].name, w->hdrs[i].value);
     MHD_add_response_header(resp, "Server", "dicomfs-emulator");
+    /* Path only: queries can hold credentials (upload_id). */
+    log_debug("%s %s -> %d", r->method, r->raw_path, w->status);
     int cls = w->status / 100;
     atomic_fetch_add(&ctx->stats.by_class[cls >= 1 && cls <= 5 ? cls : 5], 1);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)w->status, resp);
@@ -850,8 +901,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->discard_body = r->plan.fail_status != 0 || r->plan.reset_early;
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (!r->discard_body && cl && strtoull(cl, NULL, 10) > EMU_BODY_MEM_MAX &&
-            spool_open(r) != 0)
+        uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
+        /* An early reset cuts the upload somewhere inside the body. */
+        r->reset_after = r->plan.aux % (clen ? clen : 65536);
+        if (!r->discard_body && clen > EMU_BODY_MEM_MAX && spool_open(r) != 0)
             r->body_error = true;
         return MHD_YES;
     }
@@ -859,7 +912,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         r->received += n;
-        if (r->plan.reset_early && r->received > (r->plan.aux % 65536)) {
+        if (r->plan.reset_early && r->received > r->reset_after) {
             atomic_fetch_add(&ctx->stats.fault_reset, 1);
             atomic_fetch_add(&ctx->stats.by_class[0], 1);
             return MHD_NO;
@@ -892,6 +945,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     } else {
         dispatch(ctx, r, &w);
     }
+    if (r->plan.reset && !(w.kind == BODY_MEM && w.len > 0) &&
+        !(w.kind == BODY_FILE && w.flen > 0)) {
+        /* Nothing to cut short: the request took effect but its answer is
+         * lost with the connection. */
+        atomic_fetch_add(&ctx->stats.fault_reset, 1);
+        atomic_fetch_add(&ctx->stats.by_class[0], 1);
+        resp_free(&w);
+        return MHD_NO;
+    }
     enum MHD_Result ret = send_response(ctx, r, &w);
     resp_free(&w);
     return ret;
@@ -900,12 +962,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 int emu_server_start(emu_ctx *ctx, int listen_fd)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    g_daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
-                         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED,
-                         on_completed, ctx, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    g_daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(1024 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
     if (!g_daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;

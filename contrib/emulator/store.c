@@ -628,6 +628,23 @@ static void load_buckets(emu_store *s)
     closedir(d);
 }
 
+/* Spooled bodies and object writes left by a process that died. */
+static void clean_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "body.", 5) != 0 && strncmp(e->d_name, "obj.", 4) != 0)
+            continue;
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 emu_store *emu_store_open(emu_ctx *ctx)
 {
     emu_store *s = calloc(1, sizeof(*s));
@@ -648,6 +665,7 @@ emu_store *emu_store_open(emu_ctx *ctx)
         return NULL;
     }
     ctx->store = s;
+    clean_tmp(dir);
     load_buckets(s);
     return s;
 }
@@ -719,6 +737,39 @@ int emu_store_bucket_info(emu_ctx *ctx, const char *name, int64_t *created_us)
     return b ? EMU_STORE_OK : EMU_STORE_NOBUCKET;
 }
 
+int emu_store_bucket_delete(emu_ctx *ctx, const char *name)
+{
+    emu_store *s = ctx->store;
+    size_t pos;
+    int rc = EMU_STORE_OK;
+    pthread_mutex_lock(&s->mu);
+    bucket *b = find_bucket(s, name, &pos);
+    if (!b) {
+        rc = EMU_STORE_NOBUCKET;
+    } else if (b->n > 0) {
+        rc = EMU_STORE_EXISTS;
+    } else {
+        char dir[4096], path[4200];
+        bucket_dir(ctx, name, dir, sizeof(dir));
+        snprintf(path, sizeof(path), "%s/bucket.json", dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/objects", dir);
+        rmdir(path);
+        if (rmdir(dir) != 0) {
+            log_error("delete bucket %s: rmdir %s: %s", name, dir, strerror(errno));
+            rc = EMU_STORE_IO;
+        } else {
+            free(b->objs);
+            free(b->name);
+            free(b);
+            memmove(s->b + pos, s->b + pos + 1, (s->nb - pos - 1) * sizeof(*s->b));
+            s->nb--;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx)
 {
     emu_store *s = ctx->store;
@@ -738,6 +789,8 @@ struct emu_writer {
     EVP_MD_CTX *md5;
     uint32_t crc;
     uint64_t size;
+    bool prehashed; /* adopted file: md5_raw is final, md5 unused */
+    unsigned char md5_raw[16];
 };
 
 emu_writer *emu_store_writer_new(emu_ctx *ctx)
@@ -910,7 +963,10 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     emu_store *s = w->ctx->store;
     unsigned char md5[16];
     unsigned int md5len = 0;
-    EVP_DigestFinal_ex(w->md5, md5, &md5len);
+    if (w->prehashed)
+        memcpy(md5, w->md5_raw, 16);
+    else
+        EVP_DigestFinal_ex(w->md5, md5, &md5len);
     unsigned char crc_be[4] = {(unsigned char)(w->crc >> 24), (unsigned char)(w->crc >> 16),
                                (unsigned char)(w->crc >> 8), (unsigned char)w->crc};
     int rc = EMU_STORE_OK;
@@ -939,6 +995,22 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     EVP_MD_CTX_free(w->md5);
     free(w);
     return rc;
+}
+
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc)
+{
+    emu_writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->ctx = ctx;
+    w->fd = -1;
+    snprintf(w->path, sizeof(w->path), "%s", path);
+    w->size = size;
+    w->crc = crc;
+    w->prehashed = true;
+    memcpy(w->md5_raw, md5, 16);
+    return w;
 }
 
 int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, const char *name,
