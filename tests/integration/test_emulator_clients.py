@@ -11,7 +11,7 @@ and credentials (issue 3, item 9).
   and service_account_file = the key the emulator wrote (--write-credentials):
   rclone signs the JWT itself and posts it to the key's token_uri, the emulator.
 
-DICOM files are written by pydicom at test time.
+DICOM files are written by pydicom at test time (dicom_samples.py).
 """
 import hashlib
 import json
@@ -22,6 +22,7 @@ import tempfile
 
 import pytest
 
+import dicom_samples
 from emulator_fixture import Emulator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,31 +32,10 @@ PROJECT, LOCATION, DATASET, BUCKET = "test-project", "us-central1", "ds", "stagi
 
 # ------------------------------------------------------------------ data
 
-def write_dicom(path, study, series, sop, rows=16, seed=0):
-    """One Part-10 file (explicit VR little endian, 16-bit monochrome)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "CLIENT^TEST"
-    ds.PatientID = "CLIENTS"
-    ds.Modality = "OT"
-    ds.Rows = ds.Columns = rows
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes((seed * 7 + i) & 0xFF for i in range(rows * rows * 2))
-    ds.save_as(path, write_like_original=False)
+def write_dicom(path, study, series, sop, rows=16, seed=0, syntax=dicom_samples.EXPLICIT_LE):
+    """One Part-10 file with 16-bit monochrome pixels, written by pydicom."""
+    dicom_samples.make_instance(path, study, series, sop, transfer_syntax=syntax, rows=rows,
+                                cols=rows, bits=16, seed=seed, instance_number=seed + 1)
 
 
 def make_instances(root):
@@ -72,7 +52,8 @@ def make_instances(root):
             for _ in range(2):
                 sop = generate_uid()
                 p = os.path.join(root, "img%02d.dcm" % n)
-                write_dicom(p, study, series, sop, rows=16 + 2 * n, seed=n)
+                syntax = (dicom_samples.EXPLICIT_LE, dicom_samples.IMPLICIT_LE)[n % 2]
+                write_dicom(p, study, series, sop, rows=16 + 2 * n, seed=n, syntax=syntax)
                 out.append({"path": p, "study": study, "series": series, "sop": sop,
                             "size": os.path.getsize(p)})
                 n += 1
@@ -134,6 +115,7 @@ def node_run():
         output = json.loads(lines[-1]) if lines else {}
         output["_big"] = {"size": os.path.getsize(big), "md5": md5_b64(big)}
         output["_url"] = emu.url
+        output["_stats"] = emu.stats()
         yield instances, output, proc.returncode, proc.stderr + "\nemulator stderr:\n" + \
             emu.stderr()[-3000:]
     finally:
@@ -160,6 +142,12 @@ def test_node_flow_exits_zero(node_run):
 
 def test_node_metadata_server_token(node_run):
     assert need(node_run, "token") is True
+    stats = node_run[1]["_stats"]
+    # Tokens came from the metadata server path, none from /token, and no
+    # request of the flow was refused for missing credentials.
+    assert stats["byKind"]["metadata"] >= 1
+    assert stats["byKind"]["token"] == 0
+    assert stats["unauthenticated"] == 0, stats
 
 
 def test_node_uploads_listed_with_sizes_and_md5(node_run):
@@ -331,6 +319,10 @@ def test_rclone_tree_round_trip(rclone_env):
     for rel in want:
         with open(os.path.join(src, rel), "rb") as a, open(os.path.join(back, rel), "rb") as b:
             assert a.read() == b.read(), rel
+    # rclone signed a JWT with the written key and posted it to its token_uri.
+    stats = emu.stats()
+    assert stats["byKind"]["token"] >= 1
+    assert stats["unauthenticated"] == 0, stats
 
 
 def test_rclone_20mib_round_trip(rclone_env):

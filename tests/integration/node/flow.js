@@ -15,7 +15,7 @@
 const fs = require('fs');
 const path = require('path');
 const {Storage} = require('@google-cloud/storage');
-const {healthcare} = require('@googleapis/healthcare');
+const {healthcare, auth: hcAuthPlus} = require('@googleapis/healthcare');
 const {GoogleAuth} = require('google-auth-library');
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
@@ -23,9 +23,15 @@ const dataset = `projects/${cfg.project}/locations/${cfg.location}/datasets/${cf
 const storeId = 'node-store';
 const store = `${dataset}/dicomStores/${storeId}`;
 
-const auth = new GoogleAuth({scopes: ['https://www.googleapis.com/auth/cloud-platform']});
-const hcV1 = healthcare({version: 'v1', rootUrl: cfg.url + '/', auth});
-const hcBeta = healthcare({version: 'v1beta1', rootUrl: cfg.url + '/', auth});
+const scopes = ['https://www.googleapis.com/auth/cloud-platform'];
+// Each client gets a GoogleAuth of the google-auth-library major it is built
+// on: @googleapis/healthcare 26 (googleapis-common 8) passes gaxios 7 Headers
+// objects, to which a google-auth-library 9 client cannot add Authorization
+// (the request then goes out without it and a faithful server answers 401).
+const auth = new GoogleAuth({scopes});
+const hcAuth = new hcAuthPlus.GoogleAuth({scopes});
+const hcV1 = healthcare({version: 'v1', rootUrl: cfg.url + '/', auth: hcAuth});
+const hcBeta = healthcare({version: 'v1beta1', rootUrl: cfg.url + '/', auth: hcAuth});
 const storage = new Storage({
   apiEndpoint: cfg.url,
   projectId: cfg.project,
