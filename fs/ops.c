@@ -181,38 +181,40 @@ int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char
     return get_op(x, ds_id, file, data, len);
 }
 
-struct store_fill {
-    fs_ctx *x;
-    const char *ds_id;
-    const char *key;
-    ops_fill_fn fill;
-    void *buf;
-    dircache_list seen;
-};
-
-static int store_fill_cb(void *ctx, const char *op_name, const char *kind)
+/* Collects the file names of a store's journaled operations (no network
+ * while the journal is being read). */
+static int collect_cb(void *ctx, const char *op_name, const char *kind)
 {
     (void)kind;
-    struct store_fill *sf = ctx;
+    dircache_list *names = ctx;
     char file[TREE_NAME_MAX + 1];
     if (tree_op_file_name(op_name, file, sizeof file) != 0)
         return 0;
-    for (size_t i = 0; i < sf->seen.n; i++) /* the journal may repeat an op */
-        if (strcmp(sf->seen.v[i].name, file) == 0)
+    for (size_t i = 0; i < names->n; i++) /* the journal may repeat an op */
+        if (strcmp(names->v[i].name, file) == 0)
             return 0;
-    if (dircache_list_add(&sf->seen, file, false, 0))
-        return -ENOMEM;
-    struct stat st;
-    bool is_dir;
-    uint64_t size = 0;
-    if (dircache_lookup(sf->x->cache, sf->key, file, &is_dir, &size) != 1) {
-        size_t n = 0;
-        if (get_op(sf->x, sf->ds_id, file, NULL, &n) != 0)
-            return 0; /* gone from the server (expired): not shown */
-        size = n;
+    return dircache_list_add(names, file, false, 0) ? -ENOMEM : 0;
+}
+
+static int fill_store_ops(fs_ctx *x, const char *ds_id, const char *key, const dircache_list *names,
+                          ops_fill_fn fill, void *buf)
+{
+    for (size_t i = 0; i < names->n; i++) {
+        const char *file = names->v[i].name;
+        bool is_dir;
+        uint64_t size = 0;
+        if (dircache_lookup(x->cache, key, file, &is_dir, &size) != 1) {
+            size_t n = 0;
+            if (get_op(x, ds_id, file, NULL, &n) != 0)
+                continue; /* gone from the server (expired): not shown */
+            size = n;
+        }
+        struct stat st;
+        fs_stat_file(x, &st, 0444, (off_t)size);
+        if (fill(buf, file, &st))
+            break;
     }
-    fs_stat_file(sf->x, &st, 0444, (off_t)size);
-    return sf->fill(sf->buf, file, &st) ? 1 : 0;
+    return 0;
 }
 
 int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn fill, void *buf)
@@ -248,17 +250,19 @@ int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn 
         free(key);
         return -ENOMEM;
     }
-    struct store_fill sf = {x, ds_id, key, fill, buf, {0}};
-    dircache_list_init(&sf.seen);
+    dircache_list names;
+    dircache_list_init(&names);
     if (x->journal) {
-        rc = journal_list_operations(x->journal, store, store_fill_cb, &sf);
+        rc = journal_list_operations(x->journal, store, collect_cb, &names);
         if (rc > 0)
             rc = 0;
         if (rc < 0)
             log_error("%s/%s/operations: reading the journal failed: %s", ds_id, store_id,
                       strerror(-rc));
     }
-    dircache_list_clear(&sf.seen);
+    if (rc == 0)
+        rc = fill_store_ops(x, ds_id, key, &names, fill, buf);
+    dircache_list_clear(&names);
     free(store);
     free(key);
     return rc;
