@@ -43,6 +43,11 @@ def test_operation_shows_up(dicomfs_mount, hc_api, started_op):
     assert data == want
     assert parsed == json.loads(api_raw)
     assert os.stat(path).st_size == len(data)
+    # mtime: when the operation ended
+    import calendar
+    end = parsed["metadata"]["endTime"]
+    want = calendar.timegm(time.strptime(end[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert int(os.stat(path).st_mtime) == want
 
 
 def test_stat_size_matches_cat_while_running(dicomfs_mount, hc_api, started_op):
