@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define AUTH_DEFAULT_TOKEN_URI "https://oauth2.googleapis.com/token"
 #define AUTH_METADATA_DEFAULT_BASE "http://metadata.google.internal"
@@ -385,27 +386,39 @@ static void response_free_wiped(http_response *resp)
     http_response_free(resp);
 }
 
+/* One request to token_uri, never with our own bearer token (there is none
+ * yet). body NULL: none. herr gets the http layer's error as it came. */
+static int token_request(auth_provider *p, const char *method, const char *const *headers,
+                         const char *body, bool idempotent, long timeout_s, http_response *resp,
+                         http_error *herr)
+{
+    http_request req;
+    http_request_init(&req);
+    memset(resp, 0, sizeof *resp);
+    memset(herr, 0, sizeof *herr);
+    req.method = method;
+    req.url = p->token_uri;
+    req.headers = headers;
+    if (body) {
+        req.body = body;
+        req.body_len = strlen(body);
+    }
+    req.idempotent = idempotent;
+    req.no_auth = true;
+    req.timeout_s = timeout_s;
+    return http_perform(p->http, &req, resp, herr);
+}
+
 /* POSTs a form-encoded grant to token_uri and parses the token. */
 static int post_grant(auth_provider *p, const char *form, const char *const *secrets,
                       size_t nsecrets, char **token, double *lifetime, http_error *err)
 {
     static const char *const headers[] = {"Content-Type: application/x-www-form-urlencoded",
                                           "Accept: application/json", NULL};
-    http_request req;
     http_response resp;
     http_error herr;
-    http_request_init(&req);
-    memset(&resp, 0, sizeof resp);
-    memset(&herr, 0, sizeof herr);
-    req.method = "POST";
-    req.url = p->token_uri;
-    req.headers = headers;
-    req.body = form;
-    req.body_len = strlen(form);
-    req.idempotent = true; /* a grant may be repeated safely */
-    req.no_auth = true;
-    req.timeout_s = AUTH_TOKEN_TIMEOUT_S;
-    int hrc = http_perform(p->http, &req, &resp, &herr);
+    /* A grant may be repeated safely. */
+    int hrc = token_request(p, "POST", headers, form, true, AUTH_TOKEN_TIMEOUT_S, &resp, &herr);
     int rc;
     scrub_message(&herr, secrets, nsecrets);
     if (hrc != HTTP_OK) {
@@ -488,20 +501,10 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
                           double *lifetime, http_error *err)
 {
     static const char *const headers[] = {"Metadata-Flavor: Google", NULL};
-    http_request req;
     http_response resp;
     http_error herr;
     char flavor[64] = "";
-    http_request_init(&req);
-    memset(&resp, 0, sizeof resp);
-    memset(&herr, 0, sizeof herr);
-    req.method = "GET";
-    req.url = p->token_uri;
-    req.headers = headers;
-    req.idempotent = retry;
-    req.no_auth = true;
-    req.timeout_s = timeout_s;
-    int hrc = http_perform(p->http, &req, &resp, &herr);
+    int hrc = token_request(p, "GET", headers, NULL, retry, timeout_s, &resp, &herr);
     bool genuine = http_response_header(&resp, "Metadata-Flavor", flavor, sizeof flavor) &&
                    strcmp(flavor, "Google") == 0;
     int rc;
@@ -687,15 +690,7 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
                  "run: chmod 600 %s",
                  path, (unsigned)(st.st_mode & 07777), path);
     char *buf = malloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (buf && got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
+    size_t got = buf ? util_pread_full(fd, buf, (size_t)st.st_size, 0) : 0;
     close(fd);
     if (!buf) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
@@ -705,6 +700,17 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
     *out = buf;
     *len = got;
     return AUTH_OK;
+}
+
+/* The fields both key files may carry; token_uri defaults to Google's. */
+static int load_token_uri_and_quota(auth_provider *p, const cJSON *root, http_error *err)
+{
+    int rc = json_opt(root, "token_uri", &p->token_uri, err);
+    if (rc == AUTH_OK)
+        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
+    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
+        rc = AUTH_ERR_NOMEM;
+    return rc;
 }
 
 static int load_service_account(auth_provider *p, const cJSON *root, const char *path,
@@ -717,11 +723,7 @@ static int load_service_account(auth_provider *p, const cJSON *root, const char 
     if (rc == AUTH_OK)
         rc = json_opt(root, "private_key_id", &p->private_key_id, err);
     if (rc == AUTH_OK)
-        rc = json_opt(root, "token_uri", &p->token_uri, err);
-    if (rc == AUTH_OK)
-        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
-    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
-        rc = AUTH_ERR_NOMEM;
+        rc = load_token_uri_and_quota(p, root, err);
     if (rc == AUTH_OK && !(p->pkey = load_rsa_key(pem))) {
         set_err(err, "INVALID_ARGUMENT", "private_key in %s is not an unencrypted PEM RSA key",
                 path);
@@ -745,11 +747,7 @@ static int load_authorized_user(auth_provider *p, const cJSON *root, const char 
     if (rc == AUTH_OK)
         rc = json_req(root, "refresh_token", path, &p->refresh_token, err);
     if (rc == AUTH_OK)
-        rc = json_opt(root, "token_uri", &p->token_uri, err);
-    if (rc == AUTH_OK)
-        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
-    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
-        rc = AUTH_ERR_NOMEM;
+        rc = load_token_uri_and_quota(p, root, err);
     if (rc == AUTH_OK) {
         p->kind = AUTH_KIND_AUTHORIZED_USER;
         p->desc = xprintf("authorized user from %s", path);
