@@ -119,6 +119,21 @@ static void set_err(http_error *err, const char *status, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Passes the http layer's error on (status, codes) with our own message,
+ * which says where the token was asked for. */
+static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+{
+    if (!err)
+        return;
+    *err = *herr;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
 /* Withholds a server message that quotes any part of a secret we sent
  * (some endpoints echo the request back). */
 static void scrub_message(http_error *err, const char *const *secrets, size_t n)
@@ -425,11 +440,7 @@ static int post_grant(auth_provider *p, const char *form, const char *const *sec
         rc = map_http_rc(hrc);
         if (hrc == HTTP_ERR_STATUS && herr.http_status >= 500)
             rc = AUTH_ERR_TRANSPORT;
-        if (err) {
-            *err = herr;
-            snprintf(err->message, sizeof err->message, "token request to %s failed: %.300s",
-                     p->token_uri, herr.message);
-        }
+        relay_err(err, &herr, "token request to %s failed: %.300s", p->token_uri, herr.message);
     } else if (resp.status != 200) {
         set_err(err, "UNAUTHENTICATED", "token request to %s answered HTTP %ld", p->token_uri,
                 resp.status);
@@ -510,11 +521,7 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
     int rc;
     if (hrc != HTTP_OK && hrc != HTTP_ERR_STATUS) {
         rc = map_http_rc(hrc);
-        if (err) {
-            *err = herr;
-            snprintf(err->message, sizeof err->message, "metadata server at %s: %.300s",
-                     p->token_uri, herr.message);
-        }
+        relay_err(err, &herr, "metadata server at %s: %.300s", p->token_uri, herr.message);
     } else if (!genuine) {
         set_err(err, "UNAUTHENTICATED",
                 "%s answered without \"Metadata-Flavor: Google\": not a metadata server",
@@ -522,13 +529,10 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
         rc = AUTH_ERR_NOT_METADATA;
     } else if (hrc != HTTP_OK || resp.status != 200) {
         long st = hrc == HTTP_OK ? resp.status : herr.http_status;
-        if (err) {
-            *err = herr;
+        relay_err(err, &herr, "metadata server at %s refused a token (HTTP %ld): %.300s",
+                  p->token_uri, st, herr.message);
+        if (err)
             err->http_status = st;
-            snprintf(err->message, sizeof err->message,
-                     "metadata server at %s refused a token (HTTP %ld): %.300s", p->token_uri, st,
-                     herr.message);
-        }
         rc = AUTH_ERR_REJECTED;
     } else {
         rc = parse_token_response(resp.body, resp.body_len, p->token_uri, token, lifetime, err);
