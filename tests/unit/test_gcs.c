@@ -90,21 +90,6 @@ static unsigned char *pattern(size_t n, unsigned seed)
     return b;
 }
 
-/* A temporary file holding data; returns an fd open for reading and writing. */
-static int temp_fd(const void *data, size_t n)
-{
-    char path[] = "/tmp/test_gcs.XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return -1;
-    unlink(path);
-    if (n && write(fd, data, n) != (ssize_t)n) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Object resource JSON for name/data, as GCS would answer (md5/crc of data). */
 static void object_json(char *buf, size_t cap, const char *name, const unsigned char *data,
                         size_t n, const char *md5_override)
@@ -286,7 +271,7 @@ TEST(simple_upload_sends_bytes_and_verifies)
     gfx_start(&t);
     size_t n = 70001;
     unsigned char *data = pattern(n, 1);
-    int fd = temp_fd(data, n);
+    int fd = testlib_temp_fd(data, n);
     media_srv m = {.md5_override = NULL};
     gcs_object o;
     http_error e;
@@ -325,7 +310,7 @@ TEST(simple_upload_wrong_md5_is_checksum_error)
     gfx t;
     gfx_start(&t);
     const char *data = "DICM-ish small payload";
-    int fd = temp_fd(data, strlen(data));
+    int fd = testlib_temp_fd(data, strlen(data));
     media_srv m = {.md5_override = "AAAAAAAAAAAAAAAAAAAAAA=="};
     gcs_object o;
     http_error e;
@@ -451,7 +436,7 @@ TEST(resumable_upload_short_persist_and_reset)
     gfx_start(&t);
     size_t n = 1300000; /* ~1.24 MiB: 5 chunks of 256 KiB */
     unsigned char *data = pattern(n, 3);
-    int fd = temp_fd(data, n);
+    int fd = testlib_temp_fd(data, n);
     resum_srv s = {.base = testsrv_url(t.srv), .data = calloc(1, n), .total = n};
     gcs_object o;
     http_error e;
@@ -675,7 +660,7 @@ TEST(download_range_into_fd)
 {
     gfx t;
     gfx_start(&t);
-    int fd = temp_fd("0123456789", 10);
+    int fd = testlib_temp_fd("0123456789", 10);
     uint64_t written = 0;
     char got[16] = {0};
     http_error e;

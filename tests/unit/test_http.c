@@ -172,20 +172,6 @@ static void push_status(testsrv *srv, int status, const char *body)
     testsrv_push(srv, &r);
 }
 
-static int tmpfile_with(const char *data, size_t len)
-{
-    char path[] = "/tmp/test_http.XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return -1;
-    unlink(path);
-    if (len && write(fd, data, len) != (ssize_t)len) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static const char *google_503 =
     "{\"error\":{\"code\":503,\"message\":\"The service is currently unavailable.\","
     "\"status\":\"UNAVAILABLE\"}}";
@@ -199,7 +185,7 @@ typedef struct {
 static void capture_begin(capture *c)
 {
     fflush(stderr);
-    c->fd = tmpfile_with("", 0);
+    c->fd = testlib_temp_fd("", 0);
     c->saved = dup(2);
     dup2(c->fd, 2);
 }
@@ -307,7 +293,7 @@ static void check_fd_range_upload(const char *method)
     http_client *c = mkclient(1);
     push_status(srv, 200, "{}");
     const char *content = "0123456789abcdefghijklmnopqrstuvwxyz";
-    int fd = tmpfile_with(content, strlen(content));
+    int fd = testlib_temp_fd(content, strlen(content));
     http_request req;
     http_request_init(&req);
     char *url = mkurl(srv, "/o");
@@ -365,7 +351,7 @@ TEST(response_streamed_to_fd_at_offset)
     hfx t;
     hfx_start(&t, 1, "/data");
     push_status(t.srv, 200, "hello");
-    int fd = tmpfile_with("XXXXXXXXXX", 10);
+    int fd = testlib_temp_fd("XXXXXXXXXX", 10);
     t.req.response_fd = fd;
     t.req.response_fd_offset = 3;
     CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
@@ -385,7 +371,7 @@ TEST(error_body_not_written_to_fd)
     push_status(t.srv, 404,
                 "{\"error\":{\"code\":404,\"message\":\"No such object: b/o\",\"errors\":[{"
                 "\"domain\":\"global\",\"reason\":\"notFound\",\"message\":\"No such object\"}]}}");
-    int fd = tmpfile_with("XXXXXXXXXX", 10);
+    int fd = testlib_temp_fd("XXXXXXXXXX", 10);
     t.req.response_fd = fd;
     CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
     CHECK_EQ_INT(t.err.http_status, 404);
@@ -411,7 +397,7 @@ TEST(retry_rewrites_fd_from_same_offset)
     testsrv_reply reset = {.reset = true};
     testsrv_push(t.srv, &reset);
     push_status(t.srv, 200, "good");
-    int fd = tmpfile_with("..........", 10);
+    int fd = testlib_temp_fd("..........", 10);
     t.req.idempotent = true;
     t.req.response_fd = fd;
     t.req.response_fd_offset = 2;
@@ -990,7 +976,7 @@ TEST(body_fd_shorter_than_length_is_io_error)
 {
     hfx t;
     hfx_start(&t, 3, "/o");
-    int fd = tmpfile_with("short", 5);
+    int fd = testlib_temp_fd("short", 5);
     t.req.method = "PUT";
     t.req.idempotent = true;
     t.req.body_fd = fd;
@@ -1009,7 +995,7 @@ TEST(fd_upload_resent_whole_on_retry)
     push_status(t.srv, 503, google_503);
     push_status(t.srv, 200, "{}");
     const char *content = "headerPAYLOAD-BYTEStrailer";
-    int fd = tmpfile_with(content, strlen(content));
+    int fd = testlib_temp_fd(content, strlen(content));
     t.req.method = "PUT";
     t.req.idempotent = true;
     t.req.body_fd = fd;
@@ -1037,7 +1023,7 @@ TEST(large_download_streamed_to_fd)
     testsrv_reply r = {
         .status = 200, .body = big, .body_len = size, .content_type = "application/dicom"};
     testsrv_push(t.srv, &r);
-    int fd = tmpfile_with("", 0);
+    int fd = testlib_temp_fd("", 0);
     t.req.response_fd = fd;
     t.req.response_fd_offset = 100;
     t.req.max_body = 1024; /* applies to memory only, not to a streamed body */
@@ -1151,7 +1137,7 @@ static void *sample_heap(void *ud)
 TEST(streamed_upload_20mib_not_buffered)
 {
     const size_t size = 20u << 20;
-    int fd = tmpfile_with("", 0);
+    int fd = testlib_temp_fd("", 0);
     CHECK(fd >= 0);
     if (fd < 0)
         return;
