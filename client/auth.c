@@ -111,11 +111,9 @@ static void set_err(http_error *err, const char *status, const char *fmt, ...)
 {
     if (!err)
         return;
-    memset(err, 0, sizeof *err);
-    snprintf(err->status, sizeof err->status, "%s", status);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    util_vset_err(err, 0, status, fmt, ap);
     va_end(ap);
 }
 

@@ -4,6 +4,7 @@
 #ifndef DICOMFS_UTIL_H
 #define DICOMFS_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -15,6 +16,8 @@ struct cJSON;
  * (truncated to fit). */
 void util_set_err(http_error *err, long status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+void util_vset_err(http_error *err, long status, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 
 /* The endpoint a client uses: explicit when non-empty, else the environment
  * variable env_name when set and non-empty, else dflt; passed through
