@@ -1,11 +1,12 @@
 /* healthcare (prefix hc_): the Cloud Healthcare API, DICOM parts (see healthcare.h).
  *
  * Retry policy: GETs, DELETEs and operations.cancel are idempotent and may be
- * retried by the http layer. POSTs that start work (datasets.create,
- * dicomStores.create, import, export) are not: a retried import after an
- * unseen success would start a second operation, and a retried create would
- * fail with ALREADY_EXISTS although it worked. The http layer still retries
- * those when no connection was made at all (nothing reached the server).
+ * retried by the http layer. import and export are retried too: a retry after
+ * an unseen success starts a second operation, but its effect is the same
+ * (import ignores instances already in the store, export overwrites the same
+ * objects), while giving up would fail the user's close() on a passing 429 or
+ * 503. datasets.create and dicomStores.create are not retried: a retry after
+ * an unseen success would fail with ALREADY_EXISTS although it worked.
  */
 #include "healthcare.h"
 
@@ -236,11 +237,12 @@ static char *op_name_of(const char *json, size_t len)
     return out;
 }
 
-/* A POST that starts an LRO: *op_name gets the Operation's name. */
-static int start_operation(hc_client *c, const char *url, const char *json_body, char **op_name,
-                           http_error *err)
+/* A POST that starts an LRO: *op_name gets the Operation's name. repeatable:
+ * the operation's effect is the same when it runs twice (see the top). */
+static int start_operation(hc_client *c, const char *url, const char *json_body, bool repeatable,
+                           char **op_name, http_error *err)
 {
-    hc_call call = {"POST", url, json_body, NULL, false, -1};
+    hc_call call = {"POST", url, json_body, NULL, repeatable, -1};
     char *body = NULL;
     size_t len = 0;
     int rc = call_body(c, &call, &body, &len, err);
@@ -426,7 +428,7 @@ int hc_dataset_create(hc_client *c, const char *location, const char *id, char *
     url = create_url(c, location, "datasets", "datasetId", id);
     if (!url)
         return nomem(err);
-    rc = start_operation(c, url, "{}", op_name, err);
+    rc = start_operation(c, url, "{}", false, op_name, err);
     free(url);
     return rc;
 }
@@ -487,7 +489,7 @@ int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_na
     rc = json_print(j, &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, "v1", store, ":import");
-        rc = url ? start_operation(c, url, body, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);
@@ -527,7 +529,7 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
     rc = json_print(export_body(uri_prefix, mime_type, filter_uri), &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, filter_uri ? "v1beta1" : "v1", store, ":export");
-        rc = url ? start_operation(c, url, body, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);

@@ -258,12 +258,21 @@ TEST(import_body_and_op)
     CHECK_EQ_STR(req(&f, 0)->body, "{\"gcsSource\":{\"uri\":\"gs://bkt/staging/b1/**.dcm\"}}");
     free(op);
 
-    /* A 503 on import is not retried: a retry could start a second import. */
+    /* A 503 on import is retried: a second import has the same effect. */
     push(&f, 503, "{\"error\":{\"code\":503,\"message\":\"unavailable\"}}");
     push(&f, 200, "{\"name\":\"" OP "\"}");
-    CHECK_EQ_INT(hc_import(f.c, ST, "gs://bkt/x", &op, &e), HC_ERR_HTTP);
+    CHECK_EQ_INT(hc_import(f.c, ST, "gs://bkt/x", &op, &e), HC_OK);
+    CHECK_EQ_STR(op, OP);
+    CHECK_EQ_INT(testsrv_count(f.srv), 3);
+    free(op);
+
+    /* A 503 on datasets.create is not: a retry after an unseen success
+     * would answer ALREADY_EXISTS. */
+    push(&f, 503, "{\"error\":{\"code\":503,\"message\":\"unavailable\"}}");
+    push(&f, 200, "{\"name\":\"" OP "\"}");
+    CHECK_EQ_INT(hc_dataset_create(f.c, "projects/p/locations/l", "ds", &op, &e), HC_ERR_HTTP);
     CHECK_EQ_INT(e.http_status, 503);
-    CHECK_EQ_INT(testsrv_count(f.srv), 2);
+    CHECK_EQ_INT(testsrv_count(f.srv), 4);
     fx_stop(&f);
 }
 
