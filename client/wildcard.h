@@ -3,7 +3,7 @@
  * In the object part of gs://BUCKET/OBJECT: '*' matches any run of characters
  * except '/', '?' exactly one character (not '/'), and a final '**' matches
  * anything including '/'; '**' must be the last wildcard and the only one,
- * optionally followed by a literal extension (e.g. "dir/**.dcm").
+ * optionally followed by a literal extension (e.g. "**.dcm" after "dir/").
  */
 #ifndef DICOMFS_WILDCARD_H
 #define DICOMFS_WILDCARD_H
