@@ -24,6 +24,7 @@ enum {
     HC_ERR_NOMEM = -3,
     HC_ERR_INVAL = -4,
     HC_ERR_IO = -5,
+    HC_ERR_TIMEOUT = -6, /* hc_operation_wait: not done within timeout_s */
 };
 
 hc_client *hc_client_new(http_client *http, const char *endpoint);
@@ -77,14 +78,18 @@ typedef struct hc_operation {
 int hc_operation_parse(const char *json, size_t len, hc_operation *out);
 void hc_operation_clear(hc_operation *op);
 
-/* Blocks until the operation is done, polling with backoff up to timeout_s. */
+/* Blocks until the operation is done, polling with backoff up to timeout_s
+ * (0: one poll; < 0: no limit). HC_ERR_TIMEOUT when still running; *out then
+ * holds the last state seen. */
 int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_operation *out,
                       http_error *err);
 
 /* DICOMweb. path is relative to .../dicomWeb/ (e.g. "studies",
  * "studies/1.2/series"); query is "includefield=..&limit=.." or NULL.
  * All pages are fetched with limit/offset; 204 and 200 [] both mean none.
- * cb gets each result object as JSON text. */
+ * cb gets each result object as JSON text; its name argument is the UID of
+ * the level searched (0020000D/0020000E/00080018 Value[0]) or "" if absent.
+ * A limit=N in query sets the page size, an offset=N the first offset. */
 int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const char *query,
                        hc_list_cb cb, void *ctx, http_error *err);
 /* Retrieves one instance as stored (transfer-syntax=*) into fd. */

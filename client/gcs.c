@@ -1,0 +1,1054 @@
+/* gcs: Cloud Storage JSON API objects (see gcs.h). */
+#include "gcs.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define GCS_DEFAULT_ENDPOINT "https://storage.googleapis.com"
+#define GCS_CHUNK_QUANTUM (256u * 1024u)
+#define GCS_DEFAULT_THRESHOLD (8u * 1024u * 1024u)
+#define GCS_DEFAULT_CHUNK (8u * 1024u * 1024u)
+#define GCS_MAX_SESSIONS 3 /* new sessions after 404/410 on the session URI */
+#define GCS_MAX_STALLS 8   /* failed chunk/status attempts without progress */
+#define GCS_LIST_PAGE 1000
+#define GCS_URL_BUF 8192 /* session URIs carry long upload ids */
+
+struct gcs_client {
+    http_client *http;
+    char *endpoint; /* no trailing '/' */
+    uint64_t threshold;
+    uint64_t chunk;
+};
+
+/* The bytes of one upload: either a file range starting at offset 0 or memory. */
+typedef struct gcs_source {
+    int fd;
+    const unsigned char *buf;
+    uint64_t size;
+} gcs_source;
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    memset(err, 0, sizeof(*err));
+    err->http_status = status;
+    snprintf(err->status, sizeof(err->status), "%s", code);
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+}
+
+static int from_http_rc(int rc)
+{
+    switch (rc) {
+    case HTTP_OK:
+        return GCS_OK;
+    case HTTP_ERR_NOMEM:
+        return GCS_ERR_NOMEM;
+    case HTTP_ERR_IO:
+        return GCS_ERR_IO;
+    case HTTP_ERR_INVAL:
+        return GCS_ERR_INVAL;
+    default:
+        return GCS_ERR_HTTP;
+    }
+}
+
+/* Unexpected status or body: the server spoke, but not what the API promises. */
+static int protocol_err(http_error *err, const http_response *resp, const char *what,
+                        const char *bucket, const char *name)
+{
+    set_err(err, resp ? resp->status : 0, "INTERNAL", "%s: unexpected response for gs://%s/%s",
+            what, bucket ? bucket : "", name ? name : "");
+    log_error("gcs: %s", err->message);
+    return GCS_ERR_PROTOCOL;
+}
+
+/* ---- client ---------------------------------------------------------------- */
+
+/* Scheme added when missing (STORAGE_EMULATOR_HOST is often "host:port"),
+ * trailing slashes removed so paths can be appended with '/'. */
+static char *normalize_endpoint(const char *ep)
+{
+    char *out;
+    size_t n;
+    if (strstr(ep, "://"))
+        out = strdup(ep);
+    else
+        out = http_strdup_printf("http://%s", ep);
+    if (!out)
+        return NULL;
+    n = strlen(out);
+    while (n > 0 && out[n - 1] == '/')
+        out[--n] = '\0';
+    return out;
+}
+
+gcs_client *gcs_client_new(http_client *http, const char *endpoint)
+{
+    gcs_client *c;
+    const char *ep = endpoint;
+    if (!http)
+        return NULL;
+    if (!ep || !*ep)
+        ep = getenv("STORAGE_EMULATOR_HOST");
+    if (!ep || !*ep)
+        ep = GCS_DEFAULT_ENDPOINT;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->http = http;
+    c->endpoint = normalize_endpoint(ep);
+    c->threshold = GCS_DEFAULT_THRESHOLD;
+    c->chunk = GCS_DEFAULT_CHUNK;
+    if (!c->endpoint) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void gcs_client_free(gcs_client *c)
+{
+    if (!c)
+        return;
+    free(c->endpoint);
+    free(c);
+}
+
+const char *gcs_client_endpoint(const gcs_client *c)
+{
+    return c->endpoint;
+}
+
+void gcs_client_set_resumable_threshold(gcs_client *c, uint64_t threshold, uint64_t chunk)
+{
+    c->threshold = threshold;
+    /* Every chunk but the last must be a multiple of 256 KiB. */
+    chunk = chunk / GCS_CHUNK_QUANTUM * GCS_CHUNK_QUANTUM;
+    c->chunk = chunk ? chunk : GCS_CHUNK_QUANTUM;
+}
+
+/* ---- objects ---------------------------------------------------------------- */
+
+void gcs_object_clear(gcs_object *o)
+{
+    if (!o)
+        return;
+    free(o->bucket);
+    free(o->name);
+    free(o->content_type);
+    memset(o, 0, sizeof(*o));
+}
+
+/* int64/uint64 fields are JSON strings in the API; numbers are tolerated. */
+static bool json_u64(const cJSON *v, uint64_t *out)
+{
+    if (cJSON_IsString(v)) {
+        const char *s = v->valuestring;
+        char *end;
+        unsigned long long x;
+        if (!s || *s < '0' || *s > '9')
+            return false;
+        errno = 0;
+        x = strtoull(s, &end, 10);
+        if (errno || *end)
+            return false;
+        *out = x;
+        return true;
+    }
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (!(d >= 0 && d < 18446744073709551616.0))
+            return false;
+        *out = (uint64_t)d;
+        return true;
+    }
+    return false;
+}
+
+static bool copy_str(const cJSON *v, char **out)
+{
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return true; /* absent: leave NULL */
+    *out = strdup(v->valuestring);
+    return *out != NULL;
+}
+
+static int object_from_cjson(const cJSON *j, gcs_object *out)
+{
+    const cJSON *v;
+    uint64_t u;
+    memset(out, 0, sizeof(*out));
+    if (!cJSON_IsObject(j))
+        return GCS_ERR_PROTOCOL;
+    v = cJSON_GetObjectItemCaseSensitive(j, "name");
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return GCS_ERR_PROTOCOL;
+    if (!copy_str(v, &out->name) ||
+        !copy_str(cJSON_GetObjectItemCaseSensitive(j, "bucket"), &out->bucket) ||
+        !copy_str(cJSON_GetObjectItemCaseSensitive(j, "contentType"), &out->content_type)) {
+        gcs_object_clear(out);
+        return GCS_ERR_NOMEM;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(j, "size");
+    if (v && !json_u64(v, &out->size))
+        goto bad;
+    v = cJSON_GetObjectItemCaseSensitive(j, "generation");
+    if (v) {
+        if (!json_u64(v, &u) || u > INT64_MAX)
+            goto bad;
+        out->generation = (int64_t)u;
+    }
+    v = cJSON_GetObjectItemCaseSensitive(j, "md5Hash");
+    if (cJSON_IsString(v) && v->valuestring) {
+        if (strlen(v->valuestring) >= sizeof(out->md5_b64))
+            goto bad;
+        strcpy(out->md5_b64, v->valuestring);
+    }
+    v = cJSON_GetObjectItemCaseSensitive(j, "crc32c");
+    if (cJSON_IsString(v) && v->valuestring) {
+        if (strlen(v->valuestring) >= sizeof(out->crc32c_b64))
+            goto bad;
+        strcpy(out->crc32c_b64, v->valuestring);
+    }
+    return GCS_OK;
+bad:
+    gcs_object_clear(out);
+    return GCS_ERR_PROTOCOL;
+}
+
+int gcs_object_from_json(const char *json, size_t len, gcs_object *out)
+{
+    cJSON *j;
+    int rc;
+    if (!out)
+        return GCS_ERR_INVAL;
+    memset(out, 0, sizeof(*out));
+    if (!json)
+        return GCS_ERR_INVAL;
+    j = cJSON_ParseWithLength(json, len);
+    if (!j)
+        return GCS_ERR_PROTOCOL;
+    rc = object_from_cjson(j, out);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* ---- CRC32C (Castagnoli, reflected 0x82F63B78), slicing-by-8 ------------- */
+
+static uint32_t crc_table[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+}
+
+uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    pthread_once(&crc_once, crc_init);
+    crc = ~crc;
+    while (len >= 8) {
+        /* Assemble little-endian words byte by byte: no alignment or
+         * host-endianness assumptions. */
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                             (uint32_t)p[3] << 24);
+        uint32_t hi =
+            (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+              crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^
+              crc_table[2][(hi >> 8) & 0xff] ^ crc_table[1][(hi >> 16) & 0xff] ^
+              crc_table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
+    return ~crc;
+}
+
+/* ---- checksums of what we send ----------------------------------------------- */
+
+typedef struct gcs_sums {
+    char md5_b64[32];
+    char crc32c_b64[16];
+} gcs_sums;
+
+/* Reads the source once (pread, 256 KiB at a time: the file is never held
+ * whole) and produces the base64 forms GCS reports. */
+static int compute_sums(const gcs_source *src, gcs_sums *out, http_error *err)
+{
+    unsigned char md5[EVP_MAX_MD_SIZE], crcb[4];
+    unsigned int md5_len = 0;
+    uint32_t crc = 0;
+    unsigned char *buf = NULL;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = GCS_ERR_NOMEM;
+
+    if (!md || !EVP_DigestInit_ex(md, EVP_md5(), NULL))
+        goto out;
+    if (src->buf) {
+        EVP_DigestUpdate(md, src->buf, src->size);
+        crc = gcs_crc32c(0, src->buf, src->size);
+    } else {
+        uint64_t off = 0;
+        buf = malloc(GCS_CHUNK_QUANTUM);
+        if (!buf)
+            goto out;
+        while (off < src->size) {
+            size_t want =
+                src->size - off < GCS_CHUNK_QUANTUM ? (size_t)(src->size - off) : GCS_CHUNK_QUANTUM;
+            ssize_t n = pread(src->fd, buf, want, (off_t)off);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
+                        n < 0 ? strerror(errno) : "file shorter than its size");
+                log_error("gcs: %s", err->message);
+                rc = GCS_ERR_IO;
+                goto out;
+            }
+            EVP_DigestUpdate(md, buf, (size_t)n);
+            crc = gcs_crc32c(crc, buf, (size_t)n);
+            off += (uint64_t)n;
+        }
+    }
+    if (!EVP_DigestFinal_ex(md, md5, &md5_len))
+        goto out;
+    crcb[0] = (unsigned char)(crc >> 24); /* GCS encodes crc32c big-endian */
+    crcb[1] = (unsigned char)(crc >> 16);
+    crcb[2] = (unsigned char)(crc >> 8);
+    crcb[3] = (unsigned char)crc;
+    EVP_EncodeBlock((unsigned char *)out->md5_b64, md5, (int)md5_len);
+    EVP_EncodeBlock((unsigned char *)out->crc32c_b64, crcb, 4);
+    rc = GCS_OK;
+out:
+    if (rc == GCS_ERR_NOMEM)
+        set_err(err, 0, "", "out of memory computing checksums");
+    free(buf);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+/* The object the server reports must match what we sent. A missing checksum
+ * cannot be checked (composite objects have no md5); the size still is. */
+static int verify_object(const gcs_object *o, const gcs_sums *s, uint64_t size, const char *bucket,
+                         const char *name, http_error *err)
+{
+    const char *what = NULL;
+    if (o->size != size)
+        what = "size";
+    else if (o->md5_b64[0] && strcmp(o->md5_b64, s->md5_b64) != 0)
+        what = "md5Hash";
+    else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, s->crc32c_b64) != 0)
+        what = "crc32c";
+    if (what) {
+        set_err(err, 0, "DATA_LOSS",
+                "upload of gs://%s/%s: server %s differs from the data sent (sent md5 %s crc32c "
+                "%s size %" PRIu64 "; server md5 %s crc32c %s size %" PRIu64 ")",
+                bucket, name, what, s->md5_b64, s->crc32c_b64, size, o->md5_b64, o->crc32c_b64,
+                o->size);
+        log_error("gcs: %s", err->message);
+        return GCS_ERR_CHECKSUM;
+    }
+    if (!o->md5_b64[0] && !o->crc32c_b64[0])
+        log_warn("gcs: upload of gs://%s/%s: server returned no checksum to verify", bucket, name);
+    return GCS_OK;
+}
+
+static int finish_upload(const http_response *resp, const gcs_sums *sums, uint64_t size,
+                         const char *bucket, const char *name, gcs_object *out, http_error *err)
+{
+    gcs_object o;
+    int rc = gcs_object_from_json(resp->body, resp->body_len, &o);
+    if (rc == GCS_ERR_NOMEM) {
+        set_err(err, 0, "", "out of memory");
+        return rc;
+    }
+    if (rc != GCS_OK)
+        return protocol_err(err, resp, "upload", bucket, name);
+    rc = verify_object(&o, sums, size, bucket, name, err);
+    if (rc == GCS_OK && out)
+        *out = o;
+    else
+        gcs_object_clear(&o);
+    return rc;
+}
+
+/* ---- URLs ------------------------------------------------------------------- */
+
+static char *object_url(const gcs_client *c, const char *bucket, const char *name,
+                        const char *suffix)
+{
+    char *eb = http_escape(bucket), *en = http_escape(name), *url = NULL;
+    if (eb && en)
+        url = http_strdup_printf("%s/storage/v1/b/%s/o/%s%s", c->endpoint, eb, en,
+                                 suffix ? suffix : "");
+    free(eb);
+    free(en);
+    return url;
+}
+
+static char *upload_url(const gcs_client *c, const char *bucket, const char *name, const char *type)
+{
+    char *eb = http_escape(bucket), *en = http_escape(name), *url = NULL;
+    if (eb && en)
+        url = http_strdup_printf("%s/upload/storage/v1/b/%s/o?uploadType=%s&name=%s", c->endpoint,
+                                 eb, type, en);
+    free(eb);
+    free(en);
+    return url;
+}
+
+/* ---- uploads -------------------------------------------------------------- */
+
+static void set_body(http_request *req, const gcs_source *src, uint64_t off, uint64_t len)
+{
+    if (len == 0) {
+        req->body = "";
+        req->body_len = 0;
+    } else if (src->buf) {
+        req->body = src->buf + off;
+        req->body_len = (size_t)len;
+    } else {
+        req->body_fd = src->fd;
+        req->body_fd_offset = (off_t)off;
+        req->body_fd_len = (off_t)len;
+    }
+}
+
+/* One media request. A new object name with identical content is safe to
+ * send twice: if the first attempt succeeded unseen, the retry just writes
+ * the same bytes again as a new generation. ifGenerationMatch=0 would turn
+ * that case into a spurious 412, so the upload is marked idempotent instead. */
+static int upload_simple(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
+                         const char *ctype, const gcs_sums *sums, gcs_object *out, http_error *err)
+{
+    http_request req;
+    http_response resp = {0};
+    char *url = upload_url(c, bucket, name, "media");
+    char *cth = http_strdup_printf("Content-Type: %s", ctype);
+    const char *hdrs[] = {cth, NULL};
+    int rc;
+
+    if (!url || !cth) {
+        free(url);
+        free(cth);
+        set_err(err, 0, "", "out of memory");
+        return GCS_ERR_NOMEM;
+    }
+    http_request_init(&req);
+    req.method = "POST";
+    req.url = url;
+    req.headers = hdrs;
+    req.idempotent = true;
+    set_body(&req, src, 0, src->size);
+    rc = http_perform(c->http, &req, &resp, err);
+    if (rc != HTTP_OK)
+        rc = from_http_rc(rc);
+    else if (resp.status != 200 && resp.status != 201)
+        rc = protocol_err(err, &resp, "media upload", bucket, name);
+    else
+        rc = finish_upload(&resp, sums, src->size, bucket, name, out, err);
+    http_response_free(&resp);
+    free(url);
+    free(cth);
+    return rc;
+}
+
+/* Starts a resumable session; *session gets the Location URI. Starting a
+ * session has no visible effect (an unused one expires), so it is retried. */
+static int session_start(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
+                         const char *ctype, char **session, http_error *err)
+{
+    http_request req;
+    http_response resp = {0};
+    char *url = upload_url(c, bucket, name, "resumable");
+    char *xct = http_strdup_printf("X-Upload-Content-Type: %s", ctype);
+    char *xcl = http_strdup_printf("X-Upload-Content-Length: %" PRIu64, src->size);
+    const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, xcl, NULL};
+    cJSON *meta = cJSON_CreateObject();
+    char *body = NULL, loc[GCS_URL_BUF];
+    int rc = GCS_ERR_NOMEM;
+
+    *session = NULL;
+    if (!url || !xct || !xcl || !meta || !cJSON_AddStringToObject(meta, "name", name) ||
+        !cJSON_AddStringToObject(meta, "contentType", ctype) ||
+        !(body = cJSON_PrintUnformatted(meta))) {
+        set_err(err, 0, "", "out of memory");
+        goto out;
+    }
+    http_request_init(&req);
+    req.method = "POST";
+    req.url = url;
+    req.headers = hdrs;
+    req.body = body;
+    req.body_len = strlen(body);
+    req.idempotent = true;
+    rc = http_perform(c->http, &req, &resp, err);
+    if (rc != HTTP_OK) {
+        rc = from_http_rc(rc);
+    } else if ((resp.status != 200 && resp.status != 201) ||
+               !http_response_header(&resp, "Location", loc, sizeof(loc)) || !loc[0]) {
+        rc = protocol_err(err, &resp, "resumable session start (no Location)", bucket, name);
+    } else {
+        /* Normally absolute; a bare path is taken relative to the endpoint. */
+        *session = strstr(loc, "://")
+                       ? strdup(loc)
+                       : http_strdup_printf("%s%s%s", c->endpoint, loc[0] == '/' ? "" : "/", loc);
+        rc = *session ? GCS_OK : GCS_ERR_NOMEM;
+        if (rc != GCS_OK)
+            set_err(err, 0, "", "out of memory");
+    }
+out:
+    http_response_free(&resp);
+    cJSON_Delete(meta);
+    cJSON_free(body);
+    free(url);
+    free(xct);
+    free(xcl);
+    return rc;
+}
+
+/* Next offset from a 308: "Range: bytes=0-N" means N+1 bytes persisted; no
+ * Range means none. Returns false for a malformed or impossible range. */
+static bool next_offset_from_308(const http_response *resp, uint64_t size, uint64_t *next)
+{
+    char range[128];
+    const char *p, *dash;
+    char *end;
+    unsigned long long last;
+    if (!http_response_header(resp, "Range", range, sizeof(range))) {
+        *next = 0;
+        return true;
+    }
+    p = range;
+    if (strncmp(p, "bytes=", 6) == 0)
+        p += 6;
+    dash = strchr(p, '-');
+    if (!dash || strtoull(p, NULL, 10) != 0 || dash[1] < '0' || dash[1] > '9')
+        return false;
+    errno = 0;
+    last = strtoull(dash + 1, &end, 10);
+    if (errno || (*end && *end != ' ' && *end != '\r') || last >= size)
+        return false;
+    *next = (uint64_t)last + 1;
+    return true;
+}
+
+typedef enum {
+    STEP_DONE,     /* resp holds the final object (200/201) */
+    STEP_CONTINUE, /* *off updated from a 308 */
+    STEP_RETRY,    /* interrupted (transport or 408/429/5xx): query the status */
+    STEP_RESTART,  /* session gone (404/410): open a new one */
+    STEP_FAIL,     /* rc holds the error */
+} step_result;
+
+static step_result classify(int hrc, const http_response *resp, uint64_t size, uint64_t *off,
+                            int *rc, const char *bucket, const char *name, http_error *err)
+{
+    if (hrc == HTTP_ERR_TRANSPORT)
+        return STEP_RETRY;
+    if (hrc == HTTP_ERR_STATUS) {
+        if (resp->status == 404 || resp->status == 410)
+            return STEP_RESTART;
+        if (http_status_retryable(resp->status))
+            return STEP_RETRY;
+        *rc = GCS_ERR_HTTP;
+        return STEP_FAIL;
+    }
+    if (hrc != HTTP_OK) {
+        *rc = from_http_rc(hrc);
+        return STEP_FAIL;
+    }
+    if (resp->status == 200 || resp->status == 201)
+        return STEP_DONE;
+    if (resp->status == 308 && next_offset_from_308(resp, size, off))
+        return STEP_CONTINUE;
+    *rc = protocol_err(err, resp, "resumable upload", bucket, name);
+    return STEP_FAIL;
+}
+
+/* PUT of [off, off+len) of the source, or a status query when query is set
+ * ("Content-Range: bytes * /TOTAL", empty body). Chunk PUTs are not retried by
+ * the http layer: after an interruption the server's persisted offset is
+ * asked for instead, since it may differ from what was sent. */
+static int session_put(gcs_client *c, const char *session, const gcs_source *src, uint64_t off,
+                       uint64_t len, bool query, http_response *resp, http_error *err)
+{
+    http_request req;
+    char cr[96];
+    const char *hdrs[] = {cr, NULL};
+    if (query || src->size == 0)
+        snprintf(cr, sizeof(cr), "Content-Range: bytes */%" PRIu64, src->size);
+    else
+        snprintf(cr, sizeof(cr), "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, off,
+                 off + len - 1, src->size);
+    http_request_init(&req);
+    req.method = "PUT";
+    req.url = session;
+    req.headers = hdrs;
+    req.idempotent = query;
+    set_body(&req, src, off, query ? 0 : len);
+    memset(resp, 0, sizeof(*resp));
+    return http_perform(c->http, &req, resp, err);
+}
+
+static void sleep_ms(double ms)
+{
+    struct timespec ts;
+    if (ms <= 0)
+        return;
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1000) * 1e6);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static double jitter(void)
+{
+    static _Thread_local unsigned int seed;
+    if (!seed)
+        seed = (unsigned int)time(NULL) ^ (unsigned int)(uintptr_t)&seed;
+    return (double)rand_r(&seed) / ((double)RAND_MAX + 1.0);
+}
+
+static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
+                            const gcs_source *src, const char *ctype, const gcs_sums *sums,
+                            gcs_object *out, http_error *err)
+{
+    const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
+    char *session = NULL;
+    uint64_t off = 0;
+    int sessions = 0, stalls = 0, rc = GCS_OK;
+    bool query = false;
+
+    for (;;) {
+        http_response resp;
+        uint64_t before = off, len;
+        step_result st;
+        int hrc;
+
+        if (!session) {
+            if (++sessions > GCS_MAX_SESSIONS) {
+                set_err(err, 0, "ABORTED", "upload of gs://%s/%s: upload session lost %d times",
+                        bucket, name, GCS_MAX_SESSIONS);
+                log_error("gcs: %s", err->message);
+                rc = GCS_ERR_HTTP;
+                break;
+            }
+            rc = session_start(c, bucket, name, src, ctype, &session, err);
+            if (rc != GCS_OK)
+                break;
+            off = 0;
+            query = false;
+        }
+        /* Everything persisted but not finalized: only a status query remains. */
+        if (off == src->size && src->size > 0)
+            query = true;
+        len = src->size - off < c->chunk ? src->size - off : c->chunk;
+        hrc = session_put(c, session, src, off, len, query, &resp, err);
+        st = classify(hrc, &resp, src->size, &off, &rc, bucket, name, err);
+        if (st == STEP_DONE)
+            rc = finish_upload(&resp, sums, src->size, bucket, name, out, err);
+        http_response_free(&resp);
+        if (st == STEP_DONE || st == STEP_FAIL)
+            break;
+        if (st == STEP_RESTART) {
+            log_warn("gcs: upload of gs://%s/%s: session gone (HTTP %ld), starting over", bucket,
+                     name, err->http_status);
+            free(session);
+            session = NULL;
+            continue;
+        }
+        if (st == STEP_CONTINUE && off > before) {
+            stalls = 0;
+            query = false;
+            continue;
+        }
+        /* No progress: interrupted, or a 308 that persisted nothing new. */
+        if (++stalls >= GCS_MAX_STALLS) {
+            if (st == STEP_CONTINUE)
+                set_err(err, 308, "ABORTED", "upload of gs://%s/%s: no progress at offset %" PRIu64,
+                        bucket, name, off);
+            log_error("gcs: upload of gs://%s/%s failed after %d attempts without progress: %s",
+                      bucket, name, stalls, err->message);
+            rc = GCS_ERR_HTTP;
+            break;
+        }
+        if (st == STEP_RETRY) {
+            log_warn("gcs: upload of gs://%s/%s interrupted at offset %" PRIu64
+                     " (%s), asking the server what it has",
+                     bucket, name, off, err->message);
+            sleep_ms(http_backoff_ms(&backoff, stalls, jitter(), -1));
+            query = true;
+        } else {
+            query = false;
+        }
+    }
+    free(session);
+    return rc;
+}
+
+static int upload(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
+                  const char *content_type, gcs_object *out, http_error *err)
+{
+    gcs_sums sums;
+    int rc;
+    const char *ctype = content_type && *content_type ? content_type : "application/octet-stream";
+    if (out)
+        memset(out, 0, sizeof(*out));
+    if (!bucket || !*bucket || !name || !*name) {
+        set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
+        return GCS_ERR_INVAL;
+    }
+    rc = compute_sums(src, &sums, err);
+    if (rc != GCS_OK)
+        return rc;
+    if (src->size <= c->threshold)
+        return upload_simple(c, bucket, name, src, ctype, &sums, out, err);
+    return upload_resumable(c, bucket, name, src, ctype, &sums, out, err);
+}
+
+int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, uint64_t size,
+                  const char *content_type, gcs_object *out, http_error *err)
+{
+    http_error dummy;
+    gcs_source src = {.fd = fd, .buf = NULL, .size = size};
+    if (!err)
+        err = &dummy;
+    if (!c || fd < 0) {
+        set_err(err, 0, "INVALID_ARGUMENT", "upload: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    return upload(c, bucket, name, &src, content_type, out, err);
+}
+
+int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
+                   size_t len, const char *content_type, gcs_object *out, http_error *err)
+{
+    http_error dummy;
+    gcs_source src = {.fd = -1, .buf = data ? data : (const void *)"", .size = len};
+    if (!err)
+        err = &dummy;
+    if (!c || (!data && len)) {
+        set_err(err, 0, "INVALID_ARGUMENT", "upload: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    return upload(c, bucket, name, &src, content_type, out, err);
+}
+
+/* ---- metadata, download, delete ---------------------------------------------- */
+
+int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err)
+{
+    http_error dummy;
+    http_request req;
+    http_response resp = {0};
+    char *url;
+    int rc;
+    if (!err)
+        err = &dummy;
+    if (out)
+        memset(out, 0, sizeof(*out));
+    if (!c || !bucket || !name || !out) {
+        set_err(err, 0, "INVALID_ARGUMENT", "stat: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    url = object_url(c, bucket, name, NULL);
+    if (!url) {
+        set_err(err, 0, "", "out of memory");
+        return GCS_ERR_NOMEM;
+    }
+    http_request_init(&req);
+    req.method = "GET";
+    req.url = url;
+    req.idempotent = true;
+    rc = http_perform(c->http, &req, &resp, err);
+    if (rc != HTTP_OK) {
+        rc = from_http_rc(rc);
+    } else {
+        rc = gcs_object_from_json(resp.body, resp.body_len, out);
+        if (rc == GCS_ERR_PROTOCOL || resp.status != 200) {
+            gcs_object_clear(out);
+            rc = protocol_err(err, &resp, "stat", bucket, name);
+        } else if (rc != GCS_OK) {
+            set_err(err, 0, "", "out of memory");
+        }
+    }
+    http_response_free(&resp);
+    free(url);
+    return rc;
+}
+
+int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,
+                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err)
+{
+    http_error dummy;
+    http_request req;
+    http_response resp = {0};
+    char range[96];
+    const char *hdrs[] = {range, NULL};
+    bool ranged = offset > 0 || len > 0;
+    char *url;
+    int rc;
+    if (!err)
+        err = &dummy;
+    if (written)
+        *written = 0;
+    if (!c || !bucket || !name || fd < 0 || (len > 0 && offset + len < offset)) {
+        set_err(err, 0, "INVALID_ARGUMENT", "download: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    url = object_url(c, bucket, name, "?alt=media");
+    if (!url) {
+        set_err(err, 0, "", "out of memory");
+        return GCS_ERR_NOMEM;
+    }
+    if (len > 0)
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
+                 offset + len - 1);
+    else
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", offset);
+    http_request_init(&req);
+    req.method = "GET";
+    req.url = url;
+    req.headers = ranged ? hdrs : NULL;
+    req.response_fd = fd;
+    req.response_fd_offset = fd_offset;
+    req.idempotent = true;
+    rc = http_perform(c->http, &req, &resp, err);
+    if (rc != HTTP_OK) {
+        rc = from_http_rc(rc);
+    } else if (resp.status != (ranged ? 206 : 200)) {
+        /* A 200 to a ranged request would be the whole object written at the
+         * wrong place: refuse it rather than hand back wrong bytes. */
+        rc = protocol_err(err, &resp, ranged ? "ranged download (expected 206)" : "download",
+                          bucket, name);
+    } else {
+        if (written)
+            *written = resp.body_len;
+    }
+    http_response_free(&resp);
+    free(url);
+    return rc;
+}
+
+/* A retried delete whose first attempt succeeded unseen answers 404; callers
+ * treat 404 (GCS_ERR_HTTP, http_status 404) as "already gone". */
+int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err)
+{
+    http_error dummy;
+    http_request req;
+    http_response resp = {0};
+    char *url;
+    int rc;
+    if (!err)
+        err = &dummy;
+    if (!c || !bucket || !name) {
+        set_err(err, 0, "INVALID_ARGUMENT", "delete: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    url = object_url(c, bucket, name, NULL);
+    if (!url) {
+        set_err(err, 0, "", "out of memory");
+        return GCS_ERR_NOMEM;
+    }
+    http_request_init(&req);
+    req.method = "DELETE";
+    req.url = url;
+    req.idempotent = true;
+    rc = http_perform(c->http, &req, &resp, err);
+    if (rc != HTTP_OK)
+        rc = from_http_rc(rc);
+    else if (resp.status != 200 && resp.status != 204)
+        rc = protocol_err(err, &resp, "delete", bucket, name);
+    http_response_free(&resp);
+    free(url);
+    return rc;
+}
+
+/* ---- list -------------------------------------------------------------------- */
+
+static int append_param(char **url, const char *key, const char *value)
+{
+    char *ev, *n;
+    if (!value)
+        return GCS_OK;
+    ev = http_escape(value);
+    n = ev ? http_strdup_printf("%s&%s=%s", *url, key, ev) : NULL;
+    free(ev);
+    if (!n)
+        return GCS_ERR_NOMEM;
+    free(*url);
+    *url = n;
+    return GCS_OK;
+}
+
+/* Delivers one page's items and prefixes. Returns GCS_OK, GCS_ERR_PROTOCOL or
+ * GCS_ERR_NOMEM; *stop gets the callback's non-zero value when it stopped. */
+static int list_page(const cJSON *page, gcs_list_cb cb, void *ctx, int *stop)
+{
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(page, "items");
+    const cJSON *prefixes = cJSON_GetObjectItemCaseSensitive(page, "prefixes");
+    const cJSON *it;
+    int rc;
+    if ((items && !cJSON_IsArray(items)) || (prefixes && !cJSON_IsArray(prefixes)))
+        return GCS_ERR_PROTOCOL;
+    cJSON_ArrayForEach(it, items)
+    {
+        gcs_object o;
+        rc = object_from_cjson(it, &o);
+        if (rc != GCS_OK)
+            return rc;
+        *stop = cb(ctx, &o, NULL);
+        gcs_object_clear(&o);
+        if (*stop)
+            return GCS_OK;
+    }
+    cJSON_ArrayForEach(it, prefixes)
+    {
+        if (!cJSON_IsString(it) || !it->valuestring)
+            return GCS_ERR_PROTOCOL;
+        *stop = cb(ctx, NULL, it->valuestring);
+        if (*stop)
+            return GCS_OK;
+    }
+    return GCS_OK;
+}
+
+int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *delimiter,
+             gcs_list_cb cb, void *ctx, http_error *err)
+{
+    http_error dummy;
+    char *token = NULL, *eb;
+    int rc = GCS_OK, stop = 0;
+    if (!err)
+        err = &dummy;
+    if (!c || !bucket || !*bucket || !cb) {
+        set_err(err, 0, "INVALID_ARGUMENT", "list: bad arguments");
+        return GCS_ERR_INVAL;
+    }
+    eb = http_escape(bucket);
+    if (!eb) {
+        set_err(err, 0, "", "out of memory");
+        return GCS_ERR_NOMEM;
+    }
+    do {
+        http_request req;
+        http_response resp = {0};
+        cJSON *page = NULL;
+        const cJSON *next;
+        char *url = http_strdup_printf("%s/storage/v1/b/%s/o?maxResults=%d", c->endpoint, eb,
+                                       GCS_LIST_PAGE);
+        if (!url || append_param(&url, "prefix", prefix && *prefix ? prefix : NULL) ||
+            append_param(&url, "delimiter", delimiter && *delimiter ? delimiter : NULL) ||
+            append_param(&url, "pageToken", token)) {
+            free(url);
+            set_err(err, 0, "", "out of memory");
+            rc = GCS_ERR_NOMEM;
+            break;
+        }
+        http_request_init(&req);
+        req.method = "GET";
+        req.url = url;
+        req.idempotent = true;
+        rc = http_perform(c->http, &req, &resp, err);
+        free(url);
+        if (rc != HTTP_OK) {
+            rc = from_http_rc(rc);
+            http_response_free(&resp);
+            break;
+        }
+        page = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+        rc = resp.status == 200 && cJSON_IsObject(page) ? list_page(page, cb, ctx, &stop)
+                                                        : GCS_ERR_PROTOCOL;
+        if (rc == GCS_ERR_PROTOCOL)
+            protocol_err(err, &resp, "list", bucket, prefix);
+        else if (rc == GCS_ERR_NOMEM)
+            set_err(err, 0, "", "out of memory");
+        next = cJSON_GetObjectItemCaseSensitive(page, "nextPageToken");
+        if (rc == GCS_OK && stop)
+            rc = stop;
+        else if (rc == GCS_OK && cJSON_IsString(next) && next->valuestring && *next->valuestring) {
+            /* A token that repeats would loop forever. */
+            if (token && strcmp(token, next->valuestring) == 0) {
+                rc = protocol_err(err, &resp, "list (repeated pageToken)", bucket, prefix);
+            } else {
+                free(token);
+                token = strdup(next->valuestring);
+                if (!token) {
+                    set_err(err, 0, "", "out of memory");
+                    rc = GCS_ERR_NOMEM;
+                }
+            }
+        } else {
+            free(token);
+            token = NULL;
+        }
+        cJSON_Delete(page);
+        http_response_free(&resp);
+    } while (rc == GCS_OK && token);
+    free(token);
+    free(eb);
+    return rc;
+}
+
+/* ---- gs:// URIs ------------------------------------------------------------- */
+
+static bool bucket_char_ok(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' ||
+           ch == '.';
+}
+
+int gcs_parse_uri(const char *uri, char **bucket, char **path)
+{
+    const char *b, *slash;
+    size_t blen;
+    if (!uri || !bucket || !path || strncmp(uri, "gs://", 5) != 0)
+        return GCS_ERR_INVAL;
+    b = uri + 5;
+    slash = strchr(b, '/');
+    blen = slash ? (size_t)(slash - b) : strlen(b);
+    if (blen == 0 || blen > 222)
+        return GCS_ERR_INVAL;
+    for (size_t i = 0; i < blen; i++)
+        if (!bucket_char_ok(b[i]))
+            return GCS_ERR_INVAL;
+    *bucket = strndup(b, blen);
+    *path = strdup(slash ? slash + 1 : "");
+    if (!*bucket || !*path) {
+        free(*bucket);
+        free(*path);
+        *bucket = *path = NULL;
+        return GCS_ERR_NOMEM;
+    }
+    return GCS_OK;
+}

@@ -1,0 +1,758 @@
+/* Unit tests for client/gcs.c against tests/unit/testsrv. */
+#include "testlib.h"
+#include "testsrv.h"
+
+#include "gcs.h"
+#include "http.h"
+
+#include <openssl/evp.h>
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static http_client *test_http(void)
+{
+    http_options o;
+    http_options_init(&o);
+    o.retry.max_attempts = 3;
+    o.retry.base_ms = 5;
+    o.retry.max_backoff_ms = 20;
+    o.retry.total_ms = 1000;
+    o.connect_timeout_s = 5;
+    return http_client_new(&o);
+}
+
+/* Bitwise reference CRC32C, independent of the slicing tables under test. */
+static uint32_t ref_crc32c(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+static void b64_md5(const unsigned char *p, size_t n, char out[32])
+{
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int dl = 0;
+    EVP_Digest(p, n, d, &dl, EVP_md5(), NULL);
+    EVP_EncodeBlock((unsigned char *)out, d, (int)dl);
+}
+
+static void b64_crc(const unsigned char *p, size_t n, char out[16])
+{
+    uint32_t c = ref_crc32c(p, n);
+    unsigned char b[4] = {(unsigned char)(c >> 24), (unsigned char)(c >> 16),
+                          (unsigned char)(c >> 8), (unsigned char)c};
+    EVP_EncodeBlock((unsigned char *)out, b, 4);
+}
+
+static unsigned char *pattern(size_t n, unsigned seed)
+{
+    unsigned char *b = malloc(n);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        b[i] = (unsigned char)x;
+    }
+    return b;
+}
+
+/* A temporary file holding data; returns an fd open for reading and writing. */
+static int temp_fd(const void *data, size_t n)
+{
+    char path[] = "/tmp/test_gcs.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    unlink(path);
+    if (n && write(fd, data, n) != (ssize_t)n) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Object resource JSON for name/data, as GCS would answer (md5/crc of data). */
+static void object_json(char *buf, size_t cap, const char *name, const unsigned char *data,
+                        size_t n, const char *md5_override)
+{
+    char md5[32], crc[16];
+    b64_md5(data, n, md5);
+    b64_crc(data, n, crc);
+    snprintf(buf, cap,
+             "{\"kind\":\"storage#object\",\"bucket\":\"bkt\",\"name\":\"%s\",\"size\":\"%zu\","
+             "\"generation\":\"1700000000000001\",\"contentType\":\"application/dicom\","
+             "\"md5Hash\":\"%s\",\"crc32c\":\"%s\"}",
+             name, n, md5_override ? md5_override : md5, crc);
+}
+
+/* ---- pure functions ------------------------------------------------------------ */
+
+TEST(crc32c_known_answers)
+{
+    unsigned char zeros[32] = {0}, ones[32], inc[32];
+    memset(ones, 0xff, sizeof ones);
+    for (int i = 0; i < 32; i++)
+        inc[i] = (unsigned char)i;
+    /* Check value of CRC-32C and the RFC 3720 B.4 vectors. */
+    CHECK_EQ_INT(gcs_crc32c(0, "123456789", 9), 0xE3069283u);
+    CHECK_EQ_INT(gcs_crc32c(0, zeros, 32), 0x8A9136AAu);
+    CHECK_EQ_INT(gcs_crc32c(0, ones, 32), 0x62A8AB43u);
+    CHECK_EQ_INT(gcs_crc32c(0, inc, 32), 0x46DD794Eu);
+    CHECK_EQ_INT(gcs_crc32c(0, "", 0), 0);
+}
+
+TEST(crc32c_incremental_matches_reference)
+{
+    size_t n = 100003;
+    unsigned char *b = pattern(n, 7);
+    uint32_t whole = gcs_crc32c(0, b, n), parts = 0;
+    size_t cuts[] = {0, 1, 7, 8, 13, 4096, 65537, n};
+    for (size_t i = 0; i + 1 < sizeof cuts / sizeof cuts[0]; i++)
+        parts = gcs_crc32c(parts, b + cuts[i], cuts[i + 1] - cuts[i]);
+    CHECK_EQ_INT(whole, ref_crc32c(b, n));
+    CHECK_EQ_INT(parts, whole);
+    /* Unaligned start. */
+    CHECK_EQ_INT(gcs_crc32c(0, b + 3, 1000), ref_crc32c(b + 3, 1000));
+    free(b);
+}
+
+TEST(parse_uri)
+{
+    char *b = NULL, *p = NULL;
+    CHECK_EQ_INT(gcs_parse_uri("gs://my-bucket/a/b/c.dcm", &b, &p), GCS_OK);
+    CHECK_EQ_STR(b, "my-bucket");
+    CHECK_EQ_STR(p, "a/b/c.dcm");
+    free(b);
+    free(p);
+    CHECK_EQ_INT(gcs_parse_uri("gs://bkt", &b, &p), GCS_OK);
+    CHECK_EQ_STR(b, "bkt");
+    CHECK_EQ_STR(p, "");
+    free(b);
+    free(p);
+    CHECK_EQ_INT(gcs_parse_uri("gs://bkt/", &b, &p), GCS_OK);
+    CHECK_EQ_STR(p, "");
+    free(b);
+    free(p);
+    CHECK_EQ_INT(gcs_parse_uri("s3://bkt/x", &b, &p), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_parse_uri("gs:///x", &b, &p), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_parse_uri("gs://Bad Bucket/x", &b, &p), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_parse_uri("bkt/x", &b, &p), GCS_ERR_INVAL);
+}
+
+TEST(object_from_json_strings_and_numbers)
+{
+    gcs_object o;
+    const char *s = "{\"bucket\":\"b\",\"name\":\"d/x.dcm\",\"size\":\"12345678901\","
+                    "\"generation\":\"1700000000000001\",\"md5Hash\":\"XrY7u+Ae7tCTyyK7j1rNww==\","
+                    "\"crc32c\":\"yZRlqg==\",\"contentType\":\"application/dicom\"}";
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_OK);
+    CHECK_EQ_STR(o.bucket, "b");
+    CHECK_EQ_STR(o.name, "d/x.dcm");
+    CHECK_EQ_INT(o.size, 12345678901ll);
+    CHECK_EQ_INT(o.generation, 1700000000000001ll);
+    CHECK_EQ_STR(o.md5_b64, "XrY7u+Ae7tCTyyK7j1rNww==");
+    CHECK_EQ_STR(o.crc32c_b64, "yZRlqg==");
+    CHECK_EQ_STR(o.content_type, "application/dicom");
+    gcs_object_clear(&o);
+
+    s = "{\"name\":\"n\",\"size\":42,\"generation\":7}";
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_OK);
+    CHECK_EQ_INT(o.size, 42);
+    CHECK_EQ_INT(o.generation, 7);
+    CHECK(o.bucket == NULL);
+    gcs_object_clear(&o);
+
+    s = "{\"size\":\"1\"}"; /* no name */
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    s = "{\"name\":\"n\",\"size\":\"-1\"}";
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    s = "{\"name\":\"n\",\"size\":\"12x\"}";
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    s = "[1,2]";
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_object_from_json("{\"name\":", 8, &o), GCS_ERR_PROTOCOL);
+}
+
+/* ---- endpoint --------------------------------------------------------------------- */
+
+TEST(endpoint_selection)
+{
+    http_client *h = test_http();
+    gcs_client *c;
+
+    unsetenv("STORAGE_EMULATOR_HOST");
+    c = gcs_client_new(h, NULL);
+    CHECK_EQ_STR(gcs_client_endpoint(c), "https://storage.googleapis.com");
+    gcs_client_free(c);
+
+    setenv("STORAGE_EMULATOR_HOST", "localhost:9023", 1);
+    c = gcs_client_new(h, NULL);
+    CHECK_EQ_STR(gcs_client_endpoint(c), "http://localhost:9023");
+    gcs_client_free(c);
+
+    setenv("STORAGE_EMULATOR_HOST", "https://emu.example:443/", 1);
+    c = gcs_client_new(h, NULL);
+    CHECK_EQ_STR(gcs_client_endpoint(c), "https://emu.example:443");
+    gcs_client_free(c);
+
+    /* Explicit wins over the environment. */
+    c = gcs_client_new(h, "http://127.0.0.1:1//");
+    CHECK_EQ_STR(gcs_client_endpoint(c), "http://127.0.0.1:1");
+    gcs_client_free(c);
+    unsetenv("STORAGE_EMULATOR_HOST");
+    http_client_free(h);
+}
+
+TEST(emulator_host_is_used_for_requests)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    char hostport[64];
+    gcs_object o;
+    http_error e;
+    snprintf(hostport, sizeof hostport, "127.0.0.1:%d", testsrv_port(srv));
+    setenv("STORAGE_EMULATOR_HOST", hostport, 1);
+    gcs_client *c = gcs_client_new(h, NULL);
+    unsetenv("STORAGE_EMULATOR_HOST");
+    testsrv_reply r = {.status = 200,
+                       .body = "{\"bucket\":\"bkt\",\"name\":\"a b/c\",\"size\":\"3\"}"};
+    testsrv_push(srv, &r);
+    CHECK_EQ_INT(gcs_stat(c, "bkt", "a b/c", &o, &e), GCS_OK);
+    CHECK_EQ_INT(o.size, 3);
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+    const testsrv_req *q = testsrv_get(srv, 0);
+    CHECK_EQ_STR(q->method, "GET");
+    CHECK_EQ_STR(q->url, "/storage/v1/b/bkt/o/a%20b%2Fc");
+    gcs_object_clear(&o);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+/* ---- simple upload ---------------------------------------------------------------- */
+
+typedef struct media_srv {
+    char reply[1024];
+    const char *md5_override;
+} media_srv;
+
+/* Answers a media upload with the object resource of the bytes received. */
+static void media_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
+{
+    media_srv *m = ctx;
+    object_json(m->reply, sizeof m->reply, "dir/a.dcm", (const unsigned char *)req->body,
+                req->body_len, m->md5_override);
+    out->status = 200;
+    out->body = m->reply;
+}
+
+TEST(simple_upload_sends_bytes_and_verifies)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    size_t n = 70001;
+    unsigned char *data = pattern(n, 1);
+    int fd = temp_fd(data, n);
+    media_srv m = {.md5_override = NULL};
+    gcs_object o;
+    http_error e;
+    char md5[32];
+
+    testsrv_set_handler(srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, n, "application/dicom", &o, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+    const testsrv_req *q = testsrv_get(srv, 0);
+    CHECK_EQ_STR(q->method, "POST");
+    CHECK_EQ_STR(q->url, "/upload/storage/v1/b/bkt/o?uploadType=media&name=dir%2Fa.dcm");
+    CHECK_EQ_STR(testsrv_req_header(q, "Content-Type"), "application/dicom");
+    CHECK_EQ_INT(q->body_len, n);
+    CHECK(q->body_len == n && memcmp(q->body, data, n) == 0);
+    b64_md5(data, n, md5);
+    CHECK_EQ_STR(o.md5_b64, md5);
+    CHECK_EQ_INT(o.size, n);
+    CHECK_EQ_STR(o.name, "dir/a.dcm");
+    gcs_object_clear(&o);
+
+    /* The buffer variant sends the same request. */
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "dir/a.dcm", data, n, "application/dicom", NULL, &e),
+                 GCS_OK);
+    CHECK_EQ_INT(testsrv_count(srv), 2);
+    q = testsrv_get(srv, 1);
+    CHECK(q->body_len == n && memcmp(q->body, data, n) == 0);
+
+    close(fd);
+    free(data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(simple_upload_wrong_md5_is_checksum_error)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    const char *data = "DICM-ish small payload";
+    int fd = temp_fd(data, strlen(data));
+    media_srv m = {.md5_override = "AAAAAAAAAAAAAAAAAAAAAA=="};
+    gcs_object o;
+    http_error e;
+
+    testsrv_set_handler(srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, strlen(data), NULL, &o, &e),
+                 GCS_ERR_CHECKSUM);
+    CHECK(strstr(e.message, "md5") != NULL);
+    CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
+    CHECK(o.name == NULL);
+    /* Nothing is deleted: only the upload request was made. */
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 0), "Content-Type"),
+                 "application/octet-stream");
+    close(fd);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+/* ---- resumable upload ------------------------------------------------------------- */
+
+/* A resumable-session server: reassembles what it "persists", persists
+ * fewer bytes than sent once, and resets the connection once mid-upload. */
+typedef struct resum_srv {
+    const char *base;
+    unsigned char *data;
+    size_t total, persisted;
+    int chunk_puts, queries, starts;
+    bool shortened, was_reset;
+    int resets_left; /* chunk PUTs still to be dropped before a status query */
+    int gone_at_put; /* answer 404 to this chunk PUT number (0: never) */
+    int busy_at_put; /* answer 503 to this chunk PUT number, persisting nothing */
+    char location[256], range[64], reply[1024];
+    const char *hdr_total;
+} resum_srv;
+
+static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
+{
+    resum_srv *s = ctx;
+    const char *cr = testsrv_req_header(req, "Content-Range");
+    unsigned long long a, b, tot;
+
+    if (strcmp(req->method, "POST") == 0 && strstr(req->url, "uploadType=resumable")) {
+        s->starts++;
+        s->persisted = 0;
+        snprintf(s->location, sizeof s->location, "Location: %s/upload/session/%d", s->base,
+                 s->starts);
+        out->status = 200;
+        out->headers[0] = s->location;
+        return;
+    }
+    if (strcmp(req->method, "PUT") != 0 || !cr) {
+        out->status = 400;
+        return;
+    }
+    if (sscanf(cr, "bytes */%llu", &tot) == 1) {
+        s->queries++;
+        s->resets_left = 0;
+    } else if (sscanf(cr, "bytes %llu-%llu/%llu", &a, &b, &tot) == 3) {
+        size_t len = (size_t)(b - a + 1), keep;
+        s->chunk_puts++;
+        /* libcurl resends a request once by itself when a reused connection
+         * dies before any reply; drop that resend too, so the client sees
+         * the failure. */
+        if (s->resets_left > 0) {
+            s->resets_left--;
+            out->reset = true;
+            return;
+        }
+        if (s->gone_at_put && s->chunk_puts == s->gone_at_put) {
+            out->status = 404;
+            out->body = "{\"error\":{\"code\":404,\"message\":\"No such upload\"}}";
+            return;
+        }
+        if (s->busy_at_put && s->chunk_puts == s->busy_at_put) {
+            out->status = 503;
+            out->body = "{\"error\":{\"code\":503,\"message\":\"Backend Error\"}}";
+            return;
+        }
+        if (a > s->persisted || len != req->body_len || b >= tot || tot != s->total) {
+            out->status = 400;
+            out->body = "{\"error\":{\"code\":400,\"message\":\"bad chunk\"}}";
+            return;
+        }
+        keep = len;
+        /* Second chunk: persist only part of it. */
+        if (s->chunk_puts == 2 && !s->shortened) {
+            s->shortened = true;
+            keep = len - 100000;
+        }
+        /* Bytes before `persisted` were already stored: ignore them, as GCS does. */
+        if (a + keep > s->persisted) {
+            memcpy(s->data + s->persisted, req->body + (s->persisted - a), a + keep - s->persisted);
+            s->persisted = a + keep;
+        }
+        /* Fourth chunk: store 50000 bytes of it, then drop the connection. */
+        if (s->chunk_puts == 4 && !s->was_reset) {
+            s->was_reset = true;
+            s->resets_left = 1;
+            s->persisted = a + 50000;
+            out->reset = true;
+            return;
+        }
+    } else {
+        out->status = 400;
+        return;
+    }
+    if (s->persisted == s->total) {
+        object_json(s->reply, sizeof s->reply, "big/obj.dcm", s->data, s->total, NULL);
+        out->status = 200;
+        out->body = s->reply;
+        return;
+    }
+    out->status = 308;
+    if (s->persisted > 0) {
+        snprintf(s->range, sizeof s->range, "Range: bytes=0-%zu", s->persisted - 1);
+        out->headers[0] = s->range;
+    }
+}
+
+TEST(resumable_upload_short_persist_and_reset)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    size_t n = 1300000; /* ~1.24 MiB: 5 chunks of 256 KiB */
+    unsigned char *data = pattern(n, 3);
+    int fd = temp_fd(data, n);
+    resum_srv s = {.base = testsrv_url(srv), .data = calloc(1, n), .total = n};
+    gcs_object o;
+    http_error e;
+    char want[96];
+
+    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "big/obj.dcm", fd, n, "application/dicom", &o, &e),
+                 GCS_OK);
+    CHECK_EQ_INT(s.persisted, n);
+    CHECK(memcmp(s.data, data, n) == 0);
+    CHECK(s.shortened && s.was_reset);
+    CHECK(s.queries >= 1); /* the reset was followed by a status query */
+    CHECK_EQ_INT(s.starts, 1);
+    CHECK_EQ_INT(o.size, n);
+
+    /* Session start: metadata body, X-Upload headers, escaped name. */
+    const testsrv_req *q = testsrv_get(srv, 0);
+    CHECK_EQ_STR(q->method, "POST");
+    CHECK_EQ_STR(q->url, "/upload/storage/v1/b/bkt/o?uploadType=resumable&name=big%2Fobj.dcm");
+    CHECK_EQ_STR(testsrv_req_header(q, "X-Upload-Content-Type"), "application/dicom");
+    CHECK_EQ_STR(testsrv_req_header(q, "X-Upload-Content-Length"), "1300000");
+    CHECK(strstr(q->body, "\"name\":\"big/obj.dcm\"") != NULL);
+    CHECK(strstr(q->body, "\"contentType\":\"application/dicom\"") != NULL);
+
+    /* Chunks: 0-262143, then 262144-524287 (server keeps 100000 fewer), so the
+     * third PUT resumes at 424288. */
+    q = testsrv_get(srv, 1);
+    CHECK_EQ_STR(q->url, "/upload/session/1");
+    CHECK_EQ_STR(testsrv_req_header(q, "Content-Range"), "bytes 0-262143/1300000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 2), "Content-Range"),
+                 "bytes 262144-524287/1300000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 3), "Content-Range"),
+                 "bytes 424288-686431/1300000");
+    /* Fourth chunk reset after 50000 bytes were kept: status query, then resume there. */
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
+                 "bytes 686432-948575/1300000");
+    int qi = -1;
+    for (int i = 5; i < testsrv_count(srv) && qi < 0; i++)
+        if (strcmp(testsrv_req_header(testsrv_get(srv, i), "Content-Range"), "bytes */1300000") ==
+            0)
+            qi = i;
+    CHECK(qi == 5 || qi == 6); /* 6 when libcurl resent the chunk once by itself */
+    if (qi == 6)
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 5), "Content-Range"),
+                     "bytes 686432-948575/1300000");
+    CHECK(qi > 0 && testsrv_get(srv, qi)->body_len == 0);
+    snprintf(want, sizeof want, "bytes %d-%d/1300000", 736432, 736432 + 262143);
+    if (qi > 0)
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, qi + 1), "Content-Range"), want);
+    /* Then 998576-1260719 and the short last chunk. */
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, testsrv_count(srv) - 1), "Content-Range"),
+                 "bytes 1260720-1299999/1300000");
+    gcs_object_clear(&o);
+    close(fd);
+    free(data);
+    free(s.data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(resumable_upload_restarts_lost_session)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    size_t n = 600000;
+    unsigned char *data = pattern(n, 5);
+    resum_srv s = {.base = testsrv_url(srv),
+                   .data = calloc(1, n),
+                   .total = n,
+                   .shortened = true,
+                   .was_reset = true,
+                   .gone_at_put = 2};
+    http_error e;
+
+    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e), GCS_OK);
+    CHECK_EQ_INT(s.starts, 2);
+    CHECK(memcmp(s.data, data, n) == 0);
+    free(data);
+    free(s.data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(resumable_upload_503_queries_then_resumes)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    size_t n = 700000;
+    unsigned char *data = pattern(n, 9);
+    resum_srv s = {.base = testsrv_url(srv),
+                   .data = calloc(1, n),
+                   .total = n,
+                   .shortened = true,
+                   .was_reset = true,
+                   .busy_at_put = 2};
+    http_error e;
+
+    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e), GCS_OK);
+    CHECK_EQ_INT(s.starts, 1);
+    CHECK_EQ_INT(s.queries, 1);
+    CHECK(memcmp(s.data, data, n) == 0);
+    /* POST, PUT 0-, PUT 262144- (503), query, PUT 262144- again, last PUT. */
+    CHECK_EQ_INT(testsrv_count(srv), 6);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 3), "Content-Range"), "bytes */700000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
+                 "bytes 262144-524287/700000");
+    free(data);
+    free(s.data);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(upload_errors_and_empty_object)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    media_srv m = {.md5_override = NULL};
+    gcs_object o;
+    http_error e;
+    testsrv_reply denied = {.status = 403,
+                            .body = "{\"error\":{\"code\":403,\"message\":\"no write access\","
+                                    "\"errors\":[{\"reason\":\"forbidden\"}]}}"};
+    testsrv_push(srv, &denied);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "x", "abc", 3, NULL, &o, &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(e.http_status, 403);
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+
+    /* An empty object: empty body, MD5 of nothing. */
+    testsrv_set_handler(srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_get(srv, 1)->body_len, 0);
+    CHECK_EQ_STR(o.md5_b64, "1B2M2Y8AsgTpgAmY7PhCfg==");
+    CHECK_EQ_INT(o.size, 0);
+    gcs_object_clear(&o);
+
+    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "", "a", 1, NULL, NULL, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(testsrv_count(srv), 2);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+/* ---- list ------------------------------------------------------------------------ */
+
+typedef struct list_rec {
+    char names[16][64];
+    uint64_t sizes[16];
+    int n;
+    char prefixes[16][64];
+    int np;
+} list_rec;
+
+static int list_cb(void *ctx, const gcs_object *obj, const char *prefix)
+{
+    list_rec *r = ctx;
+    if (obj && r->n < 16) {
+        snprintf(r->names[r->n], 64, "%s", obj->name);
+        r->sizes[r->n++] = obj->size;
+    } else if (!obj && prefix && r->np < 16) {
+        snprintf(r->prefixes[r->np++], 64, "%s", prefix);
+    }
+    return 0;
+}
+
+TEST(list_two_pages_with_prefixes)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    list_rec r = {0};
+    http_error e;
+    testsrv_reply p1 = {.body = "{\"kind\":\"storage#objects\",\"items\":[{\"name\":\"in/a.dcm\","
+                                "\"size\":\"10\"},{\"name\":\"in/b.dcm\",\"size\":\"20\"}],"
+                                "\"prefixes\":[\"in/s1/\"],\"nextPageToken\":\"tok+1/=\"}"};
+    testsrv_reply p2 = {.body = "{\"kind\":\"storage#objects\",\"items\":[{\"name\":\"in/c.dcm\","
+                                "\"size\":\"30\"}],\"prefixes\":[\"in/s2/\"]}"};
+    testsrv_push(srv, &p1);
+    testsrv_push(srv, &p2);
+    CHECK_EQ_INT(gcs_list(c, "bkt", "in/", "/", list_cb, &r, &e), GCS_OK);
+    CHECK_EQ_INT(r.n, 3);
+    CHECK_EQ_STR(r.names[0], "in/a.dcm");
+    CHECK_EQ_STR(r.names[2], "in/c.dcm");
+    CHECK_EQ_INT(r.sizes[1], 20);
+    CHECK_EQ_INT(r.np, 2);
+    CHECK_EQ_STR(r.prefixes[0], "in/s1/");
+    CHECK_EQ_STR(r.prefixes[1], "in/s2/");
+    CHECK_EQ_INT(testsrv_count(srv), 2);
+    CHECK_EQ_STR(testsrv_get(srv, 0)->method, "GET");
+    CHECK_EQ_STR(testsrv_get(srv, 0)->url,
+                 "/storage/v1/b/bkt/o?maxResults=1000&prefix=in%2F&delimiter=%2F");
+    CHECK_EQ_STR(testsrv_get(srv, 1)->url, "/storage/v1/b/bkt/o?maxResults=1000&prefix=in%2F"
+                                           "&delimiter=%2F&pageToken=tok%2B1%2F%3D");
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+static int stop_cb(void *ctx, const gcs_object *obj, const char *prefix)
+{
+    (void)obj;
+    (void)prefix;
+    ++*(int *)ctx;
+    return 7;
+}
+
+TEST(list_callback_stops)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    int calls = 0;
+    testsrv_reply p1 = {.body = "{\"items\":[{\"name\":\"a\"},{\"name\":\"b\"}],"
+                                "\"nextPageToken\":\"t\"}"};
+    testsrv_push(srv, &p1);
+    CHECK_EQ_INT(gcs_list(c, "bkt", NULL, NULL, stop_cb, &calls, NULL), 7);
+    CHECK_EQ_INT(calls, 1);
+    CHECK_EQ_INT(testsrv_count(srv), 1);
+    CHECK_EQ_STR(testsrv_get(srv, 0)->url, "/storage/v1/b/bkt/o?maxResults=1000");
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+/* ---- download / delete ------------------------------------------------------------ */
+
+TEST(download_range_into_fd)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    int fd = temp_fd("0123456789", 10);
+    uint64_t written = 0;
+    char got[16] = {0};
+    http_error e;
+    testsrv_reply r = {.status = 206,
+                       .content_type = "application/octet-stream",
+                       .body = "BCDE",
+                       .headers = {"Content-Range: bytes 1-4/100"}};
+    testsrv_push(srv, &r);
+    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 1, 4, fd, 3, &written, &e), GCS_OK);
+    CHECK_EQ_INT(written, 4);
+    CHECK_EQ_INT(pread(fd, got, 10, 0), 10);
+    CHECK_EQ_STR(got, "012BCDE789");
+    const testsrv_req *q = testsrv_get(srv, 0);
+    CHECK_EQ_STR(q->url, "/storage/v1/b/bkt/o/d%2Fx.dcm?alt=media");
+    CHECK_EQ_STR(testsrv_req_header(q, "Range"), "bytes=1-4");
+
+    /* Whole object: no Range header, 200 expected. */
+    testsrv_reply whole = {
+        .status = 200, .content_type = "application/octet-stream", .body = "abc"};
+    testsrv_push(srv, &whole);
+    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 0, 0, fd, 0, &written, &e), GCS_OK);
+    CHECK_EQ_INT(written, 3);
+    CHECK(testsrv_req_header(testsrv_get(srv, 1), "Range") == NULL);
+
+    /* A 200 to a ranged request would put the wrong bytes in place. */
+    testsrv_push(srv, &whole);
+    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 5, 0, fd, 0, &written, &e), GCS_ERR_PROTOCOL);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 2), "Range"), "bytes=5-");
+    close(fd);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+TEST(delete_ok_and_404)
+{
+    testsrv *srv = testsrv_start();
+    http_client *h = test_http();
+    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    http_error e;
+    testsrv_reply ok = {.status = 204};
+    testsrv_reply gone = {.status = 404,
+                          .body = "{\"error\":{\"code\":404,\"message\":\"No such object: "
+                                  "bkt/x\",\"errors\":[{\"reason\":\"notFound\"}]}}"};
+    testsrv_push(srv, &ok);
+    testsrv_push(srv, &gone);
+    CHECK_EQ_INT(gcs_delete(c, "bkt", "a/x", &e), GCS_OK);
+    CHECK_EQ_STR(testsrv_get(srv, 0)->method, "DELETE");
+    CHECK_EQ_STR(testsrv_get(srv, 0)->url, "/storage/v1/b/bkt/o/a%2Fx");
+    CHECK_EQ_INT(gcs_delete(c, "bkt", "a/x", &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(e.http_status, 404);
+    CHECK_EQ_INT(testsrv_count(srv), 2);
+    gcs_client_free(c);
+    http_client_free(h);
+    testsrv_stop(srv);
+}
+
+int main(void)
+{
+    RUN(crc32c_known_answers);
+    RUN(crc32c_incremental_matches_reference);
+    RUN(parse_uri);
+    RUN(object_from_json_strings_and_numbers);
+    RUN(endpoint_selection);
+    RUN(emulator_host_is_used_for_requests);
+    RUN(simple_upload_sends_bytes_and_verifies);
+    RUN(simple_upload_wrong_md5_is_checksum_error);
+    RUN(resumable_upload_short_persist_and_reset);
+    RUN(resumable_upload_restarts_lost_session);
+    RUN(resumable_upload_503_queries_then_resumes);
+    RUN(upload_errors_and_empty_object);
+    RUN(list_two_pages_with_prefixes);
+    RUN(list_callback_stops);
+    RUN(download_range_into_fd);
+    RUN(delete_ok_and_404);
+    return test_done();
+}
