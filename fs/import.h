@@ -7,7 +7,7 @@
  * journal, uploaded in the background by `uploads` threads to
  * gs://STAGING/<batch>/..., and when no file has arrived for commit_delay
  * seconds and every upload of the batch is done, ONE dicomStores.import of
- * gs://STAGING/<batch>/** is started and recorded as the store's operation.
+ * gs://STAGING/<batch>/ + "**" is started and recorded as the store's operation.
  * Staged objects are deleted after a successful import. Files stay listed
  * until imported. State survives a restart (journal in cache_dir).
  *
