@@ -43,7 +43,8 @@ static bool is_type(const char *dir, const char *name, mode_t type)
     return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == type;
 }
 
-/* Walks up from path to the store directory; writes it into out. */
+/* Walks up from path to the store directory; writes it into out. Returns 0,
+ * 1 when PATH is not inside a store, or a negative errno. */
 static int find_store(const char *path, char *out, size_t outlen)
 {
     char cur[PATH_MAX];
@@ -65,7 +66,7 @@ static int find_store(const char *path, char *out, size_t outlen)
         }
         char *slash = strrchr(cur, '/');
         if (!slash || (slash == cur && cur[1] == '\0'))
-            return -ENOENT;
+            return 1; /* reached / without finding a store */
         if (slash == cur)
             cur[1] = '\0';
         else
@@ -202,11 +203,11 @@ int wait_main(int argc, char **argv)
     }
     char store[PATH_MAX];
     int rc = find_store(path, store, sizeof store);
-    if (rc < 0) {
+    if (rc != 0) {
         fprintf(stderr, "dicomfs wait: %s: %s\n", path,
-                rc == -ENOENT ? "not inside a dicomfs store directory (no status, import/ and "
-                                "operations/ found above it)"
-                              : strerror(-rc));
+                rc == 1 ? "not inside a dicomfs store directory (no status, import/ and "
+                          "operations/ found above it)"
+                        : strerror(-rc));
         return WAIT_USAGE;
     }
     bool tty = isatty(STDOUT_FILENO);

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "journal.h"
+#include "../../fs/journal.h"
 #include "log.h"
 #include "testlib.h"
 
