@@ -1,0 +1,174 @@
+"""Suite 2, crash: SIGKILL the daemon (by PID) while files are being copied
+in, while they are being uploaded, while their import operation runs, and
+over and over in a tight loop of small copies (kills land in journal
+updates). After each kill: `fusermount3 -uz`, remount with the same
+cache_dir, and check that every file whose `cp` returned 0 is in the store
+exactly once (QIDO-RS straight from the emulator).
+
+Copies are individual `cp` processes so that we know exactly which files
+were accepted (exit 0) before the kill.
+"""
+import os
+import random
+import time
+
+import resilience_util as ru
+from resilience_util import res_mounts  # noqa: F401  (fixture)
+
+SEED = int(os.environ.get("DICOMFS_SEED", "11"))
+
+
+def finish_and_check(emu, m, files, accepted, suite, record_property, extra):
+    """Remounted m: wait for every pending import, then compare the store with
+    the accepted files. Returns the figures."""
+    wrc, wout = m.wait(timeout=300)
+    counts, failed = m.status()
+    found = ru.check_exactly_once(emu, [files[r] for r in accepted], allowed_uids=files.values())
+    figures = dict(files=len(files), accepted=len(accepted), kills=m.kills,
+                   files_lost=len(found["missing"]), duplicates=len(found["duplicates"]),
+                   stray=len(found["stray"]), stored=found["stored"])
+    figures.update(extra)
+    ru.record_figures(suite, record_property, **figures)
+    assert wrc == 0, "dicomfs wait exited %r after remount\n%s\nstatus=%r %r\nlog:\n%s" % (
+        wrc, wout[-1500:], counts, failed, m.log_tail(80))
+    assert found["missing"] == [], "%d accepted files lost after a crash: %s" % (
+        len(found["missing"]), found["missing"][:10])
+    assert found["duplicates"] == [], found["duplicates"][:10]
+    assert found["stray"] == [], found["stray"][:10]
+    return figures
+
+
+def run_kill_during_cp(emulator, res_mounts, tmp_path, n_files, record_property=None):  # noqa: F811
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, n_files, studies=5)
+    m = res_mounts(emulator, commit_delay=1)
+    loop = ru.CopyLoop(src, files, m.import_dir)
+    loop.start()
+    third = n_files // 3
+    assert ru.wait_until(lambda: loop.n_accepted() >= third or not loop.is_alive(), 240), \
+        "copying stalled at %d files\n%s" % (loop.n_accepted(), m.log_tail())
+    assert loop.n_accepted() >= third, "copies failed before the kill: %r\n%s" % (
+        loop.failed[:3], m.log_tail())
+    at_kill = loop.n_accepted()
+    m.kill9(before_unmount=lambda: (loop.stop(), loop.join(120)))
+    assert not loop.is_alive(), "cp processes hung after the daemon was killed"
+    accepted = list(loop.accepted)
+    interrupted = [f[0] for f in loop.failed]
+
+    ok, msg = m.try_start()
+    assert ok, "remount after SIGKILL failed (journal did not load?):\n" + msg
+    # Copy everything that was not accepted again: now every file must land.
+    rest = [r for r in files if r not in set(accepted)]
+    loop2 = ru.CopyLoop(src, rest, m.import_dir)
+    loop2.run()
+    assert loop2.failed == [], "copies after the remount failed: %r" % loop2.failed[:3]
+    return finish_and_check(emulator, m, files, accepted + loop2.accepted, "crash-during-cp",
+                            record_property, dict(accepted_before_kill=at_kill,
+                                                  interrupted_copies=len(interrupted)))
+
+
+def test_kill_during_cp(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+    run_kill_during_cp(emulator, res_mounts, tmp_path, 300, record_property)
+
+
+def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path, record_property):  # noqa: F811
+    # Slow uploads (latency on upload requests only) and a long quiet period:
+    # the kill lands while some files are uploaded and others are not.
+    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 200, studies=4)
+    m = res_mounts(emu, commit_delay=60, uploads=4)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    seen = {}
+
+    def mid_upload():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("uploaded", 0) >= 10 and c.get("spooled", 0) + c.get("uploading", 0) > 0
+
+    assert ru.wait_until(mid_upload, 120), "status never showed uploads in progress: %r\n%s" % (
+        seen, m.log_tail())
+    status_at_kill = dict(seen)
+    m.kill9()
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    finish_and_check(emu, m, files, list(files), "crash-during-uploads", record_property,
+                     dict(status_at_kill=status_at_kill))
+
+
+def test_kill_during_import_operation(emulator_factory, res_mounts, tmp_path,  # noqa: F811
+                                      record_property):
+    emu = emulator_factory("--lro-delay", "8000")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 120, studies=3)
+    m = res_mounts(emu, commit_delay=1)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    ops_dir = os.path.join(m.store_dir, "operations")
+    seen = {}
+
+    def importing():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("importing", 0) > 0 and len(os.listdir(ops_dir)) > 0
+
+    assert ru.wait_until(importing, 120), "no import operation started: %r\n%s" % (
+        seen, m.log_tail())
+    ops_before = set(os.listdir(ops_dir))
+    emu_ops_at_kill = len(ru.operations_list(emu))
+    m.kill9()
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    # The operation started before the crash is still listed (journal).
+    assert ops_before <= set(os.listdir(ops_dir)), (ops_before, os.listdir(ops_dir))
+    finish_and_check(emu, m, files, list(files), "crash-during-import", record_property,
+                     dict(status_at_kill=dict(seen), emulator_ops_at_kill=emu_ops_at_kill,
+                          emulator_ops_after=len(ru.operations_list(emu))))
+
+
+def run_kill_loop(emulator, res_mounts, tmp_path, rounds, per_round,  # noqa: F811
+                  record_property=None):
+    """Tight loops of small cp's, killed at a random moment, `rounds` times:
+    each remount must load the journal; in the end every accepted file is
+    imported exactly once (files whose copy failed are copied again)."""
+    rnd = random.Random(SEED)
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, rounds * per_round, studies=4)
+    rels = list(files)
+    m = res_mounts(emulator, commit_delay=0.5)
+    accepted, interrupted = [], []
+    remount_failures = []
+    for i in range(rounds):
+        chunk = rels[i * per_round:(i + 1) * per_round]
+        loop = ru.CopyLoop(src, chunk, m.import_dir)
+        loop.start()
+        ru.wait_until(lambda: loop.n_accepted() >= 1 or not loop.is_alive(), 60)
+        time.sleep(rnd.uniform(0.05, 1.0))
+        m.kill9(before_unmount=lambda: (loop.stop(), loop.join(120)))
+        assert not loop.is_alive(), "cp hung after the kill"
+        accepted += loop.accepted
+        interrupted += [f[0] for f in loop.failed]
+        ok, msg = m.try_start()
+        if not ok:
+            remount_failures.append((i, msg))
+            break
+    assert remount_failures == [], "the journal did not load after a kill: %s" % (
+        remount_failures[0][1],)
+    bad_tails = [f for f in os.listdir(os.path.join(m.cache_dir, "journal"))
+                 if f.startswith("log.bad")] if os.path.isdir(
+                     os.path.join(m.cache_dir, "journal")) else []
+    rest = [r for r in rels if r not in set(accepted)]
+    loop = ru.CopyLoop(src, rest, m.import_dir)
+    loop.run()
+    assert loop.failed == [], "copies after the last remount failed: %r" % loop.failed[:3]
+    return finish_and_check(emulator, m, files, accepted + loop.accepted, "crash-kill-loop",
+                            record_property,
+                            dict(rounds=rounds, accepted_before_kills=len(accepted),
+                                 interrupted_copies=len(interrupted),
+                                 torn_journal_tails=len(bad_tails)))
+
+
+def test_kill_loop_journal_loads(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+    run_kill_loop(emulator, res_mounts, tmp_path, rounds=6, per_round=40,
+                  record_property=record_property)

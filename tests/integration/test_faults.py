@@ -1,0 +1,152 @@
+"""Suite 1, faults: imports, exports and operation reads while the emulator
+answers 20% of requests with 429/500/503, resets 5% of connections and adds
+latency (seeded, so a failure can be replayed with DICOMFS_SEED=N).
+
+Checks real outcomes only: cp's exit status, `dicomfs wait`'s exit status,
+and what the store holds according to QIDO-RS asked directly of the emulator
+(every SOP Instance UID exactly once). The long variant
+(tests/integration/long/, DICOMFS_LONG=1) runs the same code with more files.
+"""
+import json
+import os
+import time
+
+import resilience_util as ru
+from resilience_util import res_mounts  # noqa: F401  (fixture)
+
+SEED = int(os.environ.get("DICOMFS_SEED", "7"))
+FAULT_ARGS = ["--fail-rate", "0.2", "--reset-rate", "0.05", "--latency-ms", "20"]
+
+
+def read_json_file(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    return json.loads(data)
+
+
+def gcs_list(emu, bucket, prefix):
+    """Object names under prefix, read straight from the emulator's Cloud
+    Storage JSON API (paged), retrying faulted pages."""
+    names = []
+    token = ""
+    while True:
+        q = "prefix=" + ru.urllib.parse.quote(prefix, safe="")
+        if token:
+            q += "&pageToken=" + ru.urllib.parse.quote(token, safe="")
+        for _ in range(40):
+            status, _, body = ru._request(emu, "GET", "/storage/v1/b/%s/o?%s" % (bucket, q))
+            if status == 200:
+                try:
+                    doc = json.loads(body)
+                    break
+                except ValueError:
+                    pass
+            elif status not in (429, 500, 502, 503, 504):
+                raise AssertionError("GCS list -> %d %r" % (status, body[:200]))
+            time.sleep(0.2)
+        else:
+            raise AssertionError("GCS list kept failing")
+        names += [o["name"] for o in doc.get("items", [])]
+        token = doc.get("nextPageToken", "")
+        if not token:
+            return names
+
+
+def run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files, studies,  # noqa: F811
+                            record_property=None, suite="faults", export_check=True):
+    emu = emulator_factory(*(FAULT_ARGS + ["--seed", str(SEED)]))
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, n_files, studies=studies, series_per_study=3)
+    assert len(set(files.values())) == n_files
+
+    m = res_mounts(emu, commit_delay=1)
+    t0 = time.monotonic()
+    rc, err = ru.cp_r(src, m.import_dir)
+    t_cp = time.monotonic() - t0
+    assert rc == 0, "cp -r into import/ failed under faults: %s\n%s" % (err, m.log_tail())
+
+    wrc, wout = m.wait(timeout=300)
+    t_wait = time.monotonic() - t0
+    counts, failed = m.status()
+    stats_import = ru.fault_totals(emu.stats())
+    assert wrc == 0, "dicomfs wait exited %r\n%s\nstatus=%r %r\nlog:\n%s" % (
+        wrc, wout[-2000:], counts, failed, m.log_tail())
+    assert not failed, failed
+
+    found = ru.check_exactly_once(emu, list(files.values()))
+    lost = len(found["missing"])
+    figures = dict(files=n_files, studies=studies, cp_seconds=round(t_cp, 1),
+                   imported_seconds=round(t_wait, 1), files_lost=lost,
+                   duplicates=len(found["duplicates"]), stray=len(found["stray"]),
+                   seed=SEED, faults_during_import=stats_import)
+    assert found["missing"] == [], "%d accepted files never reached the store: %s" % (
+        lost, found["missing"][:10])
+    assert found["duplicates"] == [], found["duplicates"][:10]
+    assert found["stray"] == [], found["stray"][:10]
+    # Every file accepted is gone from import/ once imported.
+    assert ru.count_files(m.import_dir) == 0, sorted(os.listdir(m.import_dir))[:10]
+
+    if export_check:
+        figures.update(run_export_under_faults(emu, m, files))
+    figures["faults_total"] = ru.fault_totals(emu.stats())
+    ru.record_figures(suite, record_property, **figures)
+    assert figures["faults_total"]["http429"] + figures["faults_total"]["http500"] + \
+        figures["faults_total"]["http503"] > 0, "the emulator injected no faults: %r" % figures
+    return figures
+
+
+def run_export_under_faults(emu, m, files):
+    """Writes a filter naming two studies into export/dicom/NAME, follows the
+    operation through STORE/operations/ID.json (every read must succeed), and
+    checks the exported objects in the bucket against the studies' instances."""
+    # The first two studies and their instances, from the source tree.
+    study_uids = sorted(set(files.study.values()))[:2]
+    wanted = {sop for rel, sop in files.items() if files.study[rel] in study_uids}
+
+    ops_dir = os.path.join(m.store_dir, "operations")
+    before = set(os.listdir(ops_dir))
+    name = "faults-%d" % int(time.time())
+    filt = "".join("/studies/%s\n" % u for u in study_uids).encode()
+    e = ru.write_file(os.path.join(m.store_dir, "export", "dicom", name), filt)
+    assert e is None, "export filter write failed under faults: %r\n%s" % (e, m.log_tail())
+
+    new = []
+    assert ru.wait_until(lambda: len(set(os.listdir(ops_dir)) - before) > 0, 60), \
+        "no operation appeared in STORE/operations/ after the export started"
+    new = sorted(set(os.listdir(ops_dir)) - before)
+    reads = 0
+    op = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for fn in new:
+            op = read_json_file(os.path.join(ops_dir, fn))  # must not raise under faults
+            reads += 1
+        if op and all(read_json_file(os.path.join(ops_dir, fn)).get("done") for fn in new):
+            break
+        time.sleep(0.5)
+    ops = [read_json_file(os.path.join(ops_dir, fn)) for fn in new]
+    assert all(o.get("done") for o in ops), "export not done in time: %r" % ops
+    assert all("error" not in o for o in ops), "export failed: %r" % ops
+
+    # Dataset-level operations/ too: list and read every ID.json.
+    ds_ops = os.path.join(m.dataset_dir, "operations")
+    for fn in os.listdir(ds_ops):
+        doc = read_json_file(os.path.join(ds_ops, fn))
+        assert doc.get("name", "").endswith("/" + fn[:-len(".json")]), (fn, doc)
+        reads += 1
+
+    # What export wrote, straight from the bucket.
+    objs = gcs_list(emu, ru.BUCKET, "")
+    exported = set()
+    for o in objs:
+        if "/dicom/%s/" % name in o and o.endswith(".dcm"):
+            exported.add(o.rsplit("/", 1)[1][:-len(".dcm")])
+    assert exported == wanted, "export wrote %d instances, the filter selects %d (missing %r)" % (
+        len(exported), len(wanted), sorted(wanted - exported)[:5])
+    return dict(exported=len(exported), operation_reads=reads)
+
+
+def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path,  # noqa: F811
+                                        record_property):
+    run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files=300, studies=5,
+                            record_property=record_property)

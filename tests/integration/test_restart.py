@@ -1,0 +1,146 @@
+"""Suite 3, restart: the server goes away and comes back (emulator restart on
+the same port and data, in the middle of uploads and of an import
+operation), tokens expire every 5 seconds during an import run, and the
+cache disk fills up (a small tmpfs as cache_dir: cp gets ENOSPC, nothing
+already accepted is lost, and copying works again once imports freed the
+space).
+"""
+import os
+import time
+
+import resilience_util as ru
+from resilience_util import res_mounts, tmpfs_factory  # noqa: F401  (fixtures)
+
+
+def check_all(emu, m, files, accepted, suite, record_property, extra, wait_timeout=300):
+    wrc, wout = m.wait(timeout=wait_timeout)
+    counts, failed = m.status()
+    found = ru.check_exactly_once(emu, [files[r] for r in accepted], allowed_uids=files.values())
+    figures = dict(files=len(files), accepted=len(accepted),
+                   files_lost=len(found["missing"]), duplicates=len(found["duplicates"]),
+                   stray=len(found["stray"]), stored=found["stored"],
+                   emulator=ru.fault_totals(emu.stats()))
+    figures.update(extra)
+    ru.record_figures(suite, record_property, **figures)
+    assert wrc == 0, "dicomfs wait exited %r\n%s\nstatus=%r %r\nlog:\n%s" % (
+        wrc, wout[-1500:], counts, failed, m.log_tail(80))
+    assert not failed, failed
+    assert found["missing"] == [], "%d accepted files lost: %s" % (
+        len(found["missing"]), found["missing"][:10])
+    assert found["duplicates"] == [], found["duplicates"][:10]
+    assert found["stray"] == [], found["stray"][:10]
+    assert m.alive(), "dicomfs died:\n" + m.log_tail()
+    return figures
+
+
+def test_emulator_restart_during_uploads(emulator_factory, res_mounts, tmp_path,  # noqa: F811
+                                         record_property):
+    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 200, studies=4)
+    m = res_mounts(emu, commit_delay=1, uploads=4)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    seen = {}
+
+    def mid_upload():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("uploaded", 0) >= 10 and c.get("spooled", 0) + c.get("uploading", 0) > 0
+
+    assert ru.wait_until(mid_upload, 120), "no uploads in progress: %r\n%s" % (seen, m.log_tail())
+    at_restart = dict(seen)
+    stats_before = ru.fault_totals(emu.stats())
+    emu.restart()
+    check_all(emu, m, files, list(files), "restart-during-uploads", record_property,
+              dict(status_at_restart=at_restart, emulator_before_restart=stats_before))
+
+
+def test_emulator_restart_during_import_operation(emulator_factory, res_mounts,  # noqa: F811
+                                                  tmp_path, record_property):
+    emu = emulator_factory("--lro-delay", "6000")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 120, studies=3)
+    m = res_mounts(emu, commit_delay=1)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    seen = {}
+
+    def importing():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("importing", 0) > 0
+
+    assert ru.wait_until(importing, 120), "no import started: %r\n%s" % (seen, m.log_tail())
+    ops_at_restart = len(ru.operations_list(emu))
+    emu.restart()
+    check_all(emu, m, files, list(files), "restart-during-import", record_property,
+              dict(status_at_restart=dict(seen), emulator_ops_at_restart=ops_at_restart,
+                   emulator_ops_after=len(ru.operations_list(emu))))
+
+
+def run_short_tokens(emulator_factory, res_mounts, tmp_path, seconds,  # noqa: F811
+                     record_property=None):
+    """--token-ttl 5 while files keep arriving for `seconds`: several batches
+    and imports cross token expiries. Nothing may fail or be lost."""
+    emu = emulator_factory("--token-ttl", "5")
+    src = str(tmp_path / "src")
+    per_second = 4
+    files = ru.make_tree(src, seconds * per_second, studies=4)
+    m = res_mounts(emu, commit_delay=1)
+    t0 = time.monotonic()
+    loop = ru.CopyLoop(src, files, m.import_dir, pause=1.0 / per_second)
+    loop.run()
+    elapsed = time.monotonic() - t0
+    assert loop.failed == [], "copies failed with short-lived tokens: %r" % loop.failed[:3]
+    ops_dir = os.path.join(m.store_dir, "operations")
+    figures = check_all(emu, m, files, loop.accepted, "token-ttl-5s", record_property,
+                        dict(copy_seconds=round(elapsed, 1)), wait_timeout=240)
+    # The operations this store started all succeeded (no 401 surfaced there).
+    import json
+    errors = []
+    for fn in os.listdir(ops_dir):
+        with open(os.path.join(ops_dir, fn)) as f:
+            op = json.load(f)
+        if "error" in op:
+            errors.append(op)
+    assert errors == [], errors[:2]
+    assert figures["emulator"]["requests"] > 0
+    return figures
+
+
+def test_short_token_lifetime(emulator_factory, res_mounts, tmp_path,  # noqa: F811
+                              record_property):
+    run_short_tokens(emulator_factory, res_mounts, tmp_path, 20, record_property)
+
+
+def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa: F811
+                         record_property):
+    fs = tmpfs_factory("8m")
+    cache = os.path.join(fs.dir, "cache")
+    src = str(tmp_path / "src")
+    # 40 files of ~300 KB = 12 MB: more than the 8 MB cache can hold while
+    # they wait for their batch (spool files are kept until imported).
+    files = ru.make_tree(src, 40, studies=2, rows=600, cols=512)
+    m = res_mounts(emulator, cache_dir=cache, commit_delay=3, uploads=4)
+    loop = ru.CopyLoop(src, files, m.import_dir, max_failures=4)
+    loop.run()
+    enospc = [f for f in loop.failed if "No space left on device" in f[2]]
+    other = [f for f in loop.failed if "No space left on device" not in f[2]]
+    assert loop.failed, "12 MB fit into an 8 MB cache? accepted=%d" % len(loop.accepted)
+    assert enospc, "cp failed without ENOSPC: %r" % loop.failed[:3]
+    assert other == [], "cp failed for another reason than ENOSPC: %r" % other[:3]
+    assert m.alive(), "dicomfs died on a full cache disk:\n" + m.log_tail()
+
+    figures = check_all(emulator, m, files, loop.accepted, "full-cache-disk", record_property,
+                        dict(enospc_copies=len(enospc), tmpfs="8m"))
+    # Once imported, the space is free again: the files that did not fit go in now.
+    rest = [r for r in files if r not in set(loop.accepted)]
+    loop2 = ru.CopyLoop(src, rest, m.import_dir)
+    loop2.run()
+    assert loop2.failed == [], "copies still fail after the imports freed the cache: %r" % (
+        loop2.failed[:3],)
+    check_all(emulator, m, files, loop.accepted + loop2.accepted, "full-cache-disk-recovered",
+              record_property, dict(recopied=len(loop2.accepted)))
+    assert figures["files_lost"] == 0
+    m.unmount()
