@@ -144,3 +144,36 @@ def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa:
               record_property, dict(recopied=len(loop2.accepted)))
     assert figures["files_lost"] == 0
     m.unmount()
+
+
+def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa: F811
+                                   record_property):
+    """A full cache disk, then SIGKILL before anything was imported: a
+    close() that returned 0 at the edge of a full disk must still have been
+    durable (spool file and journal record), so the remount imports every
+    accepted file."""
+    fs = tmpfs_factory("8m")
+    cache = os.path.join(fs.dir, "cache")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 40, studies=2, rows=600, cols=512)
+    # Imports cannot start before the kill: a long quiet period.
+    m = res_mounts(emulator, cache_dir=cache, commit_delay=600, uploads=2)
+    loop = ru.CopyLoop(src, files, m.import_dir, max_failures=4)
+    loop.run()
+    enospc = [f for f in loop.failed if "No space left on device" in f[2]]
+    assert enospc, "the cache never filled: %r" % loop.failed[:3]
+    # A few small files at the very edge (journal records need room too).
+    edge_src = str(tmp_path / "edge")
+    edge = ru.make_tree(edge_src, 30, studies=1, prefix="edge-")
+    loop_edge = ru.CopyLoop(edge_src, edge, m.import_dir, max_failures=30)
+    loop_edge.run()
+    m.kill9()
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount on the full cache disk failed:\n" + msg
+    all_files = ru.SampleSet(src)
+    all_files.update(files)
+    all_files.update(edge)
+    check_all(emulator, m, all_files, loop.accepted + loop_edge.accepted,
+              "full-cache-disk-then-kill", record_property,
+              dict(enospc_copies=len(enospc), edge_accepted=len(loop_edge.accepted),
+                   edge_refused=len(loop_edge.failed)))
