@@ -60,6 +60,8 @@ int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *ou
 int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,
                     uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err);
 
+/* 200/204: GCS_OK. A missing object is GCS_ERR_HTTP with err->http_status
+ * 404, which callers may treat as "already gone". */
 int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err);
 
 /* Lists all pages. For each object cb gets obj; for each prefix (when
@@ -70,7 +72,9 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
 
 void gcs_object_clear(gcs_object *o);
 
-/* Parses an object resource (exposed for tests and fuzzing). */
+/* Parses an object resource (exposed for tests and fuzzing). *out is
+ * overwritten (clear it first if it held an object); on failure it is left
+ * empty. size/generation may be JSON strings (as the API sends) or numbers. */
 int gcs_object_from_json(const char *json, size_t len, gcs_object *out);
 
 /* CRC32C (Castagnoli), incremental: start with crc = 0. */

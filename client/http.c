@@ -777,6 +777,11 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     if (req->timeout_s > 0)
         curl_easy_setopt(h, CURLOPT_TIMEOUT, req->timeout_s);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* libcurl silently re-sends a request once when a reused connection turns
+     * out to be dead. For a POST that starts work (import, export, create) that
+     * could start it twice, so such requests always get a fresh connection. */
+    if (!req->idempotent && req->method && strcmp(req->method, "POST") == 0)
+        curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
