@@ -43,6 +43,7 @@ typedef struct emu_stats {
     atomic_ullong fault_429, fault_500, fault_503;
     atomic_ullong fault_reset, fault_malformed, fault_latency;
     atomic_ullong unauthenticated;
+    atomic_ullong anonymous_upload_starts;
 } emu_stats;
 
 typedef struct emu_store emu_store;
@@ -57,6 +58,7 @@ struct emu_ctx {
     int port;
     int lro_delay_ms;
     bool no_auth;
+    bool strict_auth; /* also refuse token-less resumable starts */
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
     atomic_bool shutting_down;
@@ -73,6 +75,11 @@ int emu_server_start(emu_ctx *ctx, int listen_fd);
 void emu_server_stop(emu_ctx *ctx);
 /* The request's connection-level kind as routed. */
 enum emu_kind emu_req_kind(const emu_request *r);
+/* For a body spooled to disk (above 64 MiB): hands its file over to the
+ * caller, who must rename or unlink it, with the MD5 and CRC32C of its
+ * bytes, computed while it arrived. False for bodies kept in memory. */
+bool emu_req_spool_take(const emu_request *r, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc);
 /* Status and whether a body was set (for handlers composing responses). */
 int emu_resp_status(const emu_response *w);
 
@@ -153,6 +160,10 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket, const char *name,
                             const emu_preconds *pre, const char *want_md5, const char *want_crc,
                             emu_obj_info *out);
 void emu_store_writer_abort(emu_writer *w);
+/* A writer for a complete file under DATA whose hashes are known (a
+ * spooled request body): commit renames it into place without copying. */
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc);
 /* Commits an existing file under DATA (renamed into place, hashed first). */
 int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, const char *name,
                           const char *content_type, const cJSON *metadata, const emu_preconds *pre,

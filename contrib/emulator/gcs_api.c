@@ -25,10 +25,6 @@
 
 #define CHUNK_QUANTUM (256u * 1024)
 
-/* client/multipart.c lands on branch parsers; until it is merged multipart
- * uploads answer 501. */
-#define EMU_HAVE_MULTIPART 0
-
 /* ---- helpers ---- */
 
 static bool has_prefix(const char *s, const char *p)
@@ -172,7 +168,7 @@ typedef struct body_view {
     size_t maplen;
 } body_view;
 
-__attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
+static int body_get(const emu_request *r, body_view *b)
 {
     memset(b, 0, sizeof(*b));
     uint64_t flen = 0;
@@ -194,7 +190,7 @@ __attribute__((unused)) static int body_get(const emu_request *r, body_view *b)
     return 0;
 }
 
-__attribute__((unused)) static void body_put(body_view *b)
+static void body_put(body_view *b)
 {
     if (b->map)
         munmap(b->map, b->maplen);
@@ -632,11 +628,26 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     emu_preconds pre;
     if (!parse_preconds(r, w, &pre))
         return;
-    char md5[64] = "", crc[32] = "";
+    char md5[64] = "", crc[32] = "", spool[4200];
     parse_goog_hash(emu_req_header(r, "x-goog-hash"), md5, sizeof(md5), crc, sizeof(crc));
-    emu_writer *wr = emu_store_writer_new(ctx);
-    if (!wr || write_body(r, wr) != EMU_STORE_OK) {
-        emu_store_writer_abort(wr);
+    unsigned char spool_md5[16];
+    uint32_t spool_crc;
+    uint64_t spool_len = 0;
+    emu_writer *wr = NULL;
+    if (emu_req_body_fd(r, &spool_len) >= 0 &&
+        emu_req_spool_take(r, spool, sizeof(spool), spool_md5, &spool_crc)) {
+        /* A big body is already a hashed file: adopt it instead of copying. */
+        wr = emu_store_writer_adopt(ctx, spool, spool_len, spool_md5, spool_crc);
+        if (!wr)
+            unlink(spool);
+    } else {
+        wr = emu_store_writer_new(ctx);
+        if (wr && write_body(r, wr) != EMU_STORE_OK) {
+            emu_store_writer_abort(wr);
+            wr = NULL;
+        }
+    }
+    if (!wr) {
         emu_resp_gcs_error(w, 500, "backendError", "Cannot store the upload.");
         return;
     }
@@ -647,7 +658,6 @@ static void upload_media(emu_ctx *ctx, const emu_request *r, emu_response *w, co
     answer_object(ctx, w, rc, &o, bucket, name);
 }
 
-#if EMU_HAVE_MULTIPART
 typedef struct mp_parts {
     int n;
     multipart_part part[2];
@@ -741,23 +751,6 @@ static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w
     body_put(&b);
 }
 
-#else
-static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                             const char *bucket)
-{
-    (void)ctx;
-    (void)r;
-    (void)bucket;
-    emu_resp_gcs_error(w, 501, "notImplemented", "Multipart uploads are not built in yet.");
-}
-
-static const char *json_str(const cJSON *j, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-#endif
-
 /* ---- resumable sessions ---- */
 
 static bool valid_upload_id(const char *id)
@@ -776,9 +769,26 @@ static void session_path(emu_ctx *ctx, const char *id, const char *ext, char *ou
     snprintf(out, len, "%s/gcs/uploads/%s.%s", emu_data_dir(ctx), id, ext);
 }
 
-/* One lock for all sessions: chunk appends to different sessions are short
- * next to the transfer itself, which happens before the handler runs. */
-static pthread_mutex_t sessions_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Session locks, striped by upload id: appends and the final hashing of one
+ * session never wait for another session's. */
+#define SESSION_LOCKS 64
+static pthread_mutex_t session_locks[SESSION_LOCKS];
+static pthread_once_t session_locks_once = PTHREAD_ONCE_INIT;
+
+static void session_locks_init(void)
+{
+    for (int i = 0; i < SESSION_LOCKS; i++)
+        pthread_mutex_init(&session_locks[i], NULL);
+}
+
+static pthread_mutex_t *session_lock(const char *id)
+{
+    pthread_once(&session_locks_once, session_locks_init);
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &session_locks[h % SESSION_LOCKS];
+}
 
 static cJSON *session_load(emu_ctx *ctx, const char *id)
 {
@@ -907,10 +917,17 @@ static int parse_content_range(const char *h, int64_t *first, int64_t *last, int
         if (end == p || *end != '-')
             return -1;
         p = end + 1;
-        *last = strtoll(p, &end, 10);
-        if (end == p || *last < *first)
-            return -1;
-        p = end;
+        if (*p == '*') {
+            /* "A-STAR": the body runs to the end of this request (single-
+             * stream uploads of the Node client). */
+            *last = -2;
+            p++;
+        } else {
+            *last = strtoll(p, &end, 10);
+            if (end == p || *last < *first)
+                return -1;
+            p = end;
+        }
     }
     if (*p != '/')
         return -1;
@@ -947,7 +964,7 @@ static void preconds_from_json(const cJSON *p, emu_preconds *pre)
         parse_i64(json_str(p, "ifMetagenerationNotMatch"), &pre->meta_not_match);
 }
 
-/* Called with sessions_mu held once every byte is in the part file. */
+/* Called with the session's lock held once every byte is in the part file. */
 static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *id,
                              cJSON *s)
 {
@@ -1037,8 +1054,20 @@ static uint64_t body_len(const emu_request *r)
     return len;
 }
 
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id);
+
 static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_response *w,
                                  const char *id)
+{
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
+    upload_resumable_put_locked(ctx, r, w, id);
+    pthread_mutex_unlock(mu);
+}
+
+static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                        const char *id)
 {
     cJSON *s = session_load(ctx, id);
     if (!s) {
@@ -1072,6 +1101,14 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
         cJSON_Delete(s);
         emu_resp_gcs_error(w, 400, "invalid", "Invalid Content-Range: %s", cr);
         return;
+    } else if (last == -2) {
+        /* Open-ended: this request carries the rest; with an unknown total
+         * it is also the end of the object. */
+        if (total < 0)
+            total = first + (int64_t)len;
+        last = first + (int64_t)len - 1;
+        if (len == 0)
+            first = last = -1;
     }
     if (first < 0) {
         /* Status query, or the final empty request. */
@@ -1107,10 +1144,6 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
                            "request contained %llu bytes, which does not meet this requirement.",
                            (unsigned long long)len);
     } else {
-        pthread_mutex_lock(&sessions_mu);
-        /* Re-stat under the lock: another request may have appended. */
-        if (stat(path, &st) == 0)
-            persisted = (uint64_t)st.st_size;
         uint64_t end = (uint64_t)last + 1;
         int rc = 0;
         if (end > persisted && (uint64_t)first <= persisted)
@@ -1123,7 +1156,6 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
             session_finalize(ctx, r, w, id, s);
         else
             answer_incomplete(r, w, persisted);
-        pthread_mutex_unlock(&sessions_mu);
     }
     cJSON_Delete(s);
 }
@@ -1131,12 +1163,13 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
 static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *id)
 {
     char path[4200];
-    pthread_mutex_lock(&sessions_mu);
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
-    pthread_mutex_unlock(&sessions_mu);
+    pthread_mutex_unlock(mu);
     if (!existed)
         emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
     else

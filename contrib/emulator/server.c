@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <openssl/evp.h>
 
 #include "emu_internal.h"
 #include "log.h"
@@ -38,6 +39,9 @@ struct emu_request {
     size_t body_len, body_cap;
     int body_fd;
     uint64_t body_fd_len;
+    char spool_path[4200]; /* named while the request lives; "" once taken */
+    EVP_MD_CTX *spool_md5; /* hashes of the spooled bytes */
+    uint32_t spool_crc;
     uint64_t received;
     emu_fault_plan plan;
 };
@@ -461,63 +465,79 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->body);
     if (r->body_fd >= 0)
         close(r->body_fd);
+    if (r->spool_path[0])
+        unlink(r->spool_path);
+    EVP_MD_CTX_free(r->spool_md5);
     free(r);
     *con_cls = NULL;
 }
 
+static int spool_write(emu_request *r, const char *data, size_t len)
+{
+    EVP_DigestUpdate(r->spool_md5, data, len);
+    r->spool_crc = emu_crc32c(r->spool_crc, data, len);
+    while (len) {
+        ssize_t n = write(r->body_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            log_error("spool request body to %s: %s", r->spool_path, strerror(errno));
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+        r->body_fd_len += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Moves the body to a file in DATA/tmp, hashing as it goes, so an upload
+ * can become an object by a rename. */
 static int spool_open(emu_request *r)
 {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/tmp/body.XXXXXX", r->ctx->data_dir);
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        log_error("spool request body in %s: %s", path, strerror(errno));
+    snprintf(r->spool_path, sizeof(r->spool_path), "%s/tmp/body.XXXXXX", r->ctx->data_dir);
+    int fd = mkstemp(r->spool_path);
+    r->spool_md5 = EVP_MD_CTX_new();
+    if (fd < 0 || !r->spool_md5 || EVP_DigestInit_ex(r->spool_md5, EVP_md5(), NULL) != 1) {
+        log_error("spool request body in %s: %s", r->spool_path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(r->spool_path);
+        }
+        r->spool_path[0] = '\0';
         return -1;
     }
-    unlink(path);
-    if (r->body_len) {
-        const char *p = r->body;
-        size_t left = r->body_len;
-        while (left) {
-            ssize_t n = write(fd, p, left);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                log_error("spool request body: %s", strerror(errno));
-                close(fd);
-                return -1;
-            }
-            p += n;
-            left -= (size_t)n;
-        }
-    }
     r->body_fd = fd;
-    r->body_fd_len = r->body_len;
+    r->body_fd_len = 0;
+    if (r->body_len && spool_write(r, r->body, r->body_len) != 0)
+        return -1;
     free(r->body);
     r->body = NULL;
     r->body_len = r->body_cap = 0;
     return 0;
 }
 
+bool emu_req_spool_take(const emu_request *cr, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc)
+{
+    emu_request *r = (emu_request *)cr; /* the server owns requests */
+    if (r->body_fd < 0 || !r->spool_path[0] || !r->spool_md5)
+        return false;
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(r->spool_md5, md5, &n) != 1)
+        return false;
+    snprintf(path, pathlen, "%s", r->spool_path);
+    *crc = r->spool_crc;
+    r->spool_path[0] = '\0';
+    return true;
+}
+
 static int body_append(emu_request *r, const char *data, size_t len)
 {
     if (r->body_fd < 0 && r->body_len + len > EMU_BODY_MEM_MAX && spool_open(r) != 0)
         return -1;
-    if (r->body_fd >= 0) {
-        while (len) {
-            ssize_t n = write(r->body_fd, data, len);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                log_error("spool request body: %s", strerror(errno));
-                return -1;
-            }
-            data += n;
-            len -= (size_t)n;
-            r->body_fd_len += (uint64_t)n;
-        }
-        return 0;
-    }
+    if (r->body_fd >= 0)
+        return spool_write(r, data, len);
     if (r->body_len + len + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
         while (cap < r->body_len + len + 1)
@@ -589,6 +609,8 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
+    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
+                            (double)atomic_load(&s->anonymous_upload_starts));
     cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
     return root;
 }
@@ -628,7 +650,19 @@ static bool needs_auth(emu_ctx *ctx, const emu_request *r)
     case EMU_KIND_LOGS:
         return true;
     case EMU_KIND_UPLOAD:
-        return !emu_gcs_is_session_request(r);
+        if (emu_gcs_is_session_request(r))
+            return false;
+        /* @google-cloud/storage starts resumable sessions on a custom
+         * endpoint with no Authorization header at all (createURI drops its
+         * auth client there). Unless --strict-auth, such a start is let
+         * through; a header that is present must still be valid. */
+        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
+            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
+            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
+            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
+            return false;
+        }
+        return true;
     default:
         return false;
     }
@@ -901,11 +935,11 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    g_daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
-                         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED,
-                         on_completed, ctx, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+    g_daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(1024 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
     if (!g_daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;

@@ -738,6 +738,8 @@ struct emu_writer {
     EVP_MD_CTX *md5;
     uint32_t crc;
     uint64_t size;
+    bool prehashed; /* adopted file: md5_raw is final, md5 unused */
+    unsigned char md5_raw[16];
 };
 
 emu_writer *emu_store_writer_new(emu_ctx *ctx)
@@ -910,7 +912,10 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     emu_store *s = w->ctx->store;
     unsigned char md5[16];
     unsigned int md5len = 0;
-    EVP_DigestFinal_ex(w->md5, md5, &md5len);
+    if (w->prehashed)
+        memcpy(md5, w->md5_raw, 16);
+    else
+        EVP_DigestFinal_ex(w->md5, md5, &md5len);
     unsigned char crc_be[4] = {(unsigned char)(w->crc >> 24), (unsigned char)(w->crc >> 16),
                                (unsigned char)(w->crc >> 8), (unsigned char)w->crc};
     int rc = EMU_STORE_OK;
@@ -939,6 +944,22 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     EVP_MD_CTX_free(w->md5);
     free(w);
     return rc;
+}
+
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc)
+{
+    emu_writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->ctx = ctx;
+    w->fd = -1;
+    snprintf(w->path, sizeof(w->path), "%s", path);
+    w->size = size;
+    w->crc = crc;
+    w->prehashed = true;
+    memcpy(w->md5_raw, md5, 16);
+    return w;
 }
 
 int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, const char *name,

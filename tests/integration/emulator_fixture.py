@@ -238,8 +238,15 @@ def emulator_factory():
         return emu
 
     yield make
+    problems = []
     for emu in started:
+        rc = emu.stop()
+        log = emu.stderr()
+        if rc not in (0, None) or "Sanitizer" in log or "runtime error:" in log:
+            problems.append("emulator on %s exited %s:\n%s" % (emu.url, rc, log[-4000:]))
         emu.close()
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
