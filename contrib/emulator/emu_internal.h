@@ -18,6 +18,7 @@ typedef struct emu_fault_config {
     double fail_rate;      /* answered 429/500/503 before handling */
     double reset_rate;     /* connection closed mid-request or mid-body */
     double malformed_rate; /* JSON bodies truncated or garbled */
+    double partial_rate;   /* resumable chunks only partly persisted */
     int latency_ms;        /* added to every faulted-path request */
     char *paths;           /* only paths starting with this prefix; NULL = all */
 } emu_fault_config;
@@ -41,7 +42,7 @@ typedef struct emu_stats {
     atomic_ullong by_kind[EMU_KIND_COUNT];
     atomic_ullong by_class[6]; /* 1xx..5xx, [0] = no response (reset) */
     atomic_ullong fault_429, fault_500, fault_503;
-    atomic_ullong fault_reset, fault_malformed, fault_latency;
+    atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
     atomic_ullong unauthenticated;
     atomic_ullong anonymous_upload_starts;
 } emu_stats;
@@ -80,6 +81,9 @@ enum emu_kind emu_req_kind(const emu_request *r);
  * bytes, computed while it arrived. False for bodies kept in memory. */
 bool emu_req_spool_take(const emu_request *r, char *path, size_t pathlen, unsigned char md5[16],
                         uint32_t *crc);
+/* True if this request drew the partial-persistence fault (counted when
+ * asked); aux is randomness for how much to keep. */
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux);
 /* Status and whether a body was set (for handlers composing responses). */
 int emu_resp_status(const emu_response *w);
 
@@ -89,6 +93,7 @@ typedef struct emu_fault_plan {
     bool reset;       /* close the connection */
     bool reset_early; /* ... before handling (else after, mid-body) */
     bool malformed;   /* garble a JSON body */
+    bool partial;     /* a resumable chunk keeps only some of its bytes */
     int latency_ms;
     uint32_t aux; /* extra randomness for where to cut or garble */
 } emu_fault_plan;
@@ -100,7 +105,8 @@ void emu_faults_free(emu_faults *f);
  * the same seed (concurrent requests may take their draws in any order). */
 void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out);
 /* Changes rates at run time (control path). Negative values keep the old. */
-void emu_faults_set(emu_faults *f, double fail, double reset, double malformed, int latency_ms);
+void emu_faults_set(emu_faults *f, double fail, double reset, double partial, double malformed,
+                    int latency_ms);
 cJSON *emu_faults_json(emu_faults *f);
 
 /* ---- store.c ---- */
@@ -143,6 +149,8 @@ emu_store *emu_store_open(emu_ctx *ctx);
 void emu_store_close(emu_store *s);
 
 int emu_store_bucket_info(emu_ctx *ctx, const char *bucket, int64_t *created_us);
+/* EMU_STORE_EXISTS while it holds objects. */
+int emu_store_bucket_delete(emu_ctx *ctx, const char *bucket);
 /* Calls cb with bucket names in order. */
 int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx);
 

@@ -14,7 +14,7 @@
 struct emu_faults {
     pthread_mutex_t mu;
     uint64_t state;
-    double fail_rate, reset_rate, malformed_rate;
+    double fail_rate, reset_rate, malformed_rate, partial_rate;
     int latency_ms;
     char *paths;
     uint64_t seed;
@@ -44,6 +44,7 @@ emu_faults *emu_faults_new(const emu_fault_config *cfg)
     f->fail_rate = cfg->fail_rate;
     f->reset_rate = cfg->reset_rate;
     f->malformed_rate = cfg->malformed_rate;
+    f->partial_rate = cfg->partial_rate;
     f->latency_ms = cfg->latency_ms;
     f->paths = cfg->paths ? strdup(cfg->paths) : NULL;
     return f;
@@ -65,14 +66,16 @@ void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out)
         return;
     pthread_mutex_lock(&f->mu);
     double fail = f->fail_rate, reset = f->reset_rate, bad = f->malformed_rate;
+    double partial = f->partial_rate;
     int latency = f->latency_ms;
-    if (fail <= 0 && reset <= 0 && bad <= 0 && latency <= 0) {
+    if (fail <= 0 && reset <= 0 && bad <= 0 && partial <= 0 && latency <= 0) {
         pthread_mutex_unlock(&f->mu);
         return;
     }
     double u_fail = unit(next_u64(f));
     double u_reset = unit(next_u64(f));
     double u_bad = unit(next_u64(f));
+    double u_partial = unit(next_u64(f));
     uint64_t aux = next_u64(f);
     pthread_mutex_unlock(&f->mu);
 
@@ -90,11 +93,15 @@ void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out)
         return;
     }
     out->malformed = u_bad < bad;
+    out->partial = u_partial < partial;
 }
 
-void emu_faults_set(emu_faults *f, double fail, double reset, double malformed, int latency_ms)
+void emu_faults_set(emu_faults *f, double fail, double reset, double partial, double malformed,
+                    int latency_ms)
 {
     pthread_mutex_lock(&f->mu);
+    if (partial >= 0)
+        f->partial_rate = partial;
     if (fail >= 0)
         f->fail_rate = fail;
     if (reset >= 0)
@@ -114,6 +121,7 @@ cJSON *emu_faults_json(emu_faults *f)
     cJSON_AddNumberToObject(o, "failRate", f->fail_rate);
     cJSON_AddNumberToObject(o, "resetRate", f->reset_rate);
     cJSON_AddNumberToObject(o, "malformedRate", f->malformed_rate);
+    cJSON_AddNumberToObject(o, "partialRate", f->partial_rate);
     cJSON_AddNumberToObject(o, "latencyMs", f->latency_ms);
     if (f->paths)
         cJSON_AddStringToObject(o, "paths", f->paths);

@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "emu_internal.h"
 #include "log.h"
 #include "multipart.h"
@@ -334,6 +336,17 @@ static void bucket_get(emu_ctx *ctx, const char *bucket, emu_response *w)
         return;
     }
     emu_resp_json(w, 200, bucket_json(ctx, bucket, created));
+}
+
+static void bucket_delete(emu_ctx *ctx, const char *bucket, emu_response *w)
+{
+    int rc = emu_store_bucket_delete(ctx, bucket);
+    if (rc == EMU_STORE_OK)
+        emu_resp_empty(w, 204);
+    else if (rc == EMU_STORE_EXISTS)
+        emu_resp_gcs_error(w, 409, "conflict", "The bucket you tried to delete is not empty.");
+    else
+        answer_store_error(w, rc, bucket, NULL);
 }
 
 /* ---- objects: get / download ---- */
@@ -790,6 +803,73 @@ static pthread_mutex_t *session_lock(const char *id)
     return &session_locks[h % SESSION_LOCKS];
 }
 
+/* Running MD5/CRC32C of each session's part file, so finishing a 1 GiB
+ * upload does not read it back. Lost on restart: then the file is hashed at
+ * the end. Each entry is used under its session's lock. */
+typedef struct sess_hash {
+    struct sess_hash *next;
+    char id[65];
+    EVP_MD_CTX *md5;
+    uint32_t crc;
+    uint64_t len; /* bytes hashed; valid while equal to the part file size */
+} sess_hash;
+
+static sess_hash *g_hashes;
+static pthread_mutex_t hashes_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void sess_hash_free(sess_hash *h)
+{
+    EVP_MD_CTX_free(h->md5);
+    free(h);
+}
+
+static void hash_drop(const char *id)
+{
+    pthread_mutex_lock(&hashes_mu);
+    for (sess_hash **pp = &g_hashes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->id, id) == 0) {
+            sess_hash *h = *pp;
+            *pp = h->next;
+            sess_hash_free(h);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&hashes_mu);
+}
+
+/* fresh: start over (the part file is empty). */
+static sess_hash *hash_get(const char *id, bool fresh)
+{
+    if (fresh)
+        hash_drop(id);
+    pthread_mutex_lock(&hashes_mu);
+    sess_hash *h = g_hashes;
+    while (h && strcmp(h->id, id) != 0)
+        h = h->next;
+    if (!h && fresh && (h = calloc(1, sizeof(*h)))) {
+        snprintf(h->id, sizeof(h->id), "%s", id);
+        h->md5 = EVP_MD_CTX_new();
+        if (!h->md5 || EVP_DigestInit_ex(h->md5, EVP_md5(), NULL) != 1) {
+            sess_hash_free(h);
+            h = NULL;
+        } else {
+            h->next = g_hashes;
+            g_hashes = h;
+        }
+    }
+    pthread_mutex_unlock(&hashes_mu);
+    return h;
+}
+
+static void hash_update(sess_hash *h, const void *data, size_t len)
+{
+    if (!h)
+        return;
+    EVP_DigestUpdate(h->md5, data, len);
+    h->crc = emu_crc32c(h->crc, data, len);
+    h->len += len;
+}
+
 static cJSON *session_load(emu_ctx *ctx, const char *id)
 {
     char path[4200];
@@ -979,9 +1059,22 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     preconds_from_json(cJSON_GetObjectItemCaseSensitive(s, "preconditions"), &pre);
     const char *bucket = json_str(s, "bucket"), *name = json_str(s, "name");
     emu_obj_info o;
-    int rc =
-        emu_store_commit_file(ctx, path, bucket, name, json_str(s, "contentType"),
-                              cJSON_GetObjectItemCaseSensitive(s, "metadata"), &pre, md5, crc, &o);
+    const char *ct = json_str(s, "contentType");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(s, "metadata");
+    sess_hash *h = hash_get(id, false);
+    struct stat st;
+    int rc;
+    unsigned char digest[16];
+    unsigned int dlen = 0;
+    if (h && stat(path, &st) == 0 && (uint64_t)st.st_size == h->len &&
+        EVP_DigestFinal_ex(h->md5, digest, &dlen) == 1) {
+        emu_writer *wr = emu_store_writer_adopt(ctx, path, h->len, digest, h->crc);
+        rc = wr ? emu_store_writer_commit(wr, bucket, name, ct, meta, &pre, md5, crc, &o)
+                : EMU_STORE_IO;
+    } else {
+        rc = emu_store_commit_file(ctx, path, bucket, name, ct, meta, &pre, md5, crc, &o);
+    }
+    hash_drop(id);
     if (rc != EMU_STORE_OK) {
         /* The session is over either way, as on GCS: the bytes are dropped. */
         unlink(path);
@@ -998,8 +1091,12 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     emu_resp_json(w, 200, obj);
 }
 
-static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint64_t skip)
+static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint64_t persisted,
+                       uint64_t skip, uint64_t limit)
 {
+    sess_hash *h = hash_get(id, persisted == 0);
+    if (h && h->len != persisted)
+        h = NULL; /* out of step (restart, failed write): hash at the end */
     char path[4200];
     session_path(ctx, id, "part", path, sizeof(path));
     int out = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -1013,6 +1110,8 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
         const char *b = emu_req_body(r, &len);
         b += skip;
         len -= (size_t)skip;
+        if (len > limit)
+            len = (size_t)limit;
         while (len && rc == 0) {
             ssize_t n = write(out, b, len);
             if (n < 0 && errno == EINTR)
@@ -1020,6 +1119,7 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
             if (n <= 0)
                 rc = -1;
             else {
+                hash_update(h, b, (size_t)n);
                 b += n;
                 len -= (size_t)n;
             }
@@ -1027,13 +1127,17 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
     } else {
         char *buf = malloc(1 << 20);
         uint64_t off = skip;
+        if (flen - skip > limit)
+            flen = skip + limit;
         while (buf && off < flen && rc == 0) {
             size_t want = flen - off < (1u << 20) ? (size_t)(flen - off) : (1u << 20);
             ssize_t n = pread(in, buf, want, (off_t)off);
-            if (n <= 0 || write(out, buf, (size_t)n) != n)
+            if (n <= 0 || write(out, buf, (size_t)n) != n) {
                 rc = -1;
-            else
+            } else {
+                hash_update(h, buf, (size_t)n);
                 off += (uint64_t)n;
+            }
         }
         if (!buf)
             rc = -1;
@@ -1146,8 +1250,16 @@ static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_
     } else {
         uint64_t end = (uint64_t)last + 1;
         int rc = 0;
-        if (end > persisted && (uint64_t)first <= persisted)
-            rc = append_part(ctx, r, id, persisted - (uint64_t)first);
+        uint64_t limit = end > persisted ? end - persisted : 0;
+        uint32_t aux;
+        if (limit > 0 && emu_req_fault_partial(r, &aux)) {
+            /* GCS may keep fewer bytes than were sent; clients must resume
+             * from the Range it answers. Keep a 256 KiB multiple below all. */
+            uint64_t quanta = (limit - 1) / CHUNK_QUANTUM;
+            limit = (aux % (quanta + 1)) * CHUNK_QUANTUM;
+        }
+        if (end > persisted && (uint64_t)first <= persisted && limit > 0)
+            rc = append_part(ctx, r, id, persisted, persisted - (uint64_t)first, limit);
         if (rc == 0 && stat(path, &st) == 0)
             persisted = (uint64_t)st.st_size;
         if (rc != 0)
@@ -1167,6 +1279,7 @@ static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *i
     pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
+    hash_drop(id);
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
     pthread_mutex_unlock(mu);
@@ -1260,6 +1373,8 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
         if (is_method(r, "GET") && !is_upload && !is_download)
             bucket_get(ctx, bucket, w);
+        else if (is_method(r, "DELETE") && !is_upload && !is_download)
+            bucket_delete(ctx, bucket, w);
         else
             emu_resp_gcs_error(w, 405, "invalid", "Method not allowed.");
         return;

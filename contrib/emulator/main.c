@@ -51,6 +51,8 @@ static void usage(FILE *f)
             "  --fail-rate F             fraction answered 429 (Retry-After: 1), 500 or 503\n"
             "  --reset-rate F            fraction whose connection is closed mid-request or\n"
             "                            mid-response\n"
+            "  --partial-rate F          fraction of resumable chunks of which only a part\n"
+            "                            (a 256 KiB multiple, maybe none) is kept: 308 + Range\n"
             "  --latency-ms N            delay added to each faulted request\n"
             "  --malformed-rate F        fraction of JSON responses truncated or garbled\n"
             "  --fault-paths PREFIX      only paths starting with PREFIX get faults\n"
@@ -58,7 +60,8 @@ static void usage(FILE *f)
             "  --help                    this text\n"
             "\n"
             "Faults never touch /_emulator/ (GET /_emulator/stats: request and fault counters;\n"
-            "POST /_emulator/faults?fail_rate=&reset_rate=&malformed_rate=&latency_ms=).\n"
+            "POST "
+            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=).\n"
             "Draws are repeatable for a seed; concurrent requests may take them in any order.\n");
 }
 
@@ -81,6 +84,7 @@ enum {
     OPT_RESET,
     OPT_LATENCY,
     OPT_MALFORMED,
+    OPT_PARTIAL,
     OPT_FAULT_PATHS,
     OPT_VERBOSE,
     OPT_HELP,
@@ -142,6 +146,7 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"reset-rate", required_argument, NULL, OPT_RESET},
         {"latency-ms", required_argument, NULL, OPT_LATENCY},
         {"malformed-rate", required_argument, NULL, OPT_MALFORMED},
+        {"partial-rate", required_argument, NULL, OPT_PARTIAL},
         {"fault-paths", required_argument, NULL, OPT_FAULT_PATHS},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"help", no_argument, NULL, OPT_HELP},
@@ -217,6 +222,10 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
             break;
         case OPT_MALFORMED:
             if (parse_rate("--malformed-rate", optarg, &ctx->fault_cfg.malformed_rate) != 0)
+                return -1;
+            break;
+        case OPT_PARTIAL:
+            if (parse_rate("--partial-rate", optarg, &ctx->fault_cfg.partial_rate) != 0)
                 return -1;
             break;
         case OPT_LATENCY:

@@ -86,6 +86,16 @@ int emu_lro_delay_ms(const emu_ctx *ctx)
     return ctx->lro_delay_ms;
 }
 
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux)
+{
+    if (r->plan.partial) {
+        atomic_fetch_add(&r->ctx->stats.fault_partial, 1);
+        if (aux)
+            *aux = r->plan.aux;
+    }
+    return r->plan.partial;
+}
+
 bool emu_shutting_down(const emu_ctx *ctx)
 {
     return atomic_load(&ctx->shutting_down);
@@ -607,6 +617,7 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "http503", (double)atomic_load(&s->fault_503));
     cJSON_AddNumberToObject(f, "resets", (double)atomic_load(&s->fault_reset));
     cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
+    cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
     cJSON_AddNumberToObject(root, "anonymousUploadStarts",
@@ -631,7 +642,8 @@ static void handle_control(emu_ctx *ctx, const emu_request *r, emu_response *w)
         if (strcmp(r->method, "POST") == 0) {
             const char *lat = emu_req_query(r, "latency_ms");
             emu_faults_set(ctx->faults, query_double(r, "fail_rate"), query_double(r, "reset_rate"),
-                           query_double(r, "malformed_rate"), lat ? atoi(lat) : -1);
+                           query_double(r, "partial_rate"), query_double(r, "malformed_rate"),
+                           lat ? atoi(lat) : -1);
         }
         emu_resp_json(w, 200, emu_faults_json(ctx->faults));
         return;
@@ -833,6 +845,8 @@ static enum MHD_Result send_response(emu_ctx *ctx, emu_request *r, emu_response 
     for (size_t i = 0; i < w->nhdrs; i++)
         MHD_add_response_header(resp, w->hdrs[i].name, w->hdrs[i].value);
     MHD_add_response_header(resp, "Server", "dicomfs-emulator");
+    /* Path only: queries can hold credentials (upload_id). */
+    log_debug("%s %s -> %d", r->method, r->raw_path, w->status);
     int cls = w->status / 100;
     atomic_fetch_add(&ctx->stats.by_class[cls >= 1 && cls <= 5 ? cls : 5], 1);
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)w->status, resp);
@@ -925,6 +939,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         emu_resp_error(&w, 500, "The emulator could not store the request body.");
     } else {
         dispatch(ctx, r, &w);
+    }
+    if (r->plan.reset && !(w.kind == BODY_MEM && w.len > 0) &&
+        !(w.kind == BODY_FILE && w.flen > 0)) {
+        /* Nothing to cut short: the request took effect but its answer is
+         * lost with the connection. */
+        atomic_fetch_add(&ctx->stats.fault_reset, 1);
+        atomic_fetch_add(&ctx->stats.by_class[0], 1);
+        resp_free(&w);
+        return MHD_NO;
     }
     enum MHD_Result ret = send_response(ctx, r, &w);
     resp_free(&w);

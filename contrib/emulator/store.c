@@ -628,6 +628,23 @@ static void load_buckets(emu_store *s)
     closedir(d);
 }
 
+/* Spooled bodies and object writes left by a process that died. */
+static void clean_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "body.", 5) != 0 && strncmp(e->d_name, "obj.", 4) != 0)
+            continue;
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 emu_store *emu_store_open(emu_ctx *ctx)
 {
     emu_store *s = calloc(1, sizeof(*s));
@@ -648,6 +665,7 @@ emu_store *emu_store_open(emu_ctx *ctx)
         return NULL;
     }
     ctx->store = s;
+    clean_tmp(dir);
     load_buckets(s);
     return s;
 }
@@ -717,6 +735,39 @@ int emu_store_bucket_info(emu_ctx *ctx, const char *name, int64_t *created_us)
         *created_us = b->created_us;
     pthread_mutex_unlock(&s->mu);
     return b ? EMU_STORE_OK : EMU_STORE_NOBUCKET;
+}
+
+int emu_store_bucket_delete(emu_ctx *ctx, const char *name)
+{
+    emu_store *s = ctx->store;
+    size_t pos;
+    int rc = EMU_STORE_OK;
+    pthread_mutex_lock(&s->mu);
+    bucket *b = find_bucket(s, name, &pos);
+    if (!b) {
+        rc = EMU_STORE_NOBUCKET;
+    } else if (b->n > 0) {
+        rc = EMU_STORE_EXISTS;
+    } else {
+        char dir[4096], path[4200];
+        bucket_dir(ctx, name, dir, sizeof(dir));
+        snprintf(path, sizeof(path), "%s/bucket.json", dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/objects", dir);
+        rmdir(path);
+        if (rmdir(dir) != 0) {
+            log_error("delete bucket %s: rmdir %s: %s", name, dir, strerror(errno));
+            rc = EMU_STORE_IO;
+        } else {
+            free(b->objs);
+            free(b->name);
+            free(b);
+            memmove(s->b + pos, s->b + pos + 1, (s->nb - pos - 1) * sizeof(*s->b));
+            s->nb--;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
 int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx)

@@ -531,3 +531,105 @@ def test_resumable_single_stream_open_range(emulator):
     doc = json.loads(body)
     assert doc["size"] == str(len(data)) and doc["md5Hash"] == md5_b64(data)
     assert download(emulator, "stream")[2] == data
+
+
+def test_bucket_delete(emulator):
+    ok_json(emulator.request("POST", "/storage/v1/b?project=test-project",
+                             body=json.dumps({"name": "gone-soon"}).encode(),
+                             headers={"Content-Type": "application/json"}))
+    ok_json(upload_media(emulator, "x", b"x", bucket="gone-soon"))
+    gcs_error(emulator.request("DELETE", "/storage/v1/b/gone-soon"), 409, "conflict")
+    assert emulator.request("DELETE", "/storage/v1/b/gone-soon/o/x")[0] == 204
+    code, _, body = emulator.request("DELETE", "/storage/v1/b/gone-soon")
+    assert code == 204 and body == b""
+    gcs_error(emulator.request("GET", "/storage/v1/b/gone-soon"), 404, "notFound")
+    emulator.restart()
+    gcs_error(emulator.request("GET", "/storage/v1/b/gone-soon"), 404, "notFound")
+
+
+# ---- command line ----
+def test_cli_help_and_bad_arguments():
+    from emulator_fixture import emulator_binary
+    r = subprocess.run([emulator_binary(), "--help"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0
+    for opt in ("--listen", "--data", "--write-credentials", "--fail-rate", "--seed",
+                "--reset-rate", "--malformed-rate", "--latency-ms", "--token-ttl", "--no-auth"):
+        assert opt in r.stdout, opt
+    for bad in (["--fail-rate", "2"], ["--listen", "nonsense"], ["--bogus"],
+                ["--project", "p", "--dataset", "d"]):
+        r = subprocess.run([emulator_binary()] + bad, capture_output=True, text=True, timeout=20)
+        assert r.returncode != 0, bad
+        assert "dicomfs-emulator" in r.stderr or "usage" in r.stderr, bad
+
+
+def test_cli_without_data_dir_uses_a_temp_dir_and_removes_it():
+    from emulator_fixture import emulator_binary
+    p = subprocess.Popen([emulator_binary(), "--no-auth", "--bucket", "b-tmp", "--verbose"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        export = p.stdout.readline()
+        ready = p.stdout.readline()
+        assert export.startswith("export STORAGE_EMULATOR_HOST=http://127.0.0.1:")
+        assert "GOOGLE_APPLICATION_CREDENTIALS" not in export
+        assert ready.startswith("dicomfs-emulator ready on http://127.0.0.1:")
+        url = ready.split(" on ", 1)[1].strip()
+        r = subprocess.run(["curl", "-sS", url + "/storage/v1/b/b-tmp"], capture_output=True,
+                           text=True, timeout=20)
+        assert json.loads(r.stdout)["name"] == "b-tmp"
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    temp = [l.split("using ", 1)[1].split(" ", 1)[0] for l in err.splitlines() if "no --data" in l]
+    assert temp and not os.path.exists(temp[0])
+    # --verbose logs requests by path, never queries or tokens.
+    assert "GET /storage/v1/b/b-tmp -> 200" in err
+
+
+def resumable_upload_following_range(emu, session, data, step):
+    """A client that resumes from the server's Range, as GCS requires."""
+    code, hdrs, _ = put_chunk(emu, session, b"", 0, "*")  # where are we?
+    assert code == 308
+    offset = int(hdrs["Range"].split("-")[1]) + 1 if hdrs.get("Range") else 0
+    requests = 0
+    while True:
+        requests += 1
+        assert requests < 200
+        piece = data[offset:offset + step]
+        code, hdrs, body = put_chunk(emu, session, piece, offset, len(data))
+        if code == 200:
+            return json.loads(body), requests
+        assert code == 308, body
+        rng = hdrs.get("Range")
+        new_offset = int(rng.split("-")[1]) + 1 if rng else 0
+        assert new_offset % CHUNK == 0 and new_offset <= offset + len(piece)
+        offset = new_offset
+
+
+def test_partial_persistence_fault(emulator_factory):
+    emu = emulator_factory("--partial-rate", "1", "--seed", "5")
+    data = os.urandom(4 * CHUNK)
+    session = start_resumable(emu, "partial")
+    code, hdrs, _ = put_chunk(emu, session, data, 0, "*")
+    assert code == 308
+    kept = int(hdrs["Range"].split("-")[1]) + 1 if hdrs.get("Range") else 0
+    assert kept < len(data) and kept % CHUNK == 0
+    emu.request("POST", "/_emulator/faults?partial_rate=0.5", auth=False)
+    doc, requests = resumable_upload_following_range(emu, session, data, 2 * CHUNK)
+    assert doc["md5Hash"] == md5_b64(data) and doc["size"] == str(len(data))
+    assert download(emu, "partial")[2] == data
+    assert emu.stats()["faults"]["partial"] >= 1
+
+
+def test_reset_after_handling_empty_answer(emulator_factory):
+    # A DELETE answers 204 without a body: a reset then drops the answer
+    # (the connection closes with no response), whether or not it took effect.
+    emu = emulator_factory()
+    ok_json(upload_media(emu, "r1", b"x"))
+    token = emu.token()
+    emu.request("POST", "/_emulator/faults?reset_rate=1", auth=False)
+    r = subprocess.run(["curl", "-sS", "-X", "DELETE", "-H", "Authorization: Bearer " + token,
+                        emu.url + "/storage/v1/b/staging/o/r1"], capture_output=True, timeout=20)
+    assert r.returncode != 0
+    emu.request("POST", "/_emulator/faults?reset_rate=0", auth=False)
+    assert emu.stats()["faults"]["resets"] == 1
