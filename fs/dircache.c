@@ -184,12 +184,14 @@ void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
 
 static centry *bsearch_name(listing *l, const char *name)
 {
+    if (l->n == 0)
+        return NULL;
     centry k = {.e = {.name = (char *)name}};
     return bsearch(&k, l->v, l->n, sizeof *l->v, cmp_centry);
 }
 
-void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir,
-                      uint64_t size, double ttl_s)
+void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir, uint64_t size,
+                      double ttl_s)
 {
     double now = now_s();
     pthread_mutex_lock(&c->lock);
@@ -219,8 +221,7 @@ void dircache_put_one(dircache *c, const char *key, const char *name, bool is_di
     pthread_mutex_unlock(&c->lock);
 }
 
-int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir,
-                    uint64_t *size)
+int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir, uint64_t *size)
 {
     double now = now_s();
     int rc = -1;

@@ -39,13 +39,12 @@ void dircache_list_clear(dircache_list *l);
  * ttl_s seconds. */
 void dircache_put(dircache *c, const char *key, dircache_list *l, double ttl_s);
 /* Adds or replaces one entry of key's listing, fresh for ttl_s seconds. */
-void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir,
-                      uint64_t size, double ttl_s);
+void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir, uint64_t size,
+                      double ttl_s);
 
 /* 1: found (is_dir/size set); 0: a fresh complete listing lacks the name;
  * -1: nothing fresh is known. */
-int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir,
-                    uint64_t *size);
+int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir, uint64_t *size);
 
 /* Copies the fresh complete listing of key into out (caller clears it).
  * Returns 0, or -1 when there is none. */

@@ -27,8 +27,8 @@ struct export_file {
 
 static char *record_dir(fs_ctx *x, const tree_path *tp)
 {
-    return http_strdup_printf("%s/exports/%s/%s/%s/%s", x->opt->cache_dir, tp->dataset,
-                              tp->store, tp->format->dir, tp->name);
+    return http_strdup_printf("%s/exports/%s/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
+                              tp->format->dir, tp->name);
 }
 
 static char *fmt_dir(fs_ctx *x, const tree_path *tp)
@@ -153,8 +153,8 @@ static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
 
 static void remove_record(fs_ctx *x, const tree_path *tp)
 {
-    static const char *const leaves[] = {"filter", "op", "done", "filter.tmp", "op.tmp",
-                                         "done.tmp"};
+    static const char *const leaves[] = {"filter",     "op",     "done",
+                                         "filter.tmp", "op.tmp", "done.tmp"};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
         char *f = record_file(x, tp, leaves[i]);
         if (f)
@@ -177,8 +177,7 @@ static char *dest_prefix(fs_ctx *x, const tree_path *tp)
 
 static char *out_key(const tree_path *tp)
 {
-    return http_strdup_printf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir,
-                              tp->name);
+    return http_strdup_printf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
 }
 
 /* ---- export/FMT/ */
@@ -235,8 +234,7 @@ int export_getattr_filter(fs_ctx *x, const tree_path *tp, struct stat *st)
     return 0;
 }
 
-int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create,
-                       export_file **out)
+int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, export_file **out)
 {
     export_file *f = calloc(1, sizeof *f);
     if (!f)
@@ -272,8 +270,8 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create,
     free(path);
     if (rc) {
         if (rc != -ENOENT)
-            log_error("export/%s/%s: cannot open the local record: %s", tp->format->dir,
-                      tp->name, strerror(-rc));
+            log_error("export/%s/%s: cannot open the local record: %s", tp->format->dir, tp->name,
+                      strerror(-rc));
         free(f->buf);
         free(f);
         return rc;
@@ -307,8 +305,8 @@ int export_write(export_file *f, const char *buf, size_t size, off_t off)
     if (off < 0)
         return -EINVAL;
     if ((uint64_t)off + size > EXPORT_MAX_FILTER) {
-        log_error("export/%s/%s: a filter is limited to %u bytes", f->tp.format->dir,
-                  f->tp.name, EXPORT_MAX_FILTER);
+        log_error("export/%s/%s: a filter is limited to %u bytes", f->tp.format->dir, f->tp.name,
+                  EXPORT_MAX_FILTER);
         return -EFBIG;
     }
     size_t end = (size_t)off + size;
@@ -380,12 +378,12 @@ static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out
     }
     if (n_paths > 0) {
         const char *sp = x->opt->staging_prefix;
-        filter_obj = http_strdup_printf("%s%sfilters/%s/%s/%s/%s-%lld.txt", sp, *sp ? "/" : "",
-                                        tp->dataset, tp->store, tp->format->dir, tp->name,
-                                        (long long)time(NULL));
-        filter_uri =
-            filter_obj ? http_strdup_printf("gs://%s/%s", x->opt->staging_bucket, filter_obj)
-                       : NULL;
+        filter_obj =
+            http_strdup_printf("%s%sfilters/%s/%s/%s/%s-%lld.txt", sp, *sp ? "/" : "", tp->dataset,
+                               tp->store, tp->format->dir, tp->name, (long long)time(NULL));
+        filter_uri = filter_obj
+                         ? http_strdup_printf("gs://%s/%s", x->opt->staging_bucket, filter_obj)
+                         : NULL;
         if (!filter_uri) {
             rc = -ENOMEM;
             goto out;
@@ -439,6 +437,15 @@ static int save_record(fs_ctx *x, export_file *f, const char *op)
     return rc;
 }
 
+/* A new filter whose export did not start is not listed: close() failed,
+ * so the file was never written as far as the user can tell. (release()
+ * comes asynchronously after close(), too late for an `ls` right after.) */
+static void forget_unstarted(fs_ctx *x, export_file *f)
+{
+    if (f->created && !f->started)
+        remove_record(x, &f->tp);
+}
+
 int export_flush(fs_ctx *x, export_file *f)
 {
     if (!f->dirty)
@@ -451,14 +458,17 @@ int export_flush(fs_ctx *x, export_file *f)
     if (p == FILTER_ERR_SYNTAX) {
         log_error("export/%s/%s: line %zu, column %zu: %s", tp->format->dir, tp->name, ferr.line,
                   ferr.column, ferr.message);
+        forget_unstarted(x, f);
         return -EINVAL;
     }
     if (p != FILTER_OK)
         return -ENOMEM;
     char *op = NULL;
     int rc = start_export(x, f, n_paths, &op);
-    if (rc)
+    if (rc) {
+        forget_unstarted(x, f);
         return rc;
+    }
     f->dirty = false;
     f->started = true;
     char *store = fs_store_name(x, tp->dataset, tp->store);
@@ -466,8 +476,8 @@ int export_flush(fs_ctx *x, export_file *f)
     snprintf(kind, sizeof kind, "export:%s/%s", tp->format->dir, tp->name);
     int j = store && x->journal ? journal_add_operation(x->journal, store, op, kind) : -ENOMEM;
     if (j)
-        log_error("export/%s/%s: recording %s in the journal failed: %s", tp->format->dir,
-                  tp->name, op, strerror(-j));
+        log_error("export/%s/%s: recording %s in the journal failed: %s", tp->format->dir, tp->name,
+                  op, strerror(-j));
     int s = save_record(x, f, op);
     if (s)
         log_error("export/%s/%s: saving the filter in the cache failed: %s", tp->format->dir,
@@ -666,7 +676,8 @@ static int out_listing(fs_ctx *x, const tree_path *tp, dircache_list *l)
                   x->opt->export_bucket, slashed, err.message);
         rc = e;
     }
-    qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
+    if (oc.n)
+        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
     dircache_list built;
     dircache_list_init(&built);
     for (size_t i = 0; rc == 0 && i < oc.n; i++) {

@@ -35,8 +35,7 @@ int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
 int export_getattr_filter(fs_ctx *x, const tree_path *tp, struct stat *st);
 /* flags as open(2); create: a new filter (exports the whole store when
  * closed empty). */
-int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create,
-                       export_file **out);
+int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, export_file **out);
 int export_write(export_file *f, const char *buf, size_t size, off_t off);
 int export_read(export_file *f, char *buf, size_t size, off_t off);
 int export_truncate_open(export_file *f, off_t size);

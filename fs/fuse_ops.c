@@ -18,6 +18,7 @@
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
+#include "studies.h"
 #include "tree.h"
 
 /* ---- errors */
@@ -86,8 +87,8 @@ int fs_errno_gcs(int rc, const http_error *err)
 static int errno_from_rpc(int code)
 {
     switch (code) {
-    case 3: /* INVALID_ARGUMENT */
-    case 9: /* FAILED_PRECONDITION */
+    case 3:  /* INVALID_ARGUMENT */
+    case 9:  /* FAILED_PRECONDITION */
     case 11: /* OUT_OF_RANGE */
         return -EINVAL;
     case 5:
@@ -252,6 +253,8 @@ static int parse(const char *path, tree_path *tp)
     int rc = tree_parse(path, fixed, tp);
     if (rc)
         log_debug("%s: %s", path, strerror(-rc));
+    else if (tp->kind == TREE_IMPORT && !x->import)
+        rc = -EIO; /* init could not start it (logged there) */
     return rc;
 }
 
@@ -338,7 +341,9 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
     case TREE_STORE_OP:
         rc = store_child_exists(x, tp);
         return rc ? rc : ops_getattr(x, tp->dataset, tp->store, tp->name, st);
-    case TREE_STUDIES: /* the DICOMweb view is not served yet */
+    case TREE_STUDIES:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : studies_getattr(x, tp, st);
     case TREE_NONE:
     default:
         return -ENOENT;
@@ -351,7 +356,7 @@ static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *
     tree_path tp;
     int rc = parse(path, &tp);
     if (rc)
-        return rc == -ENAMETOOLONG ? rc : -ENOENT;
+        return rc == -EINVAL ? -ENOENT : rc;
     return getattr_path(ctx(), &tp, st);
 }
 
@@ -410,7 +415,7 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
     case TREE_DS_OPS:
         return ops_readdir(x, tp->dataset, NULL, adapt_fill, a);
     case TREE_STORE: {
-        static const char *const fixed[] = {"import", "export", "operations"};
+        static const char *const fixed[] = {"import", "export", "operations", "studies"};
         for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
             fs_stat_dir(x, &st, strcmp(fixed[i], "import") == 0 ? 0755 : 0555);
             adapt_fill(a, fixed[i], &st);
@@ -438,6 +443,8 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         return export_out_readdir(x, tp, adapt_fill, a);
     case TREE_STORE_OPS:
         return ops_readdir(x, tp->dataset, tp->store, adapt_fill, a);
+    case TREE_STUDIES:
+        return studies_readdir(x, tp, adapt_fill, a);
     default:
         return -ENOTDIR;
     }
@@ -481,8 +488,7 @@ static bool dataset_id_ok(const char *id)
 static int create_dataset(fs_ctx *x, const char *path, const char *id)
 {
     if (!dataset_id_ok(id))
-        return deny(path, "a dataset id may only hold letters, digits, '_', '-' and '.'",
-                    -EINVAL);
+        return deny(path, "a dataset id may only hold letters, digits, '_', '-' and '.'", -EINVAL);
     if (listed(x, NULL, id) == 0)
         return -EEXIST;
     char *op = NULL;
@@ -651,8 +657,7 @@ static int op_rmdir(const char *path)
     case TREE_DATASET:
     case TREE_STORE:
         if (!x->opt->allow_delete)
-            return deny(path, "rmdir: removing datasets and stores needs -o allow_delete",
-                        -EPERM);
+            return deny(path, "rmdir: removing datasets and stores needs -o allow_delete", -EPERM);
         if (tp.kind == TREE_DATASET) {
             if (x->opt->dataset)
                 return -EBUSY;
@@ -720,8 +725,7 @@ static int create_denied(const char *path, const tree_path *tp)
     switch (tp->kind) {
     case TREE_ROOT:
     case TREE_DATASET:
-        return deny(path, "create: only directories (datasets, stores) can be made here",
-                    -EPERM);
+        return deny(path, "create: only directories (datasets, stores) can be made here", -EPERM);
     case TREE_STORE:
         if (!*tp->store)
             return deny(path, "create: only directories can be made here", -EPERM);
@@ -869,6 +873,21 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         fi->direct_io = 1;
         return 0;
     }
+    case TREE_STUDIES: {
+        if (w)
+            return deny(path, "open for writing: studies/ is read-only", -EACCES);
+        fs_handle *h = handle_new(H_FD);
+        if (!h)
+            return -ENOMEM;
+        rc = studies_open(x, &tp, &h->fd);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        fi->direct_io = st.st_size == 0; /* size unknown before the first retrieval */
+        return 0;
+    }
     case TREE_EXPORT_OUT: {
         if (w)
             return deny(path, "open for writing: exported objects are read-only", -EACCES);
@@ -888,8 +907,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     }
 }
 
-static int op_read(const char *path, char *buf, size_t size, off_t off,
-                   struct fuse_file_info *fi)
+static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
     (void)path;
     fs_handle *h = handle_of(fi);
@@ -1069,11 +1087,19 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
     if (rc)
         return rc;
     fs_ctx *x = ctx();
+    if (tp.kind == TREE_IMPORT && *tp.rest) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_chown(x->import, store, tp.rest, uid, gid);
+        free(store);
+        return rc;
+    }
     struct stat st;
     rc = getattr_path(x, &tp, &st);
     if (rc)
         return rc;
-    /* Everything belongs to the mounting user; "changing" to it is a no-op
+    /* Everything else belongs to the mounting user; "changing" to it is a no-op
      * (cp -p, rsync -o as that user). */
     if ((uid == (uid_t)-1 || uid == x->uid) && (gid == (gid_t)-1 || gid == x->gid))
         return 0;
@@ -1200,8 +1226,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         }
     }
     log_info("mounted %s (staging gs://%s/%s, exports to %s, cache %s)", x->opt->source,
-             x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to,
-             x->opt->cache_dir);
+             x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to, x->opt->cache_dir);
     return x;
 }
 
@@ -1269,9 +1294,9 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
             quick_retries(&ao);
         c->auth_http = http_client_new(&ao);
         char *where = NULL;
-        int rc = c->auth_http ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where,
-                                                  &err)
-                              : AUTH_ERR_NOMEM;
+        int rc = c->auth_http
+                     ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where, &err)
+                     : AUTH_ERR_NOMEM;
         if (rc != AUTH_OK) {
             switch (rc) {
             case AUTH_ERR_NOTFOUND:
@@ -1292,9 +1317,7 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
             fs_clients_close(c);
             return -1;
         }
-        if (where)
-            log_info("credentials: %s", where);
-        free(where);
+        free(where); /* auth logs what it found */
     }
     if (!c->auth) {
         snprintf(msg, msglen, "out of memory");

@@ -307,10 +307,10 @@ static int split_fields(const char *val, size_t len, const char **f, int max)
     return n;
 }
 
-void imp_node_journal(import_mgr *m, node *n)
+int imp_node_journal(import_mgr *m, node *n)
 {
     if (!n->is_dir && n->state == ST_NEW)
-        return; /* not accepted yet: nothing to remember */
+        return 0; /* not accepted yet: nothing to remember */
     sbuf b = {0};
     char key[SPOOL_ID_LEN + 3];
     snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
@@ -343,6 +343,7 @@ void imp_node_journal(import_mgr *m, node *n)
         log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
                   n->path ? n->path : "", strerror(-rc));
     free(b.p);
+    return rc;
 }
 
 void imp_batch_journal(import_mgr *m, batch *b)
@@ -612,13 +613,38 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     return 0;
 }
 
+/* Spool files to keep at startup: a sorted array of ids, so that checking
+ * every file of a large spool stays O(n log n). */
+typedef struct keep_set {
+    const char **ids;
+    size_t n;
+} keep_set;
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static bool spool_keep(void *ctx, const char *id)
 {
-    import_mgr *m = ctx;
-    for (node *n = m->head; n; n = n->next)
-        if (!n->is_dir && strcmp(n->id, id) == 0)
-            return n->state != ST_IMPORTED && n->state != ST_WITHDRAWN;
-    return false;
+    keep_set *k = ctx;
+    return k->n && bsearch(&id, k->ids, k->n, sizeof *k->ids, cmp_id) != NULL;
+}
+
+static void gc_spool(import_mgr *m)
+{
+    size_t n = 0;
+    for (node *x = m->head; x; x = x->next)
+        n++;
+    keep_set k = {calloc(n ? n : 1, sizeof *k.ids), 0};
+    if (!k.ids)
+        return; /* keeping strays is harmless */
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && x->state != ST_IMPORTED && x->state != ST_WITHDRAWN)
+            k.ids[k.n++] = x->id;
+    qsort(k.ids, k.n, sizeof *k.ids, cmp_id);
+    spool_gc(m->sp, spool_keep, &k);
+    free(k.ids);
 }
 
 static void assign_batch(import_mgr *m, node *n);
@@ -668,7 +694,7 @@ static int load_all(import_mgr *m)
         journal_scan(m->j, "e/", load_node, &c);
     if (c.rc < 0)
         return c.rc;
-    spool_gc(m->sp, spool_keep, m);
+    gc_spool(m);
     resume(m);
     int n = 0;
     for (node *x = m->head; x; x = x->next)
@@ -827,7 +853,9 @@ int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
             snprintf(n->id + 2 * i, 3, "%02x", r[i]);
         list_add(m, n);
         name_insert(m, n);
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
+        if (rc < 0)
+            imp_node_unlist(m, n); /* a directory we cannot remember is not made */
     } else if (rc == 0) {
         node_free(n);
         rc = -EIO;
@@ -969,6 +997,9 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         pthread_mutex_lock(&m->lock);
         log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
                   strerror(e));
+        /* The file is incomplete: it must not be accepted at close(). */
+        h->n->io_err = -e;
+        h->n->dirty = true;
         pthread_mutex_unlock(&m->lock);
         return -e;
     }
@@ -1033,18 +1064,39 @@ static int validate(import_mgr *m, handle *h)
     node *n = h->n;
     char why[256] = "";
     dicom_info info;
+    pthread_mutex_lock(&m->lock);
+    uint64_t gen = n->gen;
+    int io_err = n->io_err;
+    if (io_err) {
+        log_error("import: %s/%s: not accepted: a write failed (%s)", n->st->name, n->path,
+                  strerror(-io_err));
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        return io_err;
+    }
+    pthread_mutex_unlock(&m->lock);
     if (fdatasync(h->fd) < 0) {
         int e = errno;
         log_error("import: %s/%s: cannot make the spool file durable: %s", n->st->name, n->path,
                   strerror(e));
         return -e;
     }
+    /* The spool file's directory entry must survive a crash too. */
+    int src = spool_sync_dir(m->sp);
+    if (src < 0) {
+        log_error("import: %s/%s: cannot sync the spool directory: %s", n->st->name, n->path,
+                  strerror(-src));
+        return src;
+    }
     struct stat sb;
     if (fstat(h->fd, &sb) < 0)
         return -errno;
     int drc = dicom_parse_fd(h->fd, &info, why, sizeof why);
     pthread_mutex_lock(&m->lock);
-    if (!n->visible) { /* unlinked or replaced while open: nothing to accept */
+    if (!n->visible || n->gen != gen) {
+        /* Unlinked or replaced while open: nothing to accept. Or written
+         * meanwhile through another descriptor: its flush validates. */
         pthread_mutex_unlock(&m->lock);
         return 0;
     }
@@ -1057,6 +1109,7 @@ static int validate(import_mgr *m, handle *h)
         journal_sync(m->j);
         return -EINVAL;
     }
+    int prev_state = n->state;
     n->dirty = false;
     n->size = (uint64_t)sb.st_size;
     snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
@@ -1065,13 +1118,21 @@ static int validate(import_mgr *m, handle *h)
     n->state = ST_ACCEPTED;
     n->retry_at = 0;
     assign_batch(m, n);
+    int rc = imp_node_journal(m, n);
+    if (rc < 0) {
+        /* Not recorded = not accepted: close() fails (ENOSPC on a full
+         * cache disk) and the file goes, as for a rejected one. */
+        n->state = prev_state == ST_NEW ? ST_NEW : n->state;
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
     if (n->b)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
-    imp_node_journal(m, n);
     up_enqueue(m, n);
     pthread_mutex_unlock(&m->lock);
-    int rc = journal_sync(m->j);
+    rc = journal_sync(m->j);
     if (rc < 0)
         log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
                   strerror(-rc));
@@ -1125,8 +1186,14 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
         handle *h = (handle *)(uintptr_t)fh;
         if (!h->writable)
             return -EBADF;
-        if (ftruncate(h->fd, size) < 0)
-            return -errno;
+        if (ftruncate(h->fd, size) < 0) {
+            int e = errno;
+            pthread_mutex_lock(&m->lock);
+            h->n->io_err = -e;
+            h->n->dirty = true;
+            pthread_mutex_unlock(&m->lock);
+            return -e;
+        }
         pthread_mutex_lock(&m->lock);
         h->n->size = (uint64_t)size;
         h->n->dirty = true;
@@ -1218,7 +1285,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
             np = NULL;
             name_insert(m, src);
             clock_gettime(CLOCK_REALTIME, &src->ctime);
-            imp_node_journal(m, src);
+            rc = imp_node_journal(m, src);
         }
         free(np);
     }
@@ -1252,6 +1319,7 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
 {
     if (!*rel)
         return 0;
+    int rc = 0;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1265,23 +1333,43 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         /* Written to the log now (survives a daemon kill); made durable by
          * the next sync point: an fsync per utimens would halve rsync's speed. */
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return n ? rc : -ENOENT;
 }
 
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
     if (!*rel)
         return 0;
+    int rc = 0;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
         n->mode = mode & 07777;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
-        imp_node_journal(m, n);
+        rc = imp_node_journal(m, n);
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return n ? rc : -ENOENT;
+}
+
+int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
+{
+    if (!*rel)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n) {
+        if (uid != (uid_t)-1)
+            n->uid = uid;
+        if (gid != (gid_t)-1)
+            n->gid = gid;
+        clock_gettime(CLOCK_REALTIME, &n->ctime);
+        rc = imp_node_journal(m, n);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n ? rc : -ENOENT;
 }

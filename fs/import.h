@@ -66,6 +66,10 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
 int import_unlink(import_mgr *m, const char *store, const char *rel);
 int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2]);
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode);
+/* Added: remembers the owner shown for a pending file or directory ((uid_t)-1
+ * / (gid_t)-1 = unchanged), so `rsync -a` run as root keeps its ownership
+ * and finds nothing to change on its second run. */
+int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);
 
 /* The STORE/status file: progress counters as "key: value" lines, then one
  * "failed: PATH: REASON" line per failed file. Returns malloc'ed text. */

@@ -83,6 +83,7 @@ struct node {
     bool staged;  /* a staged object may exist */
     char *reason; /* FAILED */
     bool dirty;   /* written since last validated */
+    int io_err;   /* a write or truncate failed (e.g. -ENOSPC): never accept */
     uint64_t gen; /* bumped by every write/truncate */
     int writers;  /* open handles with write access */
     int refs;     /* open handles */
@@ -121,7 +122,7 @@ struct import_mgr {
 double imp_now(void); /* CLOCK_MONOTONIC seconds */
 
 /* import.c */
-void imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
+int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);
 void imp_node_hide(import_mgr *m, node *n);   /* drop from the name table */
 void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */

@@ -55,8 +55,8 @@ static int check_token(fs_clients *cl, char *msg, size_t len)
     if (rc == AUTH_ERR_TRANSPORT || (unreachable(&err) && rc != AUTH_ERR_REJECTED))
         snprintf(msg, len, "cannot reach the token endpoint: %s", err.message);
     else
-        snprintf(msg, len, "credentials rejected: %s%s%s", err.status,
-                 err.status[0] ? ": " : "", err.message);
+        snprintf(msg, len, "credentials rejected: %s%s%s", err.status, err.status[0] ? ": " : "",
+                 err.message);
     return -1;
 }
 
@@ -91,8 +91,8 @@ static int check_source(const fs_options *o, fs_clients *cl, char *msg, size_t l
     return -1;
 }
 
-static int check_bucket(const char *what, const char *bucket, const char *prefix,
-                        fs_clients *cl, char *msg, size_t len)
+static int check_bucket(const char *what, const char *bucket, const char *prefix, fs_clients *cl,
+                        char *msg, size_t len)
 {
     http_error err = {0};
     char *p = *prefix ? http_strdup_printf("%s/", prefix) : strdup("");
@@ -110,8 +110,7 @@ static int check_bucket(const char *what, const char *bucket, const char *prefix
     else if (rc == GCS_ERR_HTTP && err.http_status == 404)
         snprintf(msg, len, "%s bucket gs://%s does not exist (%s)", what, bucket, ep);
     else if (rc == GCS_ERR_HTTP && (err.http_status == 401 || err.http_status == 403))
-        snprintf(msg, len, "access to the %s bucket gs://%s denied: %s", what, bucket,
-                 err.message);
+        snprintf(msg, len, "access to the %s bucket gs://%s denied: %s", what, bucket, err.message);
     else
         snprintf(msg, len, "checking the %s bucket gs://%s failed (HTTP %ld): %s", what, bucket,
                  err.http_status, err.message);
@@ -164,8 +163,8 @@ static int run(fs_options *o)
     if (!x.cache)
         return 1;
 
-    struct fuse *f = fuse_new(&o->fuse_args, fs_fuse_operations(),
-                              sizeof(struct fuse_operations), &x);
+    struct fuse *f =
+        fuse_new(&o->fuse_args, fs_fuse_operations(), sizeof(struct fuse_operations), &x);
     if (!f) {
         fprintf(stderr, "dicomfs: cannot set up FUSE (see the message above)\n");
         dircache_free(x.cache);

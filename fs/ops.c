@@ -170,8 +170,8 @@ int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *
     return 0;
 }
 
-int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char *file,
-                  char **data, size_t *len)
+int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char *file, char **data,
+                  size_t *len)
 {
     if (store_id) {
         int rc = store_has_op(x, ds_id, store_id, file);

@@ -22,8 +22,8 @@ int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn 
 int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *file,
                 struct stat *st);
 /* Fetches the file's content fresh: *data malloc'ed, newline-terminated. */
-int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char *file,
-                  char **data, size_t *len);
+int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char *file, char **data,
+                  size_t *len);
 
 /* The file content for an operation JSON: a copy with "\n" appended when
  * missing (exposed for tests). */

@@ -28,8 +28,14 @@ struct raw_opts {
 
 enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG, KEY_SINGLE, KEY_DISCARD };
 
-#define RAW(t, f) {t, offsetof(struct raw_opts, f), 1}
-#define RAWS(t, f) {t, offsetof(struct raw_opts, f), 0}
+#define RAW(t, f)                                                                                  \
+    {                                                                                              \
+        t, offsetof(struct raw_opts, f), 1                                                         \
+    }
+#define RAWS(t, f)                                                                                 \
+    {                                                                                              \
+        t, offsetof(struct raw_opts, f), 0                                                         \
+    }
 
 static const struct fuse_opt option_spec[] = {
     RAWS("staging=%s", staging),
@@ -147,14 +153,12 @@ static bool id_ok(const char *s, size_t len)
     return true;
 }
 
-int fs_source_parse(const char *source, char **location, char **dataset, char *err,
-                    size_t errlen)
+int fs_source_parse(const char *source, char **location, char **dataset, char *err, size_t errlen)
 {
     *location = NULL;
     *dataset = NULL;
-    static const char *const usage =
-        "expected projects/PROJECT/locations/LOCATION or "
-        "projects/PROJECT/locations/LOCATION/datasets/DATASET";
+    static const char *const usage = "expected projects/PROJECT/locations/LOCATION or "
+                                     "projects/PROJECT/locations/LOCATION/datasets/DATASET";
     if (!source || !*source)
         return fail(err, errlen, "missing SOURCE: %s", usage);
     size_t n = strlen(source);
@@ -370,11 +374,13 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         return fail(err, errlen, "unexpected argument '%s' (usage: dicomfs SOURCE MOUNTPOINT)",
                     r->extra);
     if (!o->source)
-        return fail(err, errlen, "missing SOURCE (usage: dicomfs SOURCE MOUNTPOINT -o "
-                                 "staging=gs://BUCKET/PREFIX)");
+        return fail(err, errlen,
+                    "missing SOURCE (usage: dicomfs SOURCE MOUNTPOINT -o "
+                    "staging=gs://BUCKET/PREFIX)");
     if (!o->mountpoint)
-        return fail(err, errlen, "missing MOUNTPOINT (usage: dicomfs SOURCE MOUNTPOINT -o "
-                                 "staging=gs://BUCKET/PREFIX)");
+        return fail(err, errlen,
+                    "missing MOUNTPOINT (usage: dicomfs SOURCE MOUNTPOINT -o "
+                    "staging=gs://BUCKET/PREFIX)");
     if (fs_source_parse(o->source, &o->location, &o->dataset, err, errlen))
         return -1;
     /* The canonical form (no trailing '/') names the mount and its cache. */
@@ -383,21 +389,20 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (!o->source)
         return fail(err, errlen, "out of memory");
     if (!o->staging)
-        return fail(err, errlen, "missing -o staging=gs://BUCKET/PREFIX (where files are "
-                                 "staged for import)");
+        return fail(err, errlen,
+                    "missing -o staging=gs://BUCKET/PREFIX (where files are "
+                    "staged for import)");
     if (parse_gs("staging", o->staging, &o->staging_bucket, &o->staging_prefix, err, errlen))
         return -1;
     if (o->export_to) {
-        if (parse_gs("export_to", o->export_to, &o->export_bucket, &o->export_prefix, err,
-                     errlen))
+        if (parse_gs("export_to", o->export_to, &o->export_bucket, &o->export_prefix, err, errlen))
             return -1;
     } else {
         /* Beside the staging area, never inside it: an import of the staging
          * prefix with "**" must not pick up exported objects. */
         o->export_bucket = strdup(o->staging_bucket);
-        o->export_prefix = *o->staging_prefix
-                               ? http_strdup_printf("%s-exports", o->staging_prefix)
-                               : strdup("dicomfs-exports");
+        o->export_prefix = *o->staging_prefix ? http_strdup_printf("%s-exports", o->staging_prefix)
+                                              : strdup("dicomfs-exports");
         o->export_to = http_strdup_printf("gs://%s/%s", o->export_bucket, o->export_prefix);
         if (!o->export_bucket || !o->export_prefix || !o->export_to)
             return fail(err, errlen, "out of memory");
@@ -412,8 +417,9 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (!o->cache_dir) {
         o->cache_dir = fs_options_default_cache_dir(o->source, geteuid());
         if (!o->cache_dir)
-            return fail(err, errlen, "no cache_dir given and neither XDG_CACHE_HOME nor HOME "
-                                     "is set");
+            return fail(err, errlen,
+                        "no cache_dir given and neither XDG_CACHE_HOME nor HOME "
+                        "is set");
     } else if (o->cache_dir[0] != '/') {
         char *abs = realpath(o->cache_dir, NULL);
         if (!abs) {
@@ -435,8 +441,7 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
 static int add_fuse_defaults(fs_options *o)
 {
     /* Ours go first so that the user's own -o values, later on the line, win. */
-    char *fsname = http_strdup_printf("-ofsname=%s,subtype=dicomfs,default_permissions",
-                                      o->source);
+    char *fsname = http_strdup_printf("-ofsname=%s,subtype=dicomfs,default_permissions", o->source);
     if (!fsname)
         return -1;
     int rc = fuse_opt_insert_arg(&o->fuse_args, 1, fsname);

@@ -58,8 +58,7 @@ void fs_options_free(fs_options *o);
 /* SOURCE = projects/P/locations/L[/datasets/D] (one trailing '/' allowed).
  * Sets *location and *dataset (NULL for a location). Returns 0 or -1 with a
  * message in err. */
-int fs_source_parse(const char *source, char **location, char **dataset, char *err,
-                    size_t errlen);
+int fs_source_parse(const char *source, char **location, char **dataset, char *err, size_t errlen);
 
 /* Default cache directory: /var/cache/dicomfs/HASH for uid 0, else
  * $XDG_CACHE_HOME/dicomfs/HASH or ~/.cache/dicomfs/HASH. HASH is a short

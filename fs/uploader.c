@@ -226,12 +226,14 @@ static void *worker_main(void *arg)
             rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
 
         pthread_mutex_lock(&m->lock);
-        n->busy = false;
         now = imp_now();
+        /* Still busy while the result is applied, so that an unlist does
+         * not free n under us. */
         if (j.kind == JOB_UPLOAD)
             upload_done(m, n, &j, rc, size, &err, now);
         else
             delete_done(m, n, rc, &err, now);
+        n->busy = false;
         if (job_for(n, now) != JOB_NONE)
             up_enqueue(m, n);
         imp_node_maybe_free(m, n);

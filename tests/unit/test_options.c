@@ -30,8 +30,8 @@ TEST(location_defaults)
     setenv("XDG_CACHE_HOME", "/tmp/xdg-test", 1);
     fs_options o;
     char err[512] = "";
-    const char *a[] = {"dicomfs", "projects/p/locations/l", "/mnt", "-o",
-                       "staging=gs://bkt/stage/", NULL};
+    const char *a[] = {"dicomfs", "projects/p/locations/l",  "/mnt",
+                       "-o",      "staging=gs://bkt/stage/", NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(o.location, "projects/p/locations/l");
     CHECK(o.dataset == NULL);
@@ -60,7 +60,12 @@ TEST(dataset_source_and_all_options)
 {
     fs_options o;
     char err[512] = "";
-    const char *a[] = {"dicomfs", "projects/p/locations/l/datasets/d/", "/m", "-f", "-s", "-o",
+    const char *a[] = {"dicomfs",
+                       "projects/p/locations/l/datasets/d/",
+                       "/m",
+                       "-f",
+                       "-s",
+                       "-o",
                        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
                        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
                        "uploads=4,commit_delay=0.5,allow_delete,no_auth,attr_timeout=3",
@@ -110,7 +115,10 @@ TEST(fstab_style)
     /* mount.fuse3 runs: dicomfs SOURCE MOUNTPOINT -o rw,OPTS */
     fs_options o;
     char err[512] = "";
-    const char *a[] = {"dicomfs", "projects/p/locations/l/datasets/d", "/mnt/dicom", "-o",
+    const char *a[] = {"dicomfs",
+                       "projects/p/locations/l/datasets/d",
+                       "/mnt/dicom",
+                       "-o",
                        "rw,staging=gs://b/p,_netdev,nofail,x-systemd.automount,allow_other",
                        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
@@ -127,8 +135,7 @@ TEST(debug_passes_to_fuse)
 {
     fs_options o;
     char err[512] = "";
-    const char *a[] = {"dicomfs", "projects/p/locations/l", "/m", "-d", "-ostaging=gs://b/p",
-                       NULL};
+    const char *a[] = {"dicomfs", "projects/p/locations/l", "/m", "-d", "-ostaging=gs://b/p", NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK(o.debug);
     CHECK(fuse_has(&o, "-d"));
@@ -196,8 +203,8 @@ TEST(source_parse_direct)
 {
     char *loc, *ds;
     char err[256];
-    CHECK_EQ_INT(fs_source_parse("projects/my-proj/locations/us-central1/datasets/a.b_c", &loc,
-                                 &ds, err, sizeof err),
+    CHECK_EQ_INT(fs_source_parse("projects/my-proj/locations/us-central1/datasets/a.b_c", &loc, &ds,
+                                 err, sizeof err),
                  0);
     CHECK_EQ_STR(loc, "projects/my-proj/locations/us-central1");
     CHECK_EQ_STR(ds, "projects/my-proj/locations/us-central1/datasets/a.b_c");
@@ -227,16 +234,16 @@ TEST(bad_numbers_and_args)
     const char *u0[] = {"dicomfs", "projects/p/locations/l", "/m", "-ostaging=gs://b,uploads=0",
                         NULL};
     expect_error(u0, "uploads");
-    const char *ux[] = {"dicomfs", "projects/p/locations/l", "/m",
-                        "-ostaging=gs://b,uploads=8x", NULL};
+    const char *ux[] = {"dicomfs", "projects/p/locations/l", "/m", "-ostaging=gs://b,uploads=8x",
+                        NULL};
     expect_error(ux, "uploads");
     const char *cd[] = {"dicomfs", "projects/p/locations/l", "/m",
                         "-ostaging=gs://b,commit_delay=-1", NULL};
     expect_error(cd, "commit_delay");
     const char *nomnt[] = {"dicomfs", "projects/p/locations/l", "-ostaging=gs://b", NULL};
     expect_error(nomnt, "MOUNTPOINT");
-    const char *extra[] = {"dicomfs", "projects/p/locations/l", "/m", "/x", "-ostaging=gs://b",
-                           NULL};
+    const char *extra[] = {"dicomfs", "projects/p/locations/l", "/m",
+                           "/x",      "-ostaging=gs://b",       NULL};
     expect_error(extra, "unexpected argument");
 }
 

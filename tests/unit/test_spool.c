@@ -8,15 +8,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../fs/import.h"
+#include "gcs.h"
+#include "healthcare.h"
+#include "http.h"
 #include "../../fs/journal.h"
 #include "log.h"
 #include "../../fs/spool.h"
 #include "../../fs/status.h"
 #include "testlib.h"
+#include "testsrv.h"
 #include "../../fs/wait.h"
 
 #define STORE "projects/p/locations/l/datasets/d/dicomStores/s"
@@ -197,6 +205,40 @@ TEST(write_truncate_read_back)
     env_stop(&e);
 }
 
+TEST(write_error_never_accepted)
+{
+    /* A disk error during the copy (simulated with RLIMIT_FSIZE: EFBIG, as
+     * ENOSPC would come from a full disk) must fail close() even though the
+     * part that was written is a valid DICOM header. */
+    env e;
+    CHECK_EQ_INT(env_new(&e), 0);
+    if (!e.m)
+        return;
+    size_t len;
+    char *b = slurp(valid1, &len);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    uint64_t fh;
+    CHECK_EQ_INT(import_create(e.m, STORE, "partial.dcm", 0644, &fh), 0);
+    CHECK_EQ_INT(import_write(e.m, fh, b, len, 0), (int)len);
+    struct rlimit old, small = {1 << 20, 1 << 20};
+    getrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, SIG_IGN);
+    small.rlim_max = old.rlim_max;
+    CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
+    CHECK_EQ_INT(import_write(e.m, fh, b, len, 2 << 20), -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &old);
+    CHECK_EQ_INT(import_flush(e.m, fh), -EFBIG);
+    import_release(e.m, fh);
+    struct stat st;
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "partial.dcm", &st), -ENOENT);
+    CHECK_EQ_INT(counts(&e).spooled, 0);
+    CHECK_EQ_INT(count_spool(&e, NULL), 0);
+    free(b);
+    env_stop(&e);
+}
+
 TEST(valid_file_accepted_durably)
 {
     env e;
@@ -356,6 +398,8 @@ TEST(rsync_temp_name_then_rename_and_utimens)
     struct timespec tv[2] = {{1000, 0}, {1234567890, 123456789}};
     CHECK_EQ_INT(import_utimens(e.m, STORE, "study/img.dcm", tv), 0);
     CHECK_EQ_INT(import_chmod(e.m, STORE, "study/img.dcm", 0600), 0);
+    CHECK_EQ_INT(import_chown(e.m, STORE, "study/img.dcm", 1234, (gid_t)-1), 0);
+    CHECK_EQ_INT(import_chown(e.m, STORE, "study/nope.dcm", 1234, 5), -ENOENT);
     struct stat st;
     CHECK_EQ_INT(import_getattr(e.m, STORE, "study/.img.dcm.Ab12Cd", &st), -ENOENT);
     CHECK_EQ_INT(import_getattr(e.m, STORE, "study/img.dcm", &st), 0);
@@ -371,6 +415,8 @@ TEST(rsync_temp_name_then_rename_and_utimens)
     CHECK_EQ_INT(st.st_mtim.tv_sec, 1234567890);
     CHECK_EQ_INT(st.st_mtim.tv_nsec, 123456789);
     CHECK_EQ_INT(st.st_mode & 0777, 0600);
+    CHECK_EQ_INT(st.st_uid, 1234);
+    CHECK_EQ_INT(st.st_gid, getgid());
     struct stat src;
     stat(valid1, &src);
     CHECK_EQ_INT(st.st_size, src.st_size);
@@ -611,6 +657,383 @@ TEST(status_text_format_and_parse)
     CHECK_EQ_INT(status_parse("hello: 1\n", &c), -1);
 }
 
+/* ---- uploader against a fake Cloud Storage + Healthcare API (testsrv) ----
+ * The fake answers uploads with the object resource, deletes with 204,
+ * :import with an operation, operations.get with a done operation (with an
+ * error when asked) and QIDO searches from a set of "present" UIDs. */
+
+typedef struct fake {
+    int upload_fail_left; /* answer 503 to this many uploads first */
+    bool upload_forbidden;
+    int import_fail_left; /* answer 503 to this many :import calls first */
+    bool op_error;        /* the operation ends with an error, failure 1 */
+    char present[4][80];  /* UIDs a search finds */
+    int uploads, deletes, imports, op_gets, searches;
+    char import_body[512];
+    char first_object[300];
+    char body[1024];
+} fake;
+
+static void fake_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
+{
+    fake *f = ctx;
+    if (strncmp(req->url, "/upload/storage/v1/b/bucket/o?", 30) == 0) {
+        f->uploads++;
+        if (f->upload_forbidden) {
+            out->status = 403;
+            out->body = "{\"error\":{\"code\":403,\"message\":\"no write access to bucket\","
+                        "\"errors\":[{\"reason\":\"forbidden\"}]}}";
+            return;
+        }
+        if (f->upload_fail_left > 0) {
+            f->upload_fail_left--;
+            out->status = 503;
+            out->body = "{\"error\":{\"code\":503,\"message\":\"backend unavailable\"}}";
+            return;
+        }
+        const char *name = strstr(req->url, "name=");
+        if (name && !f->first_object[0])
+            snprintf(f->first_object, sizeof f->first_object, "%s", name + 5);
+        snprintf(f->body, sizeof f->body,
+                 "{\"bucket\":\"bucket\",\"name\":\"x\",\"size\":\"%zu\",\"generation\":\"1\"}",
+                 req->body_len);
+        out->body = f->body;
+        return;
+    }
+    if (strcmp(req->method, "DELETE") == 0 &&
+        strncmp(req->url, "/storage/v1/b/bucket/o/", 23) == 0) {
+        f->deletes++;
+        out->status = 204;
+        return;
+    }
+    if (strstr(req->url, ":import")) {
+        f->imports++;
+        snprintf(f->import_body, sizeof f->import_body, "%s", req->body);
+        if (f->import_fail_left > 0) {
+            f->import_fail_left--;
+            out->status = 503;
+            out->body = "{\"error\":{\"code\":503,\"message\":\"try later\"}}";
+            return;
+        }
+        out->body = "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\"}";
+        return;
+    }
+    if (strstr(req->url, "/operations/77")) {
+        f->op_gets++;
+        if (f->op_gets == 1) { /* first poll: still running */
+            out->body = "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\","
+                        "\"metadata\":{\"counter\":{\"pending\":\"2\"}}}";
+            return;
+        }
+        out->body = f->op_error ? "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\","
+                                  "\"done\":true,\"metadata\":{\"counter\":{\"success\":\"1\","
+                                  "\"failure\":\"1\"}},\"error\":{\"code\":3,\"message\":"
+                                  "\"1 file could not be imported\"}}"
+                                : "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\","
+                                  "\"done\":true,\"metadata\":{\"counter\":{\"success\":\"9\"}},"
+                                  "\"response\":{}}";
+        return;
+    }
+    if (strstr(req->url, "/dicomWeb/instances?")) {
+        f->searches++;
+        for (int i = 0; i < 4; i++) {
+            char q[100];
+            snprintf(q, sizeof q, "SOPInstanceUID=%s&", f->present[i]);
+            if (f->present[i][0] && strstr(req->url, q)) {
+                snprintf(f->body, sizeof f->body,
+                         "[{\"00080018\":{\"vr\":\"UI\",\"Value\":[\"%s\"]}}]", f->present[i]);
+                out->body = f->body;
+                out->content_type = "application/dicom+json";
+                return;
+            }
+        }
+        out->status = 204;
+        return;
+    }
+    out->status = 404;
+    out->body = "{\"error\":{\"code\":404,\"message\":\"fake: no route\"}}";
+}
+
+typedef struct remote {
+    testsrv *srv;
+    http_client *http;
+    gcs_client *gcs;
+    hc_client *hc;
+    fake f;
+} remote;
+
+static int remote_start(remote *r)
+{
+    memset(r, 0, sizeof *r);
+    r->srv = testsrv_start();
+    if (!r->srv)
+        return -1;
+    testsrv_set_handler(r->srv, fake_handler, &r->f);
+    http_options o;
+    http_options_init(&o);
+    o.retry = (http_retry_policy){2, 10, 20, 1000}; /* the uploader's own retries are tested */
+    r->http = http_client_new(&o);
+    char ep[128];
+    snprintf(ep, sizeof ep, "%s/", testsrv_url(r->srv));
+    r->gcs = gcs_client_new(r->http, testsrv_url(r->srv));
+    r->hc = hc_client_new(r->http, ep);
+    return r->http && r->gcs && r->hc ? 0 : -1;
+}
+
+static void remote_stop(remote *r)
+{
+    hc_client_free(r->hc);
+    gcs_client_free(r->gcs);
+    http_client_free(r->http);
+    testsrv_stop(r->srv);
+}
+
+static int env_start_remote(env *e, remote *r, double delay)
+{
+    import_config cfg = {.cache_dir = e->cache,
+                         .staging_bucket = "bucket",
+                         .staging_prefix = "pre",
+                         .uploads = 3,
+                         .commit_delay_s = delay,
+                         .uid = getuid(),
+                         .gid = getgid()};
+    char jd[256];
+    snprintf(jd, sizeof jd, "%s/journal", e->cache);
+    int rc = journal_open(jd, &e->j);
+    if (rc == 0)
+        rc = import_mgr_new(&cfg, r->gcs, r->hc, e->j, &e->m);
+    return rc;
+}
+
+/* Polls the status until f(counts) or 20 s. */
+static bool wait_for(env *e, bool (*pred)(const import_counts *, int), int n)
+{
+    for (int i = 0; i < 400; i++) {
+        import_counts c = counts(e);
+        if (pred(&c, n))
+            return true;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+static bool imported_n(const import_counts *c, int n)
+{
+    return c->imported == (uint64_t)n &&
+           c->spooled + c->uploading + c->uploaded + c->importing == 0;
+}
+
+static bool settled_n(const import_counts *c, int n)
+{
+    return c->imported + c->failed == (uint64_t)n &&
+           c->spooled + c->uploading + c->uploaded + c->importing == 0;
+}
+
+static bool uploaded_n(const import_counts *c, int n)
+{
+    return c->uploaded == (uint64_t)n;
+}
+
+typedef struct opl {
+    int n;
+    char last[128];
+} opl;
+
+static int opl_cb(void *ctx, const char *op, const char *kind)
+{
+    opl *o = ctx;
+    o->n++;
+    snprintf(o->last, sizeof o->last, "%s %s", kind, op);
+    return 0;
+}
+
+TEST(uploader_one_import_per_batch)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.5), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(import_mkdir(e.m, STORE, "dir", 0755), 0);
+    CHECK_EQ_INT(put_valid(&e, "a.dcm", valid1), 0);
+    CHECK_EQ_INT(put_valid(&e, "dir/b b.dcm", valid2), 0);
+    CHECK_EQ_INT(put_valid(&e, "c.dcm", valid1), 0);
+    CHECK(wait_for(&e, imported_n, 3));
+    import_counts c = counts(&e);
+    CHECK_EQ_INT(c.imported, 3);
+    CHECK_EQ_INT(c.failed, 0);
+    struct stat s1, s2;
+    stat(valid1, &s1);
+    stat(valid2, &s2);
+    CHECK_EQ_INT(c.bytes_uploaded, 2 * s1.st_size + s2.st_size);
+    CHECK_EQ_INT(r.f.uploads, 3);
+    CHECK_EQ_INT(r.f.imports, 1); /* ONE import for the batch */
+    /* The import URI ends in the batch prefix + "**"; objects are named by spool id. */
+    CHECK(strstr(r.f.import_body, "\"gs://bucket/pre/batches/") != NULL);
+    CHECK(strstr(r.f.import_body, "/**\"") != NULL);
+    CHECK(strncmp(r.f.first_object, "pre%2Fbatches%2F", 16) == 0);
+    CHECK(strstr(r.f.first_object, ".dcm") != NULL);
+    /* ".../SPOOLID.dcm": 32 hex characters, never the user's name. */
+    const char *leaf = strrchr(r.f.first_object, 'F'); /* the last "%2F" */
+    CHECK(leaf && strlen(leaf + 1) == SPOOL_ID_LEN + 4 &&
+          strcmp(leaf + 1 + SPOOL_ID_LEN, ".dcm") == 0);
+    if (leaf && strlen(leaf + 1) == SPOOL_ID_LEN + 4) {
+        char id[SPOOL_ID_LEN + 1];
+        memcpy(id, leaf + 1, SPOOL_ID_LEN);
+        id[SPOOL_ID_LEN] = '\0';
+        CHECK(spool_id_valid(id));
+    }
+    /* Staged objects and spool files are removed; the files left import/. */
+    for (int i = 0; i < 200 && (r.f.deletes < 3 || count_spool(&e, NULL) > 0); i++)
+        usleep(50000);
+    CHECK_EQ_INT(r.f.deletes, 3);
+    CHECK_EQ_INT(count_spool(&e, NULL), 0);
+    struct stat st;
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "a.dcm", &st), -ENOENT);
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "dir", &st), 0); /* directories stay */
+    opl o = {0};
+    journal_list_operations(e.j, STORE, opl_cb, &o);
+    CHECK_EQ_INT(o.n, 1);
+    CHECK_EQ_STR(o.last, "import projects/p/locations/l/datasets/d/operations/77");
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+TEST(uploader_retries_transient_errors)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    r.f.upload_fail_left = 3; /* beyond the client's own 2 attempts */
+    r.f.import_fail_left = 1;
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "a.dcm", valid1), 0);
+    CHECK(wait_for(&e, imported_n, 1));
+    CHECK_EQ_INT(counts(&e).failed, 0);
+    CHECK_EQ_INT(r.f.uploads, 4);
+    CHECK(r.f.imports >= 2);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+TEST(uploader_permanent_error_marks_failed)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    r.f.upload_forbidden = true;
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "denied.dcm", valid1), 0);
+    CHECK(wait_for(&e, settled_n, 1));
+    char *t = import_status_text(e.m, STORE);
+    CHECK(t && strstr(t, "\nfailed: 1\n") != NULL);
+    CHECK(t && strstr(t, "failed: denied.dcm: upload to gs://bucket/pre/batches/") != NULL);
+    CHECK(t && strstr(t, "403") != NULL);
+    free(t);
+    CHECK_EQ_INT(r.f.imports, 0);
+    struct stat st;
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "denied.dcm", &st), 0); /* still listed */
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+TEST(uploader_op_error_checks_each_file)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    r.f.op_error = true;
+    snprintf(r.f.present[0], sizeof r.f.present[0], "%s", SOP1);
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "in.dcm", valid1), 0);
+    CHECK_EQ_INT(put_valid(&e, "out.dcm", valid2), 0);
+    CHECK(wait_for(&e, settled_n, 2));
+    char *t = import_status_text(e.m, STORE);
+    import_counts c;
+    CHECK(t && status_parse(t, &c) == 0);
+    CHECK_EQ_INT(c.imported, 1);
+    CHECK_EQ_INT(c.failed, 1);
+    CHECK(t && strstr(t, "failed: out.dcm: import operation "
+                         "projects/p/locations/l/datasets/d/operations/77 failed: 1 file could "
+                         "not be imported") != NULL);
+    free(t);
+    CHECK_EQ_INT(r.f.searches, 2);
+    struct stat st;
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "in.dcm", &st), -ENOENT);
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "out.dcm", &st), 0);
+    /* Failures survive a restart until unlinked. */
+    env_stop(&e);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(counts(&e).failed, 1);
+    CHECK_EQ_INT(import_unlink(e.m, STORE, "out.dcm"), 0);
+    CHECK_EQ_INT(counts(&e).failed, 0);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+TEST(uploader_unlink_after_upload_deletes_staged_object)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 2.0), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "gone.dcm", valid1), 0);
+    CHECK_EQ_INT(put_valid(&e, "kept.dcm", valid2), 0);
+    CHECK(wait_for(&e, uploaded_n, 2));
+    CHECK_EQ_INT(import_unlink(e.m, STORE, "gone.dcm"), 0);
+    CHECK(wait_for(&e, imported_n, 1));
+    CHECK_EQ_INT(r.f.imports, 1);
+    for (int i = 0; i < 100 && r.f.deletes < 2; i++)
+        usleep(50000);
+    CHECK_EQ_INT(r.f.deletes, 2); /* the withdrawn one before commit, the imported one after */
+    CHECK_EQ_INT(counts(&e).imported, 1);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+TEST(uploader_resumes_after_restart)
+{
+    env e;
+    CHECK_EQ_INT(env_new(&e), 0); /* no uploader: accepted only */
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "later1.dcm", valid1), 0);
+    CHECK_EQ_INT(put_valid(&e, "later2.dcm", valid2), 0);
+    env_stop(&e);
+    remote r;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK(wait_for(&e, imported_n, 2));
+    CHECK_EQ_INT(r.f.uploads, 2);
+    CHECK_EQ_INT(r.f.imports, 1);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
 /* ---- dicomfs wait against a fake store directory ---- */
 
 static void fake_store(char *dir, size_t len, const char *status)
@@ -715,6 +1138,7 @@ int main(void)
     snprintf(valid2, sizeof valid2, "%s/valid2.dcm", root);
     RUN(write_truncate_read_back);
     RUN(valid_file_accepted_durably);
+    RUN(write_error_never_accepted);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
@@ -728,6 +1152,12 @@ int main(void)
     RUN(missing_spool_file_fails_loudly_on_restart);
     RUN(stray_spool_files_collected);
     RUN(status_text_format_and_parse);
+    RUN(uploader_one_import_per_batch);
+    RUN(uploader_retries_transient_errors);
+    RUN(uploader_permanent_error_marks_failed);
+    RUN(uploader_op_error_checks_each_file);
+    RUN(uploader_unlink_after_upload_deletes_staged_object);
+    RUN(uploader_resumes_after_restart);
     RUN(wait_exit_codes);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);

@@ -177,9 +177,8 @@ TEST(check_name)
 TEST(op_file_names)
 {
     char buf[300];
-    CHECK_EQ_INT(tree_op_file_name("projects/p/locations/l/datasets/d/operations/42", buf,
-                                   sizeof buf),
-                 0);
+    CHECK_EQ_INT(
+        tree_op_file_name("projects/p/locations/l/datasets/d/operations/42", buf, sizeof buf), 0);
     CHECK_EQ_STR(buf, "42.json");
     CHECK_EQ_INT(tree_op_id_from_file("42.json", buf, sizeof buf), 0);
     CHECK_EQ_STR(buf, "42");

@@ -1,0 +1,102 @@
+"""DATASET/operations/ID.json and STORE/operations/: the operation JSON as
+the API returns it, newline-terminated, with stat sizes that match reads."""
+import errno
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+
+def uid(prefix):
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def started_op(hc_api):
+    ds = hc_api.create_dataset(uid("opds"))
+    store = hc_api.create_store(ds, uid("opst"))
+    op = hc_api.export_gcs(store, f"gs://staging/api-export-{uuid.uuid4().hex[:8]}")
+    return ds, store, op
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_operation_shows_up(dicomfs_mount, hc_api, started_op):
+    ds, _, op = started_op
+    m = dicomfs_mount
+    ds_id, op_id = ds.rsplit("/", 1)[1], op.rsplit("/", 1)[1]
+    assert f"{op_id}.json" in os.listdir(m.path(ds_id, "operations"))
+    hc_api.wait_operation(op)
+    path = m.path(ds_id, "operations", f"{op_id}.json")
+    data = read(path)
+    assert data.endswith(b"\n")
+    parsed = json.loads(data)
+    assert parsed["name"] == op
+    assert parsed["done"] is True
+    api_raw = hc_api.get_operation_raw(op)
+    want = api_raw if api_raw.endswith(b"\n") else api_raw + b"\n"
+    assert data == want
+    assert parsed == json.loads(api_raw)
+    assert os.stat(path).st_size == len(data)
+
+
+def test_stat_size_matches_cat_while_running(dicomfs_mount, hc_api, started_op):
+    ds, _, op = started_op
+    m = dicomfs_mount
+    path = m.path(ds.rsplit("/", 1)[1], "operations", op.rsplit("/", 1)[1] + ".json")
+    # stat then cat agree even while the operation changes (done flips)
+    for _ in range(5):
+        size = os.stat(path).st_size
+        data = read(path)
+        assert size == len(data) or json.loads(data)["done"], (size, len(data))
+        json.loads(data)
+        time.sleep(0.3)
+
+
+def test_ls_l_sizes_match(dicomfs_mount, hc_api, started_op):
+    ds, _, op = started_op
+    hc_api.wait_operation(op)
+    m = dicomfs_mount
+    d = m.path(ds.rsplit("/", 1)[1], "operations")
+    names = os.listdir(d)
+    assert names
+    for n in names:
+        p = os.path.join(d, n)
+        assert os.stat(p).st_size == len(read(p)), n
+
+
+def test_operations_are_read_only(dicomfs_mount, started_op):
+    ds, _, op = started_op
+    m = dicomfs_mount
+    path = m.path(ds.rsplit("/", 1)[1], "operations", op.rsplit("/", 1)[1] + ".json")
+    with pytest.raises(OSError) as ei:
+        open(path, "wb").close()
+    assert ei.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    with pytest.raises(OSError) as ei:
+        os.unlink(path)
+    assert ei.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def test_unknown_operation(dicomfs_mount, started_op):
+    ds, _, _ = started_op
+    m = dicomfs_mount
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path(ds.rsplit("/", 1)[1], "operations", "999999999.json"))
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path(ds.rsplit("/", 1)[1], "operations", "notjson"))
+
+
+def test_store_operations_lists_only_its_own(dicomfs_mount, started_op):
+    # An operation started through the API (not through this store's
+    # import/ or export/) is in DATASET/operations but not STORE/operations.
+    ds, store, op = started_op
+    m = dicomfs_mount
+    ds_id, st_id = ds.rsplit("/", 1)[1], store.rsplit("/", 1)[1]
+    assert os.listdir(m.path(ds_id, st_id, "operations")) == []
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path(ds_id, st_id, "operations", op.rsplit("/", 1)[1] + ".json"))
