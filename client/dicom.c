@@ -461,7 +461,8 @@ static int check_required(parser *p, dicom_info *out)
                           : !out->series_uid[0]     ? "Series Instance UID (0020,000E)"
                                                     : NULL;
     if (missing) {
-        set_why(p, "data set has no %s", missing);
+        set_why(p, "offset %" PRIu64 ": the data set starting here has no %s", out->meta_end,
+                missing);
         return DICOM_ERR_MISSING;
     }
     /* Fall back on the meta group's copy of the SOP Class UID. */

@@ -1,9 +1,6 @@
 /* libFuzzer target for client/dicom.c: the same input through the memory
  * reader and the fd reader (a memfd), which must agree. */
-/* The module's source is compiled into the target so that libFuzzer's
- * coverage instrumentation (-fsanitize=fuzzer, given to this file only)
- * reaches it; the archive's copy is then never linked. */
-#include "dicom.c"
+#include "dicom.h"
 
 #include <stdint.h>
 

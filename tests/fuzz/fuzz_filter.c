@@ -1,9 +1,6 @@
 /* libFuzzer target for client/filter.c: the whole-file parser, and every
  * path it accepts must be made of valid UIDs and match itself. */
-/* The module's source is compiled into the target so that libFuzzer's
- * coverage instrumentation (-fsanitize=fuzzer, given to this file only)
- * reaches it; the archive's copy is then never linked. */
-#include "filter.c"
+#include "filter.h"
 
 #include <stdint.h>
 

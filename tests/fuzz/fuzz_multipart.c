@@ -1,10 +1,7 @@
 /* libFuzzer target for client/multipart.c. The first line of the input is
  * the Content-Type (or a bare boundary); the rest is the body, copied into
  * its own buffer so a read past its end is caught. */
-/* The module's source is compiled into the target so that libFuzzer's
- * coverage instrumentation (-fsanitize=fuzzer, given to this file only)
- * reaches it; the archive's copy is then never linked. */
-#include "multipart.c"
+#include "multipart.h"
 
 #include <stdint.h>
 

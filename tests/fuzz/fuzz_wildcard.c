@@ -1,9 +1,6 @@
 /* libFuzzer target for client/wildcard.c. The input is "pattern\0name"; the
  * pattern is also tried as a gs:// URI. */
-/* The module's source is compiled into the target so that libFuzzer's
- * coverage instrumentation (-fsanitize=fuzzer, given to this file only)
- * reaches it; the archive's copy is then never linked. */
-#include "wildcard.c"
+#include "wildcard.h"
 
 #include <stdint.h>
 

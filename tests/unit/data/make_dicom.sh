@@ -239,6 +239,19 @@ ds.save_as(path, write_like_original=False)
 i, s, se = uids(15)
 record("no_sop_class.dcm", "OK", i, s, se, CT, ExplicitVRLittleEndian)
 
+# An undefined-length UN holding a sequence: its content is implicit VR LE
+# (PS3.5 6.2.2), which an explicit-VR reading would reject. pydicom writes
+# the element header and the closing sequence delimiter; the item inside is
+# implicit VR LE: (0008,0100) "en".
+ds = base_ds(24, ExplicitVRLittleEndian)
+item = (b"\xfe\xff\x00\xe0\xff\xff\xff\xff"          # item, undefined length
+        b"\x08\x00\x00\x01\x02\x00\x00\x00en"         # (0008,0100) implicit
+        b"\xfe\xff\x0d\xe0\x00\x00\x00\x00")          # item delimiter
+blk = ds.private_block(0x0009, "DICOMFS TEST", create=True)
+blk.add_new(0x02, "UN", item)
+blk[0x02].is_undefined_length = True
+write("un_undefined.dcm", ds, 24)
+
 # --- bad files ------------------------------------------------------------
 for n, attr, name in [(16, "SeriesInstanceUID", "no_series.dcm"),
                       (17, "StudyInstanceUID", "no_study.dcm"),
