@@ -386,6 +386,7 @@ class Mount:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.rc = self.proc.returncode
+                self._close_log()
                 raise RuntimeError("dicomfs exited %d before mounting:\n%s"
                                    % (self.rc, self.log_tail()))
             if is_mounted(self.mnt):
@@ -395,6 +396,13 @@ class Mount:
                 except OSError:
                     pass
             time.sleep(0.05)
+        # Hung: end it by PID so that it cannot mount behind our back.
+        self.proc.kill()
+        self.proc.wait()
+        self.rc = None
+        if is_mounted(self.mnt):
+            fusermount_u(self.mnt, lazy=True)
+        self._close_log()
         raise RuntimeError("dicomfs did not mount within %ss:\n%s" % (ready_timeout,
                                                                       self.log_tail()))
 
