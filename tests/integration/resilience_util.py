@@ -255,6 +255,29 @@ def faults_off(emu):
     return set_faults(emu, 0, 0, 0, 0)
 
 
+def try_check_exactly_once(emu, expected_uids, allowed_uids=None):
+    """check_exactly_once, but a failing store query becomes a finding
+    ("error") instead of an exception, so the caller can still report its
+    figures and the more telling failure (e.g. the wait's exit status)."""
+    try:
+        return check_exactly_once(emu, expected_uids, allowed_uids)
+    except (AssertionError, RuntimeError) as e:
+        return {"missing": None, "duplicates": None, "stray": None, "stored": None,
+                "error": str(e)[:500]}
+
+
+def assert_store_ok(found, what="accepted"):
+    assert "error" not in found, "cannot read the store: " + found.get("error", "")
+    assert found["missing"] == [], "%d %s files are not in the store: %s" % (
+        len(found["missing"]), what, found["missing"][:10])
+    assert found["duplicates"] == [], "instances stored twice: %s" % found["duplicates"][:10]
+    assert found["stray"] == [], "instances nobody copied: %s" % found["stray"][:10]
+
+
+def n_or_none(v):
+    return None if v is None else len(v)
+
+
 def check_exactly_once(emu, expected_uids, allowed_uids=None):
     """Compares the store with what must be there. expected_uids: every one
     must be present exactly once. allowed_uids: a superset that may also be

@@ -78,20 +78,18 @@ def run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files, stu
     t_wait = time.monotonic() - t0
     counts, failed = m.status()
     stats_import = ru.fault_totals(emu.stats())
+    found = ru.try_check_exactly_once(emu, list(files.values()))
+    figures = dict(files=n_files, studies=studies, cp_seconds=round(t_cp, 1),
+                   imported_seconds=round(t_wait, 1), files_lost=ru.n_or_none(found["missing"]),
+                   duplicates=ru.n_or_none(found["duplicates"]),
+                   stray=ru.n_or_none(found["stray"]), seed=SEED, mount_tries=mount_tries,
+                   faults_during_import=stats_import)
+    if wrc != 0 or "error" in found or found["missing"]:
+        ru.record_figures(suite, record_property, **figures)
     assert wrc == 0, "dicomfs wait exited %r\n%s\nstatus=%r %r\nlog:\n%s" % (
         wrc, wout[-2000:], counts, failed, m.log_tail())
     assert not failed, failed
-
-    found = ru.check_exactly_once(emu, list(files.values()))
-    lost = len(found["missing"])
-    figures = dict(files=n_files, studies=studies, cp_seconds=round(t_cp, 1),
-                   imported_seconds=round(t_wait, 1), files_lost=lost,
-                   duplicates=len(found["duplicates"]), stray=len(found["stray"]),
-                   seed=SEED, mount_tries=mount_tries, faults_during_import=stats_import)
-    assert found["missing"] == [], "%d accepted files never reached the store: %s" % (
-        lost, found["missing"][:10])
-    assert found["duplicates"] == [], found["duplicates"][:10]
-    assert found["stray"] == [], found["stray"][:10]
+    ru.assert_store_ok(found, "copied")
     # Every file accepted is gone from import/ once imported.
     assert ru.count_files(m.import_dir) == 0, sorted(os.listdir(m.import_dir))[:10]
 

@@ -135,9 +135,13 @@ def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path,  # noqa
             with open(os.path.join(d, fn), "rb") as f:
                 f.read()
     time.sleep(6)  # one more token lifetime while idle
-    os.listdir(os.path.join(m.store_dir, "studies"))
+    try:  # more traffic for the log (studies/ itself is tested elsewhere)
+        os.listdir(os.path.join(m.store_dir, "studies"))
+    except OSError:
+        pass
     minted = emu.token(fresh=True)  # a token in the emulator's format, for the grep
     key = emu.key()
+    grants = emu.stats().get("byKind", {}).get("token", 0)
     m.unmount()
     log = m.log()
     key_lines = [ln for ln in key["private_key"].splitlines()
@@ -153,8 +157,9 @@ def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path,  # noqa
     n_lines = len(log.splitlines())
     ru.record_figures("no-secrets-in-log", record_property, log_lines=n_lines,
                       log_bytes=len(log), findings=len(found) + len(leaked_key_lines),
-                      tokens_issued_note="ttl 5s")
+                      token_requests=grants)
     assert wrc == 0
+    assert grants >= 3, "too few token grants (%d) for a meaningful check" % grants
     assert n_lines > 100, "the -d log is too short to mean anything (%d lines)" % n_lines
     assert re.search(r"(?i)unique:|opcode|LOOKUP|getattr|debug", log), \
         "no debug output in the log: -d did not take effect"
