@@ -65,10 +65,12 @@ def test_emulator_restart_during_import_operation(emulator_factory, res_mounts, 
     assert rc == 0, err
     seen = {}
 
-    def importing():
+    ops_dir = os.path.join(m.store_dir, "operations")
+
+    def importing():  # sealed batch, and its operation started (journaled, listed)
         c, _ = m.status()
         seen.update(c)
-        return c.get("importing", 0) > 0
+        return c.get("importing", 0) > 0 and len(os.listdir(ops_dir)) > 0
 
     assert ru.wait_until(importing, 120), "no import started: %r\n%s" % (seen, m.log_tail())
     ops_at_restart = len(ru.operations_list(emu))
@@ -163,9 +165,11 @@ def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path
     assert enospc, "the cache never filled: %r" % loop.failed[:3]
     # A few small files at the very edge (journal records need room too).
     edge_src = str(tmp_path / "edge")
-    edge = ru.make_tree(edge_src, 30, studies=1, prefix="edge-")
-    loop_edge = ru.CopyLoop(edge_src, edge, m.import_dir, max_failures=30)
+    edge = ru.make_tree(edge_src, 150, studies=1, prefix="edge-")
+    loop_edge = ru.CopyLoop(edge_src, edge, m.import_dir, max_failures=10)
     loop_edge.run()
+    journal_errors = [ln for ln in m.log().splitlines()
+                      if "journal" in ln and ("cannot" in ln or "error" in ln)]
     m.kill9()
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount on the full cache disk failed:\n" + msg
@@ -175,4 +179,8 @@ def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path
     check_all(emulator, m, all_files, loop.accepted + loop_edge.accepted,
               "full-cache-disk-then-kill", record_property,
               dict(enospc_copies=len(enospc), edge_accepted=len(loop_edge.accepted),
-                   edge_refused=len(loop_edge.failed)))
+                   edge_refused=len(loop_edge.failed),
+                   journal_errors_before_kill=len(journal_errors),
+                   journal_error_sample=journal_errors[:3],
+                   edge_errors=sorted({f[2].strip().rsplit(": ", 1)[-1]
+                                       for f in loop_edge.failed})))
