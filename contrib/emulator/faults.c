@@ -59,10 +59,25 @@ void emu_faults_free(emu_faults *f)
     free(f);
 }
 
+/* paths: comma-separated prefixes. */
+static bool path_selected(const char *paths, const char *path)
+{
+    const char *p = paths;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n > 0 && strncmp(path, p, n) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
 void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out)
 {
     memset(out, 0, sizeof(*out));
-    if (f->paths && strncmp(path, f->paths, strlen(f->paths)) != 0)
+    if (f->paths && !path_selected(f->paths, path))
         return;
     pthread_mutex_lock(&f->mu);
     double fail = f->fail_rate, reset = f->reset_rate, bad = f->malformed_rate;

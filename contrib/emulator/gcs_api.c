@@ -372,6 +372,8 @@ static int parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *
     unsigned long long a = strtoull(p, &end, 10);
     if (end == p || *end != '-')
         return -1;
+    if (size == 0 && a == 0)
+        return -1; /* "bytes=0-" of an empty object: the whole (empty) object */
     p = end + 1;
     unsigned long long b = size ? size - 1 : 0;
     if (*p) {
@@ -1338,6 +1340,10 @@ void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
 {
     const char *path = emu_req_path(r);
     bool is_upload = false, is_download = false;
+    if (strstr(emu_req_raw_path(r), "%00")) {
+        emu_resp_gcs_error(w, 400, "invalid", "Names cannot contain NUL characters.");
+        return;
+    }
     if (has_prefix(path, "/storage/v1")) {
         path += strlen("/storage/v1");
     } else if (has_prefix(path, "/upload/storage/v1")) {

@@ -366,7 +366,10 @@ int emu_oauth_write_credentials(emu_ctx *ctx, const char *file)
     emu_random_hex(kid, 20);
     sa_email(ctx, email, sizeof(email));
     snprintf(token_uri, sizeof(token_uri), "%s/token", ctx->base_url);
-    snprintf(client_id, sizeof(client_id), "1%020u", (unsigned)(kid[0] * 7919u));
+    /* A numeric id like Google's, derived from the random key id. */
+    for (int i = 0; i < 21; i++)
+        client_id[i] = (char)('0' + (i == 0 ? 1 : (kid[i] % 10)));
+    client_id[21] = '\0';
 
     pthread_mutex_lock(&o->mu);
     int rc = add_key(o, kid, email, pub);
@@ -742,6 +745,27 @@ void emu_oauth_metadata_handle(emu_ctx *ctx, const emu_request *r, emu_response 
         meta_text(w, 200, ctx->project);
     } else if (strcmp(p, "/instance/service-accounts/default/email") == 0) {
         meta_text(w, 200, email);
+    } else if (strcmp(p, "/instance/service-accounts/default/") == 0 ||
+               strcmp(p, "/instance/service-accounts/default") == 0) {
+        const char *rec = emu_req_query(r, "recursive");
+        if (rec && strcmp(rec, "true") == 0) {
+            /* google-auth (Python) reads email and scopes this way. */
+            cJSON *j = cJSON_CreateObject();
+            cJSON *aliases = cJSON_AddArrayToObject(j, "aliases");
+            cJSON_AddItemToArray(aliases, cJSON_CreateString("default"));
+            cJSON_AddStringToObject(j, "email", email);
+            cJSON *scopes = cJSON_AddArrayToObject(j, "scopes");
+            cJSON_AddItemToArray(
+                scopes, cJSON_CreateString("https://www.googleapis.com/auth/cloud-platform"));
+            emu_resp_json(w, 200, j);
+            emu_resp_header(w, "Metadata-Flavor", "Google");
+        } else {
+            meta_text(w, 200, "aliases\nemail\nidentity\nscopes\ntoken\n");
+        }
+    } else if (strcmp(p, "/instance/service-accounts/") == 0) {
+        char list[320];
+        snprintf(list, sizeof(list), "default/\n%s/\n", email);
+        meta_text(w, 200, list);
     } else if (strcmp(p, "/instance/service-accounts/default/scopes") == 0) {
         meta_text(w, 200, "https://www.googleapis.com/auth/cloud-platform\n");
     } else if (strcmp(p, "/instance") == 0 || strcmp(p, "/instance/") == 0) {

@@ -43,6 +43,7 @@ struct emu_request {
     EVP_MD_CTX *spool_md5; /* hashes of the spooled bytes */
     uint32_t spool_crc;
     uint64_t received;
+    uint64_t reset_after; /* bytes of body read before an early reset */
     emu_fault_plan plan;
 };
 
@@ -724,6 +725,8 @@ static void dispatch(emu_ctx *ctx, emu_request *r, emu_response *w)
         if (strcmp(r->path, "/") == 0 &&
             (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)) {
             emu_resp_bytes(w, 200, "text/plain; charset=UTF-8", "OK", 2);
+            /* google-auth pings the metadata host's root and wants this. */
+            emu_resp_header(w, "Metadata-Flavor", "Google");
             return;
         }
         emu_resp_error(w, 404, "The requested URL %s was not found on this server.", r->path);
@@ -898,8 +901,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->discard_body = r->plan.fail_status != 0 || r->plan.reset_early;
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (!r->discard_body && cl && strtoull(cl, NULL, 10) > EMU_BODY_MEM_MAX &&
-            spool_open(r) != 0)
+        uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
+        /* An early reset cuts the upload somewhere inside the body. */
+        r->reset_after = r->plan.aux % (clen ? clen : 65536);
+        if (!r->discard_body && clen > EMU_BODY_MEM_MAX && spool_open(r) != 0)
             r->body_error = true;
         return MHD_YES;
     }
@@ -907,7 +912,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         r->received += n;
-        if (r->plan.reset_early && r->received > (r->plan.aux % 65536)) {
+        if (r->plan.reset_early && r->received > r->reset_after) {
             atomic_fetch_add(&ctx->stats.fault_reset, 1);
             atomic_fetch_add(&ctx->stats.by_class[0], 1);
             return MHD_NO;
@@ -957,7 +962,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 int emu_server_start(emu_ctx *ctx, int listen_fd)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     g_daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,

@@ -226,3 +226,20 @@ def test_tokenless_resumable_start(emulator_factory):
                                        headers={"Authorization": "Bearer bogus"}))
     strict = emulator_factory("--strict-auth")
     assert_unauthenticated(strict.request("POST", path, body=b"", auth=False))
+
+
+def test_metadata_paths_used_by_google_auth(emulator):
+    h = {"Metadata-Flavor": "Google"}
+    code, hdrs, body = emulator.request("GET", "/", auth=False, headers=h)
+    assert code == 200 and hdrs["Metadata-Flavor"] == "Google"
+    code, hdrs, body = emulator.request(
+        "GET", "/computeMetadata/v1/instance/service-accounts/default/?recursive=true",
+        auth=False, headers=h)
+    assert code == 200 and hdrs["Metadata-Flavor"] == "Google"
+    doc = json.loads(body)
+    assert doc["email"] == emulator.key()["client_email"]
+    assert "https://www.googleapis.com/auth/cloud-platform" in doc["scopes"]
+    code, _, _ = emulator.request("GET", "/computeMetadata/v1/instance", auth=False, headers=h)
+    assert code == 200
+    code, _, _ = emulator.request("GET", "/computeMetadata/v1/nope", auth=False, headers=h)
+    assert code == 404

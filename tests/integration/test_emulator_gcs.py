@@ -463,7 +463,8 @@ def test_fail_rate_is_repeatable_with_seed(emulator_factory):
 
 
 def test_fault_error_bodies_are_gcs_shaped(emulator_factory):
-    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/storage/")
+    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/nothing/,/storage/")
+    emu.token()  # /token is outside the fault paths
     code, _, body = emu.request("GET", "/storage/v1/b/staging")
     assert code in (429, 500, 503)
     doc = json.loads(body)
@@ -633,3 +634,86 @@ def test_reset_after_handling_empty_answer(emulator_factory):
     assert r.returncode != 0
     emu.request("POST", "/_emulator/faults?reset_rate=0", auth=False)
     assert emu.stats()["faults"]["resets"] == 1
+
+
+def test_concurrent_uploads_and_listings(emulator):
+    from concurrent.futures import ThreadPoolExecutor
+    token = emulator.token()
+    payloads = {"conc/%03d" % i: os.urandom(1000 + i) for i in range(120)}
+
+    def work(item):
+        name, data = item
+        if int(name[-3:]) % 3 == 0:
+            session = start_resumable(emulator, name)
+            code, _, body = put_chunk(emulator, session, data, 0, len(data))
+        else:
+            code, _, body = upload_media(emulator, name, data)
+        assert code == 200, body
+        # Listings and reads interleave with the writes of other threads.
+        list_objects(emulator, prefix="conc/", maxResults=7)
+        assert download(emulator, name)[2] == data
+        return name
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        done = list(pool.map(work, payloads.items()))
+    assert sorted(done) == sorted(payloads)
+    names, token_ = [], None
+    while True:
+        params = {"prefix": "conc/"}
+        if token_:
+            params["pageToken"] = token_
+        doc = list_objects(emulator, **params)
+        names += [i["name"] for i in doc["items"]]
+        for i in doc["items"]:
+            assert i["md5Hash"] == md5_b64(payloads[i["name"]])
+        token_ = doc.get("nextPageToken")
+        if not token_:
+            break
+    assert names == sorted(payloads)
+    assert token == emulator.token()
+
+
+def test_empty_object(emulator):
+    doc = ok_json(upload_media(emulator, "empty", b""))
+    assert doc["size"] == "0"
+    assert doc["md5Hash"] == md5_b64(b"") and doc["crc32c"] == crc32c_b64(b"")
+    code, _, body = download(emulator, "empty")
+    assert code == 200 and body == b""
+    code, _, body = download(emulator, "empty", headers={"Range": "bytes=0-"})
+    assert code == 200 and body == b""
+
+
+def test_resumable_checks_declared_checksums(emulator):
+    data = os.urandom(1000)
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "md5Hash": md5_b64(b"no")})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data))
+    gcs_error((code, None, body), 400, "invalid")
+    assert "items" not in list_objects(emulator)
+    # The final chunk's x-goog-hash is checked as well, and a match passes.
+    session = start_resumable(emulator, "ck")
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "crc32c=" + crc32c_b64(b"no")})
+    assert code == 400, body
+    session = start_resumable(emulator, "ck", metadata={"name": "ck", "crc32c": crc32c_b64(data)})
+    code, _, body = put_chunk(emulator, session, data, 0, len(data),
+                              headers={"x-goog-hash": "md5=" + md5_b64(data)})
+    assert code == 200, body
+
+
+def test_reset_during_uploads_never_leaves_partial_objects(emulator_factory, tmp_path):
+    emu = emulator_factory("--reset-rate", "1", "--seed", "11", "--fault-paths", "/upload/")
+    token = emu.token()
+    data = os.urandom(2 << 20)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    for i in range(6):
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "POST", "-T", str(src),
+                            "-H", "Authorization: Bearer " + token,
+                            "-H", "Content-Type: application/octet-stream",
+                            emu.url + "/upload/storage/v1/b/staging/o?uploadType=media&name=u%d" % i],
+                           capture_output=True, timeout=30)
+        assert r.returncode != 0
+    # Each upload either took effect whole (answer lost) or not at all.
+    for item in list_objects(emu).get("items", []):
+        assert item["size"] == str(len(data)) and item["md5Hash"] == md5_b64(data)
+    assert emu.stats()["faults"]["resets"] == 6
