@@ -227,8 +227,10 @@ static int img_info(const dj_file *f, img *im, char *why, size_t whylen)
         return -1;
     }
     if (im->rows <= 0 || im->cols <= 0 || (im->bits != 8 && im->bits != 16) || im->spp < 1) {
-        snprintf(why, whylen, "unsupported image geometry (Rows %ld, Columns %ld, "
-                 "BitsAllocated %ld, SamplesPerPixel %ld)", im->rows, im->cols, im->bits, im->spp);
+        snprintf(why, whylen,
+                 "unsupported image geometry (Rows %ld, Columns %ld, "
+                 "BitsAllocated %ld, SamplesPerPixel %ld)",
+                 im->rows, im->cols, im->bits, im->spp);
         return -1;
     }
     return 0;
@@ -286,21 +288,22 @@ int conv_pixel_data(const dj_file *f, int frame, bool allow_compressed, hc_buf *
 }
 
 /* Converts one frame to 8-bit (gray or RGB interleaved) or 16-bit gray samples. */
-static int frame_samples(const dj_file *f, int frame, bool want8, hc_buf *pix, img *im,
-                         char *why, size_t whylen)
+static int frame_samples(const dj_file *f, int frame, bool want8, hc_buf *pix, img *im, char *why,
+                         size_t whylen)
 {
     if (img_info(f, im, why, whylen) < 0)
         return -1;
     if (im->pixel->encapsulated) {
-        snprintf(why, whylen, "PixelData is compressed (%s); the emulator cannot decode it",
-                 f->ts);
+        snprintf(why, whylen, "PixelData is compressed (%s); the emulator cannot decode it", f->ts);
         return -1;
     }
     bool mono = !strcmp(im->photometric, "MONOCHROME1") || !strcmp(im->photometric, "MONOCHROME2");
     bool rgb = !strcmp(im->photometric, "RGB") && im->spp == 3 && im->bits == 8;
     if (!(mono && im->spp == 1) && !rgb) {
-        snprintf(why, whylen, "unsupported PhotometricInterpretation %s with %ld bits and %ld "
-                 "samples", im->photometric, im->bits, im->spp);
+        snprintf(why, whylen,
+                 "unsupported PhotometricInterpretation %s with %ld bits and %ld "
+                 "samples",
+                 im->photometric, im->bits, im->spp);
         return -1;
     }
     hc_buf raw = {0};

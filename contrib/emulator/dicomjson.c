@@ -213,10 +213,10 @@ static dj_elem *ds_push(dj_ds *ds)
 static int parse_ds(rd *r, size_t end, bool until_item_end, int depth, dj_ds *ds);
 
 /* Reads a tag and (for items) its length. */
-static int read_tag(rd *r, uint32_t *tag)
+static int read_tag(rd *r, size_t end, uint32_t *tag)
 {
     bool be = r->enc == DJ_EXPLICIT_BE;
-    if (r->len - r->pos < 4)
+    if (r->pos > end || end - r->pos < 4)
         return fail(r, "truncated tag");
     *tag = (uint32_t)u16(r->p + r->pos, be) << 16 | u16(r->p + r->pos + 2, be);
     r->pos += 4;
@@ -228,9 +228,9 @@ static int parse_items(rd *r, dj_elem *e, size_t end, bool undefined, int depth)
     bool be = r->enc == DJ_EXPLICIT_BE;
     while (r->pos < end) {
         uint32_t tag;
-        if (read_tag(r, &tag) < 0)
+        if (read_tag(r, end, &tag) < 0)
             return -1;
-        if (r->len - r->pos < 4)
+        if (end - r->pos < 4)
             return fail(r, "truncated item length");
         uint32_t ilen = u32(r->p + r->pos, be);
         r->pos += 4;
@@ -272,7 +272,7 @@ static int parse_frags(rd *r, dj_elem *e)
     e->encapsulated = true;
     for (;;) {
         uint32_t tag;
-        if (read_tag(r, &tag) < 0)
+        if (read_tag(r, r->len, &tag) < 0)
             return -1;
         if (r->len - r->pos < 4)
             return fail(r, "truncated fragment length");
@@ -369,12 +369,12 @@ static int parse_ds(rd *r, size_t end, bool until_item_end, int depth, dj_ds *ds
     while (r->pos < end) {
         size_t at = r->pos;
         uint32_t tag;
-        if (read_tag(r, &tag) < 0)
+        if (read_tag(r, end, &tag) < 0)
             return -1;
         if (tag == TAG_ITEM_END) {
             if (!until_item_end)
                 return fail(r, "unexpected item delimiter");
-            if (r->len - r->pos < 4)
+            if (end - r->pos < 4)
                 return fail(r, "truncated item delimiter");
             r->pos += 4;
             return 0;
@@ -467,8 +467,13 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         return -1;
     }
     size_t count = 0;
-    rd r = {.p = buf, .len = len, .pos = 132, .enc = DJ_EXPLICIT_LE, .why = why,
-            .whylen = whylen, .count = &count};
+    rd r = {.p = buf,
+            .len = len,
+            .pos = 132,
+            .enc = DJ_EXPLICIT_LE,
+            .why = why,
+            .whylen = whylen,
+            .count = &count};
     out->meta = calloc(1, sizeof *out->meta);
     out->ds = calloc(1, sizeof *out->ds);
     if (!out->meta || !out->ds)
@@ -476,7 +481,7 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
     /* The meta group: explicit LE elements of group 0002. */
     while (r.pos + 4 <= len && u16(buf + r.pos, false) == 0x0002) {
         uint32_t tag;
-        read_tag(&r, &tag);
+        read_tag(&r, len, &tag);
         if (parse_elem(&r, len, 0, out->meta, tag) < 0)
             goto bad;
     }
@@ -506,7 +511,12 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         out->compressed = strcmp(out->ts, "1.2.840.10008.1.2.1") != 0;
     }
     size_t base = (size_t)(dp - buf);
-    rd d = {.p = dp, .len = dlen, .pos = 0, .enc = out->enc, .why = why, .whylen = whylen,
+    rd d = {.p = dp,
+            .len = dlen,
+            .pos = 0,
+            .enc = out->enc,
+            .why = why,
+            .whylen = whylen,
             .count = &count};
     if (parse_ds(&d, dlen, false, 0, out->ds) < 0) {
         if (!out->inflated) {
@@ -579,8 +589,8 @@ long dj_int(const dj_elem *e, enum dj_enc enc, long def)
 /* ---- DICOM JSON ---- */
 static bool is_string_vr(const char *vr)
 {
-    static const char *const s[] = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH",
-                                    "ST", "TM", "UC", "UI", "UR", "UT"};
+    static const char *const s[] = {"AE", "AS", "CS", "DA", "DT", "LO", "LT",
+                                    "SH", "ST", "TM", "UC", "UI", "UR", "UT"};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         if (strcmp(vr, s[i]) == 0)
             return true;
@@ -726,7 +736,7 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
         }
         return o;
     }
-    if (e->encapsulated || (e->len > 65536 && !is_string_vr(e->vr))) {
+    if (e->encapsulated || e->tag == TAG_PIXEL || (e->len > 65536 && !is_string_vr(e->vr))) {
         if (bulk_base) {
             char hex[9], *uri;
             dj_tag_hex(e->tag, hex);

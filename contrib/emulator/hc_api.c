@@ -5,6 +5,28 @@
  * store stores/sN/index.log (append-only add/del lines, compacted on load)
  * plus files/N.dcm (the Part-10 bytes as uploaded). Routes /v1 and /v1beta1
  * requests to datasets, dicomStores, operations (lro.c) and DICOMweb.
+ *
+ * Choices where the real service is undocumented (see api-facts.md 6):
+ * - Errors use the AIP-193 envelope; unknown JSON fields answer 400 with
+ *   'Invalid JSON payload received. Unknown name "x"[ at 'path']: Cannot find
+ *   field.'; v1 export has no filterConfig (so it is an unknown field).
+ * - datasetId and dicomStoreId: ASCII approximation of [\p{L}\p{N}_\-.]{1,256}
+ *   (bytes >= 0x80 allowed); an existing id answers 409 ALREADY_EXISTS.
+ * - datasets.create makes the dataset visible at once; its LRO finishes after
+ *   --lro-delay with the Dataset (timeZone "UTC" when unset) as response.
+ * - Operations show "done": false while running (the real API omits false).
+ *   Counter values are strings, zero values omitted. Import: a file that is
+ *   not DICOM is a failure (op error code 3); no matching object or a missing
+ *   bucket: code 5. Export: a missing destination bucket or filter object
+ *   fails the operation with code 5 (not a synchronous 400/404); a bad filter
+ *   line with code 3 naming the line and column; an instance that cannot be
+ *   converted is a counted failure (op error code 3). Cancel: error code 1.
+ * - Operations interrupted by a restart are resumed from the start (import,
+ *   export and deletes are idempotent); counters restart from zero.
+ * - QIDO with no match answers 200 []; missing DICOMweb resources answer 404.
+ * - WADO without transfer-syntax=* transcodes to explicit VR LE; compressed
+ *   sources then answer 406 (the emulator decodes no compressed syntax).
+ * - bigqueryDestination answers 501 UNIMPLEMENTED.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -104,7 +126,9 @@ int hc_write_atomic(const char *path, const void *data, size_t len)
         p += n;
         left -= (size_t)n;
     }
-    if (fdatasync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
+    /* No fsync: the emulator must survive its own kill/restart (the page
+     * cache does), not power loss; fsync per instance made big imports slow. */
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
         int e = -errno;
         unlink(tmp);
         free(tmp);
@@ -170,15 +194,24 @@ bool hc_id_valid(const char *id)
 static const char *status_name(int status)
 {
     switch (status) {
-    case 400: return "INVALID_ARGUMENT";
-    case 401: return "UNAUTHENTICATED";
-    case 403: return "PERMISSION_DENIED";
-    case 404: return "NOT_FOUND";
-    case 409: return "ALREADY_EXISTS";
-    case 429: return "RESOURCE_EXHAUSTED";
-    case 501: return "UNIMPLEMENTED";
-    case 503: return "UNAVAILABLE";
-    default: return "INTERNAL";
+    case 400:
+        return "INVALID_ARGUMENT";
+    case 401:
+        return "UNAUTHENTICATED";
+    case 403:
+        return "PERMISSION_DENIED";
+    case 404:
+        return "NOT_FOUND";
+    case 409:
+        return "ALREADY_EXISTS";
+    case 429:
+        return "RESOURCE_EXHAUSTED";
+    case 501:
+        return "UNIMPLEMENTED";
+    case 503:
+        return "UNAVAILABLE";
+    default:
+        return "INTERNAL";
     }
 }
 
@@ -238,8 +271,7 @@ bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, 
                          "not repeating, cannot start list.",
                          c->string);
                 if (!cJSON_IsArray(c))
-                    snprintf(msg, sizeof msg, "Invalid value at '%s', expected an object.",
-                             path);
+                    snprintf(msg, sizeof msg, "Invalid value at '%s', expected an object.", path);
                 hc_error(w, 400, msg);
                 return false;
             }
@@ -339,7 +371,7 @@ static void inst_remove_at(hc_store *s, size_t idx)
 static void inst_free(hc_inst *in)
 {
     if (in) {
-        cJSON_Delete(in->attrs);
+        free(in->attrs);
         free(in);
     }
 }
@@ -347,8 +379,7 @@ static void inst_free(hc_inst *in)
 char *hc_inst_path(hc_store *s, const hc_inst *i)
 {
     char *p;
-    return asprintf(&p, "%s/files/%llu.dcm", s->dir, (unsigned long long)i->file_no) < 0 ? NULL
-                                                                                           : p;
+    return asprintf(&p, "%s/files/%llu.dcm", s->dir, (unsigned long long)i->file_no) < 0 ? NULL : p;
 }
 
 static cJSON *inst_to_json(const hc_inst *in, const char *op)
@@ -363,7 +394,8 @@ static cJSON *inst_to_json(const hc_inst *in, const char *op)
         cJSON_AddStringToObject(j, "class", in->sop_class);
         cJSON_AddStringToObject(j, "ts", in->ts);
         cJSON_AddNumberToObject(j, "size", (double)in->size);
-        cJSON_AddItemToObject(j, "attrs", cJSON_Duplicate(in->attrs, true));
+        cJSON *a = cJSON_Parse(in->attrs ? in->attrs : "{}");
+        cJSON_AddItemToObject(j, "attrs", a ? a : cJSON_CreateObject());
     }
     return j;
 }
@@ -426,9 +458,8 @@ static int store_load(hc_store *s)
                             cJSON_GetObjectItemCaseSensitive(j, "f"));
                         in->size = (uint64_t)cJSON_GetNumberValue(
                             cJSON_GetObjectItemCaseSensitive(j, "size"));
-                        in->attrs = cJSON_DetachItemFromObject(j, "attrs");
-                        if (!in->attrs)
-                            in->attrs = cJSON_CreateObject();
+                        const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "attrs");
+                        in->attrs = a ? cJSON_PrintUnformatted(a) : strdup("{}");
                         if (in->file_no >= s->next_file)
                             s->next_file = in->file_no + 1;
                         if (inst_insert(s, in) < 0)
@@ -622,14 +653,15 @@ static const uint32_t cached_tags[] = {
     0x00280010, 0x00280011, 0x00280100, 0x00400244, 0x00400245, 0x00400275,
 };
 
-static cJSON *cached_attrs(const uint8_t *buf, size_t len)
+static char *cached_attrs(const uint8_t *buf, size_t len)
 {
     dj_file f;
     char why[256];
     cJSON *out = cJSON_CreateObject();
     if (dj_parse_file(buf, len, &f, why, sizeof why) < 0) {
         log_warn("emulator: attributes of an instance not indexed: %s", why);
-        return out;
+        cJSON_Delete(out);
+        return strdup("{}");
     }
     for (size_t i = 0; i < sizeof cached_tags / sizeof cached_tags[0]; i++) {
         const dj_elem *e = dj_find(f.ds, cached_tags[i]);
@@ -645,7 +677,9 @@ static cJSON *cached_attrs(const uint8_t *buf, size_t len)
     }
     dj_file_free(&f);
     dj_sort(out);
-    return out;
+    char *txt = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return txt ? txt : strdup("{}");
 }
 
 static bool file_equals(const char *path, const uint8_t *buf, size_t len)
@@ -660,7 +694,7 @@ static bool file_equals(const char *path, const uint8_t *buf, size_t len)
 }
 
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[3][HC_UID_MAX + 1],
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen)
 {
     dicom_info info;
@@ -674,6 +708,8 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         snprintf(uids_out[0], HC_UID_MAX + 1, "%s", info.study_uid);
         snprintf(uids_out[1], HC_UID_MAX + 1, "%s", info.series_uid);
         snprintf(uids_out[2], HC_UID_MAX + 1, "%s", info.sop_instance_uid);
+        snprintf(uids_out[3], HC_UID_MAX + 1, "%s",
+                 info.sop_class_uid[0] ? info.sop_class_uid : info.media_sop_class);
     }
     if (require_study && strcmp(require_study, info.study_uid) != 0) {
         snprintf(why, whylen, "StudyInstanceUID %s does not match the study %s in the request URL",
@@ -741,8 +777,7 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
     return HC_ADD_ERROR;
 }
 
-long hc_store_delete(const char *store_name, const char *study, const char *series,
-                     const char *sop)
+long hc_store_delete(const char *store_name, const char *study, const char *series, const char *sop)
 {
     hc_lock();
     hc_store *s = hc_store_find(store_name);
@@ -825,9 +860,8 @@ static const hc_field f_blob[] = {{"blobStorageClass", "blob_storage_class", NUL
 static const hc_field f_import[] = {{"gcsSource", "gcs_source", f_gcs_source},
                                     {"blobStorageSettings", "blob_storage_settings", f_blob},
                                     {NULL, NULL, NULL}};
-static const hc_field f_gcs_dest[] = {{"uriPrefix", "uri_prefix", NULL},
-                                      {"mimeType", "mime_type", NULL},
-                                      {NULL, NULL, NULL}};
+static const hc_field f_gcs_dest[] = {
+    {"uriPrefix", "uri_prefix", NULL}, {"mimeType", "mime_type", NULL}, {NULL, NULL, NULL}};
 static const hc_field f_bq_dest[] = {{"tableUri", "table_uri", NULL},
                                      {"force", "force", NULL},
                                      {"writeDisposition", "write_disposition", NULL},
@@ -1174,23 +1208,38 @@ out:
     cJSON_Delete(body);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static long count_unique(const char **v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_str);
+    long u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(v[i], v[i - 1]) != 0)
+            u++;
+    return u;
+}
+
 static void store_metrics(emu_response *w, hc_store *s)
 {
-    /* under lock */
+    /* under lock; O(n log n) */
     long studies = 0, series = 0;
     uint64_t bytes = 0;
-    for (size_t i = 0; i < s->n_inst; i++) {
-        bool ns = true, nse = true;
-        for (size_t k = 0; k < i && (ns || nse); k++) {
-            if (strcmp(s->inst[k]->study, s->inst[i]->study) == 0)
-                ns = false;
-            if (strcmp(s->inst[k]->series, s->inst[i]->series) == 0)
-                nse = false;
-        }
-        studies += ns;
-        series += nse;
-        bytes += s->inst[i]->size;
+    const char **v = malloc((s->n_inst + 1) * sizeof *v);
+    if (v) {
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->study;
+        studies = count_unique(v, s->n_inst);
+        for (size_t i = 0; i < s->n_inst; i++)
+            v[i] = s->inst[i]->series;
+        series = count_unique(v, s->n_inst);
+        free(v);
     }
+    for (size_t i = 0; i < s->n_inst; i++)
+        bytes += s->inst[i]->size;
     cJSON *j = cJSON_CreateObject();
     char b[32];
     cJSON_AddStringToObject(j, "name", s->name);
@@ -1206,8 +1255,7 @@ static void store_metrics(emu_response *w, hc_store *s)
 }
 
 static void store_item(emu_response *w, const emu_request *r, const char *method,
-                       const char *version, const char *dataset, const char *name,
-                       const char *verb)
+                       const char *version, const char *dataset, const char *name, const char *verb)
 {
     hc_lock();
     hc_store *s = hc_store_find(name);
@@ -1404,8 +1452,8 @@ void emu_hc_shutdown(emu_ctx *ctx)
     g.dir = NULL;
 }
 
-int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
-                     const char *dataset, const char *store)
+int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
+                     const char *store)
 {
     (void)ctx;
     if (!project || !location || !dataset || !hc_id_valid(dataset) ||

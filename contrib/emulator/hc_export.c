@@ -99,22 +99,30 @@ ok:
 static const char *fmt_ext(enum hc_export_fmt f)
 {
     switch (f) {
-    case HC_FMT_PNG: return ".png";
-    case HC_FMT_JPEG: return ".jpg";
+    case HC_FMT_PNG:
+        return ".png";
+    case HC_FMT_JPEG:
+        return ".jpg";
     case HC_FMT_RAW_ASIS:
-    case HC_FMT_RAW_LE: return "";
-    default: return ".dcm";
+    case HC_FMT_RAW_LE:
+        return "";
+    default:
+        return ".dcm";
     }
 }
 
 static const char *fmt_type(enum hc_export_fmt f)
 {
     switch (f) {
-    case HC_FMT_PNG: return "image/png";
-    case HC_FMT_JPEG: return "image/jpeg";
+    case HC_FMT_PNG:
+        return "image/png";
+    case HC_FMT_JPEG:
+        return "image/jpeg";
     case HC_FMT_RAW_ASIS:
-    case HC_FMT_RAW_LE: return "application/octet-stream";
-    default: return "application/dicom";
+    case HC_FMT_RAW_LE:
+        return "application/octet-stream";
+    default:
+        return "application/dicom";
     }
 }
 
@@ -160,8 +168,8 @@ static int split_prefix(const char *uri, char **bucket, char **prefix)
 static int write_obj(hc_job *job, const char *bucket, const char *name, const hc_buf *data,
                      enum hc_export_fmt fmt)
 {
-    int rc = emu_gcs_write(hc_ctx(), bucket, name, data->p ? (const void *)data->p : "",
-                           data->len, fmt_type(fmt));
+    int rc = emu_gcs_write(hc_ctx(), bucket, name, data->p ? (const void *)data->p : "", data->len,
+                           fmt_type(fmt));
     if (rc < 0)
         hc_op_log(job->op, name, 13, "cannot write gs://%s/%s: %s", bucket, name, strerror(-rc));
     return rc;
@@ -196,7 +204,8 @@ static int export_one(hc_job *job, const hc_inst_ref *in, enum hc_export_fmt fmt
     } else if (fmt == HC_FMT_DICOM_ELE) {
         rc = conv_to_explicit_le(data, len, &out, why, sizeof why);
     } else if (fmt == HC_FMT_DICOM_OTHER) {
-        snprintf(why, sizeof why, "the emulator does not transcode to compressed transfer "
+        snprintf(why, sizeof why,
+                 "the emulator does not transcode to compressed transfer "
                  "syntaxes");
     } else if (dj_parse_file(data, len, &f, why, sizeof why) == 0) {
         parsed = true;

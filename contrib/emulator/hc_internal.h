@@ -44,12 +44,12 @@ struct dj_ds {
 };
 
 typedef struct dj_file {
-    dj_ds *meta;            /* group 0002, explicit LE */
-    dj_ds *ds;              /* the data set */
-    enum dj_enc enc;        /* data set encoding */
-    bool compressed;        /* encapsulated transfer syntax */
+    dj_ds *meta;     /* group 0002, explicit LE */
+    dj_ds *ds;       /* the data set */
+    enum dj_enc enc; /* data set encoding */
+    bool compressed; /* encapsulated transfer syntax */
     char ts[HC_UID_MAX + 1];
-    uint8_t *inflated;      /* deflated transfer syntax: owned buffer */
+    uint8_t *inflated; /* deflated transfer syntax: owned buffer */
 } dj_file;
 
 /* Parses a whole Part-10 file held in memory (buf must outlive the result). */
@@ -100,7 +100,9 @@ typedef struct hc_inst {
     char sop_class[HC_UID_MAX + 1], ts[HC_UID_MAX + 1];
     uint64_t size;
     uint64_t file_no;
-    cJSON *attrs; /* cached DICOM JSON for QIDO (match keys and defaults) */
+    /* Cached DICOM JSON (match keys and defaults) kept as compact text: a
+     * parsed cJSON tree costs ~10x the memory; searches parse on demand. */
+    char *attrs;
     struct hc_inst *hnext;
 } hc_inst;
 
@@ -128,9 +130,9 @@ char *hc_inst_path(hc_store *s, const hc_inst *i);
 
 enum hc_add_result { HC_ADD_NEW, HC_ADD_DUP_SAME, HC_ADD_DUP_DIFFERENT, HC_ADD_ERROR };
 /* Parses and stores one Part-10 file. why gets the reason of an error. The
- * UIDs of the instance go to *info_out (may be NULL). */
+ * study, series, SOP instance and SOP class UIDs go to uids_out (may be NULL). */
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[3][HC_UID_MAX + 1],
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen);
 /* Removes instances matching study [series [sop]]; returns the count or -1. */
 long hc_store_delete(const char *store_name, const char *study, const char *series,
@@ -151,8 +153,8 @@ void hc_refs_free(hc_inst_ref *refs, size_t n);
 void hc_error(emu_response *w, int status, const char *msg);
 /* Validates body fields against an allowed-field schema; on error sends 400. */
 typedef struct hc_field {
-    const char *json_name;  /* camelCase */
-    const char *proto_name; /* snake_case (for messages) */
+    const char *json_name;      /* camelCase */
+    const char *proto_name;     /* snake_case (for messages) */
     const struct hc_field *sub; /* NULL-terminated nested schema or NULL */
 } hc_field;
 bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, const char *at);
@@ -209,9 +211,15 @@ void hc_export_run(hc_job *job);
 void hc_delete_run(hc_job *job);
 
 /* Export formats (hc_export.c). */
-enum hc_export_fmt { HC_FMT_DICOM_ASIS, HC_FMT_DICOM_ELE, HC_FMT_RAW_ASIS, HC_FMT_RAW_LE,
-                     HC_FMT_PNG, HC_FMT_JPEG,
-                     HC_FMT_DICOM_OTHER /* valid for the real API, not transcoded here */ };
+enum hc_export_fmt {
+    HC_FMT_DICOM_ASIS,
+    HC_FMT_DICOM_ELE,
+    HC_FMT_RAW_ASIS,
+    HC_FMT_RAW_LE,
+    HC_FMT_PNG,
+    HC_FMT_JPEG,
+    HC_FMT_DICOM_OTHER /* valid for the real API, not transcoded here */
+};
 /* Parses gcsDestination.mimeType (NULL/"" = as stored). Returns 0 or -1. */
 int hc_export_parse_mime(const char *mime, enum hc_export_fmt *fmt);
 

@@ -141,8 +141,7 @@ static const char *method_name(const hc_op *op, char *buf, size_t len)
         snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteStudy", v);
         break;
     case HC_OP_DELETE_SERIES:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteSeries",
-                 v);
+        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteSeries", v);
         break;
     }
     return buf;
@@ -346,8 +345,7 @@ static long elapsed_ms(const struct timespec *since)
 static void *worker(void *arg)
 {
     hc_op *op = arg;
-    hc_job job = {.op = op, .version = op->version, .target = op->target,
-                  .request = op->request};
+    hc_job job = {.op = op, .version = op->version, .target = op->target, .request = op->request};
     switch (op->kind) {
     case HC_OP_IMPORT:
         hc_import_run(&job);
@@ -697,8 +695,7 @@ int lro_load(void)
     for (hc_op *o = L.ops; o; o = o->next) {
         if (o->done)
             continue;
-        log_info("emulator: resuming operation %s (%s) after a restart", o->id,
-                 kind_name(o->kind));
+        log_info("emulator: resuming operation %s (%s) after a restart", o->id, kind_name(o->kind));
         o->success = o->failure = o->pending = 0;
         op_spawn(o);
     }
