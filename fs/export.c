@@ -522,7 +522,7 @@ int export_unlink(fs_ctx *x, const tree_path *tp)
 
 /* 1 when the export finished successfully, 0 while it runs or after it
  * failed (logged once per check), or -errno. */
-static int export_done(fs_ctx *x, const tree_path *tp)
+static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
 {
     char *donef = record_file(x, tp, "done");
     if (!donef)
@@ -540,7 +540,7 @@ static int export_done(fs_ctx *x, const tree_path *tp)
     /* Checked at most every FS_OP_TTL seconds per operation. */
     bool is_dir;
     uint64_t state = 0;
-    if (dircache_lookup(x->cache, "export-state", op, &is_dir, &state) == 1) {
+    if (!fresh && dircache_lookup(x->cache, "export-state", op, &is_dir, &state) == 1) {
         free(op);
         free(donef);
         return 0;
@@ -645,7 +645,9 @@ static int cmp_item(const void *a, const void *b)
 }
 
 /* The listing of NAME.out: every object and directory by relative path. */
-static int out_listing(fs_ctx *x, const tree_path *tp, dircache_list *l)
+/* fresh: ask the server even if it said "not done" a moment ago (a
+ * listing the user asked for, not one of many getattr calls). */
+static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list *l)
 {
     char *key = out_key(tp);
     if (!key)
@@ -654,7 +656,7 @@ static int out_listing(fs_ctx *x, const tree_path *tp, dircache_list *l)
         free(key);
         return 0;
     }
-    int done = export_done(x, tp);
+    int done = export_done(x, tp, fresh);
     if (done <= 0) {
         free(key);
         dircache_list_init(l);
@@ -718,7 +720,7 @@ int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
         return 0;
     }
     dircache_list l;
-    rc = out_listing(x, tp, &l);
+    rc = out_listing(x, tp, false, &l);
     if (rc < 0)
         return rc;
     rc = -ENOENT;
@@ -744,7 +746,7 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
     if (!S_ISDIR(st.st_mode))
         return -ENOTDIR;
     dircache_list l;
-    rc = out_listing(x, tp, &l);
+    rc = out_listing(x, tp, true, &l);
     if (rc < 0)
         return rc;
     size_t rl = strlen(tp->rest);

@@ -739,6 +739,8 @@ static int create_denied(const char *path, const tree_path *tp)
     case TREE_STATUS:
         return deny(path, "create: status is read-only", -EACCES);
     case TREE_EXPORT_OUT:
+        if (!*tp->rest)
+            return deny(path, "create: a filter name may not end in .out", -EINVAL);
         return deny(path, "create: exported objects are read-only", -EACCES);
     case TREE_EXPORT:
         return deny(path, "create: filters go in export/FORMAT/ (dicom, png, ...)", -EACCES);
@@ -756,6 +758,9 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     fs_ctx *x = ctx();
     if (tp.kind != TREE_IMPORT && tp.kind != TREE_EXPORT_FILTER)
         return create_denied(path, &tp);
+    /* Editors' swap files and rsync's temporaries must not start exports. */
+    if (tp.kind == TREE_EXPORT_FILTER && tp.name[0] == '.')
+        return deny(path, "create: a filter name may not start with '.'", -EINVAL);
     if (tp.kind == TREE_IMPORT && !*tp.rest)
         return -EISDIR;
     rc = store_exists(x, &tp);

@@ -431,6 +431,17 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         free(o->cache_dir);
         o->cache_dir = abs;
     }
+    /* The daemon changes to "/" when it detaches and reads the file again. */
+    if (o->credentials && o->credentials[0] != '/' && o->credentials[0]) {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof cwd))
+            return fail(err, errlen, "credentials '%s': %s", o->credentials, strerror(errno));
+        char *abs = http_strdup_printf("%s/%s", cwd, o->credentials);
+        if (!abs)
+            return fail(err, errlen, "out of memory");
+        free(o->credentials);
+        o->credentials = abs;
+    }
     if (o->endpoint && !*o->endpoint)
         return fail(err, errlen, "bad endpoint: empty");
     if (o->storage_endpoint && !*o->storage_endpoint)

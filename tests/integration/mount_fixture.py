@@ -161,8 +161,14 @@ class ApiClient:
                 return out
 
     def list_stores(self, dataset):
-        page = self.request("GET", self.hc_url(f"{dataset}/dicomStores") + "?pageSize=1000")
-        return [s["name"] for s in page.get("dicomStores", [])]
+        out, token = [], None
+        while True:
+            q = "?pageSize=1000" + (f"&pageToken={urllib.parse.quote(token)}" if token else "")
+            page = self.request("GET", self.hc_url(f"{dataset}/dicomStores") + q)
+            out += [s["name"] for s in page.get("dicomStores", [])]
+            token = page.get("nextPageToken")
+            if not token:
+                return out
 
     def create_dataset(self, ds_id, location=LOCATION_NAME):
         op = self.request("POST", self.hc_url(f"{location}/datasets") +
@@ -185,8 +191,14 @@ class ApiClient:
         return json.loads(self.get_operation_raw(name))
 
     def list_operations(self, dataset):
-        page = self.request("GET", self.hc_url(f"{dataset}/operations") + "?pageSize=1000")
-        return page.get("operations", [])
+        out, token = [], None
+        while True:
+            q = "?pageSize=1000" + (f"&pageToken={urllib.parse.quote(token)}" if token else "")
+            page = self.request("GET", self.hc_url(f"{dataset}/operations") + q)
+            out += page.get("operations", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return out
 
     def wait_operation(self, name, timeout=60):
         deadline = time.time() + timeout

@@ -102,7 +102,7 @@ def walk_files(root):
     return out
 
 
-def test_filtered_export_one_study(dicomfs_mount, filled_store):
+def test_filtered_export_one_study(dicomfs_mount, hc_api, filled_store):
     ds, store, files = filled_store
     ds_id, st_id = ids(ds, store)
     m = dicomfs_mount
@@ -123,6 +123,14 @@ def test_filtered_export_one_study(dicomfs_mount, filled_store):
         with open(p, "rb") as f:
             assert f.read() == want[rel], rel
         assert os.stat(p).st_size == len(want[rel])
+    # the filter was uploaded beside the staging prefix, the objects went to
+    # the default export destination gs://staging/dicomfs-exports/DS/STORE/FMT/NAME/
+    (fobj,) = hc_api.list_objects("staging", f"dicomfs/filters/{ds_id}/{st_id}/dicom/")
+    assert fobj["name"].rsplit("/", 1)[1].startswith("one-")
+    assert hc_api.download("staging", fobj["name"]) == filt.encode()
+    exported = {o["name"] for o in hc_api.list_objects(
+        "staging", f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/")}
+    assert exported == {f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/{r}" for r in want}
 
 
 def test_empty_filter_exports_whole_store(dicomfs_mount, filled_store):
@@ -190,3 +198,105 @@ def test_filter_survives_remount(dicomfs_mount, filled_store):
     with open(m.path(ds_id, st_id, "export", "raw", "keep"), newline="") as f:
         assert f.read() == filt
     assert len(os.listdir(m.path(ds_id, st_id, "operations"))) == 1
+
+
+def test_odd_filter_names_refused(dicomfs_mount, hc_api):
+    m = dicomfs_mount
+    before = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    d = m.path("ds", "store", "export", "dicom")
+    for name in (".hidden", "x.out"):
+        with pytest.raises(OSError) as ei:
+            write_filter(os.path.join(d, name), "")
+        assert ei.value.errno == errno.EINVAL, name
+    with pytest.raises(OSError) as ei:
+        write_filter(m.path("ds", "store", "export", "gif"), "")
+    assert ei.value.errno in (errno.EACCES, errno.EPERM)
+    assert os.listdir(d) == []
+    after = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    assert after == before
+
+
+def set_faults(emulator, **kw):
+    q = "&".join(f"{k}={v}" for k, v in kw.items())
+    status, _, body = emulator.request("POST", f"/_emulator/faults?{q}", auth=False)
+    assert status == 200, body
+
+
+def test_export_under_server_faults(dicomfs_mount, emulator, filled_store):
+    """429/500/503 answers and dropped connections on a third of the requests:
+    the client's retries hide them; results are exact."""
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    study = sorted({k[0] for k in files})[0]
+    set_faults(emulator, fail_rate=0.3, reset_rate=0.05)
+    try:
+        write_filter(m.path(ds_id, st_id, "export", "dicom", "f"), f"/studies/{study}\n")
+        wait_store_ops_done(m, ds_id, st_id, 1, timeout=120)
+        got = walk_files(m.path(ds_id, st_id, "export", "dicom", "f.out"))
+        want = {f"{s}/{se}/{i}.dcm": d for (s, se, i), d in files.items() if s == study}
+        assert sorted(got) == sorted(want)
+        for rel, p in got.items():
+            with open(p, "rb") as f:
+                assert f.read() == want[rel], rel
+        for n in os.listdir(m.path(ds_id, "operations")):
+            json.loads(open(m.path(ds_id, "operations", n), "rb").read())
+        faults = emulator.stats()["faults"]
+        assert faults["http429"] + faults["http500"] + faults["http503"] + faults["resets"] > 0
+    finally:
+        set_faults(emulator, fail_rate=0, reset_rate=0)
+
+
+def test_malformed_responses_give_eio_not_a_crash(dicomfs_mount, emulator, filled_store):
+    ds, store, _ = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    set_faults(emulator, malformed_rate=1)
+    try:
+        errors = 0
+        for _ in range(3):
+            try:
+                for n in os.listdir(m.path(ds_id, "operations")):
+                    open(m.path(ds_id, "operations", n), "rb").read()
+            except OSError as e:
+                # EACCES: the token endpoint's answers are garbled too
+                assert e.errno in (errno.EIO, errno.ENOENT, errno.EACCES), e
+                errors += 1
+            time.sleep(2.1)  # past the listing caches
+        assert errors > 0
+    finally:
+        set_faults(emulator, malformed_rate=0)
+    # the daemon is still serving
+    assert "operations" in os.listdir(m.path(ds_id))
+
+
+def test_out_is_empty_until_the_export_is_done(emulator_factory, tmp_path):
+    from mount_fixture import ApiClient, DicomfsMount
+    from pydicom.uid import generate_uid
+    emu = emulator_factory("--lro-delay", "3000")
+    api = ApiClient(emu)
+    study, series, inst = generate_uid(), generate_uid(), generate_uid()
+    p = tmp_path / "i.dcm"
+    make_instance(str(p), study, series, inst)
+    api.upload("staging", "slow/i.dcm", p.read_bytes(), "application/dicom")
+    api.wait_operation(api.import_gcs(
+        "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store",
+        "gs://staging/slow/**"))
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        out = m.path("ds", "store", "export", "dicom", "s.out")
+        write_filter(m.path("ds", "store", "export", "dicom", "s"), "")
+        ops = store_ops(m, "ds", "store")
+        assert len(ops) == 1 and not list(ops.values())[0].get("done")
+        assert os.listdir(out) == []
+        wait_store_ops_done(m, "ds", "store", 1)
+        got = walk_files(out)
+        assert sorted(got) == [f"{study}/{series}/{inst}.dcm"]
+        with open(got[f"{study}/{series}/{inst}.dcm"], "rb") as f:
+            assert f.read() == p.read_bytes()
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]

@@ -61,11 +61,17 @@ def test_stat(dicomfs_mount, ds_store):
     expect_errno(errno.ENAMETOOLONG, os.stat, m.path("x" * 256))
 
 
-def test_mount_of_a_dataset(mount_factory, ds_store):
+def test_mount_of_a_dataset(mount_factory, hc_api, ds_store):
     ds_id, st_id = ds_store
     m = mount_factory(source=f"{LOCATION_NAME}/datasets/{ds_id}")
     assert sorted(os.listdir(m.mnt)) == sorted(["operations", st_id])
     assert "import" in os.listdir(m.path(st_id))
+    os.mkdir(m.path("newstore"))
+    assert (f"{LOCATION_NAME}/datasets/{ds_id}/dicomStores/newstore"
+            in hc_api.list_stores(f"{LOCATION_NAME}/datasets/{ds_id}"))
+    assert sorted(os.listdir(m.mnt)) == sorted(["operations", st_id, "newstore"])
+    expect_errno(errno.EPERM, os.rmdir, m.path("newstore"))
+    expect_errno((errno.EPERM, errno.EACCES), write_file, m.path("file-at-root"))
 
 
 def test_mkdir_dataset_and_store(dicomfs_mount, hc_api):
@@ -160,6 +166,7 @@ def attempt(emulator, tmp, source=LOCATION_NAME, staging=STAGING, endpoint=None,
     opts += list(extra)
     rc, out, err = run_dicomfs([source, mnt, "-f", "-o", ",".join(opts)], timeout=60)
     assert not os.path.ismount(mnt)
+    assert "Sanitizer" not in err and "runtime error:" not in err, err
     return rc, err
 
 
@@ -297,3 +304,47 @@ def test_fstab_style_error_reaches_terminal(emulator, tmp_path):
     assert p.returncode != 0
     assert "gs://no-such-bucket-q does not exist" in p.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_ls_l_of_many_stores_costs_one_listing(dicomfs_mount, hc_api, emulator):
+    ds_id = uid("many")
+    ds = hc_api.create_dataset(ds_id)
+    for i in range(120):
+        hc_api.create_store(ds, f"s{i:03d}")
+    m = dicomfs_mount
+    os.stat(m.path(ds_id))
+    before = emulator.stats()["byKind"]["healthcare"]
+    names = os.listdir(m.path(ds_id))
+    for n in names:
+        assert stat.S_ISDIR(os.stat(m.path(ds_id, n)).st_mode)
+    after = emulator.stats()["byKind"]["healthcare"]
+    assert len(names) == 121  # the stores and operations/
+    assert after - before <= 4, (before, after)
+
+
+def test_studies_view(dicomfs_mount, hc_api, tmp_path):
+    """STORE/studies/STUDY/SERIES/INSTANCE.dcm reads the instance as stored."""
+    from test_export import make_instance
+    from pydicom.uid import generate_uid
+    ds_id, st_id = uid("sv"), uid("st")
+    ds = hc_api.create_dataset(ds_id)
+    store = hc_api.create_store(ds, st_id)
+    study, series, inst = generate_uid(), generate_uid(), generate_uid()
+    p = tmp_path / "i.dcm"
+    make_instance(str(p), study, series, inst)
+    data = p.read_bytes()
+    src = uid("sv")
+    hc_api.upload("staging", f"{src}/i.dcm", data, "application/dicom")
+    op = hc_api.wait_operation(hc_api.import_gcs(store, f"gs://staging/{src}/**"))
+    assert "error" not in op, op
+    m = dicomfs_mount
+    base = m.path(ds_id, st_id, "studies")
+    assert os.listdir(base) == [study]
+    assert os.listdir(os.path.join(base, study)) == [series]
+    assert os.listdir(os.path.join(base, study, series)) == [inst + ".dcm"]
+    with open(os.path.join(base, study, series, inst + ".dcm"), "rb") as f:
+        assert f.read() == data
+    assert os.stat(os.path.join(base, study, series, inst + ".dcm")).st_size == len(data)
+    with pytest.raises(OSError) as ei:
+        open(os.path.join(base, study, series, inst + ".dcm"), "wb").close()
+    assert ei.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS)

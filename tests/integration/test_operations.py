@@ -100,3 +100,27 @@ def test_store_operations_lists_only_its_own(dicomfs_mount, started_op):
     assert os.listdir(m.path(ds_id, st_id, "operations")) == []
     with pytest.raises(FileNotFoundError):
         os.stat(m.path(ds_id, st_id, "operations", op.rsplit("/", 1)[1] + ".json"))
+
+
+def hc_requests(emulator):
+    return emulator.stats()["byKind"]["healthcare"]
+
+
+def test_ls_l_of_many_operations_costs_one_listing(dicomfs_mount, hc_api, emulator):
+    ds = hc_api.create_dataset(uid("manyops"))
+    store = hc_api.create_store(ds, uid("st"))
+    ops = [hc_api.export_gcs(store, f"gs://staging/many-{i}") for i in range(150)]
+    m = dicomfs_mount
+    d = m.path(ds.rsplit("/", 1)[1], "operations")
+    os.stat(m.path(ds.rsplit("/", 1)[1]))  # dataset lookup outside the count
+    before = hc_requests(emulator)
+    names = os.listdir(d)
+    sizes = {n: os.stat(os.path.join(d, n)).st_size for n in names}
+    after = hc_requests(emulator)
+    assert all(s > 0 for s in sizes.values())
+    # every operation of the dataset (the export ones and the dataset's creation)
+    assert {n[:-5] for n in names} == {o["name"].rsplit("/", 1)[1]
+                                       for o in hc_api.list_operations(ds)}
+    assert {o.rsplit("/", 1)[1] for o in ops} <= {n[:-5] for n in names}
+    # operations.list with 100 per page: 2 requests, not one get per file
+    assert after - before <= 4, (before, after)

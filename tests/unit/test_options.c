@@ -100,6 +100,24 @@ TEST(dataset_source_and_all_options)
     fs_options_free(&o);
 }
 
+TEST(relative_paths_made_absolute)
+{
+    /* the daemon runs in "/" after detaching */
+    fs_options o;
+    char err[512] = "";
+    char cwd[4096];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL);
+    const char *a[] = {"dicomfs", "projects/p/locations/l", "/m",
+                       "-ostaging=gs://b,credentials=k.json,cache_dir=c", NULL};
+    CHECK_EQ_INT(parse(&o, err, a), 0);
+    char want[4200];
+    snprintf(want, sizeof want, "%s/k.json", cwd);
+    CHECK_EQ_STR(o.credentials, want);
+    snprintf(want, sizeof want, "%s/c", cwd);
+    CHECK_EQ_STR(o.cache_dir, want);
+    fs_options_free(&o);
+}
+
 TEST(empty_staging_prefix_default_export)
 {
     fs_options o;
@@ -303,6 +321,7 @@ int main(void)
 {
     RUN(location_defaults);
     RUN(dataset_source_and_all_options);
+    RUN(relative_paths_made_absolute);
     RUN(empty_staging_prefix_default_export);
     RUN(fstab_style);
     RUN(debug_passes_to_fuse);
