@@ -378,3 +378,35 @@ def test_import_full_cache_disk_gives_enospc(mount_factory, emulator, workdir):
         m.unmount()
     finally:
         subprocess.run(["umount", "-l", cache], capture_output=True)
+
+
+def set_faults(emu, **rates):
+    q = urllib.parse.urlencode(rates)
+    status, _, body = emu.request("POST", "/_emulator/faults?" + q, auth=False)
+    assert status == 200, body
+
+
+def test_import_killed_daemon_with_faults_loses_nothing(mount_factory, emulator, workdir):
+    """kill -9 while uploads run against a faulty server, remount: every file
+    whose cp succeeded is imported exactly once."""
+    src = os.path.join(workdir, "src")
+    uids = make_tree(src, studies=2, series=2, instances=5)
+    m = ImportMount(mount_factory(options=("commit_delay=1", "uploads=4")))
+    set_faults(emulator, fail_rate=0.3, reset_rate=0.05)
+    r = subprocess.run(["cp", "-r", src + "/.", m.import_dir()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m.m.proc.kill()  # SIGKILL by PID: no clean shutdown, uploads cut off
+    m.m.proc.wait()
+    m.m.stop()  # fusermount3 -u of the dead mount
+    # The fixture flags unclean exits; this one was on purpose.
+    assert m.m.exit_codes[-1] == -9
+    m.m.exit_codes.pop()
+    set_faults(emulator, fail_rate=0.1, reset_rate=0.02)
+    m.remount(commit_delay=1)
+    # From the journal: whatever is not imported yet is listed again.
+    assert set(listed_files(m.import_dir())) <= set(uids)
+    w = m.wait(timeout=180)
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    set_faults(emulator, fail_rate=0, reset_rate=0)
+    assert_all_imported_once(emulator, uids.values())
+    assert listed_files(m.import_dir()) == []
