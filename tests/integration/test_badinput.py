@@ -369,8 +369,7 @@ def _timed(fn, timeout):
     return out.get("r"), out.get("v")
 
 
-def test_malformed_server_responses(emulator, emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                                    record_property):
+def test_malformed_server_responses(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 30, studies=2)
     m = res_mounts(emulator, commit_delay=1)
@@ -409,30 +408,47 @@ def test_malformed_server_responses(emulator, emulator_factory, res_mounts, tmp_
     rest = list(files)[5:]
     loop = ru.CopyLoop(src, rest, m.import_dir)
     loop.run()
-    wrc, wout = m.wait(timeout=240)
+    # Under garbled answers: dicomfs wait and STORE/status (a wrong errno
+    # such as ENOENT for a store that exists is a finding).
+    wrc_faulty, _ = m.wait(timeout=240)
+    st_r, st_v = _timed(m.status, 30)
+    note(st_r)
     stats = ru.fault_totals(emulator.stats())
     ru.faults_off(emulator)
     alive = m.alive()
-    answers = _timed(lambda: os.listdir(m.dataset_dir), 30)[0]
+    # Clean answers again: the mount must answer (allowing for its caches to
+    # expire) and every accepted file must land.
+    t_off = time.monotonic()
+    recovered = ru.wait_until(lambda: _timed(m.status, 30)[0] == "ok", 90, interval=1)
+    recovery_s = round(time.monotonic() - t_off, 1)
+    wrc, wout = m.wait(timeout=240) if recovered else (None, "")
+    counts, failed_lines = m.status() if recovered else ({}, [])
     found = ru.try_check_exactly_once(emulator, [files[r] for r in first + loop.accepted],
-                                  allowed_uids=files.values())
+                                      allowed_uids=files.values())
     ru.record_figures("malformed-responses", record_property, outcomes=outcomes,
                       faults=stats, seconds=round(time.monotonic() - t0, 1),
-                      files=len(files), files_lost=ru.n_or_none(found["missing"]))
+                      files=len(files), files_lost=ru.n_or_none(found["missing"]),
+                      copies_failed=len(loop.failed), wait_rc_under_faults=wrc_faulty,
+                      recovery_seconds=recovery_s, wait_rc=wrc, status=counts,
+                      failed_sample=failed_lines[:3],
+                      copy_errors=sorted({f[2].strip()[-80:] for f in loop.failed})[:3])
     assert alive, "dicomfs died on malformed responses:\n" + m.log_tail()
     assert "HANG" not in outcomes, "a call hung on malformed responses: %r" % outcomes
-    assert answers == "ok", "dicomfs does not answer after the faults: %r" % answers
+    assert recovered, "dicomfs does not answer 90 s after the faults stopped:\n" + m.log_tail()
+    assert stats["malformed"] > 0, "no malformed responses were injected: %r" % stats
+    assert loop.failed == [], "cp failed while the server garbled responses: %r" % loop.failed[:3]
+    assert wrc == 0, "wait exited %r after the faults: %s\n%s" % (
+        wrc, wout[-1000:], m.log_tail())
+    ru.assert_store_ok(found, "accepted")
     unexpected = {k: v for k, v in outcomes.items()
                   if k not in ("ok", "EIO", "EAGAIN", "EPROTO", "EBADMSG", "ETIMEDOUT")}
     assert unexpected == {}, "malformed responses gave: %r" % outcomes
-    assert stats["malformed"] > 0, "no malformed responses were injected: %r" % stats
-    assert loop.failed == [], "cp failed while the server garbled responses: %r" % loop.failed[:3]
-    assert wrc == 0, "wait exited %r under malformed responses: %s\n%s" % (
-        wrc, wout[-1000:], m.log_tail())
-    ru.assert_store_ok(found, "accepted")
 
-    # Garbled from the very first answer: the mount must fail with a message,
-    # not hang or crash.
+
+
+def test_mount_against_a_garbling_server(emulator_factory, res_mounts, record_property):  # noqa: F811
+    """Every JSON answer garbled from the very first: the mount must fail
+    with a message, not hang or crash."""
     emu2 = emulator_factory("--malformed-rate", "1.0")
     m2 = res_mounts(emu2, start=False)
     t1 = time.monotonic()
@@ -447,4 +463,6 @@ def test_malformed_server_responses(emulator, emulator_factory, res_mounts, tmp_
         assert m2.rc not in (None, 0) and m2.rc > 0, \
             "dicomfs died by a signal (%r) on garbled responses:\n%s" % (m2.rc, msg)
         assert "dicomfs:" in msg, msg
+    ru.record_figures("mount-garbling-server", record_property, mounted=ok, rc=m2.rc,
+                      seconds=round(took, 1))
     assert took < 120
