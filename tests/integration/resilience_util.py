@@ -169,13 +169,16 @@ def make_tree(root, n_files, studies=4, series_per_study=3, rows=8, cols=8, pref
 
 def _request(emu, method, path, body=None, headers=None, timeout=30):
     """emu.request with retries for transport errors (faults may be on)."""
+    import http.client
     last = None
-    for _ in range(30):
+    for _ in range(60):
         try:
             return emu.request(method, path, body=body, headers=headers, timeout=timeout)
-        except (urllib.error.URLError, ConnectionError, OSError) as e:
-            last = e
-            time.sleep(0.3)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            last = e  # a reset or a cut body (--reset-rate): ask again
+        except RuntimeError as e:
+            last = e  # the test's own token exchange hit an injected fault
+        time.sleep(0.3)
     raise RuntimeError("request %s %s kept failing: %r" % (method, path, last))
 
 
