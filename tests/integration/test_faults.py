@@ -97,43 +97,69 @@ def run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files, stu
         figures.update(run_export_under_faults(emu, m, files))
     figures["faults_total"] = ru.fault_totals(emu.stats())
     ru.record_figures(suite, record_property, **figures)
+    if export_check:
+        bad = {k: v for k, v in figures["exports"].items() if v != "ok"}
+        assert bad == {}, "exports under faults: %r" % bad
     assert figures["faults_total"]["http429"] + figures["faults_total"]["http500"] + \
         figures["faults_total"]["http503"] > 0, "the emulator injected no faults: %r" % figures
     return figures
 
 
-def run_export_under_faults(emu, m, files):
-    """Writes a filter naming two studies into export/dicom/NAME, follows the
-    operation through STORE/operations/ID.json (every read must succeed), and
-    checks the exported objects in the bucket against the studies' instances."""
-    # The first two studies and their instances, from the source tree.
+def export_selections(files):
+    """Three filters from the source tree: two whole studies, one series, one
+    instance; each with the SOP Instance UIDs it selects."""
     study_uids = sorted(set(files.study.values()))[:2]
-    wanted = {sop for rel, sop in files.items() if files.study[rel] in study_uids}
+    rel0 = next(iter(files))
+    series = files.series[rel0]
+    return [
+        ("studies", "".join("/studies/%s\n" % u for u in study_uids),
+         {sop for rel, sop in files.items() if files.study[rel] in study_uids}),
+        ("series", "/studies/%s/series/%s\n" % (files.study[rel0], series),
+         {sop for rel, sop in files.items() if files.series[rel] == series}),
+        ("instance", "/studies/%s/series/%s/instances/%s\n" % (files.study[rel0], series,
+                                                               files[rel0]),
+         {files[rel0]}),
+    ]
 
+
+def run_export_under_faults(emu, m, files):
+    """For each selection: writes the filter into export/dicom/NAME (close()
+    must succeed), follows the new operation through STORE/operations/ID.json
+    (every read must succeed) until done without error, and compares the
+    exported objects in the bucket with the instances the filter selects."""
     ops_dir = os.path.join(m.store_dir, "operations")
-    before = set(os.listdir(ops_dir))
-    name = "faults-%d" % int(time.time())
-    filt = "".join("/studies/%s\n" % u for u in study_uids).encode()
-    e = ru.write_file(os.path.join(m.store_dir, "export", "dicom", name), filt)
-    assert e is None, "export filter write failed under faults: %r\n%s" % (e, m.log_tail())
-
-    new = []
-    assert ru.wait_until(lambda: len(set(os.listdir(ops_dir)) - before) > 0, 60), \
-        "no operation appeared in STORE/operations/ after the export started"
-    new = sorted(set(os.listdir(ops_dir)) - before)
+    results = {}
     reads = 0
-    op = None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        for fn in new:
-            op = read_json_file(os.path.join(ops_dir, fn))  # must not raise under faults
-            reads += 1
-        if op and all(read_json_file(os.path.join(ops_dir, fn)).get("done") for fn in new):
-            break
-        time.sleep(0.5)
-    ops = [read_json_file(os.path.join(ops_dir, fn)) for fn in new]
-    assert all(o.get("done") for o in ops), "export not done in time: %r" % ops
-    assert all("error" not in o for o in ops), "export failed: %r" % ops
+    stamp = int(time.time())
+    for kind, filt, wanted in export_selections(files):
+        name = "faults-%s-%d" % (kind, stamp)
+        before = set(os.listdir(ops_dir))
+        e = ru.write_file(os.path.join(m.store_dir, "export", "dicom", name), filt.encode())
+        if e is not None:
+            results[kind] = "close() failed: %s; log: %s" % (ru.errno_name(e), "\n".join(
+                ln for ln in m.log().splitlines() if "export/dicom/" + name in ln)[-600:])
+            continue
+        if not ru.wait_until(lambda: len(set(os.listdir(ops_dir)) - before) > 0, 60):
+            results[kind] = "no operation appeared in STORE/operations/"
+            continue
+        new = sorted(set(os.listdir(ops_dir)) - before)
+        ops = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            ops = [read_json_file(os.path.join(ops_dir, fn)) for fn in new]  # must not raise
+            reads += len(new)
+            if all(o.get("done") for o in ops):
+                break
+            time.sleep(0.5)
+        if not all(o.get("done") for o in ops) or any("error" in o for o in ops):
+            results[kind] = "operation not done or failed: %r" % ops
+            continue
+        exported = set()
+        for o in gcs_list(emu, ru.BUCKET, ""):
+            if "/dicom/%s/" % name in o and o.endswith(".dcm"):
+                exported.add(o.rsplit("/", 1)[1][:-len(".dcm")])
+        results[kind] = "ok" if exported == wanted else \
+            "exported %d instances, the filter selects %d" % (len(exported), len(wanted))
 
     # Dataset-level operations/ too: list and read every ID.json.
     ds_ops = os.path.join(m.dataset_dir, "operations")
@@ -141,16 +167,7 @@ def run_export_under_faults(emu, m, files):
         doc = read_json_file(os.path.join(ds_ops, fn))
         assert doc.get("name", "").endswith("/" + fn[:-len(".json")]), (fn, doc)
         reads += 1
-
-    # What export wrote, straight from the bucket.
-    objs = gcs_list(emu, ru.BUCKET, "")
-    exported = set()
-    for o in objs:
-        if "/dicom/%s/" % name in o and o.endswith(".dcm"):
-            exported.add(o.rsplit("/", 1)[1][:-len(".dcm")])
-    assert exported == wanted, "export wrote %d instances, the filter selects %d (missing %r)" % (
-        len(exported), len(wanted), sorted(wanted - exported)[:5])
-    return dict(exported=len(exported), operation_reads=reads)
+    return dict(exports=results, operation_reads=reads)
 
 
 def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path,  # noqa: F811
