@@ -184,3 +184,63 @@ def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path
                    journal_error_sample=journal_errors[:3],
                    edge_errors=sorted({f[2].strip().rsplit(": ", 1)[-1]
                                        for f in loop_edge.failed})))
+
+
+def test_close_durable_when_journal_hits_full_disk(emulator_factory, tmpfs_factory,  # noqa: F811
+                                                  res_mounts, tmp_path, record_property):
+    """The exact edge of a full cache disk: the spool file of a small file
+    still fits but the journal record that accepts it needs a new page. Then
+    close() must fail (ENOSPC), or, if it returned 0, the file must survive a
+    SIGKILL (a successful close() means durable)."""
+    # Uploads refused for now: no journal writes in the background.
+    emu = emulator_factory("--fault-paths", "/upload/", "--fail-rate", "1.0")
+    fs = tmpfs_factory("8m")
+    cache = os.path.join(fs.dir, "cache")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 80, studies=1)
+    rels = list(files)
+    m = res_mounts(emu, cache_dir=cache, commit_delay=600, uploads=2)
+    log_path = os.path.join(cache, "journal", "log")
+    page = os.statvfs(fs.dir).f_frsize
+    accepted = []
+    deltas = []
+    target = None
+    for i, rel in enumerate(rels[:-1]):
+        before = os.stat(log_path).st_size if os.path.exists(log_path) else 0
+        loop = ru.CopyLoop(src, [rel], m.import_dir)
+        loop.run()
+        assert loop.failed == [], loop.failed
+        accepted.append(rel)
+        after = os.stat(log_path).st_size
+        if after > before:
+            deltas.append(after - before)
+        # The next accept writes about max(deltas) bytes: stop when they
+        # would not fit in the log's last page.
+        if len(deltas) >= 3 and page - after % page < min(deltas[-3:]) and after % page:
+            target = rels[i + 1]
+            break
+    assert target, "the journal tail never got close to a page boundary: deltas=%r" % deltas[:10]
+    # Fill the disk, leaving exactly one free page (the small file's spool page).
+    filler = os.path.join(fs.dir, "filler")
+    st = os.statvfs(fs.dir)
+    free = st.f_bavail * st.f_frsize
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (free - page))
+    st = os.statvfs(fs.dir)
+    free_now = st.f_bavail * st.f_frsize
+    assert free_now == page, "could not leave exactly one page free: %d" % free_now
+    size = os.path.getsize(os.path.join(src, target))
+    assert size <= page
+    last = ru.CopyLoop(src, [target], m.import_dir)
+    last.run()
+    last_ok = last.accepted == [target]
+    journal_errors = [ln for ln in m.log().splitlines() if "cannot record in the journal" in ln]
+    m.kill9()
+    os.unlink(filler)
+    ru.set_faults(emu, fail_rate=0)
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount failed:\n" + msg
+    all_accepted = accepted + ([target] if last_ok else [])
+    check_all(emu, m, files, all_accepted, "journal-full-at-accept", record_property,
+              dict(last_copy="accepted" if last_ok else "refused: " + last.failed[0][2].strip(),
+                   journal_errors=len(journal_errors), log_deltas=deltas[-3:]))
