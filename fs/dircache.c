@@ -71,6 +71,12 @@ void dircache_list_init(dircache_list *l)
 
 int dircache_list_add(dircache_list *l, const char *name, bool is_dir, uint64_t size)
 {
+    return dircache_list_add_mtime(l, name, is_dir, size, 0);
+}
+
+int dircache_list_add_mtime(dircache_list *l, const char *name, bool is_dir, uint64_t size,
+                            int64_t mtime)
+{
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 32;
         dircache_entry *v = realloc(l->v, cap * sizeof *v);
@@ -82,7 +88,7 @@ int dircache_list_add(dircache_list *l, const char *name, bool is_dir, uint64_t 
     char *dup = strdup(name);
     if (!dup)
         return -1;
-    l->v[l->n++] = (dircache_entry){dup, is_dir, size};
+    l->v[l->n++] = (dircache_entry){dup, is_dir, size, mtime};
     return 0;
 }
 
@@ -193,6 +199,12 @@ static centry *bsearch_name(listing *l, const char *name)
 void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir, uint64_t size,
                       double ttl_s)
 {
+    dircache_put_one_mtime(c, key, name, is_dir, size, 0, ttl_s);
+}
+
+void dircache_put_one_mtime(dircache *c, const char *key, const char *name, bool is_dir,
+                            uint64_t size, int64_t mtime, double ttl_s)
+{
     double now = now_s();
     pthread_mutex_lock(&c->lock);
     listing *l = get_or_add(c, key);
@@ -200,6 +212,7 @@ void dircache_put_one(dircache *c, const char *key, const char *name, bool is_di
     if (e) {
         e->e.is_dir = is_dir;
         e->e.size = size;
+        e->e.mtime = mtime;
         e->expires = now + ttl_s;
     } else if (l) {
         char *dup = strdup(name);
@@ -212,7 +225,7 @@ void dircache_put_one(dircache *c, const char *key, const char *name, bool is_di
             }
         }
         if (dup && l->n < l->cap) {
-            l->v[l->n++] = (centry){{dup, is_dir, size}, now + ttl_s};
+            l->v[l->n++] = (centry){{dup, is_dir, size, mtime}, now + ttl_s};
             qsort(l->v, l->n, sizeof *l->v, cmp_centry);
         } else {
             free(dup);
@@ -223,6 +236,13 @@ void dircache_put_one(dircache *c, const char *key, const char *name, bool is_di
 
 int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir, uint64_t *size)
 {
+    int64_t mtime;
+    return dircache_lookup_mtime(c, key, name, is_dir, size, &mtime);
+}
+
+int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *is_dir,
+                          uint64_t *size, int64_t *mtime)
+{
     double now = now_s();
     int rc = -1;
     pthread_mutex_lock(&c->lock);
@@ -232,6 +252,7 @@ int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir
         if (e && (e->expires >= now || l->complete_until >= now)) {
             *is_dir = e->e.is_dir;
             *size = e->e.size;
+            *mtime = e->e.mtime;
             rc = 1;
         } else if (!e && l->complete_until >= now) {
             rc = 0;
@@ -251,7 +272,8 @@ int dircache_get(dircache *c, const char *key, dircache_list *out)
     if (l && l->complete_until >= now) {
         rc = 0;
         for (size_t i = 0; i < l->n; i++)
-            if (dircache_list_add(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size)) {
+            if (dircache_list_add_mtime(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size,
+                                        l->v[i].e.mtime)) {
                 rc = -1;
                 break;
             }

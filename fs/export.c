@@ -270,8 +270,8 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, e
     free(path);
     if (rc) {
         if (rc != -ENOENT)
-            log_error("export/%s/%s: cannot open the local record: %s", tp->format->dir, tp->name,
-                      strerror(-rc));
+            log_error("%s/%s/export/%s/%s: cannot open the local record: %s", tp->dataset,
+                      tp->store, tp->format->dir, tp->name, strerror(-rc));
         free(f->buf);
         free(f);
         return rc;
@@ -305,8 +305,8 @@ int export_write(export_file *f, const char *buf, size_t size, off_t off)
     if (off < 0)
         return -EINVAL;
     if ((uint64_t)off + size > EXPORT_MAX_FILTER) {
-        log_error("export/%s/%s: a filter is limited to %u bytes", f->tp.format->dir, f->tp.name,
-                  EXPORT_MAX_FILTER);
+        log_error("%s/%s/export/%s/%s: a filter is limited to %u bytes", f->tp.dataset, f->tp.store,
+                  f->tp.format->dir, f->tp.name, EXPORT_MAX_FILTER);
         return -EFBIG;
     }
     size_t end = (size_t)off + size;
@@ -392,20 +392,20 @@ static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out
                                "text/plain", NULL, &err);
         if (g != GCS_OK) {
             rc = fs_errno_gcs(g, &err);
-            log_error("export/%s/%s: uploading the filter to %s failed: %s", tp->format->dir,
-                      tp->name, filter_uri, err.message);
+            log_error("%s/%s/export/%s/%s: uploading the filter to %s failed: %s", tp->dataset,
+                      tp->store, tp->format->dir, tp->name, filter_uri, err.message);
             goto out;
         }
     }
     int h = hc_export(x->cl.hc, store, dest, tp->format->mime_type, filter_uri, op_out, &err);
     if (h != HC_OK) {
         rc = fs_errno_hc(h, &err);
-        log_error("export/%s/%s: starting the export of %s to %s failed: %s", tp->format->dir,
-                  tp->name, store, dest, err.message);
+        log_error("%s/%s/export/%s/%s: starting the export of %s to %s failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, store, dest, err.message);
         goto out;
     }
-    log_info("export/%s/%s: started %s (%s, %zu filter paths) to %s", tp->format->dir, tp->name,
-             *op_out, tp->format->mime_type, n_paths, dest);
+    log_info("%s/%s/export/%s/%s: started %s (%s, %zu filter paths) to %s", tp->dataset, tp->store,
+             tp->format->dir, tp->name, *op_out, tp->format->mime_type, n_paths, dest);
 out:
     free(store);
     free(prefix);
@@ -456,8 +456,8 @@ int export_flush(fs_ctx *x, export_file *f)
     memset(&ferr, 0, sizeof ferr);
     int p = filter_parse(f->buf ? f->buf : "", f->len, NULL, NULL, &n_paths, &ferr);
     if (p == FILTER_ERR_SYNTAX) {
-        log_error("export/%s/%s: line %zu, column %zu: %s", tp->format->dir, tp->name, ferr.line,
-                  ferr.column, ferr.message);
+        log_error("%s/%s/export/%s/%s: line %zu, column %zu: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, ferr.line, ferr.column, ferr.message);
         forget_unstarted(x, f);
         return -EINVAL;
     }
@@ -476,12 +476,12 @@ int export_flush(fs_ctx *x, export_file *f)
     snprintf(kind, sizeof kind, "export:%s/%s", tp->format->dir, tp->name);
     int j = store && x->journal ? journal_add_operation(x->journal, store, op, kind) : -ENOMEM;
     if (j)
-        log_error("export/%s/%s: recording %s in the journal failed: %s", tp->format->dir, tp->name,
-                  op, strerror(-j));
+        log_error("%s/%s/export/%s/%s: recording %s in the journal failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, op, strerror(-j));
     int s = save_record(x, f, op);
     if (s)
-        log_error("export/%s/%s: saving the filter in the cache failed: %s", tp->format->dir,
-                  tp->name, strerror(-s));
+        log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, strerror(-s));
     char *key = out_key(tp);
     if (key)
         dircache_invalidate(x->cache, key);
@@ -513,8 +513,8 @@ int export_unlink(fs_ctx *x, const tree_path *tp)
     if (key)
         dircache_invalidate(x->cache, key);
     free(key);
-    log_info("export/%s/%s: filter forgotten (exported objects are kept)", tp->format->dir,
-             tp->name);
+    log_info("%s/%s/export/%s/%s: filter forgotten (exported objects are kept)", tp->dataset,
+             tp->store, tp->format->dir, tp->name);
     return 0;
 }
 
@@ -551,15 +551,16 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
     int rc = hc_operation_get(x->cl.hc, op, &json, &len, &err);
     int result = 0;
     if (rc != HC_OK) {
-        log_error("export/%s/%s: checking %s failed: %s", tp->format->dir, tp->name, op,
-                  err.message);
+        log_error("%s/%s/export/%s/%s: checking %s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, op, err.message);
         result = fs_errno_hc(rc, &err);
     } else {
         hc_operation o;
         memset(&o, 0, sizeof o);
         if (hc_operation_parse(json, len, &o) == HC_OK && o.done) {
             if (o.has_error) {
-                log_error("export/%s/%s: %s failed: %s", tp->format->dir, tp->name, op,
+                log_error("%s/%s/export/%s/%s: %s failed: %s", tp->dataset, tp->store,
+                          tp->format->dir, tp->name, op,
                           o.error_message ? o.error_message : "(no message)");
             } else {
                 write_file(donef, "", 0);
@@ -674,8 +675,8 @@ static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list
     int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
     if (rc != GCS_OK) {
         int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
-        log_error("export/%s/%s.out: listing gs://%s/%s failed: %s", tp->format->dir, tp->name,
-                  x->opt->export_bucket, slashed, err.message);
+        log_error("%s/%s/export/%s/%s.out: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
         rc = e;
     }
     if (oc.n)
@@ -786,8 +787,8 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
     int fd = open(x->opt->cache_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = -errno;
-        log_error("export/%s/%s.out/%s: no temporary file in %s: %s", tp->format->dir, tp->name,
-                  tp->rest, x->opt->cache_dir, strerror(errno));
+        log_error("%s/%s/export/%s/%s.out/%s: no temporary file in %s: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, tp->rest, x->opt->cache_dir, strerror(errno));
         free(obj);
         return rc;
     }
@@ -796,8 +797,9 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
     int g = gcs_download_fd(x->cl.gcs, x->opt->export_bucket, obj, 0, 0, fd, 0, &written, &err);
     if (g != GCS_OK) {
         rc = fs_errno_gcs(g, &err);
-        log_error("export/%s/%s.out/%s: downloading gs://%s/%s failed: %s", tp->format->dir,
-                  tp->name, tp->rest, x->opt->export_bucket, obj, err.message);
+        log_error("%s/%s/export/%s/%s.out/%s: downloading gs://%s/%s failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, tp->rest, x->opt->export_bucket, obj,
+                  err.message);
         close(fd);
         free(obj);
         return rc;

@@ -10,11 +10,7 @@
 #include <unistd.h>
 
 #include "export.h"
-/* import.h has a URI pattern with a double star in a comment (-Wcomment). */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "import.h"
-#pragma GCC diagnostic pop
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
@@ -758,9 +754,12 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     fs_ctx *x = ctx();
     if (tp.kind != TREE_IMPORT && tp.kind != TREE_EXPORT_FILTER)
         return create_denied(path, &tp);
-    /* Editors' swap files and rsync's temporaries must not start exports. */
-    if (tp.kind == TREE_EXPORT_FILTER && tp.name[0] == '.')
-        return deny(path, "create: a filter name may not start with '.'", -EINVAL);
+    /* Editors' swap/backup files (.x.swp, x~, #x#) and rsync's temporaries
+     * (.x.XXXXXX) must not start exports. */
+    if (tp.kind == TREE_EXPORT_FILTER &&
+        (tp.name[0] == '.' || tp.name[0] == '#' || tp.name[strlen(tp.name) - 1] == '~'))
+        return deny(path, "create: a filter name may not start with '.' or '#' or end with '~'",
+                    -EINVAL);
     if (tp.kind == TREE_IMPORT && !*tp.rest)
         return -EISDIR;
     rc = store_exists(x, &tp);

@@ -410,10 +410,20 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    n->state = ST_FAILED;
     n->b = NULL;
+    if (!n->visible) {
+        /* Replaced by a rename while importing: no name left to unlink it
+         * by, so it is not kept as a failure (the log line stays). */
+        log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
+        n->state = ST_WITHDRAWN;
+        spool_remove(m->sp, n->id);
+        imp_node_journal(m, n);
+        up_enqueue(m, n);
+        return;
+    }
+    n->state = ST_FAILED;
     set_reason(n, msg);
-    log_error("import: %s/%s: failed: %s", n->st->name, n->path ? n->path : "(replaced)", msg);
+    log_error("import: %s/%s: failed: %s", n->st->name, n->path, msg);
     imp_node_journal(m, n);
     if (n->staged)
         up_enqueue(m, n); /* delete the staged object */

@@ -315,7 +315,7 @@ static int load_records(journal *j, int fd, const char *what, uint64_t start, ui
     size_t cap = 0;
     int rc = 0;
     for (;;) {
-        size_t got;
+        size_t got = 0;
         if ((rc = read_full(fd, hdr, 8, &got)) < 0)
             break;
         if (got == 0)
@@ -387,7 +387,7 @@ static int load(journal *j)
     int fd = openat(j->dirfd, "snapshot", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         char magic[8];
-        size_t got;
+        size_t got = 0;
         int rc = read_full(fd, magic, 8, &got);
         if (rc == 0 && (got != 8 || memcmp(magic, SNAP_MAGIC, 8) != 0)) {
             log_error("journal: %s/snapshot: not a dicomfs journal snapshot", j->dir);

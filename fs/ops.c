@@ -2,8 +2,10 @@
 #include "ops.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "journal.h"
 #include "log.h"
@@ -21,6 +23,41 @@ char *ops_file_content(const char *json, size_t len, size_t *out_len)
     s[len] = '\0';
     *out_len = len;
     return s;
+}
+
+/* RFC 3339 UTC time ("2026-01-02T03:04:05.678Z") to epoch seconds; 0 if unparseable. */
+static int64_t rfc3339_seconds(const char *s)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    return t == (time_t)-1 ? 0 : (int64_t)t;
+}
+
+/* The file's mtime: when the operation ended, else when it was created. */
+static int64_t op_mtime(const char *json, size_t len)
+{
+    hc_operation o;
+    memset(&o, 0, sizeof o);
+    int64_t t = 0;
+    if (hc_operation_parse(json, len, &o) == HC_OK)
+        t = rfc3339_seconds(o.end_time && *o.end_time ? o.end_time : o.create_time);
+    hc_operation_clear(&o);
+    return t;
+}
+
+static void op_stat(fs_ctx *x, struct stat *st, uint64_t size, int64_t mtime)
+{
+    fs_stat_file(x, st, 0444, (off_t)size);
+    if (mtime > 0) {
+        st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = (time_t)mtime;
+        st->st_mtim.tv_nsec = st->st_ctim.tv_nsec = st->st_atim.tv_nsec = 0;
+    }
 }
 
 static size_t content_size(const char *json)
@@ -44,7 +81,8 @@ static int list_cb(void *ctx, const char *name, const char *json)
     char file[TREE_NAME_MAX + 1];
     if (tree_op_file_name(name, file, sizeof file) != 0)
         return 0; /* an id too long for a file name: cannot be shown */
-    return dircache_list_add(&lc->l, file, false, content_size(json)) ? -ENOMEM : 0;
+    int64_t mtime = op_mtime(json, strlen(json));
+    return dircache_list_add_mtime(&lc->l, file, false, content_size(json), mtime) ? -ENOMEM : 0;
 }
 
 /* Fetches the dataset's operations into the cache. */
@@ -70,7 +108,8 @@ static int refresh_dataset(fs_ctx *x, const char *ds_id, const char *key)
 }
 
 /* Gets one operation and records its size. */
-static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, size_t *len)
+static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, size_t *len,
+                  int64_t *mtime)
 {
     char id[TREE_NAME_MAX + 1];
     if (tree_op_id_from_file(file, id, sizeof id) != 0)
@@ -94,12 +133,15 @@ static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, s
     free(op);
     size_t n = 0;
     char *content = ops_file_content(json, jlen, &n);
+    int64_t t = op_mtime(json, jlen);
+    if (mtime)
+        *mtime = t;
     free(json);
     if (!content)
         return -ENOMEM;
     char *key = ops_key(ds_id);
     if (key)
-        dircache_put_one(x->cache, key, file, false, n, FS_OP_TTL);
+        dircache_put_one_mtime(x->cache, key, file, false, n, t, FS_OP_TTL);
     free(key);
     if (data) {
         *data = content;
@@ -157,16 +199,17 @@ int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *
         return -ENOMEM;
     bool is_dir;
     uint64_t size = 0;
-    int found = dircache_lookup(x->cache, key, file, &is_dir, &size);
+    int64_t mtime = 0;
+    int found = dircache_lookup_mtime(x->cache, key, file, &is_dir, &size, &mtime);
     free(key);
     if (found != 1) {
         size_t n = 0;
-        int rc = get_op(x, ds_id, file, NULL, &n);
+        int rc = get_op(x, ds_id, file, NULL, &n, &mtime);
         if (rc)
             return rc;
         size = n;
     }
-    fs_stat_file(x, st, 0444, (off_t)size);
+    op_stat(x, st, size, mtime);
     return 0;
 }
 
@@ -178,41 +221,44 @@ int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char
         if (rc)
             return rc;
     }
-    return get_op(x, ds_id, file, data, len);
+    return get_op(x, ds_id, file, data, len, NULL);
 }
 
-struct store_fill {
-    fs_ctx *x;
-    const char *ds_id;
-    const char *key;
-    ops_fill_fn fill;
-    void *buf;
-    dircache_list seen;
-};
-
-static int store_fill_cb(void *ctx, const char *op_name, const char *kind)
+/* Collects the file names of a store's journaled operations (no network
+ * while the journal is being read). */
+static int collect_cb(void *ctx, const char *op_name, const char *kind)
 {
     (void)kind;
-    struct store_fill *sf = ctx;
+    dircache_list *names = ctx;
     char file[TREE_NAME_MAX + 1];
     if (tree_op_file_name(op_name, file, sizeof file) != 0)
         return 0;
-    for (size_t i = 0; i < sf->seen.n; i++) /* the journal may repeat an op */
-        if (strcmp(sf->seen.v[i].name, file) == 0)
+    for (size_t i = 0; i < names->n; i++) /* the journal may repeat an op */
+        if (strcmp(names->v[i].name, file) == 0)
             return 0;
-    if (dircache_list_add(&sf->seen, file, false, 0))
-        return -ENOMEM;
-    struct stat st;
-    bool is_dir;
-    uint64_t size = 0;
-    if (dircache_lookup(sf->x->cache, sf->key, file, &is_dir, &size) != 1) {
-        size_t n = 0;
-        if (get_op(sf->x, sf->ds_id, file, NULL, &n) != 0)
-            return 0; /* gone from the server (expired): not shown */
-        size = n;
+    return dircache_list_add(names, file, false, 0) ? -ENOMEM : 0;
+}
+
+static int fill_store_ops(fs_ctx *x, const char *ds_id, const char *key, const dircache_list *names,
+                          ops_fill_fn fill, void *buf)
+{
+    for (size_t i = 0; i < names->n; i++) {
+        const char *file = names->v[i].name;
+        bool is_dir;
+        uint64_t size = 0;
+        int64_t mtime = 0;
+        if (dircache_lookup_mtime(x->cache, key, file, &is_dir, &size, &mtime) != 1) {
+            size_t n = 0;
+            if (get_op(x, ds_id, file, NULL, &n, &mtime) != 0)
+                continue; /* gone from the server (expired): not shown */
+            size = n;
+        }
+        struct stat st;
+        op_stat(x, &st, size, mtime);
+        if (fill(buf, file, &st))
+            break;
     }
-    fs_stat_file(sf->x, &st, 0444, (off_t)size);
-    return sf->fill(sf->buf, file, &st) ? 1 : 0;
+    return 0;
 }
 
 int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn fill, void *buf)
@@ -234,7 +280,7 @@ int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn 
     if (!store_id) {
         for (size_t i = 0; i < l.n; i++) {
             struct stat st;
-            fs_stat_file(x, &st, 0444, (off_t)l.v[i].size);
+            op_stat(x, &st, l.v[i].size, l.v[i].mtime);
             if (fill(buf, l.v[i].name, &st))
                 break;
         }
@@ -248,17 +294,19 @@ int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn 
         free(key);
         return -ENOMEM;
     }
-    struct store_fill sf = {x, ds_id, key, fill, buf, {0}};
-    dircache_list_init(&sf.seen);
+    dircache_list names;
+    dircache_list_init(&names);
     if (x->journal) {
-        rc = journal_list_operations(x->journal, store, store_fill_cb, &sf);
+        rc = journal_list_operations(x->journal, store, collect_cb, &names);
         if (rc > 0)
             rc = 0;
         if (rc < 0)
             log_error("%s/%s/operations: reading the journal failed: %s", ds_id, store_id,
                       strerror(-rc));
     }
-    dircache_list_clear(&sf.seen);
+    if (rc == 0)
+        rc = fill_store_ops(x, ds_id, key, &names, fill, buf);
+    dircache_list_clear(&names);
     free(store);
     free(key);
     return rc;

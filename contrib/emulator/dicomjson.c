@@ -480,7 +480,7 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         goto bad;
     /* The meta group: explicit LE elements of group 0002. */
     while (r.pos + 4 <= len && u16(buf + r.pos, false) == 0x0002) {
-        uint32_t tag;
+        uint32_t tag = 0;
         read_tag(&r, len, &tag);
         if (parse_elem(&r, len, 0, out->meta, tag) < 0)
             goto bad;

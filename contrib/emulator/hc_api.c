@@ -730,14 +730,15 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
     in->size = len;
     in->attrs = cached_attrs(buf, len);
 
+    hc_store *first = NULL;
+    char *written = NULL; /* our file, removed again if we do not index it */
     for (int attempt = 0; attempt < 2; attempt++) {
         hc_lock();
         hc_store *s = hc_store_find(store_name);
-        if (!s) {
+        if (!s || (attempt == 1 && s != first)) {
             hc_unlock();
             snprintf(why, whylen, "DICOM store %s does not exist", store_name);
-            inst_free(in);
-            return HC_ADD_ERROR;
+            goto drop;
         }
         hc_inst *old = hc_inst_find(s, in->sop);
         if (old) {
@@ -745,19 +746,23 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
             hc_unlock();
             bool same = p && file_equals(p, buf, len);
             free(p);
-            inst_free(in);
             snprintf(why, whylen, "an instance with SOPInstanceUID %s already exists%s",
                      info.sop_instance_uid, same ? "" : " with different content");
+            if (written)
+                unlink(written);
+            free(written);
+            inst_free(in);
             return same ? HC_ADD_DUP_SAME : HC_ADD_DUP_DIFFERENT;
         }
         if (attempt == 0) {
+            first = s;
             in->file_no = s->next_file++;
-            char *p = hc_inst_path(s, in);
+            written = hc_inst_path(s, in);
             hc_unlock();
-            int wrc = p ? hc_write_atomic(p, buf, len) : -ENOMEM;
-            free(p);
+            int wrc = written ? hc_write_atomic(written, buf, len) : -ENOMEM;
             if (wrc < 0) {
                 snprintf(why, whylen, "cannot store the instance: %s", strerror(-wrc));
+                free(written);
                 inst_free(in);
                 return HC_ADD_ERROR;
             }
@@ -766,13 +771,17 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         if (inst_insert(s, in) < 0) {
             hc_unlock();
             snprintf(why, whylen, "out of memory");
-            inst_free(in);
-            return HC_ADD_ERROR;
+            goto drop;
         }
+        free(written);
         index_append(s, in, "add");
         hc_unlock();
         return HC_ADD_NEW;
     }
+drop:
+    if (written)
+        unlink(written);
+    free(written);
     inst_free(in);
     return HC_ADD_ERROR;
 }

@@ -697,6 +697,11 @@ int lro_load(void)
             continue;
         log_info("emulator: resuming operation %s (%s) after a restart", o->id, kind_name(o->kind));
         o->success = o->failure = o->pending = 0;
+        char *lp;
+        if (asprintf(&lp, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+            unlink(lp); /* the rerun logs every failure again */
+            free(lp);
+        }
         op_spawn(o);
     }
     pthread_mutex_unlock(&L.mu);

@@ -1140,6 +1140,7 @@ int emu_store_object_each(emu_ctx *ctx, const char *bucket_name, const char *pre
         bucket *b = find_bucket(s, bucket_name, NULL);
         if (!b) {
             pthread_mutex_unlock(&s->mu);
+            free(from);
             rc = EMU_STORE_NOBUCKET;
             break;
         }

@@ -75,14 +75,21 @@ def make_instance(path, study, series, sop, transfer_syntax=EXPLICIT_LE, rows=16
         arr = arr.astype(">u2" if big else "<u2")
     ds.PixelData = arr.tobytes()
     ds["PixelData"].VR = "OW" if bits == 16 else "OB"
-    implicit = transfer_syntax == IMPLICIT_LE
+    save_dataset(ds, path)
+    return ds
+
+
+def save_dataset(ds, path):
+    """Writes ds as Part 10 in the encoding its TransferSyntaxUID names."""
+    ts = ds.file_meta.TransferSyntaxUID
+    implicit = ts == IMPLICIT_LE
+    little = ts != EXPLICIT_BE
     try:
-        ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=not big)
+        ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
     except TypeError:  # pydicom < 3
         ds.is_implicit_VR = implicit
-        ds.is_little_endian = not big
+        ds.is_little_endian = little
         ds.save_as(path, write_like_original=False)
-    return ds
 
 
 def make_tree(directory, n_studies=1, n_series=1, n_instances=1, **kw):

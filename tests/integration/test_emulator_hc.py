@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -660,3 +661,147 @@ def test_large_instance_stow_and_retrieve(emulator, tmp):
     assert status == 200 and len(body) == len(data) and body == data
     status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop)
     assert body[0]["00280008"]["Value"] == [3] and body[0]["00280010"]["Value"] == [4096]
+
+
+def test_dataset_delete_removes_stores_ops_and_data(emulator, tmp):
+    stage_tree(emulator, tmp, "d", n_studies=1, n_series=1, n_instances=1)
+    op = import_files(emulator, "gs://staging/d/**")
+    status, body, _, _ = call(emulator, "POST", op["name"] + ":cancel", {})
+    assert status == 200  # cancelling a finished operation changes nothing
+    assert "error" not in wait_op(emulator, op["name"])
+    status, _, _, _ = call(emulator, "DELETE", DS)
+    assert status == 200
+    for path in (DS, STORE, op["name"], DS + "/operations"):
+        status, body, _, _ = call(emulator, "GET", path)
+        assert status == 404, path
+    assert not os.listdir(os.path.join(emulator.data_dir, "healthcare", "stores"))
+    # the id can be used again, empty
+    status, body, _, _ = call(emulator, "POST", LOC + "/datasets?datasetId=ds", {})
+    wait_op(emulator, body["name"])
+    status, body, _, _ = call(emulator, "POST", DS + "/dicomStores?dicomStoreId=store", {})
+    assert status == 200
+    status, body, _ = qido(emulator, "instances")
+    assert status == 200 and body == []
+
+
+def test_concurrent_stow_of_the_same_instances(emulator, tmp):
+    import concurrent.futures
+    tree = samples.make_tree(tmp, 1, 1, 5)
+    blobs = [read(t[3]) for t in tree]
+
+    def stow(blob):
+        status, _, _ = emulator.request("POST", "/v1/%s/studies" % WEB, body=blob,
+                                        headers={"Content-Type": "application/dicom"})
+        return status
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        statuses = list(ex.map(stow, blobs * 6))
+    assert statuses == [200] * 30
+    status, body, _ = qido(emulator, "instances")
+    assert sorted(i["00080018"]["Value"][0] for i in body) == sorted(t[2] for t in tree)
+    stores = os.path.join(emulator.data_dir, "healthcare", "stores")
+    files = [f for d in os.listdir(stores) for f in os.listdir(os.path.join(stores, d, "files"))]
+    assert len(files) == 5
+
+
+def _dataset_with_sequences(path, study, series, sop, transfer_syntax):
+    from pydicom.dataset import Dataset
+    ds = samples.make_instance(path, study, series, sop, transfer_syntax=transfer_syntax)
+    item = Dataset()
+    item.RequestedProcedureID = "RP1"
+    inner = Dataset()
+    inner.CodeValue = "C1"
+    inner.CodeMeaning = "nested meaning"
+    item.RequestedProcedureCodeSequence = [inner]
+    item2 = Dataset()
+    item2.RequestedProcedureID = "RP2"
+    ds.RequestAttributesSequence = [item, item2]
+    ds.add_new(0x00091010, "LO", "PRIVATE CREATOR")
+    ds.add_new(0x00091011, "LO", "private value")
+    ds.ImagePositionPatient = [1.5, -2, 3]
+    samples.save_dataset(ds, path)
+    return ds
+
+
+def test_transcode_sequences_and_metadata(emulator, tmp):
+    cases = {}
+    for key, ts in (("impl", samples.IMPLICIT_LE), ("be", samples.EXPLICIT_BE)):
+        study, series, sop = generate_uid(), generate_uid(), generate_uid()
+        p = os.path.join(tmp, key + ".dcm")
+        _dataset_with_sequences(p, study, series, sop, ts)
+        upload(emulator, "staging", "sq/%s.dcm" % key, read(p))
+        cases[key] = (study, series, sop, p)
+    assert import_files(emulator, "gs://staging/sq/*.dcm")["metadata"]["counter"] == \
+        {"success": "2"}
+    export(emulator, {"uriPrefix": "gs://staging/sqout",
+                      "mimeType": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"})
+    for key, (study, series, sop, p) in cases.items():
+        st, data = download(emulator, "staging", "sqout/%s/%s/%s.dcm" % (study, series, sop))
+        assert st == 200
+        out = pydicom.dcmread(io.BytesIO(data))
+        src = pydicom.dcmread(p)
+        assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        seq = out.RequestAttributesSequence
+        assert [i.RequestedProcedureID for i in seq] == ["RP1", "RP2"]
+        assert seq[0].RequestedProcedureCodeSequence[0].CodeMeaning == "nested meaning"
+        assert [float(v) for v in out.ImagePositionPatient] == [1.5, -2.0, 3.0]
+        if key == "impl":
+            assert out.PixelData == src.PixelData
+        assert (out.pixel_array == src.pixel_array).all()
+        if key == "be":
+            assert out[0x00091011].value in ("private value", b"private value")
+        # dcmtk reads it strictly, too
+        conv = os.path.join(tmp, key + ".ele.dcm")
+        with open(conv, "wb") as f:
+            f.write(data)
+        r = subprocess.run(["dcmdump", "-q", "+E", conv], capture_output=True, text=True)
+        assert r.returncode == 0 and "E:" not in r.stderr, r.stderr
+        assert "Little Endian Explicit" in r.stdout or "1.2.840.10008.1.2.1" in r.stdout
+
+    study, series, sop, _ = cases["impl"]
+    status, _, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s/metadata" % (WEB, study, series, sop))
+    meta = json.loads(body)[0]
+    assert meta["00400275"]["vr"] == "SQ"
+    assert len(meta["00400275"]["Value"]) == 2
+    assert meta["00200032"] == {"vr": "DS", "Value": [1.5, -2, 3]}
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "DOE^JANE"}]
+
+
+def test_hostile_inputs_get_clear_errors(emulator, tmp):
+    cases = [
+        ("POST", STORE + ":import", b"{not json"),
+        ("POST", STORE + ":import", b"[]"),
+        ("POST", STORE + ":import", b'{"gcsSource": "gs://x/y"}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": 5}}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": "gs:///x"}}'),
+        ("POST", STORE + ":import", b'{"gcsSource": {"uri": "gs://b/**/x*"}}'),
+        ("POST", STORE + ":export", b'{}'),
+        ("POST", STORE + ":export", b'{"gcsDestination": {"uriPrefix": "gs://b/x*"}}'),
+        ("POST", STORE + ":export", b'{"gcsDestination": {"uriPrefix": "gs://b",'
+                                    b' "mimeType": "application/dicom; transfer-syntax=9.9"}}'),
+        ("GET", DS + "/dicomStores?pageSize=-1", None),
+        ("GET", DS + "/dicomStores?pageToken=zz", None),
+        ("GET", DS + "/operations/notanumber", None),
+        ("POST", LOC + "/datasets?datasetId=" + "a" * 300, b"{}"),
+        ("POST", LOC + "/datasets", b"{}"),
+        ("GET", WEB + "/studies?limit=abc", None),
+        ("GET", WEB + "/studies?offset=1000001", None),
+        ("GET", WEB + "/studies?includefield=NoSuchKeyword", None),
+        ("GET", WEB + "/studies/1.2/series/3.4/instances/5.6/frames/0", None),
+        ("GET", "projects/p/locations/l/datasets/ds/dicomStores/store/nothing", None),
+    ]
+    for method, path, body in cases:
+        status, parsed, raw, _ = call(emulator, method, path, body=body)
+        assert 400 <= status < 500, (method, path, status, raw)
+        assert parsed and parsed["error"]["message"], (path, raw)
+    # STOW garbage: not DICOM, bad multipart, wrong content type
+    for ct, body in (("application/dicom", b"\0" * 200),
+                     ("application/dicom", b"\0" * 128 + b"DICM" + b"\xff" * 50),
+                     ("multipart/related; type=\"application/dicom\"; boundary=b", b"--b\r\nxx"),
+                     ("text/plain", b"hello")):
+        status, _, raw = emulator.request("POST", "/v1/%s/studies" % WEB, body=body,
+                                          headers={"Content-Type": ct})
+        assert status in (400, 409, 415), (ct, status, raw)
+    status, body, _ = qido(emulator, "instances")
+    assert status == 200 and body == []

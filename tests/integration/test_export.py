@@ -204,7 +204,7 @@ def test_odd_filter_names_refused(dicomfs_mount, hc_api):
     m = dicomfs_mount
     before = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
     d = m.path("ds", "store", "export", "dicom")
-    for name in (".hidden", "x.out"):
+    for name in (".hidden", "x.out", "backup~", "#autosave#"):
         with pytest.raises(OSError) as ei:
             write_filter(os.path.join(d, name), "")
         assert ei.value.errno == errno.EINVAL, name

@@ -410,3 +410,56 @@ def test_import_killed_daemon_with_faults_loses_nothing(mount_factory, emulator,
     set_faults(emulator, fail_rate=0, reset_rate=0)
     assert_all_imported_once(emulator, uids.values())
     assert listed_files(m.import_dir()) == []
+
+
+def test_import_hostile_file_names(mounts, emulator, workdir):
+    names = ["new\nline.dcm", "-leading-dash.dcm", "tab\there.dcm", "L" * 251 + ".dcm",
+             "\u00fcn\u00ef\u00e7\u00f8d\u00e9 \u540d\u524d.dcm", "semi;colon 'quote\".dcm"]
+    src = os.path.join(workdir, "src")
+    uids = {}
+    for i, n in enumerate(names):
+        uids[n] = write_instance(os.path.join(src, n), generate_uid(), generate_uid(), i)
+    m = mounts(commit_delay=1)
+    r = subprocess.run(["cp", "-r", src + "/.", m.import_dir()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(m.import_dir())) == sorted(names)
+    for n in names:
+        assert os.path.getsize(os.path.join(m.import_dir(), n)) == \
+            os.path.getsize(os.path.join(src, n))
+    # The cache holds random ids only, never the names.
+    spooled = os.listdir(os.path.join(m.cache_dir, "spool"))
+    assert len(spooled) == len(names)
+    assert all(len(f) == 32 and all(c in "0123456789abcdef" for c in f) for f in spooled)
+    w = m.wait()
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    assert_all_imported_once(emulator, uids.values())
+
+
+def test_import_overwrite_pending_file_revalidates(mounts, emulator, workdir):
+    a = os.path.join(workdir, "a.dcm")
+    b = os.path.join(workdir, "b.dcm")
+    uid_a = write_instance(a, generate_uid(), generate_uid(), 1)
+    uid_b = write_instance(b, generate_uid(), generate_uid(), 2)
+    m = mounts(commit_delay=3)
+    target = os.path.join(m.import_dir(), "x.dcm")
+    assert subprocess.run(["cp", a, target]).returncode == 0
+    time.sleep(1)  # let the first version upload
+    r = subprocess.run(["cp", b, target], capture_output=True, text=True)  # O_TRUNC rewrite
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(target) == os.path.getsize(b)
+    with open(target, "rb") as f1, open(b, "rb") as f2:
+        assert f1.read() == f2.read()
+    # A rewrite with junk fails close() and the name goes away.
+    junk = os.path.join(workdir, "junk.dcm")
+    with open(junk, "wb") as f:
+        f.write(b"\0" * 500)
+    assert subprocess.run(["cp", a, os.path.join(m.import_dir(), "y.dcm")]).returncode == 0
+    r = subprocess.run(["cp", junk, os.path.join(m.import_dir(), "y.dcm")], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr, r.stderr
+    assert os.listdir(m.import_dir()) == ["x.dcm"]
+    w = m.wait()
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    got = store_uids(emulator)
+    assert got[uid_b] == 1
+    assert got[uid_a] == 0  # neither the overwritten nor the withdrawn copy

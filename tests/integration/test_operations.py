@@ -43,6 +43,11 @@ def test_operation_shows_up(dicomfs_mount, hc_api, started_op):
     assert data == want
     assert parsed == json.loads(api_raw)
     assert os.stat(path).st_size == len(data)
+    # mtime: when the operation ended
+    import calendar
+    end = parsed["metadata"]["endTime"]
+    want = calendar.timegm(time.strptime(end[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert int(os.stat(path).st_mtime) == want
 
 
 def test_stat_size_matches_cat_while_running(dicomfs_mount, hc_api, started_op):
@@ -53,6 +58,7 @@ def test_stat_size_matches_cat_while_running(dicomfs_mount, hc_api, started_op):
     for _ in range(5):
         size = os.stat(path).st_size
         data = read(path)
+        assert size == len(data), (size, len(data))
         assert size == len(data) or json.loads(data)["done"], (size, len(data))
         json.loads(data)
         time.sleep(0.3)
@@ -124,3 +130,25 @@ def test_ls_l_of_many_operations_costs_one_listing(dicomfs_mount, hc_api, emulat
     assert {o.rsplit("/", 1)[1] for o in ops} <= {n[:-5] for n in names}
     # operations.list with 100 per page: 2 requests, not one get per file
     assert after - before <= 4, (before, after)
+
+
+def test_store_operations_survive_remount(dicomfs_mount, hc_api, started_op):
+    # The store's own operations come from the local journal, so they are
+    # still listed (and readable) after an unmount and a remount.
+    ds, store, _ = started_op
+    m = dicomfs_mount
+    ds_id, st_id = ds.rsplit("/", 1)[1], store.rsplit("/", 1)[1]
+    ops_dir = m.path(ds_id, st_id, "operations")
+    with open(m.path(ds_id, st_id, "export", "dicom", "everything"), "w"):
+        pass  # an empty filter: export the whole store
+    deadline = time.time() + 30
+    while not os.listdir(ops_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    before = sorted(os.listdir(ops_dir))
+    assert len(before) == 1 and before[0].endswith(".json")
+    op_name = json.loads(read(os.path.join(ops_dir, before[0])))["name"]
+    hc_api.wait_operation(op_name)
+    m.remount()
+    assert sorted(os.listdir(ops_dir)) == before
+    after = json.loads(read(os.path.join(ops_dir, before[0])))
+    assert after["name"] == op_name and after["done"] is True

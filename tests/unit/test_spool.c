@@ -1013,6 +1013,64 @@ TEST(uploader_unlink_after_upload_deletes_staged_object)
     remote_stop(&r);
 }
 
+typedef struct stress_arg {
+    env *e;
+    int id;
+    int fails;
+} stress_arg;
+
+static void *stress_writer(void *arg)
+{
+    stress_arg *a = arg;
+    char name[64], dir[32];
+    snprintf(dir, sizeof dir, "t%d", a->id);
+    if (import_mkdir(a->e->m, STORE, dir, 0755) != 0)
+        a->fails++;
+    for (int i = 0; i < 25; i++) {
+        snprintf(name, sizeof name, "t%d/.f%d.tmp", a->id, i);
+        if (put_valid(a->e, name, i % 2 ? valid1 : valid2) != 0)
+            a->fails++;
+        char final[64];
+        snprintf(final, sizeof final, "t%d/f%d.dcm", a->id, i);
+        if (import_rename(a->e->m, STORE, name, final, 0) != 0)
+            a->fails++;
+        if (i % 5 == 0 && import_unlink(a->e->m, STORE, final) != 0)
+            a->fails++; /* withdrawn: pending, so never EBUSY this early */
+    }
+    return NULL;
+}
+
+TEST(uploader_concurrent_writers)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.3), 0);
+    if (!e.m)
+        return;
+    pthread_t th[6];
+    stress_arg args[6];
+    for (int i = 0; i < 6; i++) {
+        args[i] = (stress_arg){&e, i, 0};
+        pthread_create(&th[i], NULL, stress_writer, &args[i]);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(args[i].fails, 0);
+    }
+    /* 6 x 25 files, 5 of each 25 withdrawn. */
+    CHECK(wait_for(&e, imported_n, 6 * 20));
+    CHECK_EQ_INT(counts(&e).failed, 0);
+    CHECK(r.f.imports >= 1);
+    names n = {0};
+    import_readdir(e.m, STORE, "t0", fill, &n);
+    CHECK_EQ_INT(n.n, 0);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
 TEST(uploader_resumes_after_restart)
 {
     env e;
@@ -1158,6 +1216,7 @@ int main(void)
     RUN(uploader_op_error_checks_each_file);
     RUN(uploader_unlink_after_upload_deletes_staged_object);
     RUN(uploader_resumes_after_restart);
+    RUN(uploader_concurrent_writers);
     RUN(wait_exit_codes);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
