@@ -120,12 +120,12 @@ def run_bad_filters(emulator, res_mounts, record_property=None, extra_cases=()):
     return len(cases)
 
 
-def test_bad_filters(emulator, res_mounts, record_property):  # noqa: F811
-    n = run_bad_filters(emulator, res_mounts, record_property)
+def test_bad_filters(emulator, res_mounts):  # noqa: F811
+    n = run_bad_filters(emulator, res_mounts, None)
     assert n >= 50
 
 
-def test_bad_import_files(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_bad_import_files(emulator, res_mounts, tmp_path):  # noqa: F811
     src = str(tmp_path / "src")
     good = ru.make_tree(src, 2, studies=1)
     good_rel = list(good)
@@ -160,7 +160,7 @@ def test_bad_import_files(emulator, res_mounts, tmp_path, record_property):  # n
     assert e is None, "a valid file was refused: %r\n%s" % (e, m.log_tail())
     wrc, wout = m.wait(timeout=120)
     found = ru.try_check_exactly_once(emulator, [good[good_rel[0]]])
-    ru.record_figures("bad-import-files", record_property, bad_inputs=len(cases),
+    ru.record_figures("bad-import-files", None, bad_inputs=len(cases),
                       wrong_errno=len(wrong), files_lost=ru.n_or_none(found["missing"]))
     assert wrong == [], "%d of %d bad files did not fail close() with EINVAL: %r" % (
         len(wrong), len(cases), wrong)
@@ -172,7 +172,7 @@ def test_bad_import_files(emulator, res_mounts, tmp_path, record_property):  # n
     assert m.alive()
 
 
-def test_odd_names(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_odd_names(emulator, res_mounts, tmp_path):  # noqa: F811
     src = str(tmp_path / "src")
     names = [
         "with space.dcm",
@@ -235,7 +235,7 @@ def test_odd_names(emulator, res_mounts, tmp_path, record_property):  # noqa: F8
             if any(n == name or name in n for name in names if len(name) > 4):
                 on_disk.append(n)
     bad_dotdot = [d for d in dotdot if d[1] not in ("EPERM", "EACCES", "EROFS")]
-    ru.record_figures("odd-names", record_property, bad_inputs=len(names) + 2 + len(dotdot),
+    ru.record_figures("odd-names", None, bad_inputs=len(names) + 2 + len(dotdot),
                       refused_valid_names=len(refused), files_lost=ru.n_or_none(found["missing"]))
     assert refused == [], "valid names refused: %r" % refused
     assert set(names) <= listing, "names not listed as written: %r" % (set(names) - listing,)
@@ -253,8 +253,7 @@ def test_odd_names(emulator, res_mounts, tmp_path, record_property):  # noqa: F8
         os.listdir(m.import_dir),)
 
 
-def test_truncated_data_set_is_refused(emulator, res_mounts, tmp_path,  # noqa: F811
-                                       record_property):
+def test_truncated_data_set_is_refused(emulator, res_mounts, tmp_path):
     """A file cut short inside its data set (the header and UIDs intact, the
     last element shorter than its length says): an interrupted copy at the
     source. Accepting it would only move the failure to the server's import,
@@ -268,7 +267,7 @@ def test_truncated_data_set_is_refused(emulator, res_mounts, tmp_path,  # noqa: 
     for cut in (1, 100, 2000):
         e = ru.write_file(os.path.join(m.import_dir, "short%d.dcm" % cut), valid[:-cut])
         results.append((cut, ru.errno_name(e)))
-    ru.record_figures("truncated-data-set", record_property, bad_inputs=len(results),
+    ru.record_figures("truncated-data-set", None, bad_inputs=len(results),
                       results=results)
     assert all(r == "EINVAL" for _, r in results), \
         "files cut short inside the data set were accepted: %r" % results
@@ -277,8 +276,7 @@ def test_truncated_data_set_is_refused(emulator, res_mounts, tmp_path,  # noqa: 
 READONLY_ERRNOS = (errno.EROFS, errno.EPERM, errno.EACCES)
 
 
-def test_writes_where_writing_makes_no_sense(emulator, res_mounts, tmp_path,  # noqa: F811
-                                             record_property):
+def test_writes_where_writing_makes_no_sense(emulator, res_mounts, tmp_path):
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 1, studies=1)
     m = res_mounts(emulator)
@@ -341,7 +339,7 @@ def test_writes_where_writing_makes_no_sense(emulator, res_mounts, tmp_path,  # 
     after = {d: sorted(os.listdir(d)) for d in listings}
     with open(op_file, "rb") as f:
         op_after = json.loads(f.read())
-    ru.record_figures("readonly-places", record_property, bad_inputs=len(cases),
+    ru.record_figures("readonly-places", None, bad_inputs=len(cases),
                       wrong_errno=len(wrong))
     assert wrong == [], "writes that should fail with EROFS/EPERM/EACCES: %r" % wrong
     assert after == listings, "a refused write changed a listing: %r -> %r" % (listings, after)
@@ -369,7 +367,7 @@ def _timed(fn, timeout):
     return out.get("r"), out.get("v")
 
 
-def test_malformed_server_responses(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_malformed_server_responses(emulator, res_mounts, tmp_path):  # noqa: F811
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 30, studies=2)
     m = res_mounts(emulator, commit_delay=1)
@@ -425,7 +423,7 @@ def test_malformed_server_responses(emulator, res_mounts, tmp_path, record_prope
     counts, failed_lines = m.status() if recovered else ({}, [])
     found = ru.try_check_exactly_once(emulator, [files[r] for r in first + loop.accepted],
                                       allowed_uids=files.values())
-    ru.record_figures("malformed-responses", record_property, outcomes=outcomes,
+    ru.record_figures("malformed-responses", None, outcomes=outcomes,
                       faults=stats, seconds=round(time.monotonic() - t0, 1),
                       files=len(files), files_lost=ru.n_or_none(found["missing"]),
                       copies_failed=len(loop.failed), wait_rc_under_faults=wrc_faulty,
@@ -446,7 +444,7 @@ def test_malformed_server_responses(emulator, res_mounts, tmp_path, record_prope
 
 
 
-def test_mount_against_a_garbling_server(emulator_factory, res_mounts, record_property):  # noqa: F811
+def test_mount_against_a_garbling_server(emulator_factory, res_mounts):  # noqa: F811
     """Every JSON answer garbled from the very first: the mount must fail
     with a message, not hang or crash."""
     emu2 = emulator_factory("--malformed-rate", "1.0")
@@ -463,6 +461,6 @@ def test_mount_against_a_garbling_server(emulator_factory, res_mounts, record_pr
         assert m2.rc not in (None, 0) and m2.rc > 0, \
             "dicomfs died by a signal (%r) on garbled responses:\n%s" % (m2.rc, msg)
         assert "dicomfs:" in msg, msg
-    ru.record_figures("mount-garbling-server", record_property, mounted=ok, rc=m2.rc,
+    ru.record_figures("mount-garbling-server", None, mounted=ok, rc=m2.rc,
                       seconds=round(took, 1))
     assert took < 120

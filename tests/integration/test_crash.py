@@ -79,11 +79,11 @@ def run_kill_during_cp(emulator, res_mounts, tmp_path, n_files, record_property=
                                                   recopy_busy=len(busy)))
 
 
-def test_kill_during_cp(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
-    run_kill_during_cp(emulator, res_mounts, tmp_path, 300, record_property)
+def test_kill_during_cp(emulator, res_mounts, tmp_path):  # noqa: F811
+    run_kill_during_cp(emulator, res_mounts, tmp_path, 300, None)
 
 
-def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path):  # noqa: F811
     # Slow uploads (latency on upload requests only) and a long quiet period:
     # the kill lands while some files are uploaded and others are not.
     emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
@@ -105,12 +105,11 @@ def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path, record_prop
     m.kill9()
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount after SIGKILL failed:\n" + msg
-    finish_and_check(emu, m, files, list(files), "crash-during-uploads", record_property,
+    finish_and_check(emu, m, files, list(files), "crash-during-uploads", None,
                      dict(status_at_kill=status_at_kill))
 
 
-def test_kill_during_import_operation(emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                                      record_property):
+def test_kill_during_import_operation(emulator_factory, res_mounts, tmp_path):
     emu = emulator_factory("--lro-delay", "8000")
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 120, studies=3)
@@ -134,7 +133,7 @@ def test_kill_during_import_operation(emulator_factory, res_mounts, tmp_path,  #
     assert ok, "remount after SIGKILL failed:\n" + msg
     # The operation started before the crash is still listed (journal).
     assert ops_before <= set(os.listdir(ops_dir)), (ops_before, os.listdir(ops_dir))
-    finish_and_check(emu, m, files, list(files), "crash-during-import", record_property,
+    finish_and_check(emu, m, files, list(files), "crash-during-import", None,
                      dict(status_at_kill=dict(seen), emulator_ops_at_kill=emu_ops_at_kill,
                           emulator_ops_after=len(ru.operations_list(emu))))
 
@@ -179,12 +178,12 @@ def run_kill_loop(emulator, res_mounts, tmp_path, rounds, per_round,  # noqa: F8
                                  torn_journal_tails=len(bad_tails)))
 
 
-def test_kill_loop_journal_loads(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_kill_loop_journal_loads(emulator, res_mounts, tmp_path):  # noqa: F811
     run_kill_loop(emulator, res_mounts, tmp_path, rounds=6, per_round=40,
-                  record_property=record_property)
+                  record_property=None)
 
 
-def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path):  # noqa: F811
     """What a kill in the middle of a journal append leaves: a partial record
     at the end of cache_dir/journal/log (see fs/journal.c). Made here on
     purpose, after a SIGKILL, in three shapes: a short header, a record whose
@@ -217,5 +216,5 @@ def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path, record_property
         ok, msg = m.try_start(commit_delay=600 if i < len(tails) - 1 else 1)
         assert ok, "the journal with a torn tail (%s) did not load:\n%s" % (label, msg)
     kept = [f for f in os.listdir(os.path.dirname(log_path)) if f.startswith("log.bad")]
-    finish_and_check(emulator, m, files, accepted, "torn-journal-tail", record_property,
+    finish_and_check(emulator, m, files, accepted, "torn-journal-tail", None,
                      dict(torn_tails=len(tails), bad_tails_kept=len(kept)))

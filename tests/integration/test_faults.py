@@ -170,7 +170,6 @@ def run_export_under_faults(emu, m, files):
     return dict(exports=results, operation_reads=reads)
 
 
-def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                                        record_property):
+def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path):
     run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files=300, studies=5,
-                            record_property=record_property)
+                            record_property=None)

@@ -32,8 +32,7 @@ def check_all(emu, m, files, accepted, suite, record_property, extra, wait_timeo
     return figures
 
 
-def test_emulator_restart_during_uploads(emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                                         record_property):
+def test_emulator_restart_during_uploads(emulator_factory, res_mounts, tmp_path):
     emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 200, studies=4)
@@ -51,12 +50,12 @@ def test_emulator_restart_during_uploads(emulator_factory, res_mounts, tmp_path,
     at_restart = dict(seen)
     stats_before = ru.fault_totals(emu.stats())
     emu.restart()
-    check_all(emu, m, files, list(files), "restart-during-uploads", record_property,
+    check_all(emu, m, files, list(files), "restart-during-uploads", None,
               dict(status_at_restart=at_restart, emulator_before_restart=stats_before))
 
 
 def test_emulator_restart_during_import_operation(emulator_factory, res_mounts,  # noqa: F811
-                                                  tmp_path, record_property):
+                                                  tmp_path):
     emu = emulator_factory("--lro-delay", "6000")
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 120, studies=3)
@@ -75,7 +74,7 @@ def test_emulator_restart_during_import_operation(emulator_factory, res_mounts, 
     assert ru.wait_until(importing, 120), "no import started: %r\n%s" % (seen, m.log_tail())
     ops_at_restart = len(ru.operations_list(emu))
     emu.restart()
-    check_all(emu, m, files, list(files), "restart-during-import", record_property,
+    check_all(emu, m, files, list(files), "restart-during-import", None,
               dict(status_at_restart=dict(seen), emulator_ops_at_restart=ops_at_restart,
                    emulator_ops_after=len(ru.operations_list(emu))))
 
@@ -110,13 +109,11 @@ def run_short_tokens(emulator_factory, res_mounts, tmp_path, seconds,  # noqa: F
     return figures
 
 
-def test_short_token_lifetime(emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                              record_property):
-    run_short_tokens(emulator_factory, res_mounts, tmp_path, 20, record_property)
+def test_short_token_lifetime(emulator_factory, res_mounts, tmp_path):
+    run_short_tokens(emulator_factory, res_mounts, tmp_path, 20, None)
 
 
-def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa: F811
-                         record_property):
+def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path):
     fs = tmpfs_factory("8m")
     cache = os.path.join(fs.dir, "cache")
     src = str(tmp_path / "src")
@@ -133,7 +130,7 @@ def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa:
     assert other == [], "cp failed for another reason than ENOSPC: %r" % other[:3]
     assert m.alive(), "dicomfs died on a full cache disk:\n" + m.log_tail()
 
-    figures = check_all(emulator, m, files, loop.accepted, "full-cache-disk", record_property,
+    figures = check_all(emulator, m, files, loop.accepted, "full-cache-disk", None,
                         dict(enospc_copies=len(enospc), tmpfs="8m"))
     # Once imported, the space is free again: the files that did not fit go in now.
     rest = [r for r in files if r not in set(loop.accepted)]
@@ -142,13 +139,12 @@ def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa:
     assert loop2.failed == [], "copies still fail after the imports freed the cache: %r" % (
         loop2.failed[:3],)
     check_all(emulator, m, files, loop.accepted + loop2.accepted, "full-cache-disk-recovered",
-              record_property, dict(recopied=len(loop2.accepted)))
+              None, dict(recopied=len(loop2.accepted)))
     assert figures["files_lost"] == 0
     m.unmount()
 
 
-def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path,  # noqa: F811
-                                   record_property):
+def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path):
     """A full cache disk, then SIGKILL before anything was imported: a
     close() that returned 0 at the edge of a full disk must still have been
     durable (spool file and journal record), so the remount imports every
@@ -177,7 +173,7 @@ def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path
     all_files.update(files)
     all_files.update(edge)
     check_all(emulator, m, all_files, loop.accepted + loop_edge.accepted,
-              "full-cache-disk-then-kill", record_property,
+              "full-cache-disk-then-kill", None,
               dict(enospc_copies=len(enospc), edge_accepted=len(loop_edge.accepted),
                    edge_refused=len(loop_edge.failed),
                    journal_errors_before_kill=len(journal_errors),
@@ -187,7 +183,7 @@ def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path
 
 
 def test_close_durable_when_journal_hits_full_disk(emulator_factory, tmpfs_factory,  # noqa: F811
-                                                  res_mounts, tmp_path, record_property):
+                                                  res_mounts, tmp_path):
     """The exact edge of a full cache disk: the spool file of a small file
     still fits but the journal record that accepts it needs a new page. Then
     close() must fail (ENOSPC), or, if it returned 0, the file must survive a
@@ -241,6 +237,6 @@ def test_close_durable_when_journal_hits_full_disk(emulator_factory, tmpfs_facto
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount failed:\n" + msg
     all_accepted = accepted + ([target] if last_ok else [])
-    check_all(emu, m, files, all_accepted, "journal-full-at-accept", record_property,
+    check_all(emu, m, files, all_accepted, "journal-full-at-accept", None,
               dict(last_copy="accepted" if last_ok else "refused: " + last.failed[0][2].strip(),
                    journal_errors=len(journal_errors), log_deltas=deltas[-3:]))

@@ -84,7 +84,7 @@ class SelfSignedTLSServer(threading.Thread):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def test_tls_verification_on(emulator, res_mounts, record_property):  # noqa: F811
+def test_tls_verification_on(emulator, res_mounts):  # noqa: F811
     srv = SelfSignedTLSServer()
     srv.start()
     try:
@@ -94,7 +94,7 @@ def test_tls_verification_on(emulator, res_mounts, record_property):  # noqa: F8
         mounted = ru.is_mounted(m.mnt)
         cert_lines = [ln for ln in m.log().splitlines()
                       if re.search(r"certificate", ln, re.I) and not ln.startswith("====")]
-        ru.record_figures("tls-verify", record_property, handshakes_ok=srv.handshakes_ok,
+        ru.record_figures("tls-verify", None, handshakes_ok=srv.handshakes_ok,
                           log_line=(cert_lines or [""])[0][:200],
                           handshakes_failed=srv.handshakes_failed, requests=srv.requests)
         assert not ok and not mounted, \
@@ -119,8 +119,7 @@ SECRET_PATTERNS = [
 ]
 
 
-def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path,  # noqa: F811
-                                 record_property):
+def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path):
     # Short tokens: several grants and refreshes happen during the run.
     emu = emulator_factory("--token-ttl", "5")
     src = str(tmp_path / "src")
@@ -155,7 +154,7 @@ def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path,  # noqa
         found.append(("the minted token", minted[:12]))
     leaked_key_lines = [ln for ln in key_lines if ln in log]
     n_lines = len(log.splitlines())
-    ru.record_figures("no-secrets-in-log", record_property, log_lines=n_lines,
+    ru.record_figures("no-secrets-in-log", None, log_lines=n_lines,
                       log_bytes=len(log), findings=len(found) + len(leaked_key_lines),
                       token_requests=grants)
     assert wrc == 0
@@ -167,7 +166,7 @@ def test_no_secrets_in_debug_log(emulator_factory, res_mounts, tmp_path,  # noqa
     assert leaked_key_lines == [], "%d lines of the private key in the log" % len(leaked_key_lines)
 
 
-def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path, record_property):  # noqa: F811
+def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path):  # noqa: F811
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 10, studies=1)
     # A cache dir that exists and is too open: dicomfs must make it private or refuse.
@@ -198,7 +197,7 @@ def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path, record_proper
     open_to_others = {p: oct(v) for p, v in modes.items() if v & 0o077}
     spool_modes = {v for p, v in modes.items()
                    if os.sep + "spool" + os.sep in p and os.path.isfile(p)}
-    ru.record_figures("cache-modes", record_property, cache_mode=oct(top),
+    ru.record_figures("cache-modes", None, cache_mode=oct(top),
                       spool_files=spool_files, entries=len(modes))
     assert top == 0o700, "cache_dir mode %s" % oct(top)
     assert spool_files >= len(files), "expected %d pending spool files, found %d: %r" % (
@@ -208,8 +207,7 @@ def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path, record_proper
     m.unmount()
 
 
-def test_warns_on_readable_credentials(emulator, res_mounts, tmp_path,  # noqa: F811
-                                       record_property):
+def test_warns_on_readable_credentials(emulator, res_mounts, tmp_path):
     creds = str(tmp_path / "key.json")
     shutil.copy(emulator.credentials, creds)
     os.chmod(creds, 0o600)
@@ -222,13 +220,13 @@ def test_warns_on_readable_credentials(emulator, res_mounts, tmp_path,  # noqa: 
     log = m.log()
     warn = [ln for ln in log.splitlines() if creds in ln and re.search(
         r"(?i)others|group|mode|permission|readable", ln)]
-    ru.record_figures("credentials-warning", record_property, warning_lines=len(warn))
+    ru.record_figures("credentials-warning", None, warning_lines=len(warn))
     assert warn, "no warning for a credentials file with mode 0644:\n" + m.log_tail()
     assert not [ln for ln in private_log.splitlines() if creds in ln and re.search(
         r"(?i)accessible by|readable by", ln)], "a 0600 file drew the warning too"
 
 
-def test_no_allow_other_by_default(emulator, res_mounts, record_property):  # noqa: F811
+def test_no_allow_other_by_default(emulator, res_mounts):  # noqa: F811
     m = res_mounts(emulator)
     info = ru.mount_options(m.mnt)
     assert info is not None
@@ -236,7 +234,7 @@ def test_no_allow_other_by_default(emulator, res_mounts, record_property):  # no
     # Another user cannot even look at the mount.
     p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "ls",
                         m.mnt], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ru.record_figures("allow-other", record_property, fstype=fstype, options=",".join(opts),
+    ru.record_figures("allow-other", None, fstype=fstype, options=",".join(opts),
                       other_user_rc=p.returncode)
     assert fstype.startswith("fuse"), fstype
     assert "allow_other" not in opts, opts
@@ -271,7 +269,7 @@ def _listen_addrs(port):
     return out
 
 
-def test_emulator_binds_loopback_by_default(tmp_path, record_property):
+def test_emulator_binds_loopback_by_default(tmp_path):
     data = str(tmp_path / "data")
     proc = subprocess.Popen([ru.os.path.join(ru.build_dir(), "contrib", "emulator",
                                              "dicomfs-emulator"), "--data", data],
@@ -294,7 +292,7 @@ def test_emulator_binds_loopback_by_default(tmp_path, record_property):
         assert url, "emulator did not start: %r" % buf
         port = int(url.rsplit(":", 1)[1])
         addrs = _listen_addrs(port)
-        ru.record_figures("emulator-bind", record_property, url=url, listen=addrs)
+        ru.record_figures("emulator-bind", None, url=url, listen=addrs)
         assert url.startswith("http://127.0.0.1:"), url
         assert addrs == ["127.0.0.1"], "emulator listens on %r" % addrs
     finally:
