@@ -538,9 +538,52 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
 
 /* ---- operations ---------------------------------------------------------------- */
 
+static void sleep_ms(long ms);
+
+#define OP_GET_TRIES 4
+
+/* True if the body is a JSON object with a string "name": the least an
+ * operation must be before its bytes are handed on (STORE/operations/ID.json
+ * serves them as they are). */
+static bool op_body_valid(const char *json, size_t len)
+{
+    cJSON *j = json ? cJSON_ParseWithLength(json, len) : NULL;
+    bool ok = cJSON_IsObject(j) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "name"));
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* A GET is safe to repeat, so a garbled body is fetched again a few times
+ * (short backoff) before it counts as a protocol error. */
 int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, http_error *err)
 {
-    return get_resource(c, op_name, json, len, err);
+    http_error dummy;
+    err = err_or(err, &dummy);
+    size_t got = 0;
+    for (int attempt = 1;; attempt++) {
+        int rc = get_resource(c, op_name, json, len ? len : &got, err);
+        if (rc != HC_OK)
+            return rc;
+        size_t n = len ? *len : got;
+        if (op_body_valid(*json, n))
+            return HC_OK;
+        free(*json);
+        *json = NULL;
+        if (len)
+            *len = 0;
+        if (attempt >= OP_GET_TRIES) {
+            util_set_err(err, 200, "INTERNAL",
+                         "operation %s: malformed JSON from the server (%zu bytes, %d tries)",
+                         op_name, n, attempt);
+            log_error("healthcare: operation %s: malformed JSON from the server (%zu bytes, "
+                      "%d tries)",
+                      op_name, n, attempt);
+            return HC_ERR_PROTOCOL;
+        }
+        log_warn("healthcare: operation %s: malformed JSON from the server, fetching it again",
+                 op_name);
+        sleep_ms(100L * attempt);
+    }
 }
 
 int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
