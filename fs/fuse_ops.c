@@ -1201,6 +1201,35 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
     return deny(from, "rename: only files under import/ can be renamed", -EPERM);
 }
 
+/* ---- symlink, mknod, link: never possible. import/ holds DICOM files
+ * (regular files) only, and the rest of the tree is not writable, so these
+ * are refused with EPERM (not ENOSYS, which tools report as a bug). */
+
+static int op_symlink(const char *target, const char *path)
+{
+    (void)target;
+    return deny(path,
+                "cannot create a symbolic link (import/ holds DICOM files only; "
+                "the rest of the tree is not writable)",
+                -EPERM);
+}
+
+static int op_mknod(const char *path, mode_t mode, dev_t rdev)
+{
+    (void)rdev;
+    return deny(path,
+                S_ISREG(mode) ? "cannot create a file here"
+                              : "cannot create a special file (FIFO, socket or device node; "
+                                "import/ holds DICOM files only)",
+                -EPERM);
+}
+
+static int op_link(const char *from, const char *to)
+{
+    (void)from;
+    return deny(to, "cannot create a hard link (each file in import/ is one DICOM upload)", -EPERM);
+}
+
 static int op_statfs(const char *path, struct statvfs *sv)
 {
     (void)path;
@@ -1289,6 +1318,9 @@ static const struct fuse_operations operations = {
     .chmod = op_chmod,
     .chown = op_chown,
     .statfs = op_statfs,
+    .symlink = op_symlink,
+    .mknod = op_mknod,
+    .link = op_link,
     .init = op_init,
     .destroy = op_destroy,
 };
