@@ -245,7 +245,7 @@ static int skip_value(parser *p, const element *e, int depth, uint64_t *next);
 static int skip_item_dataset(parser *p, uint64_t off, encoding enc, int depth, uint64_t *next)
 {
     for (;;) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
@@ -273,7 +273,7 @@ static int skip_items(parser *p, uint64_t off, encoding enc, int depth, uint64_t
         return DICOM_ERR_MALFORMED;
     }
     for (;;) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
@@ -420,7 +420,7 @@ static int parse_meta(parser *p, dicom_info *out)
 static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom_info *out)
 {
     while (off < p->src->size) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
