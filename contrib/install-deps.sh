@@ -10,7 +10,7 @@ PACKAGES=(
   # emulator
   libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev
   # tests, demo and benchmarks: independent DICOM toolkits and real file tools
-  dcmtk python3 python3-pytest python3-pydicom python3-numpy python3-pil python3-matplotlib
+  dcmtk python3 python3-pytest python3-pydicom python3-numpy python3-pil python3-cryptography python3-matplotlib
   rsync curl rclone jq psmisc procps iproute2 util-linux ca-certificates
 )
 # Node.js (for the official Google client tests): Debian's, unless a node with

@@ -1,0 +1,219 @@
+/* emu_internal: what the emulator core modules (main, server, store,
+ * faults, gcs_api, oauth) share beyond the public contract in emu.h.
+ *
+ * The Healthcare modules only need emu.h; nothing here is part of their
+ * contract.
+ */
+#ifndef DICOMFS_EMU_INTERNAL_H
+#define DICOMFS_EMU_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "emu.h"
+
+/* ---- configuration (filled by main.c) ---- */
+typedef struct emu_fault_config {
+    uint64_t seed;
+    double fail_rate;      /* answered 429/500/503 before handling */
+    double reset_rate;     /* connection closed mid-request or mid-body */
+    double malformed_rate; /* JSON bodies truncated or garbled */
+    double partial_rate;   /* resumable chunks only partly persisted */
+    int latency_ms;        /* added to every faulted-path request */
+    char *paths;           /* only paths starting with this prefix; NULL = all */
+} emu_fault_config;
+
+/* Which part of the emulator a request went to (stats and auth). */
+enum emu_kind {
+    EMU_KIND_GCS,
+    EMU_KIND_UPLOAD,
+    EMU_KIND_DOWNLOAD,
+    EMU_KIND_TOKEN,
+    EMU_KIND_METADATA,
+    EMU_KIND_HC,
+    EMU_KIND_LOGS,
+    EMU_KIND_CONTROL,
+    EMU_KIND_OTHER,
+    EMU_KIND_COUNT,
+};
+
+typedef struct emu_stats {
+    atomic_ullong total;
+    atomic_ullong by_kind[EMU_KIND_COUNT];
+    atomic_ullong by_class[6]; /* 1xx..5xx, [0] = no response (reset) */
+    atomic_ullong fault_429, fault_500, fault_503;
+    atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
+    atomic_ullong unauthenticated;
+    atomic_ullong anonymous_upload_starts;
+} emu_stats;
+
+typedef struct emu_store emu_store;
+typedef struct emu_oauth emu_oauth;
+typedef struct emu_faults emu_faults;
+
+struct emu_ctx {
+    char *data_dir;
+    bool data_dir_is_temp;
+    char base_url[80];
+    char host[64];
+    int port;
+    int lro_delay_ms;
+    bool no_auth;
+    bool strict_auth; /* also refuse token-less resumable starts */
+    int token_ttl;
+    char *project; /* --project, default "emulator-project" */
+    atomic_bool shutting_down;
+    emu_stats stats;
+    emu_fault_config fault_cfg;
+    emu_faults *faults;
+    emu_store *store;
+    emu_oauth *oauth;
+};
+
+/* ---- server.c ---- */
+/* Serves on an already listening socket until emu_server_stop. */
+int emu_server_start(emu_ctx *ctx, int listen_fd);
+void emu_server_stop(emu_ctx *ctx);
+/* The request's connection-level kind as routed. */
+enum emu_kind emu_req_kind(const emu_request *r);
+/* For a body spooled to disk (above 64 MiB): hands its file over to the
+ * caller, who must rename or unlink it, with the MD5 and CRC32C of its
+ * bytes, computed while it arrived. False for bodies kept in memory. */
+bool emu_req_spool_take(const emu_request *r, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc);
+/* True if this request drew the partial-persistence fault (counted when
+ * asked); aux is randomness for how much to keep. */
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux);
+/* Status and whether a body was set (for handlers composing responses). */
+int emu_resp_status(const emu_response *w);
+
+/* ---- faults.c ---- */
+typedef struct emu_fault_plan {
+    int fail_status;  /* 0, 429, 500 or 503 */
+    bool reset;       /* close the connection */
+    bool reset_early; /* ... before handling (else after, mid-body) */
+    bool malformed;   /* garble a JSON body */
+    bool partial;     /* a resumable chunk keeps only some of its bytes */
+    int latency_ms;
+    uint32_t aux; /* extra randomness for where to cut or garble */
+} emu_fault_plan;
+
+emu_faults *emu_faults_new(const emu_fault_config *cfg);
+void emu_faults_free(emu_faults *f);
+/* Draws the plan for one request. Draws a fixed count of numbers per
+ * eligible request so that a sequence of requests gives the same plans for
+ * the same seed (concurrent requests may take their draws in any order). */
+void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out);
+/* Changes rates at run time (control path). Negative values keep the old. */
+void emu_faults_set(emu_faults *f, double fail, double reset, double partial, double malformed,
+                    int latency_ms);
+cJSON *emu_faults_json(emu_faults *f);
+
+/* ---- store.c ---- */
+enum {
+    EMU_STORE_OK = 0,
+    EMU_STORE_NOBUCKET = -1,
+    EMU_STORE_NOTFOUND = -2,
+    EMU_STORE_PRECOND = -3, /* ifGeneration... failed */
+    EMU_STORE_BADHASH = -4, /* md5/crc32c given by the client differs */
+    EMU_STORE_IO = -5,
+    EMU_STORE_EXISTS = -6,
+    EMU_STORE_INVALID = -7,
+};
+
+typedef struct emu_obj_info {
+    char *bucket;
+    char *name;
+    char *content_type;
+    int64_t generation;
+    int64_t metageneration;
+    uint64_t size;
+    char md5_b64[32];
+    char crc32c_b64[16];
+    int64_t created_us;
+    int64_t updated_us;
+    cJSON *metadata; /* object or NULL */
+} emu_obj_info;
+
+void emu_obj_info_clear(emu_obj_info *o);
+
+typedef struct emu_preconds {
+    bool has_gen_match, has_gen_not_match, has_meta_match, has_meta_not_match;
+    int64_t gen_match, gen_not_match, meta_match, meta_not_match;
+} emu_preconds;
+
+/* Returns EMU_STORE_OK or EMU_STORE_PRECOND for an existing object (NULL if none). */
+int emu_preconds_check(const emu_preconds *p, const emu_obj_info *existing);
+
+emu_store *emu_store_open(emu_ctx *ctx);
+void emu_store_close(emu_store *s);
+
+int emu_store_bucket_info(emu_ctx *ctx, const char *bucket, int64_t *created_us);
+/* EMU_STORE_EXISTS while it holds objects. */
+int emu_store_bucket_delete(emu_ctx *ctx, const char *bucket);
+/* Calls cb with bucket names in order. */
+int emu_store_bucket_each(emu_ctx *ctx, void (*cb)(void *, const char *, int64_t), void *cb_ctx);
+
+/* Object writes: begin, write bytes, commit. */
+typedef struct emu_writer emu_writer;
+emu_writer *emu_store_writer_new(emu_ctx *ctx);
+int emu_store_writer_write(emu_writer *w, const void *data, size_t len);
+/* Copies len bytes from fd (from its offset 0). */
+int emu_store_writer_write_fd(emu_writer *w, int fd, uint64_t len);
+uint64_t emu_store_writer_size(const emu_writer *w);
+/* Commits as bucket/name. want_md5/want_crc (base64) are checked when set.
+ * On success fills out (if not NULL). Frees the writer in every case. */
+int emu_store_writer_commit(emu_writer *w, const char *bucket, const char *name,
+                            const char *content_type, const cJSON *metadata,
+                            const emu_preconds *pre, const char *want_md5, const char *want_crc,
+                            emu_obj_info *out);
+void emu_store_writer_abort(emu_writer *w);
+/* A writer for a complete file under DATA whose hashes are known (a
+ * spooled request body): commit renames it into place without copying. */
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc);
+/* Commits an existing file under DATA (renamed into place, hashed first). */
+int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, const char *name,
+                          const char *content_type, const cJSON *metadata, const emu_preconds *pre,
+                          const char *want_md5, const char *want_crc, emu_obj_info *out);
+
+/* Looks up an object; fd (if not NULL) receives an open read fd. */
+int emu_store_object_get(emu_ctx *ctx, const char *bucket, const char *name,
+                         const emu_preconds *pre, emu_obj_info *out, int *fd);
+int emu_store_object_delete(emu_ctx *ctx, const char *bucket, const char *name,
+                            const emu_preconds *pre);
+
+/* Listing: calls cb for every object in the bucket with name >= start (and
+ * starting with prefix), in name order, until cb returns non-zero. */
+typedef int (*emu_store_obj_cb)(void *cb_ctx, const emu_obj_info *o);
+int emu_store_object_each(emu_ctx *ctx, const char *bucket, const char *prefix, const char *start,
+                          emu_store_obj_cb cb, void *cb_ctx);
+
+/* Base64 helpers shared by the core modules. */
+char *emu_b64_encode(const unsigned char *data, size_t len, bool url); /* malloc'ed */
+/* Returns decoded length or -1; accepts both alphabets, padding optional. */
+long emu_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outcap);
+uint32_t emu_crc32c(uint32_t crc, const void *data, size_t len);
+int64_t emu_now_us(void);
+void emu_rfc3339(int64_t us, char *buf, size_t len);
+/* mkdir -p with mode 0700. */
+int emu_mkdirs(const char *path);
+/* Random hex string of n bytes of entropy. */
+void emu_random_hex(char *out, size_t nbytes);
+
+/* ---- gcs_api.c ---- */
+void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
+/* True for resumable-session requests (the session URI is the credential). */
+bool emu_gcs_is_session_request(const emu_request *r);
+
+/* ---- oauth.c ---- */
+int emu_oauth_open(emu_ctx *ctx);
+void emu_oauth_close(emu_ctx *ctx);
+int emu_oauth_write_credentials(emu_ctx *ctx, const char *file);
+int emu_oauth_write_user_credentials(emu_ctx *ctx, const char *file);
+void emu_oauth_token_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
+void emu_oauth_metadata_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
+/* True if the Authorization header carries a live token. */
+bool emu_oauth_check_bearer(emu_ctx *ctx, const char *authorization);
+
+#endif

@@ -1,0 +1,436 @@
+/* dicomfs-emulator: an offline stand-in for the Google Cloud Healthcare API,
+ * Cloud Storage and OAuth2, for tests and demos.
+ *
+ * main owns the command line, start-up order (data dir, state, listening
+ * socket, credentials, pre-created resources), the two lines printed on
+ * stdout when ready, and a clean stop on SIGTERM/SIGINT.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "emu_internal.h"
+#include "log.h"
+
+#define MAX_BUCKETS 64
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dicomfs-emulator [options]\n"
+            "\n"
+            "Offline Google Cloud Healthcare API (v1, v1beta1), Cloud Storage JSON API and\n"
+            "OAuth2 token endpoint for tests and demos. Prints one 'export ...' line with the\n"
+            "environment clients need, then 'dicomfs-emulator ready on URL'.\n"
+            "\n"
+            "  --listen HOST:PORT        address (default 127.0.0.1:0 = a free port)\n"
+            "  --data DIR                state directory (default: a temp dir removed at exit)\n"
+            "  --project P --location L --dataset D --store S\n"
+            "                            pre-create a DICOM store (idempotent)\n"
+            "  --bucket B                pre-create a bucket (repeatable)\n"
+            "  --write-credentials FILE  write a service_account key (0600) whose token_uri\n"
+            "                            is this emulator\n"
+            "  --write-user-credentials FILE\n"
+            "                            write an authorized_user file (refresh-token grant)\n"
+            "  --no-auth                 accept API requests without a bearer token\n"
+            "  --strict-auth             also refuse resumable-upload starts that carry no\n"
+            "                            Authorization header (by default let through: the\n"
+            "                            Node storage client sends none to custom endpoints)\n"
+            "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
+            "  --lro-delay MS            minimum duration of long-running operations\n"
+            "  --seed N                  seed for fault injection (default 1)\n"
+            "  --fail-rate F             fraction answered 429 (Retry-After: 1), 500 or 503\n"
+            "  --reset-rate F            fraction whose connection is closed mid-request or\n"
+            "                            mid-response\n"
+            "  --partial-rate F          fraction of resumable chunks of which only a part\n"
+            "                            (a 256 KiB multiple, maybe none) is kept: 308 + Range\n"
+            "  --latency-ms N            delay added to each faulted request\n"
+            "  --malformed-rate F        fraction of JSON responses truncated or garbled\n"
+            "  --fault-paths P[,P...]    only paths starting with one of these prefixes get\n"
+            "                            faults (e.g. /upload/,/v1/)\n"
+            "  --verbose                 log each request (never tokens)\n"
+            "  --help                    this text\n"
+            "\n"
+            "Faults never touch /_emulator/ (GET /_emulator/stats: request and fault counters;\n"
+            "POST "
+            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=).\n"
+            "Draws are repeatable for a seed; concurrent requests may take them in any order.\n");
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_DATA,
+    OPT_PROJECT,
+    OPT_LOCATION,
+    OPT_DATASET,
+    OPT_STORE,
+    OPT_BUCKET,
+    OPT_CREDS,
+    OPT_USER_CREDS,
+    OPT_NO_AUTH,
+    OPT_STRICT_AUTH,
+    OPT_TTL,
+    OPT_LRO,
+    OPT_SEED,
+    OPT_FAIL,
+    OPT_RESET,
+    OPT_LATENCY,
+    OPT_MALFORMED,
+    OPT_PARTIAL,
+    OPT_FAULT_PATHS,
+    OPT_VERBOSE,
+    OPT_HELP,
+};
+
+typedef struct opts {
+    const char *listen;
+    const char *data;
+    const char *project, *location, *dataset, *store;
+    const char *buckets[MAX_BUCKETS];
+    int nbuckets;
+    const char *creds, *user_creds;
+    bool verbose;
+} opts;
+
+static int parse_rate(const char *name, const char *v, double *out)
+{
+    char *end;
+    double d = strtod(v, &end);
+    if (*end || d < 0 || d > 1) {
+        fprintf(stderr, "dicomfs-emulator: %s wants a fraction 0..1, got '%s'\n", name, v);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+static int parse_int(const char *name, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < lo || n > hi) {
+        fprintf(stderr, "dicomfs-emulator: %s wants an integer %ld..%ld, got '%s'\n", name, lo, hi,
+                v);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"data", required_argument, NULL, OPT_DATA},
+        {"project", required_argument, NULL, OPT_PROJECT},
+        {"location", required_argument, NULL, OPT_LOCATION},
+        {"dataset", required_argument, NULL, OPT_DATASET},
+        {"store", required_argument, NULL, OPT_STORE},
+        {"bucket", required_argument, NULL, OPT_BUCKET},
+        {"write-credentials", required_argument, NULL, OPT_CREDS},
+        {"write-user-credentials", required_argument, NULL, OPT_USER_CREDS},
+        {"no-auth", no_argument, NULL, OPT_NO_AUTH},
+        {"strict-auth", no_argument, NULL, OPT_STRICT_AUTH},
+        {"token-ttl", required_argument, NULL, OPT_TTL},
+        {"lro-delay", required_argument, NULL, OPT_LRO},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"fail-rate", required_argument, NULL, OPT_FAIL},
+        {"reset-rate", required_argument, NULL, OPT_RESET},
+        {"latency-ms", required_argument, NULL, OPT_LATENCY},
+        {"malformed-rate", required_argument, NULL, OPT_MALFORMED},
+        {"partial-rate", required_argument, NULL, OPT_PARTIAL},
+        {"fault-paths", required_argument, NULL, OPT_FAULT_PATHS},
+        {"verbose", no_argument, NULL, OPT_VERBOSE},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    long n;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            o->listen = optarg;
+            break;
+        case OPT_DATA:
+            o->data = optarg;
+            break;
+        case OPT_PROJECT:
+            o->project = optarg;
+            break;
+        case OPT_LOCATION:
+            o->location = optarg;
+            break;
+        case OPT_DATASET:
+            o->dataset = optarg;
+            break;
+        case OPT_STORE:
+            o->store = optarg;
+            break;
+        case OPT_BUCKET:
+            if (o->nbuckets == MAX_BUCKETS) {
+                fprintf(stderr, "dicomfs-emulator: at most %d --bucket\n", MAX_BUCKETS);
+                return -1;
+            }
+            o->buckets[o->nbuckets++] = optarg;
+            break;
+        case OPT_CREDS:
+            o->creds = optarg;
+            break;
+        case OPT_USER_CREDS:
+            o->user_creds = optarg;
+            break;
+        case OPT_NO_AUTH:
+            ctx->no_auth = true;
+            break;
+        case OPT_STRICT_AUTH:
+            ctx->strict_auth = true;
+            break;
+        case OPT_TTL:
+            if (parse_int("--token-ttl", optarg, 1, 86400 * 7, &n) != 0)
+                return -1;
+            ctx->token_ttl = (int)n;
+            break;
+        case OPT_LRO:
+            if (parse_int("--lro-delay", optarg, 0, 3600000, &n) != 0)
+                return -1;
+            ctx->lro_delay_ms = (int)n;
+            break;
+        case OPT_SEED: {
+            char *end;
+            ctx->fault_cfg.seed = strtoull(optarg, &end, 10);
+            if (*end) {
+                fprintf(stderr, "dicomfs-emulator: --seed wants an integer, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        }
+        case OPT_FAIL:
+            if (parse_rate("--fail-rate", optarg, &ctx->fault_cfg.fail_rate) != 0)
+                return -1;
+            break;
+        case OPT_RESET:
+            if (parse_rate("--reset-rate", optarg, &ctx->fault_cfg.reset_rate) != 0)
+                return -1;
+            break;
+        case OPT_MALFORMED:
+            if (parse_rate("--malformed-rate", optarg, &ctx->fault_cfg.malformed_rate) != 0)
+                return -1;
+            break;
+        case OPT_PARTIAL:
+            if (parse_rate("--partial-rate", optarg, &ctx->fault_cfg.partial_rate) != 0)
+                return -1;
+            break;
+        case OPT_LATENCY:
+            if (parse_int("--latency-ms", optarg, 0, 600000, &n) != 0)
+                return -1;
+            ctx->fault_cfg.latency_ms = (int)n;
+            break;
+        case OPT_FAULT_PATHS:
+            ctx->fault_cfg.paths = optarg;
+            break;
+        case OPT_VERBOSE:
+            o->verbose = true;
+            break;
+        case OPT_HELP:
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "dicomfs-emulator: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    int hc = !!o->project + !!o->location + !!o->dataset + !!o->store;
+    if (hc != 0 && hc != 4 && !(o->project && hc == 1)) {
+        fprintf(stderr, "dicomfs-emulator: --project, --location, --dataset and --store go "
+                        "together\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Binds and listens before anything is served, so the port is known for
+ * base URLs and credentials before the first request can arrive. */
+static int open_listener(const char *spec, emu_ctx *ctx)
+{
+    char host[64] = "127.0.0.1";
+    long port = 0;
+    if (spec) {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof(host) ||
+            parse_int("--listen port", colon + 1, 0, 65535, &port) != 0) {
+            fprintf(stderr, "dicomfs-emulator: --listen wants HOST:PORT, got '%s'\n", spec);
+            return -1;
+        }
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        if (strcmp(host, "localhost") == 0 || host[0] == '\0')
+            strcpy(host, "127.0.0.1");
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "dicomfs-emulator: --listen host must be an IPv4 address, got '%s'\n",
+                host);
+        return -1;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 128) != 0) {
+        fprintf(stderr, "dicomfs-emulator: cannot listen on %s:%ld: %s\n", host, port,
+                strerror(errno));
+        close(fd);
+        return -1;
+    }
+    socklen_t len = sizeof(sa);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    ctx->port = ntohs(sa.sin_port);
+    snprintf(ctx->host, sizeof(ctx->host), "%s", host);
+    snprintf(ctx->base_url, sizeof(ctx->base_url), "http://%s:%d", host, ctx->port);
+    return fd;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static int setup_data_dir(const char *data, emu_ctx *ctx)
+{
+    if (data) {
+        int rc = emu_mkdirs(data);
+        if (rc != 0) {
+            fprintf(stderr, "dicomfs-emulator: cannot create --data %s: %s\n", data, strerror(-rc));
+            return -1;
+        }
+        ctx->data_dir = realpath(data, NULL);
+    } else {
+        char tmpl[] = "/tmp/dicomfs-emulator.XXXXXX";
+        if (!mkdtemp(tmpl)) {
+            fprintf(stderr, "dicomfs-emulator: mkdtemp: %s\n", strerror(errno));
+            return -1;
+        }
+        ctx->data_dir = strdup(tmpl);
+        ctx->data_dir_is_temp = true;
+        log_info("no --data: using %s (removed at exit)", tmpl);
+    }
+    return ctx->data_dir ? 0 : -1;
+}
+
+static int precreate(emu_ctx *ctx, const opts *o)
+{
+    for (int i = 0; i < o->nbuckets; i++) {
+        int rc = emu_gcs_bucket_create(ctx, o->buckets[i]);
+        if (rc != 0 && rc != -EEXIST) {
+            fprintf(stderr, "dicomfs-emulator: --bucket %s: %s\n", o->buckets[i],
+                    rc == -EINVAL ? "invalid bucket name" : strerror(-rc));
+            return -1;
+        }
+    }
+    if (o->project && o->location &&
+        emu_hc_precreate(ctx, o->project, o->location, o->dataset, o->store) != 0) {
+        fprintf(stderr, "dicomfs-emulator: cannot pre-create the DICOM store\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void print_ready(emu_ctx *ctx, const opts *o)
+{
+    printf("export STORAGE_EMULATOR_HOST=%s CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE=%s/ "
+           "GCE_METADATA_HOST=%s:%d",
+           ctx->base_url, ctx->base_url, ctx->host, ctx->port);
+    if (o->creds)
+        printf(" GOOGLE_APPLICATION_CREDENTIALS=%s", o->creds);
+    printf("\ndicomfs-emulator ready on %s\n", ctx->base_url);
+    fflush(stdout);
+}
+
+static void cleanup(emu_ctx *ctx)
+{
+    emu_oauth_close(ctx);
+    emu_store_close(ctx->store);
+    emu_faults_free(ctx->faults);
+    if (ctx->data_dir_is_temp)
+        nftw(ctx->data_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(ctx->data_dir);
+}
+
+int main(int argc, char **argv)
+{
+    static emu_ctx ctx;
+    opts o = {0};
+    ctx.token_ttl = 3600;
+    ctx.fault_cfg.seed = 1;
+    log_init("dicomfs-emulator", false, LOG_WARNING);
+    if (parse_args(argc, argv, &o, &ctx) != 0)
+        return 2;
+    if (o.verbose)
+        log_set_level(LOG_DEBUG);
+    ctx.project = (char *)(o.project ? o.project : "emulator-project");
+
+    /* Signals are taken synchronously by the main thread only. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (setup_data_dir(o.data, &ctx) != 0)
+        return 1;
+    int rc = 1;
+    int lfd = -1;
+    ctx.faults = emu_faults_new(&ctx.fault_cfg);
+    if (!ctx.faults || !emu_store_open(&ctx) || emu_oauth_open(&ctx) != 0)
+        goto out;
+    lfd = open_listener(o.listen, &ctx);
+    if (lfd < 0)
+        goto out;
+    if (o.creds && emu_oauth_write_credentials(&ctx, o.creds) != 0)
+        goto out;
+    if (o.user_creds && emu_oauth_write_user_credentials(&ctx, o.user_creds) != 0)
+        goto out;
+    if (emu_hc_init(&ctx) != 0) {
+        fprintf(stderr, "dicomfs-emulator: cannot load the Healthcare state in %s\n", ctx.data_dir);
+        goto out;
+    }
+    if (precreate(&ctx, &o) != 0 || emu_server_start(&ctx, lfd) != 0) {
+        emu_hc_shutdown(&ctx);
+        goto out;
+    }
+    lfd = -1; /* owned by the server now */
+    print_ready(&ctx, &o);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    log_info("signal %d: stopping", sig);
+    atomic_store(&ctx.shutting_down, true);
+    emu_server_stop(&ctx);
+    emu_hc_shutdown(&ctx);
+    rc = 0;
+out:
+    if (lfd >= 0)
+        close(lfd);
+    cleanup(&ctx);
+    return rc;
+}

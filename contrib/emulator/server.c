@@ -1,0 +1,988 @@
+/* server: the HTTP side of dicomfs-emulator on libmicrohttpd.
+ *
+ * Owns request assembly (bodies in memory up to 64 MiB, then spooled to a
+ * temp file under DATA/tmp), routing by path prefix, the bearer-token check,
+ * fault injection (errors, resets, latency, malformed JSON) and the response
+ * objects the API modules fill in. One thread per connection, so a slow
+ * handler (a 1 GiB upload, an LRO wait) never blocks other clients.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <openssl/evp.h>
+
+#include "emu_internal.h"
+#include "log.h"
+
+#define EMU_BODY_MEM_MAX (64u * 1024 * 1024)
+
+struct emu_request {
+    emu_ctx *ctx;
+    struct MHD_Connection *conn;
+    char *raw_uri;
+    char *raw_path;
+    char *path;
+    char method[16];
+    enum emu_kind kind;
+    bool started;
+    bool discard_body;
+    bool body_error; /* spooling failed */
+    char *body;
+    size_t body_len, body_cap;
+    int body_fd;
+    uint64_t body_fd_len;
+    char spool_path[4200]; /* named while the request lives; "" once taken */
+    EVP_MD_CTX *spool_md5; /* hashes of the spooled bytes */
+    uint32_t spool_crc;
+    uint64_t received;
+    uint64_t reset_after; /* bytes of body read before an early reset */
+    emu_fault_plan plan;
+};
+
+struct emu_hdr {
+    char *name;
+    char *value;
+};
+
+enum body_kind { BODY_NONE, BODY_MEM, BODY_FILE };
+
+struct emu_response {
+    int status;
+    struct emu_hdr *hdrs;
+    size_t nhdrs;
+    enum body_kind kind;
+    char *content_type;
+    char *data;
+    size_t len;
+    int fd;
+    off_t off;
+    uint64_t flen;
+    bool is_json;
+};
+
+static struct MHD_Daemon *g_daemon;
+
+/* ---- context ---- */
+
+const char *emu_data_dir(const emu_ctx *ctx)
+{
+    return ctx->data_dir;
+}
+
+const char *emu_base_url(const emu_ctx *ctx)
+{
+    return ctx->base_url;
+}
+
+int emu_lro_delay_ms(const emu_ctx *ctx)
+{
+    return ctx->lro_delay_ms;
+}
+
+bool emu_req_fault_partial(const emu_request *r, uint32_t *aux)
+{
+    if (r->plan.partial) {
+        atomic_fetch_add(&r->ctx->stats.fault_partial, 1);
+        if (aux)
+            *aux = r->plan.aux;
+    }
+    return r->plan.partial;
+}
+
+bool emu_shutting_down(const emu_ctx *ctx)
+{
+    return atomic_load(&ctx->shutting_down);
+}
+
+/* ---- placeholders for the Healthcare modules (hc_*.c replace them) ---- */
+
+__attribute__((weak)) void emu_hc_handle(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                         const char *version, const char *rest)
+{
+    (void)ctx;
+    (void)r;
+    (void)version;
+    (void)rest;
+    emu_resp_error(w, 501, "The Healthcare API is not built into this emulator.");
+}
+
+__attribute__((weak)) void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w,
+                                              const char *rest)
+{
+    (void)ctx;
+    (void)r;
+    (void)rest;
+    emu_resp_error(w, 501, "Operation logs are not built into this emulator.");
+}
+
+__attribute__((weak)) int emu_hc_init(emu_ctx *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+__attribute__((weak)) void emu_hc_shutdown(emu_ctx *ctx)
+{
+    (void)ctx;
+}
+
+__attribute__((weak)) int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
+                                           const char *dataset, const char *store)
+{
+    (void)ctx;
+    log_warn("Healthcare API not built in: --project %s --location %s --dataset %s --store %s "
+             "ignored",
+             project, location, dataset, store);
+    return 0;
+}
+
+/* ---- requests ---- */
+
+const char *emu_req_method(const emu_request *r)
+{
+    return r->method;
+}
+
+const char *emu_req_path(const emu_request *r)
+{
+    return r->path;
+}
+
+const char *emu_req_raw_path(const emu_request *r)
+{
+    return r->raw_path;
+}
+
+const char *emu_req_query(const emu_request *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+struct each_ctx {
+    emu_kv_cb cb;
+    void *cb_ctx;
+};
+
+static enum MHD_Result each_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    struct each_ctx *e = cls;
+    (void)kind;
+    e->cb(e->cb_ctx, key, value ? value : "");
+    return MHD_YES;
+}
+
+void emu_req_query_each(const emu_request *r, emu_kv_cb cb, void *cb_ctx)
+{
+    struct each_ctx e = {cb, cb_ctx};
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, each_arg, &e);
+}
+
+const char *emu_req_header(const emu_request *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *emu_req_body(const emu_request *r, size_t *len)
+{
+    if (r->body_fd >= 0) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    if (len)
+        *len = r->body_len;
+    return r->body ? r->body : "";
+}
+
+int emu_req_body_fd(const emu_request *r, uint64_t *len)
+{
+    if (len)
+        *len = r->body_fd >= 0 ? r->body_fd_len : 0;
+    return r->body_fd;
+}
+
+enum emu_kind emu_req_kind(const emu_request *r)
+{
+    return r->kind;
+}
+
+/* ---- responses ---- */
+
+static void resp_clear_body(emu_response *w)
+{
+    free(w->data);
+    w->data = NULL;
+    w->len = 0;
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+    free(w->content_type);
+    w->content_type = NULL;
+    w->kind = BODY_NONE;
+    w->is_json = false;
+}
+
+static void resp_init(emu_response *w)
+{
+    memset(w, 0, sizeof(*w));
+    w->fd = -1;
+    w->status = 500;
+}
+
+static void resp_free(emu_response *w)
+{
+    resp_clear_body(w);
+    for (size_t i = 0; i < w->nhdrs; i++) {
+        free(w->hdrs[i].name);
+        free(w->hdrs[i].value);
+    }
+    free(w->hdrs);
+}
+
+int emu_resp_status(const emu_response *w)
+{
+    return w->status;
+}
+
+void emu_resp_header(emu_response *w, const char *name, const char *value)
+{
+    for (size_t i = 0; i < w->nhdrs; i++) {
+        if (strcasecmp(w->hdrs[i].name, name) == 0) {
+            free(w->hdrs[i].value);
+            w->hdrs[i].value = strdup(value);
+            return;
+        }
+    }
+    struct emu_hdr *n = realloc(w->hdrs, (w->nhdrs + 1) * sizeof(*n));
+    if (!n)
+        return;
+    w->hdrs = n;
+    w->hdrs[w->nhdrs].name = strdup(name);
+    w->hdrs[w->nhdrs].value = strdup(value);
+    w->nhdrs++;
+}
+
+void emu_resp_json(emu_response *w, int status, cJSON *json)
+{
+    resp_clear_body(w);
+    char *text = json ? cJSON_PrintUnformatted(json) : NULL;
+    cJSON_Delete(json);
+    w->status = status;
+    if (!text) {
+        w->status = 500;
+        text = strdup("{\"error\":{\"code\":500,\"message\":\"out of memory\"}}");
+        if (!text)
+            return;
+    }
+    size_t n = strlen(text);
+    char *body = realloc(text, n + 2);
+    if (!body) {
+        free(text);
+        return;
+    }
+    body[n] = '\n';
+    body[n + 1] = '\0';
+    w->data = body;
+    w->len = n + 1;
+    w->kind = BODY_MEM;
+    w->content_type = strdup("application/json; charset=UTF-8");
+    w->is_json = true;
+}
+
+void emu_resp_bytes(emu_response *w, int status, const char *content_type, const void *data,
+                    size_t len)
+{
+    resp_clear_body(w);
+    w->status = status;
+    w->data = malloc(len ? len : 1);
+    if (!w->data) {
+        w->status = 500;
+        return;
+    }
+    if (len)
+        memcpy(w->data, data, len);
+    w->len = len;
+    w->kind = BODY_MEM;
+    w->content_type = content_type ? strdup(content_type) : NULL;
+}
+
+void emu_resp_file(emu_response *w, int status, const char *content_type, int fd, off_t off,
+                   uint64_t len)
+{
+    resp_clear_body(w);
+    w->status = status;
+    w->fd = fd;
+    w->off = off;
+    w->flen = len;
+    w->kind = BODY_FILE;
+    w->content_type = content_type ? strdup(content_type) : NULL;
+}
+
+void emu_resp_empty(emu_response *w, int status)
+{
+    resp_clear_body(w);
+    w->status = status;
+}
+
+static const char *canonical_status(int status)
+{
+    switch (status) {
+    case 400:
+        return "INVALID_ARGUMENT";
+    case 401:
+        return "UNAUTHENTICATED";
+    case 403:
+        return "PERMISSION_DENIED";
+    case 404:
+        return "NOT_FOUND";
+    case 409:
+        return "ALREADY_EXISTS";
+    case 412:
+        return "FAILED_PRECONDITION";
+    case 416:
+        return "OUT_OF_RANGE";
+    case 429:
+        return "RESOURCE_EXHAUSTED";
+    case 499:
+        return "CANCELLED";
+    case 501:
+        return "UNIMPLEMENTED";
+    case 503:
+        return "UNAVAILABLE";
+    case 504:
+        return "DEADLINE_EXCEEDED";
+    default:
+        return status >= 500 ? "INTERNAL" : "UNKNOWN";
+    }
+}
+
+static char *vfmt(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        return NULL;
+    return s;
+}
+
+void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = vfmt(fmt, ap);
+    va_end(ap);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddNumberToObject(err, "code", status);
+    cJSON_AddStringToObject(err, "message", msg ? msg : "error");
+    cJSON_AddStringToObject(err, "status", canonical_status(status));
+    free(msg);
+    emu_resp_json(w, status, root);
+}
+
+void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = vfmt(fmt, ap);
+    va_end(ap);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    cJSON *errs = cJSON_AddArrayToObject(err, "errors");
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "domain", "global");
+    cJSON_AddStringToObject(e, "reason", reason);
+    cJSON_AddStringToObject(e, "message", msg ? msg : "error");
+    cJSON_AddItemToArray(errs, e);
+    cJSON_AddNumberToObject(err, "code", status);
+    cJSON_AddStringToObject(err, "message", msg ? msg : "error");
+    free(msg);
+    emu_resp_json(w, status, root);
+}
+
+/* ---- request assembly ---- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 32);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Decodes %XX only: '+' stays '+' in paths. */
+static char *percent_decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = -1, lo = -1;
+        if (s[i] == '%' && i + 2 < n) {
+            hi = hexval(s[i + 1]);
+            lo = hexval(s[i + 2]);
+        }
+        if (hi >= 0 && lo >= 0) {
+            out[j++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    emu_request *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->ctx = cls;
+    r->conn = conn;
+    r->body_fd = -1;
+    r->raw_uri = strdup(uri ? uri : "/");
+    if (!r->raw_uri)
+        return r;
+    size_t plen = strcspn(r->raw_uri, "?#");
+    r->raw_path = strndup(r->raw_uri, plen);
+    r->path = percent_decode(r->raw_uri, plen);
+    return r;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    emu_request *r = *con_cls;
+    if (!r)
+        return;
+    free(r->raw_uri);
+    free(r->raw_path);
+    free(r->path);
+    free(r->body);
+    if (r->body_fd >= 0)
+        close(r->body_fd);
+    if (r->spool_path[0])
+        unlink(r->spool_path);
+    EVP_MD_CTX_free(r->spool_md5);
+    free(r);
+    *con_cls = NULL;
+}
+
+static int spool_write(emu_request *r, const char *data, size_t len)
+{
+    EVP_DigestUpdate(r->spool_md5, data, len);
+    r->spool_crc = emu_crc32c(r->spool_crc, data, len);
+    while (len) {
+        ssize_t n = write(r->body_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            log_error("spool request body to %s: %s", r->spool_path, strerror(errno));
+            return -1;
+        }
+        data += n;
+        len -= (size_t)n;
+        r->body_fd_len += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Moves the body to a file in DATA/tmp, hashing as it goes, so an upload
+ * can become an object by a rename. */
+static int spool_open(emu_request *r)
+{
+    snprintf(r->spool_path, sizeof(r->spool_path), "%s/tmp/body.XXXXXX", r->ctx->data_dir);
+    int fd = mkstemp(r->spool_path);
+    r->spool_md5 = EVP_MD_CTX_new();
+    if (fd < 0 || !r->spool_md5 || EVP_DigestInit_ex(r->spool_md5, EVP_md5(), NULL) != 1) {
+        log_error("spool request body in %s: %s", r->spool_path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(r->spool_path);
+        }
+        r->spool_path[0] = '\0';
+        return -1;
+    }
+    r->body_fd = fd;
+    r->body_fd_len = 0;
+    if (r->body_len && spool_write(r, r->body, r->body_len) != 0)
+        return -1;
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+    return 0;
+}
+
+bool emu_req_spool_take(const emu_request *cr, char *path, size_t pathlen, unsigned char md5[16],
+                        uint32_t *crc)
+{
+    emu_request *r = (emu_request *)cr; /* the server owns requests */
+    if (r->body_fd < 0 || !r->spool_path[0] || !r->spool_md5)
+        return false;
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(r->spool_md5, md5, &n) != 1)
+        return false;
+    snprintf(path, pathlen, "%s", r->spool_path);
+    *crc = r->spool_crc;
+    r->spool_path[0] = '\0';
+    return true;
+}
+
+static int body_append(emu_request *r, const char *data, size_t len)
+{
+    if (r->body_fd < 0 && r->body_len + len > EMU_BODY_MEM_MAX && spool_open(r) != 0)
+        return -1;
+    if (r->body_fd >= 0)
+        return spool_write(r, data, len);
+    if (r->body_len + len + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_len + len + 1)
+            cap *= 2;
+        char *n = realloc(r->body, cap);
+        if (!n)
+            return -1;
+        r->body = n;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, len);
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    return 0;
+}
+
+/* ---- routing ---- */
+
+static bool has_prefix(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+static enum emu_kind route_kind(const char *path)
+{
+    if (has_prefix(path, "/_emulator/"))
+        return EMU_KIND_CONTROL;
+    if (has_prefix(path, "/storage/v1/") || strcmp(path, "/b") == 0 || has_prefix(path, "/b/"))
+        return EMU_KIND_GCS;
+    if (has_prefix(path, "/upload/storage/v1/"))
+        return EMU_KIND_UPLOAD;
+    if (has_prefix(path, "/download/storage/v1/"))
+        return EMU_KIND_DOWNLOAD;
+    if (strcmp(path, "/token") == 0 || strcmp(path, "/oauth2/v4/token") == 0)
+        return EMU_KIND_TOKEN;
+    if (has_prefix(path, "/computeMetadata/"))
+        return EMU_KIND_METADATA;
+    if (has_prefix(path, "/v1/") || has_prefix(path, "/v1beta1/"))
+        return EMU_KIND_HC;
+    if (has_prefix(path, "/logs/"))
+        return EMU_KIND_LOGS;
+    return EMU_KIND_OTHER;
+}
+
+static const char *kind_name(enum emu_kind k)
+{
+    static const char *names[] = {"gcs",        "upload", "download", "token", "metadata",
+                                  "healthcare", "logs",   "control",  "other"};
+    return k < EMU_KIND_COUNT ? names[k] : "other";
+}
+
+static cJSON *stats_json(emu_ctx *ctx)
+{
+    emu_stats *s = &ctx->stats;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "total", (double)atomic_load(&s->total));
+    cJSON *kinds = cJSON_AddObjectToObject(root, "byKind");
+    for (int k = 0; k < EMU_KIND_COUNT; k++)
+        cJSON_AddNumberToObject(kinds, kind_name(k), (double)atomic_load(&s->by_kind[k]));
+    cJSON *cls = cJSON_AddObjectToObject(root, "byStatusClass");
+    static const char *cn[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    for (int i = 0; i < 6; i++)
+        cJSON_AddNumberToObject(cls, cn[i], (double)atomic_load(&s->by_class[i]));
+    cJSON *f = cJSON_AddObjectToObject(root, "faults");
+    cJSON_AddNumberToObject(f, "http429", (double)atomic_load(&s->fault_429));
+    cJSON_AddNumberToObject(f, "http500", (double)atomic_load(&s->fault_500));
+    cJSON_AddNumberToObject(f, "http503", (double)atomic_load(&s->fault_503));
+    cJSON_AddNumberToObject(f, "resets", (double)atomic_load(&s->fault_reset));
+    cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
+    cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
+    cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
+    cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
+    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
+                            (double)atomic_load(&s->anonymous_upload_starts));
+    cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
+    return root;
+}
+
+static double query_double(const emu_request *r, const char *key)
+{
+    const char *v = emu_req_query(r, key);
+    return v ? strtod(v, NULL) : -1;
+}
+
+static void handle_control(emu_ctx *ctx, const emu_request *r, emu_response *w)
+{
+    if (strcmp(r->path, "/_emulator/stats") == 0) {
+        emu_resp_json(w, 200, stats_json(ctx));
+        return;
+    }
+    if (strcmp(r->path, "/_emulator/faults") == 0) {
+        if (strcmp(r->method, "POST") == 0) {
+            const char *lat = emu_req_query(r, "latency_ms");
+            emu_faults_set(ctx->faults, query_double(r, "fail_rate"), query_double(r, "reset_rate"),
+                           query_double(r, "partial_rate"), query_double(r, "malformed_rate"),
+                           lat ? atoi(lat) : -1);
+        }
+        emu_resp_json(w, 200, emu_faults_json(ctx->faults));
+        return;
+    }
+    emu_resp_error(w, 404, "No such emulator control path: %s", r->path);
+}
+
+static bool needs_auth(emu_ctx *ctx, const emu_request *r)
+{
+    if (ctx->no_auth)
+        return false;
+    switch (r->kind) {
+    case EMU_KIND_GCS:
+    case EMU_KIND_DOWNLOAD:
+    case EMU_KIND_HC:
+    case EMU_KIND_LOGS:
+        return true;
+    case EMU_KIND_UPLOAD:
+        if (emu_gcs_is_session_request(r))
+            return false;
+        /* @google-cloud/storage starts resumable sessions on a custom
+         * endpoint with no Authorization header at all (createURI drops its
+         * auth client there). Unless --strict-auth, such a start is let
+         * through; a header that is present must still be valid. */
+        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
+            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
+            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
+            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
+            return false;
+        }
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void answer_unauthenticated(emu_response *w)
+{
+    emu_resp_error(w, 401,
+                   "Request had invalid authentication credentials. Expected OAuth 2 access "
+                   "token, login cookie or other valid authentication credential. See "
+                   "https://developers.google.com/identity/sign-in/web/devconsole-project.");
+    emu_resp_header(w, "WWW-Authenticate", "Bearer realm=\"https://accounts.google.com/\"");
+}
+
+static void dispatch(emu_ctx *ctx, emu_request *r, emu_response *w)
+{
+    if (needs_auth(ctx, r) &&
+        !emu_oauth_check_bearer(ctx, emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION))) {
+        atomic_fetch_add(&ctx->stats.unauthenticated, 1);
+        answer_unauthenticated(w);
+        return;
+    }
+    switch (r->kind) {
+    case EMU_KIND_CONTROL:
+        handle_control(ctx, r, w);
+        return;
+    case EMU_KIND_GCS:
+    case EMU_KIND_UPLOAD:
+    case EMU_KIND_DOWNLOAD:
+        emu_gcs_handle(ctx, r, w);
+        return;
+    case EMU_KIND_TOKEN:
+        emu_oauth_token_handle(ctx, r, w);
+        return;
+    case EMU_KIND_METADATA:
+        emu_oauth_metadata_handle(ctx, r, w);
+        return;
+    case EMU_KIND_HC: {
+        bool beta = has_prefix(r->path, "/v1beta1/");
+        emu_hc_handle(ctx, r, w, beta ? "v1beta1" : "v1", r->path + (beta ? 9 : 4));
+        return;
+    }
+    case EMU_KIND_LOGS:
+        emu_hc_logs_handle(ctx, r, w, r->path + 6);
+        return;
+    default:
+        if (strcmp(r->path, "/") == 0 &&
+            (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)) {
+            emu_resp_bytes(w, 200, "text/plain; charset=UTF-8", "OK", 2);
+            /* google-auth pings the metadata host's root and wants this. */
+            emu_resp_header(w, "Metadata-Flavor", "Google");
+            return;
+        }
+        emu_resp_error(w, 404, "The requested URL %s was not found on this server.", r->path);
+    }
+}
+
+/* ---- faults on the way out ---- */
+
+static void garble_json(emu_response *w, uint32_t aux)
+{
+    if (w->len < 2)
+        return;
+    if (aux & 1) {
+        /* Truncate somewhere inside the document (keeps at least 1 byte). */
+        size_t cut = 1 + (aux >> 1) % (w->len - 1);
+        if (cut >= w->len - 1)
+            cut = w->len / 2;
+        w->len = cut ? cut : 1;
+    } else {
+        /* Replace a byte near the start with an unbalanced brace, which no
+         * JSON parser accepts there. */
+        size_t at = (aux >> 1) % (w->len < 8 ? w->len : 8);
+        w->data[at] = at == 0 ? '}' : '{';
+        w->data[w->len - 1] = '{';
+    }
+}
+
+struct reset_reader {
+    emu_response w; /* owned copy of the body */
+    uint64_t limit; /* bytes served before the connection is cut */
+};
+
+static ssize_t reset_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct reset_reader *rr = cls;
+    if (pos >= rr->limit)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = max;
+    if (n > rr->limit - pos)
+        n = (size_t)(rr->limit - pos);
+    if (rr->w.kind == BODY_MEM) {
+        memcpy(buf, rr->w.data + pos, n);
+        return (ssize_t)n;
+    }
+    ssize_t got = pread(rr->w.fd, buf, n, rr->w.off + (off_t)pos);
+    return got > 0 ? got : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void reset_free(void *cls)
+{
+    struct reset_reader *rr = cls;
+    resp_free(&rr->w);
+    free(rr);
+}
+
+static struct MHD_Response *make_reset_response(emu_response *w, uint32_t aux)
+{
+    uint64_t total = w->kind == BODY_MEM ? w->len : w->flen;
+    struct reset_reader *rr = calloc(1, sizeof(*rr));
+    if (!rr)
+        return NULL;
+    rr->w = *w;
+    /* The response object now belongs to the reader; leave headers to the caller. */
+    rr->w.hdrs = NULL;
+    rr->w.nhdrs = 0;
+    w->data = NULL;
+    w->fd = -1;
+    w->content_type = NULL;
+    w->kind = BODY_NONE;
+    rr->limit = total / 2 + (aux % (total / 4 + 1)) / 2;
+    if (rr->limit >= total)
+        rr->limit = total ? total - 1 : 0;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(total, 64 * 1024, reset_read, rr, reset_free);
+    if (!resp)
+        reset_free(rr);
+    return resp;
+}
+
+static struct MHD_Response *make_response(emu_ctx *ctx, emu_request *r, emu_response *w)
+{
+    struct MHD_Response *resp = NULL;
+    bool has_body = (w->kind == BODY_MEM && w->len > 0) || (w->kind == BODY_FILE && w->flen > 0);
+    if (r->plan.malformed && w->is_json && w->kind == BODY_MEM) {
+        garble_json(w, r->plan.aux);
+        atomic_fetch_add(&ctx->stats.fault_malformed, 1);
+    }
+    if (r->plan.reset && has_body) {
+        atomic_fetch_add(&ctx->stats.fault_reset, 1);
+        resp = make_reset_response(w, r->plan.aux);
+        return resp;
+    }
+    if (w->kind == BODY_MEM) {
+        resp = MHD_create_response_from_buffer(w->len, w->data, MHD_RESPMEM_MUST_FREE);
+        if (resp)
+            w->data = NULL;
+    } else if (w->kind == BODY_FILE) {
+        resp = MHD_create_response_from_fd_at_offset64(w->flen, w->fd, (uint64_t)w->off);
+        if (resp)
+            w->fd = -1;
+    } else {
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    return resp;
+}
+
+static enum MHD_Result send_response(emu_ctx *ctx, emu_request *r, emu_response *w)
+{
+    const char *ct = w->content_type;
+    char *ct_copy = ct ? strdup(ct) : NULL;
+    struct MHD_Response *resp = make_response(ctx, r, w);
+    if (!resp) {
+        free(ct_copy);
+        return MHD_NO;
+    }
+    if (ct_copy)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ct_copy);
+    free(ct_copy);
+    for (size_t i = 0; i < w->nhdrs; i++)
+        MHD_add_response_header(resp, w->hdrs[i].name, w->hdrs[i].value);
+    MHD_add_response_header(resp, "Server", "dicomfs-emulator");
+    /* Path only: queries can hold credentials (upload_id). */
+    log_debug("%s %s -> %d", r->method, r->raw_path, w->status);
+    int cls = w->status / 100;
+    atomic_fetch_add(&ctx->stats.by_class[cls >= 1 && cls <= 5 ? cls : 5], 1);
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)w->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static void answer_fault(emu_request *r, emu_response *w)
+{
+    int st = r->plan.fail_status;
+    const char *msg = st == 429   ? "Rate limit exceeded (injected by dicomfs-emulator)."
+                      : st == 503 ? "The service is currently unavailable (injected by "
+                                    "dicomfs-emulator)."
+                                  : "Internal error (injected by dicomfs-emulator).";
+    if (r->kind == EMU_KIND_GCS || r->kind == EMU_KIND_UPLOAD || r->kind == EMU_KIND_DOWNLOAD)
+        emu_resp_gcs_error(w, st, st == 429 ? "rateLimitExceeded" : "backendError", "%s", msg);
+    else
+        emu_resp_error(w, st, "%s", msg);
+    if (st == 429)
+        emu_resp_header(w, "Retry-After", "1");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    emu_ctx *ctx = cls;
+    emu_request *r = *con_cls;
+    (void)url;
+    (void)version;
+    if (!r || !r->raw_uri || !r->raw_path || !r->path)
+        return MHD_NO;
+    if (!r->started) {
+        r->started = true;
+        r->conn = conn;
+        snprintf(r->method, sizeof(r->method), "%s", method);
+        r->kind = route_kind(r->path);
+        atomic_fetch_add(&ctx->stats.total, 1);
+        atomic_fetch_add(&ctx->stats.by_kind[r->kind], 1);
+        if (r->kind != EMU_KIND_CONTROL)
+            emu_faults_plan(ctx->faults, r->path, &r->plan);
+        r->discard_body = r->plan.fail_status != 0 || r->plan.reset_early;
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
+        /* An early reset cuts the upload somewhere inside the body. */
+        r->reset_after = r->plan.aux % (clen ? clen : 65536);
+        if (!r->discard_body && clen > EMU_BODY_MEM_MAX && spool_open(r) != 0)
+            r->body_error = true;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        r->received += n;
+        if (r->plan.reset_early && r->received > r->reset_after) {
+            atomic_fetch_add(&ctx->stats.fault_reset, 1);
+            atomic_fetch_add(&ctx->stats.by_class[0], 1);
+            return MHD_NO;
+        }
+        if (!r->discard_body && !r->body_error && body_append(r, upload_data, n) != 0)
+            r->body_error = true;
+        return MHD_YES;
+    }
+    if (r->plan.reset_early) {
+        atomic_fetch_add(&ctx->stats.fault_reset, 1);
+        atomic_fetch_add(&ctx->stats.by_class[0], 1);
+        return MHD_NO;
+    }
+    if (r->plan.latency_ms > 0) {
+        atomic_fetch_add(&ctx->stats.fault_latency, 1);
+        sleep_ms(r->plan.latency_ms);
+    }
+    if (r->body_fd >= 0)
+        lseek(r->body_fd, 0, SEEK_SET);
+    emu_response w;
+    resp_init(&w);
+    if (r->plan.fail_status) {
+        atomic_fetch_add(r->plan.fail_status == 429   ? &ctx->stats.fault_429
+                         : r->plan.fail_status == 503 ? &ctx->stats.fault_503
+                                                      : &ctx->stats.fault_500,
+                         1);
+        answer_fault(r, &w);
+    } else if (r->body_error) {
+        emu_resp_error(&w, 500, "The emulator could not store the request body.");
+    } else {
+        dispatch(ctx, r, &w);
+    }
+    if (r->plan.reset && !(w.kind == BODY_MEM && w.len > 0) &&
+        !(w.kind == BODY_FILE && w.flen > 0)) {
+        /* Nothing to cut short: the request took effect but its answer is
+         * lost with the connection. */
+        atomic_fetch_add(&ctx->stats.fault_reset, 1);
+        atomic_fetch_add(&ctx->stats.by_class[0], 1);
+        resp_free(&w);
+        return MHD_NO;
+    }
+    enum MHD_Result ret = send_response(ctx, r, &w);
+    resp_free(&w);
+    return ret;
+}
+
+int emu_server_start(emu_ctx *ctx, int listen_fd)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    g_daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(1024 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+    if (!g_daemon) {
+        log_error("cannot start the HTTP server on %s", ctx->base_url);
+        return -1;
+    }
+    return 0;
+}
+
+void emu_server_stop(emu_ctx *ctx)
+{
+    (void)ctx;
+    if (!g_daemon)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(g_daemon);
+    MHD_stop_daemon(g_daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    g_daemon = NULL;
+}
