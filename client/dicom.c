@@ -368,7 +368,7 @@ static int parse_meta(parser *p, dicom_info *out)
             return fail_short(p, off, "element header");
         if (rd16(g, false) != 0x0002) /* first data set element */
             break;
-        element e;
+        element e = {0};
         int rc = read_header(p, off, ENC_EXPLICIT_LE, &e);
         if (rc)
             return rc;

@@ -11,7 +11,7 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 DEMO=${DICOMFS_DEMO_DIR:-/tmp/dicomfs-demo}
-BUILD="$top/build"
+BUILD="$top/build-release"
 PY=/usr/bin/python3
 MNT="$DEMO/mnt"
 PROJECT=demo-project
@@ -47,7 +47,8 @@ say "installing dependencies (Debian packages)"
 bash "$top/contrib/install-deps.sh"
 
 say "building"
-[ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" --buildtype=release >/dev/null
+reconf=(); [ -f "$BUILD/build.ninja" ] && reconf=(--reconfigure)
+meson setup "${reconf[@]}" "$BUILD" --buildtype=release >/dev/null
 ninja -C "$BUILD" >/dev/null
 EMU="$BUILD/contrib/emulator/dicomfs-emulator"
 DICOMFS="$BUILD/fs/dicomfs"

@@ -7,7 +7,7 @@
  * journal, uploaded in the background by `uploads` threads to
  * gs://STAGING/<batch>/..., and when no file has arrived for commit_delay
  * seconds and every upload of the batch is done, ONE dicomStores.import of
- * gs://STAGING/<batch>/** is started and recorded as the store's operation.
+ * gs://STAGING/<batch>/ + "**" is started and recorded as the store's operation.
  * Staged objects are deleted after a successful import. Files stay listed
  * until imported. State survives a restart (journal in cache_dir).
  *
@@ -66,6 +66,10 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
 int import_unlink(import_mgr *m, const char *store, const char *rel);
 int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2]);
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode);
+/* Added: remembers the owner shown for a pending file or directory ((uid_t)-1
+ * / (gid_t)-1 = unchanged), so `rsync -a` run as root keeps its ownership
+ * and finds nothing to change on its second run. */
+int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);
 
 /* The STORE/status file: progress counters as "key: value" lines, then one
  * "failed: PATH: REASON" line per failed file. Returns malloc'ed text. */

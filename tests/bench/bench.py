@@ -52,9 +52,9 @@ def run(cmd, **kw):
 
 def build():
     build_dir = os.path.join(TOP, "build-release")
-    if not os.path.exists(os.path.join(build_dir, "build.ninja")):
-        run(["meson", "setup", build_dir, "--buildtype=release"], cwd=TOP,
-            stdout=subprocess.DEVNULL)
+    reconf = ["--reconfigure"] if os.path.exists(os.path.join(build_dir, "build.ninja")) else []
+    run(["meson", "setup", *reconf, build_dir, "--buildtype=release"], cwd=TOP,
+        stdout=subprocess.DEVNULL)
     run(["ninja", "-C", build_dir], stdout=subprocess.DEVNULL)
     return build_dir
 

@@ -1,0 +1,230 @@
+/* hc_internal: shared internals of the emulated Healthcare API.
+ *
+ * hc_api.c owns the state (datasets, stores, instance indexes, persistence)
+ * and the REST routing; lro.c the operations; hc_import.c / hc_export.c the
+ * import and export workers; dicomweb.c QIDO/WADO/STOW/DELETE; dicomjson.c a
+ * bounded DICOM element walker and DICOM JSON; convert.c re-encoding and
+ * pixel export (PNG, JPEG, raw). One mutex (hc_lock) guards the state; it is
+ * never held across file reads, parsing or conversion.
+ */
+#ifndef DICOMFS_EMU_HC_INTERNAL_H
+#define DICOMFS_EMU_HC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "emu.h"
+
+#define HC_UID_MAX 64
+
+/* ---- DICOM element walker (dicomjson.c) ---- */
+enum dj_enc { DJ_IMPLICIT_LE, DJ_EXPLICIT_LE, DJ_EXPLICIT_BE };
+
+typedef struct dj_ds dj_ds;
+typedef struct dj_elem {
+    uint32_t tag;
+    char vr[3];
+    const uint8_t *val; /* value bytes (source byte order) */
+    size_t len;
+    dj_ds **items; /* SQ: nested data sets */
+    size_t n_items;
+    const uint8_t **frags; /* encapsulated pixel data fragments (incl. offset table) */
+    size_t *frag_lens;
+    size_t n_frags;
+    bool encapsulated;
+} dj_elem;
+
+struct dj_ds {
+    dj_elem *el;
+    size_t n, cap;
+};
+
+typedef struct dj_file {
+    dj_ds *meta;     /* group 0002, explicit LE */
+    dj_ds *ds;       /* the data set */
+    enum dj_enc enc; /* data set encoding */
+    bool compressed; /* encapsulated transfer syntax */
+    char ts[HC_UID_MAX + 1];
+    uint8_t *inflated; /* deflated transfer syntax: owned buffer */
+} dj_file;
+
+/* Parses a whole Part-10 file held in memory (buf must outlive the result). */
+int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen);
+void dj_file_free(dj_file *f);
+const dj_elem *dj_find(const dj_ds *ds, uint32_t tag);
+/* Integer value of a US/UL/IS/SS element (first value), or def. */
+long dj_int(const dj_elem *e, enum dj_enc enc, long def);
+/* String value (trimmed, first value) copied into buf; "" if absent. */
+void dj_str(const dj_elem *e, char *buf, size_t buflen);
+/* DICOM JSON of a data set (keys sorted). bulk_base: when non-NULL, large
+ * binary values get BulkDataURI bulk_base + "/bulkdata/TAG"; otherwise binary
+ * values above 64 KiB are left out. */
+cJSON *dj_to_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base);
+/* Sorts an object's members by key (DICOM JSON order). */
+void dj_sort(cJSON *obj);
+
+/* Dictionary: keyword -> tag (0 if unknown), tag -> keyword/VR (NULL). */
+uint32_t dj_keyword_tag(const char *kw);
+const char *dj_tag_keyword(uint32_t tag);
+const char *dj_tag_vr(uint32_t tag);
+/* Parses "0020000D" or a keyword; returns 0 on failure. */
+uint32_t dj_parse_tag(const char *s);
+void dj_tag_hex(uint32_t tag, char out[9]);
+
+/* ---- conversion (convert.c) ---- */
+typedef struct hc_buf {
+    uint8_t *p;
+    size_t len, cap;
+} hc_buf;
+int hc_buf_put(hc_buf *b, const void *data, size_t len);
+
+/* Re-encodes as explicit VR little endian (meta group rebuilt). Returns 0 or
+ * -1 with why (compressed sources fail). */
+int conv_to_explicit_le(const uint8_t *buf, size_t len, hc_buf *out, char *why, size_t whylen);
+/* Pixel data of one frame (0-based) or all frames (frame < 0) as raw bytes
+ * (little endian for uncompressed; concatenated fragments if compressed and
+ * allow_compressed). */
+int conv_pixel_data(const dj_file *f, int frame, bool allow_compressed, hc_buf *out, char *why,
+                    size_t whylen);
+/* Renders a frame as PNG or JPEG (quality 90). */
+int conv_render(const dj_file *f, int frame, bool jpeg, hc_buf *out, char *why, size_t whylen);
+int conv_num_frames(const dj_file *f);
+
+/* ---- state (hc_api.c) ---- */
+typedef struct hc_inst {
+    char study[HC_UID_MAX + 1], series[HC_UID_MAX + 1], sop[HC_UID_MAX + 1];
+    char sop_class[HC_UID_MAX + 1], ts[HC_UID_MAX + 1];
+    uint64_t size;
+    uint64_t file_no;
+    /* Cached DICOM JSON (match keys and defaults) kept as compact text: a
+     * parsed cJSON tree costs ~10x the memory; searches parse on demand. */
+    char *attrs;
+    struct hc_inst *hnext;
+} hc_inst;
+
+typedef struct hc_store {
+    char *name; /* projects/P/locations/L/datasets/D/dicomStores/S */
+    char *dir;  /* data dir of the store */
+    bool deleted;
+    hc_inst **inst;
+    size_t n_inst, cap_inst;
+    hc_inst **hash; /* by SOP Instance UID */
+    size_t hash_size;
+    uint64_t next_file;
+    int log_fd; /* index log (append) */
+} hc_store;
+
+void hc_lock(void);
+void hc_unlock(void);
+emu_ctx *hc_ctx(void);
+/* Finds a live store by name (under hc_lock). */
+hc_store *hc_store_find(const char *name);
+bool hc_dataset_exists(const char *name);
+hc_inst *hc_inst_find(hc_store *s, const char *sop); /* under lock */
+/* Path of an instance's file (malloc'ed). Under lock. */
+char *hc_inst_path(hc_store *s, const hc_inst *i);
+
+enum hc_add_result { HC_ADD_NEW, HC_ADD_DUP_SAME, HC_ADD_DUP_DIFFERENT, HC_ADD_ERROR };
+/* Parses and stores one Part-10 file. why gets the reason of an error. The
+ * study, series, SOP instance and SOP class UIDs go to uids_out (may be NULL). */
+enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
+                                char *why, size_t whylen);
+/* Removes instances matching study [series [sop]]; returns the count or -1. */
+long hc_store_delete(const char *store_name, const char *study, const char *series,
+                     const char *sop);
+/* Reads a whole file (malloc'ed). */
+int hc_read_file(const char *path, uint8_t **data, size_t *len);
+int hc_write_atomic(const char *path, const void *data, size_t len);
+int hc_mkdirs(const char *path);
+/* Copies the matching instances (snapshot) for workers; caller frees. */
+typedef struct hc_inst_ref {
+    char study[HC_UID_MAX + 1], series[HC_UID_MAX + 1], sop[HC_UID_MAX + 1];
+    char *path;
+} hc_inst_ref;
+int hc_store_snapshot(const char *store_name, hc_inst_ref **refs, size_t *n);
+void hc_refs_free(hc_inst_ref *refs, size_t n);
+
+/* Error helper: writes a Google error with the HTTP status. */
+void hc_error(emu_response *w, int status, const char *msg);
+/* Validates body fields against an allowed-field schema; on error sends 400. */
+typedef struct hc_field {
+    const char *json_name;      /* camelCase */
+    const char *proto_name;     /* snake_case (for messages) */
+    const struct hc_field *sub; /* NULL-terminated nested schema or NULL */
+} hc_field;
+bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, const char *at);
+cJSON *hc_parse_body(const emu_request *r, emu_response *w);
+void hc_rfc3339(const struct timespec *ts, char *buf, size_t len);
+bool hc_id_valid(const char *id);
+
+/* ---- operations (lro.c) ---- */
+enum hc_op_kind {
+    HC_OP_CREATE_DATASET,
+    HC_OP_IMPORT,
+    HC_OP_EXPORT,
+    HC_OP_DELETE_STUDY,
+    HC_OP_DELETE_SERIES
+};
+
+typedef struct hc_op hc_op;
+/* Context passed to a worker. */
+typedef struct hc_job {
+    hc_op *op;
+    const char *version;  /* "v1" / "v1beta1" */
+    const char *target;   /* store or dataset name */
+    const cJSON *request; /* the validated request body */
+} hc_job;
+
+/* Starts an operation under dataset; request is copied. Writes the
+ * {"name": ...} response. Returns the op name (static storage) or NULL. */
+int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
+                const char *target, const cJSON *request);
+/* Worker-side progress (thread-safe). */
+void hc_op_set_pending(hc_op *op, long pending);
+void hc_op_count(hc_op *op, bool success);
+bool hc_op_cancelled(hc_op *op);
+bool hc_op_stopping(hc_op *op);
+/* Appends a log entry (the per-file error). */
+void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Sets a terminal error (gRPC code) the op ends with, unless cancelled. */
+void hc_op_fail(hc_op *op, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+long hc_op_failures(hc_op *op);
+
+void lro_init(void);
+int lro_load(void);
+void lro_shutdown(void);
+void lro_handle(emu_response *w, const char *method, const char *dataset, const char *op_id,
+                const char *verb, const emu_request *r);
+void lro_list(emu_response *w, const char *dataset, const emu_request *r);
+void lro_delete_dataset(const char *dataset);
+void lro_logs(emu_response *w, const char *op_id);
+
+/* Workers (run on an op thread). */
+void hc_import_run(hc_job *job);
+void hc_export_run(hc_job *job);
+void hc_delete_run(hc_job *job);
+
+/* Export formats (hc_export.c). */
+enum hc_export_fmt {
+    HC_FMT_DICOM_ASIS,
+    HC_FMT_DICOM_ELE,
+    HC_FMT_RAW_ASIS,
+    HC_FMT_RAW_LE,
+    HC_FMT_PNG,
+    HC_FMT_JPEG,
+    HC_FMT_DICOM_OTHER /* valid for the real API, not transcoded here */
+};
+/* Parses gcsDestination.mimeType (NULL/"" = as stored). Returns 0 or -1. */
+int hc_export_parse_mime(const char *mime, enum hc_export_fmt *fmt);
+
+/* ---- DICOMweb (dicomweb.c) ---- */
+void dicomweb_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *version,
+                     const char *store, const char *dataset, const char *path);
+
+#endif

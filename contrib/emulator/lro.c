@@ -1,0 +1,725 @@
+/* lro: long-running operations of the emulated Healthcare API.
+ *
+ * Owns the operation records (DATA/healthcare/ops/ID.json, atomically
+ * replaced at start, cancel and end), their per-file error logs
+ * (DATA/healthcare/logs/ID.jsonl, served at /logs/ID) and one detached worker
+ * thread per running operation. An operation stays done:false for at least
+ * --lro-delay ms. Operations interrupted by a shutdown stay unfinished on
+ * disk and are resumed by the next start (import, export and deletes are
+ * idempotent).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "hc_internal.h"
+
+struct hc_op {
+    char id[32];
+    char *name, *dataset, *target;
+    char version[12];
+    enum hc_op_kind kind;
+    cJSON *request;
+    struct timespec create, end;
+    bool done, cancel_req, deleted;
+    long success, failure, pending;
+    int err_code;
+    char *err_msg;
+    struct hc_op *next;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    hc_op *ops;
+    unsigned long long next_id;
+    int active;
+    bool stop;
+    char *dir, *logdir;
+} L = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static const char *kind_name(enum hc_op_kind k)
+{
+    static const char *const n[] = {"createDataset", "import", "export", "deleteStudy",
+                                    "deleteSeries"};
+    return n[k];
+}
+
+static int kind_from(const char *s)
+{
+    for (int k = 0; k <= HC_OP_DELETE_SERIES; k++)
+        if (strcmp(kind_name((enum hc_op_kind)k), s) == 0)
+            return k;
+    return -1;
+}
+
+static void op_free(hc_op *op)
+{
+    free(op->name);
+    free(op->dataset);
+    free(op->target);
+    free(op->err_msg);
+    cJSON_Delete(op->request);
+    free(op);
+}
+
+/* Persists an op (called with L.mu held; the write is small). */
+static void op_save(const hc_op *op)
+{
+    if (op->deleted)
+        return;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "id", op->id);
+    cJSON_AddStringToObject(j, "name", op->name);
+    cJSON_AddStringToObject(j, "dataset", op->dataset);
+    cJSON_AddStringToObject(j, "target", op->target);
+    cJSON_AddStringToObject(j, "version", op->version);
+    cJSON_AddStringToObject(j, "kind", kind_name(op->kind));
+    cJSON_AddItemToObject(j, "request", cJSON_Duplicate(op->request, true));
+    cJSON_AddNumberToObject(j, "createSec", (double)op->create.tv_sec);
+    cJSON_AddNumberToObject(j, "createNsec", (double)op->create.tv_nsec);
+    cJSON_AddNumberToObject(j, "endSec", (double)op->end.tv_sec);
+    cJSON_AddNumberToObject(j, "endNsec", (double)op->end.tv_nsec);
+    cJSON_AddBoolToObject(j, "done", op->done);
+    cJSON_AddBoolToObject(j, "cancelRequested", op->cancel_req);
+    cJSON_AddNumberToObject(j, "success", (double)op->success);
+    cJSON_AddNumberToObject(j, "failure", (double)op->failure);
+    cJSON_AddNumberToObject(j, "errCode", op->err_code);
+    if (op->err_msg)
+        cJSON_AddStringToObject(j, "errMsg", op->err_msg);
+    char *txt = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    char *path;
+    if (txt && asprintf(&path, "%s/%s.json", L.dir, op->id) >= 0) {
+        int rc = hc_write_atomic(path, txt, strlen(txt));
+        if (rc < 0)
+            log_error("emulator: cannot save operation %s: %s", op->id, strerror(-rc));
+        free(path);
+    }
+    free(txt);
+}
+
+static void save_next_id(void)
+{
+    char *path, buf[32];
+    snprintf(buf, sizeof buf, "%llu\n", L.next_id);
+    if (asprintf(&path, "%s/next", L.dir) >= 0) {
+        hc_write_atomic(path, buf, strlen(buf));
+        free(path);
+    }
+}
+
+static hc_op *op_find(const char *id)
+{
+    for (hc_op *o = L.ops; o; o = o->next)
+        if (!o->deleted && strcmp(o->id, id) == 0)
+            return o;
+    return NULL;
+}
+
+static const char *method_name(const hc_op *op, char *buf, size_t len)
+{
+    const char *v = op->version;
+    switch (op->kind) {
+    case HC_OP_CREATE_DATASET:
+        snprintf(buf, len, "google.cloud.healthcare.%s.dataset.DatasetService.CreateDataset", v);
+        break;
+    case HC_OP_IMPORT:
+        snprintf(buf, len, "google.cloud.healthcare.%s.dicom.DicomService.ImportDicomData", v);
+        break;
+    case HC_OP_EXPORT:
+        snprintf(buf, len, "google.cloud.healthcare.%s.dicom.DicomService.ExportDicomData", v);
+        break;
+    case HC_OP_DELETE_STUDY:
+        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteStudy", v);
+        break;
+    case HC_OP_DELETE_SERIES:
+        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteSeries", v);
+        break;
+    }
+    return buf;
+}
+
+static void add_count(cJSON *c, const char *key, long v)
+{
+    if (v > 0) {
+        char b[32];
+        snprintf(b, sizeof b, "%ld", v);
+        cJSON_AddStringToObject(c, key, b);
+    }
+}
+
+/* The Operation JSON (under L.mu). */
+static cJSON *op_json(const hc_op *op)
+{
+    char buf[160];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "name", op->name);
+    cJSON *m = cJSON_AddObjectToObject(j, "metadata");
+    snprintf(buf, sizeof buf, "type.googleapis.com/google.cloud.healthcare.%s.OperationMetadata",
+             op->version);
+    cJSON_AddStringToObject(m, "@type", buf);
+    cJSON_AddStringToObject(m, "apiMethodName", method_name(op, buf, sizeof buf));
+    hc_rfc3339(&op->create, buf, sizeof buf);
+    cJSON_AddStringToObject(m, "createTime", buf);
+    if (op->done) {
+        hc_rfc3339(&op->end, buf, sizeof buf);
+        cJSON_AddStringToObject(m, "endTime", buf);
+    }
+    if (op->kind == HC_OP_IMPORT || op->kind == HC_OP_EXPORT) {
+        char *url;
+        if (asprintf(&url, "%s/logs/%s", emu_base_url(hc_ctx()), op->id) >= 0) {
+            cJSON_AddStringToObject(m, "logsUrl", url);
+            free(url);
+        }
+    }
+    if (op->cancel_req)
+        cJSON_AddBoolToObject(m, "cancelRequested", true);
+    if (op->kind != HC_OP_CREATE_DATASET) {
+        cJSON *c = cJSON_AddObjectToObject(m, "counter");
+        add_count(c, "success", op->success);
+        add_count(c, "failure", op->failure);
+        if (!op->done)
+            add_count(c, "pending", op->pending);
+    }
+    cJSON_AddBoolToObject(j, "done", op->done);
+    if (!op->done)
+        return j;
+    if (op->err_code) {
+        cJSON *e = cJSON_AddObjectToObject(j, "error");
+        cJSON_AddNumberToObject(e, "code", op->err_code);
+        cJSON_AddStringToObject(e, "message", op->err_msg ? op->err_msg : "");
+        cJSON_AddArrayToObject(e, "details");
+        return j;
+    }
+    cJSON *r;
+    switch (op->kind) {
+    case HC_OP_CREATE_DATASET:
+        r = cJSON_Duplicate(op->request, true);
+        snprintf(buf, sizeof buf, "type.googleapis.com/google.cloud.healthcare.%s.dataset.Dataset",
+                 op->version);
+        cJSON_AddStringToObject(r, "@type", buf);
+        dj_sort(r);
+        break;
+    case HC_OP_IMPORT:
+    case HC_OP_EXPORT:
+        r = cJSON_CreateObject();
+        snprintf(buf, sizeof buf, "type.googleapis.com/google.cloud.healthcare.%s.dicom.%s",
+                 op->version,
+                 op->kind == HC_OP_IMPORT ? "ImportDicomDataResponse" : "ExportDicomDataResponse");
+        cJSON_AddStringToObject(r, "@type", buf);
+        break;
+    default:
+        r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "@type", "type.googleapis.com/google.protobuf.Empty");
+    }
+    cJSON_AddItemToObject(j, "response", r);
+    return j;
+}
+
+/* ---- worker API ---- */
+void hc_op_set_pending(hc_op *op, long pending)
+{
+    pthread_mutex_lock(&L.mu);
+    op->pending = pending;
+    pthread_mutex_unlock(&L.mu);
+}
+
+void hc_op_count(hc_op *op, bool success)
+{
+    pthread_mutex_lock(&L.mu);
+    if (success)
+        op->success++;
+    else
+        op->failure++;
+    if (op->pending > 0)
+        op->pending--;
+    pthread_mutex_unlock(&L.mu);
+}
+
+long hc_op_failures(hc_op *op)
+{
+    pthread_mutex_lock(&L.mu);
+    long f = op->failure;
+    pthread_mutex_unlock(&L.mu);
+    return f;
+}
+
+bool hc_op_cancelled(hc_op *op)
+{
+    pthread_mutex_lock(&L.mu);
+    bool c = op->cancel_req || op->deleted || L.stop || emu_shutting_down(hc_ctx());
+    pthread_mutex_unlock(&L.mu);
+    return c;
+}
+
+bool hc_op_stopping(hc_op *op)
+{
+    (void)op;
+    pthread_mutex_lock(&L.mu);
+    bool s = L.stop || emu_shutting_down(hc_ctx());
+    pthread_mutex_unlock(&L.mu);
+    return s;
+}
+
+void hc_op_fail(hc_op *op, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    pthread_mutex_lock(&L.mu);
+    if (!op->err_code) {
+        op->err_code = code;
+        free(op->err_msg);
+        op->err_msg = msg;
+        msg = NULL;
+    }
+    pthread_mutex_unlock(&L.mu);
+    free(msg);
+}
+
+void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    char ts[64];
+    hc_rfc3339(&now, ts, sizeof ts);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "timestamp", ts);
+    cJSON_AddStringToObject(j, "severity", "ERROR");
+    cJSON_AddStringToObject(j, "operation", op->name);
+    cJSON_AddStringToObject(j, "resource", resource ? resource : "");
+    cJSON *e = cJSON_AddObjectToObject(j, "error");
+    cJSON_AddNumberToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", msg ? msg : "");
+    free(msg);
+    char *line = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    char *path;
+    if (line && asprintf(&path, "%s/%s.jsonl", L.logdir, op->id) >= 0) {
+        pthread_mutex_lock(&L.mu);
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            size_t n = strlen(line);
+            line[n] = '\n';
+            if (write(fd, line, n + 1) < 0)
+                log_error("emulator: cannot write the log of operation %s", op->id);
+            close(fd);
+        }
+        pthread_mutex_unlock(&L.mu);
+        free(path);
+    }
+    free(line);
+}
+
+/* ---- worker thread ---- */
+static void sleep_ms(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+static long elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
+}
+
+static void *worker(void *arg)
+{
+    hc_op *op = arg;
+    hc_job job = {.op = op, .version = op->version, .target = op->target, .request = op->request};
+    switch (op->kind) {
+    case HC_OP_IMPORT:
+        hc_import_run(&job);
+        break;
+    case HC_OP_EXPORT:
+        hc_export_run(&job);
+        break;
+    case HC_OP_DELETE_STUDY:
+    case HC_OP_DELETE_SERIES:
+        hc_delete_run(&job);
+        break;
+    case HC_OP_CREATE_DATASET:
+        break;
+    }
+    long delay = emu_lro_delay_ms(hc_ctx());
+    while (!hc_op_stopping(op) && elapsed_ms(&op->create) < delay) {
+        pthread_mutex_lock(&L.mu);
+        bool c = op->cancel_req || op->deleted;
+        pthread_mutex_unlock(&L.mu);
+        if (c)
+            break;
+        sleep_ms(20);
+    }
+    pthread_mutex_lock(&L.mu);
+    if (!L.stop && !emu_shutting_down(hc_ctx())) {
+        op->done = true;
+        op->pending = 0;
+        clock_gettime(CLOCK_REALTIME, &op->end);
+        if (op->cancel_req) {
+            op->err_code = 1;
+            free(op->err_msg);
+            op->err_msg = strdup("Operation was cancelled");
+        }
+        op_save(op);
+    }
+    L.active--;
+    pthread_cond_broadcast(&L.cv);
+    pthread_mutex_unlock(&L.mu);
+    return NULL;
+}
+
+/* Starts a worker (L.mu held). */
+static int op_spawn(hc_op *op)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    L.active++;
+    int rc = pthread_create(&th, &at, worker, op);
+    pthread_attr_destroy(&at);
+    if (rc != 0) {
+        L.active--;
+        op->done = true;
+        op->err_code = 13;
+        op->err_msg = strdup("cannot start a worker thread");
+        clock_gettime(CLOCK_REALTIME, &op->end);
+        op_save(op);
+    }
+    return rc;
+}
+
+int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
+                const char *target, const cJSON *request)
+{
+    hc_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        hc_error(w, 500, "out of memory");
+        return -1;
+    }
+    op->kind = kind;
+    snprintf(op->version, sizeof op->version, "%s", version);
+    op->dataset = strdup(dataset);
+    op->target = strdup(target);
+    op->request = cJSON_Duplicate(request, true);
+    clock_gettime(CLOCK_REALTIME, &op->create);
+    pthread_mutex_lock(&L.mu);
+    snprintf(op->id, sizeof op->id, "%llu", L.next_id++);
+    save_next_id();
+    if (asprintf(&op->name, "%s/operations/%s", dataset, op->id) < 0)
+        op->name = NULL;
+    op->next = L.ops;
+    L.ops = op;
+    op_save(op);
+    op_spawn(op);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "name", op->name);
+    pthread_mutex_unlock(&L.mu);
+    emu_resp_json(w, 200, j);
+    return 0;
+}
+
+/* ---- REST ---- */
+void lro_handle(emu_response *w, const char *method, const char *dataset, const char *op_id,
+                const char *verb, const emu_request *r)
+{
+    (void)r;
+    pthread_mutex_lock(&L.mu);
+    hc_op *op = op_find(op_id);
+    if (!op || strcmp(op->dataset, dataset) != 0) {
+        pthread_mutex_unlock(&L.mu);
+        char msg[600];
+        snprintf(msg, sizeof msg, "Operation %.300s/operations/%.100s not found", dataset, op_id);
+        hc_error(w, 404, msg);
+        return;
+    }
+    if (!verb && strcmp(method, "GET") == 0) {
+        cJSON *j = op_json(op);
+        pthread_mutex_unlock(&L.mu);
+        emu_resp_json(w, 200, j);
+        return;
+    }
+    if (verb && strcmp(verb, "cancel") == 0 && strcmp(method, "POST") == 0) {
+        if (!op->done) {
+            op->cancel_req = true;
+            op_save(op);
+        }
+        pthread_mutex_unlock(&L.mu);
+        emu_resp_json(w, 200, cJSON_CreateObject());
+        return;
+    }
+    pthread_mutex_unlock(&L.mu);
+    hc_error(w, 404, "Method not found.");
+}
+
+static int cmp_ops(const void *a, const void *b)
+{
+    const hc_op *x = *(hc_op *const *)a, *y = *(hc_op *const *)b;
+    unsigned long long ix = strtoull(x->id, NULL, 10), iy = strtoull(y->id, NULL, 10);
+    return ix < iy ? 1 : ix > iy ? -1 : 0;
+}
+
+void lro_list(emu_response *w, const char *dataset, const emu_request *r)
+{
+    long size = 100, off = 0;
+    const char *ps = emu_req_query(r, "pageSize"), *pt = emu_req_query(r, "pageToken");
+    char *end;
+    if (ps && *ps) {
+        size = strtol(ps, &end, 10);
+        if (*end || size < 0) {
+            hc_error(w, 400, "Invalid value for pageSize");
+            return;
+        }
+        if (size == 0 || size > 1000)
+            size = size ? 1000 : 100;
+    }
+    if (pt && *pt) {
+        off = strtol(pt, &end, 10);
+        if (*end || off < 0) {
+            hc_error(w, 400, "Invalid page token");
+            return;
+        }
+    }
+    const char *filter = emu_req_query(r, "filter");
+    int want_done = -1;
+    if (filter && *filter) {
+        if (strcmp(filter, "done=true") == 0 || strcmp(filter, "done = true") == 0)
+            want_done = 1;
+        else if (strcmp(filter, "done=false") == 0 || strcmp(filter, "done = false") == 0)
+            want_done = 0;
+        else {
+            hc_error(w, 400, "Unsupported filter (the emulator supports done=true|false)");
+            return;
+        }
+    }
+    pthread_mutex_lock(&L.mu);
+    size_t n = 0;
+    for (hc_op *o = L.ops; o; o = o->next)
+        n++;
+    hc_op **v = calloc(n + 1, sizeof *v);
+    size_t k = 0;
+    for (hc_op *o = L.ops; v && o; o = o->next)
+        if (!o->deleted && strcmp(o->dataset, dataset) == 0 &&
+            (want_done < 0 || o->done == (want_done == 1)))
+            v[k++] = o;
+    if (v)
+        qsort(v, k, sizeof *v, cmp_ops);
+    cJSON *out = cJSON_CreateObject();
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = (size_t)off; v && i < k && i < (size_t)(off + size); i++)
+        cJSON_AddItemToArray(arr, op_json(v[i]));
+    pthread_mutex_unlock(&L.mu);
+    free(v);
+    if (cJSON_GetArraySize(arr))
+        cJSON_AddItemToObject(out, "operations", arr);
+    else
+        cJSON_Delete(arr);
+    if ((size_t)(off + size) < k) {
+        char tok[32];
+        snprintf(tok, sizeof tok, "%ld", off + size);
+        cJSON_AddStringToObject(out, "nextPageToken", tok);
+    }
+    emu_resp_json(w, 200, out);
+}
+
+void lro_delete_dataset(const char *dataset)
+{
+    pthread_mutex_lock(&L.mu);
+    for (hc_op *o = L.ops; o; o = o->next) {
+        if (o->deleted || strcmp(o->dataset, dataset) != 0)
+            continue;
+        o->deleted = true;
+        char *p;
+        if (asprintf(&p, "%s/%s.json", L.dir, o->id) >= 0) {
+            unlink(p);
+            free(p);
+        }
+        if (asprintf(&p, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+            unlink(p);
+            free(p);
+        }
+    }
+    pthread_mutex_unlock(&L.mu);
+}
+
+void lro_logs(emu_response *w, const char *op_id)
+{
+    pthread_mutex_lock(&L.mu);
+    bool known = op_find(op_id) != NULL;
+    pthread_mutex_unlock(&L.mu);
+    if (!known) {
+        hc_error(w, 404, "No logs for this operation");
+        return;
+    }
+    char *path;
+    if (asprintf(&path, "%s/%s.jsonl", L.logdir, op_id) < 0) {
+        hc_error(w, 500, "out of memory");
+        return;
+    }
+    uint8_t *data = NULL;
+    size_t len = 0;
+    pthread_mutex_lock(&L.mu);
+    int rc = hc_read_file(path, &data, &len);
+    pthread_mutex_unlock(&L.mu);
+    free(path);
+    emu_resp_bytes(w, 200, "application/x-ndjson", rc == 0 ? (const char *)data : "",
+                   rc == 0 ? len : 0);
+    free(data);
+}
+
+/* ---- lifecycle ---- */
+void lro_init(void)
+{
+    const char *base = emu_data_dir(hc_ctx());
+    free(L.dir);
+    free(L.logdir);
+    if (asprintf(&L.dir, "%s/healthcare/ops", base) < 0)
+        L.dir = NULL;
+    if (asprintf(&L.logdir, "%s/healthcare/logs", base) < 0)
+        L.logdir = NULL;
+    hc_mkdirs(L.dir);
+    hc_mkdirs(L.logdir);
+    L.stop = false;
+}
+
+static hc_op *op_from_json(const cJSON *j)
+{
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "id"));
+    const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "name"));
+    const char *ds = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "dataset"));
+    const char *tg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "target"));
+    const char *ver = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "version"));
+    const char *kind = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "kind"));
+    if (!id || !name || !ds || !tg || !ver || !kind || kind_from(kind) < 0)
+        return NULL;
+    hc_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return NULL;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    op->name = strdup(name);
+    op->dataset = strdup(ds);
+    op->target = strdup(tg);
+    snprintf(op->version, sizeof op->version, "%s", ver);
+    op->kind = (enum hc_op_kind)kind_from(kind);
+    op->request = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j, "request"), true);
+#define NUM(k) cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(j, k))
+    op->create.tv_sec = (time_t)NUM("createSec");
+    op->create.tv_nsec = (long)NUM("createNsec");
+    op->end.tv_sec = (time_t)NUM("endSec");
+    op->end.tv_nsec = (long)NUM("endNsec");
+    op->success = (long)NUM("success");
+    op->failure = (long)NUM("failure");
+    op->err_code = (int)NUM("errCode");
+#undef NUM
+    op->done = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "done"));
+    op->cancel_req = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "cancelRequested"));
+    const char *em = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "errMsg"));
+    op->err_msg = em ? strdup(em) : NULL;
+    return op;
+}
+
+int lro_load(void)
+{
+    DIR *d = opendir(L.dir);
+    if (!d)
+        return 0;
+    struct dirent *de;
+    unsigned long long max_id = 0;
+    pthread_mutex_lock(&L.mu);
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n < 6 || strcmp(de->d_name + n - 5, ".json") != 0)
+            continue;
+        char *path;
+        if (asprintf(&path, "%s/%s", L.dir, de->d_name) < 0)
+            continue;
+        uint8_t *data;
+        size_t len;
+        if (hc_read_file(path, &data, &len) == 0) {
+            cJSON *j = cJSON_ParseWithLength((const char *)data, len);
+            hc_op *op = j ? op_from_json(j) : NULL;
+            if (op) {
+                op->next = L.ops;
+                L.ops = op;
+                unsigned long long id = strtoull(op->id, NULL, 10);
+                if (id > max_id)
+                    max_id = id;
+            } else {
+                log_warn("emulator: ignoring unreadable operation record %s", path);
+            }
+            cJSON_Delete(j);
+            free(data);
+        }
+        free(path);
+    }
+    closedir(d);
+    char *np;
+    unsigned long long next = 0;
+    if (asprintf(&np, "%s/next", L.dir) >= 0) {
+        uint8_t *data;
+        size_t len;
+        if (hc_read_file(np, &data, &len) == 0) {
+            next = strtoull((const char *)data, NULL, 10);
+            free(data);
+        }
+        free(np);
+    }
+    if (next <= max_id)
+        next = max_id + 1;
+    if (next < 1000000000000ull) {
+        /* realistic-looking numeric ids that do not repeat across data loss */
+        next = (unsigned long long)time(NULL) * 1000000ull;
+    }
+    L.next_id = next;
+    save_next_id();
+    /* Resume operations interrupted by a restart: every kind is idempotent. */
+    for (hc_op *o = L.ops; o; o = o->next) {
+        if (o->done)
+            continue;
+        log_info("emulator: resuming operation %s (%s) after a restart", o->id, kind_name(o->kind));
+        o->success = o->failure = o->pending = 0;
+        char *lp;
+        if (asprintf(&lp, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+            unlink(lp); /* the rerun logs every failure again */
+            free(lp);
+        }
+        op_spawn(o);
+    }
+    pthread_mutex_unlock(&L.mu);
+    return 0;
+}
+
+void lro_shutdown(void)
+{
+    pthread_mutex_lock(&L.mu);
+    L.stop = true;
+    while (L.active > 0)
+        pthread_cond_wait(&L.cv, &L.mu);
+    hc_op *o = L.ops;
+    L.ops = NULL;
+    pthread_mutex_unlock(&L.mu);
+    while (o) {
+        hc_op *n = o->next;
+        op_free(o);
+        o = n;
+    }
+}

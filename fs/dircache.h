@@ -1,0 +1,65 @@
+/* dircache: short-lived directory listings keyed by directory, so that
+ * `ls -l` of a directory of 1000 remote entries costs one list call and the
+ * getattr of every child is answered from the listing.
+ *
+ * A listing is "complete" when it came from a full list call: a name absent
+ * from a fresh complete listing does not exist. Single entries (e.g. the
+ * size of one operation fetched by getattr) can be added to a listing
+ * without making it complete. Thread-safe.
+ */
+#ifndef DICOMFS_DIRCACHE_H
+#define DICOMFS_DIRCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dircache dircache;
+
+typedef struct dircache_entry {
+    char *name;
+    bool is_dir;
+    uint64_t size;
+    int64_t mtime; /* seconds since the epoch, 0 = unknown */
+} dircache_entry;
+
+/* Builder for a complete listing. */
+typedef struct dircache_list {
+    dircache_entry *v;
+    size_t n, cap;
+} dircache_list;
+
+dircache *dircache_new(void);
+void dircache_free(dircache *c);
+
+void dircache_list_init(dircache_list *l);
+int dircache_list_add(dircache_list *l, const char *name, bool is_dir, uint64_t size);
+int dircache_list_add_mtime(dircache_list *l, const char *name, bool is_dir, uint64_t size,
+                            int64_t mtime);
+void dircache_list_clear(dircache_list *l);
+
+/* Replaces the listing of key by l (taken over: l is left empty), fresh for
+ * ttl_s seconds. */
+void dircache_put(dircache *c, const char *key, dircache_list *l, double ttl_s);
+/* Adds or replaces one entry of key's listing, fresh for ttl_s seconds. */
+void dircache_put_one(dircache *c, const char *key, const char *name, bool is_dir, uint64_t size,
+                      double ttl_s);
+void dircache_put_one_mtime(dircache *c, const char *key, const char *name, bool is_dir,
+                            uint64_t size, int64_t mtime, double ttl_s);
+
+/* 1: found (is_dir/size set); 0: a fresh complete listing lacks the name;
+ * -1: nothing fresh is known. */
+int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir, uint64_t *size);
+
+/* The same, also giving the entry's mtime (0 = unknown). */
+int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *is_dir,
+                          uint64_t *size, int64_t *mtime);
+
+/* Copies the fresh complete listing of key into out (caller clears it).
+ * Returns 0, or -1 when there is none. */
+int dircache_get(dircache *c, const char *key, dircache_list *out);
+
+/* Forgets key's listing (after a change we made). */
+void dircache_invalidate(dircache *c, const char *key);
+
+#endif

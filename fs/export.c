@@ -1,0 +1,810 @@
+/* export: STORE/export/FMT/NAME filter files and NAME.out/ (see export.h). */
+#include "export.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "filter.h"
+#include "journal.h"
+#include "log.h"
+
+struct export_file {
+    tree_path tp;
+    char *buf;
+    size_t len, cap;
+    bool dirty;   /* written, truncated or created since the last start */
+    bool created; /* new filter: forgotten again if it never started */
+    bool started;
+};
+
+/* ---- the local record: cache_dir/exports/DS/STORE/FMT/NAME/{filter,op,done} */
+
+static char *record_dir(fs_ctx *x, const tree_path *tp)
+{
+    return http_strdup_printf("%s/exports/%s/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
+                              tp->format->dir, tp->name);
+}
+
+static char *fmt_dir(fs_ctx *x, const tree_path *tp)
+{
+    return http_strdup_printf("%s/exports/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
+                              tp->format->dir);
+}
+
+static char *record_file(fs_ctx *x, const tree_path *tp, const char *leaf)
+{
+    char *d = record_dir(x, tp);
+    char *f = d ? http_strdup_printf("%s/%s", d, leaf) : NULL;
+    free(d);
+    return f;
+}
+
+static int mkdirs(const char *dir)
+{
+    char *tmp = strdup(dir);
+    if (!tmp)
+        return -ENOMEM;
+    int rc = 0;
+    for (char *p = tmp + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+            rc = -errno;
+            break;
+        }
+        *p = c;
+        if (!c)
+            break;
+    }
+    free(tmp);
+    return rc;
+}
+
+/* Writes path atomically: temp file, fsync, rename. */
+static int write_file(const char *path, const void *data, size_t len)
+{
+    char *tmp = http_strdup_printf("%s.tmp", path);
+    if (!tmp)
+        return -ENOMEM;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = 0;
+    if (fd < 0) {
+        rc = -errno;
+    } else {
+        const char *p = data;
+        size_t left = len;
+        while (left > 0 && rc == 0) {
+            ssize_t n = write(fd, p, left);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                rc = -errno;
+            else {
+                p += n;
+                left -= (size_t)n;
+            }
+        }
+        if (rc == 0 && fsync(fd) != 0)
+            rc = -errno;
+        close(fd);
+        if (rc == 0 && rename(tmp, path) != 0)
+            rc = -errno;
+        if (rc)
+            unlink(tmp);
+    }
+    free(tmp);
+    return rc;
+}
+
+/* Reads a whole small file; -ENOENT when absent. */
+static int read_file(const char *path, char **data, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 0 || (uint64_t)st.st_size > EXPORT_MAX_FILTER) {
+        close(fd);
+        return -EIO;
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        close(fd);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t n = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    return 0;
+}
+
+static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
+{
+    char *path = record_file(x, tp, leaf);
+    char *data = NULL;
+    size_t len = 0;
+    if (!path || read_file(path, &data, &len) != 0) {
+        free(path);
+        return NULL;
+    }
+    free(path);
+    while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+        data[--len] = '\0';
+    return data;
+}
+
+static void remove_record(fs_ctx *x, const tree_path *tp)
+{
+    static const char *const leaves[] = {"filter",     "op",     "done",
+                                         "filter.tmp", "op.tmp", "done.tmp"};
+    for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
+        char *f = record_file(x, tp, leaves[i]);
+        if (f)
+            unlink(f);
+        free(f);
+    }
+    char *d = record_dir(x, tp);
+    if (d)
+        rmdir(d);
+    free(d);
+}
+
+/* gs://EXPORT/PREFIX/DS/STORE/FMT/NAME: bucket and object prefix (no '/'). */
+static char *dest_prefix(fs_ctx *x, const tree_path *tp)
+{
+    const char *p = x->opt->export_prefix;
+    return http_strdup_printf("%s%s%s/%s/%s/%s", p, *p ? "/" : "", tp->dataset, tp->store,
+                              tp->format->dir, tp->name);
+}
+
+static char *out_key(const tree_path *tp)
+{
+    return http_strdup_printf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
+}
+
+/* ---- export/FMT/ */
+
+int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf)
+{
+    char *d = fmt_dir(x, tp);
+    if (!d)
+        return -ENOMEM;
+    DIR *dir = opendir(d);
+    free(d);
+    if (!dir)
+        return 0; /* nothing recorded yet */
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
+            continue;
+        tree_path t = *tp;
+        snprintf(t.name, sizeof t.name, "%s", de->d_name);
+        struct stat st;
+        if (export_getattr_filter(x, &t, &st) != 0)
+            continue;
+        if (fill(buf, de->d_name, &st))
+            break;
+        char *op = read_line_file(x, &t, "op");
+        if (op && strlen(de->d_name) + 4 <= TREE_NAME_MAX) {
+            char out[TREE_NAME_MAX + 1];
+            snprintf(out, sizeof out, "%s.out", de->d_name);
+            fs_stat_dir(x, &st, 0555);
+            if (fill(buf, out, &st)) {
+                free(op);
+                break;
+            }
+        }
+        free(op);
+    }
+    closedir(dir);
+    return 0;
+}
+
+int export_getattr_filter(fs_ctx *x, const tree_path *tp, struct stat *st)
+{
+    char *f = record_file(x, tp, "filter");
+    if (!f)
+        return -ENOMEM;
+    struct stat lst;
+    int rc = stat(f, &lst);
+    free(f);
+    if (rc != 0)
+        return -ENOENT;
+    fs_stat_file(x, st, 0644, lst.st_size);
+    st->st_mtim = lst.st_mtim;
+    st->st_ctim = lst.st_ctim;
+    return 0;
+}
+
+int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, export_file **out)
+{
+    export_file *f = calloc(1, sizeof *f);
+    if (!f)
+        return -ENOMEM;
+    f->tp = *tp;
+    f->tp.rest = "";
+    char *path = record_file(x, tp, "filter");
+    if (!path) {
+        free(f);
+        return -ENOMEM;
+    }
+    int rc = 0;
+    if (create) {
+        char *d = record_dir(x, tp);
+        rc = d ? mkdirs(d) : -ENOMEM;
+        free(d);
+        struct stat st;
+        bool existed = rc == 0 && stat(path, &st) == 0;
+        if (rc == 0 && !existed) {
+            rc = write_file(path, "", 0);
+            f->created = true;
+        }
+        f->dirty = true;
+        if (existed && !(flags & O_TRUNC))
+            rc = read_file(path, &f->buf, &f->len);
+    } else if (flags & O_TRUNC) {
+        struct stat st;
+        rc = stat(path, &st) == 0 ? 0 : -ENOENT;
+        f->dirty = true;
+    } else {
+        rc = read_file(path, &f->buf, &f->len);
+    }
+    free(path);
+    if (rc) {
+        if (rc != -ENOENT)
+            log_error("%s/%s/export/%s/%s: cannot open the local record: %s", tp->dataset,
+                      tp->store, tp->format->dir, tp->name, strerror(-rc));
+        free(f->buf);
+        free(f);
+        return rc;
+    }
+    f->cap = f->len;
+    *out = f;
+    return 0;
+}
+
+static int reserve(export_file *f, size_t need)
+{
+    if (need > EXPORT_MAX_FILTER)
+        return -EFBIG;
+    if (need <= f->cap)
+        return 0;
+    size_t cap = f->cap ? f->cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (cap > EXPORT_MAX_FILTER)
+        cap = EXPORT_MAX_FILTER;
+    char *b = realloc(f->buf, cap + 1);
+    if (!b)
+        return -ENOMEM;
+    f->buf = b;
+    f->cap = cap;
+    return 0;
+}
+
+int export_write(export_file *f, const char *buf, size_t size, off_t off)
+{
+    if (off < 0)
+        return -EINVAL;
+    if ((uint64_t)off + size > EXPORT_MAX_FILTER) {
+        log_error("%s/%s/export/%s/%s: a filter is limited to %u bytes", f->tp.dataset, f->tp.store,
+                  f->tp.format->dir, f->tp.name, EXPORT_MAX_FILTER);
+        return -EFBIG;
+    }
+    size_t end = (size_t)off + size;
+    int rc = reserve(f, end);
+    if (rc)
+        return rc;
+    if ((size_t)off > f->len)
+        memset(f->buf + f->len, 0, (size_t)off - f->len);
+    memcpy(f->buf + off, buf, size);
+    if (end > f->len)
+        f->len = end;
+    f->dirty = true;
+    return (int)size;
+}
+
+int export_read(export_file *f, char *buf, size_t size, off_t off)
+{
+    if (off < 0)
+        return -EINVAL;
+    if ((size_t)off >= f->len)
+        return 0;
+    size_t n = f->len - (size_t)off;
+    if (n > size)
+        n = size;
+    memcpy(buf, f->buf + off, n);
+    return (int)n;
+}
+
+int export_truncate_open(export_file *f, off_t size)
+{
+    if (size < 0)
+        return -EINVAL;
+    int rc = reserve(f, (size_t)size);
+    if (rc)
+        return rc;
+    if ((size_t)size > f->len)
+        memset(f->buf + f->len, 0, (size_t)size - f->len);
+    f->len = (size_t)size;
+    f->dirty = true;
+    return 0;
+}
+
+int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size)
+{
+    /* Only shortening the local copy: the export it started stays as it was;
+     * a new export starts when the file is next written and closed. */
+    char *path = record_file(x, tp, "filter");
+    if (!path)
+        return -ENOMEM;
+    int rc = truncate(path, size) == 0 ? 0 : -errno;
+    free(path);
+    return rc;
+}
+
+/* ---- starting the export */
+
+static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out)
+{
+    const tree_path *tp = &f->tp;
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    char *prefix = dest_prefix(x, tp);
+    char *dest = prefix ? http_strdup_printf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
+    char *filter_obj = NULL, *filter_uri = NULL;
+    int rc = 0;
+    http_error err = {0};
+    if (!store || !dest) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (n_paths > 0) {
+        const char *sp = x->opt->staging_prefix;
+        filter_obj =
+            http_strdup_printf("%s%sfilters/%s/%s/%s/%s-%lld.txt", sp, *sp ? "/" : "", tp->dataset,
+                               tp->store, tp->format->dir, tp->name, (long long)time(NULL));
+        filter_uri = filter_obj
+                         ? http_strdup_printf("gs://%s/%s", x->opt->staging_bucket, filter_obj)
+                         : NULL;
+        if (!filter_uri) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        int g = gcs_upload_buf(x->cl.gcs, x->opt->staging_bucket, filter_obj, f->buf, f->len,
+                               "text/plain", NULL, &err);
+        if (g != GCS_OK) {
+            rc = fs_errno_gcs(g, &err);
+            log_error("%s/%s/export/%s/%s: uploading the filter to %s failed: %s", tp->dataset,
+                      tp->store, tp->format->dir, tp->name, filter_uri, err.message);
+            goto out;
+        }
+    }
+    int h = hc_export(x->cl.hc, store, dest, tp->format->mime_type, filter_uri, op_out, &err);
+    if (h != HC_OK) {
+        rc = fs_errno_hc(h, &err);
+        log_error("%s/%s/export/%s/%s: starting the export of %s to %s failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, store, dest, err.message);
+        goto out;
+    }
+    log_info("%s/%s/export/%s/%s: started %s (%s, %zu filter paths) to %s", tp->dataset, tp->store,
+             tp->format->dir, tp->name, *op_out, tp->format->mime_type, n_paths, dest);
+out:
+    free(store);
+    free(prefix);
+    free(dest);
+    free(filter_obj);
+    free(filter_uri);
+    return rc;
+}
+
+static int save_record(fs_ctx *x, export_file *f, const char *op)
+{
+    char *d = record_dir(x, &f->tp);
+    int rc = d ? mkdirs(d) : -ENOMEM;
+    free(d);
+    char *pf = record_file(x, &f->tp, "filter");
+    char *po = record_file(x, &f->tp, "op");
+    char *pd = record_file(x, &f->tp, "done");
+    if (!pf || !po || !pd)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+    if (rc == 0) {
+        unlink(pd);
+        rc = write_file(po, op, strlen(op));
+    }
+    free(pf);
+    free(po);
+    free(pd);
+    return rc;
+}
+
+/* A new filter whose export did not start is not listed: close() failed,
+ * so the file was never written as far as the user can tell. (release()
+ * comes asynchronously after close(), too late for an `ls` right after.) */
+static void forget_unstarted(fs_ctx *x, export_file *f)
+{
+    if (f->created && !f->started)
+        remove_record(x, &f->tp);
+}
+
+int export_flush(fs_ctx *x, export_file *f)
+{
+    if (!f->dirty)
+        return 0;
+    const tree_path *tp = &f->tp;
+    size_t n_paths = 0;
+    filter_error ferr;
+    memset(&ferr, 0, sizeof ferr);
+    int p = filter_parse(f->buf ? f->buf : "", f->len, NULL, NULL, &n_paths, &ferr);
+    if (p == FILTER_ERR_SYNTAX) {
+        log_error("%s/%s/export/%s/%s: line %zu, column %zu: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, ferr.line, ferr.column, ferr.message);
+        forget_unstarted(x, f);
+        return -EINVAL;
+    }
+    if (p != FILTER_OK)
+        return -ENOMEM;
+    char *op = NULL;
+    int rc = start_export(x, f, n_paths, &op);
+    if (rc) {
+        forget_unstarted(x, f);
+        return rc;
+    }
+    f->dirty = false;
+    f->started = true;
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    char kind[TREE_NAME_MAX * 2 + 16];
+    snprintf(kind, sizeof kind, "export:%s/%s", tp->format->dir, tp->name);
+    int j = store && x->journal ? journal_add_operation(x->journal, store, op, kind) : -ENOMEM;
+    if (j)
+        log_error("%s/%s/export/%s/%s: recording %s in the journal failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, op, strerror(-j));
+    int s = save_record(x, f, op);
+    if (s)
+        log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, strerror(-s));
+    char *key = out_key(tp);
+    if (key)
+        dircache_invalidate(x->cache, key);
+    free(key);
+    free(store);
+    free(op);
+    /* The export runs on the server whatever happens to the local record. */
+    return 0;
+}
+
+void export_release(fs_ctx *x, export_file *f)
+{
+    if (!f)
+        return;
+    if (f->created && !f->started)
+        remove_record(x, &f->tp);
+    free(f->buf);
+    free(f);
+}
+
+int export_unlink(fs_ctx *x, const tree_path *tp)
+{
+    struct stat st;
+    int rc = export_getattr_filter(x, tp, &st);
+    if (rc)
+        return rc;
+    remove_record(x, tp);
+    char *key = out_key(tp);
+    if (key)
+        dircache_invalidate(x->cache, key);
+    free(key);
+    log_info("%s/%s/export/%s/%s: filter forgotten (exported objects are kept)", tp->dataset,
+             tp->store, tp->format->dir, tp->name);
+    return 0;
+}
+
+/* ---- NAME.out/ */
+
+/* 1 when the export finished successfully, 0 while it runs or after it
+ * failed (logged once per check), or -errno. */
+static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
+{
+    char *donef = record_file(x, tp, "done");
+    if (!donef)
+        return -ENOMEM;
+    struct stat st;
+    if (stat(donef, &st) == 0) {
+        free(donef);
+        return 1;
+    }
+    char *op = read_line_file(x, tp, "op");
+    if (!op) {
+        free(donef);
+        return -ENOENT;
+    }
+    /* Checked at most every FS_OP_TTL seconds per operation. */
+    bool is_dir;
+    uint64_t state = 0;
+    if (!fresh && dircache_lookup(x->cache, "export-state", op, &is_dir, &state) == 1) {
+        free(op);
+        free(donef);
+        return 0;
+    }
+    char *json = NULL;
+    size_t len = 0;
+    http_error err = {0};
+    int rc = hc_operation_get(x->cl.hc, op, &json, &len, &err);
+    int result = 0;
+    if (rc != HC_OK) {
+        log_error("%s/%s/export/%s/%s: checking %s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, op, err.message);
+        result = fs_errno_hc(rc, &err);
+    } else {
+        hc_operation o;
+        memset(&o, 0, sizeof o);
+        if (hc_operation_parse(json, len, &o) == HC_OK && o.done) {
+            if (o.has_error) {
+                log_error("%s/%s/export/%s/%s: %s failed: %s", tp->dataset, tp->store,
+                          tp->format->dir, tp->name, op,
+                          o.error_message ? o.error_message : "(no message)");
+            } else {
+                write_file(donef, "", 0);
+                result = 1;
+            }
+        }
+        hc_operation_clear(&o);
+    }
+    if (result == 0)
+        dircache_put_one(x->cache, "export-state", op, false, 0, FS_OP_TTL);
+    free(json);
+    free(op);
+    free(donef);
+    return result;
+}
+
+typedef struct out_item {
+    char *path;
+    bool is_dir;
+    uint64_t size;
+} out_item;
+
+struct out_collect {
+    size_t prefix_len;
+    out_item *v;
+    size_t n, cap;
+};
+
+static int add_item(struct out_collect *oc, const char *path, size_t len, bool is_dir,
+                    uint64_t size)
+{
+    if (oc->n == oc->cap) {
+        size_t cap = oc->cap ? oc->cap * 2 : 64;
+        out_item *v = realloc(oc->v, cap * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        oc->v = v;
+        oc->cap = cap;
+    }
+    char *p = strndup(path, len);
+    if (!p)
+        return -ENOMEM;
+    oc->v[oc->n++] = (out_item){p, is_dir, size};
+    return 0;
+}
+
+static bool rel_ok(const char *rel)
+{
+    if (!*rel)
+        return false;
+    for (const char *p = rel;;) {
+        const char *s = strchr(p, '/');
+        size_t n = s ? (size_t)(s - p) : strlen(p);
+        if (n == 0 || n > TREE_NAME_MAX || (n == 1 && p[0] == '.') ||
+            (n == 2 && p[0] == '.' && p[1] == '.'))
+            return false;
+        if (!s)
+            return true;
+        p = s + 1;
+    }
+}
+
+static int out_list_cb(void *ctx, const gcs_object *obj, const char *prefix)
+{
+    struct out_collect *oc = ctx;
+    if (!obj || !obj->name || strlen(obj->name) <= oc->prefix_len)
+        return 0;
+    (void)prefix;
+    const char *rel = obj->name + oc->prefix_len;
+    if (!rel_ok(rel))
+        return 0; /* cannot be shown as a path */
+    for (const char *s = strchr(rel, '/'); s; s = strchr(s + 1, '/'))
+        if (add_item(oc, rel, (size_t)(s - rel), true, 0))
+            return -ENOMEM;
+    return add_item(oc, rel, strlen(rel), false, obj->size);
+}
+
+static int cmp_item(const void *a, const void *b)
+{
+    const out_item *x = a, *y = b;
+    int c = strcmp(x->path, y->path);
+    return c ? c : (int)y->is_dir - (int)x->is_dir;
+}
+
+/* The listing of NAME.out: every object and directory by relative path. */
+/* fresh: ask the server even if it said "not done" a moment ago (a
+ * listing the user asked for, not one of many getattr calls). */
+static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list *l)
+{
+    char *key = out_key(tp);
+    if (!key)
+        return -ENOMEM;
+    if (dircache_get(x->cache, key, l) == 0) {
+        free(key);
+        return 0;
+    }
+    int done = export_done(x, tp, fresh);
+    if (done <= 0) {
+        free(key);
+        dircache_list_init(l);
+        return done;
+    }
+    char *prefix = dest_prefix(x, tp);
+    char *slashed = prefix ? http_strdup_printf("%s/", prefix) : NULL;
+    free(prefix);
+    if (!slashed) {
+        free(key);
+        return -ENOMEM;
+    }
+    struct out_collect oc = {strlen(slashed), NULL, 0, 0};
+    http_error err = {0};
+    int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
+    if (rc != GCS_OK) {
+        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
+        log_error("%s/%s/export/%s/%s.out: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
+        rc = e;
+    }
+    if (oc.n)
+        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
+    dircache_list built;
+    dircache_list_init(&built);
+    for (size_t i = 0; rc == 0 && i < oc.n; i++) {
+        /* A name that is both an object and a prefix shows as the directory. */
+        if (i > 0 && strcmp(oc.v[i].path, oc.v[i - 1].path) == 0)
+            continue;
+        if (dircache_list_add(&built, oc.v[i].path, oc.v[i].is_dir, oc.v[i].size))
+            rc = -ENOMEM;
+    }
+    for (size_t i = 0; i < oc.n; i++)
+        free(oc.v[i].path);
+    free(oc.v);
+    free(slashed);
+    if (rc == 0) {
+        dircache_put(x->cache, key, &built, FS_LIST_TTL);
+        if (dircache_get(x->cache, key, l) != 0)
+            dircache_list_init(l);
+    }
+    dircache_list_clear(&built);
+    free(key);
+    return rc;
+}
+
+static int record_has_op(fs_ctx *x, const tree_path *tp)
+{
+    char *op = read_line_file(x, tp, "op");
+    free(op);
+    return op ? 0 : -ENOENT;
+}
+
+int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
+{
+    int rc = record_has_op(x, tp);
+    if (rc)
+        return rc;
+    if (!*tp->rest) {
+        fs_stat_dir(x, st, 0555);
+        return 0;
+    }
+    dircache_list l;
+    rc = out_listing(x, tp, false, &l);
+    if (rc < 0)
+        return rc;
+    rc = -ENOENT;
+    for (size_t i = 0; i < l.n; i++)
+        if (strcmp(l.v[i].name, tp->rest) == 0) {
+            if (l.v[i].is_dir)
+                fs_stat_dir(x, st, 0555);
+            else
+                fs_stat_file(x, st, 0444, (off_t)l.v[i].size);
+            rc = 0;
+            break;
+        }
+    dircache_list_clear(&l);
+    return rc;
+}
+
+int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf)
+{
+    struct stat st;
+    int rc = export_out_getattr(x, tp, &st);
+    if (rc)
+        return rc;
+    if (!S_ISDIR(st.st_mode))
+        return -ENOTDIR;
+    dircache_list l;
+    rc = out_listing(x, tp, true, &l);
+    if (rc < 0)
+        return rc;
+    size_t rl = strlen(tp->rest);
+    for (size_t i = 0; i < l.n; i++) {
+        const char *name = l.v[i].name;
+        if (rl) {
+            if (strncmp(name, tp->rest, rl) != 0 || name[rl] != '/')
+                continue;
+            name += rl + 1;
+        }
+        if (strchr(name, '/'))
+            continue;
+        if (l.v[i].is_dir)
+            fs_stat_dir(x, &st, 0555);
+        else
+            fs_stat_file(x, &st, 0444, (off_t)l.v[i].size);
+        if (fill(buf, name, &st))
+            break;
+    }
+    dircache_list_clear(&l);
+    return 0;
+}
+
+int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
+{
+    struct stat st;
+    int rc = export_out_getattr(x, tp, &st);
+    if (rc)
+        return rc;
+    if (S_ISDIR(st.st_mode))
+        return -EISDIR;
+    char *prefix = dest_prefix(x, tp);
+    char *obj = prefix ? http_strdup_printf("%s/%s", prefix, tp->rest) : NULL;
+    free(prefix);
+    if (!obj)
+        return -ENOMEM;
+    int fd = open(x->opt->cache_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = -errno;
+        log_error("%s/%s/export/%s/%s.out/%s: no temporary file in %s: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, tp->rest, x->opt->cache_dir, strerror(errno));
+        free(obj);
+        return rc;
+    }
+    uint64_t written = 0;
+    http_error err = {0};
+    int g = gcs_download_fd(x->cl.gcs, x->opt->export_bucket, obj, 0, 0, fd, 0, &written, &err);
+    if (g != GCS_OK) {
+        rc = fs_errno_gcs(g, &err);
+        log_error("%s/%s/export/%s/%s.out/%s: downloading gs://%s/%s failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, tp->rest, x->opt->export_bucket, obj,
+                  err.message);
+        close(fd);
+        free(obj);
+        return rc;
+    }
+    free(obj);
+    *fdp = fd;
+    return 0;
+}

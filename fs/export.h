@@ -1,0 +1,54 @@
+/* export: the STORE/export/ directory.
+ *
+ * export/FMT/ for each output format (tree_formats). Writing a filter file
+ * export/FMT/NAME keeps it in memory (at most EXPORT_MAX_FILTER bytes,
+ * EFBIG beyond); flush() (what close() returns) checks it with
+ * filter_parse: a bad line fails with EINVAL, logs "export/FMT/NAME: line L,
+ * column C: MESSAGE" and starts nothing. An empty filter exports the whole
+ * store (v1 export); otherwise the filter is uploaded to
+ * gs://STAGING/PREFIX/filters/DATASET/STORE/FMT/NAME-TIMESTAMP.txt and a
+ * v1beta1 export with filterConfig is started. Either way the destination is
+ * EXPORT_TO/DATASET/STORE/FMT/NAME and the operation is recorded in the
+ * journal as "export:FMT/NAME". The filter and the operation name are kept in
+ * cache_dir/exports/ so that export/FMT/NAME reads the filter back after a
+ * remount. export/FMT/NAME.out/ shows the exported objects (nested
+ * STUDY/SERIES/INSTANCE.EXT) once the operation is done.
+ */
+#ifndef DICOMFS_EXPORT_H
+#define DICOMFS_EXPORT_H
+
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "fuse_ops.h"
+#include "tree.h"
+
+#define EXPORT_MAX_FILTER (64u << 20)
+
+typedef int (*export_fill_fn)(void *buf, const char *name, const struct stat *st);
+
+typedef struct export_file export_file;
+
+/* export/FMT/: NAME and NAME.out for every recorded filter. */
+int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf);
+
+int export_getattr_filter(fs_ctx *x, const tree_path *tp, struct stat *st);
+/* flags as open(2); create: a new filter (exports the whole store when
+ * closed empty). */
+int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, export_file **out);
+int export_write(export_file *f, const char *buf, size_t size, off_t off);
+int export_read(export_file *f, char *buf, size_t size, off_t off);
+int export_truncate_open(export_file *f, off_t size);
+int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size);
+int export_flush(fs_ctx *x, export_file *f);
+void export_release(fs_ctx *x, export_file *f);
+/* Forgets a filter locally (exported objects stay where they are). */
+int export_unlink(fs_ctx *x, const tree_path *tp);
+
+/* NAME.out/REST */
+int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st);
+int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf);
+/* Downloads the object into an unlinked file in cache_dir; *fd to pread. */
+int export_out_open(fs_ctx *x, const tree_path *tp, int *fd);
+
+#endif

@@ -1,0 +1,1364 @@
+/* fuse_ops: FUSE callbacks and dispatch on the kind of path (see fuse_ops.h). */
+#include "fuse_ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "export.h"
+#include "import.h"
+#include "journal.h"
+#include "log.h"
+#include "ops.h"
+#include "studies.h"
+#include "tree.h"
+
+/* ---- errors */
+
+static int errno_from_status(const http_error *err)
+{
+    long s = err ? err->http_status : 0;
+    switch (s) {
+    case 0:
+        return err && strcmp(err->status, "UNAUTHENTICATED") == 0 ? -EACCES : -EIO;
+    case 400:
+    case 411:
+    case 413:
+    case 414:
+        return -EINVAL;
+    case 401:
+    case 403:
+        return -EACCES;
+    case 404:
+    case 410:
+        return -ENOENT;
+    case 409:
+        return -EEXIST;
+    case 412:
+        return -EAGAIN;
+    case 429:
+        return -EAGAIN;
+    default:
+        return -EIO;
+    }
+}
+
+int fs_errno_hc(int rc, const http_error *err)
+{
+    switch (rc) {
+    case HC_OK:
+        return 0;
+    case HC_ERR_HTTP:
+        return errno_from_status(err);
+    case HC_ERR_NOMEM:
+        return -ENOMEM;
+    case HC_ERR_INVAL:
+        return -EINVAL;
+    default:
+        return -EIO;
+    }
+}
+
+int fs_errno_gcs(int rc, const http_error *err)
+{
+    switch (rc) {
+    case GCS_OK:
+        return 0;
+    case GCS_ERR_HTTP:
+        return errno_from_status(err);
+    case GCS_ERR_NOMEM:
+        return -ENOMEM;
+    case GCS_ERR_INVAL:
+        return -EINVAL;
+    default:
+        return -EIO;
+    }
+}
+
+/* errno for an operation that finished with a google.rpc.Status. */
+static int errno_from_rpc(int code)
+{
+    switch (code) {
+    case 3:  /* INVALID_ARGUMENT */
+    case 9:  /* FAILED_PRECONDITION */
+    case 11: /* OUT_OF_RANGE */
+        return -EINVAL;
+    case 5:
+        return -ENOENT;
+    case 6:
+        return -EEXIST;
+    case 7:
+    case 16:
+        return -EACCES;
+    case 8:
+        return -EAGAIN;
+    default:
+        return -EIO;
+    }
+}
+
+/* ---- context helpers */
+
+static fs_ctx *ctx(void)
+{
+    return fuse_get_context()->private_data;
+}
+
+char *fs_dataset_name(const fs_ctx *x, const char *dataset_id)
+{
+    return http_strdup_printf("%s/datasets/%s", x->opt->location, dataset_id);
+}
+
+char *fs_store_name(const fs_ctx *x, const char *dataset_id, const char *store_id)
+{
+    return http_strdup_printf("%s/datasets/%s/dicomStores/%s", x->opt->location, dataset_id,
+                              store_id);
+}
+
+void fs_stat_dir(const fs_ctx *x, struct stat *st, mode_t perm)
+{
+    memset(st, 0, sizeof *st);
+    st->st_mode = S_IFDIR | perm;
+    st->st_nlink = 2;
+    st->st_uid = x->uid;
+    st->st_gid = x->gid;
+    st->st_atim = st->st_mtim = st->st_ctim = x->mount_time;
+}
+
+void fs_stat_file(const fs_ctx *x, struct stat *st, mode_t perm, off_t size)
+{
+    memset(st, 0, sizeof *st);
+    st->st_mode = S_IFREG | perm;
+    st->st_nlink = 1;
+    st->st_uid = x->uid;
+    st->st_gid = x->gid;
+    st->st_size = size;
+    st->st_blksize = 4096;
+    st->st_blocks = (size + 511) / 512;
+    st->st_atim = st->st_mtim = st->st_ctim = x->mount_time;
+}
+
+/* ---- dataset and store listings */
+
+struct name_list {
+    dircache_list l;
+    bool stores;
+};
+
+static int name_list_cb(void *c, const char *name, const char *json)
+{
+    (void)json;
+    struct name_list *nl = c;
+    const char *leaf = hc_name_leaf(name);
+    if (!leaf || tree_check_name(leaf) != 0)
+        return 0; /* not representable as a file name */
+    if (nl->stores && tree_reserved_in_dataset(leaf)) {
+        log_warn("%s: hidden behind the fixed directory of the same name", name);
+        return 0;
+    }
+    return dircache_list_add(&nl->l, leaf, true, 0) ? -ENOMEM : 0;
+}
+
+/* Key of the listing of the root (NULL ds) or of a dataset. */
+static char *list_key(const char *ds_id)
+{
+    return ds_id ? http_strdup_printf("ds:%s", ds_id) : strdup("root");
+}
+
+static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key)
+{
+    struct name_list nl = {.stores = ds_id != NULL};
+    dircache_list_init(&nl.l);
+    http_error err = {0};
+    int rc;
+    char *ds = NULL;
+    if (ds_id) {
+        ds = fs_dataset_name(x, ds_id);
+        if (!ds)
+            return -ENOMEM;
+        rc = hc_stores_list(x->cl.hc, ds, name_list_cb, &nl, &err);
+    } else {
+        rc = hc_datasets_list(x->cl.hc, x->opt->location, name_list_cb, &nl, &err);
+    }
+    if (rc != HC_OK) {
+        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
+        if (e != -ENOENT)
+            log_error("%s: listing %s failed: %s", ds ? ds : x->opt->location,
+                      ds ? "DICOM stores" : "datasets", err.message);
+        dircache_list_clear(&nl.l);
+        free(ds);
+        return e;
+    }
+    free(ds);
+    dircache_put(x->cache, key, &nl.l, FS_LIST_TTL);
+    return 0;
+}
+
+/* 0 when name is in the listing of ds_id (NULL: the root), else -ENOENT. */
+static int listed(fs_ctx *x, const char *ds_id, const char *name)
+{
+    char *key = list_key(ds_id);
+    if (!key)
+        return -ENOMEM;
+    bool is_dir;
+    uint64_t size;
+    int f = dircache_lookup(x->cache, key, name, &is_dir, &size);
+    if (f < 0) {
+        int rc = refresh_listing(x, ds_id, key);
+        if (rc) {
+            free(key);
+            return rc;
+        }
+        f = dircache_lookup(x->cache, key, name, &is_dir, &size);
+    }
+    free(key);
+    return f == 1 ? 0 : -ENOENT;
+}
+
+static int dataset_exists(fs_ctx *x, const tree_path *tp)
+{
+    if (x->opt->dataset)
+        return 0; /* checked before mounting */
+    return listed(x, NULL, tp->dataset);
+}
+
+static int store_exists(fs_ctx *x, const tree_path *tp)
+{
+    int rc = dataset_exists(x, tp);
+    return rc ? rc : listed(x, tp->dataset, tp->store);
+}
+
+static void invalidate_listing(fs_ctx *x, const char *ds_id)
+{
+    char *key = list_key(ds_id);
+    if (key)
+        dircache_invalidate(x->cache, key);
+    free(key);
+}
+
+/* ---- path parsing with logging */
+
+static int parse(const char *path, tree_path *tp)
+{
+    fs_ctx *x = ctx();
+    const char *fixed = x->opt->dataset ? hc_name_leaf(x->opt->dataset) : NULL;
+    int rc = tree_parse(path, fixed, tp);
+    if (rc)
+        log_debug("%s: %s", path, strerror(-rc));
+    else if (tp->kind == TREE_IMPORT && !x->import)
+        rc = -EIO; /* init could not start it (logged there) */
+    return rc;
+}
+
+/* Refuses an operation with a log line saying what and where. */
+static int deny(const char *path, const char *what, int e)
+{
+    log_warn("%s: %s: %s", path, what, strerror(-e));
+    return e;
+}
+
+/* ---- getattr */
+
+static int store_child_exists(fs_ctx *x, const tree_path *tp)
+{
+    return store_exists(x, tp);
+}
+
+static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
+{
+    int rc;
+    switch (tp->kind) {
+    case TREE_ROOT:
+        fs_stat_dir(x, st, 0755);
+        return 0;
+    case TREE_DATASET:
+        rc = dataset_exists(x, tp);
+        if (rc == 0)
+            fs_stat_dir(x, st, 0755);
+        return rc;
+    case TREE_DS_OPS:
+        rc = dataset_exists(x, tp);
+        if (rc == 0)
+            fs_stat_dir(x, st, 0555);
+        return rc;
+    case TREE_DS_OP:
+        rc = dataset_exists(x, tp);
+        return rc ? rc : ops_getattr(x, tp->dataset, NULL, tp->name, st);
+    case TREE_STORE:
+        rc = store_exists(x, tp);
+        if (rc == 0)
+            fs_stat_dir(x, st, 0555);
+        return rc;
+    case TREE_STATUS: {
+        rc = store_child_exists(x, tp);
+        if (rc)
+            return rc;
+        char *store = fs_store_name(x, tp->dataset, tp->store);
+        char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+        fs_stat_file(x, st, 0444, text ? (off_t)strlen(text) : 0);
+        free(text);
+        free(store);
+        return 0;
+    }
+    case TREE_IMPORT: {
+        rc = store_child_exists(x, tp);
+        if (rc)
+            return rc;
+        if (!x->import)
+            return -EIO;
+        char *store = fs_store_name(x, tp->dataset, tp->store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_getattr(x->import, store, tp->rest, st);
+        free(store);
+        return rc;
+    }
+    case TREE_EXPORT:
+    case TREE_STORE_OPS:
+        rc = store_child_exists(x, tp);
+        if (rc == 0)
+            fs_stat_dir(x, st, 0555);
+        return rc;
+    case TREE_EXPORT_FMT:
+        rc = store_child_exists(x, tp);
+        if (rc == 0)
+            fs_stat_dir(x, st, 0755);
+        return rc;
+    case TREE_EXPORT_FILTER:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : export_getattr_filter(x, tp, st);
+    case TREE_EXPORT_OUT:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : export_out_getattr(x, tp, st);
+    case TREE_STORE_OP:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : ops_getattr(x, tp->dataset, tp->store, tp->name, st);
+    case TREE_STUDIES:
+        rc = store_child_exists(x, tp);
+        return rc ? rc : studies_getattr(x, tp, st);
+    case TREE_NONE:
+    default:
+        return -ENOENT;
+    }
+}
+
+static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+    (void)fi;
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc == -EINVAL ? -ENOENT : rc;
+    return getattr_path(ctx(), &tp, st);
+}
+
+/* ---- readdir */
+
+struct fill_adapter {
+    fuse_fill_dir_t fill;
+    void *buf;
+};
+
+static int adapt_fill(void *buf, const char *name, const struct stat *st)
+{
+    struct fill_adapter *a = buf;
+    return a->fill(a->buf, name, st, 0, 0);
+}
+
+static int fill_list(fs_ctx *x, const char *ds_id, struct fill_adapter *a)
+{
+    char *key = list_key(ds_id);
+    if (!key)
+        return -ENOMEM;
+    dircache_list l;
+    int rc = 0;
+    if (dircache_get(x->cache, key, &l) != 0) {
+        rc = refresh_listing(x, ds_id, key);
+        if (rc == 0 && dircache_get(x->cache, key, &l) != 0)
+            dircache_list_init(&l);
+    }
+    free(key);
+    if (rc)
+        return rc;
+    struct stat st;
+    fs_stat_dir(x, &st, ds_id ? 0555 : 0755);
+    for (size_t i = 0; i < l.n; i++)
+        if (adapt_fill(a, l.v[i].name, &st))
+            break;
+    dircache_list_clear(&l);
+    return 0;
+}
+
+static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
+{
+    struct stat st;
+    int rc = getattr_path(x, tp, &st);
+    if (rc)
+        return rc;
+    if (!S_ISDIR(st.st_mode))
+        return -ENOTDIR;
+    fs_stat_dir(x, &st, 0555);
+    switch (tp->kind) {
+    case TREE_ROOT:
+        return fill_list(x, NULL, a);
+    case TREE_DATASET:
+        adapt_fill(a, "operations", &st);
+        return fill_list(x, tp->dataset, a);
+    case TREE_DS_OPS:
+        return ops_readdir(x, tp->dataset, NULL, adapt_fill, a);
+    case TREE_STORE: {
+        static const char *const fixed[] = {"import", "export", "operations", "studies"};
+        for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+            fs_stat_dir(x, &st, strcmp(fixed[i], "import") == 0 ? 0755 : 0555);
+            adapt_fill(a, fixed[i], &st);
+        }
+        fs_stat_file(x, &st, 0444, 0);
+        adapt_fill(a, "status", &st);
+        return 0;
+    }
+    case TREE_IMPORT: {
+        char *store = fs_store_name(x, tp->dataset, tp->store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_readdir(x->import, store, tp->rest, adapt_fill, a);
+        free(store);
+        return rc;
+    }
+    case TREE_EXPORT:
+        fs_stat_dir(x, &st, 0755);
+        for (size_t i = 0; i < tree_n_formats; i++)
+            adapt_fill(a, tree_formats[i].dir, &st);
+        return 0;
+    case TREE_EXPORT_FMT:
+        return export_readdir_fmt(x, tp, adapt_fill, a);
+    case TREE_EXPORT_OUT:
+        return export_out_readdir(x, tp, adapt_fill, a);
+    case TREE_STORE_OPS:
+        return ops_readdir(x, tp->dataset, tp->store, adapt_fill, a);
+    case TREE_STUDIES:
+        return studies_readdir(x, tp, adapt_fill, a);
+    default:
+        return -ENOTDIR;
+    }
+}
+
+static int op_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+    (void)off;
+    (void)fi;
+    (void)flags;
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    struct fill_adapter a = {filler, buf};
+    struct stat st;
+    fs_stat_dir(x, &st, 0755);
+    filler(buf, ".", &st, 0, 0);
+    filler(buf, "..", NULL, 0, 0);
+    rc = readdir_path(x, &tp, &a);
+    if (rc && rc != -ENOENT && rc != -ENOTDIR)
+        log_error("%s: listing failed: %s", path, strerror(-rc));
+    return rc;
+}
+
+/* ---- mkdir / rmdir */
+
+/* Dataset ids: letters, digits, '_', '-', '.' (non-ASCII letters are left
+ * to the server to judge). */
+static bool dataset_id_ok(const char *id)
+{
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        if (!(*p >= 0x80 || (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+              (*p >= 'A' && *p <= 'Z') || *p == '_' || *p == '-' || *p == '.'))
+            return false;
+    return true;
+}
+
+static int create_dataset(fs_ctx *x, const char *path, const char *id)
+{
+    if (!dataset_id_ok(id))
+        return deny(path, "a dataset id may only hold letters, digits, '_', '-' and '.'", -EINVAL);
+    if (listed(x, NULL, id) == 0)
+        return -EEXIST;
+    char *op = NULL;
+    http_error err = {0};
+    int rc = hc_dataset_create(x->cl.hc, x->opt->location, id, &op, &err);
+    if (rc != HC_OK) {
+        int e = fs_errno_hc(rc, &err);
+        log_error("%s: creating dataset %s failed: %s", path, id, err.message);
+        return e;
+    }
+    hc_operation o;
+    memset(&o, 0, sizeof o);
+    rc = hc_operation_wait(x->cl.hc, op, 300, &o, &err);
+    int e = 0;
+    if (rc != HC_OK) {
+        e = fs_errno_hc(rc, &err);
+        log_error("%s: waiting for %s failed: %s", path, op, err.message);
+    } else if (o.has_error) {
+        e = errno_from_rpc(o.error_code);
+        log_error("%s: creating dataset %s failed: %s", path, id,
+                  o.error_message ? o.error_message : "(no message)");
+    } else {
+        log_info("%s: dataset created (%s)", path, op);
+    }
+    hc_operation_clear(&o);
+    free(op);
+    invalidate_listing(x, NULL);
+    return e;
+}
+
+static int create_store(fs_ctx *x, const char *path, const tree_path *tp)
+{
+    int rc = dataset_exists(x, tp);
+    if (rc)
+        return rc;
+    if (tree_reserved_in_dataset(tp->store))
+        return -EEXIST;
+    if (listed(x, tp->dataset, tp->store) == 0)
+        return -EEXIST;
+    char *ds = fs_dataset_name(x, tp->dataset);
+    if (!ds)
+        return -ENOMEM;
+    http_error err = {0};
+    rc = hc_store_create(x->cl.hc, ds, tp->store, &err);
+    int e = 0;
+    if (rc != HC_OK) {
+        e = fs_errno_hc(rc, &err);
+        log_error("%s: creating DICOM store %s failed: %s", path, tp->store, err.message);
+    } else {
+        log_info("%s: DICOM store created", path);
+    }
+    free(ds);
+    invalidate_listing(x, tp->dataset);
+    return e;
+}
+
+static int op_mkdir(const char *path, mode_t mode)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return deny(path, "mkdir: bad name", rc);
+    fs_ctx *x = ctx();
+    switch (tp.kind) {
+    case TREE_DATASET:
+        if (x->opt->dataset)
+            return -EEXIST;
+        return create_dataset(x, path, tp.dataset);
+    case TREE_STORE:
+        return create_store(x, path, &tp);
+    case TREE_IMPORT: {
+        if (!*tp.rest)
+            return -EEXIST;
+        rc = store_exists(x, &tp);
+        if (rc)
+            return rc;
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_mkdir(x->import, store, tp.rest, mode);
+        free(store);
+        return rc;
+    }
+    case TREE_ROOT:
+    case TREE_DS_OPS:
+    case TREE_EXPORT:
+    case TREE_EXPORT_FMT:
+    case TREE_STORE_OPS:
+        return -EEXIST;
+    case TREE_DS_OP:
+    case TREE_STORE_OP:
+    case TREE_STATUS:
+    case TREE_EXPORT_OUT:
+        return deny(path, "mkdir: read-only place", -EACCES);
+    default:
+        return deny(path, "mkdir: only datasets, stores and folders under import/ can be made",
+                    -EPERM);
+    }
+}
+
+static int delete_dataset(fs_ctx *x, const char *path, const tree_path *tp)
+{
+    char *key = list_key(tp->dataset);
+    dircache_list l;
+    if (key)
+        dircache_invalidate(x->cache, key);
+    int rc = key ? refresh_listing(x, tp->dataset, key) : -ENOMEM;
+    if (rc == 0 && dircache_get(x->cache, key, &l) == 0) {
+        size_t n = l.n;
+        dircache_list_clear(&l);
+        if (n > 0) {
+            free(key);
+            return deny(path, "rmdir: the dataset still has DICOM stores", -ENOTEMPTY);
+        }
+    }
+    free(key);
+    if (rc)
+        return rc;
+    char *ds = fs_dataset_name(x, tp->dataset);
+    if (!ds)
+        return -ENOMEM;
+    http_error err = {0};
+    rc = hc_dataset_delete(x->cl.hc, ds, &err);
+    int e = 0;
+    if (rc != HC_OK) {
+        e = fs_errno_hc(rc, &err);
+        log_error("%s: deleting dataset %s failed: %s", path, ds, err.message);
+    } else {
+        log_info("%s: dataset %s deleted (allow_delete)", path, ds);
+    }
+    free(ds);
+    invalidate_listing(x, NULL);
+    return e;
+}
+
+static int delete_store(fs_ctx *x, const char *path, const tree_path *tp)
+{
+    int rc = store_exists(x, tp);
+    if (rc)
+        return rc;
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (!store)
+        return -ENOMEM;
+    http_error err = {0};
+    rc = hc_store_delete(x->cl.hc, store, &err);
+    int e = 0;
+    if (rc != HC_OK) {
+        e = fs_errno_hc(rc, &err);
+        log_error("%s: deleting DICOM store %s failed: %s", path, store, err.message);
+    } else {
+        log_info("%s: DICOM store %s deleted (allow_delete)", path, store);
+    }
+    free(store);
+    invalidate_listing(x, tp->dataset);
+    return e;
+}
+
+static int op_rmdir(const char *path)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    switch (tp.kind) {
+    case TREE_DATASET:
+    case TREE_STORE:
+        if (!x->opt->allow_delete)
+            return deny(path, "rmdir: removing datasets and stores needs -o allow_delete", -EPERM);
+        if (tp.kind == TREE_DATASET) {
+            if (x->opt->dataset)
+                return -EBUSY;
+            rc = dataset_exists(x, &tp);
+            return rc ? rc : delete_dataset(x, path, &tp);
+        }
+        return delete_store(x, path, &tp);
+    case TREE_IMPORT: {
+        if (!*tp.rest)
+            return deny(path, "rmdir: import/ is part of the store", -EPERM);
+        rc = store_exists(x, &tp);
+        if (rc)
+            return rc;
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_rmdir(x->import, store, tp.rest);
+        free(store);
+        return rc;
+    }
+    case TREE_NONE:
+    case TREE_STUDIES:
+        return -ENOENT;
+    default:
+        return deny(path, "rmdir: fixed directory", -EPERM);
+    }
+}
+
+/* ---- handles */
+
+typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD } handle_kind;
+
+typedef struct fs_handle {
+    handle_kind kind;
+    uint64_t import_fh;
+    char *data; /* H_BUF */
+    size_t len;
+    export_file *ex;
+    int fd; /* H_FD */
+} fs_handle;
+
+static fs_handle *handle_new(handle_kind kind)
+{
+    fs_handle *h = calloc(1, sizeof *h);
+    if (h) {
+        h->kind = kind;
+        h->fd = -1;
+    }
+    return h;
+}
+
+static fs_handle *handle_of(struct fuse_file_info *fi)
+{
+    return fi ? (fs_handle *)(uintptr_t)fi->fh : NULL;
+}
+
+static bool wants_write(int flags)
+{
+    return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+/* Why a file cannot be created at a place. */
+static int create_denied(const char *path, const tree_path *tp)
+{
+    switch (tp->kind) {
+    case TREE_ROOT:
+    case TREE_DATASET:
+        return deny(path, "create: only directories (datasets, stores) can be made here", -EPERM);
+    case TREE_STORE:
+        if (!*tp->store)
+            return deny(path, "create: only directories can be made here", -EPERM);
+        /* a store id at the store level means a file in a dataset directory */
+        return deny(path, "create: only directories (DICOM stores) can be made here", -EPERM);
+    case TREE_DS_OP:
+    case TREE_STORE_OP:
+    case TREE_DS_OPS:
+    case TREE_STORE_OPS:
+        return deny(path, "create: operations/ is read-only", -EACCES);
+    case TREE_STATUS:
+        return deny(path, "create: status is read-only", -EACCES);
+    case TREE_EXPORT_OUT:
+        if (!*tp->rest)
+            return deny(path, "create: a filter name may not end in .out", -EINVAL);
+        return deny(path, "create: exported objects are read-only", -EACCES);
+    case TREE_EXPORT:
+        return deny(path, "create: filters go in export/FORMAT/ (dicom, png, ...)", -EACCES);
+    default:
+        return deny(path, "create: not a place for files", -EACCES);
+    }
+}
+
+static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return deny(path, "create: bad name", rc);
+    fs_ctx *x = ctx();
+    if (tp.kind != TREE_IMPORT && tp.kind != TREE_EXPORT_FILTER)
+        return create_denied(path, &tp);
+    /* Editors' swap/backup files (.x.swp, x~, #x#) and rsync's temporaries
+     * (.x.XXXXXX) must not start exports. */
+    if (tp.kind == TREE_EXPORT_FILTER &&
+        (tp.name[0] == '.' || tp.name[0] == '#' || tp.name[strlen(tp.name) - 1] == '~'))
+        return deny(path, "create: a filter name may not start with '.' or '#' or end with '~'",
+                    -EINVAL);
+    if (tp.kind == TREE_IMPORT && !*tp.rest)
+        return -EISDIR;
+    rc = store_exists(x, &tp);
+    if (rc)
+        return rc;
+    if (tp.kind == TREE_IMPORT) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        fs_handle *h = handle_new(H_IMPORT);
+        if (!store || !h) {
+            free(store);
+            free(h);
+            return -ENOMEM;
+        }
+        rc = import_create(x->import, store, tp.rest, mode, &h->import_fh);
+        free(store);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        return 0;
+    }
+    fs_handle *h = handle_new(H_EXPORT);
+    if (!h)
+        return -ENOMEM;
+    rc = export_open_filter(x, &tp, fi->flags, true, &h->ex);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    fi->fh = (uintptr_t)h;
+    fi->direct_io = 1;
+    return 0;
+}
+
+static int open_buffer(struct fuse_file_info *fi, char *data, size_t len)
+{
+    fs_handle *h = handle_new(H_BUF);
+    if (!h) {
+        free(data);
+        return -ENOMEM;
+    }
+    h->data = data;
+    h->len = len;
+    fi->fh = (uintptr_t)h;
+    /* Content is fetched fresh per open and may differ from the size
+     * getattr saw: read until EOF, never trust the cached size. */
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    return 0;
+}
+
+static int op_open(const char *path, struct fuse_file_info *fi)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    struct stat st;
+    rc = getattr_path(x, &tp, &st);
+    if (rc)
+        return rc;
+    if (S_ISDIR(st.st_mode))
+        return -EISDIR;
+    bool w = wants_write(fi->flags);
+    switch (tp.kind) {
+    case TREE_DS_OP:
+    case TREE_STORE_OP: {
+        if (w)
+            return deny(path, "open for writing: operations are read-only", -EACCES);
+        char *data = NULL;
+        size_t len = 0;
+        rc = ops_read_file(x, tp.dataset, tp.kind == TREE_STORE_OP ? tp.store : NULL, tp.name,
+                           &data, &len);
+        return rc ? rc : open_buffer(fi, data, len);
+    }
+    case TREE_STATUS: {
+        if (w)
+            return deny(path, "open for writing: status is read-only", -EACCES);
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+        free(store);
+        if (!text)
+            text = strdup("");
+        return text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
+    }
+    case TREE_IMPORT: {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        fs_handle *h = handle_new(H_IMPORT);
+        if (!store || !h) {
+            free(store);
+            free(h);
+            return -ENOMEM;
+        }
+        rc = import_open(x->import, store, tp.rest, fi->flags, &h->import_fh);
+        free(store);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        return 0;
+    }
+    case TREE_EXPORT_FILTER: {
+        fs_handle *h = handle_new(H_EXPORT);
+        if (!h)
+            return -ENOMEM;
+        rc = export_open_filter(x, &tp, fi->flags, false, &h->ex);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        fi->direct_io = 1;
+        return 0;
+    }
+    case TREE_STUDIES: {
+        if (w)
+            return deny(path, "open for writing: studies/ is read-only", -EACCES);
+        fs_handle *h = handle_new(H_FD);
+        if (!h)
+            return -ENOMEM;
+        rc = studies_open(x, &tp, &h->fd);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        fi->direct_io = st.st_size == 0; /* size unknown before the first retrieval */
+        return 0;
+    }
+    case TREE_EXPORT_OUT: {
+        if (w)
+            return deny(path, "open for writing: exported objects are read-only", -EACCES);
+        fs_handle *h = handle_new(H_FD);
+        if (!h)
+            return -ENOMEM;
+        rc = export_out_open(x, &tp, &h->fd);
+        if (rc) {
+            free(h);
+            return rc;
+        }
+        fi->fh = (uintptr_t)h;
+        return 0;
+    }
+    default:
+        return -ENOENT;
+    }
+}
+
+static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    (void)path;
+    fs_handle *h = handle_of(fi);
+    if (!h)
+        return -EBADF;
+    switch (h->kind) {
+    case H_IMPORT:
+        return import_read(ctx()->import, h->import_fh, buf, size, off);
+    case H_EXPORT:
+        return export_read(h->ex, buf, size, off);
+    case H_FD: {
+        ssize_t n = pread(h->fd, buf, size, off);
+        return n < 0 ? -errno : (int)n;
+    }
+    case H_BUF:
+    default:
+        if (off < 0)
+            return -EINVAL;
+        if ((size_t)off >= h->len)
+            return 0;
+        if (size > h->len - (size_t)off)
+            size = h->len - (size_t)off;
+        memcpy(buf, h->data + off, size);
+        return (int)size;
+    }
+}
+
+static int op_write(const char *path, const char *buf, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    fs_handle *h = handle_of(fi);
+    if (!h)
+        return -EBADF;
+    switch (h->kind) {
+    case H_IMPORT:
+        return import_write(ctx()->import, h->import_fh, buf, size, off);
+    case H_EXPORT:
+        return export_write(h->ex, buf, size, off);
+    default:
+        return deny(path, "write: read-only file", -EBADF);
+    }
+}
+
+static int op_flush(const char *path, struct fuse_file_info *fi)
+{
+    (void)path;
+    fs_handle *h = handle_of(fi);
+    if (!h)
+        return 0;
+    switch (h->kind) {
+    case H_IMPORT:
+        return import_flush(ctx()->import, h->import_fh);
+    case H_EXPORT:
+        return export_flush(ctx(), h->ex);
+    default:
+        return 0;
+    }
+}
+
+static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)datasync;
+    fs_handle *h = handle_of(fi);
+    if (h && h->kind == H_IMPORT)
+        return import_fsync(ctx()->import, h->import_fh);
+    return 0;
+}
+
+static int op_release(const char *path, struct fuse_file_info *fi)
+{
+    (void)path;
+    fs_handle *h = handle_of(fi);
+    if (!h)
+        return 0;
+    fi->fh = 0;
+    switch (h->kind) {
+    case H_IMPORT:
+        import_release(ctx()->import, h->import_fh);
+        break;
+    case H_EXPORT:
+        export_release(ctx(), h->ex);
+        break;
+    case H_FD:
+        close(h->fd);
+        break;
+    case H_BUF:
+        free(h->data);
+        break;
+    }
+    free(h);
+    return 0;
+}
+
+/* ---- attribute changes, unlink, rename */
+
+static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    fs_handle *h = handle_of(fi);
+    if (tp.kind == TREE_IMPORT) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_truncate(x->import, store, tp.rest, size,
+                             h && h->kind == H_IMPORT ? h->import_fh : 0);
+        free(store);
+        return rc;
+    }
+    if (tp.kind == TREE_EXPORT_FILTER) {
+        if (h && h->kind == H_EXPORT)
+            return export_truncate_open(h->ex, size);
+        return export_truncate_path(x, &tp, size);
+    }
+    struct stat st;
+    rc = getattr_path(x, &tp, &st);
+    if (rc)
+        return rc;
+    return deny(path, "truncate: read-only", S_ISDIR(st.st_mode) ? -EISDIR : -EACCES);
+}
+
+static int op_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+    (void)fi;
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    if (tp.kind == TREE_IMPORT) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_utimens(x->import, store, tp.rest, tv);
+        free(store);
+        return rc;
+    }
+    struct stat st;
+    rc = getattr_path(x, &tp, &st);
+    if (rc)
+        return rc;
+    if (tp.kind == TREE_EXPORT_FILTER)
+        return 0; /* touch of a filter: nothing to record */
+    return deny(path, "utimens: times of this entry are fixed", -EPERM);
+}
+
+static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    (void)fi;
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    if (tp.kind == TREE_IMPORT) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_chmod(x->import, store, tp.rest, mode);
+        free(store);
+        return rc;
+    }
+    struct stat st;
+    rc = getattr_path(x, &tp, &st);
+    return rc ? rc : deny(path, "chmod: permissions of this entry are fixed", -EPERM);
+}
+
+static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+{
+    (void)fi;
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    if (tp.kind == TREE_IMPORT && *tp.rest) {
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_chown(x->import, store, tp.rest, uid, gid);
+        free(store);
+        return rc;
+    }
+    struct stat st;
+    rc = getattr_path(x, &tp, &st);
+    if (rc)
+        return rc;
+    /* Everything else belongs to the mounting user; "changing" to it is a no-op
+     * (cp -p, rsync -o as that user). */
+    if ((uid == (uid_t)-1 || uid == x->uid) && (gid == (gid_t)-1 || gid == x->gid))
+        return 0;
+    return deny(path, "chown: every entry belongs to the mounting user", -EPERM);
+}
+
+static int op_unlink(const char *path)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    switch (tp.kind) {
+    case TREE_IMPORT: {
+        rc = store_exists(x, &tp);
+        if (rc)
+            return rc;
+        char *store = fs_store_name(x, tp.dataset, tp.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_unlink(x->import, store, tp.rest);
+        free(store);
+        return rc;
+    }
+    case TREE_EXPORT_FILTER:
+        rc = store_exists(x, &tp);
+        return rc ? rc : export_unlink(x, &tp);
+    case TREE_DS_OP:
+    case TREE_STORE_OP:
+        return deny(path, "unlink: operations are read-only", -EACCES);
+    case TREE_STATUS:
+        return deny(path, "unlink: status is part of the store", -EACCES);
+    case TREE_EXPORT_OUT:
+        return deny(path, "unlink: exported objects are read-only", -EACCES);
+    case TREE_NONE:
+    case TREE_STUDIES:
+        return -ENOENT;
+    default:
+        return deny(path, "unlink: not removable", -EPERM);
+    }
+}
+
+static int op_rename(const char *from, const char *to, unsigned int flags)
+{
+    tree_path a, b;
+    int rc = parse(from, &a);
+    if (rc)
+        return rc;
+    rc = parse(to, &b);
+    if (rc)
+        return deny(to, "rename: bad name", rc);
+    fs_ctx *x = ctx();
+    if (a.kind == TREE_IMPORT && b.kind == TREE_IMPORT) {
+        if (strcmp(a.dataset, b.dataset) != 0 || strcmp(a.store, b.store) != 0)
+            return -EXDEV; /* mv copies then */
+        if (!*a.rest || !*b.rest)
+            return deny(from, "rename: import/ itself cannot move", -EPERM);
+        rc = store_exists(x, &a);
+        if (rc)
+            return rc;
+        char *store = fs_store_name(x, a.dataset, a.store);
+        if (!store)
+            return -ENOMEM;
+        rc = import_rename(x->import, store, a.rest, b.rest, flags);
+        free(store);
+        return rc;
+    }
+    if (b.kind == TREE_IMPORT)
+        return -EXDEV;
+    return deny(from, "rename: only files under import/ can be renamed", -EPERM);
+}
+
+static int op_statfs(const char *path, struct statvfs *sv)
+{
+    (void)path;
+    fs_ctx *x = ctx();
+    /* What can be spooled is bounded by the cache directory's filesystem. */
+    if (statvfs(x->opt->cache_dir, sv) != 0)
+        memset(sv, 0, sizeof *sv);
+    sv->f_namemax = TREE_NAME_MAX;
+    return 0;
+}
+
+/* ---- init / destroy */
+
+static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+    fs_ctx *x = ctx();
+    cfg->nullpath_ok = 0;
+    cfg->use_ino = 0;
+    cfg->hard_remove = 1; /* no .fuse_hidden files in import/ */
+    if (conn->capable & FUSE_CAP_ASYNC_READ)
+        conn->want |= FUSE_CAP_ASYNC_READ;
+    if (conn->max_write < (1u << 20))
+        conn->max_write = 1u << 20;
+    conn->max_readahead = 1u << 20;
+
+    char *jdir = http_strdup_printf("%s/journal", x->opt->cache_dir);
+    if (jdir && mkdir(jdir, 0700) != 0 && errno != EEXIST)
+        log_error("%s: cannot create the journal directory: %s", jdir, strerror(errno));
+    int rc = jdir ? journal_open(jdir, &x->journal) : -ENOMEM;
+    if (rc) {
+        log_error("%s: cannot open the journal: %s (import/ and export/ are unavailable)",
+                  jdir ? jdir : x->opt->cache_dir, strerror(-rc));
+        x->journal = NULL;
+    }
+    free(jdir);
+    if (x->journal) {
+        import_config ic = {
+            .cache_dir = x->opt->cache_dir,
+            .staging_bucket = x->opt->staging_bucket,
+            .staging_prefix = x->opt->staging_prefix,
+            .uploads = x->opt->uploads,
+            .commit_delay_s = x->opt->commit_delay,
+            .uid = x->uid,
+            .gid = x->gid,
+        };
+        rc = import_mgr_new(&ic, x->cl.gcs, x->cl.hc, x->journal, &x->import);
+        if (rc) {
+            log_error("cannot start the import manager: %s (import/ is unavailable)",
+                      strerror(-rc));
+            x->import = NULL;
+        }
+    }
+    log_info("mounted %s (staging gs://%s/%s, exports to %s, cache %s)", x->opt->source,
+             x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to, x->opt->cache_dir);
+    return x;
+}
+
+static void op_destroy(void *private_data)
+{
+    fs_ctx *x = private_data;
+    if (x->import)
+        import_mgr_free(x->import);
+    x->import = NULL;
+    if (x->journal)
+        journal_close(x->journal);
+    x->journal = NULL;
+    log_info("unmounted %s", x->opt->source);
+}
+
+static const struct fuse_operations operations = {
+    .getattr = op_getattr,
+    .readdir = op_readdir,
+    .mkdir = op_mkdir,
+    .rmdir = op_rmdir,
+    .unlink = op_unlink,
+    .rename = op_rename,
+    .create = op_create,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .fsync = op_fsync,
+    .release = op_release,
+    .truncate = op_truncate,
+    .utimens = op_utimens,
+    .chmod = op_chmod,
+    .chown = op_chown,
+    .statfs = op_statfs,
+    .init = op_init,
+    .destroy = op_destroy,
+};
+
+const struct fuse_operations *fs_fuse_operations(void)
+{
+    return &operations;
+}
+
+/* ---- clients */
+
+/* Checks before mounting must answer quickly: a few attempts, not minutes of backoff. */
+static void quick_retries(http_options *ho)
+{
+    ho->retry.max_attempts = 2;
+    ho->retry.base_ms = 250;
+    ho->retry.total_ms = 5000;
+    ho->connect_timeout_s = 5;
+}
+
+int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, size_t msglen)
+{
+    memset(c, 0, sizeof *c);
+    http_error err = {0};
+    if (o->no_auth) {
+        c->auth = auth_provider_new_none();
+    } else {
+        http_options ao;
+        http_options_init(&ao);
+        if (quick)
+            quick_retries(&ao);
+        c->auth_http = http_client_new(&ao);
+        char *where = NULL;
+        int rc = c->auth_http
+                     ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where, &err)
+                     : AUTH_ERR_NOMEM;
+        if (rc != AUTH_OK) {
+            switch (rc) {
+            case AUTH_ERR_NOTFOUND:
+                snprintf(msg, msglen,
+                         "no Google credentials found: pass -o credentials=FILE, set "
+                         "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth "
+                         "application-default login`");
+                break;
+            case AUTH_ERR_FILE:
+            case AUTH_ERR_KEY:
+                snprintf(msg, msglen, "credentials %s unusable: %s",
+                         o->credentials ? o->credentials : "(default)", err.message);
+                break;
+            default:
+                snprintf(msg, msglen, "credentials rejected or unusable: %s", err.message);
+            }
+            free(where);
+            fs_clients_close(c);
+            return -1;
+        }
+        free(where); /* auth logs what it found */
+    }
+    if (!c->auth) {
+        snprintf(msg, msglen, "out of memory");
+        fs_clients_close(c);
+        return -1;
+    }
+    http_options ho;
+    http_options_init(&ho);
+    if (quick)
+        quick_retries(&ho);
+    if (auth_provider_kind(c->auth) != AUTH_KIND_NONE) {
+        ho.token_fn = auth_get_token;
+        ho.token_ctx = c->auth;
+        ho.user_project = auth_provider_quota_project(c->auth);
+    }
+    c->http = http_client_new(&ho);
+    c->gcs = c->http ? gcs_client_new(c->http, o->storage_endpoint) : NULL;
+    c->hc = c->http ? hc_client_new(c->http, o->endpoint) : NULL;
+    if (!c->gcs || !c->hc) {
+        snprintf(msg, msglen, "cannot create the API clients");
+        fs_clients_close(c);
+        return -1;
+    }
+    return 0;
+}
+
+void fs_clients_close(fs_clients *c)
+{
+    if (c->hc)
+        hc_client_free(c->hc);
+    if (c->gcs)
+        gcs_client_free(c->gcs);
+    if (c->http)
+        http_client_free(c->http);
+    if (c->auth)
+        auth_provider_free(c->auth);
+    if (c->auth_http)
+        http_client_free(c->auth_http);
+    memset(c, 0, sizeof *c);
+}

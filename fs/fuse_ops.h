@@ -1,0 +1,74 @@
+/* fuse_ops: the FUSE callbacks (high-level API) and the daemon context.
+ *
+ * Owns: dispatch of every callback on the kind of path (tree.h) to the
+ * module that serves it (import.h, ops.h, export.h), the attributes of the
+ * fixed directories, the dataset/store listings and their short cache,
+ * mkdir/rmdir of datasets and stores, the mapping of client errors to errno
+ * (fs_errno_hc / fs_errno_gcs) with a log line naming the path.
+ */
+#ifndef DICOMFS_FUSE_OPS_H
+#define DICOMFS_FUSE_OPS_H
+
+#define FUSE_USE_VERSION 31
+#include <fuse.h>
+
+#include <stdbool.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "auth.h"
+#include "dircache.h"
+#include "gcs.h"
+#include "healthcare.h"
+#include "http.h"
+#include "options.h"
+
+typedef struct journal journal;
+typedef struct import_mgr import_mgr;
+
+/* Seconds a directory listing is trusted. */
+#define FS_LIST_TTL 5.0
+/* Seconds an operation's size is trusted (so `stat` then `cat` agree). */
+#define FS_OP_TTL 2.0
+
+typedef struct fs_clients {
+    http_client *auth_http; /* token requests, no bearer */
+    http_client *http;      /* API requests, bearer from auth */
+    auth_provider *auth;
+    gcs_client *gcs;
+    hc_client *hc;
+} fs_clients;
+
+/* Builds the clients from the options; on failure fills msg and returns -1.
+ * quick: few retries and short timeouts (checks before mounting). */
+int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, size_t msglen);
+void fs_clients_close(fs_clients *c);
+
+typedef struct fs_ctx {
+    const fs_options *opt;
+    fs_clients cl;
+    journal *journal;
+    import_mgr *import;
+    dircache *cache;
+    uid_t uid;
+    gid_t gid;
+    struct timespec mount_time;
+} fs_ctx;
+
+/* The callbacks; private_data passed to fuse_new must be an fs_ctx whose
+ * opt and cl are set (init opens the journal and the import manager). */
+const struct fuse_operations *fs_fuse_operations(void);
+
+/* errno for a failed hc_/gcs_ call (logged by the caller). */
+int fs_errno_hc(int rc, const http_error *err);
+int fs_errno_gcs(int rc, const http_error *err);
+
+/* Full resource names from ids (malloc'ed). */
+char *fs_dataset_name(const fs_ctx *x, const char *dataset_id);
+char *fs_store_name(const fs_ctx *x, const char *dataset_id, const char *store_id);
+
+/* Fills st for a synthetic directory or file owned by the mounting user. */
+void fs_stat_dir(const fs_ctx *x, struct stat *st, mode_t perm);
+void fs_stat_file(const fs_ctx *x, struct stat *st, mode_t perm, off_t size);
+
+#endif

@@ -1,0 +1,1385 @@
+/* import: the STORE/import/ namespace, spooling and the journal records.
+ *
+ * Guarantees (also in the README):
+ *
+ * - Spool. Every file created under import/ gets a spool file
+ *   cache_dir/spool/ID (0600, directory 0700), ID being 128 random bits in
+ *   hex: the user's name (spaces, UTF-8, newlines, 255 bytes) is never used
+ *   on the local disk or in Cloud Storage. Writes at any offset, truncate and
+ *   reads go straight to it. ENOSPC/EDQUOT/EIO from the disk are returned to
+ *   write/flush/fsync as they are.
+ * - close() = flush: the spool file is fsync'ed, then checked to be DICOM
+ *   Part 10 (dicom_parse_fd). A file that is not (no preamble/"DICM",
+ *   truncated, zero-length) fails close() with EINVAL, logs
+ *   "import: STORE/PATH: not a DICOM Part-10 file: WHY", and disappears. A
+ *   valid file is recorded in the journal as ACCEPTED (display path, size,
+ *   SOP Instance UID, spool id) and the record is fsync'ed before close()
+ *   returns 0: a successful close() means durable on local disk. Flushes of
+ *   dup'ed descriptors re-validate only if the file was written since. A
+ *   file rewritten (or truncated) before its batch is committed is
+ *   re-validated at its next flush and uploaded again.
+ * - Names. The staged object name is fixed when the file is accepted:
+ *   gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a pending file only
+ *   changes its display path (rsync's ".name.XXXXXX" -> "name" costs no
+ *   remote call). rename() onto a pending file replaces it: the replaced file
+ *   is withdrawn if not uploaded yet, its staged object deleted before the
+ *   batch is committed if it was, and if its batch import already started it
+ *   stays imported (logged). Directories are local and journaled.
+ *   utimens/chmod are remembered so `rsync -a` sees matching size and mtime.
+ * - unlink() of a pending file withdraws it (staged object deleted if
+ *   uploaded); once its batch import has started, EBUSY (logged). unlink() of
+ *   a failed file clears the failure.
+ * - Files stay listed until their import finishes, then disappear from
+ *   import/ (the data is then visible in studies/ and the DICOMweb API).
+ *   Failed files stay listed, with the reason in STORE/status.
+ *   Directories stay until removed with rmdir.
+ * - Uploads, batches, commits and restarts: see uploader.c.
+ * - Memory: file data is never held in memory; per file only a small
+ *   struct (and the same metadata in the journal's map).
+ */
+#include "import_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "log.h"
+
+typedef struct handle {
+    node *n;
+    int fd;
+    bool writable;
+    int last_rc; /* result of the last validation, returned by idempotent flushes */
+} handle;
+
+double imp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---------------------------------------------------------------- names */
+
+static uint64_t name_hash(const store_st *st, const char *path)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)st;
+    for (const char *s = path; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static node *name_find(import_mgr *m, const store_st *st, const char *path)
+{
+    for (node *n = m->table[name_hash(st, path) % m->nbuckets]; n; n = n->hnext)
+        if (n->st == st && strcmp(n->path, path) == 0)
+            return n;
+    return NULL;
+}
+
+static void name_grow(import_mgr *m)
+{
+    size_t nb = m->nbuckets * 2;
+    node **t = calloc(nb, sizeof *t);
+    if (!t)
+        return;
+    for (node *n = m->head; n; n = n->next) {
+        if (!n->visible)
+            continue;
+        size_t i = name_hash(n->st, n->path) % nb;
+        n->hnext = t[i];
+        t[i] = n;
+    }
+    free(m->table);
+    m->table = t;
+    m->nbuckets = nb;
+}
+
+static void name_insert(import_mgr *m, node *n)
+{
+    size_t i = name_hash(n->st, n->path) % m->nbuckets;
+    n->hnext = m->table[i];
+    m->table[i] = n;
+    n->visible = true;
+    if (++m->nvisible > m->nbuckets)
+        name_grow(m);
+}
+
+static void name_remove(import_mgr *m, node *n)
+{
+    if (!n->visible)
+        return;
+    node **pp = &m->table[name_hash(n->st, n->path) % m->nbuckets];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if (*pp == n) {
+            *pp = n->hnext;
+            break;
+        }
+    }
+    n->hnext = NULL;
+    n->visible = false;
+    m->nvisible--;
+}
+
+static void list_add(import_mgr *m, node *n)
+{
+    n->prev = m->tail;
+    n->next = NULL;
+    if (m->tail)
+        m->tail->next = n;
+    else
+        m->head = n;
+    m->tail = n;
+    n->listed = true;
+}
+
+static void list_remove(import_mgr *m, node *n)
+{
+    if (!n->listed)
+        return;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        m->head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        m->tail = n->prev;
+    n->prev = n->next = NULL;
+    n->listed = false;
+}
+
+/* "a/b/c" -> "a/b"; "c" -> "" (written into buf). */
+static void parent_of(const char *path, char *buf, size_t buflen)
+{
+    const char *slash = strrchr(path, '/');
+    size_t len = slash ? (size_t)(slash - path) : 0;
+    if (len >= buflen)
+        len = buflen - 1;
+    memcpy(buf, path, len);
+    buf[len] = '\0';
+}
+
+static bool is_child_of(const char *path, const char *dir)
+{
+    if (!*dir)
+        return strchr(path, '/') == NULL;
+    size_t dl = strlen(dir);
+    return strncmp(path, dir, dl) == 0 && path[dl] == '/' && !strchr(path + dl + 1, '/');
+}
+
+static bool is_below(const char *path, const char *dir)
+{
+    size_t dl = strlen(dir);
+    return strncmp(path, dir, dl) == 0 && path[dl] == '/';
+}
+
+/* ---------------------------------------------------------------- stores, batches */
+
+static store_st *store_get(import_mgr *m, const char *name)
+{
+    for (store_st *s = m->stores; s; s = s->next)
+        if (strcmp(s->name, name) == 0)
+            return s;
+    store_st *s = calloc(1, sizeof *s);
+    if (!s || !(s->name = strdup(name))) {
+        free(s);
+        return NULL;
+    }
+    s->next = m->stores;
+    m->stores = s;
+    return s;
+}
+
+static store_st *store_find(import_mgr *m, const char *name)
+{
+    for (store_st *s = m->stores; s; s = s->next)
+        if (strcmp(s->name, name) == 0)
+            return s;
+    return NULL;
+}
+
+static batch *batch_find(import_mgr *m, const char *id)
+{
+    for (batch *b = m->batches; b; b = b->next)
+        if (strcmp(b->id, id) == 0)
+            return b;
+    return NULL;
+}
+
+static batch *batch_new(import_mgr *m, store_st *st, const char *id)
+{
+    batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    if (id) {
+        snprintf(b->id, sizeof b->id, "%s", id);
+    } else {
+        unsigned char r[4] = {0};
+        if (getrandom(r, sizeof r, 0) < 0)
+            memset(r, 0, sizeof r);
+        time_t t = time(NULL);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        char ts[32];
+        strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
+        snprintf(b->id, sizeof b->id, "%s-%02x%02x%02x%02x", ts, r[0], r[1], r[2], r[3]);
+    }
+    b->st = st;
+    b->state = B_OPEN;
+    b->backoff = 0.5;
+    b->next = m->batches;
+    m->batches = b;
+    return b;
+}
+
+void imp_batch_free(import_mgr *m, batch *b)
+{
+    for (batch **pp = &m->batches; *pp; pp = &(*pp)->next) {
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    }
+    if (b->st && b->st->open == b)
+        b->st->open = NULL;
+    free(b->op);
+    free(b->op_error);
+    free(b);
+}
+
+char *imp_object_name(import_mgr *m, const node *n)
+{
+    return http_strdup_printf("%s%sbatches/%s/%s.dcm", m->prefix, *m->prefix ? "/" : "", n->bid,
+                              n->id);
+}
+
+/* ---------------------------------------------------------------- journal records */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void sb_field(sbuf *b, const char *s)
+{
+    size_t l = strlen(s) + 1;
+    if (b->len + l > b->cap) {
+        size_t nc = (b->cap + l) * 2;
+        char *np = realloc(b->p, nc);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->len, s, l);
+    b->len += l;
+}
+
+static void sb_num(sbuf *b, int64_t v)
+{
+    char t[32];
+    snprintf(t, sizeof t, "%" PRId64, v);
+    sb_field(b, t);
+}
+
+/* Splits a record into at most max NUL-terminated fields. */
+static int split_fields(const char *val, size_t len, const char **f, int max)
+{
+    int n = 0;
+    size_t i = 0;
+    while (i < len && n < max) {
+        const char *end = memchr(val + i, '\0', len - i);
+        if (!end)
+            break;
+        f[n++] = val + i;
+        i = (size_t)(end - val) + 1;
+    }
+    return n;
+}
+
+int imp_node_journal(import_mgr *m, node *n)
+{
+    if (!n->is_dir && n->state == ST_NEW)
+        return 0; /* not accepted yet: nothing to remember */
+    sbuf b = {0};
+    char key[SPOOL_ID_LEN + 3];
+    snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
+    sb_field(&b, n->st->name);
+    sb_field(&b, n->path ? n->path : "");
+    if (n->is_dir) {
+        sb_num(&b, n->mode);
+        sb_num(&b, n->uid);
+        sb_num(&b, n->gid);
+        sb_num(&b, n->mtime.tv_sec);
+        sb_num(&b, n->mtime.tv_nsec);
+    } else {
+        sb_num(&b, n->state);
+        sb_num(&b, (int64_t)n->size);
+        sb_num(&b, n->mode);
+        sb_num(&b, n->uid);
+        sb_num(&b, n->gid);
+        sb_num(&b, n->mtime.tv_sec);
+        sb_num(&b, n->mtime.tv_nsec);
+        sb_num(&b, n->atime.tv_sec);
+        sb_num(&b, n->atime.tv_nsec);
+        sb_field(&b, n->sop);
+        sb_field(&b, n->bid);
+        sb_num(&b, n->staged);
+        sb_field(&b, n->reason ? n->reason : "");
+        sb_num(&b, n->visible);
+    }
+    int rc = b.oom ? -ENOMEM : journal_put(m->j, key, b.p, b.len, false);
+    if (rc < 0)
+        log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
+                  n->path ? n->path : "", strerror(-rc));
+    free(b.p);
+    return rc;
+}
+
+void imp_batch_journal(import_mgr *m, batch *b)
+{
+    sbuf s = {0};
+    char key[64];
+    snprintf(key, sizeof key, "b/%s", b->id);
+    sb_field(&s, b->st->name);
+    sb_num(&s, b->state);
+    sb_field(&s, b->op ? b->op : "");
+    int rc = s.oom ? -ENOMEM : journal_put(m->j, key, s.p, s.len, false);
+    if (rc < 0)
+        log_error("import: batch %s: cannot record in the journal: %s", b->id, strerror(-rc));
+    free(s.p);
+}
+
+static void node_journal_del(import_mgr *m, node *n)
+{
+    char key[SPOOL_ID_LEN + 3];
+    snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
+    journal_del(m->j, key, false);
+}
+
+/* ---------------------------------------------------------------- nodes */
+
+static void node_free(node *n)
+{
+    free(n->path);
+    free(n->reason);
+    free(n);
+}
+
+void imp_node_maybe_free(import_mgr *m, node *n)
+{
+    (void)m;
+    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued)
+        node_free(n);
+}
+
+void imp_node_hide(import_mgr *m, node *n)
+{
+    name_remove(m, n);
+}
+
+void imp_node_unlist(import_mgr *m, node *n)
+{
+    name_remove(m, n);
+    list_remove(m, n);
+    node_journal_del(m, n);
+    n->b = NULL;
+    imp_node_maybe_free(m, n);
+}
+
+static void set_reason(node *n, const char *msg)
+{
+    free(n->reason);
+    n->reason = strdup(msg);
+}
+
+void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
+{
+    char msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    n->b = NULL;
+    if (!n->visible) {
+        /* Replaced by a rename while importing: no name left to unlink it
+         * by, so it is not kept as a failure (the log line stays). */
+        log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
+        n->state = ST_WITHDRAWN;
+        spool_remove(m->sp, n->id);
+        imp_node_journal(m, n);
+        up_enqueue(m, n);
+        return;
+    }
+    n->state = ST_FAILED;
+    set_reason(n, msg);
+    log_error("import: %s/%s: failed: %s", n->st->name, n->path, msg);
+    imp_node_journal(m, n);
+    if (n->staged)
+        up_enqueue(m, n); /* delete the staged object */
+}
+
+static node *node_new(import_mgr *m, store_st *st, const char *path, bool is_dir, mode_t mode)
+{
+    node *n = calloc(1, sizeof *n);
+    if (!n || !(n->path = strdup(path))) {
+        free(n);
+        return NULL;
+    }
+    n->st = st;
+    n->is_dir = is_dir;
+    n->mode = mode & 07777;
+    n->uid = m->cfg.uid;
+    n->gid = m->cfg.gid;
+    clock_gettime(CLOCK_REALTIME, &n->mtime);
+    n->atime = n->ctime = n->mtime;
+    n->backoff = 1;
+    return n;
+}
+
+/* Whether the file's import was started: it can no longer be changed. */
+static bool node_importing(const node *n)
+{
+    return n->state == ST_UPLOADED && n->b && n->b->state >= B_SEALED;
+}
+
+/* Looks up a visible node; store must already be known. */
+static node *lookup(import_mgr *m, const char *store, const char *rel)
+{
+    store_st *st = store_find(m, store);
+    return st ? name_find(m, st, rel) : NULL;
+}
+
+/* The parent of rel must be import/ itself or a directory. */
+static int check_parent(import_mgr *m, store_st *st, const char *rel)
+{
+    char parent[4096];
+    if (!*rel || strlen(rel) >= sizeof parent)
+        return -EINVAL;
+    parent_of(rel, parent, sizeof parent);
+    if (!*parent)
+        return 0;
+    node *p = name_find(m, st, parent);
+    if (!p)
+        return -ENOENT;
+    return p->is_dir ? 0 : -ENOTDIR;
+}
+
+/* Takes a file out of the namespace (unlink, replaced by rename, rejected).
+ * Returns -EBUSY when its batch import already started and busy_ok is false. */
+static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
+{
+    if (node_importing(n)) {
+        if (!busy_ok) {
+            log_error("import: %s/%s: cannot %s: its batch import already started", n->st->name,
+                      n->path, why);
+            return -EBUSY;
+        }
+        log_warn("import: %s/%s: %s while its batch import runs: that copy stays imported",
+                 n->st->name, n->path, why);
+        name_remove(m, n);
+        imp_node_journal(m, n);
+        return 0;
+    }
+    name_remove(m, n);
+    spool_remove(m->sp, n->id);
+    if (n->staged || n->busy) {
+        /* Uploaded or being uploaded: the staged object must go before the
+         * batch is committed (the batch waits for WITHDRAWN files). */
+        n->state = ST_WITHDRAWN;
+        imp_node_journal(m, n);
+        up_enqueue(m, n);
+        return 0;
+    }
+    imp_node_unlist(m, n);
+    return 0;
+}
+
+static void fill_stat(import_mgr *m, const node *n, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    st->st_mode = (n->is_dir ? S_IFDIR : S_IFREG) | n->mode;
+    st->st_nlink = n->is_dir ? 2 : 1;
+    st->st_uid = n->uid;
+    st->st_gid = n->gid;
+    st->st_size = n->is_dir ? 0 : (off_t)n->size;
+    st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
+    st->st_blksize = 65536;
+    st->st_atim = n->atime;
+    st->st_mtim = n->mtime;
+    st->st_ctim = n->ctime;
+    (void)m;
+}
+
+/* ---------------------------------------------------------------- load */
+
+static int64_t num(const char *s)
+{
+    return strtoll(s, NULL, 10);
+}
+
+typedef struct load_ctx {
+    import_mgr *m;
+    int rc;
+} load_ctx;
+
+static int load_batch(void *vctx, const char *key, const void *val, size_t len)
+{
+    load_ctx *c = vctx;
+    const char *f[3];
+    if (split_fields(val, len, f, 3) < 3) {
+        log_error("import: journal record %s is malformed, ignored", key);
+        return 0;
+    }
+    store_st *st = store_get(c->m, f[0]);
+    batch *b = st ? batch_new(c->m, st, key + 2) : NULL;
+    if (!b)
+        return c->rc = -ENOMEM;
+    b->state = (int)num(f[1]);
+    if (*f[2])
+        b->op = strdup(f[2]);
+    if (b->state == B_IMPORTING && !b->op)
+        b->state = B_SEALED; /* start it again: import ignores duplicates */
+    if (b->state == B_OPEN) {
+        if (st->open) /* only one open batch per store: seal older ones */
+            b->state = B_SEALED;
+        else
+            st->open = b;
+    }
+    b->last_accept = imp_now();
+    return 0;
+}
+
+static int load_node(void *vctx, const char *key, const void *val, size_t len)
+{
+    load_ctx *c = vctx;
+    import_mgr *m = c->m;
+    bool dir = key[0] == 'd';
+    const char *f[16];
+    int nf = split_fields(val, len, f, 16);
+    if ((dir && nf < 7) || (!dir && nf < 16) || !spool_id_valid(key + 2)) {
+        log_error("import: journal record %s is malformed, ignored", key);
+        return 0;
+    }
+    store_st *st = store_get(m, f[0]);
+    node *n = st ? node_new(m, st, f[1], dir, 0) : NULL;
+    if (!n)
+        return c->rc = -ENOMEM;
+    snprintf(n->id, sizeof n->id, "%s", key + 2);
+    if (dir) {
+        n->mode = (mode_t)num(f[2]) & 07777;
+        n->uid = (uid_t)num(f[3]);
+        n->gid = (gid_t)num(f[4]);
+        n->mtime.tv_sec = num(f[5]);
+        n->mtime.tv_nsec = num(f[6]);
+        n->ctime = n->atime = n->mtime;
+        list_add(m, n);
+        name_insert(m, n);
+        return 0;
+    }
+    n->state = (int)num(f[2]);
+    n->size = (uint64_t)num(f[3]);
+    n->mode = (mode_t)num(f[4]) & 07777;
+    n->uid = (uid_t)num(f[5]);
+    n->gid = (gid_t)num(f[6]);
+    n->mtime.tv_sec = num(f[7]);
+    n->mtime.tv_nsec = num(f[8]);
+    n->atime.tv_sec = num(f[9]);
+    n->atime.tv_nsec = num(f[10]);
+    n->ctime = n->mtime;
+    snprintf(n->sop, sizeof n->sop, "%s", f[11]);
+    snprintf(n->bid, sizeof n->bid, "%s", f[12]);
+    n->staged = num(f[13]) != 0;
+    if (*f[14])
+        n->reason = strdup(f[14]);
+    bool visible = num(f[15]) != 0;
+    list_add(m, n);
+    if (visible && n->state != ST_IMPORTED && n->state != ST_WITHDRAWN) {
+        if (name_find(m, st, n->path)) {
+            log_error("import: %s/%s: two journal entries for one name; keeping the first",
+                      st->name, n->path);
+        } else {
+            name_insert(m, n);
+        }
+    }
+    if (n->state == ST_ACCEPTED || n->state == ST_UPLOADED) {
+        n->b = batch_find(m, n->bid);
+        if (!n->b) {
+            /* Its batch record is gone (should not happen): start a fresh
+             * batch; an UPLOADED file must then be uploaded again. */
+            n->state = ST_ACCEPTED;
+        }
+    }
+    return 0;
+}
+
+/* Spool files to keep at startup: a sorted array of ids, so that checking
+ * every file of a large spool stays O(n log n). */
+typedef struct keep_set {
+    const char **ids;
+    size_t n;
+} keep_set;
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static bool spool_keep(void *ctx, const char *id)
+{
+    keep_set *k = ctx;
+    return k->n && bsearch(&id, k->ids, k->n, sizeof *k->ids, cmp_id) != NULL;
+}
+
+static void gc_spool(import_mgr *m)
+{
+    size_t n = 0;
+    for (node *x = m->head; x; x = x->next)
+        n++;
+    keep_set k = {calloc(n ? n : 1, sizeof *k.ids), 0};
+    if (!k.ids)
+        return; /* keeping strays is harmless */
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && x->state != ST_IMPORTED && x->state != ST_WITHDRAWN)
+            k.ids[k.n++] = x->id;
+    qsort(k.ids, k.n, sizeof *k.ids, cmp_id);
+    spool_gc(m->sp, spool_keep, &k);
+    free(k.ids);
+}
+
+static void assign_batch(import_mgr *m, node *n);
+
+/* After loading: put every file where it continues. */
+static void resume(import_mgr *m)
+{
+    for (node *n = m->head; n; n = n->next) {
+        if (n->is_dir)
+            continue;
+        switch (n->state) {
+        case ST_NEW:
+            break;
+        case ST_ACCEPTED:
+            if (!spool_exists(m->sp, n->id)) {
+                log_error("import: %s/%s: the spool file %s is missing from the cache: the "
+                          "file cannot be uploaded",
+                          n->st->name, n->path, n->id);
+                imp_node_fail(m, n, "spool file lost from the cache directory");
+                break;
+            }
+            if (!n->b)
+                assign_batch(m, n);
+            up_enqueue(m, n);
+            break;
+        case ST_UPLOADED:
+            break;
+        case ST_FAILED:
+            if (n->staged)
+                up_enqueue(m, n);
+            break;
+        case ST_IMPORTED:
+        case ST_WITHDRAWN:
+            up_enqueue(m, n);
+            break;
+        }
+    }
+}
+
+static int load_all(import_mgr *m)
+{
+    load_ctx c = {m, 0};
+    journal_scan(m->j, "b/", load_batch, &c);
+    if (c.rc == 0)
+        journal_scan(m->j, "d/", load_node, &c);
+    if (c.rc == 0)
+        journal_scan(m->j, "e/", load_node, &c);
+    if (c.rc < 0)
+        return c.rc;
+    gc_spool(m);
+    resume(m);
+    int n = 0;
+    for (node *x = m->head; x; x = x->next)
+        n += !x->is_dir;
+    if (n)
+        log_info("import: journal loaded: %d file(s) pending or failed", n);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- manager */
+
+int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, journal *j,
+                   import_mgr **out)
+{
+    *out = NULL;
+    if (!cfg || !cfg->cache_dir || !j)
+        return -EINVAL;
+    import_mgr *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->cfg = *cfg;
+    m->cache_dir = strdup(cfg->cache_dir);
+    m->bucket = strdup(cfg->staging_bucket ? cfg->staging_bucket : "");
+    m->prefix = strdup(cfg->staging_prefix ? cfg->staging_prefix : "");
+    /* Trailing slashes would make "PREFIX//batches". */
+    if (m->prefix)
+        for (size_t l = strlen(m->prefix); l && m->prefix[l - 1] == '/'; l--)
+            m->prefix[l - 1] = '\0';
+    m->cfg.cache_dir = m->cache_dir;
+    m->cfg.staging_bucket = m->bucket;
+    m->cfg.staging_prefix = m->prefix;
+    if (m->cfg.uploads < 1)
+        m->cfg.uploads = 1;
+    if (m->cfg.commit_delay_s < 0)
+        m->cfg.commit_delay_s = 0;
+    m->gcs = gcs;
+    m->hc = hc;
+    m->j = j;
+    m->nbuckets = 1024;
+    m->table = calloc(m->nbuckets, sizeof *m->table);
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->work_cond, NULL);
+    pthread_cond_init(&m->tick_cond, NULL);
+    int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table) ? -ENOMEM : 0;
+    if (rc == 0 && (gcs || hc) && (!gcs || !hc || !*m->bucket)) {
+        log_error("import: uploads need a staging bucket and both API clients");
+        rc = -EINVAL;
+    }
+    if (rc == 0)
+        rc = spool_open(m->cache_dir, &m->sp);
+    if (rc == 0) {
+        pthread_mutex_lock(&m->lock);
+        rc = load_all(m);
+        pthread_mutex_unlock(&m->lock);
+    }
+    if (rc == 0)
+        rc = journal_sync(j);
+    if (rc == 0 && gcs && hc)
+        rc = up_start(m);
+    if (rc < 0) {
+        import_mgr_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void import_mgr_free(import_mgr *m)
+{
+    if (!m)
+        return;
+    up_stop(m);
+    if (m->j)
+        journal_sync(m->j);
+    for (node *n = m->head, *nx; n; n = nx) {
+        nx = n->next;
+        node_free(n);
+    }
+    while (m->batches)
+        imp_batch_free(m, m->batches);
+    for (store_st *s = m->stores, *nx; s; s = nx) {
+        nx = s->next;
+        free(s->name);
+        free(s);
+    }
+    spool_close(m->sp);
+    free(m->table);
+    free(m->cache_dir);
+    free(m->bucket);
+    free(m->prefix);
+    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->work_cond);
+    pthread_cond_destroy(&m->tick_cond);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- namespace ops */
+
+int import_getattr(import_mgr *m, const char *store, const char *rel, struct stat *st)
+{
+    if (!*rel) {
+        memset(st, 0, sizeof *st);
+        st->st_mode = S_IFDIR | 0755;
+        st->st_nlink = 2;
+        st->st_uid = m->cfg.uid;
+        st->st_gid = m->cfg.gid;
+        clock_gettime(CLOCK_REALTIME, &st->st_mtim);
+        st->st_atim = st->st_ctim = st->st_mtim;
+        return 0;
+    }
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n)
+        fill_stat(m, n, st);
+    pthread_mutex_unlock(&m->lock);
+    return n ? 0 : -ENOENT;
+}
+
+int import_readdir(import_mgr *m, const char *store, const char *rel, import_fill_fn fill,
+                   void *buf)
+{
+    pthread_mutex_lock(&m->lock);
+    store_st *st = store_find(m, store);
+    int rc = 0;
+    if (*rel) {
+        node *d = st ? name_find(m, st, rel) : NULL;
+        rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
+    }
+    for (node *n = st && rc == 0 ? m->head : NULL; n; n = n->next) {
+        if (!n->visible || n->st != st || !is_child_of(n->path, rel))
+            continue;
+        struct stat sb;
+        fill_stat(m, n, &sb);
+        const char *slash = strrchr(n->path, '/');
+        if (fill(buf, slash ? slash + 1 : n->path, &sb))
+            break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
+{
+    pthread_mutex_lock(&m->lock);
+    store_st *st = store_get(m, store);
+    int rc = st ? check_parent(m, st, rel) : -ENOMEM;
+    if (rc == 0 && name_find(m, st, rel))
+        rc = -EEXIST;
+    node *n = NULL;
+    if (rc == 0 && !(n = node_new(m, st, rel, true, mode)))
+        rc = -ENOMEM;
+    if (rc == 0 && getrandom(n->id, SPOOL_ID_LEN / 2, 0) == SPOOL_ID_LEN / 2) {
+        unsigned char r[SPOOL_ID_LEN / 2];
+        memcpy(r, n->id, sizeof r);
+        for (size_t i = 0; i < sizeof r; i++)
+            snprintf(n->id + 2 * i, 3, "%02x", r[i]);
+        list_add(m, n);
+        name_insert(m, n);
+        rc = imp_node_journal(m, n);
+        if (rc < 0)
+            imp_node_unlist(m, n); /* a directory we cannot remember is not made */
+    } else if (rc == 0) {
+        node_free(n);
+        rc = -EIO;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc == 0 ? journal_sync(m->j) : rc;
+}
+
+int import_rmdir(import_mgr *m, const char *store, const char *rel)
+{
+    if (!*rel)
+        return -EBUSY;
+    pthread_mutex_lock(&m->lock);
+    node *d = lookup(m, store, rel);
+    int rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
+    for (node *n = rc == 0 ? m->head : NULL; n; n = n->next) {
+        if (n->visible && n->st == d->st && is_child_of(n->path, rel)) {
+            rc = -ENOTEMPTY;
+            break;
+        }
+    }
+    if (rc == 0)
+        imp_node_unlist(m, d);
+    pthread_mutex_unlock(&m->lock);
+    return rc == 0 ? journal_sync(m->j) : rc;
+}
+
+static handle *handle_new(node *n, int fd, bool writable)
+{
+    handle *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->n = n;
+    h->fd = fd;
+    h->writable = writable;
+    n->refs++;
+    if (writable)
+        n->writers++;
+    return h;
+}
+
+int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
+{
+    pthread_mutex_lock(&m->lock);
+    store_st *st = store_get(m, store);
+    int rc = st ? check_parent(m, st, rel) : -ENOMEM;
+    node *existing = rc == 0 ? name_find(m, st, rel) : NULL;
+    pthread_mutex_unlock(&m->lock);
+    if (rc < 0)
+        return rc;
+    if (existing) /* raced with another create: open it like O_CREAT without O_EXCL */
+        return existing->is_dir ? -EISDIR : import_open(m, store, rel, O_RDWR | O_TRUNC, fh);
+
+    char id[SPOOL_ID_LEN + 1];
+    int fd = spool_create(m->sp, id);
+    if (fd < 0)
+        return fd;
+    pthread_mutex_lock(&m->lock);
+    node *n = NULL;
+    handle *h = NULL;
+    if (name_find(m, st, rel))
+        rc = -EEXIST;
+    else if (!(n = node_new(m, st, rel, false, mode)))
+        rc = -ENOMEM;
+    if (rc == 0) {
+        memcpy(n->id, id, sizeof n->id);
+        n->state = ST_NEW;
+        n->dirty = true;
+        h = handle_new(n, fd, true);
+        if (!h) {
+            node_free(n);
+            rc = -ENOMEM;
+        } else {
+            list_add(m, n);
+            name_insert(m, n);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (rc < 0) {
+        close(fd);
+        spool_remove(m->sp, id);
+        return rc;
+    }
+    *fh = (uint64_t)(uintptr_t)h;
+    return 0;
+}
+
+int import_open(import_mgr *m, const char *store, const char *rel, int flags, uint64_t *fh)
+{
+    bool wr = (flags & O_ACCMODE) != O_RDONLY;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
+    if (rc == 0 && wr && node_importing(n)) {
+        log_error("import: %s/%s: cannot be changed: its batch import already started", store, rel);
+        rc = -EBUSY;
+    }
+    int fd = -1;
+    if (rc == 0) {
+        fd = spool_open_file(m->sp, n->id, wr ? O_RDWR : O_RDONLY);
+        if (fd < 0) {
+            rc = fd;
+            log_error("import: %s/%s: spool file %s: %s", store, rel, n->id, strerror(-rc));
+        }
+    }
+    if (rc == 0 && wr && (flags & O_TRUNC)) {
+        if (ftruncate(fd, 0) < 0) {
+            rc = -errno;
+        } else {
+            n->size = 0;
+            n->dirty = true;
+            n->gen++;
+            clock_gettime(CLOCK_REALTIME, &n->mtime);
+        }
+    }
+    handle *h = NULL;
+    if (rc == 0 && !(h = handle_new(n, fd, wr)))
+        rc = -ENOMEM;
+    pthread_mutex_unlock(&m->lock);
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    *fh = (uint64_t)(uintptr_t)h;
+    return 0;
+}
+
+int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t off)
+{
+    handle *h = (handle *)(uintptr_t)fh;
+    if (!h->writable)
+        return -EBADF;
+    if (size > INT32_MAX)
+        size = INT32_MAX;
+    ssize_t n = pwrite(h->fd, buf, size, off);
+    if (n < 0) {
+        int e = errno;
+        pthread_mutex_lock(&m->lock);
+        log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
+                  strerror(e));
+        /* The file is incomplete: it must not be accepted at close(). */
+        h->n->io_err = -e;
+        h->n->dirty = true;
+        pthread_mutex_unlock(&m->lock);
+        return -e;
+    }
+    pthread_mutex_lock(&m->lock);
+    node *nd = h->n;
+    if ((uint64_t)off + (uint64_t)n > nd->size)
+        nd->size = (uint64_t)off + (uint64_t)n;
+    nd->dirty = true;
+    nd->gen++;
+    clock_gettime(CLOCK_REALTIME, &nd->mtime);
+    nd->ctime = nd->mtime;
+    pthread_mutex_unlock(&m->lock);
+    return (int)n;
+}
+
+int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off)
+{
+    (void)m;
+    handle *h = (handle *)(uintptr_t)fh;
+    if (size > INT32_MAX)
+        size = INT32_MAX;
+    ssize_t n = pread(h->fd, buf, size, off);
+    return n < 0 ? -errno : (int)n;
+}
+
+/* Joins the store's open batch (creating one). */
+static void assign_batch(import_mgr *m, node *n)
+{
+    store_st *st = n->st;
+    if (n->b && n->b->state == B_OPEN)
+        return;
+    if (!st->open) {
+        st->open = batch_new(m, st, NULL);
+        if (!st->open)
+            return;
+        imp_batch_journal(m, st->open);
+    }
+    n->b = st->open;
+    if (n->staged && strcmp(n->bid, n->b->id) != 0)
+        log_warn("import: %s/%s: an older staged copy stays in batch %s", st->name, n->path,
+                 n->bid);
+    snprintf(n->bid, sizeof n->bid, "%s", n->b->id);
+    n->staged = false;
+}
+
+/* Rejects a file that failed validation: it disappears. */
+static void reject(import_mgr *m, node *n)
+{
+    if (!n->visible)
+        return;
+    if (n->state == ST_NEW) {
+        name_remove(m, n);
+        spool_remove(m->sp, n->id);
+        imp_node_unlist(m, n);
+        return;
+    }
+    node_withdraw(m, n, true, "be rejected");
+}
+
+static int validate(import_mgr *m, handle *h)
+{
+    node *n = h->n;
+    char why[256] = "";
+    dicom_info info;
+    pthread_mutex_lock(&m->lock);
+    uint64_t gen = n->gen;
+    int io_err = n->io_err;
+    if (io_err) {
+        log_error("import: %s/%s: not accepted: a write failed (%s)", n->st->name, n->path,
+                  strerror(-io_err));
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        return io_err;
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (fdatasync(h->fd) < 0) {
+        int e = errno;
+        log_error("import: %s/%s: cannot make the spool file durable: %s", n->st->name, n->path,
+                  strerror(e));
+        return -e;
+    }
+    /* The spool file's directory entry must survive a crash too. */
+    int src = spool_sync_dir(m->sp);
+    if (src < 0) {
+        log_error("import: %s/%s: cannot sync the spool directory: %s", n->st->name, n->path,
+                  strerror(-src));
+        return src;
+    }
+    struct stat sb;
+    if (fstat(h->fd, &sb) < 0)
+        return -errno;
+    int drc = dicom_parse_fd(h->fd, &info, why, sizeof why);
+    pthread_mutex_lock(&m->lock);
+    if (!n->visible || n->gen != gen) {
+        /* Unlinked or replaced while open: nothing to accept. Or written
+         * meanwhile through another descriptor: its flush validates. */
+        pthread_mutex_unlock(&m->lock);
+        return 0;
+    }
+    if (drc != DICOM_OK) {
+        if (!*why)
+            snprintf(why, sizeof why, "%s", sb.st_size == 0 ? "empty file" : dicom_strerror(drc));
+        log_error("import: %s/%s: not a DICOM Part-10 file: %s", n->st->name, n->path, why);
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        return -EINVAL;
+    }
+    int prev_state = n->state;
+    n->dirty = false;
+    n->size = (uint64_t)sb.st_size;
+    snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
+    free(n->reason);
+    n->reason = NULL;
+    n->state = ST_ACCEPTED;
+    n->retry_at = 0;
+    assign_batch(m, n);
+    int rc = imp_node_journal(m, n);
+    if (rc < 0) {
+        /* Not recorded = not accepted: close() fails (ENOSPC on a full
+         * cache disk) and the file goes, as for a rejected one. */
+        n->state = prev_state == ST_NEW ? ST_NEW : n->state;
+        reject(m, n);
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
+    if (n->b)
+        n->b->last_accept = imp_now();
+    n->st->bytes_spooled += n->size;
+    up_enqueue(m, n);
+    pthread_mutex_unlock(&m->lock);
+    rc = journal_sync(m->j);
+    if (rc < 0)
+        log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
+                  strerror(-rc));
+    return rc;
+}
+
+int import_flush(import_mgr *m, uint64_t fh)
+{
+    handle *h = (handle *)(uintptr_t)fh;
+    if (!h->writable)
+        return 0;
+    pthread_mutex_lock(&m->lock);
+    bool dirty = h->n->dirty && h->n->visible;
+    pthread_mutex_unlock(&m->lock);
+    if (!dirty)
+        return h->last_rc;
+    h->last_rc = validate(m, h);
+    return h->last_rc;
+}
+
+int import_fsync(import_mgr *m, uint64_t fh)
+{
+    (void)m;
+    handle *h = (handle *)(uintptr_t)fh;
+    return fdatasync(h->fd) < 0 ? -errno : 0;
+}
+
+int import_release(import_mgr *m, uint64_t fh)
+{
+    handle *h = (handle *)(uintptr_t)fh;
+    close(h->fd);
+    pthread_mutex_lock(&m->lock);
+    node *n = h->n;
+    n->refs--;
+    if (h->writable)
+        n->writers--;
+    if (n->writers == 0 && n->state == ST_ACCEPTED && !n->dirty)
+        up_enqueue(m, n); /* it was held back while open for writing */
+    imp_node_maybe_free(m, n);
+    up_kick(m);
+    pthread_mutex_unlock(&m->lock);
+    free(h);
+    return 0;
+}
+
+int import_truncate(import_mgr *m, const char *store, const char *rel, off_t size, uint64_t fh)
+{
+    if (size < 0)
+        return -EINVAL;
+    if (fh) {
+        handle *h = (handle *)(uintptr_t)fh;
+        if (!h->writable)
+            return -EBADF;
+        if (ftruncate(h->fd, size) < 0) {
+            int e = errno;
+            pthread_mutex_lock(&m->lock);
+            h->n->io_err = -e;
+            h->n->dirty = true;
+            pthread_mutex_unlock(&m->lock);
+            return -e;
+        }
+        pthread_mutex_lock(&m->lock);
+        h->n->size = (uint64_t)size;
+        h->n->dirty = true;
+        h->n->gen++;
+        clock_gettime(CLOCK_REALTIME, &h->n->mtime);
+        pthread_mutex_unlock(&m->lock);
+        return 0;
+    }
+    /* truncate(2) by name: validate now if nobody will flush it later. */
+    uint64_t tmp;
+    int rc = import_open(m, store, rel, O_RDWR, &tmp);
+    if (rc < 0)
+        return rc;
+    rc = import_truncate(m, store, rel, size, tmp);
+    pthread_mutex_lock(&m->lock);
+    handle *h = (handle *)(uintptr_t)tmp;
+    bool last_writer = h->n->writers == 1;
+    pthread_mutex_unlock(&m->lock);
+    if (rc == 0 && last_writer)
+        rc = import_flush(m, tmp);
+    import_release(m, tmp);
+    return rc;
+}
+
+static int rename_dir(import_mgr *m, node *d, const char *to)
+{
+    size_t fl = strlen(d->path);
+    /* Children first, while d->path is still the old prefix. */
+    for (node *n = m->head; n; n = n->next) {
+        if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
+            continue;
+        char *np = http_strdup_printf("%s%s", to, n->path + fl);
+        if (!np)
+            return -ENOMEM;
+        name_remove(m, n);
+        free(n->path);
+        n->path = np;
+        name_insert(m, n);
+        imp_node_journal(m, n);
+    }
+    return 0;
+}
+
+int import_rename(import_mgr *m, const char *store, const char *from, const char *to,
+                  unsigned int flags)
+{
+    if (!*from || !*to)
+        return -EBUSY;
+    if (flags & RENAME_EXCHANGE)
+        return -EINVAL;
+    pthread_mutex_lock(&m->lock);
+    store_st *st = store_find(m, store);
+    node *src = st ? name_find(m, st, from) : NULL;
+    int rc = src ? check_parent(m, st, to) : -ENOENT;
+    node *dst = rc == 0 ? name_find(m, st, to) : NULL;
+    if (rc == 0 && src->is_dir && (is_below(to, from) || strcmp(to, from) == 0))
+        rc = strcmp(to, from) == 0 ? 0 : -EINVAL;
+    if (rc == 0 && dst == src)
+        dst = NULL, src = NULL; /* same name: nothing to do */
+    if (rc == 0 && dst && (flags & RENAME_NOREPLACE))
+        rc = -EEXIST;
+    if (rc == 0 && dst && src) {
+        if (src->is_dir && !dst->is_dir)
+            rc = -ENOTDIR;
+        else if (!src->is_dir && dst->is_dir)
+            rc = -EISDIR;
+        else if (dst->is_dir) {
+            for (node *n = m->head; n; n = n->next)
+                if (n->visible && n->st == st && is_child_of(n->path, to)) {
+                    rc = -ENOTEMPTY;
+                    break;
+                }
+            if (rc == 0)
+                imp_node_unlist(m, dst);
+        } else {
+            rc = node_withdraw(m, dst, true, "be replaced by a rename");
+        }
+    }
+    if (rc == 0 && src) {
+        char *np = strdup(to);
+        if (!np)
+            rc = -ENOMEM;
+        if (rc == 0 && src->is_dir)
+            rc = rename_dir(m, src, to);
+        if (rc == 0) {
+            name_remove(m, src);
+            free(src->path);
+            src->path = np;
+            np = NULL;
+            name_insert(m, src);
+            clock_gettime(CLOCK_REALTIME, &src->ctime);
+            rc = imp_node_journal(m, src);
+        }
+        free(np);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc == 0 ? journal_sync(m->j) : rc;
+}
+
+int import_unlink(import_mgr *m, const char *store, const char *rel)
+{
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
+    if (rc == 0)
+        rc = node_withdraw(m, n, false, "be removed");
+    up_kick(m);
+    pthread_mutex_unlock(&m->lock);
+    return rc == 0 ? journal_sync(m->j) : rc;
+}
+
+static void apply_time(struct timespec *dst, const struct timespec *src)
+{
+    if (src->tv_nsec == UTIME_OMIT)
+        return;
+    if (src->tv_nsec == UTIME_NOW)
+        clock_gettime(CLOCK_REALTIME, dst);
+    else
+        *dst = *src;
+}
+
+int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2])
+{
+    if (!*rel)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n) {
+        if (tv) {
+            apply_time(&n->atime, &tv[0]);
+            apply_time(&n->mtime, &tv[1]);
+        } else {
+            clock_gettime(CLOCK_REALTIME, &n->mtime);
+            n->atime = n->mtime;
+        }
+        clock_gettime(CLOCK_REALTIME, &n->ctime);
+        /* Written to the log now (survives a daemon kill); made durable by
+         * the next sync point: an fsync per utimens would halve rsync's speed. */
+        rc = imp_node_journal(m, n);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n ? rc : -ENOENT;
+}
+
+int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
+{
+    if (!*rel)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n) {
+        n->mode = mode & 07777;
+        clock_gettime(CLOCK_REALTIME, &n->ctime);
+        rc = imp_node_journal(m, n);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n ? rc : -ENOENT;
+}
+
+int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
+{
+    if (!*rel)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    node *n = lookup(m, store, rel);
+    if (n) {
+        if (uid != (uid_t)-1)
+            n->uid = uid;
+        if (gid != (gid_t)-1)
+            n->gid = gid;
+        clock_gettime(CLOCK_REALTIME, &n->ctime);
+        rc = imp_node_journal(m, n);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n ? rc : -ENOENT;
+}

@@ -1,0 +1,141 @@
+/* import_int: state shared by import.c (the import/ namespace and the
+ * journal records), uploader.c (worker threads and batch commits) and
+ * status.c. Not a public interface: only these three files include it.
+ *
+ * Locking: everything below is guarded by import_mgr.lock. Journal records
+ * are written (journal_put/del with sync=false) while holding it, so the log
+ * order matches the order of the in-memory changes; callers that promise
+ * durability call journal_sync() after dropping the lock (group commit).
+ */
+#ifndef DICOMFS_IMPORT_INT_H
+#define DICOMFS_IMPORT_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "dicom.h"
+#include "import.h"
+#include "journal.h"
+#include "spool.h"
+
+/* File states. IMPORTING is not a node state: it is UPLOADED in a batch
+ * whose import was started (batch state >= B_SEALED). */
+enum node_state {
+    ST_NEW = 0,       /* created, never validated: not in the journal */
+    ST_ACCEPTED = 1,  /* validated, durable, waiting for (or in) upload */
+    ST_UPLOADED = 2,  /* staged object written */
+    ST_IMPORTED = 3,  /* imported; staged object and spool file being removed */
+    ST_FAILED = 4,    /* permanent failure, reason set; listed until unlinked */
+    ST_WITHDRAWN = 5, /* unlinked/replaced after upload: staged object to delete */
+};
+
+enum batch_state {
+    B_OPEN = 0,      /* accepting files */
+    B_SEALED = 1,    /* closed; import call to be made */
+    B_IMPORTING = 2, /* op name known; polling */
+    B_DONE = 3,      /* finished; removed once no file refers to it */
+};
+
+typedef struct store_st store_st;
+typedef struct batch batch;
+typedef struct node node;
+
+struct batch {
+    char id[48];
+    store_st *st;
+    int state;
+    char *op;           /* operation name once started */
+    double last_accept; /* monotonic seconds of the newest accepted file */
+    double next_try;    /* next import start / poll */
+    double backoff;
+    bool verifying;                    /* op done with errors: checking files one by one */
+    char *op_error;                    /* message of the finished op's error */
+    int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
+    batch *next;
+};
+
+struct store_st {
+    char *name;
+    batch *open;                                      /* the batch new files join, or NULL */
+    uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
+    store_st *next;
+};
+
+struct node {
+    char id[SPOOL_ID_LEN + 1]; /* spool id (files) or random id (dirs) */
+    store_st *st;
+    char *path; /* display path below import/ */
+    bool is_dir;
+    bool visible; /* in the name table */
+    bool listed;  /* in the all-nodes list */
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    struct timespec atime, mtime, ctime;
+    uint64_t size;
+    /* files */
+    int state;
+    char sop[DICOM_UID_MAX + 1];
+    batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
+    char bid[48]; /* batch id of the staged object name */
+    bool staged;  /* a staged object may exist */
+    char *reason; /* FAILED */
+    bool dirty;   /* written since last validated */
+    int io_err;   /* a write or truncate failed (e.g. -ENOSPC): never accept */
+    uint64_t gen; /* bumped by every write/truncate */
+    int writers;  /* open handles with write access */
+    int refs;     /* open handles */
+    bool busy;    /* a worker job is running on it */
+    bool queued;
+    double retry_at;
+    double backoff;
+    node *hnext;       /* name table chain */
+    node *prev, *next; /* all nodes */
+    node *qnext;       /* work queue */
+};
+
+struct import_mgr {
+    import_config cfg;
+    char *cache_dir, *bucket, *prefix;
+    gcs_client *gcs;
+    hc_client *hc;
+    journal *j;
+    spool *sp;
+    pthread_mutex_t lock;
+    pthread_cond_t work_cond; /* workers: queue non-empty or stop */
+    pthread_cond_t tick_cond; /* coordinator: something changed */
+    bool stop;
+    node **table;
+    size_t nbuckets, nvisible;
+    node *head, *tail;
+    node *qhead, *qtail;
+    store_st *stores;
+    batch *batches;
+    pthread_t *workers;
+    int nworkers;
+    pthread_t coord;
+    bool coord_started;
+};
+
+double imp_now(void); /* CLOCK_MONOTONIC seconds */
+
+/* import.c */
+int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
+void imp_batch_journal(import_mgr *m, batch *b);
+void imp_node_hide(import_mgr *m, node *n);   /* drop from the name table */
+void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
+void imp_node_maybe_free(import_mgr *m, node *n);
+void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void imp_batch_free(import_mgr *m, batch *b);
+char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
+
+/* uploader.c */
+int up_start(import_mgr *m);
+void up_stop(import_mgr *m);
+void up_enqueue(import_mgr *m, node *n); /* with the lock held */
+void up_kick(import_mgr *m);             /* wake the coordinator */
+
+#endif

@@ -1,0 +1,164 @@
+/* spool: files under cache_dir/spool named by random ids. */
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+struct spool {
+    char *dir;
+    int dirfd;
+};
+
+int spool_open(const char *cache_dir, spool **out)
+{
+    *out = NULL;
+    spool *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->dirfd = -1;
+    size_t n = strlen(cache_dir) + sizeof "/spool";
+    s->dir = malloc(n);
+    if (!s->dir) {
+        free(s);
+        return -ENOMEM;
+    }
+    snprintf(s->dir, n, "%s/spool", cache_dir);
+    int rc = 0;
+    if (mkdir(s->dir, 0700) < 0 && errno != EEXIST)
+        rc = -errno;
+    if (rc == 0 && (s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        rc = -errno;
+    /* An existing directory may have looser permissions: spooled files are
+     * medical data, so tighten it. */
+    if (rc == 0 && fchmod(s->dirfd, 0700) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        log_error("spool: %s: %s", s->dir, strerror(-rc));
+        spool_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void spool_close(spool *s)
+{
+    if (!s)
+        return;
+    if (s->dirfd >= 0)
+        close(s->dirfd);
+    free(s->dir);
+    free(s);
+}
+
+bool spool_id_valid(const char *id)
+{
+    size_t i = 0;
+    for (; id[i]; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return false;
+    return i == SPOOL_ID_LEN;
+}
+
+static int new_id(char id[SPOOL_ID_LEN + 1])
+{
+    unsigned char r[SPOOL_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof r; i++)
+        snprintf(id + 2 * i, 3, "%02x", r[i]);
+    return 0;
+}
+
+int spool_create(spool *s, char id[SPOOL_ID_LEN + 1])
+{
+    for (int tries = 0; tries < 8; tries++) {
+        int rc = new_id(id);
+        if (rc < 0)
+            return rc;
+        int fd = openat(s->dirfd, id, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            return fd;
+        if (errno != EEXIST) {
+            rc = -errno;
+            log_error("spool: cannot create a file in %s: %s", s->dir, strerror(-rc));
+            return rc;
+        }
+    }
+    return -EEXIST;
+}
+
+int spool_open_file(spool *s, const char *id, int flags)
+{
+    if (!spool_id_valid(id))
+        return -EINVAL;
+    int fd = openat(s->dirfd, id, (flags & ~O_CREAT) | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int spool_remove(spool *s, const char *id)
+{
+    if (!spool_id_valid(id))
+        return -EINVAL;
+    if (unlinkat(s->dirfd, id, 0) < 0 && errno != ENOENT) {
+        int rc = -errno;
+        log_error("spool: cannot remove %s/%s: %s", s->dir, id, strerror(-rc));
+        return rc;
+    }
+    return 0;
+}
+
+bool spool_exists(spool *s, const char *id)
+{
+    struct stat st;
+    return spool_id_valid(id) && fstatat(s->dirfd, id, &st, 0) == 0 && S_ISREG(st.st_mode);
+}
+
+int spool_sync_dir(spool *s)
+{
+    return fsync(s->dirfd) < 0 ? -errno : 0;
+}
+
+int spool_gc(spool *s, bool (*keep)(void *ctx, const char *id), void *ctx)
+{
+    int fd = dup(s->dirfd);
+    if (fd < 0)
+        return -errno;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    rewinddir(d);
+    int removed = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (spool_id_valid(de->d_name) && keep(ctx, de->d_name))
+            continue;
+        if (unlinkat(s->dirfd, de->d_name, 0) == 0)
+            removed++;
+    }
+    closedir(d);
+    if (removed)
+        log_info("spool: removed %d unaccepted spool file(s) from %s", removed, s->dir);
+    return removed;
+}

@@ -1,0 +1,35 @@
+/* spool: the local files that hold what was written under import/.
+ *
+ * Owns cache_dir/spool/ (0700): one file per accepted file (0600), named by
+ * a random 128-bit id in hex, never by the user's name (names can hold
+ * anything but '/' and NUL). Nothing else is stored there.
+ */
+#ifndef DICOMFS_SPOOL_H
+#define DICOMFS_SPOOL_H
+
+#include <stdbool.h>
+
+#define SPOOL_ID_LEN 32 /* hex characters */
+
+typedef struct spool spool;
+
+/* Creates cache_dir/spool (0700) if needed. Returns 0 or a negative errno. */
+int spool_open(const char *cache_dir, spool **out);
+void spool_close(spool *s);
+
+/* Creates a new empty spool file; id gets SPOOL_ID_LEN hex chars + NUL.
+ * Returns an fd open O_RDWR or a negative errno. */
+int spool_create(spool *s, char id[SPOOL_ID_LEN + 1]);
+/* Opens an existing spool file (flags as for open(2), without O_CREAT). */
+int spool_open_file(spool *s, const char *id, int flags);
+int spool_remove(spool *s, const char *id);
+bool spool_exists(spool *s, const char *id);
+/* Removes every spool file for which keep(ctx, id) is false (files left by
+ * a crash before they were accepted). Returns how many were removed. */
+int spool_gc(spool *s, bool (*keep)(void *ctx, const char *id), void *ctx);
+/* Syncs the spool directory (after creating or removing files). */
+int spool_sync_dir(spool *s);
+/* Whether id looks like a spool id (SPOOL_ID_LEN lowercase hex chars). */
+bool spool_id_valid(const char *id);
+
+#endif

@@ -1,0 +1,548 @@
+/* uploader: the background side of import/ — worker threads that upload
+ * and delete staged objects, and one coordinator thread that commits
+ * batches and follows their operations.
+ *
+ * - Workers (`uploads` threads) take files from a queue. An ACCEPTED file is
+ *   uploaded from its spool file (streamed, no copy) with gcs_upload_fd to
+ *   gs://BUCKET/PREFIX/batches/BATCH/ID.dcm and marked UPLOADED in the
+ *   journal. The client retries transient errors itself; if an upload still
+ *   fails the file stays ACCEPTED and is tried again later with backoff (up
+ *   to 60 s), never dropped. A permanent error (HTTP 400/403/404) marks it
+ *   FAILED with the reason. Workers also delete staged objects of withdrawn,
+ *   failed and imported files, and the spool files of imported ones.
+ * - A batch is the set of files of one store accepted since its last
+ *   commit. When commit_delay seconds passed without a new accepted file and
+ *   every file of the batch is uploaded (none open for writing), the batch
+ *   is sealed (journaled) and ONE dicomStores.import of
+ *   gs://BUCKET/PREFIX/batches/BATCH/ + "**" is started. Its operation name is
+ *   journaled (and listed in STORE/operations/) before anything depends on
+ *   it. The operation is polled with backoff up to 5 s. Done without error:
+ *   the files are IMPORTED, their staged objects and spool files deleted.
+ *   Done with an error (or a failure counter): the API does not say which
+ *   file failed, so each file's SOP Instance UID is looked up with a
+ *   DICOMweb search: found = IMPORTED, missing = FAILED with the operation's
+ *   error message. An import that cannot start for a transient reason is
+ *   retried with backoff (import ignores instances already stored, so
+ *   repeating it is safe); a permanent refusal (400/403/404) fails the
+ *   batch's files with the reason.
+ * - Restart: the journal is reloaded; ACCEPTED files are uploaded again,
+ *   UPLOADED ones continue their batch (the quiet period starts again),
+ *   sealed batches start their import, importing batches resume polling
+ *   their operation. An ACCEPTED file whose spool file is gone becomes
+ *   FAILED with a loud error.
+ */
+#include "import_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
+
+#define RETRY_MAX_S 60.0
+#define POLL_MAX_S 5.0
+
+static enum job job_for(const node *n, double now)
+{
+    if (!n->listed || n->is_dir || n->retry_at > now)
+        return JOB_NONE;
+    switch (n->state) {
+    case ST_ACCEPTED:
+        return !n->dirty && n->writers == 0 && n->b ? JOB_UPLOAD : JOB_NONE;
+    case ST_WITHDRAWN:
+    case ST_IMPORTED:
+        return JOB_DELETE; /* (the staged object if any, then the record) */
+    case ST_FAILED:
+        return n->staged ? JOB_DELETE : JOB_NONE;
+    default:
+        return JOB_NONE;
+    }
+}
+
+void up_enqueue(import_mgr *m, node *n)
+{
+    if (!m->gcs || n->queued || n->busy)
+        return; /* no uploader (tests), or a worker will look at it again */
+    n->queued = true;
+    n->qnext = NULL;
+    if (m->qtail)
+        m->qtail->qnext = n;
+    else
+        m->qhead = n;
+    m->qtail = n;
+    pthread_cond_signal(&m->work_cond);
+}
+
+void up_kick(import_mgr *m)
+{
+    pthread_cond_signal(&m->tick_cond);
+}
+
+static node *dequeue(import_mgr *m)
+{
+    node *n = m->qhead;
+    if (n) {
+        m->qhead = n->qnext;
+        if (!m->qhead)
+            m->qtail = NULL;
+        n->qnext = NULL;
+        n->queued = false;
+    }
+    return n;
+}
+
+/* 4xx other than 401 (token refresh races), 408 and 429: asking again will
+ * not help. */
+static bool permanent(const http_error *e)
+{
+    return e->http_status >= 400 && e->http_status < 500 && e->http_status != 401 &&
+           e->http_status != 408 && e->http_status != 429;
+}
+
+static void retry_later(node *n, double now)
+{
+    n->retry_at = now + n->backoff;
+    n->backoff = n->backoff * 2 > RETRY_MAX_S ? RETRY_MAX_S : n->backoff * 2;
+}
+
+typedef struct job_ctx {
+    enum job kind;
+    char *object;
+    char id[SPOOL_ID_LEN + 1];
+    uint64_t gen;
+    bool staged;
+    char *label; /* "STORE/PATH" for log lines */
+} job_ctx;
+
+static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
+{
+    memset(err, 0, sizeof *err);
+    int fd = spool_open_file(m->sp, j->id, O_RDONLY);
+    if (fd < 0) {
+        snprintf(err->message, sizeof err->message, "spool file %s: %s", j->id, strerror(-fd));
+        return fd == -ENOENT ? -ENOENT : -EIO;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        close(fd);
+        return -EIO;
+    }
+    *size = (uint64_t)sb.st_size;
+    gcs_object obj;
+    memset(&obj, 0, sizeof obj);
+    int rc = gcs_upload_fd(m->gcs, m->bucket, j->object, fd, *size, "application/dicom", &obj, err);
+    gcs_object_clear(&obj);
+    close(fd);
+    return rc == GCS_OK ? 0 : -EAGAIN;
+}
+
+static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t size,
+                        const http_error *err, double now)
+{
+    if (rc == 0) {
+        n->staged = true;
+        n->backoff = 1;
+        if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty) {
+            n->state = ST_UPLOADED;
+            n->st->bytes_uploaded += size;
+        }
+        imp_node_journal(m, n);
+        return;
+    }
+    if (n->state != ST_ACCEPTED)
+        return; /* withdrawn meanwhile: nothing to retry */
+    if (rc == -ENOENT) {
+        imp_node_fail(m, n, "the spool file disappeared from the cache: %s", err->message);
+        return;
+    }
+    if (permanent(err)) {
+        imp_node_fail(m, n, "upload to gs://%s/%s refused: HTTP %ld %s: %s", m->bucket, j->object,
+                      err->http_status, err->status, err->message);
+        return;
+    }
+    log_warn("import: %s: upload to gs://%s/%s failed (HTTP %ld %s), retrying in %.0f s", j->label,
+             m->bucket, j->object, err->http_status, err->message, n->backoff);
+    retry_later(n, now);
+}
+
+static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, double now)
+{
+    if (rc != 0 && err->http_status != 404) {
+        log_warn("import: %s/%s: cannot delete staged object (HTTP %ld %s), retrying", n->st->name,
+                 n->path ? n->path : "", err->http_status, err->message);
+        retry_later(n, now);
+        return;
+    }
+    n->staged = false;
+    if (n->state == ST_IMPORTED) {
+        spool_remove(m->sp, n->id);
+        imp_node_unlist(m, n);
+    } else if (n->state == ST_WITHDRAWN) {
+        imp_node_unlist(m, n);
+    } else {
+        imp_node_journal(m, n);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    import_mgr *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        node *n = dequeue(m);
+        if (!n) {
+            pthread_cond_wait(&m->work_cond, &m->lock);
+            continue;
+        }
+        double now = imp_now();
+        job_ctx j = {.kind = job_for(n, now)};
+        if (j.kind == JOB_NONE) {
+            imp_node_maybe_free(m, n);
+            continue;
+        }
+        n->busy = true;
+        j.object = imp_object_name(m, n);
+        j.label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
+        memcpy(j.id, n->id, sizeof j.id);
+        j.gen = n->gen;
+        j.staged = n->staged;
+        pthread_mutex_unlock(&m->lock);
+
+        http_error err;
+        memset(&err, 0, sizeof err);
+        uint64_t size = 0;
+        int rc = 0;
+        if (!j.object || !j.label)
+            rc = -ENOMEM;
+        else if (j.kind == JOB_UPLOAD)
+            rc = do_upload(m, &j, &size, &err);
+        else if (j.staged)
+            rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
+
+        pthread_mutex_lock(&m->lock);
+        now = imp_now();
+        /* Still busy while the result is applied, so that an unlist does
+         * not free n under us. */
+        if (j.kind == JOB_UPLOAD)
+            upload_done(m, n, &j, rc, size, &err, now);
+        else
+            delete_done(m, n, rc, &err, now);
+        n->busy = false;
+        if (job_for(n, now) != JOB_NONE)
+            up_enqueue(m, n);
+        imp_node_maybe_free(m, n);
+        pthread_cond_signal(&m->tick_cond);
+        pthread_mutex_unlock(&m->lock);
+        free(j.object);
+        free(j.label);
+        journal_sync(m->j);
+        pthread_mutex_lock(&m->lock);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+static void batch_mark_imported(import_mgr *m, node *n)
+{
+    n->state = ST_IMPORTED;
+    n->b = NULL;
+    n->st->imported++;
+    log_debug("import: %s/%s: imported", n->st->name, n->path ? n->path : "");
+    /* The file leaves import/ now; cleanup follows in a worker. */
+    imp_node_hide(m, n);
+    imp_node_journal(m, n);
+    up_enqueue(m, n);
+}
+
+static void batch_fail_all(import_mgr *m, batch *b, const char *msg)
+{
+    for (node *n = m->head; n; n = n->next)
+        if (!n->is_dir && n->b == b && n->state == ST_UPLOADED)
+            imp_node_fail(m, n, "%s", msg);
+    b->state = B_DONE;
+    imp_batch_journal(m, b);
+}
+
+static void seal(import_mgr *m, batch *b, double now)
+{
+    b->state = B_SEALED;
+    b->next_try = now;
+    b->backoff = 1;
+    if (b->st->open == b)
+        b->st->open = NULL;
+    imp_batch_journal(m, b);
+}
+
+static void start_import(import_mgr *m, batch *b)
+{
+    char *store = strdup(b->st->name);
+    char *uri = http_strdup_printf("gs://%s/%s%sbatches/%s/**", m->bucket, m->prefix,
+                                   *m->prefix ? "/" : "", b->id);
+    int n = b->n_uploaded;
+    pthread_mutex_unlock(&m->lock);
+    char *op = NULL;
+    http_error err;
+    memset(&err, 0, sizeof err);
+    int rc = store && uri ? hc_import(m->hc, store, uri, &op, &err) : HC_ERR_NOMEM;
+    if (rc == HC_OK && op)
+        rc = journal_add_operation(m->j, store, op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    pthread_mutex_lock(&m->lock);
+    double now = imp_now();
+    if (rc == HC_OK && op) {
+        b->op = op;
+        op = NULL;
+        b->state = B_IMPORTING;
+        b->next_try = now + 0.5;
+        b->backoff = 0.5;
+        imp_batch_journal(m, b);
+        log_info("import: %s: batch %s (%d file(s)) committed: %s", store, b->id, n, b->op);
+    } else if (rc == HC_ERR_HTTP && permanent(&err)) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "import of %s refused: HTTP %ld %s: %s", uri, err.http_status,
+                 err.status, err.message);
+        log_error("import: %s: %s", store, msg);
+        batch_fail_all(m, b, msg);
+    } else {
+        log_warn("import: %s: cannot start the import of batch %s (HTTP %ld %s): retrying in "
+                 "%.0f s",
+                 store, b->id, err.http_status, err.message, b->backoff);
+        b->next_try = now + b->backoff;
+        b->backoff = b->backoff * 2 > RETRY_MAX_S ? RETRY_MAX_S : b->backoff * 2;
+    }
+    free(op);
+    free(uri);
+    free(store);
+}
+
+static int count_result(void *ctx, const char *name, const char *json)
+{
+    (void)name;
+    (void)json;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* Op finished with an error: which files are in the store? One search per
+ * file; a search that fails leaves the rest for the next tick. */
+static void verify(import_mgr *m, batch *b)
+{
+    for (node *n = m->head; n;) {
+        if (n->is_dir || n->b != b || n->state != ST_UPLOADED || n->busy) {
+            n = n->next;
+            continue;
+        }
+        char *store = strdup(b->st->name);
+        char *q = http_strdup_printf("SOPInstanceUID=%s", n->sop);
+        n->busy = true; /* keeps n alive while unlocked */
+        pthread_mutex_unlock(&m->lock);
+        int found = 0;
+        http_error err;
+        memset(&err, 0, sizeof err);
+        int rc = store && q
+                     ? hc_dicomweb_search(m->hc, store, "instances", q, count_result, &found, &err)
+                     : HC_ERR_NOMEM;
+        free(store);
+        free(q);
+        pthread_mutex_lock(&m->lock);
+        n->busy = false;
+        if (rc != HC_OK) {
+            log_warn("import: batch %s: cannot check which files arrived (HTTP %ld %s), "
+                     "retrying",
+                     b->id, err.http_status, err.message);
+            b->next_try = imp_now() + b->backoff;
+            b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
+            return;
+        }
+        node *next = n->next;
+        if (found)
+            batch_mark_imported(m, n);
+        else
+            imp_node_fail(m, n, "import operation %s failed: %s", b->op,
+                          b->op_error ? b->op_error : "the instance is not in the store");
+        imp_node_maybe_free(m, n);
+        n = next;
+    }
+    b->state = B_DONE;
+    imp_batch_journal(m, b);
+}
+
+static void poll_op(import_mgr *m, batch *b)
+{
+    char *op_name = strdup(b->op);
+    pthread_mutex_unlock(&m->lock);
+    char *json = NULL;
+    size_t len = 0;
+    http_error err;
+    memset(&err, 0, sizeof err);
+    hc_operation op;
+    memset(&op, 0, sizeof op);
+    int rc = op_name ? hc_operation_get(m->hc, op_name, &json, &len, &err) : HC_ERR_NOMEM;
+    if (rc == HC_OK)
+        rc = hc_operation_parse(json, len, &op);
+    free(json);
+    pthread_mutex_lock(&m->lock);
+    double now = imp_now();
+    if (rc != HC_OK || !op.done) {
+        if (rc != HC_OK)
+            log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying", b->st->name,
+                     b->op, err.http_status, err.message);
+        b->next_try = now + b->backoff;
+        b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
+    } else if (!op.has_error && op.failure <= 0) {
+        int n = 0;
+        for (node *x = m->head; x; x = x->next)
+            if (!x->is_dir && x->b == b && x->state == ST_UPLOADED) {
+                batch_mark_imported(m, x);
+                n++;
+            }
+        b->state = B_DONE;
+        imp_batch_journal(m, b);
+        log_info("import: %s: batch %s: %d file(s) imported (%s)", b->st->name, b->id, n, b->op);
+    } else {
+        free(b->op_error);
+        b->op_error = strdup(op.error_message ? op.error_message : "import reported failures");
+        log_error("import: %s: operation %s finished with errors (failure count %" PRId64
+                  "): %s; checking each file",
+                  b->st->name, b->op, op.failure, b->op_error ? b->op_error : "");
+        b->verifying = true;
+        b->backoff = 0.5;
+        verify(m, b);
+    }
+    hc_operation_clear(&op);
+    free(op_name);
+}
+
+static void tick(import_mgr *m, double now)
+{
+    for (batch *b = m->batches; b; b = b->next)
+        b->n_pending = b->n_uploaded = b->n_refs = 0;
+    for (node *n = m->head; n; n = n->next) {
+        if (n->is_dir)
+            continue;
+        if (!n->queued && !n->busy && job_for(n, now) != JOB_NONE)
+            up_enqueue(m, n);
+        batch *b = n->b;
+        if (!b)
+            continue;
+        b->n_refs++;
+        if (n->state == ST_UPLOADED && !n->dirty && n->writers == 0 && !n->busy)
+            b->n_uploaded++;
+        else
+            b->n_pending++;
+    }
+    for (batch *b = m->batches, *next; b; b = next) {
+        next = b->next;
+        bool quiet = now - b->last_accept >= m->cfg.commit_delay_s;
+        bool drop = false; /* no file refers to the batch any more */
+        switch (b->state) {
+        case B_OPEN:
+            if (b->n_refs == 0 && quiet)
+                drop = true;
+            else if (quiet && b->n_pending == 0 && b->n_uploaded > 0)
+                seal(m, b, now);
+            break;
+        case B_SEALED:
+            if (b->n_refs == 0)
+                drop = true;
+            else if (b->next_try <= now)
+                start_import(m, b);
+            break;
+        case B_IMPORTING:
+            if (b->next_try > now)
+                break;
+            if (b->verifying)
+                verify(m, b);
+            else
+                poll_op(m, b);
+            break;
+        case B_DONE:
+            drop = b->n_refs == 0;
+            break;
+        }
+        if (drop) {
+            char key[64];
+            snprintf(key, sizeof key, "b/%s", b->id);
+            journal_del(m->j, key, false);
+            imp_batch_free(m, b);
+        }
+        if (m->stop)
+            break;
+    }
+}
+
+static void *coord_main(void *arg)
+{
+    import_mgr *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        tick(m, imp_now());
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        pthread_mutex_lock(&m->lock);
+        if (m->stop)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->tick_cond, &m->lock, &ts);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+int up_start(import_mgr *m)
+{
+    m->workers = calloc((size_t)m->cfg.uploads, sizeof *m->workers);
+    if (!m->workers)
+        return -ENOMEM;
+    for (int i = 0; i < m->cfg.uploads; i++) {
+        int rc = pthread_create(&m->workers[i], NULL, worker_main, m);
+        if (rc != 0) {
+            log_error("import: cannot start upload thread: %s", strerror(rc));
+            up_stop(m);
+            return -rc;
+        }
+        m->nworkers++;
+    }
+    int rc = pthread_create(&m->coord, NULL, coord_main, m);
+    if (rc != 0) {
+        up_stop(m);
+        return -rc;
+    }
+    m->coord_started = true;
+    return 0;
+}
+
+void up_stop(import_mgr *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->stop = true;
+    pthread_cond_broadcast(&m->work_cond);
+    pthread_cond_broadcast(&m->tick_cond);
+    pthread_mutex_unlock(&m->lock);
+    for (int i = 0; i < m->nworkers; i++)
+        pthread_join(m->workers[i], NULL);
+    if (m->coord_started)
+        pthread_join(m->coord, NULL);
+    m->nworkers = 0;
+    m->coord_started = false;
+    free(m->workers);
+    m->workers = NULL;
+    pthread_mutex_lock(&m->lock);
+    node *n;
+    while ((n = dequeue(m)))
+        imp_node_maybe_free(m, n);
+    pthread_mutex_unlock(&m->lock);
+}

@@ -1,0 +1,256 @@
+/* wait: `dicomfs wait PATH [--timeout S]`.
+ *
+ * Finds the store directory of PATH (PATH itself or the nearest ancestor
+ * holding `status`, `import/` and `operations/`), reads its status file
+ * every 0.5 s and shows progress: a bar redrawn in place on a terminal,
+ * a plain line every 5 s otherwise. Exit status: 0 all imported, 1 some
+ * files failed (their "failed: PATH: REASON" lines are printed), 2 usage
+ * error or PATH not in a dicomfs store, 3 timeout.
+ */
+#include "wait.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "status.h"
+
+enum { WAIT_OK = 0, WAIT_FAILED = 1, WAIT_USAGE = 2, WAIT_TIMEOUT = 3 };
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: dicomfs wait PATH [--timeout SECONDS]\n"
+               "  Waits until every file copied into the store's import/ directory is imported.\n"
+               "  PATH is a mounted store directory or anything below it.\n"
+               "  Exit status: 0 all imported, 1 some files failed, 2 usage error or not a\n"
+               "  dicomfs store, 3 timeout.\n");
+}
+
+static bool is_type(const char *dir, const char *name, mode_t type)
+{
+    char p[PATH_MAX];
+    struct stat st;
+    if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, name) >= sizeof p)
+        return false;
+    return stat(p, &st) == 0 && (st.st_mode & S_IFMT) == type;
+}
+
+/* Walks up from path to the store directory; writes it into out. Returns 0,
+ * 1 when PATH is not inside a store, or a negative errno. */
+static int find_store(const char *path, char *out, size_t outlen)
+{
+    char cur[PATH_MAX];
+    if (!realpath(path, cur))
+        return -errno;
+    struct stat st;
+    if (stat(cur, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        char *slash = strrchr(cur, '/');
+        if (slash && slash != cur)
+            *slash = '\0';
+    }
+    for (;;) {
+        if (is_type(cur, "status", S_IFREG) && is_type(cur, "import", S_IFDIR) &&
+            is_type(cur, "operations", S_IFDIR)) {
+            if (strlen(cur) >= outlen)
+                return -ENAMETOOLONG;
+            strcpy(out, cur);
+            return 0;
+        }
+        char *slash = strrchr(cur, '/');
+        if (!slash || (slash == cur && cur[1] == '\0'))
+            return 1; /* reached / without finding a store */
+        if (slash == cur)
+            cur[1] = '\0';
+        else
+            *slash = '\0';
+    }
+}
+
+/* Reads the whole status file (it is small; its stat size may be 0). */
+static char *read_status(const char *store)
+{
+    char p[PATH_MAX + 16];
+    snprintf(p, sizeof p, "%s/status", store);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        if (len == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    if (buf)
+        buf[len] = '\0';
+    return buf;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void print_failures(const char *text)
+{
+    for (const char *line = text; line && *line;) {
+        const char *eol = strchr(line, '\n');
+        size_t ll = eol ? (size_t)(eol - line) : strlen(line);
+        if (ll > 8 && strncmp(line, "failed: ", 8) == 0 && strspn(line + 8, "0123456789") < ll - 8)
+            printf("%.*s\n", (int)ll, line);
+        line = eol ? eol + 1 : NULL;
+    }
+}
+
+static void draw(bool tty, const import_counts *c, double rate, bool final)
+{
+    uint64_t pending = c->spooled + c->uploading + c->uploaded + c->importing;
+    uint64_t total = pending + c->imported + c->failed;
+    uint64_t done = c->imported + c->failed;
+    if (tty) {
+        char bar[31];
+        int width = 30;
+        int fill = total ? (int)(done * (uint64_t)width / total) : width;
+        for (int i = 0; i < width; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[width] = '\0';
+        printf("\r[%s] %" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %.1f MB/s\033[K%s",
+               bar, c->imported, total, c->failed, rate / 1e6, final ? "\n" : "");
+    } else {
+        printf("%" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %" PRIu64
+               " pending (spooled %" PRIu64 ", uploading %" PRIu64 ", uploaded %" PRIu64
+               ", importing %" PRIu64 "), %.1f MB/s\n",
+               c->imported, total, c->failed, pending, c->spooled, c->uploading, c->uploaded,
+               c->importing, rate / 1e6);
+    }
+    fflush(stdout);
+}
+
+int wait_main(int argc, char **argv)
+{
+    int i = 1;
+    if (i < argc && strcmp(argv[i], "wait") == 0 && argc > 2)
+        i++; /* called with the full command line */
+    const char *path = NULL;
+    double timeout = -1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return WAIT_OK;
+        }
+        if (strcmp(a, "--timeout") == 0 || strcmp(a, "-t") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "dicomfs wait: %s needs a number of seconds\n", a);
+                return WAIT_USAGE;
+            }
+            val = argv[i];
+        } else if (strncmp(a, "--timeout=", 10) == 0) {
+            val = a + 10;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "dicomfs wait: unknown option %s\n", a);
+            usage(stderr);
+            return WAIT_USAGE;
+        } else if (path) {
+            fprintf(stderr, "dicomfs wait: one PATH only\n");
+            return WAIT_USAGE;
+        } else {
+            path = a;
+        }
+        if (val) {
+            char *end;
+            errno = 0;
+            timeout = strtod(val, &end);
+            if (errno || end == val || *end || timeout < 0) {
+                fprintf(stderr, "dicomfs wait: bad timeout \"%s\"\n", val);
+                return WAIT_USAGE;
+            }
+        }
+    }
+    if (!path) {
+        usage(stderr);
+        return WAIT_USAGE;
+    }
+    char store[PATH_MAX];
+    int rc = find_store(path, store, sizeof store);
+    if (rc != 0) {
+        fprintf(stderr, "dicomfs wait: %s: %s\n", path,
+                rc == 1 ? "not inside a dicomfs store directory (no status, import/ and "
+                          "operations/ found above it)"
+                        : strerror(-rc));
+        return WAIT_USAGE;
+    }
+    bool tty = isatty(STDOUT_FILENO);
+    double start = now_s(), last_print = 0, last_t = start, rate = 0;
+    uint64_t last_bytes = 0;
+    bool first = true;
+    for (;;) {
+        char *text = read_status(store);
+        import_counts c;
+        if (!text || status_parse(text, &c) < 0) {
+            fprintf(stderr, "dicomfs wait: %s/status: %s\n", store,
+                    text ? "not a dicomfs status file" : strerror(errno));
+            free(text);
+            return WAIT_USAGE;
+        }
+        double t = now_s();
+        if (!first && t > last_t && c.bytes_uploaded >= last_bytes)
+            rate = 0.7 * rate + 0.3 * (double)(c.bytes_uploaded - last_bytes) / (t - last_t);
+        last_t = t;
+        last_bytes = c.bytes_uploaded;
+        first = false;
+        uint64_t pending = c.spooled + c.uploading + c.uploaded + c.importing;
+        if (pending == 0) {
+            draw(tty, &c, rate, true);
+            if (c.failed)
+                print_failures(text);
+            free(text);
+            return c.failed ? WAIT_FAILED : WAIT_OK;
+        }
+        if (tty || t - last_print >= 5) {
+            draw(tty, &c, rate, false);
+            last_print = t;
+        }
+        free(text);
+        if (timeout >= 0 && t - start >= timeout) {
+            if (tty)
+                printf("\n");
+            fprintf(stderr,
+                    "dicomfs wait: timed out after %.0f s with %" PRIu64 " file(s) pending\n",
+                    timeout, pending);
+            return WAIT_TIMEOUT;
+        }
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}

@@ -1,0 +1,302 @@
+"""STORE/export/: filter files start exports; NAME.out/ shows the result."""
+import errno
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+
+def uid(prefix):
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def make_instance(path, study, series, instance):
+    """A small MONOCHROME2 image with pydicom (independent of dicomfs)."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = instance
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.PatientName = "Test^Export"
+    ds.PatientID = "EXP1"
+    ds.Modality = "OT"
+    ds.Rows = 8
+    ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = (np.arange(64, dtype=np.uint8) * 3).tobytes()
+    ds.is_little_endian = True
+    ds.is_implicit_VR = False
+    ds.save_as(path, write_like_original=False)  # pydicom 2.x: full Part-10 file
+
+
+@pytest.fixture
+def filled_store(hc_api, tmp_path):
+    """A store holding 2 studies x 1 series x 2 instances, imported via the API."""
+    from pydicom.uid import generate_uid
+    ds = hc_api.create_dataset(uid("exds"))
+    store = hc_api.create_store(ds, uid("exst"))
+    src = f"src-{uuid.uuid4().hex[:8]}"
+    files = {}  # (study, series, instance) -> bytes
+    for _ in range(2):
+        study, series = generate_uid(), generate_uid()
+        for _ in range(2):
+            inst = generate_uid()
+            p = tmp_path / f"{inst}.dcm"
+            make_instance(str(p), study, series, inst)
+            data = p.read_bytes()
+            files[(study, series, inst)] = data
+            hc_api.upload("staging", f"{src}/{inst}.dcm", data, "application/dicom")
+    op = hc_api.import_gcs(store, f"gs://staging/{src}/**")
+    done = hc_api.wait_operation(op)
+    assert "error" not in done, done
+    return ds, store, files
+
+
+def ids(ds, store):
+    return ds.rsplit("/", 1)[1], store.rsplit("/", 1)[1]
+
+
+def write_filter(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def store_ops(m, ds_id, st_id):
+    d = m.path(ds_id, st_id, "operations")
+    return {n: json.loads(open(os.path.join(d, n), "rb").read()) for n in os.listdir(d)}
+
+
+def wait_store_ops_done(m, ds_id, st_id, count, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ops = store_ops(m, ds_id, st_id)
+        if len(ops) >= count and all(o.get("done") for o in ops.values()):
+            return ops
+        time.sleep(0.3)
+    raise TimeoutError(f"store operations not done: {store_ops(m, ds_id, st_id)}")
+
+
+def walk_files(root):
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = p
+    return out
+
+
+def test_filtered_export_one_study(dicomfs_mount, hc_api, filled_store):
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    study = sorted({k[0] for k in files})[0]
+    filt = f"/studies/{study}\n"
+    write_filter(m.path(ds_id, st_id, "export", "dicom", "one"), filt)
+    ops = wait_store_ops_done(m, ds_id, st_id, 1)
+    (op,) = ops.values()
+    assert "error" not in op, op
+    assert "one" in os.listdir(m.path(ds_id, st_id, "export", "dicom"))
+    assert "one.out" in os.listdir(m.path(ds_id, st_id, "export", "dicom"))
+    with open(m.path(ds_id, st_id, "export", "dicom", "one")) as f:
+        assert f.read() == filt
+    got = walk_files(m.path(ds_id, st_id, "export", "dicom", "one.out"))
+    want = {f"{s}/{se}/{i}.dcm": data for (s, se, i), data in files.items() if s == study}
+    assert sorted(got) == sorted(want)
+    for rel, p in got.items():
+        with open(p, "rb") as f:
+            assert f.read() == want[rel], rel
+        assert os.stat(p).st_size == len(want[rel])
+    # the filter was uploaded beside the staging prefix, the objects went to
+    # the default export destination gs://staging/dicomfs-exports/DS/STORE/FMT/NAME/
+    (fobj,) = hc_api.list_objects("staging", f"dicomfs/filters/{ds_id}/{st_id}/dicom/")
+    assert fobj["name"].rsplit("/", 1)[1].startswith("one-")
+    assert hc_api.download("staging", fobj["name"]) == filt.encode()
+    exported = {o["name"] for o in hc_api.list_objects(
+        "staging", f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/")}
+    assert exported == {f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/{r}" for r in want}
+
+
+def test_empty_filter_exports_whole_store(dicomfs_mount, filled_store):
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    write_filter(m.path(ds_id, st_id, "export", "dicom", "all"), "")
+    wait_store_ops_done(m, ds_id, st_id, 1)
+    got = walk_files(m.path(ds_id, st_id, "export", "dicom", "all.out"))
+    want = {f"{s}/{se}/{i}.dcm": data for (s, se, i), data in files.items()}
+    assert sorted(got) == sorted(want)
+    for rel, p in got.items():
+        with open(p, "rb") as f:
+            assert f.read() == want[rel], rel
+
+
+def test_bad_filter_fails_close_and_starts_nothing(dicomfs_mount, hc_api, filled_store):
+    ds, store, _ = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    before = len(hc_api.list_operations(ds))
+    path = m.path(ds_id, st_id, "export", "dicom", "bad")
+    with pytest.raises(OSError) as ei:
+        write_filter(path, "/studies/1.2.3\n/studies/not-a-uid\n")
+    assert ei.value.errno == errno.EINVAL
+    # cp reports it the way users see it
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as t:
+        t.write("/series/1.2\n")
+    try:
+        p = subprocess.run(["cp", t.name, path], capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(t.name)
+    assert p.returncode != 0
+    assert "Invalid argument" in p.stderr
+    assert "bad" not in os.listdir(m.path(ds_id, st_id, "export", "dicom"))
+    assert os.listdir(m.path(ds_id, st_id, "operations")) == []
+    assert len(hc_api.list_operations(ds)) == before
+    assert "export/dicom/bad: line 2, column" in m.log_text()
+
+
+def test_png_export(dicomfs_mount, filled_store):
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    write_filter(m.path(ds_id, st_id, "export", "png", "pics"), "")
+    ops = wait_store_ops_done(m, ds_id, st_id, 1)
+    assert all("error" not in o for o in ops.values()), ops
+    got = walk_files(m.path(ds_id, st_id, "export", "png", "pics.out"))
+    assert len(got) == len(files)
+    for rel, p in got.items():
+        assert rel.endswith(".png")
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_filter_survives_remount(dicomfs_mount, filled_store):
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    study = sorted({k[0] for k in files})[1]
+    filt = f"/studies/{study}\r\n"
+    write_filter(m.path(ds_id, st_id, "export", "raw", "keep"), filt)
+    wait_store_ops_done(m, ds_id, st_id, 1)
+    m.remount()
+    with open(m.path(ds_id, st_id, "export", "raw", "keep"), newline="") as f:
+        assert f.read() == filt
+    assert len(os.listdir(m.path(ds_id, st_id, "operations"))) == 1
+
+
+def test_odd_filter_names_refused(dicomfs_mount, hc_api):
+    m = dicomfs_mount
+    before = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    d = m.path("ds", "store", "export", "dicom")
+    for name in (".hidden", "x.out", "backup~", "#autosave#"):
+        with pytest.raises(OSError) as ei:
+            write_filter(os.path.join(d, name), "")
+        assert ei.value.errno == errno.EINVAL, name
+    with pytest.raises(OSError) as ei:
+        write_filter(m.path("ds", "store", "export", "gif"), "")
+    assert ei.value.errno in (errno.EACCES, errno.EPERM)
+    assert os.listdir(d) == []
+    after = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
+    assert after == before
+
+
+def set_faults(emulator, **kw):
+    q = "&".join(f"{k}={v}" for k, v in kw.items())
+    status, _, body = emulator.request("POST", f"/_emulator/faults?{q}", auth=False)
+    assert status == 200, body
+
+
+def test_export_under_server_faults(dicomfs_mount, emulator, filled_store):
+    """429/500/503 answers and dropped connections on a third of the requests:
+    the client's retries hide them; results are exact."""
+    ds, store, files = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    study = sorted({k[0] for k in files})[0]
+    set_faults(emulator, fail_rate=0.3, reset_rate=0.05)
+    try:
+        write_filter(m.path(ds_id, st_id, "export", "dicom", "f"), f"/studies/{study}\n")
+        wait_store_ops_done(m, ds_id, st_id, 1, timeout=120)
+        got = walk_files(m.path(ds_id, st_id, "export", "dicom", "f.out"))
+        want = {f"{s}/{se}/{i}.dcm": d for (s, se, i), d in files.items() if s == study}
+        assert sorted(got) == sorted(want)
+        for rel, p in got.items():
+            with open(p, "rb") as f:
+                assert f.read() == want[rel], rel
+        for n in os.listdir(m.path(ds_id, "operations")):
+            json.loads(open(m.path(ds_id, "operations", n), "rb").read())
+        faults = emulator.stats()["faults"]
+        assert faults["http429"] + faults["http500"] + faults["http503"] + faults["resets"] > 0
+    finally:
+        set_faults(emulator, fail_rate=0, reset_rate=0)
+
+
+def test_malformed_responses_give_eio_not_a_crash(dicomfs_mount, emulator, filled_store):
+    ds, store, _ = filled_store
+    ds_id, st_id = ids(ds, store)
+    m = dicomfs_mount
+    set_faults(emulator, malformed_rate=1)
+    try:
+        errors = 0
+        for _ in range(3):
+            try:
+                for n in os.listdir(m.path(ds_id, "operations")):
+                    open(m.path(ds_id, "operations", n), "rb").read()
+            except OSError as e:
+                # EACCES: the token endpoint's answers are garbled too
+                assert e.errno in (errno.EIO, errno.ENOENT, errno.EACCES), e
+                errors += 1
+            time.sleep(2.1)  # past the listing caches
+        assert errors > 0
+    finally:
+        set_faults(emulator, malformed_rate=0)
+    # the daemon is still serving
+    assert "operations" in os.listdir(m.path(ds_id))
+
+
+def test_out_is_empty_until_the_export_is_done(emulator_factory, tmp_path):
+    from mount_fixture import ApiClient, DicomfsMount
+    from pydicom.uid import generate_uid
+    emu = emulator_factory("--lro-delay", "3000")
+    api = ApiClient(emu)
+    study, series, inst = generate_uid(), generate_uid(), generate_uid()
+    p = tmp_path / "i.dcm"
+    make_instance(str(p), study, series, inst)
+    api.upload("staging", "slow/i.dcm", p.read_bytes(), "application/dicom")
+    api.wait_operation(api.import_gcs(
+        "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store",
+        "gs://staging/slow/**"))
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        out = m.path("ds", "store", "export", "dicom", "s.out")
+        write_filter(m.path("ds", "store", "export", "dicom", "s"), "")
+        ops = store_ops(m, "ds", "store")
+        assert len(ops) == 1 and not list(ops.values())[0].get("done")
+        assert os.listdir(out) == []
+        wait_store_ops_done(m, "ds", "store", 1)
+        got = walk_files(out)
+        assert sorted(got) == [f"{study}/{series}/{inst}.dcm"]
+        with open(got[f"{study}/{series}/{inst}.dcm"], "rb") as f:
+            assert f.read() == p.read_bytes()
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]

@@ -1,0 +1,141 @@
+/* Unit tests for fs/dircache.c: complete listings, single entries, expiry. */
+#include <string.h>
+#include <time.h>
+
+#include "../../fs/dircache.h"
+#include "testlib.h"
+
+static void nap(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static void put3(dircache *c, const char *key, double ttl)
+{
+    dircache_list l;
+    dircache_list_init(&l);
+    CHECK_EQ_INT(dircache_list_add(&l, "b", true, 0), 0);
+    CHECK_EQ_INT(dircache_list_add(&l, "a", false, 42), 0);
+    CHECK_EQ_INT(dircache_list_add(&l, "c", false, 7), 0);
+    dircache_put(c, key, &l, ttl);
+    CHECK(l.n == 0 && l.v == NULL); /* taken over */
+}
+
+TEST(complete_listing_answers_lookups)
+{
+    dircache *c = dircache_new();
+    bool is_dir = false;
+    uint64_t size = 0;
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), -1);
+    put3(c, "k", 10);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), 1);
+    CHECK(!is_dir);
+    CHECK_EQ_INT(size, 42);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "b", &is_dir, &size), 1);
+    CHECK(is_dir);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "zz", &is_dir, &size), 0); /* known absent */
+    CHECK_EQ_INT(dircache_lookup(c, "other", "a", &is_dir, &size), -1);
+    dircache_list l;
+    CHECK_EQ_INT(dircache_get(c, "k", &l), 0);
+    CHECK_EQ_INT(l.n, 3);
+    CHECK_EQ_STR(l.v[0].name, "a"); /* sorted */
+    CHECK_EQ_STR(l.v[2].name, "c");
+    dircache_list_clear(&l);
+    dircache_free(c);
+}
+
+TEST(expiry)
+{
+    dircache *c = dircache_new();
+    bool is_dir;
+    uint64_t size;
+    put3(c, "k", 0.05);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), 1);
+    nap(0.1);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), -1);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "zz", &is_dir, &size), -1);
+    dircache_list l;
+    CHECK_EQ_INT(dircache_get(c, "k", &l), -1);
+    CHECK(l.n == 0);
+    dircache_free(c);
+}
+
+TEST(single_entries_do_not_make_a_listing_complete)
+{
+    dircache *c = dircache_new();
+    bool is_dir;
+    uint64_t size;
+    dircache_put_one(c, "k", "x.json", false, 99, 10);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "x.json", &is_dir, &size), 1);
+    CHECK_EQ_INT(size, 99);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "y.json", &is_dir, &size), -1); /* unknown, not absent */
+    dircache_list l;
+    CHECK_EQ_INT(dircache_get(c, "k", &l), -1);
+    /* updating an entry of a complete listing keeps it complete */
+    put3(c, "k", 10);
+    dircache_put_one(c, "k", "a", false, 5, 10);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), 1);
+    CHECK_EQ_INT(size, 5);
+    CHECK_EQ_INT(dircache_get(c, "k", &l), 0);
+    CHECK_EQ_INT(l.n, 3);
+    dircache_list_clear(&l);
+    /* a fresh single entry outlives its stale listing */
+    put3(c, "s", 0.05);
+    dircache_put_one(c, "s", "c", false, 8, 10);
+    nap(0.1);
+    CHECK_EQ_INT(dircache_lookup(c, "s", "c", &is_dir, &size), 1);
+    CHECK_EQ_INT(size, 8);
+    CHECK_EQ_INT(dircache_lookup(c, "s", "a", &is_dir, &size), -1);
+    dircache_free(c);
+}
+
+TEST(invalidate_and_replace)
+{
+    dircache *c = dircache_new();
+    bool is_dir;
+    uint64_t size;
+    put3(c, "k", 10);
+    dircache_invalidate(c, "k");
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), -1);
+    put3(c, "k", 10);
+    dircache_list l;
+    dircache_list_init(&l);
+    dircache_list_add(&l, "only", true, 0);
+    dircache_put(c, "k", &l, 10);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), 0);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "only", &is_dir, &size), 1);
+    /* an empty listing is complete: everything is absent */
+    dircache_list_init(&l);
+    dircache_put(c, "empty", &l, 10);
+    CHECK_EQ_INT(dircache_lookup(c, "empty", "a", &is_dir, &size), 0);
+    CHECK_EQ_INT(dircache_get(c, "empty", &l), 0);
+    CHECK_EQ_INT(l.n, 0);
+    dircache_free(c);
+}
+
+TEST(many_keys_are_pruned_not_lost_when_fresh)
+{
+    dircache *c = dircache_new();
+    char key[32];
+    for (int i = 0; i < 600; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        put3(c, key, 10);
+    }
+    bool is_dir;
+    uint64_t size;
+    /* fresh listings are kept even beyond the soft limit */
+    CHECK_EQ_INT(dircache_lookup(c, "k0", "a", &is_dir, &size), 1);
+    CHECK_EQ_INT(dircache_lookup(c, "k599", "c", &is_dir, &size), 1);
+    dircache_free(c);
+}
+
+int main(void)
+{
+    RUN(complete_listing_answers_lookups);
+    RUN(expiry);
+    RUN(single_entries_do_not_make_a_listing_complete);
+    RUN(invalidate_and_replace);
+    RUN(many_keys_are_pruned_not_lost_when_fresh);
+    return test_done();
+}
