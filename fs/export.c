@@ -1,4 +1,24 @@
-/* export: STORE/export/FMT/NAME filter files and NAME.out/ (see export.h). */
+/* export: STORE/export/FMT/NAME filter files and NAME.out/ (see export.h).
+ *
+ * flush validates, release starts. FUSE sends FLUSH at EVERY close(), also
+ * of a dup'ed descriptor: `echo /studies/UID > export/dicom/one` in a shell
+ * does open(O_CREAT|O_TRUNC), dup2 to fd 1, close(original) -> FLUSH of an
+ * empty filter (which would mean "the whole store"), then the write, then
+ * close(1) -> FLUSH again; RELEASE comes once, after the last close. So:
+ * - flush() only validates the filter when it changed since the last
+ *   validation: a bad line fails that close() with EINVAL and logs, once per
+ *   content, "DS/STORE/export/FMT/NAME: line L, column C: MESSAGE"; a valid
+ *   filter is saved in the local record (so a read right after close() sees
+ *   it). Nothing remote is ever started by a flush.
+ * - release() (the last close of the descriptor) starts the export, only if
+ *   this descriptor changed the filter, the final content is valid, and it
+ *   differs from the content last started for that name (the record's
+ *   "started" leaf) or nothing was started yet. Rewriting the same filter
+ *   therefore starts nothing new. A new filter that started nothing (bad
+ *   content, or the start failed: logged) is forgotten again.
+ * close() returns before the release is handled, so the operation (and
+ * NAME.out/) appear a moment after close() returns.
+ */
 #include "export.h"
 
 #include <dirent.h>
@@ -18,8 +38,11 @@ struct export_file {
     tree_path tp;
     char *buf;
     size_t len, cap;
-    bool dirty;   /* written, truncated or created since the last start */
-    bool created; /* new filter: forgotten again if it never started */
+    bool dirty;     /* written, truncated or created since the last validation */
+    bool valid;     /* result of the last validation */
+    size_t n_paths; /* paths in the filter when valid */
+    bool changed;   /* written, truncated or created through this descriptor */
+    bool created;   /* new filter: forgotten again if it never started */
     bool started;
 };
 
@@ -153,8 +176,8 @@ static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
 
 static void remove_record(fs_ctx *x, const tree_path *tp)
 {
-    static const char *const leaves[] = {"filter",     "op",     "done",
-                                         "filter.tmp", "op.tmp", "done.tmp"};
+    static const char *const leaves[] = {"filter",     "op",     "done",     "started",
+                                         "filter.tmp", "op.tmp", "done.tmp", "started.tmp"};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
         char *f = record_file(x, tp, leaves[i]);
         if (f)
@@ -257,14 +280,17 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, e
             rc = write_file(path, "", 0);
             f->created = true;
         }
-        f->dirty = true;
+        f->dirty = f->changed = true;
         if (existed && !(flags & O_TRUNC))
             rc = read_file(path, &f->buf, &f->len);
     } else if (flags & O_TRUNC) {
         struct stat st;
         rc = stat(path, &st) == 0 ? 0 : -ENOENT;
-        f->dirty = true;
+        f->dirty = f->changed = true;
     } else {
+        /* Saved by a valid flush or start; a later truncate(2) by name may
+         * have cut it, which the next write and close() checks. */
+        f->valid = true;
         rc = read_file(path, &f->buf, &f->len);
     }
     free(path);
@@ -318,7 +344,7 @@ int export_write(export_file *f, const char *buf, size_t size, off_t off)
     memcpy(f->buf + off, buf, size);
     if (end > f->len)
         f->len = end;
-    f->dirty = true;
+    f->dirty = f->changed = true;
     return (int)size;
 }
 
@@ -345,7 +371,7 @@ int export_truncate_open(export_file *f, off_t size)
     if ((size_t)size > f->len)
         memset(f->buf + f->len, 0, (size_t)size - f->len);
     f->len = (size_t)size;
-    f->dirty = true;
+    f->dirty = f->changed = true;
     return 0;
 }
 
@@ -421,56 +447,119 @@ static int save_record(fs_ctx *x, export_file *f, const char *op)
     int rc = d ? mkdirs(d) : -ENOMEM;
     free(d);
     char *pf = record_file(x, &f->tp, "filter");
+    char *ps = record_file(x, &f->tp, "started");
     char *po = record_file(x, &f->tp, "op");
     char *pd = record_file(x, &f->tp, "done");
-    if (!pf || !po || !pd)
+    if (!pf || !ps || !po || !pd)
         rc = -ENOMEM;
     if (rc == 0)
         rc = write_file(pf, f->buf ? f->buf : "", f->len);
+    if (rc == 0)
+        rc = write_file(ps, f->buf ? f->buf : "", f->len);
     if (rc == 0) {
         unlink(pd);
         rc = write_file(po, op, strlen(op));
     }
     free(pf);
+    free(ps);
     free(po);
     free(pd);
     return rc;
 }
 
-/* A new filter whose export did not start is not listed: close() failed,
- * so the file was never written as far as the user can tell. (release()
- * comes asynchronously after close(), too late for an `ls` right after.) */
-static void forget_unstarted(fs_ctx *x, export_file *f)
+/* Checks the filter once per content: f->valid; the bad line is logged. */
+static void validate(export_file *f)
 {
-    if (f->created && !f->started)
-        remove_record(x, &f->tp);
+    const tree_path *tp = &f->tp;
+    filter_error ferr;
+    memset(&ferr, 0, sizeof ferr);
+    int p = filter_parse(f->buf ? f->buf : "", f->len, NULL, NULL, &f->n_paths, &ferr);
+    f->dirty = false;
+    f->valid = p == FILTER_OK;
+    if (p == FILTER_OK)
+        return;
+    if (p != FILTER_ERR_SYNTAX) {
+        f->dirty = true; /* out of memory: check again next time */
+        log_error("%s/%s/export/%s/%s: cannot check the filter: out of memory", tp->dataset,
+                  tp->store, tp->format->dir, tp->name);
+        return;
+    }
+    /* The parser's message may already start with the position: print it once. */
+    char pos[64];
+    snprintf(pos, sizeof pos, "line %zu, column %zu: ", ferr.line, ferr.column);
+    const char *msg = ferr.message;
+    if (strncmp(msg, pos, strlen(pos)) == 0)
+        msg += strlen(pos);
+    log_error("%s/%s/export/%s/%s: %s%s", tp->dataset, tp->store, tp->format->dir, tp->name, pos,
+              msg);
 }
 
 int export_flush(fs_ctx *x, export_file *f)
 {
     if (!f->dirty)
-        return 0;
+        return f->valid ? 0 : -EINVAL;
+    validate(f);
+    if (!f->valid)
+        return f->dirty ? -ENOMEM : -EINVAL;
+    /* Local only: a read right after close() shows what was written. The
+     * export itself starts at release(). */
+    char *d = record_dir(x, &f->tp);
+    char *pf = record_file(x, &f->tp, "filter");
+    int rc = d && pf ? mkdirs(d) : -ENOMEM;
+    if (rc == 0)
+        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+    if (rc)
+        log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", f->tp.dataset,
+                  f->tp.store, f->tp.format->dir, f->tp.name, strerror(-rc));
+    free(d);
+    free(pf);
+    return rc;
+}
+
+/* Whether f's content is what was last started for its name. */
+static bool same_as_started(fs_ctx *x, export_file *f)
+{
+    char *op = read_line_file(x, &f->tp, "op");
+    char *path = op ? record_file(x, &f->tp, "started") : NULL;
+    char *data = NULL;
+    size_t len = 0;
+    bool same = path && read_file(path, &data, &len) == 0 && len == f->len &&
+                (len == 0 || memcmp(data, f->buf, len) == 0);
+    free(data);
+    free(path);
+    free(op);
+    return same;
+}
+
+/* The final content was refused: an earlier flush of this descriptor may
+ * have saved an intermediate one (the empty filter of a shell redirection):
+ * show the filter last started again. */
+static void restore_started(fs_ctx *x, export_file *f)
+{
+    char *ps = record_file(x, &f->tp, "started");
+    char *pf = record_file(x, &f->tp, "filter");
+    char *data = NULL;
+    size_t len = 0;
+    if (ps && pf && read_file(ps, &data, &len) == 0)
+        write_file(pf, data, len);
+    free(data);
+    free(ps);
+    free(pf);
+}
+
+/* Starts the export of f's (valid) filter and records it. */
+static void start(fs_ctx *x, export_file *f)
+{
     const tree_path *tp = &f->tp;
-    size_t n_paths = 0;
-    filter_error ferr;
-    memset(&ferr, 0, sizeof ferr);
-    int p = filter_parse(f->buf ? f->buf : "", f->len, NULL, NULL, &n_paths, &ferr);
-    if (p == FILTER_ERR_SYNTAX) {
-        log_error("%s/%s/export/%s/%s: line %zu, column %zu: %s", tp->dataset, tp->store,
-                  tp->format->dir, tp->name, ferr.line, ferr.column, ferr.message);
-        forget_unstarted(x, f);
-        return -EINVAL;
-    }
-    if (p != FILTER_OK)
-        return -ENOMEM;
     char *op = NULL;
-    int rc = start_export(x, f, n_paths, &op);
-    if (rc) {
-        forget_unstarted(x, f);
-        return rc;
-    }
-    f->dirty = false;
+    if (start_export(x, f, f->n_paths, &op) != 0)
+        return; /* logged */
     f->started = true;
+    /* The record first: NAME.out/ exists once the operation is listed. */
+    int s = save_record(x, f, op);
+    if (s)
+        log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", tp->dataset,
+                  tp->store, tp->format->dir, tp->name, strerror(-s));
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char kind[TREE_NAME_MAX * 2 + 16];
     snprintf(kind, sizeof kind, "export:%s/%s", tp->format->dir, tp->name);
@@ -478,24 +567,28 @@ int export_flush(fs_ctx *x, export_file *f)
     if (j)
         log_error("%s/%s/export/%s/%s: recording %s in the journal failed: %s", tp->dataset,
                   tp->store, tp->format->dir, tp->name, op, strerror(-j));
-    int s = save_record(x, f, op);
-    if (s)
-        log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", tp->dataset,
-                  tp->store, tp->format->dir, tp->name, strerror(-s));
     char *key = out_key(tp);
     if (key)
         dircache_invalidate(x->cache, key);
     free(key);
     free(store);
     free(op);
-    /* The export runs on the server whatever happens to the local record. */
-    return 0;
 }
 
 void export_release(fs_ctx *x, export_file *f)
 {
     if (!f)
         return;
+    if (f->changed) {
+        if (f->dirty)
+            validate(f); /* written after its last flush */
+        if (f->valid && !f->dirty && !same_as_started(x, f))
+            start(x, f);
+        else if (!f->valid && !f->created)
+            restore_started(x, f);
+    }
+    /* A new filter whose export did not start is not listed: its close()
+     * failed, or the start failed (logged). */
     if (f->created && !f->started)
         remove_record(x, &f->tp);
     free(f->buf);

@@ -2,10 +2,13 @@
  *
  * export/FMT/ for each output format (tree_formats). Writing a filter file
  * export/FMT/NAME keeps it in memory (at most EXPORT_MAX_FILTER bytes,
- * EFBIG beyond); flush() (what close() returns) checks it with
- * filter_parse: a bad line fails with EINVAL, logs "export/FMT/NAME: line L,
- * column C: MESSAGE" and starts nothing. An empty filter exports the whole
- * store (v1 export); otherwise the filter is uploaded to
+ * EFBIG beyond); flush() (what each close() returns, also of a dup'ed
+ * descriptor) only checks it with filter_parse: a bad line fails with
+ * EINVAL, logs "export/FMT/NAME: line L, column C: MESSAGE" once per content
+ * and starts nothing. The export starts at release() (the last close), if the
+ * final filter is valid and differs from the one last started for NAME (or
+ * none was). An empty filter exports the whole store (v1 export); otherwise
+ * the filter is uploaded to
  * gs://STAGING/PREFIX/filters/DATASET/STORE/FMT/NAME-TIMESTAMP.txt and a
  * v1beta1 export with filterConfig is started. Either way the destination is
  * EXPORT_TO/DATASET/STORE/FMT/NAME and the operation is recorded in the
@@ -34,13 +37,15 @@ int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
 
 int export_getattr_filter(fs_ctx *x, const tree_path *tp, struct stat *st);
 /* flags as open(2); create: a new filter (exports the whole store when
- * closed empty). */
+ * released empty). */
 int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, export_file **out);
 int export_write(export_file *f, const char *buf, size_t size, off_t off);
 int export_read(export_file *f, char *buf, size_t size, off_t off);
 int export_truncate_open(export_file *f, off_t size);
 int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size);
+/* Validates only (0 or -EINVAL); never starts anything remote. */
 int export_flush(fs_ctx *x, export_file *f);
+/* Starts the export if this descriptor changed the filter (see above). */
 void export_release(fs_ctx *x, export_file *f);
 /* Forgets a filter locally (exported objects stay where they are). */
 int export_unlink(fs_ctx *x, const tree_path *tp);

@@ -8,16 +8,29 @@
  *   on the local disk or in Cloud Storage. Writes at any offset, truncate and
  *   reads go straight to it. ENOSPC/EDQUOT/EIO from the disk are returned to
  *   write/flush/fsync as they are.
- * - close() = flush: the spool file is fsync'ed, then checked to be DICOM
- *   Part 10 (dicom_parse_fd). A file that is not (no preamble/"DICM",
- *   truncated, zero-length) fails close() with EINVAL, logs
- *   "import: STORE/PATH: not a DICOM Part-10 file: WHY", and disappears. A
- *   valid file is recorded in the journal as ACCEPTED (display path, size,
- *   SOP Instance UID, spool id) and the record is fsync'ed before close()
- *   returns 0: a successful close() means durable on local disk. Flushes of
- *   dup'ed descriptors re-validate only if the file was written since. A
- *   file rewritten (or truncated) before its batch is committed is
- *   re-validated at its next flush and uploaded again.
+ * - flush validates, release decides. FUSE sends FLUSH at EVERY close(),
+ *   also of a dup'ed descriptor: `cat a.dcm > import/a.dcm` in a shell does
+ *   open(O_CREAT|O_TRUNC), dup2 to fd 1, close(original) -> FLUSH of an
+ *   empty file, then the writes, then close(1) -> FLUSH again; RELEASE comes
+ *   once, after the last close. So a flush validates the current content
+ *   when it changed since the last validation (or was never validated): the
+ *   spool file is fsync'ed, then checked to be DICOM Part 10
+ *   (dicom_parse_fd). A file that is not (no preamble/"DICM", truncated,
+ *   zero-length) fails that close() with EINVAL (logged at debug level
+ *   only) but KEEPS its spool entry, so writes through another descriptor
+ *   still work and their flush validates again. A valid file is recorded in
+ *   the journal as ACCEPTED (display path, size, SOP Instance UID, spool id)
+ *   and the record is fsync'ed before close() returns 0: a successful
+ *   close() means durable on local disk. Flushes with nothing written since
+ *   the last validation return its result again. The release of the last
+ *   writable descriptor of a file whose last validation failed drops it
+ *   (rejected: gone from import/, spool file removed) and logs
+ *   "import: STORE/PATH: not a DICOM Part-10 file: WHY; ...". Hence `cp empty
+ *   import/` and `cp notdicom import/` still fail with EINVAL at close(),
+ *   and the name goes a moment later (RELEASE is asynchronous to close()).
+ *   A file rewritten (or truncated) before its batch is committed is
+ *   re-validated at its next flush and uploaded again; if that validation
+ *   fails the file is withdrawn at the release.
  * - Names. The staged object name is fixed when the file is accepted:
  *   gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a pending file only
  *   changes its display path (rsync's ".name.XXXXXX" -> "name" costs no
@@ -55,7 +68,7 @@ typedef struct handle {
     node *n;
     int fd;
     bool writable;
-    int last_rc; /* result of the last validation, returned by idempotent flushes */
+    int last_rc; /* result of this handle's last flush (kept once the node is gone) */
 } handle;
 
 double imp_now(void)
@@ -373,6 +386,7 @@ static void node_free(node *n)
 {
     free(n->path);
     free(n->reason);
+    free(n->why);
     free(n);
 }
 
@@ -977,6 +991,7 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
         } else {
             n->size = 0;
             n->dirty = true;
+            n->checked = false;
             n->gen++;
             clock_gettime(CLOCK_REALTIME, &n->mtime);
         }
@@ -1010,6 +1025,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         /* The file is incomplete: it must not be accepted at close(). */
         h->n->io_err = -e;
         h->n->dirty = true;
+        h->n->checked = false;
         pthread_mutex_unlock(&m->lock);
         return -e;
     }
@@ -1018,6 +1034,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     if ((uint64_t)off + (uint64_t)n > nd->size)
         nd->size = (uint64_t)off + (uint64_t)n;
     nd->dirty = true;
+    nd->checked = false;
     nd->gen++;
     clock_gettime(CLOCK_REALTIME, &nd->mtime);
     nd->ctime = nd->mtime;
@@ -1069,6 +1086,30 @@ static void reject(import_mgr *m, node *n)
     node_withdraw(m, n, true, "be rejected");
 }
 
+/* Records that the current content failed validation (lock held): later
+ * flushes return rc until the file changes, and the last writer's release
+ * drops it, logging why. Only a debug line here: the descriptor flushed may
+ * be a dup'ed one closed before the writes (a shell redirection). */
+static int check_failed(node *n, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int check_failed(node *n, int rc, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    n->checked = true;
+    n->check_rc = rc;
+    free(n->why);
+    n->why = strdup(msg);
+    log_debug("import: %s/%s: flush: %s (dropped at the last close unless written again)",
+              n->st->name, n->path, msg);
+    return rc;
+}
+
+/* Validates the current content of h's file and accepts it if it is DICOM
+ * Part 10. Returns what flush() returns. */
 static int validate(import_mgr *m, handle *h)
 {
     node *n = h->n;
@@ -1078,31 +1119,26 @@ static int validate(import_mgr *m, handle *h)
     uint64_t gen = n->gen;
     int io_err = n->io_err;
     if (io_err) {
-        log_error("import: %s/%s: not accepted: a write failed (%s)", n->st->name, n->path,
-                  strerror(-io_err));
-        reject(m, n);
+        int rc = check_failed(n, io_err, "a write failed (%s)", strerror(-io_err));
         pthread_mutex_unlock(&m->lock);
-        journal_sync(m->j);
-        return io_err;
+        return rc;
     }
     pthread_mutex_unlock(&m->lock);
-    if (fdatasync(h->fd) < 0) {
-        int e = errno;
-        log_error("import: %s/%s: cannot make the spool file durable: %s", n->st->name, n->path,
-                  strerror(e));
-        return -e;
-    }
-    /* The spool file's directory entry must survive a crash too. */
-    int src = spool_sync_dir(m->sp);
-    if (src < 0) {
-        log_error("import: %s/%s: cannot sync the spool directory: %s", n->st->name, n->path,
-                  strerror(-src));
-        return src;
-    }
+    int rc = 0;
+    const char *what = "";
     struct stat sb;
-    if (fstat(h->fd, &sb) < 0)
-        return -errno;
-    int drc = dicom_parse_fd(h->fd, &info, why, sizeof why);
+    memset(&sb, 0, sizeof sb);
+    if (fdatasync(h->fd) < 0) {
+        rc = -errno;
+        what = "cannot make the spool file durable";
+    } else if ((rc = spool_sync_dir(m->sp)) < 0) {
+        /* The spool file's directory entry must survive a crash too. */
+        what = "cannot sync the spool directory";
+    } else if (fstat(h->fd, &sb) < 0) {
+        rc = -errno;
+        what = "cannot stat the spool file";
+    }
+    int drc = rc == 0 ? dicom_parse_fd(h->fd, &info, why, sizeof why) : DICOM_OK;
     pthread_mutex_lock(&m->lock);
     if (!n->visible || n->gen != gen) {
         /* Unlinked or replaced while open: nothing to accept. Or written
@@ -1110,17 +1146,24 @@ static int validate(import_mgr *m, handle *h)
         pthread_mutex_unlock(&m->lock);
         return 0;
     }
+    if (rc < 0) {
+        rc = check_failed(n, rc, "%s: %s", what, strerror(-rc));
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
     if (drc != DICOM_OK) {
         if (!*why)
             snprintf(why, sizeof why, "%s", sb.st_size == 0 ? "empty file" : dicom_strerror(drc));
-        log_error("import: %s/%s: not a DICOM Part-10 file: %s", n->st->name, n->path, why);
-        reject(m, n);
+        rc = check_failed(n, -EINVAL, "not a DICOM Part-10 file: %s", why);
         pthread_mutex_unlock(&m->lock);
-        journal_sync(m->j);
-        return -EINVAL;
+        return rc;
     }
     int prev_state = n->state;
     n->dirty = false;
+    n->checked = true;
+    n->check_rc = 0;
+    free(n->why);
+    n->why = NULL;
     n->size = (uint64_t)sb.st_size;
     snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
     free(n->reason);
@@ -1128,7 +1171,7 @@ static int validate(import_mgr *m, handle *h)
     n->state = ST_ACCEPTED;
     n->retry_at = 0;
     assign_batch(m, n);
-    int rc = imp_node_journal(m, n);
+    rc = imp_node_journal(m, n);
     if (rc < 0) {
         /* Not recorded = not accepted: close() fails (ENOSPC on a full
          * cache disk) and the file goes, as for a rejected one. */
@@ -1143,9 +1186,14 @@ static int validate(import_mgr *m, handle *h)
     up_enqueue(m, n);
     pthread_mutex_unlock(&m->lock);
     rc = journal_sync(m->j);
-    if (rc < 0)
+    if (rc < 0) {
         log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
                   strerror(-rc));
+        pthread_mutex_lock(&m->lock);
+        if (n->gen == gen)
+            n->check_rc = rc; /* later flushes must not claim durability either */
+        pthread_mutex_unlock(&m->lock);
+    }
     return rc;
 }
 
@@ -1155,12 +1203,14 @@ int import_flush(import_mgr *m, uint64_t fh)
     if (!h->writable)
         return 0;
     pthread_mutex_lock(&m->lock);
-    bool dirty = h->n->dirty && h->n->visible;
+    node *n = h->n;
+    bool todo = n->visible && n->dirty && !n->checked;
+    int rc = !n->visible ? h->last_rc : n->checked ? n->check_rc : 0;
     pthread_mutex_unlock(&m->lock);
-    if (!dirty)
-        return h->last_rc;
-    h->last_rc = validate(m, h);
-    return h->last_rc;
+    if (todo)
+        rc = validate(m, h);
+    h->last_rc = rc;
+    return rc;
 }
 
 int import_fsync(import_mgr *m, uint64_t fh)
@@ -1173,18 +1223,39 @@ int import_fsync(import_mgr *m, uint64_t fh)
 int import_release(import_mgr *m, uint64_t fh)
 {
     handle *h = (handle *)(uintptr_t)fh;
+    node *n = h->n;
+    if (h->writable) {
+        /* Written after its last flush (through a shared mapping, say): the
+         * last writer decides now rather than leave it never validated. */
+        pthread_mutex_lock(&m->lock);
+        bool todo = n->writers == 1 && n->visible && n->dirty && !n->checked;
+        pthread_mutex_unlock(&m->lock);
+        if (todo)
+            validate(m, h);
+    }
     close(h->fd);
     pthread_mutex_lock(&m->lock);
-    node *n = h->n;
-    n->refs--;
-    if (h->writable)
+    bool dropped = false;
+    if (h->writable) {
         n->writers--;
+        /* The last close of a file whose last validation failed: reject it
+         * now (the handle's reference keeps n alive through reject()). */
+        if (n->writers == 0 && n->visible && n->dirty && n->checked && n->check_rc < 0) {
+            log_error("import: %s/%s: %s; not imported, removed from import/", n->st->name, n->path,
+                      n->why ? n->why : strerror(-n->check_rc));
+            reject(m, n);
+            dropped = true;
+        }
+    }
+    n->refs--;
     if (n->writers == 0 && n->state == ST_ACCEPTED && !n->dirty)
         up_enqueue(m, n); /* it was held back while open for writing */
     imp_node_maybe_free(m, n);
     up_kick(m);
     pthread_mutex_unlock(&m->lock);
     free(h);
+    if (dropped)
+        journal_sync(m->j);
     return 0;
 }
 
@@ -1201,12 +1272,14 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
             pthread_mutex_lock(&m->lock);
             h->n->io_err = -e;
             h->n->dirty = true;
+            h->n->checked = false;
             pthread_mutex_unlock(&m->lock);
             return -e;
         }
         pthread_mutex_lock(&m->lock);
         h->n->size = (uint64_t)size;
         h->n->dirty = true;
+        h->n->checked = false;
         h->n->gen++;
         clock_gettime(CLOCK_REALTIME, &h->n->mtime);
         pthread_mutex_unlock(&m->lock);

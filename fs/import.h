@@ -2,8 +2,12 @@
  * and batch commits (spool.c, journal.c, uploader.c, import.c, status.c).
  *
  * A file written under import/ goes to a spool file in cache_dir. flush()
- * (what close() returns) fsyncs it and checks it is DICOM Part 10: EINVAL and
- * a log line naming the file otherwise. Accepted files are recorded in the
+ * (what each close() returns, also of a dup'ed descriptor) fsyncs it and
+ * checks it is DICOM Part 10 when it changed since the last check: EINVAL
+ * otherwise, but the file stays until release() of its last writable
+ * descriptor, which drops it with a log line naming the file and the reason
+ * (so `cat a.dcm > import/a.dcm`, whose shell closes an empty dup first,
+ * works). Accepted files are recorded in the
  * journal, uploaded in the background by `uploads` threads to
  * gs://STAGING/<batch>/..., and when no file has arrived for commit_delay
  * seconds and every upload of the batch is done, ONE dicomStores.import of
@@ -56,7 +60,8 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
 /* Return bytes written/read or a negative errno (ENOSPC when the cache is full). */
 int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t off);
 int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off);
-int import_flush(import_mgr *m, uint64_t fh);   /* durability + DICOM check: close()'s result */
+int import_flush(import_mgr *m, uint64_t fh); /* durability + DICOM check: close()'s result */
+/* The last writer's release drops a file whose last check failed. */
 int import_release(import_mgr *m, uint64_t fh);
 int import_fsync(import_mgr *m, uint64_t fh);
 int import_truncate(import_mgr *m, const char *store, const char *rel, off_t size,

@@ -82,7 +82,14 @@ struct node {
     char bid[48]; /* batch id of the staged object name */
     bool staged;  /* a staged object may exist */
     char *reason; /* FAILED */
-    bool dirty;   /* written since last validated */
+    bool dirty;   /* not accepted in its current content (written since) */
+    /* checked: the current content was validated (cleared by every write or
+     * truncate, like gen++); check_rc: that validation's result, returned by
+     * later flushes; why: the reason it failed ("not a DICOM Part-10 file:
+     * ..."), logged when the last writer's release drops the file. */
+    bool checked;
+    int check_rc;
+    char *why;
     int io_err;   /* a write or truncate failed (e.g. -ENOSPC): never accept */
     uint64_t gen; /* bumped by every write/truncate */
     int writers;  /* open handles with write access */

@@ -3,8 +3,9 @@
  * Owns re-encoding an uncompressed data set (implicit LE, explicit LE or BE,
  * deflated) as explicit VR little endian with a rebuilt meta group, raw
  * PixelData extraction, and rendering 8/16-bit MONOCHROME1/2 and 8-bit RGB
- * frames as PNG (libpng) or JPEG (libjpeg, quality 90). Compressed (encapsulated)
- * sources are not decoded: those conversions fail with a reason.
+ * frames as PNG (libpng) or JPEG (libjpeg, quality 90). Of the compressed
+ * (encapsulated) syntaxes only 8-bit JPEG baseline is decoded (libjpeg, to
+ * RGB or MONOCHROME samples); conversions of others fail with a reason.
  */
 #include <setjmp.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "hc_internal.h"
 
 #define EXPLICIT_LE "1.2.840.10008.1.2.1"
+#define JPEG_BASELINE "1.2.840.10008.1.2.4.50"
 
 int hc_buf_put(hc_buf *b, const void *data, size_t len)
 {
@@ -30,7 +32,7 @@ int hc_buf_put(hc_buf *b, const void *data, size_t len)
         b->p = n;
         b->cap = nc;
     }
-    if (len)
+    if (len && data) /* data NULL: reserve len bytes */
         memcpy(b->p + b->len, data, len);
     b->len += len;
     return 0;
@@ -108,11 +110,42 @@ static void put_value(hc_buf *b, const dj_elem *e, const char *vr, enum dj_enc e
     }
 }
 
-static void write_ds(hc_buf *b, const dj_ds *ds, enum dj_enc enc, long bits_allocated)
+/* Top-level replacement (or insertion) of an element while re-encoding. */
+typedef struct ovr {
+    uint32_t tag;
+    const char *vr;
+    const uint8_t *val;
+    size_t len;
+    bool done;
+} ovr;
+
+static void put_ovr(hc_buf *b, ovr *o)
+{
+    put_header(b, o->tag, o->vr, (uint32_t)(o->len + (o->len & 1)));
+    hc_buf_put(b, o->val, o->len);
+    if (o->len & 1) {
+        uint8_t pad = pad_nul(o->vr) ? 0 : ' ';
+        hc_buf_put(b, &pad, 1);
+    }
+    o->done = true;
+}
+
+/* ov: sorted by tag, applied at this level only (NULL for nested items). */
+static void write_ds(hc_buf *b, const dj_ds *ds, enum dj_enc enc, long bits_allocated, ovr *ov,
+                     size_t n_ov)
 {
     for (size_t i = 0; i < ds->n; i++) {
         const dj_elem *e = &ds->el[i];
-        if ((e->tag & 0xFFFF) == 0)
+        bool replaced = false;
+        for (size_t k = 0; k < n_ov; k++) {
+            if (!ov[k].done && ov[k].tag < e->tag) {
+                put_ovr(b, &ov[k]);
+            } else if (!ov[k].done && ov[k].tag == e->tag) {
+                put_ovr(b, &ov[k]);
+                replaced = true;
+            }
+        }
+        if (replaced || (e->tag & 0xFFFF) == 0)
             continue; /* group lengths would be stale */
         char vr[3];
         memcpy(vr, e->vr, 3);
@@ -124,7 +157,7 @@ static void write_ds(hc_buf *b, const dj_ds *ds, enum dj_enc enc, long bits_allo
                 put16(b, 0xFFFE);
                 put16(b, 0xE000);
                 put32(b, 0xFFFFFFFFu);
-                write_ds(b, e->items[k], enc, bits_allocated);
+                write_ds(b, e->items[k], enc, bits_allocated, NULL, 0);
                 put16(b, 0xFFFE);
                 put16(b, 0xE00D);
                 put32(b, 0);
@@ -140,6 +173,9 @@ static void write_ds(hc_buf *b, const dj_ds *ds, enum dj_enc enc, long bits_allo
         put_header(b, e->tag, vr, len);
         put_value(b, e, vr, enc);
     }
+    for (size_t k = 0; k < n_ov; k++)
+        if (!ov[k].done)
+            put_ovr(b, &ov[k]);
 }
 
 static void put_ui(hc_buf *b, uint32_t tag, const char *uid)
@@ -156,14 +192,31 @@ int conv_to_explicit_le(const uint8_t *buf, size_t len, hc_buf *out, char *why, 
     dj_file f;
     if (dj_parse_file(buf, len, &f, why, whylen) < 0)
         return -1;
+    /* A JPEG baseline source is decoded; its pixels become native RGB or
+     * MONOCHROME samples. Other compressed syntaxes cannot be transcoded. */
+    hc_buf px = {0};
+    ovr ov[3];
+    size_t n_ov = 0;
+    static const uint8_t planar0[2] = {0, 0};
     if (f.compressed) {
-        snprintf(why, whylen,
-                 "transfer syntax %s is compressed; the emulator cannot transcode it to %s", f.ts,
-                 EXPLICIT_LE);
-        dj_file_free(&f);
-        return -1;
+        bool can = conv_can_decode(&f);
+        if (!can || conv_pixel_data(&f, -1, false, &px, why, whylen) < 0) {
+            if (!can)
+                snprintf(why, whylen,
+                         "transfer syntax %s is compressed; the emulator cannot transcode it to %s",
+                         f.ts, EXPLICIT_LE);
+            free(px.p);
+            dj_file_free(&f);
+            return -1;
+        }
+        if (dj_int(dj_find(f.ds, 0x00280002), f.enc, 1) == 3) {
+            ov[n_ov++] = (ovr){0x00280004, "CS", (const uint8_t *)"RGB ", 4, false};
+            ov[n_ov++] = (ovr){0x00280006, "US", planar0, 2, false};
+        }
+        ov[n_ov++] = (ovr){0x7FE00010, "OB", px.p, px.len, false};
     }
     long bits = dj_int(dj_find(f.ds, 0x00280100), f.enc, 16);
+
     /* meta group body first, to know its length */
     hc_buf meta = {0};
     static const uint8_t version[2] = {0, 1};
@@ -192,7 +245,8 @@ int conv_to_explicit_le(const uint8_t *buf, size_t len, hc_buf *out, char *why, 
     put32(out, (uint32_t)meta.len);
     hc_buf_put(out, meta.p, meta.len);
     free(meta.p);
-    write_ds(out, f.ds, f.enc, bits);
+    write_ds(out, f.ds, f.enc, bits, ov, n_ov);
+    free(px.p);
     dj_file_free(&f);
     return 0;
 }
@@ -241,6 +295,143 @@ static size_t frame_bytes(const img *im)
     return (size_t)im->rows * (size_t)im->cols * (size_t)im->spp * (size_t)(im->bits / 8);
 }
 
+bool conv_can_decode(const dj_file *f)
+{
+    return f->compressed && strcmp(f->ts, JPEG_BASELINE) == 0 &&
+           dj_int(dj_find(f->ds, 0x00280100), f->enc, 0) == 8;
+}
+
+struct jderr {
+    struct jpeg_error_mgr mgr;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+};
+
+static void jpeg_dfail(j_common_ptr c)
+{
+    struct jderr *e = (struct jderr *)c->err;
+    c->err->format_message(c, e->msg);
+    longjmp(e->jb, 1);
+}
+
+static void jpeg_quiet(j_common_ptr c)
+{
+    (void)c; /* warnings (e.g. corrupt data recovered) are not fatal */
+}
+
+/* Decodes one JPEG baseline frame; checks it has the geometry the data set
+ * declares. */
+static int jpeg_decode(const uint8_t *src, size_t len, long rows, long cols, long spp, hc_buf *out,
+                       char *why, size_t whylen)
+{
+    struct jpeg_decompress_struct c;
+    struct jderr err;
+    memset(&err, 0, sizeof err);
+    c.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = jpeg_dfail;
+    err.mgr.output_message = jpeg_quiet;
+    if (setjmp(err.jb)) {
+        jpeg_destroy_decompress(&c);
+        snprintf(why, whylen, "JPEG frame does not decode: %s", err.msg);
+        return -1;
+    }
+    jpeg_create_decompress(&c);
+    jpeg_mem_src(&c, src, (unsigned long)len);
+    jpeg_read_header(&c, TRUE);
+    if ((long)c.image_width != cols || (long)c.image_height != rows ||
+        c.num_components != (int)spp) {
+        jpeg_destroy_decompress(&c);
+        snprintf(why, whylen,
+                 "JPEG frame is %ux%u with %d components; the data set says %ldx%ld with %ld",
+                 c.image_width, c.image_height, c.num_components, cols, rows, spp);
+        return -1;
+    }
+    c.out_color_space = spp == 3 ? JCS_RGB : JCS_GRAYSCALE;
+    jpeg_start_decompress(&c);
+    size_t stride = (size_t)cols * (size_t)spp;
+    size_t start = out->len;
+    if (hc_buf_put(out, NULL, stride * (size_t)rows) < 0) {
+        jpeg_destroy_decompress(&c);
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    while (c.output_scanline < c.output_height) {
+        JSAMPROW row = out->p + start + (size_t)c.output_scanline * stride;
+        jpeg_read_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_decompress(&c);
+    jpeg_destroy_decompress(&c);
+    return 0;
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The compressed bytes of one frame: one fragment per frame, all fragments
+ * for a single frame, or per the Basic Offset Table otherwise. */
+static int frame_stream(const dj_elem *px, int frame, int nframes, hc_buf *tmp, const uint8_t **p,
+                        size_t *len)
+{
+    size_t ndata = px->n_frags ? px->n_frags - 1 : 0;
+    if (ndata == 0)
+        return -1;
+    if (ndata == (size_t)nframes) {
+        *p = px->frags[frame + 1];
+        *len = px->frag_lens[frame + 1];
+        return 0;
+    }
+    uint64_t lo = 0, hi = UINT64_MAX;
+    if (nframes > 1) {
+        if (px->frag_lens[0] != (size_t)nframes * 4)
+            return -1;
+        lo = le32(px->frags[0] + 4 * frame);
+        if (frame + 1 < nframes)
+            hi = le32(px->frags[0] + 4 * (frame + 1));
+    }
+    uint64_t off = 0;
+    tmp->len = 0;
+    for (size_t i = 1; i < px->n_frags; i++) {
+        if (off >= lo && off < hi)
+            hc_buf_put(tmp, px->frags[i], px->frag_lens[i]);
+        off += 8 + px->frag_lens[i];
+    }
+    if (!tmp->len)
+        return -1;
+    *p = tmp->p;
+    *len = tmp->len;
+    return 0;
+}
+
+static int decode_frames(const dj_file *f, const dj_elem *px, int frame, hc_buf *out, char *why,
+                         size_t whylen)
+{
+    long rows = dj_int(dj_find(f->ds, 0x00280010), f->enc, 0);
+    long cols = dj_int(dj_find(f->ds, 0x00280011), f->enc, 0);
+    long spp = dj_int(dj_find(f->ds, 0x00280002), f->enc, 1);
+    int nframes = conv_num_frames(f);
+    int first = frame < 0 ? 0 : frame, last = frame < 0 ? nframes - 1 : frame;
+    if (rows <= 0 || cols <= 0 || (spp != 1 && spp != 3) || last >= nframes) {
+        snprintf(why, whylen, "unsupported JPEG image geometry or frame");
+        return -1;
+    }
+    hc_buf tmp = {0};
+    int rc = 0;
+    for (int fr = first; rc == 0 && fr <= last; fr++) {
+        const uint8_t *p;
+        size_t len;
+        if (frame_stream(px, fr, nframes, &tmp, &p, &len) < 0) {
+            snprintf(why, whylen, "cannot find the fragments of frame %d", fr + 1);
+            rc = -1;
+        } else {
+            rc = jpeg_decode(p, len, rows, cols, spp, out, why, whylen);
+        }
+    }
+    free(tmp.p);
+    return rc;
+}
+
 int conv_pixel_data(const dj_file *f, int frame, bool allow_compressed, hc_buf *out, char *why,
                     size_t whylen)
 {
@@ -250,6 +441,8 @@ int conv_pixel_data(const dj_file *f, int frame, bool allow_compressed, hc_buf *
         return -1;
     }
     if (px->encapsulated) {
+        if (!allow_compressed && conv_can_decode(f))
+            return decode_frames(f, px, frame, out, why, whylen);
         if (!allow_compressed) {
             snprintf(why, whylen, "PixelData is compressed (%s); the emulator cannot decode it",
                      f->ts);
@@ -293,12 +486,17 @@ static int frame_samples(const dj_file *f, int frame, bool want8, hc_buf *pix, i
 {
     if (img_info(f, im, why, whylen) < 0)
         return -1;
-    if (im->pixel->encapsulated) {
+    bool decoded = im->pixel->encapsulated && conv_can_decode(f);
+    if (im->pixel->encapsulated && !decoded) {
         snprintf(why, whylen, "PixelData is compressed (%s); the emulator cannot decode it", f->ts);
         return -1;
     }
+    if (decoded)
+        im->planar = 0; /* libjpeg returns interleaved RGB */
     bool mono = !strcmp(im->photometric, "MONOCHROME1") || !strcmp(im->photometric, "MONOCHROME2");
-    bool rgb = !strcmp(im->photometric, "RGB") && im->spp == 3 && im->bits == 8;
+    bool rgb = (!strcmp(im->photometric, "RGB") ||
+                (decoded && !strncmp(im->photometric, "YBR_FULL", 8))) &&
+               im->spp == 3 && im->bits == 8;
     if (!(mono && im->spp == 1) && !rgb) {
         snprintf(why, whylen,
                  "unsupported PhotometricInterpretation %s with %ld bits and %ld "

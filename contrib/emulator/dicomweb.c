@@ -690,6 +690,64 @@ static void metadata(emu_response *w, const char *version, const char *store, co
 }
 
 /* rendered (frame >= 0 or whole instance) and frames. */
+/* Bulk data of a top-level element (the BulkDataURI of metadata). Single
+ * part with Accept: application/octet-stream, else multipart/related. */
+static void bulkdata(emu_response *w, const emu_request *r, const char *store, const char *study,
+                     const char *series, const char *sop, const char *tag_hex)
+{
+    uint32_t tag = dj_parse_tag(tag_hex);
+    found f;
+    if (!tag || find_instances(store, study, series, sop, &f) == 0) {
+        if (tag)
+            found_free(&f);
+        dw_error(w, 404, "bulk data %s not found", tag_hex);
+        return;
+    }
+    uint8_t *data = NULL;
+    size_t len = 0;
+    dj_file df;
+    char why[300] = "";
+    if (hc_read_file(f.v[0].path, &data, &len) < 0 ||
+        dj_parse_file(data, len, &df, why, sizeof why) < 0) {
+        free(data);
+        found_free(&f);
+        dw_error(w, 500, "cannot read the instance: %s", why);
+        return;
+    }
+    found_free(&f);
+    hc_buf out = {0};
+    const dj_elem *e = dj_find(df.ds, tag);
+    int rc = 0;
+    if (!e || e->n_items) {
+        rc = -404;
+        snprintf(why, sizeof why, "the instance has no binary element %s", tag_hex);
+    } else if (tag == 0x7FE00010) {
+        rc = conv_pixel_data(&df, -1, true, &out, why, sizeof why) < 0 ? -406 : 0;
+    } else {
+        hc_buf_put(&out, e->val, e->len);
+    }
+    const char *accept = emu_req_header(r, "Accept");
+    if (rc < 0) {
+        dw_error(w, -rc, "%s", why);
+    } else if (accept && !strncasecmp(accept, "application/octet-stream", 24)) {
+        emu_resp_bytes(w, 200, "application/octet-stream", out.p, out.len);
+    } else {
+        hc_buf body = {0};
+        static const char hdr[] =
+            "--dicomfs-bulk\r\nContent-Type: application/octet-stream\r\n\r\n";
+        hc_buf_put(&body, hdr, sizeof hdr - 1);
+        hc_buf_put(&body, out.p, out.len);
+        hc_buf_put(&body, "\r\n--dicomfs-bulk--\r\n", 20);
+        emu_resp_bytes(
+            w, 200, "multipart/related; type=\"application/octet-stream\"; boundary=dicomfs-bulk",
+            body.p, body.len);
+        free(body.p);
+    }
+    free(out.p);
+    dj_file_free(&df);
+    free(data);
+}
+
 static void pixels(emu_response *w, const emu_request *r, const char *store, const char *study,
                    const char *series, const char *sop, const char *frames, bool rendered)
 {
@@ -1082,6 +1140,8 @@ void dicomweb_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const 
         pixels(w, r, store, study, series, sop, seg[7], false);
     else if (get && sop && n == 9 && IS(6, "frames") && IS(8, "rendered"))
         pixels(w, r, store, study, series, sop, seg[7], true);
+    else if (get && sop && n == 8 && IS(6, "bulkdata"))
+        bulkdata(w, r, store, study, series, sop, seg[7]);
     else if (post && n == 1 && IS(0, "studies"))
         stow_rs(w, r, version, store, NULL);
     else if (post && study && n == 2)

@@ -24,8 +24,10 @@
  * - Operations interrupted by a restart are resumed from the start (import,
  *   export and deletes are idempotent); counters restart from zero.
  * - QIDO with no match answers 200 []; missing DICOMweb resources answer 404.
- * - WADO without transfer-syntax=* transcodes to explicit VR LE; compressed
- *   sources then answer 406 (the emulator decodes no compressed syntax).
+ * - WADO without transfer-syntax=* transcodes to explicit VR LE. Of the
+ *   compressed syntaxes only 8-bit JPEG baseline (1.2.840.10008.1.2.4.50) is
+ *   decoded (libjpeg); others answer 406 there and are counted export
+ *   failures for explicit-LE, PNG, JPEG and raw little-endian exports.
  * - bigqueryDestination answers 501 UNIMPLEMENTED.
  */
 #include <ctype.h>

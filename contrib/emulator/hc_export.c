@@ -70,12 +70,9 @@ int hc_export_parse_mime(const char *mime, enum hc_export_fmt *fmt)
         else
             rc = -1;
     } else if (!strcasecmp(type, "application/octet-stream")) {
-        if (ts && !strcmp(ts, "*"))
-            f = HC_FMT_RAW_ASIS;
-        else if (!ts || !strcmp(ts, "1.2.840.10008.1.2.1"))
-            f = HC_FMT_RAW_LE;
-        else
-            rc = -1;
+        /* "*": the pixel bytes as uploaded; any other syntax: uncompressed
+         * little-endian pixels (compressed sources then fail per instance) */
+        f = ts && !strcmp(ts, "*") ? HC_FMT_RAW_ASIS : HC_FMT_RAW_LE;
     } else if (!strcasecmp(type, "image/jpeg")) {
         f = HC_FMT_JPEG;
         if (ts && strcmp(ts, "1.2.840.10008.1.2.4.50") != 0)

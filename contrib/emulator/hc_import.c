@@ -52,6 +52,15 @@ void hc_import_run(hc_job *job)
         return;
     }
     emu_ctx *ctx = hc_ctx();
+    hc_lock();
+    bool store_ok = hc_store_find(job->target) != NULL;
+    hc_unlock();
+    if (!store_ok) {
+        hc_op_fail(job->op, 5, "DICOM store %s does not exist", job->target);
+        free(bucket);
+        free(object);
+        return;
+    }
     if (!emu_gcs_bucket_exists(ctx, bucket)) {
         hc_op_fail(job->op, 5, "Cloud Storage bucket %s does not exist", bucket);
         free(bucket);
@@ -90,7 +99,7 @@ void hc_import_run(hc_job *job)
             hc_store_add(job->target, (const uint8_t *)data, len, NULL, NULL, why, sizeof why);
         free(data);
         if (ar == HC_ADD_ERROR) {
-            hc_op_log(job->op, res, 3, "%s is not a valid DICOM Part 10 file: %s", res, why);
+            hc_op_log(job->op, res, 3, "cannot import %s: %s", res, why);
             hc_op_count(job->op, false);
         } else {
             hc_op_count(job->op, true);

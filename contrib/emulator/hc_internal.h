@@ -93,6 +93,8 @@ int conv_pixel_data(const dj_file *f, int frame, bool allow_compressed, hc_buf *
 /* Renders a frame as PNG or JPEG (quality 90). */
 int conv_render(const dj_file *f, int frame, bool jpeg, hc_buf *out, char *why, size_t whylen);
 int conv_num_frames(const dj_file *f);
+/* Whether the emulator decodes this compressed source (JPEG baseline, 8-bit). */
+bool conv_can_decode(const dj_file *f);
 
 /* ---- state (hc_api.c) ---- */
 typedef struct hc_inst {

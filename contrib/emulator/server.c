@@ -102,48 +102,6 @@ bool emu_shutting_down(const emu_ctx *ctx)
     return atomic_load(&ctx->shutting_down);
 }
 
-/* ---- placeholders for the Healthcare modules (hc_*.c replace them) ---- */
-
-__attribute__((weak)) void emu_hc_handle(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                                         const char *version, const char *rest)
-{
-    (void)ctx;
-    (void)r;
-    (void)version;
-    (void)rest;
-    emu_resp_error(w, 501, "The Healthcare API is not built into this emulator.");
-}
-
-__attribute__((weak)) void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                                              const char *rest)
-{
-    (void)ctx;
-    (void)r;
-    (void)rest;
-    emu_resp_error(w, 501, "Operation logs are not built into this emulator.");
-}
-
-__attribute__((weak)) int emu_hc_init(emu_ctx *ctx)
-{
-    (void)ctx;
-    return 0;
-}
-
-__attribute__((weak)) void emu_hc_shutdown(emu_ctx *ctx)
-{
-    (void)ctx;
-}
-
-__attribute__((weak)) int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
-                                           const char *dataset, const char *store)
-{
-    (void)ctx;
-    log_warn("Healthcare API not built in: --project %s --location %s --dataset %s --store %s "
-             "ignored",
-             project, location, dataset, store);
-    return 0;
-}
-
 /* ---- requests ---- */
 
 const char *emu_req_method(const emu_request *r)

@@ -299,7 +299,11 @@ def test_qido_wado_metadata(emulator, tmp):
     status, _, body = emulator.request("GET", "/v1/" + inst + "/metadata")
     meta = json.loads(body)
     assert len(meta) == 1 and meta[0]["00080018"]["Value"] == [sop]
-    assert "BulkDataURI" in meta[0]["7FE00010"]
+    uri = meta[0]["7FE00010"]["BulkDataURI"]
+    assert uri.startswith(emulator.url + "/v1/")
+    status, _, px = emulator.request("GET", uri[len(emulator.url):],
+                                     headers={"Accept": "application/octet-stream"})
+    assert status == 200 and px == pydicom.dcmread(path).PixelData
     status, _, _ = emulator.request("GET", "/v1/" + inst[:-3] + "999/metadata")
     assert status == 404
 
@@ -534,6 +538,11 @@ def test_lro_delay_cancel_and_restart(emulator_factory, tmp):
     op = wait_op(emu, body["name"])
     assert op["error"]["code"] == 1 and op["metadata"]["cancelRequested"] is True
 
+    status, body, _, _ = call(emu, "POST", LOC + "/datasets?datasetId=kept", {})
+    wait_op(emu, body["name"])
+    status, _, raw, _ = call(emu, "POST", LOC + "/datasets/kept/dicomStores?dicomStoreId=st", {})
+    assert status == 200, raw
+
     # an import still running at shutdown is resumed after the restart
     status, body, _, _ = call(emu, "POST", STORE + ":import",
                               {"gcsSource": {"uri": "gs://staging/r/**"}})
@@ -543,6 +552,10 @@ def test_lro_delay_cancel_and_restart(emulator_factory, tmp):
     assert op["metadata"]["counter"] == {"success": "2"} and "response" in op
     status, body, _, _ = call(emu, "GET", DS + "/operations")
     assert len(body["operations"]) == 3
+    status, body, _, _ = call(emu, "GET", LOC + "/datasets/kept/dicomStores/st")
+    assert status == 200 and body["name"] == LOC + "/datasets/kept/dicomStores/st"
+    status, body, _, _ = call(emu, "GET", LOC + "/datasets/kept/operations")
+    assert [o["done"] for o in body["operations"]] == [True]
     status, body, _ = qido(emu, "instances")
     assert sorted(i["00080018"]["Value"][0] for i in body) == sorted(t[2] for t in tree)
     status, _, data = emu.request(
@@ -805,3 +818,51 @@ def test_hostile_inputs_get_clear_errors(emulator, tmp):
         assert status in (400, 409, 415), (ct, status, raw)
     status, body, _ = qido(emulator, "instances")
     assert status == 200 and body == []
+
+
+def test_jpeg_baseline_source_is_decoded(emulator, tmp):
+    """dcmcjpeg makes JPEG baseline sources; dcmdjpeg gives the reference pixels."""
+    import numpy as np
+    cases = {}
+    for key, kw in (("mono", {}), ("rgb", {"photometric": "RGB"})):
+        study, series, sop = generate_uid(), generate_uid(), generate_uid()
+        raw = os.path.join(tmp, key + ".raw.dcm")
+        comp = os.path.join(tmp, key + ".jpg.dcm")
+        ref = os.path.join(tmp, key + ".ref.dcm")
+        samples.make_instance(raw, study, series, sop, rows=24, cols=32, frames=2, **kw)
+        subprocess.run(["dcmcjpeg", "+eb", "+un", raw, comp], check=True)
+        subprocess.run(["dcmdjpeg", comp, ref], check=True)
+        assert pydicom.dcmread(comp).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+        upload(emulator, "staging", "jp/%s.dcm" % key, read(comp))
+        cases[key] = (study, series, sop, ref)
+    assert import_files(emulator, "gs://staging/jp/*")["metadata"]["counter"] == {"success": "2"}
+    op = export(emulator, {"uriPrefix": "gs://staging/jpele",
+                           "mimeType": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"})
+    assert "error" not in op, op
+    op = export(emulator, {"uriPrefix": "gs://staging/jppng", "mimeType": "image/png"})
+    assert "error" not in op, op
+    for key, (study, series, sop, ref) in cases.items():
+        st, data = download(emulator, "staging", "jpele/%s/%s/%s.dcm" % (study, series, sop))
+        assert st == 200, (st, data[:300], list_objects(emulator, "staging", "jpele/"))
+        out = pydicom.dcmread(io.BytesIO(data))
+        want = pydicom.dcmread(ref).pixel_array.astype(int)
+        assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert out.PhotometricInterpretation == ("RGB" if key == "rgb" else "MONOCHROME2")
+        got = out.pixel_array.astype(int)
+        assert got.shape == want.shape == ((2, 24, 32, 3) if key == "rgb" else (2, 24, 32))
+        assert np.abs(got - want).max() <= 3
+        st, png = download(emulator, "staging",
+                           "jppng/%s/%s/%s/2.png" % (study, series, sop))
+        w, h, depth, color, _ = _png_info(png)
+        assert (w, h, depth, color) == (32, 24, 8, 2 if key == "rgb" else 0)
+    # WADO's default (explicit VR little endian) decodes it as well
+    study, series, sop, ref = cases["mono"]
+    status, hdrs, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop),
+        headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert status == 200
+    msg = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + hdrs["Content-Type"].encode() + b"\r\n\r\n" + body)
+    out = pydicom.dcmread(io.BytesIO(msg.get_payload()[0].get_payload(decode=True)))
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert out.pixel_array.shape == (2, 24, 32)

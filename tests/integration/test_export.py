@@ -78,6 +78,19 @@ def write_filter(path, text):
         f.write(text)
 
 
+def wait_until(cond, timeout=10, what="condition"):
+    """The export starts at RELEASE, which the kernel sends after close()
+    returned: what it does shows a moment later."""
+    deadline = time.time() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
 def store_ops(m, ds_id, st_id):
     d = m.path(ds_id, st_id, "operations")
     return {n: json.loads(open(os.path.join(d, n), "rb").read()) for n in os.listdir(d)}
@@ -165,7 +178,9 @@ def test_bad_filter_fails_close_and_starts_nothing(dicomfs_mount, hc_api, filled
         os.unlink(t.name)
     assert p.returncode != 0
     assert "Invalid argument" in p.stderr
-    assert "bad" not in os.listdir(m.path(ds_id, st_id, "export", "dicom"))
+    # forgotten at the release, after which nothing can start any more
+    wait_until(lambda: "bad" not in os.listdir(m.path(ds_id, st_id, "export", "dicom")),
+               what="bad filter forgotten")
     assert os.listdir(m.path(ds_id, st_id, "operations")) == []
     assert len(hc_api.list_operations(ds)) == before
     assert "export/dicom/bad: line 2, column" in m.log_text()
@@ -289,7 +304,7 @@ def test_out_is_empty_until_the_export_is_done(emulator_factory, tmp_path):
     try:
         out = m.path("ds", "store", "export", "dicom", "s.out")
         write_filter(m.path("ds", "store", "export", "dicom", "s"), "")
-        ops = store_ops(m, "ds", "store")
+        ops = wait_until(lambda: store_ops(m, "ds", "store"), what="export started")
         assert len(ops) == 1 and not list(ops.values())[0].get("done")
         assert os.listdir(out) == []
         wait_store_ops_done(m, "ds", "store", 1)

@@ -194,6 +194,17 @@ def staged_objects(emu):
     return [o["name"] for o in json.loads(body).get("items", [])]
 
 
+def wait_listing(path, want, timeout=10):
+    """A rejected file is dropped at RELEASE, which the kernel sends after
+    close() returned: poll a moment for the listing to settle."""
+    deadline = time.time() + timeout
+    while True:
+        got = sorted(os.listdir(path))
+        if got == sorted(want) or time.time() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 def listed_files(top):
     out = []
     for d, _, files in os.walk(top):
@@ -290,7 +301,7 @@ def test_import_rejects_non_dicom_and_empty(mounts, emulator, workdir):
     r = subprocess.run(["cp", empty, m.import_dir()], capture_output=True, text=True)
     assert r.returncode != 0
     assert "Invalid argument" in r.stderr, r.stderr
-    assert os.listdir(m.import_dir()) == []
+    assert wait_listing(m.import_dir(), []) == []
     assert "not a DICOM Part-10 file" in m.log()
     # A valid file next to them still goes through.
     good = os.path.join(workdir, "good.dcm")
@@ -366,7 +377,7 @@ def test_import_full_cache_disk_gives_enospc(mount_factory, emulator, workdir):
         r = subprocess.run(["cp", big, m.import_dir()], capture_output=True, text=True)
         assert r.returncode != 0
         assert "No space left on device" in r.stderr, r.stderr
-        assert os.listdir(m.import_dir()) == []  # never silently accepted
+        assert wait_listing(m.import_dir(), []) == []  # never silently accepted
         small = os.path.join(workdir, "small.dcm")
         uid = write_instance(small, generate_uid(), generate_uid(), 2)
         r = subprocess.run(["cp", small, m.import_dir()], capture_output=True, text=True)
@@ -457,7 +468,7 @@ def test_import_overwrite_pending_file_revalidates(mounts, emulator, workdir):
     r = subprocess.run(["cp", junk, os.path.join(m.import_dir(), "y.dcm")], capture_output=True,
                        text=True)
     assert r.returncode != 0 and "Invalid argument" in r.stderr, r.stderr
-    assert os.listdir(m.import_dir()) == ["x.dcm"]
+    assert wait_listing(m.import_dir(), ["x.dcm"]) == ["x.dcm"]
     w = m.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m.log())
     got = store_uids(emulator)
