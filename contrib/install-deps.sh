@@ -47,8 +47,15 @@ node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/integration/node"
 if [ -f "$node_dir/package-lock.json" ] && command -v npm >/dev/null 2>&1; then
   stamp="$node_dir/node_modules/.dicomfs-lock"
   if ! cmp -s "$node_dir/package-lock.json" "$stamp" 2>/dev/null; then
-    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
-      || { echo "install-deps: npm ci in $node_dir failed" >&2; exit 1; }
+    # Quiet on success; on failure show npm's own reason (network, TLS, engine).
+    npm_log=$(mktemp)
+    if ! (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) >"$npm_log" 2>&1; then
+      tail -20 "$npm_log" >&2
+      rm -f "$npm_log"
+      echo "install-deps: npm ci in $node_dir failed (node $(node -v 2>/dev/null), npm $(npm -v 2>/dev/null))" >&2
+      exit 1
+    fi
+    rm -f "$npm_log"
     cp "$node_dir/package-lock.json" "$stamp"
   fi
 fi
