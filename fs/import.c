@@ -528,7 +528,7 @@ static void fill_stat(import_mgr *m, const node *n, struct stat *st)
     st->st_gid = n->gid;
     st->st_size = n->is_dir ? 0 : (off_t)n->size;
     st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
-    st->st_blksize = 65536;
+    st->st_blksize = 1 << 20; /* cp and friends then write in 1 MiB requests (max_write) */
     st->st_atim = n->atime;
     st->st_mtim = n->mtime;
     st->st_ctim = n->ctime;
