@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define AUTH_DEFAULT_TOKEN_URI "https://oauth2.googleapis.com/token"
 #define AUTH_METADATA_DEFAULT_BASE "http://metadata.google.internal"
@@ -110,8 +111,21 @@ static void set_err(http_error *err, const char *status, const char *fmt, ...)
 {
     if (!err)
         return;
-    memset(err, 0, sizeof *err);
-    snprintf(err->status, sizeof err->status, "%s", status);
+    va_list ap;
+    va_start(ap, fmt);
+    util_vset_err(err, 0, status, fmt, ap);
+    va_end(ap);
+}
+
+/* Passes the http layer's error on (status, codes) with our own message,
+ * which says where the token was asked for. */
+static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+{
+    if (!err)
+        return;
+    *err = *herr;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
@@ -385,38 +399,46 @@ static void response_free_wiped(http_response *resp)
     http_response_free(resp);
 }
 
+/* One request to token_uri, never with our own bearer token (there is none
+ * yet). body NULL: none. herr gets the http layer's error as it came. */
+static int token_request(auth_provider *p, const char *method, const char *const *headers,
+                         const char *body, bool idempotent, long timeout_s, http_response *resp,
+                         http_error *herr)
+{
+    http_request req;
+    http_request_init(&req);
+    memset(resp, 0, sizeof *resp);
+    memset(herr, 0, sizeof *herr);
+    req.method = method;
+    req.url = p->token_uri;
+    req.headers = headers;
+    if (body) {
+        req.body = body;
+        req.body_len = strlen(body);
+    }
+    req.idempotent = idempotent;
+    req.no_auth = true;
+    req.timeout_s = timeout_s;
+    return http_perform(p->http, &req, resp, herr);
+}
+
 /* POSTs a form-encoded grant to token_uri and parses the token. */
 static int post_grant(auth_provider *p, const char *form, const char *const *secrets,
                       size_t nsecrets, char **token, double *lifetime, http_error *err)
 {
     static const char *const headers[] = {"Content-Type: application/x-www-form-urlencoded",
                                           "Accept: application/json", NULL};
-    http_request req;
     http_response resp;
     http_error herr;
-    http_request_init(&req);
-    memset(&resp, 0, sizeof resp);
-    memset(&herr, 0, sizeof herr);
-    req.method = "POST";
-    req.url = p->token_uri;
-    req.headers = headers;
-    req.body = form;
-    req.body_len = strlen(form);
-    req.idempotent = true; /* a grant may be repeated safely */
-    req.no_auth = true;
-    req.timeout_s = AUTH_TOKEN_TIMEOUT_S;
-    int hrc = http_perform(p->http, &req, &resp, &herr);
+    /* A grant may be repeated safely. */
+    int hrc = token_request(p, "POST", headers, form, true, AUTH_TOKEN_TIMEOUT_S, &resp, &herr);
     int rc;
     scrub_message(&herr, secrets, nsecrets);
     if (hrc != HTTP_OK) {
         rc = map_http_rc(hrc);
         if (hrc == HTTP_ERR_STATUS && herr.http_status >= 500)
             rc = AUTH_ERR_TRANSPORT;
-        if (err) {
-            *err = herr;
-            snprintf(err->message, sizeof err->message, "token request to %s failed: %.300s",
-                     p->token_uri, herr.message);
-        }
+        relay_err(err, &herr, "token request to %s failed: %.300s", p->token_uri, herr.message);
     } else if (resp.status != 200) {
         set_err(err, "UNAUTHENTICATED", "token request to %s answered HTTP %ld", p->token_uri,
                 resp.status);
@@ -488,30 +510,16 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
                           double *lifetime, http_error *err)
 {
     static const char *const headers[] = {"Metadata-Flavor: Google", NULL};
-    http_request req;
     http_response resp;
     http_error herr;
     char flavor[64] = "";
-    http_request_init(&req);
-    memset(&resp, 0, sizeof resp);
-    memset(&herr, 0, sizeof herr);
-    req.method = "GET";
-    req.url = p->token_uri;
-    req.headers = headers;
-    req.idempotent = retry;
-    req.no_auth = true;
-    req.timeout_s = timeout_s;
-    int hrc = http_perform(p->http, &req, &resp, &herr);
+    int hrc = token_request(p, "GET", headers, NULL, retry, timeout_s, &resp, &herr);
     bool genuine = http_response_header(&resp, "Metadata-Flavor", flavor, sizeof flavor) &&
                    strcmp(flavor, "Google") == 0;
     int rc;
     if (hrc != HTTP_OK && hrc != HTTP_ERR_STATUS) {
         rc = map_http_rc(hrc);
-        if (err) {
-            *err = herr;
-            snprintf(err->message, sizeof err->message, "metadata server at %s: %.300s",
-                     p->token_uri, herr.message);
-        }
+        relay_err(err, &herr, "metadata server at %s: %.300s", p->token_uri, herr.message);
     } else if (!genuine) {
         set_err(err, "UNAUTHENTICATED",
                 "%s answered without \"Metadata-Flavor: Google\": not a metadata server",
@@ -519,13 +527,10 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
         rc = AUTH_ERR_NOT_METADATA;
     } else if (hrc != HTTP_OK || resp.status != 200) {
         long st = hrc == HTTP_OK ? resp.status : herr.http_status;
-        if (err) {
-            *err = herr;
+        relay_err(err, &herr, "metadata server at %s refused a token (HTTP %ld): %.300s",
+                  p->token_uri, st, herr.message);
+        if (err)
             err->http_status = st;
-            snprintf(err->message, sizeof err->message,
-                     "metadata server at %s refused a token (HTTP %ld): %.300s", p->token_uri, st,
-                     herr.message);
-        }
         rc = AUTH_ERR_REJECTED;
     } else {
         rc = parse_token_response(resp.body, resp.body_len, p->token_uri, token, lifetime, err);
@@ -687,15 +692,7 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
                  "run: chmod 600 %s",
                  path, (unsigned)(st.st_mode & 07777), path);
     char *buf = malloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (buf && got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
+    size_t got = buf ? util_pread_full(fd, buf, (size_t)st.st_size, 0) : 0;
     close(fd);
     if (!buf) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
@@ -705,6 +702,17 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
     *out = buf;
     *len = got;
     return AUTH_OK;
+}
+
+/* The fields both key files may carry; token_uri defaults to Google's. */
+static int load_token_uri_and_quota(auth_provider *p, const cJSON *root, http_error *err)
+{
+    int rc = json_opt(root, "token_uri", &p->token_uri, err);
+    if (rc == AUTH_OK)
+        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
+    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
+        rc = AUTH_ERR_NOMEM;
+    return rc;
 }
 
 static int load_service_account(auth_provider *p, const cJSON *root, const char *path,
@@ -717,11 +725,7 @@ static int load_service_account(auth_provider *p, const cJSON *root, const char 
     if (rc == AUTH_OK)
         rc = json_opt(root, "private_key_id", &p->private_key_id, err);
     if (rc == AUTH_OK)
-        rc = json_opt(root, "token_uri", &p->token_uri, err);
-    if (rc == AUTH_OK)
-        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
-    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
-        rc = AUTH_ERR_NOMEM;
+        rc = load_token_uri_and_quota(p, root, err);
     if (rc == AUTH_OK && !(p->pkey = load_rsa_key(pem))) {
         set_err(err, "INVALID_ARGUMENT", "private_key in %s is not an unencrypted PEM RSA key",
                 path);
@@ -745,11 +749,7 @@ static int load_authorized_user(auth_provider *p, const cJSON *root, const char 
     if (rc == AUTH_OK)
         rc = json_req(root, "refresh_token", path, &p->refresh_token, err);
     if (rc == AUTH_OK)
-        rc = json_opt(root, "token_uri", &p->token_uri, err);
-    if (rc == AUTH_OK)
-        rc = json_opt(root, "quota_project_id", &p->quota_project, err);
-    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
-        rc = AUTH_ERR_NOMEM;
+        rc = load_token_uri_and_quota(p, root, err);
     if (rc == AUTH_OK) {
         p->kind = AUTH_KIND_AUTHORIZED_USER;
         p->desc = xprintf("authorized user from %s", path);

@@ -6,7 +6,6 @@
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define GCS_DEFAULT_ENDPOINT "https://storage.googleapis.com"
 #define GCS_CHUNK_QUANTUM (256u * 1024u)
@@ -40,18 +40,16 @@ typedef struct gcs_source {
 
 /* ---- errors ---------------------------------------------------------------- */
 
-static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
+static int nomem(http_error *err)
 {
-    va_list ap;
-    memset(err, 0, sizeof(*err));
-    err->http_status = status;
-    snprintf(err->status, sizeof(err->status), "%s", code);
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
-    va_end(ap);
+    util_set_err(err, 0, "", "out of memory");
+    return GCS_ERR_NOMEM;
+}
+
+static int bad_args(http_error *err, const char *what)
+{
+    util_set_err(err, 0, "INVALID_ARGUMENT", "%s: bad arguments", what);
+    return GCS_ERR_INVAL;
 }
 
 static int from_http_rc(int rc)
@@ -74,8 +72,8 @@ static int from_http_rc(int rc)
 static int protocol_err(http_error *err, const http_response *resp, const char *what,
                         const char *bucket, const char *name)
 {
-    set_err(err, resp ? resp->status : 0, "INTERNAL", "%s: unexpected response for gs://%s/%s",
-            what, bucket ? bucket : "", name ? name : "");
+    util_set_err(err, resp ? resp->status : 0, "INTERNAL", "%s: unexpected response for gs://%s/%s",
+                 what, bucket ? bucket : "", name ? name : "");
     log_error("gcs: %s", err->message);
     return GCS_ERR_PROTOCOL;
 }
@@ -103,18 +101,14 @@ static char *normalize_endpoint(const char *ep)
 gcs_client *gcs_client_new(http_client *http, const char *endpoint)
 {
     gcs_client *c;
-    const char *ep = endpoint;
     if (!http)
         return NULL;
-    if (!ep || !*ep)
-        ep = getenv("STORAGE_EMULATOR_HOST");
-    if (!ep || !*ep)
-        ep = GCS_DEFAULT_ENDPOINT;
     c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     c->http = http;
-    c->endpoint = normalize_endpoint(ep);
+    c->endpoint =
+        util_endpoint(endpoint, "STORAGE_EMULATOR_HOST", GCS_DEFAULT_ENDPOINT, normalize_endpoint);
     c->threshold = GCS_DEFAULT_THRESHOLD;
     c->chunk = GCS_DEFAULT_CHUNK;
     if (!c->endpoint) {
@@ -359,8 +353,8 @@ static int compute_sums(const gcs_source *src, bool want_md5, gcs_sums *out, htt
             if (n < 0 && errno == EINTR)
                 continue;
             if (n <= 0) {
-                set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
-                        n < 0 ? strerror(errno) : "file shorter than its size");
+                util_set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
+                             n < 0 ? strerror(errno) : "file shorter than its size");
                 log_error("gcs: %s", err->message);
                 rc = GCS_ERR_IO;
                 goto out;
@@ -383,7 +377,7 @@ static int compute_sums(const gcs_source *src, bool want_md5, gcs_sums *out, htt
     rc = GCS_OK;
 out:
     if (rc == GCS_ERR_NOMEM)
-        set_err(err, 0, "", "out of memory computing checksums");
+        util_set_err(err, 0, "", "out of memory computing checksums");
     free(buf);
     EVP_MD_CTX_free(md);
     return rc;
@@ -402,11 +396,12 @@ static int verify_object(const gcs_object *o, const gcs_sums *s, uint64_t size, 
     else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, s->crc32c_b64) != 0)
         what = "crc32c";
     if (what) {
-        set_err(err, 0, "DATA_LOSS",
-                "upload of gs://%s/%s: server %s differs from the data sent (sent md5 %s crc32c "
-                "%s size %" PRIu64 "; server md5 %s crc32c %s size %" PRIu64 ")",
-                bucket, name, what, s->md5_b64, s->crc32c_b64, size, o->md5_b64, o->crc32c_b64,
-                o->size);
+        util_set_err(
+            err, 0, "DATA_LOSS",
+            "upload of gs://%s/%s: server %s differs from the data sent (sent md5 %s crc32c "
+            "%s size %" PRIu64 "; server md5 %s crc32c %s size %" PRIu64 ")",
+            bucket, name, what, s->md5_b64, s->crc32c_b64, size, o->md5_b64, o->crc32c_b64,
+            o->size);
         log_error("gcs: %s", err->message);
         return GCS_ERR_CHECKSUM;
     }
@@ -420,10 +415,8 @@ static int finish_upload(const http_response *resp, const gcs_sums *sums, uint64
 {
     gcs_object o;
     int rc = gcs_object_from_json(resp->body, resp->body_len, &o);
-    if (rc == GCS_ERR_NOMEM) {
-        set_err(err, 0, "", "out of memory");
-        return rc;
-    }
+    if (rc == GCS_ERR_NOMEM)
+        return nomem(err);
     if (rc != GCS_OK)
         return protocol_err(err, resp, "upload", bucket, name);
     rc = verify_object(&o, sums, size, bucket, name, err);
@@ -493,8 +486,7 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     if (!url || !cth) {
         free(url);
         free(cth);
-        set_err(err, 0, "", "out of memory");
-        return GCS_ERR_NOMEM;
+        return nomem(err);
     }
     http_request_init(&req);
     req.method = "POST";
@@ -534,7 +526,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, co
     if (!url || !xct || !xcl || !meta || !cJSON_AddStringToObject(meta, "name", name) ||
         !cJSON_AddStringToObject(meta, "contentType", ctype) ||
         !(body = cJSON_PrintUnformatted(meta))) {
-        set_err(err, 0, "", "out of memory");
+        rc = nomem(err);
         goto out;
     }
     http_request_init(&req);
@@ -555,9 +547,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, co
         *session = strstr(loc, "://")
                        ? strdup(loc)
                        : http_strdup_printf("%s%s%s", c->endpoint, loc[0] == '/' ? "" : "/", loc);
-        rc = *session ? GCS_OK : GCS_ERR_NOMEM;
-        if (rc != GCS_OK)
-            set_err(err, 0, "", "out of memory");
+        rc = *session ? GCS_OK : nomem(err);
     }
 out:
     http_response_free(&resp);
@@ -690,8 +680,9 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
 
         if (!session) {
             if (++sessions > GCS_MAX_SESSIONS) {
-                set_err(err, 0, "ABORTED", "upload of gs://%s/%s: upload session lost %d times",
-                        bucket, name, GCS_MAX_SESSIONS);
+                util_set_err(err, 0, "ABORTED",
+                             "upload of gs://%s/%s: upload session lost %d times", bucket, name,
+                             GCS_MAX_SESSIONS);
                 log_error("gcs: %s", err->message);
                 rc = GCS_ERR_HTTP;
                 break;
@@ -728,8 +719,9 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
         /* No progress: interrupted, or a 308 that persisted nothing new. */
         if (++stalls >= GCS_MAX_STALLS) {
             if (st == STEP_CONTINUE)
-                set_err(err, 308, "ABORTED", "upload of gs://%s/%s: no progress at offset %" PRIu64,
-                        bucket, name, off);
+                util_set_err(err, 308, "ABORTED",
+                             "upload of gs://%s/%s: no progress at offset %" PRIu64, bucket, name,
+                             off);
             log_error("gcs: upload of gs://%s/%s failed after %d attempts without progress: %s",
                       bucket, name, stalls, err->message);
             rc = GCS_ERR_HTTP;
@@ -758,7 +750,7 @@ static int upload(gcs_client *c, const char *bucket, const char *name, const gcs
     if (out)
         memset(out, 0, sizeof(*out));
     if (!bucket || !*bucket || !name || !*name) {
-        set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
+        util_set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
         return GCS_ERR_INVAL;
     }
     /* Resumable (large) uploads are checked by CRC32C and size only. */
@@ -777,10 +769,8 @@ int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, u
     gcs_source src = {.fd = fd, .buf = NULL, .size = size};
     if (!err)
         err = &dummy;
-    if (!c || fd < 0) {
-        set_err(err, 0, "INVALID_ARGUMENT", "upload: bad arguments");
-        return GCS_ERR_INVAL;
-    }
+    if (!c || fd < 0)
+        return bad_args(err, "upload");
     return upload(c, bucket, name, &src, content_type, out, err);
 }
 
@@ -791,53 +781,68 @@ int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const vo
     gcs_source src = {.fd = -1, .buf = data ? data : (const void *)"", .size = len};
     if (!err)
         err = &dummy;
-    if (!c || (!data && len)) {
-        set_err(err, 0, "INVALID_ARGUMENT", "upload: bad arguments");
-        return GCS_ERR_INVAL;
-    }
+    if (!c || (!data && len))
+        return bad_args(err, "upload");
     return upload(c, bucket, name, &src, content_type, out, err);
 }
 
 /* ---- metadata, download, delete ---------------------------------------------- */
 
+/* One idempotent request without a body; the response goes to memory or, with
+ * fd >= 0, to fd at fd_offset. resp is always safe to free afterwards. */
+static int perform_idempotent(gcs_client *c, const char *method, const char *url,
+                              const char *const *hdrs, int fd, off_t fd_offset, http_response *resp,
+                              http_error *err)
+{
+    http_request req;
+    http_request_init(&req);
+    req.method = method;
+    req.url = url;
+    req.headers = hdrs;
+    req.response_fd = fd;
+    req.response_fd_offset = fd_offset;
+    req.idempotent = true;
+    memset(resp, 0, sizeof(*resp));
+    return from_http_rc(http_perform(c->http, &req, resp, err));
+}
+
+/* perform_idempotent on the object's URL (suffix appended). */
+static int object_call(gcs_client *c, const char *method, const char *bucket, const char *name,
+                       const char *suffix, const char *const *hdrs, int fd, off_t fd_offset,
+                       http_response *resp, http_error *err)
+{
+    char *url = object_url(c, bucket, name, suffix);
+    int rc;
+    memset(resp, 0, sizeof(*resp));
+    if (!url)
+        return nomem(err);
+    rc = perform_idempotent(c, method, url, hdrs, fd, fd_offset, resp, err);
+    free(url);
+    return rc;
+}
+
 int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err)
 {
     http_error dummy;
-    http_request req;
-    http_response resp = {0};
-    char *url;
+    http_response resp;
     int rc;
     if (!err)
         err = &dummy;
     if (out)
         memset(out, 0, sizeof(*out));
-    if (!c || !bucket || !name || !out) {
-        set_err(err, 0, "INVALID_ARGUMENT", "stat: bad arguments");
-        return GCS_ERR_INVAL;
-    }
-    url = object_url(c, bucket, name, NULL);
-    if (!url) {
-        set_err(err, 0, "", "out of memory");
-        return GCS_ERR_NOMEM;
-    }
-    http_request_init(&req);
-    req.method = "GET";
-    req.url = url;
-    req.idempotent = true;
-    rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK) {
-        rc = from_http_rc(rc);
-    } else {
+    if (!c || !bucket || !name || !out)
+        return bad_args(err, "stat");
+    rc = object_call(c, "GET", bucket, name, NULL, NULL, -1, 0, &resp, err);
+    if (rc == GCS_OK) {
         rc = gcs_object_from_json(resp.body, resp.body_len, out);
         if (rc == GCS_ERR_PROTOCOL || resp.status != 200) {
             gcs_object_clear(out);
             rc = protocol_err(err, &resp, "stat", bucket, name);
         } else if (rc != GCS_OK) {
-            set_err(err, 0, "", "out of memory");
+            nomem(err);
         }
     }
     http_response_free(&resp);
-    free(url);
     return rc;
 }
 
@@ -845,52 +850,33 @@ int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_
                     uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err)
 {
     http_error dummy;
-    http_request req;
-    http_response resp = {0};
+    http_response resp;
     char range[96];
     const char *hdrs[] = {range, NULL};
     bool ranged = offset > 0 || len > 0;
-    char *url;
     int rc;
     if (!err)
         err = &dummy;
     if (written)
         *written = 0;
-    if (!c || !bucket || !name || fd < 0 || (len > 0 && offset + len < offset)) {
-        set_err(err, 0, "INVALID_ARGUMENT", "download: bad arguments");
-        return GCS_ERR_INVAL;
-    }
-    url = object_url(c, bucket, name, "?alt=media");
-    if (!url) {
-        set_err(err, 0, "", "out of memory");
-        return GCS_ERR_NOMEM;
-    }
+    if (!c || !bucket || !name || fd < 0 || (len > 0 && offset + len < offset))
+        return bad_args(err, "download");
     if (len > 0)
         snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, offset,
                  offset + len - 1);
     else
         snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", offset);
-    http_request_init(&req);
-    req.method = "GET";
-    req.url = url;
-    req.headers = ranged ? hdrs : NULL;
-    req.response_fd = fd;
-    req.response_fd_offset = fd_offset;
-    req.idempotent = true;
-    rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK) {
-        rc = from_http_rc(rc);
-    } else if (resp.status != (ranged ? 206 : 200)) {
+    rc = object_call(c, "GET", bucket, name, "?alt=media", ranged ? hdrs : NULL, fd, fd_offset,
+                     &resp, err);
+    if (rc == GCS_OK && resp.status != (ranged ? 206 : 200)) {
         /* A 200 to a ranged request would be the whole object written at the
          * wrong place: refuse it rather than hand back wrong bytes. */
         rc = protocol_err(err, &resp, ranged ? "ranged download (expected 206)" : "download",
                           bucket, name);
-    } else {
-        if (written)
-            *written = resp.body_len;
+    } else if (rc == GCS_OK && written) {
+        *written = resp.body_len;
     }
     http_response_free(&resp);
-    free(url);
     return rc;
 }
 
@@ -899,32 +885,16 @@ int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_
 int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err)
 {
     http_error dummy;
-    http_request req;
-    http_response resp = {0};
-    char *url;
+    http_response resp;
     int rc;
     if (!err)
         err = &dummy;
-    if (!c || !bucket || !name) {
-        set_err(err, 0, "INVALID_ARGUMENT", "delete: bad arguments");
-        return GCS_ERR_INVAL;
-    }
-    url = object_url(c, bucket, name, NULL);
-    if (!url) {
-        set_err(err, 0, "", "out of memory");
-        return GCS_ERR_NOMEM;
-    }
-    http_request_init(&req);
-    req.method = "DELETE";
-    req.url = url;
-    req.idempotent = true;
-    rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK)
-        rc = from_http_rc(rc);
-    else if (resp.status != 200 && resp.status != 204)
+    if (!c || !bucket || !name)
+        return bad_args(err, "delete");
+    rc = object_call(c, "DELETE", bucket, name, NULL, NULL, -1, 0, &resp, err);
+    if (rc == GCS_OK && resp.status != 200 && resp.status != 204)
         rc = protocol_err(err, &resp, "delete", bucket, name);
     http_response_free(&resp);
-    free(url);
     return rc;
 }
 
@@ -985,38 +955,26 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
     int rc = GCS_OK, stop = 0;
     if (!err)
         err = &dummy;
-    if (!c || !bucket || !*bucket || !cb) {
-        set_err(err, 0, "INVALID_ARGUMENT", "list: bad arguments");
-        return GCS_ERR_INVAL;
-    }
+    if (!c || !bucket || !*bucket || !cb)
+        return bad_args(err, "list");
     eb = http_escape(bucket);
-    if (!eb) {
-        set_err(err, 0, "", "out of memory");
-        return GCS_ERR_NOMEM;
-    }
+    if (!eb)
+        return nomem(err);
     do {
-        http_request req;
-        http_response resp = {0};
+        http_response resp;
         cJSON *page = NULL;
-        const cJSON *next;
         char *url = http_strdup_printf("%s/storage/v1/b/%s/o?maxResults=%d", c->endpoint, eb,
                                        GCS_LIST_PAGE);
         if (!url || append_param(&url, "prefix", prefix && *prefix ? prefix : NULL) ||
             append_param(&url, "delimiter", delimiter && *delimiter ? delimiter : NULL) ||
             append_param(&url, "pageToken", token)) {
             free(url);
-            set_err(err, 0, "", "out of memory");
-            rc = GCS_ERR_NOMEM;
+            rc = nomem(err);
             break;
         }
-        http_request_init(&req);
-        req.method = "GET";
-        req.url = url;
-        req.idempotent = true;
-        rc = http_perform(c->http, &req, &resp, err);
+        rc = perform_idempotent(c, "GET", url, NULL, -1, 0, &resp, err);
         free(url);
-        if (rc != HTTP_OK) {
-            rc = from_http_rc(rc);
+        if (rc != GCS_OK) {
             http_response_free(&resp);
             break;
         }
@@ -1026,25 +984,15 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
         if (rc == GCS_ERR_PROTOCOL)
             protocol_err(err, &resp, "list", bucket, prefix);
         else if (rc == GCS_ERR_NOMEM)
-            set_err(err, 0, "", "out of memory");
-        next = cJSON_GetObjectItemCaseSensitive(page, "nextPageToken");
-        if (rc == GCS_OK && stop)
+            nomem(err);
+        if (rc == GCS_OK && stop) {
             rc = stop;
-        else if (rc == GCS_OK && cJSON_IsString(next) && next->valuestring && *next->valuestring) {
-            /* A token that repeats would loop forever. */
-            if (token && strcmp(token, next->valuestring) == 0) {
+        } else if (rc == GCS_OK) {
+            int next = util_next_page_token(page, &token);
+            if (next == UTIL_PAGE_REPEATED)
                 rc = protocol_err(err, &resp, "list (repeated pageToken)", bucket, prefix);
-            } else {
-                free(token);
-                token = strdup(next->valuestring);
-                if (!token) {
-                    set_err(err, 0, "", "out of memory");
-                    rc = GCS_ERR_NOMEM;
-                }
-            }
-        } else {
-            free(token);
-            token = NULL;
+            else if (next == UTIL_PAGE_NOMEM)
+                rc = nomem(err);
         }
         cJSON_Delete(page);
         http_response_free(&resp);

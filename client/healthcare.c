@@ -1,24 +1,25 @@
 /* healthcare (prefix hc_): the Cloud Healthcare API, DICOM parts (see healthcare.h).
  *
  * Retry policy: GETs, DELETEs and operations.cancel are idempotent and may be
- * retried by the http layer. POSTs that start work (datasets.create,
- * dicomStores.create, import, export) are not: a retried import after an
- * unseen success would start a second operation, and a retried create would
- * fail with ALREADY_EXISTS although it worked. The http layer still retries
- * those when no connection was made at all (nothing reached the server).
+ * retried by the http layer. import and export are retried too: a retry after
+ * an unseen success starts a second operation, but its effect is the same
+ * (import ignores instances already in the store, export overwrites the same
+ * objects), while giving up would fail the user's close() on a passing 429 or
+ * 503. datasets.create and dicomStores.create are not retried: a retry after
+ * an unseen success would fail with ALREADY_EXISTS although it worked.
  */
 #include "healthcare.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
+#include "util.h"
 
 #define HC_DEFAULT_ENDPOINT "https://healthcare.googleapis.com/"
 #define HC_PAGE_SIZE 1000
@@ -33,23 +34,9 @@ struct hc_client {
 
 /* ---- errors ------------------------------------------------------------------ */
 
-static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void set_err(http_error *err, long status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    memset(err, 0, sizeof(*err));
-    err->http_status = status;
-    snprintf(err->status, sizeof(err->status), "%s", code);
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
-    va_end(ap);
-}
-
 static int nomem(http_error *err)
 {
-    set_err(err, 0, "", "out of memory");
+    util_set_err(err, 0, "", "out of memory");
     return HC_ERR_NOMEM;
 }
 
@@ -79,7 +66,7 @@ static void log_protocol(const char *what, const char *url, long status)
 
 static int protocol_err(http_error *err, const char *what, const char *url, long status)
 {
-    set_err(err, status, "INTERNAL", "%s: unexpected response (HTTP %ld)", what, status);
+    util_set_err(err, status, "INTERNAL", "%s: unexpected response (HTTP %ld)", what, status);
     log_protocol(what, url, status);
     return HC_ERR_PROTOCOL;
 }
@@ -115,18 +102,14 @@ static char *normalize_root(const char *ep)
 hc_client *hc_client_new(http_client *http, const char *endpoint)
 {
     hc_client *c;
-    const char *ep = endpoint;
     if (!http)
         return NULL;
-    if (!ep || !*ep)
-        ep = getenv("CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE");
-    if (!ep || !*ep)
-        ep = HC_DEFAULT_ENDPOINT;
     c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     c->http = http;
-    c->root = normalize_root(ep);
+    c->root = util_endpoint(endpoint, "CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE",
+                            HC_DEFAULT_ENDPOINT, normalize_root);
     if (!c->root) {
         free(c);
         return NULL;
@@ -227,6 +210,21 @@ static int call_discard(hc_client *c, const hc_call *call, http_error *err)
     return rc;
 }
 
+/* One call on a URL this function takes ownership of (NULL: out of memory).
+ * With body non-NULL the response body is returned as by call_body, else it
+ * is discarded. */
+static int call_url(hc_client *c, const char *method, char *url, const char *json_body,
+                    bool idempotent, char **body, size_t *len, http_error *err)
+{
+    int rc;
+    if (!url)
+        return nomem(err);
+    hc_call call = {method, url, json_body, NULL, idempotent, -1};
+    rc = body ? call_body(c, &call, body, len, err) : call_discard(c, &call, err);
+    free(url);
+    return rc;
+}
+
 /* Operation name out of an Operation JSON; NULL when there is none. */
 static char *op_name_of(const char *json, size_t len)
 {
@@ -239,11 +237,12 @@ static char *op_name_of(const char *json, size_t len)
     return out;
 }
 
-/* A POST that starts an LRO: *op_name gets the Operation's name. */
-static int start_operation(hc_client *c, const char *url, const char *json_body, char **op_name,
-                           http_error *err)
+/* A POST that starts an LRO: *op_name gets the Operation's name. repeatable:
+ * the operation's effect is the same when it runs twice (see the top). */
+static int start_operation(hc_client *c, const char *url, const char *json_body, bool repeatable,
+                           char **op_name, http_error *err)
 {
-    hc_call call = {"POST", url, json_body, NULL, false, -1};
+    hc_call call = {"POST", url, json_body, NULL, repeatable, -1};
     char *body = NULL;
     size_t len = 0;
     int rc = call_body(c, &call, &body, &len, err);
@@ -309,7 +308,6 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
         char *body = NULL;
         size_t len = 0;
         cJSON *page;
-        const cJSON *next;
         free(et);
         if (!url) {
             rc = nomem(err);
@@ -324,21 +322,14 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
             else if (rc == HC_ERR_NOMEM)
                 nomem(err);
         }
-        next = cJSON_GetObjectItemCaseSensitive(page, "nextPageToken");
         if (rc == HC_OK && stop) {
             rc = stop;
-        } else if (rc == HC_OK && cJSON_IsString(next) && next->valuestring && *next->valuestring) {
-            if (token && strcmp(token, next->valuestring) == 0) {
+        } else if (rc == HC_OK) {
+            int next = util_next_page_token(page, &token);
+            if (next == UTIL_PAGE_REPEATED)
                 rc = protocol_err(err, "list (repeated pageToken)", url, 200);
-            } else {
-                free(token);
-                token = strdup(next->valuestring);
-                if (!token)
-                    rc = nomem(err);
-            }
-        } else {
-            free(token);
-            token = NULL;
+            else if (next == UTIL_PAGE_NOMEM)
+                rc = nomem(err);
         }
         cJSON_Delete(page);
         free(body);
@@ -357,65 +348,59 @@ static bool bad_args(const void *a, const void *b, http_error *err)
 {
     if (a && b)
         return false;
-    set_err(err, 0, "INVALID_ARGUMENT", "missing argument");
+    util_set_err(err, 0, "INVALID_ARGUMENT", "missing argument");
     return true;
+}
+
+/* Lists the `collection` children of parent; the JSON array is named alike. */
+static int list_children(hc_client *c, const char *parent, const char *collection, hc_list_cb cb,
+                         void *ctx, http_error *err)
+{
+    http_error dummy;
+    char *base;
+    int rc;
+    err = err_or(err, &dummy);
+    if (bad_args(c, parent, err) || bad_args(cb, cb, err))
+        return HC_ERR_INVAL;
+    base = http_strdup_printf("%sv1/%s/%s", c->root, parent, collection);
+    rc = list_all(c, base, collection, cb, ctx, err);
+    free(base);
+    return rc;
 }
 
 /* ---- datasets ---------------------------------------------------------------- */
 
 int hc_datasets_list(hc_client *c, const char *location, hc_list_cb cb, void *ctx, http_error *err)
 {
-    http_error dummy;
-    char *base;
-    int rc;
-    err = err_or(err, &dummy);
-    if (bad_args(c, location, err) || bad_args(cb, cb, err))
-        return HC_ERR_INVAL;
-    base = versioned_url(c, "v1", location, "/datasets");
-    rc = list_all(c, base, "datasets", cb, ctx, err);
-    free(base);
-    return rc;
+    return list_children(c, location, "datasets", cb, ctx, err);
 }
 
-static int get_resource(hc_client *c, const char *name, char **json, http_error *err)
+/* GET of a resource (or operation): its JSON as returned; len may be NULL. */
+static int get_resource(hc_client *c, const char *name, char **json, size_t *len, http_error *err)
 {
     http_error dummy;
-    char *url;
-    int rc;
     err = err_or(err, &dummy);
     if (json)
         *json = NULL;
+    if (len)
+        *len = 0;
     if (bad_args(c, name, err) || bad_args(json, json, err))
         return HC_ERR_INVAL;
-    url = versioned_url(c, "v1", name, NULL);
-    if (!url)
-        return nomem(err);
-    hc_call call = {"GET", url, NULL, NULL, true, -1};
-    rc = call_body(c, &call, json, NULL, err);
-    free(url);
-    return rc;
+    return call_url(c, "GET", versioned_url(c, "v1", name, NULL), NULL, true, json, len, err);
 }
 
 static int delete_resource(hc_client *c, const char *name, http_error *err)
 {
     http_error dummy;
-    char *url;
-    int rc;
     err = err_or(err, &dummy);
     if (bad_args(c, name, err))
         return HC_ERR_INVAL;
-    url = versioned_url(c, "v1", name, NULL);
-    if (!url)
-        return nomem(err);
-    hc_call call = {"DELETE", url, NULL, NULL, true, -1};
-    rc = call_discard(c, &call, err);
-    free(url);
-    return rc;
+    return call_url(c, "DELETE", versioned_url(c, "v1", name, NULL), NULL, true, NULL, NULL, err);
 }
 
 int hc_dataset_get(hc_client *c, const char *dataset, char **json, http_error *err)
 {
-    return get_resource(c, dataset, json, err);
+    return get_resource(c, dataset, json, NULL, err);
 }
 
 /* POST {parent}/{collection}?{idparam}=ID with body {} */
@@ -443,7 +428,7 @@ int hc_dataset_create(hc_client *c, const char *location, const char *id, char *
     url = create_url(c, location, "datasets", "datasetId", id);
     if (!url)
         return nomem(err);
-    rc = start_operation(c, url, "{}", op_name, err);
+    rc = start_operation(c, url, "{}", false, op_name, err);
     free(url);
     return rc;
 }
@@ -457,39 +442,23 @@ int hc_dataset_delete(hc_client *c, const char *dataset, http_error *err)
 
 int hc_stores_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
 {
-    http_error dummy;
-    char *base;
-    int rc;
-    err = err_or(err, &dummy);
-    if (bad_args(c, dataset, err) || bad_args(cb, cb, err))
-        return HC_ERR_INVAL;
-    base = versioned_url(c, "v1", dataset, "/dicomStores");
-    rc = list_all(c, base, "dicomStores", cb, ctx, err);
-    free(base);
-    return rc;
+    return list_children(c, dataset, "dicomStores", cb, ctx, err);
 }
 
 int hc_store_get(hc_client *c, const char *store, char **json, http_error *err)
 {
-    return get_resource(c, store, json, err);
+    return get_resource(c, store, json, NULL, err);
 }
 
 /* dicomStores.create is synchronous (returns the DicomStore, no LRO). */
 int hc_store_create(hc_client *c, const char *dataset, const char *id, http_error *err)
 {
     http_error dummy;
-    char *url;
-    int rc;
     err = err_or(err, &dummy);
     if (bad_args(c, dataset, err) || bad_args(id, id, err))
         return HC_ERR_INVAL;
-    url = create_url(c, dataset, "dicomStores", "dicomStoreId", id);
-    if (!url)
-        return nomem(err);
-    hc_call call = {"POST", url, "{}", NULL, false, -1};
-    rc = call_discard(c, &call, err);
-    free(url);
-    return rc;
+    return call_url(c, "POST", create_url(c, dataset, "dicomStores", "dicomStoreId", id), "{}",
+                    false, NULL, NULL, err);
 }
 
 int hc_store_delete(hc_client *c, const char *store, http_error *err)
@@ -520,7 +489,7 @@ int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_na
     rc = json_print(j, &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, "v1", store, ":import");
-        rc = url ? start_operation(c, url, body, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);
@@ -560,7 +529,7 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
     rc = json_print(export_body(uri_prefix, mime_type, filter_uri), &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, filter_uri ? "v1beta1" : "v1", store, ":export");
-        rc = url ? start_operation(c, url, body, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);
@@ -571,55 +540,23 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
 
 int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, http_error *err)
 {
-    http_error dummy;
-    char *url;
-    int rc;
-    err = err_or(err, &dummy);
-    if (json)
-        *json = NULL;
-    if (len)
-        *len = 0;
-    if (bad_args(c, op_name, err) || bad_args(json, json, err))
-        return HC_ERR_INVAL;
-    url = versioned_url(c, "v1", op_name, NULL);
-    if (!url)
-        return nomem(err);
-    hc_call call = {"GET", url, NULL, NULL, true, -1};
-    rc = call_body(c, &call, json, len, err);
-    free(url);
-    return rc;
+    return get_resource(c, op_name, json, len, err);
 }
 
 int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
 {
-    http_error dummy;
-    char *base;
-    int rc;
-    err = err_or(err, &dummy);
-    if (bad_args(c, dataset, err) || bad_args(cb, cb, err))
-        return HC_ERR_INVAL;
-    base = versioned_url(c, "v1", dataset, "/operations");
-    rc = list_all(c, base, "operations", cb, ctx, err);
-    free(base);
-    return rc;
+    return list_children(c, dataset, "operations", cb, ctx, err);
 }
 
 /* Cancelling twice is harmless, so the call may be retried. */
 int hc_operation_cancel(hc_client *c, const char *op_name, http_error *err)
 {
     http_error dummy;
-    char *url;
-    int rc;
     err = err_or(err, &dummy);
     if (bad_args(c, op_name, err))
         return HC_ERR_INVAL;
-    url = versioned_url(c, "v1", op_name, ":cancel");
-    if (!url)
-        return nomem(err);
-    hc_call call = {"POST", url, "{}", NULL, true, -1};
-    rc = call_discard(c, &call, err);
-    free(url);
-    return rc;
+    return call_url(c, "POST", versioned_url(c, "v1", op_name, ":cancel"), "{}", true, NULL, NULL,
+                    err);
 }
 
 void hc_operation_clear(hc_operation *op)
@@ -766,8 +703,8 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
             return HC_OK;
         left = deadline - now_s();
         if (timeout_s >= 0 && left <= 0) {
-            set_err(err, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s", op_name,
-                    timeout_s);
+            util_set_err(err, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s", op_name,
+                         timeout_s);
             return HC_ERR_TIMEOUT;
         }
         if (timeout_s >= 0 && left * 1000 < delay_ms)
@@ -950,7 +887,7 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
         bad_args(instance, instance, err))
         return HC_ERR_INVAL;
     if (fd < 0) {
-        set_err(err, 0, "INVALID_ARGUMENT", "retrieve: bad file descriptor");
+        util_set_err(err, 0, "INVALID_ARGUMENT", "retrieve: bad file descriptor");
         return HC_ERR_INVAL;
     }
     url = http_strdup_printf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s", c->root, store,
@@ -983,7 +920,7 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ht
     if (bad_args(c, store, err))
         return HC_ERR_INVAL;
     if (fd < 0) {
-        set_err(err, 0, "INVALID_ARGUMENT", "store: bad file descriptor");
+        util_set_err(err, 0, "INVALID_ARGUMENT", "store: bad file descriptor");
         return HC_ERR_INVAL;
     }
     url = http_strdup_printf("%sv1/%s/dicomWeb/studies", c->root, store);
@@ -1003,8 +940,8 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ht
     } else if (resp.status != 200) {
         /* 202: stored with warnings or partly failed; for one instance that is
          * not a clean store. */
-        set_err(err, resp.status, "", "DICOMweb store: HTTP %ld: %.400s", resp.status,
-                resp.body ? resp.body : "");
+        util_set_err(err, resp.status, "", "DICOMweb store: HTTP %ld: %.400s", resp.status,
+                     resp.body ? resp.body : "");
         log_protocol("DICOMweb store", url, resp.status);
         rc = HC_ERR_HTTP;
     }

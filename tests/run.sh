@@ -102,8 +102,15 @@ run_integration() {
     echo "  (no integration tests yet)"
     return
   fi
-  (cd "$top" && timeout 1200 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" \
+  local limit=1200
+  [ "${DICOMFS_LONG:-0}" = 1 ] && limit=5400
+  export DICOMFS_FIGURES="$LOGDIR/figures.jsonl"
+  (cd "$top" && timeout "$limit" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$xml" \
       tests/integration) 2>&1 | tee "$LOGDIR/pytest.log" | tail -40
+  if [ -s "$DICOMFS_FIGURES" ]; then
+    echo "  figures of the fault, crash and bad-input suites:"
+    sed 's/^/    /' "$DICOMFS_FIGURES"
+  fi
   if [ ! -s "$xml" ]; then
     fail "pytest produced no report (see $LOGDIR/pytest.log)"
     return

@@ -289,6 +289,32 @@ static void set_metadata_host(void)
 
 /* ---- tests ---- */
 
+/* A provider for a fresh service-account key file (mode 0600) whose token_uri
+ * is the test server. Returns auth_provider_new's result; the test checks it. */
+typedef struct safx {
+    char *tu, *path;
+    http_client *http;
+    auth_provider *p;
+} safx;
+
+static int safx_start(safx *t, const char *file, const char *email, char **where, http_error *err)
+{
+    env_reset();
+    t->tu = token_url();
+    t->path = write_sa(file, email, t->tu, 0600);
+    t->http = new_http();
+    t->p = NULL;
+    return auth_provider_new(t->path, t->http, &t->p, where, err);
+}
+
+static void safx_end(safx *t)
+{
+    auth_provider_free(t->p);
+    http_client_free(t->http);
+    free(t->path);
+    free(t->tu);
+}
+
 TEST(base64url_vectors)
 {
     static const unsigned char bin[] = {0xfb, 0xff, 0xbf};
@@ -380,20 +406,19 @@ TEST(jwt_assertion_bad_key)
 
 TEST(service_account_flow)
 {
-    env_reset();
-    char *tu = token_url();
-    char *path = write_sa("sa.json", "sa@proj-1.iam.gserviceaccount.com", tu, 0600);
-    http_client *http = new_http();
-    auth_provider *p = NULL;
     char *where = NULL;
     http_error err;
     int base = testsrv_count(g_srv);
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, &where, &err), AUTH_OK);
+    safx t;
+    CHECK_EQ_INT(safx_start(&t, "sa.json", "sa@proj-1.iam.gserviceaccount.com", &where, &err),
+                 AUTH_OK);
+    auth_provider *p = t.p;
     CHECK(p != NULL);
     if (!p)
         goto out;
     char want[512];
-    snprintf(want, sizeof want, "service account sa@proj-1.iam.gserviceaccount.com from %s", path);
+    snprintf(want, sizeof want, "service account sa@proj-1.iam.gserviceaccount.com from %s",
+             t.path);
     CHECK_EQ_STR(where, want);
     CHECK_EQ_INT(auth_provider_kind(p), AUTH_KIND_SERVICE_ACCOUNT);
     CHECK_EQ_INT(testsrv_count(g_srv), base); /* nothing fetched before it is needed */
@@ -417,7 +442,7 @@ TEST(service_account_flow)
         CHECK(as && jwt_verifies(as));
         cJSON *c = as ? jwt_part(as, 1) : NULL;
         CHECK_EQ_STR(json_s(c, "iss"), "sa@proj-1.iam.gserviceaccount.com");
-        CHECK_EQ_STR(json_s(c, "aud"), tu);
+        CHECK_EQ_STR(json_s(c, "aud"), t.tu);
         CHECK_EQ_STR(json_s(c, "scope"), AUTH_SCOPE_CLOUD_PLATFORM);
         CHECK(fabs(json_n(c, "iat") - (double)time(NULL)) < 60);
         CHECK_EQ_INT((long long)(json_n(c, "exp") - json_n(c, "iat")), 3600);
@@ -447,22 +472,17 @@ TEST(service_account_flow)
     CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
     CHECK_EQ_STR(tok, "ya29.third-token");
 out:
-    auth_provider_free(p);
-    http_client_free(http);
     free(where);
-    free(path);
-    free(tu);
+    safx_end(&t);
 }
 
 TEST(refresh_near_expiry)
 {
-    env_reset();
-    char *tu = token_url();
-    char *path = write_sa("sa-exp.json", "exp@proj-1.iam.gserviceaccount.com", tu, 0600);
-    http_client *http = new_http();
-    auth_provider *p = NULL;
     http_error err;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    safx t;
+    CHECK_EQ_INT(safx_start(&t, "sa-exp.json", "exp@proj-1.iam.gserviceaccount.com", NULL, &err),
+                 AUTH_OK);
+    auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     /* 2 s lifetime: refreshed once less than 0.5 s (lifetime/4) remain. */
     push_token("ya29.short-1", 2, 0);
@@ -478,10 +498,7 @@ TEST(refresh_near_expiry)
     CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
     CHECK_EQ_STR(tok, "ya29.short-2");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
-    auth_provider_free(p);
-    http_client_free(http);
-    free(path);
-    free(tu);
+    safx_end(&t);
 }
 
 typedef struct {
@@ -518,13 +535,11 @@ static void run_workers(auth_provider *p, int n, bool force, worker *w)
 
 TEST(concurrent_single_refresh)
 {
-    env_reset();
-    char *tu = token_url();
-    char *path = write_sa("sa-conc.json", "conc@proj-1.iam.gserviceaccount.com", tu, 0600);
-    http_client *http = new_http();
-    auth_provider *p = NULL;
     http_error err;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    safx t;
+    CHECK_EQ_INT(safx_start(&t, "sa-conc.json", "conc@proj-1.iam.gserviceaccount.com", NULL, &err),
+                 AUTH_OK);
+    auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     /* A slow endpoint, so every thread arrives while the fetch is under way. */
     push_token("ya29.shared", 3600, 300);
@@ -549,10 +564,7 @@ TEST(concurrent_single_refresh)
     sleep_s(1.1);
     char tok[256];
     CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
-    auth_provider_free(p);
-    http_client_free(http);
-    free(path);
-    free(tu);
+    safx_end(&t);
 }
 
 /* Answers 400 invalid_grant, quoting the request body (as some servers do). */
@@ -569,13 +581,11 @@ static void echo_invalid_grant(void *ctx, const testsrv_req *req, testsrv_reply 
 
 TEST(token_endpoint_rejects)
 {
-    env_reset();
-    char *tu = token_url();
-    char *path = write_sa("sa-rej.json", "rej@proj-1.iam.gserviceaccount.com", tu, 0600);
-    http_client *http = new_http();
-    auth_provider *p = NULL;
     http_error err;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    safx t;
+    CHECK_EQ_INT(safx_start(&t, "sa-rej.json", "rej@proj-1.iam.gserviceaccount.com", NULL, &err),
+                 AUTH_OK);
+    auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     testsrv_reply r = {.status = 400,
                        .body = "{\"error\":\"invalid_grant\",\"error_description\":\"Invalid JWT "
@@ -606,10 +616,7 @@ TEST(token_endpoint_rejects)
         CHECK(strstr(err.message, probe) == NULL);
     }
     free(as);
-    auth_provider_free(p);
-    http_client_free(http);
-    free(path);
-    free(tu);
+    safx_end(&t);
 }
 
 TEST(authorized_user_flow)
@@ -980,21 +987,17 @@ TEST(none_provider_and_small_buffer)
     auth_provider_free(n);
 
     /* A token that does not fit the caller's buffer is an error, not truncated. */
-    env_reset();
-    char *tu = token_url();
-    char *path = write_sa("sa-small.json", "small@proj-1.iam.gserviceaccount.com", tu, 0600);
-    http_client *http = new_http();
-    auth_provider *p = NULL;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    safx t;
+    CHECK_EQ_INT(
+        safx_start(&t, "sa-small.json", "small@proj-1.iam.gserviceaccount.com", NULL, &err),
+        AUTH_OK);
+    auth_provider *p = t.p;
     push_token("ya29.a-token-longer-than-sixteen-bytes", 3600, 0);
     CHECK(auth_get_token(p, tok, sizeof tok, false, &err) != AUTH_OK);
     char big[128];
     CHECK_EQ_INT(auth_get_token(p, big, sizeof big, false, &err), AUTH_OK);
     CHECK_EQ_STR(big, "ya29.a-token-longer-than-sixteen-bytes");
-    auth_provider_free(p);
-    http_client_free(http);
-    free(path);
-    free(tu);
+    safx_end(&t);
 }
 
 /* ---- setup ---- */

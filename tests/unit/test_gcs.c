@@ -28,6 +28,27 @@ static http_client *test_http(void)
     return http_client_new(&o);
 }
 
+/* The usual test: a fresh server and a gcs client pointed at it. */
+typedef struct gfx {
+    testsrv *srv;
+    http_client *h;
+    gcs_client *c;
+} gfx;
+
+static void gfx_start(gfx *t)
+{
+    t->srv = testsrv_start();
+    t->h = test_http();
+    t->c = gcs_client_new(t->h, testsrv_url(t->srv));
+}
+
+static void gfx_end(gfx *t)
+{
+    gcs_client_free(t->c);
+    http_client_free(t->h);
+    testsrv_stop(t->srv);
+}
+
 /* Bitwise reference CRC32C, independent of the slicing tables under test. */
 static uint32_t ref_crc32c(const unsigned char *p, size_t n)
 {
@@ -67,21 +88,6 @@ static unsigned char *pattern(size_t n, unsigned seed)
         b[i] = (unsigned char)x;
     }
     return b;
-}
-
-/* A temporary file holding data; returns an fd open for reading and writing. */
-static int temp_fd(const void *data, size_t n)
-{
-    char path[] = "/tmp/test_gcs.XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return -1;
-    unlink(path);
-    if (n && write(fd, data, n) != (ssize_t)n) {
-        close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 /* Object resource JSON for name/data, as GCS would answer (md5/crc of data). */
@@ -261,21 +267,21 @@ static void media_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
 
 TEST(simple_upload_sends_bytes_and_verifies)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     size_t n = 70001;
     unsigned char *data = pattern(n, 1);
-    int fd = temp_fd(data, n);
+    int fd = testlib_temp_fd(data, n);
     media_srv m = {.md5_override = NULL};
     gcs_object o;
     http_error e;
     char md5[32];
 
-    testsrv_set_handler(srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, n, "application/dicom", &o, &e), GCS_OK);
-    CHECK_EQ_INT(testsrv_count(srv), 1);
-    const testsrv_req *q = testsrv_get(srv, 0);
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, "application/dicom", &o, &e),
+                 GCS_OK);
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
+    const testsrv_req *q = testsrv_get(t.srv, 0);
     CHECK_EQ_STR(q->method, "POST");
     CHECK_EQ_STR(q->url, "/upload/storage/v1/b/bkt/o?uploadType=media&name=dir%2Fa.dcm");
     CHECK_EQ_STR(testsrv_req_header(q, "Content-Type"), "application/dicom");
@@ -288,44 +294,39 @@ TEST(simple_upload_sends_bytes_and_verifies)
     gcs_object_clear(&o);
 
     /* The buffer variant sends the same request. */
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "dir/a.dcm", data, n, "application/dicom", NULL, &e),
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, n, "application/dicom", NULL, &e),
                  GCS_OK);
-    CHECK_EQ_INT(testsrv_count(srv), 2);
-    q = testsrv_get(srv, 1);
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
+    q = testsrv_get(t.srv, 1);
     CHECK(q->body_len == n && memcmp(q->body, data, n) == 0);
 
     close(fd);
     free(data);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
 }
 
 TEST(simple_upload_wrong_md5_is_checksum_error)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     const char *data = "DICM-ish small payload";
-    int fd = temp_fd(data, strlen(data));
+    int fd = testlib_temp_fd(data, strlen(data));
     media_srv m = {.md5_override = "AAAAAAAAAAAAAAAAAAAAAA=="};
     gcs_object o;
     http_error e;
 
-    testsrv_set_handler(srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, strlen(data), NULL, &o, &e),
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, strlen(data), NULL, &o, &e),
                  GCS_ERR_CHECKSUM);
     CHECK(strstr(e.message, "md5") != NULL);
     CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
     CHECK(o.name == NULL);
     /* Nothing is deleted: only the upload request was made. */
-    CHECK_EQ_INT(testsrv_count(srv), 1);
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 0), "Content-Type"),
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 0), "Content-Type"),
                  "application/octet-stream");
     close(fd);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
 }
 
 /* ---- resumable upload ------------------------------------------------------------- */
@@ -431,20 +432,19 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
 
 TEST(resumable_upload_short_persist_and_reset)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     size_t n = 1300000; /* ~1.24 MiB: 5 chunks of 256 KiB */
     unsigned char *data = pattern(n, 3);
-    int fd = temp_fd(data, n);
-    resum_srv s = {.base = testsrv_url(srv), .data = calloc(1, n), .total = n};
+    int fd = testlib_temp_fd(data, n);
+    resum_srv s = {.base = testsrv_url(t.srv), .data = calloc(1, n), .total = n};
     gcs_object o;
     http_error e;
     char want[96];
 
-    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
-    testsrv_set_handler(srv, resum_handler, &s);
-    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "big/obj.dcm", fd, n, "application/dicom", &o, &e),
+    gcs_client_set_resumable_threshold(t.c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(t.srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "big/obj.dcm", fd, n, "application/dicom", &o, &e),
                  GCS_OK);
     CHECK_EQ_INT(s.persisted, n);
     CHECK(memcmp(s.data, data, n) == 0);
@@ -454,7 +454,7 @@ TEST(resumable_upload_short_persist_and_reset)
     CHECK_EQ_INT(o.size, n);
 
     /* Session start: metadata body, X-Upload headers, escaped name. */
-    const testsrv_req *q = testsrv_get(srv, 0);
+    const testsrv_req *q = testsrv_get(t.srv, 0);
     CHECK_EQ_STR(q->method, "POST");
     CHECK_EQ_STR(q->url, "/upload/storage/v1/b/bkt/o?uploadType=resumable&name=big%2Fobj.dcm");
     CHECK_EQ_STR(testsrv_req_header(q, "X-Upload-Content-Type"), "application/dicom");
@@ -464,130 +464,116 @@ TEST(resumable_upload_short_persist_and_reset)
 
     /* Chunks: 0-262143, then 262144-524287 (server keeps 100000 fewer), so the
      * third PUT resumes at 424288. */
-    q = testsrv_get(srv, 1);
+    q = testsrv_get(t.srv, 1);
     CHECK_EQ_STR(q->url, "/upload/session/1");
     CHECK_EQ_STR(testsrv_req_header(q, "Content-Range"), "bytes 0-262143/1300000");
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 2), "Content-Range"),
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 2), "Content-Range"),
                  "bytes 262144-524287/1300000");
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 3), "Content-Range"),
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 3), "Content-Range"),
                  "bytes 424288-686431/1300000");
     /* Fourth chunk reset after 50000 bytes were kept: status query, then resume there. */
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 4), "Content-Range"),
                  "bytes 686432-948575/1300000");
     int qi = -1;
-    for (int i = 5; i < testsrv_count(srv) && qi < 0; i++)
-        if (strcmp(testsrv_req_header(testsrv_get(srv, i), "Content-Range"), "bytes */1300000") ==
+    for (int i = 5; i < testsrv_count(t.srv) && qi < 0; i++)
+        if (strcmp(testsrv_req_header(testsrv_get(t.srv, i), "Content-Range"), "bytes */1300000") ==
             0)
             qi = i;
     CHECK(qi == 5 || qi == 6); /* 6 when libcurl resent the chunk once by itself */
     if (qi == 6)
-        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 5), "Content-Range"),
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 5), "Content-Range"),
                      "bytes 686432-948575/1300000");
-    CHECK(qi > 0 && testsrv_get(srv, qi)->body_len == 0);
+    CHECK(qi > 0 && testsrv_get(t.srv, qi)->body_len == 0);
     snprintf(want, sizeof want, "bytes %d-%d/1300000", 736432, 736432 + 262143);
     if (qi > 0)
-        CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, qi + 1), "Content-Range"), want);
+        CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, qi + 1), "Content-Range"), want);
     /* Then 998576-1260719 and the short last chunk. */
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, testsrv_count(srv) - 1), "Content-Range"),
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, testsrv_count(t.srv) - 1), "Content-Range"),
                  "bytes 1260720-1299999/1300000");
     gcs_object_clear(&o);
     close(fd);
     free(data);
     free(s.data);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
+}
+
+/* Uploads n bytes of pattern(n, seed) from memory through resumable sessions
+ * of 256 KiB chunks against resum_handler scripted by *s (its buffers are
+ * set here; free s->data afterwards). *same: the server holds those bytes. */
+static int resum_upload(gfx *t, resum_srv *s, size_t n, unsigned seed, bool *same)
+{
+    unsigned char *data = pattern(n, seed);
+    http_error e;
+    int rc;
+    s->base = testsrv_url(t->srv);
+    s->data = calloc(1, n);
+    s->total = n;
+    gcs_client_set_resumable_threshold(t->c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(t->srv, resum_handler, s);
+    rc = gcs_upload_buf(t->c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e);
+    *same = memcmp(s->data, data, n) == 0;
+    free(data);
+    return rc;
 }
 
 TEST(resumable_upload_restarts_lost_session)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
-    size_t n = 600000;
-    unsigned char *data = pattern(n, 5);
-    resum_srv s = {.base = testsrv_url(srv),
-                   .data = calloc(1, n),
-                   .total = n,
-                   .shortened = true,
-                   .was_reset = true,
-                   .gone_at_put = 2};
-    http_error e;
-
-    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
-    testsrv_set_handler(srv, resum_handler, &s);
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e), GCS_OK);
+    gfx t;
+    gfx_start(&t);
+    resum_srv s = {.shortened = true, .was_reset = true, .gone_at_put = 2};
+    bool same = false;
+    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 5, &same), GCS_OK);
     CHECK_EQ_INT(s.starts, 2);
-    CHECK(memcmp(s.data, data, n) == 0);
-    free(data);
+    CHECK(same);
     free(s.data);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
 }
 
 TEST(resumable_upload_503_queries_then_resumes)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
-    size_t n = 700000;
-    unsigned char *data = pattern(n, 9);
-    resum_srv s = {.base = testsrv_url(srv),
-                   .data = calloc(1, n),
-                   .total = n,
-                   .shortened = true,
-                   .was_reset = true,
-                   .busy_at_put = 2};
-    http_error e;
-
-    gcs_client_set_resumable_threshold(c, 256 * 1024, 256 * 1024);
-    testsrv_set_handler(srv, resum_handler, &s);
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "big/obj.dcm", data, n, NULL, NULL, &e), GCS_OK);
+    gfx t;
+    gfx_start(&t);
+    resum_srv s = {.shortened = true, .was_reset = true, .busy_at_put = 2};
+    bool same = false;
+    CHECK_EQ_INT(resum_upload(&t, &s, 700000, 9, &same), GCS_OK);
     CHECK_EQ_INT(s.starts, 1);
     CHECK_EQ_INT(s.queries, 1);
-    CHECK(memcmp(s.data, data, n) == 0);
+    CHECK(same);
     /* POST, PUT 0-, PUT 262144- (503), query, PUT 262144- again, last PUT. */
-    CHECK_EQ_INT(testsrv_count(srv), 6);
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 3), "Content-Range"), "bytes */700000");
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 4), "Content-Range"),
+    CHECK_EQ_INT(testsrv_count(t.srv), 6);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 3), "Content-Range"), "bytes */700000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 4), "Content-Range"),
                  "bytes 262144-524287/700000");
-    free(data);
     free(s.data);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
 }
 
 TEST(upload_errors_and_empty_object)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     media_srv m = {.md5_override = NULL};
     gcs_object o;
     http_error e;
     testsrv_reply denied = {.status = 403,
                             .body = "{\"error\":{\"code\":403,\"message\":\"no write access\","
                                     "\"errors\":[{\"reason\":\"forbidden\"}]}}"};
-    testsrv_push(srv, &denied);
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "x", "abc", 3, NULL, &o, &e), GCS_ERR_HTTP);
+    testsrv_push(t.srv, &denied);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "x", "abc", 3, NULL, &o, &e), GCS_ERR_HTTP);
     CHECK_EQ_INT(e.http_status, 403);
-    CHECK_EQ_INT(testsrv_count(srv), 1);
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
 
     /* An empty object: empty body, MD5 of nothing. */
-    testsrv_set_handler(srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), GCS_OK);
-    CHECK_EQ_INT(testsrv_get(srv, 1)->body_len, 0);
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_get(t.srv, 1)->body_len, 0);
     CHECK_EQ_STR(o.md5_b64, "1B2M2Y8AsgTpgAmY7PhCfg==");
     CHECK_EQ_INT(o.size, 0);
     gcs_object_clear(&o);
 
-    CHECK_EQ_INT(gcs_upload_buf(c, "bkt", "", "a", 1, NULL, NULL, &e), GCS_ERR_INVAL);
-    CHECK_EQ_INT(testsrv_count(srv), 2);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "", "a", 1, NULL, NULL, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
+    gfx_end(&t);
 }
 
 /* ---- list ------------------------------------------------------------------------ */
@@ -614,9 +600,8 @@ static int list_cb(void *ctx, const gcs_object *obj, const char *prefix)
 
 TEST(list_two_pages_with_prefixes)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     list_rec r = {0};
     http_error e;
     testsrv_reply p1 = {.body = "{\"kind\":\"storage#objects\",\"items\":[{\"name\":\"in/a.dcm\","
@@ -624,9 +609,9 @@ TEST(list_two_pages_with_prefixes)
                                 "\"prefixes\":[\"in/s1/\"],\"nextPageToken\":\"tok+1/=\"}"};
     testsrv_reply p2 = {.body = "{\"kind\":\"storage#objects\",\"items\":[{\"name\":\"in/c.dcm\","
                                 "\"size\":\"30\"}],\"prefixes\":[\"in/s2/\"]}"};
-    testsrv_push(srv, &p1);
-    testsrv_push(srv, &p2);
-    CHECK_EQ_INT(gcs_list(c, "bkt", "in/", "/", list_cb, &r, &e), GCS_OK);
+    testsrv_push(t.srv, &p1);
+    testsrv_push(t.srv, &p2);
+    CHECK_EQ_INT(gcs_list(t.c, "bkt", "in/", "/", list_cb, &r, &e), GCS_OK);
     CHECK_EQ_INT(r.n, 3);
     CHECK_EQ_STR(r.names[0], "in/a.dcm");
     CHECK_EQ_STR(r.names[2], "in/c.dcm");
@@ -634,15 +619,13 @@ TEST(list_two_pages_with_prefixes)
     CHECK_EQ_INT(r.np, 2);
     CHECK_EQ_STR(r.prefixes[0], "in/s1/");
     CHECK_EQ_STR(r.prefixes[1], "in/s2/");
-    CHECK_EQ_INT(testsrv_count(srv), 2);
-    CHECK_EQ_STR(testsrv_get(srv, 0)->method, "GET");
-    CHECK_EQ_STR(testsrv_get(srv, 0)->url,
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
+    CHECK_EQ_STR(testsrv_get(t.srv, 0)->method, "GET");
+    CHECK_EQ_STR(testsrv_get(t.srv, 0)->url,
                  "/storage/v1/b/bkt/o?maxResults=1000&prefix=in%2F&delimiter=%2F");
-    CHECK_EQ_STR(testsrv_get(srv, 1)->url, "/storage/v1/b/bkt/o?maxResults=1000&prefix=in%2F"
-                                           "&delimiter=%2F&pageToken=tok%2B1%2F%3D");
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    CHECK_EQ_STR(testsrv_get(t.srv, 1)->url, "/storage/v1/b/bkt/o?maxResults=1000&prefix=in%2F"
+                                             "&delimiter=%2F&pageToken=tok%2B1%2F%3D");
+    gfx_end(&t);
 }
 
 static int stop_cb(void *ctx, const gcs_object *obj, const char *prefix)
@@ -675,10 +658,9 @@ TEST(list_callback_stops)
 
 TEST(download_range_into_fd)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
-    int fd = temp_fd("0123456789", 10);
+    gfx t;
+    gfx_start(&t);
+    int fd = testlib_temp_fd("0123456789", 10);
     uint64_t written = 0;
     char got[16] = {0};
     http_error e;
@@ -686,54 +668,50 @@ TEST(download_range_into_fd)
                        .content_type = "application/octet-stream",
                        .body = "BCDE",
                        .headers = {"Content-Range: bytes 1-4/100"}};
-    testsrv_push(srv, &r);
-    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 1, 4, fd, 3, &written, &e), GCS_OK);
+    testsrv_push(t.srv, &r);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 1, 4, fd, 3, &written, &e), GCS_OK);
     CHECK_EQ_INT(written, 4);
     CHECK_EQ_INT(pread(fd, got, 10, 0), 10);
     CHECK_EQ_STR(got, "012BCDE789");
-    const testsrv_req *q = testsrv_get(srv, 0);
+    const testsrv_req *q = testsrv_get(t.srv, 0);
     CHECK_EQ_STR(q->url, "/storage/v1/b/bkt/o/d%2Fx.dcm?alt=media");
     CHECK_EQ_STR(testsrv_req_header(q, "Range"), "bytes=1-4");
 
     /* Whole object: no Range header, 200 expected. */
     testsrv_reply whole = {
         .status = 200, .content_type = "application/octet-stream", .body = "abc"};
-    testsrv_push(srv, &whole);
-    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 0, 0, fd, 0, &written, &e), GCS_OK);
+    testsrv_push(t.srv, &whole);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 0, 0, fd, 0, &written, &e), GCS_OK);
     CHECK_EQ_INT(written, 3);
-    CHECK(testsrv_req_header(testsrv_get(srv, 1), "Range") == NULL);
+    CHECK(testsrv_req_header(testsrv_get(t.srv, 1), "Range") == NULL);
 
     /* A 200 to a ranged request would put the wrong bytes in place. */
-    testsrv_push(srv, &whole);
-    CHECK_EQ_INT(gcs_download_fd(c, "bkt", "d/x.dcm", 5, 0, fd, 0, &written, &e), GCS_ERR_PROTOCOL);
-    CHECK_EQ_STR(testsrv_req_header(testsrv_get(srv, 2), "Range"), "bytes=5-");
+    testsrv_push(t.srv, &whole);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 5, 0, fd, 0, &written, &e),
+                 GCS_ERR_PROTOCOL);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 2), "Range"), "bytes=5-");
     close(fd);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    gfx_end(&t);
 }
 
 TEST(delete_ok_and_404)
 {
-    testsrv *srv = testsrv_start();
-    http_client *h = test_http();
-    gcs_client *c = gcs_client_new(h, testsrv_url(srv));
+    gfx t;
+    gfx_start(&t);
     http_error e;
     testsrv_reply ok = {.status = 204};
     testsrv_reply gone = {.status = 404,
                           .body = "{\"error\":{\"code\":404,\"message\":\"No such object: "
                                   "bkt/x\",\"errors\":[{\"reason\":\"notFound\"}]}}"};
-    testsrv_push(srv, &ok);
-    testsrv_push(srv, &gone);
-    CHECK_EQ_INT(gcs_delete(c, "bkt", "a/x", &e), GCS_OK);
-    CHECK_EQ_STR(testsrv_get(srv, 0)->method, "DELETE");
-    CHECK_EQ_STR(testsrv_get(srv, 0)->url, "/storage/v1/b/bkt/o/a%2Fx");
-    CHECK_EQ_INT(gcs_delete(c, "bkt", "a/x", &e), GCS_ERR_HTTP);
+    testsrv_push(t.srv, &ok);
+    testsrv_push(t.srv, &gone);
+    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), GCS_OK);
+    CHECK_EQ_STR(testsrv_get(t.srv, 0)->method, "DELETE");
+    CHECK_EQ_STR(testsrv_get(t.srv, 0)->url, "/storage/v1/b/bkt/o/a%2Fx");
+    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), GCS_ERR_HTTP);
     CHECK_EQ_INT(e.http_status, 404);
-    CHECK_EQ_INT(testsrv_count(srv), 2);
-    gcs_client_free(c);
-    http_client_free(h);
-    testsrv_stop(srv);
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
+    gfx_end(&t);
 }
 
 int main(void)

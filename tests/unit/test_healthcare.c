@@ -62,19 +62,16 @@ static const testsrv_req *req(fixture *f, int i)
     return testsrv_get(f->srv, i);
 }
 
-static int temp_fd(const void *data, size_t n)
-{
-    char path[] = "/tmp/test_hc.XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return -1;
-    unlink(path);
-    if (n && write(fd, data, n) != (ssize_t)n) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
+/* Request i reached the server with this method and URL. */
+#define CHECK_REQ(f, i, m, u)                                                                      \
+    do {                                                                                           \
+        const testsrv_req *r_ = req(f, i);                                                         \
+        CHECK(r_ != NULL);                                                                         \
+        if (r_) {                                                                                  \
+            CHECK_EQ_STR(r_->method, m);                                                           \
+            CHECK_EQ_STR(r_->url, u);                                                              \
+        }                                                                                          \
+    } while (0)
 
 /* Records list callbacks. */
 typedef struct rec {
@@ -172,8 +169,7 @@ TEST(datasets_list_three_pages)
     CHECK_EQ_STR(r.json[0],
                  "{\"name\":\"projects/p/locations/l/datasets/a\",\"timeZone\":\"UTC\"}");
     CHECK_EQ_INT(testsrv_count(f.srv), 3);
-    CHECK_EQ_STR(req(&f, 0)->method, "GET");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/projects/p/locations/l/datasets?pageSize=1000");
+    CHECK_REQ(&f, 0, "GET", "/v1/projects/p/locations/l/datasets?pageSize=1000");
     CHECK_EQ_STR(req(&f, 1)->url,
                  "/v1/projects/p/locations/l/datasets?pageSize=1000&pageToken=p2%20%2B%2F");
     CHECK_EQ_STR(req(&f, 2)->url, "/v1/projects/p/locations/l/datasets?pageSize=1000&pageToken=p3");
@@ -188,8 +184,7 @@ TEST(dataset_create_get_delete)
     push(&f, 200, "{\"name\":\"projects/p/locations/l/datasets/new/operations/77\"}");
     CHECK_EQ_INT(hc_dataset_create(f.c, "projects/p/locations/l", "new", &op, &e), HC_OK);
     CHECK_EQ_STR(op, "projects/p/locations/l/datasets/new/operations/77");
-    CHECK_EQ_STR(req(&f, 0)->method, "POST");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/projects/p/locations/l/datasets?datasetId=new");
+    CHECK_REQ(&f, 0, "POST", "/v1/projects/p/locations/l/datasets?datasetId=new");
     CHECK_EQ_STR(req(&f, 0)->body, "{}");
     CHECK(strstr(testsrv_req_header(req(&f, 0), "Content-Type"), "application/json") != NULL);
     free(op);
@@ -202,8 +197,7 @@ TEST(dataset_create_get_delete)
 
     push(&f, 200, "{}");
     CHECK_EQ_INT(hc_dataset_delete(f.c, DS, &e), HC_OK);
-    CHECK_EQ_STR(req(&f, 2)->method, "DELETE");
-    CHECK_EQ_STR(req(&f, 2)->url, "/v1/" DS);
+    CHECK_REQ(&f, 2, "DELETE", "/v1/" DS);
 
     /* A create reply without an operation name is a protocol error. */
     push(&f, 200, "{}");
@@ -241,14 +235,12 @@ TEST(stores_list_get_create_delete)
 
     push(&f, 200, "{\"name\":\"" DS "/dicomStores/new store\"}");
     CHECK_EQ_INT(hc_store_create(f.c, DS, "new store", &e), HC_OK);
-    CHECK_EQ_STR(req(&f, 2)->method, "POST");
-    CHECK_EQ_STR(req(&f, 2)->url, "/v1/" DS "/dicomStores?dicomStoreId=new%20store");
+    CHECK_REQ(&f, 2, "POST", "/v1/" DS "/dicomStores?dicomStoreId=new%20store");
     CHECK_EQ_STR(req(&f, 2)->body, "{}");
 
     push(&f, 200, "{}");
     CHECK_EQ_INT(hc_store_delete(f.c, ST, &e), HC_OK);
-    CHECK_EQ_STR(req(&f, 3)->method, "DELETE");
-    CHECK_EQ_STR(req(&f, 3)->url, "/v1/" ST);
+    CHECK_REQ(&f, 3, "DELETE", "/v1/" ST);
     fx_stop(&f);
 }
 
@@ -262,17 +254,25 @@ TEST(import_body_and_op)
     push(&f, 200, "{\"name\":\"" OP "\"}");
     CHECK_EQ_INT(hc_import(f.c, ST, "gs://bkt/staging/b1/**.dcm", &op, &e), HC_OK);
     CHECK_EQ_STR(op, OP);
-    CHECK_EQ_STR(req(&f, 0)->method, "POST");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/" ST ":import");
+    CHECK_REQ(&f, 0, "POST", "/v1/" ST ":import");
     CHECK_EQ_STR(req(&f, 0)->body, "{\"gcsSource\":{\"uri\":\"gs://bkt/staging/b1/**.dcm\"}}");
     free(op);
 
-    /* A 503 on import is not retried: a retry could start a second import. */
+    /* A 503 on import is retried: a second import has the same effect. */
     push(&f, 503, "{\"error\":{\"code\":503,\"message\":\"unavailable\"}}");
     push(&f, 200, "{\"name\":\"" OP "\"}");
-    CHECK_EQ_INT(hc_import(f.c, ST, "gs://bkt/x", &op, &e), HC_ERR_HTTP);
+    CHECK_EQ_INT(hc_import(f.c, ST, "gs://bkt/x", &op, &e), HC_OK);
+    CHECK_EQ_STR(op, OP);
+    CHECK_EQ_INT(testsrv_count(f.srv), 3);
+    free(op);
+
+    /* A 503 on datasets.create is not: a retry after an unseen success
+     * would answer ALREADY_EXISTS. */
+    push(&f, 503, "{\"error\":{\"code\":503,\"message\":\"unavailable\"}}");
+    push(&f, 200, "{\"name\":\"" OP "\"}");
+    CHECK_EQ_INT(hc_dataset_create(f.c, "projects/p/locations/l", "ds", &op, &e), HC_ERR_HTTP);
     CHECK_EQ_INT(e.http_status, 503);
-    CHECK_EQ_INT(testsrv_count(f.srv), 2);
+    CHECK_EQ_INT(testsrv_count(f.srv), 4);
     fx_stop(&f);
 }
 
@@ -303,8 +303,7 @@ TEST(export_v1_and_v1beta1_filter)
     CHECK_EQ_INT(hc_export(f.c, ST, "gs://bkt/out", "image/png", "gs://bkt/filter.txt", &op, &e),
                  HC_OK);
     free(op);
-    CHECK_EQ_STR(req(&f, 2)->method, "POST");
-    CHECK_EQ_STR(req(&f, 2)->url, "/v1beta1/" ST ":export");
+    CHECK_REQ(&f, 2, "POST", "/v1beta1/" ST ":export");
     CHECK_EQ_STR(req(&f, 2)->body,
                  "{\"gcsDestination\":{\"uriPrefix\":\"gs://bkt/out\",\"mimeType\":\"image/png\"},"
                  "\"filterConfig\":{\"resourcePathsGcsUri\":\"gs://bkt/filter.txt\"}}");
@@ -325,8 +324,7 @@ TEST(operation_get_is_byte_exact)
     CHECK_EQ_INT(hc_operation_get(f.c, OP, &json, &len, &e), HC_OK);
     CHECK_EQ_INT(len, strlen(body));
     CHECK(json && memcmp(json, body, strlen(body)) == 0);
-    CHECK_EQ_STR(req(&f, 0)->method, "GET");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/" OP);
+    CHECK_REQ(&f, 0, "GET", "/v1/" OP);
     free(json);
     fx_stop(&f);
 }
@@ -402,8 +400,7 @@ TEST(operations_list_and_cancel)
 
     push(&f, 200, "{}");
     CHECK_EQ_INT(hc_operation_cancel(f.c, OP, &e), HC_OK);
-    CHECK_EQ_STR(req(&f, 2)->method, "POST");
-    CHECK_EQ_STR(req(&f, 2)->url, "/v1/" OP ":cancel");
+    CHECK_REQ(&f, 2, "POST", "/v1/" OP ":cancel");
     CHECK_EQ_STR(req(&f, 2)->body, "{}");
     fx_stop(&f);
 }
@@ -488,7 +485,7 @@ TEST(retrieve_instance_streams_to_fd)
     char got[3000];
     uint64_t written = 0;
     http_error e;
-    int fd = temp_fd(NULL, 0);
+    int fd = testlib_temp_fd(NULL, 0);
     for (size_t i = 0; i < sizeof body; i++)
         body[i] = (char)(i * 7 + 1);
     testsrv_reply r = {.status = 200,
@@ -501,8 +498,7 @@ TEST(retrieve_instance_streams_to_fd)
     CHECK_EQ_INT(written, sizeof body);
     CHECK_EQ_INT(pread(fd, got, sizeof got, 0), sizeof body);
     CHECK(memcmp(got, body, sizeof body) == 0);
-    CHECK_EQ_STR(req(&f, 0)->method, "GET");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/" ST "/dicomWeb/studies/1.2/series/1.2.3/instances/1.2.3.4");
+    CHECK_REQ(&f, 0, "GET", "/v1/" ST "/dicomWeb/studies/1.2/series/1.2.3/instances/1.2.3.4");
     CHECK_EQ_STR(testsrv_req_header(req(&f, 0), "Accept"), "application/dicom; transfer-syntax=*");
     close(fd);
     fx_stop(&f);
@@ -515,11 +511,10 @@ TEST(store_instance_from_fd)
     http_error e;
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (char)(i * 13);
-    int fd = temp_fd(data, sizeof data);
+    int fd = testlib_temp_fd(data, sizeof data);
     push(&f, 200, "{\"00081199\":{\"vr\":\"SQ\",\"Value\":[]}}");
     CHECK_EQ_INT(hc_dicomweb_store(f.c, ST, fd, sizeof data, &e), HC_OK);
-    CHECK_EQ_STR(req(&f, 0)->method, "POST");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/" ST "/dicomWeb/studies");
+    CHECK_REQ(&f, 0, "POST", "/v1/" ST "/dicomWeb/studies");
     CHECK_EQ_STR(testsrv_req_header(req(&f, 0), "Content-Type"), "application/dicom");
     CHECK_EQ_INT(req(&f, 0)->body_len, sizeof data);
     CHECK(req(&f, 0)->body_len == sizeof data && memcmp(req(&f, 0)->body, data, sizeof data) == 0);
@@ -539,8 +534,7 @@ TEST(dicomweb_delete_op_and_sync)
     push(&f, 200, "{\"name\":\"" DS "/operations/9\"}");
     CHECK_EQ_INT(hc_dicomweb_delete(f.c, ST, "studies/1.2", &op, &e), HC_OK);
     CHECK_EQ_STR(op, DS "/operations/9");
-    CHECK_EQ_STR(req(&f, 0)->method, "DELETE");
-    CHECK_EQ_STR(req(&f, 0)->url, "/v1/" ST "/dicomWeb/studies/1.2");
+    CHECK_REQ(&f, 0, "DELETE", "/v1/" ST "/dicomWeb/studies/1.2");
     free(op);
 
     push(&f, 200, "{}");

@@ -172,20 +172,6 @@ static void push_status(testsrv *srv, int status, const char *body)
     testsrv_push(srv, &r);
 }
 
-static int tmpfile_with(const char *data, size_t len)
-{
-    char path[] = "/tmp/test_http.XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return -1;
-    unlink(path);
-    if (len && write(fd, data, len) != (ssize_t)len) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static const char *google_503 =
     "{\"error\":{\"code\":503,\"message\":\"The service is currently unavailable.\","
     "\"status\":\"UNAVAILABLE\"}}";
@@ -199,7 +185,7 @@ typedef struct {
 static void capture_begin(capture *c)
 {
     fflush(stderr);
-    c->fd = tmpfile_with("", 0);
+    c->fd = testlib_temp_fd("", 0);
     c->saved = dup(2);
     dup2(c->fd, 2);
 }
@@ -217,26 +203,54 @@ static char *capture_end(capture *c)
     return s;
 }
 
+/* The usual test: a fresh server, a client, and a GET of one path on it.
+ * With max_attempts 0 the test sets t.c itself (special options). */
+typedef struct hfx {
+    testsrv *srv;
+    http_client *c;
+    char *url;
+    http_request req;
+    http_response resp;
+    http_error err;
+} hfx;
+
+static void hfx_start(hfx *t, int max_attempts, const char *path)
+{
+    memset(t, 0, sizeof *t);
+    t->srv = testsrv_start();
+    t->c = max_attempts > 0 ? mkclient(max_attempts) : NULL;
+    t->url = mkurl(t->srv, path);
+    http_request_init(&t->req);
+    t->req.url = t->url;
+}
+
+static int hfx_perform(hfx *t)
+{
+    return http_perform(t->c, &t->req, &t->resp, &t->err);
+}
+
+static void hfx_end(hfx *t)
+{
+    http_response_free(&t->resp);
+    free(t->url);
+    http_client_free(t->c);
+    testsrv_stop(t->srv);
+}
+
 /* --- basic requests */
 
 TEST(get_into_memory)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
-    push_status(srv, 200, "{\"hello\":\"world\"}");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/v1/things?pageSize=5");
-    req.url = url;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_INT(resp.status, 200);
-    CHECK_EQ_STR(resp.body, "{\"hello\":\"world\"}");
-    CHECK_EQ_INT(resp.body_len, strlen("{\"hello\":\"world\"}"));
-    CHECK_EQ_INT(resp.attempts, 1);
-    CHECK_EQ_INT(testsrv_count(srv), 1);
-    const testsrv_req *r = testsrv_get(srv, 0);
+    hfx t;
+    hfx_start(&t, 3, "/v1/things?pageSize=5");
+    push_status(t.srv, 200, "{\"hello\":\"world\"}");
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.status, 200);
+    CHECK_EQ_STR(t.resp.body, "{\"hello\":\"world\"}");
+    CHECK_EQ_INT(t.resp.body_len, strlen("{\"hello\":\"world\"}"));
+    CHECK_EQ_INT(t.resp.attempts, 1);
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
+    const testsrv_req *r = testsrv_get(t.srv, 0);
     if (r) {
         CHECK_EQ_STR(r->method, "GET");
         CHECK_EQ_STR(r->url, "/v1/things?pageSize=5");
@@ -244,31 +258,22 @@ TEST(get_into_memory)
         CHECK(ua && strncmp(ua, "dicomfs/", 8) == 0);
         CHECK(testsrv_req_header(r, "Authorization") == NULL);
     }
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 TEST(post_body_from_memory)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(1);
-    push_status(srv, 200, "{}");
+    hfx t;
+    hfx_start(&t, 1, "/upload");
+    push_status(t.srv, 200, "{}");
     static const char body[] = "bin\0ary\xff payload";
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/upload");
-    req.url = url;
-    req.method = "POST";
+    t.req.method = "POST";
     const char *hdrs[] = {"Content-Type: application/octet-stream", NULL};
-    req.headers = hdrs;
-    req.body = body;
-    req.body_len = sizeof body - 1;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    const testsrv_req *r = testsrv_get(srv, 0);
+    t.req.headers = hdrs;
+    t.req.body = body;
+    t.req.body_len = sizeof body - 1;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    const testsrv_req *r = testsrv_get(t.srv, 0);
     CHECK(r != NULL);
     if (r) {
         CHECK_EQ_STR(r->method, "POST");
@@ -278,10 +283,7 @@ TEST(post_body_from_memory)
         CHECK_EQ_STR(testsrv_req_header(r, "Content-Length"), "16");
         CHECK(testsrv_req_header(r, "Transfer-Encoding") == NULL);
     }
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 /* POST and PUT take different paths in libcurl (POST vs UPLOAD). */
@@ -291,7 +293,7 @@ static void check_fd_range_upload(const char *method)
     http_client *c = mkclient(1);
     push_status(srv, 200, "{}");
     const char *content = "0123456789abcdefghijklmnopqrstuvwxyz";
-    int fd = tmpfile_with(content, strlen(content));
+    int fd = testlib_temp_fd(content, strlen(content));
     http_request req;
     http_request_init(&req);
     char *url = mkurl(srv, "/o");
@@ -332,338 +334,233 @@ TEST(put_and_patch_body_from_fd_range)
 
 TEST(delete_without_body)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(1);
-    push_status(srv, 204, NULL);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/o/x");
-    req.url = url;
-    req.method = "DELETE";
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_INT(resp.status, 204);
-    CHECK(resp.body != NULL && resp.body_len == 0);
-    const testsrv_req *r = testsrv_get(srv, 0);
+    hfx t;
+    hfx_start(&t, 1, "/o/x");
+    push_status(t.srv, 204, NULL);
+    t.req.method = "DELETE";
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.status, 204);
+    CHECK(t.resp.body != NULL && t.resp.body_len == 0);
+    const testsrv_req *r = testsrv_get(t.srv, 0);
     CHECK(r && strcmp(r->method, "DELETE") == 0 && r->body_len == 0);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 TEST(response_streamed_to_fd_at_offset)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(1);
-    push_status(srv, 200, "hello");
-    int fd = tmpfile_with("XXXXXXXXXX", 10);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/data");
-    req.url = url;
-    req.response_fd = fd;
-    req.response_fd_offset = 3;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK(resp.body == NULL);
-    CHECK_EQ_INT(resp.body_len, 5);
+    hfx t;
+    hfx_start(&t, 1, "/data");
+    push_status(t.srv, 200, "hello");
+    int fd = testlib_temp_fd("XXXXXXXXXX", 10);
+    t.req.response_fd = fd;
+    t.req.response_fd_offset = 3;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK(t.resp.body == NULL);
+    CHECK_EQ_INT(t.resp.body_len, 5);
     char buf[16] = {0};
     CHECK_EQ_INT(pread(fd, buf, sizeof buf - 1, 0), 10);
     CHECK_EQ_STR(buf, "XXXhelloXX");
-    http_response_free(&resp);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 TEST(error_body_not_written_to_fd)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(1);
-    push_status(srv, 404,
+    hfx t;
+    hfx_start(&t, 1, "/data");
+    push_status(t.srv, 404,
                 "{\"error\":{\"code\":404,\"message\":\"No such object: b/o\",\"errors\":[{"
                 "\"domain\":\"global\",\"reason\":\"notFound\",\"message\":\"No such object\"}]}}");
-    int fd = tmpfile_with("XXXXXXXXXX", 10);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/data");
-    req.url = url;
-    req.response_fd = fd;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
-    CHECK_EQ_INT(err.http_status, 404);
-    CHECK_EQ_STR(err.status, "NOT_FOUND");
-    CHECK_EQ_STR(err.reason, "notFound");
-    CHECK_EQ_STR(err.message, "No such object: b/o");
-    CHECK(resp.body && strstr(resp.body, "notFound"));
+    int fd = testlib_temp_fd("XXXXXXXXXX", 10);
+    t.req.response_fd = fd;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(t.err.http_status, 404);
+    CHECK_EQ_STR(t.err.status, "NOT_FOUND");
+    CHECK_EQ_STR(t.err.reason, "notFound");
+    CHECK_EQ_STR(t.err.message, "No such object: b/o");
+    CHECK(t.resp.body && strstr(t.resp.body, "notFound"));
     char buf[16] = {0};
     CHECK_EQ_INT(pread(fd, buf, sizeof buf - 1, 0), 10);
     CHECK_EQ_STR(buf, "XXXXXXXXXX");
-    http_response_free(&resp);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 /* A reply that is cut off mid-body, then a good one: the fd must hold the
  * good body, written from the same offset. */
 TEST(retry_rewrites_fd_from_same_offset)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
+    hfx t;
+    hfx_start(&t, 3, "/data");
     testsrv_reply bad = {.status = 200, .body = "AAAA", .headers = {"Content-Length: 100"}};
     (void)bad; /* MHD computes Content-Length itself; use a reset instead */
     testsrv_reply reset = {.reset = true};
-    testsrv_push(srv, &reset);
-    push_status(srv, 200, "good");
-    int fd = tmpfile_with("..........", 10);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/data");
-    req.url = url;
-    req.idempotent = true;
-    req.response_fd = fd;
-    req.response_fd_offset = 2;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_INT(resp.attempts, 2);
+    testsrv_push(t.srv, &reset);
+    push_status(t.srv, 200, "good");
+    int fd = testlib_temp_fd("..........", 10);
+    t.req.idempotent = true;
+    t.req.response_fd = fd;
+    t.req.response_fd_offset = 2;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.attempts, 2);
     char buf[16] = {0};
     CHECK_EQ_INT(pread(fd, buf, sizeof buf - 1, 0), 10);
     CHECK_EQ_STR(buf, "..good....");
-    http_response_free(&resp);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 /* --- retries */
 
 TEST(retry_503_503_200_idempotent)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(5);
-    push_status(srv, 503, google_503);
-    push_status(srv, 503, google_503);
-    push_status(srv, 200, "done");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_INT(resp.attempts, 3);
-    CHECK_EQ_STR(resp.body, "done");
-    CHECK_EQ_INT(testsrv_count(srv), 3);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx t;
+    hfx_start(&t, 5, "/r");
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 200, "done");
+    t.req.idempotent = true;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.attempts, 3);
+    CHECK_EQ_STR(t.resp.body, "done");
+    CHECK_EQ_INT(testsrv_count(t.srv), 3);
+    hfx_end(&t);
 }
 
 TEST(non_idempotent_not_retried)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(5);
-    push_status(srv, 503, google_503);
-    push_status(srv, 503, google_503);
-    push_status(srv, 200, "done");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.method = "POST";
-    req.body = "x";
-    req.body_len = 1;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
-    CHECK_EQ_INT(resp.attempts, 1);
-    CHECK_EQ_INT(resp.status, 503);
-    CHECK_EQ_INT(err.http_status, 503);
-    CHECK_EQ_STR(err.status, "UNAVAILABLE");
-    CHECK_EQ_STR(err.message, "The service is currently unavailable.");
-    CHECK_EQ_INT(testsrv_count(srv), 1);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx t;
+    hfx_start(&t, 5, "/r");
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 200, "done");
+    t.req.method = "POST";
+    t.req.body = "x";
+    t.req.body_len = 1;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(t.resp.attempts, 1);
+    CHECK_EQ_INT(t.resp.status, 503);
+    CHECK_EQ_INT(t.err.http_status, 503);
+    CHECK_EQ_STR(t.err.status, "UNAVAILABLE");
+    CHECK_EQ_STR(t.err.message, "The service is currently unavailable.");
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
+    hfx_end(&t);
 }
 
 TEST(retry_after_honoured)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
+    hfx t;
+    hfx_start(&t, 3, "/r");
     testsrv_reply r = {.status = 429,
                        .body = "{\"error\":{\"code\":429,\"message\":\"slow down\"}}",
                        .headers = {"Retry-After: 1"}};
-    testsrv_push(srv, &r);
-    push_status(srv, 200, "ok");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
+    testsrv_push(t.srv, &r);
+    push_status(t.srv, 200, "ok");
+    t.req.idempotent = true;
     double t0 = mono_ms();
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
     double elapsed = mono_ms() - t0;
     CHECK(elapsed >= 950);
     CHECK(elapsed < 5000);
-    CHECK_EQ_INT(resp.attempts, 2);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    CHECK_EQ_INT(t.resp.attempts, 2);
+    hfx_end(&t);
 }
 
 /* A Retry-After longer than the total waiting budget ends the retries. */
 TEST(retry_after_beyond_total_budget_gives_up)
 {
-    testsrv *srv = testsrv_start();
+    hfx t;
+    hfx_start(&t, 0, "/r");
     http_options o;
     http_options_init(&o);
     o.retry = (http_retry_policy){5, 5, 20, 500};
-    http_client *c = http_client_new(&o);
+    t.c = http_client_new(&o);
     testsrv_reply r = {.status = 503, .body = google_503, .headers = {"Retry-After: 30"}};
-    testsrv_push(srv, &r);
-    push_status(srv, 200, "ok");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
+    testsrv_push(t.srv, &r);
+    push_status(t.srv, 200, "ok");
+    t.req.idempotent = true;
     double t0 = mono_ms();
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
     CHECK(mono_ms() - t0 < 2000);
-    CHECK_EQ_INT(resp.attempts, 1);
-    CHECK_EQ_INT(err.http_status, 503);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    CHECK_EQ_INT(t.resp.attempts, 1);
+    CHECK_EQ_INT(t.err.http_status, 503);
+    hfx_end(&t);
 }
 
 TEST(connection_reset_then_200)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
+    hfx t;
+    hfx_start(&t, 3, "/r");
     testsrv_reply r = {.reset = true};
-    testsrv_push(srv, &r);
-    push_status(srv, 200, "recovered");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_STR(resp.body, "recovered");
-    CHECK_EQ_INT(resp.attempts, 2);
-    CHECK_EQ_INT(testsrv_count(srv), 2);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    testsrv_push(t.srv, &r);
+    push_status(t.srv, 200, "recovered");
+    t.req.idempotent = true;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_STR(t.resp.body, "recovered");
+    CHECK_EQ_INT(t.resp.attempts, 2);
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
+    hfx_end(&t);
 }
 
 TEST(max_attempts_exhaustion_returns_last_error)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
-    push_status(srv, 500, "{\"error\":{\"code\":500,\"message\":\"first\"}}");
-    push_status(srv, 502, "{\"error\":{\"code\":502,\"message\":\"second\"}}");
-    push_status(srv, 504, "{\"error\":{\"code\":504,\"message\":\"third\"}}");
-    push_status(srv, 200, "never reached");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/r");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
-    CHECK_EQ_INT(resp.attempts, 3);
-    CHECK_EQ_INT(err.http_status, 504);
-    CHECK_EQ_STR(err.message, "third");
-    CHECK_EQ_STR(err.status, "DEADLINE_EXCEEDED");
-    CHECK_EQ_INT(testsrv_count(srv), 3);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx t;
+    hfx_start(&t, 3, "/r");
+    push_status(t.srv, 500, "{\"error\":{\"code\":500,\"message\":\"first\"}}");
+    push_status(t.srv, 502, "{\"error\":{\"code\":502,\"message\":\"second\"}}");
+    push_status(t.srv, 504, "{\"error\":{\"code\":504,\"message\":\"third\"}}");
+    push_status(t.srv, 200, "never reached");
+    t.req.idempotent = true;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(t.resp.attempts, 3);
+    CHECK_EQ_INT(t.err.http_status, 504);
+    CHECK_EQ_STR(t.err.message, "third");
+    CHECK_EQ_STR(t.err.status, "DEADLINE_EXCEEDED");
+    CHECK_EQ_INT(testsrv_count(t.srv), 3);
+    hfx_end(&t);
 }
 
 TEST(transport_error_connection_refused)
 {
     /* A port that was just in use and is now closed. */
-    testsrv *srv = testsrv_start();
-    char *url = mkurl(srv, "/some/path?access_token=SECRET");
-    testsrv_stop(srv);
-    http_client *c = mkclient(2);
-    http_request req;
-    http_request_init(&req);
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
+    hfx t;
+    hfx_start(&t, 2, "/some/path?access_token=SECRET");
+    testsrv_stop(t.srv);
+    t.srv = NULL;
+    t.req.idempotent = true;
     log_set_level(LOG_WARNING);
     capture cap;
     capture_begin(&cap);
-    int rc = http_perform(c, &req, &resp, &err);
+    int rc = hfx_perform(&t);
     char *logged = capture_end(&cap);
     CHECK_EQ_INT(rc, HTTP_ERR_TRANSPORT);
-    CHECK_EQ_INT(err.curl_code, CURLE_COULDNT_CONNECT);
-    CHECK_EQ_INT(err.http_status, 0);
-    CHECK_EQ_INT(resp.attempts, 2);
-    CHECK(strstr(err.message, "while GET http://127.0.0.1:") != NULL);
-    CHECK(strstr(err.message, "/some/path") != NULL);
-    CHECK(strstr(err.message, "SECRET") == NULL);
+    CHECK_EQ_INT(t.err.curl_code, CURLE_COULDNT_CONNECT);
+    CHECK_EQ_INT(t.err.http_status, 0);
+    CHECK_EQ_INT(t.resp.attempts, 2);
+    CHECK(strstr(t.err.message, "while GET http://127.0.0.1:") != NULL);
+    CHECK(strstr(t.err.message, "/some/path") != NULL);
+    CHECK(strstr(t.err.message, "SECRET") == NULL);
     /* One retry logged at warning level, with the path but not the query. */
     CHECK(logged && strstr(logged, "warning") && strstr(logged, "/some/path"));
     CHECK(logged && strstr(logged, "attempt 1") != NULL);
     CHECK(logged && strstr(logged, "SECRET") == NULL);
     free(logged);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
+    hfx_end(&t);
 }
 
 TEST(whole_request_timeout)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(1);
+    hfx t;
+    hfx_start(&t, 1, "/slow");
     testsrv_reply r = {.status = 200, .body = "late", .delay_ms = 2500};
-    testsrv_push(srv, &r);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/slow");
-    req.url = url;
-    req.timeout_s = 1;
-    http_response resp;
-    http_error err;
+    testsrv_push(t.srv, &r);
+    t.req.timeout_s = 1;
     double t0 = mono_ms();
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
     CHECK(mono_ms() - t0 < 2400);
-    CHECK_EQ_INT(err.curl_code, CURLE_OPERATION_TIMEDOUT);
-    CHECK_EQ_STR(err.status, "DEADLINE_EXCEEDED");
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    CHECK_EQ_INT(t.err.curl_code, CURLE_OPERATION_TIMEDOUT);
+    CHECK_EQ_STR(t.err.status, "DEADLINE_EXCEEDED");
+    hfx_end(&t);
 }
 
 /* --- auth */
@@ -771,23 +668,15 @@ TEST(auth_header_and_no_auth_and_user_project)
 
 TEST(token_failure_is_auth_error)
 {
-    testsrv *srv = testsrv_start();
+    hfx t;
+    hfx_start(&t, 0, "/x");
     token_state ts = {.fail = true};
-    http_client *c = mkclient_opts(3, token_cb, &ts, NULL);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/x");
-    req.url = url;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_AUTH);
-    CHECK_EQ_STR(err.message, "no credentials found");
-    CHECK_EQ_STR(err.status, "UNAUTHENTICATED");
-    CHECK_EQ_INT(testsrv_count(srv), 0);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    t.c = mkclient_opts(3, token_cb, &ts, NULL);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_AUTH);
+    CHECK_EQ_STR(t.err.message, "no credentials found");
+    CHECK_EQ_STR(t.err.status, "UNAUTHENTICATED");
+    CHECK_EQ_INT(testsrv_count(t.srv), 0);
+    hfx_end(&t);
 }
 
 /* --- error decoding */
@@ -986,40 +875,31 @@ TEST(escape)
 
 TEST(response_header_lookup)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
+    hfx t;
+    hfx_start(&t, 3, "/h");
     testsrv_reply old = {.status = 503, .body = google_503, .headers = {"X-Old: 1"}};
-    testsrv_push(srv, &old);
+    testsrv_push(t.srv, &old);
     testsrv_reply r = {.status = 200,
                        .body = "{}",
                        .headers = {"X-Foo: first", "ETag:  \"abc\"  ", "x-foo: second"}};
-    testsrv_push(srv, &r);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/h");
-    req.url = url;
-    req.idempotent = true;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    testsrv_push(t.srv, &r);
+    t.req.idempotent = true;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
     char buf[64];
-    CHECK(http_response_header(&resp, "x-FOO", buf, sizeof buf));
+    CHECK(http_response_header(&t.resp, "x-FOO", buf, sizeof buf));
     CHECK_EQ_STR(buf, "second");
-    CHECK(http_response_header(&resp, "etag", buf, sizeof buf));
+    CHECK(http_response_header(&t.resp, "etag", buf, sizeof buf));
     CHECK_EQ_STR(buf, "\"abc\"");
-    CHECK(http_response_header(&resp, "Content-Type", buf, sizeof buf));
+    CHECK(http_response_header(&t.resp, "Content-Type", buf, sizeof buf));
     CHECK_EQ_STR(buf, "application/json");
     char small[4];
-    CHECK(http_response_header(&resp, "X-Foo", small, sizeof small));
+    CHECK(http_response_header(&t.resp, "X-Foo", small, sizeof small));
     CHECK_EQ_STR(small, "sec");
     /* Headers of the failed first attempt are gone. */
-    CHECK(!http_response_header(&resp, "X-Old", buf, sizeof buf));
-    CHECK(!http_response_header(&resp, "X-Fo", buf, sizeof buf));
-    CHECK(!http_response_header(&resp, "Absent", buf, sizeof buf));
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    CHECK(!http_response_header(&t.resp, "X-Old", buf, sizeof buf));
+    CHECK(!http_response_header(&t.resp, "X-Fo", buf, sizeof buf));
+    CHECK(!http_response_header(&t.resp, "Absent", buf, sizeof buf));
+    hfx_end(&t);
 }
 
 TEST(max_body_cap)
@@ -1094,59 +974,41 @@ TEST(connection_reused_across_requests)
 
 TEST(body_fd_shorter_than_length_is_io_error)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
-    int fd = tmpfile_with("short", 5);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/o");
-    req.url = url;
-    req.method = "PUT";
-    req.idempotent = true;
-    req.body_fd = fd;
-    req.body_fd_len = 100;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_IO);
-    CHECK_EQ_INT(resp.attempts, 1);
-    CHECK(strstr(err.message, "shorter") != NULL);
-    http_response_free(&resp);
+    hfx t;
+    hfx_start(&t, 3, "/o");
+    int fd = testlib_temp_fd("short", 5);
+    t.req.method = "PUT";
+    t.req.idempotent = true;
+    t.req.body_fd = fd;
+    t.req.body_fd_len = 100;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_IO);
+    CHECK_EQ_INT(t.resp.attempts, 1);
+    CHECK(strstr(t.err.message, "shorter") != NULL);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 TEST(fd_upload_resent_whole_on_retry)
 {
-    testsrv *srv = testsrv_start();
-    http_client *c = mkclient(3);
-    push_status(srv, 503, google_503);
-    push_status(srv, 200, "{}");
+    hfx t;
+    hfx_start(&t, 3, "/o");
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 200, "{}");
     const char *content = "headerPAYLOAD-BYTEStrailer";
-    int fd = tmpfile_with(content, strlen(content));
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/o");
-    req.url = url;
-    req.method = "PUT";
-    req.idempotent = true;
-    req.body_fd = fd;
-    req.body_fd_offset = 6;
-    req.body_fd_len = 13;
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK_EQ_INT(testsrv_count(srv), 2);
+    int fd = testlib_temp_fd(content, strlen(content));
+    t.req.method = "PUT";
+    t.req.idempotent = true;
+    t.req.body_fd = fd;
+    t.req.body_fd_offset = 6;
+    t.req.body_fd_len = 13;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(testsrv_count(t.srv), 2);
     for (int i = 0; i < 2; i++) {
-        const testsrv_req *r = testsrv_get(srv, i);
+        const testsrv_req *r = testsrv_get(t.srv, i);
         CHECK(r && strcmp(r->body, "PAYLOAD-BYTES") == 0);
     }
-    http_response_free(&resp);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 TEST(large_download_streamed_to_fd)
@@ -1156,35 +1018,26 @@ TEST(large_download_streamed_to_fd)
     for (size_t i = 0; i < size; i++)
         big[i] = (char)('a' + (i * 7 + i / 1000) % 26);
     big[size] = '\0';
-    testsrv *srv = testsrv_start();
+    hfx t;
+    hfx_start(&t, 1, "/instance");
     testsrv_reply r = {
         .status = 200, .body = big, .body_len = size, .content_type = "application/dicom"};
-    testsrv_push(srv, &r);
-    http_client *c = mkclient(1);
-    int fd = tmpfile_with("", 0);
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/instance");
-    req.url = url;
-    req.response_fd = fd;
-    req.response_fd_offset = 100;
-    req.max_body = 1024; /* applies to memory only, not to a streamed body */
-    http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
-    CHECK(resp.body == NULL);
-    CHECK_EQ_INT(resp.body_len, size);
+    testsrv_push(t.srv, &r);
+    int fd = testlib_temp_fd("", 0);
+    t.req.response_fd = fd;
+    t.req.response_fd_offset = 100;
+    t.req.max_body = 1024; /* applies to memory only, not to a streamed body */
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK(t.resp.body == NULL);
+    CHECK_EQ_INT(t.resp.body_len, size);
     char *back = malloc(size);
     CHECK_EQ_INT(pread(fd, back, size, 100), (ssize_t)size);
     CHECK(memcmp(back, big, size) == 0);
     CHECK_EQ_INT(lseek(fd, 0, SEEK_END), (off_t)size + 100);
     free(back);
     free(big);
-    http_response_free(&resp);
     close(fd);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
 }
 
 /* --- TLS */
@@ -1284,7 +1137,7 @@ static void *sample_heap(void *ud)
 TEST(streamed_upload_20mib_not_buffered)
 {
     const size_t size = 20u << 20;
-    int fd = tmpfile_with("", 0);
+    int fd = testlib_temp_fd("", 0);
     CHECK(fd >= 0);
     if (fd < 0)
         return;
@@ -1305,28 +1158,22 @@ TEST(streamed_upload_20mib_not_buffered)
     for (unsigned i = 0; i < 16; i++)
         snprintf(want + 2 * i, 3, "%02x", d[i]);
 
-    testsrv *srv = testsrv_start();
-    testsrv_set_store_bodies(srv, false); /* the server shares our heap */
-    http_client *c = mkclient(1);
-    push_status(srv, 200, "{}");
-    http_request req;
-    http_request_init(&req);
-    char *url = mkurl(srv, "/upload");
-    req.url = url;
-    req.method = "PUT";
-    req.body_fd = fd;
-    req.body_fd_offset = 0;
-    req.body_fd_len = (off_t)size;
-    http_response resp;
-    http_error err;
+    hfx t;
+    hfx_start(&t, 1, "/upload");
+    testsrv_set_store_bodies(t.srv, false); /* the server shares our heap */
+    push_status(t.srv, 200, "{}");
+    t.req.method = "PUT";
+    t.req.body_fd = fd;
+    t.req.body_fd_offset = 0;
+    t.req.body_fd_len = (off_t)size;
     sampler s = {.peak = allocated_bytes()};
     size_t before = s.peak;
     pthread_t th;
     pthread_create(&th, NULL, sample_heap, &s);
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
     s.stop = true;
     pthread_join(th, NULL);
-    const testsrv_req *r = testsrv_get(srv, 0);
+    const testsrv_req *r = testsrv_get(t.srv, 0);
     CHECK(r != NULL);
     if (r) {
         CHECK_EQ_INT(r->body_len, size);
@@ -1337,10 +1184,7 @@ TEST(streamed_upload_20mib_not_buffered)
     /* Far less than the file: a few curl and server buffers at most. */
     printf("# heap growth during upload: %zu KiB\n", (s.peak - before) / 1024);
     CHECK(s.peak - before < 4u << 20);
-    http_response_free(&resp);
-    free(url);
-    http_client_free(c);
-    testsrv_stop(srv);
+    hfx_end(&t);
     close(fd);
 }
 

@@ -10,7 +10,10 @@
 #define DICOMFS_TESTLIB_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 static int test_count_, test_failed_, test_cur_failed_;
 
@@ -23,7 +26,7 @@ static int test_count_, test_failed_, test_cur_failed_;
         test_count_++;                                                                             \
         if (test_cur_failed_)                                                                      \
             test_failed_++;                                                                        \
-        printf("%sok %d - %s\n", test_cur_failed_ ? "not " : "", test_count_, #name);             \
+        printf("%sok %d - %s\n", test_cur_failed_ ? "not " : "", test_count_, #name);              \
         fflush(stdout);                                                                            \
     } while (0)
 
@@ -54,6 +57,22 @@ static int test_count_, test_failed_, test_cur_failed_;
                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                        \
         }                                                                                          \
     } while (0)
+
+/* An unlinked temporary file holding data[0..n), open for reading and
+ * writing (offset at its end); -1 on failure. */
+static inline int testlib_temp_fd(const void *data, size_t n)
+{
+    char path[] = "/tmp/dicomfs-test.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    unlink(path);
+    if (n && write(fd, data, n) != (ssize_t)n) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
 
 static inline int test_done(void)
 {
