@@ -47,7 +47,7 @@ enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
 
 #define RETRY_MAX_S 60.0
 #define POLL_MAX_S 2.0
-#define POLL_FIRST_S 0.1 /* first operation poll; doubles up to POLL_MAX_S */
+#define POLL_FIRST_S 0.1 /* first operation poll; x1.5 up to POLL_MAX_S */
 /* The coordinator's scan of every file is O(files): it is kicked at every
  * close and every finished upload, so ticks are spaced at least this much
  * (otherwise N files cost N scans of N files). */
@@ -403,7 +403,9 @@ static void poll_op(import_mgr *m, batch *b)
             log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying", b->st->name,
                      b->op, err.http_status, err.message);
         b->next_try = now + b->backoff;
-        b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
+        /* x1.5, not x2: an import done just after a poll is seen sooner
+         * (polls at 0.1, 0.25, 0.48, 0.81, 1.3 s...). */
+        b->backoff = b->backoff * 1.5 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 1.5;
     } else if (!op.has_error && op.failure <= 0) {
         int n = 0;
         for (node *x = m->head; x; x = x->next)
