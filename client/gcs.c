@@ -23,6 +23,8 @@
 #define GCS_MAX_STALLS 8   /* failed chunk/status attempts without progress */
 #define GCS_LIST_PAGE 1000
 #define GCS_URL_BUF 8192 /* session URIs carry long upload ids */
+/* Larger uploads are checked by CRC32C and size only (no MD5 pass). */
+#define GCS_MD5_MAX (8u * 1024u * 1024u)
 
 struct gcs_client {
     http_client *http;
@@ -753,8 +755,8 @@ static int upload(gcs_client *c, const char *bucket, const char *name, const gcs
         util_set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
         return GCS_ERR_INVAL;
     }
-    /* Resumable (large) uploads are checked by CRC32C and size only. */
-    rc = compute_sums(src, src->size <= c->threshold, &sums, err);
+    /* Uploads above 8 MiB are checked by CRC32C and size only. */
+    rc = compute_sums(src, src->size <= GCS_MD5_MAX, &sums, err);
     if (rc != GCS_OK)
         return rc;
     if (src->size <= c->threshold)
