@@ -30,6 +30,7 @@
 #define WINDOW_SIZE (64 * 1024)        /* pread window for the fd source */
 #define INFLATE_FIRST (64 * 1024)      /* first inflate target */
 #define INFLATE_MAX (16 * 1024 * 1024) /* bound on the inflated data set */
+#define INFLATE_DRAIN_MAX (4ull << 30) /* bound on inflating the rest of it */
 
 #define TAG(g, e) (((uint32_t)(g) << 16) | (uint32_t)(e))
 #define TAG_ITEM TAG(0xFFFE, 0xE000)
@@ -244,7 +245,7 @@ static int skip_value(parser *p, const element *e, int depth, uint64_t *next);
 static int skip_item_dataset(parser *p, uint64_t off, encoding enc, int depth, uint64_t *next)
 {
     for (;;) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
@@ -272,7 +273,7 @@ static int skip_items(parser *p, uint64_t off, encoding enc, int depth, uint64_t
         return DICOM_ERR_MALFORMED;
     }
     for (;;) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
@@ -409,12 +410,17 @@ static int parse_meta(parser *p, dicom_info *out)
 
 /* ---- data set ------------------------------------------------------------ */
 
-/* Walks the top-level data set from off until the UIDs are all found, the
- * pixel data, a tag past (0020,000E), or the end. */
-static int parse_dataset(parser *p, uint64_t off, encoding enc, dicom_info *out)
+/* Walks the top-level data set from off. With full set, every element header
+ * up to the end of the input is walked (values are skipped by their lengths,
+ * never read), so a file cut short anywhere, the pixel data included, is
+ * DICOM_ERR_TRUNCATED: the data set must end exactly at the end of the input
+ * with a complete element. Without full (the inflated data set, which is only
+ * inflated as far as needed), the walk stops once the UIDs are all found or
+ * at a tag past (0020,000E). */
+static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom_info *out)
 {
     while (off < p->src->size) {
-        element e;
+        element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
             return rc;
@@ -423,7 +429,7 @@ static int parse_dataset(parser *p, uint64_t off, encoding enc, dicom_info *out)
                     e.tag & 0xFFFF);
             return DICOM_ERR_MALFORMED;
         }
-        if (e.tag > TAG_SERIES) /* sorted: the UIDs cannot follow (pixel data included) */
+        if (!full && e.tag > TAG_SERIES) /* sorted: the UIDs cannot follow */
             break;
         char *dst = NULL;
         if (e.tag == TAG_SOP_CLASS)
@@ -438,7 +444,7 @@ static int parse_dataset(parser *p, uint64_t off, encoding enc, dicom_info *out)
             rc = read_uid(p, &e, dst);
             if (rc)
                 return rc;
-            if (out->sop_class_uid[0] && out->sop_instance_uid[0] && out->study_uid[0] &&
+            if (!full && out->sop_class_uid[0] && out->sop_instance_uid[0] && out->study_uid[0] &&
                 out->series_uid[0])
                 return DICOM_OK;
         }
@@ -492,6 +498,52 @@ static ts_kind classify_ts(const char *ts)
      * 5 RLE, 6.* MIME, 7.* SMPTE, 8.* deflated frames, 1.98) are explicit
      * VR little endian. */
     return TS_EXPLICIT_LE;
+}
+
+/* Inflates the rest of a deflate stream into buf (the output is thrown
+ * away) and checks that it ends: a deflated file cut short anywhere is
+ * DICOM_ERR_TRUNCATED. The work is bounded by INFLATE_DRAIN_MAX bytes of
+ * output, which is also a bound on how much a decompression bomb can cost. */
+static int drain_deflate(parser *p, z_stream *z, uint64_t start, uint64_t *in_off, uint8_t *buf,
+                         size_t cap)
+{
+    uint64_t total = z->total_out;
+    for (;;) {
+        if (z->avail_in == 0) {
+            size_t avail = 0;
+            const uint8_t *in = src_span(p->src, *in_off, &avail);
+            if (!in) {
+                if (p->src->io_error)
+                    return fail_short(p, *in_off, "deflated data");
+                set_why(p,
+                        "offset %" PRIu64 ": deflated data set runs past end of file (size %" PRIu64
+                        "): the deflate stream does not end",
+                        start, p->src->size);
+                return DICOM_ERR_TRUNCATED;
+            }
+            if (avail > UINT32_MAX)
+                avail = UINT32_MAX;
+            z->next_in = (Bytef *)in;
+            z->avail_in = (uInt)avail;
+            *in_off += avail;
+        }
+        z->next_out = buf;
+        z->avail_out = (uInt)cap;
+        int zr = inflate(z, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END)
+            return DICOM_OK;
+        if (zr != Z_OK && zr != Z_BUF_ERROR) {
+            set_why(p, "offset %" PRIu64 ": deflated data set is corrupt (%s)", start,
+                    z->msg ? z->msg : "zlib error");
+            return DICOM_ERR_MALFORMED;
+        }
+        total += cap - z->avail_out;
+        if (total > INFLATE_DRAIN_MAX) {
+            set_why(p, "offset %" PRIu64 ": deflated data set inflates to more than %d GiB", start,
+                    (int)(INFLATE_DRAIN_MAX >> 30));
+            return DICOM_ERR_UNSUPPORTED;
+        }
+    }
 }
 
 /* Inflates the deflated data set in growing steps and parses what is there
@@ -561,7 +613,7 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
                      .whylen = p->whylen,
                      .budget = MAX_ELEMENTS};
         dicom_info tmp = *out;
-        rc = parse_dataset(&ip, 0, ENC_EXPLICIT_LE, &tmp);
+        rc = parse_dataset(&ip, 0, ENC_EXPLICIT_LE, stream_end, &tmp);
         bool incomplete = rc == DICOM_ERR_TRUNCATED || (rc == DICOM_OK && !has_required(&tmp));
         if (incomplete && !done) {
             if (cap < INFLATE_MAX)
@@ -580,7 +632,10 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
             rc = DICOM_ERR_TRUNCATED;
             break;
         }
-        *out = tmp;
+        if (rc == DICOM_OK && !stream_end)
+            rc = drain_deflate(p, &z, start, &in_off, buf, cap);
+        if (rc == DICOM_OK)
+            *out = tmp;
         break;
     }
 out:
@@ -617,13 +672,13 @@ static int parse_source(source *s, dicom_info *out, char *why, size_t whylen)
         return rc;
     switch (classify_ts(out->transfer_syntax)) {
     case TS_IMPLICIT:
-        rc = parse_dataset(&p, out->meta_end, ENC_IMPLICIT_LE, out);
+        rc = parse_dataset(&p, out->meta_end, ENC_IMPLICIT_LE, true, out);
         break;
     case TS_EXPLICIT_LE:
-        rc = parse_dataset(&p, out->meta_end, ENC_EXPLICIT_LE, out);
+        rc = parse_dataset(&p, out->meta_end, ENC_EXPLICIT_LE, true, out);
         break;
     case TS_EXPLICIT_BE:
-        rc = parse_dataset(&p, out->meta_end, ENC_EXPLICIT_BE, out);
+        rc = parse_dataset(&p, out->meta_end, ENC_EXPLICIT_BE, true, out);
         break;
     case TS_DEFLATED:
         rc = parse_deflated(&p, out->meta_end, out);

@@ -225,10 +225,12 @@ static int call_url(hc_client *c, const char *method, char *url, const char *jso
     return rc;
 }
 
+static cJSON *parse_body(const char *body, size_t len);
+
 /* Operation name out of an Operation JSON; NULL when there is none. */
 static char *op_name_of(const char *json, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(json, len);
+    cJSON *j = parse_body(json, len);
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "name");
     char *out = NULL;
     if (cJSON_IsString(n) && n->valuestring && *n->valuestring)
@@ -264,6 +266,27 @@ static int json_print(cJSON *j, char **out, http_error *err)
     *out = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
     return *out ? HC_OK : nomem(err);
+}
+
+/* Parses a whole response body as one JSON value: cJSON stops at the end of
+ * the first value, so a garbled body such as `{...}{` would otherwise pass
+ * for a valid (and possibly empty-looking) answer. NULL if anything but
+ * whitespace follows the value. */
+static cJSON *parse_body(const char *body, size_t len)
+{
+    if (!body)
+        return NULL;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!j)
+        return NULL;
+    for (const char *p = end; p && p < body + len; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '\0') {
+            cJSON_Delete(j);
+            return NULL;
+        }
+    }
+    return j;
 }
 
 /* ---- lists ------------------------------------------------------------------ */
@@ -314,7 +337,7 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
             break;
         }
         rc = call_body(c, &call, &body, &len, err);
-        page = rc == HC_OK ? cJSON_ParseWithLength(body, len) : NULL;
+        page = rc == HC_OK ? parse_body(body, len) : NULL;
         if (rc == HC_OK) {
             rc = cJSON_IsObject(page) ? list_page(page, key, cb, ctx, &stop) : HC_ERR_PROTOCOL;
             if (rc == HC_ERR_PROTOCOL)
@@ -538,9 +561,52 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
 
 /* ---- operations ---------------------------------------------------------------- */
 
+static void sleep_ms(long ms);
+
+#define OP_GET_TRIES 4
+
+/* True if the body is a JSON object with a string "name": the least an
+ * operation must be before its bytes are handed on (STORE/operations/ID.json
+ * serves them as they are). */
+static bool op_body_valid(const char *json, size_t len)
+{
+    cJSON *j = parse_body(json, len);
+    bool ok = cJSON_IsObject(j) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "name"));
+    cJSON_Delete(j);
+    return ok;
+}
+
+/* A GET is safe to repeat, so a garbled body is fetched again a few times
+ * (short backoff) before it counts as a protocol error. */
 int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, http_error *err)
 {
-    return get_resource(c, op_name, json, len, err);
+    http_error dummy;
+    err = err_or(err, &dummy);
+    size_t got = 0;
+    for (int attempt = 1;; attempt++) {
+        int rc = get_resource(c, op_name, json, len ? len : &got, err);
+        if (rc != HC_OK)
+            return rc;
+        size_t n = len ? *len : got;
+        if (op_body_valid(*json, n))
+            return HC_OK;
+        free(*json);
+        *json = NULL;
+        if (len)
+            *len = 0;
+        if (attempt >= OP_GET_TRIES) {
+            util_set_err(err, 200, "INTERNAL",
+                         "operation %s: malformed JSON from the server (%zu bytes, %d tries)",
+                         op_name, n, attempt);
+            log_error("healthcare: operation %s: malformed JSON from the server (%zu bytes, "
+                      "%d tries)",
+                      op_name, n, attempt);
+            return HC_ERR_PROTOCOL;
+        }
+        log_warn("healthcare: operation %s: malformed JSON from the server, fetching it again",
+                 op_name);
+        sleep_ms(100L * attempt);
+    }
 }
 
 int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
@@ -627,7 +693,7 @@ int hc_operation_parse(const char *json, size_t len, hc_operation *out)
     out->success = out->failure = out->pending = -1;
     if (!json)
         return HC_ERR_INVAL;
-    j = cJSON_ParseWithLength(json, len);
+    j = parse_body(json, len);
     if (!cJSON_IsObject(j) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "name"))) {
         cJSON_Delete(j);
         return HC_ERR_PROTOCOL;
@@ -796,7 +862,7 @@ static int qido_page(const http_response *resp, const qido_query *q, hc_list_cb 
     *count = 0;
     if (resp->status == 204 || resp->body_len == 0)
         return HC_OK;
-    arr = cJSON_ParseWithLength(resp->body, resp->body_len);
+    arr = parse_body(resp->body, resp->body_len);
     if (!cJSON_IsArray(arr)) {
         cJSON_Delete(arr);
         return HC_ERR_PROTOCOL;

@@ -17,6 +17,7 @@ typedef struct listing {
     centry *v; /* sorted by name */
     size_t n, cap;
     double complete_until; /* 0: not complete */
+    bool was_complete;     /* v came from a full list call (fresh or not) */
 } listing;
 
 struct dircache {
@@ -178,6 +179,7 @@ void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
         l->v = v;
         l->n = l->cap = n;
         l->complete_until = now + ttl_s;
+        l->was_complete = true;
         v = NULL;
     }
     pthread_mutex_unlock(&c->lock);
@@ -270,6 +272,45 @@ int dircache_get(dircache *c, const char *key, dircache_list *out)
     pthread_mutex_lock(&c->lock);
     listing *l = find(c, key, NULL);
     if (l && l->complete_until >= now) {
+        rc = 0;
+        for (size_t i = 0; i < l->n; i++)
+            if (dircache_list_add_mtime(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size,
+                                        l->v[i].e.mtime)) {
+                rc = -1;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc)
+        dircache_list_clear(out);
+    return rc;
+}
+
+int dircache_lookup_stale(dircache *c, const char *key, const char *name, bool *is_dir,
+                          uint64_t *size)
+{
+    int rc = -1;
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    if (l && l->was_complete) {
+        centry *e = bsearch_name(l, name);
+        if (e) {
+            *is_dir = e->e.is_dir;
+            *size = e->e.size;
+        }
+        rc = e ? 1 : 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+int dircache_get_stale(dircache *c, const char *key, dircache_list *out)
+{
+    int rc = -1;
+    dircache_list_init(out);
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    if (l && l->was_complete) {
         rc = 0;
         for (size_t i = 0; i < l->n; i++)
             if (dircache_list_add_mtime(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size,

@@ -59,6 +59,14 @@ int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *
  * Returns 0, or -1 when there is none. */
 int dircache_get(dircache *c, const char *key, dircache_list *out);
 
+/* Stale-if-error: the same as dircache_lookup and dircache_get, but from
+ * the last complete listing of key however old it is, for when refreshing
+ * it failed. -1 when key never had a complete listing (or it was
+ * invalidated). */
+int dircache_lookup_stale(dircache *c, const char *key, const char *name, bool *is_dir,
+                          uint64_t *size);
+int dircache_get_stale(dircache *c, const char *key, dircache_list *out);
+
 /* Forgets key's listing (after a change we made). */
 void dircache_invalidate(dircache *c, const char *key);
 

@@ -210,6 +210,12 @@ static int listed(fs_ctx *x, const char *ds_id, const char *name)
     if (f < 0) {
         int rc = refresh_listing(x, ds_id, key);
         if (rc) {
+            /* Stale-if-error: a name in the last good listing still
+             * resolves while the list call fails (it is retried on the next
+             * access); with nothing known the error stands (EIO, not
+             * ENOENT). */
+            if (rc != -ENOENT && dircache_lookup_stale(x->cache, key, name, &is_dir, &size) == 1)
+                rc = 0;
             free(key);
             return rc;
         }
@@ -226,8 +232,23 @@ static int dataset_exists(fs_ctx *x, const tree_path *tp)
     return listed(x, NULL, tp->dataset);
 }
 
+/* True when the import manager holds state for the store (files spooled,
+ * uploading, importing or imported by this daemon): such a store resolves
+ * whatever the list calls answer. */
+static bool store_known_locally(fs_ctx *x, const tree_path *tp)
+{
+    if (!x->import)
+        return false;
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    bool known = store && import_knows_store(x->import, store);
+    free(store);
+    return known;
+}
+
 static int store_exists(fs_ctx *x, const tree_path *tp)
 {
+    if (store_known_locally(x, tp))
+        return 0;
     int rc = dataset_exists(x, tp);
     return rc ? rc : listed(x, tp->dataset, tp->store);
 }
@@ -380,6 +401,9 @@ static int fill_list(fs_ctx *x, const char *ds_id, struct fill_adapter *a)
         rc = refresh_listing(x, ds_id, key);
         if (rc == 0 && dircache_get(x->cache, key, &l) != 0)
             dircache_list_init(&l);
+        /* Stale-if-error: the last good listing rather than a failure. */
+        if (rc && rc != -ENOENT && dircache_get_stale(x->cache, key, &l) == 0)
+            rc = 0;
     }
     free(key);
     if (rc)
@@ -1177,6 +1201,35 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
     return deny(from, "rename: only files under import/ can be renamed", -EPERM);
 }
 
+/* ---- symlink, mknod, link: never possible. import/ holds DICOM files
+ * (regular files) only, and the rest of the tree is not writable, so these
+ * are refused with EPERM (not ENOSYS, which tools report as a bug). */
+
+static int op_symlink(const char *target, const char *path)
+{
+    (void)target;
+    return deny(path,
+                "cannot create a symbolic link (import/ holds DICOM files only; "
+                "the rest of the tree is not writable)",
+                -EPERM);
+}
+
+static int op_mknod(const char *path, mode_t mode, dev_t rdev)
+{
+    (void)rdev;
+    return deny(path,
+                S_ISREG(mode) ? "cannot create a file here"
+                              : "cannot create a special file (FIFO, socket or device node; "
+                                "import/ holds DICOM files only)",
+                -EPERM);
+}
+
+static int op_link(const char *from, const char *to)
+{
+    (void)from;
+    return deny(to, "cannot create a hard link (each file in import/ is one DICOM upload)", -EPERM);
+}
+
 static int op_statfs(const char *path, struct statvfs *sv)
 {
     (void)path;
@@ -1265,6 +1318,9 @@ static const struct fuse_operations operations = {
     .chmod = op_chmod,
     .chown = op_chown,
     .statfs = op_statfs,
+    .symlink = op_symlink,
+    .mknod = op_mknod,
+    .link = op_link,
     .init = op_init,
     .destroy = op_destroy,
 };

@@ -22,6 +22,7 @@
 #ifndef DICOMFS_IMPORT_H
 #define DICOMFS_IMPORT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -75,6 +76,10 @@ int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
  * / (gid_t)-1 = unchanged), so `rsync -a` run as root keeps its ownership
  * and finds nothing to change on its second run. */
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);
+
+/* True when the manager holds state for store (full resource name): files
+ * spooled, uploading, importing or imported since the journal began. */
+bool import_knows_store(import_mgr *m, const char *store);
 
 /* The STORE/status file: progress counters as "key: value" lines, then one
  * "failed: PATH: REASON" line per failed file. Returns malloc'ed text. */

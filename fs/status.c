@@ -30,6 +30,18 @@ static void put_escaped(FILE *f, const char *s)
     }
 }
 
+bool import_knows_store(import_mgr *m, const char *store)
+{
+    if (!m || !store)
+        return false;
+    pthread_mutex_lock(&m->lock);
+    bool known = false;
+    for (store_st *s = m->stores; s && !known; s = s->next)
+        known = strcmp(s->name, store) == 0;
+    pthread_mutex_unlock(&m->lock);
+    return known;
+}
+
 char *import_status_text(import_mgr *m, const char *store)
 {
     char *text = NULL;

@@ -130,6 +130,36 @@ TEST(many_keys_are_pruned_not_lost_when_fresh)
     dircache_free(c);
 }
 
+TEST(stale_listing_kept_for_errors)
+{
+    dircache *c = dircache_new();
+    bool is_dir = false;
+    uint64_t size = 0;
+    dircache_list l;
+    /* Nothing ever listed: nothing stale either. */
+    CHECK_EQ_INT(dircache_lookup_stale(c, "k", "a", &is_dir, &size), -1);
+    CHECK_EQ_INT(dircache_get_stale(c, "k", &l), -1);
+    /* Single entries alone are not a listing to fall back on. */
+    dircache_put_one(c, "k", "a", false, 1, 10);
+    CHECK_EQ_INT(dircache_lookup_stale(c, "k", "a", &is_dir, &size), -1);
+    put3(c, "k", 0.05);
+    nap(0.1);
+    CHECK_EQ_INT(dircache_lookup(c, "k", "a", &is_dir, &size), -1); /* expired */
+    CHECK_EQ_INT(dircache_lookup_stale(c, "k", "a", &is_dir, &size), 1);
+    CHECK(!is_dir);
+    CHECK_EQ_INT(size, 42);
+    CHECK_EQ_INT(dircache_lookup_stale(c, "k", "zz", &is_dir, &size), 0);
+    CHECK_EQ_INT(dircache_get(c, "k", &l), -1);
+    CHECK_EQ_INT(dircache_get_stale(c, "k", &l), 0);
+    CHECK_EQ_INT(l.n, 3);
+    dircache_list_clear(&l);
+    /* Invalidated (after our own change): no longer used. */
+    dircache_invalidate(c, "k");
+    CHECK_EQ_INT(dircache_lookup_stale(c, "k", "a", &is_dir, &size), -1);
+    CHECK_EQ_INT(dircache_get_stale(c, "k", &l), -1);
+    dircache_free(c);
+}
+
 int main(void)
 {
     RUN(complete_listing_answers_lookups);
@@ -137,5 +167,6 @@ int main(void)
     RUN(single_entries_do_not_make_a_listing_complete);
     RUN(invalidate_and_replace);
     RUN(many_keys_are_pruned_not_lost_when_fresh);
+    RUN(stale_listing_kept_for_errors);
     return test_done();
 }

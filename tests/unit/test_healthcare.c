@@ -329,6 +329,45 @@ TEST(operation_get_is_byte_exact)
     fx_stop(&f);
 }
 
+TEST(operation_get_refetches_garbled_bodies)
+{
+    fixture f = fx_start();
+    const char *good = "{\"name\": \"" OP "\", \"done\": false}\n";
+    char *json = NULL;
+    size_t len = 0;
+    http_error e;
+    /* Cut short, then trailing garbage after a valid object, then good. */
+    push(&f, 200, "{\"name\": \"" OP "\", \"do");
+    push(&f, 200, "{\"name\": \"" OP "\"}{");
+    push(&f, 200, good);
+    CHECK_EQ_INT(hc_operation_get(f.c, OP, &json, &len, &e), HC_OK);
+    CHECK_EQ_INT(testsrv_count(f.srv), 3);
+    CHECK(json && len == strlen(good) && memcmp(json, good, len) == 0);
+    free(json);
+    json = NULL;
+    /* Never valid: a protocol error naming the operation, no bytes. */
+    for (int i = 0; i < 4; i++)
+        push(&f, 200, i % 2 ? "[1, 2]" : "not json");
+    CHECK_EQ_INT(hc_operation_get(f.c, OP, &json, &len, &e), HC_ERR_PROTOCOL);
+    CHECK(json == NULL);
+    CHECK_EQ_INT(testsrv_count(f.srv), 7);
+    CHECK(strstr(e.message, "malformed JSON from the server") != NULL);
+    CHECK(strstr(e.message, OP) != NULL);
+    fx_stop(&f);
+}
+
+TEST(list_with_trailing_garbage_is_an_error)
+{
+    fixture f = fx_start();
+    rec r = {0};
+    http_error e;
+    /* A garbled page that cJSON alone would read as an empty listing. */
+    push(&f, 200, "{\"datase{s\":[{\"name\":\"projects/p/locations/l/datasets/a\"}]}{");
+    CHECK_EQ_INT(hc_datasets_list(f.c, "projects/p/locations/l", rec_cb, &r, &e), HC_ERR_PROTOCOL);
+    CHECK_EQ_INT(r.n, 0);
+    fx_stop(&f);
+}
+
 TEST(operation_parse_samples)
 {
     hc_operation op;
@@ -578,5 +617,7 @@ int main(void)
     RUN(store_instance_from_fd);
     RUN(dicomweb_delete_op_and_sync);
     RUN(resource_names);
+    RUN(operation_get_refetches_garbled_bodies);
+    RUN(list_with_trailing_garbage_is_an_error);
     return test_done();
 }

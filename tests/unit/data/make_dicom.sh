@@ -127,8 +127,8 @@ def write(name, ds, n, result="OK"):
 
 
 def boundaries(path, ts):
-    """Element boundaries as pydicom sees them: meta ends, TS end, data set
-    element ends, and the end of (0020,000E)."""
+    """Element boundaries as pydicom sees them: meta ends, TS end, the ends
+    of all top-level data set elements, and the end of (0020,000E)."""
     with open(path, "rb") as f:
         f.seek(132)
         meta_ends, ts_end = [], None
@@ -144,7 +144,6 @@ def boundaries(path, ts):
             ds_ends.append(f.tell())
             if el.tag == 0x0020000E:
                 series_end = f.tell()
-                break
     return meta_ends, ts_end, meta_end, ds_ends, series_end
 
 
@@ -153,8 +152,14 @@ def truncations(src_name, ts, n, limit=600, step=7):
     data = open(path, "rb").read()
     meta_ends, ts_end, meta_end, ds_ends, series_end = boundaries(path, ts)
     inst, study, series = uids(n)
-    limit = max(limit, series_end + 50)  # some cuts past the UIDs as well
-    for cut in range(0, min(limit, len(data)), step):
+    # Cuts every step bytes through the whole file (past the UIDs and into
+    # the pixel data as well), plus a cut at every top-level element
+    # boundary after the UIDs: those are complete data sets that still
+    # read, the other cuts past the UIDs are truncated.
+    limit = max(limit, len(data))
+    cuts = set(range(0, min(limit, len(data)), step))
+    cuts |= {b for b in ds_ends if series_end <= b < len(data)}
+    for cut in sorted(cuts):
         if cut < 132:
             res = "NOT_PART10"
         elif cut < meta_end:
@@ -162,11 +167,14 @@ def truncations(src_name, ts, n, limit=600, step=7):
                 res = "MALFORMED" if ts_end is None or cut < ts_end else "MISSING"
             else:
                 res = "TRUNCATED"
-        elif cut >= series_end:
-            res = "OK"
         elif cut == meta_end or cut in ds_ends:
-            res = "MISSING"
+            # The data set ends with a complete element: the reader cannot
+            # tell the cut, so only the UIDs decide.
+            res = "OK" if cut >= series_end else "MISSING"
         else:
+            # Cut inside an element (a header, a value, or an undefined
+            # length sequence before its delimiter): the data set runs past
+            # the end of the file, whether or not the UIDs came before.
             res = "TRUNCATED"
         name = f"trunc_{src_name[:-4]}_{cut:04d}.dcm"
         with open(os.path.join(out, name), "wb") as f:
@@ -311,17 +319,26 @@ with open(os.path.join(out, name), "wb") as f:
 i, s, se = uids(21)
 record(name, "OK", i, s, se, CT, ExplicitVRLittleEndian)
 
-# Truncated copies: every 7 bytes through the first 600, in three syntaxes.
+# Truncated copies: every 7 bytes and at element boundaries, in three syntaxes.
 for src, ts, n in [("seq_explicit.dcm", ExplicitVRLittleEndian, 6),
                    ("seq_implicit.dcm", ImplicitVRLittleEndian, 5),
                    ("seq_be.dcm", ExplicitVRBigEndian, 7)]:
     truncations(src, ts, n)
 
-# Cut in the middle of the pixel data: the reader stops before the pixel
-# data, so the header still reads (the UIDs are all there).
+# Cut in the middle of the pixel data: the UIDs are all there, but the data
+# set runs past the end of the file, so the file is refused (storing it would
+# be silent corruption). The same for encapsulated pixel data cut inside a
+# fragment, and cut between items before the sequence delimiter.
 full = open(os.path.join(out, "explicit_le.dcm"), "rb").read()
-raw("trunc_pixels.dcm", full[:len(full) - 40], "OK")
-index[-1] = "\t".join(["trunc_pixels.dcm", "OK", *uids(2), CT, ExplicitVRLittleEndian])
+raw("trunc_pixels.dcm", full[:len(full) - 40], "TRUNCATED")
+jpeg = open(os.path.join(out, "jpeg_baseline.dcm"), "rb").read()
+raw("trunc_jpeg_fragment.dcm", jpeg[:len(jpeg) - 100], "TRUNCATED")
+raw("trunc_jpeg_delimiter.dcm", jpeg[:len(jpeg) - 8], "TRUNCATED")
+# Bytes after the last element: not a complete element either.
+raw("trailing_bytes.dcm", full + b"\0\0\0\0", "TRUNCATED")
+# A deflated file cut near its end, past the UIDs: the stream never ends.
+defl = open(os.path.join(out, "deflated.dcm"), "rb").read()
+raw("trunc_deflated_tail.dcm", defl[:len(defl) - 10], "TRUNCATED")
 # A deflated file cut short: the UIDs lie past the cut.
 defl = open(os.path.join(out, "deflated.dcm"), "rb").read()
 meta_end = boundaries(os.path.join(out, "deflated.dcm"), ExplicitVRLittleEndian)[2]

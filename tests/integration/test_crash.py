@@ -1,0 +1,220 @@
+"""Suite 2, crash: SIGKILL the daemon (by PID) while files are being copied
+in, while they are being uploaded, while their import operation runs, and
+over and over in a tight loop of small copies (kills land in journal
+updates). After each kill: `fusermount3 -uz`, remount with the same
+cache_dir, and check that every file whose `cp` returned 0 is in the store
+exactly once (QIDO-RS straight from the emulator).
+
+Copies are individual `cp` processes so that we know exactly which files
+were accepted (exit 0) before the kill.
+"""
+import os
+import random
+import time
+
+import resilience_util as ru
+from resilience_util import res_mounts  # noqa: F401  (fixture)
+
+SEED = int(os.environ.get("DICOMFS_SEED", "11"))
+
+
+def recopy(src, rels, import_dir):
+    """Copies again the files whose copy did not return 0. A file interrupted
+    by the kill may have been accepted just before it (its journal record
+    made it, cp never heard back): if its import already started, copying
+    over it gives EBUSY, and it must then be in the store like any accepted
+    file. Returns (accepted now, busy); any other failure fails the test."""
+    loop = ru.CopyLoop(src, rels, import_dir, max_failures=len(rels) + 1)
+    loop.run()
+    busy = [f[0] for f in loop.failed if "Device or resource busy" in f[2]]
+    other = [f for f in loop.failed if "Device or resource busy" not in f[2]]
+    assert other == [], "copies after the remount failed: %r" % other[:3]
+    return loop.accepted, busy
+
+
+def finish_and_check(emu, m, files, accepted, suite, record_property, extra):
+    """Remounted m: wait for every pending import, then compare the store with
+    the accepted files. Returns the figures."""
+    wrc, wout = m.wait(timeout=300)
+    counts, failed = m.status()
+    found = ru.try_check_exactly_once(emu, [files[r] for r in accepted],
+                                      allowed_uids=files.values())
+    figures = dict(files=len(files), accepted=len(accepted), kills=m.kills,
+                   files_lost=ru.n_or_none(found["missing"]),
+                   duplicates=ru.n_or_none(found["duplicates"]),
+                   stray=ru.n_or_none(found["stray"]), stored=found["stored"])
+    figures.update(extra)
+    ru.record_figures(suite, record_property, **figures)
+    assert wrc == 0, "dicomfs wait exited %r after remount\n%s\nstatus=%r %r\nlog:\n%s" % (
+        wrc, wout[-1500:], counts, failed, m.log_tail(80))
+    ru.assert_store_ok(found, "accepted")
+    return figures
+
+
+def run_kill_during_cp(emulator, res_mounts, tmp_path, n_files, record_property=None):  # noqa: F811
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, n_files, studies=5)
+    m = res_mounts(emulator, commit_delay=1)
+    loop = ru.CopyLoop(src, files, m.import_dir)
+    loop.start()
+    third = n_files // 3
+    assert ru.wait_until(lambda: loop.n_accepted() >= third or not loop.is_alive(), 240), \
+        "copying stalled at %d files\n%s" % (loop.n_accepted(), m.log_tail())
+    assert loop.n_accepted() >= third, "copies failed before the kill: %r\n%s" % (
+        loop.failed[:3], m.log_tail())
+    at_kill = loop.n_accepted()
+    m.kill9(before_unmount=lambda: (loop.stop(), loop.join(120)))
+    assert not loop.is_alive(), "cp processes hung after the daemon was killed"
+    accepted = list(loop.accepted)
+    interrupted = [f[0] for f in loop.failed]
+
+    ok, msg = m.try_start()
+    assert ok, "remount after SIGKILL failed (journal did not load?):\n" + msg
+    # Copy everything that was not accepted again: now every file must land.
+    rest = [r for r in files if r not in set(accepted)]
+    again, busy = recopy(src, rest, m.import_dir)
+    return finish_and_check(emulator, m, files, accepted + again + busy, "crash-during-cp",
+                            record_property, dict(accepted_before_kill=at_kill,
+                                                  interrupted_copies=len(interrupted),
+                                                  recopy_busy=len(busy)))
+
+
+def test_kill_during_cp(emulator, res_mounts, tmp_path):  # noqa: F811
+    run_kill_during_cp(emulator, res_mounts, tmp_path, 300, None)
+
+
+def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    # Slow uploads (latency on upload requests only) and a long quiet period:
+    # the kill lands while some files are uploaded and others are not.
+    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 200, studies=4)
+    m = res_mounts(emu, commit_delay=60, uploads=4)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    seen = {}
+
+    def mid_upload():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("uploaded", 0) >= 10 and c.get("spooled", 0) + c.get("uploading", 0) > 0
+
+    assert ru.wait_until(mid_upload, 120), "status never showed uploads in progress: %r\n%s" % (
+        seen, m.log_tail())
+    status_at_kill = dict(seen)
+    m.kill9()
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    finish_and_check(emu, m, files, list(files), "crash-during-uploads", None,
+                     dict(status_at_kill=status_at_kill))
+
+
+def test_kill_during_import_operation(emulator_factory, res_mounts, tmp_path):
+    emu = emulator_factory("--lro-delay", "8000")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 120, studies=3)
+    m = res_mounts(emu, commit_delay=1)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    ops_dir = os.path.join(m.store_dir, "operations")
+    seen = {}
+
+    def importing():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("importing", 0) > 0 and len(os.listdir(ops_dir)) > 0
+
+    assert ru.wait_until(importing, 120), "no import operation started: %r\n%s" % (
+        seen, m.log_tail())
+    ops_before = set(os.listdir(ops_dir))
+    emu_ops_at_kill = len(ru.operations_list(emu))
+    m.kill9()
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    # The operation started before the crash is still listed (journal).
+    assert ops_before <= set(os.listdir(ops_dir)), (ops_before, os.listdir(ops_dir))
+    finish_and_check(emu, m, files, list(files), "crash-during-import", None,
+                     dict(status_at_kill=dict(seen), emulator_ops_at_kill=emu_ops_at_kill,
+                          emulator_ops_after=len(ru.operations_list(emu))))
+
+
+def run_kill_loop(emulator, res_mounts, tmp_path, rounds, per_round,  # noqa: F811
+                  record_property=None):
+    """Tight loops of small cp's, killed at a random moment, `rounds` times:
+    each remount must load the journal; in the end every accepted file is
+    imported exactly once (files whose copy failed are copied again)."""
+    rnd = random.Random(SEED)
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, rounds * per_round, studies=4)
+    rels = list(files)
+    m = res_mounts(emulator, commit_delay=0.5)
+    accepted, interrupted = [], []
+    remount_failures = []
+    for i in range(rounds):
+        chunk = rels[i * per_round:(i + 1) * per_round]
+        loop = ru.CopyLoop(src, chunk, m.import_dir)
+        loop.start()
+        ru.wait_until(lambda: loop.n_accepted() >= 1 or not loop.is_alive(), 60)
+        time.sleep(rnd.uniform(0.05, 1.0))
+        m.kill9(before_unmount=lambda: (loop.stop(), loop.join(120)))
+        assert not loop.is_alive(), "cp hung after the kill"
+        accepted += loop.accepted
+        interrupted += [f[0] for f in loop.failed]
+        ok, msg = m.try_start()
+        if not ok:
+            remount_failures.append((i, msg))
+            break
+    assert remount_failures == [], "the journal did not load after a kill: %s" % (
+        remount_failures[0][1],)
+    bad_tails = [f for f in os.listdir(os.path.join(m.cache_dir, "journal"))
+                 if f.startswith("log.bad")] if os.path.isdir(
+                     os.path.join(m.cache_dir, "journal")) else []
+    rest = [r for r in rels if r not in set(accepted)]
+    again, busy = recopy(src, rest, m.import_dir)
+    return finish_and_check(emulator, m, files, accepted + again + busy, "crash-kill-loop",
+                            record_property,
+                            dict(rounds=rounds, accepted_before_kills=len(accepted),
+                                 interrupted_copies=len(interrupted), recopy_busy=len(busy),
+                                 torn_journal_tails=len(bad_tails)))
+
+
+def test_kill_loop_journal_loads(emulator, res_mounts, tmp_path):  # noqa: F811
+    run_kill_loop(emulator, res_mounts, tmp_path, rounds=6, per_round=40,
+                  record_property=None)
+
+
+def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path):  # noqa: F811
+    """What a kill in the middle of a journal append leaves: a partial record
+    at the end of cache_dir/journal/log (see fs/journal.c). Made here on
+    purpose, after a SIGKILL, in three shapes: a short header, a record whose
+    length runs past the end, and a full-length record with a bad CRC. Each
+    time the remount must load the journal, keep every complete record, and
+    import every accepted file once."""
+    import struct
+    import zlib
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 60, studies=2)
+    rels = list(files)
+    m = res_mounts(emulator, commit_delay=600)  # nothing imported before the last remount
+    log_path = os.path.join(m.cache_dir, "journal", "log")
+    payload = b"P" + struct.pack("<I", 6) + b"e/torn" + b"x" * 40
+    tails = [
+        ("short header", b"\x30\x00"),
+        ("length past the end", struct.pack("<II", 4096, zlib.crc32(payload)) + payload[:20]),
+        ("bad crc", struct.pack("<II", len(payload), zlib.crc32(payload) ^ 1) + payload),
+    ]
+    accepted = []
+    for i, (label, tail) in enumerate(tails):
+        loop = ru.CopyLoop(src, rels[i * 20:(i + 1) * 20], m.import_dir)
+        loop.run()
+        assert loop.failed == [], loop.failed[:3]
+        accepted += loop.accepted
+        m.kill9()
+        assert os.path.exists(log_path), "no journal log at %s" % log_path
+        with open(log_path, "ab") as f:
+            f.write(tail)
+        ok, msg = m.try_start(commit_delay=600 if i < len(tails) - 1 else 1)
+        assert ok, "the journal with a torn tail (%s) did not load:\n%s" % (label, msg)
+    kept = [f for f in os.listdir(os.path.dirname(log_path)) if f.startswith("log.bad")]
+    finish_and_check(emulator, m, files, accepted, "torn-journal-tail", None,
+                     dict(torn_tails=len(tails), bad_tails_kept=len(kept)))
