@@ -23,6 +23,8 @@
 #define GCS_MAX_STALLS 8   /* failed chunk/status attempts without progress */
 #define GCS_LIST_PAGE 1000
 #define GCS_URL_BUF 8192 /* session URIs carry long upload ids */
+/* Larger uploads are checked by CRC32C and size only (no MD5 pass). */
+#define GCS_MD5_MAX (8u * 1024u * 1024u)
 
 struct gcs_client {
     http_client *http;
@@ -263,9 +265,35 @@ static void crc_init(void)
             crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GCS_CRC_HW 1
+/* SSE4.2 has a CRC32C instruction (the same polynomial): about 10x the
+ * table version, which showed up in upload profiles. Chosen at run time. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p,
+                                                            size_t len)
+{
+    uint64_t c = ~crc;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8); /* x86 is little-endian; memcpy avoids alignment traps */
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
 uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len)
 {
     const unsigned char *p = data;
+#ifdef GCS_CRC_HW
+    if (__builtin_cpu_supports("sse4.2"))
+        return crc32c_hw(crc, p, len);
+#endif
     pthread_once(&crc_once, crc_init);
     crc = ~crc;
     while (len >= 8) {
@@ -295,8 +323,11 @@ typedef struct gcs_sums {
 } gcs_sums;
 
 /* Reads the source once (pread, 256 KiB at a time: the file is never held
- * whole) and produces the base64 forms GCS reports. */
-static int compute_sums(const gcs_source *src, gcs_sums *out, http_error *err)
+ * whole) and produces the base64 forms GCS reports. Without want_md5 only
+ * the CRC32C is computed (md5_b64 left empty, not compared): MD5 costs
+ * ~1.5 s of CPU per GiB before a large upload can start, and CRC32C alone
+ * is what GCS itself recommends for integrity checks. */
+static int compute_sums(const gcs_source *src, bool want_md5, gcs_sums *out, http_error *err)
 {
     unsigned char md5[EVP_MAX_MD_SIZE], crcb[4];
     unsigned int md5_len = 0;
@@ -305,10 +336,12 @@ static int compute_sums(const gcs_source *src, gcs_sums *out, http_error *err)
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     int rc = GCS_ERR_NOMEM;
 
+    memset(out, 0, sizeof(*out));
     if (!md || !EVP_DigestInit_ex(md, EVP_md5(), NULL))
         goto out;
     if (src->buf) {
-        EVP_DigestUpdate(md, src->buf, src->size);
+        if (want_md5)
+            EVP_DigestUpdate(md, src->buf, src->size);
         crc = gcs_crc32c(0, src->buf, src->size);
     } else {
         uint64_t off = 0;
@@ -328,7 +361,8 @@ static int compute_sums(const gcs_source *src, gcs_sums *out, http_error *err)
                 rc = GCS_ERR_IO;
                 goto out;
             }
-            EVP_DigestUpdate(md, buf, (size_t)n);
+            if (want_md5)
+                EVP_DigestUpdate(md, buf, (size_t)n);
             crc = gcs_crc32c(crc, buf, (size_t)n);
             off += (uint64_t)n;
         }
@@ -339,7 +373,8 @@ static int compute_sums(const gcs_source *src, gcs_sums *out, http_error *err)
     crcb[1] = (unsigned char)(crc >> 16);
     crcb[2] = (unsigned char)(crc >> 8);
     crcb[3] = (unsigned char)crc;
-    EVP_EncodeBlock((unsigned char *)out->md5_b64, md5, (int)md5_len);
+    if (want_md5)
+        EVP_EncodeBlock((unsigned char *)out->md5_b64, md5, (int)md5_len);
     EVP_EncodeBlock((unsigned char *)out->crc32c_b64, crcb, 4);
     rc = GCS_OK;
 out:
@@ -358,7 +393,7 @@ static int verify_object(const gcs_object *o, const gcs_sums *s, uint64_t size, 
     const char *what = NULL;
     if (o->size != size)
         what = "size";
-    else if (o->md5_b64[0] && strcmp(o->md5_b64, s->md5_b64) != 0)
+    else if (o->md5_b64[0] && s->md5_b64[0] && strcmp(o->md5_b64, s->md5_b64) != 0)
         what = "md5Hash";
     else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, s->crc32c_b64) != 0)
         what = "crc32c";
@@ -720,7 +755,8 @@ static int upload(gcs_client *c, const char *bucket, const char *name, const gcs
         util_set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
         return GCS_ERR_INVAL;
     }
-    rc = compute_sums(src, &sums, err);
+    /* Uploads above 8 MiB are checked by CRC32C and size only. */
+    rc = compute_sums(src, src->size <= GCS_MD5_MAX, &sums, err);
     if (rc != GCS_OK)
         return rc;
     if (src->size <= c->threshold)

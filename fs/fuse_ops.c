@@ -1395,6 +1395,14 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
     }
     c->http = http_client_new(&ho);
     c->gcs = c->http ? gcs_client_new(c->http, o->storage_endpoint) : NULL;
+    /* Spool files up to 1 GiB: ONE media request straight from the spool
+     * file (the HTTP client retries it whole), as a plain `curl -T` would:
+     * measured against the emulator, a 1 GiB file took 6.3 s as a resumable
+     * session and 3.0 s as a media upload (8 MiB resumable chunks were
+     * slower still). Larger files: a resumable session in 1 GiB requests,
+     * which resumes from what the server persisted when cut. */
+    if (c->gcs)
+        gcs_client_set_resumable_threshold(c->gcs, 1024u << 20, 1024u << 20);
     c->hc = c->http ? hc_client_new(c->http, o->endpoint) : NULL;
     if (!c->gcs || !c->hc) {
         snprintf(msg, msglen, "cannot create the API clients");

@@ -1,9 +1,21 @@
-/* spool: files under cache_dir/spool named by random ids. */
+/* spool: files under cache_dir/spool named by random ids.
+ *
+ * Directory durability: a spool file's directory entry must be durable
+ * before close() reports the file durable, which costs an fsync of the
+ * directory (about as much as the file's own fdatasync). Instead of paying
+ * it inside close(), every creation wakes a background thread that fsyncs
+ * the directory (one fsync covers every creation made before it started),
+ * so the sync runs while the file is being written and spool_sync_dir()
+ * usually finds it done. spool_sync_dir() still returns only once a
+ * directory fsync that started after every creation made before the call
+ * has completed: the guarantee is the same, the latency overlaps. */
 #include "spool.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +28,36 @@
 struct spool {
     char *dir;
     int dirfd;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;      /* syncer: work or stop; waiters: a sync finished */
+    uint64_t created, synced; /* creations made / covered by a finished dir fsync */
+    int sync_err;             /* result of the last dir fsync (0 or -errno) */
+    bool stop, thread_ok;
+    pthread_t thread;
 };
+
+static void *syncer_main(void *arg)
+{
+    spool *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop) {
+        if (s->synced >= s->created) {
+            pthread_cond_wait(&s->cond, &s->lock);
+            continue;
+        }
+        uint64_t target = s->created;
+        pthread_mutex_unlock(&s->lock);
+        int rc = fsync(s->dirfd) < 0 ? -errno : 0;
+        pthread_mutex_lock(&s->lock);
+        if (rc < 0)
+            log_error("spool: cannot sync the directory %s: %s", s->dir, strerror(-rc));
+        s->sync_err = rc;
+        s->synced = target;
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
 
 int spool_open(const char *cache_dir, spool **out)
 {
@@ -25,6 +66,8 @@ int spool_open(const char *cache_dir, spool **out)
     if (!s)
         return -ENOMEM;
     s->dirfd = -1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
     size_t n = strlen(cache_dir) + sizeof "/spool";
     s->dir = malloc(n);
     if (!s->dir) {
@@ -46,6 +89,8 @@ int spool_open(const char *cache_dir, spool **out)
         spool_close(s);
         return rc;
     }
+    /* Without the thread, spool_sync_dir() syncs by itself. */
+    s->thread_ok = pthread_create(&s->thread, NULL, syncer_main, s) == 0;
     *out = s;
     return 0;
 }
@@ -54,6 +99,15 @@ void spool_close(spool *s)
 {
     if (!s)
         return;
+    if (s->thread_ok) {
+        pthread_mutex_lock(&s->lock);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->thread, NULL);
+    }
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
     if (s->dirfd >= 0)
         close(s->dirfd);
     free(s->dir);
@@ -94,8 +148,14 @@ int spool_create(spool *s, char id[SPOOL_ID_LEN + 1])
         if (rc < 0)
             return rc;
         int fd = openat(s->dirfd, id, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd >= 0)
+        if (fd >= 0) {
+            /* Start making the new entry durable now (see the top). */
+            pthread_mutex_lock(&s->lock);
+            s->created++;
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
             return fd;
+        }
         if (errno != EEXIST) {
             rc = -errno;
             log_error("spool: cannot create a file in %s: %s", s->dir, strerror(-rc));
@@ -133,7 +193,15 @@ bool spool_exists(spool *s, const char *id)
 
 int spool_sync_dir(spool *s)
 {
-    return fsync(s->dirfd) < 0 ? -errno : 0;
+    if (!s->thread_ok)
+        return fsync(s->dirfd) < 0 ? -errno : 0;
+    pthread_mutex_lock(&s->lock);
+    uint64_t want = s->created;
+    while (s->synced < want && !s->stop)
+        pthread_cond_wait(&s->cond, &s->lock);
+    int rc = s->synced >= want ? s->sync_err : -EIO;
+    pthread_mutex_unlock(&s->lock);
+    return rc;
 }
 
 int spool_gc(spool *s, bool (*keep)(void *ctx, const char *id), void *ctx)
