@@ -48,8 +48,9 @@ bash "$top/contrib/install-deps.sh"
 
 say "building"
 reconf=(); [ -f "$BUILD/build.ninja" ] && reconf=(--reconfigure)
-meson setup "${reconf[@]}" "$BUILD" --buildtype=release >/dev/null
-ninja -C "$BUILD" >/dev/null
+meson setup "${reconf[@]}" "$BUILD" --buildtype=release >"$top/build-release.log" 2>&1 \
+  || { cat "$top/build-release.log"; exit 1; }
+ninja -C "$BUILD" >>"$top/build-release.log" 2>&1 || { tail -40 "$top/build-release.log"; exit 1; }
 EMU="$BUILD/contrib/emulator/dicomfs-emulator"
 DICOMFS="$BUILD/fs/dicomfs"
 

@@ -353,7 +353,12 @@ int imp_node_journal(import_mgr *m, node *n)
         sb_field(&b, n->reason ? n->reason : "");
         sb_num(&b, n->visible);
     }
-    int rc = b.oom ? -ENOMEM : journal_put(m->j, key, b.p, b.len, false);
+    /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
+     * states record progress of accepted work and may use the reserve. */
+    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED;
+    int rc = b.oom                ? -ENOMEM
+             : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
+                        : journal_put(m->j, key, b.p, b.len, false);
     if (rc < 0)
         log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
                   n->path ? n->path : "", strerror(-rc));
@@ -369,7 +374,7 @@ void imp_batch_journal(import_mgr *m, batch *b)
     sb_field(&s, b->st->name);
     sb_num(&s, b->state);
     sb_field(&s, b->op ? b->op : "");
-    int rc = s.oom ? -ENOMEM : journal_put(m->j, key, s.p, s.len, false);
+    int rc = s.oom ? -ENOMEM : journal_put_progress(m->j, key, s.p, s.len, false);
     if (rc < 0)
         log_error("import: batch %s: cannot record in the journal: %s", b->id, strerror(-rc));
     free(s.p);

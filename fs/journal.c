@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -60,7 +61,44 @@ struct journal {
     size_t nbuckets, count;
     kv *head, *tail;
     uint64_t op_seq;
+    bool reserve_held; /* the "reserve" file holds JOURNAL_RESERVE bytes */
 };
+
+/* Space the journal keeps allocated (a file it can delete) for progress
+ * records when the cache disk fills up: spool files are deleted only after
+ * their import, and the import can only be committed through the journal. */
+#define JOURNAL_RESERVE (256 * 1024)
+
+/* (Re)creates the reserve when there is clearly room for it. */
+static void reserve_arm(journal *j)
+{
+    struct statvfs sv;
+    if (j->reserve_held || fstatvfs(j->dirfd, &sv) < 0 ||
+        (uint64_t)sv.f_bavail * sv.f_frsize < 4 * (uint64_t)JOURNAL_RESERVE)
+        return;
+    int fd = openat(j->dirfd, "reserve", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    if (posix_fallocate(fd, 0, JOURNAL_RESERVE) == 0)
+        j->reserve_held = true;
+    close(fd);
+    if (!j->reserve_held)
+        unlinkat(j->dirfd, "reserve", 0);
+}
+
+/* Frees the reserve for the record that did not fit; false if none is left. */
+static bool reserve_release(journal *j)
+{
+    if (!j->reserve_held)
+        return false;
+    unlinkat(j->dirfd, "reserve", 0);
+    j->reserve_held = false;
+    log_warn("journal: %s: cache disk full: using the journal's reserved space so that "
+             "accepted files can still be imported",
+             j->dir);
+    return true;
+}
+
 
 /* ---- map ---- */
 
@@ -448,6 +486,12 @@ int journal_open(const char *dir, journal **out)
         rc = -errno;
     if (rc == 0)
         rc = load(j);
+    if (rc == 0) {
+        struct stat rst;
+        j->reserve_held = fstatat(j->dirfd, "reserve", &rst, 0) == 0 &&
+                          rst.st_blocks * 512 >= JOURNAL_RESERVE;
+        reserve_arm(j);
+    }
     if (rc < 0) {
         log_error("journal: cannot open %s: %s", dir, strerror(-rc));
         journal_close(j);
@@ -567,7 +611,8 @@ static int sync_to(journal *j, uint64_t seq)
     return rc;
 }
 
-static int append(journal *j, char type, const char *key, const void *val, size_t len, bool sync)
+static int append(journal *j, char type, const char *key, const void *val, size_t len, bool sync,
+                  bool may_use_reserve)
 {
     if (!key || !*key)
         return -EINVAL;
@@ -577,6 +622,10 @@ static int append(journal *j, char type, const char *key, const void *val, size_
         return -ENOMEM;
     pthread_mutex_lock(&j->lock);
     int rc = write_all(j->logfd, rec, rlen);
+    if (rc == -ENOSPC && may_use_reserve) {
+        if (ftruncate(j->logfd, (off_t)j->log_size) == 0 && reserve_release(j))
+            rc = write_all(j->logfd, rec, rlen);
+    }
     if (rc < 0) {
         /* Never leave half a record behind: the next one would follow garbage. */
         if (ftruncate(j->logfd, (off_t)j->log_size) < 0)
@@ -597,6 +646,7 @@ static int append(journal *j, char type, const char *key, const void *val, size_
 int journal_sync(journal *j)
 {
     pthread_mutex_lock(&j->lock);
+    reserve_arm(j);
     uint64_t seq = j->wseq;
     bool compact = j->log_size > JOURNAL_COMPACT_MIN && j->log_size > 2 * j->snap_size;
     pthread_mutex_unlock(&j->lock);
@@ -607,7 +657,12 @@ int journal_sync(journal *j)
 
 int journal_put(journal *j, const char *key, const void *val, size_t len, bool sync)
 {
-    return append(j, 'P', key, val, len, sync);
+    return append(j, 'P', key, val, len, sync, false);
+}
+
+int journal_put_progress(journal *j, const char *key, const void *val, size_t len, bool sync)
+{
+    return append(j, 'P', key, val, len, sync, true);
 }
 
 int journal_del(journal *j, const char *key, bool sync)
@@ -617,7 +672,7 @@ int journal_del(journal *j, const char *key, bool sync)
     pthread_mutex_unlock(&j->lock);
     if (!present)
         return 0;
-    return append(j, 'D', key, NULL, 0, sync);
+    return append(j, 'D', key, NULL, 0, sync, true); /* deletes make room */
 }
 
 int journal_scan(journal *j, const char *prefix, journal_kv_cb cb, void *ctx)
@@ -649,7 +704,7 @@ int journal_add_operation(journal *j, const char *store, const char *op_name, co
     pthread_mutex_lock(&j->lock);
     snprintf(key, sizeof key, "o/%016" PRIu64, j->op_seq++);
     pthread_mutex_unlock(&j->lock);
-    int rc = journal_put(j, key, val, a + b + c, true);
+    int rc = journal_put_progress(j, key, val, a + b + c, true);
     free(val);
     return rc;
 }

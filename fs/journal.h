@@ -35,6 +35,11 @@ int journal_list_operations(journal *j, const char *store, journal_op_cb cb, voi
  * durable with the next synced record. The in-memory map holds only what
  * callers put (entry metadata, never file data). */
 int journal_put(journal *j, const char *key, const void *val, size_t len, bool sync);
+/* Same, for a record that lets accepted work progress (a batch commit, an
+ * upload or import result): when the cache disk is full it may use the
+ * journal's reserved space, so a full disk cannot stop the imports that
+ * would free it. Records that accept NEW work must use journal_put. */
+int journal_put_progress(journal *j, const char *key, const void *val, size_t len, bool sync);
 int journal_del(journal *j, const char *key, bool sync);
 /* Makes every record written so far durable (one fdatasync shared by
  * concurrent callers). Also compacts when the log has grown large. */
