@@ -215,16 +215,15 @@ def qido_instances(emu, store_name=STORE_NAME, page=200):
         offset += len(items)
 
 
-def operations_list(emu, dataset_name=DATASET_NAME):
-    """Names of every operation of the dataset (operations.list, paged)."""
+def paged_names(emu, path, items_key, what):
+    """Names of every item of a paged list (pageToken) at path, which already
+    carries its query; a faulted page (429/5xx, garbled JSON) is fetched again."""
     names = []
     token = ""
     while True:
-        path = "/v1/%s/operations?pageSize=100" % dataset_name
-        if token:
-            path += "&pageToken=" + urllib.parse.quote(token)
+        url = path + ("&pageToken=" + urllib.parse.quote(token, safe="") if token else "")
         for _ in range(40):
-            status, _, body = _request(emu, "GET", path)
+            status, _, body = _request(emu, "GET", url)
             if status == 200:
                 try:
                     doc = json.loads(body)
@@ -232,14 +231,20 @@ def operations_list(emu, dataset_name=DATASET_NAME):
                 except ValueError:
                     pass
             elif status not in (429, 500, 502, 503, 504):
-                raise AssertionError("operations.list -> HTTP %d: %r" % (status, body[:300]))
+                raise AssertionError("%s -> HTTP %d: %r" % (what, status, body[:300]))
             time.sleep(0.2)
         else:
-            raise AssertionError("operations.list kept failing")
-        names += [op["name"] for op in doc.get("operations", [])]
+            raise AssertionError("%s kept failing" % what)
+        names += [item["name"] for item in doc.get(items_key, [])]
         token = doc.get("nextPageToken", "")
         if not token:
             return names
+
+
+def operations_list(emu, dataset_name=DATASET_NAME):
+    """Names of every operation of the dataset (operations.list, paged)."""
+    return paged_names(emu, "/v1/%s/operations?pageSize=100" % dataset_name, "operations",
+                       "operations.list")
 
 
 def set_faults(emu, fail_rate=None, reset_rate=None, malformed_rate=None, latency_ms=None):

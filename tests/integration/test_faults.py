@@ -27,29 +27,8 @@ def read_json_file(path):
 def gcs_list(emu, bucket, prefix):
     """Object names under prefix, read straight from the emulator's Cloud
     Storage JSON API (paged), retrying faulted pages."""
-    names = []
-    token = ""
-    while True:
-        q = "prefix=" + ru.urllib.parse.quote(prefix, safe="")
-        if token:
-            q += "&pageToken=" + ru.urllib.parse.quote(token, safe="")
-        for _ in range(40):
-            status, _, body = ru._request(emu, "GET", "/storage/v1/b/%s/o?%s" % (bucket, q))
-            if status == 200:
-                try:
-                    doc = json.loads(body)
-                    break
-                except ValueError:
-                    pass
-            elif status not in (429, 500, 502, 503, 504):
-                raise AssertionError("GCS list -> %d %r" % (status, body[:200]))
-            time.sleep(0.2)
-        else:
-            raise AssertionError("GCS list kept failing")
-        names += [o["name"] for o in doc.get("items", [])]
-        token = doc.get("nextPageToken", "")
-        if not token:
-            return names
+    q = "prefix=" + ru.urllib.parse.quote(prefix, safe="")
+    return ru.paged_names(emu, "/storage/v1/b/%s/o?%s" % (bucket, q), "items", "GCS list")
 
 
 def run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files, studies,  # noqa: F811
