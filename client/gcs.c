@@ -1070,3 +1070,289 @@ int gcs_parse_uri(const char *uri, char **bucket, char **path)
     }
     return GCS_OK;
 }
+
+/* ---- streaming uploads ------------------------------------------------------ */
+
+/* A resumable session whose size is unknown until gcs_stream_finish: chunks
+ * say "bytes A-B/STAR", the final one "bytes A-B/TOTAL". The caller promises
+ * that bytes it has put never change (they are summed once as they are
+ * sent; a resend of persisted bytes is not summed again). No object exists
+ * until the final chunk, so an abandoned session leaves nothing behind. */
+struct gcs_stream {
+    gcs_client *c;
+    char *bucket, *name, *session;
+    gcs_sum sum;
+    uint64_t persisted; /* bytes the server confirmed */
+    uint64_t sent_end;  /* highest byte offset sent + 1 (a 308 may not claim more) */
+};
+
+static int stream_session_start(gcs_stream *s, const char *ctype, http_error *err)
+{
+    http_request req;
+    http_response resp = {0};
+    char *url = upload_url(s->c, s->bucket, s->name, "resumable");
+    char *xct = http_strdup_printf("X-Upload-Content-Type: %s", ctype);
+    const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, NULL};
+    cJSON *meta = cJSON_CreateObject();
+    char *body = NULL, loc[GCS_URL_BUF];
+    int rc;
+
+    if (!url || !xct || !meta || !cJSON_AddStringToObject(meta, "name", s->name) ||
+        !cJSON_AddStringToObject(meta, "contentType", ctype) ||
+        !(body = cJSON_PrintUnformatted(meta))) {
+        rc = nomem(err);
+        goto out;
+    }
+    http_request_init(&req);
+    req.method = "POST";
+    req.url = url;
+    req.headers = hdrs;
+    req.body = body;
+    req.body_len = strlen(body);
+    req.idempotent = true; /* an unused session just expires */
+    rc = http_perform(s->c->http, &req, &resp, err);
+    if (rc != HTTP_OK) {
+        rc = from_http_rc(rc);
+    } else if ((resp.status != 200 && resp.status != 201) ||
+               !http_response_header(&resp, "Location", loc, sizeof(loc)) || !loc[0]) {
+        rc = protocol_err(err, &resp, "streaming session start (no Location)", s->bucket, s->name);
+    } else {
+        s->session = strstr(loc, "://") ? strdup(loc)
+                                        : http_strdup_printf("%s%s%s", s->c->endpoint,
+                                                             loc[0] == '/' ? "" : "/", loc);
+        rc = s->session ? GCS_OK : nomem(err);
+    }
+out:
+    http_response_free(&resp);
+    cJSON_Delete(meta);
+    cJSON_free(body);
+    free(url);
+    free(xct);
+    return rc;
+}
+
+int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const char *content_type,
+                     gcs_stream **out, http_error *err)
+{
+    http_error dummy;
+    gcs_stream *s;
+    int rc;
+    if (!err)
+        err = &dummy;
+    if (out)
+        *out = NULL;
+    if (!c || !out || !bucket || !*bucket || !name || !*name)
+        return bad_args(err, "stream");
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return nomem(err);
+    s->c = c;
+    s->bucket = strdup(bucket);
+    s->name = strdup(name);
+    rc =
+        s->bucket && s->name
+            ? stream_session_start(
+                  s, content_type && *content_type ? content_type : "application/octet-stream", err)
+            : nomem(err);
+    if (rc != GCS_OK) {
+        gcs_stream_free(s);
+        return rc;
+    }
+    *out = s;
+    return GCS_OK;
+}
+
+uint64_t gcs_stream_offset(const gcs_stream *s)
+{
+    return s ? s->persisted : 0;
+}
+
+/* One PUT on the session: [off, end) of fd, or a status query when off ==
+ * end ("bytes STAR/TOTAL" or "bytes STAR/STAR"). total is UINT64_MAX while
+ * unknown. */
+static int stream_request(gcs_stream *s, int fd, uint64_t off, uint64_t end, uint64_t total,
+                          http_response *resp, http_error *err)
+{
+    http_request req;
+    sum_feed feed = {.sum = &s->sum, .base = off};
+    char cr[96], tot[32];
+    const char *hdrs[] = {cr, NULL};
+    if (total == UINT64_MAX)
+        snprintf(tot, sizeof(tot), "*");
+    else
+        snprintf(tot, sizeof(tot), "%" PRIu64, total);
+    if (off == end)
+        snprintf(cr, sizeof(cr), "Content-Range: bytes */%s", tot);
+    else
+        snprintf(cr, sizeof(cr), "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%s", off, end - 1,
+                 tot);
+    http_request_init(&req);
+    req.method = "PUT";
+    req.url = s->session;
+    req.headers = hdrs;
+    req.idempotent = off == end; /* a chunk is never blindly resent: ask first */
+    if (off == end) {
+        req.body = "";
+        req.body_len = 0;
+    } else {
+        req.body_fd = fd;
+        req.body_fd_offset = (off_t)off;
+        req.body_fd_len = (off_t)(end - off);
+        req.body_observer = sum_observe;
+        req.body_observer_ctx = &feed;
+        if (end > s->sent_end)
+            s->sent_end = end;
+    }
+    memset(resp, 0, sizeof(*resp));
+    return http_perform(s->c->http, &req, resp, err);
+}
+
+/* Drives the session until the server holds [0, end) (total unknown) or the
+ * object is final (total known: *done set, resp kept for the caller).
+ * Interruptions are answered by asking the server what it has, as in
+ * upload_resumable; a lost session (404/410) is an error here: the bytes
+ * already sent are gone with it and the caller falls back to a plain upload. */
+static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, http_response *resp,
+                        bool *done, http_error *err)
+{
+    const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
+    int stalls = 0, rc = GCS_OK;
+    bool query = false;
+    *done = false;
+    for (;;) {
+        uint64_t before = s->persisted, next = s->persisted, send_end = end;
+        int hrc;
+        /* Before the end is known every chunk is a multiple of 256 KiB; GCS
+         * persists whole quanta, but a server that kept less leaves the
+         * remainder to the next put or the final chunk. */
+        if (total == UINT64_MAX)
+            send_end =
+                s->persisted + (end > s->persisted ? (end - s->persisted) / GCS_CHUNK_QUANTUM : 0) *
+                                   GCS_CHUNK_QUANTUM;
+        if (!query && send_end == s->persisted && total == UINT64_MAX)
+            return GCS_OK;
+        /* Everything persisted but not final: an empty request finalizes. */
+        hrc =
+            stream_request(s, fd, s->persisted, query ? s->persisted : send_end, total, resp, err);
+        step_result st = classify(hrc, resp, s->sent_end > 0 ? s->sent_end : 1, &next, &rc,
+                                  s->bucket, s->name, err);
+        if (st == STEP_DONE && total != UINT64_MAX) {
+            *done = true;
+            return GCS_OK;
+        }
+        http_response_free(resp);
+        if (st == STEP_DONE) {
+            rc = protocol_err(err, NULL, "streaming upload finished early", s->bucket, s->name);
+            return rc;
+        }
+        if (st == STEP_RESTART) {
+            util_set_err(err, err->http_status, "ABORTED",
+                         "upload of gs://%s/%s: streaming session lost (HTTP %ld)", s->bucket,
+                         s->name, err->http_status);
+            log_warn("gcs: %s", err->message);
+            return GCS_ERR_HTTP;
+        }
+        if (st == STEP_FAIL)
+            return rc;
+        if (st == STEP_CONTINUE) {
+            s->persisted = next;
+            if (next > before) {
+                stalls = 0;
+                query = false;
+                continue;
+            }
+            if (query) {
+                query = false; /* the status is known now: send again */
+                continue;
+            }
+        }
+        if (++stalls >= GCS_MAX_STALLS) {
+            if (st == STEP_CONTINUE)
+                util_set_err(err, 308, "ABORTED",
+                             "upload of gs://%s/%s: no progress at offset %" PRIu64, s->bucket,
+                             s->name, s->persisted);
+            log_error("gcs: streaming upload of gs://%s/%s failed after %d attempts without "
+                      "progress: %s",
+                      s->bucket, s->name, stalls, err->message);
+            return GCS_ERR_HTTP;
+        }
+        if (st == STEP_RETRY) {
+            log_warn("gcs: streaming upload of gs://%s/%s interrupted at offset %" PRIu64
+                     " (%s), asking the server what it has",
+                     s->bucket, s->name, s->persisted, err->message);
+            sleep_ms(http_backoff_ms(&backoff, stalls, jitter(), -1));
+            query = true;
+        }
+    }
+}
+
+int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, http_error *err)
+{
+    http_error dummy;
+    http_response resp;
+    bool done;
+    if (!err)
+        err = &dummy;
+    if (!s || !s->session || fd < 0)
+        return bad_args(err, "stream put");
+    return stream_drive(s, fd, end, UINT64_MAX, &resp, &done, err);
+}
+
+int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, http_error *err)
+{
+    http_error dummy;
+    http_response resp;
+    bool done = false;
+    int rc;
+    if (!err)
+        err = &dummy;
+    if (out)
+        memset(out, 0, sizeof(*out));
+    if (!s || !s->session || fd < 0 || size < s->persisted)
+        return bad_args(err, "stream finish");
+    rc = stream_drive(s, fd, size, size, &resp, &done, err);
+    if (rc == GCS_OK && done) {
+        gcs_source src = {.fd = fd, .buf = NULL, .size = size};
+        rc = finish_upload(&resp, &src, &s->sum, s->bucket, s->name, out, err);
+        http_response_free(&resp);
+    }
+    if (rc == GCS_OK) {
+        free(s->session); /* finalized: nothing left to cancel */
+        s->session = NULL;
+    }
+    return rc;
+}
+
+void gcs_stream_abort(gcs_stream *s)
+{
+    if (s && s->session) {
+        http_request req;
+        http_response resp = {0};
+        http_error err;
+        memset(&err, 0, sizeof(err));
+        http_request_init(&req);
+        req.method = "DELETE";
+        req.url = s->session;
+        req.idempotent = true;
+        /* GCS answers 499 to a cancelled session; 404 = already gone. */
+        int rc = http_perform(s->c->http, &req, &resp, &err);
+        if (rc != HTTP_OK && resp.status != 499 && resp.status != 404)
+            log_info("gcs: cancelling the upload session of gs://%s/%s: HTTP %ld %s (it expires "
+                     "on its own)",
+                     s->bucket, s->name, err.http_status, err.message);
+        http_response_free(&resp);
+        free(s->session);
+        s->session = NULL;
+    }
+    gcs_stream_free(s);
+}
+
+void gcs_stream_free(gcs_stream *s)
+{
+    if (!s)
+        return;
+    free(s->bucket);
+    free(s->name);
+    free(s->session);
+    free(s);
+}

@@ -56,6 +56,28 @@ int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, u
 int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
                    size_t len, const char *content_type, gcs_object *out, http_error *err);
 
+/* Streaming upload of a file that is still being written: a resumable
+ * session opened before the size is known. gcs_stream_put sends the bytes
+ * [persisted, end) of fd in a whole number of 256 KiB quanta (GCS's rule
+ * for all but the last chunk) and returns once the server holds them, so
+ * up to 256 KiB below end may stay for the next put or the finish; the
+ * bytes put must not change afterwards. gcs_stream_finish sends the rest, [persisted, size), as the
+ * final chunk and verifies the object's size and CRC32C (summed over the
+ * bytes as they were sent, as for gcs_upload_fd). No object exists before
+ * the final chunk: gcs_stream_abort cancels the session (DELETE on its URI)
+ * and frees s; gcs_stream_free frees it without a request (after a finish,
+ * or when the session may just expire). Transient errors are retried by
+ * asking the server what it holds; a lost session (404/410) is an error.
+ * One stream is used by one thread at a time. */
+typedef struct gcs_stream gcs_stream;
+int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const char *content_type,
+                     gcs_stream **out, http_error *err);
+int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, http_error *err);
+int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, http_error *err);
+uint64_t gcs_stream_offset(const gcs_stream *s); /* bytes the server confirmed */
+void gcs_stream_abort(gcs_stream *s);
+void gcs_stream_free(gcs_stream *s);
+
 int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err);
 
 /* Downloads [offset, offset+len) (len 0 = to the end) to fd at fd_offset. */

@@ -917,6 +917,341 @@ TEST(upload_errors_and_empty_object)
     gfx_end(&t);
 }
 
+/* ---- streaming upload --------------------------------------------------------------- */
+
+/* A resumable-session server for sessions of unknown size ("bytes A-B/STAR"
+ * chunks, "bytes STAR/STAR" status queries, a final "bytes A-B/T" or
+ * "bytes STAR/T"), scripted with faults by chunk PUT number. */
+typedef struct stream_srv {
+    const char *base;
+    unsigned char *data;
+    size_t cap, persisted, total; /* total 0 until the final chunk says it */
+    int starts, chunk_puts, queries, deletes, finals;
+    bool has_length_header; /* the session start declared a size */
+    int short_at_put;       /* keep 100000 bytes fewer of this chunk PUT */
+    int reset_at_put;       /* keep 50000 bytes of this chunk, then drop the connection */
+    int resets_left;
+    int busy_at_put;       /* 503, nothing kept */
+    size_t busy_at_offset; /* 503 to the first chunk starting there (0: never) */
+    int gone_at_put;       /* 404: the session is lost */
+    const char *lie_crc;   /* reported instead of the real crc32c */
+    bool deleted, finalized;
+    char location[256], range[64], reply[1024];
+} stream_srv;
+
+static void stream_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
+{
+    stream_srv *s = ctx;
+    const char *cr = testsrv_req_header(req, "Content-Range");
+    unsigned long long a, b, tot;
+    char star;
+
+    if (strcmp(req->method, "POST") == 0 && strstr(req->url, "uploadType=resumable")) {
+        s->starts++;
+        s->persisted = 0;
+        s->has_length_header = testsrv_req_header(req, "X-Upload-Content-Length") != NULL;
+        snprintf(s->location, sizeof s->location, "Location: %s/upload/session/%d", s->base,
+                 s->starts);
+        out->headers[0] = s->location;
+        return;
+    }
+    if (strcmp(req->method, "DELETE") == 0) {
+        s->deletes++;
+        s->deleted = true;
+        out->status = 499;
+        return;
+    }
+    if (strcmp(req->method, "PUT") != 0 || !cr || s->deleted) {
+        out->status = s->deleted ? 404 : 400;
+        return;
+    }
+    if (sscanf(cr, "bytes */%c", &star) == 1 && star == '*') {
+        s->queries++;
+        s->resets_left = 0;
+    } else if (sscanf(cr, "bytes */%llu", &tot) == 1) {
+        s->queries++;
+        s->resets_left = 0;
+        if (tot == s->persisted)
+            s->total = (size_t)tot;
+    } else if (sscanf(cr, "bytes %llu-%llu/", &a, &b) == 2) {
+        size_t len = (size_t)(b - a + 1), keep = len;
+        bool final = sscanf(strchr(cr, '/') + 1, "%llu", &tot) == 1;
+        s->chunk_puts++;
+        if (s->resets_left > 0) { /* libcurl's own resend after a reset */
+            s->resets_left--;
+            out->reset = true;
+            return;
+        }
+        if (s->chunk_puts == s->gone_at_put) {
+            out->status = 404;
+            out->body = "{\"error\":{\"code\":404,\"message\":\"No such upload\"}}";
+            return;
+        }
+        if (s->chunk_puts == s->busy_at_put || (s->busy_at_offset && a == s->busy_at_offset)) {
+            s->busy_at_offset = 0;
+            out->status = 503;
+            out->body = "{\"error\":{\"code\":503,\"message\":\"Backend Error\"}}";
+            return;
+        }
+        if (a > s->persisted || len != req->body_len || b >= s->cap ||
+            (!final && len % 262144 != 0) || (final && b + 1 != tot)) {
+            out->status = 400;
+            out->body = "{\"error\":{\"code\":400,\"message\":\"bad chunk\"}}";
+            return;
+        }
+        if (s->chunk_puts == s->short_at_put)
+            keep = len - 100000;
+        if (a + keep > s->persisted) {
+            memcpy(s->data + s->persisted, req->body + (s->persisted - a), a + keep - s->persisted);
+            s->persisted = a + keep;
+        }
+        if (s->chunk_puts == s->reset_at_put) {
+            s->resets_left = 1;
+            s->persisted = a + 50000;
+            out->reset = true;
+            return;
+        }
+        if (final && s->persisted == tot)
+            s->total = (size_t)tot;
+    } else {
+        out->status = 400;
+        return;
+    }
+    if (s->total && s->persisted == s->total) {
+        obj_lie lie = {.crc = s->lie_crc};
+        s->finals++;
+        s->finalized = true;
+        object_json_lie(s->reply, sizeof s->reply, "big/obj.dcm", s->data, s->total, &lie);
+        out->body = s->reply;
+        return;
+    }
+    out->status = 308;
+    if (s->persisted > 0) {
+        snprintf(s->range, sizeof s->range, "Range: bytes=0-%zu", s->persisted - 1);
+        out->headers[0] = s->range;
+    }
+}
+
+typedef struct stream_fx {
+    gfx t;
+    stream_srv s;
+    unsigned char *data;
+    size_t n;
+    int fd; /* the file being "written": grows as the test appends */
+} stream_fx;
+
+static void stream_fx_start(stream_fx *f, size_t n, unsigned seed)
+{
+    memset(f, 0, sizeof *f);
+    gfx_start(&f->t);
+    f->n = n;
+    f->data = pattern(n, seed);
+    f->fd = testlib_temp_fd(NULL, 0);
+    f->s.base = testsrv_url(f->t.srv);
+    f->s.cap = n;
+    f->s.data = calloc(1, n);
+    testsrv_set_handler(f->t.srv, stream_handler, &f->s);
+}
+
+/* Appends data[from, to) to the file, as a writer would. */
+static void stream_fx_write(stream_fx *f, size_t from, size_t to)
+{
+    CHECK(pwrite(f->fd, f->data + from, to - from, (off_t)from) == (ssize_t)(to - from));
+}
+
+static void stream_fx_end(stream_fx *f)
+{
+    close(f->fd);
+    free(f->data);
+    free(f->s.data);
+    gfx_end(&f->t);
+}
+
+static const char *req_range(gfx *t, int i)
+{
+    return testsrv_req_header(testsrv_get(t->srv, i), "Content-Range");
+}
+
+TEST(stream_puts_while_written_then_finishes)
+{
+    stream_fx f;
+    stream_fx_start(&f, 1400000, 21);
+    gcs_stream *st = NULL;
+    gcs_object o;
+    http_error e;
+    char crc[16];
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", "application/dicom", &st, &e),
+                 GCS_OK);
+    CHECK(st != NULL);
+    CHECK(!f.s.has_length_header); /* the size is not known yet */
+    const testsrv_req *q = testsrv_get(f.t.srv, 0);
+    CHECK_EQ_STR(q->url, "/upload/storage/v1/b/bkt/o?uploadType=resumable&name=big%2Fobj.dcm");
+    CHECK_EQ_STR(testsrv_req_header(q, "X-Upload-Content-Type"), "application/dicom");
+
+    stream_fx_write(&f, 0, 600000);
+    /* Only whole 256 KiB quanta go out before the end is known. */
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 600000, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_offset(st), 524288);
+    CHECK_EQ_STR(req_range(&f.t, 1), "bytes 0-524287/*");
+    CHECK_EQ_INT(testsrv_get(f.t.srv, 1)->body_len, 524288);
+    /* Nothing new to send: no request. */
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 700000, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_count(f.t.srv), 2);
+
+    stream_fx_write(&f, 600000, 1100000);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1100000, &e), GCS_OK);
+    CHECK_EQ_STR(req_range(&f.t, 2), "bytes 524288-1048575/*");
+    CHECK(!f.s.finalized);
+
+    stream_fx_write(&f, 1100000, f.n);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK_EQ_STR(req_range(&f.t, 3), "bytes 1048576-1399999/1400000");
+    CHECK_EQ_INT(testsrv_count(f.t.srv), 4);
+    CHECK(f.s.finalized);
+    CHECK(memcmp(f.s.data, f.data, f.n) == 0);
+    CHECK_EQ_INT(o.size, f.n);
+    b64_crc(f.data, f.n, crc);
+    CHECK_EQ_STR(o.crc32c_b64, crc);
+    gcs_object_clear(&o);
+    gcs_stream_free(st);
+    CHECK_EQ_INT(f.s.deletes, 0);
+    stream_fx_end(&f);
+}
+
+/* The file ends on a 256 KiB boundary and everything was put already: the
+ * final request is an empty "bytes STAR/TOTAL". */
+TEST(stream_finish_with_everything_sent)
+{
+    stream_fx f;
+    stream_fx_start(&f, 786432, 22);
+    gcs_stream *st = NULL;
+    gcs_object o;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    stream_fx_write(&f, 0, f.n);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
+    CHECK(!f.s.finalized);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK_EQ_STR(req_range(&f.t, 2), "bytes */786432");
+    CHECK_EQ_INT(testsrv_get(f.t.srv, 2)->body_len, 0);
+    CHECK(f.s.finalized && memcmp(f.s.data, f.data, f.n) == 0);
+    gcs_object_clear(&o);
+    gcs_stream_free(st);
+    stream_fx_end(&f);
+}
+
+/* A chunk kept short of a 256 KiB boundary (the next put can only send
+ * whole quanta from there), a reset mid-chunk (status query "bytes STAR/STAR",
+ * then resume where the server is) and a 503: the bytes arrive once, in
+ * order, and the CRC32C summed while sending still verifies. */
+TEST(stream_resumes_after_short_persist_reset_and_503)
+{
+    stream_fx f;
+    stream_fx_start(&f, 1300000, 23);
+    f.s.short_at_put = 1;
+    f.s.reset_at_put = 2;
+    f.s.busy_at_offset = 948576 + 50000; /* where the put resumes after the reset */
+    gcs_stream *st = NULL;
+    gcs_object o;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    stream_fx_write(&f, 0, f.n);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1048576, &e), GCS_OK);
+    /* 100000 bytes fewer kept: less than a quantum left, nothing more sent. */
+    CHECK_EQ_INT(gcs_stream_offset(st), 948576);
+    CHECK_EQ_INT(testsrv_count(f.t.srv), 2);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_offset(st), 948576 + 50000 + 262144);
+    CHECK(f.s.queries >= 2); /* after the reset and after the 503 */
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK(memcmp(f.s.data, f.data, f.n) == 0);
+    CHECK_EQ_INT(f.s.starts, 1);
+    CHECK_EQ_STR(req_range(&f.t, 1), "bytes 0-1048575/*");
+    CHECK_EQ_STR(req_range(&f.t, 2), "bytes 948576-1210719/*");
+    bool asked = false, resumed = false;
+    for (int i = 0; i < testsrv_count(f.t.srv); i++) {
+        const char *r = req_range(&f.t, i) ? req_range(&f.t, i) : "";
+        asked = asked || strcmp(r, "bytes */*") == 0;
+        resumed = resumed || strcmp(r, "bytes 998576-1260719/*") == 0;
+    }
+    CHECK(asked && resumed);
+    CHECK_EQ_STR(req_range(&f.t, testsrv_count(f.t.srv) - 1), "bytes 1260720-1299999/1300000");
+    char crc[16];
+    b64_crc(f.data, f.n, crc);
+    CHECK_EQ_STR(o.crc32c_b64, crc);
+    gcs_object_clear(&o);
+    gcs_stream_free(st);
+    stream_fx_end(&f);
+}
+
+/* The bytes streamed are gone with a lost session: an error, no new session. */
+TEST(stream_lost_session_is_an_error)
+{
+    stream_fx f;
+    stream_fx_start(&f, 800000, 24);
+    f.s.gone_at_put = 2;
+    gcs_stream *st = NULL;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    stream_fx_write(&f, 0, f.n);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 262144, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(e.http_status, 404);
+    CHECK_EQ_INT(f.s.starts, 1);
+    CHECK(!f.s.finalized);
+    gcs_stream_abort(st);
+    stream_fx_end(&f);
+}
+
+/* Abandoning sends DELETE on the session URI; no object was ever made. */
+TEST(stream_abort_cancels_the_session)
+{
+    stream_fx f;
+    stream_fx_start(&f, 600000, 25);
+    gcs_stream *st = NULL;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    stream_fx_write(&f, 0, f.n);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), GCS_OK);
+    gcs_stream_abort(st);
+    CHECK_EQ_INT(f.s.deletes, 1);
+    int last = testsrv_count(f.t.srv) - 1;
+    CHECK_EQ_STR(testsrv_get(f.t.srv, last)->method, "DELETE");
+    CHECK_EQ_STR(testsrv_get(f.t.srv, last)->url, "/upload/session/1");
+    CHECK(!f.s.finalized);
+    stream_fx_end(&f);
+}
+
+TEST(stream_crc32c_mismatch_is_checksum_error)
+{
+    stream_fx f;
+    stream_fx_start(&f, 700000, 26);
+    f.s.lie_crc = "AAAAAA==";
+    gcs_stream *st = NULL;
+    gcs_object o;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    stream_fx_write(&f, 0, f.n);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_ERR_CHECKSUM);
+    CHECK_EQ_STR(e.status, "DATA_LOSS");
+    gcs_stream_abort(st);
+    stream_fx_end(&f);
+}
+
+TEST(stream_bad_arguments)
+{
+    gfx t;
+    gfx_start(&t);
+    gcs_stream *st = (gcs_stream *)&t;
+    http_error e;
+    CHECK_EQ_INT(gcs_stream_begin(t.c, "bkt", "", NULL, &st, &e), GCS_ERR_INVAL);
+    CHECK(st == NULL);
+    CHECK_EQ_INT(gcs_stream_put(NULL, 0, 1, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(testsrv_count(t.srv), 0);
+    gfx_end(&t);
+}
+
 /* ---- list ------------------------------------------------------------------------ */
 
 typedef struct list_rec {
@@ -1076,6 +1411,13 @@ int main(void)
     RUN(resumable_chunk_retried_verifies);
     RUN(resumable_gap_falls_back_to_a_read_pass);
     RUN(upload_errors_and_empty_object);
+    RUN(stream_puts_while_written_then_finishes);
+    RUN(stream_finish_with_everything_sent);
+    RUN(stream_resumes_after_short_persist_reset_and_503);
+    RUN(stream_lost_session_is_an_error);
+    RUN(stream_abort_cancels_the_session);
+    RUN(stream_crc32c_mismatch_is_checksum_error);
+    RUN(stream_bad_arguments);
     RUN(list_two_pages_with_prefixes);
     RUN(list_callback_stops);
     RUN(download_range_into_fd);
