@@ -406,7 +406,7 @@ static void node_free(node *n)
 void imp_node_maybe_free(import_mgr *m, node *n)
 {
     (void)m;
-    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued)
+    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream)
         node_free(n);
 }
 
@@ -417,6 +417,7 @@ void imp_node_hide(import_mgr *m, node *n)
 
 void imp_node_unlist(import_mgr *m, node *n)
 {
+    up_stream_drop(m, n, "removed");
     name_remove(m, n);
     list_remove(m, n);
     node_journal_del(m, n);
@@ -437,6 +438,7 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    up_stream_drop(m, n, "failed");
     n->b = NULL;
     if (!n->visible) {
         /* Replaced by a rename while importing: no name left to unlink it
@@ -506,6 +508,7 @@ static int check_parent(import_mgr *m, store_st *st, const char *rel)
  * Returns -EBUSY when its batch import already started and busy_ok is false. */
 static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
 {
+    up_stream_drop(m, n, why);
     if (node_importing(n)) {
         if (!busy_ok) {
             log_error("import: %s/%s: cannot %s: its batch import already started", n->st->name,
@@ -684,8 +687,6 @@ static void gc_spool(import_mgr *m)
     free(k.ids);
 }
 
-static void assign_batch(import_mgr *m, node *n);
-
 /* After loading: put every file where it continues. */
 static void resume(import_mgr *m)
 {
@@ -704,7 +705,7 @@ static void resume(import_mgr *m)
                 break;
             }
             if (!n->b)
-                assign_batch(m, n);
+                imp_assign_batch(m, n);
             up_enqueue(m, n);
             break;
         case ST_UPLOADED:
@@ -976,6 +977,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
         memcpy(n->id, id, sizeof n->id);
         n->state = ST_NEW;
         n->dirty = true;
+        n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);
         if (!h) {
             node_free(n);
@@ -1017,6 +1019,9 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
         if (ftruncate(fd, 0) < 0) {
             rc = -errno;
         } else {
+            up_stream_drop(m, n, "truncated");
+            n->seq = true;
+            n->seq_end = 0;
             n->size = 0;
             n->dirty = true;
             n->checked = false;
@@ -1075,6 +1080,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     nd->ctime = nd->mtime;
     if (nd->st->open)
         nd->st->open->last_accept = imp_now(); /* still copying: not quiet yet */
+    up_stream_wrote(m, nd, h->fd, (uint64_t)off, (uint64_t)n);
     pthread_mutex_unlock(&m->lock);
     return (int)n;
 }
@@ -1090,7 +1096,7 @@ int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off)
 }
 
 /* Joins the store's open batch (creating one). */
-static void assign_batch(import_mgr *m, node *n)
+void imp_assign_batch(import_mgr *m, node *n)
 {
     store_st *st = n->st;
     if (n->b && n->b->state == B_OPEN)
@@ -1218,7 +1224,7 @@ static int validate(import_mgr *m, handle *h)
     n->reason = NULL;
     n->state = ST_ACCEPTED;
     n->retry_at = 0;
-    assign_batch(m, n);
+    imp_assign_batch(m, n);
     rc = imp_node_journal(m, n);
     if (rc < 0) {
         /* Not recorded = not accepted: close() fails (ENOSPC on a full
@@ -1231,7 +1237,10 @@ static int validate(import_mgr *m, handle *h)
     if (n->b)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
-    up_enqueue(m, n);
+    /* A stream that sent this very content finishes the upload; otherwise
+     * the workers upload the spool file. */
+    if (!up_stream_accepted(m, n, n->size))
+        up_enqueue(m, n);
     if (!sync)
         up_kick(m); /* the coordinator's tick fsyncs the journal */
     pthread_mutex_unlock(&m->lock);
@@ -1303,6 +1312,8 @@ int import_release(import_mgr *m, uint64_t fh)
     bool dropped = false;
     if (h->writable) {
         n->writers--;
+        if (n->writers == 0)
+            up_stream_drop(m, n, "closed without being accepted");
         /* The last close of a file whose last validation failed: reject it
          * now (the handle's reference keeps n alive through reject()). */
         if (n->writers == 0 && n->visible && n->dirty && n->checked && n->check_rc < 0) {
@@ -1342,6 +1353,9 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
             return -e;
         }
         pthread_mutex_lock(&m->lock);
+        up_stream_drop(m, h->n, "truncated");
+        h->n->seq = size == 0;
+        h->n->seq_end = 0;
         h->n->size = (uint64_t)size;
         h->n->dirty = true;
         h->n->checked = false;

@@ -41,6 +41,7 @@ enum batch_state {
 typedef struct store_st store_st;
 typedef struct batch batch;
 typedef struct node node;
+typedef struct upstream upstream; /* a streaming upload (uploader.c) */
 
 struct batch {
     char id[48];
@@ -53,6 +54,7 @@ struct batch {
     bool verifying;                    /* op done with errors: checking files one by one */
     char *op_error;                    /* message of the finished op's error */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
+    int n_streaming;                   /* ST_NEW files streaming into it (each tick) */
     batch *next;
 };
 
@@ -93,6 +95,12 @@ struct node {
     int io_err;   /* a write or truncate failed (e.g. -ENOSPC): never accept */
     uint64_t gen; /* bumped by every write/truncate */
     int writers;  /* open handles with write access */
+    /* Streaming (uploader.c): seq while every write so far appended at
+     * seq_end from offset 0; stream while an upload session is fed as the
+     * file is written (at most once per file: stream_tried). */
+    bool seq, stream_tried;
+    uint64_t seq_end;
+    upstream *stream;
     int refs;     /* open handles */
     bool busy;    /* a worker job is running on it */
     bool queued;
@@ -124,6 +132,7 @@ struct import_mgr {
     int nworkers;
     pthread_t coord;
     bool coord_started;
+    upstream *streams; /* streaming upload threads, joined when done */
 };
 
 double imp_now(void); /* CLOCK_MONOTONIC seconds */
@@ -138,11 +147,20 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
 char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
+void imp_assign_batch(import_mgr *m, node *n);       /* join the store's open batch */
 
 /* uploader.c */
 int up_start(import_mgr *m);
 void up_stop(import_mgr *m);
 void up_enqueue(import_mgr *m, node *n); /* with the lock held */
 void up_kick(import_mgr *m);             /* wake the coordinator */
+/* Streaming uploads (lock held). up_stream_wrote: after every successful
+ * write of n (through fd) of [off, off+len): feeds a running stream or
+ * starts one. up_stream_drop: abandons n's stream unless its final chunk is
+ * on its way (n is then busy until it ends). up_stream_accepted: n was just
+ * accepted with size bytes; true when its stream takes over the upload. */
+void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len);
+void up_stream_drop(import_mgr *m, node *n, const char *why);
+bool up_stream_accepted(import_mgr *m, node *n, uint64_t size);
 
 #endif

@@ -259,6 +259,302 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---------------------------------------------------------------- streaming */
+
+/* A file being written into import/ is uploaded while it is written when it
+ * qualifies (see the header comment): one thread per stream sends each
+ * STREAM_CHUNK as soon as it is written, straight from the spool file. */
+#define STREAM_MIN (32u << 20)     /* appended bytes before a stream starts */
+#define STREAM_CHUNK (16u << 20)   /* bytes waiting before a chunk is sent */
+#define STREAM_MAX_PUT (32u << 20) /* largest request (an abandon waits for it) */
+#define STREAM_MAX 4               /* concurrent streams; more files wait for close */
+#define STREAM_IDLE_S 2.0          /* an idle open stream lets its batch go after this */
+
+struct upstream {
+    import_mgr *m;
+    node *n; /* NULL once dropped: the thread then only cancels and ends */
+    char id[SPOOL_ID_LEN + 1];
+    char *object, *label;
+    uint64_t avail;      /* [0, avail) written by appends */
+    uint64_t final_size; /* finishing: the accepted size and generation */
+    uint64_t final_gen;
+    bool finishing, dropped, done;
+    pthread_cond_t cond;
+    pthread_t thr;
+    upstream *next;
+};
+
+static void stream_free(upstream *s)
+{
+    pthread_cond_destroy(&s->cond);
+    free(s->object);
+    free(s->label);
+    free(s);
+}
+
+/* Joins finished stream threads (lock held; a done thread no longer needs
+ * the lock). */
+static void streams_reap(import_mgr *m)
+{
+    for (upstream **pp = &m->streams; *pp;) {
+        upstream *s = *pp;
+        if (!s->done) {
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        pthread_join(s->thr, NULL);
+        stream_free(s);
+    }
+}
+
+static int streams_active(import_mgr *m)
+{
+    int k = 0;
+    for (upstream *s = m->streams; s; s = s->next)
+        k += !s->done;
+    return k;
+}
+
+/* The final chunk came back (lock held). The file was busy meanwhile, like
+ * a worker's upload job: this is upload_done for a stream. */
+static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error *err)
+{
+    node *n = s->n;
+    s->n = NULL;
+    if (!n)
+        return;
+    n->stream = NULL;
+    n->busy = false;
+    n->staged = true; /* even after an error the final chunk may have landed */
+    double now = imp_now();
+    if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
+        n->state = ST_UPLOADED;
+        n->backoff = 1;
+        n->st->bytes_uploaded += s->final_size;
+        log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label,
+                 s->final_size);
+    } else if (rc != GCS_OK) {
+        log_warn("import: %s: streamed upload to gs://%s/%s failed (HTTP %ld %s): uploading the "
+                 "file again",
+                 s->label, m->bucket, s->object, err->http_status, err->message);
+    }
+    imp_node_journal(m, n);
+    if (job_for(n, now) != JOB_NONE)
+        up_enqueue(m, n);
+    imp_node_maybe_free(m, n);
+    pthread_cond_signal(&m->tick_cond);
+}
+
+/* The session failed before the file was accepted (lock held): the file
+ * goes on as if it never streamed. */
+static void stream_failed(import_mgr *m, upstream *s, const http_error *err)
+{
+    node *n = s->n;
+    if (!n)
+        return;
+    log_warn("import: %s: streaming upload failed (HTTP %ld %s): the file is uploaded after it "
+             "is closed",
+             s->label, err->http_status, err->message);
+    up_stream_drop(m, n, NULL);
+}
+
+static void *stream_main(void *arg)
+{
+    upstream *s = arg;
+    import_mgr *m = s->m;
+    http_error err;
+    memset(&err, 0, sizeof err);
+    gcs_stream *gs = NULL;
+    int rc = GCS_ERR_IO;
+    bool final = false;
+    int fd = spool_open_file(m->sp, s->id, O_RDONLY);
+    if (fd < 0)
+        snprintf(err.message, sizeof err.message, "spool file: %s", strerror(-fd));
+    else
+        rc = gcs_stream_begin(m->gcs, m->bucket, s->object, "application/dicom", &gs, &err);
+    pthread_mutex_lock(&m->lock);
+    while (rc == GCS_OK && !s->dropped && !m->stop) {
+        uint64_t at = gcs_stream_offset(gs);
+        if (s->finishing && s->final_size - at > STREAM_MAX_PUT) {
+            /* The rest in chunks too: a request body beyond what a server
+             * keeps in memory costs it a second copy (the emulator spools
+             * bodies over 64 MiB to a file). */
+            uint64_t end = at + STREAM_MAX_PUT;
+            pthread_mutex_unlock(&m->lock);
+            rc = gcs_stream_put(gs, fd, end, &err);
+            pthread_mutex_lock(&m->lock);
+            continue;
+        }
+        if (s->finishing) {
+            uint64_t size = s->final_size;
+            pthread_mutex_unlock(&m->lock);
+            gcs_object obj;
+            memset(&obj, 0, sizeof obj);
+            rc = gcs_stream_finish(gs, fd, size, &obj, &err);
+            gcs_object_clear(&obj);
+            pthread_mutex_lock(&m->lock);
+            stream_finished(m, s, rc, &err);
+            final = rc == GCS_OK;
+            break;
+        }
+        if (s->avail - at < STREAM_CHUNK) {
+            pthread_cond_wait(&s->cond, &m->lock);
+            continue;
+        }
+        uint64_t end = s->avail - at > STREAM_MAX_PUT ? at + STREAM_MAX_PUT : s->avail;
+        pthread_mutex_unlock(&m->lock);
+        rc = gcs_stream_put(gs, fd, end, &err);
+        pthread_mutex_lock(&m->lock);
+    }
+    if (rc != GCS_OK && s->finishing)
+        stream_finished(m, s, rc, &err); /* the workers upload it again */
+    else if (rc != GCS_OK)
+        stream_failed(m, s, &err);
+    if (s->n) {
+        /* Stopping: the file stays as it is (an accepted one is in the
+         * journal and uploaded again at the next start). */
+        s->n->stream = NULL;
+        if (s->finishing)
+            s->n->busy = false;
+        s->n = NULL;
+    }
+    pthread_mutex_unlock(&m->lock);
+    /* Not finalized: cancel the session, so nothing of it ever appears. */
+    if (final)
+        gcs_stream_free(gs);
+    else
+        gcs_stream_abort(gs);
+    if (fd >= 0)
+        close(fd);
+    pthread_mutex_lock(&m->lock);
+    s->done = true;
+    pthread_cond_signal(&m->tick_cond); /* the coordinator joins the thread */
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* Whether the spool file starts like DICOM Part 10 ("DICM" after the
+ * 128-byte preamble): only such files are worth streaming. */
+static bool looks_dicom(int fd)
+{
+    char magic[4];
+    return pread(fd, magic, sizeof magic, 128) == (ssize_t)sizeof magic &&
+           memcmp(magic, "DICM", 4) == 0;
+}
+
+static void stream_start(import_mgr *m, node *n, int fd)
+{
+    n->stream_tried = true; /* once per file, whatever happens */
+    if (!looks_dicom(fd) || streams_active(m) >= STREAM_MAX)
+        return;
+    upstream *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    imp_assign_batch(m, n); /* the object name is fixed from now on */
+    if (!n->b) {
+        free(s);
+        return;
+    }
+    s->m = m;
+    s->n = n;
+    memcpy(s->id, n->id, sizeof s->id);
+    s->avail = n->seq_end;
+    s->object = imp_object_name(m, n);
+    s->label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
+    pthread_cond_init(&s->cond, NULL);
+    if (!s->object || !s->label || pthread_create(&s->thr, NULL, stream_main, s) != 0) {
+        stream_free(s);
+        n->b = NULL;
+        n->bid[0] = '\0';
+        return;
+    }
+    n->stream = s;
+    s->next = m->streams;
+    m->streams = s;
+    log_info("import: %s: streaming upload to gs://%s/%s started (%" PRIu64 " bytes written)",
+             s->label, m->bucket, s->object, s->avail);
+}
+
+void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
+{
+    upstream *s = n->stream;
+    if (n->seq && off != n->seq_end)
+        n->seq = false;
+    if (!n->seq) {
+        if (s)
+            up_stream_drop(m, n, "written out of order");
+        return;
+    }
+    n->seq_end = off + len;
+    if (s) {
+        if (s->finishing)
+            return; /* written after acceptance: n->gen tells the finish */
+        uint64_t before = s->avail;
+        s->avail = n->seq_end;
+        if (s->avail / STREAM_CHUNK > before / STREAM_CHUNK)
+            pthread_cond_signal(&s->cond);
+        return;
+    }
+    if (m->gcs && !m->stop && !n->stream_tried && n->state == ST_NEW && !n->io_err &&
+        n->seq_end >= STREAM_MIN)
+        stream_start(m, n, fd);
+}
+
+void up_stream_drop(import_mgr *m, node *n, const char *why)
+{
+    upstream *s = n->stream;
+    if (!s || s->finishing)
+        return;
+    s->dropped = true;
+    s->n = NULL;
+    n->stream = NULL;
+    pthread_cond_signal(&s->cond);
+    if (n->state == ST_NEW) {
+        /* Not accepted: leave the batch; acceptance picks one again. */
+        n->b = NULL;
+        n->bid[0] = '\0';
+    }
+    if (why)
+        log_info("import: %s: streaming upload abandoned (%s); the file is uploaded once "
+                 "accepted",
+                 s->label, why);
+    (void)m;
+}
+
+bool up_stream_accepted(import_mgr *m, node *n, uint64_t size)
+{
+    upstream *s = n->stream;
+    if (!s || s->finishing)
+        return false;
+    if (!n->seq || n->seq_end != size || s->avail != size) {
+        up_stream_drop(m, n, "the accepted content is not what was streamed");
+        return false;
+    }
+    s->finishing = true;
+    s->final_size = size;
+    s->final_gen = n->gen;
+    n->busy = true; /* like a worker's upload job, until stream_finished */
+    pthread_cond_signal(&s->cond);
+    return true;
+}
+
+/* A B_OPEN batch whose only unfinished files are streams that stopped being
+ * written (their writers idle for STREAM_IDLE_S past the quiet period) while
+ * other files wait: the streams let go, so the batch commits without them. */
+static void streams_release_idle(import_mgr *m, batch *b, double now)
+{
+    if (b->state != B_OPEN || b->n_streaming == 0 || b->n_uploaded == 0 ||
+        b->n_pending != b->n_streaming ||
+        now - b->last_accept < m->cfg.commit_delay_s + STREAM_IDLE_S)
+        return;
+    for (node *n = m->head; n; n = n->next)
+        if (!n->is_dir && n->b == b && n->stream && n->state == ST_NEW)
+            up_stream_drop(m, n, "idle while other files of its batch wait");
+    b->n_pending = 0;
+    b->n_streaming = 0;
+}
+
 /* ---------------------------------------------------------------- batches */
 
 static void batch_mark_imported(import_mgr *m, node *n)
@@ -436,8 +732,9 @@ static void poll_op(import_mgr *m, batch *b)
 
 static void tick(import_mgr *m, double now)
 {
+    streams_reap(m);
     for (batch *b = m->batches; b; b = b->next)
-        b->n_pending = b->n_uploaded = b->n_refs = 0;
+        b->n_pending = b->n_uploaded = b->n_refs = b->n_streaming = 0;
     for (node *n = m->head; n; n = n->next) {
         if (n->is_dir)
             continue;
@@ -451,6 +748,8 @@ static void tick(import_mgr *m, double now)
             b->n_uploaded++;
         else
             b->n_pending++;
+        if (n->stream && n->state == ST_NEW)
+            b->n_streaming++;
     }
     for (batch *b = m->batches, *next; b; b = next) {
         next = b->next;
@@ -458,6 +757,7 @@ static void tick(import_mgr *m, double now)
         bool drop = false; /* no file refers to the batch any more */
         switch (b->state) {
         case B_OPEN:
+            streams_release_idle(m, b, now);
             if (b->n_refs == 0 && quiet)
                 drop = true;
             else if (quiet && b->n_pending == 0 && b->n_uploaded > 0)
@@ -587,6 +887,18 @@ void up_stop(import_mgr *m)
     free(m->workers);
     m->workers = NULL;
     pthread_mutex_lock(&m->lock);
+    /* Streams: unfinished sessions are cancelled (the journal only knows
+     * accepted files, which are uploaded again from the spool). */
+    for (upstream *s = m->streams; s; s = s->next)
+        pthread_cond_signal(&s->cond);
+    while (m->streams) {
+        upstream *s = m->streams;
+        m->streams = s->next;
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(s->thr, NULL);
+        pthread_mutex_lock(&m->lock);
+        stream_free(s);
+    }
     node *n;
     while ((n = dequeue(m)))
         imp_node_maybe_free(m, n);
