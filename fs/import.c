@@ -26,7 +26,8 @@
  *   journal is fsync'ed by the coordinator within a tick (50 ms), the data
  *   at fsync() (which then also syncs the acceptance at close()) or, with
  *   -o sync_close, at every close() (fdatasync of the spool file, its
- *   directory and the journal: about 0.3 of local-disk speed here). Flushes with nothing written since
+ *   directory and the journal: about 0.3 of local-disk speed here).
+ *   Flushes with nothing written since
  *   the last validation return its result again. The release of the last
  *   writable descriptor of a file whose last validation failed drops it
  *   (rejected: gone from import/, spool file removed) and logs
@@ -36,10 +37,11 @@
  *   A file rewritten (or truncated) before its batch is committed is
  *   re-validated at its next flush and uploaded again; if that validation
  *   fails the file is withdrawn at the release.
- * - Names. The staged object name is fixed when the file is accepted:
- *   gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a pending file only
- *   changes its display path (rsync's ".name.XXXXXX" -> "name" costs no
- *   remote call). rename() onto a pending file replaces it: the replaced file
+ * - Names. The staged object name is fixed when the file is accepted, or
+ *   earlier when its upload starts streaming while it is written (see
+ *   uploader.c): gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a
+ *   pending file only changes its display path (rsync's ".name.XXXXXX" ->
+ *   "name" costs no remote call). rename() onto a pending file replaces it: the replaced file
  *   is withdrawn if not uploaded yet, its staged object deleted before the
  *   batch is committed if it was, and if its batch import already started it
  *   stays imported (logged). Directories are local and journaled.
@@ -51,7 +53,10 @@
  *   import/ (the data is then visible in studies/ and the DICOMweb API).
  *   Failed files stay listed, with the reason in STORE/status.
  *   Directories stay until removed with rmdir.
- * - Uploads, batches, commits and restarts: see uploader.c.
+ * - Uploads, batches, commits and restarts: see uploader.c. Writes,
+ *   truncates, acceptance, rejection, unlink and rename tell the streaming
+ *   side (up_stream_wrote/_accepted/_drop) so that a stream never finishes
+ *   with content other than what close() accepted.
  * - Memory: file data is never held in memory; per file only a small
  *   struct (and the same metadata in the journal's map).
  */
@@ -362,7 +367,7 @@ int imp_node_journal(import_mgr *m, node *n)
     /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
      * states record progress of accepted work and may use the reserve. */
     bool progress = n->is_dir ? false : n->state != ST_ACCEPTED;
-    int rc = b.oom                ? -ENOMEM
+    int rc = b.oom      ? -ENOMEM
              : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
                         : journal_put(m->j, key, b.p, b.len, false);
     if (rc < 0)

@@ -101,8 +101,8 @@ struct node {
     bool seq, stream_tried;
     uint64_t seq_end;
     upstream *stream;
-    int refs;     /* open handles */
-    bool busy;    /* a worker job is running on it */
+    int refs;  /* open handles */
+    bool busy; /* a worker job is running on it */
     bool queued;
     double retry_at;
     double backoff;

@@ -27,11 +27,40 @@
  *   retried with backoff (import ignores instances already stored, so
  *   repeating it is safe); a permanent refusal (400/403/404) fails the
  *   batch's files with the reason.
- * - Restart: the journal is reloaded; ACCEPTED files are uploaded again,
- *   UPLOADED ones continue their batch (the quiet period starts again),
- *   sealed batches start their import, importing batches resume polling
- *   their operation. An ACCEPTED file whose spool file is gone becomes
- *   FAILED with a loud error.
+ * - Streaming (large files, uploaded while written). A file qualifies
+ *   while every write so far appended at its end from offset 0 (node seq /
+ *   seq_end; no writeback cache, so a cp's writes arrive in order), it is
+ *   not accepted yet (ST_NEW), its spool file has "DICM" at offset 128 and
+ *   STREAM_MIN (32 MiB) are written; at most STREAM_MAX (4) stream at once,
+ *   and a file streams at most once. Then it joins the store's open batch
+ *   (its object name is fixed; the batch cannot seal while the file is
+ *   unfinished) and a thread of its own opens a resumable session of unknown
+ *   size (gcs_stream_begin) and sends chunks of 16-32 MiB, multiples of
+ *   256 KiB, straight from the spool file, woken by writes (up_stream_wrote).
+ *   When validate() accepts the file and the accepted size equals what was
+ *   appended with no other write in between (up_stream_accepted), the file
+ *   becomes busy, like a worker's upload job, and the thread sends the rest
+ *   (chunks, then the final one with the total size) and checks size and
+ *   CRC32C (summed over the bytes as sent) like any upload; success = UPLOADED
+ *   when the file's generation is still the accepted one, else the workers
+ *   upload it again as after any upload of a stale generation. Anything else
+ *   abandons the stream (up_stream_drop): a write below the streamed end,
+ *   a truncate, the last writer closing without acceptance, unlink, rename
+ *   onto it, rejection, failure, a session error (transient errors are
+ *   retried by asking the server what it holds). Its session is cancelled
+ *   (DELETE; no object exists before the final chunk), a not-yet-accepted
+ *   file leaves the batch, and it is uploaded after acceptance as any
+ *   other. A stream whose writer went idle for commit_delay + 2 s while
+ *   other files of its batch wait also lets go, so one stalled writer does
+ *   not hold back a batch. A failed final chunk leaves the file ACCEPTED
+ *   (staged, as an object may exist): the workers upload it again to the
+ *   same name. Memory: no file data is held; chunks are read from the
+ *   spool file by the http layer.
+ * - Restart: the journal is reloaded; ACCEPTED files are uploaded again
+ *   (also those that were streaming: their sessions just expire), UPLOADED ones continue their
+ * batch (the quiet period starts again), sealed batches start their import, importing batches
+ * resume polling their operation. An ACCEPTED file whose spool file is gone becomes FAILED with a
+ * loud error.
  */
 #include "import_int.h"
 
@@ -332,8 +361,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
         n->state = ST_UPLOADED;
         n->backoff = 1;
         n->st->bytes_uploaded += s->final_size;
-        log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label,
-                 s->final_size);
+        log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
     } else if (rc != GCS_OK) {
         log_warn("import: %s: streamed upload to gs://%s/%s failed (HTTP %ld %s): uploading the "
                  "file again",
