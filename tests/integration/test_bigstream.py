@@ -336,3 +336,22 @@ def test_big_kill9_after_close_while_stream_finishes_imports_once(mounts, emulat
     assert retrieve_sha256(emulator, big) == want
     assert_no_staged_left(emulator)
     print("stream finished before the kill: %d" % finished_before_kill)
+
+
+def test_big_rsync_temp_name_then_rename_streams(mounts, emulator, workdir):
+    """rsync writes .NAME.XXXXXX sequentially and renames it after close():
+    the stream's object name does not depend on the display name."""
+    big = BigFile(64, seed=6)
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    want = big.write(os.path.join(src, "r.dcm"))
+    m = mounts(commit_delay=0.5)
+    r = subprocess.run(["rsync", "-a", src + "/", m.import_dir() + "/"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    wait_done(m)
+    started, done, abandoned = streamed_lines(m)
+    assert len(started) == 1 and len(done) == 1 and not abandoned, m.log()
+    assert retrieve_sha256(emulator, big) == want
+    assert listed_files(m.import_dir()) == []
+    assert_no_staged_left(emulator)
