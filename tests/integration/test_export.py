@@ -457,3 +457,43 @@ def test_transient_start_failure_still_exports(emulator_factory, tmp_path):
     finally:
         m.stop()
     assert not m.problems(), m.log_text()[-3000:]
+
+
+def test_export_call_refused_403(emulator_factory, tmp_path):
+    """The export call itself is refused with 403 PERMISSION_DENIED (the
+    mounting identity lacks healthcare.dicomStores.export; emulated by a
+    fixed fault status on the :export path only): not retried, shown the
+    same way, for a whole-store (empty) filter too."""
+    from mount_fixture import DicomfsMount
+    store = "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store"
+    emu = emulator_factory("--fault-paths", f"/v1beta1/{store}:export,/v1/{store}:export")
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        set_faults(emu, fail_rate=1, fail_status=403)
+        d = m.path("ds", "store", "export", "png")
+        write_filter(os.path.join(d, "all"), "")
+        err_path = os.path.join(d, "all.out", "ERROR")
+        wait_until(lambda: os.path.exists(err_path), timeout=60, what="all.out/ERROR")
+        with open(err_path) as f:
+            lines = f.read().splitlines()
+        assert lines[1] == "filter: export/png/all"
+        want = (f"reason: starting the export of {store} to "
+                "gs://staging/dicomfs-exports/ds/store/png/all failed: ")
+        assert lines[2].startswith(want), lines[2]
+        assert lines[2].endswith("(HTTP 403 PERMISSION_DENIED)"), lines[2]
+        assert emu.stats()["faults"]["http500"] == 1  # one call: a 403 is not retried
+        assert sorted(os.listdir(d)) == ["all", "all.out"]
+        with open(m.path("ds", "store", "status")) as f:
+            failed = [ln for ln in f.read().splitlines() if ln.startswith("failed: export/")]
+        assert failed == ["failed: export/png/all: " + lines[2][len("reason: "):]]
+        set_faults(emu, fail_rate=0, fail_status=0)
+        os.unlink(os.path.join(d, "all"))
+        assert os.listdir(d) == []
+        with open(m.path("ds", "store", "status")) as f:
+            assert "failed: export/" not in f.read()
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]
