@@ -6,9 +6,8 @@
  * verification of the returned crc32c and size against what was sent (the
  * CRC32C is summed while the body streams out, so the source is read once;
  * no MD5: CRC32C is what Google recommends and what composite objects
- * carry), listing
- * with prefix/delimiter/paging, ranged downloads, delete. The endpoint is
- * STORAGE_EMULATOR_HOST (scheme included) when set, else
+ * carry), listing with prefix/delimiter/paging, ranged downloads, delete.
+ * The endpoint is STORAGE_EMULATOR_HOST (scheme included) when set, else
  * https://storage.googleapis.com, unless given explicitly.
  */
 #ifndef DICOMFS_GCS_H

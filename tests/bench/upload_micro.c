@@ -10,6 +10,8 @@
  *      $(pkg-config --libs libcurl libcjson libcrypto zlib) -lpthread -o upload_micro
  * Run against dicomfs-emulator --no-auth:
  *   ./upload_micro http://127.0.0.1:PORT staging DIR 16 run1
+ * UPLOAD_MICRO_THRESHOLD_MIB=N sets the resumable threshold and chunk (as
+ * fs/fuse_ops.c does with 1024); default: the client's.
  */
 #include "gcs.h"
 #include "http.h"
@@ -101,6 +103,10 @@ int main(int argc, char **argv)
     http_options_init(&o);
     http_client *h = http_client_new(&o);
     j.gcs = gcs_client_new(h, argv[1]);
+    const char *thr = getenv("UPLOAD_MICRO_THRESHOLD_MIB");
+    if (thr && atoi(thr) > 0)
+        gcs_client_set_resumable_threshold(j.gcs, (uint64_t)atoi(thr) << 20,
+                                           (uint64_t)atoi(thr) << 20);
     pthread_t *th = calloc((size_t)threads, sizeof *th);
     double t0 = now_s();
     for (int i = 0; i < threads; i++)
