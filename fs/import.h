@@ -40,6 +40,8 @@ typedef struct import_config {
     int uploads;                /* parallel uploads */
     double commit_delay_s;      /* quiet period before a batch is committed */
     bool sync_close;            /* fdatasync spool file + journal in every close() */
+    int stream_min_mib;         /* upload files while written from this size on
+                                   (0: 32 MiB; < 0: never; see uploader.c) */
     uid_t uid;                  /* owner shown for spooled files */
     gid_t gid;
 } import_config;

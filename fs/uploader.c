@@ -31,7 +31,8 @@
  *   while every write so far appended at its end from offset 0 (node seq /
  *   seq_end; no writeback cache, so a cp's writes arrive in order), it is
  *   not accepted yet (ST_NEW), its spool file has "DICM" at offset 128 and
- *   STREAM_MIN (32 MiB) are written; at most STREAM_MAX (4) stream at once,
+ *   stream_min_mib (import_config; default 32 MiB, < 0 = never) are
+ *   written; at most STREAM_MAX (4) stream at once,
  *   and a file streams at most once. Then it joins the store's open batch
  *   (its object name is fixed; the batch cannot seal while the file is
  *   unfinished) and a thread of its own opens a resumable session of unknown
@@ -293,7 +294,7 @@ static void *worker_main(void *arg)
 /* A file being written into import/ is uploaded while it is written when it
  * qualifies (see the header comment): one thread per stream sends each
  * STREAM_CHUNK as soon as it is written, straight from the spool file. */
-#define STREAM_MIN (32u << 20)     /* appended bytes before a stream starts */
+#define STREAM_MIN_MIB 32          /* appended MiB before a stream starts (default) */
 #define STREAM_CHUNK (16u << 20)   /* bytes waiting before a chunk is sent */
 #define STREAM_MAX_PUT (32u << 20) /* largest request (an abandon waits for it) */
 #define STREAM_MAX 4               /* concurrent streams; more files wait for close */
@@ -524,8 +525,9 @@ void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
             pthread_cond_signal(&s->cond);
         return;
     }
-    if (m->gcs && !m->stop && !n->stream_tried && n->state == ST_NEW && !n->io_err &&
-        n->seq_end >= STREAM_MIN)
+    int min_mib = m->cfg.stream_min_mib ? m->cfg.stream_min_mib : STREAM_MIN_MIB;
+    if (m->gcs && !m->stop && min_mib > 0 && !n->stream_tried && n->state == ST_NEW && !n->io_err &&
+        n->seq_end >= (uint64_t)min_mib << 20)
         stream_start(m, n, fd);
 }
 
