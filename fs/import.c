@@ -26,16 +26,17 @@
  *   journal is fsync'ed by the coordinator within a tick (50 ms), the data
  *   at fsync() (which then also syncs the acceptance at close()) or, with
  *   -o sync_close, at every close() (fdatasync of the spool file, its
- *   directory and the journal: about 0.3 of local-disk speed here). Flushes with nothing written since
- *   the last validation return its result again. The release of the last
- *   writable descriptor of a file whose last validation failed drops it
- *   (rejected: gone from import/, spool file removed) and logs
- *   "import: STORE/PATH: not a DICOM Part-10 file: WHY; ...". Hence `cp empty
- *   import/` and `cp notdicom import/` still fail with EINVAL at close(),
- *   and the name goes a moment later (RELEASE is asynchronous to close()).
- *   A file rewritten (or truncated) before its batch is committed is
- *   re-validated at its next flush and uploaded again; if that validation
- *   fails the file is withdrawn at the release.
+ *   directory and the journal: about 0.3 of local-disk speed here).
+ *   Flushes with nothing written since the last validation return its
+ *   result again. The release of the last writable descriptor of a file
+ *   whose last validation failed drops it (rejected: gone from import/,
+ *   spool file removed) and logs "import: STORE/PATH: not a DICOM Part-10
+ *   file: WHY; ...". Hence `cp empty import/` and `cp notdicom import/`
+ *   still fail with EINVAL at close(), and the name goes a moment later
+ *   (RELEASE is asynchronous to close()). A file rewritten (or truncated)
+ *   before its batch is committed is re-validated at its next flush and
+ *   uploaded again; if that validation fails the file is withdrawn at the
+ *   release.
  * - Names. The staged object name is fixed when the file is accepted:
  *   gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a pending file only
  *   changes its display path (rsync's ".name.XXXXXX" -> "name" costs no
@@ -362,7 +363,7 @@ int imp_node_journal(import_mgr *m, node *n)
     /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
      * states record progress of accepted work and may use the reserve. */
     bool progress = n->is_dir ? false : n->state != ST_ACCEPTED;
-    int rc = b.oom                ? -ENOMEM
+    int rc = b.oom      ? -ENOMEM
              : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
                         : journal_put(m->j, key, b.p, b.len, false);
     if (rc < 0)
