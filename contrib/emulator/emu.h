@@ -70,6 +70,9 @@ int emu_gcs_list(emu_ctx *ctx, const char *bucket, const char *prefix, emu_gcs_n
                  void *cb_ctx);
 /* Reads a whole object (malloc'ed). Returns 0, or -ENOENT, -EIO. */
 int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len);
+/* Opens an object for reading (its current generation, which never
+ * changes: a replace writes a new file). Returns 0, or -ENOENT, -EIO. */
+int emu_gcs_open(emu_ctx *ctx, const char *bucket, const char *name, int *fd, uint64_t *size);
 /* Writes (atomically replaces) an object. Returns 0 or -errno. */
 int emu_gcs_write(emu_ctx *ctx, const char *bucket, const char *name, const void *data,
                   size_t len, const char *content_type);

@@ -29,6 +29,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 typedef struct obj_rec {
     emu_obj_info info;
@@ -1191,27 +1192,29 @@ int emu_gcs_list(emu_ctx *ctx, const char *bucket, const char *prefix, emu_gcs_n
     return rc == EMU_STORE_NOBUCKET ? -ENOENT : rc == EMU_STORE_OK ? 0 : -EIO;
 }
 
-int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len)
+int emu_gcs_open(emu_ctx *ctx, const char *bucket, const char *name, int *fd, uint64_t *size)
 {
     emu_obj_info info;
-    int fd;
-    int rc = emu_store_object_get(ctx, bucket, name, NULL, &info, &fd);
+    int rc = emu_store_object_get(ctx, bucket, name, NULL, &info, fd);
     if (rc == EMU_STORE_NOBUCKET || rc == EMU_STORE_NOTFOUND)
         return -ENOENT;
     if (rc != EMU_STORE_OK)
         return -EIO;
-    size_t size = (size_t)info.size;
+    *size = info.size;
     emu_obj_info_clear(&info);
+    return 0;
+}
+
+int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len)
+{
+    int fd;
+    uint64_t size64;
+    int rc = emu_gcs_open(ctx, bucket, name, &fd, &size64);
+    if (rc < 0)
+        return rc;
+    size_t size = (size_t)size64;
     char *buf = malloc(size + 1);
-    size_t got = 0;
-    while (buf && got < size) {
-        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
+    size_t got = buf ? util_pread_full(fd, buf, size, 0) : 0;
     close(fd);
     if (!buf || got != size) {
         free(buf);
