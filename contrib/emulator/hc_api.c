@@ -703,8 +703,8 @@ static char *cached_attrs_fd(int fd, uint64_t size)
         size_t got = buf ? util_pread_full(fd, buf, want, 0) : 0;
         dj_file f;
         char why[256];
-        int rc = buf && got == want ? dj_parse_head(buf, got, CACHED_STOP_TAG, &f, why, sizeof why)
-                                    : -1;
+        int rc =
+            buf && got == want ? dj_parse_head(buf, got, CACHED_STOP_TAG, &f, why, sizeof why) : -1;
         if (rc == 0) {
             char *txt = attrs_json(&f);
             dj_file_free(&f);
@@ -713,8 +713,10 @@ static char *cached_attrs_fd(int fd, uint64_t size)
         }
         free(buf);
         if (!buf || got != want || want >= size) {
-            log_warn("emulator: attributes of an instance not indexed: %s",
-                     !buf ? "out of memory" : got != want ? "short read" : why);
+            log_warn("emulator: attributes of an instance not indexed: %s", !buf ? "out of memory"
+                                                                            : got != want
+                                                                                ? "short read"
+                                                                                : why);
             return strdup("{}");
         }
         want = size - want < want ? (size_t)size : want * 2;
@@ -819,7 +821,8 @@ static enum hc_add_result store_add(const char *store_name, const add_src *src,
     snprintf(in->sop_class, sizeof in->sop_class, "%s", sop_class);
     snprintf(in->ts, sizeof in->ts, "%s", info->transfer_syntax);
     in->size = src->len;
-    in->attrs = src->fd >= 0 ? cached_attrs_fd(src->fd, src->len) : cached_attrs(src->buf, src->len);
+    in->attrs =
+        src->fd >= 0 ? cached_attrs_fd(src->fd, src->len) : cached_attrs(src->buf, src->len);
 
     hc_store *first = NULL;
     char *written = NULL; /* our file, removed again if we do not index it */

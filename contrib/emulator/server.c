@@ -599,8 +599,6 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
-    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
-                            (double)atomic_load(&s->anonymous_upload_starts));
     cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
     return root;
 }
@@ -641,19 +639,9 @@ static bool needs_auth(emu_ctx *ctx, const emu_request *r)
     case EMU_KIND_LOGS:
         return true;
     case EMU_KIND_UPLOAD:
-        if (emu_gcs_is_session_request(r))
-            return false;
-        /* @google-cloud/storage starts resumable sessions on a custom
-         * endpoint with no Authorization header at all (createURI drops its
-         * auth client there). Unless --strict-auth, such a start is let
-         * through; a header that is present must still be valid. */
-        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
-            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
-            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
-            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
-            return false;
-        }
-        return true;
+        /* The session URI is the credential of a resumable session's
+         * requests; everything else, starts included, needs a token. */
+        return !emu_gcs_is_session_request(r);
     default:
         return false;
     }
