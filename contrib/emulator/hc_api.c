@@ -143,33 +143,10 @@ int hc_write_atomic(const char *path, const void *data, size_t len)
 
 int hc_read_file(const char *path, uint8_t **data, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        return -EIO;
-    }
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return -ENOMEM;
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *data = buf;
-    *len = got;
-    return 0;
+    char *text;
+    int rc = emu_read_file(path, &text, len);
+    *data = (uint8_t *)text;
+    return rc;
 }
 
 void hc_rfc3339(const struct timespec *ts, char *buf, size_t len)
@@ -194,33 +171,8 @@ bool hc_id_valid(const char *id)
     return strcmp(id, ".") != 0 && strcmp(id, "..") != 0;
 }
 
-static const char *status_name(int status)
-{
-    switch (status) {
-    case 400:
-        return "INVALID_ARGUMENT";
-    case 401:
-        return "UNAUTHENTICATED";
-    case 403:
-        return "PERMISSION_DENIED";
-    case 404:
-        return "NOT_FOUND";
-    case 409:
-        return "ALREADY_EXISTS";
-    case 429:
-        return "RESOURCE_EXHAUSTED";
-    case 501:
-        return "UNIMPLEMENTED";
-    case 503:
-        return "UNAVAILABLE";
-    default:
-        return "INTERNAL";
-    }
-}
-
 void hc_error(emu_response *w, int status, const char *msg)
 {
-    (void)status_name;
     emu_resp_error(w, status, "%s", msg);
 }
 

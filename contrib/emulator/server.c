@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 
 #include "emu_internal.h"
+#include "http.h"
 #include "log.h"
 
 #define EMU_BODY_MEM_MAX (64u * 1024 * 1024)
@@ -291,38 +292,6 @@ void emu_resp_empty(emu_response *w, int status)
     w->status = status;
 }
 
-static const char *canonical_status(int status)
-{
-    switch (status) {
-    case 400:
-        return "INVALID_ARGUMENT";
-    case 401:
-        return "UNAUTHENTICATED";
-    case 403:
-        return "PERMISSION_DENIED";
-    case 404:
-        return "NOT_FOUND";
-    case 409:
-        return "ALREADY_EXISTS";
-    case 412:
-        return "FAILED_PRECONDITION";
-    case 416:
-        return "OUT_OF_RANGE";
-    case 429:
-        return "RESOURCE_EXHAUSTED";
-    case 499:
-        return "CANCELLED";
-    case 501:
-        return "UNIMPLEMENTED";
-    case 503:
-        return "UNAVAILABLE";
-    case 504:
-        return "DEADLINE_EXCEEDED";
-    default:
-        return status >= 500 ? "INTERNAL" : "UNKNOWN";
-    }
-}
-
 static char *vfmt(const char *fmt, va_list ap)
 {
     char *s = NULL;
@@ -341,7 +310,8 @@ void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     cJSON_AddNumberToObject(err, "code", status);
     cJSON_AddStringToObject(err, "message", msg ? msg : "error");
-    cJSON_AddStringToObject(err, "status", canonical_status(status));
+    /* The google.rpc code name the real service pairs with the status. */
+    cJSON_AddStringToObject(err, "status", http_status_name(status));
     free(msg);
     emu_resp_json(w, status, root);
 }

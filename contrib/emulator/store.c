@@ -478,32 +478,36 @@ static int sidecar_to_info(const cJSON *j, const char *bucket, emu_obj_info *o)
     return o->bucket && o->name ? 0 : -1;
 }
 
-static char *read_small_file(const char *path)
+int emu_read_file(const char *path, char **data, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4097 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *n = realloc(buf, cap);
-            if (!n) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = n;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
+    *data = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = fstat(fd, &st) < 0 ? -errno : 0;
+    char *buf = rc == 0 ? malloc((size_t)st.st_size + 1) : NULL;
+    if (rc == 0 && !buf)
+        rc = -ENOMEM;
+    size_t got = buf ? util_pread_full(fd, buf, (size_t)st.st_size, 0) : 0;
+    if (rc == 0 && got != (size_t)st.st_size)
+        rc = -EIO;
+    close(fd);
+    if (rc < 0) {
+        free(buf);
+        return rc;
     }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    return 0;
+}
+
+char *emu_read_text(const char *path)
+{
+    char *text;
+    size_t len;
+    return emu_read_file(path, &text, &len) == 0 ? text : NULL;
 }
 
 /* Writes text to path atomically (temp file in the same directory, rename). */
@@ -560,7 +564,7 @@ static void load_objects(emu_store *s, bucket *b)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        char *text = read_small_file(path);
+        char *text = emu_read_text(path);
         cJSON *j = text ? cJSON_Parse(text) : NULL;
         free(text);
         obj_rec *o = calloc(1, sizeof(*o));
@@ -616,7 +620,7 @@ static void load_buckets(emu_store *s)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s/bucket.json", dir, e->d_name);
-        char *text = read_small_file(path);
+        char *text = emu_read_text(path);
         cJSON *j = text ? cJSON_Parse(text) : NULL;
         free(text);
         if (!j)
