@@ -230,6 +230,52 @@ def test_import_counters_errors_logs_duplicates(emulator, tmp):
 # ---------------------------------------------------------------- QIDO / WADO / STOW
 
 
+def test_import_of_a_large_instance_with_a_long_header(emulator, tmp):
+    # Import reads only a file's header (growing the read when the header
+    # is longer than the first read) and links the object's bytes into the
+    # store: the instance must still index every cached attribute and keep
+    # its exact bytes after the Cloud Storage object is gone.
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    path = os.path.join(tmp, "big.dcm")
+    samples.make_instance(path, study, series, sop, rows=1024, cols=1024, bits=16,
+                          patient_name="LONG^HEADER", accession="ACC-BIG", instance_number=7)
+    ds = pydicom.dcmread(path)
+    refs = []
+    for _ in range(3000):  # (0008,1140): some 300 KB before the last cached tags
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        item.ReferencedSOPInstanceUID = generate_uid()
+        refs.append(item)
+    ds.ReferencedImageSequence = Sequence(refs)
+    ds.save_as(path, write_like_original=False)
+    data = read(path)
+    assert len(data) > 2 << 20
+    upload(emulator, "staging", "long/big.dcm", data)
+    assert import_files(emulator, "gs://staging/long/*.dcm")["metadata"]["counter"] == \
+        {"success": "1"}
+    status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop, includefield="all")
+    assert status == 200 and len(body) == 1, body
+    inst = body[0]
+    assert inst["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "LONG^HEADER"}]}
+    assert inst["00080050"] == {"vr": "SH", "Value": ["ACC-BIG"]}
+    assert inst["00200013"]["Value"] == [7]
+    assert inst["00280010"] == {"vr": "US", "Value": [1024]}
+
+    status, _, _ = emulator.request("DELETE", "/storage/v1/b/staging/o/long%2Fbig.dcm")
+    assert status == 204
+    status, _, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop),
+        headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert status == 200 and body == data
+
+    # Importing the same bytes again is a duplicate that counts as a success.
+    upload(emulator, "staging", "long/again.dcm", data)
+    assert import_files(emulator, "gs://staging/long/again.dcm")["metadata"]["counter"] == \
+        {"success": "1"}
+
+
 def test_qido_wado_metadata(emulator, tmp):
     tree = stage_tree(emulator, tmp, "q", n_studies=3, n_series=2, n_instances=2)
     assert import_files(emulator, "gs://staging/q/**")["metadata"]["counter"] == {"success": "12"}
