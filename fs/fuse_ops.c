@@ -1272,6 +1272,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .staging_prefix = x->opt->staging_prefix,
             .uploads = x->opt->uploads,
             .commit_delay_s = x->opt->commit_delay,
+            .sync_close = x->opt->sync_close,
             .uid = x->uid,
             .gid = x->gid,
         };

@@ -14,14 +14,19 @@
  *   empty file, then the writes, then close(1) -> FLUSH again; RELEASE comes
  *   once, after the last close. So a flush validates the current content
  *   when it changed since the last validation (or was never validated): the
- *   spool file is fsync'ed, then checked to be DICOM Part 10
+ *   spool file is checked to be DICOM Part 10
  *   (dicom_parse_fd). A file that is not (no preamble/"DICM", truncated,
  *   zero-length) fails that close() with EINVAL (logged at debug level
  *   only) but KEEPS its spool entry, so writes through another descriptor
  *   still work and their flush validates again. A valid file is recorded in
  *   the journal as ACCEPTED (display path, size, SOP Instance UID, spool id)
- *   and the record is fsync'ed before close() returns 0: a successful
- *   close() means durable on local disk. Flushes with nothing written since
+ *   before close() returns 0: a successful close() means the data and the
+ *   record are in the cache filesystem, safe from a crash or kill of dicomfs
+ *   (the kernel holds them). Power-loss durability is a local disk's: the
+ *   journal is fsync'ed by the coordinator within a tick (50 ms), the data
+ *   at fsync() (which then also syncs the acceptance at close()) or, with
+ *   -o sync_close, at every close() (fdatasync of the spool file, its
+ *   directory and the journal: about 0.3 of local-disk speed here). Flushes with nothing written since
  *   the last validation return its result again. The release of the last
  *   writable descriptor of a file whose last validation failed drops it
  *   (rejected: gone from import/, spool file removed) and logs
@@ -70,7 +75,8 @@ typedef struct handle {
     node *n;
     int fd;
     bool writable;
-    int last_rc; /* result of this handle's last flush (kept once the node is gone) */
+    bool fsynced; /* fsync() was called: its close() syncs the acceptance too */
+    int last_rc;  /* result of this handle's last flush (kept once the node is gone) */
 } handle;
 
 double imp_now(void)
@@ -824,6 +830,21 @@ void import_mgr_free(import_mgr *m)
 
 /* ---------------------------------------------------------------- namespace ops */
 
+/* After a namespace change is journaled (lock released): with sync_close it
+ * is made durable before the call returns; otherwise the record is already
+ * in the cache filesystem (safe from a crash of dicomfs) and the coordinator
+ * fsyncs the journal at its next tick, as a local filesystem makes a rename
+ * durable at its next commit rather than inside rename(). */
+static int journal_settle(import_mgr *m)
+{
+    if (m->cfg.sync_close)
+        return journal_sync(m->j);
+    pthread_mutex_lock(&m->lock);
+    up_kick(m);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
 int import_getattr(import_mgr *m, const char *store, const char *rel, struct stat *st)
 {
     if (!*rel) {
@@ -892,7 +913,7 @@ int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
         rc = -EIO;
     }
     pthread_mutex_unlock(&m->lock);
-    return rc == 0 ? journal_sync(m->j) : rc;
+    return rc == 0 ? journal_settle(m) : rc;
 }
 
 int import_rmdir(import_mgr *m, const char *store, const char *rel)
@@ -911,7 +932,7 @@ int import_rmdir(import_mgr *m, const char *store, const char *rel)
     if (rc == 0)
         imp_node_unlist(m, d);
     pthread_mutex_unlock(&m->lock);
-    return rc == 0 ? journal_sync(m->j) : rc;
+    return rc == 0 ? journal_settle(m) : rc;
 }
 
 static handle *handle_new(node *n, int fd, bool writable)
@@ -1052,6 +1073,8 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     nd->gen++;
     clock_gettime(CLOCK_REALTIME, &nd->mtime);
     nd->ctime = nd->mtime;
+    if (nd->st->open)
+        nd->st->open->last_accept = imp_now(); /* still copying: not quiet yet */
     pthread_mutex_unlock(&m->lock);
     return (int)n;
 }
@@ -1122,6 +1145,20 @@ static int check_failed(node *n, int rc, const char *fmt, ...)
     return rc;
 }
 
+/* fdatasync of a spool file and of its directory entry (a spool file made
+ * durable must also be findable after a power loss). */
+static int sync_spool_file(import_mgr *m, int fd, const char **what)
+{
+    if (fdatasync(fd) < 0) {
+        *what = "cannot make the spool file durable";
+        return -errno;
+    }
+    int rc = spool_sync_dir(m->sp);
+    if (rc < 0)
+        *what = "cannot sync the spool directory";
+    return rc;
+}
+
 /* Validates the current content of h's file and accepts it if it is DICOM
  * Part 10. Returns what flush() returns. */
 static int validate(import_mgr *m, handle *h)
@@ -1142,12 +1179,9 @@ static int validate(import_mgr *m, handle *h)
     const char *what = "";
     struct stat sb;
     memset(&sb, 0, sizeof sb);
-    if (fdatasync(h->fd) < 0) {
-        rc = -errno;
-        what = "cannot make the spool file durable";
-    } else if ((rc = spool_sync_dir(m->sp)) < 0) {
-        /* The spool file's directory entry must survive a crash too. */
-        what = "cannot sync the spool directory";
+    bool sync = m->cfg.sync_close || h->fsynced;
+    if (sync && (rc = sync_spool_file(m, h->fd, &what)) < 0) {
+        /* what says which step failed */
     } else if (fstat(h->fd, &sb) < 0) {
         rc = -errno;
         what = "cannot stat the spool file";
@@ -1198,8 +1232,13 @@ static int validate(import_mgr *m, handle *h)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
     up_enqueue(m, n);
+    if (!sync)
+        up_kick(m); /* the coordinator's tick fsyncs the journal */
     pthread_mutex_unlock(&m->lock);
-    rc = journal_sync(m->j);
+    /* Without sync, the record is in the cache filesystem already (it
+     * survives a crash of dicomfs) and the coordinator, kicked by
+     * up_enqueue, fsyncs the journal within a tick for power loss. */
+    rc = sync ? journal_sync(m->j) : 0;
     if (rc < 0) {
         log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,
                   strerror(-rc));
@@ -1227,11 +1266,23 @@ int import_flush(import_mgr *m, uint64_t fh)
     return rc;
 }
 
+/* fsync() makes the data and its spool entry durable now; an already
+ * accepted content also gets its journal record synced, and the handle's
+ * close() then syncs the acceptance it records (rsync --fsync, databases). */
 int import_fsync(import_mgr *m, uint64_t fh)
 {
-    (void)m;
     handle *h = (handle *)(uintptr_t)fh;
-    return fdatasync(h->fd) < 0 ? -errno : 0;
+    const char *what = "";
+    int rc = sync_spool_file(m, h->fd, &what);
+    if (rc < 0) {
+        log_error("import: %s/%s: fsync: %s: %s", h->n->st->name, h->n->path, what, strerror(-rc));
+        return rc;
+    }
+    h->fsynced = true;
+    pthread_mutex_lock(&m->lock);
+    bool accepted = h->n->visible && !h->n->dirty && h->n->state == ST_ACCEPTED;
+    pthread_mutex_unlock(&m->lock);
+    return accepted ? journal_sync(m->j) : 0;
 }
 
 int import_release(import_mgr *m, uint64_t fh)
@@ -1269,7 +1320,7 @@ int import_release(import_mgr *m, uint64_t fh)
     pthread_mutex_unlock(&m->lock);
     free(h);
     if (dropped)
-        journal_sync(m->j);
+        journal_settle(m);
     return 0;
 }
 
@@ -1387,7 +1438,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         free(np);
     }
     pthread_mutex_unlock(&m->lock);
-    return rc == 0 ? journal_sync(m->j) : rc;
+    return rc == 0 ? journal_settle(m) : rc;
 }
 
 int import_unlink(import_mgr *m, const char *store, const char *rel)
@@ -1399,7 +1450,7 @@ int import_unlink(import_mgr *m, const char *store, const char *rel)
         rc = node_withdraw(m, n, false, "be removed");
     up_kick(m);
     pthread_mutex_unlock(&m->lock);
-    return rc == 0 ? journal_sync(m->j) : rc;
+    return rc == 0 ? journal_settle(m) : rc;
 }
 
 static void apply_time(struct timespec *dst, const struct timespec *src)

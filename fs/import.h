@@ -39,6 +39,7 @@ typedef struct import_config {
     const char *staging_prefix; /* "P" without trailing '/', may be "" */
     int uploads;                /* parallel uploads */
     double commit_delay_s;      /* quiet period before a batch is committed */
+    bool sync_close;            /* fdatasync spool file + journal in every close() */
     uid_t uid;                  /* owner shown for spooled files */
     gid_t gid;
 } import_config;

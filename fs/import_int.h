@@ -47,7 +47,7 @@ struct batch {
     store_st *st;
     int state;
     char *op;           /* operation name once started */
-    double last_accept; /* monotonic seconds of the newest accepted file */
+    double last_accept; /* monotonic seconds of the newest accepted file or write */
     double next_try;    /* next import start / poll */
     double backoff;
     bool verifying;                    /* op done with errors: checking files one by one */

@@ -18,7 +18,7 @@
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
     char *uploads, *commit_delay;
-    int allow_delete, no_auth;
+    int allow_delete, no_auth, sync_close;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
     char *nonopt[2];
@@ -48,6 +48,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("commit_delay=%s", commit_delay),
     RAW("allow_delete", allow_delete),
     RAW("no_auth", no_auth),
+    RAW("sync_close", sync_close),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -355,6 +356,7 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     o->single_thread = r->single_thread;
     o->allow_delete = r->allow_delete;
     o->no_auth = r->no_auth;
+    o->sync_close = r->sync_close;
     /* Ownership of the strings moves to o. */
     o->source = r->nonopt[0];
     o->mountpoint = r->nonopt[1];
@@ -525,6 +527,9 @@ void fs_options_usage(const char *progname)
            "Google)\n"
            "  uploads=N              parallel uploads (default %d)\n"
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
+           "  sync_close             close() in import/ also fsyncs the file and the journal\n"
+           "                         (power-loss durable at every close; default: at fsync\n"
+           "                         and within 50 ms for the journal, like a local disk)\n"
            "  allow_delete           let rmdir remove datasets and stores (off by default)\n"
            "  no_auth                send no credentials (local emulator only)\n"
            "\n"

@@ -36,6 +36,7 @@ typedef struct fs_options {
     double commit_delay;
     bool allow_delete;
     bool no_auth;
+    bool sync_close; /* fsync spool file and journal at every close() in import/ */
     bool foreground;
     bool debug;
     bool single_thread;
@@ -46,7 +47,7 @@ typedef struct fs_options {
 } fs_options;
 
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
-#define FS_OPTIONS_DEFAULT_COMMIT_DELAY 5.0
+#define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.5
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

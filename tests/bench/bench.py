@@ -220,7 +220,8 @@ class Emulator:
 
 
 class Mount:
-    def __init__(self, build_dir, emu, work, uploads, commit_delay=1.0, name="mnt"):
+    def __init__(self, build_dir, emu, work, uploads, commit_delay=None, name="mnt"):
+        """commit_delay None: dicomfs's default, as a user gets it."""
         self.build_dir = build_dir
         self.mnt = os.path.join(work, name)
         self.cache = os.path.join(work, name + "-cache")
@@ -231,7 +232,8 @@ class Mount:
         self.proc = subprocess.Popen(
             [self.exe, f"projects/{PROJECT}/locations/{LOCATION}", self.mnt, "-f",
              "-o", f"staging=gs://{BUCKET}/dicomfs,cache_dir={self.cache},no_auth,"
-                   f"uploads={uploads},commit_delay={commit_delay},"
+                   f"uploads={uploads},"
+                   + (f"commit_delay={commit_delay}," if commit_delay is not None else "") +
                    f"endpoint={emu.url}/,storage_endpoint={emu.url}"],
             stdout=self.log, stderr=self.log, env=env)
         deadline = time.time() + 30

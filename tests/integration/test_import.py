@@ -474,3 +474,58 @@ def test_import_overwrite_pending_file_revalidates(mounts, emulator, workdir):
     got = store_uids(emulator)
     assert got[uid_b] == 1
     assert got[uid_a] == 0  # neither the overwritten nor the withdrawn copy
+
+
+# ---------------------------------------------------------------- durability policy
+
+def spool_fdatasyncs(mount, action):
+    """Runs action() with strace attached to the daemon and returns the
+    fdatasync/fsync calls made on spool files (strace -y names the path)."""
+    out = tempfile.mktemp(prefix="dicomfs-strace.")
+    tracer = subprocess.Popen(["strace", "-f", "-y", "-e", "trace=fdatasync,fsync", "-o", out,
+                               "-p", str(mount.m.proc.pid)], stderr=subprocess.PIPE)
+    try:
+        # strace says "Process N attached" per thread once it is in place.
+        deadline = time.time() + 10
+        seen = b""
+        while b"attached" not in seen and time.time() < deadline:
+            seen += tracer.stderr.read1(4096)
+        assert b"attached" in seen, seen
+        action()
+        time.sleep(0.3)  # let the FUSE threads' calls reach the trace
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+    with open(out) as f:
+        calls = [line for line in f if "/spool/" in line and "sync(" in line]
+    os.unlink(out)
+    return calls
+
+
+def test_close_durability_policy(mounts, workdir, mount_factory):
+    """Default: close() puts the data and its journal record in the cache
+    filesystem (a killed daemon loses nothing: test_crash.py) without an
+    fdatasync of the spool file; fsync() does sync it. -o sync_close syncs at
+    every close(). Checked on the daemon's own system calls."""
+    src = os.path.join(workdir, "a.dcm")
+    write_instance(src, generate_uid(), generate_uid(), 1)
+    m = mounts(commit_delay=30)
+    calls = spool_fdatasyncs(m, lambda: subprocess.run(
+        ["cp", src, os.path.join(m.import_dir(), "a.dcm")], check=True))
+    assert calls == [], calls
+
+    def write_with_fsync():
+        with open(src, "rb") as f:
+            data = f.read()
+        fd = os.open(os.path.join(m.import_dir(), "b.dcm"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+    calls = spool_fdatasyncs(m, write_with_fsync)
+    assert any("fdatasync(" in c for c in calls), calls
+    assert sorted(os.listdir(m.import_dir())) == ["a.dcm", "b.dcm"]
+
+    s = ImportMount(mount_factory(options=("commit_delay=30", "sync_close")))
+    calls = spool_fdatasyncs(s, lambda: subprocess.run(
+        ["cp", src, os.path.join(s.import_dir(), "c.dcm")], check=True))
+    assert any("fdatasync(" in c for c in calls), calls

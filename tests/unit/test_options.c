@@ -42,7 +42,8 @@ TEST(location_defaults)
     CHECK_EQ_STR(o.export_prefix, "stage-exports");
     CHECK_EQ_STR(o.export_to, "gs://bkt/stage-exports");
     CHECK_EQ_INT(o.uploads, 16);
-    CHECK(o.commit_delay == 5.0);
+    CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
+    CHECK(!o.sync_close);
     CHECK(!o.allow_delete);
     CHECK(!o.no_auth);
     CHECK(!o.foreground);
@@ -68,7 +69,7 @@ TEST(dataset_source_and_all_options)
                        "-o",
                        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
                        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
-                       "uploads=4,commit_delay=0.5,allow_delete,no_auth,attr_timeout=3",
+                       "uploads=4,commit_delay=0.25,allow_delete,no_auth,sync_close,attr_timeout=3",
                        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(err, "");
@@ -84,7 +85,8 @@ TEST(dataset_source_and_all_options)
     CHECK_EQ_STR(o.endpoint, "http://127.0.0.1:1/");
     CHECK_EQ_STR(o.storage_endpoint, "http://127.0.0.1:2");
     CHECK_EQ_INT(o.uploads, 4);
-    CHECK(o.commit_delay == 0.5);
+    CHECK(o.commit_delay == 0.25);
+    CHECK(o.sync_close);
     CHECK(o.allow_delete);
     CHECK(o.no_auth);
     CHECK(o.foreground);
