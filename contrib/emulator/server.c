@@ -906,7 +906,7 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
         flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(1024 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+        (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
     if (!g_daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;
