@@ -23,8 +23,6 @@
 #define GCS_MAX_STALLS 8   /* failed chunk/status attempts without progress */
 #define GCS_LIST_PAGE 1000
 #define GCS_URL_BUF 8192 /* session URIs carry long upload ids */
-/* Larger uploads are checked by CRC32C and size only (no MD5 pass). */
-#define GCS_MD5_MAX (8u * 1024u * 1024u)
 
 struct gcs_client {
     http_client *http;
@@ -317,111 +315,141 @@ uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len)
 
 /* ---- checksums of what we send ----------------------------------------------- */
 
-typedef struct gcs_sums {
-    char md5_b64[32];
-    char crc32c_b64[16];
-} gcs_sums;
+/* Integrity is checked by CRC32C and size only, as Google recommends for
+ * Cloud Storage: composite objects carry no md5Hash at all, and an MD5 pass
+ * cost seconds of CPU per GiB plus a second read of every file. The CRC32C
+ * is not a pass of its own either: it is fed by the http body observer with
+ * the bytes as libcurl takes them, so the source is read once, and what is
+ * summed is exactly what was sent. */
+typedef struct gcs_sum {
+    uint32_t crc;  /* CRC32C of the object's bytes [0, next) */
+    uint64_t next; /* each byte below next was counted exactly once */
+    bool gap;      /* bytes beyond next were sent: the sum cannot be trusted */
+} gcs_sum;
 
-/* Reads the source once (pread, 256 KiB at a time: the file is never held
- * whole) and produces the base64 forms GCS reports. Without want_md5 only
- * the CRC32C is computed (md5_b64 left empty, not compared): MD5 costs
- * ~1.5 s of CPU per GiB before a large upload can start, and CRC32C alone
- * is what GCS itself recommends for integrity checks. */
-static int compute_sums(const gcs_source *src, bool want_md5, gcs_sums *out, http_error *err)
+/* One request's view of the sum: its body starts at object offset base. */
+typedef struct sum_feed {
+    gcs_sum *sum;
+    uint64_t base;
+} sum_feed;
+
+/* http_body_observer. A piece starting at object offset 0 is a send from the
+ * start (a retried media request, a new session's first chunk): the sum
+ * restarts. Otherwise a resend of bytes already counted (libcurl's rewind, a
+ * retried resumable chunk) is skipped, so no byte is counted twice. */
+static void sum_observe(void *ctx, uint64_t offset, const void *data, size_t len)
 {
-    unsigned char md5[EVP_MAX_MD_SIZE], crcb[4];
-    unsigned int md5_len = 0;
-    uint32_t crc = 0;
-    unsigned char *buf = NULL;
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int rc = GCS_ERR_NOMEM;
-
-    memset(out, 0, sizeof(*out));
-    if (!md || !EVP_DigestInit_ex(md, EVP_md5(), NULL))
-        goto out;
-    if (src->buf) {
-        if (want_md5)
-            EVP_DigestUpdate(md, src->buf, src->size);
-        crc = gcs_crc32c(0, src->buf, src->size);
-    } else {
-        uint64_t off = 0;
-        buf = malloc(GCS_CHUNK_QUANTUM);
-        if (!buf)
-            goto out;
-        while (off < src->size) {
-            size_t want =
-                src->size - off < GCS_CHUNK_QUANTUM ? (size_t)(src->size - off) : GCS_CHUNK_QUANTUM;
-            ssize_t n = pread(src->fd, buf, want, (off_t)off);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                util_set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
-                             n < 0 ? strerror(errno) : "file shorter than its size");
-                log_error("gcs: %s", err->message);
-                rc = GCS_ERR_IO;
-                goto out;
-            }
-            if (want_md5)
-                EVP_DigestUpdate(md, buf, (size_t)n);
-            crc = gcs_crc32c(crc, buf, (size_t)n);
-            off += (uint64_t)n;
-        }
+    const sum_feed *f = ctx;
+    gcs_sum *s = f->sum;
+    uint64_t at = f->base + offset, end = at + len;
+    if (at == 0) {
+        s->crc = 0;
+        s->next = 0;
+        s->gap = false;
     }
-    if (!EVP_DigestFinal_ex(md, md5, &md5_len))
-        goto out;
-    crcb[0] = (unsigned char)(crc >> 24); /* GCS encodes crc32c big-endian */
-    crcb[1] = (unsigned char)(crc >> 16);
-    crcb[2] = (unsigned char)(crc >> 8);
-    crcb[3] = (unsigned char)crc;
-    if (want_md5)
-        EVP_EncodeBlock((unsigned char *)out->md5_b64, md5, (int)md5_len);
-    EVP_EncodeBlock((unsigned char *)out->crc32c_b64, crcb, 4);
-    rc = GCS_OK;
-out:
-    if (rc == GCS_ERR_NOMEM)
-        util_set_err(err, 0, "", "out of memory computing checksums");
-    free(buf);
-    EVP_MD_CTX_free(md);
-    return rc;
+    if (at > s->next) {
+        s->gap = true;
+        return;
+    }
+    if (end <= s->next)
+        return;
+    s->crc = gcs_crc32c(s->crc, (const unsigned char *)data + (s->next - at), end - s->next);
+    s->next = end;
 }
 
-/* The object the server reports must match what we sent. A missing checksum
- * cannot be checked (composite objects have no md5); the size still is. */
-static int verify_object(const gcs_object *o, const gcs_sums *s, uint64_t size, const char *bucket,
-                         const char *name, http_error *err)
+/* The CRC32C of the whole source, reading it once (pread, 256 KiB at a time:
+ * the file is never held whole). Only used when the streamed sum has a gap. */
+static int read_crc(const gcs_source *src, uint32_t *crc, http_error *err)
+{
+    unsigned char *buf;
+    uint64_t off = 0;
+    *crc = 0;
+    if (src->buf) {
+        *crc = gcs_crc32c(0, src->buf, src->size);
+        return GCS_OK;
+    }
+    buf = malloc(GCS_CHUNK_QUANTUM);
+    if (!buf)
+        return nomem(err);
+    while (off < src->size) {
+        size_t want =
+            src->size - off < GCS_CHUNK_QUANTUM ? (size_t)(src->size - off) : GCS_CHUNK_QUANTUM;
+        ssize_t n = pread(src->fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            util_set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
+                         n < 0 ? strerror(errno) : "file shorter than its size");
+            log_error("gcs: %s", err->message);
+            free(buf);
+            return GCS_ERR_IO;
+        }
+        *crc = gcs_crc32c(*crc, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    free(buf);
+    return GCS_OK;
+}
+
+/* The base64 CRC32C of what was sent, as GCS reports it: the streamed sum
+ * when it covers every byte exactly once, else one read pass. */
+static int sent_crc32c(const gcs_source *src, const gcs_sum *sum, const char *bucket,
+                       const char *name, char out[16], http_error *err)
+{
+    uint32_t crc = sum->crc;
+    unsigned char b[4];
+    if (sum->gap || sum->next != src->size) {
+        log_info("gcs: upload of gs://%s/%s: streamed crc32c covers %" PRIu64 " of %" PRIu64
+                 " bytes%s; reading the source again",
+                 bucket, name, sum->next, src->size, sum->gap ? " with a gap" : "");
+        int rc = read_crc(src, &crc, err);
+        if (rc != GCS_OK)
+            return rc;
+    }
+    b[0] = (unsigned char)(crc >> 24); /* GCS encodes crc32c big-endian */
+    b[1] = (unsigned char)(crc >> 16);
+    b[2] = (unsigned char)(crc >> 8);
+    b[3] = (unsigned char)crc;
+    EVP_EncodeBlock((unsigned char *)out, b, 4);
+    return GCS_OK;
+}
+
+/* The object the server reports must match what we sent, by size and
+ * crc32c. A missing crc32c cannot be checked; the size still is. */
+static int verify_object(const gcs_object *o, const char *crc_b64, uint64_t size,
+                         const char *bucket, const char *name, http_error *err)
 {
     const char *what = NULL;
     if (o->size != size)
         what = "size";
-    else if (o->md5_b64[0] && s->md5_b64[0] && strcmp(o->md5_b64, s->md5_b64) != 0)
-        what = "md5Hash";
-    else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, s->crc32c_b64) != 0)
+    else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, crc_b64) != 0)
         what = "crc32c";
     if (what) {
-        util_set_err(
-            err, 0, "DATA_LOSS",
-            "upload of gs://%s/%s: server %s differs from the data sent (sent md5 %s crc32c "
-            "%s size %" PRIu64 "; server md5 %s crc32c %s size %" PRIu64 ")",
-            bucket, name, what, s->md5_b64, s->crc32c_b64, size, o->md5_b64, o->crc32c_b64,
-            o->size);
+        util_set_err(err, 0, "DATA_LOSS",
+                     "upload of gs://%s/%s: server %s differs from the data sent (sent crc32c %s "
+                     "size %" PRIu64 "; server crc32c %s size %" PRIu64 ")",
+                     bucket, name, what, crc_b64, size, o->crc32c_b64, o->size);
         log_error("gcs: %s", err->message);
         return GCS_ERR_CHECKSUM;
     }
-    if (!o->md5_b64[0] && !o->crc32c_b64[0])
-        log_warn("gcs: upload of gs://%s/%s: server returned no checksum to verify", bucket, name);
+    if (!o->crc32c_b64[0])
+        log_warn("gcs: upload of gs://%s/%s: server returned no crc32c to verify", bucket, name);
     return GCS_OK;
 }
 
-static int finish_upload(const http_response *resp, const gcs_sums *sums, uint64_t size,
+static int finish_upload(const http_response *resp, const gcs_source *src, const gcs_sum *sum,
                          const char *bucket, const char *name, gcs_object *out, http_error *err)
 {
     gcs_object o;
+    char crc[16];
     int rc = gcs_object_from_json(resp->body, resp->body_len, &o);
     if (rc == GCS_ERR_NOMEM)
         return nomem(err);
     if (rc != GCS_OK)
         return protocol_err(err, resp, "upload", bucket, name);
-    rc = verify_object(&o, sums, size, bucket, name, err);
+    rc = sent_crc32c(src, sum, bucket, name, crc, err);
+    if (rc == GCS_OK)
+        rc = verify_object(&o, crc, src->size, bucket, name, err);
     if (rc == GCS_OK && out)
         *out = o;
     else
@@ -456,8 +484,16 @@ static char *upload_url(const gcs_client *c, const char *bucket, const char *nam
 
 /* ---- uploads -------------------------------------------------------------- */
 
-static void set_body(http_request *req, const gcs_source *src, uint64_t off, uint64_t len)
+/* The body is [off, off+len) of the source; feed (when given, its base set
+ * here) sums the bytes as they are sent. */
+static void set_body(http_request *req, const gcs_source *src, uint64_t off, uint64_t len,
+                     sum_feed *feed)
 {
+    if (feed && len) {
+        feed->base = off;
+        req->body_observer = sum_observe;
+        req->body_observer_ctx = feed;
+    }
     if (len == 0) {
         req->body = "";
         req->body_len = 0;
@@ -476,9 +512,10 @@ static void set_body(http_request *req, const gcs_source *src, uint64_t off, uin
  * the same bytes again as a new generation. ifGenerationMatch=0 would turn
  * that case into a spurious 412, so the upload is marked idempotent instead. */
 static int upload_simple(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
-                         const char *ctype, const gcs_sums *sums, gcs_object *out, http_error *err)
+                         const char *ctype, gcs_sum *sum, gcs_object *out, http_error *err)
 {
     http_request req;
+    sum_feed feed = {.sum = sum};
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "media");
     char *cth = http_strdup_printf("Content-Type: %s", ctype);
@@ -495,14 +532,14 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     req.url = url;
     req.headers = hdrs;
     req.idempotent = true;
-    set_body(&req, src, 0, src->size);
+    set_body(&req, src, 0, src->size, &feed);
     rc = http_perform(c->http, &req, &resp, err);
     if (rc != HTTP_OK)
         rc = from_http_rc(rc);
     else if (resp.status != 200 && resp.status != 201)
         rc = protocol_err(err, &resp, "media upload", bucket, name);
     else
-        rc = finish_upload(&resp, sums, src->size, bucket, name, out, err);
+        rc = finish_upload(&resp, src, sum, bucket, name, out, err);
     http_response_free(&resp);
     free(url);
     free(cth);
@@ -625,9 +662,10 @@ static step_result classify(int hrc, const http_response *resp, uint64_t size, u
  * the http layer: after an interruption the server's persisted offset is
  * asked for instead, since it may differ from what was sent. */
 static int session_put(gcs_client *c, const char *session, const gcs_source *src, uint64_t off,
-                       uint64_t len, bool query, http_response *resp, http_error *err)
+                       uint64_t len, bool query, gcs_sum *sum, http_response *resp, http_error *err)
 {
     http_request req;
+    sum_feed feed = {.sum = sum};
     char cr[96];
     const char *hdrs[] = {cr, NULL};
     if (query || src->size == 0)
@@ -640,7 +678,7 @@ static int session_put(gcs_client *c, const char *session, const gcs_source *src
     req.url = session;
     req.headers = hdrs;
     req.idempotent = query;
-    set_body(&req, src, off, query ? 0 : len);
+    set_body(&req, src, off, query ? 0 : len, &feed);
     memset(resp, 0, sizeof(*resp));
     return http_perform(c->http, &req, resp, err);
 }
@@ -665,8 +703,8 @@ static double jitter(void)
 }
 
 static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
-                            const gcs_source *src, const char *ctype, const gcs_sums *sums,
-                            gcs_object *out, http_error *err)
+                            const gcs_source *src, const char *ctype, gcs_sum *sum, gcs_object *out,
+                            http_error *err)
 {
     const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
     char *session = NULL;
@@ -699,10 +737,10 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
         if (off == src->size && src->size > 0)
             query = true;
         len = src->size - off < c->chunk ? src->size - off : c->chunk;
-        hrc = session_put(c, session, src, off, len, query, &resp, err);
+        hrc = session_put(c, session, src, off, len, query, sum, &resp, err);
         st = classify(hrc, &resp, src->size, &off, &rc, bucket, name, err);
         if (st == STEP_DONE)
-            rc = finish_upload(&resp, sums, src->size, bucket, name, out, err);
+            rc = finish_upload(&resp, src, sum, bucket, name, out, err);
         http_response_free(&resp);
         if (st == STEP_DONE || st == STEP_FAIL)
             break;
@@ -746,8 +784,7 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
 static int upload(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
                   const char *content_type, gcs_object *out, http_error *err)
 {
-    gcs_sums sums;
-    int rc;
+    gcs_sum sum = {0};
     const char *ctype = content_type && *content_type ? content_type : "application/octet-stream";
     if (out)
         memset(out, 0, sizeof(*out));
@@ -755,13 +792,10 @@ static int upload(gcs_client *c, const char *bucket, const char *name, const gcs
         util_set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
         return GCS_ERR_INVAL;
     }
-    /* Uploads above 8 MiB are checked by CRC32C and size only. */
-    rc = compute_sums(src, src->size <= GCS_MD5_MAX, &sums, err);
-    if (rc != GCS_OK)
-        return rc;
+    /* The CRC32C is summed while the bytes are sent (sum_observe). */
     if (src->size <= c->threshold)
-        return upload_simple(c, bucket, name, src, ctype, &sums, out, err);
-    return upload_resumable(c, bucket, name, src, ctype, &sums, out, err);
+        return upload_simple(c, bucket, name, src, ctype, &sum, out, err);
+    return upload_resumable(c, bucket, name, src, ctype, &sum, out, err);
 }
 
 int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, uint64_t size,

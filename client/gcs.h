@@ -3,9 +3,11 @@
  * Owns: uploads from a file descriptor (one media request up to the
  * resumable threshold, resumable sessions in 256 KiB-multiple chunks beyond
  * it, resuming from the server's Range on 308 and after an interruption),
- * verification of the returned md5Hash/crc32c against what was sent, listing
- * with prefix/delimiter/paging, ranged downloads, delete. The endpoint is
- * STORAGE_EMULATOR_HOST (scheme included) when set, else
+ * verification of the returned crc32c and size against what was sent (the
+ * CRC32C is summed while the body streams out, so the source is read once;
+ * no MD5: CRC32C is what Google recommends and what composite objects
+ * carry), listing with prefix/delimiter/paging, ranged downloads, delete.
+ * The endpoint is STORAGE_EMULATOR_HOST (scheme included) when set, else
  * https://storage.googleapis.com, unless given explicitly.
  */
 #ifndef DICOMFS_GCS_H
@@ -22,7 +24,7 @@ typedef struct gcs_client gcs_client;
 enum {
     GCS_OK = 0,
     GCS_ERR_HTTP = -1,     /* see http_error */
-    GCS_ERR_CHECKSUM = -2, /* the server's md5/crc32c differs from what was sent */
+    GCS_ERR_CHECKSUM = -2, /* the server's crc32c or size differs from what was sent */
     GCS_ERR_IO = -3,
     GCS_ERR_NOMEM = -4,
     GCS_ERR_INVAL = -5,
@@ -53,8 +55,7 @@ int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, u
 int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
                    size_t len, const char *content_type, gcs_object *out, http_error *err);
 
-int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out,
-             http_error *err);
+int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err);
 
 /* Downloads [offset, offset+len) (len 0 = to the end) to fd at fd_offset. */
 int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,

@@ -630,6 +630,15 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud)
     return k;
 }
 
+/* Hands n bytes just read at up_pos to the caller's observer, then advances. */
+static void observe(xfer *x, const char *buf, size_t n)
+{
+    const http_request *req = x->req;
+    if (req->body_observer && n)
+        req->body_observer(req->body_observer_ctx, (uint64_t)x->up_pos, buf, n);
+    x->up_pos += (off_t)n;
+}
+
 static size_t on_read(char *buf, size_t size, size_t n, void *ud)
 {
     xfer *x = ud;
@@ -642,7 +651,7 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud)
         want = (size_t)left;
     if (req->body_fd < 0) {
         memcpy(buf, (const char *)req->body + x->up_pos, want);
-        x->up_pos += (off_t)want;
+        observe(x, buf, want);
         return want;
     }
     ssize_t r;
@@ -657,7 +666,7 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud)
         x->up_short = true;
         return CURL_READFUNC_ABORT;
     }
-    x->up_pos += r;
+    observe(x, buf, (size_t)r);
     return (size_t)r;
 }
 

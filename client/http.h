@@ -19,6 +19,14 @@
 
 typedef struct http_client http_client;
 
+/* Sees the request body as libcurl takes it: called once per piece read from
+ * body or body_fd, with the piece's offset within the body (0 = the first
+ * byte of body, or body_fd_offset). When libcurl rewinds (a resend on a
+ * reused connection) or an attempt is retried, offsets go back (a retry
+ * starts again at 0), so a consumer that sums the bytes can tell a resend
+ * from new data. Runs on the thread calling http_perform. */
+typedef void (*http_body_observer)(void *ctx, uint64_t offset, const void *data, size_t len);
+
 /* Return codes of every http_ function (0 = success). */
 enum {
     HTTP_OK = 0,
@@ -88,6 +96,8 @@ typedef struct http_request {
     bool idempotent;             /* may be retried on 408/429/5xx/connection errors */
     bool no_auth;                /* do not attach the bearer token (e.g. token endpoint) */
     long timeout_s;              /* whole-request timeout, 0 = none (low-speed limit still applies) */
+    http_body_observer body_observer; /* NULL: none (see http_body_observer) */
+    void *body_observer_ctx;
 } http_request;
 
 void http_request_init(http_request *req);

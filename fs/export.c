@@ -14,8 +14,12 @@
  *   this descriptor changed the filter, the final content is valid, and it
  *   differs from the content last started for that name (the record's
  *   "started" leaf) or nothing was started yet. Rewriting the same filter
- *   therefore starts nothing new. A new filter that started nothing (bad
- *   content, or the start failed: logged) is forgotten again.
+ *   therefore starts nothing new. A new filter with bad content (its close()
+ *   failed) is forgotten again. A start that fails (after the client's
+ *   retries) is recorded in the "error" leaf of the record, logged at error
+ *   level and the filter kept: close() already returned 0, so NAME.out/ERROR
+ *   and STORE/status are how the user learns of it. The next start of that
+ *   name, or its removal, clears it.
  * close() returns before the release is handled, so the operation (and
  * NAME.out/) appear a moment after close() returns.
  */
@@ -44,9 +48,10 @@ struct export_file {
     bool changed;   /* written, truncated or created through this descriptor */
     bool created;   /* new filter: forgotten again if it never started */
     bool started;
+    bool failed; /* the start failed and was recorded (NAME.out/ERROR) */
 };
 
-/* ---- the local record: cache_dir/exports/DS/STORE/FMT/NAME/{filter,op,done} */
+/* ---- the local record: cache_dir/exports/DS/STORE/FMT/NAME/{filter,started,op,done,error} */
 
 static char *record_dir(fs_ctx *x, const tree_path *tp)
 {
@@ -176,8 +181,9 @@ static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
 
 static void remove_record(fs_ctx *x, const tree_path *tp)
 {
-    static const char *const leaves[] = {"filter",     "op",     "done",     "started",
-                                         "filter.tmp", "op.tmp", "done.tmp", "started.tmp"};
+    static const char *const leaves[] = {"filter",      "op",         "done",   "started",
+                                         "error",       "filter.tmp", "op.tmp", "done.tmp",
+                                         "started.tmp", "error.tmp"};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
         char *f = record_file(x, tp, leaves[i]);
         if (f)
@@ -188,6 +194,17 @@ static void remove_record(fs_ctx *x, const tree_path *tp)
     if (d)
         rmdir(d);
     free(d);
+}
+
+/* 0 and the error leaf's stat when the last start of tp failed. */
+static int failure_stat(fs_ctx *x, const tree_path *tp, struct stat *lst)
+{
+    char *pe = record_file(x, tp, "error");
+    if (!pe)
+        return -ENOMEM;
+    int rc = stat(pe, lst) == 0 ? 0 : -ENOENT;
+    free(pe);
+    return rc;
 }
 
 /* gs://EXPORT/PREFIX/DS/STORE/FMT/NAME: bucket and object prefix (no '/'). */
@@ -226,7 +243,9 @@ int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
         if (fill(buf, de->d_name, &st))
             break;
         char *op = read_line_file(x, &t, "op");
-        if (op && strlen(de->d_name) + 4 <= TREE_NAME_MAX) {
+        struct stat lst;
+        bool failed = failure_stat(x, &t, &lst) == 0;
+        if ((op || failed) && strlen(de->d_name) + 4 <= TREE_NAME_MAX) {
             char out[TREE_NAME_MAX + 1];
             snprintf(out, sizeof out, "%s.out", de->d_name);
             fs_stat_dir(x, &st, 0555);
@@ -389,13 +408,25 @@ int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size)
 
 /* ---- starting the export */
 
-static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out)
+/* "MESSAGE (HTTP 404 NOT_FOUND)", or libcurl's message for a transport error. */
+static char *describe(const http_error *e)
+{
+    const char *msg = e->message[0] ? e->message : "unknown error";
+    if (!e->http_status)
+        return strdup(msg);
+    return http_strdup_printf("%s (HTTP %ld%s%s)", msg, e->http_status, e->status[0] ? " " : "",
+                              e->status);
+}
+
+/* Uploads the filter (when it selects paths) and starts the export. On
+ * failure *why says which step failed and the server's answer. */
+static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out, char **why)
 {
     const tree_path *tp = &f->tp;
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *prefix = dest_prefix(x, tp);
     char *dest = prefix ? http_strdup_printf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
-    char *filter_obj = NULL, *filter_uri = NULL;
+    char *filter_obj = NULL, *filter_uri = NULL, *desc = NULL;
     int rc = 0;
     http_error err = {0};
     if (!store || !dest) {
@@ -418,16 +449,20 @@ static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out
                                "text/plain", NULL, &err);
         if (g != GCS_OK) {
             rc = fs_errno_gcs(g, &err);
-            log_error("%s/%s/export/%s/%s: uploading the filter to %s failed: %s", tp->dataset,
-                      tp->store, tp->format->dir, tp->name, filter_uri, err.message);
+            desc = describe(&err);
+            *why =
+                desc ? http_strdup_printf("uploading the filter to %s failed: %s", filter_uri, desc)
+                     : NULL;
             goto out;
         }
     }
     int h = hc_export(x->cl.hc, store, dest, tp->format->mime_type, filter_uri, op_out, &err);
     if (h != HC_OK) {
         rc = fs_errno_hc(h, &err);
-        log_error("%s/%s/export/%s/%s: starting the export of %s to %s failed: %s", tp->dataset,
-                  tp->store, tp->format->dir, tp->name, store, dest, err.message);
+        desc = describe(&err);
+        *why = desc ? http_strdup_printf("starting the export of %s to %s failed: %s", store, dest,
+                                         desc)
+                    : NULL;
         goto out;
     }
     log_info("%s/%s/export/%s/%s: started %s (%s, %zu filter paths) to %s", tp->dataset, tp->store,
@@ -438,7 +473,120 @@ out:
     free(dest);
     free(filter_obj);
     free(filter_uri);
+    free(desc);
     return rc;
+}
+
+/* ---- a start that failed: the record's "error" leaf, read as NAME.out/ERROR */
+
+#define ERROR_ENTRY "ERROR"
+
+/* s on one line: '\n', '\r' and '\\' escaped as in STORE/status. */
+static char *one_line(const char *s)
+{
+    size_t n = 0;
+    for (const char *p = s; *p; p++)
+        n += (*p == '\n' || *p == '\r' || *p == '\\') ? 2 : 1;
+    char *out = malloc(n + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = s; *p; p++) {
+        if (*p == '\n' || *p == '\r' || *p == '\\') {
+            *o++ = '\\';
+            *o++ = *p == '\n' ? 'n' : *p == '\r' ? 'r' : '\\';
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static void clear_failure(fs_ctx *x, const tree_path *tp)
+{
+    char *pe = record_file(x, tp, "error");
+    if (pe && unlink(pe) == 0) {
+        char *key = out_key(tp);
+        if (key)
+            dircache_invalidate(x->cache, key);
+        free(key);
+    }
+    free(pe);
+}
+
+/* Keeps the filter listed with the reason its export did not start, until
+ * the filter is removed or a later start succeeds. */
+static int save_failure(fs_ctx *x, export_file *f, const char *why)
+{
+    const tree_path *tp = &f->tp;
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    if (!gmtime_r(&now, &tm) || !strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(ts, sizeof ts, "%lld", (long long)now);
+    char *name = one_line(tp->name);
+    char *reason = one_line(why);
+    char *text = name && reason
+                     ? http_strdup_printf("time: %s\nfilter: export/%s/%s\nreason: %s\n"
+                                          "The export did not start. Write the filter again to "
+                                          "retry; remove it to clear this.\n",
+                                          ts, tp->format->dir, name, reason)
+                     : NULL;
+    char *d = record_dir(x, tp);
+    char *pf = record_file(x, tp, "filter");
+    char *pe = record_file(x, tp, "error");
+    int rc = text && d && pf && pe ? mkdirs(d) : -ENOMEM;
+    if (rc == 0)
+        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+    if (rc == 0)
+        rc = write_file(pe, text, strlen(text));
+    char *key = out_key(tp);
+    if (key)
+        dircache_invalidate(x->cache, key);
+    free(key);
+    free(name);
+    free(reason);
+    free(text);
+    free(d);
+    free(pf);
+    free(pe);
+    return rc;
+}
+
+/* Prints "failed: export/FMT/NAME: REASON" for one record directory. */
+static void status_line(FILE *out, const char *dir, const char *fmt, const char *name)
+{
+    char *pe = http_strdup_printf("%s/%s/error", dir, name);
+    char *text = NULL;
+    size_t len = 0;
+    if (pe && read_file(pe, &text, &len) == 0) {
+        const char *r = strstr(text, "\nreason: ");
+        char *esc = one_line(name);
+        if (r && esc) {
+            r += strlen("\nreason: ");
+            fprintf(out, "failed: export/%s/%s: %.*s\n", fmt, esc, (int)strcspn(r, "\n"), r);
+        }
+        free(esc);
+    }
+    free(text);
+    free(pe);
+}
+
+void export_status_failures(const char *cache_dir, const char *dataset, const char *store,
+                            FILE *out)
+{
+    for (size_t i = 0; i < tree_n_formats; i++) {
+        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store,
+                                     tree_formats[i].dir);
+        DIR *dir = d ? opendir(d) : NULL;
+        struct dirent *de;
+        while (dir && (de = readdir(dir)))
+            if (de->d_name[0] != '.')
+                status_line(out, d, tree_formats[i].dir, de->d_name);
+        if (dir)
+            closedir(dir);
+        free(d);
+    }
 }
 
 static int save_record(fs_ctx *x, export_file *f, const char *op)
@@ -460,6 +608,8 @@ static int save_record(fs_ctx *x, export_file *f, const char *op)
         unlink(pd);
         rc = write_file(po, op, strlen(op));
     }
+    if (rc == 0)
+        clear_failure(x, &f->tp);
     free(pf);
     free(ps);
     free(po);
@@ -551,9 +701,22 @@ static void restore_started(fs_ctx *x, export_file *f)
 static void start(fs_ctx *x, export_file *f)
 {
     const tree_path *tp = &f->tp;
-    char *op = NULL;
-    if (start_export(x, f, f->n_paths, &op) != 0)
-        return; /* logged */
+    char *op = NULL, *why = NULL;
+    int rc = start_export(x, f, f->n_paths, &op, &why);
+    if (rc != 0) {
+        log_error("%s/%s/export/%s/%s: the export did not start (shown in %s.out/" ERROR_ENTRY
+                  " and status): %s",
+                  tp->dataset, tp->store, tp->format->dir, tp->name, tp->name,
+                  why ? why : strerror(-rc));
+        int s = save_failure(x, f, why ? why : strerror(-rc));
+        if (s)
+            log_error("%s/%s/export/%s/%s: recording the failure in the cache failed: %s",
+                      tp->dataset, tp->store, tp->format->dir, tp->name, strerror(-s));
+        else
+            f->failed = true;
+        free(why);
+        return;
+    }
     f->started = true;
     /* The record first: NAME.out/ exists once the operation is listed. */
     int s = save_record(x, f, op);
@@ -584,12 +747,14 @@ void export_release(fs_ctx *x, export_file *f)
             validate(f); /* written after its last flush */
         if (f->valid && !f->dirty && !same_as_started(x, f))
             start(x, f);
-        else if (!f->valid && !f->created)
+        else if (f->valid && !f->dirty)
+            clear_failure(x, &f->tp); /* back to what NAME.out/ shows */
+        else if (!f->created)
             restore_started(x, f);
     }
-    /* A new filter whose export did not start is not listed: its close()
-     * failed, or the start failed (logged). */
-    if (f->created && !f->started)
+    /* A new filter whose content was refused (its close() failed) is not
+     * listed; one whose start failed stays, with NAME.out/ERROR. */
+    if (f->created && !f->started && !f->failed)
         remove_record(x, &f->tp);
     free(f->buf);
     free(f);
@@ -797,24 +962,43 @@ static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list
     return rc;
 }
 
-static int record_has_op(fs_ctx *x, const tree_path *tp)
+/* What NAME.out/ holds: the exported objects once an export started
+ * (OUT_OP), ERROR when the last start failed (OUT_ERROR); -ENOENT: neither. */
+enum { OUT_OP = 1, OUT_ERROR = 2 };
+
+static int out_parts(fs_ctx *x, const tree_path *tp)
 {
     char *op = read_line_file(x, tp, "op");
+    struct stat lst;
+    int parts = (op ? OUT_OP : 0) | (failure_stat(x, tp, &lst) == 0 ? OUT_ERROR : 0);
     free(op);
-    return op ? 0 : -ENOENT;
+    return parts ? parts : -ENOENT;
+}
+
+static bool is_error_entry(const tree_path *tp, int parts)
+{
+    return (parts & OUT_ERROR) && strcmp(tp->rest, ERROR_ENTRY) == 0;
 }
 
 int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
 {
-    int rc = record_has_op(x, tp);
-    if (rc)
-        return rc;
+    int parts = out_parts(x, tp);
+    if (parts < 0)
+        return parts;
     if (!*tp->rest) {
         fs_stat_dir(x, st, 0555);
         return 0;
     }
+    struct stat lst;
+    if (is_error_entry(tp, parts) && failure_stat(x, tp, &lst) == 0) {
+        fs_stat_file(x, st, 0444, lst.st_size);
+        st->st_mtim = st->st_ctim = lst.st_mtim;
+        return 0;
+    }
+    if (!(parts & OUT_OP))
+        return -ENOENT;
     dircache_list l;
-    rc = out_listing(x, tp, false, &l);
+    int rc = out_listing(x, tp, false, &l);
     if (rc < 0)
         return rc;
     rc = -ENOENT;
@@ -839,11 +1023,22 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
         return rc;
     if (!S_ISDIR(st.st_mode))
         return -ENOTDIR;
+    int parts = out_parts(x, tp);
+    if (parts < 0)
+        return parts;
+    size_t rl = strlen(tp->rest);
+    if (rl == 0 && (parts & OUT_ERROR)) {
+        tree_path e = *tp;
+        e.rest = ERROR_ENTRY;
+        if (export_out_getattr(x, &e, &st) == 0 && fill(buf, ERROR_ENTRY, &st))
+            return 0;
+    }
+    if (!(parts & OUT_OP))
+        return 0;
     dircache_list l;
     rc = out_listing(x, tp, true, &l);
     if (rc < 0)
         return rc;
-    size_t rl = strlen(tp->rest);
     for (size_t i = 0; i < l.n; i++) {
         const char *name = l.v[i].name;
         if (rl) {
@@ -864,6 +1059,21 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
     return 0;
 }
 
+/* NAME.out/ERROR: the record's error leaf itself (replaced, never
+ * rewritten in place, so an open descriptor keeps what it opened). */
+static int open_error(fs_ctx *x, const tree_path *tp, int *fdp)
+{
+    char *pe = record_file(x, tp, "error");
+    if (!pe)
+        return -ENOMEM;
+    int fd = open(pe, O_RDONLY | O_CLOEXEC);
+    int rc = fd < 0 ? -errno : 0;
+    free(pe);
+    if (rc == 0)
+        *fdp = fd;
+    return rc;
+}
+
 int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
 {
     struct stat st;
@@ -872,6 +1082,9 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
         return rc;
     if (S_ISDIR(st.st_mode))
         return -EISDIR;
+    int parts = out_parts(x, tp);
+    if (parts > 0 && is_error_entry(tp, parts))
+        return open_error(x, tp, fdp);
     char *prefix = dest_prefix(x, tp);
     char *obj = prefix ? http_strdup_printf("%s/%s", prefix, tp->rest) : NULL;
     free(prefix);

@@ -16,11 +16,19 @@
  * cache_dir/exports/ so that export/FMT/NAME reads the filter back after a
  * remount. export/FMT/NAME.out/ shows the exported objects (nested
  * STUDY/SERIES/INSTANCE.EXT) once the operation is done.
+ *
+ * When the start fails after the client's retries (filter upload or export
+ * call refused), the filter stays listed and the failure is kept beside it
+ * in cache_dir/exports/ (so it survives a remount): NAME.out/ERROR holds
+ * "time: ...", "filter: export/FMT/NAME" and "reason: ..." lines, and
+ * STORE/status a "failed: export/FMT/NAME: REASON" line. Writing the filter
+ * again retries (a successful start clears it); removing it forgets both.
  */
 #ifndef DICOMFS_EXPORT_H
 #define DICOMFS_EXPORT_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/stat.h>
 
 #include "fuse_ops.h"
@@ -49,6 +57,11 @@ int export_flush(fs_ctx *x, export_file *f);
 void export_release(fs_ctx *x, export_file *f);
 /* Forgets a filter locally (exported objects stay where they are). */
 int export_unlink(fs_ctx *x, const tree_path *tp);
+
+/* Prints "failed: export/FMT/NAME: REASON" for every filter of the store
+ * (dataset and store ids) whose export did not start (NAME.out/ERROR). */
+void export_status_failures(const char *cache_dir, const char *dataset, const char *store,
+                            FILE *out);
 
 /* NAME.out/REST */
 int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st);

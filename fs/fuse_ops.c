@@ -282,6 +282,93 @@ static int deny(const char *path, const char *what, int e)
     return e;
 }
 
+/* ---- import/: every import_* call on a path goes through import_call */
+
+typedef enum import_verb {
+    IM_GETATTR,
+    IM_READDIR,
+    IM_MKDIR,
+    IM_RMDIR,
+    IM_CREATE,
+    IM_OPEN,
+    IM_TRUNCATE,
+    IM_UTIMENS,
+    IM_CHMOD,
+    IM_CHOWN,
+    IM_UNLINK,
+    IM_RENAME,
+} import_verb;
+
+/* What an import_* call takes besides the store and the path below
+ * import/; each verb reads only its own fields. */
+typedef struct import_args {
+    struct stat *st;           /* getattr */
+    import_fill_fn fill;       /* readdir */
+    void *buf;                 /* readdir */
+    mode_t mode;               /* mkdir, create, chmod */
+    int flags;                 /* open */
+    uint64_t *fh_out;          /* create, open */
+    off_t size;                /* truncate */
+    uint64_t fh;               /* truncate: the open file, or 0 */
+    const struct timespec *tv; /* utimens */
+    uid_t uid;                 /* chown */
+    gid_t gid;                 /* chown */
+    const char *to;            /* rename: the target below import/ */
+    unsigned int rename_flags; /* rename */
+} import_args;
+
+static int import_dispatch(import_mgr *m, const char *store, const char *rel, import_verb v,
+                           const import_args *a)
+{
+    switch (v) {
+    case IM_GETATTR:
+        return import_getattr(m, store, rel, a->st);
+    case IM_READDIR:
+        return import_readdir(m, store, rel, a->fill, a->buf);
+    case IM_MKDIR:
+        return import_mkdir(m, store, rel, a->mode);
+    case IM_RMDIR:
+        return import_rmdir(m, store, rel);
+    case IM_CREATE:
+        return import_create(m, store, rel, a->mode, a->fh_out);
+    case IM_OPEN:
+        return import_open(m, store, rel, a->flags, a->fh_out);
+    case IM_TRUNCATE:
+        return import_truncate(m, store, rel, a->size, a->fh);
+    case IM_UTIMENS:
+        return import_utimens(m, store, rel, a->tv);
+    case IM_CHMOD:
+        return import_chmod(m, store, rel, a->mode);
+    case IM_CHOWN:
+        return import_chown(m, store, rel, a->uid, a->gid);
+    case IM_UNLINK:
+        return import_unlink(m, store, rel);
+    case IM_RENAME:
+        return import_rename(m, store, rel, a->to, a->rename_flags);
+    }
+    return -EINVAL;
+}
+
+/* Runs one import_* call on tp->rest with the full name of tp's store. */
+static int import_call(fs_ctx *x, const tree_path *tp, import_verb v, import_args a)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (!store)
+        return -ENOMEM;
+    int rc = import_dispatch(x->import, store, tp->rest, v, &a);
+    free(store);
+    return rc;
+}
+
+/* The text of STORE/status (NULL when import/ could not start, or ENOMEM). */
+static char *status_text(fs_ctx *x, const tree_path *tp)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+    free(store);
+    return text;
+}
+
 /* ---- getattr */
 
 static int store_child_exists(fs_ctx *x, const tree_path *tp)
@@ -318,11 +405,9 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
         rc = store_child_exists(x, tp);
         if (rc)
             return rc;
-        char *store = fs_store_name(x, tp->dataset, tp->store);
-        char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+        char *text = status_text(x, tp);
         fs_stat_file(x, st, 0444, text ? (off_t)strlen(text) : 0);
         free(text);
-        free(store);
         return 0;
     }
     case TREE_IMPORT: {
@@ -331,12 +416,7 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         if (!x->import)
             return -EIO;
-        char *store = fs_store_name(x, tp->dataset, tp->store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_getattr(x->import, store, tp->rest, st);
-        free(store);
-        return rc;
+        return import_call(x, tp, IM_GETATTR, (import_args){.st = st});
     }
     case TREE_EXPORT:
     case TREE_STORE_OPS:
@@ -444,14 +524,8 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         adapt_fill(a, "status", &st);
         return 0;
     }
-    case TREE_IMPORT: {
-        char *store = fs_store_name(x, tp->dataset, tp->store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_readdir(x->import, store, tp->rest, adapt_fill, a);
-        free(store);
-        return rc;
-    }
+    case TREE_IMPORT:
+        return import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
     case TREE_EXPORT:
         fs_stat_dir(x, &st, 0755);
         for (size_t i = 0; i < tree_n_formats; i++)
@@ -585,12 +659,7 @@ static int op_mkdir(const char *path, mode_t mode)
         rc = store_exists(x, &tp);
         if (rc)
             return rc;
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_mkdir(x->import, store, tp.rest, mode);
-        free(store);
-        return rc;
+        return import_call(x, &tp, IM_MKDIR, (import_args){.mode = mode});
     }
     case TREE_ROOT:
     case TREE_DS_OPS:
@@ -691,12 +760,7 @@ static int op_rmdir(const char *path)
         rc = store_exists(x, &tp);
         if (rc)
             return rc;
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_rmdir(x->import, store, tp.rest);
-        free(store);
-        return rc;
+        return import_call(x, &tp, IM_RMDIR, (import_args){0});
     }
     case TREE_NONE:
     case TREE_STUDIES:
@@ -727,6 +791,23 @@ static fs_handle *handle_new(handle_kind kind)
         h->fd = -1;
     }
     return h;
+}
+
+/* create/open of a file under import/: an H_IMPORT handle in fi->fh. */
+static int open_import(fs_ctx *x, const tree_path *tp, struct fuse_file_info *fi, import_verb v,
+                       mode_t mode)
+{
+    fs_handle *h = handle_new(H_IMPORT);
+    if (!h)
+        return -ENOMEM;
+    int rc = import_call(x, tp, v,
+                         (import_args){.mode = mode, .flags = fi->flags, .fh_out = &h->import_fh});
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    fi->fh = (uintptr_t)h;
+    return 0;
 }
 
 static fs_handle *handle_of(struct fuse_file_info *fi)
@@ -789,23 +870,8 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     rc = store_exists(x, &tp);
     if (rc)
         return rc;
-    if (tp.kind == TREE_IMPORT) {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        fs_handle *h = handle_new(H_IMPORT);
-        if (!store || !h) {
-            free(store);
-            free(h);
-            return -ENOMEM;
-        }
-        rc = import_create(x->import, store, tp.rest, mode, &h->import_fh);
-        free(store);
-        if (rc) {
-            free(h);
-            return rc;
-        }
-        fi->fh = (uintptr_t)h;
-        return 0;
-    }
+    if (tp.kind == TREE_IMPORT)
+        return open_import(x, &tp, fi, IM_CREATE, mode);
     fs_handle *h = handle_new(H_EXPORT);
     if (!h)
         return -ENOMEM;
@@ -864,30 +930,13 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     case TREE_STATUS: {
         if (w)
             return deny(path, "open for writing: status is read-only", -EACCES);
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        char *text = store && x->import ? import_status_text(x->import, store) : NULL;
-        free(store);
+        char *text = status_text(x, &tp);
         if (!text)
             text = strdup("");
         return text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
     }
-    case TREE_IMPORT: {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        fs_handle *h = handle_new(H_IMPORT);
-        if (!store || !h) {
-            free(store);
-            free(h);
-            return -ENOMEM;
-        }
-        rc = import_open(x->import, store, tp.rest, fi->flags, &h->import_fh);
-        free(store);
-        if (rc) {
-            free(h);
-            return rc;
-        }
-        fi->fh = (uintptr_t)h;
-        return 0;
-    }
+    case TREE_IMPORT:
+        return open_import(x, &tp, fi, IM_OPEN, 0);
     case TREE_EXPORT_FILTER: {
         fs_handle *h = handle_new(H_EXPORT);
         if (!h)
@@ -1040,15 +1089,10 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
         return rc;
     fs_ctx *x = ctx();
     fs_handle *h = handle_of(fi);
-    if (tp.kind == TREE_IMPORT) {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_truncate(x->import, store, tp.rest, size,
-                             h && h->kind == H_IMPORT ? h->import_fh : 0);
-        free(store);
-        return rc;
-    }
+    if (tp.kind == TREE_IMPORT)
+        return import_call(
+            x, &tp, IM_TRUNCATE,
+            (import_args){.size = size, .fh = h && h->kind == H_IMPORT ? h->import_fh : 0});
     if (tp.kind == TREE_EXPORT_FILTER) {
         if (h && h->kind == H_EXPORT)
             return export_truncate_open(h->ex, size);
@@ -1069,14 +1113,8 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
     if (rc)
         return rc;
     fs_ctx *x = ctx();
-    if (tp.kind == TREE_IMPORT) {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_utimens(x->import, store, tp.rest, tv);
-        free(store);
-        return rc;
-    }
+    if (tp.kind == TREE_IMPORT)
+        return import_call(x, &tp, IM_UTIMENS, (import_args){.tv = tv});
     struct stat st;
     rc = getattr_path(x, &tp, &st);
     if (rc)
@@ -1094,14 +1132,8 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
     if (rc)
         return rc;
     fs_ctx *x = ctx();
-    if (tp.kind == TREE_IMPORT) {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_chmod(x->import, store, tp.rest, mode);
-        free(store);
-        return rc;
-    }
+    if (tp.kind == TREE_IMPORT)
+        return import_call(x, &tp, IM_CHMOD, (import_args){.mode = mode});
     struct stat st;
     rc = getattr_path(x, &tp, &st);
     return rc ? rc : deny(path, "chmod: permissions of this entry are fixed", -EPERM);
@@ -1115,14 +1147,8 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
     if (rc)
         return rc;
     fs_ctx *x = ctx();
-    if (tp.kind == TREE_IMPORT && *tp.rest) {
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_chown(x->import, store, tp.rest, uid, gid);
-        free(store);
-        return rc;
-    }
+    if (tp.kind == TREE_IMPORT && *tp.rest)
+        return import_call(x, &tp, IM_CHOWN, (import_args){.uid = uid, .gid = gid});
     struct stat st;
     rc = getattr_path(x, &tp, &st);
     if (rc)
@@ -1146,12 +1172,7 @@ static int op_unlink(const char *path)
         rc = store_exists(x, &tp);
         if (rc)
             return rc;
-        char *store = fs_store_name(x, tp.dataset, tp.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_unlink(x->import, store, tp.rest);
-        free(store);
-        return rc;
+        return import_call(x, &tp, IM_UNLINK, (import_args){0});
     }
     case TREE_EXPORT_FILTER:
         rc = store_exists(x, &tp);
@@ -1189,12 +1210,7 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
         rc = store_exists(x, &a);
         if (rc)
             return rc;
-        char *store = fs_store_name(x, a.dataset, a.store);
-        if (!store)
-            return -ENOMEM;
-        rc = import_rename(x->import, store, a.rest, b.rest, flags);
-        free(store);
-        return rc;
+        return import_call(x, &a, IM_RENAME, (import_args){.to = b.rest, .rename_flags = flags});
     }
     if (b.kind == TREE_IMPORT)
         return -EXDEV;

@@ -105,6 +105,9 @@ void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out);
 /* Changes rates at run time (control path). Negative values keep the old. */
 void emu_faults_set(emu_faults *f, double fail, double reset, double partial, double malformed,
                     int latency_ms);
+/* Answers failed requests with this status instead of 429/500/503 (0: back
+ * to those; anything outside 400-599 counts as 0). */
+void emu_faults_set_status(emu_faults *f, int status);
 cJSON *emu_faults_json(emu_faults *f);
 
 /* ---- store.c ---- */

@@ -4,6 +4,9 @@
  * a faulted path takes exactly four draws, whatever the outcome, so the same
  * sequence of requests sees the same faults for the same seed. Concurrent
  * requests take their draws in arrival order, which the OS may reorder.
+ * A fixed fail status (control path, fail_status=) replaces the 429/500/503
+ * pick, e.g. 403 for a permission the caller lacks (a refusal not retried;
+ * counted as http500 in the stats).
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -16,6 +19,7 @@ struct emu_faults {
     uint64_t state;
     double fail_rate, reset_rate, malformed_rate, partial_rate;
     int latency_ms;
+    int fail_status; /* 0: 429, 500 or 503 */
     char *paths;
     uint64_t seed;
 };
@@ -83,6 +87,7 @@ void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out)
     double fail = f->fail_rate, reset = f->reset_rate, bad = f->malformed_rate;
     double partial = f->partial_rate;
     int latency = f->latency_ms;
+    int status = f->fail_status;
     if (fail <= 0 && reset <= 0 && bad <= 0 && partial <= 0 && latency <= 0) {
         pthread_mutex_unlock(&f->mu);
         return;
@@ -96,6 +101,10 @@ void emu_faults_plan(emu_faults *f, const char *path, emu_fault_plan *out)
 
     out->latency_ms = latency;
     out->aux = (uint32_t)aux;
+    if (u_fail < fail && status) {
+        out->fail_status = status;
+        return;
+    }
     if (u_fail < fail) {
         static const int codes[3] = {429, 500, 503};
         int k = (int)(u_fail / fail * 3);
@@ -128,6 +137,13 @@ void emu_faults_set(emu_faults *f, double fail, double reset, double partial, do
     pthread_mutex_unlock(&f->mu);
 }
 
+void emu_faults_set_status(emu_faults *f, int status)
+{
+    pthread_mutex_lock(&f->mu);
+    f->fail_status = status >= 400 && status <= 599 ? status : 0;
+    pthread_mutex_unlock(&f->mu);
+}
+
 cJSON *emu_faults_json(emu_faults *f)
 {
     cJSON *o = cJSON_CreateObject();
@@ -138,6 +154,8 @@ cJSON *emu_faults_json(emu_faults *f)
     cJSON_AddNumberToObject(o, "malformedRate", f->malformed_rate);
     cJSON_AddNumberToObject(o, "partialRate", f->partial_rate);
     cJSON_AddNumberToObject(o, "latencyMs", f->latency_ms);
+    if (f->fail_status)
+        cJSON_AddNumberToObject(o, "failStatus", f->fail_status);
     if (f->paths)
         cJSON_AddStringToObject(o, "paths", f->paths);
     pthread_mutex_unlock(&f->mu);

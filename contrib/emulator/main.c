@@ -59,7 +59,8 @@ static void usage(FILE *f)
             "\n"
             "Faults never touch /_emulator/ (GET /_emulator/stats: request and fault counters;\n"
             "POST "
-            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=).\n"
+            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=\n"
+            "&fail_status=: failed requests get this status instead of 429/500/503; 0 resets).\n"
             "Draws are repeatable for a seed; concurrent requests may take them in any order.\n");
 }
 

@@ -591,6 +591,9 @@ static void handle_control(emu_ctx *ctx, const emu_request *r, emu_response *w)
             emu_faults_set(ctx->faults, query_double(r, "fail_rate"), query_double(r, "reset_rate"),
                            query_double(r, "partial_rate"), query_double(r, "malformed_rate"),
                            lat ? atoi(lat) : -1);
+            const char *fs = emu_req_query(r, "fail_status");
+            if (fs)
+                emu_faults_set_status(ctx->faults, atoi(fs));
         }
         emu_resp_json(w, 200, emu_faults_json(ctx->faults));
         return;
@@ -806,6 +809,8 @@ static void answer_fault(emu_request *r, emu_response *w)
     const char *msg = st == 429   ? "Rate limit exceeded (injected by dicomfs-emulator)."
                       : st == 503 ? "The service is currently unavailable (injected by "
                                     "dicomfs-emulator)."
+                      : st == 403 ? "Permission denied (injected by dicomfs-emulator)."
+                      : st < 500  ? "Request refused (injected by dicomfs-emulator)."
                                   : "Internal error (injected by dicomfs-emulator).";
     if (r->kind == EMU_KIND_GCS || r->kind == EMU_KIND_UPLOAD || r->kind == EMU_KIND_DOWNLOAD)
         emu_resp_gcs_error(w, st, st == 429 ? "rateLimitExceeded" : "backendError", "%s", msg);

@@ -315,3 +315,185 @@ def test_out_is_empty_until_the_export_is_done(emulator_factory, tmp_path):
     finally:
         m.stop()
     assert not m.problems(), m.log_text()[-3000:]
+
+
+# ---- a start that fails: the filter stays, NAME.out/ERROR and status say why
+
+def gcs_bucket(emu, method, name):
+    """Creates (POST) or deletes (DELETE) a bucket through the emulator's
+    Cloud Storage JSON API, as gsutil mb / rb would."""
+    if method == "POST":
+        status, _, body = emu.request("POST", "/storage/v1/b?project=test-project",
+                                      json.dumps({"name": name}).encode(),
+                                      {"Content-Type": "application/json"})
+    else:
+        status, _, body = emu.request("DELETE", f"/storage/v1/b/{name}")
+    assert status in (200, 204), (method, name, status, body)
+
+
+def status_lines(m, ds_id, st_id):
+    with open(m.path(ds_id, st_id, "status")) as f:
+        return f.read().splitlines()
+
+
+def test_failed_start_keeps_filter_with_error_and_status_line(emulator, mount_factory):
+    """The staging bucket disappears after the mount (Cloud Storage answers
+    404 "The specified bucket does not exist." to the filter upload, as the
+    real service does): close() has already returned 0, so the failure must
+    stay visible: the filter stays listed, NAME.out/ERROR says why, STORE/status
+    has a "failed:" line, all of it survives a remount, and rm clears it."""
+    gcs_bucket(emulator, "POST", "stage2")
+    m = mount_factory(staging="gs://stage2/p", options=["export_to=gs://staging/exp"])
+    gcs_bucket(emulator, "DELETE", "stage2")
+    d = m.path("ds", "store", "export", "dicom")
+    filt = "/studies/1.2.840.99.1\n"
+    t0 = time.time()
+    write_filter(os.path.join(d, "lost"), filt)  # close() succeeds: the start comes later
+    err_path = os.path.join(d, "lost.out", "ERROR")
+    wait_until(lambda: os.path.exists(err_path), timeout=60, what="lost.out/ERROR")
+
+    def check():
+        assert sorted(os.listdir(d)) == ["lost", "lost.out"]
+        assert os.listdir(os.path.join(d, "lost.out")) == ["ERROR"]
+        with open(os.path.join(d, "lost")) as f:
+            assert f.read() == filt
+        with open(err_path) as f:
+            text = f.read()
+        assert os.stat(err_path).st_size == len(text.encode())
+        lines = text.splitlines()
+        assert lines[0].startswith("time: ")
+        stamp = time.mktime(time.strptime(lines[0][6:], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        assert t0 - 2 <= stamp <= time.time() + 2, lines[0]
+        assert lines[1] == "filter: export/dicom/lost"
+        assert lines[2].startswith("reason: uploading the filter to gs://stage2/p/filters/"
+                                   "ds/store/dicom/lost-"), lines[2]
+        assert "The specified bucket does not exist." in lines[2]
+        assert "HTTP 404 NOT_FOUND" in lines[2]
+        failed = [ln for ln in status_lines(m, "ds", "store") if ln.startswith("failed: export/")]
+        assert failed == ["failed: export/dicom/lost: " + lines[2][len("reason: "):]]
+        # it is no import failure: the import counter stays 0
+        assert "failed: 0" in status_lines(m, "ds", "store")
+        assert os.listdir(m.path("ds", "store", "operations")) == []
+        return text
+
+    before = check()
+    assert any("ds/store/export/dicom/lost: the export did not start" in ln and
+               "The specified bucket does not exist." in ln for ln in m.log_text().splitlines())
+    # A mount needs its staging bucket: recreated, which retries nothing by
+    # itself: the failure stays until the filter is written again or removed.
+    gcs_bucket(emulator, "POST", "stage2")
+    m.remount()
+    assert check() == before
+    os.unlink(os.path.join(d, "lost"))
+    assert os.listdir(d) == []
+    assert not os.path.exists(os.path.join(d, "lost.out"))
+    assert not [ln for ln in status_lines(m, "ds", "store") if ln.startswith("failed: export/")]
+
+
+def test_failed_start_retried_by_writing_again(emulator, mount_factory):
+    """Writing a failed filter again starts it again: still failing, ERROR is
+    renewed; once the cause is fixed, the export starts and ERROR is gone."""
+    gcs_bucket(emulator, "POST", "stage2")
+    m = mount_factory(staging="gs://stage2/p", options=["export_to=gs://staging/exp"])
+    gcs_bucket(emulator, "DELETE", "stage2")
+    d = m.path("ds", "store", "export", "dicom")
+    err_path = os.path.join(d, "again.out", "ERROR")
+    write_filter(os.path.join(d, "again"), "/studies/1.2.840.99.2\n")
+    wait_until(lambda: os.path.exists(err_path), timeout=60, what="again.out/ERROR")
+    first = open(err_path).read()
+    time.sleep(1.1)  # a new time stamp
+    write_filter(os.path.join(d, "again"), "/studies/1.2.840.99.3\n")
+    wait_until(lambda: open(err_path).read() != first, timeout=60, what="ERROR renewed")
+    assert m.log_text().count("ds/store/export/dicom/again: the export did not start") == 2
+    gcs_bucket(emulator, "POST", "stage2")
+    write_filter(os.path.join(d, "again"), "/studies/1.2.840.99.3\n")
+    ops = wait_until(lambda: store_ops(m, "ds", "store"), timeout=60, what="export started")
+    assert len(ops) == 1
+    wait_until(lambda: not os.path.exists(err_path), what="ERROR cleared")
+    assert sorted(os.listdir(d)) == ["again", "again.out"]
+    assert "ERROR" not in os.listdir(os.path.join(d, "again.out"))
+    assert not [ln for ln in status_lines(m, "ds", "store") if ln.startswith("failed: export/")]
+
+
+def test_transient_start_failure_still_exports(emulator_factory, tmp_path):
+    """The export call answers 429/500/503 for a while: the client's retries
+    ride it out, the export runs and no ERROR appears."""
+    from mount_fixture import ApiClient, DicomfsMount
+    from pydicom.uid import generate_uid
+    store = "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store"
+    emu = emulator_factory("--fault-paths", f"/v1beta1/{store}:export,/v1/{store}:export")
+    api = ApiClient(emu)
+    study, series, inst = generate_uid(), generate_uid(), generate_uid()
+    p = tmp_path / "i.dcm"
+    make_instance(str(p), study, series, inst)
+    api.upload("staging", "tr/i.dcm", p.read_bytes(), "application/dicom")
+    api.wait_operation(api.import_gcs(store, "gs://staging/tr/**"))
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        set_faults(emu, fail_rate=1)
+        try:
+            write_filter(m.path("ds", "store", "export", "dicom", "tr"), f"/studies/{study}\n")
+
+            def faulted():
+                f = emu.stats()["faults"]
+                return f["http429"] + f["http500"] + f["http503"]
+            wait_until(lambda: faulted() > 0, timeout=30, what="a faulted export call")
+        finally:
+            set_faults(emu, fail_rate=0)
+        ops = wait_store_ops_done(m, "ds", "store", 1)
+        assert all("error" not in o for o in ops.values()), ops
+        out = m.path("ds", "store", "export", "dicom", "tr.out")
+        got = walk_files(out)
+        assert sorted(got) == [f"{study}/{series}/{inst}.dcm"]
+        with open(got[f"{study}/{series}/{inst}.dcm"], "rb") as f:
+            assert f.read() == p.read_bytes()
+        assert "ERROR" not in os.listdir(out)
+        assert "the export did not start" not in m.log_text()
+        assert not [ln for ln in status_lines(m, "ds", "store") if ln.startswith("failed:")
+                    and not ln[8:].isdigit()]
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]
+
+
+def test_export_call_refused_403(emulator_factory, tmp_path):
+    """The export call itself is refused with 403 PERMISSION_DENIED (the
+    mounting identity lacks healthcare.dicomStores.export; emulated by a
+    fixed fault status on the :export path only): not retried, shown the
+    same way, for a whole-store (empty) filter too."""
+    from mount_fixture import DicomfsMount
+    store = "projects/test-project/locations/us-central1/datasets/ds/dicomStores/store"
+    emu = emulator_factory("--fault-paths", f"/v1beta1/{store}:export,/v1/{store}:export")
+    work = tmp_path / "m"
+    work.mkdir()
+    m = DicomfsMount(emu, str(work))
+    m.start()
+    try:
+        set_faults(emu, fail_rate=1, fail_status=403)
+        d = m.path("ds", "store", "export", "png")
+        write_filter(os.path.join(d, "all"), "")
+        err_path = os.path.join(d, "all.out", "ERROR")
+        wait_until(lambda: os.path.exists(err_path), timeout=60, what="all.out/ERROR")
+        with open(err_path) as f:
+            lines = f.read().splitlines()
+        assert lines[1] == "filter: export/png/all"
+        want = (f"reason: starting the export of {store} to "
+                "gs://staging/dicomfs-exports/ds/store/png/all failed: ")
+        assert lines[2].startswith(want), lines[2]
+        assert lines[2].endswith("(HTTP 403 PERMISSION_DENIED)"), lines[2]
+        assert emu.stats()["faults"]["http500"] == 1  # one call: a 403 is not retried
+        assert sorted(os.listdir(d)) == ["all", "all.out"]
+        with open(m.path("ds", "store", "status")) as f:
+            failed = [ln for ln in f.read().splitlines() if ln.startswith("failed: export/")]
+        assert failed == ["failed: export/png/all: " + lines[2][len("reason: "):]]
+        set_faults(emu, fail_rate=0, fail_status=0)
+        os.unlink(os.path.join(d, "all"))
+        assert os.listdir(d) == []
+        with open(m.path("ds", "store", "status")) as f:
+            assert "failed: export/" not in f.read()
+    finally:
+        m.stop()
+    assert not m.problems(), m.log_text()[-3000:]

@@ -7,7 +7,12 @@
 
 #include <openssl/evp.h>
 
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/socket.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,18 +95,32 @@ static unsigned char *pattern(size_t n, unsigned seed)
     return b;
 }
 
-/* Object resource JSON for name/data, as GCS would answer (md5/crc of data). */
-static void object_json(char *buf, size_t cap, const char *name, const unsigned char *data,
-                        size_t n, const char *md5_override)
+/* Object resource JSON for name/data, as GCS would answer (md5/crc/size of
+ * data), with any of md5/crc32c replaced and the size off by size_delta. */
+typedef struct obj_lie {
+    const char *md5;
+    const char *crc;
+    long size_delta;
+} obj_lie;
+
+static void object_json_lie(char *buf, size_t cap, const char *name, const unsigned char *data,
+                            size_t n, const obj_lie *lie)
 {
     char md5[32], crc[16];
     b64_md5(data, n, md5);
     b64_crc(data, n, crc);
     snprintf(buf, cap,
-             "{\"kind\":\"storage#object\",\"bucket\":\"bkt\",\"name\":\"%s\",\"size\":\"%zu\","
+             "{\"kind\":\"storage#object\",\"bucket\":\"bkt\",\"name\":\"%s\",\"size\":\"%ld\","
              "\"generation\":\"1700000000000001\",\"contentType\":\"application/dicom\","
              "\"md5Hash\":\"%s\",\"crc32c\":\"%s\"}",
-             name, n, md5_override ? md5_override : md5, crc);
+             name, (long)n + (lie ? lie->size_delta : 0), lie && lie->md5 ? lie->md5 : md5,
+             lie && lie->crc ? lie->crc : crc);
+}
+
+static void object_json(char *buf, size_t cap, const char *name, const unsigned char *data,
+                        size_t n)
+{
+    object_json_lie(buf, cap, name, data, n, NULL);
 }
 
 /* ---- pure functions ------------------------------------------------------------ */
@@ -252,15 +271,25 @@ TEST(emulator_host_is_used_for_requests)
 
 typedef struct media_srv {
     char reply[1024];
-    const char *md5_override;
+    obj_lie lie;
+    int fd;              /* > 0: the source file, overwritten once the body has arrived */
+    size_t bodies_total; /* body bytes received over all requests */
 } media_srv;
 
 /* Answers a media upload with the object resource of the bytes received. */
 static void media_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
 {
     media_srv *m = ctx;
-    object_json(m->reply, sizeof m->reply, "dir/a.dcm", (const unsigned char *)req->body,
-                req->body_len, m->md5_override);
+    object_json_lie(m->reply, sizeof m->reply, "dir/a.dcm", (const unsigned char *)req->body,
+                    req->body_len, &m->lie);
+    m->bodies_total += req->body_len;
+    if (m->fd > 0) { /* a second read of the source would now see other bytes */
+        unsigned char *junk = malloc(req->body_len ? req->body_len : 1);
+        memset(junk, 0x5a, req->body_len);
+        if (pwrite(m->fd, junk, req->body_len, 0) != (ssize_t)req->body_len)
+            m->fd = -1;
+        free(junk);
+    }
     out->status = 200;
     out->body = m->reply;
 }
@@ -272,7 +301,7 @@ TEST(simple_upload_sends_bytes_and_verifies)
     size_t n = 70001;
     unsigned char *data = pattern(n, 1);
     int fd = testlib_temp_fd(data, n);
-    media_srv m = {.md5_override = NULL};
+    media_srv m = {0};
     gcs_object o;
     http_error e;
     char md5[32];
@@ -305,28 +334,274 @@ TEST(simple_upload_sends_bytes_and_verifies)
     gfx_end(&t);
 }
 
-TEST(simple_upload_wrong_md5_is_checksum_error)
+TEST(simple_upload_wrong_crc32c_is_checksum_error)
 {
     gfx t;
     gfx_start(&t);
     const char *data = "DICM-ish small payload";
     int fd = testlib_temp_fd(data, strlen(data));
-    media_srv m = {.md5_override = "AAAAAAAAAAAAAAAAAAAAAA=="};
+    media_srv m = {.lie = {.crc = "AAAAAA=="}};
     gcs_object o;
     http_error e;
 
     testsrv_set_handler(t.srv, media_handler, &m);
     CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, strlen(data), NULL, &o, &e),
                  GCS_ERR_CHECKSUM);
-    CHECK(strstr(e.message, "md5") != NULL);
+    CHECK(strstr(e.message, "crc32c") != NULL);
     CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
     CHECK(o.name == NULL);
     /* Nothing is deleted: only the upload request was made. */
     CHECK_EQ_INT(testsrv_count(t.srv), 1);
     CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 0), "Content-Type"),
                  "application/octet-stream");
+
+    /* From memory too. */
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, strlen(data), NULL, NULL, &e),
+                 GCS_ERR_CHECKSUM);
+    CHECK(strstr(e.message, "crc32c") != NULL);
     close(fd);
     gfx_end(&t);
+}
+
+/* MD5 is no longer computed: a server md5Hash that differs (as a composite
+ * object's absent one would) is not an error when crc32c and size match. */
+TEST(md5_not_checked_crc32c_and_size_are)
+{
+    gfx t;
+    gfx_start(&t);
+    const char *data = "another payload";
+    media_srv m = {.lie = {.md5 = "AAAAAAAAAAAAAAAAAAAAAA=="}};
+    http_error e;
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, strlen(data), NULL, NULL, &e),
+                 GCS_OK);
+    gfx_end(&t);
+}
+
+TEST(upload_size_mismatch_is_checksum_error)
+{
+    gfx t;
+    gfx_start(&t);
+    size_t n = 5000;
+    unsigned char *data = pattern(n, 11);
+    int fd = testlib_temp_fd(data, n);
+    media_srv m = {.lie = {.size_delta = -1}};
+    gcs_object o;
+    http_error e;
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_ERR_CHECKSUM);
+    CHECK(strstr(e.message, "server size differs") != NULL);
+    CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
+    CHECK(o.name == NULL);
+    m.lie.size_delta = 1;
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, n, NULL, NULL, &e),
+                 GCS_ERR_CHECKSUM);
+    CHECK(strstr(e.message, "server size differs") != NULL);
+    close(fd);
+    free(data);
+    gfx_end(&t);
+}
+
+/* The sum is of the bytes as they were sent, read once: the server
+ * overwrites the source file as soon as it has the body, so any second read
+ * of the source (a checksum pass after the upload) would see other bytes
+ * and report a mismatch. */
+TEST(crc32c_is_summed_from_the_bytes_sent)
+{
+    gfx t;
+    gfx_start(&t);
+    size_t n = 300000;
+    unsigned char *data = pattern(n, 12);
+    int fd = testlib_temp_fd(data, n);
+    media_srv m = {.fd = fd};
+    gcs_object o;
+    http_error e;
+    char crc[16];
+    testsrv_set_handler(t.srv, media_handler, &m);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    CHECK(m.fd == fd); /* the overwrite happened */
+    b64_crc(data, n, crc);
+    CHECK_EQ_STR(o.crc32c_b64, crc);
+    CHECK_EQ_INT(m.bodies_total, n);
+    gcs_object_clear(&o);
+    close(fd);
+    free(data);
+    gfx_end(&t);
+}
+
+/* Consecutive uploads from one thread reuse one connection (no connect,
+ * DNS or TLS per upload). */
+TEST(uploads_reuse_one_connection)
+{
+    gfx t;
+    gfx_start(&t);
+    media_srv m = {0};
+    unsigned char *data = pattern(100000, 13);
+    http_error e;
+    testsrv_set_handler(t.srv, media_handler, &m);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, 100000, NULL, NULL, &e), GCS_OK);
+    CHECK_EQ_INT(testsrv_count(t.srv), 3);
+    CHECK(testsrv_get(t.srv, 0)->client_port != 0);
+    CHECK_EQ_INT(testsrv_get(t.srv, 0)->client_port, testsrv_get(t.srv, 2)->client_port);
+    CHECK(testsrv_req_header(testsrv_get(t.srv, 0), "Expect") == NULL);
+    free(data);
+    gfx_end(&t);
+}
+
+/* ---- a raw server that drops the first connection in the middle of the body -- */
+
+typedef struct raw_srv {
+    int lfd, port;
+    size_t cut_after; /* first connection: reset after this many body bytes */
+    size_t first_got; /* body bytes read on the first connection */
+    size_t got;       /* body bytes of the request answered */
+    uint32_t crc;     /* reference CRC32C of that body */
+    int conns;
+    pthread_t th;
+} raw_srv;
+
+static bool read_headers(int fd, char *buf, size_t cap, size_t *len, size_t *body_start)
+{
+    *len = 0;
+    while (*len + 1 < cap) {
+        ssize_t r = read(fd, buf + *len, cap - 1 - *len);
+        if (r <= 0)
+            return false;
+        *len += (size_t)r;
+        buf[*len] = '\0';
+        char *e = strstr(buf, "\r\n\r\n");
+        if (e) {
+            *body_start = (size_t)(e + 4 - buf);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Reads one request's body (up to limit bytes) summing its CRC32C bitwise;
+ * returns the bytes read. */
+static size_t read_body(int fd, const char *pre, size_t npre, size_t clen, size_t limit,
+                        uint32_t *crc)
+{
+    static unsigned char buf[65536];
+    size_t got = npre < limit ? npre : limit;
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < got; i++) {
+        c ^= (unsigned char)pre[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+    }
+    while (got < clen && got < limit) {
+        size_t want = limit - got < sizeof buf ? limit - got : sizeof buf;
+        ssize_t r = read(fd, buf, want);
+        if (r <= 0)
+            break;
+        for (ssize_t i = 0; i < r; i++) {
+            c ^= buf[i];
+            for (int k = 0; k < 8; k++)
+                c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+        }
+        got += (size_t)r;
+    }
+    *crc = ~c;
+    return got;
+}
+
+static void *raw_main(void *ud)
+{
+    raw_srv *s = ud;
+    for (;;) {
+        char hdr[8192], reply[1024], body[512], crcb64[16];
+        size_t len, start, clen;
+        uint32_t crc;
+        int fd = accept(s->lfd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        s->conns++;
+        const char *cl = NULL;
+        if (!read_headers(fd, hdr, sizeof hdr, &len, &start) ||
+            !(cl = strcasestr(hdr, "Content-Length:"))) {
+            close(fd);
+            continue;
+        }
+        clen = strtoul(cl + 15, NULL, 10);
+        if (s->conns == 1) {
+            s->first_got = read_body(fd, hdr + start, len - start, clen, s->cut_after, &crc);
+            struct linger lg = {1, 0}; /* close with a RST */
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(fd);
+            continue;
+        }
+        s->got = read_body(fd, hdr + start, len - start, clen, clen, &crc);
+        s->crc = crc;
+        unsigned char b[4] = {(unsigned char)(crc >> 24), (unsigned char)(crc >> 16),
+                              (unsigned char)(crc >> 8), (unsigned char)crc};
+        EVP_EncodeBlock((unsigned char *)crcb64, b, 4);
+        int bl = snprintf(body, sizeof body,
+                          "{\"bucket\":\"bkt\",\"name\":\"dir/a.dcm\",\"size\":\"%zu\","
+                          "\"crc32c\":\"%s\"}",
+                          s->got, crcb64);
+        int rl = snprintf(reply, sizeof reply,
+                          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
+                          bl, body);
+        if (write(fd, reply, (size_t)rl) != rl)
+            s->got = 0;
+        close(fd);
+        return NULL;
+    }
+}
+
+static bool raw_start(raw_srv *s)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    int one = 1;
+    s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    /* A small receive buffer, so the client is still sending when the cut comes. */
+    int rcv = 16384;
+    setsockopt(s->lfd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(s->lfd, 4) != 0 || getsockname(s->lfd, (struct sockaddr *)&sa, &sl) != 0)
+        return false;
+    s->port = ntohs(sa.sin_port);
+    return pthread_create(&s->th, NULL, raw_main, s) == 0;
+}
+
+static void raw_stop(raw_srv *s)
+{
+    shutdown(s->lfd, SHUT_RDWR);
+    pthread_join(s->th, NULL);
+    close(s->lfd);
+}
+
+TEST(media_upload_reset_mid_body_then_retry_verifies)
+{
+    size_t n = 3u << 20; /* under the 8 MiB resumable threshold: one media request */
+    unsigned char *data = pattern(n, 14);
+    int fd = testlib_temp_fd(data, n);
+    raw_srv s = {.cut_after = 200000};
+    http_client *h = test_http();
+    gcs_object o;
+    http_error e;
+    char url[64];
+    CHECK(raw_start(&s));
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
+    gcs_client *c = gcs_client_new(h, url);
+    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    raw_stop(&s);
+    CHECK_EQ_INT(s.conns, 2);
+    CHECK_EQ_INT(s.first_got, 200000); /* the first attempt was cut mid-body */
+    CHECK_EQ_INT(s.got, n);
+    CHECK_EQ_INT(s.crc, ref_crc32c(data, n));
+    CHECK_EQ_INT(o.size, n);
+    gcs_object_clear(&o);
+    gcs_client_free(c);
+    http_client_free(h);
+    close(fd);
+    free(data);
 }
 
 /* ---- resumable upload ------------------------------------------------------------- */
@@ -344,6 +619,11 @@ typedef struct resum_srv {
     int busy_at_put; /* answer 503 to this chunk PUT number, persisting nothing */
     char location[256], range[64], reply[1024];
     const char *hdr_total;
+    /* At this chunk PUT number (0: never), claim one more chunk persisted
+     * than was sent, taking its bytes from ref: the client then sends only
+     * what follows, leaving a gap in what it summed. */
+    int jump_at_put;
+    const unsigned char *ref;
 } resum_srv;
 
 static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
@@ -405,6 +685,11 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
             memcpy(s->data + s->persisted, req->body + (s->persisted - a), a + keep - s->persisted);
             s->persisted = a + keep;
         }
+        if (s->jump_at_put && s->chunk_puts == s->jump_at_put && s->ref) {
+            size_t extra = s->total - s->persisted < 262144 ? s->total - s->persisted : 262144;
+            memcpy(s->data + s->persisted, s->ref + s->persisted, extra);
+            s->persisted += extra;
+        }
         /* Fourth chunk: store 50000 bytes of it, then drop the connection. */
         if (s->chunk_puts == 4 && !s->was_reset) {
             s->was_reset = true;
@@ -418,7 +703,7 @@ static void resum_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
         return;
     }
     if (s->persisted == s->total) {
-        object_json(s->reply, sizeof s->reply, "big/obj.dcm", s->data, s->total, NULL);
+        object_json(s->reply, sizeof s->reply, "big/obj.dcm", s->data, s->total);
         out->status = 200;
         out->body = s->reply;
         return;
@@ -548,11 +833,67 @@ TEST(resumable_upload_503_queries_then_resumes)
     gfx_end(&t);
 }
 
+/* A chunk PUT retried whole after a 503 and a chunk resent from a lower
+ * offset after a reset (resumable_upload_short_persist_and_reset) are summed
+ * once; here every chunk is cut: each is reset after the server kept part. */
+TEST(resumable_chunk_retried_verifies)
+{
+    gfx t;
+    gfx_start(&t);
+    resum_srv s = {.shortened = true, .was_reset = true, .busy_at_put = 1};
+    bool same = false;
+    /* busy at the first chunk: the whole first chunk is sent again from 0. */
+    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 15, &same), GCS_OK);
+    CHECK(same);
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 1), "Content-Range"),
+                 "bytes 0-262143/600000");
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 3), "Content-Range"),
+                 "bytes 0-262143/600000");
+    free(s.data);
+    gfx_end(&t);
+}
+
+/* The server claims bytes the client never sent (here it has them from
+ * elsewhere): the streamed sum has a gap, so the client reads the source
+ * once more and still verifies. */
+TEST(resumable_gap_falls_back_to_a_read_pass)
+{
+    gfx t;
+    gfx_start(&t);
+    size_t n = 900000;
+    unsigned char *data = pattern(n, 16);
+    int fd = testlib_temp_fd(data, n);
+    resum_srv s = {.base = testsrv_url(t.srv),
+                   .data = calloc(1, n),
+                   .total = n,
+                   .shortened = true,
+                   .was_reset = true,
+                   .jump_at_put = 1,
+                   .ref = data};
+    gcs_object o;
+    http_error e;
+    char crc[16];
+    gcs_client_set_resumable_threshold(t.c, 256 * 1024, 256 * 1024);
+    testsrv_set_handler(t.srv, resum_handler, &s);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "big/obj.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    CHECK(memcmp(s.data, data, n) == 0);
+    /* Bytes 262144-524287 were never sent. */
+    CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 2), "Content-Range"),
+                 "bytes 524288-786431/900000");
+    b64_crc(data, n, crc);
+    CHECK_EQ_STR(o.crc32c_b64, crc);
+    gcs_object_clear(&o);
+    close(fd);
+    free(data);
+    free(s.data);
+    gfx_end(&t);
+}
+
 TEST(upload_errors_and_empty_object)
 {
     gfx t;
     gfx_start(&t);
-    media_srv m = {.md5_override = NULL};
+    media_srv m = {0};
     gcs_object o;
     http_error e;
     testsrv_reply denied = {.status = 403,
@@ -723,10 +1064,17 @@ int main(void)
     RUN(endpoint_selection);
     RUN(emulator_host_is_used_for_requests);
     RUN(simple_upload_sends_bytes_and_verifies);
-    RUN(simple_upload_wrong_md5_is_checksum_error);
+    RUN(simple_upload_wrong_crc32c_is_checksum_error);
+    RUN(md5_not_checked_crc32c_and_size_are);
+    RUN(upload_size_mismatch_is_checksum_error);
+    RUN(crc32c_is_summed_from_the_bytes_sent);
+    RUN(uploads_reuse_one_connection);
+    RUN(media_upload_reset_mid_body_then_retry_verifies);
     RUN(resumable_upload_short_persist_and_reset);
     RUN(resumable_upload_restarts_lost_session);
     RUN(resumable_upload_503_queries_then_resumes);
+    RUN(resumable_chunk_retried_verifies);
+    RUN(resumable_gap_falls_back_to_a_read_pass);
     RUN(upload_errors_and_empty_object);
     RUN(list_two_pages_with_prefixes);
     RUN(list_callback_stops);

@@ -12,6 +12,8 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1011,6 +1013,174 @@ TEST(fd_upload_resent_whole_on_retry)
     hfx_end(&t);
 }
 
+/* --- the body observer */
+
+/* Records what a body observer saw: each byte placed at its offset. */
+typedef struct obs_rec {
+    unsigned char *seen;
+    size_t cap;
+    size_t total;      /* bytes observed, resends included */
+    int starts;        /* pieces at offset 0: one per (re)start of the body */
+    uint64_t next;     /* offset just after the previous piece */
+    bool out_of_order; /* a piece neither followed the previous one nor started at 0 */
+} obs_rec;
+
+static void obs_cb(void *ctx, uint64_t off, const void *data, size_t len)
+{
+    obs_rec *o = ctx;
+    if (off == 0)
+        o->starts++;
+    else if (off != o->next)
+        o->out_of_order = true;
+    if (off + len <= o->cap)
+        memcpy(o->seen + off, data, len);
+    else
+        o->out_of_order = true;
+    o->total += len;
+    o->next = off + len;
+}
+
+static unsigned char *test_pattern(size_t n, unsigned seed)
+{
+    unsigned char *b = malloc(n);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        b[i] = (unsigned char)x;
+    }
+    return b;
+}
+
+TEST(body_observer_sees_every_byte_at_its_offset)
+{
+    size_t n = 300000;
+    unsigned char *data = test_pattern(n + 7, 1);
+    obs_rec o = {.seen = calloc(1, n), .cap = n};
+    /* From memory (POST) ... */
+    hfx t;
+    hfx_start(&t, 1, "/upload");
+    push_status(t.srv, 200, "{}");
+    t.req.method = "POST";
+    t.req.body = data;
+    t.req.body_len = n;
+    t.req.body_observer = obs_cb;
+    t.req.body_observer_ctx = &o;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(o.total, n);
+    CHECK_EQ_INT(o.starts, 1);
+    CHECK(!o.out_of_order);
+    CHECK(memcmp(o.seen, data, n) == 0);
+    hfx_end(&t);
+    /* ... and from a file range (PUT): offsets are within the body. */
+    int fd = testlib_temp_fd(data, n + 7);
+    o = (obs_rec){.seen = o.seen, .cap = n};
+    memset(o.seen, 0, n);
+    hfx_start(&t, 1, "/upload");
+    push_status(t.srv, 200, "{}");
+    t.req.method = "PUT";
+    t.req.body_fd = fd;
+    t.req.body_fd_offset = 7;
+    t.req.body_fd_len = (off_t)n;
+    t.req.body_observer = obs_cb;
+    t.req.body_observer_ctx = &o;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(o.total, n);
+    CHECK_EQ_INT(o.starts, 1);
+    CHECK(!o.out_of_order);
+    CHECK(memcmp(o.seen, data + 7, n) == 0);
+    hfx_end(&t);
+    close(fd);
+    free(o.seen);
+    free(data);
+}
+
+/* A retried attempt hands the body over again from offset 0. */
+TEST(body_observer_offsets_restart_on_retry)
+{
+    size_t n = 200000;
+    unsigned char *data = test_pattern(n, 2);
+    int fd = testlib_temp_fd(data, n);
+    obs_rec o = {.seen = calloc(1, n), .cap = n};
+    hfx t;
+    hfx_start(&t, 3, "/o");
+    push_status(t.srv, 503, google_503);
+    push_status(t.srv, 200, "{}");
+    t.req.method = "PUT";
+    t.req.idempotent = true;
+    t.req.body_fd = fd;
+    t.req.body_fd_len = (off_t)n;
+    t.req.body_observer = obs_cb;
+    t.req.body_observer_ctx = &o;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.attempts, 2);
+    CHECK_EQ_INT(o.starts, 2);
+    CHECK_EQ_INT(o.total, 2 * n);
+    CHECK(!o.out_of_order);
+    CHECK(memcmp(o.seen, data, n) == 0);
+    hfx_end(&t);
+    close(fd);
+    free(o.seen);
+    free(data);
+}
+
+/* libcurl resends a request by itself (rewinding the body with the seek
+ * callback) when a reused connection turns out dead; the observer sees the
+ * rewind as a new start at 0. */
+TEST(body_observer_sees_libcurl_rewind)
+{
+    size_t n = 100000;
+    unsigned char *data = test_pattern(n, 3);
+    obs_rec o = {.seen = calloc(1, n), .cap = n};
+    hfx t;
+    hfx_start(&t, 1, "/o");
+    push_status(t.srv, 200, "{}");
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK); /* opens the connection to reuse */
+    http_response_free(&t.resp);
+    testsrv_reply drop = {.reset = true};
+    testsrv_push(t.srv, &drop);
+    push_status(t.srv, 200, "{}");
+    t.req.method = "PUT";
+    t.req.body = data;
+    t.req.body_len = n;
+    t.req.body_observer = obs_cb;
+    t.req.body_observer_ctx = &o;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(t.resp.attempts, 1); /* not our retry: max_attempts is 1 */
+    CHECK_EQ_INT(testsrv_count(t.srv), 3);
+    CHECK_EQ_INT(o.starts, 2);
+    CHECK_EQ_INT(o.total, 2 * n);
+    CHECK(memcmp(o.seen, data, n) == 0);
+    hfx_end(&t);
+    free(o.seen);
+    free(data);
+}
+
+/* curl adds "Expect: 100-continue" to POST bodies over 1 MiB unless told not
+ * to; that costs a round trip per upload, or a 1 s stall against servers
+ * that never answer 100. */
+TEST(large_post_sends_no_expect_header)
+{
+    size_t n = 2u << 20;
+    unsigned char *data = test_pattern(n, 4);
+    hfx t;
+    hfx_start(&t, 1, "/upload");
+    push_status(t.srv, 200, "{}");
+    t.req.method = "POST";
+    t.req.body = data;
+    t.req.body_len = n;
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    const testsrv_req *r = testsrv_get(t.srv, 0);
+    CHECK(r != NULL);
+    if (r) {
+        CHECK_EQ_INT(r->body_len, n);
+        CHECK(testsrv_req_header(r, "Expect") == NULL);
+    }
+    hfx_end(&t);
+    free(data);
+}
+
 TEST(large_download_streamed_to_fd)
 {
     const size_t size = 5u << 20;
@@ -1278,6 +1448,10 @@ int main(void)
     RUN(connection_reused_across_requests);
     RUN(body_fd_shorter_than_length_is_io_error);
     RUN(fd_upload_resent_whole_on_retry);
+    RUN(body_observer_sees_every_byte_at_its_offset);
+    RUN(body_observer_offsets_restart_on_retry);
+    RUN(body_observer_sees_libcurl_rewind);
+    RUN(large_post_sends_no_expect_header);
     RUN(large_download_streamed_to_fd);
     RUN(tls_self_signed_certificate_rejected);
     RUN(streamed_upload_20mib_not_buffered);
