@@ -164,6 +164,7 @@ typedef struct rd {
     size_t whylen;
     size_t *count;
     uint32_t stop_tag; /* top level: stop before the first tag >= this (0: none) */
+    bool stopped;      /* ... and did */
 } rd;
 
 static uint16_t u16(const uint8_t *p, bool be)
@@ -386,6 +387,7 @@ static int parse_ds(rd *r, size_t end, bool until_item_end, int depth, dj_ds *ds
         }
         if (depth == 0 && r->stop_tag && tag >= r->stop_tag) {
             r->pos = at;
+            r->stopped = true;
             return 0;
         }
         if (parse_elem(r, end, depth, ds, tag) < 0)
@@ -534,7 +536,7 @@ static int parse_file(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file
         }
         goto bad;
     }
-    return 0;
+    return d.stopped ? 1 : 0;
 bad:
     dj_file_free(out);
     return -1;
@@ -542,7 +544,7 @@ bad:
 
 int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen)
 {
-    return parse_file(buf, len, 0, out, why, whylen);
+    return parse_file(buf, len, 0, out, why, whylen) < 0 ? -1 : 0;
 }
 
 int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,

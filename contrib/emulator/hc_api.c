@@ -645,34 +645,49 @@ static char *cached_attrs(const uint8_t *buf, size_t len)
     return txt;
 }
 
+/* One try with the first want bytes of the file: the attributes, or NULL
+ * with *more set when a longer prefix may parse. */
+static char *attrs_from_prefix(int fd, size_t want, uint64_t size, bool *more, char *why,
+                               size_t whylen)
+{
+    *more = false;
+    uint8_t *buf = malloc(want ? want : 1);
+    if (!buf) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    char *txt = NULL;
+    if (util_pread_full(fd, buf, want, 0) != want) {
+        snprintf(why, whylen, "short read");
+    } else {
+        dj_file f;
+        int rc = dj_parse_head(buf, want, CACHED_STOP_TAG, &f, why, whylen);
+        /* A prefix that ends between two elements parses without reaching
+         * the stop tag: only the whole file may end the data set. */
+        if (rc == 1 || (rc == 0 && want == size))
+            txt = attrs_json(&f);
+        if (rc >= 0)
+            dj_file_free(&f);
+        *more = !txt && want < size;
+    }
+    free(buf);
+    return txt;
+}
+
 /* Reads a growing prefix of the file until the cached tags parse: the pixel
  * data of a big file is never read. */
 static char *cached_attrs_fd(int fd, uint64_t size)
 {
+    char why[256] = "";
     size_t want = size < (64u << 10) ? (size_t)size : (64u << 10);
-    for (;;) {
-        uint8_t *buf = malloc(want ? want : 1);
-        size_t got = buf ? util_pread_full(fd, buf, want, 0) : 0;
-        dj_file f;
-        char why[256];
-        int rc =
-            buf && got == want ? dj_parse_head(buf, got, CACHED_STOP_TAG, &f, why, sizeof why) : -1;
-        if (rc == 0) {
-            char *txt = attrs_json(&f);
-            dj_file_free(&f);
-            free(buf);
-            return txt;
-        }
-        free(buf);
-        if (!buf || got != want || want >= size) {
-            log_warn("emulator: attributes of an instance not indexed: %s", !buf ? "out of memory"
-                                                                            : got != want
-                                                                                ? "short read"
-                                                                                : why);
-            return strdup("{}");
-        }
+    bool more;
+    char *txt;
+    while (!(txt = attrs_from_prefix(fd, want, size, &more, why, sizeof why)) && more)
         want = size - want < want ? (size_t)size : want * 2;
-    }
+    if (txt)
+        return txt;
+    log_warn("emulator: attributes of an instance not indexed: %s", why);
+    return strdup("{}");
 }
 
 /* Where an instance's bytes come from: memory (STOW) or a file (import). */

@@ -56,8 +56,9 @@ typedef struct dj_file {
 int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen);
 /* The same up to (not including) the first top-level element whose tag is
  * >= stop_tag: buf need only hold the file up to there (an import reads the
- * header of a 1 GiB file, not its pixels). Fails like dj_parse_file when an
- * element before stop_tag runs past len. */
+ * header of a 1 GiB file, not its pixels). Returns 1 if it stopped there, 0
+ * if the data set ended first (all of it was in buf only if len is the file
+ * size), -1 like dj_parse_file when an element runs past len. */
 int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
                   size_t whylen);
 void dj_file_free(dj_file *f);
