@@ -783,6 +783,7 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     if (rc == 0)
         rc = spool_open(m->cache_dir, &m->sp);
     if (rc == 0) {
+        spool_set_eager_dir_sync(m->sp, m->cfg.sync_close);
         pthread_mutex_lock(&m->lock);
         rc = load_all(m);
         pthread_mutex_unlock(&m->lock);
@@ -949,6 +950,14 @@ static handle *handle_new(node *n, int fd, bool writable)
     return h;
 }
 
+/* A file is being created or written in the store (lock held): the store is
+ * not quiet, so its open batch waits (one cp -r stays one import). */
+static void note_activity(store_st *st)
+{
+    if (st->open)
+        st->open->last_accept = imp_now();
+}
+
 int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
 {
     pthread_mutex_lock(&m->lock);
@@ -983,6 +992,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
         } else {
             list_add(m, n);
             name_insert(m, n);
+            note_activity(st);
         }
     }
     pthread_mutex_unlock(&m->lock);
@@ -1073,8 +1083,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     nd->gen++;
     clock_gettime(CLOCK_REALTIME, &nd->mtime);
     nd->ctime = nd->mtime;
-    if (nd->st->open)
-        nd->st->open->last_accept = imp_now(); /* still copying: not quiet yet */
+    note_activity(nd->st);
     pthread_mutex_unlock(&m->lock);
     return (int)n;
 }

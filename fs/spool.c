@@ -1,14 +1,17 @@
 /* spool: files under cache_dir/spool named by random ids.
  *
  * Directory durability: a spool file's directory entry must be durable
- * before close() reports the file durable, which costs an fsync of the
- * directory (about as much as the file's own fdatasync). Instead of paying
- * it inside close(), every creation wakes a background thread that fsyncs
- * the directory (one fsync covers every creation made before it started),
- * so the sync runs while the file is being written and spool_sync_dir()
- * usually finds it done. spool_sync_dir() still returns only once a
- * directory fsync that started after every creation made before the call
- * has completed: the guarantee is the same, the latency overlaps. */
+ * before a file is reported power-loss durable (fsync(), -o sync_close),
+ * which costs an fsync of the directory (about as much as the file's own
+ * fdatasync). spool_sync_dir() returns only once a directory fsync that
+ * started after every creation made before the call has completed; a
+ * background thread does the fsyncs (one covers every creation made before
+ * it started). In eager mode (sync_close: every close() will ask) each
+ * creation already wakes the thread, so the sync runs while the file is
+ * being written and spool_sync_dir() usually finds it done. Otherwise the
+ * directory is synced only when asked: constant directory fsyncs during a
+ * copy of many small files would force a journal commit each and slow the
+ * copy for nothing. */
 #include "spool.h"
 
 #include <dirent.h>
@@ -31,6 +34,8 @@ struct spool {
     pthread_mutex_t lock;
     pthread_cond_t cond;      /* syncer: work or stop; waiters: a sync finished */
     uint64_t created, synced; /* creations made / covered by a finished dir fsync */
+    uint64_t requested;       /* creations a dir fsync was asked to cover */
+    bool eager;               /* every creation asks */
     int sync_err;             /* result of the last dir fsync (0 or -errno) */
     bool stop, thread_ok;
     pthread_t thread;
@@ -41,7 +46,7 @@ static void *syncer_main(void *arg)
     spool *s = arg;
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
-        if (s->synced >= s->created) {
+        if (s->synced >= s->requested) {
             pthread_cond_wait(&s->cond, &s->lock);
             continue;
         }
@@ -152,7 +157,10 @@ int spool_create(spool *s, char id[SPOOL_ID_LEN + 1])
             /* Start making the new entry durable now (see the top). */
             pthread_mutex_lock(&s->lock);
             s->created++;
-            pthread_cond_broadcast(&s->cond);
+            if (s->eager) {
+                s->requested = s->created;
+                pthread_cond_broadcast(&s->cond);
+            }
             pthread_mutex_unlock(&s->lock);
             return fd;
         }
@@ -197,11 +205,22 @@ int spool_sync_dir(spool *s)
         return fsync(s->dirfd) < 0 ? -errno : 0;
     pthread_mutex_lock(&s->lock);
     uint64_t want = s->created;
+    if (s->requested < want) {
+        s->requested = want;
+        pthread_cond_broadcast(&s->cond);
+    }
     while (s->synced < want && !s->stop)
         pthread_cond_wait(&s->cond, &s->lock);
     int rc = s->synced >= want ? s->sync_err : -EIO;
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+void spool_set_eager_dir_sync(spool *s, bool eager)
+{
+    pthread_mutex_lock(&s->lock);
+    s->eager = eager;
+    pthread_mutex_unlock(&s->lock);
 }
 
 int spool_gc(spool *s, bool (*keep)(void *ctx, const char *id), void *ctx)

@@ -257,8 +257,13 @@ def test_import_cp_r_three_studies_with_hostile_names(mounts, emulator, workdir)
     success, nops = import_success_count(m)
     assert success == len(uids)
     assert nops >= 1
-    # Local cache: spool files gone, names never used on disk.
-    assert os.listdir(os.path.join(m.cache_dir, "spool")) == []
+    # Local cache: spool files gone (removed by the workers just after the
+    # import is seen done, so poll a moment), names never used on disk.
+    spool = os.path.join(m.cache_dir, "spool")
+    deadline = time.monotonic() + 10
+    while os.listdir(spool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.listdir(spool) == []
 
 
 def test_import_rsync_twice_transfers_and_imports_nothing_new(mounts, emulator, workdir):

@@ -290,6 +290,33 @@ TEST(valid_file_accepted_durably)
     CHECK(stat(sp, &sd) == 0 && (sd.st_mode & 0777) == 0700);
 }
 
+/* spool_sync_dir covers every creation made before it, in both modes:
+ * lazy (the default: nothing synced until asked) and eager (sync_close). */
+TEST(spool_dir_sync_lazy_and_eager)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/spool-sync-%d", root, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    if (!sp)
+        return;
+    for (int eager = 0; eager < 2; eager++) {
+        spool_set_eager_dir_sync(sp, eager);
+        for (int i = 0; i < 3; i++) {
+            char id[SPOOL_ID_LEN + 1];
+            int fd = spool_create(sp, id);
+            CHECK(fd >= 0);
+            if (fd >= 0)
+                close(fd);
+            CHECK(spool_exists(sp, id));
+        }
+        CHECK_EQ_INT(spool_sync_dir(sp), 0);
+        CHECK_EQ_INT(spool_sync_dir(sp), 0); /* nothing new: returns at once */
+    }
+    spool_close(sp);
+}
+
 TEST(non_dicom_rejected_and_gone)
 {
     env e;
@@ -1197,6 +1224,7 @@ int main(void)
     RUN(write_truncate_read_back);
     RUN(valid_file_accepted_durably);
     RUN(write_error_never_accepted);
+    RUN(spool_dir_sync_lazy_and_eager);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
