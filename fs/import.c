@@ -27,16 +27,16 @@
  *   at fsync() (which then also syncs the acceptance at close()) or, with
  *   -o sync_close, at every close() (fdatasync of the spool file, its
  *   directory and the journal: about 0.3 of local-disk speed here).
- *   Flushes with nothing written since
- *   the last validation return its result again. The release of the last
- *   writable descriptor of a file whose last validation failed drops it
- *   (rejected: gone from import/, spool file removed) and logs
- *   "import: STORE/PATH: not a DICOM Part-10 file: WHY; ...". Hence `cp empty
- *   import/` and `cp notdicom import/` still fail with EINVAL at close(),
- *   and the name goes a moment later (RELEASE is asynchronous to close()).
- *   A file rewritten (or truncated) before its batch is committed is
- *   re-validated at its next flush and uploaded again; if that validation
- *   fails the file is withdrawn at the release.
+ *   Flushes with nothing written since the last validation return its
+ *   result again. The release of the last writable descriptor of a file
+ *   whose last validation failed drops it (rejected: gone from import/,
+ *   spool file removed) and logs "import: STORE/PATH: not a DICOM Part-10
+ *   file: WHY; ...". Hence `cp empty import/` and `cp notdicom import/`
+ *   still fail with EINVAL at close(), and the name goes a moment later
+ *   (RELEASE is asynchronous to close()). A file rewritten (or truncated)
+ *   before its batch is committed is re-validated at its next flush and
+ *   uploaded again; if that validation fails the file is withdrawn at the
+ *   release.
  * - Names. The staged object name is fixed when the file is accepted, or
  *   earlier when its upload starts streaming while it is written (see
  *   uploader.c): gs://BUCKET/PREFIX/batches/BATCH/ID.dcm. rename() of a
@@ -789,6 +789,7 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     if (rc == 0)
         rc = spool_open(m->cache_dir, &m->sp);
     if (rc == 0) {
+        spool_set_eager_dir_sync(m->sp, m->cfg.sync_close);
         pthread_mutex_lock(&m->lock);
         rc = load_all(m);
         pthread_mutex_unlock(&m->lock);
@@ -955,6 +956,14 @@ static handle *handle_new(node *n, int fd, bool writable)
     return h;
 }
 
+/* A file is being created or written in the store (lock held): the store is
+ * not quiet, so its open batch waits (one cp -r stays one import). */
+static void note_activity(store_st *st)
+{
+    if (st->open)
+        st->open->last_accept = imp_now();
+}
+
 int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
 {
     pthread_mutex_lock(&m->lock);
@@ -990,6 +999,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
         } else {
             list_add(m, n);
             name_insert(m, n);
+            note_activity(st);
         }
     }
     pthread_mutex_unlock(&m->lock);
@@ -1083,8 +1093,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     nd->gen++;
     clock_gettime(CLOCK_REALTIME, &nd->mtime);
     nd->ctime = nd->mtime;
-    if (nd->st->open)
-        nd->st->open->last_accept = imp_now(); /* still copying: not quiet yet */
+    note_activity(nd->st);
     up_stream_wrote(m, nd, h->fd, (uint64_t)off, (uint64_t)n);
     pthread_mutex_unlock(&m->lock);
     return (int)n;

@@ -47,7 +47,7 @@ typedef struct fs_options {
 } fs_options;
 
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
-#define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.5
+#define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.2
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

@@ -29,6 +29,9 @@ bool spool_exists(spool *s, const char *id);
 int spool_gc(spool *s, bool (*keep)(void *ctx, const char *id), void *ctx);
 /* Syncs the spool directory (after creating or removing files). */
 int spool_sync_dir(spool *s);
+/* Eager: every creation starts a background directory fsync at once (for
+ * callers that will sync every file); otherwise only spool_sync_dir() does. */
+void spool_set_eager_dir_sync(spool *s, bool eager);
 /* Whether id looks like a spool id (SPOOL_ID_LEN lowercase hex chars). */
 bool spool_id_valid(const char *id);
 

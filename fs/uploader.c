@@ -71,6 +71,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -78,6 +80,7 @@
 enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
 
 #define RETRY_MAX_S 60.0
+#define UP_NICE 10
 #define POLL_MAX_S 1.0
 #define POLL_FIRST_S 0.05 /* first operation poll; x1.25 up to POLL_MAX_S */
 #define POLL_GROWTH 1.25
@@ -228,9 +231,20 @@ static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, d
     }
 }
 
+/* Uploads are background work: on a busy machine the threads serving the
+ * copy into import/ (and the copying program) come first, so cp runs at
+ * disk speed and the uploads use what is left (on a real network they wait
+ * for the network anyway). Linux applies nice per thread. */
+static void lower_priority(void)
+{
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), UP_NICE) < 0)
+        log_debug("import: cannot lower the upload threads' priority: %s", strerror(errno));
+}
+
 static void *worker_main(void *arg)
 {
     import_mgr *m = arg;
+    lower_priority();
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         node *n = dequeue(m);
@@ -392,6 +406,7 @@ static void *stream_main(void *arg)
 {
     upstream *s = arg;
     import_mgr *m = s->m;
+    lower_priority(); /* like the workers: the copy in comes first */
     http_error err;
     memset(&err, 0, sizeof err);
     gcs_stream *gs = NULL;

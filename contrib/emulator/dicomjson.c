@@ -163,6 +163,8 @@ typedef struct rd {
     char *why;
     size_t whylen;
     size_t *count;
+    uint32_t stop_tag; /* top level: stop before the first tag >= this (0: none) */
+    bool stopped;      /* ... and did */
 } rd;
 
 static uint16_t u16(const uint8_t *p, bool be)
@@ -383,6 +385,11 @@ static int parse_ds(rd *r, size_t end, bool until_item_end, int depth, dj_ds *ds
             r->pos = at;
             return fail(r, "unexpected delimiter");
         }
+        if (depth == 0 && r->stop_tag && tag >= r->stop_tag) {
+            r->pos = at;
+            r->stopped = true;
+            return 0;
+        }
         if (parse_elem(r, end, depth, ds, tag) < 0)
             return -1;
     }
@@ -459,7 +466,8 @@ static int inflate_all(const uint8_t *in, size_t len, uint8_t **out, size_t *out
     return 0;
 }
 
-int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen)
+static int parse_file(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
+                      size_t whylen)
 {
     memset(out, 0, sizeof *out);
     if (len < 132 || memcmp(buf + 128, "DICM", 4) != 0) {
@@ -517,7 +525,8 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
             .enc = out->enc,
             .why = why,
             .whylen = whylen,
-            .count = &count};
+            .count = &count,
+            .stop_tag = stop_tag};
     if (parse_ds(&d, dlen, false, 0, out->ds) < 0) {
         if (!out->inflated) {
             /* report the file offset, not the data-set offset */
@@ -527,10 +536,21 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
         }
         goto bad;
     }
-    return 0;
+    return d.stopped ? 1 : 0;
 bad:
     dj_file_free(out);
     return -1;
+}
+
+int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen)
+{
+    return parse_file(buf, len, 0, out, why, whylen) < 0 ? -1 : 0;
+}
+
+int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
+                  size_t whylen)
+{
+    return parse_file(buf, len, stop_tag, out, why, whylen);
 }
 
 const dj_elem *dj_find(const dj_ds *ds, uint32_t tag)

@@ -23,16 +23,16 @@ typedef struct emu_request emu_request;
 typedef struct emu_response emu_response;
 
 /* ---- context (server.c) ---- */
-const char *emu_data_dir(const emu_ctx *ctx);  /* --data DIR */
-const char *emu_base_url(const emu_ctx *ctx);  /* "http://127.0.0.1:PORT" (no trailing '/') */
-int emu_lro_delay_ms(const emu_ctx *ctx);      /* --lro-delay */
+const char *emu_data_dir(const emu_ctx *ctx); /* --data DIR */
+const char *emu_base_url(const emu_ctx *ctx); /* "http://127.0.0.1:PORT" (no trailing '/') */
+int emu_lro_delay_ms(const emu_ctx *ctx);     /* --lro-delay */
 bool emu_shutting_down(const emu_ctx *ctx);
 
 /* ---- requests (server.c) ---- */
 const char *emu_req_method(const emu_request *r);
-const char *emu_req_path(const emu_request *r);       /* percent-decoded, no query */
-const char *emu_req_raw_path(const emu_request *r);   /* as sent, no query */
-const char *emu_req_query(const emu_request *r, const char *key);  /* decoded or NULL */
+const char *emu_req_path(const emu_request *r);                   /* percent-decoded, no query */
+const char *emu_req_raw_path(const emu_request *r);               /* as sent, no query */
+const char *emu_req_query(const emu_request *r, const char *key); /* decoded or NULL */
 /* Iterates all query arguments (repeated keys included). */
 typedef void (*emu_kv_cb)(void *ctx, const char *key, const char *value);
 void emu_req_query_each(const emu_request *r, emu_kv_cb cb, void *cb_ctx);
@@ -70,9 +70,19 @@ int emu_gcs_list(emu_ctx *ctx, const char *bucket, const char *prefix, emu_gcs_n
                  void *cb_ctx);
 /* Reads a whole object (malloc'ed). Returns 0, or -ENOENT, -EIO. */
 int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len);
+/* Opens an object for reading (its current generation, which never
+ * changes: a replace writes a new file). Returns 0, or -ENOENT, -EIO. */
+int emu_gcs_open(emu_ctx *ctx, const char *bucket, const char *name, int *fd, uint64_t *size);
 /* Writes (atomically replaces) an object. Returns 0 or -errno. */
-int emu_gcs_write(emu_ctx *ctx, const char *bucket, const char *name, const void *data,
-                  size_t len, const char *content_type);
+int emu_gcs_write(emu_ctx *ctx, const char *bucket, const char *name, const void *data, size_t len,
+                  const char *content_type);
+
+/* ---- files (store.c) ---- */
+/* Reads a whole file into *data (malloc'ed, a NUL after the len bytes).
+ * Returns 0, or -errno with *data NULL. */
+int emu_read_file(const char *path, char **data, size_t *len);
+/* The same as a string (state files), or NULL. */
+char *emu_read_text(const char *path);
 
 /* ---- the Healthcare API (hc_api.c etc.), called by the router ---- */
 /* Handles /v1/... and /v1beta1/... (version is "v1" or "v1beta1", rest the
@@ -84,7 +94,7 @@ void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, con
 int emu_hc_init(emu_ctx *ctx);
 void emu_hc_shutdown(emu_ctx *ctx);
 /* --project/--location/--dataset/--store pre-creation; idempotent. */
-int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location,
-                     const char *dataset, const char *store);
+int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
+                     const char *store);
 
 #endif

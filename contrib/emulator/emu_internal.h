@@ -44,7 +44,6 @@ typedef struct emu_stats {
     atomic_ullong fault_429, fault_500, fault_503;
     atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
     atomic_ullong unauthenticated;
-    atomic_ullong anonymous_upload_starts;
 } emu_stats;
 
 typedef struct emu_store emu_store;
@@ -59,7 +58,6 @@ struct emu_ctx {
     int port;
     int lro_delay_ms;
     bool no_auth;
-    bool strict_auth; /* also refuse token-less resumable starts */
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
     atomic_bool shutting_down;

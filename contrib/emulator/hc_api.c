@@ -44,6 +44,7 @@
 
 #include "dicom.h"
 #include "log.h"
+#include "util.h"
 #include "wildcard.h"
 #include "hc_internal.h"
 
@@ -142,33 +143,10 @@ int hc_write_atomic(const char *path, const void *data, size_t len)
 
 int hc_read_file(const char *path, uint8_t **data, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        return -EIO;
-    }
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return -ENOMEM;
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *data = buf;
-    *len = got;
-    return 0;
+    char *text;
+    int rc = emu_read_file(path, &text, len);
+    *data = (uint8_t *)text;
+    return rc;
 }
 
 void hc_rfc3339(const struct timespec *ts, char *buf, size_t len)
@@ -193,33 +171,8 @@ bool hc_id_valid(const char *id)
     return strcmp(id, ".") != 0 && strcmp(id, "..") != 0;
 }
 
-static const char *status_name(int status)
-{
-    switch (status) {
-    case 400:
-        return "INVALID_ARGUMENT";
-    case 401:
-        return "UNAUTHENTICATED";
-    case 403:
-        return "PERMISSION_DENIED";
-    case 404:
-        return "NOT_FOUND";
-    case 409:
-        return "ALREADY_EXISTS";
-    case 429:
-        return "RESOURCE_EXHAUSTED";
-    case 501:
-        return "UNIMPLEMENTED";
-    case 503:
-        return "UNAVAILABLE";
-    default:
-        return "INTERNAL";
-    }
-}
-
 void hc_error(emu_response *w, int status, const char *msg)
 {
-    (void)status_name;
     emu_resp_error(w, status, "%s", msg);
 }
 
@@ -655,67 +608,173 @@ static const uint32_t cached_tags[] = {
     0x00280010, 0x00280011, 0x00280100, 0x00400244, 0x00400245, 0x00400275,
 };
 
-static char *cached_attrs(const uint8_t *buf, size_t len)
+/* The cached tags end at (0040,0275); a header parse stops after them. */
+#define CACHED_STOP_TAG 0x00400276u
+
+static char *attrs_json(const dj_file *f)
 {
-    dj_file f;
-    char why[256];
     cJSON *out = cJSON_CreateObject();
-    if (dj_parse_file(buf, len, &f, why, sizeof why) < 0) {
-        log_warn("emulator: attributes of an instance not indexed: %s", why);
-        cJSON_Delete(out);
-        return strdup("{}");
-    }
     for (size_t i = 0; i < sizeof cached_tags / sizeof cached_tags[0]; i++) {
-        const dj_elem *e = dj_find(f.ds, cached_tags[i]);
+        const dj_elem *e = dj_find(f->ds, cached_tags[i]);
         if (!e)
             continue;
         dj_ds one = {.el = (dj_elem *)e, .n = 1, .cap = 1};
-        cJSON *j = dj_to_json(&one, f.enc, NULL);
+        cJSON *j = dj_to_json(&one, f->enc, NULL);
         if (j->child) {
             cJSON *item = cJSON_DetachItemViaPointer(j, j->child);
             cJSON_AddItemToObject(out, item->string, item);
         }
         cJSON_Delete(j);
     }
-    dj_file_free(&f);
     dj_sort(out);
     char *txt = cJSON_PrintUnformatted(out);
     cJSON_Delete(out);
     return txt ? txt : strdup("{}");
 }
 
-static bool file_equals(const char *path, const uint8_t *buf, size_t len)
+static char *cached_attrs(const uint8_t *buf, size_t len)
 {
-    uint8_t *d;
-    size_t n;
-    if (hc_read_file(path, &d, &n) < 0)
+    dj_file f;
+    char why[256];
+    if (dj_parse_head(buf, len, CACHED_STOP_TAG, &f, why, sizeof why) < 0) {
+        log_warn("emulator: attributes of an instance not indexed: %s", why);
+        return strdup("{}");
+    }
+    char *txt = attrs_json(&f);
+    dj_file_free(&f);
+    return txt;
+}
+
+/* One try with the first want bytes of the file: the attributes, or NULL
+ * with *more set when a longer prefix may parse. */
+static char *attrs_from_prefix(int fd, size_t want, uint64_t size, bool *more, char *why,
+                               size_t whylen)
+{
+    *more = false;
+    uint8_t *buf = malloc(want ? want : 1);
+    if (!buf) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    char *txt = NULL;
+    if (util_pread_full(fd, buf, want, 0) != want) {
+        snprintf(why, whylen, "short read");
+    } else {
+        dj_file f;
+        int rc = dj_parse_head(buf, want, CACHED_STOP_TAG, &f, why, whylen);
+        /* A prefix that ends between two elements parses without reaching
+         * the stop tag: only the whole file may end the data set. */
+        if (rc == 1 || (rc == 0 && want == size))
+            txt = attrs_json(&f);
+        if (rc >= 0)
+            dj_file_free(&f);
+        *more = !txt && want < size;
+    }
+    free(buf);
+    return txt;
+}
+
+/* Reads a growing prefix of the file until the cached tags parse: the pixel
+ * data of a big file is never read. */
+static char *cached_attrs_fd(int fd, uint64_t size)
+{
+    char why[256] = "";
+    size_t want = size < (64u << 10) ? (size_t)size : (64u << 10);
+    bool more;
+    char *txt;
+    while (!(txt = attrs_from_prefix(fd, want, size, &more, why, sizeof why)) && more)
+        want = size - want < want ? (size_t)size : want * 2;
+    if (txt)
+        return txt;
+    log_warn("emulator: attributes of an instance not indexed: %s", why);
+    return strdup("{}");
+}
+
+/* Where an instance's bytes come from: memory (STOW) or a file (import). */
+typedef struct add_src {
+    const uint8_t *buf;
+    size_t len;
+    int fd; /* >= 0: the bytes are this file's */
+} add_src;
+
+/* Compares a stored file with the source, a chunk at a time. */
+static bool src_equals(const add_src *src, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return false;
-    bool eq = n == len && memcmp(d, buf, len) == 0;
-    free(d);
+    struct stat st;
+    bool eq = fstat(fd, &st) == 0 && (uint64_t)st.st_size == src->len;
+    size_t cap = 1u << 20;
+    uint8_t *a = eq ? malloc(cap) : NULL, *b = eq && src->fd >= 0 ? malloc(cap) : NULL;
+    eq = eq && a && (src->fd < 0 || b);
+    for (size_t off = 0; eq && off < src->len;) {
+        size_t n = src->len - off < cap ? src->len - off : cap;
+        const uint8_t *want = src->buf ? src->buf + off : b;
+        eq = util_pread_full(fd, a, n, (off_t)off) == n &&
+             (src->fd < 0 || util_pread_full(src->fd, b, n, (off_t)off) == n) &&
+             memcmp(a, want, n) == 0;
+        off += n;
+    }
+    free(a);
+    free(b);
+    close(fd);
     return eq;
 }
 
-enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
-                                char *why, size_t whylen)
+static int copy_fd_to(int in, uint64_t size, const char *path)
 {
-    dicom_info info;
-    int rc = dicom_parse(buf, len, &info, why, whylen);
-    if (rc != DICOM_OK) {
-        if (!why[0])
-            snprintf(why, whylen, "%s", dicom_strerror(rc));
-        return HC_ADD_ERROR;
+    char *tmp;
+    static unsigned long seq;
+    if (asprintf(&tmp, "%s.tmp.%d.%lu", path, getpid(), __atomic_add_fetch(&seq, 1, 0)) < 0)
+        return -ENOMEM;
+    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = out < 0 ? -errno : 0;
+    loff_t ioff = 0;
+    while (rc == 0 && (uint64_t)ioff < size) {
+        ssize_t n = copy_file_range(in, &ioff, out, NULL, (size_t)(size - (uint64_t)ioff), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            rc = n < 0 ? -errno : -EIO;
     }
+    if (out >= 0 && close(out) < 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* Creates path with the source's bytes. A file source is hard-linked: its
+ * bytes are immutable, and a link costs nothing whatever the size. */
+static int src_place(const add_src *src, const char *path)
+{
+    if (src->fd < 0)
+        return hc_write_atomic(path, src->buf, src->len);
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", src->fd);
+    if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+        return 0;
+    return copy_fd_to(src->fd, src->len, path);
+}
+
+static enum hc_add_result store_add(const char *store_name, const add_src *src,
+                                    const dicom_info *info, const char *require_study,
+                                    char uids_out[4][HC_UID_MAX + 1], char *why, size_t whylen)
+{
+    const char *sop_class = info->sop_class_uid[0] ? info->sop_class_uid : info->media_sop_class;
     if (uids_out) {
-        snprintf(uids_out[0], HC_UID_MAX + 1, "%s", info.study_uid);
-        snprintf(uids_out[1], HC_UID_MAX + 1, "%s", info.series_uid);
-        snprintf(uids_out[2], HC_UID_MAX + 1, "%s", info.sop_instance_uid);
-        snprintf(uids_out[3], HC_UID_MAX + 1, "%s",
-                 info.sop_class_uid[0] ? info.sop_class_uid : info.media_sop_class);
+        snprintf(uids_out[0], HC_UID_MAX + 1, "%s", info->study_uid);
+        snprintf(uids_out[1], HC_UID_MAX + 1, "%s", info->series_uid);
+        snprintf(uids_out[2], HC_UID_MAX + 1, "%s", info->sop_instance_uid);
+        snprintf(uids_out[3], HC_UID_MAX + 1, "%s", sop_class);
     }
-    if (require_study && strcmp(require_study, info.study_uid) != 0) {
+    if (require_study && strcmp(require_study, info->study_uid) != 0) {
         snprintf(why, whylen, "StudyInstanceUID %s does not match the study %s in the request URL",
-                 info.study_uid, require_study);
+                 info->study_uid, require_study);
         return HC_ADD_ERROR;
     }
     hc_inst *in = calloc(1, sizeof *in);
@@ -723,14 +782,14 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         snprintf(why, whylen, "out of memory");
         return HC_ADD_ERROR;
     }
-    snprintf(in->study, sizeof in->study, "%s", info.study_uid);
-    snprintf(in->series, sizeof in->series, "%s", info.series_uid);
-    snprintf(in->sop, sizeof in->sop, "%s", info.sop_instance_uid);
-    snprintf(in->sop_class, sizeof in->sop_class, "%s",
-             info.sop_class_uid[0] ? info.sop_class_uid : info.media_sop_class);
-    snprintf(in->ts, sizeof in->ts, "%s", info.transfer_syntax);
-    in->size = len;
-    in->attrs = cached_attrs(buf, len);
+    snprintf(in->study, sizeof in->study, "%s", info->study_uid);
+    snprintf(in->series, sizeof in->series, "%s", info->series_uid);
+    snprintf(in->sop, sizeof in->sop, "%s", info->sop_instance_uid);
+    snprintf(in->sop_class, sizeof in->sop_class, "%s", sop_class);
+    snprintf(in->ts, sizeof in->ts, "%s", info->transfer_syntax);
+    in->size = src->len;
+    in->attrs =
+        src->fd >= 0 ? cached_attrs_fd(src->fd, src->len) : cached_attrs(src->buf, src->len);
 
     hc_store *first = NULL;
     char *written = NULL; /* our file, removed again if we do not index it */
@@ -746,10 +805,10 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
         if (old) {
             char *p = hc_inst_path(s, old);
             hc_unlock();
-            bool same = p && file_equals(p, buf, len);
+            bool same = p && src_equals(src, p);
             free(p);
             snprintf(why, whylen, "an instance with SOPInstanceUID %s already exists%s",
-                     info.sop_instance_uid, same ? "" : " with different content");
+                     info->sop_instance_uid, same ? "" : " with different content");
             if (written)
                 unlink(written);
             free(written);
@@ -761,7 +820,7 @@ enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size
             in->file_no = s->next_file++;
             written = hc_inst_path(s, in);
             hc_unlock();
-            int wrc = written ? hc_write_atomic(written, buf, len) : -ENOMEM;
+            int wrc = written ? src_place(src, written) : -ENOMEM;
             if (wrc < 0) {
                 snprintf(why, whylen, "cannot store the instance: %s", strerror(-wrc));
                 free(written);
@@ -786,6 +845,36 @@ drop:
     free(written);
     inst_free(in);
     return HC_ADD_ERROR;
+}
+
+static bool parse_failed(int rc, char *why, size_t whylen)
+{
+    if (rc == DICOM_OK)
+        return false;
+    if (!why[0])
+        snprintf(why, whylen, "%s", dicom_strerror(rc));
+    return true;
+}
+
+enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
+                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
+                                char *why, size_t whylen)
+{
+    dicom_info info;
+    if (parse_failed(dicom_parse(buf, len, &info, why, whylen), why, whylen))
+        return HC_ADD_ERROR;
+    add_src src = {.buf = buf, .len = len, .fd = -1};
+    return store_add(store_name, &src, &info, require_study, uids_out, why, whylen);
+}
+
+enum hc_add_result hc_store_add_fd(const char *store_name, int fd, uint64_t size, char *why,
+                                   size_t whylen)
+{
+    dicom_info info;
+    if (parse_failed(dicom_parse_fd(fd, &info, why, whylen), why, whylen))
+        return HC_ADD_ERROR;
+    add_src src = {.len = (size_t)size, .fd = fd};
+    return store_add(store_name, &src, &info, NULL, NULL, why, whylen);
 }
 
 long hc_store_delete(const char *store_name, const char *study, const char *series, const char *sop)

@@ -54,6 +54,13 @@ typedef struct dj_file {
 
 /* Parses a whole Part-10 file held in memory (buf must outlive the result). */
 int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_t whylen);
+/* The same up to (not including) the first top-level element whose tag is
+ * >= stop_tag: buf need only hold the file up to there (an import reads the
+ * header of a 1 GiB file, not its pixels). Returns 1 if it stopped there, 0
+ * if the data set ended first (all of it was in buf only if len is the file
+ * size), -1 like dj_parse_file when an element runs past len. */
+int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
+                  size_t whylen);
 void dj_file_free(dj_file *f);
 const dj_elem *dj_find(const dj_ds *ds, uint32_t tag);
 /* Integer value of a US/UL/IS/SS element (first value), or def. */
@@ -136,6 +143,12 @@ enum hc_add_result { HC_ADD_NEW, HC_ADD_DUP_SAME, HC_ADD_DUP_DIFFERENT, HC_ADD_E
 enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
                                 const char *require_study, char uids_out[4][HC_UID_MAX + 1],
                                 char *why, size_t whylen);
+/* The same for a file open at fd (size bytes): reads only the header, and
+ * stores the bytes by a hard link to the file (a copy where the file system
+ * refuses the link), so an import never holds or rewrites a big file. The
+ * file must not change afterwards (Cloud Storage generations never do). */
+enum hc_add_result hc_store_add_fd(const char *store_name, int fd, uint64_t size, char *why,
+                                   size_t whylen);
 /* Removes instances matching study [series [sop]]; returns the count or -1. */
 long hc_store_delete(const char *store_name, const char *study, const char *series,
                      const char *sop);

@@ -42,9 +42,6 @@ static void usage(FILE *f)
             "  --write-user-credentials FILE\n"
             "                            write an authorized_user file (refresh-token grant)\n"
             "  --no-auth                 accept API requests without a bearer token\n"
-            "  --strict-auth             also refuse resumable-upload starts that carry no\n"
-            "                            Authorization header (by default let through: the\n"
-            "                            Node storage client sends none to custom endpoints)\n"
             "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
             "  --lro-delay MS            minimum duration of long-running operations\n"
             "  --seed N                  seed for fault injection (default 1)\n"
@@ -78,7 +75,6 @@ enum {
     OPT_CREDS,
     OPT_USER_CREDS,
     OPT_NO_AUTH,
-    OPT_STRICT_AUTH,
     OPT_TTL,
     OPT_LRO,
     OPT_SEED,
@@ -140,7 +136,6 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"write-credentials", required_argument, NULL, OPT_CREDS},
         {"write-user-credentials", required_argument, NULL, OPT_USER_CREDS},
         {"no-auth", no_argument, NULL, OPT_NO_AUTH},
-        {"strict-auth", no_argument, NULL, OPT_STRICT_AUTH},
         {"token-ttl", required_argument, NULL, OPT_TTL},
         {"lro-delay", required_argument, NULL, OPT_LRO},
         {"seed", required_argument, NULL, OPT_SEED},
@@ -191,9 +186,6 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
             break;
         case OPT_NO_AUTH:
             ctx->no_auth = true;
-            break;
-        case OPT_STRICT_AUTH:
-            ctx->strict_auth = true;
             break;
         case OPT_TTL:
             if (parse_int("--token-ttl", optarg, 1, 86400 * 7, &n) != 0)

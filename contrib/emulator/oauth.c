@@ -66,25 +66,6 @@ static void sha256_hex(const char *s, size_t len, char out[65])
     out[64] = '\0';
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* Writes a file 0600 through a temp file and rename. */
 static int write_private(const char *path, const char *text)
 {
@@ -136,7 +117,7 @@ static void load_keys(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "keys.json", path, sizeof(path));
-    char *text = slurp(path);
+    char *text = emu_read_text(path);
     cJSON *arr = text ? cJSON_Parse(text) : NULL;
     free(text);
     cJSON *k;
@@ -245,7 +226,7 @@ static void load_refresh(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "refresh.json", path, sizeof(path));
-    char *text = slurp(path);
+    char *text = emu_read_text(path);
     cJSON *arr = text ? cJSON_Parse(text) : NULL;
     free(text);
     cJSON *r;

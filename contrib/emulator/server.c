@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 
 #include "emu_internal.h"
+#include "http.h"
 #include "log.h"
 
 #define EMU_BODY_MEM_MAX (64u * 1024 * 1024)
@@ -291,38 +292,6 @@ void emu_resp_empty(emu_response *w, int status)
     w->status = status;
 }
 
-static const char *canonical_status(int status)
-{
-    switch (status) {
-    case 400:
-        return "INVALID_ARGUMENT";
-    case 401:
-        return "UNAUTHENTICATED";
-    case 403:
-        return "PERMISSION_DENIED";
-    case 404:
-        return "NOT_FOUND";
-    case 409:
-        return "ALREADY_EXISTS";
-    case 412:
-        return "FAILED_PRECONDITION";
-    case 416:
-        return "OUT_OF_RANGE";
-    case 429:
-        return "RESOURCE_EXHAUSTED";
-    case 499:
-        return "CANCELLED";
-    case 501:
-        return "UNIMPLEMENTED";
-    case 503:
-        return "UNAVAILABLE";
-    case 504:
-        return "DEADLINE_EXCEEDED";
-    default:
-        return status >= 500 ? "INTERNAL" : "UNKNOWN";
-    }
-}
-
 static char *vfmt(const char *fmt, va_list ap)
 {
     char *s = NULL;
@@ -341,7 +310,8 @@ void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     cJSON_AddNumberToObject(err, "code", status);
     cJSON_AddStringToObject(err, "message", msg ? msg : "error");
-    cJSON_AddStringToObject(err, "status", canonical_status(status));
+    /* The google.rpc code name the real service pairs with the status. */
+    cJSON_AddStringToObject(err, "status", http_status_name(status));
     free(msg);
     emu_resp_json(w, status, root);
 }
@@ -501,6 +471,26 @@ bool emu_req_spool_take(const emu_request *cr, char *path, size_t pathlen, unsig
     return true;
 }
 
+/* A media upload of known length goes to its file from the first byte,
+ * hashed as it arrives: the object is then a rename, with no copy through
+ * memory and no second pass over the bytes. */
+static bool spool_early(const emu_request *r, uint64_t clen)
+{
+    const char *type = emu_req_query(r, "uploadType");
+    return clen > 0 && r->kind == EMU_KIND_UPLOAD && strcmp(r->method, "POST") == 0 && type &&
+           strcmp(type, "media") == 0;
+}
+
+/* Sizes the buffer once from Content-Length instead of doubling into it. */
+static void body_reserve(emu_request *r, uint64_t clen)
+{
+    char *n = clen < EMU_BODY_MEM_MAX ? malloc((size_t)clen + 1) : NULL;
+    if (n) {
+        r->body = n;
+        r->body_cap = (size_t)clen + 1;
+    }
+}
+
 static int body_append(emu_request *r, const char *data, size_t len)
 {
     if (r->body_fd < 0 && r->body_len + len > EMU_BODY_MEM_MAX && spool_open(r) != 0)
@@ -579,8 +569,6 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
-    cJSON_AddNumberToObject(root, "anonymousUploadStarts",
-                            (double)atomic_load(&s->anonymous_upload_starts));
     cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
     return root;
 }
@@ -624,19 +612,9 @@ static bool needs_auth(emu_ctx *ctx, const emu_request *r)
     case EMU_KIND_LOGS:
         return true;
     case EMU_KIND_UPLOAD:
-        if (emu_gcs_is_session_request(r))
-            return false;
-        /* @google-cloud/storage starts resumable sessions on a custom
-         * endpoint with no Authorization header at all (createURI drops its
-         * auth client there). Unless --strict-auth, such a start is let
-         * through; a header that is present must still be valid. */
-        if (!ctx->strict_auth && !emu_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION) &&
-            strcmp(r->method, "POST") == 0 && emu_req_query(r, "uploadType") &&
-            strcmp(emu_req_query(r, "uploadType"), "resumable") == 0) {
-            atomic_fetch_add(&ctx->stats.anonymous_upload_starts, 1);
-            return false;
-        }
-        return true;
+        /* The session URI is the credential of a resumable session's
+         * requests; everything else, starts included, needs a token. */
+        return !emu_gcs_is_session_request(r);
     default:
         return false;
     }
@@ -867,8 +845,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
         /* An early reset cuts the upload somewhere inside the body. */
         r->reset_after = r->plan.aux % (clen ? clen : 65536);
-        if (!r->discard_body && clen > EMU_BODY_MEM_MAX && spool_open(r) != 0)
+        if (!r->discard_body && (clen > EMU_BODY_MEM_MAX || spool_early(r, clen)) &&
+            spool_open(r) != 0)
             r->body_error = true;
+        else if (!r->discard_body && r->body_fd < 0 && clen)
+            body_reserve(r, clen);
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -930,7 +911,7 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
         flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(1024 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+        (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
     if (!g_daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;

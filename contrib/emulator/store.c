@@ -29,6 +29,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 typedef struct obj_rec {
     emu_obj_info info;
@@ -477,32 +478,36 @@ static int sidecar_to_info(const cJSON *j, const char *bucket, emu_obj_info *o)
     return o->bucket && o->name ? 0 : -1;
 }
 
-static char *read_small_file(const char *path)
+int emu_read_file(const char *path, char **data, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4097 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *n = realloc(buf, cap);
-            if (!n) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = n;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
+    *data = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = fstat(fd, &st) < 0 ? -errno : 0;
+    char *buf = rc == 0 ? malloc((size_t)st.st_size + 1) : NULL;
+    if (rc == 0 && !buf)
+        rc = -ENOMEM;
+    size_t got = buf ? util_pread_full(fd, buf, (size_t)st.st_size, 0) : 0;
+    if (rc == 0 && got != (size_t)st.st_size)
+        rc = -EIO;
+    close(fd);
+    if (rc < 0) {
+        free(buf);
+        return rc;
     }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    return 0;
+}
+
+char *emu_read_text(const char *path)
+{
+    char *text;
+    size_t len;
+    return emu_read_file(path, &text, &len) == 0 ? text : NULL;
 }
 
 /* Writes text to path atomically (temp file in the same directory, rename). */
@@ -559,7 +564,7 @@ static void load_objects(emu_store *s, bucket *b)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        char *text = read_small_file(path);
+        char *text = emu_read_text(path);
         cJSON *j = text ? cJSON_Parse(text) : NULL;
         free(text);
         obj_rec *o = calloc(1, sizeof(*o));
@@ -615,7 +620,7 @@ static void load_buckets(emu_store *s)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s/bucket.json", dir, e->d_name);
-        char *text = read_small_file(path);
+        char *text = emu_read_text(path);
         cJSON *j = text ? cJSON_Parse(text) : NULL;
         free(text);
         if (!j)
@@ -1191,27 +1196,29 @@ int emu_gcs_list(emu_ctx *ctx, const char *bucket, const char *prefix, emu_gcs_n
     return rc == EMU_STORE_NOBUCKET ? -ENOENT : rc == EMU_STORE_OK ? 0 : -EIO;
 }
 
-int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len)
+int emu_gcs_open(emu_ctx *ctx, const char *bucket, const char *name, int *fd, uint64_t *size)
 {
     emu_obj_info info;
-    int fd;
-    int rc = emu_store_object_get(ctx, bucket, name, NULL, &info, &fd);
+    int rc = emu_store_object_get(ctx, bucket, name, NULL, &info, fd);
     if (rc == EMU_STORE_NOBUCKET || rc == EMU_STORE_NOTFOUND)
         return -ENOENT;
     if (rc != EMU_STORE_OK)
         return -EIO;
-    size_t size = (size_t)info.size;
+    *size = info.size;
     emu_obj_info_clear(&info);
+    return 0;
+}
+
+int emu_gcs_read(emu_ctx *ctx, const char *bucket, const char *name, char **data, size_t *len)
+{
+    int fd;
+    uint64_t size64;
+    int rc = emu_gcs_open(ctx, bucket, name, &fd, &size64);
+    if (rc < 0)
+        return rc;
+    size_t size = (size_t)size64;
     char *buf = malloc(size + 1);
-    size_t got = 0;
-    while (buf && got < size) {
-        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
+    size_t got = buf ? util_pread_full(fd, buf, size, 0) : 0;
     close(fd);
     if (!buf || got != size) {
         free(buf);

@@ -148,13 +148,16 @@ def make_tree(root, n, size, studies):
 
 # ---------------------------------------------------------------- services
 
+EMU_PREFIX = os.environ.get("EMU_PREFIX", "").split()
+
+
 class Emulator:
     def __init__(self, build_dir, work):
         self.data = os.path.join(work, "emulator-data")
         os.makedirs(self.data)
         self.log = open(os.path.join(work, "emulator.log"), "w+")
         self.proc = subprocess.Popen(
-            [os.path.join(build_dir, "contrib/emulator/dicomfs-emulator"),
+            [*EMU_PREFIX, os.path.join(build_dir, "contrib/emulator/dicomfs-emulator"),
              "--listen", "127.0.0.1:0", "--data", self.data, "--no-auth",
              "--project", PROJECT, "--location", LOCATION, "--dataset", DATASET,
              "--store", "warmup", "--bucket", BUCKET],

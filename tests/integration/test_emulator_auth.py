@@ -213,19 +213,17 @@ def test_resumable_session_needs_no_token(emulator):
     assert json.loads(body)["size"] == "3"
 
 
-def test_tokenless_resumable_start(emulator_factory):
-    # The Node storage client starts resumable sessions on custom endpoints
-    # without any Authorization header: let through by default, refused with
-    # --strict-auth; a bad header is refused either way.
+def test_tokenless_resumable_start_refused(emulator):
+    # A resumable start is an API call like any other: without a token (or
+    # with a bad one) it is refused, as the real service does. Only the
+    # session's own requests go without (the session URI is the credential).
     path = "/upload/storage/v1/b/staging/o?uploadType=resumable&name=anon"
-    emu = emulator_factory()
-    code, _, body = emu.request("POST", path, body=b"", auth=False)
-    assert code == 200, body
-    assert emu.stats()["anonymousUploadStarts"] == 1
-    assert_unauthenticated(emu.request("POST", path, body=b"", auth=False,
-                                       headers={"Authorization": "Bearer bogus"}))
-    strict = emulator_factory("--strict-auth")
-    assert_unauthenticated(strict.request("POST", path, body=b"", auth=False))
+    assert_unauthenticated(emulator.request("POST", path, body=b"", auth=False))
+    assert_unauthenticated(emulator.request("POST", path, body=b"", auth=False,
+                                            headers={"Authorization": "Bearer bogus"}))
+    code, hdrs, body = emulator.request("POST", path, body=b"")
+    assert code == 200 and hdrs["Location"], body
+    assert emulator.stats()["unauthenticated"] == 2
 
 
 def test_metadata_paths_used_by_google_auth(emulator):

@@ -230,6 +230,81 @@ def test_import_counters_errors_logs_duplicates(emulator, tmp):
 # ---------------------------------------------------------------- QIDO / WADO / STOW
 
 
+def test_import_of_a_large_instance_with_a_long_header(emulator, tmp):
+    # Import reads only a file's header (growing the read when the header
+    # is longer than the first read) and links the object's bytes into the
+    # store: the instance must still index every cached attribute and keep
+    # its exact bytes after the Cloud Storage object is gone.
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    path = os.path.join(tmp, "big.dcm")
+    samples.make_instance(path, study, series, sop, rows=1024, cols=1024, bits=16,
+                          patient_name="LONG^HEADER", accession="ACC-BIG", instance_number=7)
+    ds = pydicom.dcmread(path)
+    refs = []
+    for _ in range(3000):  # (0008,1140): some 300 KB before the last cached tags
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        item.ReferencedSOPInstanceUID = generate_uid()
+        refs.append(item)
+    ds.ReferencedImageSequence = Sequence(refs)
+    ds.save_as(path, write_like_original=False)
+    data = read(path)
+    assert len(data) > 2 << 20
+    upload(emulator, "staging", "long/big.dcm", data)
+    assert import_files(emulator, "gs://staging/long/*.dcm")["metadata"]["counter"] == \
+        {"success": "1"}
+    # Study and instance results come from the attributes indexed at import
+    # (includefield=all would read the file instead).
+    status, body, _ = qido(emulator, "studies", StudyInstanceUID=study)
+    assert status == 200 and len(body) == 1, body
+    assert body[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "LONG^HEADER"}]}
+    assert body[0]["00080050"] == {"vr": "SH", "Value": ["ACC-BIG"]}
+    status, body, _ = qido(emulator, "instances", SOPInstanceUID=sop)
+    assert status == 200 and len(body) == 1, body
+    assert body[0]["00200013"]["Value"] == [7]
+    assert body[0]["00280010"] == {"vr": "US", "Value": [1024]}
+
+    status, _, _ = emulator.request("DELETE", "/storage/v1/b/staging/o/long%2Fbig.dcm")
+    assert status == 204
+    status, _, body = emulator.request(
+        "GET", "/v1/%s/studies/%s/series/%s/instances/%s" % (WEB, study, series, sop),
+        headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert status == 200 and body == data
+
+    # Importing the same bytes again is a duplicate that counts as a success.
+    upload(emulator, "staging", "long/again.dcm", data)
+    assert import_files(emulator, "gs://staging/long/again.dcm")["metadata"]["counter"] == \
+        {"success": "1"}
+
+
+def test_import_header_that_ends_exactly_at_the_first_read(emulator, tmp):
+    # The first header read is 64 KiB. A file whose elements happen to end
+    # exactly there must not lose the indexed attributes that follow
+    # (PatientName here): the read grows until the last indexed tag.
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    path = os.path.join(tmp, "edge.dcm")
+    samples.make_instance(path, study, series, sop, rows=512, cols=512, bits=16,
+                          patient_name="EDGE^CASE")
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00090010, "LO", "DICOMFS TEST")
+    pad = 1000
+    for _ in range(3):  # converges: the padding only moves what follows it
+        ds.add_new(0x00091001, "OB", b"\0" * pad)
+        ds.save_as(path, write_like_original=False)
+        at = read(path).find(b"\x10\x00\x10\x00PN")
+        pad += 65536 - at
+    data = read(path)
+    assert data.find(b"\x10\x00\x10\x00PN") == 65536
+    upload(emulator, "staging", "edge/e.dcm", data)
+    assert import_files(emulator, "gs://staging/edge/*.dcm")["metadata"]["counter"] == \
+        {"success": "1"}
+    status, body, _ = qido(emulator, "studies", StudyInstanceUID=study)
+    assert status == 200 and len(body) == 1, body
+    assert body[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "EDGE^CASE"}]}
+
+
 def test_qido_wado_metadata(emulator, tmp):
     tree = stage_tree(emulator, tmp, "q", n_studies=3, n_series=2, n_instances=2)
     assert import_files(emulator, "gs://staging/q/**")["metadata"]["counter"] == {"success": "12"}

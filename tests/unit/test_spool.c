@@ -137,6 +137,19 @@ static int count_spool(env *e, int *nonhex)
     return n;
 }
 
+static int count_dir(const char *d)
+{
+    DIR *dir = opendir(d);
+    if (!dir)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(dir)))
+        n += de->d_name[0] != '.';
+    closedir(dir);
+    return n;
+}
+
 static import_counts counts(env *e)
 {
     import_counts c = {0};
@@ -288,6 +301,72 @@ TEST(valid_file_accepted_durably)
     char sp[256];
     snprintf(sp, sizeof sp, "%s/spool", e.cache);
     CHECK(stat(sp, &sd) == 0 && (sd.st_mode & 0777) == 0700);
+}
+
+/* spool_sync_dir covers every creation made before it, in both modes:
+ * lazy (the default: nothing synced until asked) and eager (sync_close). */
+TEST(spool_dir_sync_lazy_and_eager)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/spool-sync-%d", root, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    if (!sp)
+        return;
+    for (int eager = 0; eager < 2; eager++) {
+        spool_set_eager_dir_sync(sp, eager);
+        for (int i = 0; i < 3; i++) {
+            char id[SPOOL_ID_LEN + 1];
+            int fd = spool_create(sp, id);
+            CHECK(fd >= 0);
+            if (fd >= 0)
+                close(fd);
+            CHECK(spool_exists(sp, id));
+        }
+        CHECK_EQ_INT(spool_sync_dir(sp), 0);
+        CHECK_EQ_INT(spool_sync_dir(sp), 0); /* nothing new: returns at once */
+    }
+    spool_close(sp);
+}
+
+/* Files are handed out of a pool made ahead in spool-pool/: spool/ only
+ * ever holds handed-out files, a pool left by a crash is emptied at open
+ * and an unused pool is removed at close. */
+TEST(spool_pool_handout_and_cleanup)
+{
+    char dir[128], pool[160], stale[200];
+    snprintf(dir, sizeof dir, "%s/spool-pool-%d", root, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    snprintf(pool, sizeof pool, "%s/spool-pool", dir);
+    CHECK_EQ_INT(mkdir(pool, 0700), 0);
+    snprintf(stale, sizeof stale, "%s/0123456789abcdef0123456789abcdef", pool);
+    int sfd = open(stale, O_CREAT | O_WRONLY, 0600);
+    CHECK(sfd >= 0);
+    if (sfd >= 0)
+        close(sfd);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    if (!sp)
+        return;
+    CHECK(access(stale, F_OK) != 0); /* left by a crash: gone */
+    char ids[40][SPOOL_ID_LEN + 1];
+    for (int i = 0; i < 40; i++) { /* more than one pool's worth */
+        int fd = spool_create(sp, ids[i]);
+        CHECK(fd >= 0);
+        if (fd < 0)
+            continue;
+        CHECK_EQ_INT(write(fd, "x", 1), 1);
+        close(fd);
+        CHECK(spool_exists(sp, ids[i]));
+        for (int k = 0; k < i; k++)
+            CHECK(strcmp(ids[k], ids[i]) != 0);
+    }
+    char sdir[160];
+    snprintf(sdir, sizeof sdir, "%s/spool", dir);
+    CHECK_EQ_INT(count_dir(sdir), 40);
+    spool_close(sp);
+    CHECK_EQ_INT(count_dir(pool), 0);
 }
 
 TEST(non_dicom_rejected_and_gone)
@@ -1197,6 +1276,8 @@ int main(void)
     RUN(write_truncate_read_back);
     RUN(valid_file_accepted_durably);
     RUN(write_error_never_accepted);
+    RUN(spool_dir_sync_lazy_and_eager);
+    RUN(spool_pool_handout_and_cleanup);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
