@@ -2,7 +2,7 @@
  *
  * Finds the store directory of PATH (PATH itself or the nearest ancestor
  * holding `status`, `import/` and `operations/`), reads its status file
- * every 0.15 s and shows progress: a bar redrawn in place on a terminal,
+ * every 0.05 s and shows progress: a bar redrawn in place on a terminal,
  * a plain line every 5 s otherwise. Exit status: 0 all imported, 1 some
  * files failed (their "failed: PATH: REASON" lines are printed), 2 usage
  * error or PATH not in a dicomfs store, 3 timeout.
@@ -250,7 +250,7 @@ int wait_main(int argc, char **argv)
                     timeout, pending);
             return WAIT_TIMEOUT;
         }
-        struct timespec ts = {0, 150 * 1000000L}; /* a short wait adds little after the import */
+        struct timespec ts = {0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
         nanosleep(&ts, NULL);
     }
 }
