@@ -75,39 +75,15 @@ def make_dicom(path, study, series, sop, size):
     pydicom writes the file meta and the data set up to the pixel module; the
     Pixel Data element (7FE0,0010), the last tag, is appended in 8 MiB chunks
     of random 12-bit values so that a 1 GiB file never sits in memory."""
-    import struct
-
     import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+    from dicom_samples import large_instance_header
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
-    # FileDataset defaults to implicit VR: say explicit, as the meta does.
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "BENCH^DATA"
-    ds.PatientID = "BENCH"
-    ds.Modality = "OT"
     side = max(8, int((max(size - 1024, 64) // 2) ** 0.5))
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.save_as(path, write_like_original=False)
+    with open(path, "wb") as f:
+        f.write(large_instance_header(study, series, sop, side, ("BENCH^DATA", "BENCH")))
     nbytes = side * side * 2
     rng = np.random.default_rng(int.from_bytes(sop.encode()[-8:], "little"))
     with open(path, "ab") as f:
-        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, nbytes))
         left = nbytes
         while left:
             k = min(left, 8 << 20)
