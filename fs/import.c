@@ -23,7 +23,7 @@
  *   before close() returns 0: a successful close() means the data and the
  *   record are in the cache filesystem, safe from a crash or kill of dicomfs
  *   (the kernel holds them). Power-loss durability is a local disk's: the
- *   journal is fsync'ed by the coordinator within a tick (50 ms), the data
+ *   journal is fsync'ed by a flusher thread within 50 ms, the data
  *   at fsync() (which then also syncs the acceptance at close()) or, with
  *   -o sync_close, at every close() (fdatasync of the spool file, its
  *   directory and the journal: about 0.3 of local-disk speed here).
@@ -781,6 +781,7 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->work_cond, NULL);
     pthread_cond_init(&m->tick_cond, NULL);
+    pthread_cond_init(&m->jflush_cond, NULL);
     int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table) ? -ENOMEM : 0;
     if (rc == 0 && (gcs || hc) && (!gcs || !hc || !*m->bucket)) {
         log_error("import: uploads need a staging bucket and both API clients");
@@ -832,6 +833,7 @@ void import_mgr_free(import_mgr *m)
     pthread_mutex_destroy(&m->lock);
     pthread_cond_destroy(&m->work_cond);
     pthread_cond_destroy(&m->tick_cond);
+    pthread_cond_destroy(&m->jflush_cond);
     free(m);
 }
 
@@ -839,17 +841,12 @@ void import_mgr_free(import_mgr *m)
 
 /* After a namespace change is journaled (lock released): with sync_close it
  * is made durable before the call returns; otherwise the record is already
- * in the cache filesystem (safe from a crash of dicomfs) and the coordinator
- * fsyncs the journal at its next tick, as a local filesystem makes a rename
+ * in the cache filesystem (safe from a crash of dicomfs) and the journal
+ * flusher fsyncs it within 50 ms, as a local filesystem makes a rename
  * durable at its next commit rather than inside rename(). */
 static int journal_settle(import_mgr *m)
 {
-    if (m->cfg.sync_close)
-        return journal_sync(m->j);
-    pthread_mutex_lock(&m->lock);
-    up_kick(m);
-    pthread_mutex_unlock(&m->lock);
-    return 0;
+    return m->cfg.sync_close ? journal_sync(m->j) : 0;
 }
 
 int import_getattr(import_mgr *m, const char *store, const char *rel, struct stat *st)
@@ -1255,12 +1252,11 @@ static int validate(import_mgr *m, handle *h)
      * the workers upload the spool file. */
     if (!up_stream_accepted(m, n, n->size))
         up_enqueue(m, n);
-    if (!sync)
-        up_kick(m); /* the coordinator's tick fsyncs the journal */
+    up_kick(m); /* a new file: the quiet period starts again */
     pthread_mutex_unlock(&m->lock);
     /* Without sync, the record is in the cache filesystem already (it
-     * survives a crash of dicomfs) and the coordinator, kicked by
-     * up_enqueue, fsyncs the journal within a tick for power loss. */
+     * survives a crash of dicomfs) and the journal flusher thread fsyncs it
+     * within 50 ms for power loss. */
     rc = sync ? journal_sync(m->j) : 0;
     if (rc < 0) {
         log_error("import: %s/%s: the journal could not be made durable: %s", n->st->name, n->path,

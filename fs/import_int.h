@@ -119,8 +119,9 @@ struct import_mgr {
     journal *j;
     spool *sp;
     pthread_mutex_t lock;
-    pthread_cond_t work_cond; /* workers: queue non-empty or stop */
-    pthread_cond_t tick_cond; /* coordinator: something changed */
+    pthread_cond_t work_cond;   /* workers: queue non-empty or stop */
+    pthread_cond_t tick_cond;   /* coordinator: something changed */
+    pthread_cond_t jflush_cond; /* journal flusher: stop */
     bool stop;
     node **table;
     size_t nbuckets, nvisible;
@@ -131,6 +132,8 @@ struct import_mgr {
     pthread_t *workers;
     int nworkers;
     pthread_t coord;
+    pthread_t jflush; /* fsyncs the journal every JFLUSH_S when it changed */
+    bool jflush_started;
     bool coord_started;
     upstream *streams; /* streaming upload threads, joined when done */
 };

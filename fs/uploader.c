@@ -81,6 +81,7 @@ enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
 
 #define RETRY_MAX_S 60.0
 #define UP_NICE 10
+#define JFLUSH_S 0.05 /* journal fsync period (when it changed) */
 #define POLL_MAX_S 1.0
 #define POLL_FIRST_S 0.05 /* first operation poll; x1.25 up to POLL_MAX_S */
 #define POLL_GROWTH 1.25
@@ -808,8 +809,10 @@ static void tick(import_mgr *m, double now)
             streams_release_idle(m, b, now);
             if (b->n_refs == 0 && quiet)
                 drop = true;
-            else if (quiet && b->n_pending == 0 && b->n_uploaded > 0)
+            else if (quiet && b->n_pending == 0 && b->n_uploaded > 0) {
                 seal(m, b, now);
+                start_import(m, b); /* now, not at the next tick */
+            }
             break;
         case B_SEALED:
             if (b->n_refs == 0)
@@ -840,8 +843,8 @@ static void tick(import_mgr *m, double now)
     }
 }
 
-/* Waits for a kick or for `seconds` (lock held). */
-static void wait_kick(import_mgr *m, double seconds)
+/* Waits on cond (m->lock held) for a signal or for `seconds`. */
+static void wait_on(import_mgr *m, pthread_cond_t *cond, double seconds)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -852,7 +855,13 @@ static void wait_kick(import_mgr *m, double seconds)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    pthread_cond_timedwait(&m->tick_cond, &m->lock, &ts);
+    pthread_cond_timedwait(cond, &m->lock, &ts);
+}
+
+/* Waits for a kick or for `seconds` (lock held). */
+static void wait_kick(import_mgr *m, double seconds)
+{
+    wait_on(m, &m->tick_cond, seconds);
 }
 
 /* How long the coordinator may sleep: until the next batch deadline (end of
@@ -864,6 +873,9 @@ static double next_wait(import_mgr *m, double now)
         double at = b->state == B_OPEN   ? b->last_accept + m->cfg.commit_delay_s
                     : b->state == B_DONE ? 1e18
                                          : b->next_try;
+        if (b->state != B_OPEN && at <= now)
+            return 0; /* an import start or poll is due (an open batch past its
+                       * quiet period waits for its uploads' kicks instead) */
         if (at > now && at - now < wait)
             wait = at - now;
     }
@@ -885,12 +897,29 @@ static void *coord_main(void *arg)
         }
         last = now;
         tick(m, now);
-        pthread_mutex_unlock(&m->lock);
-        journal_sync(m->j);
-        pthread_mutex_lock(&m->lock);
         if (m->stop)
             break;
         wait_kick(m, next_wait(m, imp_now()));
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* The journal's power-loss durability, off every caller's path: an
+ * fdatasync of the journal forces a commit of the filesystem's journal,
+ * which on a busy ext4 can take 100 ms or more (it waits for data written
+ * back meanwhile); in the coordinator it delayed every import start and
+ * poll by that much. journal_sync returns at once when nothing changed. */
+static void *jflush_main(void *arg)
+{
+    import_mgr *m = arg;
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        pthread_mutex_unlock(&m->lock);
+        journal_sync(m->j);
+        pthread_mutex_lock(&m->lock);
+        if (!m->stop)
+            wait_on(m, &m->jflush_cond, JFLUSH_S);
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;
@@ -916,6 +945,12 @@ int up_start(import_mgr *m)
         return -rc;
     }
     m->coord_started = true;
+    rc = pthread_create(&m->jflush, NULL, jflush_main, m);
+    if (rc != 0) {
+        up_stop(m);
+        return -rc;
+    }
+    m->jflush_started = true;
     return 0;
 }
 
@@ -925,7 +960,11 @@ void up_stop(import_mgr *m)
     m->stop = true;
     pthread_cond_broadcast(&m->work_cond);
     pthread_cond_broadcast(&m->tick_cond);
+    pthread_cond_broadcast(&m->jflush_cond);
     pthread_mutex_unlock(&m->lock);
+    if (m->jflush_started)
+        pthread_join(m->jflush, NULL);
+    m->jflush_started = false;
     for (int i = 0; i < m->nworkers; i++)
         pthread_join(m->workers[i], NULL);
     if (m->coord_started)

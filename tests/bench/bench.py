@@ -213,7 +213,8 @@ class Mount:
             [self.exe, f"projects/{PROJECT}/locations/{LOCATION}", self.mnt, "-f",
              "-o", f"staging=gs://{BUCKET}/dicomfs,cache_dir={self.cache},no_auth,"
                    f"uploads={uploads},"
-                   + (f"commit_delay={commit_delay}," if commit_delay is not None else "") +
+                   + (f"commit_delay={commit_delay}," if commit_delay is not None else "")
+                   + "".join(o + "," for o in os.environ.get("DICOMFS_BENCH_OPTS", "").split(",") if o) +
                    f"endpoint={emu.url}/,storage_endpoint={emu.url}"],
             stdout=self.log, stderr=self.log, env=env)
         deadline = time.time() + 30
