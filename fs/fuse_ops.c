@@ -1350,10 +1350,12 @@ const struct fuse_operations *fs_fuse_operations(void)
 
 /* ---- clients */
 
-/* Checks before mounting must answer quickly: a few attempts, not minutes of backoff. */
+/* Checks before mounting must answer quickly: a few attempts within 5 s,
+ * not minutes of backoff; but not give up on one or two transient errors
+ * (a 10% error rate failed two attempts in a row at mount once in CI). */
 static void quick_retries(http_options *ho)
 {
-    ho->retry.max_attempts = 2;
+    ho->retry.max_attempts = 4;
     ho->retry.base_ms = 250;
     ho->retry.total_ms = 5000;
     ho->connect_timeout_s = 5;
