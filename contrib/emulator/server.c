@@ -46,6 +46,7 @@ struct emu_request {
     uint64_t received;
     uint64_t reset_after; /* bytes of body read before an early reset */
     emu_fault_plan plan;
+    emu_body_sink *sink; /* takes the body as it arrives (resumable chunks) */
 };
 
 struct emu_hdr {
@@ -172,6 +173,11 @@ int emu_req_body_fd(const emu_request *r, uint64_t *len)
 enum emu_kind emu_req_kind(const emu_request *r)
 {
     return r->kind;
+}
+
+emu_body_sink *emu_req_sink(const emu_request *r)
+{
+    return r->sink;
 }
 
 /* ---- responses ---- */
@@ -398,6 +404,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     emu_request *r = *con_cls;
     if (!r)
         return;
+    if (r->sink)
+        emu_gcs_sink_close(r->sink);
     free(r->raw_uri);
     free(r->raw_path);
     free(r->path);
@@ -845,10 +853,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
         /* An early reset cuts the upload somewhere inside the body. */
         r->reset_after = r->plan.aux % (clen ? clen : 65536);
-        if (!r->discard_body && (clen > EMU_BODY_MEM_MAX || spool_early(r, clen)) &&
-            spool_open(r) != 0)
+        if (!r->discard_body && clen && r->kind == EMU_KIND_UPLOAD)
+            r->sink = emu_gcs_sink_open(ctx, r, clen);
+        /* With a sink the body goes straight to its session's part file. */
+        bool assemble = !r->discard_body && !r->sink;
+        if (assemble && (clen > EMU_BODY_MEM_MAX || spool_early(r, clen)) && spool_open(r) != 0)
             r->body_error = true;
-        else if (!r->discard_body && r->body_fd < 0 && clen)
+        else if (assemble && r->body_fd < 0 && clen)
             body_reserve(r, clen);
         return MHD_YES;
     }
@@ -861,7 +872,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             atomic_fetch_add(&ctx->stats.by_class[0], 1);
             return MHD_NO;
         }
-        if (!r->discard_body && !r->body_error && body_append(r, upload_data, n) != 0)
+        if (r->sink)
+            emu_gcs_sink_write(r->sink, upload_data, n);
+        else if (!r->discard_body && !r->body_error && body_append(r, upload_data, n) != 0)
             r->body_error = true;
         return MHD_YES;
     }
