@@ -216,9 +216,7 @@ bool emu_gcs_is_session_request(const emu_request *r);
  * instead of having it assembled first. NULL: assemble the body as usual. */
 emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t content_length);
 void emu_gcs_sink_write(emu_body_sink *k, const char *data, size_t len);
-/* At the end of the request. A chunk whose request never reached its
- * handler (connection lost mid-body) is taken back: chunks stay
- * all-or-nothing, as when they were assembled first. */
+/* At the end of the request, whether or not its handler ran. */
 void emu_gcs_sink_close(emu_body_sink *k);
 
 /* ---- oauth.c ---- */

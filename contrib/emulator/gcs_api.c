@@ -6,7 +6,10 @@
  * multipart/related, resumable sessions in 256 KiB-multiple chunks). Paths
  * are accepted under /storage/v1, /upload/storage/v1, /download/storage/v1
  * and at the root (/b/..., as the Node client sends them). Resumable
- * sessions live under DATA/gcs/uploads so a restart keeps them.
+ * sessions live under DATA/gcs/uploads so a restart keeps them. A chunk
+ * goes straight into its session's part file as it arrives (a body sink
+ * the server hands it to), hashed on the way, and the last chunk makes the
+ * object by a rename: a resumable upload costs what a media upload does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1312,12 +1315,14 @@ struct emu_body_sink {
     uint64_t pos;      /* offset in the object of the next byte to arrive */
     uint64_t keep_end; /* bytes at or past it are dropped (partial fault) */
     bool failed;       /* a write failed: the handler answers 500 */
-    bool handled;      /* the handler answered: the chunk stands */
-    /* The session just before this chunk's first byte, to take it back. */
-    bool saved, saved_hashed, wrote;
-    uint64_t saved_len, wrote_to;
-    EVP_MD_CTX *saved_md5;
-    uint32_t saved_crc;
+    /* Bytes [tail_off, pos) not yet written: the part file grows by whole
+     * 256 KiB quanta while a chunk streams in, and by its last bytes only
+     * once the whole request is in. A chunk cut short thus leaves whole
+     * quanta, as GCS keeps them, and a status query meanwhile never
+     * reports bytes that could be taken back. */
+    char *tail;
+    size_t tail_len;
+    uint64_t tail_off;
 };
 
 /* The path a session PUT must have to reach upload_resumable_put (see
@@ -1334,14 +1339,25 @@ static bool is_session_put(const emu_request *r, const char *id)
     return blen > 0 && blen < 256 && (strcmp(p + blen, "/o") == 0 || strcmp(p + blen, "/o/") == 0);
 }
 
+static void sink_free(emu_body_sink *k)
+{
+    if (k->fd >= 0)
+        close(k->fd);
+    upsess_unref(k->u);
+    free(k->tail);
+    free(k);
+}
+
 emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t content_length)
 {
     const char *id = emu_req_query(r, "upload_id");
     if (!is_session_put(r, id))
         return NULL;
     emu_body_sink *k = calloc(1, sizeof(*k));
-    if (!k)
+    if (!k || !(k->tail = malloc(CHUNK_QUANTUM))) {
+        free(k);
         return NULL;
+    }
     k->fd = -1;
     pthread_mutex_t *mu = session_lock(id);
     pthread_mutex_lock(mu);
@@ -1363,68 +1379,57 @@ emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t co
     pthread_mutex_unlock(mu);
     cJSON_Delete(s);
     if (!ok) {
-        if (k->fd >= 0)
-            close(k->fd);
-        upsess_unref(k->u);
-        free(k);
+        sink_free(k);
         return NULL;
     }
     return k;
 }
 
-/* Remembers the session's state before this chunk's bytes (u->mu held). */
-static void sink_save(emu_body_sink *k)
+static void sink_append(emu_body_sink *k, uint64_t off, const char *data, size_t len)
 {
-    upsess *u = k->u;
-    k->saved = true;
-    k->saved_len = u->len;
-    k->saved_crc = u->crc;
-    k->saved_hashed = false;
-    if (u->hashed && (k->saved_md5 = EVP_MD_CTX_new()) &&
-        EVP_MD_CTX_copy_ex(k->saved_md5, u->md5) == 1)
-        k->saved_hashed = true;
+    if (!k->failed && part_append(k->u, k->fd, off, data, len, k->keep_end) != 0)
+        k->failed = true;
 }
 
 void emu_gcs_sink_write(emu_body_sink *k, const char *data, size_t len)
 {
-    upsess *u = k->u;
-    if (!k->failed) {
-        pthread_mutex_lock(&u->mu);
-        if (!k->saved)
-            sink_save(k);
-        uint64_t before = u->len;
-        if (part_append_locked(u, k->fd, k->pos, data, len, k->keep_end) != 0)
-            k->failed = true;
-        if (u->len != before) {
-            k->wrote = true;
-            k->wrote_to = u->len;
+    while (len) {
+        if (k->tail_len == 0 && k->pos % CHUNK_QUANTUM == 0 && len >= CHUNK_QUANTUM) {
+            /* Whole quanta straight from the server's buffer. */
+            size_t direct = len - len % CHUNK_QUANTUM;
+            sink_append(k, k->pos, data, direct);
+            k->pos += direct;
+            data += direct;
+            len -= direct;
+            continue;
         }
-        pthread_mutex_unlock(&u->mu);
+        if (k->tail_len == 0)
+            k->tail_off = k->pos;
+        size_t room = CHUNK_QUANTUM - (size_t)(k->pos % CHUNK_QUANTUM);
+        size_t take = len < room ? len : room;
+        memcpy(k->tail + k->tail_len, data, take);
+        k->tail_len += take;
+        k->pos += take;
+        data += take;
+        len -= take;
+        if (k->pos % CHUNK_QUANTUM == 0) {
+            sink_append(k, k->tail_off, k->tail, k->tail_len);
+            k->tail_len = 0;
+        }
     }
-    k->pos += len;
+}
+
+/* The whole request is in: its last bytes are written too. */
+static void sink_finish(emu_body_sink *k)
+{
+    if (k->tail_len)
+        sink_append(k, k->tail_off, k->tail, k->tail_len);
+    k->tail_len = 0;
 }
 
 void emu_gcs_sink_close(emu_body_sink *k)
 {
-    upsess *u = k->u;
-    pthread_mutex_lock(&u->mu);
-    /* Cut short before its handler: take the chunk back unless the session
-     * moved on since (finished, cancelled, or appended to by another
-     * request). */
-    if (!k->handled && k->wrote && !u->dead && u->len == k->wrote_to) {
-        if (ftruncate(k->fd, (off_t)k->saved_len) == 0) {
-            u->len = k->saved_len;
-            u->crc = k->saved_crc;
-            u->hashed = k->saved_hashed && EVP_MD_CTX_copy_ex(u->md5, k->saved_md5) == 1;
-        } else {
-            u->hashed = false;
-        }
-    }
-    pthread_mutex_unlock(&u->mu);
-    close(k->fd);
-    EVP_MD_CTX_free(k->saved_md5);
-    upsess_unref(u);
-    free(k);
+    sink_free(k);
 }
 
 /* ---- chunk requests ---- */
@@ -1447,7 +1452,7 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
 {
     emu_body_sink *k = emu_req_sink(r);
     if (k)
-        k->handled = true; /* whatever the answer, the bytes it kept stand */
+        sink_finish(k);
     pthread_mutex_t *mu = session_lock(id);
     pthread_mutex_lock(mu);
     cJSON *s = session_load(ctx, id);

@@ -1,7 +1,8 @@
 /* server: the HTTP side of dicomfs-emulator on libmicrohttpd.
  *
  * Owns request assembly (bodies in memory up to 64 MiB, then spooled to a
- * temp file under DATA/tmp), routing by path prefix, the bearer-token check,
+ * temp file under DATA/tmp; resumable chunks handed as they arrive to the
+ * sink gcs_api.c opens for them), routing by path prefix, the bearer-token check,
  * fault injection (errors, resets, latency, malformed JSON) and the response
  * objects the API modules fill in. One thread per connection, so a slow
  * handler (a 1 GiB upload, an LRO wait) never blocks other clients.
