@@ -546,23 +546,28 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     return rc;
 }
 
+#define SIZE_UNKNOWN UINT64_MAX /* a stream: the size comes with the last chunk */
+
 /* Starts a resumable session; *session gets the Location URI. Starting a
- * session has no visible effect (an unused one expires), so it is retried. */
-static int session_start(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
+ * session has no visible effect (an unused one expires), so it is retried.
+ * size is announced (X-Upload-Content-Length) unless SIZE_UNKNOWN. */
+static int session_start(gcs_client *c, const char *bucket, const char *name, uint64_t size,
                          const char *ctype, char **session, http_error *err)
 {
     http_request req;
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "resumable");
     char *xct = http_strdup_printf("X-Upload-Content-Type: %s", ctype);
-    char *xcl = http_strdup_printf("X-Upload-Content-Length: %" PRIu64, src->size);
+    char *xcl =
+        size == SIZE_UNKNOWN ? NULL : http_strdup_printf("X-Upload-Content-Length: %" PRIu64, size);
     const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, xcl, NULL};
     cJSON *meta = cJSON_CreateObject();
     char *body = NULL, loc[GCS_URL_BUF];
     int rc = GCS_ERR_NOMEM;
 
     *session = NULL;
-    if (!url || !xct || !xcl || !meta || !cJSON_AddStringToObject(meta, "name", name) ||
+    if (!url || !xct || (size != SIZE_UNKNOWN && !xcl) || !meta ||
+        !cJSON_AddStringToObject(meta, "name", name) ||
         !cJSON_AddStringToObject(meta, "contentType", ctype) ||
         !(body = cJSON_PrintUnformatted(meta))) {
         rc = nomem(err);
@@ -727,7 +732,7 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
                 rc = GCS_ERR_HTTP;
                 break;
             }
-            rc = session_start(c, bucket, name, src, ctype, &session, err);
+            rc = session_start(c, bucket, name, src->size, ctype, &session, err);
             if (rc != GCS_OK)
                 break;
             off = 0;
@@ -1086,51 +1091,6 @@ struct gcs_stream {
     uint64_t sent_end;  /* highest byte offset sent + 1 (a 308 may not claim more) */
 };
 
-static int stream_session_start(gcs_stream *s, const char *ctype, http_error *err)
-{
-    http_request req;
-    http_response resp = {0};
-    char *url = upload_url(s->c, s->bucket, s->name, "resumable");
-    char *xct = http_strdup_printf("X-Upload-Content-Type: %s", ctype);
-    const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, NULL};
-    cJSON *meta = cJSON_CreateObject();
-    char *body = NULL, loc[GCS_URL_BUF];
-    int rc;
-
-    if (!url || !xct || !meta || !cJSON_AddStringToObject(meta, "name", s->name) ||
-        !cJSON_AddStringToObject(meta, "contentType", ctype) ||
-        !(body = cJSON_PrintUnformatted(meta))) {
-        rc = nomem(err);
-        goto out;
-    }
-    http_request_init(&req);
-    req.method = "POST";
-    req.url = url;
-    req.headers = hdrs;
-    req.body = body;
-    req.body_len = strlen(body);
-    req.idempotent = true; /* an unused session just expires */
-    rc = http_perform(s->c->http, &req, &resp, err);
-    if (rc != HTTP_OK) {
-        rc = from_http_rc(rc);
-    } else if ((resp.status != 200 && resp.status != 201) ||
-               !http_response_header(&resp, "Location", loc, sizeof(loc)) || !loc[0]) {
-        rc = protocol_err(err, &resp, "streaming session start (no Location)", s->bucket, s->name);
-    } else {
-        s->session = strstr(loc, "://") ? strdup(loc)
-                                        : http_strdup_printf("%s%s%s", s->c->endpoint,
-                                                             loc[0] == '/' ? "" : "/", loc);
-        rc = s->session ? GCS_OK : nomem(err);
-    }
-out:
-    http_response_free(&resp);
-    cJSON_Delete(meta);
-    cJSON_free(body);
-    free(url);
-    free(xct);
-    return rc;
-}
-
 int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const char *content_type,
                      gcs_stream **out, http_error *err)
 {
@@ -1149,11 +1109,12 @@ int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const 
     s->c = c;
     s->bucket = strdup(bucket);
     s->name = strdup(name);
-    rc =
-        s->bucket && s->name
-            ? stream_session_start(
-                  s, content_type && *content_type ? content_type : "application/octet-stream", err)
-            : nomem(err);
+    rc = s->bucket && s->name
+             ? session_start(c, bucket, name, SIZE_UNKNOWN,
+                             content_type && *content_type ? content_type
+                                                           : "application/octet-stream",
+                             &s->session, err)
+             : nomem(err);
     if (rc != GCS_OK) {
         gcs_stream_free(s);
         return rc;

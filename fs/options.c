@@ -17,7 +17,7 @@
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
-    char *uploads, *commit_delay;
+    char *uploads, *commit_delay, *stream_min;
     int allow_delete, no_auth, sync_close;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
@@ -46,6 +46,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("storage_endpoint=%s", storage_endpoint),
     RAWS("uploads=%s", uploads),
     RAWS("commit_delay=%s", commit_delay),
+    RAWS("stream_min=%s", stream_min),
     RAW("allow_delete", allow_delete),
     RAW("no_auth", no_auth),
     RAW("sync_close", sync_close),
@@ -119,6 +120,7 @@ static void raw_free(struct raw_opts *r)
     free(r->storage_endpoint);
     free(r->uploads);
     free(r->commit_delay);
+    free(r->stream_min);
     free(r->nonopt[0]);
     free(r->nonopt[1]);
     free(r->extra);
@@ -416,6 +418,10 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (r->commit_delay &&
         parse_seconds("commit_delay", r->commit_delay, &o->commit_delay, err, errlen))
         return -1;
+    o->stream_min_mib = FS_OPTIONS_DEFAULT_STREAM_MIN_MIB;
+    if (r->stream_min &&
+        parse_int("stream_min", r->stream_min, 0, 1 << 20, &o->stream_min_mib, err, errlen))
+        return -1;
     if (!o->cache_dir) {
         o->cache_dir = fs_options_default_cache_dir(o->source, geteuid());
         if (!o->cache_dir)
@@ -527,6 +533,8 @@ void fs_options_usage(const char *progname)
            "Google)\n"
            "  uploads=N              parallel uploads (default %d)\n"
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
+           "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"
+           "                         (0: only after close; default %d)\n"
            "  sync_close             close() in import/ also fsyncs the file and the journal\n"
            "                         (power-loss durable at every close; default: at fsync\n"
            "                         and within 50 ms for the journal, like a local disk)\n"
@@ -539,5 +547,6 @@ void fs_options_usage(const char *progname)
            "\n"
            "  -h, --help     this text\n"
            "  -V, --version  version\n",
-           progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY);
+           progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
+           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
 }

@@ -19,7 +19,10 @@
  * ahead in cache_dir/spool-pool/ (from the first spool_create on), and
  * spool_create renames one into spool/ (no inode to allocate). spool/
  * thus only ever holds files handed out. Pool files left by a crash are
- * removed by the next spool_open; spool_close removes the unused ones. */
+ * removed by the next spool_open; spool_close removes the unused ones.
+ * spool_recycle puts a finished file back into the pool (emptied, under a
+ * new id) instead of deleting it, so a steady stream of files allocates no
+ * inodes at all. */
 #include "spool.h"
 
 #include <dirent.h>
@@ -296,6 +299,34 @@ int spool_remove(spool *s, const char *id)
         int rc = -errno;
         log_error("spool: cannot remove %s/%s: %s", s->dir, id, strerror(-rc));
         return rc;
+    }
+    return 0;
+}
+
+int spool_recycle(spool *s, const char *id)
+{
+    if (!spool_id_valid(id))
+        return -EINVAL;
+    pthread_mutex_lock(&s->lock);
+    bool room = s->pool_on && s->pool_n < SPOOL_POOL;
+    pthread_mutex_unlock(&s->lock);
+    char nid[SPOOL_ID_LEN + 1];
+    int fd = room ? openat(s->dirfd, id, O_RDWR | O_TRUNC | O_CLOEXEC) : -1;
+    if (fd < 0 || new_id(nid) < 0 || renameat(s->dirfd, id, s->pooldirfd, nid) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return spool_remove(s, id);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->pool_n < SPOOL_POOL) {
+        memcpy(s->pool_id[s->pool_n], nid, sizeof nid);
+        s->pool_fd[s->pool_n++] = fd;
+        fd = -1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (fd >= 0) { /* the pool filled up meanwhile */
+        close(fd);
+        unlinkat(s->pooldirfd, nid, 0);
     }
     return 0;
 }

@@ -23,6 +23,10 @@ int spool_create(spool *s, char id[SPOOL_ID_LEN + 1]);
 /* Opens an existing spool file (flags as for open(2), without O_CREAT). */
 int spool_open_file(spool *s, const char *id, int flags);
 int spool_remove(spool *s, const char *id);
+/* Like spool_remove, but the emptied file goes back to the pool of files
+ * handed out by spool_create (under a new id) when there is room. Only for
+ * a file nobody has open: its content is truncated. */
+int spool_recycle(spool *s, const char *id);
 bool spool_exists(spool *s, const char *id);
 /* Removes every spool file for which keep(ctx, id) is false (files left by
  * a crash before they were accepted). Returns how many were removed. */

@@ -222,7 +222,10 @@ static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, d
     }
     n->staged = false;
     if (n->state == ST_IMPORTED) {
-        spool_remove(m->sp, n->id);
+        if (n->refs == 0)
+            spool_recycle(m->sp, n->id); /* its inode serves a later file */
+        else
+            spool_remove(m->sp, n->id); /* still open for reading: keep its content */
         imp_node_unlist(m, n);
     } else if (n->state == ST_WITHDRAWN) {
         imp_node_unlist(m, n);

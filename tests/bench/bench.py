@@ -26,6 +26,7 @@ usage: tests/bench/bench.py [--n 2000] [--size-kib 512] [--studies 20]
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,39 +75,15 @@ def make_dicom(path, study, series, sop, size):
     pydicom writes the file meta and the data set up to the pixel module; the
     Pixel Data element (7FE0,0010), the last tag, is appended in 8 MiB chunks
     of random 12-bit values so that a 1 GiB file never sits in memory."""
-    import struct
-
     import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+    from dicom_samples import large_instance_header
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
-    # FileDataset defaults to implicit VR: say explicit, as the meta does.
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "BENCH^DATA"
-    ds.PatientID = "BENCH"
-    ds.Modality = "OT"
     side = max(8, int((max(size - 1024, 64) // 2) ** 0.5))
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.save_as(path, write_like_original=False)
+    with open(path, "wb") as f:
+        f.write(large_instance_header(study, series, sop, side, ("BENCH^DATA", "BENCH")))
     nbytes = side * side * 2
     rng = np.random.default_rng(int.from_bytes(sop.encode()[-8:], "little"))
     with open(path, "ab") as f:
-        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, nbytes))
         left = nbytes
         while left:
             k = min(left, 8 << 20)
@@ -288,6 +265,37 @@ def drop_caches():
         pass
 
 
+def proc_cpu(pid):
+    """CPU seconds (user + system) used so far by a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    """CPU seconds of the finished child processes (cp, curl, rclone...)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuMeter:
+    """CPU spent during a variant: by the client side (finished children such
+    as cp or curl, plus the dicomfs process when given) and by the emulator,
+    which stands in for Google's side and shares this machine's cores."""
+
+    def __init__(self, emu, mount=None):
+        self.emu, self.mount = emu, mount
+        self.c0 = children_cpu()
+        self.e0 = proc_cpu(emu.proc.pid)
+        self.d0 = proc_cpu(mount.proc.pid) if mount else 0.0
+
+    def stop(self):
+        client = children_cpu() - self.c0
+        if self.mount:
+            client += proc_cpu(self.mount.proc.pid) - self.d0
+        return client, proc_cpu(self.emu.proc.pid) - self.e0
+
+
 def timed(fn):
     t0 = time.monotonic()
     fn()
@@ -352,11 +360,13 @@ class Bench:
         """(cp seconds, seconds until the import operation is done)."""
         store, _ = self.fresh_store("fs", self.mount)
         drop_caches()
+        meter = CpuMeter(self.emu, self.mount)
         t0 = time.monotonic()
         run(["cp", "-r", src, os.path.join(self.mount.store_dir(store), "import", "run")])
         t_cp = time.monotonic() - t0
         rc = self.mount.wait(store)
         t_done = time.monotonic() - t0
+        self.cpu = meter.stop()
         if rc != 0:
             raise RuntimeError(f"dicomfs wait exited {rc} for store {store}")
         return t_cp, t_done
@@ -373,13 +383,16 @@ class Bench:
                 f.write(f'upload-file = "{p}"\n')
                 f.write('output = "/dev/null"\n')
         drop_caches()
+        meter = CpuMeter(self.emu)
         t0 = time.monotonic()
         run(["curl", "-sS", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", str(self.args.uploads),
              "-X", "POST", "-H", "Content-Type: application/dicom", "-K", cfg])
         op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
+        t = time.monotonic() - t0
+        self.cpu = meter.stop()
         if "error" in op:
             raise RuntimeError(f"raw import failed: {op['error']}")
-        return time.monotonic() - t0
+        return t
 
     def rclone_env(self):
         return dict(os.environ, RCLONE_CONFIG_BENCH_TYPE="google cloud storage",
@@ -506,7 +519,7 @@ def measure_n(bench, n, args, data_root):
     src = os.path.join(data_root, f"n{n}")
     files = make_tree(src, n, args.size_kib * 1024, args.studies)
     r = {"n": n, "local_cp": [], "local_cp_fsync": [], "fs_cp": [], "fs_done": [], "raw": [], "rclone_copy": [],
-         "rclone_mount": []}
+         "rclone_mount": [], "fs_cpu": [], "fs_emu_cpu": [], "raw_cpu": [], "raw_emu_cpu": []}
     for i in range(args.repeat):
         log(f"N={n} repeat {i + 1}/{args.repeat}")
         r["local_cp"].append(bench.local_cp(src))
@@ -514,7 +527,11 @@ def measure_n(bench, n, args, data_root):
         t_cp, t_done = bench.dicomfs_cp(src)
         r["fs_cp"].append(t_cp)
         r["fs_done"].append(t_done)
+        r["fs_cpu"].append(bench.cpu[0])
+        r["fs_emu_cpu"].append(bench.cpu[1])
         r["raw"].append(bench.raw_parallel(files))
+        r["raw_cpu"].append(bench.cpu[0])
+        r["raw_emu_cpu"].append(bench.cpu[1])
         if not args.no_rclone:
             r["rclone_copy"].append(bench.rclone_copy(src))
             if n <= args.rclone_mount_max:
@@ -577,15 +594,18 @@ def report(results, outdir, args):
              "| measure | value | target | holds |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines += ["", "| N | local cp s | local cp+fsync s | dicomfs cp s | dicomfs done s | raw s |"
-              " rclone copy s | rclone mount s | dicomfs ms/file cp | dicomfs ms/file done |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              " rclone copy s | rclone mount s | dicomfs ms/file cp | dicomfs ms/file done |"
+              " CPU ms/file: cp+dicomfs / emulator | CPU ms/file: curl / emulator |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["by_n"]:
         mm = r["median"]
         lines.append(f"| {r['n']} | {mm['local_cp']:.2f} | {mm['local_cp_fsync']:.2f} | "
                      f"{mm['fs_cp']:.2f} | "
                      f"{mm['fs_done']:.2f} | {mm['raw']:.2f} | {mm['rclone_copy']:.2f} | "
                      f"{mm['rclone_mount']:.2f} | {mm['fs_cp'] / r['n'] * 1e3:.2f} | "
-                     f"{mm['fs_done'] / r['n'] * 1e3:.2f} |")
+                     f"{mm['fs_done'] / r['n'] * 1e3:.2f} | "
+                     f"{mm['fs_cpu'] / r['n'] * 1e3:.2f} / {mm['fs_emu_cpu'] / r['n'] * 1e3:.2f} | "
+                     f"{mm['raw_cpu'] / r['n'] * 1e3:.2f} / {mm['raw_emu_cpu'] / r['n'] * 1e3:.2f} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(outdir, "results.md"), "w") as f:
         f.write(text)

@@ -147,3 +147,35 @@ def make_encapsulated(path, study, series, sop, fragments, transfer_syntax="1.2.
         ds.is_little_endian = True
         ds.save_as(path, write_like_original=False)
     return ds
+
+
+def large_instance_header(study, series, sop, side, patient=("BIG^DATA", "BIG")):
+    """The bytes of a Part-10 file up to the Pixel Data element header (OW,
+    explicit VR little endian) of a side x side 16-bit (12 stored) image: the
+    caller appends side * side * 2 bytes of pixel values, in pieces, so that
+    a 1 GiB file never sits in memory. pydicom writes every header byte."""
+    import io
+    import struct
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("large.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    # FileDataset defaults to implicit VR: say explicit, as the meta does.
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.PatientName, ds.PatientID = patient
+    ds.Modality = "OT"
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    buf = io.BytesIO()
+    ds.save_as(buf, write_like_original=False)
+    return buf.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, side * side * 2)

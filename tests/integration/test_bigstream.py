@@ -19,17 +19,15 @@ import glob
 import hashlib
 import os
 import signal
-import struct
 import subprocess
 import time
 
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
+from dicom_samples import large_instance_header  # noqa: E402
 from test_import import (ImportMount, STORE_NAME, listed_files, mounts,  # noqa: F401,E402
                          staged_objects, store_uids, workdir)
 
@@ -39,32 +37,9 @@ MIB = 1 << 20
 def big_header(sop, study, series, pixel_bytes):
     """Part-10 header up to and including the Pixel Data element header (OW,
     explicit VR LE); the caller appends pixel_bytes of pixel values."""
-    import io
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("big.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.PatientName = "Stream^Big"
-    ds.PatientID = "BIG-1"
-    ds.Modality = "OT"
     side = int((pixel_bytes // 2) ** 0.5)
     assert side * side * 2 == pixel_bytes
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    buf = io.BytesIO()
-    ds.save_as(buf, write_like_original=False)
-    return buf.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
+    return large_instance_header(study, series, sop, side, ("Stream^Big", "BIG-1"))
 
 
 def pixel_size(approx_mib):

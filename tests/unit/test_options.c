@@ -44,6 +44,7 @@ TEST(location_defaults)
     CHECK_EQ_INT(o.uploads, 16);
     CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
     CHECK(!o.sync_close);
+    CHECK_EQ_INT(o.stream_min_mib, FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
     CHECK(!o.allow_delete);
     CHECK(!o.no_auth);
     CHECK(!o.foreground);
@@ -69,7 +70,8 @@ TEST(dataset_source_and_all_options)
                        "-o",
                        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
                        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
-                       "uploads=4,commit_delay=0.25,allow_delete,no_auth,sync_close,attr_timeout=3",
+                       "uploads=4,commit_delay=0.25,stream_min=0,allow_delete,no_auth,sync_close,"
+                       "attr_timeout=3",
                        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(err, "");
@@ -86,6 +88,7 @@ TEST(dataset_source_and_all_options)
     CHECK_EQ_STR(o.storage_endpoint, "http://127.0.0.1:2");
     CHECK_EQ_INT(o.uploads, 4);
     CHECK(o.commit_delay == 0.25);
+    CHECK_EQ_INT(o.stream_min_mib, 0);
     CHECK(o.sync_close);
     CHECK(o.allow_delete);
     CHECK(o.no_auth);

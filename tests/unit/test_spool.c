@@ -365,6 +365,23 @@ TEST(spool_pool_handout_and_cleanup)
     char sdir[160];
     snprintf(sdir, sizeof sdir, "%s/spool", dir);
     CHECK_EQ_INT(count_dir(sdir), 40);
+    /* A recycled file leaves spool/ and comes back empty under a new id. */
+    for (int i = 0; i < 40; i++)
+        CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
+    CHECK_EQ_INT(count_dir(sdir), 0);
+    for (int i = 0; i < 40; i++) {
+        char id[SPOOL_ID_LEN + 1];
+        int fd = spool_create(sp, id);
+        CHECK(fd >= 0);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        CHECK(fstat(fd, &st) == 0 && st.st_size == 0);
+        close(fd);
+        for (int k = 0; k < 40; k++)
+            CHECK(strcmp(ids[k], id) != 0);
+    }
+    CHECK_EQ_INT(count_dir(sdir), 40);
     spool_close(sp);
     CHECK_EQ_INT(count_dir(pool), 0);
 }
