@@ -82,6 +82,10 @@ bool emu_req_spool_take(const emu_request *r, char *path, size_t pathlen, unsign
 /* True if this request drew the partial-persistence fault (counted when
  * asked); aux is randomness for how much to keep. */
 bool emu_req_fault_partial(const emu_request *r, uint32_t *aux);
+/* The sink that took this request's body as it arrived (NULL: the body
+ * was assembled as usual). */
+typedef struct emu_body_sink emu_body_sink;
+emu_body_sink *emu_req_sink(const emu_request *r);
 /* Status and whether a body was set (for handlers composing responses). */
 int emu_resp_status(const emu_response *w);
 
@@ -206,6 +210,14 @@ void emu_random_hex(char *out, size_t nbytes);
 void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
 /* True for resumable-session requests (the session URI is the credential). */
 bool emu_gcs_is_session_request(const emu_request *r);
+/* Called by the server once a request's headers are in, before its body:
+ * a valid chunk of a resumable session (Content-Length known) gets a sink
+ * that writes the body straight to the session's part file as it arrives,
+ * instead of having it assembled first. NULL: assemble the body as usual. */
+emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t content_length);
+void emu_gcs_sink_write(emu_body_sink *k, const char *data, size_t len);
+/* At the end of the request, whether or not its handler ran. */
+void emu_gcs_sink_close(emu_body_sink *k);
 
 /* ---- oauth.c ---- */
 int emu_oauth_open(emu_ctx *ctx);

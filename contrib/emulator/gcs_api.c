@@ -6,7 +6,10 @@
  * multipart/related, resumable sessions in 256 KiB-multiple chunks). Paths
  * are accepted under /storage/v1, /upload/storage/v1, /download/storage/v1
  * and at the root (/b/..., as the Node client sends them). Resumable
- * sessions live under DATA/gcs/uploads so a restart keeps them.
+ * sessions live under DATA/gcs/uploads so a restart keeps them. A chunk
+ * goes straight into its session's part file as it arrives (a body sink
+ * the server hands it to), hashed on the way, and the last chunk makes the
+ * object by a rename: a resumable upload costs what a media upload does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -805,73 +808,168 @@ static pthread_mutex_t *session_lock(const char *id)
     return &session_locks[h % SESSION_LOCKS];
 }
 
-/* Running MD5/CRC32C of each session's part file, so finishing a 1 GiB
- * upload does not read it back. Lost on restart: then the file is hashed at
- * the end. Each entry is used under its session's lock. */
-typedef struct sess_hash {
-    struct sess_hash *next;
+/* What the emulator keeps in memory of each session's part file: its
+ * length and the running MD5/CRC32C of its bytes, so a chunk is hashed as
+ * it arrives and finishing a 1 GiB upload does not read the file back.
+ * Built from the part file's size when first needed; after a restart the
+ * hashes of the bytes already there are unknown, and the file is hashed
+ * once at the end. Appends take only the entry's own lock, so a chunk
+ * streaming in (emu_body_sink) never holds the session lock. */
+typedef struct upsess {
+    struct upsess *next;
+    unsigned refs; /* under g_upsess_mu */
     char id[65];
+    pthread_mutex_t mu; /* the fields below */
+    bool dead;          /* cancelled or finished: nothing more is appended */
+    bool hashed;        /* md5 and crc cover [0, len) */
     EVP_MD_CTX *md5;
     uint32_t crc;
-    uint64_t len; /* bytes hashed; valid while equal to the part file size */
-} sess_hash;
+    uint64_t len; /* bytes in the part file */
+} upsess;
 
-static sess_hash *g_hashes;
-static pthread_mutex_t hashes_mu = PTHREAD_MUTEX_INITIALIZER;
+static upsess *g_upsess;
+static pthread_mutex_t g_upsess_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void sess_hash_free(sess_hash *h)
+static void upsess_unref(upsess *u)
 {
-    EVP_MD_CTX_free(h->md5);
-    free(h);
+    if (!u)
+        return;
+    pthread_mutex_lock(&g_upsess_mu);
+    bool last = --u->refs == 0;
+    pthread_mutex_unlock(&g_upsess_mu);
+    if (last) {
+        pthread_mutex_destroy(&u->mu);
+        EVP_MD_CTX_free(u->md5);
+        free(u);
+    }
 }
 
-static void hash_drop(const char *id)
+/* The entry of session id, referenced (upsess_unref), or NULL when its
+ * part file is gone. Called with the session lock held, which keeps two
+ * callers from creating the same entry and the part file from coming or
+ * going meanwhile. */
+static upsess *upsess_get(emu_ctx *ctx, const char *id)
 {
-    pthread_mutex_lock(&hashes_mu);
-    for (sess_hash **pp = &g_hashes; *pp; pp = &(*pp)->next) {
+    pthread_mutex_lock(&g_upsess_mu);
+    upsess *u = g_upsess;
+    while (u && strcmp(u->id, id) != 0)
+        u = u->next;
+    if (u)
+        u->refs++;
+    pthread_mutex_unlock(&g_upsess_mu);
+    if (u)
+        return u;
+    char path[4200];
+    struct stat st;
+    session_path(ctx, id, "part", path, sizeof(path));
+    if (stat(path, &st) != 0 || !(u = calloc(1, sizeof(*u))))
+        return NULL;
+    snprintf(u->id, sizeof(u->id), "%s", id);
+    pthread_mutex_init(&u->mu, NULL);
+    u->len = (uint64_t)st.st_size;
+    u->md5 = EVP_MD_CTX_new();
+    /* Bytes received before a restart were never hashed here. */
+    u->hashed = u->len == 0 && u->md5 && EVP_DigestInit_ex(u->md5, EVP_md5(), NULL) == 1;
+    u->refs = 2; /* the registry's and the caller's */
+    pthread_mutex_lock(&g_upsess_mu);
+    u->next = g_upsess;
+    g_upsess = u;
+    pthread_mutex_unlock(&g_upsess_mu);
+    return u;
+}
+
+/* Ends the session's life in memory (cancelled or finished): appends of
+ * chunks still streaming in are dropped from now on. With the session lock. */
+static void upsess_kill(const char *id)
+{
+    upsess *u = NULL;
+    pthread_mutex_lock(&g_upsess_mu);
+    for (upsess **pp = &g_upsess; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->id, id) == 0) {
-            sess_hash *h = *pp;
-            *pp = h->next;
-            sess_hash_free(h);
+            u = *pp;
+            *pp = u->next;
             break;
         }
     }
-    pthread_mutex_unlock(&hashes_mu);
-}
-
-/* fresh: start over (the part file is empty). */
-static sess_hash *hash_get(const char *id, bool fresh)
-{
-    if (fresh)
-        hash_drop(id);
-    pthread_mutex_lock(&hashes_mu);
-    sess_hash *h = g_hashes;
-    while (h && strcmp(h->id, id) != 0)
-        h = h->next;
-    if (!h && fresh && (h = calloc(1, sizeof(*h)))) {
-        snprintf(h->id, sizeof(h->id), "%s", id);
-        h->md5 = EVP_MD_CTX_new();
-        if (!h->md5 || EVP_DigestInit_ex(h->md5, EVP_md5(), NULL) != 1) {
-            sess_hash_free(h);
-            h = NULL;
-        } else {
-            h->next = g_hashes;
-            g_hashes = h;
-        }
-    }
-    pthread_mutex_unlock(&hashes_mu);
-    return h;
-}
-
-static void hash_update(sess_hash *h, const void *data, size_t len)
-{
-    if (!h)
+    pthread_mutex_unlock(&g_upsess_mu);
+    if (!u)
         return;
-    EVP_DigestUpdate(h->md5, data, len);
-    h->crc = emu_crc32c(h->crc, data, len);
-    h->len += len;
+    pthread_mutex_lock(&u->mu);
+    u->dead = true;
+    pthread_mutex_unlock(&u->mu);
+    upsess_unref(u);
 }
 
+static uint64_t upsess_len(upsess *u)
+{
+    pthread_mutex_lock(&u->mu);
+    uint64_t n = u->len;
+    pthread_mutex_unlock(&u->mu);
+    return n;
+}
+
+/* Appends, with u->mu held, the bytes of [off, off + n) of the object that
+ * extend the part file: bytes below its end were received before (a chunk
+ * re-sent after a failure overlaps them) and are skipped, so only bytes at
+ * the current end extend the file and its hashes; nothing at or past
+ * keep_end is kept. Returns 0, or -1 on a write error (the hashes are then
+ * given up and the file is hashed at the end). */
+static int part_append_locked(upsess *u, int fd, uint64_t off, const char *data, size_t n,
+                              uint64_t keep_end)
+{
+    uint64_t end = off + n < keep_end ? off + n : keep_end;
+    if (u->dead || off > u->len || end <= u->len)
+        return 0;
+    const char *p = data + (u->len - off);
+    size_t left = (size_t)(end - u->len);
+    while (left) {
+        ssize_t got = write(fd, p, left);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            log_error("append to upload session %s: %s", u->id,
+                      got < 0 ? strerror(errno) : "short write");
+            struct stat st;
+            u->hashed = false;
+            if (fstat(fd, &st) == 0)
+                u->len = (uint64_t)st.st_size;
+            return -1;
+        }
+        if (u->hashed) {
+            EVP_DigestUpdate(u->md5, p, (size_t)got);
+            u->crc = emu_crc32c(u->crc, p, (size_t)got);
+        }
+        u->len += (uint64_t)got;
+        p += got;
+        left -= (size_t)got;
+    }
+    return 0;
+}
+
+static int part_append(upsess *u, int fd, uint64_t off, const char *data, size_t n,
+                       uint64_t keep_end)
+{
+    pthread_mutex_lock(&u->mu);
+    int rc = part_append_locked(u, fd, off, data, n, keep_end);
+    pthread_mutex_unlock(&u->mu);
+    return rc;
+}
+
+/* Takes the final length and hashes and ends the session's life in memory.
+ * False when the hashes do not cover the file (restart, write error). */
+static bool upsess_finish(upsess *u, uint64_t *len, unsigned char md5[16], uint32_t *crc)
+{
+    unsigned int dlen = 0;
+    pthread_mutex_lock(&u->mu);
+    u->dead = true;
+    bool ok = u->hashed && EVP_DigestFinal_ex(u->md5, md5, &dlen) == 1;
+    u->hashed = false;
+    *len = u->len;
+    *crc = u->crc;
+    pthread_mutex_unlock(&u->mu);
+    upsess_kill(u->id);
+    return ok;
+}
 static cJSON *session_load(emu_ctx *ctx, const char *id)
 {
     char path[4200];
@@ -1048,7 +1146,7 @@ static void preconds_from_json(const cJSON *p, emu_preconds *pre)
 
 /* Called with the session's lock held once every byte is in the part file. */
 static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *id,
-                             cJSON *s)
+                             cJSON *s, upsess *u)
 {
     char path[4200], md5[64] = "", crc[32] = "";
     session_path(ctx, id, "part", path, sizeof(path));
@@ -1063,20 +1161,20 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     emu_obj_info o;
     const char *ct = json_str(s, "contentType");
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(s, "metadata");
-    sess_hash *h = hash_get(id, false);
     struct stat st;
     int rc;
     unsigned char digest[16];
-    unsigned int dlen = 0;
-    if (h && stat(path, &st) == 0 && (uint64_t)st.st_size == h->len &&
-        EVP_DigestFinal_ex(h->md5, digest, &dlen) == 1) {
-        emu_writer *wr = emu_store_writer_adopt(ctx, path, h->len, digest, h->crc);
+    uint32_t crc_val;
+    uint64_t len;
+    if (upsess_finish(u, &len, digest, &crc_val) && stat(path, &st) == 0 &&
+        (uint64_t)st.st_size == len) {
+        /* Hashed as it arrived: the object is a rename of the part file. */
+        emu_writer *wr = emu_store_writer_adopt(ctx, path, len, digest, crc_val);
         rc = wr ? emu_store_writer_commit(wr, bucket, name, ct, meta, &pre, md5, crc, &o)
                 : EMU_STORE_IO;
     } else {
         rc = emu_store_commit_file(ctx, path, bucket, name, ct, meta, &pre, md5, crc, &o);
     }
-    hash_drop(id);
     if (rc != EMU_STORE_OK) {
         /* The session is over either way, as on GCS: the bytes are dropped. */
         unlink(path);
@@ -1093,53 +1191,111 @@ static void session_finalize(emu_ctx *ctx, const emu_request *r, emu_response *w
     emu_resp_json(w, 200, obj);
 }
 
-static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint64_t persisted,
-                       uint64_t skip, uint64_t limit)
+/* A request's place in the object: bytes [first, last] of total (first < 0:
+ * no bytes, a status query or the final empty request; total < 0:
+ * unknown). */
+typedef struct chunk_range {
+    int64_t first, last, total;
+} chunk_range;
+
+/* Checks a request carrying len body bytes against the persisted bytes of
+ * its session. Returns 0 with c filled, or -1 with why (answered 400). */
+static int chunk_check(const char *cr, uint64_t len, uint64_t persisted, chunk_range *c, char *why,
+                       size_t whylen)
 {
-    sess_hash *h = hash_get(id, persisted == 0);
-    if (h && h->len != persisted)
-        h = NULL; /* out of step (restart, failed write): hash at the end */
+    if (!cr) {
+        /* A single PUT with the whole content. */
+        c->first = len ? 0 : -1;
+        c->last = len ? (int64_t)len - 1 : -1;
+        c->total = (int64_t)len;
+    } else if (parse_content_range(cr, &c->first, &c->last, &c->total) != 0) {
+        snprintf(why, whylen, "Invalid Content-Range: %s", cr);
+        return -1;
+    } else if (c->last == -2) {
+        /* Open-ended: this request carries the rest; with an unknown total
+         * it is also the end of the object. */
+        if (c->total < 0)
+            c->total = c->first + (int64_t)len;
+        c->last = c->first + (int64_t)len - 1;
+        if (len == 0)
+            c->first = c->last = -1;
+    }
+    if (c->first < 0) {
+        if (len == 0)
+            return 0;
+        snprintf(why, whylen, "Content-Range without bytes but a body.");
+    } else if ((uint64_t)(c->last - c->first + 1) != len) {
+        snprintf(why, whylen, "Content-Range %s does not match the %llu bytes sent.", cr,
+                 (unsigned long long)len);
+    } else if ((uint64_t)c->first > persisted) {
+        snprintf(why, whylen, "Content-Range starts at %lld but only %llu bytes were received.",
+                 (long long)c->first, (unsigned long long)persisted);
+    } else if (c->total >= 0 && c->last >= c->total) {
+        snprintf(why, whylen, "Content-Range %s goes past the total size.", cr);
+    } else if ((c->total < 0 || c->last + 1 < c->total) && len % CHUNK_QUANTUM != 0) {
+        snprintf(why, whylen,
+                 "Invalid request. The number of bytes uploaded is required to be equal or "
+                 "greater than 262144, except for the final request (it's recommended to be "
+                 "the exact multiple of 262144). The received request contained %llu bytes, "
+                 "which does not meet this requirement.",
+                 (unsigned long long)len);
+    } else {
+        return 0;
+    }
+    return -1;
+}
+
+/* Where the bytes of chunk c kept in the part file end: all of them, or
+ * under the partial-persistence fault a 256 KiB multiple of the new ones
+ * (GCS may keep fewer bytes than were sent; clients must resume from the
+ * Range it answers). */
+static uint64_t chunk_keep_end(const emu_request *r, const chunk_range *c, uint64_t persisted)
+{
+    uint64_t end = (uint64_t)c->last + 1;
+    uint64_t limit = end > persisted ? end - persisted : 0;
+    uint32_t aux;
+    if (limit > 0 && emu_req_fault_partial(r, &aux)) {
+        uint64_t quanta = (limit - 1) / CHUNK_QUANTUM;
+        limit = (aux % (quanta + 1)) * CHUNK_QUANTUM;
+    }
+    return persisted + limit;
+}
+
+static int part_open(emu_ctx *ctx, const char *id)
+{
     char path[4200];
     session_path(ctx, id, "part", path, sizeof(path));
-    int out = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    return open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+}
+
+/* Appends an assembled body (in memory or spooled) holding chunk c. */
+static int append_body(emu_ctx *ctx, const emu_request *r, const char *id, upsess *u,
+                       const chunk_range *c, uint64_t persisted)
+{
+    uint64_t keep_end = chunk_keep_end(r, c, persisted);
+    if (keep_end <= persisted)
+        return 0;
+    int out = part_open(ctx, id);
     if (out < 0)
         return -1;
-    uint64_t flen = 0;
+    uint64_t flen = 0, off = (uint64_t)c->first;
     int in = emu_req_body_fd(r, &flen);
     int rc = 0;
     if (in < 0) {
         size_t len;
         const char *b = emu_req_body(r, &len);
-        b += skip;
-        len -= (size_t)skip;
-        if (len > limit)
-            len = (size_t)limit;
-        while (len && rc == 0) {
-            ssize_t n = write(out, b, len);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                rc = -1;
-            else {
-                hash_update(h, b, (size_t)n);
-                b += n;
-                len -= (size_t)n;
-            }
-        }
+        rc = part_append(u, out, off, b, len, keep_end);
     } else {
         char *buf = malloc(1 << 20);
-        uint64_t off = skip;
-        if (flen - skip > limit)
-            flen = skip + limit;
-        while (buf && off < flen && rc == 0) {
-            size_t want = flen - off < (1u << 20) ? (size_t)(flen - off) : (1u << 20);
-            ssize_t n = pread(in, buf, want, (off_t)off);
-            if (n <= 0 || write(out, buf, (size_t)n) != n) {
+        uint64_t at = 0;
+        while (buf && at < flen && rc == 0) {
+            size_t want = flen - at < (1u << 20) ? (size_t)(flen - at) : (1u << 20);
+            ssize_t n = pread(in, buf, want, (off_t)at);
+            if (n <= 0)
                 rc = -1;
-            } else {
-                hash_update(h, buf, (size_t)n);
-                off += (uint64_t)n;
-            }
+            else
+                rc = part_append(u, out, off + at, buf, (size_t)n, keep_end);
+            at += n > 0 ? (uint64_t)n : 0;
         }
         if (!buf)
             rc = -1;
@@ -1149,6 +1305,134 @@ static int append_part(emu_ctx *ctx, const emu_request *r, const char *id, uint6
         rc = -1;
     return rc;
 }
+
+/* ---- chunks written as they arrive ---- */
+
+struct emu_body_sink {
+    upsess *u;
+    int fd;            /* the part file, appending */
+    chunk_range c;     /* checked when the headers came */
+    uint64_t pos;      /* offset in the object of the next byte to arrive */
+    uint64_t keep_end; /* bytes at or past it are dropped (partial fault) */
+    bool failed;       /* a write failed: the handler answers 500 */
+    /* Bytes [tail_off, pos) not yet written: the part file grows by whole
+     * 256 KiB quanta while a chunk streams in, and by its last bytes only
+     * once the whole request is in. A chunk cut short thus leaves whole
+     * quanta, as GCS keeps them, and a status query meanwhile never
+     * reports bytes that could be taken back. */
+    char *tail;
+    size_t tail_len;
+    uint64_t tail_off;
+};
+
+/* The path a session PUT must have to reach upload_resumable_put (see
+ * emu_gcs_handle): /upload/storage/v1/b/BUCKET/o, with nothing else. */
+static bool is_session_put(const emu_request *r, const char *id)
+{
+    const char *p = emu_req_path(r);
+    const char *pre = "/upload/storage/v1/b/";
+    if (!is_method(r, "PUT") || !emu_gcs_is_session_request(r) || !id || !valid_upload_id(id) ||
+        strstr(emu_req_raw_path(r), "%00") || !has_prefix(p, pre))
+        return false;
+    p += strlen(pre);
+    size_t blen = strcspn(p, "/");
+    return blen > 0 && blen < 256 && (strcmp(p + blen, "/o") == 0 || strcmp(p + blen, "/o/") == 0);
+}
+
+static void sink_free(emu_body_sink *k)
+{
+    if (k->fd >= 0)
+        close(k->fd);
+    upsess_unref(k->u);
+    free(k->tail);
+    free(k);
+}
+
+emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t content_length)
+{
+    const char *id = emu_req_query(r, "upload_id");
+    if (!is_session_put(r, id))
+        return NULL;
+    emu_body_sink *k = calloc(1, sizeof(*k));
+    if (!k || !(k->tail = malloc(CHUNK_QUANTUM))) {
+        free(k);
+        return NULL;
+    }
+    k->fd = -1;
+    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_lock(mu);
+    cJSON *s = session_load(ctx, id);
+    if (s && !cJSON_GetObjectItemCaseSensitive(s, "result"))
+        k->u = upsess_get(ctx, id);
+    char why[400];
+    uint64_t persisted = k->u ? upsess_len(k->u) : 0;
+    /* Anything but a well-formed chunk with bytes (errors, status
+     * queries) is left to the handler with the body assembled. */
+    bool ok = k->u &&
+              chunk_check(emu_req_header(r, "Content-Range"), content_length, persisted, &k->c, why,
+                          sizeof(why)) == 0 &&
+              k->c.first >= 0 && (k->fd = part_open(ctx, id)) >= 0;
+    if (ok) {
+        k->pos = (uint64_t)k->c.first;
+        k->keep_end = chunk_keep_end(r, &k->c, persisted);
+    }
+    pthread_mutex_unlock(mu);
+    cJSON_Delete(s);
+    if (!ok) {
+        sink_free(k);
+        return NULL;
+    }
+    return k;
+}
+
+static void sink_append(emu_body_sink *k, uint64_t off, const char *data, size_t len)
+{
+    if (!k->failed && part_append(k->u, k->fd, off, data, len, k->keep_end) != 0)
+        k->failed = true;
+}
+
+void emu_gcs_sink_write(emu_body_sink *k, const char *data, size_t len)
+{
+    while (len) {
+        if (k->tail_len == 0 && k->pos % CHUNK_QUANTUM == 0 && len >= CHUNK_QUANTUM) {
+            /* Whole quanta straight from the server's buffer. */
+            size_t direct = len - len % CHUNK_QUANTUM;
+            sink_append(k, k->pos, data, direct);
+            k->pos += direct;
+            data += direct;
+            len -= direct;
+            continue;
+        }
+        if (k->tail_len == 0)
+            k->tail_off = k->pos;
+        size_t room = CHUNK_QUANTUM - (size_t)(k->pos % CHUNK_QUANTUM);
+        size_t take = len < room ? len : room;
+        memcpy(k->tail + k->tail_len, data, take);
+        k->tail_len += take;
+        k->pos += take;
+        data += take;
+        len -= take;
+        if (k->pos % CHUNK_QUANTUM == 0) {
+            sink_append(k, k->tail_off, k->tail, k->tail_len);
+            k->tail_len = 0;
+        }
+    }
+}
+
+/* The whole request is in: its last bytes are written too. */
+static void sink_finish(emu_body_sink *k)
+{
+    if (k->tail_len)
+        sink_append(k, k->tail_off, k->tail, k->tail_len);
+    k->tail_len = 0;
+}
+
+void emu_gcs_sink_close(emu_body_sink *k)
+{
+    sink_free(k);
+}
+
+/* ---- chunk requests ---- */
 
 static uint64_t body_len(const emu_request *r)
 {
@@ -1161,117 +1445,62 @@ static uint64_t body_len(const emu_request *r)
 }
 
 static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                                        const char *id);
+                                        const char *id, upsess *u, cJSON *s);
 
 static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_response *w,
                                  const char *id)
 {
+    emu_body_sink *k = emu_req_sink(r);
+    if (k)
+        sink_finish(k);
     pthread_mutex_t *mu = session_lock(id);
     pthread_mutex_lock(mu);
-    upload_resumable_put_locked(ctx, r, w, id);
+    cJSON *s = session_load(ctx, id);
+    cJSON *result = cJSON_GetObjectItemCaseSensitive(s, "result");
+    upsess *u = s && !result ? upsess_get(ctx, id) : NULL;
+    if (result)
+        emu_resp_json(w, 200, cJSON_Duplicate(result, 1));
+    else if (!u)
+        emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
+    else
+        upload_resumable_put_locked(ctx, r, w, id, u, s);
     pthread_mutex_unlock(mu);
+    upsess_unref(u);
+    cJSON_Delete(s);
 }
 
 static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_response *w,
-                                        const char *id)
+                                        const char *id, upsess *u, cJSON *s)
 {
-    cJSON *s = session_load(ctx, id);
-    if (!s) {
-        emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
-        return;
-    }
-    cJSON *result = cJSON_GetObjectItemCaseSensitive(s, "result");
-    if (result) {
-        emu_resp_json(w, 200, cJSON_Duplicate(result, 1));
-        cJSON_Delete(s);
-        return;
-    }
-    char path[4200];
-    session_path(ctx, id, "part", path, sizeof(path));
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        cJSON_Delete(s);
-        emu_resp_gcs_error(w, 404, "notFound", "No such upload session: %s", id);
-        return;
-    }
-    uint64_t persisted = (uint64_t)st.st_size;
-    uint64_t len = body_len(r);
-    int64_t first, last, total;
-    const char *cr = emu_req_header(r, "Content-Range");
-    if (!cr) {
-        /* A single PUT with the whole content. */
-        first = len ? 0 : -1;
-        last = len ? (int64_t)len - 1 : -1;
-        total = (int64_t)len;
-    } else if (parse_content_range(cr, &first, &last, &total) != 0) {
-        cJSON_Delete(s);
-        emu_resp_gcs_error(w, 400, "invalid", "Invalid Content-Range: %s", cr);
-        return;
-    } else if (last == -2) {
-        /* Open-ended: this request carries the rest; with an unknown total
-         * it is also the end of the object. */
-        if (total < 0)
-            total = first + (int64_t)len;
-        last = first + (int64_t)len - 1;
-        if (len == 0)
-            first = last = -1;
-    }
-    if (first < 0) {
-        /* Status query, or the final empty request. */
-        if (len != 0)
-            emu_resp_gcs_error(w, 400, "invalid", "Content-Range without bytes but a body.");
-        else if (total >= 0 && (uint64_t)total == persisted)
-            session_finalize(ctx, r, w, id, s);
-        else if (total >= 0 && (uint64_t)total < persisted)
-            emu_resp_gcs_error(w, 400, "invalid",
-                               "Declared size %lld is below the %llu bytes "
-                               "already received.",
-                               (long long)total, (unsigned long long)persisted);
-        else
-            answer_incomplete(r, w, persisted);
-        cJSON_Delete(s);
-        return;
-    }
-    if ((uint64_t)(last - first + 1) != len) {
-        emu_resp_gcs_error(w, 400, "invalid",
-                           "Content-Range %s does not match the %llu bytes sent.", cr,
-                           (unsigned long long)len);
-    } else if ((uint64_t)first > persisted) {
-        emu_resp_gcs_error(w, 400, "invalid",
-                           "Content-Range starts at %lld but only %llu bytes were received.",
-                           (long long)first, (unsigned long long)persisted);
-    } else if (total >= 0 && last >= total) {
-        emu_resp_gcs_error(w, 400, "invalid", "Content-Range %s goes past the total size.", cr);
-    } else if ((total < 0 || last + 1 < total) && len % CHUNK_QUANTUM != 0) {
-        emu_resp_gcs_error(w, 400, "invalid",
-                           "Invalid request. The number of bytes uploaded is required to be "
-                           "equal or greater than 262144, except for the final request (it's "
-                           "recommended to be the exact multiple of 262144). The received "
-                           "request contained %llu bytes, which does not meet this requirement.",
-                           (unsigned long long)len);
+    emu_body_sink *k = emu_req_sink(r);
+    chunk_range c;
+    int rc = 0;
+    if (k) {
+        /* Checked when the headers came; the bytes are in already. */
+        c = k->c;
+        rc = k->failed ? -1 : 0;
     } else {
-        uint64_t end = (uint64_t)last + 1;
-        int rc = 0;
-        uint64_t limit = end > persisted ? end - persisted : 0;
-        uint32_t aux;
-        if (limit > 0 && emu_req_fault_partial(r, &aux)) {
-            /* GCS may keep fewer bytes than were sent; clients must resume
-             * from the Range it answers. Keep a 256 KiB multiple below all. */
-            uint64_t quanta = (limit - 1) / CHUNK_QUANTUM;
-            limit = (aux % (quanta + 1)) * CHUNK_QUANTUM;
+        char why[400];
+        uint64_t persisted = upsess_len(u);
+        if (chunk_check(emu_req_header(r, "Content-Range"), body_len(r), persisted, &c, why,
+                        sizeof(why)) != 0) {
+            emu_resp_gcs_error(w, 400, "invalid", "%s", why);
+            return;
         }
-        if (end > persisted && (uint64_t)first <= persisted && limit > 0)
-            rc = append_part(ctx, r, id, persisted, persisted - (uint64_t)first, limit);
-        if (rc == 0 && stat(path, &st) == 0)
-            persisted = (uint64_t)st.st_size;
-        if (rc != 0)
-            emu_resp_gcs_error(w, 500, "backendError", "Cannot store the chunk.");
-        else if (total >= 0 && persisted == (uint64_t)total)
-            session_finalize(ctx, r, w, id, s);
-        else
-            answer_incomplete(r, w, persisted);
+        if (c.first >= 0)
+            rc = append_body(ctx, r, id, u, &c, persisted);
     }
-    cJSON_Delete(s);
+    uint64_t persisted = upsess_len(u);
+    if (rc != 0)
+        emu_resp_gcs_error(w, 500, "backendError", "Cannot store the chunk.");
+    else if (c.total >= 0 && persisted == (uint64_t)c.total)
+        session_finalize(ctx, r, w, id, s, u);
+    else if (c.first < 0 && c.total >= 0 && (uint64_t)c.total < persisted)
+        emu_resp_gcs_error(w, 400, "invalid",
+                           "Declared size %lld is below the %llu bytes already received.",
+                           (long long)c.total, (unsigned long long)persisted);
+    else
+        answer_incomplete(r, w, persisted);
 }
 
 static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *id)
@@ -1281,7 +1510,7 @@ static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *i
     pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
-    hash_drop(id);
+    upsess_kill(id);
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
     pthread_mutex_unlock(mu);

@@ -1,7 +1,8 @@
 /* server: the HTTP side of dicomfs-emulator on libmicrohttpd.
  *
  * Owns request assembly (bodies in memory up to 64 MiB, then spooled to a
- * temp file under DATA/tmp), routing by path prefix, the bearer-token check,
+ * temp file under DATA/tmp; resumable chunks handed as they arrive to the
+ * sink gcs_api.c opens for them), routing by path prefix, the bearer-token check,
  * fault injection (errors, resets, latency, malformed JSON) and the response
  * objects the API modules fill in. One thread per connection, so a slow
  * handler (a 1 GiB upload, an LRO wait) never blocks other clients.
@@ -46,6 +47,7 @@ struct emu_request {
     uint64_t received;
     uint64_t reset_after; /* bytes of body read before an early reset */
     emu_fault_plan plan;
+    emu_body_sink *sink; /* takes the body as it arrives (resumable chunks) */
 };
 
 struct emu_hdr {
@@ -172,6 +174,11 @@ int emu_req_body_fd(const emu_request *r, uint64_t *len)
 enum emu_kind emu_req_kind(const emu_request *r)
 {
     return r->kind;
+}
+
+emu_body_sink *emu_req_sink(const emu_request *r)
+{
+    return r->sink;
 }
 
 /* ---- responses ---- */
@@ -398,6 +405,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     emu_request *r = *con_cls;
     if (!r)
         return;
+    if (r->sink)
+        emu_gcs_sink_close(r->sink);
     free(r->raw_uri);
     free(r->raw_path);
     free(r->path);
@@ -845,10 +854,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         uint64_t clen = cl ? strtoull(cl, NULL, 10) : 0;
         /* An early reset cuts the upload somewhere inside the body. */
         r->reset_after = r->plan.aux % (clen ? clen : 65536);
-        if (!r->discard_body && (clen > EMU_BODY_MEM_MAX || spool_early(r, clen)) &&
-            spool_open(r) != 0)
+        if (!r->discard_body && clen && r->kind == EMU_KIND_UPLOAD)
+            r->sink = emu_gcs_sink_open(ctx, r, clen);
+        /* With a sink the body goes straight to its session's part file. */
+        bool assemble = !r->discard_body && !r->sink;
+        if (assemble && (clen > EMU_BODY_MEM_MAX || spool_early(r, clen)) && spool_open(r) != 0)
             r->body_error = true;
-        else if (!r->discard_body && r->body_fd < 0 && clen)
+        else if (assemble && r->body_fd < 0 && clen)
             body_reserve(r, clen);
         return MHD_YES;
     }
@@ -861,7 +873,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             atomic_fetch_add(&ctx->stats.by_class[0], 1);
             return MHD_NO;
         }
-        if (!r->discard_body && !r->body_error && body_append(r, upload_data, n) != 0)
+        if (r->sink)
+            emu_gcs_sink_write(r->sink, upload_data, n);
+        else if (!r->discard_body && !r->body_error && body_append(r, upload_data, n) != 0)
             r->body_error = true;
         return MHD_YES;
     }

@@ -4,6 +4,7 @@ checksums computed here independently (hashlib MD5, a pure-Python CRC32C).
 """
 import base64
 import hashlib
+import http.client
 import json
 import os
 import struct
@@ -717,3 +718,161 @@ def test_reset_during_uploads_never_leaves_partial_objects(emulator_factory, tmp
     for item in list_objects(emu).get("items", []):
         assert item["size"] == str(len(data)) and item["md5Hash"] == md5_b64(data)
     assert emu.stats()["faults"]["resets"] == 6
+
+
+# ---- resumable chunks written as they arrive ----
+MiB = 1 << 20
+
+
+def range_end(hdrs):
+    """Bytes the server holds, from a 308's Range (none: 0)."""
+    rng = hdrs.get("Range")
+    return int(rng.split("-")[1]) + 1 if rng else 0
+
+
+def status(emu, session, total="*"):
+    code, hdrs, body = put_chunk(emu, session, b"", 0, total)
+    assert code == 308, body
+    return range_end(hdrs)
+
+
+def assert_object(emu, name, data):
+    code, hdrs, got = download(emu, name)
+    assert code == 200 and got == data
+    doc = ok_json(emu.request("GET", "/storage/v1/b/staging/o/" + enc(name)))
+    assert doc["size"] == str(len(data))
+    assert doc["md5Hash"] == md5_b64(data)
+    assert doc["crc32c"] == crc32c_b64(data)
+    assert hdrs["x-goog-hash"] == "crc32c=%s,md5=%s" % (crc32c_b64(data), md5_b64(data))
+
+
+def open_chunk(emu, session, first, length, total):
+    """Starts a chunk PUT of length bytes on its own connection, body to follow."""
+    host, port = emu.url[len("http://"):].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("PUT", session, skip_accept_encoding=True)
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", str(length))
+    conn.putheader("Content-Range", "bytes %d-%d/%s" % (first, first + length - 1, total))
+    conn.endheaders()
+    return conn
+
+
+def wait_status(emu, session, want, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = status(emu, session)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def test_resumable_several_chunks_hashes_and_content(emulator):
+    # As dicomfs streams a big file: MiB chunks of unknown total, then the
+    # last one with the total; sizes that are not a multiple of 256 KiB end.
+    data = os.urandom(3 * MiB + 5 * CHUNK + 123)
+    session = start_resumable(emulator, "multi/obj",
+                              headers={"X-Upload-Content-Type": "application/dicom"})
+    off, step, chunks = 0, MiB + CHUNK, 0
+    while len(data) - off > step:
+        code, hdrs, body = put_chunk(emulator, session, data[off:off + step], off, "*")
+        assert code == 308, body
+        off += step
+        chunks += 1
+        assert range_end(hdrs) == off
+    code, _, body = put_chunk(emulator, session, data[off:], off, len(data))
+    assert code == 200, body
+    assert chunks == 3
+    doc = json.loads(body)
+    assert doc["size"] == str(len(data)) and doc["contentType"] == "application/dicom"
+    assert doc["md5Hash"] == md5_b64(data) and doc["crc32c"] == crc32c_b64(data)
+    assert_object(emulator, "multi/obj", data)
+
+
+def test_resumable_resent_overlapping_chunks_keep_hashes(emulator):
+    data = os.urandom(2 * MiB + 777)
+    session = start_resumable(emulator, "overlap")
+    code, hdrs, _ = put_chunk(emulator, session, data[:MiB], 0, "*")
+    assert code == 308 and range_end(hdrs) == MiB
+    # The same chunk again (as after a lost 308): nothing changes.
+    code, hdrs, _ = put_chunk(emulator, session, data[:MiB], 0, "*")
+    assert code == 308 and range_end(hdrs) == MiB
+    # A chunk re-sent from an older offset: the bytes already held are
+    # skipped (even if they differ), only those past them are appended.
+    half = MiB // 2
+    resent = b"\0" * half + data[MiB:MiB + half]
+    code, hdrs, _ = put_chunk(emulator, session, resent, half, "*")
+    assert code == 308 and range_end(hdrs) == MiB + half
+    # The last chunk, overlapping too, with the total.
+    code, _, body = put_chunk(emulator, session, data[MiB:], MiB, len(data))
+    assert code == 200, body
+    doc = json.loads(body)
+    assert doc["md5Hash"] == md5_b64(data) and doc["crc32c"] == crc32c_b64(data)
+    assert_object(emulator, "overlap", data)
+
+
+def test_resumable_status_query_mid_upload(emulator):
+    data = os.urandom(3 * MiB)
+    session = start_resumable(emulator, "status/obj")
+    assert status(emulator, session) == 0
+    assert put_chunk(emulator, session, data[:MiB], 0, "*")[0] == 308
+    # Both forms of the query: unknown total, and the total not reached yet.
+    assert status(emulator, session, "*") == MiB
+    assert status(emulator, session, str(len(data))) == MiB
+    assert "items" not in list_objects(emulator, prefix="status/")
+    code, _, body = put_chunk(emulator, session, data[MiB:], MiB, len(data))
+    assert code == 200, body
+    assert_object(emulator, "status/obj", data)
+
+
+def test_resumable_chunk_in_flight_keeps_whole_quanta(emulator):
+    # A chunk is written as it arrives: a status query while it streams in
+    # sees the whole 256 KiB quanta received so far, and a chunk cut short
+    # keeps them (as GCS does); the upload then resumes from the Range.
+    data = os.urandom(3 * MiB + 99)
+    session = start_resumable(emulator, "inflight")
+    assert put_chunk(emulator, session, data[:MiB], 0, "*")[0] == 308
+    conn = open_chunk(emulator, session, MiB, MiB, "*")
+    conn.send(data[MiB:MiB + 3 * CHUNK + 100])
+    assert wait_status(emulator, session, MiB + 3 * CHUNK) == MiB + 3 * CHUNK
+    conn.close()  # the rest of the chunk never comes
+    time.sleep(0.2)
+    assert status(emulator, session) == MiB + 3 * CHUNK
+    off = MiB + 3 * CHUNK
+    code, _, body = put_chunk(emulator, session, data[off:], off, len(data))
+    assert code == 200, body
+    assert_object(emulator, "inflight", data)
+
+
+def test_resumable_hashes_after_restart(emulator):
+    # The running hashes are lost with the process: the part file is hashed
+    # once at the end instead, overlapping chunks included.
+    data = os.urandom(2 * MiB + 3)
+    session = start_resumable(emulator, "restart/hashed")
+    assert put_chunk(emulator, session, data[:MiB], 0, "*")[0] == 308
+    emulator.restart()
+    code, hdrs, _ = put_chunk(emulator, session, data[MiB // 2:MiB // 2 + MiB], MiB // 2, "*")
+    assert code == 308 and range_end(hdrs) == MiB + MiB // 2
+    off = MiB + MiB // 2
+    code, _, body = put_chunk(emulator, session, data[off:], off, len(data))
+    assert code == 200, body
+    doc = json.loads(body)
+    assert doc["md5Hash"] == md5_b64(data) and doc["crc32c"] == crc32c_b64(data)
+    assert_object(emulator, "restart/hashed", data)
+
+
+def test_resumable_cancel_while_chunk_streams(emulator):
+    data = os.urandom(2 * MiB)
+    session = start_resumable(emulator, "cancel/inflight")
+    conn = open_chunk(emulator, session, 0, len(data), len(data))
+    conn.send(data[:MiB])
+    assert wait_status(emulator, session, MiB) == MiB
+    code, _, _ = emulator.request("DELETE", session, auth=False)
+    assert code == 499
+    conn.send(data[MiB:])
+    resp = conn.getresponse()
+    assert resp.status == 404, resp.read()
+    conn.close()
+    assert "items" not in list_objects(emulator)
+    uploads = os.path.join(emulator.data_dir, "gcs", "uploads")
+    assert [f for f in os.listdir(uploads) if f.endswith(".part")] == []
