@@ -264,14 +264,16 @@ int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *
     return rc;
 }
 
-int dircache_get(dircache *c, const char *key, dircache_list *out)
+/* Copies the listing under key into out when it is usable: fresh (complete
+ * until now or later) or, with stale, complete at some time. 0 or -1. */
+static int copy_listing(dircache *c, const char *key, bool stale, dircache_list *out)
 {
     double now = now_s();
     int rc = -1;
     dircache_list_init(out);
     pthread_mutex_lock(&c->lock);
     listing *l = find(c, key, NULL);
-    if (l && l->complete_until >= now) {
+    if (l && (stale ? l->was_complete : l->complete_until >= now)) {
         rc = 0;
         for (size_t i = 0; i < l->n; i++)
             if (dircache_list_add_mtime(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size,
@@ -284,6 +286,11 @@ int dircache_get(dircache *c, const char *key, dircache_list *out)
     if (rc)
         dircache_list_clear(out);
     return rc;
+}
+
+int dircache_get(dircache *c, const char *key, dircache_list *out)
+{
+    return copy_listing(c, key, false, out);
 }
 
 int dircache_lookup_stale(dircache *c, const char *key, const char *name, bool *is_dir,
@@ -306,23 +313,7 @@ int dircache_lookup_stale(dircache *c, const char *key, const char *name, bool *
 
 int dircache_get_stale(dircache *c, const char *key, dircache_list *out)
 {
-    int rc = -1;
-    dircache_list_init(out);
-    pthread_mutex_lock(&c->lock);
-    listing *l = find(c, key, NULL);
-    if (l && l->was_complete) {
-        rc = 0;
-        for (size_t i = 0; i < l->n; i++)
-            if (dircache_list_add_mtime(out, l->v[i].e.name, l->v[i].e.is_dir, l->v[i].e.size,
-                                        l->v[i].e.mtime)) {
-                rc = -1;
-                break;
-            }
-    }
-    pthread_mutex_unlock(&c->lock);
-    if (rc)
-        dircache_list_clear(out);
-    return rc;
+    return copy_listing(c, key, true, out);
 }
 
 void dircache_invalidate(dircache *c, const char *key)
