@@ -86,22 +86,8 @@ def test_kill_during_cp(emulator, res_mounts, tmp_path):  # noqa: F811
 def test_kill_during_uploads(emulator_factory, res_mounts, tmp_path):  # noqa: F811
     # Slow uploads (latency on upload requests only) and a long quiet period:
     # the kill lands while some files are uploaded and others are not.
-    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
-    src = str(tmp_path / "src")
-    files = ru.make_tree(src, 200, studies=4)
-    m = res_mounts(emu, commit_delay=60, uploads=4)
-    rc, err = ru.cp_r(src, m.import_dir)
-    assert rc == 0, err
-    seen = {}
-
-    def mid_upload():
-        c, _ = m.status()
-        seen.update(c)
-        return c.get("uploaded", 0) >= 10 and c.get("spooled", 0) + c.get("uploading", 0) > 0
-
-    assert ru.wait_until(mid_upload, 120), "status never showed uploads in progress: %r\n%s" % (
-        seen, m.log_tail())
-    status_at_kill = dict(seen)
+    emu, m, files, status_at_kill = ru.copy_and_catch_mid_upload(
+        emulator_factory, res_mounts, str(tmp_path / "src"), commit_delay=60)
     m.kill9()
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount after SIGKILL failed:\n" + msg

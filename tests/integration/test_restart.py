@@ -33,21 +33,8 @@ def check_all(emu, m, files, accepted, suite, record_property, extra, wait_timeo
 
 
 def test_emulator_restart_during_uploads(emulator_factory, res_mounts, tmp_path):
-    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
-    src = str(tmp_path / "src")
-    files = ru.make_tree(src, 200, studies=4)
-    m = res_mounts(emu, commit_delay=1, uploads=4)
-    rc, err = ru.cp_r(src, m.import_dir)
-    assert rc == 0, err
-    seen = {}
-
-    def mid_upload():
-        c, _ = m.status()
-        seen.update(c)
-        return c.get("uploaded", 0) >= 10 and c.get("spooled", 0) + c.get("uploading", 0) > 0
-
-    assert ru.wait_until(mid_upload, 120), "no uploads in progress: %r\n%s" % (seen, m.log_tail())
-    at_restart = dict(seen)
+    emu, m, files, at_restart = ru.copy_and_catch_mid_upload(
+        emulator_factory, res_mounts, str(tmp_path / "src"), commit_delay=1)
     stats_before = ru.fault_totals(emu.stats())
     emu.restart()
     check_all(emu, m, files, list(files), "restart-during-uploads", None,
