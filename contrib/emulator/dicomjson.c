@@ -165,6 +165,7 @@ typedef struct rd {
     size_t *count;
     uint32_t stop_tag; /* top level: stop before the first tag >= this (0: none) */
     bool stopped;      /* ... and did */
+    size_t nonzero;    /* a non-zero byte seen by zero_padding (0: none yet) */
 } rd;
 
 static uint16_t u16(const uint8_t *p, bool be)
@@ -366,9 +367,27 @@ static int parse_elem(rd *r, size_t end, int depth, dj_ds *ds, uint32_t tag)
     return 0;
 }
 
+/* True when the rest of the top-level data set is zero padding that DCMTK and
+ * pydicom both read as empty (0000,0000) elements: all zero, a multiple of 8
+ * bytes (client/dicom.c accepts the same files). */
+static bool zero_padding(rd *r, size_t end)
+{
+    if ((end - r->pos) % 8 != 0 || r->pos < r->nonzero)
+        return false;
+    for (size_t i = r->pos; i < end; i++) {
+        if (r->p[i] != 0) {
+            r->nonzero = i; /* no rescan before this byte: linear in all */
+            return false;
+        }
+    }
+    return true;
+}
+
 static int parse_ds(rd *r, size_t end, bool until_item_end, int depth, dj_ds *ds)
 {
     while (r->pos < end) {
+        if (depth == 0 && !until_item_end && r->p[r->pos] == 0 && zero_padding(r, end))
+            return 0;
         size_t at = r->pos;
         uint32_t tag;
         if (read_tag(r, end, &tag) < 0)

