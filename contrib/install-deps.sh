@@ -11,6 +11,9 @@ PACKAGES=(
   libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev
   # tests, demo and benchmarks: independent DICOM toolkits and real file tools
   dcmtk python3 python3-pytest python3-pydicom python3-numpy python3-pil python3-cryptography python3-matplotlib
+  # third-party DICOM test files (tests/integration/test_dicom_corpus.py):
+  # pydicom's own (above), nibabel's and heudiconv's
+  python3-nibabel heudiconv
   rsync curl rclone jq psmisc procps iproute2 strace util-linux ca-certificates
 )
 # Node.js (for the official Google client tests): Debian's, unless a node with
@@ -42,20 +45,26 @@ if [ ! -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then
   mknod -m 0666 /dev/fuse c 10 229 || true
 fi
 
-# Google's official Node.js clients, used to check the emulator (tests only).
-node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/integration/node"
-if [ -f "$node_dir/package-lock.json" ] && command -v npm >/dev/null 2>&1; then
-  stamp="$node_dir/node_modules/.dicomfs-lock"
-  if ! cmp -s "$node_dir/package-lock.json" "$stamp" 2>/dev/null; then
-    # Quiet on success; on failure show npm's own reason (network, TLS, engine).
-    npm_log=$(mktemp)
-    if ! (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) >"$npm_log" 2>&1; then
-      tail -20 "$npm_log" >&2
-      rm -f "$npm_log"
-      echo "install-deps: npm ci in $node_dir failed (node $(node -v 2>/dev/null), npm $(npm -v 2>/dev/null))" >&2
-      exit 1
-    fi
+# npm packages the tests use: Google's official Node.js clients (to check
+# the emulator) and packages that ship third-party DICOM test files. Each
+# directory is installed with `npm ci` from its package-lock.json, again only
+# when the lock file changed.
+npm_ci_dir() {
+  local dir=$1 stamp npm_log
+  [ -f "$dir/package-lock.json" ] && command -v npm >/dev/null 2>&1 || return 0
+  stamp="$dir/node_modules/.dicomfs-lock"
+  cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null && return 0
+  # Quiet on success; on failure show npm's own reason (network, TLS, engine).
+  npm_log=$(mktemp)
+  if ! (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >"$npm_log" 2>&1; then
+    tail -20 "$npm_log" >&2
     rm -f "$npm_log"
-    cp "$node_dir/package-lock.json" "$stamp"
+    echo "install-deps: npm ci in $dir failed (node $(node -v 2>/dev/null), npm $(npm -v 2>/dev/null))" >&2
+    exit 1
   fi
-fi
+  rm -f "$npm_log"
+  cp "$dir/package-lock.json" "$stamp"
+}
+root="$(cd "$(dirname "$0")/.." && pwd)"
+npm_ci_dir "$root/tests/integration/node"
+npm_ci_dir "$root/tests/data-thirdparty"
