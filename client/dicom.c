@@ -459,9 +459,10 @@ static int zero_tail(parser *p, uint64_t off)
  * up to the end of the input is walked (values are skipped by their lengths,
  * never read), so a file cut short anywhere, the pixel data included, is
  * DICOM_ERR_TRUNCATED: the data set must end exactly at the end of the input
- * with a complete element, or be followed by zero padding (zero_tail). Without full (the inflated
- * data set, which is only inflated as far as needed), the walk stops once the UIDs are all found or
- * at a tag past (0020,000E). */
+ * with a complete element, or be followed by zero padding (zero_tail).
+ * Without full (the inflated data set, which is only inflated as far as
+ * needed), the walk stops once the UIDs are all found or at a tag past
+ * (0020,000E). */
 static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom_info *out)
 {
     while (off < p->src->size) {
