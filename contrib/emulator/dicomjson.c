@@ -6,6 +6,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <iconv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -658,8 +659,101 @@ static char *trimmed(const uint8_t *p, size_t n, bool lead)
     return out;
 }
 
+/* ---- text to UTF-8 (DICOM JSON text is UTF-8, PS3.18 F.2) ---- */
+
+/* The iconv name of a single-byte or single-value Specific Character Set
+ * (0008,0005); NULL for the default repertoire, UTF-8 and the ISO 2022 code
+ * extensions, whose text is kept when it is valid UTF-8. */
+static const char *charset_iconv(const char *term)
+{
+    static const struct {
+        const char *dicom, *iconv;
+    } map[] = {{"ISO_IR 100", "ISO-8859-1"}, {"ISO_IR 101", "ISO-8859-2"},
+               {"ISO_IR 109", "ISO-8859-3"}, {"ISO_IR 110", "ISO-8859-4"},
+               {"ISO_IR 144", "ISO-8859-5"}, {"ISO_IR 127", "ISO-8859-6"},
+               {"ISO_IR 126", "ISO-8859-7"}, {"ISO_IR 138", "ISO-8859-8"},
+               {"ISO_IR 148", "ISO-8859-9"}, {"ISO_IR 203", "ISO-8859-15"},
+               {"ISO_IR 166", "TIS-620"},    {"ISO_IR 13", "SHIFT_JIS"},
+               {"GB18030", "GB18030"},       {"GBK", "GBK"}};
+    for (size_t i = 0; term && i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(term, map[i].dicom) == 0)
+            return map[i].iconv;
+    return NULL;
+}
+
+static bool valid_utf8(const unsigned char *s)
+{
+    while (*s) {
+        unsigned c = *s++, n, lo = 0x80, hi = 0xBF;
+        if (c < 0x80)
+            continue;
+        if (c >= 0xC2 && c <= 0xDF)
+            n = 1;
+        else if (c >= 0xE0 && c <= 0xEF)
+            n = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        else if (c >= 0xF0 && c <= 0xF4)
+            n = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        else
+            return false;
+        for (unsigned k = 0; k < n; k++, s++)
+            if (*s < (k ? 0x80 : lo) || *s > (k ? 0xBF : hi))
+                return false;
+    }
+    return true;
+}
+
+/* v (malloc'd) as UTF-8: converted from the character set cs (an iconv
+ * name), or kept if it is valid UTF-8, or else read as ISO 8859-1 so the
+ * JSON is valid whatever the bytes. Frees v when it returns another string. */
+static char *to_utf8(char *v, const char *cs)
+{
+    size_t n = strlen(v), cap = 4 * n + 1;
+    char *out = NULL;
+    if (cs) {
+        iconv_t cd = iconv_open("UTF-8", cs);
+        if (cd != (iconv_t)-1) {
+            out = malloc(cap);
+            char *in = v, *o = out;
+            size_t inleft = n, outleft = cap - 1;
+            if (out && iconv(cd, &in, &inleft, &o, &outleft) != (size_t)-1) {
+                *o = '\0';
+            } else {
+                free(out);
+                out = NULL;
+            }
+            iconv_close(cd);
+        }
+    }
+    if (!out && valid_utf8((const unsigned char *)v))
+        return v;
+    if (!out && (out = malloc(2 * n + 1)) != NULL) {
+        size_t j = 0;
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+            if (*p >= 0x80)
+                out[j++] = (char)(0xC0 | (*p >> 6)), out[j++] = (char)(0x80 | (*p & 0x3F));
+            else
+                out[j++] = (char)*p;
+        }
+        out[j] = '\0';
+    }
+    if (!out)
+        return v;
+    free(v);
+    return out;
+}
+
+/* VRs whose text is in the Specific Character Set (PS3.5 6.1.2.3). */
+static bool charset_vr(const char *vr)
+{
+    static const char *const s[] = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        if (strcmp(vr, s[i]) == 0)
+            return true;
+    return false;
+}
+
 /* Splits a string value on backslashes into a JSON array. */
-static cJSON *string_values(const dj_elem *e)
+static cJSON *string_values(const dj_elem *e, const char *cs)
 {
     cJSON *arr = cJSON_CreateArray();
     bool single = single_valued_text(e->vr);
@@ -671,6 +765,8 @@ static cJSON *string_values(const dj_elem *e)
         while (end < e->len && (single || e->val[end] != '\\'))
             end++;
         char *v = trimmed(e->val + s, end - s, !single);
+        if (v)
+            v = to_utf8(v, charset_vr(e->vr) ? cs : NULL);
         if (!v)
             break;
         cJSON *item;
@@ -763,7 +859,9 @@ static bool is_number_vr(const char *vr)
     return false;
 }
 
-static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base)
+static cJSON *ds_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base, const char *cs);
+
+static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base, const char *cs)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "vr", e->vr);
@@ -771,7 +869,7 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
         if (e->n_items) {
             cJSON *arr = cJSON_AddArrayToObject(o, "Value");
             for (size_t i = 0; i < e->n_items; i++)
-                cJSON_AddItemToArray(arr, dj_to_json(e->items[i], enc, bulk_base));
+                cJSON_AddItemToArray(arr, ds_json(e->items[i], enc, bulk_base, cs));
         }
         return o;
     }
@@ -792,7 +890,7 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
         return o;
     if (is_string_vr(e->vr) || !strcmp(e->vr, "PN") || !strcmp(e->vr, "IS") ||
         !strcmp(e->vr, "DS")) {
-        cJSON_AddItemToObject(o, "Value", string_values(e));
+        cJSON_AddItemToObject(o, "Value", string_values(e, cs));
     } else if (is_number_vr(e->vr)) {
         cJSON_AddItemToObject(o, "Value", binary_numbers(e, enc));
     } else {
@@ -807,14 +905,22 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
     return o;
 }
 
-cJSON *dj_to_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base)
+/* cs: the character set in force (an item without its own (0008,0005)
+ * inherits its parent's). */
+static cJSON *ds_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base, const char *cs)
 {
+    const dj_elem *sc = dj_find(ds, 0x00080005);
+    if (sc) {
+        char term[64];
+        dj_str(sc, term, sizeof term);
+        cs = charset_iconv(term);
+    }
     cJSON *obj = cJSON_CreateObject();
     for (size_t i = 0; ds && i < ds->n; i++) {
         const dj_elem *e = &ds->el[i];
         if ((e->tag & 0xFFFF) == 0 || (e->tag >> 16) == 0x0002)
             continue; /* group lengths and the meta group are not part of the model */
-        cJSON *v = elem_json(e, enc, bulk_base);
+        cJSON *v = elem_json(e, enc, bulk_base, cs);
         if (!v)
             continue;
         char hex[9];
@@ -824,6 +930,11 @@ cJSON *dj_to_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base)
     }
     dj_sort(obj);
     return obj;
+}
+
+cJSON *dj_to_json(const dj_ds *ds, enum dj_enc enc, const char *bulk_base)
+{
+    return ds_json(ds, enc, bulk_base, NULL);
 }
 
 static int cmp_items(const void *a, const void *b)

@@ -37,6 +37,7 @@ transfer syntaxes) go to different stores, so each import can succeed.
 """
 import collections
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -239,6 +240,14 @@ def wado(emulator, web, e):
     return st, got
 
 
+def dicom_json(body):
+    """The parsed body, or None when it is not UTF-8 JSON."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return None
+
+
 def stow_and_check(emulator, web, entries):
     """STOWs each entry; returns the disagreements with the expected verdict
     and the stored files that cannot be read back."""
@@ -261,10 +270,10 @@ def stow_and_check(emulator, web, entries):
                 e.rel, st, len(got), len(e.data)))
         st, _, meta = emulator.request("GET", inst + "/metadata",
                                        headers={"Accept": "application/dicom+json"})
-        # Only that it answers with the instance: the body is not parsed (the
-        # emulator copies text in its specific character set, not UTF-8, and
-        # keeps VR UN as written, e.g. in pydicom's rtdose_rle.dcm).
-        if st != 200 or b'"00080018":{"vr":' not in meta:
+        # Valid DICOM JSON (UTF-8 text: pydicom's test-SR.dcm has ISO_IR 100
+        # names) with the instance's SOP Instance UID (VR UN is kept as
+        # written, in InlineBinary: pydicom's rtdose_rle.dcm).
+        if st != 200 or "00080018" not in (dicom_json(meta) or [{}])[0]:
             wrong.append("%s: metadata HTTP %d %s" % (e.rel, st, meta[:200]))
         # make room for the next file with the same SOP Instance UID
         st, _, _ = emulator.request("DELETE", inst)
@@ -297,3 +306,42 @@ def test_zero_padded_copies_agree_with_toolkits(corpus, emulator, tmp_path):
     wrong = stow_and_check(emulator, web, variants)
     assert wrong == [], "%d of %d padded copies judged unlike DCMTK+pydicom:\n%s" % (
         len(wrong), len(variants), "\n".join(wrong))
+
+
+def test_metadata_text_in_utf8(emulator, tmp_path):
+    """Text in a Specific Character Set comes out of the metadata as UTF-8
+    (DICOM JSON, PS3.18 F.2): ISO_IR 100 (Latin-1, as pydicom's
+    test-SR.dcm), ISO_IR 144 (Cyrillic), ISO_IR 192 (UTF-8)."""
+    import dicom_samples as samples
+    from pydicom.uid import generate_uid
+    web = ApiClient(emulator).create_store(DATASET, "charsets") + "/dicomWeb"
+    study, series = generate_uid(), generate_uid()
+    for charset, name in [("ISO_IR 100", "Riesmeier^J\u00f6rg"),
+                          ("ISO_IR 144", "\u041b\u044e\u043a\u0441\u0443\u0441^\u0410\u043d\u0434\u0440\u0435\u0439"),
+                          ("ISO_IR 192", "Wang^XiaoDong=\u738b^\u5c0f\u6771")]:
+        p = str(tmp_path / "cs.dcm")
+        sop = generate_uid()
+        ds = samples.make_instance(p, study, series, sop)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.StudyDescription = name.split("^")[0] + " study"
+        ds.save_as(p, write_like_original=False)
+        with open(p, "rb") as f:
+            raw = f.read()
+        assert name.encode("utf-8") not in raw or charset == "ISO_IR 192"
+        st, _, body = emulator.request(
+            "POST", "/v1/%s/studies" % web, body=raw,
+            headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"})
+        assert st == 200, body
+        st, _, meta = emulator.request(
+            "GET", "/v1/%s/studies/%s/series/%s/instances/%s/metadata" % (web, study, series, sop),
+            headers={"Accept": "application/dicom+json"})
+        assert st == 200
+        got = dicom_json(meta)
+        assert got is not None, "%s: metadata is not UTF-8 JSON: %r" % (charset, meta[:300])
+        pn = got[0]["00100010"]["Value"][0]
+        want = name.split("=")
+        assert pn["Alphabetic"] == want[0], (charset, pn)
+        if len(want) > 1:
+            assert pn["Ideographic"] == want[1], (charset, pn)
+        assert got[0]["00081030"]["Value"] == [name.split("^")[0] + " study"], charset
