@@ -962,7 +962,9 @@ static int op_open(const char *path, struct fuse_file_info *fi)
             return rc;
         }
         fi->fh = (uintptr_t)h;
-        fi->direct_io = st.st_size == 0; /* size unknown before the first retrieval */
+        /* stat promised st_size; should the retrieval differ, read what it gave */
+        struct stat got;
+        fi->direct_io = fstat(h->fd, &got) != 0 || got.st_size != st.st_size;
         return 0;
     }
     case TREE_EXPORT_OUT: {

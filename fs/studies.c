@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,27 @@ static int collect_cb(void *ctx, const char *uid, const char *json)
     return dircache_list_add(&c->l, name, !c->instances, 0) ? -ENOMEM : 0;
 }
 
+/* Listings come out of the cache sorted by name. */
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const dircache_entry *)a)->name, ((const dircache_entry *)b)->name);
+}
+
+/* An instance never changes size: a new listing of a series keeps the sizes
+ * the last one had learned, so only new instances are asked for. */
+static void keep_sizes(fs_ctx *x, const char *key, dircache_list *l)
+{
+    dircache_list old;
+    if (dircache_get_stale(x->cache, key, &old) != 0)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        const dircache_entry *e = bsearch(&l->v[i], old.v, old.n, sizeof *old.v, cmp_entry);
+        if (e && l->v[i].size == 0)
+            l->v[i].size = e->size;
+    }
+    dircache_list_clear(&old);
+}
+
 static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, dircache_list *out)
 {
     char *key = cache_key(tp, sp, depth);
@@ -110,6 +132,8 @@ static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, d
         free(key);
         return e;
     }
+    if (c.instances)
+        keep_sizes(x, key, &c.l);
     dircache_put(x->cache, key, &c.l, FS_LIST_TTL);
     if (dircache_get(x->cache, key, out) != 0)
         dircache_list_init(out);
@@ -117,6 +141,106 @@ static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, d
     free(path);
     free(key);
     return 0;
+}
+
+/* ---- instance sizes: stat must report what reading returns, before any
+ * read (tar and rsync copy st_size bytes). instances.getStorageInfo gives
+ * the blob size without a download; `ls -l` of a series asks for every
+ * instance of it whose size is unknown in one burst of SIZE_WORKERS parallel
+ * calls, so the lstat calls that follow are answered from the listing. */
+
+#define SIZE_WORKERS 8
+
+typedef struct size_job {
+    fs_ctx *x;
+    const char *store;
+    const spath *sp;
+    dircache_list *l; /* entries with size 0 are asked for */
+    pthread_mutex_t lock;
+    size_t next;
+    bool unsupported; /* the API has no getStorageInfo (404/501 on a listed instance) */
+} size_job;
+
+static void *size_worker(void *arg)
+{
+    size_job *j = arg;
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        size_t i = j->next;
+        while (i < j->l->n && j->l->v[i].size != 0)
+            i++;
+        j->next = i + 1;
+        bool stop = j->unsupported;
+        pthread_mutex_unlock(&j->lock);
+        if (i >= j->l->n || stop)
+            return NULL;
+        char uid[TREE_NAME_MAX + 1];
+        snprintf(uid, sizeof uid, "%s", j->l->v[i].name);
+        size_t n = strlen(uid);
+        if (n > 4)
+            uid[n - 4] = '\0'; /* ".dcm" */
+        uint64_t size = 0;
+        http_error err = {0};
+        int rc = hc_dicomweb_instance_size(j->x->cl.hc, j->store, j->sp->study, j->sp->series, uid,
+                                           &size, &err);
+        if (rc == HC_OK) {
+            j->l->v[i].size = size; /* each worker writes its own entry */
+        } else if (err.http_status == 501 || err.http_status == 400) {
+            pthread_mutex_lock(&j->lock);
+            j->unsupported = true;
+            pthread_mutex_unlock(&j->lock);
+        } else {
+            log_warn("studies/%s/%s/%s: getStorageInfo failed: %s", j->sp->study, j->sp->series,
+                     j->l->v[i].name, err.message);
+        }
+    }
+}
+
+/* One series at a time: concurrent lstat calls of the same `ls -l` wait for
+ * the burst already running instead of starting their own. */
+static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void resolve_sizes(fs_ctx *x, const tree_path *tp, const spath *sp, const char *key)
+{
+    pthread_mutex_lock(&size_lock);
+    dircache_list l;
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (store && dircache_get_stale(x->cache, key, &l) == 0) {
+        size_job j = {.x = x, .store = store, .sp = sp, .l = &l};
+        pthread_mutex_init(&j.lock, NULL);
+        pthread_t th[SIZE_WORKERS];
+        size_t started = 0, unknown = 0;
+        for (size_t i = 0; i < l.n; i++)
+            unknown += l.v[i].size == 0;
+        for (; started < SIZE_WORKERS && started < unknown; started++)
+            if (pthread_create(&th[started], NULL, size_worker, &j) != 0)
+                break;
+        if (started == 0 && unknown > 0)
+            size_worker(&j);
+        for (size_t i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
+        pthread_mutex_destroy(&j.lock);
+        for (size_t i = 0; i < l.n; i++)
+            if (l.v[i].size != 0)
+                dircache_put_one(x->cache, key, l.v[i].name, false, l.v[i].size, FS_LIST_TTL);
+        dircache_list_clear(&l);
+    }
+    free(store);
+    pthread_mutex_unlock(&size_lock);
+}
+
+/* Without getStorageInfo: the size of one retrieval (the instance is
+ * downloaded into a temporary file and dropped). */
+static uint64_t retrieved_size(fs_ctx *x, const tree_path *tp)
+{
+    int fd = -1;
+    tree_path one = *tp;
+    if (studies_open(x, &one, &fd) != 0)
+        return 0;
+    struct stat st;
+    uint64_t n = fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+    close(fd);
+    return n;
 }
 
 int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -150,6 +274,13 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         }
         f = dircache_lookup(x->cache, key, leaf, &is_dir, &size);
+    }
+    if (f == 1 && !is_dir && size == 0) {
+        resolve_sizes(x, tp, &sp, key);
+        if (dircache_lookup(x->cache, key, leaf, &is_dir, &size) != 1)
+            size = 0;
+        if (size == 0)
+            size = retrieved_size(x, tp);
     }
     free(key);
     if (f != 1)
