@@ -762,8 +762,10 @@ static int op_rmdir(const char *path)
             return rc;
         return import_call(x, &tp, IM_RMDIR, (import_args){0});
     }
-    case TREE_NONE:
     case TREE_STUDIES:
+        rc = store_exists(x, &tp);
+        return rc ? rc : studies_rmdir(x, &tp);
+    case TREE_NONE:
         return -ENOENT;
     default:
         return deny(path, "rmdir: fixed directory", -EPERM);
@@ -1186,8 +1188,10 @@ static int op_unlink(const char *path)
         return deny(path, "unlink: status is part of the store", -EACCES);
     case TREE_EXPORT_OUT:
         return deny(path, "unlink: exported objects are read-only", -EACCES);
-    case TREE_NONE:
     case TREE_STUDIES:
+        rc = store_exists(x, &tp);
+        return rc ? rc : studies_unlink(x, &tp);
+    case TREE_NONE:
         return -ENOENT;
     default:
         return deny(path, "unlink: not removable", -EPERM);

@@ -12,6 +12,13 @@
 #include "filter.h"
 #include "log.h"
 
+/* Writable directories only where unlink can do something: with
+ * default_permissions the kernel checks the directory's w bit first. */
+static mode_t dir_mode(const fs_ctx *x)
+{
+    return x->opt->allow_delete ? 0755 : 0555;
+}
+
 /* rest = "" | STUDY | STUDY/SERIES | STUDY/SERIES/INSTANCE.dcm */
 typedef struct spath {
     int depth; /* 0..3 */
@@ -250,7 +257,7 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
     if (rc)
         return rc;
     if (sp.depth == 0) {
-        fs_stat_dir(x, st, 0555);
+        fs_stat_dir(x, st, dir_mode(x));
         return 0;
     }
     const char *leaf = sp.depth == 1 ? sp.study : sp.depth == 2 ? sp.series : NULL;
@@ -286,7 +293,7 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
     if (f != 1)
         return -ENOENT;
     if (is_dir)
-        fs_stat_dir(x, st, 0555);
+        fs_stat_dir(x, st, dir_mode(x));
     else
         fs_stat_file(x, st, 0444, (off_t)size);
     return 0;
@@ -307,7 +314,7 @@ int studies_readdir(fs_ctx *x, const tree_path *tp, studies_fill_fn fill, void *
     for (size_t i = 0; i < l.n; i++) {
         struct stat st;
         if (l.v[i].is_dir)
-            fs_stat_dir(x, &st, 0555);
+            fs_stat_dir(x, &st, dir_mode(x));
         else
             fs_stat_file(x, &st, 0444, (off_t)l.v[i].size);
         if (fill(buf, l.v[i].name, &st))
@@ -356,5 +363,101 @@ int studies_open(fs_ctx *x, const tree_path *tp, int *fdp)
         dircache_put_one(x->cache, key, leaf, false, written, 3600);
     free(key);
     *fdp = fd;
+    return 0;
+}
+
+/* ---- deletes (-o allow_delete) */
+
+/* After a delete: the listings that may show what is gone. */
+static void forget_listings(fs_ctx *x, const tree_path *tp, const spath *sp)
+{
+    for (int d = 0; d < sp->depth && d <= 2; d++) {
+        char *key = cache_key(tp, sp, d);
+        if (key)
+            dircache_invalidate(x->cache, key);
+        free(key);
+    }
+}
+
+int studies_unlink(fs_ctx *x, const tree_path *tp)
+{
+    spath sp;
+    int rc = split(tp->rest, &sp);
+    if (rc)
+        return rc;
+    struct stat st;
+    rc = studies_getattr(x, tp, &st);
+    if (rc)
+        return rc;
+    if (S_ISDIR(st.st_mode))
+        return -EISDIR;
+    if (!x->opt->allow_delete) {
+        log_warn("%s/%s/studies/%s: unlink: studies/ is read-only; mount with -o allow_delete to "
+                 "delete instances: %s",
+                 tp->dataset, tp->store, tp->rest, strerror(EACCES));
+        return -EACCES;
+    }
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    char *path =
+        http_strdup_printf("studies/%s/series/%s/instances/%s", sp.study, sp.series, sp.instance);
+    http_error err = {0};
+    int h = store && path ? hc_dicomweb_delete(x->cl.hc, store, path, NULL, &err) : HC_ERR_NOMEM;
+    if (h == HC_ERR_NOMEM)
+        rc = -ENOMEM;
+    else if (h != HC_OK && err.http_status != 404)
+        rc = fs_errno_hc(h, &err);
+    if (rc)
+        log_error("%s/%s/studies/%s: DICOMweb DELETE failed: %s", tp->dataset, tp->store, tp->rest,
+                  err.message);
+    else
+        log_info("%s/%s/studies/%s: instance deleted (allow_delete)", tp->dataset, tp->store,
+                 tp->rest);
+    forget_listings(x, tp, &sp);
+    free(store);
+    free(path);
+    return rc;
+}
+
+/* rmdir of a study or series removes an empty directory only (as rmdir(2)
+ * does): `rm -r` deletes the instances first, after which the API no longer
+ * has the series or study. A directory that still lists something is
+ * ENOTEMPTY, so a stray rmdir never deletes a study. */
+int studies_rmdir(fs_ctx *x, const tree_path *tp)
+{
+    spath sp;
+    int rc = split(tp->rest, &sp);
+    if (rc)
+        return rc;
+    if (sp.depth == 0)
+        return -EBUSY;
+    if (sp.depth == 3)
+        return -ENOTDIR;
+    struct stat st;
+    rc = studies_getattr(x, tp, &st);
+    /* The kernel looked it up before calling: gone now means `rm -r` just
+     * deleted its last instance (the API keeps no empty series). */
+    if (rc == -ENOENT && x->opt->allow_delete)
+        return 0;
+    if (rc)
+        return rc;
+    if (!x->opt->allow_delete) {
+        log_warn("%s/%s/studies/%s: rmdir: studies/ is read-only; mount with -o allow_delete to "
+                 "delete studies and series: %s",
+                 tp->dataset, tp->store, tp->rest, strerror(EACCES));
+        return -EACCES;
+    }
+    char *key = cache_key(tp, &sp, sp.depth);
+    if (key)
+        dircache_invalidate(x->cache, key);
+    free(key);
+    dircache_list l;
+    rc = listing(x, tp, &sp, sp.depth, &l);
+    if (rc)
+        return rc == -ENOENT ? 0 : rc;
+    size_t n = l.n;
+    dircache_list_clear(&l);
+    forget_listings(x, tp, &sp);
+    if (n > 0)
+        return -ENOTEMPTY;
     return 0;
 }

@@ -26,4 +26,10 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st);
 int studies_readdir(fs_ctx *x, const tree_path *tp, studies_fill_fn fill, void *buf);
 int studies_open(fs_ctx *x, const tree_path *tp, int *fd);
 
+/* Without -o allow_delete both refuse with EACCES (and a log line saying
+ * how to allow it). With it, unlink is a DICOMweb DELETE of the instance;
+ * rmdir removes an empty study or series directory (ENOTEMPTY otherwise). */
+int studies_unlink(fs_ctx *x, const tree_path *tp);
+int studies_rmdir(fs_ctx *x, const tree_path *tp);
+
 #endif

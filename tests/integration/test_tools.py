@@ -52,3 +52,44 @@ def test_rsync_tar_cp_du_of_studies_are_byte_identical(dicomfs_mount, filled, tm
         for rel, p in got.items():
             with open(p, "rb") as f:
                 assert f.read() == files[rel], (name, rel)
+
+
+# ---------------------------------------------------------------- 2. deletes
+
+def test_rm_in_studies_without_allow_delete_is_refused(dicomfs_mount, filled):
+    _, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    rel = sorted(files)[0]
+    inst = m.path(ds_id, st_id, "studies", rel)
+    r = run("rm", "-f", inst)
+    assert r.returncode != 0
+    assert "Permission denied" in r.stderr, r.stderr
+    study = m.path(ds_id, st_id, "studies", rel.split("/")[0])
+    r = run("rm", "-rf", study)
+    assert r.returncode != 0
+    assert "Permission denied" in r.stderr, r.stderr
+    assert os.path.exists(inst)
+    assert len(walk_files(m.path(ds_id, st_id, "studies"))) == len(files)
+    assert "mount with -o allow_delete" in m.log_text()
+
+
+def test_rm_in_studies_with_allow_delete_deletes(mount_factory, emulator, filled):
+    from test_shell_redirect import store_sops
+    ds, ds_id, st_id, files = filled
+    m = mount_factory(options=["allow_delete"])
+    studies = m.path(ds_id, st_id, "studies")
+    rels = sorted(files)
+    one = rels[0]
+    r = run("rm", os.path.join(studies, one))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(os.path.join(studies, one))
+    store = f"{ds}/dicomStores/{st_id}"
+    sop = one.rsplit("/", 1)[1][:-4]
+    assert sop not in store_sops(emulator, store)
+    other_study = rels[-1].split("/")[0]
+    r = run("rm", "-r", os.path.join(studies, other_study))
+    assert r.returncode == 0, r.stderr
+    assert other_study not in os.listdir(studies)
+    left = sorted(walk_files(studies))
+    assert left == [rel for rel in rels[1:] if not rel.startswith(other_study + "/")]
+    assert len(store_sops(emulator, store)) == len(left)
