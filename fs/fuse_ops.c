@@ -418,12 +418,12 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return -EIO;
         return import_call(x, tp, IM_GETATTR, (import_args){.st = st});
     }
-    case TREE_EXPORT:
     case TREE_STORE_OPS:
         rc = store_child_exists(x, tp);
         if (rc == 0)
             fs_stat_dir(x, st, 0555);
         return rc;
+    case TREE_EXPORT:
     case TREE_EXPORT_FMT:
         rc = store_child_exists(x, tp);
         if (rc == 0)
@@ -526,11 +526,14 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
     }
     case TREE_IMPORT:
         return import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
-    case TREE_EXPORT:
+    case TREE_EXPORT: {
         fs_stat_dir(x, &st, 0755);
         for (size_t i = 0; i < tree_n_formats; i++)
             adapt_fill(a, tree_formats[i].dir, &st);
-        return 0;
+        tree_path top = *tp; /* filters written straight into export/ */
+        top.format = &tree_format_top;
+        return export_readdir_fmt(x, &top, adapt_fill, a);
+    }
     case TREE_EXPORT_FMT:
         return export_readdir_fmt(x, tp, adapt_fill, a);
     case TREE_EXPORT_OUT:
@@ -843,7 +846,7 @@ static int create_denied(const char *path, const tree_path *tp)
         return deny(path, "create: status is read-only", -EACCES);
     case TREE_EXPORT_OUT:
         if (!*tp->rest)
-            return deny(path, "create: a filter name may not end in .out", -EINVAL);
+            return deny(path, "create: a filter name may not end in .out or .runs", -EINVAL);
         return deny(path, "create: exported objects are read-only", -EACCES);
     case TREE_EXPORT:
         return deny(path, "create: filters go in export/FORMAT/ (dicom, png, ...)", -EACCES);

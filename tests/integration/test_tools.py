@@ -7,7 +7,8 @@ import tarfile
 import pytest
 
 pytest.importorskip("pydicom")
-from test_shell_redirect import filled, sh, walk_files  # noqa: E402,F401
+from test_shell_redirect import (filled, op_counts, sh, wait_one_more_op_done,  # noqa: E402,F401
+                                 walk_files)
 
 TOOL_TIMEOUT = 120
 
@@ -93,3 +94,59 @@ def test_rm_in_studies_with_allow_delete_deletes(mount_factory, emulator, filled
     left = sorted(walk_files(studies))
     assert left == [rel for rel in rels[1:] if not rel.startswith(other_study + "/")]
     assert len(store_sops(emulator, store)) == len(left)
+
+
+# ---------------------------------------------------------------- 3. export runs
+
+def copy_matches(src, files, tmp_path, label):
+    """rsync -a and tar of a result folder give exactly files (rel -> bytes)."""
+    r = run("rsync", "-a", src + "/", str(tmp_path / (label + "-rsync")))
+    assert r.returncode == 0, r.stderr
+    r = run("tar", "-cf", str(tmp_path / (label + ".tar")), "-C", src, ".")
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(tmp_path / (label + ".tar")) as t:
+        t.extractall(tmp_path / (label + "-tar"))
+    for d in (label + "-rsync", label + "-tar"):
+        got = walk_files(str(tmp_path / d))
+        assert sorted(got) == sorted(files), d
+        for rel, p in got.items():
+            with open(p, "rb") as f:
+                assert f.read() == files[rel], (d, rel)
+
+
+def test_two_exports_under_one_name_keep_their_runs_apart(dicomfs_mount, hc_api, filled,
+                                                          tmp_path):
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    studies = sorted({rel.split("/")[0] for rel in files})
+    assert len(studies) == 2
+    fmt = m.path(ds_id, st_id, "export", "dicom")
+    name = os.path.join(fmt, "pick")
+    for i, study in enumerate(studies):
+        before = op_counts(m, hc_api, ds, ds_id, st_id)
+        r = sh('echo "/studies/$1" > "$2"', study, name)
+        assert r.returncode == 0, r.stderr
+        wait_one_more_op_done(m, hc_api, ds, ds_id, st_id, before)
+        # NAME.out/ shows the latest started run only
+        copy_matches(name + ".out", files_of(files, study + "/"), tmp_path, f"out{i}")
+    runs = sorted(os.listdir(name + ".runs"))
+    assert len(runs) == 2
+    for run_id, study in zip(runs, studies):
+        copy_matches(os.path.join(name + ".runs", run_id), files_of(files, study + "/"),
+                     tmp_path, "run-" + run_id)
+    assert sorted(os.listdir(fmt)) == ["pick", "pick.out", "pick.runs"]
+
+
+def test_filter_straight_in_export_exports_dicom_as_stored(dicomfs_mount, hc_api, filled,
+                                                           tmp_path):
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    study = sorted(files)[0].split("/")[0]
+    exp = m.path(ds_id, st_id, "export")
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    r = sh('echo "/studies/$1" > "$2"', study, os.path.join(exp, "mine"))
+    assert r.returncode == 0, r.stderr
+    wait_one_more_op_done(m, hc_api, ds, ds_id, st_id, before)
+    listing = os.listdir(exp)
+    assert {"dicom", "png", "mine", "mine.out", "mine.runs"} <= set(listing), listing
+    copy_matches(os.path.join(exp, "mine.out"), files_of(files, study + "/"), tmp_path, "top")
