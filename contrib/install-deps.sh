@@ -12,6 +12,7 @@ PACKAGES=(
   # tests, demo and benchmarks: independent DICOM toolkits and real file tools
   dcmtk python3 python3-pytest python3-pydicom python3-numpy python3-pil python3-cryptography python3-matplotlib
   rsync curl rclone jq psmisc procps iproute2 strace util-linux ca-certificates
+  vim man-db
 )
 # Node.js (for the official Google client tests): Debian's, unless a node with
 # npm is already installed (e.g. from NodeSource, whose package conflicts).

@@ -73,7 +73,7 @@ static char *record_file(fs_ctx *x, const tree_path *tp, const char *leaf)
     return f;
 }
 
-static int mkdirs(const char *dir)
+int export_mkdirs(const char *dir)
 {
     char *tmp = strdup(dir);
     if (!tmp)
@@ -333,7 +333,7 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, e
     int rc = 0;
     if (create) {
         char *d = record_dir(x, tp);
-        rc = d ? mkdirs(d) : -ENOMEM;
+        rc = d ? export_mkdirs(d) : -ENOMEM;
         free(d);
         struct stat st;
         bool existed = rc == 0 && stat(path, &st) == 0;
@@ -578,7 +578,7 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why)
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
     char *pe = record_file(x, tp, "error");
-    int rc = text && d && pf && pe ? mkdirs(d) : -ENOMEM;
+    int rc = text && d && pf && pe ? export_mkdirs(d) : -ENOMEM;
     if (rc == 0)
         rc = write_file(pf, f->buf ? f->buf : "", f->len);
     if (rc == 0)
@@ -653,7 +653,7 @@ static int add_run(fs_ctx *x, const tree_path *tp, const char *run)
 static int save_record(fs_ctx *x, export_file *f, const char *op, const char *run)
 {
     char *d = record_dir(x, &f->tp);
-    int rc = d ? mkdirs(d) : -ENOMEM;
+    int rc = d ? export_mkdirs(d) : -ENOMEM;
     free(d);
     char *pf = record_file(x, &f->tp, "filter");
     char *ps = record_file(x, &f->tp, "started");
@@ -723,7 +723,7 @@ int export_flush(fs_ctx *x, export_file *f)
      * export itself starts at release(). */
     char *d = record_dir(x, &f->tp);
     char *pf = record_file(x, &f->tp, "filter");
-    int rc = d && pf ? mkdirs(d) : -ENOMEM;
+    int rc = d && pf ? export_mkdirs(d) : -ENOMEM;
     if (rc == 0)
         rc = write_file(pf, f->buf ? f->buf : "", f->len);
     if (rc)
@@ -810,26 +810,76 @@ static void start(fs_ctx *x, export_file *f)
     free(op);
 }
 
+/* The filter leaf goes, what NAME started stays: its runs remain in
+ * NAME.runs/, and writing the same filter again starts nothing new. A
+ * record that never started anything is removed whole. */
+static void hide_filter(fs_ctx *x, const tree_path *tp)
+{
+    char *run = read_line_file(x, tp, "run");
+    if (!run) {
+        remove_record(x, tp);
+        return;
+    }
+    free(run);
+    char *pf = record_file(x, tp, "filter");
+    if (pf)
+        unlink(pf);
+    free(pf);
+    clear_failure(x, tp);
+}
+
 void export_release(fs_ctx *x, export_file *f)
 {
     if (!f)
         return;
+    bool keep = !f->created;
     if (f->changed) {
         if (f->dirty)
             validate(f); /* written after its last flush */
-        if (f->valid && !f->dirty && !same_as_started(x, f))
+        if (f->valid && !f->dirty && !same_as_started(x, f)) {
             start(x, f);
-        else if (f->valid && !f->dirty)
+            keep = keep || f->started || f->failed;
+        } else if (f->valid && !f->dirty) {
             clear_failure(x, &f->tp); /* back to what NAME.out/ shows */
-        else if (!f->created)
+            keep = true;
+        } else if (!f->created) {
             restore_started(x, f);
+        }
     }
     /* A new filter whose content was refused (its close() failed) is not
      * listed; one whose start failed stays, with NAME.out/ERROR. */
-    if (f->created && !f->started && !f->failed)
-        remove_record(x, &f->tp);
+    if (!keep)
+        hide_filter(x, &f->tp);
     free(f->buf);
     free(f);
+}
+
+int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len)
+{
+    export_file *f = NULL;
+    int rc = export_open_filter(x, tp, O_WRONLY | O_TRUNC, true, &f);
+    if (rc)
+        return rc;
+    rc = len ? export_write(f, data, len, 0) : 0;
+    if (rc >= 0)
+        rc = export_flush(x, f);
+    export_release(x, f);
+    return rc < 0 ? rc : 0;
+}
+
+int export_take(fs_ctx *x, const tree_path *tp, char **data, size_t *len)
+{
+    char *pf = record_file(x, tp, "filter");
+    int rc = pf ? read_file(pf, data, len) : -ENOMEM;
+    free(pf);
+    if (rc == 0) {
+        hide_filter(x, tp);
+        char *key = out_key(tp);
+        if (key)
+            dircache_invalidate(x->cache, key);
+        free(key);
+    }
+    return rc;
 }
 
 int export_unlink(fs_ctx *x, const tree_path *tp)

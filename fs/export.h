@@ -55,6 +55,18 @@ int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size);
 int export_flush(fs_ctx *x, export_file *f);
 /* Starts the export if this descriptor changed the filter (see above). */
 void export_release(fs_ctx *x, export_file *f);
+/* A rename onto a filter name (from a scratch file or another filter):
+ * the content becomes a new version of tp's filter, as if written and
+ * closed there: -EINVAL (logged) for a bad filter, which then installs
+ * nothing. */
+int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len);
+/* A rename away from a filter name: its content (malloc'ed); the filter is
+ * no longer listed, but what it started stays (NAME.runs/, and writing the
+ * same content again starts nothing). */
+int export_take(fs_ctx *x, const tree_path *tp, char **data, size_t *len);
+/* mkdir -p with mode 0700. */
+int export_mkdirs(const char *dir);
+
 /* Forgets a filter locally (exported objects stay where they are). */
 int export_unlink(fs_ctx *x, const tree_path *tp);
 

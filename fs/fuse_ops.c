@@ -14,6 +14,7 @@
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
+#include "scratch.h"
 #include "studies.h"
 #include "tree.h"
 
@@ -431,6 +432,8 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
         return rc;
     case TREE_EXPORT_FILTER:
         rc = store_child_exists(x, tp);
+        if (rc == 0 && scratch_is_name(tp->name))
+            return scratch_getattr(x, tp, st);
         return rc ? rc : export_getattr_filter(x, tp, st);
     case TREE_EXPORT_OUT:
         rc = store_child_exists(x, tp);
@@ -532,10 +535,12 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
             adapt_fill(a, tree_formats[i].dir, &st);
         tree_path top = *tp; /* filters written straight into export/ */
         top.format = &tree_format_top;
-        return export_readdir_fmt(x, &top, adapt_fill, a);
+        rc = export_readdir_fmt(x, &top, adapt_fill, a);
+        return rc ? rc : scratch_readdir(x, &top, adapt_fill, a);
     }
     case TREE_EXPORT_FMT:
-        return export_readdir_fmt(x, tp, adapt_fill, a);
+        rc = export_readdir_fmt(x, tp, adapt_fill, a);
+        return rc ? rc : scratch_readdir(x, tp, adapt_fill, a);
     case TREE_EXPORT_OUT:
         return export_out_readdir(x, tp, adapt_fill, a);
     case TREE_STORE_OPS:
@@ -777,7 +782,7 @@ static int op_rmdir(const char *path)
 
 /* ---- handles */
 
-typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD } handle_kind;
+typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD, H_SCRATCH } handle_kind;
 
 typedef struct fs_handle {
     handle_kind kind;
@@ -785,7 +790,7 @@ typedef struct fs_handle {
     char *data; /* H_BUF */
     size_t len;
     export_file *ex;
-    int fd; /* H_FD */
+    int fd; /* H_FD, H_SCRATCH */
 } fs_handle;
 
 static fs_handle *handle_new(handle_kind kind)
@@ -823,6 +828,23 @@ static fs_handle *handle_of(struct fuse_file_info *fi)
 static bool wants_write(int flags)
 {
     return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+/* Editors' and tools' temporary files in export/ (scratch.h): private
+ * local files that start nothing. */
+static int open_scratch(fs_ctx *x, const tree_path *tp, struct fuse_file_info *fi, int flags)
+{
+    fs_handle *h = handle_new(H_SCRATCH);
+    if (!h)
+        return -ENOMEM;
+    int rc = scratch_open(x, tp, flags, &h->fd);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    fi->fh = (uintptr_t)h;
+    fi->direct_io = 1;
+    return 0;
 }
 
 /* Why a file cannot be created at a place. */
@@ -864,12 +886,6 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     fs_ctx *x = ctx();
     if (tp.kind != TREE_IMPORT && tp.kind != TREE_EXPORT_FILTER)
         return create_denied(path, &tp);
-    /* Editors' swap/backup files (.x.swp, x~, #x#) and rsync's temporaries
-     * (.x.XXXXXX) must not start exports. */
-    if (tp.kind == TREE_EXPORT_FILTER &&
-        (tp.name[0] == '.' || tp.name[0] == '#' || tp.name[strlen(tp.name) - 1] == '~'))
-        return deny(path, "create: a filter name may not start with '.' or '#' or end with '~'",
-                    -EINVAL);
     if (tp.kind == TREE_IMPORT && !*tp.rest)
         return -EISDIR;
     rc = store_exists(x, &tp);
@@ -877,6 +893,8 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
         return rc;
     if (tp.kind == TREE_IMPORT)
         return open_import(x, &tp, fi, IM_CREATE, mode);
+    if (scratch_is_name(tp.name))
+        return open_scratch(x, &tp, fi, fi->flags | O_CREAT);
     fs_handle *h = handle_new(H_EXPORT);
     if (!h)
         return -ENOMEM;
@@ -943,6 +961,8 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     case TREE_IMPORT:
         return open_import(x, &tp, fi, IM_OPEN, 0);
     case TREE_EXPORT_FILTER: {
+        if (scratch_is_name(tp.name))
+            return open_scratch(x, &tp, fi, fi->flags & ~O_CREAT);
         fs_handle *h = handle_new(H_EXPORT);
         if (!h)
             return -ENOMEM;
@@ -1002,7 +1022,8 @@ static int op_read(const char *path, char *buf, size_t size, off_t off, struct f
         return import_read(ctx()->import, h->import_fh, buf, size, off);
     case H_EXPORT:
         return export_read(h->ex, buf, size, off);
-    case H_FD: {
+    case H_FD:
+    case H_SCRATCH: {
         ssize_t n = pread(h->fd, buf, size, off);
         return n < 0 ? -errno : (int)n;
     }
@@ -1030,6 +1051,10 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
         return import_write(ctx()->import, h->import_fh, buf, size, off);
     case H_EXPORT:
         return export_write(h->ex, buf, size, off);
+    case H_SCRATCH: {
+        ssize_t n = pwrite(h->fd, buf, size, off);
+        return n < 0 ? -errno : (int)n;
+    }
     default:
         return deny(path, "write: read-only file", -EBADF);
     }
@@ -1076,6 +1101,7 @@ static int op_release(const char *path, struct fuse_file_info *fi)
         export_release(ctx(), h->ex);
         break;
     case H_FD:
+    case H_SCRATCH:
         close(h->fd);
         break;
     case H_BUF:
@@ -1100,6 +1126,11 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
         return import_call(
             x, &tp, IM_TRUNCATE,
             (import_args){.size = size, .fh = h && h->kind == H_IMPORT ? h->import_fh : 0});
+    if (tp.kind == TREE_EXPORT_FILTER && scratch_is_name(tp.name)) {
+        if (h && h->kind == H_SCRATCH)
+            return ftruncate(h->fd, size) == 0 ? 0 : -errno;
+        return scratch_truncate(x, &tp, size);
+    }
     if (tp.kind == TREE_EXPORT_FILTER) {
         if (h && h->kind == H_EXPORT)
             return export_truncate_open(h->ex, size);
@@ -1126,6 +1157,8 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
     rc = getattr_path(x, &tp, &st);
     if (rc)
         return rc;
+    if (tp.kind == TREE_EXPORT_FILTER && scratch_is_name(tp.name))
+        return scratch_utimens(x, &tp, tv);
     if (tp.kind == TREE_EXPORT_FILTER)
         return 0; /* touch of a filter: nothing to record */
     return deny(path, "utimens: times of this entry are fixed", -EPERM);
@@ -1143,6 +1176,8 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
         return import_call(x, &tp, IM_CHMOD, (import_args){.mode = mode});
     struct stat st;
     rc = getattr_path(x, &tp, &st);
+    if (rc == 0 && tp.kind == TREE_EXPORT_FILTER)
+        return 0; /* cp -p, sed -i, editors: a filter has no mode of its own to keep */
     return rc ? rc : deny(path, "chmod: permissions of this entry are fixed", -EPERM);
 }
 
@@ -1164,6 +1199,8 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
      * (cp -p, rsync -o as that user). */
     if ((uid == (uid_t)-1 || uid == x->uid) && (gid == (gid_t)-1 || gid == x->gid))
         return 0;
+    if (tp.kind == TREE_EXPORT_FILTER)
+        return 0; /* sed -i copies the owner onto its temporary: nothing to keep */
     return deny(path, "chown: every entry belongs to the mounting user", -EPERM);
 }
 
@@ -1183,6 +1220,8 @@ static int op_unlink(const char *path)
     }
     case TREE_EXPORT_FILTER:
         rc = store_exists(x, &tp);
+        if (rc == 0 && scratch_is_name(tp.name))
+            return scratch_unlink(x, &tp);
         return rc ? rc : export_unlink(x, &tp);
     case TREE_DS_OP:
     case TREE_STORE_OP:
@@ -1199,6 +1238,42 @@ static int op_unlink(const char *path)
     default:
         return deny(path, "unlink: not removable", -EPERM);
     }
+}
+
+/* Renames in one format folder of export/: between scratch files, a scratch
+ * file over a filter (`sed -i`, vim's write-temp-then-rename: a new version
+ * of that filter, checked and started as if written there), a filter onto
+ * a scratch name (vim's backup) or onto another filter name. */
+static int rename_in_export(fs_ctx *x, const char *from, const tree_path *a, const tree_path *b,
+                            unsigned int flags)
+{
+    if (strcmp(a->dataset, b->dataset) != 0 || strcmp(a->store, b->store) != 0 ||
+        a->format != b->format)
+        return -EXDEV; /* mv copies then */
+    if (flags & RENAME_EXCHANGE)
+        return deny(from, "rename: exchange is not supported in export/", -EINVAL);
+    int rc = store_exists(x, a);
+    if (rc)
+        return rc;
+    struct stat st;
+    if (getattr_path(x, a, &st) != 0)
+        return -ENOENT;
+    if ((flags & RENAME_NOREPLACE) && getattr_path(x, b, &st) == 0)
+        return -EEXIST;
+    bool sa = scratch_is_name(a->name), sb = scratch_is_name(b->name);
+    if (sa && sb)
+        return scratch_rename(x, a, b);
+    char *data = NULL;
+    size_t len = 0;
+    rc = sa ? scratch_read_all(x, a, &data, &len) : export_take(x, a, &data, &len);
+    if (rc == 0)
+        rc = sb ? scratch_write_all(x, b, data, len) : export_install(x, b, data, len);
+    if (rc == 0 && sa)
+        scratch_unlink(x, a);
+    if (rc)
+        log_warn("%s: rename onto export/%s: %s", from, b->name, strerror(-rc));
+    free(data);
+    return rc;
 }
 
 static int op_rename(const char *from, const char *to, unsigned int flags)
@@ -1223,7 +1298,9 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
     }
     if (b.kind == TREE_IMPORT)
         return -EXDEV;
-    return deny(from, "rename: only files under import/ can be renamed", -EPERM);
+    if (a.kind == TREE_EXPORT_FILTER && b.kind == TREE_EXPORT_FILTER)
+        return rename_in_export(x, from, &a, &b, flags);
+    return deny(from, "rename: only files under import/ and export/ can be renamed", -EPERM);
 }
 
 /* ---- symlink, mknod, link: never possible. import/ holds DICOM files

@@ -1,8 +1,10 @@
 """Issue 15: every tool gets the truth. Real tools (rsync, tar, cp, du, rm,
 sed, shells, tail) against real mounts of the emulator."""
+import errno
 import os
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -150,3 +152,78 @@ def test_filter_straight_in_export_exports_dicom_as_stored(dicomfs_mount, hc_api
     listing = os.listdir(exp)
     assert {"dicom", "png", "mine", "mine.out", "mine.runs"} <= set(listing), listing
     copy_matches(os.path.join(exp, "mine.out"), files_of(files, study + "/"), tmp_path, "top")
+
+
+# ---------------------------------------------------------------- 4. editors
+
+def edit_with(tool, path, old, new):
+    if tool == "sed -i":
+        return run("sed", "-i", f"s/{old}/{new}/", path)
+    bc = tool.split("=", 1)[1]  # vim backupcopy=no|yes
+    return run("vim", "-u", "NONE", "-es", "-c", f"set backupcopy={bc}", "-c",
+               f"%s/{old}/{new}/", "-c", "wq", path, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("tool", ["sed -i", "vim backupcopy=no", "vim backupcopy=yes", "cp"])
+def test_editors_save_a_filter_with_exactly_one_export(dicomfs_mount, hc_api, filled, tmp_path,
+                                                       tool):
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    old, new = sorted({rel.split("/")[0] for rel in files})
+    fmt = m.path(ds_id, st_id, "export", "dicom")
+    name = os.path.join(fmt, "edit")
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    r = sh('echo "/studies/$1" > "$2"', old, name)
+    assert r.returncode == 0, r.stderr
+    wait_one_more_op_done(m, hc_api, ds, ds_id, st_id, before)
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    if tool == "cp":
+        src = tmp_path / "new-filter"
+        src.write_text(f"/studies/{new}\n")
+        r = run("cp", str(src), name)
+    else:
+        r = edit_with(tool, name, old, new)
+    assert r.returncode == 0, (r.stdout, r.stderr, m.log_text()[-2000:])
+    wait_one_more_op_done(m, hc_api, ds, ds_id, st_id, before)  # exactly one more
+    with open(name) as f:
+        assert f.read() == f"/studies/{new}\n"
+    assert sorted(os.listdir(fmt)) == ["edit", "edit.out", "edit.runs"]  # no scratch left
+    copy_matches(name + ".out", files_of(files, new + "/"), tmp_path, "edited")
+
+
+def test_scratch_files_start_nothing(dicomfs_mount, hc_api, filled):
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    fmt = m.path(ds_id, st_id, "export", "dicom")
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    for n in (".edit.swp", "edit~", "#edit#", "sedAb12Cd", "4913", ".x.AbCdEf"):
+        p = os.path.join(fmt, n)
+        with open(p, "w") as f:
+            f.write("scratch\n")
+        with open(p) as f:
+            assert f.read() == "scratch\n"
+        os.chmod(p, 0o600)
+        os.utime(p, None)
+    assert sorted(os.listdir(fmt)) == sorted(
+        [".edit.swp", "edit~", "#edit#", "sedAb12Cd", "4913", ".x.AbCdEf"])
+    for n in os.listdir(fmt):
+        os.unlink(os.path.join(fmt, n))
+    assert os.listdir(fmt) == []
+    time.sleep(1)
+    assert op_counts(m, hc_api, ds, ds_id, st_id) == before
+
+
+def test_bad_filter_renamed_over_a_filter_is_refused(dicomfs_mount, hc_api, filled):
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    fmt = m.path(ds_id, st_id, "export", "dicom")
+    tmp = os.path.join(fmt, ".new.tmp")
+    with open(tmp, "w") as f:
+        f.write("/not-a-study\n")
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    with pytest.raises(OSError) as ei:
+        os.rename(tmp, os.path.join(fmt, "new"))
+    assert ei.value.errno == errno.EINVAL
+    assert sorted(os.listdir(fmt)) == [".new.tmp"]
+    time.sleep(1)
+    assert op_counts(m, hc_api, ds, ds_id, st_id) == before
