@@ -49,6 +49,7 @@ struct export_file {
     bool created;   /* new filter: forgotten again if it never started */
     bool started;
     bool failed; /* the start failed and was recorded (NAME.out/ERROR) */
+    char *why;   /* why the last validation refused the content */
 };
 
 /* ---- the local record: cache_dir/exports/DS/STORE/FMT/NAME/{filter,started,op,done,error} */
@@ -522,6 +523,17 @@ out:
 
 /* ---- a start that failed: the record's "error" leaf, read as NAME.out/ERROR */
 
+/* "FMT" and "/" in export/FMT/NAME; both "" for a filter straight in export/. */
+static const char *fmt_part(const tree_format *fmt)
+{
+    return fmt == &tree_format_top ? "" : fmt->dir;
+}
+
+static const char *fmt_sep(const tree_format *fmt)
+{
+    return fmt == &tree_format_top ? "" : "/";
+}
+
 #define ERROR_ENTRY "ERROR"
 
 /* s on one line: '\n', '\r' and '\\' escaped as in STORE/status. */
@@ -559,7 +571,11 @@ static void clear_failure(fs_ctx *x, const tree_path *tp)
 
 /* Keeps the filter listed with the reason its export did not start, until
  * the filter is removed or a later start succeeds. */
-static int save_failure(fs_ctx *x, export_file *f, const char *why)
+#define REFUSED_NOTE "The filter was refused: nothing started."
+
+/* refused: the content itself was bad (its close() failed with EINVAL);
+ * else the start failed. Either way NAME.out/ERROR and a status line. */
+static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused)
 {
     const tree_path *tp = &f->tp;
     char ts[32];
@@ -570,10 +586,12 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why)
     char *name = one_line(tp->name);
     char *reason = one_line(why);
     char *text = name && reason
-                     ? http_strdup_printf("time: %s\nfilter: export/%s/%s\nreason: %s\n"
-                                          "The export did not start. Write the filter again to "
-                                          "retry; remove it to clear this.\n",
-                                          ts, tp->format->dir, name, reason)
+                     ? http_strdup_printf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
+                                          " Write the filter again to retry; remove it to clear "
+                                          "this.\n",
+                                          ts, fmt_part(tp->format), fmt_sep(tp->format), name,
+                                          reason,
+                                          refused ? REFUSED_NOTE : "The export did not start.")
                      : NULL;
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
@@ -596,8 +614,9 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why)
     return rc;
 }
 
-/* Prints "failed: export/FMT/NAME: REASON" for one record directory. */
-static void status_line(FILE *out, const char *dir, const char *fmt, const char *name)
+/* Prints "failed: export/FMT/NAME: REASON" (a start that failed) or
+ * "rejected: export/FMT/NAME: REASON" (refused content) for one record. */
+static void status_line(FILE *out, const char *dir, const tree_format *fmt, const char *name)
 {
     char *pe = http_strdup_printf("%s/%s/error", dir, name);
     char *text = NULL;
@@ -607,7 +626,10 @@ static void status_line(FILE *out, const char *dir, const char *fmt, const char 
         char *esc = one_line(name);
         if (r && esc) {
             r += strlen("\nreason: ");
-            fprintf(out, "failed: export/%s/%s: %.*s\n", fmt, esc, (int)strcspn(r, "\n"), r);
+            fprintf(out, "%s: export/%s%s%s: %.*s\n",
+                    strstr(text, REFUSED_NOTE) ? "rejected" : "failed", fmt_part(fmt), fmt_sep(fmt),
+                    esc,
+                    (int)strcspn(r, "\n"), r);
         }
         free(esc);
     }
@@ -618,14 +640,14 @@ static void status_line(FILE *out, const char *dir, const char *fmt, const char 
 void export_status_failures(const char *cache_dir, const char *dataset, const char *store,
                             FILE *out)
 {
-    for (size_t i = 0; i < tree_n_formats; i++) {
-        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store,
-                                     tree_formats[i].dir);
+    for (size_t i = 0; i <= tree_n_formats; i++) {
+        const tree_format *fmt = i < tree_n_formats ? &tree_formats[i] : &tree_format_top;
+        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store, fmt->dir);
         DIR *dir = d ? opendir(d) : NULL;
         struct dirent *de;
         while (dir && (de = readdir(dir)))
             if (de->d_name[0] != '.')
-                status_line(out, d, tree_formats[i].dir, de->d_name);
+                status_line(out, d, fmt, de->d_name);
         if (dir)
             closedir(dir);
         free(d);
@@ -710,6 +732,8 @@ static void validate(export_file *f)
         msg += strlen(pos);
     log_error("%s/%s/export/%s/%s: %s%s", tp->dataset, tp->store, tp->format->dir, tp->name, pos,
               msg);
+    free(f->why);
+    f->why = http_strdup_printf("%s%s", pos, msg);
 }
 
 int export_flush(fs_ctx *x, export_file *f)
@@ -780,7 +804,7 @@ static void start(fs_ctx *x, export_file *f)
                   " and status): %s",
                   tp->dataset, tp->store, tp->format->dir, tp->name, tp->name,
                   why ? why : strerror(-rc));
-        int s = save_failure(x, f, why ? why : strerror(-rc));
+        int s = save_failure(x, f, why ? why : strerror(-rc), false);
         if (s)
             log_error("%s/%s/export/%s/%s: recording the failure in the cache failed: %s",
                       tp->dataset, tp->store, tp->format->dir, tp->name, strerror(-s));
@@ -842,6 +866,14 @@ void export_release(fs_ctx *x, export_file *f)
         } else if (f->valid && !f->dirty) {
             clear_failure(x, &f->tp); /* back to what NAME.out/ shows */
             keep = true;
+        } else if (f->valid == false && !f->dirty) {
+            /* Refused: a shell ignores close()'s EINVAL, so the refusal stays
+             * visible (NAME.out/ERROR, "rejected:" in status) until the
+             * filter is written again or removed. */
+            int s = save_failure(x, f, f->why ? f->why : "not a valid filter", true);
+            keep = keep || s == 0;
+            if (s && !f->created)
+                restore_started(x, f);
         } else if (!f->created) {
             restore_started(x, f);
         }
@@ -850,6 +882,7 @@ void export_release(fs_ctx *x, export_file *f)
      * listed; one whose start failed stays, with NAME.out/ERROR. */
     if (!keep)
         hide_filter(x, &f->tp);
+    free(f->why);
     free(f->buf);
     free(f);
 }
@@ -863,6 +896,8 @@ int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len)
     rc = len ? export_write(f, data, len, 0) : 0;
     if (rc >= 0)
         rc = export_flush(x, f);
+    if (rc < 0)
+        f->changed = false; /* rename(2) itself reports the refusal */
     export_release(x, f);
     return rc < 0 ? rc : 0;
 }

@@ -14,6 +14,7 @@
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
+#include "rejects.h"
 #include "scratch.h"
 #include "studies.h"
 #include "tree.h"
@@ -361,13 +362,44 @@ static int import_call(fs_ctx *x, const tree_path *tp, import_verb v, import_arg
     return rc;
 }
 
-/* The text of STORE/status (NULL when import/ could not start, or ENOMEM). */
+/* The text of STORE/status (NULL when import/ could not start, or ENOMEM):
+ * the import manager's, then a "rejected: import/PATH: REASON" line per
+ * refused file still shown. */
 static char *status_text(fs_ctx *x, const tree_path *tp)
 {
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+    char *all = NULL;
+    size_t len = 0;
+    FILE *f = text ? open_memstream(&all, &len) : NULL;
+    if (f) {
+        fputs(text, f);
+        rejects_status(x->rejects, store, f);
+        fclose(f);
+        free(text);
+        text = all;
+    }
     free(store);
     return text;
+}
+
+/* ---- refused import/ files (rejects.h): shown as empty files until
+ * removed or written again */
+
+static bool rejected(fs_ctx *x, const tree_path *tp)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    bool r = store && rejects_has(x->rejects, store, tp->rest);
+    free(store);
+    return r;
+}
+
+static bool forget_rejected(fs_ctx *x, const tree_path *tp)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    bool r = store && rejects_remove(x->rejects, store, tp->rest);
+    free(store);
+    return r;
 }
 
 /* ---- getattr */
@@ -417,7 +449,12 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         if (!x->import)
             return -EIO;
-        return import_call(x, tp, IM_GETATTR, (import_args){.st = st});
+        rc = import_call(x, tp, IM_GETATTR, (import_args){.st = st});
+        if (rc == -ENOENT && *tp->rest && rejected(x, tp)) {
+            fs_stat_file(x, st, 0644, 0);
+            rc = 0;
+        }
+        return rc;
     }
     case TREE_STORE_OPS:
         rc = store_child_exists(x, tp);
@@ -500,6 +537,14 @@ static int fill_list(fs_ctx *x, const char *ds_id, struct fill_adapter *a)
     return 0;
 }
 
+static int fill_rejected(void *buf, const char *name)
+{
+    struct fill_adapter *a = buf;
+    struct stat st;
+    fs_stat_file(ctx(), &st, 0644, 0);
+    return adapt_fill(a, name, &st);
+}
+
 static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
 {
     struct stat st;
@@ -527,8 +572,14 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         adapt_fill(a, "status", &st);
         return 0;
     }
-    case TREE_IMPORT:
-        return import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
+    case TREE_IMPORT: {
+        rc = import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
+        char *store = rc == 0 ? fs_store_name(x, tp->dataset, tp->store) : NULL;
+        if (store)
+            rejects_list_dir(x->rejects, store, tp->rest, fill_rejected, a);
+        free(store);
+        return rc;
+    }
     case TREE_EXPORT: {
         fs_stat_dir(x, &st, 0755);
         for (size_t i = 0; i < tree_n_formats; i++)
@@ -891,8 +942,10 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     rc = store_exists(x, &tp);
     if (rc)
         return rc;
-    if (tp.kind == TREE_IMPORT)
+    if (tp.kind == TREE_IMPORT) {
+        forget_rejected(x, &tp); /* written again: a new file */
         return open_import(x, &tp, fi, IM_CREATE, mode);
+    }
     if (scratch_is_name(tp.name))
         return open_scratch(x, &tp, fi, fi->flags | O_CREAT);
     fs_handle *h = handle_new(H_EXPORT);
@@ -959,7 +1012,20 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         return text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
     }
     case TREE_IMPORT:
-        return open_import(x, &tp, fi, IM_OPEN, 0);
+        if (rejected(x, &tp)) {
+            /* The refused file is gone; what is shown is its empty trace.
+             * Writing it (the shell's `>` on a cached name) starts anew. */
+            if (!w)
+                return open_buffer(fi, strdup(""), 0);
+            forget_rejected(x, &tp);
+            return open_import(x, &tp, fi, IM_CREATE, 0644);
+        }
+        rc = open_import(x, &tp, fi, IM_OPEN, 0);
+        /* Dropped since the kernel looked the name up (it still caches it):
+         * O_CREAT makes it anew, as on a local disk. */
+        if (rc == -ENOENT && (fi->flags & O_CREAT))
+            rc = open_import(x, &tp, fi, IM_CREATE, 0644);
+        return rc;
     case TREE_EXPORT_FILTER: {
         if (scratch_is_name(tp.name))
             return open_scratch(x, &tp, fi, fi->flags & ~O_CREAT);
@@ -1216,7 +1282,10 @@ static int op_unlink(const char *path)
         rc = store_exists(x, &tp);
         if (rc)
             return rc;
-        return import_call(x, &tp, IM_UNLINK, (import_args){0});
+        rc = import_call(x, &tp, IM_UNLINK, (import_args){0});
+        if (rc == -ENOENT && forget_rejected(x, &tp))
+            rc = 0;
+        return rc;
     }
     case TREE_EXPORT_FILTER:
         rc = store_exists(x, &tp);
@@ -1367,6 +1436,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         x->journal = NULL;
     }
     free(jdir);
+    x->rejects = rejects_new();
     if (x->journal) {
         import_config ic = {
             .cache_dir = x->opt->cache_dir,
@@ -1378,6 +1448,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
             .uid = x->uid,
             .gid = x->gid,
+            .on_reject = rejects_on_reject,
+            .on_reject_ctx = x->rejects,
         };
         rc = import_mgr_new(&ic, x->cl.gcs, x->cl.hc, x->journal, &x->import);
         if (rc) {
@@ -1400,6 +1472,8 @@ static void op_destroy(void *private_data)
     if (x->journal)
         journal_close(x->journal);
     x->journal = NULL;
+    rejects_free(x->rejects);
+    x->rejects = NULL;
     log_info("unmounted %s", x->opt->source);
 }
 

@@ -181,9 +181,8 @@ def test_bad_filter_fails_close_and_starts_nothing(dicomfs_mount, hc_api, filled
         os.unlink(t.name)
     assert p.returncode != 0
     assert "Invalid argument" in p.stderr
-    # forgotten at the release, after which nothing can start any more
-    wait_until(lambda: "bad" not in os.listdir(m.path(ds_id, st_id, "export", "dicom")),
-               what="bad filter forgotten")
+    # refused at the release, nothing starts; the refusal stays visible
+    wait_until(lambda: os.path.exists(path + ".out/ERROR"), what="bad filter refused")
     assert os.listdir(m.path(ds_id, st_id, "operations")) == []
     assert len(hc_api.list_operations(ds)) == before
     assert "export/dicom/bad: line 2, column" in m.log_text()

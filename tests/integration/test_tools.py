@@ -227,3 +227,82 @@ def test_bad_filter_renamed_over_a_filter_is_refused(dicomfs_mount, hc_api, fill
     assert sorted(os.listdir(fmt)) == [".new.tmp"]
     time.sleep(1)
     assert op_counts(m, hc_api, ds, ds_id, st_id) == before
+
+
+# ---------------------------------------------------------------- 5. refusals stay visible
+
+def status_of(m, ds_id, st_id):
+    with open(m.path(ds_id, st_id, "status")) as f:
+        return f.read()
+
+
+def dicomfs_wait(m, ds_id, st_id):
+    from mount_fixture import DICOMFS
+    return subprocess.run([DICOMFS, "wait", m.path(ds_id, st_id), "--timeout", "60"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("shell", ["bash", "dash"])
+def test_echo_into_import_leaves_a_visible_refusal(dicomfs_mount, filled, tmp_path, shell):
+    from test_shell_redirect import wait_until
+    _, ds_id, st_id, _ = filled
+    m = dicomfs_mount
+    imp = m.path(ds_id, st_id, "import")
+    x = os.path.join(imp, "x.dcm")
+    r = run(shell, "-c", 'echo hello > "$1"', shell, x)
+    assert r.returncode == 0  # the shell ignores close()'s EINVAL
+    line = "rejected: import/x.dcm: not a DICOM Part-10 file"
+    wait_until(lambda: line in status_of(m, ds_id, st_id), what="rejected line")
+    assert os.listdir(imp) == ["x.dcm"]
+    assert os.stat(x).st_size == 0
+    w = dicomfs_wait(m, ds_id, st_id)
+    assert w.returncode == 1, (w.stdout, w.stderr)
+    assert line in w.stdout
+    # re-creating the same name right away works: a real DICOM file now
+    src = tmp_path / "ok.dcm"
+    from dicom_samples import make_instance
+    from pydicom.uid import generate_uid
+    make_instance(str(src), generate_uid(), generate_uid(), generate_uid())
+    r = run("cp", str(src), x)
+    assert r.returncode == 0, r.stderr
+    assert "rejected:" not in status_of(m, ds_id, st_id)
+    w = dicomfs_wait(m, ds_id, st_id)
+    assert w.returncode == 0, (w.stdout, w.stderr)
+    # a second refusal, cleared by removing the entry
+    r = run(shell, "-c", 'echo again > "$1"', shell, os.path.join(imp, "y.dcm"))
+    wait_until(lambda: "rejected: import/y.dcm" in status_of(m, ds_id, st_id), what="y")
+    r = run("rm", os.path.join(imp, "y.dcm"))
+    assert r.returncode == 0, r.stderr
+    assert "rejected:" not in status_of(m, ds_id, st_id)
+    assert "y.dcm" not in os.listdir(imp)
+
+
+def test_bad_filter_by_echo_leaves_error_and_status_line(dicomfs_mount, hc_api, filled):
+    from test_shell_redirect import wait_until
+    ds, ds_id, st_id, files = filled
+    m = dicomfs_mount
+    fmt = m.path(ds_id, st_id, "export", "dicom")
+    before = op_counts(m, hc_api, ds, ds_id, st_id)
+    bad = os.path.join(fmt, "bad")
+    r = run("bash", "-c", 'echo studies/bad > "$1"', "bash", bad)
+    assert r.returncode == 0
+    wait_until(lambda: os.path.exists(os.path.join(bad + ".out", "ERROR")), what="ERROR")
+    with open(os.path.join(bad + ".out", "ERROR")) as f:
+        err = f.read()
+    assert "filter: export/dicom/bad" in err and "refused" in err, err
+    assert "rejected: export/dicom/bad: line 1, column 1" in status_of(m, ds_id, st_id)
+    w = dicomfs_wait(m, ds_id, st_id)
+    assert w.returncode == 1 and "rejected: export/dicom/bad" in w.stdout, w.stdout
+    # re-creating the name right away with a good filter starts it
+    study = sorted(files)[0].split("/")[0]
+    r = run("bash", "-c", 'echo "/studies/$1" > "$2"', "bash", study, bad)
+    assert r.returncode == 0
+    wait_one_more_op_done(m, hc_api, ds, ds_id, st_id, before)
+    assert "rejected:" not in status_of(m, ds_id, st_id)
+    assert not os.path.exists(os.path.join(bad + ".out", "ERROR"))
+    # a refused one removed: cleared
+    r = run("bash", "-c", 'echo nope > "$1"', "bash", os.path.join(fmt, "gone"))
+    wait_until(lambda: "rejected: export/dicom/gone" in status_of(m, ds_id, st_id), what="gone")
+    os.unlink(os.path.join(fmt, "gone"))
+    assert "rejected:" not in status_of(m, ds_id, st_id)
+    assert "gone" not in os.listdir(fmt)
