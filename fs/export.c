@@ -585,14 +585,14 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused
         snprintf(ts, sizeof ts, "%lld", (long long)now);
     char *name = one_line(tp->name);
     char *reason = one_line(why);
-    char *text = name && reason
-                     ? http_strdup_printf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
-                                          " Write the filter again to retry; remove it to clear "
-                                          "this.\n",
-                                          ts, fmt_part(tp->format), fmt_sep(tp->format), name,
-                                          reason,
-                                          refused ? REFUSED_NOTE : "The export did not start.")
-                     : NULL;
+    char *text =
+        name && reason
+            ? http_strdup_printf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
+                                 " Write the filter again to retry; remove it to clear "
+                                 "this.\n",
+                                 ts, fmt_part(tp->format), fmt_sep(tp->format), name, reason,
+                                 refused ? REFUSED_NOTE : "The export did not start.")
+            : NULL;
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
     char *pe = record_file(x, tp, "error");
@@ -628,8 +628,7 @@ static void status_line(FILE *out, const char *dir, const tree_format *fmt, cons
             r += strlen("\nreason: ");
             fprintf(out, "%s: export/%s%s%s: %.*s\n",
                     strstr(text, REFUSED_NOTE) ? "rejected" : "failed", fmt_part(fmt), fmt_sep(fmt),
-                    esc,
-                    (int)strcspn(r, "\n"), r);
+                    esc, (int)strcspn(r, "\n"), r);
         }
         free(esc);
     }

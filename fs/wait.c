@@ -130,8 +130,8 @@ static size_t print_failures(const char *text, bool print)
     for (const char *line = text; line && *line;) {
         const char *eol = strchr(line, '\n');
         size_t ll = eol ? (size_t)(eol - line) : strlen(line);
-        bool failed = ll > 8 && strncmp(line, "failed: ", 8) == 0 &&
-                      strspn(line + 8, "0123456789") < ll - 8;
+        bool failed =
+            ll > 8 && strncmp(line, "failed: ", 8) == 0 && strspn(line + 8, "0123456789") < ll - 8;
         bool rej = ll > 10 && strncmp(line, "rejected: ", 10) == 0;
         rejected += rej;
         if (print && (failed || rej))
