@@ -18,6 +18,7 @@
 #include "scratch.h"
 #include "studies.h"
 #include "tree.h"
+#include "xattrs.h"
 
 /* ---- errors */
 
@@ -400,6 +401,19 @@ static bool forget_rejected(fs_ctx *x, const tree_path *tp)
     bool r = store && rejects_remove(x->rejects, store, tp->rest);
     free(store);
     return r;
+}
+
+/* user.* attributes follow an import/ file's rename and go with it. */
+typedef enum { XA_DROP, XA_RENAME } xattr_change;
+
+static void xattrs_call(fs_ctx *x, const tree_path *tp, xattr_change c, const char *to)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (store && c == XA_DROP)
+        xattrs_drop(x->xattrs, store, tp->rest);
+    else if (store)
+        xattrs_rename(x->xattrs, store, tp->rest, to);
+    free(store);
 }
 
 /* ---- getattr */
@@ -1285,6 +1299,8 @@ static int op_unlink(const char *path)
         rc = import_call(x, &tp, IM_UNLINK, (import_args){0});
         if (rc == -ENOENT && forget_rejected(x, &tp))
             rc = 0;
+        if (rc == 0)
+            xattrs_call(x, &tp, XA_DROP, NULL);
         return rc;
     }
     case TREE_EXPORT_FILTER:
@@ -1363,13 +1379,91 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
         rc = store_exists(x, &a);
         if (rc)
             return rc;
-        return import_call(x, &a, IM_RENAME, (import_args){.to = b.rest, .rename_flags = flags});
+        rc = import_call(x, &a, IM_RENAME, (import_args){.to = b.rest, .rename_flags = flags});
+        if (rc == 0)
+            xattrs_call(x, &a, XA_RENAME, b.rest);
+        return rc;
     }
     if (b.kind == TREE_IMPORT)
         return -EXDEV;
     if (a.kind == TREE_EXPORT_FILTER && b.kind == TREE_EXPORT_FILTER)
         return rename_in_export(x, from, &a, &b, flags);
     return deny(from, "rename: only files under import/ and export/ can be renamed", -EPERM);
+}
+
+/* ---- extended attributes: user.* on import/ files (xattrs.h); nothing
+ * elsewhere (every other entry reads as having none). */
+
+/* The store's full name when path is an existing entry below import/ that
+ * can carry attributes; else NULL with *rc set. */
+static char *xattr_target(const char *path, tree_path *tp, int *rc)
+{
+    fs_ctx *x = ctx();
+    *rc = parse(path, tp);
+    if (*rc)
+        return NULL;
+    struct stat st;
+    *rc = getattr_path(x, tp, &st);
+    if (*rc)
+        return NULL;
+    if (tp->kind != TREE_IMPORT || !*tp->rest) {
+        *rc = -ENOTSUP;
+        return NULL;
+    }
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (!store)
+        *rc = -ENOMEM;
+    return store;
+}
+
+static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
+                       int flags)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? deny(path, "setxattr: only files under import/ keep attributes", rc)
+                              : rc;
+    rc = xattrs_set(ctx()->xattrs, store, tp.rest, name, value, size, flags);
+    free(store);
+    return rc;
+}
+
+static int op_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? -ENODATA : rc;
+    rc = xattrs_get(ctx()->xattrs, store, tp.rest, name, value, size);
+    free(store);
+    return rc;
+}
+
+static int op_listxattr(const char *path, char *list, size_t size)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? 0 : rc;
+    rc = xattrs_list(ctx()->xattrs, store, tp.rest, list, size);
+    free(store);
+    return rc;
+}
+
+static int op_removexattr(const char *path, const char *name)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? -ENODATA : rc;
+    rc = xattrs_remove(ctx()->xattrs, store, tp.rest, name);
+    free(store);
+    return rc;
 }
 
 /* ---- symlink, mknod, link: never possible. import/ holds DICOM files
@@ -1437,6 +1531,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     }
     free(jdir);
     x->rejects = rejects_new();
+    x->xattrs = xattrs_new();
     if (x->journal) {
         import_config ic = {
             .cache_dir = x->opt->cache_dir,
@@ -1474,6 +1569,8 @@ static void op_destroy(void *private_data)
     x->journal = NULL;
     rejects_free(x->rejects);
     x->rejects = NULL;
+    xattrs_free(x->xattrs);
+    x->xattrs = NULL;
     log_info("unmounted %s", x->opt->source);
 }
 
@@ -1496,6 +1593,10 @@ static const struct fuse_operations operations = {
     .chmod = op_chmod,
     .chown = op_chown,
     .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
     .symlink = op_symlink,
     .mknod = op_mknod,
     .link = op_link,

@@ -26,6 +26,7 @@
 typedef struct journal journal;
 typedef struct import_mgr import_mgr;
 typedef struct rejects rejects;
+typedef struct xattrs xattrs;
 
 /* Seconds a directory listing is trusted. */
 #define FS_LIST_TTL 5.0
@@ -51,6 +52,7 @@ typedef struct fs_ctx {
     journal *journal;
     import_mgr *import;
     rejects *rejects; /* refused import/ files, kept visible */
+    xattrs *xattrs;   /* user.* attributes of import/ files */
     dircache *cache;
     uid_t uid;
     gid_t gid;

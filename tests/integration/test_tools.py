@@ -306,3 +306,42 @@ def test_bad_filter_by_echo_leaves_error_and_status_line(dicomfs_mount, hc_api, 
     os.unlink(os.path.join(fmt, "gone"))
     assert "rejected:" not in status_of(m, ds_id, st_id)
     assert "gone" not in os.listdir(fmt)
+
+
+# ---------------------------------------------------------------- 6. smaller points
+
+def test_rsync_aX_into_import_keeps_user_xattrs(dicomfs_mount, filled, tmp_path):
+    from dicom_samples import make_tree
+    _, ds_id, st_id, _ = filled
+    m = dicomfs_mount
+    src = tmp_path / "xattr-src"
+    made = make_tree(str(src), n_studies=1, n_instances=2)
+    for *_, path in made:
+        os.setxattr(path, "user.origin", b"scanner-7")
+    imp = m.path(ds_id, st_id, "import")
+    r = run("rsync", "-aX", str(src) + "/", imp + "/")
+    assert r.returncode == 0, r.stderr
+    got = walk_files(imp)
+    assert len(got) == 2
+    for p in got.values():
+        assert os.getxattr(p, "user.origin") == b"scanner-7"
+    one = sorted(got.values())[0]
+    with pytest.raises(OSError) as ei:
+        os.setxattr(one, "user.dicomfs.state", b"imported")
+    assert ei.value.errno == errno.EPERM
+    w = dicomfs_wait(m, ds_id, st_id)
+    assert w.returncode == 0, (w.stdout, w.stderr)
+
+
+def test_log_lines_escape_names(dicomfs_mount, filled):
+    from test_shell_redirect import wait_until
+    _, ds_id, st_id, _ = filled
+    m = dicomfs_mount
+    name = "evil\ndicomfs: error: forged.dcm"
+    r = run("bash", "-c", 'echo x > "$1"', "bash", m.path(ds_id, st_id, "import", name))
+    assert r.returncode == 0
+    wait_until(lambda: "rejected: import/evil\\ndicomfs" in status_of(m, ds_id, st_id),
+               what="rejected")
+    log = m.log_text()
+    assert "evil\\ndicomfs: error: forged.dcm" in log
+    assert not any(line.startswith("dicomfs: error: forged.dcm") for line in log.splitlines())
