@@ -345,3 +345,23 @@ def test_log_lines_escape_names(dicomfs_mount, filled):
     log = m.log_text()
     assert "evil\\ndicomfs: error: forged.dcm" in log
     assert not any(line.startswith("dicomfs: error: forged.dcm") for line in log.splitlines())
+
+
+# ---------------------------------------------------------------- 7. man page, install
+
+def test_meson_install_installs_man_page_unit_and_fstab_example(tmp_path):
+    from resilience_util import build_dir
+    dest = tmp_path / "dest"
+    r = run("meson", "install", "-C", build_dir(), "--no-rebuild", "--destdir", str(dest))
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = {p.name: p for p in dest.rglob("*") if p.is_file()}
+    for want in ("dicomfs", "dicomfs.1", "dicomfs@.service", "dicomfs.fstab.example"):
+        assert want in found, sorted(found)
+    assert found["dicomfs.1"].parent.name == "man1"
+    assert found["dicomfs@.service"].parent.as_posix().endswith("systemd/system")
+    r = run("man", "-l", str(found["dicomfs.1"]), env=dict(os.environ, MANWIDTH="80",
+                                                           MANPAGER="cat", PAGER="cat"))
+    assert r.returncode == 0, r.stderr
+    for section in ("SYNOPSIS", "OPTIONS", "THE TREE", "GUARANTEES", "DICOMFS WAIT",
+                    "ENVIRONMENT", "FILES", "EXAMPLES"):
+        assert section in r.stdout, section
