@@ -16,6 +16,7 @@
 #include "ops.h"
 #include "rejects.h"
 #include "scratch.h"
+#include "statusjson.h"
 #include "studies.h"
 #include "tree.h"
 #include "xattrs.h"
@@ -381,7 +382,36 @@ static char *status_text(fs_ctx *x, const tree_path *tp)
         text = all;
     }
     free(store);
+    if (text && strcmp(tp->name, "status.json") == 0) {
+        char *json = status_json(text);
+        free(text);
+        text = json;
+    }
     return text;
+}
+
+/* The mtime of a status text: when its content last changed (seen by a
+ * getattr or read), so `tail -f` and other pollers notice a change. */
+static struct timespec status_stamp(fs_ctx *x, const tree_path *tp, const char *text)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    char *key = http_strdup_printf("%s/%s/%s", tp->dataset, tp->store, tp->name);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    bool is_dir;
+    uint64_t seen = 0;
+    int64_t when = 0;
+    if (key && dircache_lookup_mtime(x->cache, "status-stamp", key, &is_dir, &seen, &when) == 1 &&
+        seen == h) {
+        free(key);
+        return (struct timespec){when, 0};
+    }
+    if (key)
+        dircache_put_one_mtime(x->cache, "status-stamp", key, false, h, now.tv_sec, 1e9);
+    free(key);
+    return (struct timespec){now.tv_sec, 0};
 }
 
 /* ---- refused import/ files (rejects.h): shown as empty files until
@@ -454,6 +484,8 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         char *text = status_text(x, tp);
         fs_stat_file(x, st, 0444, text ? (off_t)strlen(text) : 0);
+        if (text)
+            st->st_mtim = st->st_ctim = status_stamp(x, tp, text);
         free(text);
         return 0;
     }
@@ -584,6 +616,7 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         }
         fs_stat_file(x, &st, 0444, 0);
         adapt_fill(a, "status", &st);
+        adapt_fill(a, "status.json", &st);
         return 0;
     }
     case TREE_IMPORT: {
@@ -847,13 +880,16 @@ static int op_rmdir(const char *path)
 
 /* ---- handles */
 
-typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD, H_SCRATCH } handle_kind;
+typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD, H_SCRATCH, H_STATUS } handle_kind;
 
 typedef struct fs_handle {
     handle_kind kind;
     uint64_t import_fh;
-    char *data; /* H_BUF */
+    char *data; /* H_BUF, H_STATUS: the text */
     size_t len;
+    bool fresh;    /* H_STATUS: data made at open, not read yet */
+    bool eof_seen; /* H_STATUS: a read returned EOF */
+    tree_path tp;  /* H_STATUS: which status */
     export_file *ex;
     int fd; /* H_FD, H_SCRATCH */
 } fs_handle;
@@ -1023,7 +1059,15 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         char *text = status_text(x, &tp);
         if (!text)
             text = strdup("");
-        return text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
+        rc = text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
+        if (rc == 0) {
+            fs_handle *h = handle_of(fi);
+            h->kind = H_STATUS;
+            h->fresh = true;
+            h->tp = tp;
+            h->tp.rest = "";
+        }
+        return rc;
     }
     case TREE_IMPORT:
         if (rejected(x, &tp)) {
@@ -1091,6 +1135,39 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     }
 }
 
+/* A read of an open status: offset 0 reads the status as it is now, and
+ * the reads that follow get the rest of that same text (so `cat` gets one
+ * consistent text). Once a reader got EOF, a later read at that end sees
+ * the status as it is then, at the same offsets, as a file rewritten in
+ * place: `tail -f` (which, on a FUSE file system, reads the bytes by which
+ * the size grew when the mtime changes) prints the lines added at the end
+ * (new failed:/rejected: lines); a status that shrank makes tail start over
+ * ("file truncated"). */
+static int read_status(fs_handle *h, char *buf, size_t size, off_t off)
+{
+    fs_ctx *x = ctx();
+    bool at_end = off >= (off_t)h->len;
+    if ((off == 0 && !h->fresh) || (at_end && h->eof_seen)) {
+        char *text = status_text(x, &h->tp);
+        if (text) {
+            free(h->data);
+            h->data = text;
+            h->len = strlen(text);
+            h->eof_seen = false;
+        }
+    }
+    h->fresh = false;
+    if (off < 0 || off >= (off_t)h->len) {
+        h->eof_seen = true;
+        return 0;
+    }
+    size_t at = (size_t)off;
+    if (size > h->len - at)
+        size = h->len - at;
+    memcpy(buf, h->data + at, size);
+    return (int)size;
+}
+
 static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
     (void)path;
@@ -1102,6 +1179,8 @@ static int op_read(const char *path, char *buf, size_t size, off_t off, struct f
         return import_read(ctx()->import, h->import_fh, buf, size, off);
     case H_EXPORT:
         return export_read(h->ex, buf, size, off);
+    case H_STATUS:
+        return read_status(h, buf, size, off);
     case H_FD:
     case H_SCRATCH: {
         ssize_t n = pread(h->fd, buf, size, off);
@@ -1185,6 +1264,7 @@ static int op_release(const char *path, struct fuse_file_info *fi)
         close(h->fd);
         break;
     case H_BUF:
+    case H_STATUS:
         free(h->data);
         break;
     }

@@ -128,8 +128,9 @@ static void parse_store(const char *const *c, const size_t *cl, int n, const cha
     } else if (comp_is(c[0], cl[0], "studies")) {
         out->kind = TREE_STUDIES;
         out->rest = n > 1 ? tail[1] : "";
-    } else if (comp_is(c[0], cl[0], "status")) {
+    } else if (comp_is(c[0], cl[0], "status") || comp_is(c[0], cl[0], "status.json")) {
         out->kind = n == 1 ? TREE_STATUS : TREE_NONE;
+        copy_comp(out->name, c[0], cl[0]); /* "status" or "status.json" */
     } else if (comp_is(c[0], cl[0], "operations")) {
         out->kind = n == 1 ? TREE_STORE_OPS : n == 2 ? TREE_STORE_OP : TREE_NONE;
         if (n == 2)

@@ -5,6 +5,7 @@
  *   /D/operations/ID.json     an operation of the dataset
  *   /D/S/                     import/ export/ operations/ studies/ status
  *   /D/S/status               progress of background work
+ *   /D/S/status.json          the same as one JSON object
  *   /D/S/import/REST          the import spool (fs/import.h)
  *   /D/S/export/              one directory per output format
  *   /D/S/export/FMT/NAME      a filter file; writing it starts an export
@@ -30,7 +31,7 @@ typedef enum tree_kind {
     TREE_DS_OPS,        /* DATASET/operations/ */
     TREE_DS_OP,         /* DATASET/operations/NAME (name = op id when it ends in .json) */
     TREE_STORE,         /* a store directory */
-    TREE_STATUS,        /* STORE/status */
+    TREE_STATUS,        /* STORE/status or STORE/status.json (name says which) */
     TREE_IMPORT,        /* STORE/import[/rest] */
     TREE_EXPORT,        /* STORE/export/ */
     TREE_EXPORT_FMT,    /* STORE/export/FMT/ */

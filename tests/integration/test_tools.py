@@ -365,3 +365,41 @@ def test_meson_install_installs_man_page_unit_and_fstab_example(tmp_path):
     for section in ("SYNOPSIS", "OPTIONS", "THE TREE", "GUARANTEES", "DICOMFS WAIT",
                     "ENVIRONMENT", "FILES", "EXAMPLES"):
         assert section in r.stdout, section
+
+
+def test_tail_f_status_shows_changes_and_status_json(dicomfs_mount, filled):
+    import json
+    import threading
+    _, ds_id, st_id, _ = filled
+    m = dicomfs_mount
+    status = m.path(ds_id, st_id, "status")
+    tail = subprocess.Popen(["tail", "-f", status], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(tail.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 10
+        while not any(l.startswith("imported: ") for l in seen) and time.time() < deadline:
+            time.sleep(0.1)
+        assert any(l.startswith("imported: ") for l in seen), seen
+        r = run("bash", "-c", 'echo x > "$1"', "bash", m.path(ds_id, st_id, "import", "t.dcm"))
+        assert r.returncode == 0
+        deadline = time.time() + 15
+        while not any("rejected: import/t.dcm" in l for l in seen) and time.time() < deadline:
+            time.sleep(0.1)
+        assert any("rejected: import/t.dcm" in l for l in seen), seen
+    finally:
+        tail.kill()
+        tail.wait(timeout=10)
+    # cat gets one consistent text whose length stat reported
+    with open(status) as f:
+        text = f.read()
+    assert text.count("imported: ") == 1
+    with open(m.path(ds_id, st_id, "status.json")) as f:
+        doc = json.load(f)
+    assert doc["imported"] >= 0 and "spooled" in doc
+    assert {"path": "import/t.dcm", "reason": doc["rejected"][0]["reason"]} in doc["rejected"]
+    assert doc["rejected"][0]["reason"].startswith("not a DICOM Part-10 file")
+    assert "status.json" in os.listdir(m.path(ds_id, st_id))
