@@ -403,3 +403,44 @@ def test_tail_f_status_shows_changes_and_status_json(dicomfs_mount, filled):
     assert {"path": "import/t.dcm", "reason": doc["rejected"][0]["reason"]} in doc["rejected"]
     assert doc["rejected"][0]["reason"].startswith("not a DICOM Part-10 file")
     assert "status.json" in os.listdir(m.path(ds_id, st_id))
+
+
+# ---------------------------------------------------------------- 7. big series
+
+def test_series_of_more_than_15000_instances_is_listed_whole(dicomfs_mount, hc_api, emulator,
+                                                             tmp_path):
+    """DICOMFuse stopped at 15 000; the listing pages through QIDO-RS
+    (limit/offset) to the end. One STOW-RS request stores the series."""
+    import io
+    import uuid
+    from dicom_samples import make_instance
+    ds_id, st_id = f"bd{uuid.uuid4().hex[:8]}", f"bs{uuid.uuid4().hex[:8]}"
+    store = hc_api.create_store(hc_api.create_dataset(ds_id), st_id)
+    n = 15_001
+    study, series, first = "2.25.7", "2.25.8", "2.25.9100000"
+    make_instance(str(tmp_path / "t.dcm"), study, series, first, rows=2, cols=2)
+    template = (tmp_path / "t.dcm").read_bytes()
+    assert template.count(first.encode()) == 2  # file meta and data set
+    sops = [f"2.25.9{100000 + i}" for i in range(n)]  # same length: lengths stay right
+    body = io.BytesIO()
+    for sop in sops:
+        body.write(b"--b0\r\nContent-Type: application/dicom\r\n\r\n")
+        body.write(template.replace(first.encode(), sop.encode()))
+        body.write(b"\r\n")
+    body.write(b"--b0--\r\n")
+    status, _, resp = emulator.request(
+        "POST", f"/v1/{store}/dicomWeb/studies", body=body.getvalue(), timeout=300,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0',
+                 "Accept": "application/dicom+json"})
+    assert status == 200, resp[:500]
+    m = dicomfs_mount
+    d = m.path(ds_id, st_id, "studies", study, series)
+    r = run("ls", d)
+    assert r.returncode == 0, r.stderr
+    names = r.stdout.split()
+    assert len(names) == n
+    assert sorted(names) == sorted(s + ".dcm" for s in sops)
+    # sizes before any read: one lstat resolves the whole series
+    assert os.stat(os.path.join(d, names[-1])).st_size == len(template)
+    r = run("du", "-sb", d)
+    assert int(r.stdout.split()[0]) == n * len(template)
