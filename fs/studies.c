@@ -2,11 +2,13 @@
 #include "studies.h"
 
 #include <errno.h>
+#include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "filter.h"
@@ -77,18 +79,65 @@ static char *cache_key(const tree_path *tp, const spath *sp, int depth)
 
 struct collect {
     dircache_list l;
-    bool instances;
+    int depth; /* 0 studies, 1 series, 2 instances */
 };
+
+/* Value[0] of a tag in a DICOM JSON object, or NULL. */
+static const char *tag_text(const cJSON *o, const char *tag)
+{
+    const cJSON *v =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, tag), "Value");
+    const cJSON *first = cJSON_GetArrayItem(v, 0);
+    return cJSON_IsString(first) ? first->valuestring : NULL;
+}
+
+/* DA "YYYYMMDD" and TM "HHMMSS[.F]" (taken as UTC: DICOM dates carry no
+ * zone) as seconds since the epoch; 0 when absent or malformed. */
+static int64_t dicom_time(const char *da, const char *tm)
+{
+    struct tm t = {0};
+    if (!da || strlen(da) != 8 || strspn(da, "0123456789") != 8)
+        return 0;
+    t.tm_year = atoi((char[]){da[0], da[1], da[2], da[3], 0}) - 1900;
+    t.tm_mon = atoi((char[]){da[4], da[5], 0}) - 1;
+    t.tm_mday = atoi((char[]){da[6], da[7], 0});
+    if (tm && strlen(tm) >= 6 && strspn(tm, "0123456789") >= 6) {
+        t.tm_hour = atoi((char[]){tm[0], tm[1], 0});
+        t.tm_min = atoi((char[]){tm[2], tm[3], 0});
+        t.tm_sec = atoi((char[]){tm[4], tm[5], 0});
+    }
+    time_t r = timegm(&t);
+    return r > 0 ? (int64_t)r : 0;
+}
+
+/* A study's or series' directory mtime: its date and time where the API has
+ * them (StudyDate/StudyTime; SeriesDate/SeriesTime, else the performed
+ * procedure step's start). */
+static int64_t dir_mtime(int depth, const char *json)
+{
+    cJSON *o = cJSON_Parse(json);
+    int64_t t = 0;
+    if (o && depth == 0)
+        t = dicom_time(tag_text(o, "00080020"), tag_text(o, "00080030"));
+    else if (o && depth == 1) {
+        t = dicom_time(tag_text(o, "00080021"), tag_text(o, "00080031"));
+        if (!t)
+            t = dicom_time(tag_text(o, "00400244"), tag_text(o, "00400245"));
+    }
+    cJSON_Delete(o);
+    return t;
+}
 
 static int collect_cb(void *ctx, const char *uid, const char *json)
 {
-    (void)json;
     struct collect *c = ctx;
     if (!uid || !filter_uid_valid(uid, strlen(uid)))
         return 0;
+    bool inst = c->depth == 2;
     char name[TREE_NAME_MAX + 1];
-    snprintf(name, sizeof name, "%s%s", uid, c->instances ? ".dcm" : "");
-    return dircache_list_add(&c->l, name, !c->instances, 0) ? -ENOMEM : 0;
+    snprintf(name, sizeof name, "%s%s", uid, inst ? ".dcm" : "");
+    int64_t mtime = inst || !json ? 0 : dir_mtime(c->depth, json);
+    return dircache_list_add_mtime(&c->l, name, !inst, 0, mtime) ? -ENOMEM : 0;
 }
 
 /* Listings come out of the cache sorted by name. */
@@ -123,10 +172,12 @@ static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, d
     }
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *path = search_path(sp, depth);
-    struct collect c = {.instances = depth == 2};
+    struct collect c = {.depth = depth};
     dircache_list_init(&c.l);
     http_error err = {0};
-    int rc = store && path ? hc_dicomweb_search(x->cl.hc, store, path, NULL, collect_cb, &c, &err)
+    /* SeriesDate/SeriesTime are not among the default series fields */
+    const char *query = depth == 1 ? "includefield=00080021&includefield=00080031" : NULL;
+    int rc = store && path ? hc_dicomweb_search(x->cl.hc, store, path, query, collect_cb, &c, &err)
                            : -ENOMEM;
     if (rc != HC_OK) {
         int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
@@ -139,7 +190,7 @@ static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, d
         free(key);
         return e;
     }
-    if (c.instances)
+    if (c.depth == 2)
         keep_sizes(x, key, &c.l);
     dircache_put(x->cache, key, &c.l, FS_LIST_TTL);
     if (dircache_get(x->cache, key, out) != 0)
@@ -271,7 +322,8 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
         return -ENOMEM;
     bool is_dir;
     uint64_t size;
-    int f = dircache_lookup(x->cache, key, leaf, &is_dir, &size);
+    int64_t mtime = 0;
+    int f = dircache_lookup_mtime(x->cache, key, leaf, &is_dir, &size, &mtime);
     if (f < 0) {
         dircache_list l;
         rc = listing(x, tp, &sp, sp.depth - 1, &l);
@@ -280,7 +332,7 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
             free(key);
             return rc;
         }
-        f = dircache_lookup(x->cache, key, leaf, &is_dir, &size);
+        f = dircache_lookup_mtime(x->cache, key, leaf, &is_dir, &size, &mtime);
     }
     if (f == 1 && !is_dir && size == 0) {
         resolve_sizes(x, tp, &sp, key);
@@ -296,6 +348,8 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
         fs_stat_dir(x, st, dir_mode(x));
     else
         fs_stat_file(x, st, 0444, (off_t)size);
+    if (mtime > 0)
+        st->st_mtim = st->st_ctim = (struct timespec){mtime, 0};
     return 0;
 }
 

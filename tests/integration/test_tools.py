@@ -30,6 +30,11 @@ def test_studies_sizes_before_any_read(dicomfs_mount, filled):
     m = dicomfs_mount
     for rel, data in files.items():
         assert os.stat(m.path(ds_id, st_id, "studies", rel)).st_size == len(data), rel
+    # a study directory's mtime is its StudyDate/StudyTime (dicom_samples: 20240102 101010)
+    import calendar
+    study = sorted(files)[0].split("/")[0]
+    assert os.stat(m.path(ds_id, st_id, "studies", study)).st_mtime == \
+        calendar.timegm((2024, 1, 2, 10, 10, 10))
 
 
 def test_rsync_tar_cp_du_of_studies_are_byte_identical(dicomfs_mount, filled, tmp_path):
