@@ -45,8 +45,10 @@ typedef struct import_config {
     uid_t uid;                  /* owner shown for spooled files */
     gid_t gid;
     /* Told of every file dropped at its last close because its content was
-     * refused (store, path below import/, reason); may be NULL. Called with
-     * the manager's lock held: must not call back into import_. */
+     * refused (EINVAL: not DICOM Part 10; not ENOSPC or I/O errors, which
+     * the writes reported too) with store, path below import/ and reason;
+     * may be NULL. Called with the manager's lock held: must not call back
+     * into import_. */
     void (*on_reject)(void *ctx, const char *store, const char *path, const char *reason);
     void *on_reject_ctx;
 } import_config;

@@ -1,4 +1,4 @@
-/* rejects: files refused in STORE/import/, remembered so the refusal stays
+/* rejects: files refused in STORE/import/ (content not DICOM: EINVAL), remembered so the refusal stays
  * visible after the close() a shell ignored (`echo hello > import/x.dcm`).
  *
  * The import manager drops a refused file at its last close (import.h);

@@ -106,14 +106,20 @@ def test_rm_in_studies_with_allow_delete_deletes(mount_factory, emulator, filled
 # ---------------------------------------------------------------- 3. export runs
 
 def copy_matches(src, files, tmp_path, label):
-    """rsync -a and tar of a result folder give exactly files (rel -> bytes)."""
+    """du -sb, rsync -a, tar and cp -r of a result folder give exactly files
+    (rel -> bytes)."""
+    r = run("du", "-sb", src)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[0]) == sum(len(d) for d in files.values())
     r = run("rsync", "-a", src + "/", str(tmp_path / (label + "-rsync")))
     assert r.returncode == 0, r.stderr
     r = run("tar", "-cf", str(tmp_path / (label + ".tar")), "-C", src, ".")
     assert r.returncode == 0, r.stderr
     with tarfile.open(tmp_path / (label + ".tar")) as t:
         t.extractall(tmp_path / (label + "-tar"))
-    for d in (label + "-rsync", label + "-tar"):
+    r = run("cp", "-r", src, str(tmp_path / (label + "-cp")))
+    assert r.returncode == 0, r.stderr
+    for d in (label + "-rsync", label + "-tar", label + "-cp"):
         got = walk_files(str(tmp_path / d))
         assert sorted(got) == sorted(files), d
         for rel, p in got.items():
