@@ -548,7 +548,10 @@ void fs_options_usage(const char *progname)
            "  default_permissions is always on.\n"
            "\n"
            "  -h, --help     this text\n"
-           "  -V, --version  version\n",
+           "  -V, --version  version\n"
+           "\n"
+           "The tree, export runs, editors in export/, refusals, status and the exit\n"
+           "codes of wait: see dicomfs(1).\n",
            progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
            FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
 }

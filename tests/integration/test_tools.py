@@ -321,7 +321,8 @@ def test_bad_filter_by_echo_leaves_error_and_status_line(dicomfs_mount, hc_api, 
 
 # ---------------------------------------------------------------- 6. smaller points
 
-def test_rsync_aX_into_import_keeps_user_xattrs(dicomfs_mount, filled, tmp_path):
+@pytest.mark.parametrize("flags", ["-aX", "-aAX"])
+def test_rsync_aX_into_import_keeps_user_xattrs(dicomfs_mount, filled, tmp_path, flags):
     from dicom_samples import make_tree
     _, ds_id, st_id, _ = filled
     m = dicomfs_mount
@@ -330,7 +331,7 @@ def test_rsync_aX_into_import_keeps_user_xattrs(dicomfs_mount, filled, tmp_path)
     for *_, path in made:
         os.setxattr(path, "user.origin", b"scanner-7")
     imp = m.path(ds_id, st_id, "import")
-    r = run("rsync", "-aX", str(src) + "/", imp + "/")
+    r = run("rsync", flags, str(src) + "/", imp + "/")
     assert r.returncode == 0, r.stderr
     got = walk_files(imp)
     assert len(got) == 2
