@@ -216,7 +216,9 @@ typedef struct size_job {
     dircache_list *l; /* entries with size 0 are asked for */
     pthread_mutex_t lock;
     size_t next;
-    bool unsupported; /* the API has no getStorageInfo (404/501 on a listed instance) */
+    size_t learned, failed;
+    bool unsupported; /* the API answered 400/501: no getStorageInfo */
+    http_error last;  /* the last failure */
 } size_job;
 
 static void *size_worker(void *arg)
@@ -241,28 +243,34 @@ static void *size_worker(void *arg)
         http_error err = {0};
         int rc = hc_dicomweb_instance_size(j->x->cl.hc, j->store, j->sp->study, j->sp->series, uid,
                                            &size, &err);
+        if (rc == HC_OK)
+            j->l->v[i].size = size; /* each worker writes its own (claimed) entry */
+        pthread_mutex_lock(&j->lock);
         if (rc == HC_OK) {
-            j->l->v[i].size = size; /* each worker writes its own entry */
-        } else if (err.http_status == 501 || err.http_status == 400) {
-            pthread_mutex_lock(&j->lock);
-            j->unsupported = true;
-            pthread_mutex_unlock(&j->lock);
+            j->learned++;
         } else {
-            log_warn("studies/%s/%s/%s: getStorageInfo failed: %s", j->sp->study, j->sp->series,
-                     j->l->v[i].name, err.message);
+            j->failed++;
+            j->last = err;
+            j->unsupported = j->unsupported || err.http_status == 501 || err.http_status == 400;
         }
+        pthread_mutex_unlock(&j->lock);
     }
 }
 
 /* One series at a time: concurrent lstat calls of the same `ls -l` wait for
  * the burst already running instead of starting their own. */
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
+/* After a burst that learned nothing (no getStorageInfo, or the API down),
+ * no new burst for SIZE_PAUSE_S seconds: each lstat then retrieves its one
+ * instance instead of asking for the whole series again and again. */
+#define SIZE_PAUSE_S 60
+static time_t size_paused_until; /* under size_lock */
 
 static void resolve_sizes(fs_ctx *x, const tree_path *tp, const spath *sp, const char *key)
 {
     pthread_mutex_lock(&size_lock);
     dircache_list l;
-    char *store = fs_store_name(x, tp->dataset, tp->store);
+    char *store = time(NULL) >= size_paused_until ? fs_store_name(x, tp->dataset, tp->store) : NULL;
     if (store && dircache_get_stale(x->cache, key, &l) == 0) {
         size_job j = {.x = x, .store = store, .sp = sp, .l = &l};
         pthread_mutex_init(&j.lock, NULL);
@@ -278,6 +286,14 @@ static void resolve_sizes(fs_ctx *x, const tree_path *tp, const spath *sp, const
         for (size_t i = 0; i < started; i++)
             pthread_join(th[i], NULL);
         pthread_mutex_destroy(&j.lock);
+        if (j.failed > 0)
+            log_warn("%s/%s/studies/%s/%s: getStorageInfo failed for %zu of %zu instances (last: "
+                     "%s)%s",
+                     tp->dataset, tp->store, sp->study, sp->series, j.failed, j.failed + j.learned,
+                     j.last.message,
+                     j.learned ? "" : "; sizes come from one retrieval per instance for a minute");
+        if (j.failed > 0 && j.learned == 0)
+            size_paused_until = time(NULL) + SIZE_PAUSE_S;
         for (size_t i = 0; i < l.n; i++)
             if (l.v[i].size != 0)
                 dircache_put_one(x->cache, key, l.v[i].name, false, l.v[i].size, FS_LIST_TTL);
