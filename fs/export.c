@@ -1199,13 +1199,32 @@ static bool is_error_entry(const tree_path *tp, int parts)
     return !tp->runs && (parts & OUT_ERROR) && strcmp(tp->rest, ERROR_ENTRY) == 0;
 }
 
+/* A run id ("20261206T210405.123Z") as a time; 0 when it is not one. */
+static struct timespec run_time(const char *run, size_t len)
+{
+    struct tm tm = {0};
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.*s", (int)(len < sizeof buf ? len : sizeof buf - 1), run);
+    const char *end = strptime(buf, "%Y%m%dT%H%M%S", &tm);
+    if (!end || *end != '.')
+        return (struct timespec){0, 0};
+    time_t t = timegm(&tm);
+    return (struct timespec){t > 0 ? t : 0, (long)atoi(end + 1) * 1000000L};
+}
+
 int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
 {
     int parts = out_parts(x, tp);
     if (parts < 0)
         return parts;
     if (!*tp->rest) {
+        /* NAME.out/ and NAME.runs/: the time the latest run started */
         fs_stat_dir(x, st, 0555);
+        char *last = read_line_file(x, tp, "run");
+        struct timespec t = last ? run_time(last, strlen(last)) : (struct timespec){0, 0};
+        if (t.tv_sec)
+            st->st_mtim = st->st_ctim = t;
+        free(last);
         return 0;
     }
     struct stat lst;
@@ -1220,9 +1239,12 @@ int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
     int rc = out_view_of(x, tp, &v);
     if (rc)
         return rc;
-    if (!*v.rest) { /* NAME.runs/RUN */
+    if (!*v.rest) { /* NAME.runs/RUN: the time it started */
         out_view_clear(&v);
         fs_stat_dir(x, st, 0555);
+        struct timespec t = run_time(tp->rest, strcspn(tp->rest, "/"));
+        if (t.tv_sec)
+            st->st_mtim = st->st_ctim = t;
         return 0;
     }
     dircache_list l;

@@ -144,6 +144,12 @@ def test_two_exports_under_one_name_keep_their_runs_apart(dicomfs_mount, hc_api,
         copy_matches(name + ".out", files_of(files, study + "/"), tmp_path, f"out{i}")
     runs = sorted(os.listdir(name + ".runs"))
     assert len(runs) == 2
+    # a run's directory mtime is its start time (its name); NAME.out's the latest
+    import calendar
+    for run_id in runs:
+        t = calendar.timegm(time.strptime(run_id[:15], "%Y%m%dT%H%M%S")) + int(run_id[16:19]) / 1e3
+        assert abs(os.stat(os.path.join(name + ".runs", run_id)).st_mtime - t) < 0.002
+    assert os.stat(name + ".out").st_mtime == os.stat(os.path.join(name + ".runs", runs[-1])).st_mtime
     for run_id, study in zip(runs, studies):
         copy_matches(os.path.join(name + ".runs", run_id), files_of(files, study + "/"),
                      tmp_path, "run-" + run_id)
