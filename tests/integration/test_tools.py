@@ -173,15 +173,46 @@ def test_filter_straight_in_export_exports_dicom_as_stored(dicomfs_mount, hc_api
 
 # ---------------------------------------------------------------- 4. editors
 
+def vim_write_pattern(path, old, new):
+    """vim's `:w` with writebackup and backupcopy=no, syscall for syscall
+    (vim -es -u NONE writes in place instead, so this emulates the rename
+    path): swap file, directory probe 4913, the original renamed to NAME~,
+    NAME created anew and written, its mode set, NAME~ and the swap removed."""
+    d, base = os.path.split(path)
+    swap = os.path.join(d, "." + base + ".swp")
+    with open(path) as f:
+        text = f.read().replace(old, new)
+    sfd = os.open(swap, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.write(sfd, b"b0VIM 9.0")
+    probe = os.path.join(d, "4913")
+    pfd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    os.fchown(pfd, os.getuid(), os.getgid())
+    os.close(pfd)
+    os.unlink(probe)
+    os.rename(path, path + "~")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, text.encode())
+    os.fsync(fd)
+    os.close(fd)
+    os.chmod(path, 0o644)
+    os.unlink(path + "~")
+    os.close(sfd)
+    os.unlink(swap)
+    return subprocess.CompletedProcess([], 0, "", "")
+
+
 def edit_with(tool, path, old, new):
     if tool == "sed -i":
         return run("sed", "-i", f"s/{old}/{new}/", path)
+    if tool == "vim pattern":
+        return vim_write_pattern(path, old, new)
     bc = tool.split("=", 1)[1]  # vim backupcopy=no|yes
     return run("vim", "-u", "NONE", "-es", "-c", f"set backupcopy={bc}", "-c",
                f"%s/{old}/{new}/", "-c", "wq", path, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("tool", ["sed -i", "vim backupcopy=no", "vim backupcopy=yes", "cp"])
+@pytest.mark.parametrize("tool", ["sed -i", "vim backupcopy=no", "vim backupcopy=yes",
+                                  "vim pattern", "cp"])
 def test_editors_save_a_filter_with_exactly_one_export(dicomfs_mount, hc_api, filled, tmp_path,
                                                        tool):
     ds, ds_id, st_id, files = filled
