@@ -1,5 +1,5 @@
-/* rejects: files refused in STORE/import/ (content not DICOM: EINVAL), remembered so the refusal stays
- * visible after the close() a shell ignored (`echo hello > import/x.dcm`).
+/* rejects: files refused in STORE/import/ (content not DICOM: EINVAL), remembered so the refusal
+ * stays visible after the close() a shell ignored (`echo hello > import/x.dcm`).
  *
  * The import manager drops a refused file at its last close (import.h);
  * rejects keeps (store, path below import/, reason) until the entry is
