@@ -1046,6 +1046,40 @@ int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char *
     return rc;
 }
 
+/* instances.getStorageInfo: the instance's blob size, which is the size of
+ * the instance retrieved as stored (what studies/ shows without a download). */
+int hc_dicomweb_instance_size(hc_client *c, const char *store, const char *study,
+                              const char *series, const char *instance, uint64_t *size,
+                              http_error *err)
+{
+    http_error dummy;
+    char *body = NULL;
+    size_t len = 0;
+    err = err_or(err, &dummy);
+    if (bad_args(c, store, err) || bad_args(study, series, err) || bad_args(instance, size, err))
+        return HC_ERR_INVAL;
+    char *url = http_strdup_printf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s"
+                                   ":getStorageInfo",
+                                   c->root, store, study, series, instance);
+    if (!url)
+        return nomem(err);
+    hc_call call = {"GET", url, NULL, NULL, true, -1};
+    int rc = call_body(c, &call, &body, &len, err);
+    if (rc == HC_OK) {
+        cJSON *j = parse_body(body, len);
+        const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blobStorageInfo");
+        int64_t n = json_i64(cJSON_GetObjectItemCaseSensitive(blob, "sizeBytes"));
+        if (n < 0)
+            rc = protocol_err(err, "getStorageInfo", url, 200);
+        else
+            *size = (uint64_t)n;
+        cJSON_Delete(j);
+    }
+    free(body);
+    free(url);
+    return rc;
+}
+
 /* ---- names ------------------------------------------------------------------ */
 
 /* Matches "k0/v0/k1/v1/..." for the given keys exactly, values non-empty. */

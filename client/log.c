@@ -48,15 +48,35 @@ static const char *level_name(int level)
     }
 }
 
+/* Control characters (a file name may hold a newline) are written as \n,
+ * \r, \t or \xHH, so one event is one line and no name can forge one. */
+static void escape_controls(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 5 < outlen; p++) {
+        if (*p >= 0x20 && *p != 0x7f) {
+            out[o++] = (char)*p;
+            continue;
+        }
+        const char *named = *p == '\n' ? "\\n" : *p == '\r' ? "\\r" : *p == '\t' ? "\\t" : NULL;
+        if (named)
+            o += (size_t)snprintf(out + o, outlen - o, "%s", named);
+        else
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", *p);
+    }
+    out[o] = '\0';
+}
+
 void log_msg(int level, const char *fmt, ...)
 {
     if (!log_enabled(level))
         return;
-    char line[2048];
+    char raw[2048], line[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    escape_controls(raw, line, sizeof line);
     if (log_to_syslog) {
         syslog(level, "%s", line);
         return;

@@ -15,6 +15,7 @@ PACKAGES=(
   # pydicom's own (above), nibabel's and heudiconv's
   python3-nibabel heudiconv
   rsync curl rclone jq psmisc procps iproute2 strace util-linux ca-certificates
+  vim man-db
 )
 # Node.js (for the official Google client tests): Debian's, unless a node with
 # npm is already installed (e.g. from NodeSource, whose package conflicts).

@@ -49,6 +49,7 @@ struct export_file {
     bool created;   /* new filter: forgotten again if it never started */
     bool started;
     bool failed; /* the start failed and was recorded (NAME.out/ERROR) */
+    char *why;   /* why the last validation refused the content */
 };
 
 /* ---- the local record: cache_dir/exports/DS/STORE/FMT/NAME/{filter,started,op,done,error} */
@@ -73,7 +74,7 @@ static char *record_file(fs_ctx *x, const tree_path *tp, const char *leaf)
     return f;
 }
 
-static int mkdirs(const char *dir)
+int export_mkdirs(const char *dir)
 {
     char *tmp = strdup(dir);
     if (!tmp)
@@ -181,9 +182,9 @@ static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
 
 static void remove_record(fs_ctx *x, const tree_path *tp)
 {
-    static const char *const leaves[] = {"filter",      "op",         "done",   "started",
-                                         "error",       "filter.tmp", "op.tmp", "done.tmp",
-                                         "started.tmp", "error.tmp"};
+    static const char *const leaves[] = {
+        "filter",     "op",     "done",     "started",     "error",     "run",     "runs",
+        "filter.tmp", "op.tmp", "done.tmp", "started.tmp", "error.tmp", "run.tmp", "runs.tmp"};
     for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
         char *f = record_file(x, tp, leaves[i]);
         if (f)
@@ -207,17 +208,48 @@ static int failure_stat(fs_ctx *x, const tree_path *tp, struct stat *lst)
     return rc;
 }
 
-/* gs://EXPORT/PREFIX/DS/STORE/FMT/NAME: bucket and object prefix (no '/'). */
-static char *dest_prefix(fs_ctx *x, const tree_path *tp)
+/* gs://EXPORT/PREFIX/DS/STORE/FMT/NAME[/RUN]: the object prefix (no '/' at
+ * the end) of one run of NAME; run NULL: NAME's own prefix (where records
+ * made before runs existed exported to). */
+static char *dest_prefix(fs_ctx *x, const tree_path *tp, const char *run)
 {
     const char *p = x->opt->export_prefix;
-    return http_strdup_printf("%s%s%s/%s/%s/%s", p, *p ? "/" : "", tp->dataset, tp->store,
-                              tp->format->dir, tp->name);
+    return http_strdup_printf("%s%s%s/%s/%s/%s%s%s", p, *p ? "/" : "", tp->dataset, tp->store,
+                              tp->format->dir, tp->name, run ? "/" : "", run ? run : "");
+}
+
+/* A new run id: the start time, UTC to the millisecond ("20261206T210405.123Z"),
+ * so runs sort by age; bumped by a millisecond past the last one. */
+static void new_run_id(const char *last, char *buf, size_t len)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    for (int i = 0; i < 1000; i++) {
+        struct tm tm;
+        time_t sec = ts.tv_sec;
+        gmtime_r(&sec, &tm);
+        char day[32];
+        strftime(day, sizeof day, "%Y%m%dT%H%M%S", &tm);
+        snprintf(buf, len, "%.15s.%03dZ", day, (int)(ts.tv_nsec / 1000000) % 1000);
+        if (!last || strcmp(buf, last) > 0)
+            return;
+        ts.tv_nsec += 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+    }
 }
 
 static char *out_key(const tree_path *tp)
 {
     return http_strdup_printf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
+}
+
+static char *run_key(const tree_path *tp, const char *run)
+{
+    return http_strdup_printf("run:%s/%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir,
+                              tp->name, run);
 }
 
 /* ---- export/FMT/ */
@@ -255,6 +287,17 @@ int export_readdir_fmt(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
             }
         }
         free(op);
+        char *run = read_line_file(x, &t, "run");
+        bool stop = false;
+        if (run && strlen(de->d_name) + 5 <= TREE_NAME_MAX) {
+            char runs[TREE_NAME_MAX + 1];
+            snprintf(runs, sizeof runs, "%s.runs", de->d_name);
+            fs_stat_dir(x, &st, 0555);
+            stop = fill(buf, runs, &st) != 0;
+        }
+        free(run);
+        if (stop)
+            break;
     }
     closedir(dir);
     return 0;
@@ -291,7 +334,7 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, e
     int rc = 0;
     if (create) {
         char *d = record_dir(x, tp);
-        rc = d ? mkdirs(d) : -ENOMEM;
+        rc = d ? export_mkdirs(d) : -ENOMEM;
         free(d);
         struct stat st;
         bool existed = rc == 0 && stat(path, &st) == 0;
@@ -420,11 +463,12 @@ static char *describe(const http_error *e)
 
 /* Uploads the filter (when it selects paths) and starts the export. On
  * failure *why says which step failed and the server's answer. */
-static int start_export(fs_ctx *x, export_file *f, size_t n_paths, char **op_out, char **why)
+static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_out, char **why)
 {
     const tree_path *tp = &f->tp;
+    size_t n_paths = f->n_paths;
     char *store = fs_store_name(x, tp->dataset, tp->store);
-    char *prefix = dest_prefix(x, tp);
+    char *prefix = dest_prefix(x, tp, run);
     char *dest = prefix ? http_strdup_printf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
     char *filter_obj = NULL, *filter_uri = NULL, *desc = NULL;
     int rc = 0;
@@ -479,6 +523,17 @@ out:
 
 /* ---- a start that failed: the record's "error" leaf, read as NAME.out/ERROR */
 
+/* "FMT" and "/" in export/FMT/NAME; both "" for a filter straight in export/. */
+static const char *fmt_part(const tree_format *fmt)
+{
+    return fmt == &tree_format_top ? "" : fmt->dir;
+}
+
+static const char *fmt_sep(const tree_format *fmt)
+{
+    return fmt == &tree_format_top ? "" : "/";
+}
+
 #define ERROR_ENTRY "ERROR"
 
 /* s on one line: '\n', '\r' and '\\' escaped as in STORE/status. */
@@ -516,7 +571,11 @@ static void clear_failure(fs_ctx *x, const tree_path *tp)
 
 /* Keeps the filter listed with the reason its export did not start, until
  * the filter is removed or a later start succeeds. */
-static int save_failure(fs_ctx *x, export_file *f, const char *why)
+#define REFUSED_NOTE "The filter was refused: nothing started."
+
+/* refused: the content itself was bad (its close() failed with EINVAL);
+ * else the start failed. Either way NAME.out/ERROR and a status line. */
+static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused)
 {
     const tree_path *tp = &f->tp;
     char ts[32];
@@ -526,16 +585,18 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why)
         snprintf(ts, sizeof ts, "%lld", (long long)now);
     char *name = one_line(tp->name);
     char *reason = one_line(why);
-    char *text = name && reason
-                     ? http_strdup_printf("time: %s\nfilter: export/%s/%s\nreason: %s\n"
-                                          "The export did not start. Write the filter again to "
-                                          "retry; remove it to clear this.\n",
-                                          ts, tp->format->dir, name, reason)
-                     : NULL;
+    char *text =
+        name && reason
+            ? http_strdup_printf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
+                                 " Write the filter again to retry; remove it to clear "
+                                 "this.\n",
+                                 ts, fmt_part(tp->format), fmt_sep(tp->format), name, reason,
+                                 refused ? REFUSED_NOTE : "The export did not start.")
+            : NULL;
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
     char *pe = record_file(x, tp, "error");
-    int rc = text && d && pf && pe ? mkdirs(d) : -ENOMEM;
+    int rc = text && d && pf && pe ? export_mkdirs(d) : -ENOMEM;
     if (rc == 0)
         rc = write_file(pf, f->buf ? f->buf : "", f->len);
     if (rc == 0)
@@ -553,8 +614,9 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why)
     return rc;
 }
 
-/* Prints "failed: export/FMT/NAME: REASON" for one record directory. */
-static void status_line(FILE *out, const char *dir, const char *fmt, const char *name)
+/* Prints "failed: export/FMT/NAME: REASON" (a start that failed) or
+ * "rejected: export/FMT/NAME: REASON" (refused content) for one record. */
+static void status_line(FILE *out, const char *dir, const tree_format *fmt, const char *name)
 {
     char *pe = http_strdup_printf("%s/%s/error", dir, name);
     char *text = NULL;
@@ -564,7 +626,9 @@ static void status_line(FILE *out, const char *dir, const char *fmt, const char 
         char *esc = one_line(name);
         if (r && esc) {
             r += strlen("\nreason: ");
-            fprintf(out, "failed: export/%s/%s: %.*s\n", fmt, esc, (int)strcspn(r, "\n"), r);
+            fprintf(out, "%s: export/%s%s%s: %.*s\n",
+                    strstr(text, REFUSED_NOTE) ? "rejected" : "failed", fmt_part(fmt), fmt_sep(fmt),
+                    esc, (int)strcspn(r, "\n"), r);
         }
         free(esc);
     }
@@ -575,24 +639,42 @@ static void status_line(FILE *out, const char *dir, const char *fmt, const char 
 void export_status_failures(const char *cache_dir, const char *dataset, const char *store,
                             FILE *out)
 {
-    for (size_t i = 0; i < tree_n_formats; i++) {
-        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store,
-                                     tree_formats[i].dir);
+    for (size_t i = 0; i <= tree_n_formats; i++) {
+        const tree_format *fmt = i < tree_n_formats ? &tree_formats[i] : &tree_format_top;
+        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store, fmt->dir);
         DIR *dir = d ? opendir(d) : NULL;
         struct dirent *de;
         while (dir && (de = readdir(dir)))
             if (de->d_name[0] != '.')
-                status_line(out, d, tree_formats[i].dir, de->d_name);
+                status_line(out, d, fmt, de->d_name);
         if (dir)
             closedir(dir);
         free(d);
     }
 }
 
-static int save_record(fs_ctx *x, export_file *f, const char *op)
+/* Appends run to the record's "runs" leaf (every run of NAME, oldest first). */
+static int add_run(fs_ctx *x, const tree_path *tp, const char *run)
+{
+    char *pr = record_file(x, tp, "runs");
+    char *data = NULL;
+    size_t len = 0;
+    int rc = pr ? 0 : -ENOMEM;
+    if (rc == 0 && read_file(pr, &data, &len) != 0)
+        data = NULL, len = 0;
+    char *all = rc == 0 ? http_strdup_printf("%s%s\n", data ? data : "", run) : NULL;
+    if (rc == 0)
+        rc = all ? write_file(pr, all, strlen(all)) : -ENOMEM;
+    free(all);
+    free(data);
+    free(pr);
+    return rc;
+}
+
+static int save_record(fs_ctx *x, export_file *f, const char *op, const char *run)
 {
     char *d = record_dir(x, &f->tp);
-    int rc = d ? mkdirs(d) : -ENOMEM;
+    int rc = d ? export_mkdirs(d) : -ENOMEM;
     free(d);
     char *pf = record_file(x, &f->tp, "filter");
     char *ps = record_file(x, &f->tp, "started");
@@ -606,8 +688,15 @@ static int save_record(fs_ctx *x, export_file *f, const char *op)
         rc = write_file(ps, f->buf ? f->buf : "", f->len);
     if (rc == 0) {
         unlink(pd);
-        rc = write_file(po, op, strlen(op));
+        rc = add_run(x, &f->tp, run);
     }
+    if (rc == 0) {
+        char *pr = record_file(x, &f->tp, "run");
+        rc = pr ? write_file(pr, run, strlen(run)) : -ENOMEM;
+        free(pr);
+    }
+    if (rc == 0)
+        rc = write_file(po, op, strlen(op));
     if (rc == 0)
         clear_failure(x, &f->tp);
     free(pf);
@@ -642,6 +731,8 @@ static void validate(export_file *f)
         msg += strlen(pos);
     log_error("%s/%s/export/%s/%s: %s%s", tp->dataset, tp->store, tp->format->dir, tp->name, pos,
               msg);
+    free(f->why);
+    f->why = http_strdup_printf("%s%s", pos, msg);
 }
 
 int export_flush(fs_ctx *x, export_file *f)
@@ -655,7 +746,7 @@ int export_flush(fs_ctx *x, export_file *f)
      * export itself starts at release(). */
     char *d = record_dir(x, &f->tp);
     char *pf = record_file(x, &f->tp, "filter");
-    int rc = d && pf ? mkdirs(d) : -ENOMEM;
+    int rc = d && pf ? export_mkdirs(d) : -ENOMEM;
     if (rc == 0)
         rc = write_file(pf, f->buf ? f->buf : "", f->len);
     if (rc)
@@ -702,13 +793,17 @@ static void start(fs_ctx *x, export_file *f)
 {
     const tree_path *tp = &f->tp;
     char *op = NULL, *why = NULL;
-    int rc = start_export(x, f, f->n_paths, &op, &why);
+    char *last = read_line_file(x, tp, "run");
+    char run[40];
+    new_run_id(last, run, sizeof run);
+    free(last);
+    int rc = start_export(x, f, run, &op, &why);
     if (rc != 0) {
         log_error("%s/%s/export/%s/%s: the export did not start (shown in %s.out/" ERROR_ENTRY
                   " and status): %s",
                   tp->dataset, tp->store, tp->format->dir, tp->name, tp->name,
                   why ? why : strerror(-rc));
-        int s = save_failure(x, f, why ? why : strerror(-rc));
+        int s = save_failure(x, f, why ? why : strerror(-rc), false);
         if (s)
             log_error("%s/%s/export/%s/%s: recording the failure in the cache failed: %s",
                       tp->dataset, tp->store, tp->format->dir, tp->name, strerror(-s));
@@ -719,7 +814,7 @@ static void start(fs_ctx *x, export_file *f)
     }
     f->started = true;
     /* The record first: NAME.out/ exists once the operation is listed. */
-    int s = save_record(x, f, op);
+    int s = save_record(x, f, op, run);
     if (s)
         log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", tp->dataset,
                   tp->store, tp->format->dir, tp->name, strerror(-s));
@@ -738,26 +833,87 @@ static void start(fs_ctx *x, export_file *f)
     free(op);
 }
 
+/* The filter leaf goes, what NAME started stays: its runs remain in
+ * NAME.runs/, and writing the same filter again starts nothing new. A
+ * record that never started anything is removed whole. */
+static void hide_filter(fs_ctx *x, const tree_path *tp)
+{
+    char *run = read_line_file(x, tp, "run");
+    if (!run) {
+        remove_record(x, tp);
+        return;
+    }
+    free(run);
+    char *pf = record_file(x, tp, "filter");
+    if (pf)
+        unlink(pf);
+    free(pf);
+    clear_failure(x, tp);
+}
+
 void export_release(fs_ctx *x, export_file *f)
 {
     if (!f)
         return;
+    bool keep = !f->created;
     if (f->changed) {
         if (f->dirty)
             validate(f); /* written after its last flush */
-        if (f->valid && !f->dirty && !same_as_started(x, f))
+        if (f->valid && !f->dirty && !same_as_started(x, f)) {
             start(x, f);
-        else if (f->valid && !f->dirty)
+            keep = keep || f->started || f->failed;
+        } else if (f->valid && !f->dirty) {
             clear_failure(x, &f->tp); /* back to what NAME.out/ shows */
-        else if (!f->created)
+            keep = true;
+        } else if (f->valid == false && !f->dirty) {
+            /* Refused: a shell ignores close()'s EINVAL, so the refusal stays
+             * visible (NAME.out/ERROR, "rejected:" in status) until the
+             * filter is written again or removed. */
+            int s = save_failure(x, f, f->why ? f->why : "not a valid filter", true);
+            keep = keep || s == 0;
+            if (s && !f->created)
+                restore_started(x, f);
+        } else if (!f->created) {
             restore_started(x, f);
+        }
     }
     /* A new filter whose content was refused (its close() failed) is not
      * listed; one whose start failed stays, with NAME.out/ERROR. */
-    if (f->created && !f->started && !f->failed)
-        remove_record(x, &f->tp);
+    if (!keep)
+        hide_filter(x, &f->tp);
+    free(f->why);
     free(f->buf);
     free(f);
+}
+
+int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len)
+{
+    export_file *f = NULL;
+    int rc = export_open_filter(x, tp, O_WRONLY | O_TRUNC, true, &f);
+    if (rc)
+        return rc;
+    rc = len ? export_write(f, data, len, 0) : 0;
+    if (rc >= 0)
+        rc = export_flush(x, f);
+    if (rc < 0)
+        f->changed = false; /* rename(2) itself reports the refusal */
+    export_release(x, f);
+    return rc < 0 ? rc : 0;
+}
+
+int export_take(fs_ctx *x, const tree_path *tp, char **data, size_t *len)
+{
+    char *pf = record_file(x, tp, "filter");
+    int rc = pf ? read_file(pf, data, len) : -ENOMEM;
+    free(pf);
+    if (rc == 0) {
+        hide_filter(x, tp);
+        char *key = out_key(tp);
+        if (key)
+            dircache_invalidate(x->cache, key);
+        free(key);
+    }
+    return rc;
 }
 
 int export_unlink(fs_ctx *x, const tree_path *tp)
@@ -903,37 +1059,95 @@ static int cmp_item(const void *a, const void *b)
     return c ? c : (int)y->is_dir - (int)x->is_dir;
 }
 
-/* The listing of NAME.out: every object and directory by relative path. */
-/* fresh: ask the server even if it said "not done" a moment ago (a
- * listing the user asked for, not one of many getattr calls). */
-static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list *l)
+/* Which objects a path below NAME.out/ or NAME.runs/RUN/ shows. */
+typedef struct out_view {
+    char *prefix;     /* object prefix of the run, no '/' at the end */
+    char *key;        /* dircache key of its listing */
+    const char *rest; /* the path below the run's root ("" = the root) */
+    bool gated;       /* NAME.out/: shown once the operation is done */
+} out_view;
+
+static void out_view_clear(out_view *v)
 {
-    char *key = out_key(tp);
-    if (!key)
+    free(v->prefix);
+    free(v->key);
+    memset(v, 0, sizeof *v);
+}
+
+/* Whether run (len bytes) is one of NAME's runs (the record's "runs" leaf). */
+static bool has_run(fs_ctx *x, const tree_path *tp, const char *run, size_t len)
+{
+    char *pr = record_file(x, tp, "runs");
+    char *data = NULL;
+    size_t n = 0;
+    bool found = false;
+    if (pr && read_file(pr, &data, &n) == 0)
+        for (char *line = data; *line && !found;) {
+            char *nl = strchr(line, '\n');
+            size_t l = nl ? (size_t)(nl - line) : strlen(line);
+            found = l == len && memcmp(line, run, len) == 0;
+            line = nl ? nl + 1 : line + l;
+        }
+    free(data);
+    free(pr);
+    return found;
+}
+
+/* NAME.out/REST: the latest run (a record from before runs existed: NAME's
+ * own prefix). NAME.runs/RUN/REST: that run, shown as it is. -ENOENT for
+ * an unknown run. */
+static int out_view_of(fs_ctx *x, const tree_path *tp, out_view *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!tp->runs) {
+        char *run = read_line_file(x, tp, "run");
+        v->prefix = dest_prefix(x, tp, run);
+        v->key = out_key(tp);
+        v->rest = tp->rest;
+        v->gated = true;
+        free(run);
+    } else {
+        const char *slash = strchr(tp->rest, '/');
+        size_t n = slash ? (size_t)(slash - tp->rest) : strlen(tp->rest);
+        char run[TREE_NAME_MAX + 1];
+        snprintf(run, sizeof run, "%.*s", (int)n, tp->rest);
+        if (!n || !has_run(x, tp, run, n))
+            return -ENOENT;
+        v->prefix = dest_prefix(x, tp, run);
+        v->key = run_key(tp, run);
+        v->rest = slash ? slash + 1 : "";
+    }
+    if (!v->prefix || !v->key) {
+        out_view_clear(v);
         return -ENOMEM;
-    if (dircache_get(x->cache, key, l) == 0) {
-        free(key);
+    }
+    return 0;
+}
+
+/* The listing of a run: every object and directory by relative path.
+ * fresh: ask the server even if it said "not done" a moment ago (a
+ * listing the user asked for, not one of many getattr calls). */
+static int out_listing(fs_ctx *x, const tree_path *tp, const out_view *v, bool fresh,
+                       dircache_list *l)
+{
+    if (dircache_get(x->cache, v->key, l) == 0)
         return 0;
+    if (v->gated) {
+        int done = export_done(x, tp, fresh);
+        if (done <= 0) {
+            dircache_list_init(l);
+            return done;
+        }
     }
-    int done = export_done(x, tp, fresh);
-    if (done <= 0) {
-        free(key);
-        dircache_list_init(l);
-        return done;
-    }
-    char *prefix = dest_prefix(x, tp);
-    char *slashed = prefix ? http_strdup_printf("%s/", prefix) : NULL;
-    free(prefix);
-    if (!slashed) {
-        free(key);
+    char *slashed = http_strdup_printf("%s/", v->prefix);
+    if (!slashed)
         return -ENOMEM;
-    }
     struct out_collect oc = {strlen(slashed), NULL, 0, 0};
     http_error err = {0};
     int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
     if (rc != GCS_OK) {
         int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
-        log_error("%s/%s/export/%s/%s.out: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
+        log_error("%s/%s/export/%s/%s: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
                   tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
         rc = e;
     }
@@ -953,21 +1167,26 @@ static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list
     free(oc.v);
     free(slashed);
     if (rc == 0) {
-        dircache_put(x->cache, key, &built, FS_LIST_TTL);
-        if (dircache_get(x->cache, key, l) != 0)
+        dircache_put(x->cache, v->key, &built, FS_LIST_TTL);
+        if (dircache_get(x->cache, v->key, l) != 0)
             dircache_list_init(l);
     }
     dircache_list_clear(&built);
-    free(key);
     return rc;
 }
 
 /* What NAME.out/ holds: the exported objects once an export started
- * (OUT_OP), ERROR when the last start failed (OUT_ERROR); -ENOENT: neither. */
+ * (OUT_OP), ERROR when the last start failed (OUT_ERROR); -ENOENT: neither.
+ * NAME.runs/ exists once a run was started. */
 enum { OUT_OP = 1, OUT_ERROR = 2 };
 
 static int out_parts(fs_ctx *x, const tree_path *tp)
 {
+    if (tp->runs) {
+        char *last = read_line_file(x, tp, "run");
+        free(last);
+        return last ? OUT_OP : -ENOENT;
+    }
     char *op = read_line_file(x, tp, "op");
     struct stat lst;
     int parts = (op ? OUT_OP : 0) | (failure_stat(x, tp, &lst) == 0 ? OUT_ERROR : 0);
@@ -977,7 +1196,20 @@ static int out_parts(fs_ctx *x, const tree_path *tp)
 
 static bool is_error_entry(const tree_path *tp, int parts)
 {
-    return (parts & OUT_ERROR) && strcmp(tp->rest, ERROR_ENTRY) == 0;
+    return !tp->runs && (parts & OUT_ERROR) && strcmp(tp->rest, ERROR_ENTRY) == 0;
+}
+
+/* A run id ("20261206T210405.123Z") as a time; 0 when it is not one. */
+static struct timespec run_time(const char *run, size_t len)
+{
+    struct tm tm = {0};
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.*s", (int)(len < sizeof buf ? len : sizeof buf - 1), run);
+    const char *end = strptime(buf, "%Y%m%dT%H%M%S", &tm);
+    if (!end || *end != '.')
+        return (struct timespec){0, 0};
+    time_t t = timegm(&tm);
+    return (struct timespec){t > 0 ? t : 0, (long)atoi(end + 1) * 1000000L};
 }
 
 int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -986,7 +1218,13 @@ int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
     if (parts < 0)
         return parts;
     if (!*tp->rest) {
+        /* NAME.out/ and NAME.runs/: the time the latest run started */
         fs_stat_dir(x, st, 0555);
+        char *last = read_line_file(x, tp, "run");
+        struct timespec t = last ? run_time(last, strlen(last)) : (struct timespec){0, 0};
+        if (t.tv_sec)
+            st->st_mtim = st->st_ctim = t;
+        free(last);
         return 0;
     }
     struct stat lst;
@@ -997,13 +1235,27 @@ int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
     }
     if (!(parts & OUT_OP))
         return -ENOENT;
-    dircache_list l;
-    int rc = out_listing(x, tp, false, &l);
-    if (rc < 0)
+    out_view v;
+    int rc = out_view_of(x, tp, &v);
+    if (rc)
         return rc;
+    if (!*v.rest) { /* NAME.runs/RUN: the time it started */
+        out_view_clear(&v);
+        fs_stat_dir(x, st, 0555);
+        struct timespec t = run_time(tp->rest, strcspn(tp->rest, "/"));
+        if (t.tv_sec)
+            st->st_mtim = st->st_ctim = t;
+        return 0;
+    }
+    dircache_list l;
+    rc = out_listing(x, tp, &v, false, &l);
+    if (rc < 0) {
+        out_view_clear(&v);
+        return rc;
+    }
     rc = -ENOENT;
     for (size_t i = 0; i < l.n; i++)
-        if (strcmp(l.v[i].name, tp->rest) == 0) {
+        if (strcmp(l.v[i].name, v.rest) == 0) {
             if (l.v[i].is_dir)
                 fs_stat_dir(x, st, 0555);
             else
@@ -1012,7 +1264,35 @@ int export_out_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
             break;
         }
     dircache_list_clear(&l);
+    out_view_clear(&v);
     return rc;
+}
+
+/* NAME.runs/: one directory per run, oldest first. */
+static int runs_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf)
+{
+    char *pr = record_file(x, tp, "runs");
+    char *data = NULL;
+    size_t n = 0;
+    if (!pr || read_file(pr, &data, &n) != 0) {
+        free(pr);
+        return 0;
+    }
+    struct stat st;
+    fs_stat_dir(x, &st, 0555);
+    for (char *line = data; *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        if (*line && fill(buf, line, &st))
+            break;
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    free(data);
+    free(pr);
+    return 0;
 }
 
 int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void *buf)
@@ -1023,11 +1303,12 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
         return rc;
     if (!S_ISDIR(st.st_mode))
         return -ENOTDIR;
+    if (tp->runs && !*tp->rest)
+        return runs_readdir(x, tp, fill, buf);
     int parts = out_parts(x, tp);
     if (parts < 0)
         return parts;
-    size_t rl = strlen(tp->rest);
-    if (rl == 0 && (parts & OUT_ERROR)) {
+    if (!*tp->rest && (parts & OUT_ERROR)) {
         tree_path e = *tp;
         e.rest = ERROR_ENTRY;
         if (export_out_getattr(x, &e, &st) == 0 && fill(buf, ERROR_ENTRY, &st))
@@ -1035,14 +1316,21 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
     }
     if (!(parts & OUT_OP))
         return 0;
-    dircache_list l;
-    rc = out_listing(x, tp, true, &l);
-    if (rc < 0)
+    out_view v;
+    rc = out_view_of(x, tp, &v);
+    if (rc)
         return rc;
+    dircache_list l;
+    rc = out_listing(x, tp, &v, true, &l);
+    if (rc < 0) {
+        out_view_clear(&v);
+        return rc;
+    }
+    size_t rl = strlen(v.rest);
     for (size_t i = 0; i < l.n; i++) {
         const char *name = l.v[i].name;
         if (rl) {
-            if (strncmp(name, tp->rest, rl) != 0 || name[rl] != '/')
+            if (strncmp(name, v.rest, rl) != 0 || name[rl] != '/')
                 continue;
             name += rl + 1;
         }
@@ -1056,6 +1344,7 @@ int export_out_readdir(fs_ctx *x, const tree_path *tp, export_fill_fn fill, void
             break;
     }
     dircache_list_clear(&l);
+    out_view_clear(&v);
     return 0;
 }
 
@@ -1085,15 +1374,18 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
     int parts = out_parts(x, tp);
     if (parts > 0 && is_error_entry(tp, parts))
         return open_error(x, tp, fdp);
-    char *prefix = dest_prefix(x, tp);
-    char *obj = prefix ? http_strdup_printf("%s/%s", prefix, tp->rest) : NULL;
-    free(prefix);
+    out_view v;
+    rc = out_view_of(x, tp, &v);
+    if (rc)
+        return rc;
+    char *obj = http_strdup_printf("%s/%s", v.prefix, v.rest);
+    out_view_clear(&v);
     if (!obj)
         return -ENOMEM;
     int fd = open(x->opt->cache_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = -errno;
-        log_error("%s/%s/export/%s/%s.out/%s: no temporary file in %s: %s", tp->dataset, tp->store,
+        log_error("%s/%s/export/%s/%s: %s: no temporary file in %s: %s", tp->dataset, tp->store,
                   tp->format->dir, tp->name, tp->rest, x->opt->cache_dir, strerror(errno));
         free(obj);
         return rc;
@@ -1103,7 +1395,7 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
     int g = gcs_download_fd(x->cl.gcs, x->opt->export_bucket, obj, 0, 0, fd, 0, &written, &err);
     if (g != GCS_OK) {
         rc = fs_errno_gcs(g, &err);
-        log_error("%s/%s/export/%s/%s.out/%s: downloading gs://%s/%s failed: %s", tp->dataset,
+        log_error("%s/%s/export/%s/%s: %s: downloading gs://%s/%s failed: %s", tp->dataset,
                   tp->store, tp->format->dir, tp->name, tp->rest, x->opt->export_bucket, obj,
                   err.message);
         close(fd);

@@ -11,11 +11,21 @@
  * the filter is uploaded to
  * gs://STAGING/PREFIX/filters/DATASET/STORE/FMT/NAME-TIMESTAMP.txt and a
  * v1beta1 export with filterConfig is started. Either way the destination is
- * EXPORT_TO/DATASET/STORE/FMT/NAME and the operation is recorded in the
- * journal as "export:FMT/NAME". The filter and the operation name are kept in
- * cache_dir/exports/ so that export/FMT/NAME reads the filter back after a
- * remount. export/FMT/NAME.out/ shows the exported objects (nested
- * STUDY/SERIES/INSTANCE.EXT) once the operation is done.
+ * EXPORT_TO/DATASET/STORE/FMT/NAME/RUN, RUN being the start's UTC time to
+ * the millisecond (a prefix per run), and the operation is recorded in the
+ * journal as "export:FMT/NAME". The filter, the operation name, the latest
+ * run and every run are kept in cache_dir/exports/ so that export/FMT/NAME
+ * reads the filter back after a remount. export/FMT/NAME.out/ shows the
+ * objects of the latest started run (nested STUDY/SERIES/INSTANCE.EXT) once
+ * its operation is done; export/FMT/NAME.runs/RUN/ every run as listed. A
+ * filter straight in export/ has the format tree_format_top (DICOM as
+ * stored). Editors' scratch names are not filters (scratch.h);
+ * export_install and export_take serve renames onto and away from a filter.
+ *
+ * A filter whose final content is refused (its close() failed with EINVAL,
+ * which shells ignore) stays listed with that content, NAME.out/ERROR says
+ * why and STORE/status has "rejected: export/FMT/NAME: REASON"; writing it
+ * again or removing it clears that.
  *
  * When the start fails after the client's retries (filter upload or export
  * call refused), the filter stays listed and the failure is kept beside it
@@ -55,6 +65,18 @@ int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size);
 int export_flush(fs_ctx *x, export_file *f);
 /* Starts the export if this descriptor changed the filter (see above). */
 void export_release(fs_ctx *x, export_file *f);
+/* A rename onto a filter name (from a scratch file or another filter):
+ * the content becomes a new version of tp's filter, as if written and
+ * closed there: -EINVAL (logged) for a bad filter, which then installs
+ * nothing. */
+int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len);
+/* A rename away from a filter name: its content (malloc'ed); the filter is
+ * no longer listed, but what it started stays (NAME.runs/, and writing the
+ * same content again starts nothing). */
+int export_take(fs_ctx *x, const tree_path *tp, char **data, size_t *len);
+/* mkdir -p with mode 0700. */
+int export_mkdirs(const char *dir);
+
 /* Forgets a filter locally (exported objects stay where they are). */
 int export_unlink(fs_ctx *x, const tree_path *tp);
 

@@ -14,8 +14,12 @@
 #include "journal.h"
 #include "log.h"
 #include "ops.h"
+#include "rejects.h"
+#include "scratch.h"
+#include "statusjson.h"
 #include "studies.h"
 #include "tree.h"
+#include "xattrs.h"
 
 /* ---- errors */
 
@@ -360,13 +364,86 @@ static int import_call(fs_ctx *x, const tree_path *tp, import_verb v, import_arg
     return rc;
 }
 
-/* The text of STORE/status (NULL when import/ could not start, or ENOMEM). */
+/* The text of STORE/status (NULL when import/ could not start, or ENOMEM):
+ * the import manager's, then a "rejected: import/PATH: REASON" line per
+ * refused file still shown. */
 static char *status_text(fs_ctx *x, const tree_path *tp)
 {
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *text = store && x->import ? import_status_text(x->import, store) : NULL;
+    char *all = NULL;
+    size_t len = 0;
+    FILE *f = text ? open_memstream(&all, &len) : NULL;
+    if (f) {
+        fputs(text, f);
+        rejects_status(x->rejects, store, f);
+        fclose(f);
+        free(text);
+        text = all;
+    }
     free(store);
+    if (text && strcmp(tp->name, "status.json") == 0) {
+        char *json = status_json(text);
+        free(text);
+        text = json;
+    }
     return text;
+}
+
+/* The mtime of a status text: when its content last changed (seen by a
+ * getattr or read), so `tail -f` and other pollers notice a change. */
+static struct timespec status_stamp(fs_ctx *x, const tree_path *tp, const char *text)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    char *key = http_strdup_printf("%s/%s/%s", tp->dataset, tp->store, tp->name);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    bool is_dir;
+    uint64_t seen = 0;
+    int64_t when = 0;
+    if (key && dircache_lookup_mtime(x->cache, "status-stamp", key, &is_dir, &seen, &when) == 1 &&
+        seen == h) {
+        free(key);
+        return (struct timespec){when, 0};
+    }
+    if (key)
+        dircache_put_one_mtime(x->cache, "status-stamp", key, false, h, now.tv_sec, 1e9);
+    free(key);
+    return (struct timespec){now.tv_sec, 0};
+}
+
+/* ---- refused import/ files (rejects.h): shown as empty files until
+ * removed or written again */
+
+static bool rejected(fs_ctx *x, const tree_path *tp)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    bool r = store && rejects_has(x->rejects, store, tp->rest);
+    free(store);
+    return r;
+}
+
+static bool forget_rejected(fs_ctx *x, const tree_path *tp)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    bool r = store && rejects_remove(x->rejects, store, tp->rest);
+    free(store);
+    return r;
+}
+
+/* user.* attributes follow an import/ file's rename and go with it. */
+typedef enum { XA_DROP, XA_RENAME } xattr_change;
+
+static void xattrs_call(fs_ctx *x, const tree_path *tp, xattr_change c, const char *to)
+{
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (store && c == XA_DROP)
+        xattrs_drop(x->xattrs, store, tp->rest);
+    else if (store)
+        xattrs_rename(x->xattrs, store, tp->rest, to);
+    free(store);
 }
 
 /* ---- getattr */
@@ -407,6 +484,8 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         char *text = status_text(x, tp);
         fs_stat_file(x, st, 0444, text ? (off_t)strlen(text) : 0);
+        if (text)
+            st->st_mtim = st->st_ctim = status_stamp(x, tp, text);
         free(text);
         return 0;
     }
@@ -416,14 +495,19 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
             return rc;
         if (!x->import)
             return -EIO;
-        return import_call(x, tp, IM_GETATTR, (import_args){.st = st});
+        rc = import_call(x, tp, IM_GETATTR, (import_args){.st = st});
+        if (rc == -ENOENT && *tp->rest && rejected(x, tp)) {
+            fs_stat_file(x, st, 0644, 0);
+            rc = 0;
+        }
+        return rc;
     }
-    case TREE_EXPORT:
     case TREE_STORE_OPS:
         rc = store_child_exists(x, tp);
         if (rc == 0)
             fs_stat_dir(x, st, 0555);
         return rc;
+    case TREE_EXPORT:
     case TREE_EXPORT_FMT:
         rc = store_child_exists(x, tp);
         if (rc == 0)
@@ -431,6 +515,8 @@ static int getattr_path(fs_ctx *x, const tree_path *tp, struct stat *st)
         return rc;
     case TREE_EXPORT_FILTER:
         rc = store_child_exists(x, tp);
+        if (rc == 0 && scratch_is_name(tp->name))
+            return scratch_getattr(x, tp, st);
         return rc ? rc : export_getattr_filter(x, tp, st);
     case TREE_EXPORT_OUT:
         rc = store_child_exists(x, tp);
@@ -497,6 +583,14 @@ static int fill_list(fs_ctx *x, const char *ds_id, struct fill_adapter *a)
     return 0;
 }
 
+static int fill_rejected(void *buf, const char *name)
+{
+    struct fill_adapter *a = buf;
+    struct stat st;
+    fs_stat_file(ctx(), &st, 0644, 0);
+    return adapt_fill(a, name, &st);
+}
+
 static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
 {
     struct stat st;
@@ -522,17 +616,29 @@ static int readdir_path(fs_ctx *x, const tree_path *tp, struct fill_adapter *a)
         }
         fs_stat_file(x, &st, 0444, 0);
         adapt_fill(a, "status", &st);
+        adapt_fill(a, "status.json", &st);
         return 0;
     }
-    case TREE_IMPORT:
-        return import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
-    case TREE_EXPORT:
+    case TREE_IMPORT: {
+        rc = import_call(x, tp, IM_READDIR, (import_args){.fill = adapt_fill, .buf = a});
+        char *store = rc == 0 ? fs_store_name(x, tp->dataset, tp->store) : NULL;
+        if (store)
+            rejects_list_dir(x->rejects, store, tp->rest, fill_rejected, a);
+        free(store);
+        return rc;
+    }
+    case TREE_EXPORT: {
         fs_stat_dir(x, &st, 0755);
         for (size_t i = 0; i < tree_n_formats; i++)
             adapt_fill(a, tree_formats[i].dir, &st);
-        return 0;
+        tree_path top = *tp; /* filters written straight into export/ */
+        top.format = &tree_format_top;
+        rc = export_readdir_fmt(x, &top, adapt_fill, a);
+        return rc ? rc : scratch_readdir(x, &top, adapt_fill, a);
+    }
     case TREE_EXPORT_FMT:
-        return export_readdir_fmt(x, tp, adapt_fill, a);
+        rc = export_readdir_fmt(x, tp, adapt_fill, a);
+        return rc ? rc : scratch_readdir(x, tp, adapt_fill, a);
     case TREE_EXPORT_OUT:
         return export_out_readdir(x, tp, adapt_fill, a);
     case TREE_STORE_OPS:
@@ -762,8 +868,10 @@ static int op_rmdir(const char *path)
             return rc;
         return import_call(x, &tp, IM_RMDIR, (import_args){0});
     }
-    case TREE_NONE:
     case TREE_STUDIES:
+        rc = store_exists(x, &tp);
+        return rc ? rc : studies_rmdir(x, &tp);
+    case TREE_NONE:
         return -ENOENT;
     default:
         return deny(path, "rmdir: fixed directory", -EPERM);
@@ -772,15 +880,18 @@ static int op_rmdir(const char *path)
 
 /* ---- handles */
 
-typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD } handle_kind;
+typedef enum { H_IMPORT, H_BUF, H_EXPORT, H_FD, H_SCRATCH, H_STATUS } handle_kind;
 
 typedef struct fs_handle {
     handle_kind kind;
     uint64_t import_fh;
-    char *data; /* H_BUF */
+    char *data; /* H_BUF, H_STATUS: the text */
     size_t len;
+    bool fresh;    /* H_STATUS: data made at open, not read yet */
+    bool eof_seen; /* H_STATUS: a read returned EOF */
+    tree_path tp;  /* H_STATUS: which status */
     export_file *ex;
-    int fd; /* H_FD */
+    int fd; /* H_FD, H_SCRATCH */
 } fs_handle;
 
 static fs_handle *handle_new(handle_kind kind)
@@ -820,6 +931,23 @@ static bool wants_write(int flags)
     return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 }
 
+/* Editors' and tools' temporary files in export/ (scratch.h): private
+ * local files that start nothing. */
+static int open_scratch(fs_ctx *x, const tree_path *tp, struct fuse_file_info *fi, int flags)
+{
+    fs_handle *h = handle_new(H_SCRATCH);
+    if (!h)
+        return -ENOMEM;
+    int rc = scratch_open(x, tp, flags, &h->fd);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    fi->fh = (uintptr_t)h;
+    fi->direct_io = 1;
+    return 0;
+}
+
 /* Why a file cannot be created at a place. */
 static int create_denied(const char *path, const tree_path *tp)
 {
@@ -841,7 +969,7 @@ static int create_denied(const char *path, const tree_path *tp)
         return deny(path, "create: status is read-only", -EACCES);
     case TREE_EXPORT_OUT:
         if (!*tp->rest)
-            return deny(path, "create: a filter name may not end in .out", -EINVAL);
+            return deny(path, "create: a filter name may not end in .out or .runs", -EINVAL);
         return deny(path, "create: exported objects are read-only", -EACCES);
     case TREE_EXPORT:
         return deny(path, "create: filters go in export/FORMAT/ (dicom, png, ...)", -EACCES);
@@ -859,19 +987,17 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
     fs_ctx *x = ctx();
     if (tp.kind != TREE_IMPORT && tp.kind != TREE_EXPORT_FILTER)
         return create_denied(path, &tp);
-    /* Editors' swap/backup files (.x.swp, x~, #x#) and rsync's temporaries
-     * (.x.XXXXXX) must not start exports. */
-    if (tp.kind == TREE_EXPORT_FILTER &&
-        (tp.name[0] == '.' || tp.name[0] == '#' || tp.name[strlen(tp.name) - 1] == '~'))
-        return deny(path, "create: a filter name may not start with '.' or '#' or end with '~'",
-                    -EINVAL);
     if (tp.kind == TREE_IMPORT && !*tp.rest)
         return -EISDIR;
     rc = store_exists(x, &tp);
     if (rc)
         return rc;
-    if (tp.kind == TREE_IMPORT)
+    if (tp.kind == TREE_IMPORT) {
+        forget_rejected(x, &tp); /* written again: a new file */
         return open_import(x, &tp, fi, IM_CREATE, mode);
+    }
+    if (scratch_is_name(tp.name))
+        return open_scratch(x, &tp, fi, fi->flags | O_CREAT);
     fs_handle *h = handle_new(H_EXPORT);
     if (!h)
         return -ENOMEM;
@@ -933,11 +1059,34 @@ static int op_open(const char *path, struct fuse_file_info *fi)
         char *text = status_text(x, &tp);
         if (!text)
             text = strdup("");
-        return text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
+        rc = text ? open_buffer(fi, text, strlen(text)) : -ENOMEM;
+        if (rc == 0) {
+            fs_handle *h = handle_of(fi);
+            h->kind = H_STATUS;
+            h->fresh = true;
+            h->tp = tp;
+            h->tp.rest = "";
+        }
+        return rc;
     }
     case TREE_IMPORT:
-        return open_import(x, &tp, fi, IM_OPEN, 0);
+        if (rejected(x, &tp)) {
+            /* The refused file is gone; what is shown is its empty trace.
+             * Writing it (the shell's `>` on a cached name) starts anew. */
+            if (!w)
+                return open_buffer(fi, strdup(""), 0);
+            forget_rejected(x, &tp);
+            return open_import(x, &tp, fi, IM_CREATE, 0644);
+        }
+        rc = open_import(x, &tp, fi, IM_OPEN, 0);
+        /* Dropped since the kernel looked the name up (it still caches it):
+         * O_CREAT makes it anew, as on a local disk. */
+        if (rc == -ENOENT && (fi->flags & O_CREAT))
+            rc = open_import(x, &tp, fi, IM_CREATE, 0644);
+        return rc;
     case TREE_EXPORT_FILTER: {
+        if (scratch_is_name(tp.name))
+            return open_scratch(x, &tp, fi, fi->flags & ~O_CREAT);
         fs_handle *h = handle_new(H_EXPORT);
         if (!h)
             return -ENOMEM;
@@ -962,7 +1111,9 @@ static int op_open(const char *path, struct fuse_file_info *fi)
             return rc;
         }
         fi->fh = (uintptr_t)h;
-        fi->direct_io = st.st_size == 0; /* size unknown before the first retrieval */
+        /* stat promised st_size; should the retrieval differ, read what it gave */
+        struct stat got;
+        fi->direct_io = fstat(h->fd, &got) != 0 || got.st_size != st.st_size;
         return 0;
     }
     case TREE_EXPORT_OUT: {
@@ -984,6 +1135,39 @@ static int op_open(const char *path, struct fuse_file_info *fi)
     }
 }
 
+/* A read of an open status: offset 0 reads the status as it is now, and
+ * the reads that follow get the rest of that same text (so `cat` gets one
+ * consistent text). Once a reader got EOF, a later read at that end sees
+ * the status as it is then, at the same offsets, as a file rewritten in
+ * place: `tail -f` (which, on a FUSE file system, reads the bytes by which
+ * the size grew when the mtime changes) prints the lines added at the end
+ * (new failed:/rejected: lines); a status that shrank makes tail start over
+ * ("file truncated"). */
+static int read_status(fs_handle *h, char *buf, size_t size, off_t off)
+{
+    fs_ctx *x = ctx();
+    bool at_end = off >= (off_t)h->len;
+    if ((off == 0 && !h->fresh) || (at_end && h->eof_seen)) {
+        char *text = status_text(x, &h->tp);
+        if (text) {
+            free(h->data);
+            h->data = text;
+            h->len = strlen(text);
+            h->eof_seen = false;
+        }
+    }
+    h->fresh = false;
+    if (off < 0 || off >= (off_t)h->len) {
+        h->eof_seen = true;
+        return 0;
+    }
+    size_t at = (size_t)off;
+    if (size > h->len - at)
+        size = h->len - at;
+    memcpy(buf, h->data + at, size);
+    return (int)size;
+}
+
 static int op_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
     (void)path;
@@ -995,7 +1179,10 @@ static int op_read(const char *path, char *buf, size_t size, off_t off, struct f
         return import_read(ctx()->import, h->import_fh, buf, size, off);
     case H_EXPORT:
         return export_read(h->ex, buf, size, off);
-    case H_FD: {
+    case H_STATUS:
+        return read_status(h, buf, size, off);
+    case H_FD:
+    case H_SCRATCH: {
         ssize_t n = pread(h->fd, buf, size, off);
         return n < 0 ? -errno : (int)n;
     }
@@ -1023,6 +1210,10 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
         return import_write(ctx()->import, h->import_fh, buf, size, off);
     case H_EXPORT:
         return export_write(h->ex, buf, size, off);
+    case H_SCRATCH: {
+        ssize_t n = pwrite(h->fd, buf, size, off);
+        return n < 0 ? -errno : (int)n;
+    }
     default:
         return deny(path, "write: read-only file", -EBADF);
     }
@@ -1069,9 +1260,11 @@ static int op_release(const char *path, struct fuse_file_info *fi)
         export_release(ctx(), h->ex);
         break;
     case H_FD:
+    case H_SCRATCH:
         close(h->fd);
         break;
     case H_BUF:
+    case H_STATUS:
         free(h->data);
         break;
     }
@@ -1093,6 +1286,11 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
         return import_call(
             x, &tp, IM_TRUNCATE,
             (import_args){.size = size, .fh = h && h->kind == H_IMPORT ? h->import_fh : 0});
+    if (tp.kind == TREE_EXPORT_FILTER && scratch_is_name(tp.name)) {
+        if (h && h->kind == H_SCRATCH)
+            return ftruncate(h->fd, size) == 0 ? 0 : -errno;
+        return scratch_truncate(x, &tp, size);
+    }
     if (tp.kind == TREE_EXPORT_FILTER) {
         if (h && h->kind == H_EXPORT)
             return export_truncate_open(h->ex, size);
@@ -1119,6 +1317,8 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
     rc = getattr_path(x, &tp, &st);
     if (rc)
         return rc;
+    if (tp.kind == TREE_EXPORT_FILTER && scratch_is_name(tp.name))
+        return scratch_utimens(x, &tp, tv);
     if (tp.kind == TREE_EXPORT_FILTER)
         return 0; /* touch of a filter: nothing to record */
     return deny(path, "utimens: times of this entry are fixed", -EPERM);
@@ -1136,6 +1336,8 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
         return import_call(x, &tp, IM_CHMOD, (import_args){.mode = mode});
     struct stat st;
     rc = getattr_path(x, &tp, &st);
+    if (rc == 0 && tp.kind == TREE_EXPORT_FILTER)
+        return 0; /* cp -p, sed -i, editors: a filter has no mode of its own to keep */
     return rc ? rc : deny(path, "chmod: permissions of this entry are fixed", -EPERM);
 }
 
@@ -1157,6 +1359,8 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
      * (cp -p, rsync -o as that user). */
     if ((uid == (uid_t)-1 || uid == x->uid) && (gid == (gid_t)-1 || gid == x->gid))
         return 0;
+    if (tp.kind == TREE_EXPORT_FILTER)
+        return 0; /* sed -i copies the owner onto its temporary: nothing to keep */
     return deny(path, "chown: every entry belongs to the mounting user", -EPERM);
 }
 
@@ -1172,10 +1376,17 @@ static int op_unlink(const char *path)
         rc = store_exists(x, &tp);
         if (rc)
             return rc;
-        return import_call(x, &tp, IM_UNLINK, (import_args){0});
+        rc = import_call(x, &tp, IM_UNLINK, (import_args){0});
+        if (rc == -ENOENT && forget_rejected(x, &tp))
+            rc = 0;
+        if (rc == 0)
+            xattrs_call(x, &tp, XA_DROP, NULL);
+        return rc;
     }
     case TREE_EXPORT_FILTER:
         rc = store_exists(x, &tp);
+        if (rc == 0 && scratch_is_name(tp.name))
+            return scratch_unlink(x, &tp);
         return rc ? rc : export_unlink(x, &tp);
     case TREE_DS_OP:
     case TREE_STORE_OP:
@@ -1184,12 +1395,50 @@ static int op_unlink(const char *path)
         return deny(path, "unlink: status is part of the store", -EACCES);
     case TREE_EXPORT_OUT:
         return deny(path, "unlink: exported objects are read-only", -EACCES);
-    case TREE_NONE:
     case TREE_STUDIES:
+        rc = store_exists(x, &tp);
+        return rc ? rc : studies_unlink(x, &tp);
+    case TREE_NONE:
         return -ENOENT;
     default:
         return deny(path, "unlink: not removable", -EPERM);
     }
+}
+
+/* Renames in one format folder of export/: between scratch files, a scratch
+ * file over a filter (`sed -i`, vim's write-temp-then-rename: a new version
+ * of that filter, checked and started as if written there), a filter onto
+ * a scratch name (vim's backup) or onto another filter name. */
+static int rename_in_export(fs_ctx *x, const char *from, const tree_path *a, const tree_path *b,
+                            unsigned int flags)
+{
+    if (strcmp(a->dataset, b->dataset) != 0 || strcmp(a->store, b->store) != 0 ||
+        a->format != b->format)
+        return -EXDEV; /* mv copies then */
+    if (flags & RENAME_EXCHANGE)
+        return deny(from, "rename: exchange is not supported in export/", -EINVAL);
+    int rc = store_exists(x, a);
+    if (rc)
+        return rc;
+    struct stat st;
+    if (getattr_path(x, a, &st) != 0)
+        return -ENOENT;
+    if ((flags & RENAME_NOREPLACE) && getattr_path(x, b, &st) == 0)
+        return -EEXIST;
+    bool sa = scratch_is_name(a->name), sb = scratch_is_name(b->name);
+    if (sa && sb)
+        return scratch_rename(x, a, b);
+    char *data = NULL;
+    size_t len = 0;
+    rc = sa ? scratch_read_all(x, a, &data, &len) : export_take(x, a, &data, &len);
+    if (rc == 0)
+        rc = sb ? scratch_write_all(x, b, data, len) : export_install(x, b, data, len);
+    if (rc == 0 && sa)
+        scratch_unlink(x, a);
+    if (rc)
+        log_warn("%s: rename onto export/%s: %s", from, b->name, strerror(-rc));
+    free(data);
+    return rc;
 }
 
 static int op_rename(const char *from, const char *to, unsigned int flags)
@@ -1210,11 +1459,91 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
         rc = store_exists(x, &a);
         if (rc)
             return rc;
-        return import_call(x, &a, IM_RENAME, (import_args){.to = b.rest, .rename_flags = flags});
+        rc = import_call(x, &a, IM_RENAME, (import_args){.to = b.rest, .rename_flags = flags});
+        if (rc == 0)
+            xattrs_call(x, &a, XA_RENAME, b.rest);
+        return rc;
     }
     if (b.kind == TREE_IMPORT)
         return -EXDEV;
-    return deny(from, "rename: only files under import/ can be renamed", -EPERM);
+    if (a.kind == TREE_EXPORT_FILTER && b.kind == TREE_EXPORT_FILTER)
+        return rename_in_export(x, from, &a, &b, flags);
+    return deny(from, "rename: only files under import/ and export/ can be renamed", -EPERM);
+}
+
+/* ---- extended attributes: user.* on import/ files (xattrs.h); nothing
+ * elsewhere (every other entry reads as having none). */
+
+/* The store's full name when path is an existing entry below import/ that
+ * can carry attributes; else NULL with *rc set. */
+static char *xattr_target(const char *path, tree_path *tp, int *rc)
+{
+    fs_ctx *x = ctx();
+    *rc = parse(path, tp);
+    if (*rc)
+        return NULL;
+    struct stat st;
+    *rc = getattr_path(x, tp, &st);
+    if (*rc)
+        return NULL;
+    if (tp->kind != TREE_IMPORT || !*tp->rest) {
+        *rc = -ENOTSUP;
+        return NULL;
+    }
+    char *store = fs_store_name(x, tp->dataset, tp->store);
+    if (!store)
+        *rc = -ENOMEM;
+    return store;
+}
+
+static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
+                       int flags)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? deny(path, "setxattr: only files under import/ keep attributes", rc)
+                              : rc;
+    rc = xattrs_set(ctx()->xattrs, store, tp.rest, name, value, size, flags);
+    free(store);
+    return rc;
+}
+
+static int op_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? -ENODATA : rc;
+    rc = xattrs_get(ctx()->xattrs, store, tp.rest, name, value, size);
+    free(store);
+    return rc;
+}
+
+static int op_listxattr(const char *path, char *list, size_t size)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? 0 : rc;
+    rc = xattrs_list(ctx()->xattrs, store, tp.rest, list, size);
+    free(store);
+    return rc;
+}
+
+static int op_removexattr(const char *path, const char *name)
+{
+    tree_path tp;
+    int rc;
+    char *store = xattr_target(path, &tp, &rc);
+    if (!store)
+        return rc == -ENOTSUP ? -ENODATA : rc;
+    rc = xattrs_remove(ctx()->xattrs, store, tp.rest, name);
+    free(store);
+    return rc;
 }
 
 /* ---- symlink, mknod, link: never possible. import/ holds DICOM files
@@ -1281,6 +1610,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         x->journal = NULL;
     }
     free(jdir);
+    x->rejects = rejects_new();
+    x->xattrs = xattrs_new();
     if (x->journal) {
         import_config ic = {
             .cache_dir = x->opt->cache_dir,
@@ -1292,6 +1623,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
             .uid = x->uid,
             .gid = x->gid,
+            .on_reject = rejects_on_reject,
+            .on_reject_ctx = x->rejects,
         };
         rc = import_mgr_new(&ic, x->cl.gcs, x->cl.hc, x->journal, &x->import);
         if (rc) {
@@ -1314,6 +1647,10 @@ static void op_destroy(void *private_data)
     if (x->journal)
         journal_close(x->journal);
     x->journal = NULL;
+    rejects_free(x->rejects);
+    x->rejects = NULL;
+    xattrs_free(x->xattrs);
+    x->xattrs = NULL;
     log_info("unmounted %s", x->opt->source);
 }
 
@@ -1336,6 +1673,10 @@ static const struct fuse_operations operations = {
     .chmod = op_chmod,
     .chown = op_chown,
     .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
     .symlink = op_symlink,
     .mknod = op_mknod,
     .link = op_link,

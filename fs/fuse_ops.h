@@ -25,6 +25,8 @@
 
 typedef struct journal journal;
 typedef struct import_mgr import_mgr;
+typedef struct rejects rejects;
+typedef struct xattrs xattrs;
 
 /* Seconds a directory listing is trusted. */
 #define FS_LIST_TTL 5.0
@@ -49,6 +51,8 @@ typedef struct fs_ctx {
     fs_clients cl;
     journal *journal;
     import_mgr *import;
+    rejects *rejects; /* refused import/ files, kept visible */
+    xattrs *xattrs;   /* user.* attributes of import/ files */
     dircache *cache;
     uid_t uid;
     gid_t gid;

@@ -1329,6 +1329,9 @@ int import_release(import_mgr *m, uint64_t fh)
         if (n->writers == 0 && n->visible && n->dirty && n->checked && n->check_rc < 0) {
             log_error("import: %s/%s: %s; not imported, removed from import/", n->st->name, n->path,
                       n->why ? n->why : strerror(-n->check_rc));
+            if (m->cfg.on_reject && n->check_rc == -EINVAL)
+                m->cfg.on_reject(m->cfg.on_reject_ctx, n->st->name, n->path,
+                                 n->why ? n->why : strerror(-n->check_rc));
             reject(m, n);
             dropped = true;
         }

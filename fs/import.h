@@ -44,6 +44,13 @@ typedef struct import_config {
                                    (0: 32 MiB; < 0: never; see uploader.c) */
     uid_t uid;                  /* owner shown for spooled files */
     gid_t gid;
+    /* Told of every file dropped at its last close because its content was
+     * refused (EINVAL: not DICOM Part 10; not ENOSPC or I/O errors, which
+     * the writes reported too) with store, path below import/ and reason;
+     * may be NULL. Called with the manager's lock held: must not call back
+     * into import_. */
+    void (*on_reject)(void *ctx, const char *store, const char *path, const char *reason);
+    void *on_reject_ctx;
 } import_config;
 
 /* Starts the manager: loads the journal, resumes pending uploads and imports. */

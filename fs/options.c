@@ -538,7 +538,9 @@ void fs_options_usage(const char *progname)
            "  sync_close             close() in import/ also fsyncs the file and the journal\n"
            "                         (power-loss durable at every close; default: at fsync\n"
            "                         and within 50 ms for the journal, like a local disk)\n"
-           "  allow_delete           let rmdir remove datasets and stores (off by default)\n"
+           "  allow_delete           let rmdir remove datasets and stores, and rm / rm -r\n"
+           "                         delete instances, series and studies under studies/\n"
+           "                         (off by default: those fail with EACCES)\n"
            "  no_auth                send no credentials (local emulator only)\n"
            "\n"
            "FUSE options: -f (foreground, log to stderr), -d (debug), -s (single thread),\n"
@@ -546,7 +548,10 @@ void fs_options_usage(const char *progname)
            "  default_permissions is always on.\n"
            "\n"
            "  -h, --help     this text\n"
-           "  -V, --version  version\n",
+           "  -V, --version  version\n"
+           "\n"
+           "The tree, export runs, editors in export/, refusals, status and the exit\n"
+           "codes of wait: see dicomfs(1).\n",
            progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
            FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
 }

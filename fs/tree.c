@@ -13,6 +13,8 @@ const tree_format tree_formats[] = {
     {"jpeg", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50", ".jpg", "JPEG images"},
 };
 const size_t tree_n_formats = sizeof tree_formats / sizeof tree_formats[0];
+const tree_format tree_format_top = {"as-stored", "application/dicom; transfer-syntax=*", ".dcm",
+                                     "DICOM as stored (a filter straight in export/)"};
 
 const tree_format *tree_format_find(const char *dir, size_t len)
 {
@@ -70,7 +72,28 @@ static bool ends_with(const char *s, size_t len, const char *suffix)
     return len >= n && memcmp(s + len - n, suffix, n) == 0;
 }
 
-/* Below export/: FMT[/NAME[.out[/rest]]]. */
+/* NAME, NAME.out[/rest] or NAME.runs[/rest] in a format folder (or export/). */
+static void parse_filter(const char *const *c, const size_t *cl, int n, const char *const *tail,
+                         tree_path *out)
+{
+    bool is_out = ends_with(c[0], cl[0], ".out") && cl[0] > 4;
+    bool is_runs = ends_with(c[0], cl[0], ".runs") && cl[0] > 5;
+    if (is_out || is_runs) {
+        out->kind = TREE_EXPORT_OUT;
+        out->runs = is_runs;
+        copy_comp(out->name, c[0], cl[0] - (is_runs ? 5 : 4));
+        out->rest = n > 1 ? tail[1] : "";
+        return;
+    }
+    if (n > 1) {
+        out->kind = TREE_NONE;
+        return;
+    }
+    out->kind = TREE_EXPORT_FILTER;
+    copy_comp(out->name, c[0], cl[0]);
+}
+
+/* Below export/: FMT[/NAME[.out|.runs[/rest]]] or NAME[.out|.runs[/rest]]. */
 static void parse_export(const char *const *c, const size_t *cl, int n, const char *const *tail,
                          tree_path *out)
 {
@@ -80,25 +103,15 @@ static void parse_export(const char *const *c, const size_t *cl, int n, const ch
     }
     out->format = tree_format_find(c[0], cl[0]);
     if (!out->format) {
-        out->kind = TREE_NONE;
+        out->format = &tree_format_top;
+        parse_filter(c, cl, n, tail, out);
         return;
     }
     if (n == 1) {
         out->kind = TREE_EXPORT_FMT;
         return;
     }
-    if (ends_with(c[1], cl[1], ".out") && cl[1] > 4) {
-        out->kind = TREE_EXPORT_OUT;
-        copy_comp(out->name, c[1], cl[1] - 4);
-        out->rest = n > 2 ? tail[2] : "";
-        return;
-    }
-    if (n > 2) {
-        out->kind = TREE_NONE;
-        return;
-    }
-    out->kind = TREE_EXPORT_FILTER;
-    copy_comp(out->name, c[1], cl[1]);
+    parse_filter(c + 1, cl + 1, n - 1, tail + 1, out);
 }
 
 /* Below a store: c[0] is the first component inside it. */
@@ -115,8 +128,9 @@ static void parse_store(const char *const *c, const size_t *cl, int n, const cha
     } else if (comp_is(c[0], cl[0], "studies")) {
         out->kind = TREE_STUDIES;
         out->rest = n > 1 ? tail[1] : "";
-    } else if (comp_is(c[0], cl[0], "status")) {
+    } else if (comp_is(c[0], cl[0], "status") || comp_is(c[0], cl[0], "status.json")) {
         out->kind = n == 1 ? TREE_STATUS : TREE_NONE;
+        copy_comp(out->name, c[0], cl[0]); /* "status" or "status.json" */
     } else if (comp_is(c[0], cl[0], "operations")) {
         out->kind = n == 1 ? TREE_STORE_OPS : n == 2 ? TREE_STORE_OP : TREE_NONE;
         if (n == 2)

@@ -5,10 +5,13 @@
  *   /D/operations/ID.json     an operation of the dataset
  *   /D/S/                     import/ export/ operations/ studies/ status
  *   /D/S/status               progress of background work
+ *   /D/S/status.json          the same as one JSON object
  *   /D/S/import/REST          the import spool (fs/import.h)
  *   /D/S/export/              one directory per output format
  *   /D/S/export/FMT/NAME      a filter file; writing it starts an export
- *   /D/S/export/FMT/NAME.out/REST  the exported objects
+ *   /D/S/export/FMT/NAME.out/REST  the exported objects of the latest run
+ *   /D/S/export/FMT/NAME.runs/RUN/REST  every run's objects
+ *   /D/S/export/NAME[.out|.runs]  the same without FMT: DICOM as stored
  *   /D/S/operations/ID.json   operations started from this store
  *   /D/S/studies/REST         DICOMweb view
  *
@@ -28,12 +31,12 @@ typedef enum tree_kind {
     TREE_DS_OPS,        /* DATASET/operations/ */
     TREE_DS_OP,         /* DATASET/operations/NAME (name = op id when it ends in .json) */
     TREE_STORE,         /* a store directory */
-    TREE_STATUS,        /* STORE/status */
+    TREE_STATUS,        /* STORE/status or STORE/status.json (name says which) */
     TREE_IMPORT,        /* STORE/import[/rest] */
     TREE_EXPORT,        /* STORE/export/ */
     TREE_EXPORT_FMT,    /* STORE/export/FMT/ */
-    TREE_EXPORT_FILTER, /* STORE/export/FMT/NAME */
-    TREE_EXPORT_OUT,    /* STORE/export/FMT/NAME.out[/rest] */
+    TREE_EXPORT_FILTER, /* STORE/export/[FMT/]NAME */
+    TREE_EXPORT_OUT,    /* STORE/export/[FMT/]NAME.out[/rest] or NAME.runs[/rest] */
     TREE_STORE_OPS,     /* STORE/operations/ */
     TREE_STORE_OP,      /* STORE/operations/NAME */
     TREE_STUDIES,       /* STORE/studies[/rest] */
@@ -49,6 +52,10 @@ typedef struct tree_format {
 } tree_format;
 
 extern const tree_format tree_formats[];
+/* A filter written straight into export/ (no format folder): DICOM as
+ * stored. Its dir ("as-stored") names its records and its place in the
+ * export bucket; it is not a folder of export/ (tree_format_find skips it). */
+extern const tree_format tree_format_top;
 extern const size_t tree_n_formats;
 const tree_format *tree_format_find(const char *dir, size_t len);
 
@@ -62,6 +69,7 @@ typedef struct tree_path {
     const tree_format *format;       /* TREE_EXPORT_FMT and below */
     const char *rest;                /* below import/, studies/, NAME.out/: "" or "a/b" (points
                                         into the parsed path) */
+    bool runs;                       /* TREE_EXPORT_OUT: NAME.runs/ (every run) */
 } tree_path;
 
 /* Classifies path (absolute, as FUSE passes it). fixed_dataset is the

@@ -3,9 +3,11 @@
  * Finds the store directory of PATH (PATH itself or the nearest ancestor
  * holding `status`, `import/` and `operations/`), reads its status file
  * every 0.05 s and shows progress: a bar redrawn in place on a terminal,
- * a plain line every 5 s otherwise. Exit status: 0 all imported, 1 some
- * files failed (their "failed: PATH: REASON" lines are printed), 2 usage
- * error or PATH not in a dicomfs store, 3 timeout.
+ * a plain line every 5 s otherwise, with the upload rate and, while bytes
+ * remain to upload, the time left at that rate. Exit status: 0 all
+ * imported, 1 some files failed or were refused (their "failed: PATH:
+ * REASON" and "rejected: PATH: REASON" lines are printed), 2 usage error or
+ * PATH not in a dicomfs store, 3 timeout.
  */
 #include "wait.h"
 
@@ -120,15 +122,39 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void print_failures(const char *text)
+/* Prints the "failed: PATH: REASON" lines (not the "failed: N" counter)
+ * and the "rejected: PATH: REASON" lines; returns how many rejected ones. */
+static size_t print_failures(const char *text, bool print)
 {
+    size_t rejected = 0;
     for (const char *line = text; line && *line;) {
         const char *eol = strchr(line, '\n');
         size_t ll = eol ? (size_t)(eol - line) : strlen(line);
-        if (ll > 8 && strncmp(line, "failed: ", 8) == 0 && strspn(line + 8, "0123456789") < ll - 8)
+        bool failed =
+            ll > 8 && strncmp(line, "failed: ", 8) == 0 && strspn(line + 8, "0123456789") < ll - 8;
+        bool rej = ll > 10 && strncmp(line, "rejected: ", 10) == 0;
+        rejected += rej;
+        if (print && (failed || rej))
             printf("%.*s\n", (int)ll, line);
         line = eol ? eol + 1 : NULL;
     }
+    return rejected;
+}
+
+/* "12 s", "3 min", "2 h" left at rate bytes/s, or "" when unknown. */
+static void time_left(const import_counts *c, double rate, char *buf, size_t len)
+{
+    uint64_t left = c->bytes_spooled > c->bytes_uploaded ? c->bytes_spooled - c->bytes_uploaded : 0;
+    buf[0] = '\0';
+    if (rate <= 0 || left == 0)
+        return;
+    double s = (double)left / rate;
+    if (s < 120)
+        snprintf(buf, len, ", %.0f s left", s);
+    else if (s < 7200)
+        snprintf(buf, len, ", %.0f min left", s / 60);
+    else
+        snprintf(buf, len, ", %.1f h left", s / 3600);
 }
 
 static void draw(bool tty, const import_counts *c, double rate, bool final)
@@ -136,6 +162,8 @@ static void draw(bool tty, const import_counts *c, double rate, bool final)
     uint64_t pending = c->spooled + c->uploading + c->uploaded + c->importing;
     uint64_t total = pending + c->imported + c->failed;
     uint64_t done = c->imported + c->failed;
+    char left[40];
+    time_left(c, final ? 0 : rate, left, sizeof left);
     if (tty) {
         char bar[31];
         int width = 30;
@@ -143,14 +171,14 @@ static void draw(bool tty, const import_counts *c, double rate, bool final)
         for (int i = 0; i < width; i++)
             bar[i] = i < fill ? '#' : '.';
         bar[width] = '\0';
-        printf("\r[%s] %" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %.1f MB/s\033[K%s",
-               bar, c->imported, total, c->failed, rate / 1e6, final ? "\n" : "");
+        printf("\r[%s] %" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %.1f MB/s%s\033[K%s",
+               bar, c->imported, total, c->failed, rate / 1e6, left, final ? "\n" : "");
     } else {
         printf("%" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %" PRIu64
                " pending (spooled %" PRIu64 ", uploading %" PRIu64 ", uploaded %" PRIu64
-               ", importing %" PRIu64 "), %.1f MB/s\n",
+               ", importing %" PRIu64 "), %.1f MB/s%s\n",
                c->imported, total, c->failed, pending, c->spooled, c->uploading, c->uploaded,
-               c->importing, rate / 1e6);
+               c->importing, rate / 1e6, left);
     }
     fflush(stdout);
 }
@@ -232,10 +260,9 @@ int wait_main(int argc, char **argv)
         uint64_t pending = c.spooled + c.uploading + c.uploaded + c.importing;
         if (pending == 0) {
             draw(tty, &c, rate, true);
-            if (c.failed)
-                print_failures(text);
+            size_t rejected = print_failures(text, c.failed || strstr(text, "\nrejected: "));
             free(text);
-            return c.failed ? WAIT_FAILED : WAIT_OK;
+            return c.failed || rejected ? WAIT_FAILED : WAIT_OK;
         }
         if (tty || t - last_print >= 5) {
             draw(tty, &c, rate, false);

@@ -1069,6 +1069,35 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version, 
     free(base);
 }
 
+/* ---- instances.getStorageInfo (a Healthcare API extra, v1 and v1beta1) ----
+ * blobStorageInfo.sizeBytes is the size of the stored file, which is what a
+ * retrieval as stored (transfer-syntax=*) sends. */
+static void storage_info(emu_response *w, const char *version, const char *store, const char *study,
+                         const char *series, const char *sop)
+{
+    found f;
+    struct stat st;
+    if (find_instances(store, study, series, sop, &f) == 0 || stat(f.v[0].path, &st) != 0) {
+        found_free(&f);
+        dw_error(w, 404, "instance not found", NULL);
+        return;
+    }
+    found_free(&f);
+    char num[32], res[1024];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st.st_size);
+    snprintf(res, sizeof res, "%s/dicomWeb/studies/%s/series/%s/instances/%s", store, study, series,
+             sop);
+    (void)version;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "referencedResource", res);
+    cJSON *ss = cJSON_AddObjectToObject(j, "structuredStorageInfo");
+    cJSON_AddStringToObject(ss, "sizeBytes", "0");
+    cJSON *blob = cJSON_AddObjectToObject(j, "blobStorageInfo");
+    cJSON_AddStringToObject(blob, "sizeBytes", num);
+    cJSON_AddStringToObject(blob, "storageClass", "STANDARD");
+    emu_resp_json(w, 200, j);
+}
+
 /* ---- DELETE ---- */
 static void delete_rs(emu_response *w, const char *version, const char *dataset, const char *store,
                       const char *study, const char *series, const char *sop)
@@ -1110,7 +1139,15 @@ void dicomweb_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const 
     const char *study = n > 1 && IS(0, "studies") ? seg[1] : NULL;
     const char *series = study && IS(2, "series") && n > 3 ? seg[3] : NULL;
     const char *sop = series && IS(4, "instances") && n > 5 ? seg[5] : NULL;
-    if (get && n == 1 && IS(0, "studies"))
+    /* "I:getStorageInfo": the custom verb rides on the last segment */
+    char *verb = sop && n == 6 ? strchr(seg[5], ':') : NULL;
+    if (verb)
+        *verb++ = '\0';
+    if (verb && get && strcmp(verb, "getStorageInfo") == 0)
+        storage_info(w, version, store, study, series, sop);
+    else if (verb)
+        dw_error(w, 404, "unsupported DICOMweb request %s", path);
+    else if (get && n == 1 && IS(0, "studies"))
         qido(w, r, store, LV_STUDY, NULL, NULL);
     else if (get && n == 1 && IS(0, "series"))
         qido(w, r, store, LV_SERIES, NULL, NULL);

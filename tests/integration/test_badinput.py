@@ -164,9 +164,16 @@ def test_bad_import_files(emulator, res_mounts, tmp_path):  # noqa: F811
                       wrong_errno=len(wrong), files_lost=ru.n_or_none(found["missing"]))
     assert wrong == [], "%d of %d bad files did not fail close() with EINVAL: %r" % (
         len(wrong), len(cases), wrong)
-    assert [n for n in listed if n.startswith("bad")] == [], \
-        "rejected files still listed in import/: %r" % listed
+    # each refusal stays visible (an empty entry, a "rejected:" status line
+    # that wait prints and counts) until the entry is removed
+    bad = ["bad%02d.dcm" % i for i in range(len(cases))]
+    assert [n for n in listed if n.startswith("bad")] == bad, listed
+    assert all(os.path.getsize(os.path.join(m.import_dir, n)) == 0 for n in bad)
     assert "bad00.dcm" in m.log(), "no log line names the rejected file:\n" + m.log_tail()
+    assert wrc == 1 and "rejected: import/bad00.dcm: " in wout, wout[-1000:]
+    for n in bad:
+        os.unlink(os.path.join(m.import_dir, n))
+    wrc, wout = m.wait(timeout=120)
     assert wrc == 0, wout[-1000:]
     ru.assert_store_ok(found, "valid")
     assert m.alive()

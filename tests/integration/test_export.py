@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -137,13 +138,15 @@ def test_filtered_export_one_study(dicomfs_mount, hc_api, filled_store):
             assert f.read() == want[rel], rel
         assert os.stat(p).st_size == len(want[rel])
     # the filter was uploaded beside the staging prefix, the objects went to
-    # the default export destination gs://staging/dicomfs-exports/DS/STORE/FMT/NAME/
+    # the default export destination gs://staging/dicomfs-exports/DS/STORE/FMT/NAME/RUN/
+    # (one prefix per start, RUN listed in NAME.runs/)
     (fobj,) = hc_api.list_objects("staging", f"dicomfs/filters/{ds_id}/{st_id}/dicom/")
     assert fobj["name"].rsplit("/", 1)[1].startswith("one-")
     assert hc_api.download("staging", fobj["name"]) == filt.encode()
+    (run,) = os.listdir(m.path(ds_id, st_id, "export", "dicom", "one.runs"))
     exported = {o["name"] for o in hc_api.list_objects(
         "staging", f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/")}
-    assert exported == {f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/{r}" for r in want}
+    assert exported == {f"dicomfs-exports/{ds_id}/{st_id}/dicom/one/{run}/{r}" for r in want}
 
 
 def test_empty_filter_exports_whole_store(dicomfs_mount, filled_store):
@@ -178,9 +181,8 @@ def test_bad_filter_fails_close_and_starts_nothing(dicomfs_mount, hc_api, filled
         os.unlink(t.name)
     assert p.returncode != 0
     assert "Invalid argument" in p.stderr
-    # forgotten at the release, after which nothing can start any more
-    wait_until(lambda: "bad" not in os.listdir(m.path(ds_id, st_id, "export", "dicom")),
-               what="bad filter forgotten")
+    # refused at the release, nothing starts; the refusal stays visible
+    wait_until(lambda: os.path.exists(path + ".out/ERROR"), what="bad filter refused")
     assert os.listdir(m.path(ds_id, st_id, "operations")) == []
     assert len(hc_api.list_operations(ds)) == before
     assert "export/dicom/bad: line 2, column" in m.log_text()
@@ -216,16 +218,16 @@ def test_filter_survives_remount(dicomfs_mount, filled_store):
 
 
 def test_odd_filter_names_refused(dicomfs_mount, hc_api):
+    """NAME.out and NAME.runs are result folders, never filters; editors'
+    scratch names are private files that start nothing (tests/integration/
+    test_tools.py)."""
     m = dicomfs_mount
     before = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
     d = m.path("ds", "store", "export", "dicom")
-    for name in (".hidden", "x.out", "backup~", "#autosave#"):
+    for name in ("x.out", "x.runs"):
         with pytest.raises(OSError) as ei:
             write_filter(os.path.join(d, name), "")
         assert ei.value.errno == errno.EINVAL, name
-    with pytest.raises(OSError) as ei:
-        write_filter(m.path("ds", "store", "export", "gif"), "")
-    assert ei.value.errno in (errno.EACCES, errno.EPERM)
     assert os.listdir(d) == []
     after = len(hc_api.list_operations("projects/test-project/locations/us-central1/datasets/ds"))
     assert after == before
@@ -410,7 +412,7 @@ def test_failed_start_retried_by_writing_again(emulator, mount_factory):
     ops = wait_until(lambda: store_ops(m, "ds", "store"), timeout=60, what="export started")
     assert len(ops) == 1
     wait_until(lambda: not os.path.exists(err_path), what="ERROR cleared")
-    assert sorted(os.listdir(d)) == ["again", "again.out"]
+    assert sorted(os.listdir(d)) == ["again", "again.out", "again.runs"]
     assert "ERROR" not in os.listdir(os.path.join(d, "again.out"))
     assert not [ln for ln in status_lines(m, "ds", "store") if ln.startswith("failed: export/")]
 
@@ -480,9 +482,10 @@ def test_export_call_refused_403(emulator_factory, tmp_path):
         with open(err_path) as f:
             lines = f.read().splitlines()
         assert lines[1] == "filter: export/png/all"
-        want = (f"reason: starting the export of {store} to "
-                "gs://staging/dicomfs-exports/ds/store/png/all failed: ")
-        assert lines[2].startswith(want), lines[2]
+        # each start has its own run prefix: .../png/all/RUN
+        want = (rf"reason: starting the export of {re.escape(store)} to "
+                r"gs://staging/dicomfs-exports/ds/store/png/all/\d{8}T\d{6}\.\d{3}Z failed: ")
+        assert re.match(want, lines[2]), lines[2]
         assert lines[2].endswith("(HTTP 403 PERMISSION_DENIED)"), lines[2]
         assert emu.stats()["faults"]["http500"] == 1  # one call: a 403 is not retried
         assert sorted(os.listdir(d)) == ["all", "all.out"]

@@ -306,7 +306,10 @@ def test_import_rejects_non_dicom_and_empty(mounts, emulator, workdir):
     r = subprocess.run(["cp", empty, m.import_dir()], capture_output=True, text=True)
     assert r.returncode != 0
     assert "Invalid argument" in r.stderr, r.stderr
-    assert wait_listing(m.import_dir(), []) == []
+    # dropped, each leaving an empty entry as its visible trace until removed
+    assert wait_listing(m.import_dir(), ["empty.dcm", "notes.dcm"]) == ["empty.dcm", "notes.dcm"]
+    for n in ("empty.dcm", "notes.dcm"):
+        os.unlink(os.path.join(m.import_dir(), n))
     assert "not a DICOM Part-10 file" in m.log()
     # A valid file next to them still goes through.
     good = os.path.join(workdir, "good.dcm")
@@ -473,7 +476,9 @@ def test_import_overwrite_pending_file_revalidates(mounts, emulator, workdir):
     r = subprocess.run(["cp", junk, os.path.join(m.import_dir(), "y.dcm")], capture_output=True,
                        text=True)
     assert r.returncode != 0 and "Invalid argument" in r.stderr, r.stderr
-    assert wait_listing(m.import_dir(), ["x.dcm"]) == ["x.dcm"]
+    # y.dcm is dropped; its trace stays until removed
+    assert wait_listing(m.import_dir(), ["x.dcm", "y.dcm"]) == ["x.dcm", "y.dcm"]
+    os.unlink(os.path.join(m.import_dir(), "y.dcm"))
     w = m.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m.log())
     got = store_uids(emulator)

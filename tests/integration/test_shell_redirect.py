@@ -130,7 +130,12 @@ def test_cp_dev_null_into_import_still_fails(dicomfs_mount, import_store):
                        text=True, timeout=60)
     assert r.returncode != 0
     assert "Invalid argument" in r.stderr, r.stderr
-    assert wait_until(lambda: os.listdir(imp) == [], what="empty.dcm dropped") is True
+    # dropped; an empty entry stays as the visible trace until removed
+    status = m.path(ds_id, st_id, "status")
+    wait_until(lambda: "rejected: import/empty.dcm: " in open(status).read(), what="trace")
+    assert os.listdir(imp) == ["empty.dcm"]
+    os.unlink(os.path.join(imp, "empty.dcm"))
+    assert os.listdir(imp) == []
     assert wait_until(lambda: os.listdir(os.path.join(m.cache_dir, "spool")) == [],
                       what="spool file removed") is True
     # the what-and-where line, logged at the release
@@ -224,8 +229,9 @@ def test_bad_filter_through_a_redirect_starts_nothing(dicomfs_mount, hc_api, fil
     d = m.path(ds_id, st_id, "export", "dicom")
     before = op_counts(m, hc_api, ds, ds_id, st_id)
     sh("printf '/studies/01.2\\n' > \"$1\"", os.path.join(d, "bad"))
-    # forgotten at the release, after which nothing could start any more
-    wait_until(lambda: "bad" not in os.listdir(d), what="bad filter forgotten")
+    # refused at the release: kept with bad.out/ERROR until removed
+    wait_until(lambda: os.path.exists(os.path.join(d, "bad.out", "ERROR")), what="bad refused")
+    os.unlink(os.path.join(d, "bad"))
     # the same through Python: a dup'ed descriptor closed after the write
     fd = os.open(os.path.join(d, "bad2"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.write(fd, b"/studies/1.2\n/studies/01.2\n")
@@ -234,7 +240,8 @@ def test_bad_filter_through_a_redirect_starts_nothing(dicomfs_mount, hc_api, fil
         with pytest.raises(OSError) as ei:
             os.close(f)
         assert ei.value.errno == errno.EINVAL
-    wait_until(lambda: "bad2" not in os.listdir(d), what="bad2 forgotten")
+    wait_until(lambda: os.path.exists(os.path.join(d, "bad2.out", "ERROR")), what="bad2")
+    os.unlink(os.path.join(d, "bad2"))
     time.sleep(1)
     assert op_counts(m, hc_api, ds, ds_id, st_id) == before
     assert os.listdir(d) == []

@@ -583,6 +583,28 @@ TEST(dicomweb_delete_op_and_sync)
     fx_stop(&f);
 }
 
+TEST(instance_size_from_storage_info)
+{
+    fixture f = fx_start();
+    http_error e;
+    uint64_t size = 0;
+    push(&f, 200,
+         "{\"referencedResource\":\"x\",\"structuredStorageInfo\":{\"sizeBytes\":\"12\"},"
+         "\"blobStorageInfo\":{\"sizeBytes\":\"123456789012\",\"storageClass\":\"STANDARD\"}}");
+    CHECK_EQ_INT(hc_dicomweb_instance_size(f.c, ST, "1.2", "1.2.3", "1.2.3.4", &size, &e), HC_OK);
+    CHECK(size == 123456789012ull);
+    CHECK_REQ(&f, 0, "GET",
+              "/v1/" ST "/dicomWeb/studies/1.2/series/1.2.3/instances/1.2.3.4:getStorageInfo");
+    push(&f, 200, "{\"blobStorageInfo\":{}}");
+    CHECK_EQ_INT(hc_dicomweb_instance_size(f.c, ST, "1.2", "1.2.3", "1.2.3.4", &size, &e),
+                 HC_ERR_PROTOCOL);
+    push(&f, 404, "{\"error\":{\"code\":404,\"message\":\"no\",\"status\":\"NOT_FOUND\"}}");
+    CHECK_EQ_INT(hc_dicomweb_instance_size(f.c, ST, "1.2", "1.2.3", "1.2.3.4", &size, &e),
+                 HC_ERR_HTTP);
+    CHECK_EQ_INT((int)e.http_status, 404);
+    fx_stop(&f);
+}
+
 TEST(resource_names)
 {
     CHECK(hc_name_is_location("projects/p/locations/us-central1"));
@@ -614,6 +636,7 @@ int main(void)
     RUN(operation_wait_polls_until_done);
     RUN(qido_paging_204_and_empty);
     RUN(retrieve_instance_streams_to_fd);
+    RUN(instance_size_from_storage_info);
     RUN(store_instance_from_fd);
     RUN(dicomweb_delete_op_and_sync);
     RUN(resource_names);

@@ -99,11 +99,28 @@ TEST(long_message_stays_one_line)
     free(out);
 }
 
+static void write_hostile_name(void)
+{
+    log_init("t", false, LOG_INFO);
+    log_msg(LOG_ERR, "import: %s: refused", "evil\nt: error: forged\r\x01.dcm");
+}
+
+/* A name holding a newline cannot forge a second log line. */
+TEST(control_characters_escaped)
+{
+    char *out = capture_stderr(write_hostile_name);
+    CHECK(out != NULL);
+    CHECK_EQ_INT(count_lines(out), 1);
+    CHECK_EQ_STR(out, "t: error: import: evil\\nt: error: forged\\r\\x01.dcm: refused\n");
+    free(out);
+}
+
 int main(void)
 {
     RUN(level_filter);
     RUN(stderr_line_has_ident_and_level);
     RUN(filtered_levels_write_nothing);
     RUN(long_message_stays_one_line);
+    RUN(control_characters_escaped);
     return test_done();
 }

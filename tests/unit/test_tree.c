@@ -90,7 +90,22 @@ TEST(export_paths)
     tp = P("/d/s/export/raw/one.out/1.2/3.4/5.6", NULL, &rc);
     CHECK_EQ_INT(tp.kind, TREE_EXPORT_OUT);
     CHECK_EQ_STR(tp.rest, "1.2/3.4/5.6");
-    CHECK_EQ_INT(P("/d/s/export/gif", NULL, &rc).kind, TREE_NONE);
+    /* a name straight in export/ is a filter exporting DICOM as stored */
+    tp = P("/d/s/export/gif", NULL, &rc);
+    CHECK_EQ_INT(tp.kind, TREE_EXPORT_FILTER);
+    CHECK(tp.format == &tree_format_top);
+    CHECK_EQ_STR(tp.format->mime_type, "application/dicom; transfer-syntax=*");
+    tp = P("/d/s/export/gif.out/1.2", NULL, &rc);
+    CHECK_EQ_INT(tp.kind, TREE_EXPORT_OUT);
+    CHECK(!tp.runs);
+    CHECK_EQ_STR(tp.name, "gif");
+    CHECK_EQ_STR(tp.rest, "1.2");
+    tp = P("/d/s/export/png/one.runs/R1/1.2", NULL, &rc);
+    CHECK_EQ_INT(tp.kind, TREE_EXPORT_OUT);
+    CHECK(tp.runs);
+    CHECK_EQ_STR(tp.name, "one");
+    CHECK_EQ_STR(tp.rest, "R1/1.2");
+    CHECK_EQ_INT(P("/d/s/export/gif/x", NULL, &rc).kind, TREE_NONE);
     CHECK_EQ_INT(P("/d/s/export/dicom/one/x", NULL, &rc).kind, TREE_NONE);
     /* ".out" alone is a filter name, not an output directory of "" */
     tp = P("/d/s/export/dicom/.out", NULL, &rc);
