@@ -1,9 +1,11 @@
 /* emu: the core of dicomfs-emulator shared by its API modules.
  *
  * server.c owns the HTTP server (libmicrohttpd), request assembly, routing,
- * bearer-token checks and fault injection; store.c the emulated Cloud Storage
- * state on disk; gcs_api.c and oauth.c the Cloud Storage and OAuth2 APIs;
- * hc_*.c, dicomweb.c, convert.c and lro.c the Healthcare API.
+ * bearer-token checks and fault injection; control.c the /_emulator/
+ * controls; network.c latency and the shared bandwidth cap; iam.c the
+ * service agent's bucket access; store.c the emulated Cloud Storage state on
+ * disk; gcs_api.c and oauth.c the Cloud Storage and OAuth2 APIs; hc_*.c,
+ * dicomweb.c, convert.c and lro.c the Healthcare API.
  *
  * Every handler runs on a server thread; shared state is guarded by the
  * module that owns it.
@@ -25,7 +27,19 @@ typedef struct emu_response emu_response;
 /* ---- context (server.c) ---- */
 const char *emu_data_dir(const emu_ctx *ctx); /* --data DIR */
 const char *emu_base_url(const emu_ctx *ctx); /* "http://127.0.0.1:PORT" (no trailing '/') */
-int emu_lro_delay_ms(const emu_ctx *ctx);     /* --lro-delay */
+/* Operation timing (--op-base-ms, --op-instance-ms, --op-mib-ms). */
+typedef struct emu_op_timing {
+    long base_ms, instance_ms, mib_ms;
+} emu_op_timing;
+void emu_op_timing_get(const emu_ctx *ctx, emu_op_timing *t);
+int emu_max_running_ops(const emu_ctx *ctx); /* per project; 0 = no cap */
+long long emu_op_ttl_s(const emu_ctx *ctx);  /* a done op expires this long after its end */
+/* Whether the Healthcare service agent may read (import) / write (export)
+ * a bucket (/_emulator/agent-access, --deny-agent-access). */
+bool emu_agent_can_read(emu_ctx *ctx, const char *bucket);
+bool emu_agent_can_write(emu_ctx *ctx, const char *bucket);
+/* The stable 12-digit project number of a project id. */
+unsigned long long emu_project_number(const char *project);
 bool emu_shutting_down(const emu_ctx *ctx);
 
 /* ---- requests (server.c) ---- */
@@ -93,6 +107,9 @@ void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, con
 /* Loads state from the data dir and resumes or fails interrupted operations. */
 int emu_hc_init(emu_ctx *ctx);
 void emu_hc_shutdown(emu_ctx *ctx);
+/* Expires an operation now (full name), or all of them (name NULL): 404
+ * from then on, a running one stops. Returns how many. */
+int emu_hc_expire_ops(emu_ctx *ctx, const char *name);
 /* --project/--location/--dataset/--store pre-creation; idempotent. */
 int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
                      const char *store);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 
 #include "filter.h"
@@ -256,6 +257,12 @@ static bool selected(const filter_set *fs, const hc_inst_ref *in)
     return false;
 }
 
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
 void hc_export_run(hc_job *job)
 {
     const cJSON *gd = cJSON_GetObjectItemCaseSensitive(job->request, "gcsDestination");
@@ -276,6 +283,10 @@ void hc_export_run(hc_job *job)
         hc_op_fail(job->op, 5, "destination bucket %s does not exist", bucket);
         goto out;
     }
+    if (!emu_agent_can_write(hc_ctx(), bucket)) {
+        hc_op_fail_agent(job->op, job->target, bucket, true);
+        goto out;
+    }
     if (furi) {
         char *fb = NULL, *fp = NULL, *data = NULL;
         size_t len = 0;
@@ -283,6 +294,13 @@ void hc_export_run(hc_job *job)
         if (strncmp(furi, "gs://", 5) == 0 && strchr(furi + 5, '/')) {
             fb = strndup(furi + 5, (size_t)(strchr(furi + 5, '/') - (furi + 5)));
             fp = strdup(strchr(furi + 5, '/') + 1);
+            if (fb && !emu_agent_can_read(hc_ctx(), fb)) {
+                /* The agent reads the filter file too. */
+                hc_op_fail_agent(job->op, job->target, fb, false);
+                free(fb);
+                free(fp);
+                goto out;
+            }
             rc = fb && fp ? emu_gcs_read(hc_ctx(), fb, fp, &data, &len) : -ENOMEM;
         }
         free(fb);
@@ -307,13 +325,17 @@ void hc_export_run(hc_job *job)
         goto out;
     }
     size_t total = 0;
+    uint64_t bytes = 0;
     for (size_t i = 0; i < n; i++)
-        if (!furi || selected(&fs, &refs[i]))
+        if (!furi || selected(&fs, &refs[i])) {
             total++;
-    hc_op_set_pending(job->op, (long)total);
+            bytes += file_size(refs[i].path);
+        }
+    hc_op_set_work(job->op, (long)total, bytes);
     for (size_t i = 0; i < n; i++) {
         if (furi && !selected(&fs, &refs[i]))
             continue;
+        hc_op_pace(job->op, file_size(refs[i].path));
         if (hc_op_cancelled(job->op))
             goto out;
         hc_op_count(job->op, export_one(job, &refs[i], fmt, bucket, prefix) == 0);
