@@ -67,6 +67,8 @@ struct emu_ctx {
     char base_url[80];
     char host[64];
     int port;
+    const char *tls_dir;      /* --tls-dir: serve https, DIR/ca.pem to trust */
+    char *tls_key, *tls_cert; /* PEM, made at start by emu_tls_make */
     bool no_auth;
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
@@ -85,6 +87,10 @@ struct emu_ctx {
 /* ---- server.c ---- */
 /* Serves on an already listening socket until emu_server_stop. */
 int emu_server_start(emu_ctx *ctx, int listen_fd);
+
+/* tls.c: a throwaway CA (written to DIR/ca.pem) and a server key and
+ * certificate for ctx->host, 127.0.0.1 and localhost (ctx->tls_key/cert). */
+int emu_tls_make(emu_ctx *ctx, const char *dir);
 void emu_server_stop(emu_ctx *ctx);
 /* The request's connection-level kind as routed. */
 enum emu_kind emu_req_kind(const emu_request *r);

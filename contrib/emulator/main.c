@@ -42,6 +42,11 @@ static void usage(FILE *f)
                "                            write an authorized_user file (refresh-token grant)\n"
                "  --no-auth                 accept API requests without a bearer token\n"
                "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
+               "  --tls-dir DIR             serve https with a certificate for 127.0.0.1 and\n"
+               "                            localhost from a throwaway CA made at start; the CA\n"
+               "                            is written to DIR/ca.pem (give it to clients:\n"
+               "                            dicomfs -o ca_file=, curl --cacert, rclone\n"
+               "                            --ca-cert); no metadata server (it is http-only)\n"
                "\n"
                "Service realism (defaults: none of it; see README 'Realistic profile'):\n"
                "  --profile realistic       op base 20 s, 50 ms per instance, 20 ms per MiB,\n"
@@ -129,6 +134,7 @@ enum {
     OPT_TIME_SCALE,
     OPT_DENY_AGENT,
     OPT_REFUSE_TOKENS,
+    OPT_TLS_DIR,
 };
 
 /* The service-realism settings, gathered in command-line order (a profile
@@ -230,6 +236,7 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
         {"deny-agent-access", required_argument, NULL, OPT_DENY_AGENT},
         {"refuse-tokens-for", required_argument, NULL, OPT_REFUSE_TOKENS},
+        {"tls-dir", required_argument, NULL, OPT_TLS_DIR},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -374,6 +381,9 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         case OPT_FAULT_PATHS:
             ctx->fault_cfg.paths = optarg;
             break;
+        case OPT_TLS_DIR:
+            ctx->tls_dir = optarg;
+            break;
         case OPT_VERBOSE:
             o->verbose = true;
             break;
@@ -438,7 +448,8 @@ static int open_listener(const char *spec, emu_ctx *ctx)
     getsockname(fd, (struct sockaddr *)&sa, &len);
     ctx->port = ntohs(sa.sin_port);
     snprintf(ctx->host, sizeof(ctx->host), "%s", host);
-    snprintf(ctx->base_url, sizeof(ctx->base_url), "http://%s:%d", host, ctx->port);
+    snprintf(ctx->base_url, sizeof(ctx->base_url), "%s://%s:%d", ctx->tls_dir ? "https" : "http",
+             host, ctx->port);
     return fd;
 }
 
@@ -516,9 +527,15 @@ static int apply_realism(emu_ctx *ctx, const opts *o)
 
 static void print_ready(emu_ctx *ctx, const opts *o)
 {
-    printf("export STORAGE_EMULATOR_HOST=%s CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE=%s/ "
-           "GCE_METADATA_HOST=%s:%d",
-           ctx->base_url, ctx->base_url, ctx->host, ctx->port);
+    printf("export STORAGE_EMULATOR_HOST=%s CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE=%s/",
+           ctx->base_url, ctx->base_url);
+    /* The metadata server is plain http on GCE; an https-only port cannot
+     * be one. With TLS: the CA for curl (CURL_CA_BUNDLE) and for OpenSSL's
+     * and Go's default paths (SSL_CERT_FILE: Python, rclone). */
+    if (ctx->tls_dir)
+        printf(" CURL_CA_BUNDLE=%s/ca.pem SSL_CERT_FILE=%s/ca.pem", ctx->tls_dir, ctx->tls_dir);
+    else
+        printf(" GCE_METADATA_HOST=%s:%d", ctx->host, ctx->port);
     if (o->creds)
         printf(" GOOGLE_APPLICATION_CREDENTIALS=%s", o->creds);
     printf("\ndicomfs-emulator ready on %s\n", ctx->base_url);
@@ -532,6 +549,8 @@ static void cleanup(emu_ctx *ctx)
     emu_faults_free(ctx->faults);
     emu_net_free(ctx->net);
     emu_iam_free(ctx->iam);
+    free(ctx->tls_key);
+    free(ctx->tls_cert);
     if (ctx->data_dir_is_temp)
         nftw(ctx->data_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(ctx->data_dir);
@@ -568,6 +587,8 @@ int main(int argc, char **argv)
         goto out;
     lfd = open_listener(o.listen, &ctx);
     if (lfd < 0)
+        goto out;
+    if (ctx.tls_dir && emu_tls_make(&ctx, ctx.tls_dir) != 0)
         goto out;
     if (o.creds && emu_oauth_write_credentials(&ctx, o.creds) != 0)
         goto out;

@@ -911,11 +911,22 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    /* The TLS options come last: without --tls-dir the first of them ends
+     * the list (MHD_OPTION_END) and the server speaks plain http. */
+    bool tls = ctx->tls_cert != NULL;
+    if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        log_error("--tls-dir: this libmicrohttpd was built without TLS support");
+        return -1;
+    }
+    if (tls)
+        flags |= MHD_USE_TLS;
     g_daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900, MHD_OPTION_END);
+        (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900,
+        tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, ctx->tls_key, MHD_OPTION_HTTPS_MEM_CERT,
+        ctx->tls_cert, MHD_OPTION_END);
     if (!g_daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;
