@@ -144,9 +144,7 @@ class Emulator:
              "--store", "warmup", "--bucket", BUCKET, *extra,
              *(["--tls-dir", os.path.dirname(self.ca)] if tls else [])],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
-        if tls:
-            import ssl
-            self.ssl = ssl.create_default_context(cafile=self.ca)
+
         self.env = {}
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -159,6 +157,9 @@ class Emulator:
                     self.env[k] = v
             if "ready on" in line:
                 self.url = line.strip().rsplit(" ", 1)[-1].rstrip("/")
+                if tls:  # ca.pem exists once the emulator is ready
+                    import ssl
+                    self.ssl = ssl.create_default_context(cafile=self.ca)
                 return
         raise RuntimeError("emulator did not start; see emulator.log")
 
