@@ -78,6 +78,13 @@ def main():
                 rep = subprocess.run(["perf", "report", "-i", out, "--stdio", "--no-children",
                                       "-g", "none", "--sort", "comm"],
                                      capture_output=True, text=True)
+                rep = subprocess.run(["perf", "report", "-i", out, "--stdio", "--children",
+                                      "-g", "none", "--sort", "sym", "--percent-limit", "1.5"],
+                                     capture_output=True, text=True)
+                print("inclusive (children), system calls and dicomfs functions:")
+                print("\n".join(ln for ln in rep.stdout.splitlines()
+                                if "__x64_sys_" in ln or ("[.]" in ln and "0x0" not in ln))
+                      [:args.top * 40])
                 print("by thread name:")
                 print("\n".join(ln for ln in rep.stdout.splitlines()
                                 if ln.strip() and not ln.startswith("#")))
