@@ -1290,6 +1290,12 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
             .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
+            .imports = x->opt->imports,
+            .batch_max_files = x->opt->batch_max_files,
+            .batch_max_bytes = x->opt->batch_max_bytes,
+            .cache_max = x->opt->cache_max,
+            .upload_present = x->opt->upload_present,
+            .interrupted = fuse_interrupted,
             .uid = x->uid,
             .gid = x->gid,
         };

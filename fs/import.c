@@ -260,8 +260,11 @@ static batch *batch_new(import_mgr *m, store_st *st, const char *id)
     b->st = st;
     b->state = B_OPEN;
     b->backoff = 0.5;
-    b->next = m->batches;
-    m->batches = b;
+    /* Appended: the coordinator starts sealed batches oldest first. */
+    batch **pp = &m->batches;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = b;
     return b;
 }
 
@@ -585,12 +588,8 @@ static int load_batch(void *vctx, const char *key, const void *val, size_t len)
         b->op = strdup(f[2]);
     if (b->state == B_IMPORTING && !b->op)
         b->state = B_SEALED; /* start it again: import ignores duplicates */
-    if (b->state == B_OPEN) {
-        if (st->open) /* only one open batch per store: seal older ones */
-            b->state = B_SEALED;
-        else
-            st->open = b;
-    }
+    if (b->state == B_OPEN)
+        st->open = b; /* the last one takes new files; the others seal once uploaded */
     b->last_accept = imp_now();
     return 0;
 }

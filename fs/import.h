@@ -42,7 +42,15 @@ typedef struct import_config {
     bool sync_close;            /* fdatasync spool file + journal in every close() */
     int stream_min_mib;         /* upload files while written from this size on
                                    (0: 32 MiB; < 0: never; see uploader.c) */
-    uid_t uid;                  /* owner shown for spooled files */
+    int imports;                /* import operations in flight per store (< 1: 1) */
+    uint64_t batch_max_files;   /* a batch stops growing at this many files (0: no limit) */
+    uint64_t batch_max_bytes;   /* ... or bytes (0: no limit) */
+    uint64_t cache_max;         /* spool limit in bytes (0: min(8 GiB, free/2) at start) */
+    bool upload_present;        /* upload files whose instance the store already has */
+    /* Whether the calling request was interrupted (FUSE interrupt): a
+     * writer waiting for cache room then gives up with EINTR. NULL: never. */
+    int (*interrupted)(void);
+    uid_t uid; /* owner shown for spooled files */
     gid_t gid;
 } import_config;
 

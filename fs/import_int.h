@@ -55,12 +55,18 @@ struct batch {
     char *op_error;                    /* message of the finished op's error */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
     int n_streaming;                   /* ST_NEW files streaming into it (each tick) */
+    uint64_t n_bytes;                  /* bytes of its files (each tick) */
+    /* gathered: it held uploaded files while the store's import slots were
+     * all taken, so it starts as soon as one frees (no quiet period). */
+    bool gathered;
     batch *next;
 };
 
 struct store_st {
     char *name;
-    batch *open;                                      /* the batch new files join, or NULL */
+    batch *open; /* the batch new files join, or NULL; other B_OPEN batches of
+                  * the store are closed to new files and seal once uploaded */
+    int running; /* its batches in B_IMPORTING (recounted each tick) */
     uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
     store_st *next;
 };

@@ -656,6 +656,7 @@ static void start_import(import_mgr *m, batch *b)
         b->op = op;
         op = NULL;
         b->state = B_IMPORTING;
+        b->st->running++;
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
         imp_batch_journal(m, b);
@@ -779,11 +780,65 @@ static void poll_op(import_mgr *m, batch *b)
     free(op_name);
 }
 
+/* Whether another import of st may start now (imports=N per store). */
+static bool import_slot_free(import_mgr *m, const store_st *st)
+{
+    int max = m->cfg.imports > 0 ? m->cfg.imports : 1;
+    return st->running < max;
+}
+
+static bool batch_full(import_mgr *m, const batch *b)
+{
+    return (m->cfg.batch_max_files && (uint64_t)b->n_refs >= m->cfg.batch_max_files) ||
+           (m->cfg.batch_max_bytes && b->n_bytes >= m->cfg.batch_max_bytes);
+}
+
+/* An open batch (lock held). The store's current one closes to new files
+ * when it is full (batch_max), when it gathered files while every import
+ * slot was taken and a slot is free now (it goes at once), or when the
+ * store was quiet for commit_delay with every file uploaded. A closed one
+ * seals when its last upload is done and starts when a slot is free. */
+static void tick_open(import_mgr *m, batch *b, double now)
+{
+    store_st *st = b->st;
+    bool quiet = now - b->last_accept >= m->cfg.commit_delay_s;
+    streams_release_idle(m, b, now);
+    if (st->open == b && b->n_uploaded > 0) {
+        bool slot = import_slot_free(m, st);
+        if (!slot)
+            b->gathered = true;
+        if (batch_full(m, b) || (slot && b->gathered) || (slot && quiet && b->n_pending == 0)) {
+            st->open = NULL;
+            log_debug("import: %s: batch %s closed to new files (%d file(s), %" PRIu64 " bytes)",
+                      st->name, b->id, b->n_refs, b->n_bytes);
+        }
+    }
+    if (st->open == b || b->n_pending > 0 || b->n_uploaded == 0)
+        return;
+    seal(m, b, now);
+    if (import_slot_free(m, st))
+        start_import(m, b); /* now, not at the next tick */
+}
+
+static void batch_drop(import_mgr *m, batch *b)
+{
+    char key[64];
+    snprintf(key, sizeof key, "b/%s", b->id);
+    journal_del(m->j, key, false);
+    imp_batch_free(m, b);
+}
+
 static void tick(import_mgr *m, double now)
 {
     streams_reap(m);
-    for (batch *b = m->batches; b; b = b->next)
+    for (store_st *st = m->stores; st; st = st->next)
+        st->running = 0;
+    for (batch *b = m->batches; b; b = b->next) {
         b->n_pending = b->n_uploaded = b->n_refs = b->n_streaming = 0;
+        b->n_bytes = 0;
+        if (b->state == B_IMPORTING)
+            b->st->running++;
+    }
     for (node *n = m->head; n; n = n->next) {
         if (n->is_dir)
             continue;
@@ -793,6 +848,7 @@ static void tick(import_mgr *m, double now)
         if (!b)
             continue;
         b->n_refs++;
+        b->n_bytes += n->size;
         if (n->state == ST_UPLOADED && !n->dirty && n->writers == 0 && !n->busy)
             b->n_uploaded++;
         else
@@ -800,46 +856,31 @@ static void tick(import_mgr *m, double now)
         if (n->stream && n->state == ST_NEW)
             b->n_streaming++;
     }
-    for (batch *b = m->batches, *next; b; b = next) {
+    /* Running operations first (one that ends frees a slot for the batches
+     * that follow), then the oldest sealed batches, then open ones. */
+    for (batch *b = m->batches; b && !m->stop; b = b->next) {
+        if (b->state != B_IMPORTING || b->next_try > now)
+            continue;
+        int before = b->state;
+        if (b->verifying)
+            verify(m, b);
+        else
+            poll_op(m, b);
+        if (before == B_IMPORTING && b->state == B_DONE)
+            b->st->running--;
+    }
+    for (batch *b = m->batches; b && !m->stop; b = b->next)
+        if (b->state == B_SEALED && b->n_refs > 0 && b->next_try <= now &&
+            import_slot_free(m, b->st))
+            start_import(m, b);
+    for (batch *b = m->batches, *next; b && !m->stop; b = next) {
         next = b->next;
         bool quiet = now - b->last_accept >= m->cfg.commit_delay_s;
-        bool drop = false; /* no file refers to the batch any more */
-        switch (b->state) {
-        case B_OPEN:
-            streams_release_idle(m, b, now);
-            if (b->n_refs == 0 && quiet)
-                drop = true;
-            else if (quiet && b->n_pending == 0 && b->n_uploaded > 0) {
-                seal(m, b, now);
-                start_import(m, b); /* now, not at the next tick */
-            }
-            break;
-        case B_SEALED:
-            if (b->n_refs == 0)
-                drop = true;
-            else if (b->next_try <= now)
-                start_import(m, b);
-            break;
-        case B_IMPORTING:
-            if (b->next_try > now)
-                break;
-            if (b->verifying)
-                verify(m, b);
-            else
-                poll_op(m, b);
-            break;
-        case B_DONE:
-            drop = b->n_refs == 0;
-            break;
-        }
-        if (drop) {
-            char key[64];
-            snprintf(key, sizeof key, "b/%s", b->id);
-            journal_del(m->j, key, false);
-            imp_batch_free(m, b);
-        }
-        if (m->stop)
-            break;
+        if (b->state == B_OPEN && !(b->n_refs == 0 && quiet))
+            tick_open(m, b, now);
+        else if ((b->state == B_OPEN || b->state == B_SEALED || b->state == B_DONE) &&
+                 b->n_refs == 0)
+            batch_drop(m, b); /* no file refers to it any more */
     }
 }
 
@@ -870,9 +911,10 @@ static double next_wait(import_mgr *m, double now)
 {
     double wait = 0.25;
     for (batch *b = m->batches; b; b = b->next) {
-        double at = b->state == B_OPEN   ? b->last_accept + m->cfg.commit_delay_s
-                    : b->state == B_DONE ? 1e18
-                                         : b->next_try;
+        bool waits_slot = b->state == B_SEALED && !import_slot_free(m, b->st);
+        double at = b->state == B_OPEN                 ? b->last_accept + m->cfg.commit_delay_s
+                    : b->state == B_DONE || waits_slot ? 1e18
+                                                       : b->next_try;
         if (b->state != B_OPEN && at <= now)
             return 0; /* an import start or poll is due (an open batch past its
                        * quiet period waits for its uploads' kicks instead) */
