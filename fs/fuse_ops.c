@@ -297,6 +297,7 @@ typedef enum import_verb {
     IM_CHOWN,
     IM_UNLINK,
     IM_RENAME,
+    IM_STATE,
 } import_verb;
 
 /* What an import_* call takes besides the store and the path below
@@ -315,6 +316,8 @@ typedef struct import_args {
     gid_t gid;                 /* chown */
     const char *to;            /* rename: the target below import/ */
     unsigned int rename_flags; /* rename */
+    char *out;                 /* state: the state name */
+    size_t outlen;             /* state */
 } import_args;
 
 static int import_dispatch(import_mgr *m, const char *store, const char *rel, import_verb v,
@@ -345,6 +348,8 @@ static int import_dispatch(import_mgr *m, const char *store, const char *rel, im
         return import_unlink(m, store, rel);
     case IM_RENAME:
         return import_rename(m, store, rel, a->to, a->rename_flags);
+    case IM_STATE:
+        return import_state(m, store, rel, a->out, a->outlen);
     }
     return -EINVAL;
 }
@@ -1323,6 +1328,70 @@ static void op_destroy(void *private_data)
     log_info("unmounted %s", x->opt->source);
 }
 
+/* ---- extended attributes: user.dicomfs.state of a file under import/
+ * (read-only); nothing else has any. */
+
+#define STATE_XATTR "user.dicomfs.state"
+
+static int op_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    if (tp.kind != TREE_IMPORT || !x->import || strcmp(name, STATE_XATTR) != 0)
+        return -ENODATA;
+    char state[32];
+    rc = import_call(x, &tp, IM_STATE, (import_args){.out = state, .outlen = sizeof state});
+    if (rc)
+        return rc;
+    size_t len = strlen(state);
+    if (size == 0)
+        return (int)len;
+    if (size < len)
+        return -ERANGE;
+    memcpy(value, state, len);
+    return (int)len;
+}
+
+static int op_listxattr(const char *path, char *list, size_t size)
+{
+    tree_path tp;
+    int rc = parse(path, &tp);
+    if (rc)
+        return rc;
+    fs_ctx *x = ctx();
+    char state[32];
+    if (tp.kind != TREE_IMPORT || !x->import ||
+        import_call(x, &tp, IM_STATE, (import_args){.out = state, .outlen = sizeof state}) != 0)
+        return 0;
+    if (size == 0)
+        return (int)sizeof STATE_XATTR;
+    if (size < sizeof STATE_XATTR)
+        return -ERANGE;
+    memcpy(list, STATE_XATTR, sizeof STATE_XATTR);
+    return (int)sizeof STATE_XATTR;
+}
+
+static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
+                       int flags)
+{
+    (void)value;
+    (void)size;
+    (void)flags;
+    if (strcmp(name, STATE_XATTR) == 0)
+        return deny(path, "setxattr: " STATE_XATTR " is read-only (dicomfs sets it)", -EPERM);
+    return -ENOTSUP;
+}
+
+static int op_removexattr(const char *path, const char *name)
+{
+    if (strcmp(name, STATE_XATTR) == 0)
+        return deny(path, "removexattr: " STATE_XATTR " is read-only (dicomfs sets it)", -EPERM);
+    return -ENODATA;
+}
+
 static const struct fuse_operations operations = {
     .getattr = op_getattr,
     .readdir = op_readdir,
@@ -1341,6 +1410,10 @@ static const struct fuse_operations operations = {
     .utimens = op_utimens,
     .chmod = op_chmod,
     .chown = op_chown,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .setxattr = op_setxattr,
+    .removexattr = op_removexattr,
     .statfs = op_statfs,
     .symlink = op_symlink,
     .mknod = op_mknod,

@@ -70,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -289,6 +290,23 @@ char *imp_object_name(import_mgr *m, const node *n)
                               n->id);
 }
 
+void imp_spool_account(import_mgr *m, node *n, uint64_t bytes)
+{
+    m->cache_used = m->cache_used - n->spool_bytes + bytes;
+    if (bytes < n->spool_bytes)
+        pthread_cond_broadcast(&m->space_cond);
+    n->spool_bytes = bytes;
+}
+
+void imp_spool_remove(import_mgr *m, node *n)
+{
+    if (!n->has_spool)
+        return;
+    spool_remove(m->sp, n->id);
+    n->has_spool = false;
+    imp_spool_account(m, n, 0);
+}
+
 /* ---------------------------------------------------------------- journal records */
 
 typedef struct sbuf {
@@ -366,10 +384,13 @@ int imp_node_journal(import_mgr *m, node *n)
         sb_num(&b, n->staged);
         sb_field(&b, n->reason ? n->reason : "");
         sb_num(&b, n->visible);
+        sb_field(&b, n->study);
+        sb_field(&b, n->series);
+        sb_num(&b, n->has_spool);
     }
     /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
      * states record progress of accepted work and may use the reserve. */
-    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED;
+    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED && n->state != ST_NEW;
     int rc = b.oom      ? -ENOMEM
              : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
                         : journal_put(m->j, key, b.p, b.len, false);
@@ -453,7 +474,8 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
          * by, so it is not kept as a failure (the log line stays). */
         log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
         n->state = ST_WITHDRAWN;
-        spool_remove(m->sp, n->id);
+        if (!n->releasing)
+            imp_spool_remove(m, n);
         imp_node_journal(m, n);
         up_enqueue(m, n);
         return;
@@ -529,8 +551,19 @@ static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
         imp_node_journal(m, n);
         return 0;
     }
+    if (n->state == ST_IMPORTED || n->state == ST_PRESENT) {
+        /* Remembered: forgotten locally, nothing remote is deleted (the
+         * workers still finish its cleanup if any is due, then unlist it). */
+        name_remove(m, n);
+        if (n->staged || n->has_spool || n->busy || n->releasing)
+            imp_node_journal(m, n);
+        else
+            imp_node_unlist(m, n);
+        return 0;
+    }
     name_remove(m, n);
-    spool_remove(m->sp, n->id);
+    if (!n->releasing)
+        imp_spool_remove(m, n);
     if (n->staged || n->busy) {
         /* Uploaded or being uploaded: the staged object must go before the
          * batch is committed (the batch waits for WITHDRAWN files). */
@@ -599,8 +632,8 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     load_ctx *c = vctx;
     import_mgr *m = c->m;
     bool dir = key[0] == 'd';
-    const char *f[16];
-    int nf = split_fields(val, len, f, 16);
+    const char *f[19];
+    int nf = split_fields(val, len, f, 19);
     if ((dir && nf < 7) || (!dir && nf < 16) || !spool_id_valid(key + 2)) {
         log_error("import: journal record %s is malformed, ignored", key);
         return 0;
@@ -637,8 +670,19 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     if (*f[14])
         n->reason = strdup(f[14]);
     bool visible = num(f[15]) != 0;
+    if (nf >= 19) {
+        snprintf(n->study, sizeof n->study, "%s", f[16]);
+        snprintf(n->series, sizeof n->series, "%s", f[17]);
+        n->has_spool = num(f[18]) != 0;
+    } else { /* a record written before spool space was released early */
+        n->has_spool = n->state != ST_IMPORTED && n->state != ST_WITHDRAWN;
+    }
+    if (n->has_spool) {
+        n->spool_bytes = n->size;
+        m->cache_used += n->size;
+    }
     list_add(m, n);
-    if (visible && n->state != ST_IMPORTED && n->state != ST_WITHDRAWN) {
+    if (visible && n->state != ST_WITHDRAWN) {
         if (name_find(m, st, n->path)) {
             log_error("import: %s/%s: two journal entries for one name; keeping the first",
                       st->name, n->path);
@@ -684,7 +728,7 @@ static void gc_spool(import_mgr *m)
     if (!k.ids)
         return; /* keeping strays is harmless */
     for (node *x = m->head; x; x = x->next)
-        if (!x->is_dir && x->state != ST_IMPORTED && x->state != ST_WITHDRAWN)
+        if (!x->is_dir && x->has_spool)
             k.ids[k.n++] = x->id;
     qsort(k.ids, k.n, sizeof *k.ids, cmp_id);
     spool_gc(m->sp, spool_keep, &k);
@@ -701,7 +745,7 @@ static void resume(import_mgr *m)
         case ST_NEW:
             break;
         case ST_ACCEPTED:
-            if (!spool_exists(m->sp, n->id)) {
+            if (!n->has_spool || !spool_exists(m->sp, n->id)) {
                 log_error("import: %s/%s: the spool file %s is missing from the cache: the "
                           "file cannot be uploaded",
                           n->st->name, n->path, n->id);
@@ -712,14 +756,7 @@ static void resume(import_mgr *m)
                 imp_assign_batch(m, n);
             up_enqueue(m, n);
             break;
-        case ST_UPLOADED:
-            break;
-        case ST_FAILED:
-            if (n->staged)
-                up_enqueue(m, n);
-            break;
-        case ST_IMPORTED:
-        case ST_WITHDRAWN:
+        default: /* staged objects to delete, spool space to release */
             up_enqueue(m, n);
             break;
         }
@@ -747,6 +784,19 @@ static int load_all(import_mgr *m)
 }
 
 /* ---------------------------------------------------------------- manager */
+
+/* The smaller of 8 GiB and half the cache filesystem's free space now: a
+ * copy through the mount then never fills the disk the cache lives on. */
+static uint64_t default_cache_max(const char *dir)
+{
+    const uint64_t cap = 8ull << 30;
+    struct statvfs sv;
+    if (statvfs(dir, &sv) < 0)
+        return cap;
+    uint64_t half = (uint64_t)sv.f_bavail * sv.f_frsize / 2;
+    uint64_t v = half < cap ? half : cap;
+    return v < (1u << 20) ? (1u << 20) : v;
+}
 
 int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, journal *j,
                    import_mgr **out)
@@ -781,6 +831,8 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     pthread_cond_init(&m->work_cond, NULL);
     pthread_cond_init(&m->tick_cond, NULL);
     pthread_cond_init(&m->jflush_cond, NULL);
+    pthread_cond_init(&m->space_cond, NULL);
+    m->cache_max = cfg->cache_max ? cfg->cache_max : default_cache_max(cfg->cache_dir);
     int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table) ? -ENOMEM : 0;
     if (rc == 0 && (gcs || hc) && (!gcs || !hc || !*m->bucket)) {
         log_error("import: uploads need a staging bucket and both API clients");
@@ -833,6 +885,7 @@ void import_mgr_free(import_mgr *m)
     pthread_cond_destroy(&m->work_cond);
     pthread_cond_destroy(&m->tick_cond);
     pthread_cond_destroy(&m->jflush_cond);
+    pthread_cond_destroy(&m->space_cond);
     free(m);
 }
 
@@ -986,6 +1039,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if (rc == 0) {
         memcpy(n->id, id, sizeof n->id);
         n->state = ST_NEW;
+        n->has_spool = true;
         n->dirty = true;
         n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);
@@ -1008,6 +1062,73 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     return 0;
 }
 
+/* Opening for writing a file whose spool space was released (lock held):
+ * only a whole rewrite (O_TRUNC) is possible, which makes a remembered
+ * (imported, present, failed) file a new one, or gives an uploaded one
+ * waiting for its batch a new content to upload under the same name.
+ * Returns the new spool file's fd or a negative errno. */
+static int rewrite_released(import_mgr *m, node *n, int flags)
+{
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT || n->state == ST_FAILED;
+    if (!(flags & O_TRUNC) || n->releasing || n->busy || (remembered && n->staged) ||
+        (!remembered && n->state != ST_UPLOADED)) {
+        log_error("import: %s/%s: cannot be changed in place: its content is no longer in the "
+                  "cache (uploaded); write it whole (O_TRUNC, as cp does) or remove it first",
+                  n->st->name, n->path);
+        return -EBUSY;
+    }
+    int fd = spool_create_as(m->sp, n->id);
+    if (fd < 0)
+        return fd;
+    n->has_spool = true;
+    if (remembered) {
+        n->state = ST_NEW;
+        n->b = NULL;
+        n->bid[0] = '\0';
+    }
+    return fd;
+}
+
+/* A read-only handle of a file whose spool space was released gets a
+ * private copy (an unnamed file in the spool directory) fetched from its
+ * staged object or from the store. */
+static int fetch_copy(import_mgr *m, handle *h)
+{
+    pthread_mutex_lock(&m->lock);
+    node *n = h->n;
+    char *object = imp_object_name(m, n);
+    char *store = strdup(n->st->name);
+    char *label = http_strdup_printf("%s/%s", n->st->name, n->path);
+    bool staged = n->staged;
+    char study[sizeof n->study], series[sizeof n->series], sop[sizeof n->sop];
+    memcpy(study, n->study, sizeof study);
+    memcpy(series, n->series, sizeof series);
+    memcpy(sop, n->sop, sizeof sop);
+    pthread_mutex_unlock(&m->lock);
+    int rc = object && store && label ? 0 : -ENOMEM;
+    int fd = rc == 0 ? spool_open_tmp(m->sp) : -1;
+    if (rc == 0 && fd < 0)
+        rc = fd;
+    if (rc == 0 && !m->gcs)
+        rc = -EIO;
+    if (rc == 0)
+        rc = up_fetch_copy(m, object, staged, store, study, series, sop, fd);
+    if (rc < 0) {
+        log_error("import: %s: cannot read it back: its content is no longer in the cache and "
+                  "fetching it from Cloud Storage or the store failed (%s)",
+                  label ? label : "?", strerror(-rc));
+        if (fd >= 0)
+            close(fd);
+        rc = -EIO;
+    } else {
+        h->fd = fd;
+    }
+    free(object);
+    free(store);
+    free(label);
+    return rc;
+}
+
 int import_open(import_mgr *m, const char *store, const char *rel, int flags, uint64_t *fh)
 {
     bool wr = (flags & O_ACCMODE) != O_RDONLY;
@@ -1019,17 +1140,25 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
         rc = -EBUSY;
     }
     int fd = -1;
-    if (rc == 0) {
+    bool fetch = false;
+    if (rc == 0 && !n->has_spool && !wr)
+        fetch = true; /* its copy of record is remote: fetched below */
+    else if (rc == 0 && !n->has_spool)
+        rc = fd = rewrite_released(m, n, flags);
+    else if (rc == 0) {
         fd = spool_open_file(m->sp, n->id, wr ? O_RDWR : O_RDONLY);
         if (fd < 0) {
             rc = fd;
             log_error("import: %s/%s: spool file %s: %s", store, rel, n->id, strerror(-rc));
         }
     }
+    if (rc >= 0)
+        rc = 0;
     if (rc == 0 && wr && (flags & O_TRUNC)) {
         if (ftruncate(fd, 0) < 0) {
             rc = -errno;
         } else {
+            imp_spool_account(m, n, 0);
             up_stream_drop(m, n, "truncated");
             n->seq = true;
             n->seq_end = 0;
@@ -1044,6 +1173,10 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     if (rc == 0 && !(h = handle_new(n, fd, wr)))
         rc = -ENOMEM;
     pthread_mutex_unlock(&m->lock);
+    if (rc == 0 && fetch && (rc = fetch_copy(m, h)) < 0) {
+        import_release(m, (uint64_t)(uintptr_t)h);
+        return rc;
+    }
     if (rc < 0) {
         if (fd >= 0)
             close(fd);
@@ -1053,6 +1186,85 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     return 0;
 }
 
+/* Bytes of spool files that work in flight will free (lock held): files
+ * not open for writing that are accepted (uploads release them), uploaded,
+ * imported, present or withdrawn. Kept files (failed, being written) do not
+ * count. A walk of every file: only done while a writer waits. */
+static uint64_t cache_freeable(import_mgr *m)
+{
+    uint64_t k = 0;
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && x->has_spool && x->writers == 0 && x->state != ST_NEW &&
+            x->state != ST_FAILED)
+            k += x->spool_bytes;
+    return k;
+}
+
+/* Waits (lock held) up to 0.2 s for space to be released; -EINTR when the
+ * request was interrupted (a signal to the writer). */
+static int cache_wait_once(import_mgr *m)
+{
+    if (m->cfg.interrupted && m->cfg.interrupted())
+        return -EINTR;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    m->writers_waiting++;
+    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+    m->writers_waiting--;
+    return 0;
+}
+
+/* Backpressure: before n's spool file grows to `end` bytes, waits while the
+ * cache holds cache_max and in-flight work can free some of it; then counts
+ * the growth. When nothing can free space (every byte belongs to files
+ * being written or kept), the write goes on beyond the limit: only the disk
+ * itself then says ENOSPC. */
+static int cache_reserve(import_mgr *m, node *n, uint64_t end)
+{
+    int rc = 0;
+    bool logged = false;
+    pthread_mutex_lock(&m->lock);
+    while (end > n->spool_bytes && m->cache_used + (end - n->spool_bytes) > m->cache_max &&
+           cache_freeable(m) > 0) {
+        if (!logged)
+            log_debug("import: %s/%s: the cache holds %" PRIu64 " of %" PRIu64
+                      " bytes: waiting for uploads to free room",
+                      n->st->name, n->path, m->cache_used, m->cache_max);
+        logged = true;
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    if (rc == 0 && end > n->spool_bytes)
+        imp_spool_account(m, n, end);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* The disk is full (ENOSPC from the spool): waits until some spool space
+ * is released. Returns 0 to try again, -ENOSPC when nothing in flight can
+ * free any, -EINTR when interrupted. */
+static int cache_wait_freed(import_mgr *m)
+{
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    uint64_t used = m->cache_used;
+    while (m->cache_used >= used) {
+        if (cache_freeable(m) == 0) {
+            rc = -ENOSPC;
+            break;
+        }
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
 int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t off)
 {
     handle *h = (handle *)(uintptr_t)fh;
@@ -1060,7 +1272,12 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         return -EBADF;
     if (size > INT32_MAX)
         size = INT32_MAX;
-    ssize_t n = pwrite(h->fd, buf, size, off);
+    int rc = cache_reserve(m, h->n, (uint64_t)off + size);
+    ssize_t n = rc < 0 ? (errno = -rc, -1) : pwrite(h->fd, buf, size, off);
+    while (n < 0 && errno == ENOSPC && (rc = cache_wait_freed(m)) == 0)
+        n = pwrite(h->fd, buf, size, off); /* the disk is full: uploads free it */
+    if (n < 0 && rc < 0)
+        errno = -rc;
     if (n < 0) {
         int e = errno;
         pthread_mutex_lock(&m->lock);
@@ -1132,7 +1349,7 @@ static void reject(import_mgr *m, node *n)
         return;
     if (n->state == ST_NEW) {
         name_remove(m, n);
-        spool_remove(m->sp, n->id);
+        imp_spool_remove(m, n);
         imp_node_unlist(m, n);
         return;
     }
@@ -1230,6 +1447,8 @@ static int validate(import_mgr *m, handle *h)
     n->why = NULL;
     n->size = (uint64_t)sb.st_size;
     snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
+    snprintf(n->study, sizeof n->study, "%s", info.study_uid);
+    snprintf(n->series, sizeof n->series, "%s", info.series_uid);
     free(n->reason);
     n->reason = NULL;
     n->state = ST_ACCEPTED;
@@ -1316,7 +1535,8 @@ int import_release(import_mgr *m, uint64_t fh)
         if (todo)
             validate(m, h);
     }
-    close(h->fd);
+    if (h->fd >= 0)
+        close(h->fd);
     pthread_mutex_lock(&m->lock);
     bool dropped = false;
     if (h->writable) {
@@ -1362,6 +1582,7 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
             return -e;
         }
         pthread_mutex_lock(&m->lock);
+        imp_spool_account(m, h->n, (uint64_t)size);
         up_stream_drop(m, h->n, "truncated");
         h->n->seq = size == 0;
         h->n->seq_end = 0;
@@ -1474,6 +1695,23 @@ int import_unlink(import_mgr *m, const char *store, const char *rel)
     up_kick(m);
     pthread_mutex_unlock(&m->lock);
     return rc == 0 ? journal_settle(m) : rc;
+}
+
+int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen)
+{
+    pthread_mutex_lock(&m->lock);
+    node *n = *rel ? lookup(m, store, rel) : NULL;
+    int rc = !*rel ? -ENODATA : !n ? -ENOENT : n->is_dir ? -ENODATA : 0;
+    if (rc == 0) {
+        const char *name = n->state == ST_UPLOADED ? (node_importing(n) ? "importing" : "uploaded")
+                           : n->state == ST_IMPORTED ? "imported"
+                           : n->state == ST_PRESENT  ? "present"
+                           : n->state == ST_FAILED   ? "failed"
+                                                     : "pending";
+        snprintf(out, outlen, "%s", name);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
 }
 
 static void apply_time(struct timespec *dst, const struct timespec *src)

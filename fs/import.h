@@ -88,6 +88,12 @@ int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
  * and finds nothing to change on its second run. */
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);
 
+/* The state of a file under import/ (user.dicomfs.state): "pending"
+ * (written or accepted, not uploaded yet), "uploaded", "importing",
+ * "imported", "present" (the store already held its instance: not
+ * uploaded) or "failed". -ENODATA for a directory, -ENOENT if unknown. */
+int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen);
+
 /* True when the manager holds state for store (full resource name): files
  * spooled, uploading, importing or imported since the journal began. */
 bool import_knows_store(import_mgr *m, const char *store);

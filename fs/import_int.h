@@ -26,9 +26,10 @@ enum node_state {
     ST_NEW = 0,       /* created, never validated: not in the journal */
     ST_ACCEPTED = 1,  /* validated, durable, waiting for (or in) upload */
     ST_UPLOADED = 2,  /* staged object written */
-    ST_IMPORTED = 3,  /* imported; staged object and spool file being removed */
+    ST_IMPORTED = 3,  /* imported; stays listed (remembered) until unlinked */
     ST_FAILED = 4,    /* permanent failure, reason set; listed until unlinked */
     ST_WITHDRAWN = 5, /* unlinked/replaced after upload: staged object to delete */
+    ST_PRESENT = 6,   /* the store already holds its instance: not uploaded */
 };
 
 enum batch_state {
@@ -86,6 +87,13 @@ struct node {
     /* files */
     int state;
     char sop[DICOM_UID_MAX + 1];
+    char study[DICOM_UID_MAX + 1], series[DICOM_UID_MAX + 1]; /* to read it back */
+    /* has_spool: the spool file holds its content (released once the staged
+     * object is verified, or the file is present/imported: see uploader.c);
+     * spool_bytes: what it counts in import_mgr.cache_used; releasing: the
+     * spool file is being removed (lock dropped). */
+    bool has_spool, releasing;
+    uint64_t spool_bytes;
     batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
     char bid[48]; /* batch id of the staged object name */
     bool staged;  /* a staged object may exist */
@@ -142,6 +150,13 @@ struct import_mgr {
     bool jflush_started;
     bool coord_started;
     upstream *streams; /* streaming upload threads, joined when done */
+    /* Bounded cache: cache_used bytes of spool files against cache_max;
+     * writers wait on space_cond (broadcast whenever space is released). */
+    uint64_t cache_used, cache_max;
+    int writers_waiting;
+    pthread_cond_t space_cond;
+    /* Which SOP Instance UIDs each study of a store holds (present.c). */
+    struct present_cache *present;
 };
 
 double imp_now(void); /* CLOCK_MONOTONIC seconds */
@@ -156,13 +171,21 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
 char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
-void imp_assign_batch(import_mgr *m, node *n);       /* join the store's open batch */
+/* Cache accounting (lock held): n's spool file now holds `bytes`. */
+void imp_spool_account(import_mgr *m, node *n, uint64_t bytes);
+/* Removes n's spool file now (lock held; withdrawn or rejected files). */
+void imp_spool_remove(import_mgr *m, node *n);
+void imp_assign_batch(import_mgr *m, node *n); /* join the store's open batch */
 
 /* uploader.c */
 int up_start(import_mgr *m);
 void up_stop(import_mgr *m);
 void up_enqueue(import_mgr *m, node *n); /* with the lock held */
 void up_kick(import_mgr *m);             /* wake the coordinator */
+/* A copy of a file whose spool space was released, fetched into fd (lock
+ * NOT held): from its staged object, else from the store. */
+int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
+                  const char *study, const char *series, const char *sop, int fd);
 /* Streaming uploads (lock held). up_stream_wrote: after every successful
  * write of n (through fd) of [off, off+len): feeds a running stream or
  * starts one. up_stream_drop: abandons n's stream unless its final chunk is

@@ -77,7 +77,7 @@
 
 #include "log.h"
 
-enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
+enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 
 #define RETRY_MAX_S 60.0
 #define UP_NICE 10
@@ -94,12 +94,25 @@ static enum job job_for(const node *n, double now)
 {
     if (!n->listed || n->is_dir || n->retry_at > now)
         return JOB_NONE;
+    bool settled = !n->dirty && n->writers == 0 && !n->releasing;
     switch (n->state) {
     case ST_ACCEPTED:
-        return !n->dirty && n->writers == 0 && n->b ? JOB_UPLOAD : JOB_NONE;
+        return settled && n->b ? JOB_UPLOAD : JOB_NONE;
     case ST_WITHDRAWN:
-    case ST_IMPORTED:
         return JOB_DELETE; /* (the staged object if any, then the record) */
+    case ST_IMPORTED:
+        /* The staged object goes; the file stays listed (remembered) unless
+         * it was unlinked meanwhile. */
+        if (n->staged)
+            return JOB_DELETE;
+        return n->has_spool && settled ? JOB_RELEASE : !n->visible ? JOB_DELETE : JOB_NONE;
+    case ST_UPLOADED:
+    case ST_PRESENT:
+        /* The staged object (verified size and CRC32C) or the store is the
+         * copy of record: the spool space is released. */
+        return n->has_spool && settled                 ? JOB_RELEASE
+               : n->state == ST_PRESENT && !n->visible ? JOB_DELETE
+                                                       : JOB_NONE;
     case ST_FAILED:
         return n->staged ? JOB_DELETE : JOB_NONE;
     default:
@@ -213,6 +226,50 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
     retry_later(n, now);
 }
 
+/* Releases n's spool space (lock held, n busy): the record saying the
+ * spool file is no longer needed is made durable first, so a crash after
+ * the removal never finds an accepted file without its data; a crash
+ * before it leaves a stray spool file, removed at the next start. */
+static void release_spool(import_mgr *m, node *n)
+{
+    n->has_spool = false;
+    n->releasing = true;
+    imp_node_journal(m, n);
+    bool recycle = n->refs == 0; /* nobody reads the file through it */
+    pthread_mutex_unlock(&m->lock);
+    journal_sync(m->j);
+    if (recycle)
+        spool_recycle(m->sp, n->id); /* its inode serves a later file */
+    else
+        spool_remove(m->sp, n->id); /* open for reading: keep its content */
+    pthread_mutex_lock(&m->lock);
+    n->releasing = false;
+    imp_spool_account(m, n, 0);
+    if (!n->visible && (n->state == ST_IMPORTED || n->state == ST_PRESENT) && !n->staged)
+        imp_node_unlist(m, n); /* unlinked meanwhile: forgotten */
+}
+
+int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
+                  const char *study, const char *series, const char *sop, int fd)
+{
+    http_error err;
+    memset(&err, 0, sizeof err);
+    uint64_t written = 0;
+    if (staged && gcs_download_fd(m->gcs, m->bucket, object, 0, 0, fd, 0, &written, &err) == GCS_OK)
+        return 0;
+    /* Imported meanwhile (its staged object deleted), or imported/present. */
+    if (ftruncate(fd, 0) < 0)
+        return -errno;
+    if (!*study || !*series || !*sop)
+        return -ENOENT;
+    memset(&err, 0, sizeof err);
+    int rc = hc_dicomweb_retrieve_instance(m->hc, store, study, series, sop, fd, &written, &err);
+    if (rc != HC_OK)
+        log_warn("import: reading back %s from the store failed (HTTP %ld %s)", sop,
+                 err.http_status, err.message);
+    return rc == HC_OK ? 0 : -EIO;
+}
+
 static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, double now)
 {
     if (rc != 0 && err->http_status != 404) {
@@ -222,17 +279,11 @@ static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, d
         return;
     }
     n->staged = false;
-    if (n->state == ST_IMPORTED) {
-        if (n->refs == 0)
-            spool_recycle(m->sp, n->id); /* its inode serves a later file */
-        else
-            spool_remove(m->sp, n->id); /* still open for reading: keep its content */
-        imp_node_unlist(m, n);
-    } else if (n->state == ST_WITHDRAWN) {
-        imp_node_unlist(m, n);
-    } else {
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT;
+    if (n->state == ST_WITHDRAWN || (remembered && !n->visible && !n->has_spool))
+        imp_node_unlist(m, n); /* withdrawn, or unlinked after its import */
+    else
         imp_node_journal(m, n);
-    }
 }
 
 /* Uploads are background work: on a busy machine the threads serving the
@@ -278,6 +329,8 @@ static void *worker_main(void *arg)
             rc = -ENOMEM;
         else if (j.kind == JOB_UPLOAD)
             rc = do_upload(m, &j, &size, &err);
+        else if (j.kind == JOB_RELEASE)
+            rc = 0; /* done below, with the journal record first */
         else if (j.staged)
             rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
 
@@ -287,6 +340,8 @@ static void *worker_main(void *arg)
          * not free n under us. */
         if (j.kind == JOB_UPLOAD)
             upload_done(m, n, &j, rc, size, &err, now);
+        else if (j.kind == JOB_RELEASE)
+            release_spool(m, n);
         else
             delete_done(m, n, rc, &err, now);
         n->busy = false;
@@ -612,8 +667,8 @@ static void batch_mark_imported(import_mgr *m, node *n)
     n->b = NULL;
     n->st->imported++;
     log_debug("import: %s/%s: imported", n->st->name, n->path ? n->path : "");
-    /* The file leaves import/ now; cleanup follows in a worker. */
-    imp_node_hide(m, n);
+    /* The file stays listed (remembered: reruns skip it); its staged
+     * object is deleted by a worker. */
     imp_node_journal(m, n);
     up_enqueue(m, n);
 }

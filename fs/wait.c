@@ -134,8 +134,8 @@ static void print_failures(const char *text)
 static void draw(bool tty, const import_counts *c, double rate, bool final)
 {
     uint64_t pending = c->spooled + c->uploading + c->uploaded + c->importing;
-    uint64_t total = pending + c->imported + c->failed;
-    uint64_t done = c->imported + c->failed;
+    uint64_t total = pending + c->imported + c->failed + c->present;
+    uint64_t done = c->imported + c->failed + c->present;
     if (tty) {
         char bar[31];
         int width = 30;
@@ -145,12 +145,16 @@ static void draw(bool tty, const import_counts *c, double rate, bool final)
         bar[width] = '\0';
         printf("\r[%s] %" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %.1f MB/s\033[K%s",
                bar, c->imported, total, c->failed, rate / 1e6, final ? "\n" : "");
+        if (final && c->present)
+            printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     } else {
         printf("%" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %" PRIu64
                " pending (spooled %" PRIu64 ", uploading %" PRIu64 ", uploaded %" PRIu64
                ", importing %" PRIu64 "), %.1f MB/s\n",
                c->imported, total, c->failed, pending, c->spooled, c->uploading, c->uploaded,
                c->importing, rate / 1e6);
+        if (final && c->present)
+            printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     }
     fflush(stdout);
 }
@@ -250,7 +254,8 @@ int wait_main(int argc, char **argv)
                     timeout, pending);
             return WAIT_TIMEOUT;
         }
-        struct timespec ts = {0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
+        struct timespec ts = {
+            0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
         nanosleep(&ts, NULL);
     }
 }
