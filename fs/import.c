@@ -207,6 +207,54 @@ static bool is_below(const char *path, const char *dir)
     return strncmp(path, dir, dl) == 0 && path[dl] == '/';
 }
 
+/* ---------------------------------------------------------------- SOP table */
+
+#define SOP_BUCKETS (1u << 16)
+
+static size_t sop_bucket(const store_st *st, const char *sop)
+{
+    return (size_t)(name_hash(st, sop) % SOP_BUCKETS);
+}
+
+static void sop_remove(import_mgr *m, node *n)
+{
+    if (!n->in_sops)
+        return;
+    for (node **pp = &m->sops[sop_bucket(n->st, n->sop)]; *pp; pp = &(*pp)->snext)
+        if (*pp == n) {
+            *pp = n->snext;
+            break;
+        }
+    n->snext = NULL;
+    n->in_sops = false;
+}
+
+/* After n->sop was set (a file accepted, or loaded). */
+static void sop_insert(import_mgr *m, node *n)
+{
+    sop_remove(m, n);
+    if (!m->sops || !n->sop[0])
+        return;
+    size_t i = sop_bucket(n->st, n->sop);
+    n->snext = m->sops[i];
+    m->sops[i] = n;
+    n->in_sops = true;
+}
+
+/* Another file of n's store with n's instance that is (or will be) in the
+ * store: accepted, uploaded, imported or present. */
+static node *sop_other(import_mgr *m, const node *n)
+{
+    if (!m->sops || !n->sop[0])
+        return NULL;
+    for (node *x = m->sops[sop_bucket(n->st, n->sop)]; x; x = x->snext)
+        if (x != n && x->st == n->st && strcmp(x->sop, n->sop) == 0 &&
+            (x->state == ST_ACCEPTED || x->state == ST_UPLOADED || x->state == ST_IMPORTED ||
+             x->state == ST_PRESENT))
+            return x;
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- stores, batches */
 
 static store_st *store_get(import_mgr *m, const char *name)
@@ -434,9 +482,23 @@ static void node_free(node *n)
 
 void imp_node_maybe_free(import_mgr *m, node *n)
 {
-    (void)m;
-    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream)
+    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream) {
+        sop_remove(m, n);
         node_free(n);
+    }
+}
+
+void imp_node_present(import_mgr *m, node *n, const char *why)
+{
+    up_stream_drop(m, n, "present in the store");
+    n->state = ST_PRESENT;
+    n->b = NULL;
+    n->retry_at = 0;
+    n->st->present++;
+    log_info("import: %s/%s: present: %s; not uploaded (the store keeps its copy)", n->st->name,
+             n->path, why);
+    imp_node_journal(m, n);
+    up_enqueue(m, n); /* its spool space is released */
 }
 
 void imp_node_hide(import_mgr *m, node *n)
@@ -450,6 +512,7 @@ void imp_node_unlist(import_mgr *m, node *n)
     name_remove(m, n);
     list_remove(m, n);
     node_journal_del(m, n);
+    sop_remove(m, n);
     n->b = NULL;
     imp_node_maybe_free(m, n);
 }
@@ -682,6 +745,7 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
         m->cache_used += n->size;
     }
     list_add(m, n);
+    sop_insert(m, n);
     if (visible && n->state != ST_WITHDRAWN) {
         if (name_find(m, st, n->path)) {
             log_error("import: %s/%s: two journal entries for one name; keeping the first",
@@ -827,13 +891,18 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     m->j = j;
     m->nbuckets = 1024;
     m->table = calloc(m->nbuckets, sizeof *m->table);
+    m->sops = calloc(SOP_BUCKETS, sizeof *m->sops);
+    m->present = present_new();
+    pthread_cond_init(&m->present_cond, NULL);
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->work_cond, NULL);
     pthread_cond_init(&m->tick_cond, NULL);
     pthread_cond_init(&m->jflush_cond, NULL);
     pthread_cond_init(&m->space_cond, NULL);
     m->cache_max = cfg->cache_max ? cfg->cache_max : default_cache_max(cfg->cache_dir);
-    int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table) ? -ENOMEM : 0;
+    int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table || !m->sops || !m->present)
+                 ? -ENOMEM
+                 : 0;
     if (rc == 0 && (gcs || hc) && (!gcs || !hc || !*m->bucket)) {
         log_error("import: uploads need a staging bucket and both API clients");
         rc = -EINVAL;
@@ -886,6 +955,9 @@ void import_mgr_free(import_mgr *m)
     pthread_cond_destroy(&m->tick_cond);
     pthread_cond_destroy(&m->jflush_cond);
     pthread_cond_destroy(&m->space_cond);
+    pthread_cond_destroy(&m->present_cond);
+    present_free(m->present);
+    free(m->sops);
     free(m);
 }
 
@@ -1062,6 +1134,14 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     return 0;
 }
 
+/* A released file in a short background step (spool removal, staged
+ * object deletion after its import). */
+static bool settling(const node *n)
+{
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT;
+    return n->releasing || (n->busy && n->state != ST_UPLOADED) || (remembered && n->staged);
+}
+
 /* Opening for writing a file whose spool space was released (lock held):
  * only a whole rewrite (O_TRUNC) is possible, which makes a remembered
  * (imported, present, failed) file a new one, or gives an uploaded one
@@ -1134,6 +1214,20 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     bool wr = (flags & O_ACCMODE) != O_RDONLY;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
+    /* A rewrite of a file whose spool space is being released, or whose
+     * staged object is being deleted after its import, waits for that
+     * short step (at most 30 s) instead of failing. */
+    for (int i = 0; wr && n && !n->has_spool && settling(n) && i < 3000; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+        n = lookup(m, store, rel);
+    }
     int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
     if (rc == 0 && wr && node_importing(n)) {
         log_error("import: %s/%s: cannot be changed: its batch import already started", store, rel);
@@ -1466,10 +1560,20 @@ static int validate(import_mgr *m, handle *h)
     if (n->b)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
-    /* A stream that sent this very content finishes the upload; otherwise
-     * the workers upload the spool file. */
-    if (!up_stream_accepted(m, n, n->size))
+    sop_insert(m, n);
+    node *dup = m->cfg.upload_present ? NULL : sop_other(m, n);
+    if (dup) {
+        /* Duplicates within a copy are known now: the import would keep
+         * only one of them anyway. */
+        char why[300];
+        snprintf(why, sizeof why, "%s (SOP Instance UID %s) has this instance",
+                 dup->visible ? dup->path : "a file copied before", n->sop);
+        imp_node_present(m, n, why);
+    } else if (!up_stream_accepted(m, n, n->size)) {
+        /* A stream that sent this very content finishes the upload;
+         * otherwise the workers upload the spool file. */
         up_enqueue(m, n);
+    }
     up_kick(m); /* a new file: the quiet period starts again */
     pthread_mutex_unlock(&m->lock);
     /* Without sync, the record is in the cache filesystem already (it

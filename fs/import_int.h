@@ -18,6 +18,7 @@
 #include "dicom.h"
 #include "import.h"
 #include "journal.h"
+#include "present.h"
 #include "spool.h"
 
 /* File states. IMPORTING is not a node state: it is UPLOADED in a batch
@@ -68,7 +69,7 @@ struct store_st {
     batch *open; /* the batch new files join, or NULL; other B_OPEN batches of
                   * the store are closed to new files and seal once uploaded */
     int running; /* its batches in B_IMPORTING (recounted each tick) */
-    uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
+    uint64_t imported, present, bytes_spooled, bytes_uploaded; /* since mount */
     store_st *next;
 };
 
@@ -123,6 +124,8 @@ struct node {
     node *hnext;       /* name table chain */
     node *prev, *next; /* all nodes */
     node *qnext;       /* work queue */
+    node *snext;       /* SOP table chain (while in_sops) */
+    bool in_sops;
 };
 
 struct import_mgr {
@@ -155,8 +158,14 @@ struct import_mgr {
     uint64_t cache_used, cache_max;
     int writers_waiting;
     pthread_cond_t space_cond;
-    /* Which SOP Instance UIDs each study of a store holds (present.c). */
-    struct present_cache *present;
+    /* Which SOP Instance UIDs each study of a store holds (present.c);
+     * present_cond: a study's fetch ended. */
+    present_cache *present;
+    pthread_cond_t present_cond;
+    /* Files by (store, SOP Instance UID), chained through node.snext: a
+     * duplicate of a pending or imported file is known at its close(). */
+    node **sops;
+    size_t nsops;
 };
 
 double imp_now(void); /* CLOCK_MONOTONIC seconds */
@@ -170,6 +179,9 @@ void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
+/* The store already holds n's instance (or will: a duplicate of a pending
+ * file): not uploaded, reported present (lock held). */
+void imp_node_present(import_mgr *m, node *n, const char *why);
 char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
 /* Cache accounting (lock held): n's spool file now holds `bytes`. */
 void imp_spool_account(import_mgr *m, node *n, uint64_t bytes);

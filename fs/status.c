@@ -92,9 +92,6 @@ char *import_status_text(import_mgr *m, const char *store)
         case ST_FAILED:
             c.failed++;
             break;
-        case ST_PRESENT:
-            c.present++; /* remembered ones too: the store keeps its copy */
-            break;
         default:
             break;
         }
@@ -104,6 +101,7 @@ char *import_status_text(import_mgr *m, const char *store)
     c.writers_waiting = (uint64_t)m->writers_waiting;
     if (st) {
         c.imported = st->imported;
+        c.present = st->present; /* since mount, like imported */
         c.bytes_spooled = st->bytes_spooled;
         c.bytes_uploaded = st->bytes_uploaded;
     }

@@ -109,7 +109,10 @@ static enum job job_for(const node *n, double now)
     case ST_UPLOADED:
     case ST_PRESENT:
         /* The staged object (verified size and CRC32C) or the store is the
-         * copy of record: the spool space is released. */
+         * copy of record: the spool space is released (and a present file's
+         * staged object, if a stream left one, deleted). */
+        if (n->state == ST_PRESENT && n->staged)
+            return JOB_DELETE;
         return n->has_spool && settled                 ? JOB_RELEASE
                : n->state == ST_PRESENT && !n->visible ? JOB_DELETE
                                                        : JOB_NONE;
@@ -195,6 +198,104 @@ static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
     gcs_object_clear(&obj);
     close(fd);
     return rc == GCS_OK ? 0 : -EAGAIN;
+}
+
+typedef struct uid_list {
+    char **v;
+    size_t n, cap;
+    bool oom;
+} uid_list;
+
+static int collect_uid(void *ctx, const char *name, const char *json)
+{
+    (void)json;
+    uid_list *l = ctx;
+    if (!name || !*name)
+        return 0;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) {
+            l->oom = true;
+            return -1;
+        }
+        l->v = nv;
+        l->cap = nc;
+    }
+    if (!(l->v[l->n] = strdup(name))) {
+        l->oom = true;
+        return -1;
+    }
+    l->n++;
+    return 0;
+}
+
+/* Fetches the SOP Instance UIDs of one study of the store (lock held on
+ * entry and return, dropped meanwhile) into the present cache. */
+static void fetch_study(import_mgr *m, const char *store_name, const char *study_uid)
+{
+    char *store = strdup(store_name);
+    char *study = strdup(study_uid);
+    char *path = http_strdup_printf("studies/%s/instances", study_uid);
+    uint64_t token = present_begin(m->present, store_name, study_uid);
+    pthread_mutex_unlock(&m->lock);
+    uid_list l = {0};
+    http_error err;
+    memset(&err, 0, sizeof err);
+    int rc =
+        store && study && path
+            ? hc_dicomweb_search(m->hc, store, path, "includefield=00080018", collect_uid, &l, &err)
+            : HC_ERR_NOMEM;
+    bool ok = rc == HC_OK && !l.oom;
+    if (!ok && rc == HC_ERR_HTTP && err.http_status == 404)
+        ok = true; /* no such study: it holds nothing */
+    if (!ok)
+        log_warn("import: %s: cannot list the instances of study %s (HTTP %ld %s): its files are "
+                 "uploaded without checking (the import keeps the stored copy of any duplicate)",
+                 store_name, study_uid, err.http_status, err.message);
+    pthread_mutex_lock(&m->lock);
+    if (ok) {
+        present_end(m->present, store, study, token, 1, l.v, l.n);
+    } else {
+        present_end(m->present, store, study, token, 0, l.v, l.n);
+        /* remembered as "no such instance" until the store's next import
+         * ends: a failing search must not be repeated for every file */
+        token = present_begin(m->present, store, study);
+        present_end(m->present, store, study, token, 1, NULL, 0);
+    }
+    pthread_cond_broadcast(&m->present_cond);
+    free(path);
+    free(study);
+    free(store);
+}
+
+/* Before an upload (lock held, n busy): whether the store already holds
+ * n's instance; then n is marked present and not uploaded. One search per
+ * study (cached); a file that changed meanwhile is left to its next job. */
+static bool check_present(import_mgr *m, node *n)
+{
+    if (m->cfg.upload_present || !n->study[0] || !n->sop[0])
+        return false;
+    uint64_t gen = n->gen;
+    for (;;) {
+        int r = present_lookup(m->present, n->st->name, n->study, n->sop);
+        if (r == PRESENT_FETCHING && !m->stop) {
+            pthread_cond_wait(&m->present_cond, &m->lock);
+            continue;
+        }
+        if (r == PRESENT_UNKNOWN && !m->stop) {
+            fetch_study(m, n->st->name, n->study);
+            if (n->gen != gen || n->state != ST_ACCEPTED || n->dirty)
+                return false;
+            continue;
+        }
+        if (r != PRESENT_YES)
+            return false;
+        char why[160];
+        snprintf(why, sizeof why, "the store already holds SOP Instance UID %s", n->sop);
+        imp_node_present(m, n, why);
+        return true;
+    }
 }
 
 static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t size,
@@ -314,6 +415,21 @@ static void *worker_main(void *arg)
             continue;
         }
         n->busy = true;
+        if (j.kind == JOB_UPLOAD && check_present(m, n)) {
+            n->busy = false;
+            if (job_for(n, imp_now()) != JOB_NONE)
+                up_enqueue(m, n);
+            imp_node_maybe_free(m, n);
+            pthread_cond_signal(&m->tick_cond);
+            continue;
+        }
+        if (j.kind == JOB_UPLOAD && job_for(n, imp_now()) != JOB_UPLOAD) {
+            n->busy = false; /* changed while its study was fetched */
+            if (job_for(n, imp_now()) != JOB_NONE)
+                up_enqueue(m, n);
+            imp_node_maybe_free(m, n);
+            continue;
+        }
         j.object = imp_object_name(m, n);
         j.label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
         memcpy(j.id, n->id, sizeof j.id);
@@ -784,6 +900,7 @@ static void verify(import_mgr *m, batch *b)
     }
     b->state = B_DONE;
     imp_batch_journal(m, b);
+    present_forget_store(m->present, b->st->name);
 }
 
 static void poll_op(import_mgr *m, batch *b)
@@ -820,6 +937,7 @@ static void poll_op(import_mgr *m, batch *b)
             }
         b->state = B_DONE;
         imp_batch_journal(m, b);
+        present_forget_store(m->present, b->st->name); /* it holds more now */
         log_info("import: %s: batch %s: %d file(s) imported (%s)", b->st->name, b->id, n, b->op);
     } else {
         free(b->op_error);
@@ -1058,6 +1176,8 @@ void up_stop(import_mgr *m)
     pthread_cond_broadcast(&m->work_cond);
     pthread_cond_broadcast(&m->tick_cond);
     pthread_cond_broadcast(&m->jflush_cond);
+    pthread_cond_broadcast(&m->present_cond);
+    pthread_cond_broadcast(&m->space_cond);
     pthread_mutex_unlock(&m->lock);
     if (m->jflush_started)
         pthread_join(m->jflush, NULL);

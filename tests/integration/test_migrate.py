@@ -34,13 +34,7 @@ def run(argv, timeout=120):
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
-def xattr_state(path):
-    """user.dicomfs.state of a file, read in a child process (timeout)."""
-    rc, out, err = run(["/usr/bin/python3", "-c",
-                        "import os, sys; sys.stdout.write(os.getxattr(sys.argv[1], "
-                        "'user.dicomfs.state').decode())", path], timeout=30)
-    assert rc == 0, err
-    return out
+xattr_state = ru.file_state
 
 
 def test_trickle_with_slow_imports_starts_few_operations(emulator_factory, res_mounts,  # noqa: F811
@@ -153,3 +147,49 @@ def test_crash_after_spool_space_released(emulator_factory, res_mounts, tmp_path
     listed = sorted(os.path.relpath(os.path.join(d, f), m.import_dir)
                     for d, _, fs in os.walk(m.import_dir) for f in fs)
     assert listed == sorted(files), listed[:5]
+
+
+def test_present_files_are_not_uploaded(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """A file whose SOP Instance UID the store already holds is reported
+    present, not uploaded: a corrected file that kept its UID (known at its
+    close(): the remembered file has it), then a whole tree copied again
+    through a fresh cache (known from one search per study). `dicomfs wait`
+    says how many and exits 0; no import operation starts for them.
+    upload_present uploads anyway."""
+    emu = emulator_factory()
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 12, studies=2)
+    m = res_mounts(emu, commit_delay=0.2)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    wait_all(m)
+    ops = len(import_ops(emu))
+    rel = sorted(files)[0]
+    fixed = str(tmp_path / "fixed.dcm")
+    ru.write_instance(fixed, files.study[rel], files.series[rel], files[rel],
+                      patient="CORRECTED^NAME", rows=10, cols=10)
+    rc, out, err = run(["cp", fixed, os.path.join(m.import_dir, "fixed.dcm")])
+    assert rc == 0, err
+    counts, out = wait_all(m)
+    assert counts["present"] == 1, counts
+    assert "1 present (the store keeps its copy)" in out, out
+    assert xattr_state(os.path.join(m.import_dir, "fixed.dcm")) == "present"
+    m.unmount()
+
+    m2 = res_mounts(emu, commit_delay=0.2)  # a fresh cache: nothing remembered
+    rc, err = ru.cp_r(src, m2.import_dir)
+    assert rc == 0, err
+    counts, out = wait_all(m2)
+    assert counts["present"] == len(files) and counts["imported"] == 0, counts
+    assert "%d present (the store keeps its copy)" % len(files) in out, out
+    assert xattr_state(os.path.join(m2.import_dir, rel)) == "present"
+    assert len(import_ops(emu)) == ops, "an import started for files already stored"
+    m2.unmount()
+
+    m3 = res_mounts(emu, commit_delay=0.2, extra_opts=["upload_present"])
+    rc, out, err = run(["cp", os.path.join(src, rel), os.path.join(m3.import_dir, "again.dcm")])
+    assert rc == 0, err
+    counts, out = wait_all(m3)
+    assert counts["imported"] == 1 and counts["present"] == 0, counts
+    found = ru.check_exactly_once(emu, list(files.values()))
+    ru.assert_store_ok(found)
