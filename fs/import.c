@@ -49,9 +49,19 @@
  * - unlink() of a pending file withdraws it (staged object deleted if
  *   uploaded); once its batch import has started, EBUSY (logged). unlink() of
  *   a failed file clears the failure.
- * - Files stay listed until their import finishes, then disappear from
- *   import/ (the data is then visible in studies/ and the DICOMweb API).
+ * - Files stay listed after their import (remembered, with the size, mtime
+ *   and mode they were given) until unlinked; unlink of a remembered file
+ *   forgets it locally. Reading a file whose spool space was released
+ *   fetches a private copy (fetch_copy). A whole rewrite (O_TRUNC) of a
+ *   remembered file makes it a new file (rewrite_released).
  *   Failed files stay listed, with the reason in STORE/status.
+ * - Bounded cache: cache_used counts spool bytes (node spool_bytes);
+ *   cache_reserve makes a growing write wait while cache_max is reached and
+ *   in-flight work can free room; ENOSPC from the disk waits the same way
+ *   (cache_wait_freed) and is returned only when nothing can free space.
+ * - Present: a file whose SOP Instance UID another accepted, uploaded,
+ *   imported or present file of the store has (SOP table) is present at its
+ *   close(); the uploader checks the store itself before uploading.
  *   Directories stay until removed with rmdir.
  * - Uploads, batches, commits and restarts: see uploader.c. Writes,
  *   truncates, acceptance, rejection, unlink and rename tell the streaming

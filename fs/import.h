@@ -13,7 +13,10 @@
  * seconds and every upload of the batch is done, ONE dicomStores.import of
  * gs://STAGING/<batch>/ + "**" is started and recorded as the store's operation.
  * Staged objects are deleted after a successful import. Files stay listed
- * until imported. State survives a restart (journal in cache_dir).
+ * after their import (remembered: rsync reruns skip them) until unlinked.
+ * The spool is bounded (cache_max: writers wait); a file's spool space is
+ * released once its staged object is verified. State survives a restart
+ * (journal in cache_dir).
  *
  * Paths: store is the full resource name ".../dicomStores/S"; rel is the path
  * below import/ without a leading '/' ("" is import/ itself).

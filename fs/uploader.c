@@ -18,8 +18,20 @@
  *   is sealed (journaled) and ONE dicomStores.import of
  *   gs://BUCKET/PREFIX/batches/BATCH/ + "**" is started. Its operation name is
  *   journaled (and listed in STORE/operations/) before anything depends on
- *   it. The operation is polled from 0.05 s, x1.25 up to 1 s. Done without error:
- *   the files are IMPORTED, their staged objects and spool files deleted.
+ *   it. At most `imports` operations of a store run at once (tick_open): while
+ *   they run, the open batch gathers files and closes to new ones as soon
+ *   as a slot frees; a batch reaching batch_max files or bytes closes at
+ *   once; a closed batch seals when its uploads are done and starts when a
+ *   slot is free. The operation is polled from 0.05 s, x1.25 up to 1 s. Done without error:
+ *   the files are IMPORTED (still listed), their staged objects deleted.
+ * - Spool release (JOB_RELEASE): once a file is UPLOADED (size and CRC32C
+ *   verified by the upload), PRESENT or IMPORTED and nobody writes it, its
+ *   spool file goes: the journal record saying so is synced first
+ *   (release_spool), so a restart goes on from the staged object.
+ * - Present (check_present): before an upload, the store's instances of
+ *   the file's study are fetched once (DICOMweb search, paged; cached in
+ *   present.c until the store's next import ends); a file already there is
+ *   PRESENT and not uploaded.
  *   Done with an error (or a failure counter): the API does not say which
  *   file failed, so each file's SOP Instance UID is looked up with a
  *   DICOMweb search: found = IMPORTED, missing = FAILED with the operation's
