@@ -61,8 +61,8 @@ enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
  * per store, and a batch starts on size so a long copy imports as it goes
  * (README, options table, says why these figures). */
 #define FS_OPTIONS_DEFAULT_IMPORTS 1
-#define FS_OPTIONS_DEFAULT_BATCH_FILES 20000
-#define FS_OPTIONS_DEFAULT_BATCH_BYTES (20ull << 30)
+#define FS_OPTIONS_DEFAULT_BATCH_FILES 1000
+#define FS_OPTIONS_DEFAULT_BATCH_BYTES (1ull << 30)
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

@@ -978,11 +978,13 @@ static bool batch_full(import_mgr *m, const batch *b)
            (m->cfg.batch_max_bytes && b->n_bytes >= m->cfg.batch_max_bytes);
 }
 
-/* An open batch (lock held). The store's current one closes to new files
- * when it is full (batch_max), when it gathered files while every import
- * slot was taken and a slot is free now (it goes at once), or when the
- * store was quiet for commit_delay with every file uploaded. A closed one
- * seals when its last upload is done and starts when a slot is free. */
+/* An open batch (lock held). While every import slot of the store is
+ * taken, the store's current batch gathers files. When a slot is free, it
+ * closes to new files if it gathered while the slots were taken (it goes
+ * at once), if it holds batch_max files or bytes (a long copy imports while
+ * it runs), or if the store was quiet for commit_delay with every file
+ * uploaded. A closed one seals when its last upload is done and starts
+ * when a slot is free. */
 static void tick_open(import_mgr *m, batch *b, double now)
 {
     store_st *st = b->st;
@@ -992,7 +994,7 @@ static void tick_open(import_mgr *m, batch *b, double now)
         bool slot = import_slot_free(m, st);
         if (!slot)
             b->gathered = true;
-        if (batch_full(m, b) || (slot && b->gathered) || (slot && quiet && b->n_pending == 0)) {
+        if (slot && (batch_full(m, b) || b->gathered || (quiet && b->n_pending == 0))) {
             st->open = NULL;
             log_debug("import: %s: batch %s closed to new files (%d file(s), %" PRIu64 " bytes)",
                       st->name, b->id, b->n_refs, b->n_bytes);
