@@ -3,7 +3,9 @@
  * Finds the store directory of PATH (PATH itself or the nearest ancestor
  * holding `status`, `import/` and `operations/`), reads its status file
  * every 0.05 s and shows progress: a bar redrawn in place on a terminal,
- * a plain line every 5 s otherwise. Exit status: 0 all imported, 1 some
+ * a plain line every 5 s otherwise, and at the end how many files were
+ * present (the store already held their instance: not uploaded). Exit
+ * status: 0 all imported or present, 1 some
  * files failed (their "failed: PATH: REASON" lines are printed), 2 usage
  * error or PATH not in a dicomfs store, 3 timeout.
  */
@@ -27,11 +29,13 @@ enum { WAIT_OK = 0, WAIT_FAILED = 1, WAIT_USAGE = 2, WAIT_TIMEOUT = 3 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dicomfs wait PATH [--timeout SECONDS]\n"
-               "  Waits until every file copied into the store's import/ directory is imported.\n"
-               "  PATH is a mounted store directory or anything below it.\n"
-               "  Exit status: 0 all imported, 1 some files failed, 2 usage error or not a\n"
-               "  dicomfs store, 3 timeout.\n");
+    fprintf(
+        f, "usage: dicomfs wait PATH [--timeout SECONDS]\n"
+           "  Waits until every file copied into the store's import/ directory is imported.\n"
+           "  PATH is a mounted store directory or anything below it.\n"
+           "  Files whose instance the store already held are counted as present.\n"
+           "  Exit status: 0 all imported or present, 1 some files failed, 2 usage error or not a\n"
+           "  dicomfs store, 3 timeout.\n");
 }
 
 static bool is_type(const char *dir, const char *name, mode_t type)
@@ -145,17 +149,15 @@ static void draw(bool tty, const import_counts *c, double rate, bool final)
         bar[width] = '\0';
         printf("\r[%s] %" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %.1f MB/s\033[K%s",
                bar, c->imported, total, c->failed, rate / 1e6, final ? "\n" : "");
-        if (final && c->present)
-            printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     } else {
         printf("%" PRIu64 "/%" PRIu64 " imported, %" PRIu64 " failed, %" PRIu64
                " pending (spooled %" PRIu64 ", uploading %" PRIu64 ", uploaded %" PRIu64
                ", importing %" PRIu64 "), %.1f MB/s\n",
                c->imported, total, c->failed, pending, c->spooled, c->uploading, c->uploaded,
                c->importing, rate / 1e6);
-        if (final && c->present)
-            printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     }
+    if (final && c->present)
+        printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     fflush(stdout);
 }
 
