@@ -498,17 +498,62 @@ void imp_node_maybe_free(import_mgr *m, node *n)
     }
 }
 
+/* The state machine of a file, in one place: every change of n->state
+ * after loading goes through here (lock held), with its bookkeeping
+ * (batch membership, counters, journal record, follow-up work).
+ *
+ *   (created) NEW -> ACCEPTED   validate(): close() accepted the content
+ *   ACCEPTED -> UPLOADED         upload or stream verified (bytes: its size)
+ *   ACCEPTED -> PRESENT          the store holds the instance, or another
+ *                                file of the store has it (imp_node_present)
+ *   UPLOADED -> IMPORTED         its batch's import succeeded (or verify()
+ *                                found the instance)
+ *   any -> FAILED                imp_node_fail (the reason is set there)
+ *   any -> WITHDRAWN             unlinked, replaced, or failed without a name
+ *   IMPORTED/PRESENT/FAILED -> NEW  rewritten whole (rewrite_released)
+ *
+ * Returns the journal's result (what close() reports for ACCEPTED). */
+int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
+{
+    switch (to) {
+    case ST_NEW:
+        n->b = NULL;
+        n->bid[0] = '\0';
+        break;
+    case ST_ACCEPTED:
+        n->retry_at = 0;
+        break;
+    case ST_UPLOADED:
+        n->backoff = 1;
+        n->st->bytes_uploaded += bytes;
+        break;
+    case ST_IMPORTED:
+        n->b = NULL;
+        n->st->imported++;
+        break;
+    case ST_PRESENT:
+        up_stream_drop(m, n, "present in the store");
+        n->b = NULL;
+        n->retry_at = 0;
+        n->st->present++;
+        break;
+    case ST_FAILED:
+    case ST_WITHDRAWN:
+        up_stream_drop(m, n, to == ST_FAILED ? "failed" : "removed");
+        break;
+    }
+    n->state = to;
+    int rc = imp_node_journal(m, n);
+    if (to != ST_NEW && to != ST_ACCEPTED)
+        up_enqueue(m, n); /* spool release, staged object deletion; a no-op if none */
+    return rc;
+}
+
 void imp_node_present(import_mgr *m, node *n, const char *why)
 {
-    up_stream_drop(m, n, "present in the store");
-    n->state = ST_PRESENT;
-    n->b = NULL;
-    n->retry_at = 0;
-    n->st->present++;
     log_info("import: %s/%s: present: %s; not uploaded (the store keeps its copy)", n->st->name,
              n->path, why);
-    imp_node_journal(m, n);
-    up_enqueue(m, n); /* its spool space is released */
+    imp_node_to(m, n, ST_PRESENT, 0);
 }
 
 void imp_node_hide(import_mgr *m, node *n)
@@ -546,19 +591,14 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
         /* Replaced by a rename while importing: no name left to unlink it
          * by, so it is not kept as a failure (the log line stays). */
         log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
-        n->state = ST_WITHDRAWN;
         if (!n->releasing)
             imp_spool_remove(m, n);
-        imp_node_journal(m, n);
-        up_enqueue(m, n);
+        imp_node_to(m, n, ST_WITHDRAWN, 0);
         return;
     }
-    n->state = ST_FAILED;
     set_reason(n, msg);
     log_error("import: %s/%s: failed: %s", n->st->name, n->path, msg);
-    imp_node_journal(m, n);
-    if (n->staged)
-        up_enqueue(m, n); /* delete the staged object */
+    imp_node_to(m, n, ST_FAILED, 0); /* a staged object is deleted */
 }
 
 static node *node_new(import_mgr *m, store_st *st, const char *path, bool is_dir, mode_t mode)
@@ -640,9 +680,7 @@ static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
     if (n->staged || n->busy) {
         /* Uploaded or being uploaded: the staged object must go before the
          * batch is committed (the batch waits for WITHDRAWN files). */
-        n->state = ST_WITHDRAWN;
-        imp_node_journal(m, n);
-        up_enqueue(m, n);
+        imp_node_to(m, n, ST_WITHDRAWN, 0);
         return 0;
     }
     imp_node_unlist(m, n);
@@ -1171,11 +1209,8 @@ static int rewrite_released(import_mgr *m, node *n, int flags)
     if (fd < 0)
         return fd;
     n->has_spool = true;
-    if (remembered) {
-        n->state = ST_NEW;
-        n->b = NULL;
-        n->bid[0] = '\0';
-    }
+    if (remembered)
+        imp_node_to(m, n, ST_NEW, 0);
     return fd;
 }
 
@@ -1555,10 +1590,8 @@ static int validate(import_mgr *m, handle *h)
     snprintf(n->series, sizeof n->series, "%s", info.series_uid);
     free(n->reason);
     n->reason = NULL;
-    n->state = ST_ACCEPTED;
-    n->retry_at = 0;
     imp_assign_batch(m, n);
-    rc = imp_node_journal(m, n);
+    rc = imp_node_to(m, n, ST_ACCEPTED, 0);
     if (rc < 0) {
         /* Not recorded = not accepted: close() fails (ENOSPC on a full
          * cache disk) and the file goes, as for a rejected one. */

@@ -179,6 +179,8 @@ void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
+/* Changes n's state with its bookkeeping (the state machine: see import.c). */
+int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes);
 /* The store already holds n's instance (or will: a duplicate of a pending
  * file): not uploaded, reported present (lock held). */
 void imp_node_present(import_mgr *m, node *n, const char *why);

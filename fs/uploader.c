@@ -316,11 +316,10 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
     if (rc == 0) {
         n->staged = true;
         n->backoff = 1;
-        if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty) {
-            n->state = ST_UPLOADED;
-            n->st->bytes_uploaded += size;
-        }
-        imp_node_journal(m, n);
+        if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty)
+            imp_node_to(m, n, ST_UPLOADED, size);
+        else
+            imp_node_journal(m, n); /* staged: an object to delete if withdrawn */
         return;
     }
     if (n->state != ST_ACCEPTED)
@@ -560,9 +559,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     n->staged = true; /* even after an error the final chunk may have landed */
     double now = imp_now();
     if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
-        n->state = ST_UPLOADED;
-        n->backoff = 1;
-        n->st->bytes_uploaded += s->final_size;
+        imp_node_to(m, n, ST_UPLOADED, s->final_size);
         log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
     } else if (rc != GCS_OK) {
         log_warn("import: %s: streamed upload to gs://%s/%s failed (HTTP %ld %s): uploading the "
@@ -791,14 +788,10 @@ static void streams_release_idle(import_mgr *m, batch *b, double now)
 
 static void batch_mark_imported(import_mgr *m, node *n)
 {
-    n->state = ST_IMPORTED;
-    n->b = NULL;
-    n->st->imported++;
     log_debug("import: %s/%s: imported", n->st->name, n->path ? n->path : "");
     /* The file stays listed (remembered: reruns skip it); its staged
      * object is deleted by a worker. */
-    imp_node_journal(m, n);
-    up_enqueue(m, n);
+    imp_node_to(m, n, ST_IMPORTED, 0);
 }
 
 static void batch_fail_all(import_mgr *m, batch *b, const char *msg)
