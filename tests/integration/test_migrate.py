@@ -193,3 +193,29 @@ def test_present_files_are_not_uploaded(emulator_factory, res_mounts, tmp_path):
     assert counts["imported"] == 1 and counts["present"] == 0, counts
     found = ru.check_exactly_once(emu, list(files.values()))
     ru.assert_store_ok(found)
+
+
+def test_import_start_refused_429_waits(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """The project's running-operation cap is taken (an export of another
+    store runs for 4 s, --max-running-ops 1): the import start answered 429
+    RESOURCE_EXHAUSTED waits and is retried; no file fails, all imported."""
+    import json
+    emu = emulator_factory("--max-running-ops", "1", "--lro-delay", "4000")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 6, studies=1)
+    m = res_mounts(emu, commit_delay=0.2)
+    st, _, body = emu.request("POST", "/v1/%s/dicomStores?dicomStoreId=other" % ru.DATASET_NAME,
+                              body=b"{}", headers={"Content-Type": "application/json"})
+    assert st == 200, body
+    st, _, body = emu.request(
+        "POST", "/v1/%s/dicomStores/other:export" % ru.DATASET_NAME,
+        body=json.dumps({"gcsDestination": {"uriPrefix": "gs://%s/other-export" % ru.BUCKET}})
+        .encode(), headers={"Content-Type": "application/json"})
+    assert st == 200, body
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    counts, _ = wait_all(m, timeout=120)
+    assert counts["imported"] == len(files) and counts["failed"] == 0, counts
+    assert "429" in m.log(), "the cap was never hit:\n" + m.log_tail(30)
+    found = ru.check_exactly_once(emu, list(files.values()))
+    ru.assert_store_ok(found)
