@@ -556,11 +556,6 @@ void imp_node_present(import_mgr *m, node *n, const char *why)
     imp_node_to(m, n, ST_PRESENT, 0);
 }
 
-void imp_node_hide(import_mgr *m, node *n)
-{
-    name_remove(m, n);
-}
-
 void imp_node_unlist(import_mgr *m, node *n)
 {
     up_stream_drop(m, n, "removed");
@@ -1133,6 +1128,96 @@ static void note_activity(store_st *st)
         st->open->last_accept = imp_now();
 }
 
+/* Bytes of spool files that work in flight will free (lock held): files
+ * not open for writing that are accepted (uploads release them), uploaded,
+ * imported, present or withdrawn. Kept files (failed, being written) do not
+ * count. A walk of every file: only done while a writer waits. */
+static uint64_t cache_freeable(import_mgr *m)
+{
+    uint64_t k = 0;
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && x->has_spool && x->writers == 0 && x->state != ST_NEW &&
+            x->state != ST_FAILED)
+            k += x->spool_bytes;
+    return k;
+}
+
+/* Waits (lock held) up to 0.2 s for space to be released; -EINTR when the
+ * request was interrupted (a signal to the writer). */
+static int cache_wait_once(import_mgr *m)
+{
+    if (m->cfg.interrupted && m->cfg.interrupted())
+        return -EINTR;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    m->writers_waiting++;
+    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+    m->writers_waiting--;
+    return 0;
+}
+
+/* Backpressure: before n's spool file grows to `end` bytes, waits while the
+ * cache holds cache_max and in-flight work can free some of it; then counts
+ * the growth. When nothing can free space (every byte belongs to files
+ * being written or kept), the write goes on beyond the limit: only the disk
+ * itself then says ENOSPC. */
+static int cache_reserve(import_mgr *m, node *n, uint64_t end)
+{
+    int rc = 0;
+    bool logged = false;
+    pthread_mutex_lock(&m->lock);
+    while (end > n->spool_bytes && m->cache_used + (end - n->spool_bytes) > m->cache_max &&
+           cache_freeable(m) > 0) {
+        if (!logged)
+            log_debug("import: %s/%s: the cache holds %" PRIu64 " of %" PRIu64
+                      " bytes: waiting for uploads to free room",
+                      n->st->name, n->path, m->cache_used, m->cache_max);
+        logged = true;
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    if (rc == 0 && end > n->spool_bytes)
+        imp_spool_account(m, n, end);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* A new file waits while the cache is full (it is about to grow). */
+static int cache_wait_room(import_mgr *m)
+{
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    while (m->cache_used >= m->cache_max && cache_freeable(m) > 0 && (rc = cache_wait_once(m)) == 0)
+        ;
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* The disk is full (ENOSPC from the spool): waits until some spool space
+ * is released. Returns 0 to try again, -ENOSPC when nothing in flight can
+ * free any, -EINTR when interrupted. */
+static int cache_wait_freed(import_mgr *m)
+{
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    uint64_t used = m->cache_used;
+    while (m->cache_used >= used) {
+        if (cache_freeable(m) == 0) {
+            rc = -ENOSPC;
+            break;
+        }
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
 int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
 {
     pthread_mutex_lock(&m->lock);
@@ -1145,6 +1230,8 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if (existing) /* raced with another create: open it like O_CREAT without O_EXCL */
         return existing->is_dir ? -EISDIR : import_open(m, store, rel, O_RDWR | O_TRUNC, fh);
 
+    if ((rc = cache_wait_room(m)) < 0)
+        return rc;
     char id[SPOOL_ID_LEN + 1];
     int fd = spool_create(m->sp, id);
     if (fd < 0)
@@ -1323,85 +1410,6 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     }
     *fh = (uint64_t)(uintptr_t)h;
     return 0;
-}
-
-/* Bytes of spool files that work in flight will free (lock held): files
- * not open for writing that are accepted (uploads release them), uploaded,
- * imported, present or withdrawn. Kept files (failed, being written) do not
- * count. A walk of every file: only done while a writer waits. */
-static uint64_t cache_freeable(import_mgr *m)
-{
-    uint64_t k = 0;
-    for (node *x = m->head; x; x = x->next)
-        if (!x->is_dir && x->has_spool && x->writers == 0 && x->state != ST_NEW &&
-            x->state != ST_FAILED)
-            k += x->spool_bytes;
-    return k;
-}
-
-/* Waits (lock held) up to 0.2 s for space to be released; -EINTR when the
- * request was interrupted (a signal to the writer). */
-static int cache_wait_once(import_mgr *m)
-{
-    if (m->cfg.interrupted && m->cfg.interrupted())
-        return -EINTR;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    m->writers_waiting++;
-    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
-    m->writers_waiting--;
-    return 0;
-}
-
-/* Backpressure: before n's spool file grows to `end` bytes, waits while the
- * cache holds cache_max and in-flight work can free some of it; then counts
- * the growth. When nothing can free space (every byte belongs to files
- * being written or kept), the write goes on beyond the limit: only the disk
- * itself then says ENOSPC. */
-static int cache_reserve(import_mgr *m, node *n, uint64_t end)
-{
-    int rc = 0;
-    bool logged = false;
-    pthread_mutex_lock(&m->lock);
-    while (end > n->spool_bytes && m->cache_used + (end - n->spool_bytes) > m->cache_max &&
-           cache_freeable(m) > 0) {
-        if (!logged)
-            log_debug("import: %s/%s: the cache holds %" PRIu64 " of %" PRIu64
-                      " bytes: waiting for uploads to free room",
-                      n->st->name, n->path, m->cache_used, m->cache_max);
-        logged = true;
-        if ((rc = cache_wait_once(m)) < 0)
-            break;
-    }
-    if (rc == 0 && end > n->spool_bytes)
-        imp_spool_account(m, n, end);
-    pthread_mutex_unlock(&m->lock);
-    return rc;
-}
-
-/* The disk is full (ENOSPC from the spool): waits until some spool space
- * is released. Returns 0 to try again, -ENOSPC when nothing in flight can
- * free any, -EINTR when interrupted. */
-static int cache_wait_freed(import_mgr *m)
-{
-    int rc = 0;
-    pthread_mutex_lock(&m->lock);
-    uint64_t used = m->cache_used;
-    while (m->cache_used >= used) {
-        if (cache_freeable(m) == 0) {
-            rc = -ENOSPC;
-            break;
-        }
-        if ((rc = cache_wait_once(m)) < 0)
-            break;
-    }
-    pthread_mutex_unlock(&m->lock);
-    return rc;
 }
 
 int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t off)

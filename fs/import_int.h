@@ -173,7 +173,6 @@ double imp_now(void); /* CLOCK_MONOTONIC seconds */
 /* import.c */
 int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);
-void imp_node_hide(import_mgr *m, node *n);   /* drop from the name table */
 void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
 void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
