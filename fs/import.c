@@ -120,13 +120,25 @@ static node *name_find(import_mgr *m, const store_st *st, const char *path)
     return NULL;
 }
 
+/* Every listed node, active then remembered (namespace walks: readdir,
+ * rename and rmdir of directories, the name table). */
+static node *all_first(import_mgr *m)
+{
+    return m->head ? m->head : m->rhead;
+}
+
+static node *all_next(import_mgr *m, const node *n)
+{
+    return n->next ? n->next : n->settled ? NULL : m->rhead;
+}
+
 static void name_grow(import_mgr *m)
 {
     size_t nb = m->nbuckets * 2;
     node **t = calloc(nb, sizeof *t);
     if (!t)
         return;
-    for (node *n = m->head; n; n = n->next) {
+    for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible)
             continue;
         size_t i = name_hash(n->st, n->path) % nb;
@@ -164,15 +176,18 @@ static void name_remove(import_mgr *m, node *n)
     m->nvisible--;
 }
 
+/* n joins (or leaves) the list its settled flag names. */
 static void list_add(import_mgr *m, node *n)
 {
-    n->prev = m->tail;
+    node **head = n->settled ? &m->rhead : &m->head;
+    node **tail = n->settled ? &m->rtail : &m->tail;
+    n->prev = *tail;
     n->next = NULL;
-    if (m->tail)
-        m->tail->next = n;
+    if (*tail)
+        (*tail)->next = n;
     else
-        m->head = n;
-    m->tail = n;
+        *head = n;
+    *tail = n;
     n->listed = true;
 }
 
@@ -180,16 +195,40 @@ static void list_remove(import_mgr *m, node *n)
 {
     if (!n->listed)
         return;
+    node **head = n->settled ? &m->rhead : &m->head;
+    node **tail = n->settled ? &m->rtail : &m->tail;
     if (n->prev)
         n->prev->next = n->next;
     else
-        m->head = n->next;
+        *head = n->next;
     if (n->next)
         n->next->prev = n->prev;
     else
-        m->tail = n->prev;
+        *tail = n->prev;
     n->prev = n->next = NULL;
     n->listed = false;
+}
+
+void imp_node_settle(import_mgr *m, node *n)
+{
+    if (!n->listed || n->settled || n->is_dir || !n->visible ||
+        (n->state != ST_IMPORTED && n->state != ST_PRESENT) || n->staged || n->has_spool ||
+        n->releasing)
+        return;
+    list_remove(m, n);
+    n->settled = true;
+    list_add(m, n);
+}
+
+static void node_unsettle(import_mgr *m, node *n)
+{
+    if (!n->settled)
+        return;
+    bool listed = n->listed;
+    list_remove(m, n);
+    n->settled = false;
+    if (listed)
+        list_add(m, n);
 }
 
 /* "a/b/c" -> "a/b"; "c" -> "" (written into buf). */
@@ -515,6 +554,7 @@ void imp_node_maybe_free(import_mgr *m, node *n)
  * Returns the journal's result (what close() reports for ACCEPTED). */
 int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
 {
+    node_unsettle(m, n);
     switch (to) {
     case ST_NEW:
         n->b = NULL;
@@ -546,6 +586,7 @@ int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
     int rc = imp_node_journal(m, n);
     if (to != ST_NEW && to != ST_ACCEPTED)
         up_enqueue(m, n); /* spool release, staged object deletion; a no-op if none */
+    imp_node_settle(m, n);
     return rc;
 }
 
@@ -805,6 +846,7 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
             n->state = ST_ACCEPTED;
         }
     }
+    imp_node_settle(m, n);
     return 0;
 }
 
@@ -977,8 +1019,8 @@ void import_mgr_free(import_mgr *m)
     up_stop(m);
     if (m->j)
         journal_sync(m->j);
-    for (node *n = m->head, *nx; n; n = nx) {
-        nx = n->next;
+    for (node *n = all_first(m), *nx; n; n = nx) {
+        nx = all_next(m, n);
         node_free(n);
     }
     while (m->batches)
@@ -1046,7 +1088,7 @@ int import_readdir(import_mgr *m, const char *store, const char *rel, import_fil
         node *d = st ? name_find(m, st, rel) : NULL;
         rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
     }
-    for (node *n = st && rc == 0 ? m->head : NULL; n; n = n->next) {
+    for (node *n = st && rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
         if (!n->visible || n->st != st || !is_child_of(n->path, rel))
             continue;
         struct stat sb;
@@ -1094,7 +1136,7 @@ int import_rmdir(import_mgr *m, const char *store, const char *rel)
     pthread_mutex_lock(&m->lock);
     node *d = lookup(m, store, rel);
     int rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
-    for (node *n = rc == 0 ? m->head : NULL; n; n = n->next) {
+    for (node *n = rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
         if (n->visible && n->st == d->st && is_child_of(n->path, rel)) {
             rc = -ENOTEMPTY;
             break;
@@ -1769,7 +1811,7 @@ static int rename_dir(import_mgr *m, node *d, const char *to)
 {
     size_t fl = strlen(d->path);
     /* Children first, while d->path is still the old prefix. */
-    for (node *n = m->head; n; n = n->next) {
+    for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
             continue;
         char *np = http_strdup_printf("%s%s", to, n->path + fl);
@@ -1808,7 +1850,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         else if (!src->is_dir && dst->is_dir)
             rc = -EISDIR;
         else if (dst->is_dir) {
-            for (node *n = m->head; n; n = n->next)
+            for (node *n = all_first(m); n; n = all_next(m, n))
                 if (n->visible && n->st == st && is_child_of(n->path, to)) {
                     rc = -ENOTEMPTY;
                     break;

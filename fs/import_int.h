@@ -122,9 +122,14 @@ struct node {
     double retry_at;
     double backoff;
     node *hnext;       /* name table chain */
-    node *prev, *next; /* all nodes */
-    node *qnext;       /* work queue */
-    node *snext;       /* SOP table chain (while in_sops) */
+    node *prev, *next; /* its list: active (head) or remembered (rhead) */
+    /* settled: imported or present with nothing left to do (no staged
+     * object, no spool file): it lives in the remembered list, which the
+     * coordinator's and the cache's walks never visit, so their cost does
+     * not grow with the number of files imported. */
+    bool settled;
+    node *qnext; /* work queue */
+    node *snext; /* SOP table chain (while in_sops) */
     bool in_sops;
 };
 
@@ -142,7 +147,8 @@ struct import_mgr {
     bool stop;
     node **table;
     size_t nbuckets, nvisible;
-    node *head, *tail;
+    node *head, *tail;   /* active files and directories */
+    node *rhead, *rtail; /* remembered (settled) files */
     node *qhead, *qtail;
     store_st *stores;
     batch *batches;
@@ -178,6 +184,8 @@ void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
+/* Moves n to the remembered list when it is settled (see node.settled). */
+void imp_node_settle(import_mgr *m, node *n);
 /* Changes n's state with its bookkeeping (the state machine: see import.c). */
 int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes);
 /* The store already holds n's instance (or will: a duplicate of a pending

@@ -359,6 +359,8 @@ static void release_spool(import_mgr *m, node *n)
     imp_spool_account(m, n, 0);
     if (!n->visible && (n->state == ST_IMPORTED || n->state == ST_PRESENT) && !n->staged)
         imp_node_unlist(m, n); /* unlinked meanwhile: forgotten */
+    else
+        imp_node_settle(m, n);
 }
 
 int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
@@ -392,10 +394,12 @@ static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, d
     }
     n->staged = false;
     bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT;
-    if (n->state == ST_WITHDRAWN || (remembered && !n->visible && !n->has_spool))
+    if (n->state == ST_WITHDRAWN || (remembered && !n->visible && !n->has_spool)) {
         imp_node_unlist(m, n); /* withdrawn, or unlinked after its import */
-    else
+    } else {
         imp_node_journal(m, n);
+        imp_node_settle(m, n);
+    }
 }
 
 /* Uploads are background work: on a busy machine the threads serving the

@@ -114,6 +114,18 @@ def test_rsync_rerun_after_import_transfers_nothing(emulator_factory, res_mounts
     rc, out, err = run(["rm", path])
     assert rc == 0, err
     assert not os.path.exists(path)
+    # Remembered files are part of the namespace: a folder of them can be
+    # renamed, and is not empty for rmdir.
+    top = rel.split("/")[0]
+    rc, out, err = run(["rmdir", os.path.join(m.import_dir, top)])
+    assert rc != 0 and "not empty" in err, (rc, err)
+    rc, out, err = run(["mv", os.path.join(m.import_dir, top),
+                        os.path.join(m.import_dir, "renamed")])
+    assert rc == 0, err
+    moved = [r for r in files if r.startswith(top + "/") and r != rel]
+    for r in moved:
+        p = os.path.join(m.import_dir, "renamed", r[len(top) + 1:])
+        assert xattr_state(p) == "imported", p
     time.sleep(1)
     assert len(import_ops(emu)) == ops, "the rerun started an import"
     found = ru.check_exactly_once(emu, list(files.values()))
