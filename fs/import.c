@@ -1178,7 +1178,7 @@ static uint64_t cache_freeable(import_mgr *m)
 {
     uint64_t k = 0;
     for (node *x = m->head; x; x = x->next)
-        if (!x->is_dir && x->has_spool && x->writers == 0 && x->state != ST_NEW &&
+        if (!x->is_dir && (x->has_spool || x->releasing) && x->writers == 0 && x->state != ST_NEW &&
             x->state != ST_FAILED)
             k += x->spool_bytes;
     return k;
