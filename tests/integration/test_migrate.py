@@ -231,3 +231,38 @@ def test_import_start_refused_429_waits(emulator_factory, res_mounts, tmp_path):
     assert "429" in m.log(), "the cap was never hit:\n" + m.log_tail(30)
     found = ru.check_exactly_once(emu, list(files.values()))
     ru.assert_store_ok(found)
+
+
+def test_writer_waiting_for_cache_room_is_interruptible(emulator_factory,  # noqa: F811
+                                                        res_mounts, tmp_path):
+    """Uploads keep failing (transient 5xx/429), so spooled files cannot be
+    released and a cp into a 1 MiB cache waits for room; SIGINT ends that cp
+    at once (FUSE interrupt -> EINTR) instead of leaving it stuck until
+    space frees. Status shows the waiting writer. Once the server recovers,
+    the files accepted before are imported."""
+    import signal
+    emu = emulator_factory("--fault-paths", "/upload/", "--fail-rate", "1.0")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 6, studies=1, rows=724, cols=724)  # ~512 KiB each
+    m = res_mounts(emu, commit_delay=0.2, extra_opts=["cache_max=1M"])
+    p = subprocess.Popen(["cp", "-r", src + "/.", m.import_dir], stderr=subprocess.PIPE)
+    try:
+        def waiting():
+            c, _ = m.status()
+            return c.get("writers_waiting", 0) > 0
+
+        assert ru.wait_until(waiting, 60), (m.status(), m.log_tail(30))
+        assert p.poll() is None, "cp ended although the cache was full"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=15)
+        assert time.monotonic() - t0 < 10
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode != 0
+    assert m.alive(), m.log_tail(30)
+    ru.faults_off(emu)
+    counts, _ = wait_all(m, timeout=120)
+    assert counts["imported"] >= 1, counts
