@@ -16,7 +16,8 @@ from resilience_util import res_mounts, tmpfs_factory  # noqa: F401  (fixtures)
 
 
 def import_ops(emu):
-    return [n for n in ru.operations_list(emu)]
+    """Operations of the dataset (only dicomfs's imports in these tests)."""
+    return ru.operations_list(emu)
 
 
 def wait_all(m, timeout=180):
