@@ -301,6 +301,7 @@ typedef enum import_verb {
     IM_CHOWN,
     IM_UNLINK,
     IM_RENAME,
+    IM_STATE,
 } import_verb;
 
 /* What an import_* call takes besides the store and the path below
@@ -319,6 +320,8 @@ typedef struct import_args {
     gid_t gid;                 /* chown */
     const char *to;            /* rename: the target below import/ */
     unsigned int rename_flags; /* rename */
+    char *out;                 /* state: the state name */
+    size_t outlen;             /* state */
 } import_args;
 
 static int import_dispatch(import_mgr *m, const char *store, const char *rel, import_verb v,
@@ -349,6 +352,8 @@ static int import_dispatch(import_mgr *m, const char *store, const char *rel, im
         return import_unlink(m, store, rel);
     case IM_RENAME:
         return import_rename(m, store, rel, a->to, a->rename_flags);
+    case IM_STATE:
+        return import_state(m, store, rel, a->out, a->outlen);
     }
     return -EINVAL;
 }
@@ -1496,6 +1501,30 @@ static char *xattr_target(const char *path, tree_path *tp, int *rc)
     return store;
 }
 
+/* user.dicomfs.state: the import state of a file under import/ (pending,
+ * uploaded, importing, imported, present, failed), read-only: xattrs.c
+ * refuses to set or remove names under user.dicomfs. */
+#define STATE_XATTR "user.dicomfs.state"
+
+/* getxattr's convention: the length (size 0), the value, or -errno. */
+static int state_xattr(const tree_path *tp, char *value, size_t size)
+{
+    fs_ctx *x = ctx();
+    char state[32];
+    if (!x->import)
+        return -ENODATA;
+    int rc = import_call(x, tp, IM_STATE, (import_args){.out = state, .outlen = sizeof state});
+    if (rc)
+        return rc == -ENOENT ? -ENODATA : rc; /* e.g. a refused file's trace */
+    size_t len = strlen(state);
+    if (size == 0)
+        return (int)len;
+    if (size < len)
+        return -ERANGE;
+    memcpy(value, state, len);
+    return (int)len;
+}
+
 static int op_setxattr(const char *path, const char *name, const char *value, size_t size,
                        int flags)
 {
@@ -1517,7 +1546,10 @@ static int op_getxattr(const char *path, const char *name, char *value, size_t s
     char *store = xattr_target(path, &tp, &rc);
     if (!store)
         return rc == -ENOTSUP ? -ENODATA : rc;
-    rc = xattrs_get(ctx()->xattrs, store, tp.rest, name, value, size);
+    if (strcmp(name, STATE_XATTR) == 0)
+        rc = state_xattr(&tp, value, size);
+    else
+        rc = xattrs_get(ctx()->xattrs, store, tp.rest, name, value, size);
     free(store);
     return rc;
 }
@@ -1529,9 +1561,21 @@ static int op_listxattr(const char *path, char *list, size_t size)
     char *store = xattr_target(path, &tp, &rc);
     if (!store)
         return rc == -ENOTSUP ? 0 : rc;
-    rc = xattrs_list(ctx()->xattrs, store, tp.rest, list, size);
+    /* The state name comes first, then the user's own names. */
+    bool has_state = state_xattr(&tp, NULL, 0) > 0;
+    size_t off = has_state ? sizeof STATE_XATTR : 0;
+    if (size && size < off) {
+        free(store);
+        return -ERANGE;
+    }
+    if (size && has_state)
+        memcpy(list, STATE_XATTR, sizeof STATE_XATTR);
+    rc =
+        xattrs_list(ctx()->xattrs, store, tp.rest, size ? list + off : NULL, size ? size - off : 0);
     free(store);
-    return rc;
+    if (rc >= 0 && size && (size_t)rc + off > size)
+        return -ERANGE;
+    return rc < 0 ? rc : rc + (int)off;
 }
 
 static int op_removexattr(const char *path, const char *name)
@@ -1621,6 +1665,12 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
             .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
+            .imports = x->opt->imports,
+            .batch_max_files = x->opt->batch_max_files,
+            .batch_max_bytes = x->opt->batch_max_bytes,
+            .cache_max = x->opt->cache_max,
+            .upload_present = x->opt->upload_present,
+            .interrupted = fuse_interrupted,
             .uid = x->uid,
             .gid = x->gid,
             .on_reject = rejects_on_reject,
@@ -1672,11 +1722,11 @@ static const struct fuse_operations operations = {
     .utimens = op_utimens,
     .chmod = op_chmod,
     .chown = op_chown,
-    .statfs = op_statfs,
-    .setxattr = op_setxattr,
     .getxattr = op_getxattr,
     .listxattr = op_listxattr,
+    .setxattr = op_setxattr,
     .removexattr = op_removexattr,
+    .statfs = op_statfs,
     .symlink = op_symlink,
     .mknod = op_mknod,
     .link = op_link,

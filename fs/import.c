@@ -49,9 +49,19 @@
  * - unlink() of a pending file withdraws it (staged object deleted if
  *   uploaded); once its batch import has started, EBUSY (logged). unlink() of
  *   a failed file clears the failure.
- * - Files stay listed until their import finishes, then disappear from
- *   import/ (the data is then visible in studies/ and the DICOMweb API).
+ * - Files stay listed after their import (remembered, with the size, mtime
+ *   and mode they were given) until unlinked; unlink of a remembered file
+ *   forgets it locally. Reading a file whose spool space was released
+ *   fetches a private copy (fetch_copy). A whole rewrite (O_TRUNC) of a
+ *   remembered file makes it a new file (rewrite_released).
  *   Failed files stay listed, with the reason in STORE/status.
+ * - Bounded cache: cache_used counts spool bytes (node spool_bytes);
+ *   cache_reserve makes a growing write wait while cache_max is reached and
+ *   in-flight work can free room; ENOSPC from the disk waits the same way
+ *   (cache_wait_freed) and is returned only when nothing can free space.
+ * - Present: a file whose SOP Instance UID another accepted, uploaded,
+ *   imported or present file of the store has (SOP table) is present at its
+ *   close(); the uploader checks the store itself before uploading.
  *   Directories stay until removed with rmdir.
  * - Uploads, batches, commits and restarts: see uploader.c. Writes,
  *   truncates, acceptance, rejection, unlink and rename tell the streaming
@@ -70,6 +80,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -109,13 +120,25 @@ static node *name_find(import_mgr *m, const store_st *st, const char *path)
     return NULL;
 }
 
+/* Every listed node, active then remembered (namespace walks: readdir,
+ * rename and rmdir of directories, the name table). */
+static node *all_first(import_mgr *m)
+{
+    return m->head ? m->head : m->rhead;
+}
+
+static node *all_next(import_mgr *m, const node *n)
+{
+    return n->next ? n->next : n->settled ? NULL : m->rhead;
+}
+
 static void name_grow(import_mgr *m)
 {
     size_t nb = m->nbuckets * 2;
     node **t = calloc(nb, sizeof *t);
     if (!t)
         return;
-    for (node *n = m->head; n; n = n->next) {
+    for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible)
             continue;
         size_t i = name_hash(n->st, n->path) % nb;
@@ -153,15 +176,18 @@ static void name_remove(import_mgr *m, node *n)
     m->nvisible--;
 }
 
+/* n joins (or leaves) the list its settled flag names. */
 static void list_add(import_mgr *m, node *n)
 {
-    n->prev = m->tail;
+    node **head = n->settled ? &m->rhead : &m->head;
+    node **tail = n->settled ? &m->rtail : &m->tail;
+    n->prev = *tail;
     n->next = NULL;
-    if (m->tail)
-        m->tail->next = n;
+    if (*tail)
+        (*tail)->next = n;
     else
-        m->head = n;
-    m->tail = n;
+        *head = n;
+    *tail = n;
     n->listed = true;
 }
 
@@ -169,16 +195,40 @@ static void list_remove(import_mgr *m, node *n)
 {
     if (!n->listed)
         return;
+    node **head = n->settled ? &m->rhead : &m->head;
+    node **tail = n->settled ? &m->rtail : &m->tail;
     if (n->prev)
         n->prev->next = n->next;
     else
-        m->head = n->next;
+        *head = n->next;
     if (n->next)
         n->next->prev = n->prev;
     else
-        m->tail = n->prev;
+        *tail = n->prev;
     n->prev = n->next = NULL;
     n->listed = false;
+}
+
+void imp_node_settle(import_mgr *m, node *n)
+{
+    if (!n->listed || n->settled || n->is_dir || !n->visible ||
+        (n->state != ST_IMPORTED && n->state != ST_PRESENT) || n->staged || n->has_spool ||
+        n->releasing)
+        return;
+    list_remove(m, n);
+    n->settled = true;
+    list_add(m, n);
+}
+
+static void node_unsettle(import_mgr *m, node *n)
+{
+    if (!n->settled)
+        return;
+    bool listed = n->listed;
+    list_remove(m, n);
+    n->settled = false;
+    if (listed)
+        list_add(m, n);
 }
 
 /* "a/b/c" -> "a/b"; "c" -> "" (written into buf). */
@@ -204,6 +254,54 @@ static bool is_below(const char *path, const char *dir)
 {
     size_t dl = strlen(dir);
     return strncmp(path, dir, dl) == 0 && path[dl] == '/';
+}
+
+/* ---------------------------------------------------------------- SOP table */
+
+#define SOP_BUCKETS (1u << 16)
+
+static size_t sop_bucket(const store_st *st, const char *sop)
+{
+    return (size_t)(name_hash(st, sop) % SOP_BUCKETS);
+}
+
+static void sop_remove(import_mgr *m, node *n)
+{
+    if (!n->in_sops)
+        return;
+    for (node **pp = &m->sops[sop_bucket(n->st, n->sop)]; *pp; pp = &(*pp)->snext)
+        if (*pp == n) {
+            *pp = n->snext;
+            break;
+        }
+    n->snext = NULL;
+    n->in_sops = false;
+}
+
+/* After n->sop was set (a file accepted, or loaded). */
+static void sop_insert(import_mgr *m, node *n)
+{
+    sop_remove(m, n);
+    if (!m->sops || !n->sop[0])
+        return;
+    size_t i = sop_bucket(n->st, n->sop);
+    n->snext = m->sops[i];
+    m->sops[i] = n;
+    n->in_sops = true;
+}
+
+/* Another file of n's store with n's instance that is (or will be) in the
+ * store: accepted, uploaded, imported or present. */
+static node *sop_other(import_mgr *m, const node *n)
+{
+    if (!m->sops || !n->sop[0])
+        return NULL;
+    for (node *x = m->sops[sop_bucket(n->st, n->sop)]; x; x = x->snext)
+        if (x != n && x->st == n->st && strcmp(x->sop, n->sop) == 0 &&
+            (x->state == ST_ACCEPTED || x->state == ST_UPLOADED || x->state == ST_IMPORTED ||
+             x->state == ST_PRESENT))
+            return x;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- stores, batches */
@@ -260,8 +358,11 @@ static batch *batch_new(import_mgr *m, store_st *st, const char *id)
     b->st = st;
     b->state = B_OPEN;
     b->backoff = 0.5;
-    b->next = m->batches;
-    m->batches = b;
+    /* Appended: the coordinator starts sealed batches oldest first. */
+    batch **pp = &m->batches;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = b;
     return b;
 }
 
@@ -284,6 +385,23 @@ char *imp_object_name(import_mgr *m, const node *n)
 {
     return http_strdup_printf("%s%sbatches/%s/%s.dcm", m->prefix, *m->prefix ? "/" : "", n->bid,
                               n->id);
+}
+
+void imp_spool_account(import_mgr *m, node *n, uint64_t bytes)
+{
+    m->cache_used = m->cache_used - n->spool_bytes + bytes;
+    if (bytes < n->spool_bytes)
+        pthread_cond_broadcast(&m->space_cond);
+    n->spool_bytes = bytes;
+}
+
+void imp_spool_remove(import_mgr *m, node *n)
+{
+    if (!n->has_spool)
+        return;
+    spool_remove(m->sp, n->id);
+    n->has_spool = false;
+    imp_spool_account(m, n, 0);
 }
 
 /* ---------------------------------------------------------------- journal records */
@@ -363,10 +481,13 @@ int imp_node_journal(import_mgr *m, node *n)
         sb_num(&b, n->staged);
         sb_field(&b, n->reason ? n->reason : "");
         sb_num(&b, n->visible);
+        sb_field(&b, n->study);
+        sb_field(&b, n->series);
+        sb_num(&b, n->has_spool);
     }
     /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
      * states record progress of accepted work and may use the reserve. */
-    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED;
+    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED && n->state != ST_NEW;
     int rc = b.oom      ? -ENOMEM
              : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
                         : journal_put(m->j, key, b.p, b.len, false);
@@ -410,14 +531,70 @@ static void node_free(node *n)
 
 void imp_node_maybe_free(import_mgr *m, node *n)
 {
-    (void)m;
-    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream)
+    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream) {
+        sop_remove(m, n);
         node_free(n);
+    }
 }
 
-void imp_node_hide(import_mgr *m, node *n)
+/* The state machine of a file, in one place: every change of n->state
+ * after loading goes through here (lock held), with its bookkeeping
+ * (batch membership, counters, journal record, follow-up work).
+ *
+ *   (created) NEW -> ACCEPTED   validate(): close() accepted the content
+ *   ACCEPTED -> UPLOADED         upload or stream verified (bytes: its size)
+ *   ACCEPTED -> PRESENT          the store holds the instance, or another
+ *                                file of the store has it (imp_node_present)
+ *   UPLOADED -> IMPORTED         its batch's import succeeded (or verify()
+ *                                found the instance)
+ *   any -> FAILED                imp_node_fail (the reason is set there)
+ *   any -> WITHDRAWN             unlinked, replaced, or failed without a name
+ *   IMPORTED/PRESENT/FAILED -> NEW  rewritten whole (rewrite_released)
+ *
+ * Returns the journal's result (what close() reports for ACCEPTED). */
+int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
 {
-    name_remove(m, n);
+    node_unsettle(m, n);
+    switch (to) {
+    case ST_NEW:
+        n->b = NULL;
+        n->bid[0] = '\0';
+        break;
+    case ST_ACCEPTED:
+        n->retry_at = 0;
+        break;
+    case ST_UPLOADED:
+        n->backoff = 1;
+        n->st->bytes_uploaded += bytes;
+        break;
+    case ST_IMPORTED:
+        n->b = NULL;
+        n->st->imported++;
+        break;
+    case ST_PRESENT:
+        up_stream_drop(m, n, "present in the store");
+        n->b = NULL;
+        n->retry_at = 0;
+        n->st->present++;
+        break;
+    case ST_FAILED:
+    case ST_WITHDRAWN:
+        up_stream_drop(m, n, to == ST_FAILED ? "failed" : "removed");
+        break;
+    }
+    n->state = to;
+    int rc = imp_node_journal(m, n);
+    if (to != ST_NEW && to != ST_ACCEPTED)
+        up_enqueue(m, n); /* spool release, staged object deletion; a no-op if none */
+    imp_node_settle(m, n);
+    return rc;
+}
+
+void imp_node_present(import_mgr *m, node *n, const char *why)
+{
+    log_info("import: %s/%s: present: %s; not uploaded (the store keeps its copy)", n->st->name,
+             n->path, why);
+    imp_node_to(m, n, ST_PRESENT, 0);
 }
 
 void imp_node_unlist(import_mgr *m, node *n)
@@ -426,6 +603,7 @@ void imp_node_unlist(import_mgr *m, node *n)
     name_remove(m, n);
     list_remove(m, n);
     node_journal_del(m, n);
+    sop_remove(m, n);
     n->b = NULL;
     imp_node_maybe_free(m, n);
 }
@@ -449,18 +627,14 @@ void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
         /* Replaced by a rename while importing: no name left to unlink it
          * by, so it is not kept as a failure (the log line stays). */
         log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
-        n->state = ST_WITHDRAWN;
-        spool_remove(m->sp, n->id);
-        imp_node_journal(m, n);
-        up_enqueue(m, n);
+        if (!n->releasing)
+            imp_spool_remove(m, n);
+        imp_node_to(m, n, ST_WITHDRAWN, 0);
         return;
     }
-    n->state = ST_FAILED;
     set_reason(n, msg);
     log_error("import: %s/%s: failed: %s", n->st->name, n->path, msg);
-    imp_node_journal(m, n);
-    if (n->staged)
-        up_enqueue(m, n); /* delete the staged object */
+    imp_node_to(m, n, ST_FAILED, 0); /* a staged object is deleted */
 }
 
 static node *node_new(import_mgr *m, store_st *st, const char *path, bool is_dir, mode_t mode)
@@ -526,14 +700,23 @@ static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
         imp_node_journal(m, n);
         return 0;
     }
+    if (n->state == ST_IMPORTED || n->state == ST_PRESENT) {
+        /* Remembered: forgotten locally, nothing remote is deleted (the
+         * workers still finish its cleanup if any is due, then unlist it). */
+        name_remove(m, n);
+        if (n->staged || n->has_spool || n->busy || n->releasing)
+            imp_node_journal(m, n);
+        else
+            imp_node_unlist(m, n);
+        return 0;
+    }
     name_remove(m, n);
-    spool_remove(m->sp, n->id);
+    if (!n->releasing)
+        imp_spool_remove(m, n);
     if (n->staged || n->busy) {
         /* Uploaded or being uploaded: the staged object must go before the
          * batch is committed (the batch waits for WITHDRAWN files). */
-        n->state = ST_WITHDRAWN;
-        imp_node_journal(m, n);
-        up_enqueue(m, n);
+        imp_node_to(m, n, ST_WITHDRAWN, 0);
         return 0;
     }
     imp_node_unlist(m, n);
@@ -585,12 +768,8 @@ static int load_batch(void *vctx, const char *key, const void *val, size_t len)
         b->op = strdup(f[2]);
     if (b->state == B_IMPORTING && !b->op)
         b->state = B_SEALED; /* start it again: import ignores duplicates */
-    if (b->state == B_OPEN) {
-        if (st->open) /* only one open batch per store: seal older ones */
-            b->state = B_SEALED;
-        else
-            st->open = b;
-    }
+    if (b->state == B_OPEN)
+        st->open = b; /* the last one takes new files; the others seal once uploaded */
     b->last_accept = imp_now();
     return 0;
 }
@@ -600,8 +779,8 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     load_ctx *c = vctx;
     import_mgr *m = c->m;
     bool dir = key[0] == 'd';
-    const char *f[16];
-    int nf = split_fields(val, len, f, 16);
+    const char *f[19];
+    int nf = split_fields(val, len, f, 19);
     if ((dir && nf < 7) || (!dir && nf < 16) || !spool_id_valid(key + 2)) {
         log_error("import: journal record %s is malformed, ignored", key);
         return 0;
@@ -638,8 +817,20 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
     if (*f[14])
         n->reason = strdup(f[14]);
     bool visible = num(f[15]) != 0;
+    if (nf >= 19) {
+        snprintf(n->study, sizeof n->study, "%s", f[16]);
+        snprintf(n->series, sizeof n->series, "%s", f[17]);
+        n->has_spool = num(f[18]) != 0;
+    } else { /* a record written before spool space was released early */
+        n->has_spool = n->state != ST_IMPORTED && n->state != ST_WITHDRAWN;
+    }
+    if (n->has_spool) {
+        n->spool_bytes = n->size;
+        m->cache_used += n->size;
+    }
     list_add(m, n);
-    if (visible && n->state != ST_IMPORTED && n->state != ST_WITHDRAWN) {
+    sop_insert(m, n);
+    if (visible && n->state != ST_WITHDRAWN) {
         if (name_find(m, st, n->path)) {
             log_error("import: %s/%s: two journal entries for one name; keeping the first",
                       st->name, n->path);
@@ -655,6 +846,7 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
             n->state = ST_ACCEPTED;
         }
     }
+    imp_node_settle(m, n);
     return 0;
 }
 
@@ -685,7 +877,7 @@ static void gc_spool(import_mgr *m)
     if (!k.ids)
         return; /* keeping strays is harmless */
     for (node *x = m->head; x; x = x->next)
-        if (!x->is_dir && x->state != ST_IMPORTED && x->state != ST_WITHDRAWN)
+        if (!x->is_dir && x->has_spool)
             k.ids[k.n++] = x->id;
     qsort(k.ids, k.n, sizeof *k.ids, cmp_id);
     spool_gc(m->sp, spool_keep, &k);
@@ -702,7 +894,7 @@ static void resume(import_mgr *m)
         case ST_NEW:
             break;
         case ST_ACCEPTED:
-            if (!spool_exists(m->sp, n->id)) {
+            if (!n->has_spool || !spool_exists(m->sp, n->id)) {
                 log_error("import: %s/%s: the spool file %s is missing from the cache: the "
                           "file cannot be uploaded",
                           n->st->name, n->path, n->id);
@@ -713,14 +905,7 @@ static void resume(import_mgr *m)
                 imp_assign_batch(m, n);
             up_enqueue(m, n);
             break;
-        case ST_UPLOADED:
-            break;
-        case ST_FAILED:
-            if (n->staged)
-                up_enqueue(m, n);
-            break;
-        case ST_IMPORTED:
-        case ST_WITHDRAWN:
+        default: /* staged objects to delete, spool space to release */
             up_enqueue(m, n);
             break;
         }
@@ -748,6 +933,19 @@ static int load_all(import_mgr *m)
 }
 
 /* ---------------------------------------------------------------- manager */
+
+/* The smaller of 8 GiB and half the cache filesystem's free space now: a
+ * copy through the mount then never fills the disk the cache lives on. */
+static uint64_t default_cache_max(const char *dir)
+{
+    const uint64_t cap = 8ull << 30;
+    struct statvfs sv;
+    if (statvfs(dir, &sv) < 0)
+        return cap;
+    uint64_t half = (uint64_t)sv.f_bavail * sv.f_frsize / 2;
+    uint64_t v = half < cap ? half : cap;
+    return v < (1u << 20) ? (1u << 20) : v;
+}
 
 int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, journal *j,
                    import_mgr **out)
@@ -778,11 +976,18 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     m->j = j;
     m->nbuckets = 1024;
     m->table = calloc(m->nbuckets, sizeof *m->table);
+    m->sops = calloc(SOP_BUCKETS, sizeof *m->sops);
+    m->present = present_new();
+    pthread_cond_init(&m->present_cond, NULL);
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->work_cond, NULL);
     pthread_cond_init(&m->tick_cond, NULL);
     pthread_cond_init(&m->jflush_cond, NULL);
-    int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table) ? -ENOMEM : 0;
+    pthread_cond_init(&m->space_cond, NULL);
+    m->cache_max = cfg->cache_max ? cfg->cache_max : default_cache_max(cfg->cache_dir);
+    int rc = (!m->cache_dir || !m->bucket || !m->prefix || !m->table || !m->sops || !m->present)
+                 ? -ENOMEM
+                 : 0;
     if (rc == 0 && (gcs || hc) && (!gcs || !hc || !*m->bucket)) {
         log_error("import: uploads need a staging bucket and both API clients");
         rc = -EINVAL;
@@ -814,8 +1019,8 @@ void import_mgr_free(import_mgr *m)
     up_stop(m);
     if (m->j)
         journal_sync(m->j);
-    for (node *n = m->head, *nx; n; n = nx) {
-        nx = n->next;
+    for (node *n = all_first(m), *nx; n; n = nx) {
+        nx = all_next(m, n);
         node_free(n);
     }
     while (m->batches)
@@ -834,6 +1039,10 @@ void import_mgr_free(import_mgr *m)
     pthread_cond_destroy(&m->work_cond);
     pthread_cond_destroy(&m->tick_cond);
     pthread_cond_destroy(&m->jflush_cond);
+    pthread_cond_destroy(&m->space_cond);
+    pthread_cond_destroy(&m->present_cond);
+    present_free(m->present);
+    free(m->sops);
     free(m);
 }
 
@@ -879,7 +1088,7 @@ int import_readdir(import_mgr *m, const char *store, const char *rel, import_fil
         node *d = st ? name_find(m, st, rel) : NULL;
         rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
     }
-    for (node *n = st && rc == 0 ? m->head : NULL; n; n = n->next) {
+    for (node *n = st && rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
         if (!n->visible || n->st != st || !is_child_of(n->path, rel))
             continue;
         struct stat sb;
@@ -927,7 +1136,7 @@ int import_rmdir(import_mgr *m, const char *store, const char *rel)
     pthread_mutex_lock(&m->lock);
     node *d = lookup(m, store, rel);
     int rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
-    for (node *n = rc == 0 ? m->head : NULL; n; n = n->next) {
+    for (node *n = rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
         if (n->visible && n->st == d->st && is_child_of(n->path, rel)) {
             rc = -ENOTEMPTY;
             break;
@@ -961,6 +1170,96 @@ static void note_activity(store_st *st)
         st->open->last_accept = imp_now();
 }
 
+/* Bytes of spool files that work in flight will free (lock held): files
+ * not open for writing that are accepted (uploads release them), uploaded,
+ * imported, present or withdrawn. Kept files (failed, being written) do not
+ * count. A walk of every file: only done while a writer waits. */
+static uint64_t cache_freeable(import_mgr *m)
+{
+    uint64_t k = 0;
+    for (node *x = m->head; x; x = x->next)
+        if (!x->is_dir && (x->has_spool || x->releasing) && x->writers == 0 && x->state != ST_NEW &&
+            x->state != ST_FAILED)
+            k += x->spool_bytes;
+    return k;
+}
+
+/* Waits (lock held) up to 0.2 s for space to be released; -EINTR when the
+ * request was interrupted (a signal to the writer). */
+static int cache_wait_once(import_mgr *m)
+{
+    if (m->cfg.interrupted && m->cfg.interrupted())
+        return -EINTR;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    m->writers_waiting++;
+    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+    m->writers_waiting--;
+    return 0;
+}
+
+/* Backpressure: before n's spool file grows to `end` bytes, waits while the
+ * cache holds cache_max and in-flight work can free some of it; then counts
+ * the growth. When nothing can free space (every byte belongs to files
+ * being written or kept), the write goes on beyond the limit: only the disk
+ * itself then says ENOSPC. */
+static int cache_reserve(import_mgr *m, node *n, uint64_t end)
+{
+    int rc = 0;
+    bool logged = false;
+    pthread_mutex_lock(&m->lock);
+    while (end > n->spool_bytes && m->cache_used + (end - n->spool_bytes) > m->cache_max &&
+           cache_freeable(m) > 0) {
+        if (!logged)
+            log_debug("import: %s/%s: the cache holds %" PRIu64 " of %" PRIu64
+                      " bytes: waiting for uploads to free room",
+                      n->st->name, n->path, m->cache_used, m->cache_max);
+        logged = true;
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    if (rc == 0 && end > n->spool_bytes)
+        imp_spool_account(m, n, end);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* A new file waits while the cache is full (it is about to grow). */
+static int cache_wait_room(import_mgr *m)
+{
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    while (m->cache_used >= m->cache_max && cache_freeable(m) > 0 && (rc = cache_wait_once(m)) == 0)
+        ;
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* The disk is full (ENOSPC from the spool): waits until some spool space
+ * is released. Returns 0 to try again, -ENOSPC when nothing in flight can
+ * free any, -EINTR when interrupted. */
+static int cache_wait_freed(import_mgr *m)
+{
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    uint64_t used = m->cache_used;
+    while (m->cache_used >= used) {
+        if (cache_freeable(m) == 0) {
+            rc = -ENOSPC;
+            break;
+        }
+        if ((rc = cache_wait_once(m)) < 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
 int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
 {
     pthread_mutex_lock(&m->lock);
@@ -973,6 +1272,8 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if (existing) /* raced with another create: open it like O_CREAT without O_EXCL */
         return existing->is_dir ? -EISDIR : import_open(m, store, rel, O_RDWR | O_TRUNC, fh);
 
+    if ((rc = cache_wait_room(m)) < 0)
+        return rc;
     char id[SPOOL_ID_LEN + 1];
     int fd = spool_create(m->sp, id);
     if (fd < 0)
@@ -987,6 +1288,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if (rc == 0) {
         memcpy(n->id, id, sizeof n->id);
         n->state = ST_NEW;
+        n->has_spool = true;
         n->dirty = true;
         n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);
@@ -1009,28 +1311,122 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     return 0;
 }
 
+/* A released file in a short background step (spool removal, staged
+ * object deletion after its import). */
+static bool settling(const node *n)
+{
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT;
+    return n->releasing || (n->busy && n->state != ST_UPLOADED) || (remembered && n->staged);
+}
+
+/* Opening for writing a file whose spool space was released (lock held):
+ * only a whole rewrite (O_TRUNC) is possible, which makes a remembered
+ * (imported, present, failed) file a new one, or gives an uploaded one
+ * waiting for its batch a new content to upload under the same name.
+ * Returns the new spool file's fd or a negative errno. */
+static int rewrite_released(import_mgr *m, node *n, int flags)
+{
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT || n->state == ST_FAILED;
+    if (!(flags & O_TRUNC) || n->releasing || n->busy || (remembered && n->staged) ||
+        (!remembered && n->state != ST_UPLOADED)) {
+        log_error("import: %s/%s: cannot be changed in place: its content is no longer in the "
+                  "cache (uploaded); write it whole (O_TRUNC, as cp does) or remove it first",
+                  n->st->name, n->path);
+        return -EBUSY;
+    }
+    int fd = spool_create_as(m->sp, n->id);
+    if (fd < 0)
+        return fd;
+    n->has_spool = true;
+    if (remembered)
+        imp_node_to(m, n, ST_NEW, 0);
+    return fd;
+}
+
+/* A read-only handle of a file whose spool space was released gets a
+ * private copy (an unnamed file in the spool directory) fetched from its
+ * staged object or from the store. */
+static int fetch_copy(import_mgr *m, handle *h)
+{
+    pthread_mutex_lock(&m->lock);
+    node *n = h->n;
+    char *object = imp_object_name(m, n);
+    char *store = strdup(n->st->name);
+    char *label = http_strdup_printf("%s/%s", n->st->name, n->path);
+    bool staged = n->staged;
+    char study[sizeof n->study], series[sizeof n->series], sop[sizeof n->sop];
+    memcpy(study, n->study, sizeof study);
+    memcpy(series, n->series, sizeof series);
+    memcpy(sop, n->sop, sizeof sop);
+    pthread_mutex_unlock(&m->lock);
+    int rc = object && store && label ? 0 : -ENOMEM;
+    int fd = rc == 0 ? spool_open_tmp(m->sp) : -1;
+    if (rc == 0 && fd < 0)
+        rc = fd;
+    if (rc == 0 && !m->gcs)
+        rc = -EIO;
+    if (rc == 0)
+        rc = up_fetch_copy(m, object, staged, store, study, series, sop, fd);
+    if (rc < 0) {
+        log_error("import: %s: cannot read it back: its content is no longer in the cache and "
+                  "fetching it from Cloud Storage or the store failed (%s)",
+                  label ? label : "?", strerror(-rc));
+        if (fd >= 0)
+            close(fd);
+        rc = -EIO;
+    } else {
+        h->fd = fd;
+    }
+    free(object);
+    free(store);
+    free(label);
+    return rc;
+}
+
 int import_open(import_mgr *m, const char *store, const char *rel, int flags, uint64_t *fh)
 {
     bool wr = (flags & O_ACCMODE) != O_RDONLY;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
+    /* A rewrite of a file whose spool space is being released, or whose
+     * staged object is being deleted after its import, waits for that
+     * short step (at most 30 s) instead of failing. */
+    for (int i = 0; wr && n && !n->has_spool && settling(n) && i < 3000; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+        n = lookup(m, store, rel);
+    }
     int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
     if (rc == 0 && wr && node_importing(n)) {
         log_error("import: %s/%s: cannot be changed: its batch import already started", store, rel);
         rc = -EBUSY;
     }
     int fd = -1;
-    if (rc == 0) {
+    bool fetch = false;
+    if (rc == 0 && !n->has_spool && !wr)
+        fetch = true; /* its copy of record is remote: fetched below */
+    else if (rc == 0 && !n->has_spool)
+        rc = fd = rewrite_released(m, n, flags);
+    else if (rc == 0) {
         fd = spool_open_file(m->sp, n->id, wr ? O_RDWR : O_RDONLY);
         if (fd < 0) {
             rc = fd;
             log_error("import: %s/%s: spool file %s: %s", store, rel, n->id, strerror(-rc));
         }
     }
+    if (rc >= 0)
+        rc = 0;
     if (rc == 0 && wr && (flags & O_TRUNC)) {
         if (ftruncate(fd, 0) < 0) {
             rc = -errno;
         } else {
+            imp_spool_account(m, n, 0);
             up_stream_drop(m, n, "truncated");
             n->seq = true;
             n->seq_end = 0;
@@ -1045,6 +1441,10 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
     if (rc == 0 && !(h = handle_new(n, fd, wr)))
         rc = -ENOMEM;
     pthread_mutex_unlock(&m->lock);
+    if (rc == 0 && fetch && (rc = fetch_copy(m, h)) < 0) {
+        import_release(m, (uint64_t)(uintptr_t)h);
+        return rc;
+    }
     if (rc < 0) {
         if (fd >= 0)
             close(fd);
@@ -1061,7 +1461,12 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         return -EBADF;
     if (size > INT32_MAX)
         size = INT32_MAX;
-    ssize_t n = pwrite(h->fd, buf, size, off);
+    int rc = cache_reserve(m, h->n, (uint64_t)off + size);
+    ssize_t n = rc < 0 ? (errno = -rc, -1) : pwrite(h->fd, buf, size, off);
+    while (n < 0 && errno == ENOSPC && (rc = cache_wait_freed(m)) == 0)
+        n = pwrite(h->fd, buf, size, off); /* the disk is full: uploads free it */
+    if (n < 0 && rc < 0)
+        errno = -rc;
     if (n < 0) {
         int e = errno;
         pthread_mutex_lock(&m->lock);
@@ -1133,7 +1538,7 @@ static void reject(import_mgr *m, node *n)
         return;
     if (n->state == ST_NEW) {
         name_remove(m, n);
-        spool_remove(m->sp, n->id);
+        imp_spool_remove(m, n);
         imp_node_unlist(m, n);
         return;
     }
@@ -1231,12 +1636,12 @@ static int validate(import_mgr *m, handle *h)
     n->why = NULL;
     n->size = (uint64_t)sb.st_size;
     snprintf(n->sop, sizeof n->sop, "%s", info.sop_instance_uid);
+    snprintf(n->study, sizeof n->study, "%s", info.study_uid);
+    snprintf(n->series, sizeof n->series, "%s", info.series_uid);
     free(n->reason);
     n->reason = NULL;
-    n->state = ST_ACCEPTED;
-    n->retry_at = 0;
     imp_assign_batch(m, n);
-    rc = imp_node_journal(m, n);
+    rc = imp_node_to(m, n, ST_ACCEPTED, 0);
     if (rc < 0) {
         /* Not recorded = not accepted: close() fails (ENOSPC on a full
          * cache disk) and the file goes, as for a rejected one. */
@@ -1248,10 +1653,20 @@ static int validate(import_mgr *m, handle *h)
     if (n->b)
         n->b->last_accept = imp_now();
     n->st->bytes_spooled += n->size;
-    /* A stream that sent this very content finishes the upload; otherwise
-     * the workers upload the spool file. */
-    if (!up_stream_accepted(m, n, n->size))
+    sop_insert(m, n);
+    node *dup = m->cfg.upload_present ? NULL : sop_other(m, n);
+    if (dup) {
+        /* Duplicates within a copy are known now: the import would keep
+         * only one of them anyway. */
+        char why[300];
+        snprintf(why, sizeof why, "%s (SOP Instance UID %s) has this instance",
+                 dup->visible ? dup->path : "a file copied before", n->sop);
+        imp_node_present(m, n, why);
+    } else if (!up_stream_accepted(m, n, n->size)) {
+        /* A stream that sent this very content finishes the upload;
+         * otherwise the workers upload the spool file. */
         up_enqueue(m, n);
+    }
     up_kick(m); /* a new file: the quiet period starts again */
     pthread_mutex_unlock(&m->lock);
     /* Without sync, the record is in the cache filesystem already (it
@@ -1317,7 +1732,8 @@ int import_release(import_mgr *m, uint64_t fh)
         if (todo)
             validate(m, h);
     }
-    close(h->fd);
+    if (h->fd >= 0)
+        close(h->fd);
     pthread_mutex_lock(&m->lock);
     bool dropped = false;
     if (h->writable) {
@@ -1366,6 +1782,7 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
             return -e;
         }
         pthread_mutex_lock(&m->lock);
+        imp_spool_account(m, h->n, (uint64_t)size);
         up_stream_drop(m, h->n, "truncated");
         h->n->seq = size == 0;
         h->n->seq_end = 0;
@@ -1397,7 +1814,7 @@ static int rename_dir(import_mgr *m, node *d, const char *to)
 {
     size_t fl = strlen(d->path);
     /* Children first, while d->path is still the old prefix. */
-    for (node *n = m->head; n; n = n->next) {
+    for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
             continue;
         char *np = http_strdup_printf("%s%s", to, n->path + fl);
@@ -1436,7 +1853,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         else if (!src->is_dir && dst->is_dir)
             rc = -EISDIR;
         else if (dst->is_dir) {
-            for (node *n = m->head; n; n = n->next)
+            for (node *n = all_first(m); n; n = all_next(m, n))
                 if (n->visible && n->st == st && is_child_of(n->path, to)) {
                     rc = -ENOTEMPTY;
                     break;
@@ -1478,6 +1895,23 @@ int import_unlink(import_mgr *m, const char *store, const char *rel)
     up_kick(m);
     pthread_mutex_unlock(&m->lock);
     return rc == 0 ? journal_settle(m) : rc;
+}
+
+int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen)
+{
+    pthread_mutex_lock(&m->lock);
+    node *n = *rel ? lookup(m, store, rel) : NULL;
+    int rc = !*rel ? -ENODATA : !n ? -ENOENT : n->is_dir ? -ENODATA : 0;
+    if (rc == 0) {
+        const char *name = n->state == ST_UPLOADED ? (node_importing(n) ? "importing" : "uploaded")
+                           : n->state == ST_IMPORTED ? "imported"
+                           : n->state == ST_PRESENT  ? "present"
+                           : n->state == ST_FAILED   ? "failed"
+                                                     : "pending";
+        snprintf(out, outlen, "%s", name);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
 }
 
 static void apply_time(struct timespec *dst, const struct timespec *src)

@@ -13,7 +13,10 @@
  * seconds and every upload of the batch is done, ONE dicomStores.import of
  * gs://STAGING/<batch>/ + "**" is started and recorded as the store's operation.
  * Staged objects are deleted after a successful import. Files stay listed
- * until imported. State survives a restart (journal in cache_dir).
+ * after their import (remembered: rsync reruns skip them) until unlinked.
+ * The spool is bounded (cache_max: writers wait); a file's spool space is
+ * released once its staged object is verified. State survives a restart
+ * (journal in cache_dir).
  *
  * Paths: store is the full resource name ".../dicomStores/S"; rel is the path
  * below import/ without a leading '/' ("" is import/ itself).
@@ -42,7 +45,15 @@ typedef struct import_config {
     bool sync_close;            /* fdatasync spool file + journal in every close() */
     int stream_min_mib;         /* upload files while written from this size on
                                    (0: 32 MiB; < 0: never; see uploader.c) */
-    uid_t uid;                  /* owner shown for spooled files */
+    int imports;                /* import operations in flight per store (< 1: 1) */
+    uint64_t batch_max_files;   /* a batch stops growing at this many files (0: no limit) */
+    uint64_t batch_max_bytes;   /* ... or bytes (0: no limit) */
+    uint64_t cache_max;         /* spool limit in bytes (0: min(8 GiB, free/2) at start) */
+    bool upload_present;        /* upload files whose instance the store already has */
+    /* Whether the calling request was interrupted (FUSE interrupt): a
+     * writer waiting for cache room then gives up with EINTR. NULL: never. */
+    int (*interrupted)(void);
+    uid_t uid; /* owner shown for spooled files */
     gid_t gid;
     /* Told of every file dropped at its last close because its content was
      * refused (EINVAL: not DICOM Part 10; not ENOSPC or I/O errors, which
@@ -86,6 +97,12 @@ int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
  * / (gid_t)-1 = unchanged), so `rsync -a` run as root keeps its ownership
  * and finds nothing to change on its second run. */
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);
+
+/* The state of a file under import/ (user.dicomfs.state): "pending"
+ * (written or accepted, not uploaded yet), "uploaded", "importing",
+ * "imported", "present" (the store already held its instance: not
+ * uploaded) or "failed". -ENODATA for a directory, -ENOENT if unknown. */
+int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen);
 
 /* True when the manager holds state for store (full resource name): files
  * spooled, uploading, importing or imported since the journal began. */

@@ -18,6 +18,7 @@
 #include "dicom.h"
 #include "import.h"
 #include "journal.h"
+#include "present.h"
 #include "spool.h"
 
 /* File states. IMPORTING is not a node state: it is UPLOADED in a batch
@@ -26,9 +27,10 @@ enum node_state {
     ST_NEW = 0,       /* created, never validated: not in the journal */
     ST_ACCEPTED = 1,  /* validated, durable, waiting for (or in) upload */
     ST_UPLOADED = 2,  /* staged object written */
-    ST_IMPORTED = 3,  /* imported; staged object and spool file being removed */
+    ST_IMPORTED = 3,  /* imported; stays listed (remembered) until unlinked */
     ST_FAILED = 4,    /* permanent failure, reason set; listed until unlinked */
     ST_WITHDRAWN = 5, /* unlinked/replaced after upload: staged object to delete */
+    ST_PRESENT = 6,   /* the store already holds its instance: not uploaded */
 };
 
 enum batch_state {
@@ -55,13 +57,19 @@ struct batch {
     char *op_error;                    /* message of the finished op's error */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
     int n_streaming;                   /* ST_NEW files streaming into it (each tick) */
+    uint64_t n_bytes;                  /* bytes of its files (each tick) */
+    /* gathered: it held uploaded files while the store's import slots were
+     * all taken, so it starts as soon as one frees (no quiet period). */
+    bool gathered;
     batch *next;
 };
 
 struct store_st {
     char *name;
-    batch *open;                                      /* the batch new files join, or NULL */
-    uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
+    batch *open; /* the batch new files join, or NULL; other B_OPEN batches of
+                  * the store are closed to new files and seal once uploaded */
+    int running; /* its batches in B_IMPORTING (recounted each tick) */
+    uint64_t imported, present, bytes_spooled, bytes_uploaded; /* since mount */
     store_st *next;
 };
 
@@ -80,6 +88,13 @@ struct node {
     /* files */
     int state;
     char sop[DICOM_UID_MAX + 1];
+    char study[DICOM_UID_MAX + 1], series[DICOM_UID_MAX + 1]; /* to read it back */
+    /* has_spool: the spool file holds its content (released once the staged
+     * object is verified, or the file is present/imported: see uploader.c);
+     * spool_bytes: what it counts in import_mgr.cache_used; releasing: the
+     * spool file is being removed (lock dropped). */
+    bool has_spool, releasing;
+    uint64_t spool_bytes;
     batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
     char bid[48]; /* batch id of the staged object name */
     bool staged;  /* a staged object may exist */
@@ -107,8 +122,15 @@ struct node {
     double retry_at;
     double backoff;
     node *hnext;       /* name table chain */
-    node *prev, *next; /* all nodes */
-    node *qnext;       /* work queue */
+    node *prev, *next; /* its list: active (head) or remembered (rhead) */
+    /* settled: imported or present with nothing left to do (no staged
+     * object, no spool file): it lives in the remembered list, which the
+     * coordinator's and the cache's walks never visit, so their cost does
+     * not grow with the number of files imported. */
+    bool settled;
+    node *qnext; /* work queue */
+    node *snext; /* SOP table chain (while in_sops) */
+    bool in_sops;
 };
 
 struct import_mgr {
@@ -125,7 +147,8 @@ struct import_mgr {
     bool stop;
     node **table;
     size_t nbuckets, nvisible;
-    node *head, *tail;
+    node *head, *tail;   /* active files and directories */
+    node *rhead, *rtail; /* remembered (settled) files */
     node *qhead, *qtail;
     store_st *stores;
     batch *batches;
@@ -136,6 +159,19 @@ struct import_mgr {
     bool jflush_started;
     bool coord_started;
     upstream *streams; /* streaming upload threads, joined when done */
+    /* Bounded cache: cache_used bytes of spool files against cache_max;
+     * writers wait on space_cond (broadcast whenever space is released). */
+    uint64_t cache_used, cache_max;
+    int writers_waiting;
+    pthread_cond_t space_cond;
+    /* Which SOP Instance UIDs each study of a store holds (present.c);
+     * present_cond: a study's fetch ended. */
+    present_cache *present;
+    pthread_cond_t present_cond;
+    /* Files by (store, SOP Instance UID), chained through node.snext: a
+     * duplicate of a pending or imported file is known at its close(). */
+    node **sops;
+    size_t nsops;
 };
 
 double imp_now(void); /* CLOCK_MONOTONIC seconds */
@@ -143,20 +179,34 @@ double imp_now(void); /* CLOCK_MONOTONIC seconds */
 /* import.c */
 int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);
-void imp_node_hide(import_mgr *m, node *n);   /* drop from the name table */
 void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
 void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
+/* Moves n to the remembered list when it is settled (see node.settled). */
+void imp_node_settle(import_mgr *m, node *n);
+/* Changes n's state with its bookkeeping (the state machine: see import.c). */
+int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes);
+/* The store already holds n's instance (or will: a duplicate of a pending
+ * file): not uploaded, reported present (lock held). */
+void imp_node_present(import_mgr *m, node *n, const char *why);
 char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
-void imp_assign_batch(import_mgr *m, node *n);       /* join the store's open batch */
+/* Cache accounting (lock held): n's spool file now holds `bytes`. */
+void imp_spool_account(import_mgr *m, node *n, uint64_t bytes);
+/* Removes n's spool file now (lock held; withdrawn or rejected files). */
+void imp_spool_remove(import_mgr *m, node *n);
+void imp_assign_batch(import_mgr *m, node *n); /* join the store's open batch */
 
 /* uploader.c */
 int up_start(import_mgr *m);
 void up_stop(import_mgr *m);
 void up_enqueue(import_mgr *m, node *n); /* with the lock held */
 void up_kick(import_mgr *m);             /* wake the coordinator */
+/* A copy of a file whose spool space was released, fetched into fd (lock
+ * NOT held): from its staged object, else from the store. */
+int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
+                  const char *study, const char *series, const char *sop, int fd);
 /* Streaming uploads (lock held). up_stream_wrote: after every successful
  * write of n (through fd) of [off, off+len): feeds a running stream or
  * starts one. up_stream_drop: abandons n's stream unless its final chunk is

@@ -17,8 +17,8 @@
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
-    char *uploads, *commit_delay, *stream_min;
-    int allow_delete, no_auth, sync_close;
+    char *uploads, *commit_delay, *stream_min, *imports, *batch_max, *cache_max;
+    int allow_delete, no_auth, sync_close, upload_present;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
     char *nonopt[2];
@@ -47,6 +47,10 @@ static const struct fuse_opt option_spec[] = {
     RAWS("uploads=%s", uploads),
     RAWS("commit_delay=%s", commit_delay),
     RAWS("stream_min=%s", stream_min),
+    RAWS("imports=%s", imports),
+    RAWS("batch_max=%s", batch_max),
+    RAWS("cache_max=%s", cache_max),
+    RAW("upload_present", upload_present),
     RAW("allow_delete", allow_delete),
     RAW("no_auth", no_auth),
     RAW("sync_close", sync_close),
@@ -121,6 +125,9 @@ static void raw_free(struct raw_opts *r)
     free(r->uploads);
     free(r->commit_delay);
     free(r->stream_min);
+    free(r->imports);
+    free(r->batch_max);
+    free(r->cache_max);
     free(r->nonopt[0]);
     free(r->nonopt[1]);
     free(r->extra);
@@ -246,6 +253,40 @@ static int parse_int(const char *what, const char *s, long lo, long hi, int *out
     if (errno || end == s || *end || v < lo || v > hi)
         return fail(err, errlen, "bad %s '%s': expected an integer in %ld..%ld", what, s, lo, hi);
     *out = (int)v;
+    return 0;
+}
+
+/* "123" or "123K/M/G/T" (binary units, optional trailing "iB"/"B"). *had_unit
+ * says whether a unit was given (batch_max: a plain number counts files). */
+static int parse_size(const char *what, const char *s, uint64_t *out, bool *had_unit, char *err,
+                      size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return fail(err, errlen, "bad %s '%s': expected a number, optionally with K, M, G or T",
+                    what, s);
+    int shift = 0;
+    const char *u = "KMGT";
+    const char *at = *end ? strchr(u, *end & ~0x20) : NULL;
+    if (at) {
+        shift = 10 * (int)(at - u + 1);
+        end++;
+        if ((*end & ~0x20) == 'I')
+            end++;
+        if ((*end & ~0x20) == 'B')
+            end++;
+    } else if ((*end & ~0x20) == 'B') {
+        end++;
+        shift = 0;
+        at = end;
+    }
+    if (*end || (shift && v > (UINT64_MAX >> shift)))
+        return fail(err, errlen, "bad %s '%s': expected a number, optionally with K, M, G or T",
+                    what, s);
+    *out = (uint64_t)v << shift;
+    *had_unit = at != NULL;
     return 0;
 }
 
@@ -422,6 +463,32 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (r->stream_min &&
         parse_int("stream_min", r->stream_min, 0, 1 << 20, &o->stream_min_mib, err, errlen))
         return -1;
+    o->imports = FS_OPTIONS_DEFAULT_IMPORTS;
+    if (r->imports && parse_int("imports", r->imports, 1, 64, &o->imports, err, errlen))
+        return -1;
+    o->batch_max_files = FS_OPTIONS_DEFAULT_BATCH_FILES;
+    o->batch_max_bytes = FS_OPTIONS_DEFAULT_BATCH_BYTES;
+    if (r->batch_max) {
+        uint64_t v;
+        bool unit;
+        if (parse_size("batch_max", r->batch_max, &v, &unit, err, errlen))
+            return -1;
+        if (v == 0)
+            return fail(err, errlen, "bad batch_max '%s': must be at least 1", r->batch_max);
+        if (unit)
+            o->batch_max_bytes = v;
+        else
+            o->batch_max_files = v;
+    }
+    o->cache_max = 0; /* default: decided at mount from the cache filesystem */
+    if (r->cache_max) {
+        bool unit;
+        if (parse_size("cache_max", r->cache_max, &o->cache_max, &unit, err, errlen))
+            return -1;
+        if (o->cache_max < (1u << 20))
+            return fail(err, errlen, "bad cache_max '%s': at least 1M", r->cache_max);
+    }
+    o->upload_present = r->upload_present != 0;
     if (!o->cache_dir) {
         o->cache_dir = fs_options_default_cache_dir(o->source, geteuid());
         if (!o->cache_dir)
@@ -535,6 +602,17 @@ void fs_options_usage(const char *progname)
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
            "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"
            "                         (0: only after close; default %d)\n"
+           "  imports=N              import operations running at once per store (default %d;\n"
+           "                         the service limits running operations per project)\n"
+           "  batch_max=N|SIZE       when no import runs, start one once the batch holds N\n"
+           "                         files or SIZE bytes (e.g. 1G), even while the copy\n"
+           "                         goes on\n"
+           "                         (default %d files, %d GiB)\n"
+           "  cache_max=SIZE         local spool limit; writers wait while it is full\n"
+           "                         (default: the smaller of 8G and half the cache\n"
+           "                         filesystem's free space at mount)\n"
+           "  upload_present         upload files whose instance the store already holds\n"
+           "                         (default: such files are reported present, not sent)\n"
            "  sync_close             close() in import/ also fsyncs the file and the journal\n"
            "                         (power-loss durable at every close; default: at fsync\n"
            "                         and within 50 ms for the journal, like a local disk)\n"
@@ -553,5 +631,6 @@ void fs_options_usage(const char *progname)
            "The tree, export runs, editors in export/, refusals, status and the exit\n"
            "codes of wait: see dicomfs(1).\n",
            progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
-           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
+           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB, FS_OPTIONS_DEFAULT_IMPORTS,
+           FS_OPTIONS_DEFAULT_BATCH_FILES, (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30));
 }

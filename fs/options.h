@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <fuse_opt.h>
@@ -34,7 +35,12 @@ typedef struct fs_options {
     char *storage_endpoint;
     int uploads;
     double commit_delay;
-    int stream_min_mib; /* stream uploads of files from this size on; 0 = never */
+    int stream_min_mib;       /* stream uploads of files from this size on; 0 = never */
+    int imports;              /* import operations in flight per store */
+    uint64_t batch_max_files; /* a batch starts once it holds this many files */
+    uint64_t batch_max_bytes; /* ... or this many bytes */
+    uint64_t cache_max;       /* spool limit in bytes; 0 = default at mount */
+    bool upload_present;      /* upload files whose instance is already stored */
     bool allow_delete;
     bool no_auth;
     bool sync_close; /* fsync spool file and journal at every close() in import/ */
@@ -50,6 +56,13 @@ typedef struct fs_options {
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
 #define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.2
 #define FS_OPTIONS_DEFAULT_STREAM_MIN_MIB 32
+/* Real imports take minutes and the service caps running operations per
+ * project and runs one store's operations one after another: one at a time
+ * per store, and a batch starts on size so a long copy imports as it goes
+ * (README, options table, says why these figures). */
+#define FS_OPTIONS_DEFAULT_IMPORTS 1
+#define FS_OPTIONS_DEFAULT_BATCH_FILES 1000
+#define FS_OPTIONS_DEFAULT_BATCH_BYTES (1ull << 30)
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

@@ -73,6 +73,12 @@ static void pool_fill(spool *s)
             s->pool_on = false; /* spool_create creates inline and reports the error */
             return;
         }
+        if (s->pool_n >= SPOOL_POOL) {
+            /* spool_recycle filled it while the lock was dropped */
+            close(fd);
+            unlinkat(s->pooldirfd, id, 0);
+            return;
+        }
         memcpy(s->pool_id[s->pool_n], id, sizeof id);
         s->pool_fd[s->pool_n++] = fd;
     }
@@ -288,6 +294,25 @@ int spool_open_file(spool *s, const char *id, int flags)
     if (!spool_id_valid(id))
         return -EINVAL;
     int fd = openat(s->dirfd, id, (flags & ~O_CREAT) | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int spool_create_as(spool *s, const char *id)
+{
+    if (!spool_id_valid(id))
+        return -EINVAL;
+    int fd = openat(s->dirfd, id, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int rc = -errno;
+        log_error("spool: cannot create %s/%s: %s", s->dir, id, strerror(-rc));
+        return rc;
+    }
+    return fd;
+}
+
+int spool_open_tmp(spool *s)
+{
+    int fd = openat(s->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     return fd < 0 ? -errno : fd;
 }
 

@@ -20,6 +20,12 @@ void spool_close(spool *s);
 /* Creates a new empty spool file; id gets SPOOL_ID_LEN hex chars + NUL.
  * Returns an fd open O_RDWR or a negative errno. */
 int spool_create(spool *s, char id[SPOOL_ID_LEN + 1]);
+/* Creates (or empties) the spool file of a known id: a remembered file
+ * whose spool space was released and that is written again. */
+int spool_create_as(spool *s, const char *id);
+/* An unnamed temporary file in the spool directory (O_TMPFILE), for a copy
+ * fetched back from remote storage; it vanishes when closed. */
+int spool_open_tmp(spool *s);
 /* Opens an existing spool file (flags as for open(2), without O_CREAT). */
 int spool_open_file(spool *s, const char *id, int flags);
 int spool_remove(spool *s, const char *id);

@@ -96,8 +96,12 @@ char *import_status_text(import_mgr *m, const char *store)
             break;
         }
     }
+    c.cache_used = m->cache_used;
+    c.cache_max = m->cache_max;
+    c.writers_waiting = (uint64_t)m->writers_waiting;
     if (st) {
         c.imported = st->imported;
+        c.present = st->present; /* since mount, like imported */
         c.bytes_spooled = st->bytes_spooled;
         c.bytes_uploaded = st->bytes_uploaded;
     }
@@ -107,6 +111,10 @@ char *import_status_text(import_mgr *m, const char *store)
             "\nbytes_spooled: %" PRIu64 "\nbytes_uploaded: %" PRIu64 "\n",
             c.spooled, c.uploading, c.uploaded, c.importing, c.imported, c.failed, c.bytes_spooled,
             c.bytes_uploaded);
+    fprintf(f,
+            "present: %" PRIu64 "\ncache_used: %" PRIu64 "\ncache_max: %" PRIu64
+            "\nwriters_waiting: %" PRIu64 "\n",
+            c.present, c.cache_used, c.cache_max, c.writers_waiting);
     for (node *n = st ? m->head : NULL; n; n = n->next) {
         if (n->is_dir || n->st != st || n->state != ST_FAILED)
             continue;
@@ -128,10 +136,14 @@ char *import_status_text(import_mgr *m, const char *store)
 int status_parse(const char *text, import_counts *out)
 {
     memset(out, 0, sizeof *out);
-    static const char *keys[] = {"spooled",  "uploading", "uploaded",      "importing",
-                                 "imported", "failed",    "bytes_spooled", "bytes_uploaded"};
-    uint64_t *vals[] = {&out->spooled,  &out->uploading, &out->uploaded,      &out->importing,
-                        &out->imported, &out->failed,    &out->bytes_spooled, &out->bytes_uploaded};
+    /* The first 8 are required; the others are optional (older daemons). */
+    static const char *keys[] = {"spooled",  "uploading",  "uploaded",      "importing",
+                                 "imported", "failed",     "bytes_spooled", "bytes_uploaded",
+                                 "present",  "cache_used", "cache_max",     "writers_waiting"};
+    uint64_t *vals[] = {&out->spooled,       &out->uploading,      &out->uploaded,
+                        &out->importing,     &out->imported,       &out->failed,
+                        &out->bytes_spooled, &out->bytes_uploaded, &out->present,
+                        &out->cache_used,    &out->cache_max,      &out->writers_waiting};
     unsigned seen = 0;
     for (const char *line = text; line && *line;) {
         const char *eol = strchr(line, '\n');
@@ -150,5 +162,6 @@ int status_parse(const char *text, import_counts *out)
         }
         line = eol ? eol + 1 : NULL;
     }
-    return seen == (1u << (sizeof keys / sizeof *keys)) - 1 ? 0 : -1;
+    unsigned required = (1u << 8) - 1;
+    return (seen & required) == required ? 0 : -1;
 }

@@ -8,6 +8,9 @@
 typedef struct import_counts {
     uint64_t spooled, uploading, uploaded, importing, imported, failed;
     uint64_t bytes_spooled, bytes_uploaded;
+    /* Optional lines (0 when absent): files whose instance the store already
+     * held (not uploaded), the cache in use, its limit, writers waiting. */
+    uint64_t present, cache_used, cache_max, writers_waiting;
 } import_counts;
 
 /* Parses the "key: value" lines of a status text; unknown keys and the

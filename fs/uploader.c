@@ -18,8 +18,20 @@
  *   is sealed (journaled) and ONE dicomStores.import of
  *   gs://BUCKET/PREFIX/batches/BATCH/ + "**" is started. Its operation name is
  *   journaled (and listed in STORE/operations/) before anything depends on
- *   it. The operation is polled from 0.05 s, x1.25 up to 1 s. Done without error:
- *   the files are IMPORTED, their staged objects and spool files deleted.
+ *   it. At most `imports` operations of a store run at once (tick_open): while
+ *   they run, the open batch gathers files and closes to new ones as soon
+ *   as a slot frees; a batch reaching batch_max files or bytes closes at
+ *   once; a closed batch seals when its uploads are done and starts when a
+ *   slot is free. The operation is polled from 0.05 s, x1.25 up to 1 s. Done without error:
+ *   the files are IMPORTED (still listed), their staged objects deleted.
+ * - Spool release (JOB_RELEASE): once a file is UPLOADED (size and CRC32C
+ *   verified by the upload), PRESENT or IMPORTED and nobody writes it, its
+ *   spool file goes: the journal record saying so is synced first
+ *   (release_spool), so a restart goes on from the staged object.
+ * - Present (check_present): before an upload, the store's instances of
+ *   the file's study are fetched once (DICOMweb search, paged; cached in
+ *   present.c until the store's next import ends); a file already there is
+ *   PRESENT and not uploaded.
  *   Done with an error (or a failure counter): the API does not say which
  *   file failed, so each file's SOP Instance UID is looked up with a
  *   DICOMweb search: found = IMPORTED, missing = FAILED with the operation's
@@ -77,7 +89,7 @@
 
 #include "log.h"
 
-enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE };
+enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 
 #define RETRY_MAX_S 60.0
 #define UP_NICE 10
@@ -94,12 +106,28 @@ static enum job job_for(const node *n, double now)
 {
     if (!n->listed || n->is_dir || n->retry_at > now)
         return JOB_NONE;
+    bool settled = !n->dirty && n->writers == 0 && !n->releasing;
     switch (n->state) {
     case ST_ACCEPTED:
-        return !n->dirty && n->writers == 0 && n->b ? JOB_UPLOAD : JOB_NONE;
+        return settled && n->b ? JOB_UPLOAD : JOB_NONE;
     case ST_WITHDRAWN:
-    case ST_IMPORTED:
         return JOB_DELETE; /* (the staged object if any, then the record) */
+    case ST_IMPORTED:
+        /* The staged object goes; the file stays listed (remembered) unless
+         * it was unlinked meanwhile. */
+        if (n->staged)
+            return JOB_DELETE;
+        return n->has_spool && settled ? JOB_RELEASE : !n->visible ? JOB_DELETE : JOB_NONE;
+    case ST_UPLOADED:
+    case ST_PRESENT:
+        /* The staged object (verified size and CRC32C) or the store is the
+         * copy of record: the spool space is released (and a present file's
+         * staged object, if a stream left one, deleted). */
+        if (n->state == ST_PRESENT && n->staged)
+            return JOB_DELETE;
+        return n->has_spool && settled                 ? JOB_RELEASE
+               : n->state == ST_PRESENT && !n->visible ? JOB_DELETE
+                                                       : JOB_NONE;
     case ST_FAILED:
         return n->staged ? JOB_DELETE : JOB_NONE;
     default:
@@ -184,17 +212,114 @@ static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
     return rc == GCS_OK ? 0 : -EAGAIN;
 }
 
+typedef struct uid_list {
+    char **v;
+    size_t n, cap;
+    bool oom;
+} uid_list;
+
+static int collect_uid(void *ctx, const char *name, const char *json)
+{
+    (void)json;
+    uid_list *l = ctx;
+    if (!name || !*name)
+        return 0;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        char **nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv) {
+            l->oom = true;
+            return -1;
+        }
+        l->v = nv;
+        l->cap = nc;
+    }
+    if (!(l->v[l->n] = strdup(name))) {
+        l->oom = true;
+        return -1;
+    }
+    l->n++;
+    return 0;
+}
+
+/* Fetches the SOP Instance UIDs of one study of the store (lock held on
+ * entry and return, dropped meanwhile) into the present cache. */
+static void fetch_study(import_mgr *m, const char *store_name, const char *study_uid)
+{
+    char *store = strdup(store_name);
+    char *study = strdup(study_uid);
+    char *path = http_strdup_printf("studies/%s/instances", study_uid);
+    uint64_t token = present_begin(m->present, store_name, study_uid);
+    pthread_mutex_unlock(&m->lock);
+    uid_list l = {0};
+    http_error err;
+    memset(&err, 0, sizeof err);
+    int rc =
+        store && study && path
+            ? hc_dicomweb_search(m->hc, store, path, "includefield=00080018", collect_uid, &l, &err)
+            : HC_ERR_NOMEM;
+    bool ok = rc == HC_OK && !l.oom;
+    if (!ok && rc == HC_ERR_HTTP && err.http_status == 404)
+        ok = true; /* no such study: it holds nothing */
+    if (!ok)
+        log_warn("import: %s: cannot list the instances of study %s (HTTP %ld %s): its files are "
+                 "uploaded without checking (the import keeps the stored copy of any duplicate)",
+                 store_name, study_uid, err.http_status, err.message);
+    pthread_mutex_lock(&m->lock);
+    if (ok) {
+        present_end(m->present, store, study, token, 1, l.v, l.n);
+    } else {
+        present_end(m->present, store, study, token, 0, l.v, l.n);
+        /* remembered as "no such instance" until the store's next import
+         * ends: a failing search must not be repeated for every file */
+        token = present_begin(m->present, store, study);
+        present_end(m->present, store, study, token, 1, NULL, 0);
+    }
+    pthread_cond_broadcast(&m->present_cond);
+    free(path);
+    free(study);
+    free(store);
+}
+
+/* Before an upload (lock held, n busy): whether the store already holds
+ * n's instance; then n is marked present and not uploaded. One search per
+ * study (cached); a file that changed meanwhile is left to its next job. */
+static bool check_present(import_mgr *m, node *n)
+{
+    if (m->cfg.upload_present || !n->study[0] || !n->sop[0])
+        return false;
+    uint64_t gen = n->gen;
+    for (;;) {
+        int r = present_lookup(m->present, n->st->name, n->study, n->sop);
+        if (r == PRESENT_FETCHING && !m->stop) {
+            pthread_cond_wait(&m->present_cond, &m->lock);
+            continue;
+        }
+        if (r == PRESENT_UNKNOWN && !m->stop) {
+            fetch_study(m, n->st->name, n->study);
+            if (n->gen != gen || n->state != ST_ACCEPTED || n->dirty)
+                return false;
+            continue;
+        }
+        if (r != PRESENT_YES)
+            return false;
+        char why[160];
+        snprintf(why, sizeof why, "the store already holds SOP Instance UID %s", n->sop);
+        imp_node_present(m, n, why);
+        return true;
+    }
+}
+
 static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t size,
                         const http_error *err, double now)
 {
     if (rc == 0) {
         n->staged = true;
         n->backoff = 1;
-        if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty) {
-            n->state = ST_UPLOADED;
-            n->st->bytes_uploaded += size;
-        }
-        imp_node_journal(m, n);
+        if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty)
+            imp_node_to(m, n, ST_UPLOADED, size);
+        else
+            imp_node_journal(m, n); /* staged: an object to delete if withdrawn */
         return;
     }
     if (n->state != ST_ACCEPTED)
@@ -213,6 +338,52 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
     retry_later(n, now);
 }
 
+/* Releases n's spool space (lock held, n busy): the record saying the
+ * spool file is no longer needed is made durable first, so a crash after
+ * the removal never finds an accepted file without its data; a crash
+ * before it leaves a stray spool file, removed at the next start. */
+static void release_spool(import_mgr *m, node *n)
+{
+    n->has_spool = false;
+    n->releasing = true;
+    imp_node_journal(m, n);
+    bool recycle = n->refs == 0; /* nobody reads the file through it */
+    pthread_mutex_unlock(&m->lock);
+    journal_sync(m->j);
+    if (recycle)
+        spool_recycle(m->sp, n->id); /* its inode serves a later file */
+    else
+        spool_remove(m->sp, n->id); /* open for reading: keep its content */
+    pthread_mutex_lock(&m->lock);
+    n->releasing = false;
+    imp_spool_account(m, n, 0);
+    if (!n->visible && (n->state == ST_IMPORTED || n->state == ST_PRESENT) && !n->staged)
+        imp_node_unlist(m, n); /* unlinked meanwhile: forgotten */
+    else
+        imp_node_settle(m, n);
+}
+
+int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
+                  const char *study, const char *series, const char *sop, int fd)
+{
+    http_error err;
+    memset(&err, 0, sizeof err);
+    uint64_t written = 0;
+    if (staged && gcs_download_fd(m->gcs, m->bucket, object, 0, 0, fd, 0, &written, &err) == GCS_OK)
+        return 0;
+    /* Imported meanwhile (its staged object deleted), or imported/present. */
+    if (ftruncate(fd, 0) < 0)
+        return -errno;
+    if (!*study || !*series || !*sop)
+        return -ENOENT;
+    memset(&err, 0, sizeof err);
+    int rc = hc_dicomweb_retrieve_instance(m->hc, store, study, series, sop, fd, &written, &err);
+    if (rc != HC_OK)
+        log_warn("import: reading back %s from the store failed (HTTP %ld %s)", sop,
+                 err.http_status, err.message);
+    return rc == HC_OK ? 0 : -EIO;
+}
+
 static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, double now)
 {
     if (rc != 0 && err->http_status != 404) {
@@ -222,16 +393,12 @@ static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, d
         return;
     }
     n->staged = false;
-    if (n->state == ST_IMPORTED) {
-        if (n->refs == 0)
-            spool_recycle(m->sp, n->id); /* its inode serves a later file */
-        else
-            spool_remove(m->sp, n->id); /* still open for reading: keep its content */
-        imp_node_unlist(m, n);
-    } else if (n->state == ST_WITHDRAWN) {
-        imp_node_unlist(m, n);
+    bool remembered = n->state == ST_IMPORTED || n->state == ST_PRESENT;
+    if (n->state == ST_WITHDRAWN || (remembered && !n->visible && !n->has_spool)) {
+        imp_node_unlist(m, n); /* withdrawn, or unlinked after its import */
     } else {
         imp_node_journal(m, n);
+        imp_node_settle(m, n);
     }
 }
 
@@ -263,6 +430,21 @@ static void *worker_main(void *arg)
             continue;
         }
         n->busy = true;
+        if (j.kind == JOB_UPLOAD && check_present(m, n)) {
+            n->busy = false;
+            if (job_for(n, imp_now()) != JOB_NONE)
+                up_enqueue(m, n);
+            imp_node_maybe_free(m, n);
+            pthread_cond_signal(&m->tick_cond);
+            continue;
+        }
+        if (j.kind == JOB_UPLOAD && job_for(n, imp_now()) != JOB_UPLOAD) {
+            n->busy = false; /* changed while its study was fetched */
+            if (job_for(n, imp_now()) != JOB_NONE)
+                up_enqueue(m, n);
+            imp_node_maybe_free(m, n);
+            continue;
+        }
         j.object = imp_object_name(m, n);
         j.label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
         memcpy(j.id, n->id, sizeof j.id);
@@ -278,6 +460,8 @@ static void *worker_main(void *arg)
             rc = -ENOMEM;
         else if (j.kind == JOB_UPLOAD)
             rc = do_upload(m, &j, &size, &err);
+        else if (j.kind == JOB_RELEASE)
+            rc = 0; /* done below, with the journal record first */
         else if (j.staged)
             rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
 
@@ -287,6 +471,8 @@ static void *worker_main(void *arg)
          * not free n under us. */
         if (j.kind == JOB_UPLOAD)
             upload_done(m, n, &j, rc, size, &err, now);
+        else if (j.kind == JOB_RELEASE)
+            release_spool(m, n);
         else
             delete_done(m, n, rc, &err, now);
         n->busy = false;
@@ -377,9 +563,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     n->staged = true; /* even after an error the final chunk may have landed */
     double now = imp_now();
     if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
-        n->state = ST_UPLOADED;
-        n->backoff = 1;
-        n->st->bytes_uploaded += s->final_size;
+        imp_node_to(m, n, ST_UPLOADED, s->final_size);
         log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
     } else if (rc != GCS_OK) {
         log_warn("import: %s: streamed upload to gs://%s/%s failed (HTTP %ld %s): uploading the "
@@ -608,14 +792,10 @@ static void streams_release_idle(import_mgr *m, batch *b, double now)
 
 static void batch_mark_imported(import_mgr *m, node *n)
 {
-    n->state = ST_IMPORTED;
-    n->b = NULL;
-    n->st->imported++;
     log_debug("import: %s/%s: imported", n->st->name, n->path ? n->path : "");
-    /* The file leaves import/ now; cleanup follows in a worker. */
-    imp_node_hide(m, n);
-    imp_node_journal(m, n);
-    up_enqueue(m, n);
+    /* The file stays listed (remembered: reruns skip it); its staged
+     * object is deleted by a worker. */
+    imp_node_to(m, n, ST_IMPORTED, 0);
 }
 
 static void batch_fail_all(import_mgr *m, batch *b, const char *msg)
@@ -656,6 +836,7 @@ static void start_import(import_mgr *m, batch *b)
         b->op = op;
         op = NULL;
         b->state = B_IMPORTING;
+        b->st->running++;
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
         imp_batch_journal(m, b);
@@ -728,6 +909,7 @@ static void verify(import_mgr *m, batch *b)
     }
     b->state = B_DONE;
     imp_batch_journal(m, b);
+    present_forget_store(m->present, b->st->name);
 }
 
 static void poll_op(import_mgr *m, batch *b)
@@ -764,6 +946,7 @@ static void poll_op(import_mgr *m, batch *b)
             }
         b->state = B_DONE;
         imp_batch_journal(m, b);
+        present_forget_store(m->present, b->st->name); /* it holds more now */
         log_info("import: %s: batch %s: %d file(s) imported (%s)", b->st->name, b->id, n, b->op);
     } else {
         free(b->op_error);
@@ -779,11 +962,67 @@ static void poll_op(import_mgr *m, batch *b)
     free(op_name);
 }
 
+/* Whether another import of st may start now (imports=N per store). */
+static bool import_slot_free(import_mgr *m, const store_st *st)
+{
+    int max = m->cfg.imports > 0 ? m->cfg.imports : 1;
+    return st->running < max;
+}
+
+static bool batch_full(import_mgr *m, const batch *b)
+{
+    return (m->cfg.batch_max_files && (uint64_t)b->n_refs >= m->cfg.batch_max_files) ||
+           (m->cfg.batch_max_bytes && b->n_bytes >= m->cfg.batch_max_bytes);
+}
+
+/* An open batch (lock held). While every import slot of the store is
+ * taken, the store's current batch gathers files. When a slot is free, it
+ * closes to new files if it gathered while the slots were taken (it goes
+ * at once), if it holds batch_max files or bytes (a long copy imports while
+ * it runs), or if the store was quiet for commit_delay with every file
+ * uploaded. A closed one seals when its last upload is done and starts
+ * when a slot is free. */
+static void tick_open(import_mgr *m, batch *b, double now)
+{
+    store_st *st = b->st;
+    bool quiet = now - b->last_accept >= m->cfg.commit_delay_s;
+    streams_release_idle(m, b, now);
+    if (st->open == b && b->n_uploaded > 0) {
+        bool slot = import_slot_free(m, st);
+        if (!slot)
+            b->gathered = true;
+        if (slot && (batch_full(m, b) || b->gathered || (quiet && b->n_pending == 0))) {
+            st->open = NULL;
+            log_debug("import: %s: batch %s closed to new files (%d file(s), %" PRIu64 " bytes)",
+                      st->name, b->id, b->n_refs, b->n_bytes);
+        }
+    }
+    if (st->open == b || b->n_pending > 0 || b->n_uploaded == 0)
+        return;
+    seal(m, b, now);
+    if (import_slot_free(m, st))
+        start_import(m, b); /* now, not at the next tick */
+}
+
+static void batch_drop(import_mgr *m, batch *b)
+{
+    char key[64];
+    snprintf(key, sizeof key, "b/%s", b->id);
+    journal_del(m->j, key, false);
+    imp_batch_free(m, b);
+}
+
 static void tick(import_mgr *m, double now)
 {
     streams_reap(m);
-    for (batch *b = m->batches; b; b = b->next)
+    for (store_st *st = m->stores; st; st = st->next)
+        st->running = 0;
+    for (batch *b = m->batches; b; b = b->next) {
         b->n_pending = b->n_uploaded = b->n_refs = b->n_streaming = 0;
+        b->n_bytes = 0;
+        if (b->state == B_IMPORTING)
+            b->st->running++;
+    }
     for (node *n = m->head; n; n = n->next) {
         if (n->is_dir)
             continue;
@@ -793,6 +1032,7 @@ static void tick(import_mgr *m, double now)
         if (!b)
             continue;
         b->n_refs++;
+        b->n_bytes += n->size;
         if (n->state == ST_UPLOADED && !n->dirty && n->writers == 0 && !n->busy)
             b->n_uploaded++;
         else
@@ -800,46 +1040,31 @@ static void tick(import_mgr *m, double now)
         if (n->stream && n->state == ST_NEW)
             b->n_streaming++;
     }
-    for (batch *b = m->batches, *next; b; b = next) {
+    /* Running operations first (one that ends frees a slot for the batches
+     * that follow), then the oldest sealed batches, then open ones. */
+    for (batch *b = m->batches; b && !m->stop; b = b->next) {
+        if (b->state != B_IMPORTING || b->next_try > now)
+            continue;
+        int before = b->state;
+        if (b->verifying)
+            verify(m, b);
+        else
+            poll_op(m, b);
+        if (before == B_IMPORTING && b->state == B_DONE)
+            b->st->running--;
+    }
+    for (batch *b = m->batches; b && !m->stop; b = b->next)
+        if (b->state == B_SEALED && b->n_refs > 0 && b->next_try <= now &&
+            import_slot_free(m, b->st))
+            start_import(m, b);
+    for (batch *b = m->batches, *next; b && !m->stop; b = next) {
         next = b->next;
         bool quiet = now - b->last_accept >= m->cfg.commit_delay_s;
-        bool drop = false; /* no file refers to the batch any more */
-        switch (b->state) {
-        case B_OPEN:
-            streams_release_idle(m, b, now);
-            if (b->n_refs == 0 && quiet)
-                drop = true;
-            else if (quiet && b->n_pending == 0 && b->n_uploaded > 0) {
-                seal(m, b, now);
-                start_import(m, b); /* now, not at the next tick */
-            }
-            break;
-        case B_SEALED:
-            if (b->n_refs == 0)
-                drop = true;
-            else if (b->next_try <= now)
-                start_import(m, b);
-            break;
-        case B_IMPORTING:
-            if (b->next_try > now)
-                break;
-            if (b->verifying)
-                verify(m, b);
-            else
-                poll_op(m, b);
-            break;
-        case B_DONE:
-            drop = b->n_refs == 0;
-            break;
-        }
-        if (drop) {
-            char key[64];
-            snprintf(key, sizeof key, "b/%s", b->id);
-            journal_del(m->j, key, false);
-            imp_batch_free(m, b);
-        }
-        if (m->stop)
-            break;
+        if (b->state == B_OPEN && !(b->n_refs == 0 && quiet))
+            tick_open(m, b, now);
+        else if ((b->state == B_OPEN || b->state == B_SEALED || b->state == B_DONE) &&
+                 b->n_refs == 0)
+            batch_drop(m, b); /* no file refers to it any more */
     }
 }
 
@@ -870,9 +1095,10 @@ static double next_wait(import_mgr *m, double now)
 {
     double wait = 0.25;
     for (batch *b = m->batches; b; b = b->next) {
-        double at = b->state == B_OPEN   ? b->last_accept + m->cfg.commit_delay_s
-                    : b->state == B_DONE ? 1e18
-                                         : b->next_try;
+        bool waits_slot = b->state == B_SEALED && !import_slot_free(m, b->st);
+        double at = b->state == B_OPEN                 ? b->last_accept + m->cfg.commit_delay_s
+                    : b->state == B_DONE || waits_slot ? 1e18
+                                                       : b->next_try;
         if (b->state != B_OPEN && at <= now)
             return 0; /* an import start or poll is due (an open batch past its
                        * quiet period waits for its uploads' kicks instead) */
@@ -961,6 +1187,8 @@ void up_stop(import_mgr *m)
     pthread_cond_broadcast(&m->work_cond);
     pthread_cond_broadcast(&m->tick_cond);
     pthread_cond_broadcast(&m->jflush_cond);
+    pthread_cond_broadcast(&m->present_cond);
+    pthread_cond_broadcast(&m->space_cond);
     pthread_mutex_unlock(&m->lock);
     if (m->jflush_started)
         pthread_join(m->jflush, NULL);

@@ -4,10 +4,11 @@
  * holding `status`, `import/` and `operations/`), reads its status file
  * every 0.05 s and shows progress: a bar redrawn in place on a terminal,
  * a plain line every 5 s otherwise, with the upload rate and, while bytes
- * remain to upload, the time left at that rate. Exit status: 0 all
- * imported, 1 some files failed or were refused (their "failed: PATH:
- * REASON" and "rejected: PATH: REASON" lines are printed), 2 usage error or
- * PATH not in a dicomfs store, 3 timeout.
+ * remain to upload, the time left at that rate; at the end, how many files
+ * were present (the store already held their instance: not uploaded).
+ * Exit status: 0 all imported or present, 1 some files failed or were
+ * refused (their "failed: PATH: REASON" and "rejected: PATH: REASON" lines
+ * are printed), 2 usage error or PATH not in a dicomfs store, 3 timeout.
  */
 #include "wait.h"
 
@@ -29,11 +30,13 @@ enum { WAIT_OK = 0, WAIT_FAILED = 1, WAIT_USAGE = 2, WAIT_TIMEOUT = 3 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dicomfs wait PATH [--timeout SECONDS]\n"
-               "  Waits until every file copied into the store's import/ directory is imported.\n"
-               "  PATH is a mounted store directory or anything below it.\n"
-               "  Exit status: 0 all imported, 1 some files failed, 2 usage error or not a\n"
-               "  dicomfs store, 3 timeout.\n");
+    fprintf(
+        f, "usage: dicomfs wait PATH [--timeout SECONDS]\n"
+           "  Waits until every file copied into the store's import/ directory is imported.\n"
+           "  PATH is a mounted store directory or anything below it.\n"
+           "  Files whose instance the store already held are counted as present.\n"
+           "  Exit status: 0 all imported or present, 1 some files failed, 2 usage error or not a\n"
+           "  dicomfs store, 3 timeout.\n");
 }
 
 static bool is_type(const char *dir, const char *name, mode_t type)
@@ -160,8 +163,8 @@ static void time_left(const import_counts *c, double rate, char *buf, size_t len
 static void draw(bool tty, const import_counts *c, double rate, bool final)
 {
     uint64_t pending = c->spooled + c->uploading + c->uploaded + c->importing;
-    uint64_t total = pending + c->imported + c->failed;
-    uint64_t done = c->imported + c->failed;
+    uint64_t total = pending + c->imported + c->failed + c->present;
+    uint64_t done = c->imported + c->failed + c->present;
     char left[40];
     time_left(c, final ? 0 : rate, left, sizeof left);
     if (tty) {
@@ -180,6 +183,8 @@ static void draw(bool tty, const import_counts *c, double rate, bool final)
                c->imported, total, c->failed, pending, c->spooled, c->uploading, c->uploaded,
                c->importing, rate / 1e6, left);
     }
+    if (final && c->present)
+        printf("%" PRIu64 " present (the store keeps its copy)\n", c->present);
     fflush(stdout);
 }
 
@@ -277,7 +282,8 @@ int wait_main(int argc, char **argv)
                     timeout, pending);
             return WAIT_TIMEOUT;
         }
-        struct timespec ts = {0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
+        struct timespec ts = {
+            0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
         nanosleep(&ts, NULL);
     }
 }

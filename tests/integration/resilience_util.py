@@ -611,6 +611,18 @@ class CopyLoop(threading.Thread):
                 time.sleep(self.pause)
 
 
+def file_state(path, timeout=30):
+    """user.dicomfs.state of a file under import/ (pending, uploaded,
+    importing, imported, present, failed), read in a child process so that
+    a hung mount cannot hang the test."""
+    p = subprocess.run(["/usr/bin/python3", "-c",
+                        "import os, sys; sys.stdout.write(os.getxattr(sys.argv[1], "
+                        "'user.dicomfs.state').decode())", path],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return p.stdout.decode()
+
+
 def count_files(root):
     n = 0
     for _, _, files in os.walk(root):

@@ -256,8 +256,12 @@ def test_odd_names(emulator, res_mounts, tmp_path):  # noqa: F811
     assert on_disk == [], "user file names on the cache disk: %r" % on_disk
     assert wrc == 0, "wait exited %r: %s\n%s" % (wrc, wout[-1000:], m.log_tail())
     ru.assert_store_ok(found, "accepted")
-    assert os.listdir(m.import_dir) == ["sub"], "files left in import/ after the import: %r" % (
-        os.listdir(m.import_dir),)
+    # Imported files stay listed (remembered) under the names they were given.
+    after = set(os.listdir(m.import_dir))
+    want = listing | {"sub", "inside.dcm"}
+    assert after == want, "the listing changed with the import: %r" % (after ^ want,)
+    states = {n: ru.file_state(os.path.join(m.import_dir, n)) for n in names}
+    assert set(states.values()) == {"imported"}, states
 
 
 def test_truncated_data_set_is_refused(emulator, res_mounts, tmp_path):

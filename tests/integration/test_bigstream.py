@@ -28,6 +28,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.uid import generate_uid  # noqa: E402
 
 from dicom_samples import large_instance_header  # noqa: E402
+from resilience_util import file_state  # noqa: E402
 from test_import import (ImportMount, STORE_NAME, listed_files, mounts,  # noqa: F401,E402
                          staged_objects, store_uids, workdir)
 
@@ -332,5 +333,6 @@ def test_big_rsync_temp_name_then_rename_streams(mounts, emulator, workdir):
     started, done, abandoned = streamed_lines(m)
     assert len(started) == 1 and len(done) == 1 and not abandoned, m.log()
     assert retrieve_sha256(emulator, big) == want
-    assert listed_files(m.import_dir()) == []
+    assert listed_files(m.import_dir()) == ["r.dcm"]  # remembered under rsync's final name
+    assert file_state(os.path.join(m.import_dir(), "r.dcm")) == "imported"
     assert_no_staged_left(emulator)

@@ -69,8 +69,11 @@ def run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files, stu
         wrc, wout[-2000:], counts, failed, m.log_tail())
     assert not failed, failed
     ru.assert_store_ok(found, "copied")
-    # Every file accepted is gone from import/ once imported.
-    assert ru.count_files(m.import_dir) == 0, sorted(os.listdir(m.import_dir))[:10]
+    # Every file accepted stays listed once imported (remembered), as imported.
+    assert ru.count_files(m.import_dir) == n_files, sorted(os.listdir(m.import_dir))[:10]
+    sample = sorted(files)[:: max(1, n_files // 20)]
+    states = {r: ru.file_state(os.path.join(m.import_dir, r)) for r in sample}
+    assert set(states.values()) == {"imported"}, states
 
     if export_check:
         figures.update(run_export_under_faults(emu, m, files))

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 
 import pytest
+from resilience_util import file_state
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -226,7 +227,9 @@ def test_import_cp_one_file(mounts, emulator, workdir):
     w = m.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m.log())
     assert "1/1 imported" in w.stdout
-    assert os.listdir(m.import_dir()) == []  # gone once imported
+    # Remembered once imported: still listed, in state "imported".
+    assert os.listdir(m.import_dir()) == ["one.dcm"]
+    assert file_state(os.path.join(m.import_dir(), "one.dcm")) == "imported"
     assert_all_imported_once(emulator, [uid])
     success, nops = import_success_count(m)
     assert (success, nops) == (1, 1)
@@ -252,7 +255,10 @@ def test_import_cp_r_three_studies_with_hostile_names(mounts, emulator, workdir)
     assert listed_files(os.path.join(m.import_dir(), "tree")) == sorted(uids)
     w = m.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m.log())
-    assert listed_files(m.import_dir()) == []
+    # Remembered: still listed under their names, each in state "imported".
+    tree = os.path.join(m.import_dir(), "tree")
+    assert listed_files(tree) == sorted(uids)
+    assert {file_state(os.path.join(tree, p)) for p in uids} == {"imported"}
     assert_all_imported_once(emulator, uids.values())
     success, nops = import_success_count(m)
     assert success == len(uids)
@@ -340,7 +346,8 @@ def test_import_pending_survives_unmount_and_remount(mounts, emulator, workdir):
     w = m2.wait()
     assert w.returncode == 0, (w.stdout, w.stderr, m2.log())
     assert_all_imported_once(emulator, uids.values())
-    assert listed_files(m2.import_dir()) == []
+    assert listed_files(m2.import_dir()) == sorted(uids)  # remembered
+    assert {file_state(os.path.join(m2.import_dir(), p)) for p in uids} == {"imported"}
 
 
 def test_import_unlink_and_rename_of_pending_files(mounts, emulator, workdir):
@@ -428,7 +435,8 @@ def test_import_killed_daemon_with_faults_loses_nothing(mount_factory, emulator,
     assert w.returncode == 0, (w.stdout, w.stderr, m.log())
     set_faults(emulator, fail_rate=0, reset_rate=0)
     assert_all_imported_once(emulator, uids.values())
-    assert listed_files(m.import_dir()) == []
+    assert listed_files(m.import_dir()) == sorted(uids)  # every accepted file, remembered
+    assert {file_state(os.path.join(m.import_dir(), p)) for p in uids} == {"imported"}
 
 
 def test_import_hostile_file_names(mounts, emulator, workdir):

@@ -1,9 +1,9 @@
 """Suite 3, restart: the server goes away and comes back (emulator restart on
 the same port and data, in the middle of uploads and of an import
 operation), tokens expire every 5 seconds during an import run, and the
-cache disk fills up (a small tmpfs as cache_dir: cp gets ENOSPC, nothing
-already accepted is lost, and copying works again once imports freed the
-space).
+cache disk fills up (a small tmpfs as cache_dir: writers wait while
+uploads free spool space, cp gets no ENOSPC, nothing accepted is lost, also
+across a SIGKILL).
 """
 import os
 import time
@@ -101,72 +101,60 @@ def test_short_token_lifetime(emulator_factory, res_mounts, tmp_path):
 
 
 def test_full_cache_disk(emulator, tmpfs_factory, res_mounts, tmp_path):
+    """The cache DISK fills (cache_max set far above it, so the bound is not
+    what stops writers): a write that meets ENOSPC waits while uploads free
+    spool space (released once each staged object is verified) and goes on;
+    cp never sees ENOSPC and every file is imported once. (Before spool space
+    was released early, about a third of these copies failed with ENOSPC.)"""
     fs = tmpfs_factory("8m")
     cache = os.path.join(fs.dir, "cache")
     src = str(tmp_path / "src")
-    # 40 files of ~300 KB = 12 MB: more than the 8 MB cache can hold while
-    # they wait for their batch (spool files are kept until imported).
+    # 40 files of ~300 KB = 12 MB: more than the 8 MB cache disk holds.
     files = ru.make_tree(src, 40, studies=2, rows=600, cols=512)
-    m = res_mounts(emulator, cache_dir=cache, commit_delay=3, uploads=4)
+    m = res_mounts(emulator, cache_dir=cache, commit_delay=3, uploads=4,
+                   extra_opts=["cache_max=1G"])
     loop = ru.CopyLoop(src, files, m.import_dir, max_failures=4)
     loop.run()
-    enospc = [f for f in loop.failed if "No space left on device" in f[2]]
-    other = [f for f in loop.failed if "No space left on device" not in f[2]]
-    assert loop.failed, "12 MB fit into an 8 MB cache? accepted=%d" % len(loop.accepted)
-    assert enospc, "cp failed without ENOSPC: %r" % loop.failed[:3]
-    assert other == [], "cp failed for another reason than ENOSPC: %r" % other[:3]
+    assert loop.failed == [], "cp failed on a full cache disk: %r" % loop.failed[:3]
     assert m.alive(), "dicomfs died on a full cache disk:\n" + m.log_tail()
-
     figures = check_all(emulator, m, files, loop.accepted, "full-cache-disk", None,
-                        dict(enospc_copies=len(enospc), tmpfs="8m"))
-    # Once imported, the space is free again: the files that did not fit go in now.
-    rest = [r for r in files if r not in set(loop.accepted)]
-    loop2 = ru.CopyLoop(src, rest, m.import_dir)
-    loop2.run()
-    assert loop2.failed == [], "copies still fail after the imports freed the cache: %r" % (
-        loop2.failed[:3],)
-    check_all(emulator, m, files, loop.accepted + loop2.accepted, "full-cache-disk-recovered",
-              None, dict(recopied=len(loop2.accepted)))
+                        dict(tmpfs="8m"))
     assert figures["files_lost"] == 0
     m.unmount()
 
 
-def test_full_cache_disk_then_kill(emulator, tmpfs_factory, res_mounts, tmp_path):
-    """A full cache disk, then SIGKILL before anything was imported: a
-    close() that returned 0 at the edge of a full disk must still have been
-    durable (spool file and journal record), so the remount imports every
-    accepted file."""
+def test_full_cache_disk_then_kill(emulator_factory, tmpfs_factory, res_mounts,  # noqa: F811
+                                   tmp_path):
+    """A full cache disk with slow uploads, writers waiting at it, then
+    SIGKILL: every close() that returned 0 was durable (spool file or, once
+    released, staged object, and the journal record), so the remount imports
+    every accepted file; the copy cut by the kill is the only one refused."""
+    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
     fs = tmpfs_factory("8m")
     cache = os.path.join(fs.dir, "cache")
     src = str(tmp_path / "src")
     files = ru.make_tree(src, 40, studies=2, rows=600, cols=512)
     # Imports cannot start before the kill: a long quiet period.
-    m = res_mounts(emulator, cache_dir=cache, commit_delay=600, uploads=2)
-    loop = ru.CopyLoop(src, files, m.import_dir, max_failures=4)
-    loop.run()
-    enospc = [f for f in loop.failed if "No space left on device" in f[2]]
-    assert enospc, "the cache never filled: %r" % loop.failed[:3]
-    # A few small files at the very edge (journal records need room too).
-    edge_src = str(tmp_path / "edge")
-    edge = ru.make_tree(edge_src, 150, studies=1, prefix="edge-")
-    loop_edge = ru.CopyLoop(edge_src, edge, m.import_dir, max_failures=10)
-    loop_edge.run()
-    journal_errors = [ln for ln in m.log().splitlines()
-                      if "journal" in ln and ("cannot" in ln or "error" in ln)]
-    m.kill9()
+    m = res_mounts(emu, cache_dir=cache, commit_delay=600, uploads=2,
+                   extra_opts=["cache_max=1G"])
+    loop = ru.CopyLoop(src, files, m.import_dir, max_failures=2)
+    loop.start()
+    seen = {}
+
+    def waiting():
+        c, _ = m.status()
+        seen.update(c)
+        return c.get("writers_waiting", 0) > 0
+
+    hit = ru.wait_until(waiting, 120)
+    m.kill9(before_unmount=loop.stop)
+    loop.join(60)
+    assert hit, "no writer ever waited at the full disk: %r" % seen
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount on the full cache disk failed:\n" + msg
-    all_files = ru.SampleSet(src)
-    all_files.update(files)
-    all_files.update(edge)
-    check_all(emulator, m, all_files, loop.accepted + loop_edge.accepted,
-              "full-cache-disk-then-kill", None,
-              dict(enospc_copies=len(enospc), edge_accepted=len(loop_edge.accepted),
-                   edge_refused=len(loop_edge.failed),
-                   journal_errors_before_kill=len(journal_errors),
-                   journal_error_sample=journal_errors[:3],
-                   edge_errors=sorted({f[2].strip().rsplit(": ", 1)[-1]
-                                       for f in loop_edge.failed})))
+    check_all(emu, m, files, loop.accepted, "full-cache-disk-then-kill", None,
+              dict(accepted_before_kill=len(loop.accepted), refused=len(loop.failed),
+                   status_at_kill=dict(seen)))
 
 
 def test_close_durable_when_journal_hits_full_disk(emulator_factory, tmpfs_factory,  # noqa: F811

@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("pydicom")
 from dicom_samples import make_instance, make_tree  # noqa: E402
 from mount_fixture import DICOMFS  # noqa: E402
+from resilience_util import file_state  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 LOCATION = "projects/test-project/locations/us-central1"
@@ -96,8 +97,9 @@ def test_cat_redirect_into_import_is_imported(dicomfs_mount, emulator, import_st
     w = dicomfs_wait(m.path(ds_id, st_id))
     assert w.returncode == 0, (w.stdout, w.stderr, m.log_text()[-3000:])
     assert store_sops(emulator, store) == [sop]
-    assert wait_until(lambda: os.listdir(m.path(ds_id, st_id, "import")) == [],
-                      what="imported file leaves import/")
+    # Remembered after its import: listed, in state "imported".
+    assert os.listdir(m.path(ds_id, st_id, "import")) == ["a.dcm"]
+    assert file_state(dst) == "imported"
     assert "not a DICOM Part-10 file" not in m.log_text()
 
 

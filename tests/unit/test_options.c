@@ -45,6 +45,11 @@ TEST(location_defaults)
     CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
     CHECK(!o.sync_close);
     CHECK_EQ_INT(o.stream_min_mib, FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
+    CHECK_EQ_INT(o.imports, FS_OPTIONS_DEFAULT_IMPORTS);
+    CHECK(o.batch_max_files == FS_OPTIONS_DEFAULT_BATCH_FILES);
+    CHECK(o.batch_max_bytes == FS_OPTIONS_DEFAULT_BATCH_BYTES);
+    CHECK(o.cache_max == 0); /* decided at mount */
+    CHECK(!o.upload_present);
     CHECK(!o.allow_delete);
     CHECK(!o.no_auth);
     CHECK(!o.foreground);
@@ -71,7 +76,7 @@ TEST(dataset_source_and_all_options)
                        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
                        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
                        "uploads=4,commit_delay=0.25,stream_min=0,allow_delete,no_auth,sync_close,"
-                       "attr_timeout=3",
+                       "imports=2,batch_max=3G,cache_max=256MiB,upload_present,attr_timeout=3",
                        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(err, "");
@@ -89,6 +94,11 @@ TEST(dataset_source_and_all_options)
     CHECK_EQ_INT(o.uploads, 4);
     CHECK(o.commit_delay == 0.25);
     CHECK_EQ_INT(o.stream_min_mib, 0);
+    CHECK_EQ_INT(o.imports, 2);
+    CHECK(o.batch_max_bytes == 3ull << 30);
+    CHECK(o.batch_max_files == FS_OPTIONS_DEFAULT_BATCH_FILES);
+    CHECK(o.cache_max == 256ull << 20);
+    CHECK(o.upload_present);
     CHECK(o.sync_close);
     CHECK(o.allow_delete);
     CHECK(o.no_auth);

@@ -48,6 +48,11 @@ static int env_start(env *e)
                          .staging_prefix = "pre",
                          .uploads = 2,
                          .commit_delay_s = 1,
+                         /* The same sample files go in under many names: these
+                          * tests are about names, batches and restarts, not
+                          * duplicates (test_migrate covers present files). */
+                         .upload_present = true,
+                         .cache_max = 1ull << 30,
                          .uid = getuid(),
                          .gid = getgid()};
     char jd[256];
@@ -737,7 +742,8 @@ TEST(status_text_format_and_parse)
         return;
     char *t = import_status_text(e.m, STORE);
     CHECK_EQ_STR(t, "spooled: 0\nuploading: 0\nuploaded: 0\nimporting: 0\nimported: 0\n"
-                    "failed: 0\nbytes_spooled: 0\nbytes_uploaded: 0\n");
+                    "failed: 0\nbytes_spooled: 0\nbytes_uploaded: 0\npresent: 0\ncache_used: 0\n"
+                    "cache_max: 1073741824\nwriters_waiting: 0\n");
     free(t);
     env_stop(&e);
     import_counts c;
@@ -891,6 +897,8 @@ static int env_start_remote(env *e, remote *r, double delay)
                          .staging_prefix = "pre",
                          .uploads = 3,
                          .commit_delay_s = delay,
+                         .upload_present = true, /* as in env_start */
+                         .cache_max = 1ull << 30,
                          .uid = getuid(),
                          .gid = getgid()};
     char jd[256];
@@ -983,13 +991,18 @@ TEST(uploader_one_import_per_batch)
         id[SPOOL_ID_LEN] = '\0';
         CHECK(spool_id_valid(id));
     }
-    /* Staged objects and spool files are removed; the files left import/. */
+    /* Staged objects and spool files are removed; the files stay listed
+     * (remembered) in state "imported". */
     for (int i = 0; i < 200 && (r.f.deletes < 3 || count_spool(&e, NULL) > 0); i++)
         usleep(50000);
     CHECK_EQ_INT(r.f.deletes, 3);
     CHECK_EQ_INT(count_spool(&e, NULL), 0);
     struct stat st;
-    CHECK_EQ_INT(import_getattr(e.m, STORE, "a.dcm", &st), -ENOENT);
+    CHECK_EQ_INT(import_getattr(e.m, STORE, "a.dcm", &st), 0);
+    CHECK_EQ_INT(st.st_size, s1.st_size);
+    char state[32] = "";
+    CHECK_EQ_INT(import_state(e.m, STORE, "dir/b b.dcm", state, sizeof state), 0);
+    CHECK_EQ_STR(state, "imported");
     CHECK_EQ_INT(import_getattr(e.m, STORE, "dir", &st), 0); /* directories stay */
     opl o = {0};
     journal_list_operations(e.j, STORE, opl_cb, &o);
@@ -1070,9 +1083,11 @@ TEST(uploader_op_error_checks_each_file)
                          "not be imported") != NULL);
     free(t);
     CHECK_EQ_INT(r.f.searches, 2);
-    struct stat st;
-    CHECK_EQ_INT(import_getattr(e.m, STORE, "in.dcm", &st), -ENOENT);
-    CHECK_EQ_INT(import_getattr(e.m, STORE, "out.dcm", &st), 0);
+    char state[32] = "";
+    CHECK_EQ_INT(import_state(e.m, STORE, "in.dcm", state, sizeof state), 0);
+    CHECK_EQ_STR(state, "imported"); /* found by the search: remembered */
+    CHECK_EQ_INT(import_state(e.m, STORE, "out.dcm", state, sizeof state), 0);
+    CHECK_EQ_STR(state, "failed");
     /* Failures survive a restart until unlinked. */
     env_stop(&e);
     CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
@@ -1162,7 +1177,7 @@ TEST(uploader_concurrent_writers)
     CHECK(r.f.imports >= 1);
     names n = {0};
     import_readdir(e.m, STORE, "t0", fill, &n);
-    CHECK_EQ_INT(n.n, 0);
+    CHECK_EQ_INT(n.n, 20); /* the imported files stay listed (remembered) */
     env_stop(&e);
     remote_stop(&r);
 }
