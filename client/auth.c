@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "util.h"
 
@@ -610,6 +611,11 @@ static void cache_refresh(auth_provider *p)
         cache_install(p, token, lifetime, started);
         log_debug("auth: new access token from %s, valid for %.0f s", p->desc, lifetime);
     } else {
+        /* Refused credentials need a person; anything else passes by itself. */
+        ferr.kind = rc == AUTH_ERR_REJECTED || rc == AUTH_ERR_KEY || rc == AUTH_ERR_FILE ||
+                            rc == AUTH_ERR_NOTFOUND
+                        ? HTTP_KIND_CREDENTIALS
+                        : HTTP_KIND_TOKEN;
         log_warn("auth: token refresh for %s failed: %s", p->desc, ferr.message);
     }
     p->last_rc = rc;
@@ -617,6 +623,28 @@ static void cache_refresh(auth_provider *p)
     p->refreshing = false;
     p->generation++;
     pthread_cond_broadcast(&p->cond);
+}
+
+/* Waits (p->lock held) until the running refresh ends; a thread with a
+ * deadline (a user's request) waits no longer than that: -1. */
+static int wait_refresh(auth_provider *p, unsigned long entry_gen)
+{
+    while (p->generation == entry_gen) {
+        double left = deadline_remaining_ms();
+        if (left < 0) {
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        if (left == 0)
+            return -1;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + left / 1000.0;
+        ts.tv_sec = (time_t)at;
+        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&p->cond, &p->lock, &ts);
+    }
+    return 0;
 }
 
 int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, http_error *err)
@@ -655,8 +683,16 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
             break;
         }
         if (p->refreshing) {
-            while (p->generation == entry_gen)
-                pthread_cond_wait(&p->cond, &p->lock);
+            if (wait_refresh(p, entry_gen) != 0) {
+                set_err(err, "DEADLINE_EXCEEDED",
+                        "no access token within the %g s timeout (another thread is still "
+                        "fetching one from %s)",
+                        deadline_length_s(), p->token_uri ? p->token_uri : p->desc);
+                if (err)
+                    err->kind = HTTP_KIND_DEADLINE;
+                rc = AUTH_ERR_TRANSPORT;
+                break;
+            }
             continue;
         }
         cache_refresh(p);
@@ -858,7 +894,11 @@ static auth_provider *provider_alloc(auth_kind kind)
         return NULL;
     p->kind = kind;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* wait_refresh counts in it */
+    pthread_cond_init(&p->cond, &ca);
+    pthread_condattr_destroy(&ca);
     return p;
 }
 

@@ -2,6 +2,7 @@
  * full-jitter backoff, bearer tokens and Google error decoding (see http.h). */
 #include "http.h"
 
+#include "deadline.h"
 #include "log.h"
 
 #include <cjson/cJSON.h>
@@ -542,6 +543,7 @@ typedef struct xfer {
     int down_errno; /* pwrite failed */
     char *hdr;
     size_t hlen, hcap;
+    long deadline_ms; /* what is left of the thread's deadline; 0 = none */
 } xfer;
 
 static bool buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
@@ -783,8 +785,11 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->connect_timeout_s);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
-    if (req->timeout_s > 0)
-        curl_easy_setopt(h, CURLOPT_TIMEOUT, req->timeout_s);
+    long timeout_ms = req->timeout_s > 0 ? req->timeout_s * 1000 : 0;
+    if (x->deadline_ms > 0 && (timeout_ms == 0 || x->deadline_ms < timeout_ms))
+        timeout_ms = x->deadline_ms;
+    if (timeout_ms > 0)
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     /* libcurl silently re-sends a request once when a reused connection turns
      * out to be dead. For a POST that starts work (import, export, create) that
@@ -890,6 +895,11 @@ static int get_token(http_client *c, char *tok, size_t toklen, bool force, http_
     if (r != 0 || !tok[0] || !memchr(tok, '\0', toklen)) {
         wipe(tok, toklen);
         *err = e;
+        /* The token endpoint's status (say 400 invalid_grant) says nothing
+         * about this request: it stays in the message only. */
+        err->http_status = 0;
+        if (err->kind == HTTP_KIND_SERVER)
+            err->kind = HTTP_KIND_TOKEN;
         if (!err->status[0])
             copy_str(err->status, sizeof err->status, "UNAUTHENTICATED");
         if (!err->message[0])
@@ -948,6 +958,29 @@ static void finish_response(xfer *x, const outcome *o, http_response *resp)
     x->body = NULL;
 }
 
+/* Fills err for a call that ran out of its thread's deadline; last: what
+ * the last attempt got ("" when none was made). */
+static int deadline_error(const char *method, const char *url, const char *last, http_error *err)
+{
+    memset(err, 0, sizeof *err);
+    err->kind = HTTP_KIND_DEADLINE;
+    err->curl_code = CURLE_OPERATION_TIMEDOUT;
+    copy_str(err->status, sizeof err->status, "DEADLINE_EXCEEDED");
+    set_message(err, "%s %s: no answer within the %g s timeout (mount option timeout=)%s%s",
+                method, url, deadline_length_s(), *last ? "; last attempt: " : "", last);
+    log_warn("http: %s", err->message);
+    return HTTP_ERR_TRANSPORT;
+}
+
+/* What the last attempt got, for log lines. */
+static void describe_outcome(const outcome *o, char *what, size_t len)
+{
+    if (o->code == CURLE_OK)
+        snprintf(what, len, "HTTP %ld", o->status);
+    else
+        snprintf(what, len, "%s (curl %d)", o->errbuf, (int)o->code);
+}
+
 int http_perform(http_client *c, const http_request *req, http_response *resp, http_error *err)
 {
     http_error scratch;
@@ -967,20 +1000,30 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     const char *method = req->method ? req->method : "GET";
     xfer x = {.req = req, .limit = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY};
     outcome o;
+    memset(&o, 0, sizeof o);
     char tok[HTTP_TOKEN_MAX];
+    char what[CURL_ERROR_SIZE + 32] = "";
     bool use_token = c->token_fn && !req->no_auth;
     bool force_refresh = false, auth_retried = false;
     double waited = 0;
     int retries = 0;
     int rc = HTTP_OK;
     for (;;) {
+        double left = deadline_remaining_ms();
+        if (left == 0) {
+            xfer_reset(&x);
+            return deadline_error(method, url, what, err);
+        }
         if (use_token && (rc = get_token(c, tok, sizeof tok, force_refresh, err)) != HTTP_OK)
             break;
         xfer_reset(&x);
+        left = deadline_remaining_ms(); /* the token may have taken a while */
+        x.deadline_ms = left < 0 ? 0 : left < 1 ? 1 : (long)left;
         resp->attempts++;
         run_attempt(c, req, use_token ? tok : NULL, &x, &o);
         if (use_token)
             wipe(tok, sizeof tok);
+        describe_outcome(&o, what, sizeof what);
         /* 401: the token was refused and nothing was done; refresh once. */
         if (o.code == CURLE_OK && o.status == 401 && use_token && !auth_retried) {
             auth_retried = force_refresh = true;
@@ -988,6 +1031,10 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
             continue;
         }
         force_refresh = false;
+        if (o.code == CURLE_OPERATION_TIMEDOUT && deadline_remaining_ms() == 0) {
+            xfer_reset(&x);
+            return deadline_error(method, url, what, err);
+        }
         bool retryable = o.code == CURLE_OK ? http_status_retryable(o.status)
                                             : (!o.rc && curl_code_retryable(o.code));
         if (!retryable || !req->idempotent || retries + 1 >= c->retry.max_attempts)
@@ -996,11 +1043,9 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
         double wait = http_backoff_ms(&c->retry, retries + 1, random_unit(), ra);
         if (c->retry.total_ms > 0 && waited + wait > c->retry.total_ms)
             break;
-        char what[CURL_ERROR_SIZE + 32];
-        if (o.code == CURLE_OK)
-            snprintf(what, sizeof what, "HTTP %ld", o.status);
-        else
-            snprintf(what, sizeof what, "%s (curl %d)", o.errbuf, (int)o.code);
+        left = deadline_remaining_ms();
+        if (left >= 0 && wait >= left)
+            break; /* the caller cannot wait that long: the last answer stands */
         log_warn("http: %s %s: %s; attempt %d of %d failed, retrying in %.0f ms", method, url, what,
                  retries + 1, c->retry.max_attempts, wait);
         sleep_ms(wait);
@@ -1020,6 +1065,8 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     xfer_reset(&x);
     if (o.status >= 400) {
         http_error_decode(o.status, resp->body, resp->body_len, err);
+        if (o.status == 401 && auth_retried)
+            err->kind = HTTP_KIND_CREDENTIALS; /* refused even a fresh token */
         return HTTP_ERR_STATUS;
     }
     if (log_enabled(LOG_DEBUG))

@@ -38,9 +38,22 @@ enum {
     HTTP_ERR_INVAL = -6, /* bad arguments */
 };
 
+/* What kind of trouble an error is, beyond its status. Callers that decide
+ * whether to give up on something (a file, a batch) look here first: only
+ * HTTP_KIND_SERVER errors are what the server said about the request. */
+enum {
+    HTTP_KIND_SERVER = 0,      /* the server's answer, or the connection's failure */
+    HTTP_KIND_CREDENTIALS = 1, /* the token endpoint refused the credentials, or the API
+                                  answered 401 to a freshly fetched token: fix the credentials */
+    HTTP_KIND_TOKEN = 2,       /* no token: the token endpoint was unreachable or failed */
+    HTTP_KIND_DEADLINE = 3,    /* the calling thread's deadline passed (deadline.h) */
+};
+
 /* One decoded error. Filled for every failure; http_status is 0 for failures
- * that never produced an HTTP status. */
+ * that never produced an HTTP status (also when no token could be obtained:
+ * the token endpoint's status is in the message, never in http_status). */
 typedef struct http_error {
+    int kind;          /* HTTP_KIND_* */
     long http_status;  /* e.g. 404; 0 for transport errors */
     int curl_code;     /* CURLcode for transport errors, else 0 */
     char status[40];   /* canonical code name: "NOT_FOUND", "RESOURCE_EXHAUSTED", ... */
@@ -112,7 +125,10 @@ typedef struct http_response {
     int attempts; /* how many attempts were made */
 } http_response;
 
-/* Performs the request with retries. Returns HTTP_OK for 1xx-3xx statuses
+/* Performs the request with retries. When the calling thread has a
+ * deadline (deadline.h), every attempt and wait ends by then: the call
+ * fails with HTTP_ERR_TRANSPORT, err->kind HTTP_KIND_DEADLINE and
+ * status DEADLINE_EXCEEDED. Returns HTTP_OK for 1xx-3xx statuses
  * (308 included: callers inspect resp->status), HTTP_ERR_STATUS with err
  * decoded for >= 400, or another HTTP_ERR_ code. resp is always safe to pass to
  * http_response_free afterwards. */

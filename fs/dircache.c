@@ -1,6 +1,7 @@
 /* dircache: short-lived directory listings (see dircache.h). */
 #include "dircache.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,4 +327,48 @@ void dircache_invalidate(dircache *c, const char *key)
         listing_free(l);
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_fetch_fn fetch,
+                          void *ctx, dircache_list *out)
+{
+    if (dircache_get(c, key, out) == 0)
+        return 0;
+    dircache_list l;
+    dircache_list_init(&l);
+    int rc = fetch(ctx, &l);
+    if (rc == 0) {
+        dircache_put(c, key, &l, ttl_s);
+        if (dircache_get(c, key, out) != 0)
+            dircache_list_init(out);
+        return 0;
+    }
+    dircache_list_clear(&l);
+    /* Stale on error: the last good listing rather than a failure (the
+     * fetch logged why); "gone" and "out of memory" stand. */
+    if (rc != -ENOENT && rc != -ENOMEM && dircache_get_stale(c, key, out) == 0)
+        return 0;
+    dircache_list_init(out);
+    return rc;
+}
+
+int dircache_lookup_or_fetch(dircache *c, const char *key, const char *name, double ttl_s,
+                             dircache_fetch_fn fetch, void *ctx, bool *is_dir, uint64_t *size)
+{
+    int f = dircache_lookup(c, key, name, is_dir, size);
+    if (f >= 0)
+        return f;
+    /* Stale while revalidating: a name the last listing had resolves at
+     * once, without the server (a copy into import/ must not wait on it);
+     * the listing is refreshed by the next readdir or a lookup of a name it
+     * lacks. */
+    if (dircache_lookup_stale(c, key, name, is_dir, size) == 1)
+        return 1;
+    dircache_list l;
+    int rc = dircache_get_or_fetch(c, key, ttl_s, fetch, ctx, &l);
+    dircache_list_clear(&l);
+    if (rc)
+        return rc;
+    f = dircache_lookup_stale(c, key, name, is_dir, size);
+    return f == 1 ? 1 : 0;
 }

@@ -903,6 +903,51 @@ static int cmp_item(const void *a, const void *b)
     return c ? c : (int)y->is_dir - (int)x->is_dir;
 }
 
+/* The objects of one export's destination. */
+struct out_src {
+    fs_ctx *x;
+    const tree_path *tp;
+};
+
+/* dircache_fetch_fn: lists the export's destination prefix. */
+static int fetch_out(void *ctx, dircache_list *out)
+{
+    struct out_src *src = ctx;
+    fs_ctx *x = src->x;
+    const tree_path *tp = src->tp;
+    char *prefix = dest_prefix(x, tp);
+    char *slashed = prefix ? http_strdup_printf("%s/", prefix) : NULL;
+    free(prefix);
+    if (!slashed)
+        return -ENOMEM;
+    struct out_collect oc = {strlen(slashed), NULL, 0, 0};
+    http_error err = {0};
+    int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
+    if (rc != GCS_OK) {
+        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
+        log_error("%s/%s/export/%s/%s.out: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
+        rc = e;
+    }
+    if (oc.n)
+        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
+    dircache_list_init(out);
+    for (size_t i = 0; rc == 0 && i < oc.n; i++) {
+        /* A name that is both an object and a prefix shows as the directory. */
+        if (i > 0 && strcmp(oc.v[i].path, oc.v[i - 1].path) == 0)
+            continue;
+        if (dircache_list_add(out, oc.v[i].path, oc.v[i].is_dir, oc.v[i].size))
+            rc = -ENOMEM;
+    }
+    for (size_t i = 0; i < oc.n; i++)
+        free(oc.v[i].path);
+    free(oc.v);
+    free(slashed);
+    if (rc)
+        dircache_list_clear(out);
+    return rc;
+}
+
 /* The listing of NAME.out: every object and directory by relative path. */
 /* fresh: ask the server even if it said "not done" a moment ago (a
  * listing the user asked for, not one of many getattr calls). */
@@ -916,48 +961,17 @@ static int out_listing(fs_ctx *x, const tree_path *tp, bool fresh, dircache_list
         return 0;
     }
     int done = export_done(x, tp, fresh);
+    /* Stale on error: the server cannot say; show what it listed last. */
+    if (done < 0 && done != -ENOENT && done != -ENOMEM && dircache_get_stale(x->cache, key, l) == 0)
+        done = 0;
+    else if (done <= 0)
+        dircache_list_init(l);
     if (done <= 0) {
         free(key);
-        dircache_list_init(l);
         return done;
     }
-    char *prefix = dest_prefix(x, tp);
-    char *slashed = prefix ? http_strdup_printf("%s/", prefix) : NULL;
-    free(prefix);
-    if (!slashed) {
-        free(key);
-        return -ENOMEM;
-    }
-    struct out_collect oc = {strlen(slashed), NULL, 0, 0};
-    http_error err = {0};
-    int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
-    if (rc != GCS_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
-        log_error("%s/%s/export/%s/%s.out: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
-                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
-        rc = e;
-    }
-    if (oc.n)
-        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
-    dircache_list built;
-    dircache_list_init(&built);
-    for (size_t i = 0; rc == 0 && i < oc.n; i++) {
-        /* A name that is both an object and a prefix shows as the directory. */
-        if (i > 0 && strcmp(oc.v[i].path, oc.v[i - 1].path) == 0)
-            continue;
-        if (dircache_list_add(&built, oc.v[i].path, oc.v[i].is_dir, oc.v[i].size))
-            rc = -ENOMEM;
-    }
-    for (size_t i = 0; i < oc.n; i++)
-        free(oc.v[i].path);
-    free(oc.v);
-    free(slashed);
-    if (rc == 0) {
-        dircache_put(x->cache, key, &built, FS_LIST_TTL);
-        if (dircache_get(x->cache, key, l) != 0)
-            dircache_list_init(l);
-    }
-    dircache_list_clear(&built);
+    struct out_src src = {x, tp};
+    int rc = dircache_get_or_fetch(x->cache, key, FS_LIST_TTL, fetch_out, &src, l);
     free(key);
     return rc;
 }

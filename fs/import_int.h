@@ -53,6 +53,9 @@ struct batch {
     double backoff;
     bool verifying;                    /* op done with errors: checking files one by one */
     char *op_error;                    /* message of the finished op's error */
+    bool reimport;                     /* verifying: missing files are imported again (the op
+                                          vanished), not failed */
+    int reimports;                     /* imports started again for this batch */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
     int n_streaming;                   /* ST_NEW files streaming into it (each tick) */
     batch *next;
@@ -62,6 +65,7 @@ struct store_st {
     char *name;
     batch *open;                                      /* the batch new files join, or NULL */
     uint64_t imported, bytes_spooled, bytes_uploaded; /* since mount */
+    char *paused; /* why its background work waits, with the fix (failpolicy.h), or NULL */
     store_st *next;
 };
 

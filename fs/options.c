@@ -17,7 +17,7 @@
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
-    char *uploads, *commit_delay, *stream_min;
+    char *uploads, *commit_delay, *stream_min, *timeout;
     int allow_delete, no_auth, sync_close;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
@@ -47,6 +47,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("uploads=%s", uploads),
     RAWS("commit_delay=%s", commit_delay),
     RAWS("stream_min=%s", stream_min),
+    RAWS("timeout=%s", timeout),
     RAW("allow_delete", allow_delete),
     RAW("no_auth", no_auth),
     RAW("sync_close", sync_close),
@@ -121,6 +122,7 @@ static void raw_free(struct raw_opts *r)
     free(r->uploads);
     free(r->commit_delay);
     free(r->stream_min);
+    free(r->timeout);
     free(r->nonopt[0]);
     free(r->nonopt[1]);
     free(r->extra);
@@ -349,6 +351,23 @@ int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
+/* Makes a relative *path absolute (from the current directory, which the
+ * daemon leaves when it detaches). */
+static int absolute_path(const char *what, char **path, char *err, size_t errlen)
+{
+    if (!*path || !**path || **path == '/')
+        return 0;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return fail(err, errlen, "%s '%s': %s", what, *path, strerror(errno));
+    char *abs = http_strdup_printf("%s/%s", cwd, *path);
+    if (!abs)
+        return fail(err, errlen, "out of memory");
+    free(*path);
+    *path = abs;
+    return 0;
+}
+
 static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
 {
     o->show_help = r->help;
@@ -418,6 +437,11 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (r->commit_delay &&
         parse_seconds("commit_delay", r->commit_delay, &o->commit_delay, err, errlen))
         return -1;
+    o->timeout = FS_OPTIONS_DEFAULT_TIMEOUT;
+    if (r->timeout && parse_seconds("timeout", r->timeout, &o->timeout, err, errlen))
+        return -1;
+    if (o->timeout <= 0)
+        return fail(err, errlen, "bad timeout=%s: must be more than 0 seconds", r->timeout);
     o->stream_min_mib = FS_OPTIONS_DEFAULT_STREAM_MIN_MIB;
     if (r->stream_min &&
         parse_int("stream_min", r->stream_min, 0, 1 << 20, &o->stream_min_mib, err, errlen))
@@ -440,15 +464,17 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         o->cache_dir = abs;
     }
     /* The daemon changes to "/" when it detaches and reads the file again. */
-    if (o->credentials && o->credentials[0] != '/' && o->credentials[0]) {
-        char cwd[PATH_MAX];
-        if (!getcwd(cwd, sizeof cwd))
-            return fail(err, errlen, "credentials '%s': %s", o->credentials, strerror(errno));
-        char *abs = http_strdup_printf("%s/%s", cwd, o->credentials);
-        if (!abs)
-            return fail(err, errlen, "out of memory");
-        free(o->credentials);
-        o->credentials = abs;
+    if (absolute_path("credentials", &o->credentials, err, errlen))
+        return -1;
+    const char *gac = getenv("GOOGLE_APPLICATION_CREDENTIALS");
+    if (gac && *gac && *gac != '/') {
+        char *abs = strdup(gac);
+        if (!abs || absolute_path("GOOGLE_APPLICATION_CREDENTIALS", &abs, err, errlen) ||
+            setenv("GOOGLE_APPLICATION_CREDENTIALS", abs, 1) != 0) {
+            free(abs);
+            return fail(err, errlen, "GOOGLE_APPLICATION_CREDENTIALS: out of memory");
+        }
+        free(abs);
     }
     if (o->endpoint && !*o->endpoint)
         return fail(err, errlen, "bad endpoint: empty");
@@ -535,6 +561,9 @@ void fs_options_usage(const char *progname)
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
            "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"
            "                         (0: only after close; default %d)\n"
+           "  timeout=SECONDS        longest a command waits on the server (default %g);\n"
+           "                         then listings show the last known content, other\n"
+           "                         calls fail with EIO (uploads and imports keep going)\n"
            "  sync_close             close() in import/ also fsyncs the file and the journal\n"
            "                         (power-loss durable at every close; default: at fsync\n"
            "                         and within 50 ms for the journal, like a local disk)\n"
@@ -548,5 +577,5 @@ void fs_options_usage(const char *progname)
            "  -h, --help     this text\n"
            "  -V, --version  version\n",
            progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
-           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
+           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB, FS_OPTIONS_DEFAULT_TIMEOUT);
 }

@@ -35,6 +35,7 @@ typedef struct fs_options {
     int uploads;
     double commit_delay;
     int stream_min_mib; /* stream uploads of files from this size on; 0 = never */
+    double timeout;     /* seconds a FUSE request may wait on the server, retries included */
     bool allow_delete;
     bool no_auth;
     bool sync_close; /* fsync spool file and journal at every close() in import/ */
@@ -50,6 +51,7 @@ typedef struct fs_options {
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
 #define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.2
 #define FS_OPTIONS_DEFAULT_STREAM_MIN_MIB 32
+#define FS_OPTIONS_DEFAULT_TIMEOUT 20.0
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

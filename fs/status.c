@@ -3,7 +3,9 @@
  * Counters for one store: spooled (accepted, waiting for upload), uploading,
  * uploaded (waiting for the batch commit), importing (batch import
  * started), failed (listed in import/ until unlinked), from the journal;
- * imported, bytes_spooled and bytes_uploaded since mount. Then one
+ * imported, bytes_spooled and bytes_uploaded since mount. Then, while the
+ * store's background work waits for a cause that is not about its files,
+ * one "paused: CAUSE: FIX" line (failpolicy.h). Then one
  * "failed: PATH: REASON" line per failed file, with '\n', '\r' and '\\' in
  * names escaped as \n, \r and \\ so that one file is one line; then one
  * "failed: export/FMT/NAME: REASON" line per filter whose export did not
@@ -41,6 +43,19 @@ bool import_knows_store(import_mgr *m, const char *store)
     bool known = false;
     for (store_st *s = m->stores; s && !known; s = s->next)
         known = strcmp(s->name, store) == 0;
+    pthread_mutex_unlock(&m->lock);
+    return known;
+}
+
+bool import_knows_dataset(import_mgr *m, const char *dataset)
+{
+    if (!m || !dataset)
+        return false;
+    size_t n = strlen(dataset);
+    pthread_mutex_lock(&m->lock);
+    bool known = false;
+    for (store_st *s = m->stores; s && !known; s = s->next)
+        known = strncmp(s->name, dataset, n) == 0 && strncmp(s->name + n, "/dicomStores/", 13) == 0;
     pthread_mutex_unlock(&m->lock);
     return known;
 }
@@ -107,6 +122,11 @@ char *import_status_text(import_mgr *m, const char *store)
             "\nbytes_spooled: %" PRIu64 "\nbytes_uploaded: %" PRIu64 "\n",
             c.spooled, c.uploading, c.uploaded, c.importing, c.imported, c.failed, c.bytes_spooled,
             c.bytes_uploaded);
+    if (st && st->paused) { /* why nothing moves, and the fix (failpolicy.h) */
+        fputs("paused: ", f);
+        put_escaped(f, st->paused);
+        fputc('\n', f);
+    }
     for (node *n = st ? m->head : NULL; n; n = n->next) {
         if (n->is_dir || n->st != st || n->state != ST_FAILED)
             continue;

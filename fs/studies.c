@@ -83,40 +83,51 @@ static int collect_cb(void *ctx, const char *uid, const char *json)
     return dircache_list_add(&c->l, name, !c->instances, 0) ? -ENOMEM : 0;
 }
 
-static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, dircache_list *out)
+/* One level of the studies/ tree of a store. */
+struct level_src {
+    fs_ctx *x;
+    const tree_path *tp;
+    const spath *sp;
+    int depth;
+};
+
+/* dircache_fetch_fn: one DICOMweb search. */
+static int fetch_level(void *ctx, dircache_list *out)
 {
-    char *key = cache_key(tp, sp, depth);
-    if (!key)
-        return -ENOMEM;
-    if (dircache_get(x->cache, key, out) == 0) {
-        free(key);
-        return 0;
-    }
-    char *store = fs_store_name(x, tp->dataset, tp->store);
-    char *path = search_path(sp, depth);
-    struct collect c = {.instances = depth == 2};
+    struct level_src *src = ctx;
+    const tree_path *tp = src->tp;
+    char *store = fs_store_name(src->x, tp->dataset, tp->store);
+    char *path = search_path(src->sp, src->depth);
+    struct collect c = {.instances = src->depth == 2};
     dircache_list_init(&c.l);
     http_error err = {0};
-    int rc = store && path ? hc_dicomweb_search(x->cl.hc, store, path, NULL, collect_cb, &c, &err)
-                           : -ENOMEM;
+    int rc = store && path
+                 ? hc_dicomweb_search(src->x->cl.hc, store, path, NULL, collect_cb, &c, &err)
+                 : -ENOMEM;
     if (rc != HC_OK) {
         int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
         if (e != -ENOENT)
             log_error("%s/%s/studies/%s: DICOMweb search %s failed: %s", tp->dataset, tp->store,
                       tp->rest, path ? path : "", err.message);
         dircache_list_clear(&c.l);
-        free(store);
-        free(path);
-        free(key);
-        return e;
+        rc = e;
+    } else {
+        *out = c.l;
     }
-    dircache_put(x->cache, key, &c.l, FS_LIST_TTL);
-    if (dircache_get(x->cache, key, out) != 0)
-        dircache_list_init(out);
     free(store);
     free(path);
+    return rc;
+}
+
+static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, dircache_list *out)
+{
+    char *key = cache_key(tp, sp, depth);
+    if (!key)
+        return -ENOMEM;
+    struct level_src src = {x, tp, sp, depth};
+    int rc = dircache_get_or_fetch(x->cache, key, FS_LIST_TTL, fetch_level, &src, out);
     free(key);
-    return 0;
+    return rc;
 }
 
 int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -140,18 +151,12 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
         return -ENOMEM;
     bool is_dir;
     uint64_t size;
-    int f = dircache_lookup(x->cache, key, leaf, &is_dir, &size);
-    if (f < 0) {
-        dircache_list l;
-        rc = listing(x, tp, &sp, sp.depth - 1, &l);
-        dircache_list_clear(&l);
-        if (rc) {
-            free(key);
-            return rc;
-        }
-        f = dircache_lookup(x->cache, key, leaf, &is_dir, &size);
-    }
+    struct level_src src = {x, tp, &sp, sp.depth - 1};
+    int f = dircache_lookup_or_fetch(x->cache, key, leaf, FS_LIST_TTL, fetch_level, &src, &is_dir,
+                                     &size);
     free(key);
+    if (f < 0)
+        return f;
     if (f != 1)
         return -ENOENT;
     if (is_dir)
