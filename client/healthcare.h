@@ -35,8 +35,7 @@ const char *hc_client_endpoint(const hc_client *c); /* root, ends with '/' */
  * All pages are fetched. Non-zero from cb stops and is returned. */
 typedef int (*hc_list_cb)(void *ctx, const char *name, const char *json);
 
-int hc_datasets_list(hc_client *c, const char *location, hc_list_cb cb, void *ctx,
-                     http_error *err);
+int hc_datasets_list(hc_client *c, const char *location, hc_list_cb cb, void *ctx, http_error *err);
 int hc_dataset_get(hc_client *c, const char *dataset, char **json, http_error *err);
 /* Starts the create LRO; *op_name gets the operation name (malloc'ed). */
 int hc_dataset_create(hc_client *c, const char *location, const char *id, char **op_name,
@@ -57,8 +56,7 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
               const char *filter_uri, char **op_name, http_error *err);
 
 /* operations.get: the JSON exactly as the API returned it. */
-int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len,
-                     http_error *err);
+int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, http_error *err);
 /* operations.list of a dataset, all pages; cb gets name and raw op JSON. */
 int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx,
                        http_error *err);

@@ -966,8 +966,8 @@ static int deadline_error(const char *method, const char *url, const char *last,
     err->kind = HTTP_KIND_DEADLINE;
     err->curl_code = CURLE_OPERATION_TIMEDOUT;
     copy_str(err->status, sizeof err->status, "DEADLINE_EXCEEDED");
-    set_message(err, "%s %s: no answer within the %g s timeout (mount option timeout=)%s%s",
-                method, url, deadline_length_s(), *last ? "; last attempt: " : "", last);
+    set_message(err, "%s %s: no answer within the %g s timeout (mount option timeout=)%s%s", method,
+                url, deadline_length_s(), *last ? "; last attempt: " : "", last);
     log_warn("http: %s", err->message);
     return HTTP_ERR_TRANSPORT;
 }

@@ -68,20 +68,20 @@ typedef int (*http_token_fn)(void *ctx, char *buf, size_t buflen, bool force_ref
                              http_error *err);
 
 typedef struct http_retry_policy {
-    int max_attempts;     /* total attempts including the first; 1 = no retry */
-    double base_ms;       /* first backoff ceiling */
-    double max_backoff_ms;/* cap of one wait */
-    double total_ms;      /* give up once this much time has been spent waiting (<= 0: no limit) */
+    int max_attempts;      /* total attempts including the first; 1 = no retry */
+    double base_ms;        /* first backoff ceiling */
+    double max_backoff_ms; /* cap of one wait */
+    double total_ms;       /* give up once this much time has been spent waiting (<= 0: no limit) */
 } http_retry_policy;
 
 typedef struct http_options {
-    long connect_timeout_s;      /* default 10 */
-    long low_speed_time_s;       /* abort a transfer slower than 1 byte/s for this long; default 60 */
-    http_retry_policy retry;     /* default {8, 500, 32000, 300000} */
-    http_token_fn token_fn;      /* NULL: no Authorization header */
+    long connect_timeout_s;  /* default 10 */
+    long low_speed_time_s;   /* abort a transfer slower than 1 byte/s for this long; default 60 */
+    http_retry_policy retry; /* default {8, 500, 32000, 300000} */
+    http_token_fn token_fn;  /* NULL: no Authorization header */
     void *token_ctx;
-    const char *user_project;    /* X-Goog-User-Project value or NULL */
-    const char *user_agent;      /* default "dicomfs/VERSION" */
+    const char *user_project; /* X-Goog-User-Project value or NULL */
+    const char *user_agent;   /* default "dicomfs/VERSION" */
 } http_options;
 
 void http_options_init(http_options *opts);
@@ -90,25 +90,25 @@ void http_client_free(http_client *client);
 
 /* A request. Unused body/sink fields are left zero / -1 (see http_request_init). */
 typedef struct http_request {
-    const char *method;          /* "GET", "POST", "PUT", "DELETE", "PATCH" */
+    const char *method; /* "GET", "POST", "PUT", "DELETE", "PATCH" */
     const char *url;
-    const char *const *headers;  /* NULL-terminated "Name: value" list, or NULL */
+    const char *const *headers; /* NULL-terminated "Name: value" list, or NULL */
     /* Request body: either a memory buffer ... */
     const void *body;
     size_t body_len;
     /* ... or a byte range of a file descriptor, read with pread (never buffered whole). */
-    int body_fd;                 /* -1: none */
+    int body_fd; /* -1: none */
     off_t body_fd_offset;
     off_t body_fd_len;
     /* Response body: into memory (default) or appended to a file descriptor at
      * response_fd_offset with pwrite. On a retry the fd is rewritten from the same
      * offset, so partial bodies never accumulate. */
-    int response_fd;             /* -1: collect in http_response.body */
+    int response_fd; /* -1: collect in http_response.body */
     off_t response_fd_offset;
-    size_t max_body;             /* cap on an in-memory response; default 64 MiB */
-    bool idempotent;             /* may be retried on 408/429/5xx/connection errors */
-    bool no_auth;                /* do not attach the bearer token (e.g. token endpoint) */
-    long timeout_s;              /* whole-request timeout, 0 = none (low-speed limit still applies) */
+    size_t max_body; /* cap on an in-memory response; default 64 MiB */
+    bool idempotent; /* may be retried on 408/429/5xx/connection errors */
+    bool no_auth;    /* do not attach the bearer token (e.g. token endpoint) */
+    long timeout_s;  /* whole-request timeout, 0 = none (low-speed limit still applies) */
     http_body_observer body_observer; /* NULL: none (see http_body_observer) */
     void *body_observer_ctx;
 } http_request;

@@ -19,6 +19,7 @@ typedef struct listing {
     size_t n, cap;
     double complete_until; /* 0: not complete */
     bool was_complete;     /* v came from a full list call (fresh or not) */
+    double failed_until;   /* the last refresh failed: serve v until then without asking */
 } listing;
 
 struct dircache {
@@ -181,6 +182,7 @@ void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
         l->n = l->cap = n;
         l->complete_until = now + ttl_s;
         l->was_complete = true;
+        l->failed_until = 0;
         v = NULL;
     }
     pthread_mutex_unlock(&c->lock);
@@ -329,10 +331,33 @@ void dircache_invalidate(dircache *c, const char *key)
     pthread_mutex_unlock(&c->lock);
 }
 
+/* Refreshing key's listing failed: for ttl_s the last one is served as it
+ * is, so that during an outage each listing waits on the server once per
+ * ttl, not once per request. */
+static void note_failure(dircache *c, const char *key, double ttl_s)
+{
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    if (l && l->was_complete)
+        l->failed_until = now_s() + ttl_s;
+    pthread_mutex_unlock(&c->lock);
+}
+
+bool dircache_failing(dircache *c, const char *key)
+{
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    bool failing = l && l->was_complete && l->failed_until >= now_s();
+    pthread_mutex_unlock(&c->lock);
+    return failing;
+}
+
 int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_fetch_fn fetch,
                           void *ctx, dircache_list *out)
 {
     if (dircache_get(c, key, out) == 0)
+        return 0;
+    if (dircache_failing(c, key) && dircache_get_stale(c, key, out) == 0)
         return 0;
     dircache_list l;
     dircache_list_init(&l);
@@ -346,8 +371,10 @@ int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_f
     dircache_list_clear(&l);
     /* Stale on error: the last good listing rather than a failure (the
      * fetch logged why); "gone" and "out of memory" stand. */
-    if (rc != -ENOENT && rc != -ENOMEM && dircache_get_stale(c, key, out) == 0)
+    if (rc != -ENOENT && rc != -ENOMEM && dircache_get_stale(c, key, out) == 0) {
+        note_failure(c, key, ttl_s);
         return 0;
+    }
     dircache_list_init(out);
     return rc;
 }

@@ -86,6 +86,11 @@ int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_f
 int dircache_lookup_or_fetch(dircache *c, const char *key, const char *name, double ttl_s,
                              dircache_fetch_fn fetch, void *ctx, bool *is_dir, uint64_t *size);
 
+/* True while the last refresh of key's listing failed less than its ttl
+ * ago (dircache_get_or_fetch then serves the last listing without asking):
+ * callers that read single entries may do the same. */
+bool dircache_failing(dircache *c, const char *key);
+
 /* Forgets key's listing (after a change we made). */
 void dircache_invalidate(dircache *c, const char *key);
 

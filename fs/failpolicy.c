@@ -90,7 +90,8 @@ bool fp_op_transient(int code, const char *message, const char *bucket, char *ca
     case 10: /* ABORTED */
     case 13: /* INTERNAL */
     case 14: /* UNAVAILABLE */
-        snprintf(cause, len, "the import operation ended with a transient error (code %d: %s); "
+        snprintf(cause, len,
+                 "the import operation ended with a transient error (code %d: %s); "
                  "importing the batch again, " RETRY_NOTE,
                  code, msg);
         return true;

@@ -1358,8 +1358,7 @@ TIMED(op_truncate, (const char *p, off_t size, struct fuse_file_info *fi), (p, s
 TIMED(op_utimens, (const char *p, const struct timespec tv[2], struct fuse_file_info *fi),
       (p, tv, fi))
 TIMED(op_chmod, (const char *p, mode_t mode, struct fuse_file_info *fi), (p, mode, fi))
-TIMED(op_chown, (const char *p, uid_t uid, gid_t gid, struct fuse_file_info *fi),
-      (p, uid, gid, fi))
+TIMED(op_chown, (const char *p, uid_t uid, gid_t gid, struct fuse_file_info *fi), (p, uid, gid, fi))
 TIMED(op_statfs, (const char *p, struct statvfs *sv), (p, sv))
 
 static const struct fuse_operations operations = {

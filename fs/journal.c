@@ -99,7 +99,6 @@ static bool reserve_release(journal *j)
     return true;
 }
 
-
 /* ---- map ---- */
 
 static uint64_t hash_str(const char *s)
@@ -488,8 +487,8 @@ int journal_open(const char *dir, journal **out)
         rc = load(j);
     if (rc == 0) {
         struct stat rst;
-        j->reserve_held = fstatat(j->dirfd, "reserve", &rst, 0) == 0 &&
-                          rst.st_blocks * 512 >= JOURNAL_RESERVE;
+        j->reserve_held =
+            fstatat(j->dirfd, "reserve", &rst, 0) == 0 && rst.st_blocks * 512 >= JOURNAL_RESERVE;
         reserve_arm(j);
     }
     if (rc < 0) {

@@ -207,13 +207,28 @@ int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *
     uint64_t size = 0;
     int64_t mtime = 0;
     int found = dircache_lookup_mtime(x->cache, key, file, &is_dir, &size, &mtime);
+    /* The server did not answer the last listing: its entries stand. */
+    if (found != 1 && dircache_failing(x->cache, key) &&
+        dircache_lookup_stale(x->cache, key, file, &is_dir, &size) == 1)
+        found = 1;
     free(key);
     if (found != 1) {
         size_t n = 0;
         int rc = get_op(x, ds_id, file, NULL, &n, &mtime);
+        if (rc && rc != -ENOENT && rc != -ENOMEM) {
+            /* Stale on error: the last listing, or the journal (store_id),
+             * still knows the operation. */
+            char *k = ops_key(ds_id);
+            if (k && dircache_lookup_stale(x->cache, k, file, &is_dir, &size) == 1)
+                rc = 0;
+            else if (store_id)
+                rc = 0, size = 0;
+            free(k);
+        } else if (rc == 0) {
+            size = n;
+        }
         if (rc)
             return rc;
-        size = n;
     }
     op_stat(x, st, size, mtime);
     return 0;
@@ -257,7 +272,7 @@ static int fill_store_ops(fs_ctx *x, const char *ds_id, const char *key, const d
             size_t n = 0;
             int rc = get_op(x, ds_id, file, NULL, &n, &mtime);
             if (rc == -ENOENT)
-                continue; /* gone from the server (expired): not shown */
+                continue;           /* gone from the server (expired): not shown */
             size = rc == 0 ? n : 0; /* unreachable: the journal still knows it */
         }
         struct stat st;

@@ -250,7 +250,8 @@ int wait_main(int argc, char **argv)
                     timeout, pending);
             return WAIT_TIMEOUT;
         }
-        struct timespec ts = {0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
+        struct timespec ts = {
+            0, 50 * 1000000L}; /* as often as an operation poll: a cheap local read */
         nanosleep(&ts, NULL);
     }
 }
