@@ -5,8 +5,8 @@
  * (instance/series/study retrieve as multipart/related or single-part
  * application/dicom, metadata, rendered, frames), STOW-RS (single-part or
  * multipart/related; XML or JSON response) and DELETE (instance synchronous,
- * study/series as an LRO). A search that matches nothing answers 200 with []
- * (the real service may answer 204; clients accept both).
+ * study/series as an LRO). A search that matches nothing answers 204 No
+ * Content with no body, as the service does.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -464,6 +464,12 @@ static void qido(emu_response *w, const emu_request *r, const char *store, enum 
     free(rows);
     for (int i = 0; i < q.n_m; i++)
         free(q.m[i].value);
+    if (cJSON_GetArraySize(arr) == 0) {
+        /* No match: 204 No Content, no body (as the service answers). */
+        cJSON_Delete(arr);
+        emu_resp_empty(w, 204);
+        return;
+    }
     char *txt = cJSON_PrintUnformatted(arr);
     cJSON_Delete(arr);
     emu_resp_bytes(w, 200, "application/dicom+json", txt ? txt : "[]", txt ? strlen(txt) : 2);

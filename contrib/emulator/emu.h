@@ -25,7 +25,19 @@ typedef struct emu_response emu_response;
 /* ---- context (server.c) ---- */
 const char *emu_data_dir(const emu_ctx *ctx); /* --data DIR */
 const char *emu_base_url(const emu_ctx *ctx); /* "http://127.0.0.1:PORT" (no trailing '/') */
-int emu_lro_delay_ms(const emu_ctx *ctx);     /* --lro-delay */
+/* Operation timing (--op-base-ms, --op-instance-ms, --op-mib-ms). */
+typedef struct emu_op_timing {
+    long base_ms, instance_ms, mib_ms;
+} emu_op_timing;
+void emu_op_timing_get(const emu_ctx *ctx, emu_op_timing *t);
+int emu_max_running_ops(const emu_ctx *ctx); /* per project; 0 = no cap */
+long long emu_op_ttl_s(const emu_ctx *ctx);  /* a done op expires this long after its end */
+/* Whether the Healthcare service agent may read (import) / write (export)
+ * a bucket (/_emulator/agent-access, --deny-agent-access). */
+bool emu_agent_can_read(emu_ctx *ctx, const char *bucket);
+bool emu_agent_can_write(emu_ctx *ctx, const char *bucket);
+/* The stable 12-digit project number of a project id. */
+unsigned long long emu_project_number(const char *project);
 bool emu_shutting_down(const emu_ctx *ctx);
 
 /* ---- requests (server.c) ---- */
@@ -93,6 +105,9 @@ void emu_hc_logs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, con
 /* Loads state from the data dir and resumes or fails interrupted operations. */
 int emu_hc_init(emu_ctx *ctx);
 void emu_hc_shutdown(emu_ctx *ctx);
+/* Expires an operation now (full name), or all of them (name NULL): 404
+ * from then on, a running one stops. Returns how many. */
+int emu_hc_expire_ops(emu_ctx *ctx, const char *name);
 /* --project/--location/--dataset/--store pre-creation; idempotent. */
 int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
                      const char *store);

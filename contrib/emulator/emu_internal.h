@@ -19,7 +19,7 @@ typedef struct emu_fault_config {
     double reset_rate;     /* connection closed mid-request or mid-body */
     double malformed_rate; /* JSON bodies truncated or garbled */
     double partial_rate;   /* resumable chunks only partly persisted */
-    int latency_ms;        /* added to every faulted-path request */
+    int latency_ms;        /* --fault-latency-ms: added to every faulted-path request */
     char *paths;           /* only paths starting with this prefix; NULL = all */
 } emu_fault_config;
 
@@ -44,11 +44,22 @@ typedef struct emu_stats {
     atomic_ullong fault_429, fault_500, fault_503;
     atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
     atomic_ullong unauthenticated;
+    atomic_ullong token_refused, lost_responses;
 } emu_stats;
+
+/* Service-like timing and limits of long-running operations (settable at
+ * run time through /_emulator/timing and /_emulator/limits). */
+typedef struct emu_op_config {
+    atomic_int base_ms, instance_ms, mib_ms; /* an op takes base + n*instance + MiB*mib */
+    atomic_int max_running;                  /* per project, 0 = no cap */
+    atomic_llong ttl_s;                      /* a done op is visible this long */
+} emu_op_config;
 
 typedef struct emu_store emu_store;
 typedef struct emu_oauth emu_oauth;
 typedef struct emu_faults emu_faults;
+typedef struct emu_net emu_net;
+typedef struct emu_iam emu_iam;
 
 struct emu_ctx {
     char *data_dir;
@@ -56,14 +67,17 @@ struct emu_ctx {
     char base_url[80];
     char host[64];
     int port;
-    int lro_delay_ms;
     bool no_auth;
     int token_ttl;
     char *project; /* --project, default "emulator-project" */
     atomic_bool shutting_down;
     emu_stats stats;
     emu_fault_config fault_cfg;
+    emu_op_config ops;
     emu_faults *faults;
+    emu_net *net;
+    emu_iam *iam;
+    atomic_llong refuse_tokens_until_ms; /* CLOCK_MONOTONIC ms; 0 = grants work */
     emu_store *store;
     emu_oauth *oauth;
 };
@@ -113,6 +127,34 @@ void emu_faults_set(emu_faults *f, double fail, double reset, double partial, do
  * to those; anything outside 400-599 counts as 0). */
 void emu_faults_set_status(emu_faults *f, int status);
 cJSON *emu_faults_json(emu_faults *f);
+/* lose-response: the next count requests whose "METHOD PATH" contains
+ * match are carried out, then answered by closing the connection. */
+void emu_faults_set_lose(emu_faults *f, const char *match, int count);
+/* True (and one fewer left) if this request's answer is to be lost. */
+bool emu_faults_take_lose(emu_faults *f, const char *method, const char *path);
+
+/* ---- network.c: latency and a bandwidth cap shared by all connections ---- */
+emu_net *emu_net_new(int latency_ms, int bandwidth_mbps);
+void emu_net_free(emu_net *n);
+/* Negative values keep the old setting. */
+void emu_net_set(emu_net *n, int latency_ms, int bandwidth_mbps);
+cJSON *emu_net_json(emu_net *n);
+/* Sleeps the per-request round-trip latency. */
+void emu_net_latency(emu_net *n);
+/* Sleeps until len bytes fit in the shared bandwidth (no-op without a cap). */
+void emu_net_transfer(emu_net *n, uint64_t len);
+bool emu_net_capped(emu_net *n);
+
+/* ---- iam.c: the Healthcare service agent's access to buckets ---- */
+emu_iam *emu_iam_new(void);
+void emu_iam_free(emu_iam *m);
+/* read/write: 1 grant, 0 deny, -1 keep. Returns 0 or -ENOMEM. */
+int emu_iam_set(emu_iam *m, const char *bucket, int read, int write);
+cJSON *emu_iam_json(emu_iam *m);
+
+/* ---- control.c: /_emulator/ ---- */
+void emu_control_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
+const char *emu_kind_name(enum emu_kind k);
 
 /* ---- store.c ---- */
 enum {

@@ -7,6 +7,10 @@
  * A fixed fail status (control path, fail_status=) replaces the 429/500/503
  * pick, e.g. 403 for a permission the caller lacks (a refusal not retried;
  * counted as http500 in the stats).
+ * Lose-response is not drawn: the next N requests matching a substring are
+ * carried out and then answered by closing the connection (a reply lost on
+ * the way back, which a client cannot tell from a request that never
+ * arrived).
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -22,6 +26,8 @@ struct emu_faults {
     int fail_status; /* 0: 429, 500 or 503 */
     char *paths;
     uint64_t seed;
+    char *lose_match; /* lose-response: "METHOD PATH" substring */
+    int lose_left;
 };
 
 static uint64_t next_u64(emu_faults *f)
@@ -60,6 +66,7 @@ void emu_faults_free(emu_faults *f)
         return;
     pthread_mutex_destroy(&f->mu);
     free(f->paths);
+    free(f->lose_match);
     free(f);
 }
 
@@ -158,6 +165,42 @@ cJSON *emu_faults_json(emu_faults *f)
         cJSON_AddNumberToObject(o, "failStatus", f->fail_status);
     if (f->paths)
         cJSON_AddStringToObject(o, "paths", f->paths);
+    if (f->lose_match) {
+        cJSON_AddStringToObject(o, "loseMatch", f->lose_match);
+        cJSON_AddNumberToObject(o, "loseLeft", f->lose_left);
+    }
     pthread_mutex_unlock(&f->mu);
     return o;
+}
+
+void emu_faults_set_lose(emu_faults *f, const char *match, int count)
+{
+    pthread_mutex_lock(&f->mu);
+    free(f->lose_match);
+    f->lose_match = match && count > 0 ? strdup(match) : NULL;
+    f->lose_left = f->lose_match ? count : 0;
+    pthread_mutex_unlock(&f->mu);
+}
+
+bool emu_faults_take_lose(emu_faults *f, const char *method, const char *path)
+{
+    bool take = false;
+    pthread_mutex_lock(&f->mu);
+    if (f->lose_left > 0 && f->lose_match) {
+        size_t ml = strlen(method), pl = strlen(path);
+        char *line = malloc(ml + pl + 2);
+        if (line) {
+            memcpy(line, method, ml);
+            line[ml] = ' ';
+            memcpy(line + ml + 1, path, pl + 1);
+            take = strstr(line, f->lose_match) != NULL;
+            free(line);
+        }
+        if (take && --f->lose_left == 0) {
+            free(f->lose_match);
+            f->lose_match = NULL;
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    return take;
 }

@@ -9,12 +9,13 @@
  * Choices where the real service is undocumented (see api-facts.md 6):
  * - Errors use the AIP-193 envelope; unknown JSON fields answer 400 with
  *   'Invalid JSON payload received. Unknown name "x"[ at 'path']: Cannot find
- *   field.'; v1 export has no filterConfig (so it is an unknown field).
+ *   field.'; export takes filterConfig on v1 and v1beta1 (the current v1
+ *   reference has it).
  * - datasetId and dicomStoreId: ASCII approximation of [\p{L}\p{N}_\-.]{1,256}
  *   (bytes >= 0x80 allowed); an existing id answers 409 ALREADY_EXISTS.
  * - datasets.create makes the dataset visible at once; its LRO finishes after
  *   --lro-delay with the Dataset (timeZone "UTC" when unset) as response.
- * - Operations show "done": false while running (the real API omits false).
+ * - Operations leave "done" out while running (proto3 JSON omits false).
  *   Counter values are strings, zero values omitted. Import: a file that is
  *   not DICOM is a failure (op error code 3); no matching object or a missing
  *   bucket: code 5. Export: a missing destination bucket or filter object
@@ -23,7 +24,8 @@
  *   converted is a counted failure (op error code 3). Cancel: error code 1.
  * - Operations interrupted by a restart are resumed from the start (import,
  *   export and deletes are idempotent); counters restart from zero.
- * - QIDO with no match answers 200 []; missing DICOMweb resources answer 404.
+ * - QIDO with no match answers 204 No Content; missing DICOMweb resources
+ *   answer 404.
  * - WADO without transfer-syntax=* transcodes to explicit VR LE. Of the
  *   compressed syntaxes only 8-bit JPEG baseline (1.2.840.10008.1.2.4.50) is
  *   decoded (libjpeg); others answer 406 there and are counted export
@@ -63,6 +65,7 @@ static struct {
     hc_store **st;
     size_t n_st;
     uint64_t next_store;
+    char *location; /* --location: exists besides the service's own */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void hc_lock(void)
@@ -968,14 +971,11 @@ static const hc_field f_bq_dest[] = {{"tableUri", "table_uri", NULL},
                                      {NULL, NULL, NULL}};
 static const hc_field f_filter[] = {{"resourcePathsGcsUri", "resource_paths_gcs_uri", NULL},
                                     {NULL, NULL, NULL}};
-static const hc_field f_export_v1[] = {{"gcsDestination", "gcs_destination", f_gcs_dest},
-                                       {"bigqueryDestination", "bigquery_destination", f_bq_dest},
-                                       {NULL, NULL, NULL}};
-static const hc_field f_export_v1beta1[] = {
-    {"gcsDestination", "gcs_destination", f_gcs_dest},
-    {"bigqueryDestination", "bigquery_destination", f_bq_dest},
-    {"filterConfig", "filter_config", f_filter},
-    {NULL, NULL, NULL}};
+/* v1 and v1beta1 alike: the current v1 reference has filterConfig too. */
+static const hc_field f_export[] = {{"gcsDestination", "gcs_destination", f_gcs_dest},
+                                    {"bigqueryDestination", "bigquery_destination", f_bq_dest},
+                                    {"filterConfig", "filter_config", f_filter},
+                                    {NULL, NULL, NULL}};
 
 static bool string_field(emu_response *w, const cJSON *obj, const char *key, const char *at,
                          const char **out)
@@ -1271,11 +1271,10 @@ static void store_export(emu_response *w, const emu_request *r, const char *vers
     cJSON *body = hc_parse_body(r, w);
     if (!body)
         return;
-    bool beta = strcmp(version, "v1beta1") == 0;
     const cJSON *gd = cJSON_GetObjectItemCaseSensitive(body, "gcsDestination");
     const cJSON *fc = cJSON_GetObjectItemCaseSensitive(body, "filterConfig");
     const char *prefix = NULL, *mime = NULL, *filter = NULL;
-    if (!hc_check_fields(w, body, beta ? f_export_v1beta1 : f_export_v1, "") ||
+    if (!hc_check_fields(w, body, f_export, "") ||
         !string_field(w, gd, "uriPrefix", "gcs_destination.uri_prefix", &prefix) ||
         !string_field(w, gd, "mimeType", "gcs_destination.mime_type", &mime) ||
         !string_field(w, fc, "resourcePathsGcsUri", "filter_config.resource_paths_gcs_uri",
@@ -1398,6 +1397,59 @@ static void store_item(emu_response *w, const emu_request *r, const char *method
 
 #define MAX_SEG 8
 
+/* Locations of the Cloud Healthcare API (regions and the us/eu
+ * multi-regions). With --location and those of existing datasets, they are
+ * the only ones that exist: anything else answers 404 NOT_FOUND. */
+static const char *const known_locations[] = {
+    "us",
+    "eu",
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-west1",
+    "us-west2",
+    "us-west3",
+    "us-west4",
+    "northamerica-northeast1",
+    "northamerica-northeast2",
+    "southamerica-east1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west9",
+    "europe-north1",
+    "europe-central2",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast2",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-southeast1",
+    "asia-southeast2",
+    "australia-southeast1",
+    "australia-southeast2",
+    "me-central2",
+    "me-west1",
+};
+
+static bool location_known(const char *loc)
+{
+    for (size_t i = 0; i < sizeof known_locations / sizeof known_locations[0]; i++)
+        if (strcmp(known_locations[i], loc) == 0)
+            return true;
+    char needle[300];
+    snprintf(needle, sizeof needle, "/locations/%.250s/", loc);
+    hc_lock();
+    bool found = g.location && strcmp(g.location, loc) == 0;
+    for (size_t i = 0; !found && i < g.n_ds; i++)
+        found = strstr(g.ds[i].name, needle) != NULL;
+    hc_unlock();
+    return found;
+}
+
 void emu_hc_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *version,
                    const char *rest)
 {
@@ -1451,6 +1503,15 @@ void emu_hc_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const ch
     }
     char parent[600], dataset[900] = "", store[1200] = "";
     snprintf(parent, sizeof parent, "projects/%s/locations/%s", seg[1], seg[3]);
+    if (!location_known(seg[3])) {
+        char msg[700];
+        snprintf(msg, sizeof msg,
+                 "Location %s not found: the Cloud Healthcare API has no location '%s'", parent,
+                 seg[3]);
+        hc_error(w, 404, msg);
+        free(path);
+        return;
+    }
     if (n >= 6)
         snprintf(dataset, sizeof dataset, "%s/datasets/%s", parent, seg[5]);
     if (n >= 8)
@@ -1550,6 +1611,14 @@ void emu_hc_shutdown(emu_ctx *ctx)
     hc_unlock();
     free(g.dir);
     g.dir = NULL;
+    free(g.location);
+    g.location = NULL;
+}
+
+int emu_hc_expire_ops(emu_ctx *ctx, const char *name)
+{
+    (void)ctx;
+    return lro_expire(name);
 }
 
 int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, const char *dataset,
@@ -1570,6 +1639,8 @@ int emu_hc_precreate(emu_ctx *ctx, const char *project, const char *location, co
     }
     int rc = 0;
     hc_lock();
+    if (!g.location)
+        g.location = strdup(location);
     if (!ds_find(dname)) {
         rc = ds_add(dname, NULL);
         state_save();

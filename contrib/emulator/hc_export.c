@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 
 #include "filter.h"
@@ -256,6 +257,12 @@ static bool selected(const filter_set *fs, const hc_inst_ref *in)
     return false;
 }
 
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
 void hc_export_run(hc_job *job)
 {
     const cJSON *gd = cJSON_GetObjectItemCaseSensitive(job->request, "gcsDestination");
@@ -274,6 +281,10 @@ void hc_export_run(hc_job *job)
     }
     if (!emu_gcs_bucket_exists(hc_ctx(), bucket)) {
         hc_op_fail(job->op, 5, "destination bucket %s does not exist", bucket);
+        goto out;
+    }
+    if (!emu_agent_can_write(hc_ctx(), bucket)) {
+        hc_op_fail_agent(job->op, job->target, bucket, true);
         goto out;
     }
     if (furi) {
@@ -307,13 +318,17 @@ void hc_export_run(hc_job *job)
         goto out;
     }
     size_t total = 0;
+    uint64_t bytes = 0;
     for (size_t i = 0; i < n; i++)
-        if (!furi || selected(&fs, &refs[i]))
+        if (!furi || selected(&fs, &refs[i])) {
             total++;
-    hc_op_set_pending(job->op, (long)total);
+            bytes += file_size(refs[i].path);
+        }
+    hc_op_set_work(job->op, (long)total, bytes);
     for (size_t i = 0; i < n; i++) {
         if (furi && !selected(&fs, &refs[i]))
             continue;
+        hc_op_pace(job->op, file_size(refs[i].path));
         if (hc_op_cancelled(job->op))
             goto out;
         hc_op_count(job->op, export_one(job, &refs[i], fmt, bucket, prefix) == 0);

@@ -5,7 +5,9 @@
  * already present is ignored: the first copy stays, and counts as a success).
  * Each file that is not DICOM is a counted failure with a log entry; any
  * failure ends the operation with INVALID_ARGUMENT (3), and a pattern that
- * matches nothing with NOT_FOUND (5).
+ * matches nothing with NOT_FOUND (5), a bucket the service agent may not
+ * read with PERMISSION_DENIED (7). Files are taken one by one at the pace
+ * of the operation's timing (hc_op_pace).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,13 +20,14 @@
 
 typedef struct names {
     char **v;
+    uint64_t *size;
+    uint64_t total;
     size_t n, cap;
     const char *pattern;
 } names;
 
 static int collect(void *ctx, const char *name, uint64_t size)
 {
-    (void)size;
     names *ns = ctx;
     if (!wildcard_match(ns->pattern, name))
         return 0;
@@ -34,11 +37,17 @@ static int collect(void *ctx, const char *name, uint64_t size)
         if (!nv)
             return -ENOMEM;
         ns->v = nv;
+        uint64_t *sv = realloc(ns->size, nc * sizeof *sv);
+        if (!sv)
+            return -ENOMEM;
+        ns->size = sv;
         ns->cap = nc;
     }
     ns->v[ns->n] = strdup(name);
     if (!ns->v[ns->n])
         return -ENOMEM;
+    ns->size[ns->n] = size;
+    ns->total += size;
     ns->n++;
     return 0;
 }
@@ -68,6 +77,12 @@ void hc_import_run(hc_job *job)
         free(object);
         return;
     }
+    if (!emu_agent_can_read(ctx, bucket)) {
+        hc_op_fail_agent(job->op, job->target, bucket, false);
+        free(bucket);
+        free(object);
+        return;
+    }
     size_t plen = wildcard_literal_prefix_len(object);
     char *prefix = strndup(object, plen);
     names ns = {.pattern = object};
@@ -81,8 +96,9 @@ void hc_import_run(hc_job *job)
         hc_op_fail(job->op, 5, "no files found matching %s", uri);
         goto out;
     }
-    hc_op_set_pending(job->op, (long)ns.n);
+    hc_op_set_work(job->op, (long)ns.n, ns.total);
     for (size_t i = 0; i < ns.n; i++) {
+        hc_op_pace(job->op, ns.size[i]);
         if (hc_op_cancelled(job->op))
             goto out;
         int fd = -1;
@@ -116,6 +132,7 @@ out:
     for (size_t i = 0; i < ns.n; i++)
         free(ns.v[i]);
     free(ns.v);
+    free(ns.size);
     free(bucket);
     free(object);
 }
@@ -132,6 +149,8 @@ void hc_delete_run(hc_job *job)
         return;
     }
     hc_op_set_pending(job->op, n);
-    for (long i = 0; i < n; i++)
+    for (long i = 0; i < n; i++) {
+        hc_op_pace(job->op, 0);
         hc_op_count(job->op, true);
+    }
 }

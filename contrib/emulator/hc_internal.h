@@ -199,8 +199,14 @@ typedef struct hc_job {
  * {"name": ...} response. Returns the op name (static storage) or NULL. */
 int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
                 const char *target, const cJSON *request);
-/* Worker-side progress (thread-safe). */
+/* Worker-side progress (thread-safe). set_work: the items and their total
+ * bytes (the op's duration is planned from them); set_pending: the same
+ * with no byte cost. */
+void hc_op_set_work(hc_op *op, long n, uint64_t bytes);
 void hc_op_set_pending(hc_op *op, long pending);
+/* Before the work on each item: waits until the item is due (so the items
+ * complete progressively over the op's duration). */
+void hc_op_pace(hc_op *op, uint64_t bytes);
 void hc_op_count(hc_op *op, bool success);
 bool hc_op_cancelled(hc_op *op);
 bool hc_op_stopping(hc_op *op);
@@ -210,6 +216,9 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
 /* Sets a terminal error (gRPC code) the op ends with, unless cancelled. */
 void hc_op_fail(hc_op *op, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 long hc_op_failures(hc_op *op);
+/* Fails the op with PERMISSION_DENIED (7) naming the service agent of
+ * target's project and what it lacks on bucket (read: import, write: export). */
+void hc_op_fail_agent(hc_op *op, const char *target, const char *bucket, bool write);
 
 void lro_init(void);
 int lro_load(void);
@@ -218,6 +227,8 @@ void lro_handle(emu_response *w, const char *method, const char *dataset, const 
                 const char *verb, const emu_request *r);
 void lro_list(emu_response *w, const char *dataset, const emu_request *r);
 void lro_delete_dataset(const char *dataset);
+/* Expires the op with this full name (NULL: all); returns how many. */
+int lro_expire(const char *name);
 void lro_logs(emu_response *w, const char *op_id);
 
 /* Workers (run on an op thread). */

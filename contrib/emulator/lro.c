@@ -3,10 +3,16 @@
  * Owns the operation records (DATA/healthcare/ops/ID.json, atomically
  * replaced at start, cancel and end), their per-file error logs
  * (DATA/healthcare/logs/ID.jsonl, served at /logs/ID) and one detached worker
- * thread per running operation. An operation stays done:false for at least
- * --lro-delay ms. Operations interrupted by a shutdown stay unfinished on
- * disk and are resumed by the next start (import, export and deletes are
- * idempotent).
+ * thread per running operation. Operations interrupted by a shutdown stay
+ * unfinished on disk and are resumed by the next start (import, export and
+ * deletes are idempotent).
+ *
+ * Realism (see README, "emulator"): an operation takes base + per instance
+ * + per MiB (emu_op_timing_get), its items complete progressively over that
+ * time so metadata.counter moves; operations on one target (a DICOM store)
+ * run one after another in start order; a start beyond the per-project cap
+ * of unfinished operations is refused 429 RESOURCE_EXHAUSTED; a finished
+ * operation expires op-ttl seconds after its end (404, gone from lists).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +36,11 @@ struct hc_op {
     struct timespec create, end;
     bool done, cancel_req, deleted;
     long success, failure, pending;
+    /* pacing: timing snapshot at run start, planned work, work paced so far */
+    struct timespec start;
+    emu_op_timing timing;
+    long work_n, paced_n;
+    uint64_t work_bytes, paced_bytes;
     int err_code;
     char *err_msg;
     struct hc_op *next;
@@ -116,10 +127,47 @@ static void save_next_id(void)
     }
 }
 
+static long elapsed_ms(const struct timespec *since)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
+}
+
+/* Removes an op from view and disk (L.mu held). A running op's worker sees
+ * it as cancelled and stops; what it did so far stays done. */
+static void op_expire(hc_op *o)
+{
+    o->deleted = true;
+    char *p;
+    if (asprintf(&p, "%s/%s.json", L.dir, o->id) >= 0) {
+        unlink(p);
+        free(p);
+    }
+    if (asprintf(&p, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+        unlink(p);
+        free(p);
+    }
+    pthread_cond_broadcast(&L.cv);
+}
+
+/* Whether an op can be seen; expires it lazily once op-ttl has passed since
+ * its end (L.mu held). */
+static bool op_visible(hc_op *o)
+{
+    if (o->deleted)
+        return false;
+    if (o->done && elapsed_ms(&o->end) / 1000 >= emu_op_ttl_s(hc_ctx())) {
+        op_expire(o);
+        return false;
+    }
+    return true;
+}
+
 static hc_op *op_find(const char *id)
 {
     for (hc_op *o = L.ops; o; o = o->next)
-        if (!o->deleted && strcmp(o->id, id) == 0)
+        if (strcmp(o->id, id) == 0 && op_visible(o))
             return o;
     return NULL;
 }
@@ -189,9 +237,10 @@ static cJSON *op_json(const hc_op *op)
         if (!op->done)
             add_count(c, "pending", op->pending);
     }
-    cJSON_AddBoolToObject(j, "done", op->done);
+    /* proto3 JSON leaves a false bool out, as the real API does. */
     if (!op->done)
         return j;
+    cJSON_AddBoolToObject(j, "done", true);
     if (op->err_code) {
         cJSON *e = cJSON_AddObjectToObject(j, "error");
         cJSON_AddNumberToObject(e, "code", op->err_code);
@@ -225,11 +274,52 @@ static cJSON *op_json(const hc_op *op)
 }
 
 /* ---- worker API ---- */
-void hc_op_set_pending(hc_op *op, long pending)
+void hc_op_set_work(hc_op *op, long n, uint64_t bytes)
 {
     pthread_mutex_lock(&L.mu);
-    op->pending = pending;
+    op->pending = n;
+    op->work_n = n;
+    op->work_bytes = bytes;
     pthread_mutex_unlock(&L.mu);
+}
+
+void hc_op_set_pending(hc_op *op, long pending)
+{
+    hc_op_set_work(op, pending, 0);
+}
+
+/* When (ms after the run start) n items of bytes in all are complete: the
+ * base spread over the items, plus their per-item and per-MiB costs. */
+static long plan_ms(const hc_op *op, long n, uint64_t bytes)
+{
+    const emu_op_timing *t = &op->timing;
+    double ms =
+        op->work_n > 0 ? (double)t->base_ms * (double)n / (double)op->work_n : (double)t->base_ms;
+    ms += (double)t->instance_ms * (double)n;
+    ms += (double)t->mib_ms * (double)bytes / (1024.0 * 1024.0);
+    return (long)ms;
+}
+
+/* Sleeps until due ms after the run start, or a cancel, expiry or stop. */
+static void wait_due(hc_op *op, long due)
+{
+    for (;;) {
+        long left = due - elapsed_ms(&op->start);
+        if (left <= 0 || hc_op_cancelled(op))
+            return;
+        struct timespec t = {0, (left < 20 ? left : 20) * 1000000L};
+        nanosleep(&t, NULL);
+    }
+}
+
+void hc_op_pace(hc_op *op, uint64_t bytes)
+{
+    pthread_mutex_lock(&L.mu);
+    op->paced_n++;
+    op->paced_bytes += bytes;
+    long due = plan_ms(op, op->paced_n, op->paced_bytes);
+    pthread_mutex_unlock(&L.mu);
+    wait_due(op, due);
 }
 
 void hc_op_count(hc_op *op, bool success)
@@ -288,6 +378,21 @@ void hc_op_fail(hc_op *op, int code, const char *fmt, ...)
     free(msg);
 }
 
+void hc_op_fail_agent(hc_op *op, const char *target, const char *bucket, bool write)
+{
+    /* target: projects/P/...; the agent is named after P's number. */
+    char project[256] = "";
+    const char *p = strncmp(target, "projects/", 9) == 0 ? target + 9 : target;
+    snprintf(project, sizeof project, "%.*s", (int)strcspn(p, "/"), p);
+    hc_op_fail(op, 7,
+               "Permission denied: the Cloud Healthcare service agent "
+               "service-%llu@gcp-sa-healthcare.iam.gserviceaccount.com lacks %s on gs://%s; "
+               "grant it %s on the bucket",
+               emu_project_number(project),
+               write ? "storage.objects.create" : "storage.objects.list and storage.objects.get",
+               bucket, write ? "roles/storage.objectAdmin" : "roles/storage.objectViewer");
+}
+
 void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
 {
     va_list ap;
@@ -329,22 +434,41 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
 }
 
 /* ---- worker thread ---- */
-static void sleep_ms(long ms)
+
+/* Whether an earlier unfinished op works on the same target (L.mu held):
+ * the service serialises operations on one store. */
+static bool earlier_running(const hc_op *op)
 {
-    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
+    unsigned long long id = strtoull(op->id, NULL, 10);
+    for (const hc_op *o = L.ops; o; o = o->next)
+        if (o != op && !o->done && !o->deleted && strcmp(o->target, op->target) == 0 &&
+            strtoull(o->id, NULL, 10) < id)
+            return true;
+    return false;
 }
 
-static long elapsed_ms(const struct timespec *since)
+/* Waits for its turn on the target; then the clock of its timing starts. */
+static void wait_turn(hc_op *op)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
+    pthread_mutex_lock(&L.mu);
+    while (earlier_running(op) && !op->cancel_req && !op->deleted && !L.stop &&
+           !emu_shutting_down(hc_ctx())) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        t.tv_nsec += 100000000L;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&L.cv, &L.mu, &t);
+    }
+    clock_gettime(CLOCK_REALTIME, &op->start);
+    emu_op_timing_get(hc_ctx(), &op->timing);
+    pthread_mutex_unlock(&L.mu);
 }
 
-static void *worker(void *arg)
+static void run_job(hc_op *op)
 {
-    hc_op *op = arg;
     hc_job job = {.op = op, .version = op->version, .target = op->target, .request = op->request};
     switch (op->kind) {
     case HC_OP_IMPORT:
@@ -360,15 +484,20 @@ static void *worker(void *arg)
     case HC_OP_CREATE_DATASET:
         break;
     }
-    long delay = emu_lro_delay_ms(hc_ctx());
-    while (!hc_op_stopping(op) && elapsed_ms(&op->create) < delay) {
-        pthread_mutex_lock(&L.mu);
-        bool c = op->cancel_req || op->deleted;
-        pthread_mutex_unlock(&L.mu);
-        if (c)
-            break;
-        sleep_ms(20);
-    }
+}
+
+static void *worker(void *arg)
+{
+    hc_op *op = arg;
+    wait_turn(op);
+    if (!hc_op_cancelled(op))
+        run_job(op);
+    /* The whole planned duration, even if the items went faster (or the
+     * job failed before it knew them: then the base alone). */
+    pthread_mutex_lock(&L.mu);
+    long due = plan_ms(op, op->work_n, op->work_bytes);
+    pthread_mutex_unlock(&L.mu);
+    wait_due(op, due);
     pthread_mutex_lock(&L.mu);
     if (!L.stop && !emu_shutting_down(hc_ctx())) {
         op->done = true;
@@ -408,6 +537,31 @@ static int op_spawn(hc_op *op)
     return rc;
 }
 
+/* Unfinished ops of the project of dataset (L.mu held). */
+static int running_in_project(const char *dataset)
+{
+    const char *slash = strchr(dataset + strlen("projects/"), '/');
+    size_t plen = slash ? (size_t)(slash - dataset) + 1 : strlen(dataset);
+    int n = 0;
+    for (const hc_op *o = L.ops; o; o = o->next)
+        if (!o->done && !o->deleted && strncmp(o->dataset, dataset, plen) == 0)
+            n++;
+    return n;
+}
+
+/* The per-project cap: answers 429 RESOURCE_EXHAUSTED (L.mu held). */
+static bool over_cap(emu_response *w, const char *dataset)
+{
+    int cap = emu_max_running_ops(hc_ctx());
+    if (cap <= 0 || running_in_project(dataset) < cap)
+        return false;
+    emu_resp_error(w, 429,
+                   "Quota exceeded: the project already runs %d long-running operations "
+                   "(limit %d, dicomfs-emulator --max-running-ops); retry when one has finished",
+                   cap, cap);
+    return true;
+}
+
 int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
                 const char *target, const cJSON *request)
 {
@@ -423,6 +577,11 @@ int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, cons
     op->request = cJSON_Duplicate(request, true);
     clock_gettime(CLOCK_REALTIME, &op->create);
     pthread_mutex_lock(&L.mu);
+    if (over_cap(w, dataset)) {
+        pthread_mutex_unlock(&L.mu);
+        op_free(op);
+        return -1;
+    }
     snprintf(op->id, sizeof op->id, "%llu", L.next_id++);
     save_next_id();
     if (asprintf(&op->name, "%s/operations/%s", dataset, op->id) < 0)
@@ -518,7 +677,7 @@ void lro_list(emu_response *w, const char *dataset, const emu_request *r)
     hc_op **v = calloc(n + 1, sizeof *v);
     size_t k = 0;
     for (hc_op *o = L.ops; v && o; o = o->next)
-        if (!o->deleted && strcmp(o->dataset, dataset) == 0 &&
+        if (op_visible(o) && strcmp(o->dataset, dataset) == 0 &&
             (want_done < 0 || o->done == (want_done == 1)))
             v[k++] = o;
     if (v)
@@ -544,21 +703,24 @@ void lro_list(emu_response *w, const char *dataset, const emu_request *r)
 void lro_delete_dataset(const char *dataset)
 {
     pthread_mutex_lock(&L.mu);
+    for (hc_op *o = L.ops; o; o = o->next)
+        if (!o->deleted && strcmp(o->dataset, dataset) == 0)
+            op_expire(o);
+    pthread_mutex_unlock(&L.mu);
+}
+
+int lro_expire(const char *name)
+{
+    int n = 0;
+    pthread_mutex_lock(&L.mu);
     for (hc_op *o = L.ops; o; o = o->next) {
-        if (o->deleted || strcmp(o->dataset, dataset) != 0)
+        if (o->deleted || (name && strcmp(o->name, name) != 0))
             continue;
-        o->deleted = true;
-        char *p;
-        if (asprintf(&p, "%s/%s.json", L.dir, o->id) >= 0) {
-            unlink(p);
-            free(p);
-        }
-        if (asprintf(&p, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
-            unlink(p);
-            free(p);
-        }
+        op_expire(o);
+        n++;
     }
     pthread_mutex_unlock(&L.mu);
+    return n;
 }
 
 void lro_logs(emu_response *w, const char *op_id)

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "emu_internal.h"
@@ -25,43 +26,75 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: dicomfs-emulator [options]\n"
-            "\n"
-            "Offline Google Cloud Healthcare API (v1, v1beta1), Cloud Storage JSON API and\n"
-            "OAuth2 token endpoint for tests and demos. Prints one 'export ...' line with the\n"
-            "environment clients need, then 'dicomfs-emulator ready on URL'.\n"
-            "\n"
-            "  --listen HOST:PORT        address (default 127.0.0.1:0 = a free port)\n"
-            "  --data DIR                state directory (default: a temp dir removed at exit)\n"
-            "  --project P --location L --dataset D --store S\n"
-            "                            pre-create a DICOM store (idempotent)\n"
-            "  --bucket B                pre-create a bucket (repeatable)\n"
-            "  --write-credentials FILE  write a service_account key (0600) whose token_uri\n"
-            "                            is this emulator\n"
-            "  --write-user-credentials FILE\n"
-            "                            write an authorized_user file (refresh-token grant)\n"
-            "  --no-auth                 accept API requests without a bearer token\n"
-            "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
-            "  --lro-delay MS            minimum duration of long-running operations\n"
-            "  --seed N                  seed for fault injection (default 1)\n"
-            "  --fail-rate F             fraction answered 429 (Retry-After: 1), 500 or 503\n"
-            "  --reset-rate F            fraction whose connection is closed mid-request or\n"
-            "                            mid-response\n"
-            "  --partial-rate F          fraction of resumable chunks of which only a part\n"
-            "                            (a 256 KiB multiple, maybe none) is kept: 308 + Range\n"
-            "  --latency-ms N            delay added to each faulted request\n"
-            "  --malformed-rate F        fraction of JSON responses truncated or garbled\n"
-            "  --fault-paths P[,P...]    only paths starting with one of these prefixes get\n"
-            "                            faults (e.g. /upload/,/v1/)\n"
-            "  --verbose                 log each request (never tokens)\n"
-            "  --help                    this text\n"
-            "\n"
-            "Faults never touch /_emulator/ (GET /_emulator/stats: request and fault counters;\n"
-            "POST "
-            "/_emulator/faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=\n"
-            "&fail_status=: failed requests get this status instead of 429/500/503; 0 resets).\n"
-            "Draws are repeatable for a seed; concurrent requests may take them in any order.\n");
+    fprintf(f, "usage: dicomfs-emulator [options]\n"
+               "\n"
+               "Offline Google Cloud Healthcare API (v1, v1beta1), Cloud Storage JSON API and\n"
+               "OAuth2 token endpoint for tests and demos. Prints one 'export ...' line with the\n"
+               "environment clients need, then 'dicomfs-emulator ready on URL'.\n"
+               "\n"
+               "  --listen HOST:PORT        address (default 127.0.0.1:0 = a free port)\n"
+               "  --data DIR                state directory (default: a temp dir removed at exit)\n"
+               "  --project P --location L --dataset D --store S\n"
+               "                            pre-create a DICOM store (idempotent)\n"
+               "  --bucket B                pre-create a bucket (repeatable)\n"
+               "  --write-credentials FILE  write a service_account key (0600) whose token_uri\n"
+               "                            is this emulator\n"
+               "  --write-user-credentials FILE\n"
+               "                            write an authorized_user file (refresh-token grant)\n"
+               "  --no-auth                 accept API requests without a bearer token\n"
+               "  --token-ttl S             access token lifetime in seconds (default 3600)\n"
+               "\n"
+               "Service realism (defaults: none of it; see README 'Realistic profile'):\n"
+               "  --profile realistic       op base 20 s, 50 ms per instance, 20 ms per MiB,\n"
+               "                            --max-running-ops 10, latency 30 ms, bandwidth\n"
+               "                            1000 Mbps, op-ttl 30 days; flags after it override\n"
+               "  --time-scale F            multiply the op timing (base, instance, MiB) by F,\n"
+               "                            0 < F <= 1 (short CI variant: 0.05)\n"
+               "  --op-base-ms MS           each long-running operation takes at least MS\n"
+               "  --lro-delay MS            the same (older name)\n"
+               "  --op-instance-ms MS       ... plus MS per instance imported/exported/deleted\n"
+               "  --op-mib-ms MS            ... plus MS per MiB imported/exported; counters move\n"
+               "                            progressively over that time\n"
+               "  --max-running-ops N       per-project cap of unfinished operations: a start\n"
+               "                            beyond it answers 429 RESOURCE_EXHAUSTED (0 = none)\n"
+               "  --op-ttl S                a finished operation expires S s after its end\n"
+               "                            (404 on get, gone from list; default 2592000)\n"
+               "  --latency-ms N            network latency added to every API request\n"
+               "  --bandwidth-mbps N        bandwidth shared by all connections (0 = none)\n"
+               "  --deny-agent-access B     the Healthcare service agent may neither read nor\n"
+               "                            write bucket B (repeatable)\n"
+               "  --refuse-tokens-for S     token grants answer 400 invalid_grant for S s\n"
+               "\n"
+               "Faults:\n"
+               "  --seed N                  seed for fault injection (default 1)\n"
+               "  --fail-rate F             fraction answered 429 (Retry-After: 1), 500 or 503\n"
+               "  --reset-rate F            fraction whose connection is closed mid-request or\n"
+               "                            mid-response\n"
+               "  --partial-rate F          fraction of resumable chunks of which only a part\n"
+               "                            (a 256 KiB multiple, maybe none) is kept: 308 + Range\n"
+               "  --fault-latency-ms N      delay added to each faulted-path request\n"
+               "  --malformed-rate F        fraction of JSON responses truncated or garbled\n"
+               "  --fault-paths P[,P...]    only paths starting with one of these prefixes get\n"
+               "                            faults (e.g. /upload/,/v1/)\n"
+               "  --verbose                 log each request (never tokens)\n"
+               "  --help                    this text\n"
+               "\n"
+               "Controls under /_emulator/ (never faulted or delayed; GET shows, POST sets):\n"
+               "  stats                                 counters, projectNumber\n"
+               "  faults?fail_rate=&reset_rate=&partial_rate=&malformed_rate=&latency_ms=\n"
+               "        &fail_status=                   (failed requests get this status\n"
+               "                                        instead of 429/500/503; 0 resets)\n"
+               "  timing?base_ms=&instance_ms=&mib_ms=\n"
+               "  limits?max_running_ops=&op_ttl_s=\n"
+               "  network?latency_ms=&bandwidth_mbps=\n"
+               "  agent-access?bucket=B&read=0|1&write=0|1\n"
+               "  token-refusal?seconds=S               (0 ends it)\n"
+               "  operations/expire?name=FULL_OP_NAME   (or all=1)\n"
+               "  lose-response?match=SUBSTR&count=N    the next N requests whose 'METHOD\n"
+               "                                        PATH' contains SUBSTR are carried out,\n"
+               "                                        then their connection is closed\n"
+               "Fault draws are repeatable for a seed; concurrent requests may take them in\n"
+               "any order.\n");
 }
 
 enum {
@@ -86,7 +119,41 @@ enum {
     OPT_FAULT_PATHS,
     OPT_VERBOSE,
     OPT_HELP,
+    OPT_FAULT_LATENCY,
+    OPT_OP_BASE,
+    OPT_OP_INSTANCE,
+    OPT_OP_MIB,
+    OPT_MAX_RUNNING,
+    OPT_OP_TTL,
+    OPT_BANDWIDTH,
+    OPT_PROFILE,
+    OPT_TIME_SCALE,
+    OPT_DENY_AGENT,
+    OPT_REFUSE_TOKENS,
 };
+
+/* The service-realism settings, gathered in command-line order (a profile
+ * sets them all; a later flag overrides one) and applied after parsing. */
+typedef struct realism {
+    long base_ms, instance_ms, mib_ms;
+    long max_running;
+    long ttl_s;
+    long latency_ms, bandwidth_mbps;
+    double time_scale;
+    long refuse_tokens_s;
+} realism;
+
+/* The documented realistic profile (README, "Realistic profile"). */
+static void profile_realistic(realism *rl)
+{
+    rl->base_ms = 20000;
+    rl->instance_ms = 50;
+    rl->mib_ms = 20;
+    rl->max_running = 10;
+    rl->latency_ms = 30;
+    rl->bandwidth_mbps = 1000;
+    rl->ttl_s = 2592000;
+}
 
 typedef struct opts {
     const char *listen;
@@ -95,6 +162,9 @@ typedef struct opts {
     const char *buckets[MAX_BUCKETS];
     int nbuckets;
     const char *creds, *user_creds;
+    const char *deny[MAX_BUCKETS];
+    int ndeny;
+    realism rl;
     bool verbose;
 } opts;
 
@@ -145,6 +215,17 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
         {"malformed-rate", required_argument, NULL, OPT_MALFORMED},
         {"partial-rate", required_argument, NULL, OPT_PARTIAL},
         {"fault-paths", required_argument, NULL, OPT_FAULT_PATHS},
+        {"fault-latency-ms", required_argument, NULL, OPT_FAULT_LATENCY},
+        {"op-base-ms", required_argument, NULL, OPT_OP_BASE},
+        {"op-instance-ms", required_argument, NULL, OPT_OP_INSTANCE},
+        {"op-mib-ms", required_argument, NULL, OPT_OP_MIB},
+        {"max-running-ops", required_argument, NULL, OPT_MAX_RUNNING},
+        {"op-ttl", required_argument, NULL, OPT_OP_TTL},
+        {"bandwidth-mbps", required_argument, NULL, OPT_BANDWIDTH},
+        {"profile", required_argument, NULL, OPT_PROFILE},
+        {"time-scale", required_argument, NULL, OPT_TIME_SCALE},
+        {"deny-agent-access", required_argument, NULL, OPT_DENY_AGENT},
+        {"refuse-tokens-for", required_argument, NULL, OPT_REFUSE_TOKENS},
         {"verbose", no_argument, NULL, OPT_VERBOSE},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
@@ -193,9 +274,60 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
             ctx->token_ttl = (int)n;
             break;
         case OPT_LRO:
-            if (parse_int("--lro-delay", optarg, 0, 3600000, &n) != 0)
+        case OPT_OP_BASE:
+            if (parse_int(c == OPT_LRO ? "--lro-delay" : "--op-base-ms", optarg, 0, 3600000,
+                          &o->rl.base_ms) != 0)
                 return -1;
-            ctx->lro_delay_ms = (int)n;
+            break;
+        case OPT_OP_INSTANCE:
+            if (parse_int("--op-instance-ms", optarg, 0, 600000, &o->rl.instance_ms) != 0)
+                return -1;
+            break;
+        case OPT_OP_MIB:
+            if (parse_int("--op-mib-ms", optarg, 0, 600000, &o->rl.mib_ms) != 0)
+                return -1;
+            break;
+        case OPT_MAX_RUNNING:
+            if (parse_int("--max-running-ops", optarg, 0, 1000000, &o->rl.max_running) != 0)
+                return -1;
+            break;
+        case OPT_OP_TTL:
+            if (parse_int("--op-ttl", optarg, 0, 315360000, &o->rl.ttl_s) != 0)
+                return -1;
+            break;
+        case OPT_BANDWIDTH:
+            if (parse_int("--bandwidth-mbps", optarg, 0, 1000000, &o->rl.bandwidth_mbps) != 0)
+                return -1;
+            break;
+        case OPT_REFUSE_TOKENS:
+            if (parse_int("--refuse-tokens-for", optarg, 0, 86400 * 7, &o->rl.refuse_tokens_s) != 0)
+                return -1;
+            break;
+        case OPT_PROFILE:
+            if (strcmp(optarg, "realistic") != 0) {
+                fprintf(stderr, "dicomfs-emulator: --profile knows only 'realistic', got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            profile_realistic(&o->rl);
+            break;
+        case OPT_TIME_SCALE: {
+            char *end;
+            double f = strtod(optarg, &end);
+            if (*end || !(f > 0 && f <= 1)) {
+                fprintf(stderr, "dicomfs-emulator: --time-scale wants 0 < F <= 1, got '%s'\n",
+                        optarg);
+                return -1;
+            }
+            o->rl.time_scale = f;
+            break;
+        }
+        case OPT_DENY_AGENT:
+            if (o->ndeny == MAX_BUCKETS) {
+                fprintf(stderr, "dicomfs-emulator: at most %d --deny-agent-access\n", MAX_BUCKETS);
+                return -1;
+            }
+            o->deny[o->ndeny++] = optarg;
             break;
         case OPT_SEED: {
             char *end;
@@ -223,7 +355,11 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
                 return -1;
             break;
         case OPT_LATENCY:
-            if (parse_int("--latency-ms", optarg, 0, 600000, &n) != 0)
+            if (parse_int("--latency-ms", optarg, 0, 600000, &o->rl.latency_ms) != 0)
+                return -1;
+            break;
+        case OPT_FAULT_LATENCY:
+            if (parse_int("--fault-latency-ms", optarg, 0, 600000, &n) != 0)
                 return -1;
             ctx->fault_cfg.latency_ms = (int)n;
             break;
@@ -347,6 +483,33 @@ static int precreate(emu_ctx *ctx, const opts *o)
     return 0;
 }
 
+/* Puts the realism settings into the context (after parsing: the time
+ * scale applies to the final timing values, whichever flag set them). */
+static int apply_realism(emu_ctx *ctx, const opts *o)
+{
+    const realism *rl = &o->rl;
+    double f = rl->time_scale > 0 ? rl->time_scale : 1.0;
+    atomic_store(&ctx->ops.base_ms, (int)((double)rl->base_ms * f));
+    atomic_store(&ctx->ops.instance_ms, (int)((double)rl->instance_ms * f));
+    atomic_store(&ctx->ops.mib_ms, (int)((double)rl->mib_ms * f));
+    atomic_store(&ctx->ops.max_running, (int)rl->max_running);
+    atomic_store(&ctx->ops.ttl_s, rl->ttl_s);
+    ctx->net = emu_net_new((int)rl->latency_ms, (int)rl->bandwidth_mbps);
+    ctx->iam = emu_iam_new();
+    if (!ctx->net || !ctx->iam)
+        return -1;
+    for (int i = 0; i < o->ndeny; i++)
+        if (emu_iam_set(ctx->iam, o->deny[i], 0, 0) != 0)
+            return -1;
+    if (rl->refuse_tokens_s > 0) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        atomic_store(&ctx->refuse_tokens_until_ms,
+                     (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 + rl->refuse_tokens_s * 1000);
+    }
+    return 0;
+}
+
 static void print_ready(emu_ctx *ctx, const opts *o)
 {
     printf("export STORAGE_EMULATOR_HOST=%s CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE=%s/ "
@@ -363,6 +526,8 @@ static void cleanup(emu_ctx *ctx)
     emu_oauth_close(ctx);
     emu_store_close(ctx->store);
     emu_faults_free(ctx->faults);
+    emu_net_free(ctx->net);
+    emu_iam_free(ctx->iam);
     if (ctx->data_dir_is_temp)
         nftw(ctx->data_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(ctx->data_dir);
@@ -371,7 +536,7 @@ static void cleanup(emu_ctx *ctx)
 int main(int argc, char **argv)
 {
     static emu_ctx ctx;
-    opts o = {0};
+    opts o = {.rl = {.ttl_s = 2592000}};
     ctx.token_ttl = 3600;
     ctx.fault_cfg.seed = 1;
     log_init("dicomfs-emulator", false, LOG_WARNING);
@@ -394,7 +559,8 @@ int main(int argc, char **argv)
     int rc = 1;
     int lfd = -1;
     ctx.faults = emu_faults_new(&ctx.fault_cfg);
-    if (!ctx.faults || !emu_store_open(&ctx) || emu_oauth_open(&ctx) != 0)
+    if (!ctx.faults || apply_realism(&ctx, &o) != 0 || !emu_store_open(&ctx) ||
+        emu_oauth_open(&ctx) != 0)
         goto out;
     lfd = open_listener(o.listen, &ctx);
     if (lfd < 0)

@@ -671,6 +671,21 @@ static void refresh_grant(emu_ctx *ctx, const char *body, size_t len, emu_respon
         grant_error(w, 400, "invalid_grant", "Bad Request");
 }
 
+/* True while /_emulator/token-refusal (or --refuse-tokens-for) is in
+ * force; counts the refusal. */
+static bool refusing(emu_ctx *ctx)
+{
+    long long until = atomic_load(&ctx->refuse_tokens_until_ms);
+    if (until == 0)
+        return false;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 >= until)
+        return false;
+    atomic_fetch_add(&ctx->stats.token_refused, 1);
+    return true;
+}
+
 void emu_oauth_token_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
 {
     if (strcmp(emu_req_method(r), "POST") != 0) {
@@ -685,7 +700,14 @@ void emu_oauth_token_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
         return;
     }
     char *grant = form_value(body, len, "grant_type");
-    if (!grant)
+    bool known = grant && (strcmp(grant, "refresh_token") == 0 ||
+                           strcmp(grant, "urn:ietf:params:oauth:grant-type:jwt-bearer") == 0);
+    if (known && refusing(ctx))
+        /* As after a revoked credential or with a clock far off. */
+        grant_error(w, 400, "invalid_grant",
+                    "Token has been expired or revoked (refused by dicomfs-emulator: "
+                    "/_emulator/token-refusal).");
+    else if (!grant)
         grant_error(w, 400, "invalid_request", "Missing required parameter: grant_type");
     else if (strcmp(grant, "urn:ietf:params:oauth:grant-type:jwt-bearer") == 0)
         jwt_grant(ctx, body, len, w);
@@ -719,7 +741,12 @@ void emu_oauth_metadata_handle(emu_ctx *ctx, const emu_request *r, emu_response 
     const char *p = path + strlen("/computeMetadata/v1");
     char email[256];
     sa_email(ctx, email, sizeof(email));
-    if (strcmp(p, "/instance/service-accounts/default/token") == 0) {
+    if (strcmp(p, "/instance/service-accounts/default/token") == 0 && refusing(ctx)) {
+        /* The metadata server answers in text, not the OAuth2 JSON. */
+        meta_text(w, 500,
+                  "Could not fetch URI /computeMetadata/v1/instance/service-accounts/default/"
+                  "token: invalid_grant: token refused by dicomfs-emulator\n");
+    } else if (strcmp(p, "/instance/service-accounts/default/token") == 0) {
         issue_token(ctx, w);
         emu_resp_header(w, "Metadata-Flavor", "Google");
     } else if (strcmp(p, "/project/project-id") == 0) {

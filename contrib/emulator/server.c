@@ -3,7 +3,8 @@
  * Owns request assembly (bodies in memory up to 64 MiB, then spooled to a
  * temp file under DATA/tmp; resumable chunks handed as they arrive to the
  * sink gcs_api.c opens for them), routing by path prefix, the bearer-token check,
- * fault injection (errors, resets, latency, malformed JSON) and the response
+ * fault injection (errors, resets, latency, malformed JSON, lost answers), the
+ * network's latency and bandwidth (network.c) and the response
  * objects the API modules fill in. One thread per connection, so a slow
  * handler (a 1 GiB upload, an LRO wait) never blocks other clients.
  */
@@ -85,9 +86,21 @@ const char *emu_base_url(const emu_ctx *ctx)
     return ctx->base_url;
 }
 
-int emu_lro_delay_ms(const emu_ctx *ctx)
+void emu_op_timing_get(const emu_ctx *ctx, emu_op_timing *t)
 {
-    return ctx->lro_delay_ms;
+    t->base_ms = atomic_load(&ctx->ops.base_ms);
+    t->instance_ms = atomic_load(&ctx->ops.instance_ms);
+    t->mib_ms = atomic_load(&ctx->ops.mib_ms);
+}
+
+int emu_max_running_ops(const emu_ctx *ctx)
+{
+    return atomic_load(&ctx->ops.max_running);
+}
+
+long long emu_op_ttl_s(const emu_ctx *ctx)
+{
+    return atomic_load(&ctx->ops.ttl_s);
 }
 
 bool emu_req_fault_partial(const emu_request *r, uint32_t *aux)
@@ -550,64 +563,11 @@ static enum emu_kind route_kind(const char *path)
     return EMU_KIND_OTHER;
 }
 
-static const char *kind_name(enum emu_kind k)
+const char *emu_kind_name(enum emu_kind k)
 {
     static const char *names[] = {"gcs",        "upload", "download", "token", "metadata",
                                   "healthcare", "logs",   "control",  "other"};
     return k < EMU_KIND_COUNT ? names[k] : "other";
-}
-
-static cJSON *stats_json(emu_ctx *ctx)
-{
-    emu_stats *s = &ctx->stats;
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddNumberToObject(root, "total", (double)atomic_load(&s->total));
-    cJSON *kinds = cJSON_AddObjectToObject(root, "byKind");
-    for (int k = 0; k < EMU_KIND_COUNT; k++)
-        cJSON_AddNumberToObject(kinds, kind_name(k), (double)atomic_load(&s->by_kind[k]));
-    cJSON *cls = cJSON_AddObjectToObject(root, "byStatusClass");
-    static const char *cn[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
-    for (int i = 0; i < 6; i++)
-        cJSON_AddNumberToObject(cls, cn[i], (double)atomic_load(&s->by_class[i]));
-    cJSON *f = cJSON_AddObjectToObject(root, "faults");
-    cJSON_AddNumberToObject(f, "http429", (double)atomic_load(&s->fault_429));
-    cJSON_AddNumberToObject(f, "http500", (double)atomic_load(&s->fault_500));
-    cJSON_AddNumberToObject(f, "http503", (double)atomic_load(&s->fault_503));
-    cJSON_AddNumberToObject(f, "resets", (double)atomic_load(&s->fault_reset));
-    cJSON_AddNumberToObject(f, "malformed", (double)atomic_load(&s->fault_malformed));
-    cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
-    cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
-    cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
-    cJSON_AddItemToObject(root, "faultConfig", emu_faults_json(ctx->faults));
-    return root;
-}
-
-static double query_double(const emu_request *r, const char *key)
-{
-    const char *v = emu_req_query(r, key);
-    return v ? strtod(v, NULL) : -1;
-}
-
-static void handle_control(emu_ctx *ctx, const emu_request *r, emu_response *w)
-{
-    if (strcmp(r->path, "/_emulator/stats") == 0) {
-        emu_resp_json(w, 200, stats_json(ctx));
-        return;
-    }
-    if (strcmp(r->path, "/_emulator/faults") == 0) {
-        if (strcmp(r->method, "POST") == 0) {
-            const char *lat = emu_req_query(r, "latency_ms");
-            emu_faults_set(ctx->faults, query_double(r, "fail_rate"), query_double(r, "reset_rate"),
-                           query_double(r, "partial_rate"), query_double(r, "malformed_rate"),
-                           lat ? atoi(lat) : -1);
-            const char *fs = emu_req_query(r, "fail_status");
-            if (fs)
-                emu_faults_set_status(ctx->faults, atoi(fs));
-        }
-        emu_resp_json(w, 200, emu_faults_json(ctx->faults));
-        return;
-    }
-    emu_resp_error(w, 404, "No such emulator control path: %s", r->path);
 }
 
 static bool needs_auth(emu_ctx *ctx, const emu_request *r)
@@ -648,7 +608,7 @@ static void dispatch(emu_ctx *ctx, emu_request *r, emu_response *w)
     }
     switch (r->kind) {
     case EMU_KIND_CONTROL:
-        handle_control(ctx, r, w);
+        emu_control_handle(ctx, r, w);
         return;
     case EMU_KIND_GCS:
     case EMU_KIND_UPLOAD:
@@ -702,55 +662,72 @@ static void garble_json(emu_response *w, uint32_t aux)
     }
 }
 
-struct reset_reader {
+/* A body served through a callback: cut after limit bytes (a reset
+ * fault) and/or paced by the shared bandwidth cap (net non-NULL). */
+struct body_reader {
     emu_response w; /* owned copy of the body */
     uint64_t limit; /* bytes served before the connection is cut */
+    emu_net *net;
 };
 
-static ssize_t reset_read(void *cls, uint64_t pos, char *buf, size_t max)
+static ssize_t body_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
-    struct reset_reader *rr = cls;
-    if (pos >= rr->limit)
+    struct body_reader *br = cls;
+    if (pos >= br->limit)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     size_t n = max;
-    if (n > rr->limit - pos)
-        n = (size_t)(rr->limit - pos);
-    if (rr->w.kind == BODY_MEM) {
-        memcpy(buf, rr->w.data + pos, n);
-        return (ssize_t)n;
+    if (n > br->limit - pos)
+        n = (size_t)(br->limit - pos);
+    ssize_t got;
+    if (br->w.kind == BODY_MEM) {
+        memcpy(buf, br->w.data + pos, n);
+        got = (ssize_t)n;
+    } else {
+        got = pread(br->w.fd, buf, n, br->w.off + (off_t)pos);
+        if (got <= 0)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    ssize_t got = pread(rr->w.fd, buf, n, rr->w.off + (off_t)pos);
-    return got > 0 ? got : MHD_CONTENT_READER_END_WITH_ERROR;
+    if (br->net)
+        emu_net_transfer(br->net, (uint64_t)got);
+    return got;
 }
 
-static void reset_free(void *cls)
+static void body_reader_free(void *cls)
 {
-    struct reset_reader *rr = cls;
-    resp_free(&rr->w);
-    free(rr);
+    struct body_reader *br = cls;
+    resp_free(&br->w);
+    free(br);
 }
 
-static struct MHD_Response *make_reset_response(emu_response *w, uint32_t aux)
+/* Moves w's body into a callback response. cut: serve only part of it. */
+static struct MHD_Response *make_reader_response(emu_response *w, bool cut, uint32_t aux,
+                                                 emu_net *net)
 {
     uint64_t total = w->kind == BODY_MEM ? w->len : w->flen;
-    struct reset_reader *rr = calloc(1, sizeof(*rr));
-    if (!rr)
+    struct body_reader *br = calloc(1, sizeof(*br));
+    if (!br)
         return NULL;
-    rr->w = *w;
+    br->w = *w;
+    br->net = net;
     /* The response object now belongs to the reader; leave headers to the caller. */
-    rr->w.hdrs = NULL;
-    rr->w.nhdrs = 0;
+    br->w.hdrs = NULL;
+    br->w.nhdrs = 0;
     w->data = NULL;
     w->fd = -1;
     w->content_type = NULL;
     w->kind = BODY_NONE;
-    rr->limit = total / 2 + (aux % (total / 4 + 1)) / 2;
-    if (rr->limit >= total)
-        rr->limit = total ? total - 1 : 0;
+    br->limit = total;
+    if (cut) {
+        br->limit = total / 2 + (aux % (total / 4 + 1)) / 2;
+        if (br->limit >= total)
+            br->limit = total ? total - 1 : 0;
+    }
+    /* Small blocks under a cap, so concurrent bodies interleave on the link. */
+    size_t block = net ? 16 * 1024 : 64 * 1024;
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(total, 64 * 1024, reset_read, rr, reset_free);
+        MHD_create_response_from_callback(total, block, body_read, br, body_reader_free);
     if (!resp)
-        reset_free(rr);
+        body_reader_free(br);
     return resp;
 }
 
@@ -762,11 +739,13 @@ static struct MHD_Response *make_response(emu_ctx *ctx, emu_request *r, emu_resp
         garble_json(w, r->plan.aux);
         atomic_fetch_add(&ctx->stats.fault_malformed, 1);
     }
+    emu_net *net = r->kind != EMU_KIND_CONTROL && emu_net_capped(ctx->net) ? ctx->net : NULL;
     if (r->plan.reset && has_body) {
         atomic_fetch_add(&ctx->stats.fault_reset, 1);
-        resp = make_reset_response(w, r->plan.aux);
-        return resp;
+        return make_reader_response(w, true, r->plan.aux, net);
     }
+    if (net && has_body)
+        return make_reader_response(w, false, 0, net);
     if (w->kind == BODY_MEM) {
         resp = MHD_create_response_from_buffer(w->len, w->data, MHD_RESPMEM_MUST_FREE);
         if (resp)
@@ -868,6 +847,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         r->received += n;
+        if (r->kind != EMU_KIND_CONTROL)
+            emu_net_transfer(ctx->net, n);
         if (r->plan.reset_early && r->received > r->reset_after) {
             atomic_fetch_add(&ctx->stats.fault_reset, 1);
             atomic_fetch_add(&ctx->stats.by_class[0], 1);
@@ -884,6 +865,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&ctx->stats.by_class[0], 1);
         return MHD_NO;
     }
+    if (r->kind != EMU_KIND_CONTROL)
+        emu_net_latency(ctx->net);
     if (r->plan.latency_ms > 0) {
         atomic_fetch_add(&ctx->stats.fault_latency, 1);
         sleep_ms(r->plan.latency_ms);
@@ -902,6 +885,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         emu_resp_error(&w, 500, "The emulator could not store the request body.");
     } else {
         dispatch(ctx, r, &w);
+    }
+    if (r->kind != EMU_KIND_CONTROL && emu_faults_take_lose(ctx->faults, r->method, r->path)) {
+        /* Carried out, but the answer never arrives. */
+        atomic_fetch_add(&ctx->stats.lost_responses, 1);
+        atomic_fetch_add(&ctx->stats.by_class[0], 1);
+        resp_free(&w);
+        return MHD_NO;
     }
     if (r->plan.reset && !(w.kind == BODY_MEM && w.len > 0) &&
         !(w.kind == BODY_FILE && w.flen > 0)) {

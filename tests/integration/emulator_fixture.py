@@ -12,11 +12,17 @@ written key), .jwt(), .stats(), .restart() and .stop().
 
 The binary is $DICOMFS_BUILD/contrib/emulator/dicomfs-emulator
 (DICOMFS_BUILD defaults to <repo>/build-san).
+
+$DICOMFS_EMU_ARGS (shlex-split) is added to every emulator started here, so
+that the whole suite runs under a service profile, e.g.
+DICOMFS_EMU_ARGS="--profile realistic --time-scale 0.05". Its words come
+before a test's own extra arguments: what a test sets explicitly wins.
 """
 import base64
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -84,6 +90,7 @@ class Emulator:
             args += ["--write-credentials", self.credentials]
         if self.defaults:
             args += DEFAULT_ARGS
+        args += shlex.split(os.environ.get("DICOMFS_EMU_ARGS", ""))
         return args + self.extra_args
 
     def start(self):

@@ -728,12 +728,12 @@ def tmpfs_factory():
 
 
 def copy_and_catch_mid_upload(emulator_factory, res_mounts, src, commit_delay):
-    """An emulator whose uploads are slow (150 ms latency on /upload/ only), a
+    """An emulator whose uploads are slow (150 ms fault latency on /upload/ only), a
     mount with 4 upload threads, 200 files copied in with cp -r, then a wait
     until the status shows some files uploaded and others still pending: the
     moment the crash and restart suites strike. Returns (emulator, mount,
     files, status counters at that moment)."""
-    emu = emulator_factory("--latency-ms", "150", "--fault-paths", "/upload/")
+    emu = emulator_factory("--fault-latency-ms", "150", "--fault-paths", "/upload/")
     files = make_tree(src, 200, studies=4)
     m = res_mounts(emu, commit_delay=commit_delay, uploads=4)
     rc, err = cp_r(src, m.import_dir)

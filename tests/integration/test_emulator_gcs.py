@@ -497,7 +497,7 @@ def test_reset_rate_cuts_connections(emulator_factory):
 
 
 def test_latency(emulator_factory):
-    emu = emulator_factory("--latency-ms", "300", "--fault-paths", "/storage/")
+    emu = emulator_factory("--fault-latency-ms", "300", "--fault-paths", "/storage/")
     emu.token()
     t0 = time.monotonic()
     assert emu.request("GET", "/storage/v1/b/staging")[0] == 200
