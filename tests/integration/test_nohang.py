@@ -133,3 +133,104 @@ def test_server_stopped_nothing_hangs(emulator_factory, res_mounts, tmp_path):  
         max(cp_waits))
     log = m.log()
     assert "timeout=" in log, "no log line said why a listing was served stale:\n" + m.log_tail()
+
+
+def control(emu, path, **params):
+    """POST /_emulator/PATH?params (the emulator's controls)."""
+    import json
+    import urllib.parse
+    q = urllib.parse.urlencode(params)
+    status, _, body = emu.request("POST", "/_emulator/%s?%s" % (path, q), auth=False)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def copy_all(src, files, m):
+    """cp of every file, one cp each (kill-timeouts); returns (accepted,
+    longest cp in seconds)."""
+    loop = ru.CopyLoop(src, files, m.import_dir)
+    t0 = time.monotonic()
+    loop.run()
+    assert loop.failed == [], "cp into import/ failed: %r" % loop.failed[:3]
+    return loop.accepted, time.monotonic() - t0
+
+
+def wait_status(m, pred, timeout):
+    """Polls STORE/status until pred(text); returns the last text."""
+    seen = {"text": ""}
+
+    def check():
+        seen["text"] = status_text(m)
+        return pred(seen["text"])
+
+    ru.wait_until(check, timeout, interval=0.3)
+    return seen["text"]
+
+
+def test_token_refusal_longer_than_a_token_life(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """--token-ttl 6, then the token endpoint answers invalid_grant for 18 s
+    while files arrive: nothing fails, the status says why it waits, all is
+    imported after."""
+    emu = emulator_factory("--token-ttl", "6")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 40, studies=2)
+    m = res_mounts(emu, commit_delay=1)
+    for d in (m.mnt, m.dataset_dir, m.store_dir):  # a person looks before copying
+        assert timed(["ls", d])[1] == 0, d
+    control(emu, "token-refusal", seconds=18)
+    t0 = time.monotonic()
+    time.sleep(7)  # the mount's token expired: every refresh is refused now
+    accepted, copy_s = copy_all(src, files, m)
+    text = wait_status(m, lambda t: "paused: the credentials were refused" in t, 30)
+    paused_line = [ln for ln in text.splitlines() if ln.startswith("paused:")]
+    counts = finish(emu, m, files, accepted, "token-refusal-18s",
+                    dict(copy_seconds=round(copy_s, 2), paused_line=paused_line[:1],
+                         seconds_to_all_imported=round(time.monotonic() - t0, 1)))
+    assert paused_line, "no status line named the cause:\n" + text + m.log_tail(40)
+    assert "gcloud auth application-default login" in paused_line[0], paused_line
+    assert "paused:" not in status_text(m), "still paused after the outage"
+    assert counts.get("imported") == len(files)
+
+
+def test_service_agent_without_access(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """The Healthcare service agent cannot read the staging bucket: imports
+    end with PERMISSION_DENIED. The status line names the agent and the
+    role; no file fails; all is imported once access is given."""
+    emu = emulator_factory()
+    number = emu.stats()["projectNumber"]
+    agent = "service-%s@gcp-sa-healthcare.iam.gserviceaccount.com" % number
+    control(emu, "agent-access", bucket="staging", read=0)
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 20, studies=2)
+    m = res_mounts(emu, commit_delay=1)
+    accepted, copy_s = copy_all(src, files, m)
+    text = wait_status(m, lambda t: agent in t, 60)
+    paused_line = [ln for ln in text.splitlines() if ln.startswith("paused:")]
+    counts, failed = m.status()
+    assert not failed, failed
+    control(emu, "agent-access", bucket="staging", read=1)
+    finish(emu, m, files, accepted, "service-agent-denied",
+           dict(copy_seconds=round(copy_s, 2), paused_line=paused_line[:1]))
+    assert paused_line and agent in paused_line[0], text
+    assert "roles/storage.objectViewer" in paused_line[0] and "gs://staging" in paused_line[0]
+
+
+def test_operation_vanishes_mid_poll(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """The import operation answers 404 while it runs (expired): its files
+    are checked in the store and the missing ones imported again."""
+    emu = emulator_factory("--op-base-ms", "4000")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 20, studies=2)
+    m = res_mounts(emu, commit_delay=1)
+    accepted, copy_s = copy_all(src, files, m)
+    names = []
+
+    def op_running():
+        names[:] = ru.operations_list(emu)
+        return bool(names)
+
+    assert ru.wait_until(op_running, 60), "no import started:\n" + m.log_tail()
+    control(emu, "operations/expire", name=names[0])
+    finish(emu, m, files, accepted, "operation-404",
+           dict(copy_seconds=round(copy_s, 2), expired=names[0]))
+    assert "is gone (404)" in m.log(), m.log_tail()
