@@ -794,7 +794,8 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     /* libcurl silently re-sends a request once when a reused connection turns
      * out to be dead. For a POST that starts work (import, export, create) that
      * could start it twice, so such requests always get a fresh connection. */
-    if (!req->idempotent && req->method && strcmp(req->method, "POST") == 0)
+    if ((!req->idempotent || req->unless_unanswered) && req->method &&
+        strcmp(req->method, "POST") == 0)
         curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
@@ -862,6 +863,13 @@ static bool curl_code_retryable(CURLcode code)
     default:
         return false;
     }
+}
+
+/* The request cannot have reached the server. */
+static bool never_sent(CURLcode code)
+{
+    return code == CURLE_COULDNT_CONNECT || code == CURLE_SSL_CONNECT_ERROR ||
+           code == CURLE_COULDNT_RESOLVE_HOST;
 }
 
 /* The Retry-After of the last response in ms, or -1. */
@@ -1036,7 +1044,8 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
             return deadline_error(method, url, what, err);
         }
         bool retryable = o.code == CURLE_OK ? http_status_retryable(o.status)
-                                            : (!o.rc && curl_code_retryable(o.code));
+                                            : (!o.rc && curl_code_retryable(o.code) &&
+                                               (!req->unless_unanswered || never_sent(o.code)));
         if (!retryable || !req->idempotent || retries + 1 >= c->retry.max_attempts)
             break;
         double ra = o.code == CURLE_OK ? retry_after_of(&x) : -1;

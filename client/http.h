@@ -107,8 +107,12 @@ typedef struct http_request {
     off_t response_fd_offset;
     size_t max_body; /* cap on an in-memory response; default 64 MiB */
     bool idempotent; /* may be retried on 408/429/5xx/connection errors */
-    bool no_auth;    /* do not attach the bearer token (e.g. token endpoint) */
-    long timeout_s;  /* whole-request timeout, 0 = none (low-speed limit still applies) */
+    /* With idempotent: not after a lost or cut answer (the server may have
+     * acted; the caller reconciles), only after an answer saying it did not
+     * act or a connection that was never made. */
+    bool unless_unanswered;
+    bool no_auth;   /* do not attach the bearer token (e.g. token endpoint) */
+    long timeout_s; /* whole-request timeout, 0 = none (low-speed limit still applies) */
     http_body_observer body_observer; /* NULL: none (see http_body_observer) */
     void *body_observer_ctx;
 } http_request;

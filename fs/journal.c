@@ -725,7 +725,7 @@ static int ops_each(void *vctx, const char *key, const void *val, size_t len)
     const char *kind = memchr(op, '\0', (size_t)(end - op));
     if (!kind || ++kind >= end || end[-1] != '\0')
         return 0;
-    if (strcmp(s, o->store) != 0)
+    if (o->store && strcmp(s, o->store) != 0)
         return 0;
     return o->cb(o->ctx, op, kind);
 }

@@ -63,6 +63,7 @@
  * resume polling their operation. An ACCEPTED file whose spool file is gone becomes FAILED with a
  * loud error.
  */
+#include "adopt.h"
 #include "failpolicy.h"
 #include "import_int.h"
 
@@ -74,6 +75,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -665,19 +667,46 @@ static void seal(import_mgr *m, batch *b, double now)
     imp_batch_journal(m, b);
 }
 
+/* Starts the import of batch id, or adopts the operation of an earlier
+ * start whose answer was lost (adopt.h); journals the operation (unlocked). */
+static int start_or_adopt(import_mgr *m, const char *id, const char *store, const char *uri,
+                          char **op, http_error *err)
+{
+    if (!store || !uri)
+        return HC_ERR_NOMEM;
+    time_t lost = adopt_intent_get(m->j, id);
+    int found = lost ? adopt_lost_import(m->hc, m->j, store, lost, op, err) : 0;
+    if (found < 0)
+        return HC_ERR_HTTP; /* cannot tell: do not start a second one */
+    int rc = HC_OK;
+    if (!found) {
+        if (adopt_intent_put(m->j, id, time(NULL)) != 0) {
+            snprintf(err->message, sizeof err->message, "cannot journal the import start");
+            return HC_ERR_IO;
+        }
+        rc = hc_import(m->hc, store, uri, op, err);
+    }
+    if (rc == HC_OK && *op)
+        rc = journal_add_operation(m->j, store, *op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    /* Keep the intent while the start may have happened untracked. */
+    if (rc == HC_OK || (rc != HC_ERR_IO && !adopt_maybe_started(rc, err)))
+        adopt_intent_del(m->j, id);
+    return rc;
+}
+
 static void start_import(import_mgr *m, batch *b)
 {
     char *store = strdup(b->st->name);
     char *uri = http_strdup_printf("gs://%s/%s%sbatches/%s/**", m->bucket, m->prefix,
                                    *m->prefix ? "/" : "", b->id);
     int n = b->n_uploaded;
+    char id[sizeof b->id];
+    memcpy(id, b->id, sizeof id);
     pthread_mutex_unlock(&m->lock);
     char *op = NULL;
     http_error err;
     memset(&err, 0, sizeof err);
-    int rc = store && uri ? hc_import(m->hc, store, uri, &op, &err) : HC_ERR_NOMEM;
-    if (rc == HC_OK && op)
-        rc = journal_add_operation(m->j, store, op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    int rc = start_or_adopt(m, id, store, uri, &op, &err);
     pthread_mutex_lock(&m->lock);
     double now = imp_now();
     if (rc == HC_OK && op) {

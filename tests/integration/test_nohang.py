@@ -234,3 +234,29 @@ def test_operation_vanishes_mid_poll(emulator_factory, res_mounts, tmp_path):  #
     finish(emu, m, files, accepted, "operation-404",
            dict(copy_seconds=round(copy_s, 2), expired=names[0]))
     assert "is gone (404)" in m.log(), m.log_tail()
+
+
+def test_lost_answer_to_import_start(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """The import start is carried out but its answer is lost (connection
+    closed): dicomfs adopts the operation it created instead of starting a
+    second one, so the dataset's operations are exactly the ones dicomfs
+    lists in STORE/operations/."""
+    emu = emulator_factory()
+    control(emu, "lose-response", match="POST /v1/%s:import" % ru.STORE_NAME, count=1)
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 20, studies=2)
+    m = res_mounts(emu, commit_delay=1)
+    accepted, copy_s = copy_all(src, files, m)
+    counts = finish(emu, m, files, accepted, "lost-import-answer", dict(copy_seconds=round(copy_s, 2)))
+    server_ops = sorted(n.rsplit("/", 1)[1] for n in ru.operations_list(emu))
+    secs, rc, err = timed(["ls", os.path.join(m.store_dir, "operations")])
+    p = subprocess.run(["ls", os.path.join(m.store_dir, "operations")], stdout=subprocess.PIPE,
+                       timeout=60)
+    known = sorted(f[:-len(".json")] for f in p.stdout.decode().split())
+    ru.record_figures("lost-import-answer-ops", None, server_ops=server_ops, dicomfs_ops=known,
+                      lost=emu.stats()["faults"]["lostResponses"])
+    assert emu.stats()["faults"]["lostResponses"] == 1, "the answer was never lost"
+    assert server_ops == known, "untracked operations: %r\n%s" % (
+        sorted(set(server_ops) - set(known)), m.log_tail())
+    assert "adopting its operation" in m.log(), m.log_tail()
+    assert counts.get("imported") == len(files)
