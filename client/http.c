@@ -1039,7 +1039,9 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
             continue;
         }
         force_refresh = false;
-        if (o.code == CURLE_OPERATION_TIMEDOUT && deadline_remaining_ms() == 0) {
+        /* curl's timer may fire a hair before ours. */
+        double after = deadline_remaining_ms();
+        if (o.code == CURLE_OPERATION_TIMEDOUT && after >= 0 && after < 100) {
             xfer_reset(&x);
             return deadline_error(method, url, what, err);
         }
@@ -1053,6 +1055,10 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
         if (c->retry.total_ms > 0 && waited + wait > c->retry.total_ms)
             break;
         left = deadline_remaining_ms();
+        if (left >= 0 && wait >= left && o.code != CURLE_OK) {
+            xfer_reset(&x); /* no answer, and no time left to ask again */
+            return deadline_error(method, url, what, err);
+        }
         if (left >= 0 && wait >= left)
             break; /* the caller cannot wait that long: the last answer stands */
         log_warn("http: %s %s: %s; attempt %d of %d failed, retrying in %.0f ms", method, url, what,

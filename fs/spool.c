@@ -73,6 +73,11 @@ static void pool_fill(spool *s)
             s->pool_on = false; /* spool_create creates inline and reports the error */
             return;
         }
+        if (s->pool_n >= SPOOL_POOL) { /* spool_recycle filled it meanwhile */
+            close(fd);
+            unlinkat(s->pooldirfd, id, 0);
+            return;
+        }
         memcpy(s->pool_id[s->pool_n], id, sizeof id);
         s->pool_fd[s->pool_n++] = fd;
     }
