@@ -431,6 +431,13 @@ static int post_grant(auth_provider *p, const char *form, const char *const *sec
                                           "Accept: application/json", NULL};
     http_response resp;
     http_error herr;
+    if (!http_url_safe_for_credentials(p->token_uri)) {
+        set_err(err, "INVALID_ARGUMENT",
+                "refusing to send credentials in clear text to token_uri %s: use https:// "
+                "(plain http only to a loopback address)",
+                p->token_uri);
+        return AUTH_ERR_REJECTED;
+    }
     /* A grant may be repeated safely. */
     int hrc = token_request(p, "POST", headers, form, true, AUTH_TOKEN_TIMEOUT_S, &resp, &herr);
     int rc;

@@ -81,11 +81,15 @@ static int protocol_err(http_error *err, const char *what, const char *url, long
 static char *normalize_root(const char *ep)
 {
     static const char *const versions[] = {"v1/", "v1beta1/"};
-    size_t n = strlen(ep);
-    char *out = malloc(n + 2);
-    if (!out)
+    char *full = util_with_scheme(ep); /* no scheme: https (http for loopback) */
+    if (!full)
         return NULL;
-    memcpy(out, ep, n + 1);
+    size_t n = strlen(full);
+    char *out = realloc(full, n + 2);
+    if (!out) {
+        free(full);
+        return NULL;
+    }
     while (n > 1 && out[n - 1] == '/' && out[n - 2] == '/')
         out[--n] = '\0';
     if (n == 0 || out[n - 1] != '/') {

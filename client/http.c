@@ -271,6 +271,34 @@ double http_parse_retry_after(const char *value, long now_epoch_s)
     return delta > 0 ? delta : 0;
 }
 
+bool http_url_safe_for_credentials(const char *url)
+{
+    if (!url)
+        return false;
+    if (strncasecmp(url, "https://", 8) == 0)
+        return true;
+    if (strncasecmp(url, "http://", 7) != 0)
+        return false;
+    const char *h = url + 7;
+    const char *at = h + strcspn(h, "/?#");
+    const char *cred = memchr(h, '@', (size_t)(at - h));
+    if (cred)
+        h = cred + 1; /* user:pass@host */
+    size_t n;
+    if (*h == '[') {
+        return strncmp(h, "[::1]", 5) == 0 && strchr(":/?#", h[5]) != NULL;
+    }
+    n = strcspn(h, ":/?#");
+    if (n == 9 && strncasecmp(h, "localhost", 9) == 0)
+        return true;
+    if (n < 4 || strncmp(h, "127.", 4) != 0)
+        return false;
+    for (size_t i = 4; i < n; i++)
+        if (!isdigit((unsigned char)h[i]) && h[i] != '.')
+            return false;
+    return true;
+}
+
 char *http_escape(const char *s)
 {
     if (!s)
@@ -1006,6 +1034,15 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     char url[512];
     url_for_log(req->url, url, sizeof url);
     const char *method = req->method ? req->method : "GET";
+    if (c->token_fn && !req->no_auth && !http_url_safe_for_credentials(req->url)) {
+        copy_str(err->status, sizeof err->status, "INVALID_ARGUMENT");
+        set_message(err,
+                    "refusing to send an access token in clear text to %s: use https:// (plain "
+                    "http only to a loopback address, e.g. a local emulator)",
+                    url);
+        log_error("http: %s", err->message);
+        return HTTP_ERR_INVAL;
+    }
     xfer x = {.req = req, .limit = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY};
     outcome o;
     memset(&o, 0, sizeof o);

@@ -168,6 +168,12 @@ double http_backoff_ms(const http_retry_policy *policy, int attempt, double rnd,
  * -1 if absent or unparseable. */
 double http_parse_retry_after(const char *value, long now_epoch_s);
 
+/* Whether url may carry credentials (a bearer token, a refresh token, a
+ * signed assertion): https, or http to a loopback address (127.0.0.0/8,
+ * ::1, localhost: a local emulator). http_perform refuses to attach a
+ * token to any other URL. */
+bool http_url_safe_for_credentials(const char *url);
+
 /* Percent-encodes s for use as one path segment or query value (RFC 3986
  * unreserved characters kept). Returns malloc'ed string or NULL. */
 char *http_escape(const char *s);

@@ -102,7 +102,7 @@ static int write_file(const char *path, const void *data, size_t len)
     char *tmp = http_strdup_printf("%s.tmp", path);
     if (!tmp)
         return -ENOMEM;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     int rc = 0;
     if (fd < 0) {
         rc = -errno;
@@ -135,7 +135,7 @@ static int write_file(const char *path, const void *data, size_t len)
 /* Reads a whole small file; -ENOENT when absent. */
 static int read_file(const char *path, char **data, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return -errno;
     struct stat st;
@@ -1080,7 +1080,7 @@ static int open_error(fs_ctx *x, const tree_path *tp, int *fdp)
     char *pe = record_file(x, tp, "error");
     if (!pe)
         return -ENOMEM;
-    int fd = open(pe, O_RDONLY | O_CLOEXEC);
+    int fd = open(pe, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     int rc = fd < 0 ? -errno : 0;
     free(pe);
     if (rc == 0)

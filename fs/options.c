@@ -310,6 +310,42 @@ static int mkdirs(const char *dir, mode_t mode)
     return rc;
 }
 
+/* Every directory above the cache must be safe from other users: owned by
+ * root or us, and not writable by others unless sticky (like /tmp), or
+ * someone could rename our cache away and put theirs in its place. */
+static int check_ancestors(const char *dir, char *err, size_t errlen)
+{
+    char *real = realpath(dir, NULL);
+    if (!real) {
+        int rc = -errno;
+        fail(err, errlen, "cache_dir '%s': %s", dir, strerror(errno));
+        return rc;
+    }
+    int rc = 0;
+    bool more = strcmp(real, "/") != 0;
+    while (rc == 0 && more) {
+        char *p = strrchr(real, '/'); /* drop the last component: its parent next */
+        more = p != real;
+        p[more ? 0 : 1] = '\0';
+        const char *path = real;
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        if (st.st_uid != 0 && st.st_uid != geteuid())
+            rc = fail(err, errlen,
+                      "cache_dir '%s': %s above it belongs to uid %u: another user could "
+                      "replace the cache; choose a path inside your own directories",
+                      dir, path, (unsigned)st.st_uid);
+        else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
+            rc = fail(err, errlen,
+                      "cache_dir '%s': %s above it is writable by others (mode %03o) and not "
+                      "sticky: another user could replace the cache; choose another path",
+                      dir, path, (unsigned)(st.st_mode & 07777));
+    }
+    free(real);
+    return rc ? -EPERM : 0;
+}
+
 int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
 {
     if (!dir || dir[0] != '/') {
@@ -336,6 +372,8 @@ int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
              (unsigned)st.st_uid, (unsigned)geteuid());
         return -EPERM;
     }
+    if (check_ancestors(dir, err, errlen))
+        return -EPERM;
     /* Spooled DICOM files are patient data: keep the directory private. */
     if ((st.st_mode & 077) && chmod(dir, st.st_mode & 0700) != 0) {
         rc = -errno;

@@ -641,6 +641,32 @@ static int token_cb(void *ctx, char *buf, size_t buflen, bool force_refresh, htt
     return 0;
 }
 
+/* Tokens go only over https or to a loopback address. */
+TEST(token_only_over_https_or_loopback)
+{
+    CHECK(http_url_safe_for_credentials("https://healthcare.googleapis.com/v1/x"));
+    CHECK(http_url_safe_for_credentials("http://127.0.0.1:8080/v1"));
+    CHECK(http_url_safe_for_credentials("http://localhost/x"));
+    CHECK(http_url_safe_for_credentials("http://[::1]:99/x"));
+    CHECK(!http_url_safe_for_credentials("http://example.com/x"));
+    CHECK(!http_url_safe_for_credentials("http://127.0.0.1.evil.example/x"));
+    CHECK(!http_url_safe_for_credentials("http://localhost.evil.example/x"));
+    CHECK(!http_url_safe_for_credentials("http://[::1]x/"));
+    CHECK(!http_url_safe_for_credentials("ftp://127.0.0.1/"));
+    token_state ts = {0};
+    http_client *c = mkclient_opts(1, token_cb, &ts, NULL);
+    http_request req;
+    http_request_init(&req);
+    req.url = "http://192.0.2.1:9/x"; /* never contacted */
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_INVAL);
+    CHECK(strstr(err.message, "clear text") != NULL);
+    CHECK_EQ_INT(ts.calls, 0);
+    http_response_free(&resp);
+    http_client_free(c);
+}
+
 TEST(auth_401_refreshes_once_and_retries)
 {
     testsrv *srv = testsrv_start();
@@ -1542,6 +1568,7 @@ int main(void)
     RUN(auth_401_refreshes_once_and_retries);
     RUN(auth_header_and_no_auth_and_user_project);
     RUN(token_failure_is_auth_error);
+    RUN(token_only_over_https_or_loopback);
     RUN(refused_credentials_are_their_own_class);
     RUN(unauthorized_after_refresh_is_credentials);
     RUN(error_decode_google_status_shape);

@@ -315,6 +315,15 @@ TEST(prepare_cache_dir)
     CHECK_EQ_INT(fs_options_prepare_cache_dir(file, err, sizeof err), -ENOTDIR);
     CHECK(strstr(err, "not a directory") != NULL);
     CHECK_EQ_INT(fs_options_prepare_cache_dir("relative", err, sizeof err), -EINVAL);
+    /* a directory above it that others may write (not sticky) is refused */
+    snprintf(file, sizeof file, "%s/a", tmpl);
+    chmod(file, 0777);
+    CHECK_EQ_INT(fs_options_prepare_cache_dir(dir, err, sizeof err), -EPERM);
+    CHECK(strstr(err, "writable by others") != NULL);
+    chmod(file, 01777); /* sticky, like /tmp: fine */
+    CHECK_EQ_INT(fs_options_prepare_cache_dir(dir, err, sizeof err), 0);
+    chmod(file, 0700);
+    snprintf(file, sizeof file, "%s/f", tmpl);
     unlink(file);
     rmdir(dir);
     snprintf(dir, sizeof dir, "%s/a", tmpl);
