@@ -63,6 +63,11 @@ struct auth_provider {
     char *client_secret;
     char *refresh_token;
     char *quota_project;
+    /* The credentials file and its identity when read: a change (say a new
+     * `gcloud auth application-default login`) is read again before the
+     * next token request. NULL for the metadata server. */
+    char *path;
+    struct stat file_st;
 
     /* Token cache, guarded by lock. One thread refreshes (refreshing=true);
      * the others wait on cond until generation changes. */
@@ -602,9 +607,58 @@ static int cache_copy(const auth_provider *p, char *buf, size_t buflen, http_err
     return AUTH_OK;
 }
 
+static auth_provider *provider_alloc(auth_kind kind);
+static int load_credentials_file(auth_provider *p, const char *path, http_error *err);
+
+#define SWAP(a, b)                                                                                 \
+    do {                                                                                           \
+        __typeof__(a) t_ = (a);                                                                    \
+        (a) = (b);                                                                                 \
+        (b) = t_;                                                                                  \
+    } while (0)
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_size == b->st_size;
+}
+
+/* Caller holds p->lock and is the refreshing thread (the only one that
+ * reads the credentials). Reads the credentials file again when it
+ * changed; unusable new content keeps the old credentials (logged). */
+static void reload_if_changed(auth_provider *p)
+{
+    struct stat st;
+    if (!p->path || stat(p->path, &st) != 0 || same_file(&st, &p->file_st))
+        return;
+    p->file_st = st;
+    auth_provider *n = provider_alloc(AUTH_KIND_NONE);
+    http_error e;
+    memset(&e, 0, sizeof e);
+    if (!n || load_credentials_file(n, p->path, &e) != AUTH_OK) {
+        log_warn("auth: %s changed but cannot be used (%s): keeping the credentials read before",
+                 p->path, n ? e.message : "out of memory");
+        auth_provider_free(n);
+        return;
+    }
+    SWAP(p->kind, n->kind);
+    SWAP(p->desc, n->desc);
+    SWAP(p->token_uri, n->token_uri);
+    SWAP(p->client_email, n->client_email);
+    SWAP(p->private_key_id, n->private_key_id);
+    SWAP(p->pkey, n->pkey);
+    SWAP(p->client_id, n->client_id);
+    SWAP(p->client_secret, n->client_secret);
+    SWAP(p->refresh_token, n->refresh_token);
+    log_info("auth: %s changed: now using %s", p->path, p->desc);
+    auth_provider_free(n);
+}
+
 /* Caller holds p->lock; it is released during the request. */
 static void cache_refresh(auth_provider *p)
 {
+    reload_if_changed(p);
     char *token = NULL;
     double lifetime = 0;
     http_error ferr;
@@ -836,6 +890,11 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
         rc = AUTH_ERR_NOMEM;
     }
+    if (rc == AUTH_OK && !p->path) {
+        p->path = strdup(path);
+        if (stat(path, &p->file_st) != 0)
+            memset(&p->file_st, 0, sizeof p->file_st);
+    }
     return rc;
 }
 
@@ -996,6 +1055,7 @@ void auth_provider_free(auth_provider *p)
     free(p->quota_project);
     free(p->token_uri);
     free(p->desc);
+    free(p->path);
     if (p->own_http)
         http_client_free(p->own_http);
     pthread_mutex_destroy(&p->lock);
