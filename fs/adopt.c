@@ -16,7 +16,7 @@ int adopt_intent_put(journal *j, const char *batch_id, time_t sent)
     char key[80], val[32];
     snprintf(key, sizeof key, "s/%s", batch_id);
     int n = snprintf(val, sizeof val, "%lld", (long long)sent);
-    return journal_put(j, key, val, (size_t)n + 1, true);
+    return journal_put_progress(j, key, val, (size_t)n + 1, true); /* moves accepted work on */
 }
 
 static int intent_cb(void *ctx, const char *key, const void *val, size_t len)

@@ -152,7 +152,7 @@ static void parse_dataset(const char *const *c, const size_t *cl, int n, const c
 
 /* Dataset, store and operation ids end up in URL paths: characters that
  * would change the URL (query, fragment, escapes, spaces, controls) can
- * be in no real id, so such a name does not exist. */
+ * be in no real id, so such a name is invalid (EINVAL, as for mkdir). */
 static bool url_safe_id(const char *s)
 {
     for (; *s; s++)
@@ -165,7 +165,7 @@ static int check_ids(const tree_path *out)
 {
     bool op = out->kind == TREE_DS_OP || out->kind == TREE_STORE_OP;
     if (!url_safe_id(out->dataset) || !url_safe_id(out->store) || (op && !url_safe_id(out->name)))
-        return -ENOENT;
+        return -EINVAL;
     return 0;
 }
 
