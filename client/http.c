@@ -814,8 +814,19 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
     long timeout_ms = req->timeout_s > 0 ? req->timeout_s * 1000 : 0;
-    if (x->deadline_ms > 0 && (timeout_ms == 0 || x->deadline_ms < timeout_ms))
+    bool streams = req->response_fd >= 0 || req->body_fd >= 0;
+    if (x->deadline_ms > 0 && streams) {
+        /* A file transfer that keeps moving may outlast the deadline (a
+         * large instance on a slow link): the deadline bounds the wait for
+         * the connection and any stall, not the transfer. */
+        long stall_s = (x->deadline_ms + 999) / 1000;
+        if (x->deadline_ms < c->connect_timeout_s * 1000)
+            curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, x->deadline_ms);
+        if (stall_s < c->low_speed_time_s)
+            curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall_s);
+    } else if (x->deadline_ms > 0 && (timeout_ms == 0 || x->deadline_ms < timeout_ms)) {
         timeout_ms = x->deadline_ms;
+    }
     if (timeout_ms > 0)
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);

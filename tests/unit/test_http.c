@@ -604,6 +604,30 @@ TEST(thread_deadline_bounds_retries)
     hfx_end(&t);
 }
 
+/* A download into a file under a deadline: a server that does not answer
+ * is given up on by the deadline (stall detection), like any call. */
+TEST(thread_deadline_bounds_a_stalled_download)
+{
+    hfx t;
+    hfx_start(&t, 1, "/stalled-download");
+    testsrv_reply r = {.status = 200, .body = "late", .delay_ms = 4000};
+    testsrv_push(t.srv, &r);
+    char path[] = "/tmp/dicomfs-test-http-dl.XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    unlink(path);
+    t.req.response_fd = fd;
+    deadline_begin(1.0);
+    double t0 = mono_ms();
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    double took = mono_ms() - t0;
+    deadline_end();
+    CHECK(took < 3500);
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    close(fd);
+    hfx_end(&t);
+}
+
 /* A 503 retried under a deadline: the retry happens while time is left. */
 TEST(thread_deadline_leaves_room_for_retries)
 {
@@ -1565,6 +1589,7 @@ int main(void)
     RUN(whole_request_timeout);
     RUN(thread_deadline_bounds_retries);
     RUN(thread_deadline_leaves_room_for_retries);
+    RUN(thread_deadline_bounds_a_stalled_download);
     RUN(auth_401_refreshes_once_and_retries);
     RUN(auth_header_and_no_auth_and_user_project);
     RUN(token_failure_is_auth_error);
