@@ -16,16 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "emu_internal.h"
-
-static long long mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static cJSON *stats_json(emu_ctx *ctx)
 {
@@ -189,9 +181,9 @@ static void handle_token_refusal(emu_ctx *ctx, const emu_request *r, emu_respons
         if (!counts(r, w, keys, v, 1))
             return;
         if (v[0] >= 0)
-            atomic_store(&ctx->refuse_tokens_until_ms, v[0] ? mono_ms() + v[0] * 1000 : 0);
+            atomic_store(&ctx->refuse_tokens_until_ms, v[0] ? emu_mono_ms() + v[0] * 1000 : 0);
     }
-    long long until = atomic_load(&ctx->refuse_tokens_until_ms), now = mono_ms();
+    long long until = atomic_load(&ctx->refuse_tokens_until_ms), now = emu_mono_ms();
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "refusingForMs", (double)(until > now ? until - now : 0));
     cJSON_AddNumberToObject(o, "refusals", (double)atomic_load(&ctx->stats.token_refused));

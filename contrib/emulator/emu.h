@@ -1,9 +1,11 @@
 /* emu: the core of dicomfs-emulator shared by its API modules.
  *
  * server.c owns the HTTP server (libmicrohttpd), request assembly, routing,
- * bearer-token checks and fault injection; store.c the emulated Cloud Storage
- * state on disk; gcs_api.c and oauth.c the Cloud Storage and OAuth2 APIs;
- * hc_*.c, dicomweb.c, convert.c and lro.c the Healthcare API.
+ * bearer-token checks and fault injection; control.c the /_emulator/
+ * controls; network.c latency and the shared bandwidth cap; iam.c the
+ * service agent's bucket access; store.c the emulated Cloud Storage state on
+ * disk; gcs_api.c and oauth.c the Cloud Storage and OAuth2 APIs; hc_*.c,
+ * dicomweb.c, convert.c and lro.c the Healthcare API.
  *
  * Every handler runs on a server thread; shared state is guarded by the
  * module that owns it.

@@ -144,6 +144,8 @@ void emu_net_latency(emu_net *n);
 /* Sleeps until len bytes fit in the shared bandwidth (no-op without a cap). */
 void emu_net_transfer(emu_net *n, uint64_t len);
 bool emu_net_capped(emu_net *n);
+/* CLOCK_MONOTONIC in milliseconds (deadlines such as token refusal). */
+int64_t emu_mono_ms(void);
 
 /* ---- iam.c: the Healthcare service agent's access to buckets ---- */
 emu_iam *emu_iam_new(void);

@@ -294,6 +294,13 @@ void hc_export_run(hc_job *job)
         if (strncmp(furi, "gs://", 5) == 0 && strchr(furi + 5, '/')) {
             fb = strndup(furi + 5, (size_t)(strchr(furi + 5, '/') - (furi + 5)));
             fp = strdup(strchr(furi + 5, '/') + 1);
+            if (fb && !emu_agent_can_read(hc_ctx(), fb)) {
+                /* The agent reads the filter file too. */
+                hc_op_fail_agent(job->op, job->target, fb, false);
+                free(fb);
+                free(fp);
+                goto out;
+            }
             rc = fb && fp ? emu_gcs_read(hc_ctx(), fb, fp, &data, &len) : -ENOMEM;
         }
         free(fb);

@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "emu_internal.h"
@@ -140,6 +139,10 @@ typedef struct realism {
     long ttl_s;
     long latency_ms, bandwidth_mbps;
     double time_scale;
+    /* A timing value given explicitly after --time-scale is taken as is
+     * (base, instance, MiB): the scale is for the profile and for values
+     * given before it. */
+    bool unscaled[3];
     long refuse_tokens_s;
 } realism;
 
@@ -149,6 +152,7 @@ static void profile_realistic(realism *rl)
     rl->base_ms = 20000;
     rl->instance_ms = 50;
     rl->mib_ms = 20;
+    rl->unscaled[0] = rl->unscaled[1] = rl->unscaled[2] = false;
     rl->max_running = 10;
     rl->latency_ms = 30;
     rl->bandwidth_mbps = 1000;
@@ -278,14 +282,17 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
             if (parse_int(c == OPT_LRO ? "--lro-delay" : "--op-base-ms", optarg, 0, 3600000,
                           &o->rl.base_ms) != 0)
                 return -1;
+            o->rl.unscaled[0] = o->rl.time_scale > 0;
             break;
         case OPT_OP_INSTANCE:
             if (parse_int("--op-instance-ms", optarg, 0, 600000, &o->rl.instance_ms) != 0)
                 return -1;
+            o->rl.unscaled[1] = o->rl.time_scale > 0;
             break;
         case OPT_OP_MIB:
             if (parse_int("--op-mib-ms", optarg, 0, 600000, &o->rl.mib_ms) != 0)
                 return -1;
+            o->rl.unscaled[2] = o->rl.time_scale > 0;
             break;
         case OPT_MAX_RUNNING:
             if (parse_int("--max-running-ops", optarg, 0, 1000000, &o->rl.max_running) != 0)
@@ -320,6 +327,7 @@ static int parse_args(int argc, char **argv, opts *o, emu_ctx *ctx)
                 return -1;
             }
             o->rl.time_scale = f;
+            o->rl.unscaled[0] = o->rl.unscaled[1] = o->rl.unscaled[2] = false;
             break;
         }
         case OPT_DENY_AGENT:
@@ -489,9 +497,9 @@ static int apply_realism(emu_ctx *ctx, const opts *o)
 {
     const realism *rl = &o->rl;
     double f = rl->time_scale > 0 ? rl->time_scale : 1.0;
-    atomic_store(&ctx->ops.base_ms, (int)((double)rl->base_ms * f));
-    atomic_store(&ctx->ops.instance_ms, (int)((double)rl->instance_ms * f));
-    atomic_store(&ctx->ops.mib_ms, (int)((double)rl->mib_ms * f));
+    atomic_store(&ctx->ops.base_ms, (int)((double)rl->base_ms * (rl->unscaled[0] ? 1 : f)));
+    atomic_store(&ctx->ops.instance_ms, (int)((double)rl->instance_ms * (rl->unscaled[1] ? 1 : f)));
+    atomic_store(&ctx->ops.mib_ms, (int)((double)rl->mib_ms * (rl->unscaled[2] ? 1 : f)));
     atomic_store(&ctx->ops.max_running, (int)rl->max_running);
     atomic_store(&ctx->ops.ttl_s, rl->ttl_s);
     ctx->net = emu_net_new((int)rl->latency_ms, (int)rl->bandwidth_mbps);
@@ -501,12 +509,8 @@ static int apply_realism(emu_ctx *ctx, const opts *o)
     for (int i = 0; i < o->ndeny; i++)
         if (emu_iam_set(ctx->iam, o->deny[i], 0, 0) != 0)
             return -1;
-    if (rl->refuse_tokens_s > 0) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        atomic_store(&ctx->refuse_tokens_until_ms,
-                     (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 + rl->refuse_tokens_s * 1000);
-    }
+    if (rl->refuse_tokens_s > 0)
+        atomic_store(&ctx->refuse_tokens_until_ms, emu_mono_ms() + rl->refuse_tokens_s * 1000);
     return 0;
 }
 

@@ -28,6 +28,11 @@ static int64_t mono_ns(void)
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+int64_t emu_mono_ms(void)
+{
+    return mono_ns() / 1000000LL;
+}
+
 static void sleep_until_ns(int64_t when)
 {
     struct timespec t = {(time_t)(when / 1000000000LL), (long)(when % 1000000000LL)};

@@ -678,9 +678,7 @@ static bool refusing(emu_ctx *ctx)
     long long until = atomic_load(&ctx->refuse_tokens_until_ms);
     if (until == 0)
         return false;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    if ((long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 >= until)
+    if (emu_mono_ms() >= until)
         return false;
     atomic_fetch_add(&ctx->stats.token_refused, 1);
     return true;

@@ -12,6 +12,7 @@ check a configured delay is applied, never a speed.
 import http.client
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -344,3 +345,13 @@ def test_v1_export_filter_config(emulator, tmp_path):
     assert status == 200, raw
     op = wait_op(emulator, body["name"])
     assert "error" not in op and op["metadata"]["counter"] == {"success": "1"}, op
+
+
+def test_dicomfs_lists_an_empty_store_under_204(emulator, dicomfs_mount):
+    # The store test-project/us-central1/ds/store is empty: the QIDO behind
+    # studies/ answers 204, which dicomfs must show as an empty directory.
+    status, _, _ = emulator.request("GET", "/v1/%s/dicomWeb/studies" % STORE)
+    assert status == 204
+    r = subprocess.run(["ls", "-A", dicomfs_mount.path("ds", "store", "studies")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
