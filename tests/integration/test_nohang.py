@@ -20,6 +20,7 @@ import threading
 import time
 
 import resilience_util as ru
+from test_emulator_realism import control  # POST /_emulator/PATH?params
 from resilience_util import res_mounts  # noqa: F401  (fixture)
 
 CALL_LIMIT_S = 30  # the issue's bound on any listing or lookup
@@ -133,16 +134,6 @@ def test_server_stopped_nothing_hangs(emulator_factory, res_mounts, tmp_path):  
         max(cp_waits))
     log = m.log()
     assert "timeout=" in log, "no log line said why a listing was served stale:\n" + m.log_tail()
-
-
-def control(emu, path, **params):
-    """POST /_emulator/PATH?params (the emulator's controls)."""
-    import json
-    import urllib.parse
-    q = urllib.parse.urlencode(params)
-    status, _, body = emu.request("POST", "/_emulator/%s?%s" % (path, q), auth=False)
-    assert status == 200, body
-    return json.loads(body)
 
 
 def copy_all(src, files, m, pause=0.0):
