@@ -796,6 +796,7 @@ static void verify(import_mgr *m, batch *b)
             return;
         }
         node *next = n->next;
+        store_resume(b->st); /* the search answered */
         if (found)
             batch_mark_imported(m, n);
         else if (b->reimport)
