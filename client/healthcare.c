@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "util.h"
 
@@ -786,10 +787,11 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
                          timeout_s);
             return HC_ERR_TIMEOUT;
         }
-        if (timeout_s >= 0 && left * 1000 < delay_ms)
-            sleep_ms((long)(left * 1000) + 1);
-        else
-            sleep_ms(delay_ms);
+        long nap = timeout_s >= 0 && left * 1000 < delay_ms ? (long)(left * 1000) + 1 : delay_ms;
+        double user = deadline_remaining_ms(); /* a person waits: no nap past their deadline */
+        if (user >= 0 && user < nap)
+            nap = (long)user + 1;
+        sleep_ms(nap);
         delay_ms = delay_ms * 2 > 5000 ? 5000 : delay_ms * 2;
     }
 }
