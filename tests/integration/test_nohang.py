@@ -289,9 +289,12 @@ def run_soak(emulator_factory, res_mounts, tmp_path, minutes, files_per_phase, s
         longest_cp = max(longest_cp, longest)
         accepted.extend(ok)
 
+    refusal_end = 0.0
     while True:
         ru.set_faults(emu, fail_rate=0.05, reset_rate=0.02, latency_ms=10)
         phase("r%d-faults" % rnd)
+        # Mounting checks the credentials: not during the last round's outage.
+        time.sleep(max(0.0, refusal_end + 1 - time.monotonic()))
         m.kill9()
         m.remount()
         events.append("kill+remount")
@@ -301,6 +304,7 @@ def run_soak(emulator_factory, res_mounts, tmp_path, minutes, files_per_phase, s
         ru.set_faults(emu, fail_rate=0.05, reset_rate=0.02, latency_ms=10)
         control(emu, "lose-response", match="POST /v1/%s:import" % ru.STORE_NAME, count=1)
         control(emu, "token-refusal", seconds=12)
+        refusal_end = time.monotonic() + 12
         time.sleep(7)  # the last token expired: every refresh is refused
         phase("r%d-tokens" % rnd)
         events.append("credential outage")
