@@ -70,7 +70,7 @@ def finish(emu, m, files, accepted, suite, figures, wait_timeout=240):
     assert not failed, failed
     ru.assert_store_ok(found, "accepted")
     assert m.alive(), "dicomfs died:\n" + m.log_tail()
-    return counts
+    return counts, wout
 
 
 def status_text(m):
@@ -184,12 +184,14 @@ def test_token_refusal_longer_than_a_token_life(emulator_factory, res_mounts, tm
     accepted, copy_s = copy_all(src, files, m)
     text = wait_status(m, lambda t: "paused: the credentials were refused" in t, 30)
     paused_line = [ln for ln in text.splitlines() if ln.startswith("paused:")]
-    counts = finish(emu, m, files, accepted, "token-refusal-18s",
+    counts, wout = finish(emu, m, files, accepted, "token-refusal-18s",
                     dict(longest_user_call_s=round(copy_s, 3), paused_line=paused_line[:1],
                          seconds_to_all_imported=round(time.monotonic() - t0, 1)))
     assert paused_line, "no status line named the cause:\n" + text + m.log_tail(40)
     assert "gcloud auth application-default login" in paused_line[0], paused_line
     assert "paused:" not in status_text(m), "still paused after the outage"
+    # `dicomfs wait`, started during the outage, said why it waited.
+    assert "dicomfs wait: paused: the credentials were refused" in wout, wout[-2000:]
     assert counts.get("imported") == len(files)
 
 
@@ -248,7 +250,7 @@ def test_lost_answer_to_import_start(emulator_factory, res_mounts, tmp_path):  #
     files = ru.make_tree(src, 20, studies=2)
     m = res_mounts(emu, commit_delay=1)
     accepted, copy_s = copy_all(src, files, m)
-    counts = finish(emu, m, files, accepted, "lost-import-answer",
+    counts, _ = finish(emu, m, files, accepted, "lost-import-answer",
                     dict(longest_user_call_s=round(copy_s, 3)))
     server_ops = sorted(n.rsplit("/", 1)[1] for n in ru.operations_list(emu))
     p = subprocess.run(["ls", os.path.join(m.store_dir, "operations")], stdout=subprocess.PIPE,
