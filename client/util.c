@@ -64,3 +64,14 @@ size_t util_pread_full(int fd, void *buf, size_t len, off_t off)
     }
     return got;
 }
+
+char *util_with_scheme(const char *ep)
+{
+    if (strstr(ep, "://"))
+        return strdup(ep);
+    char *plain = http_strdup_printf("http://%s", ep);
+    if (!plain || http_url_safe_for_credentials(plain))
+        return plain;
+    free(plain);
+    return http_strdup_printf("https://%s", ep);
+}
