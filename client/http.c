@@ -37,6 +37,7 @@ struct http_client {
     void *token_ctx;
     char *user_project;
     char *user_agent;
+    char *ca_file; /* CURLOPT_CAINFO, NULL: libcurl's compiled-in bundle */
     CURLSH *share; /* DNS cache and TLS sessions shared by the pooled handles */
     pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
     pthread_mutex_t pool_lock;
@@ -475,11 +476,13 @@ http_client *http_client_new(const http_options *opts)
     c->token_ctx = opts->token_ctx;
     c->user_project = opts->user_project ? strdup(opts->user_project) : NULL;
     c->user_agent = strdup(opts->user_agent ? opts->user_agent : defaults.user_agent);
+    c->ca_file = opts->ca_file ? strdup(opts->ca_file) : NULL;
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_init(&c->share_locks[i], NULL);
     pthread_mutex_init(&c->pool_lock, NULL);
     c->share = curl_share_init();
-    if (!c->user_agent || (opts->user_project && !c->user_project) || !c->share) {
+    if (!c->user_agent || (opts->user_project && !c->user_project) ||
+        (opts->ca_file && !c->ca_file) || !c->share) {
         http_client_free(c);
         return NULL;
     }
@@ -504,6 +507,7 @@ void http_client_free(http_client *c)
     pthread_mutex_destroy(&c->pool_lock);
     free(c->user_project);
     free(c->user_agent);
+    free(c->ca_file);
     free(c);
 }
 
@@ -809,6 +813,8 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (c->ca_file) /* replaces the system bundle, as curl --cacert does */
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->connect_timeout_s);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);

@@ -82,6 +82,7 @@ typedef struct http_options {
     void *token_ctx;
     const char *user_project; /* X-Goog-User-Project value or NULL */
     const char *user_agent;   /* default "dicomfs/VERSION" */
+    const char *ca_file;      /* PEM CA bundle for https; NULL: libcurl's default */
 } http_options;
 
 void http_options_init(http_options *opts);

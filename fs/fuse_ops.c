@@ -1812,6 +1812,7 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
         http_options_init(&ao);
         if (quick)
             quick_retries(&ao);
+        ao.ca_file = o->ca_file;
         c->auth_http = http_client_new(&ao);
         char *where = NULL;
         int rc = c->auth_http
@@ -1853,6 +1854,7 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
         ho.token_ctx = c->auth;
         ho.user_project = auth_provider_quota_project(c->auth);
     }
+    ho.ca_file = o->ca_file;
     c->http = http_client_new(&ho);
     c->gcs = c->http ? gcs_client_new(c->http, o->storage_endpoint) : NULL;
     /* Spool files up to 1 GiB: ONE media request straight from the spool

@@ -17,6 +17,7 @@
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
+    char *ca_file;
     char *uploads, *commit_delay, *stream_min, *imports, *batch_max, *cache_max, *timeout;
     int allow_delete, no_auth, sync_close, upload_present;
     int help, version, foreground, debug, single_thread;
@@ -44,6 +45,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("credentials=%s", credentials),
     RAWS("endpoint=%s", endpoint),
     RAWS("storage_endpoint=%s", storage_endpoint),
+    RAWS("ca_file=%s", ca_file),
     RAWS("uploads=%s", uploads),
     RAWS("commit_delay=%s", commit_delay),
     RAWS("stream_min=%s", stream_min),
@@ -123,6 +125,7 @@ static void raw_free(struct raw_opts *r)
     free(r->credentials);
     free(r->endpoint);
     free(r->storage_endpoint);
+    free(r->ca_file);
     free(r->uploads);
     free(r->commit_delay);
     free(r->stream_min);
@@ -447,6 +450,27 @@ static int absolute_path(const char *what, char **path, char *err, size_t errlen
     return 0;
 }
 
+/* Read once now, so that a wrong path fails the mount with a clear message
+ * instead of every request failing TLS verification later; made absolute
+ * because the daemon changes to "/" when it detaches. */
+static int check_ca_file(fs_options *o, char *err, size_t errlen)
+{
+    if (!o->ca_file)
+        return 0;
+    char *abs = realpath(o->ca_file, NULL);
+    FILE *f = abs ? fopen(abs, "r") : NULL;
+    if (!f) {
+        int e = errno;
+        free(abs);
+        return fail(err, errlen, "ca_file '%s': %s (give a readable PEM file of CA certificates)",
+                    o->ca_file, strerror(e));
+    }
+    fclose(f);
+    free(o->ca_file);
+    o->ca_file = abs;
+    return 0;
+}
+
 static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
 {
     o->show_help = r->help;
@@ -466,6 +490,8 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     o->credentials = r->credentials;
     o->endpoint = r->endpoint;
     o->storage_endpoint = r->storage_endpoint;
+    o->ca_file = r->ca_file;
+    r->ca_file = NULL;
     r->nonopt[0] = r->nonopt[1] = NULL;
     r->staging = r->export_to = r->cache_dir = r->credentials = NULL;
     r->endpoint = r->storage_endpoint = NULL;
@@ -585,7 +611,7 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         return fail(err, errlen, "bad endpoint: empty");
     if (o->storage_endpoint && !*o->storage_endpoint)
         return fail(err, errlen, "bad storage_endpoint: empty");
-    return 0;
+    return check_ca_file(o, err, errlen);
 }
 
 static int add_fuse_defaults(fs_options *o)
@@ -635,6 +661,7 @@ void fs_options_free(fs_options *o)
     free(o->credentials);
     free(o->endpoint);
     free(o->storage_endpoint);
+    free(o->ca_file);
     fuse_opt_free_args(&o->fuse_args);
     memset(o, 0, sizeof *o);
 }
@@ -662,6 +689,9 @@ void fs_options_usage(const char *progname)
            "                         $CLOUDSDK_API_ENDPOINT_OVERRIDES_HEALTHCARE or Google)\n"
            "  storage_endpoint=URL   Cloud Storage root (default $STORAGE_EMULATOR_HOST or "
            "Google)\n"
+           "  ca_file=FILE           PEM CA certificates to verify https servers with,\n"
+           "                         instead of the system bundle (e.g. an emulator's\n"
+           "                         --tls-dir ca.pem); verification is always on\n"
            "  uploads=N              parallel uploads (default %d)\n"
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
            "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"

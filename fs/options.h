@@ -33,6 +33,7 @@ typedef struct fs_options {
     char *credentials; /* NULL: Application Default Credentials */
     char *endpoint;    /* Healthcare API root, NULL: client default */
     char *storage_endpoint;
+    char *ca_file; /* CA bundle for https, NULL: the system's */
     int uploads;
     double commit_delay;
     int stream_min_mib;       /* stream uploads of files from this size on; 0 = never */

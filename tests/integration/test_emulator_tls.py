@@ -68,3 +68,42 @@ def test_tls_dir_unwritable_is_refused(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "--tls-dir" in r.stderr
+
+
+def test_dicomfs_over_tls_needs_ca_file(emulator_factory, tmp_path):  # noqa: F811
+    """dicomfs with -o ca_file= imports over https (token grant included);
+    without it the credentials check at mount fails on the certificate, and
+    a ca_file that does not exist is refused with its name."""
+    from dicom_samples import make_instance
+    from mount_fixture import DICOMFS, DicomfsMount
+    from pydicom.uid import generate_uid
+
+    d = tmp_path / "tls"
+    emu = emulator_factory("--tls-dir", str(d))
+    ca = str(d / "ca.pem")
+
+    bad = DicomfsMount(emu, str(tmp_path / "nocafile"))
+    with pytest.raises(RuntimeError) as e:
+        bad.start(timeout=60)
+    assert "certificate" in str(e.value).lower(), str(e.value)[-2000:]
+
+    missing = subprocess.run([DICOMFS, "projects/p/locations/l", str(tmp_path),
+                              "-o", f"staging=gs://staging/x,ca_file={tmp_path}/nope.pem"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode != 0
+    assert "ca_file" in missing.stderr and "nope.pem" in missing.stderr, missing.stderr
+
+    m = DicomfsMount(emu, str(tmp_path / "m"), options=[f"ca_file={ca}", "commit_delay=0.2"])
+    m.start(timeout=60)
+    try:
+        src = tmp_path / "one.dcm"
+        make_instance(str(src), generate_uid(), generate_uid(), generate_uid())
+        imp = m.path("ds", "store", "import")
+        r = subprocess.run(["cp", str(src), imp], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        w = subprocess.run([DICOMFS, "wait", m.path("ds", "store")], capture_output=True,
+                           text=True, timeout=120)
+        assert w.returncode == 0, (w.stdout, w.stderr, m.log_text()[-3000:])
+        assert "1/1 imported" in w.stdout, w.stdout
+    finally:
+        m.stop()

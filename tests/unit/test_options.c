@@ -135,6 +135,30 @@ TEST(relative_paths_made_absolute)
     fs_options_free(&o);
 }
 
+TEST(ca_file_checked_and_absolute)
+{
+    fs_options o;
+    char err[512] = "";
+    char cwd[4096];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL);
+    FILE *f = fopen("test_options_ca.pem", "w");
+    CHECK(f != NULL);
+    fclose(f);
+    const char *a[] = {"dicomfs", "projects/p/locations/l", "/m",
+                       "-ostaging=gs://b,ca_file=test_options_ca.pem", NULL};
+    CHECK_EQ_INT(parse(&o, err, a), 0);
+    char want[4200];
+    snprintf(want, sizeof want, "%s/test_options_ca.pem", cwd);
+    CHECK_EQ_STR(o.ca_file, want);
+    fs_options_free(&o);
+    unlink("test_options_ca.pem");
+    const char *b[] = {"dicomfs", "projects/p/locations/l", "/m",
+                       "-ostaging=gs://b,ca_file=/nonexistent/ca.pem", NULL};
+    CHECK(parse(&o, err, b) != 0);
+    CHECK(strstr(err, "ca_file '/nonexistent/ca.pem'") != NULL);
+    fs_options_free(&o);
+}
+
 TEST(empty_staging_prefix_default_export)
 {
     fs_options o;
@@ -351,6 +375,7 @@ int main(void)
     RUN(location_defaults);
     RUN(dataset_source_and_all_options);
     RUN(relative_paths_made_absolute);
+    RUN(ca_file_checked_and_absolute);
     RUN(empty_staging_prefix_default_export);
     RUN(fstab_style);
     RUN(debug_passes_to_fuse);
