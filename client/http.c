@@ -23,7 +23,7 @@
 #define DICOMFS_VERSION "0.1.0"
 #endif
 
-#define HTTP_POOL_MAX 32                  /* idle handles kept per client */
+#define HTTP_POOL_MAX 80                  /* idle handles kept per client */
 #define HTTP_TOKEN_MAX 8192               /* room for one bearer token */
 #define HTTP_HEADERS_MAX (256 * 1024)     /* cap on a response header block */
 #define HTTP_ERROR_BODY_MAX (1024 * 1024) /* cap on a captured error body */

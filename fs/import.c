@@ -967,8 +967,8 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     m->cfg.cache_dir = m->cache_dir;
     m->cfg.staging_bucket = m->bucket;
     m->cfg.staging_prefix = m->prefix;
-    if (m->cfg.uploads < 1)
-        m->cfg.uploads = 1;
+    if (m->cfg.uploads < 0)
+        m->cfg.uploads = 0; /* adaptive */
     if (m->cfg.commit_delay_s < 0)
         m->cfg.commit_delay_s = 0;
     m->gcs = gcs;

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "upconc.h"
 #include "dicom.h"
 #include "import.h"
 #include "journal.h"
@@ -53,6 +54,10 @@ struct batch {
     double last_accept; /* monotonic seconds of the newest accepted file or write */
     double next_try;    /* next import start / poll */
     double backoff;
+    /* The operation's progress when first seen moving (prog_t 0: not yet):
+     * its rate predicts the end, so the last poll lands just after it. */
+    double prog_t;
+    int64_t prog_n;
     bool verifying;                    /* op done with errors: checking files one by one */
     char *op_error;                    /* message of the finished op's error */
     bool reimport;                     /* verifying: missing files are imported again (the op
@@ -158,6 +163,8 @@ struct import_mgr {
     batch *batches;
     pthread_t *workers;
     int nworkers;
+    upconc *conc; /* how many of the workers may run a job at once */
+    int active;   /* workers running a job */
     pthread_t coord;
     pthread_t jflush; /* fsyncs the journal every JFLUSH_S when it changed */
     bool jflush_started;

@@ -692,7 +692,8 @@ void fs_options_usage(const char *progname)
            "  ca_file=FILE           PEM CA certificates to verify https servers with,\n"
            "                         instead of the system bundle (e.g. an emulator's\n"
            "                         --tls-dir ca.pem); verification is always on\n"
-           "  uploads=N              parallel uploads (default %d)\n"
+           "  uploads=N              parallel uploads (default: adaptive, 4 to 64 from 16,\n"
+           "                         by measured throughput)\n"
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
            "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"
            "                         (0: only after close; default %d)\n"
@@ -727,8 +728,7 @@ void fs_options_usage(const char *progname)
            "\n"
            "The tree, export runs, editors in export/, refusals, status and the exit\n"
            "codes of wait: see dicomfs(1).\n",
-           progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
-           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB, FS_OPTIONS_DEFAULT_IMPORTS,
-           FS_OPTIONS_DEFAULT_BATCH_FILES, (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30),
-           FS_OPTIONS_DEFAULT_TIMEOUT);
+           progname, progname, FS_OPTIONS_DEFAULT_COMMIT_DELAY, FS_OPTIONS_DEFAULT_STREAM_MIN_MIB,
+           FS_OPTIONS_DEFAULT_IMPORTS, FS_OPTIONS_DEFAULT_BATCH_FILES,
+           (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30), FS_OPTIONS_DEFAULT_TIMEOUT);
 }

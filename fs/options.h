@@ -55,7 +55,7 @@ typedef struct fs_options {
     struct fuse_args fuse_args; /* handed to fuse_new() */
 } fs_options;
 
-enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
+enum { FS_OPTIONS_DEFAULT_UPLOADS = 0 }; /* 0: adaptive, 4..64 from 16 (upconc.h) */
 #define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.2
 #define FS_OPTIONS_DEFAULT_STREAM_MIN_MIB 32
 /* Real imports take minutes and the service caps running operations per

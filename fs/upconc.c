@@ -15,7 +15,7 @@ enum probe { P_BASE, P_UP, P_DOWN, P_HOLD };
 
 struct upconc {
     bool fixed;
-    int limit, lo, hi;
+    int limit, lo, hi, start;
     /* The window being measured. */
     double w_start;
     int w_files;
@@ -42,6 +42,7 @@ upconc *upconc_new(int fixed, int start, int lo, int hi)
     c->lo = lo < 1 ? 1 : lo;
     c->hi = hi < c->lo ? c->lo : hi;
     c->limit = start < c->lo ? c->lo : start > c->hi ? c->hi : start;
+    c->start = c->limit;
     c->probe = P_BASE;
     c->next_dir = P_UP;
     c->w_start = -1;
@@ -122,6 +123,16 @@ static void judge(upconc *c, double fps, double bps)
             c->probe = P_BASE; /* measure again here, then probe next_dir */
         break;
     }
+}
+
+void upconc_idle(upconc *c)
+{
+    if (c->fixed)
+        return;
+    c->limit = c->start;
+    c->probe = P_BASE;
+    c->next_dir = P_UP;
+    c->w_start = -1;
 }
 
 void upconc_done(upconc *c, double now, uint64_t bytes, bool backlog)

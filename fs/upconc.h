@@ -28,6 +28,10 @@ int upconc_limit(const upconc *c);
 /* The most there may ever be (the worker threads to start). */
 int upconc_max(const upconc *c);
 
+/* Nothing queued or running: the next burst of work (maybe of other sizes,
+ * to another wire) starts again from the start value. */
+void upconc_idle(upconc *c);
+
 /* One upload of `bytes` ended at `now` (seconds, monotonic); `backlog`:
  * at least `limit` uploads were running or queued when it ended. */
 void upconc_done(upconc *c, double now, uint64_t bytes, bool backlog);

@@ -100,6 +100,9 @@ enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 #define POLL_MAX_S 1.0
 #define POLL_FIRST_S 0.05 /* first operation poll; x1.25 up to POLL_MAX_S */
 #define POLL_GROWTH 1.25
+#define UP_AUTO_START 16 /* adaptive upload concurrency (no uploads=N) */
+#define UP_AUTO_MIN 4
+#define UP_AUTO_MAX 64
 /* The coordinator's scan of every file is O(files): it is kicked at every
  * close and every finished upload, so ticks are spaced at least this much
  * (otherwise N files cost N scans of N files). */
@@ -451,13 +454,25 @@ static void lower_priority(void)
         log_debug("import: cannot lower the upload threads' priority: %s", strerror(errno));
 }
 
+/* One upload ended: upconc learns from it (a queue still holding work means
+ * the limit was the bound); workers waiting at a raised limit are woken. */
+static void adapt_concurrency(import_mgr *m, double now, uint64_t size)
+{
+    int before = upconc_limit(m->conc);
+    upconc_done(m->conc, now, size, m->qhead != NULL);
+    if (!m->qhead && m->active == 0)
+        upconc_idle(m->conc);
+    if (upconc_limit(m->conc) > before)
+        pthread_cond_broadcast(&m->work_cond);
+}
+
 static void *worker_main(void *arg)
 {
     import_mgr *m = arg;
     lower_priority();
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
-        node *n = dequeue(m);
+        node *n = m->active < upconc_limit(m->conc) ? dequeue(m) : NULL;
         if (!n) {
             pthread_cond_wait(&m->work_cond, &m->lock);
             continue;
@@ -489,6 +504,7 @@ static void *worker_main(void *arg)
         memcpy(j.id, n->id, sizeof j.id);
         j.gen = n->gen;
         j.staged = n->staged;
+        m->active++;
         pthread_mutex_unlock(&m->lock);
 
         http_error err;
@@ -506,6 +522,9 @@ static void *worker_main(void *arg)
 
         pthread_mutex_lock(&m->lock);
         now = imp_now();
+        m->active--;
+        if (j.kind == JOB_UPLOAD && rc == 0)
+            adapt_concurrency(m, now, size);
         /* Still busy while the result is applied, so that an unlist does
          * not free n under us. */
         if (j.kind == JOB_UPLOAD)
@@ -896,6 +915,7 @@ static void start_import(import_mgr *m, batch *b)
         b->st->running++;
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
+        b->prog_t = 0;
         imp_batch_journal(m, b);
         store_resume(b->st);
         log_info("import: %s: batch %s (%d file(s)) committed: %s", store, b->id, n, b->op);
@@ -999,6 +1019,27 @@ static void verify(import_mgr *m, batch *b)
     present_forget_store(m->present, b->st->name);
 }
 
+/* Seconds until the operation should end, from its counters' progress
+ * since they were first seen moving; < 0 when it cannot be told yet. */
+static double op_eta(batch *b, const hc_operation *op, double now)
+{
+    if (op->success < 0 || op->pending < 0)
+        return -1; /* no counters */
+    int64_t n = op->success + (op->failure > 0 ? op->failure : 0);
+    if (n <= 0)
+        return -1; /* still in its fixed start-up part */
+    if (b->prog_t <= 0) {
+        b->prog_t = now;
+        b->prog_n = n;
+        return -1;
+    }
+    if (op->pending == 0)
+        return 0; /* every item counted: the end is near */
+    if (n <= b->prog_n || now <= b->prog_t)
+        return -1;
+    return (double)op->pending * (now - b->prog_t) / (double)(n - b->prog_n);
+}
+
 static void poll_op(import_mgr *m, batch *b)
 {
     char *op_name = strdup(b->op);
@@ -1033,10 +1074,17 @@ static void poll_op(import_mgr *m, batch *b)
             snprintf(what, sizeof what, "reading operation %s", b->op);
             store_pause_http(m, b->st, &err, what);
         }
-        b->next_try = now + b->backoff;
         /* Gentle growth: an import done just after a poll is seen at most
          * 25% (and 1 s) late (polls at 0.05, 0.11, 0.19, 0.29, 0.41 s...);
-         * a one-hour import costs about 3600 GETs, well inside quotas. */
+         * a one-hour import costs about 3600 GETs, well inside quotas. When
+         * the counters predict an earlier end, the next poll goes just after
+         * it (+ POLL_FIRST_S), so a batch's end is not seen up to 1 s late:
+         * with imports=1 and many batches those seconds add up. */
+        double eta = rc == HC_OK ? op_eta(b, &op, now) : -1;
+        double wait = b->backoff;
+        if (eta >= 0 && eta + POLL_FIRST_S < wait)
+            wait = eta + POLL_FIRST_S;
+        b->next_try = now + wait;
         b->backoff = b->backoff * POLL_GROWTH > POLL_MAX_S ? POLL_MAX_S : b->backoff * POLL_GROWTH;
     } else if (!op.has_error && op.failure <= 0) {
         int n = 0;
@@ -1263,10 +1311,17 @@ static void *jflush_main(void *arg)
 
 int up_start(import_mgr *m)
 {
-    m->workers = calloc((size_t)m->cfg.uploads, sizeof *m->workers);
+    /* uploads=N given: N. Else adaptive (upconc.h): from UP_AUTO_START, the
+     * concurrency a 2-core client with a fast link ran best at, up to
+     * UP_AUTO_MAX for long thin wires (30 ms per request and 16 KiB files
+     * need ~50 in flight to use 400 Mbps), down to UP_AUTO_MIN when the CPU
+     * or the link is the bound. */
+    m->conc = upconc_new(m->cfg.uploads, UP_AUTO_START, UP_AUTO_MIN, UP_AUTO_MAX);
+    int nthreads = m->conc ? upconc_max(m->conc) : 0;
+    m->workers = nthreads ? calloc((size_t)nthreads, sizeof *m->workers) : NULL;
     if (!m->workers)
         return -ENOMEM;
-    for (int i = 0; i < m->cfg.uploads; i++) {
+    for (int i = 0; i < nthreads; i++) {
         int rc = pthread_create(&m->workers[i], NULL, worker_main, m);
         if (rc != 0) {
             log_error("import: cannot start upload thread: %s", strerror(rc));
@@ -1311,6 +1366,8 @@ void up_stop(import_mgr *m)
     m->coord_started = false;
     free(m->workers);
     m->workers = NULL;
+    upconc_free(m->conc);
+    m->conc = NULL;
     pthread_mutex_lock(&m->lock);
     /* Streams: unfinished sessions are cancelled (the journal only knows
      * accepted files, which are uploaded again from the spool). */

@@ -41,7 +41,7 @@ TEST(location_defaults)
     CHECK_EQ_STR(o.export_bucket, "bkt");
     CHECK_EQ_STR(o.export_prefix, "stage-exports");
     CHECK_EQ_STR(o.export_to, "gs://bkt/stage-exports");
-    CHECK_EQ_INT(o.uploads, 16);
+    CHECK_EQ_INT(o.uploads, 0); /* adaptive */
     CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
     CHECK(o.timeout == FS_OPTIONS_DEFAULT_TIMEOUT);
     CHECK(!o.sync_close);

@@ -67,6 +67,16 @@ TEST(knee_settles_near_it)
     upconc_free(c);
 }
 
+TEST(idle_starts_over)
+{
+    upconc *c = upconc_new(0, 16, 4, 64);
+    CHECK(simulate(c, 60, 524288, capacity_bound, true) < 16);
+    upconc_idle(c);
+    CHECK_EQ_INT(upconc_limit(c), 16);
+    CHECK_EQ_INT(simulate(c, 20, 16384, latency_bound, true), 64);
+    upconc_free(c);
+}
+
 TEST(no_backlog_no_change)
 {
     upconc *c = upconc_new(0, 16, 4, 64);
@@ -88,6 +98,7 @@ int main(void)
     RUN(latency_bound_climbs_to_the_top);
     RUN(capacity_bound_does_not_grow);
     RUN(knee_settles_near_it);
+    RUN(idle_starts_over);
     RUN(no_backlog_no_change);
     RUN(fixed_stays);
     return test_done();
