@@ -80,6 +80,7 @@ struct emu_ctx {
     atomic_llong refuse_tokens_until_ms; /* CLOCK_MONOTONIC ms; 0 = grants work */
     emu_store *store;
     emu_oauth *oauth;
+    emu_hc *hc; /* the Healthcare API (hc_api.c) */
 };
 
 /* ---- server.c ---- */

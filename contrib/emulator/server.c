@@ -118,6 +118,16 @@ bool emu_shutting_down(const emu_ctx *ctx)
     return atomic_load(&ctx->shutting_down);
 }
 
+emu_hc *emu_ctx_hc(const emu_ctx *ctx)
+{
+    return ctx->hc;
+}
+
+void emu_ctx_set_hc(emu_ctx *ctx, emu_hc *hc)
+{
+    ctx->hc = hc;
+}
+
 /* ---- requests ---- */
 
 const char *emu_req_method(const emu_request *r)
