@@ -60,6 +60,7 @@ typedef struct emu_oauth emu_oauth;
 typedef struct emu_faults emu_faults;
 typedef struct emu_net emu_net;
 typedef struct emu_iam emu_iam;
+typedef struct emu_uploads emu_uploads;
 
 struct emu_ctx {
     char *data_dir;
@@ -80,7 +81,8 @@ struct emu_ctx {
     atomic_llong refuse_tokens_until_ms; /* CLOCK_MONOTONIC ms; 0 = grants work */
     emu_store *store;
     emu_oauth *oauth;
-    emu_hc *hc; /* the Healthcare API (hc_api.c) */
+    emu_uploads *uploads; /* resumable upload sessions (gcs_api.c) */
+    emu_hc *hc;           /* the Healthcare API (hc_api.c) */
 };
 
 /* ---- server.c ---- */
@@ -252,6 +254,9 @@ int emu_mkdirs(const char *path);
 void emu_random_hex(char *out, size_t nbytes);
 
 /* ---- gcs_api.c ---- */
+/* The registry of resumable upload sessions in memory (locks, hashes). */
+emu_uploads *emu_uploads_new(void);
+void emu_uploads_free(emu_uploads *up);
 void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
 /* True for resumable-session requests (the session URI is the credential). */
 bool emu_gcs_is_session_request(const emu_request *r);

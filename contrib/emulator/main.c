@@ -532,6 +532,7 @@ static void cleanup(emu_ctx *ctx)
     emu_faults_free(ctx->faults);
     emu_net_free(ctx->net);
     emu_iam_free(ctx->iam);
+    emu_uploads_free(ctx->uploads);
     if (ctx->data_dir_is_temp)
         nftw(ctx->data_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(ctx->data_dir);
@@ -563,7 +564,8 @@ int main(int argc, char **argv)
     int rc = 1;
     int lfd = -1;
     ctx.faults = emu_faults_new(&ctx.fault_cfg);
-    if (!ctx.faults || apply_realism(&ctx, &o) != 0 || !emu_store_open(&ctx) ||
+    ctx.uploads = emu_uploads_new();
+    if (!ctx.faults || !ctx.uploads || apply_realism(&ctx, &o) != 0 || !emu_store_open(&ctx) ||
         emu_oauth_open(&ctx) != 0)
         goto out;
     lfd = open_listener(o.listen, &ctx);
