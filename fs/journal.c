@@ -36,6 +36,7 @@
 #include <zlib.h>
 
 #include "log.h"
+#include "util.h"
 
 #define JOURNAL_MAX_RECORD (16u << 20) /* no record is this big: a larger length is corrupt */
 #define JOURNAL_COMPACT_MIN (8u << 20)
@@ -99,15 +100,11 @@ static bool reserve_release(journal *j)
     return true;
 }
 
-
 /* ---- map ---- */
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return util_fnv1a_str(UTIL_FNV1A_INIT, s);
 }
 
 static kv *map_find(journal *j, const char *key)
@@ -488,8 +485,8 @@ int journal_open(const char *dir, journal **out)
         rc = load(j);
     if (rc == 0) {
         struct stat rst;
-        j->reserve_held = fstatat(j->dirfd, "reserve", &rst, 0) == 0 &&
-                          rst.st_blocks * 512 >= JOURNAL_RESERVE;
+        j->reserve_held =
+            fstatat(j->dirfd, "reserve", &rst, 0) == 0 && rst.st_blocks * 512 >= JOURNAL_RESERVE;
         reserve_arm(j);
     }
     if (rc < 0) {

@@ -241,15 +241,8 @@ typedef int (*emu_store_obj_cb)(void *cb_ctx, const emu_obj_info *o);
 int emu_store_object_each(emu_ctx *ctx, const char *bucket, const char *prefix, const char *start,
                           emu_store_obj_cb cb, void *cb_ctx);
 
-/* Base64 helpers shared by the core modules. */
-char *emu_b64_encode(const unsigned char *data, size_t len, bool url); /* malloc'ed */
-/* Returns decoded length or -1; accepts both alphabets, padding optional. */
-long emu_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outcap);
-uint32_t emu_crc32c(uint32_t crc, const void *data, size_t len);
+/* Base64, CRC32C, RFC 3339 and mkdir -p: client/util.h. */
 int64_t emu_now_us(void);
-void emu_rfc3339(int64_t us, char *buf, size_t len);
-/* mkdir -p with mode 0700. */
-int emu_mkdirs(const char *path);
 /* Random hex string of n bytes of entropy. */
 void emu_random_hex(char *out, size_t nbytes);
 

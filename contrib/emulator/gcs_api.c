@@ -26,6 +26,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 #include "multipart.h"
 
 #define CHUNK_QUANTUM (256u * 1024)
@@ -74,7 +75,7 @@ static void add_i64_str(cJSON *j, const char *k, long long v)
 static void add_time(cJSON *j, const char *k, int64_t us)
 {
     char buf[40];
-    emu_rfc3339(us, buf, sizeof(buf));
+    util_rfc3339(buf, sizeof(buf), (time_t)(us / 1000000), (long)(us % 1000000) * 1000, 3);
     cJSON_AddStringToObject(j, k, buf);
 }
 
@@ -85,7 +86,7 @@ static char *etag_of(int64_t gen, int64_t metagen)
         raw[i] = (unsigned char)((uint64_t)gen >> (56 - 8 * i));
         raw[8 + i] = (unsigned char)((uint64_t)metagen >> (56 - 8 * i));
     }
-    return emu_b64_encode(raw, sizeof(raw), false);
+    return util_b64_encode(raw, sizeof(raw), false);
 }
 
 static cJSON *object_json(emu_ctx *ctx, const emu_obj_info *o)
@@ -565,7 +566,7 @@ static void object_list(emu_ctx *ctx, const emu_request *r, emu_response *w, con
     if (tok && *tok) {
         size_t tl = strlen(tok);
         unsigned char *raw = malloc(tl + 1);
-        long n = raw ? emu_b64_decode(tok, tl, raw, tl) : -1;
+        long n = raw ? util_b64_decode(tok, tl, raw, tl) : -1;
         if (n < 0) {
             free(raw);
             emu_resp_gcs_error(w, 400, "invalid", "Invalid pageToken.");
@@ -589,7 +590,7 @@ static void object_list(emu_ctx *ctx, const emu_request *r, emu_response *w, con
         cJSON *root = cJSON_CreateObject();
         cJSON_AddStringToObject(root, "kind", "storage#objects");
         if (l.more && l.last_key) {
-            char *t = emu_b64_encode((const unsigned char *)l.last_key, strlen(l.last_key), true);
+            char *t = util_b64_encode((const unsigned char *)l.last_key, strlen(l.last_key), true);
             if (t)
                 cJSON_AddStringToObject(root, "nextPageToken", t);
             free(t);
@@ -802,10 +803,7 @@ struct emu_uploads {
 
 static pthread_mutex_t *session_lock(emu_ctx *ctx, const char *id)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return &ctx->uploads->locks[h % SESSION_LOCKS];
+    return &ctx->uploads->locks[util_fnv1a_str(UTIL_FNV1A_INIT, id) % SESSION_LOCKS];
 }
 
 /* What the emulator keeps in memory of each session's part file: its
@@ -963,7 +961,7 @@ static int part_append_locked(upsess *u, int fd, uint64_t off, const char *data,
         }
         if (u->hashed) {
             EVP_DigestUpdate(u->md5, p, (size_t)got);
-            u->crc = emu_crc32c(u->crc, p, (size_t)got);
+            u->crc = util_crc32c(u->crc, p, (size_t)got);
         }
         u->len += (uint64_t)got;
         p += got;
@@ -1012,19 +1010,10 @@ static cJSON *session_load(emu_ctx *ctx, const char *id)
 
 static int session_save(emu_ctx *ctx, const char *id, cJSON *s)
 {
-    char path[4200], tmp[4300];
+    char path[4200];
     session_path(ctx, id, "json", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     char *text = cJSON_PrintUnformatted(s);
-    FILE *f = text ? fopen(tmp, "wb") : NULL;
-    int rc = -1;
-    if (f) {
-        rc = fputs(text, f) >= 0 ? 0 : -1;
-        if (fclose(f) != 0)
-            rc = -1;
-        if (rc == 0 && rename(tmp, path) != 0)
-            rc = -1;
-    }
+    int rc = text && util_write_atomic(path, text, strlen(text), 0644) == 0 ? 0 : -1;
     free(text);
     return rc;
 }
@@ -1081,7 +1070,7 @@ static void upload_resumable_start(emu_ctx *ctx, const emu_request *r, emu_respo
         if (pre.has_meta_not_match)
             add_i64_str(p, "ifMetagenerationNotMatch", pre.meta_not_match);
         snprintf(path, sizeof(path), "%s/gcs/uploads", emu_data_dir(ctx));
-        emu_mkdirs(path);
+        util_mkdirs(path, 0700);
         session_path(ctx, id, "part", path, sizeof(path));
         int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
         if (fd >= 0)

@@ -5,7 +5,7 @@
  * Healthcare side's context (emu_hc: the state and the operations, hung on
  * the emulator context) and registers the operation workers with lro.
  *
- * Choices where the real service is undocumented (see api-facts.md 6):
+ * Choices where the real service is undocumented:
  * - Errors use the AIP-193 envelope; unknown JSON fields answer 400 with
  *   'Invalid JSON payload received. Unknown name "x"[ at 'path']: Cannot find
  *   field.'; export takes filterConfig on v1 and v1beta1 (the current v1

@@ -186,8 +186,6 @@ long hc_store_delete(hc_state *hs, const char *store_name, const char *study, co
                      const char *sop);
 /* Reads a whole file (malloc'ed). */
 int hc_read_file(const char *path, uint8_t **data, size_t *len);
-int hc_write_atomic(const char *path, const void *data, size_t len);
-int hc_mkdirs(const char *path);
 /* Copies the matching instances (snapshot) for workers; caller frees. */
 typedef struct hc_inst_ref {
     char study[HC_UID_MAX + 1], series[HC_UID_MAX + 1], sop[HC_UID_MAX + 1];
@@ -210,7 +208,6 @@ typedef struct hc_field {
 } hc_field;
 bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, const char *at);
 cJSON *hc_parse_body(const emu_request *r, emu_response *w);
-void hc_rfc3339(const struct timespec *ts, char *buf, size_t len);
 bool hc_id_valid(const char *id);
 
 /* ---- operations (lro.c) ---- */

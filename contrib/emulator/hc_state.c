@@ -53,66 +53,6 @@ emu_ctx *hc_state_ctx(const hc_state *hs)
 
 /* ---- file helpers ---- */
 /* ---- small helpers ---- */
-int hc_mkdirs(const char *path)
-{
-    char *p = strdup(path);
-    if (!p)
-        return -ENOMEM;
-    for (char *s = p + 1; *s; s++) {
-        if (*s == '/') {
-            *s = '\0';
-            if (mkdir(p, 0700) < 0 && errno != EEXIST) {
-                free(p);
-                return -errno;
-            }
-            *s = '/';
-        }
-    }
-    int rc = mkdir(p, 0700) < 0 && errno != EEXIST ? -errno : 0;
-    free(p);
-    return rc;
-}
-
-int hc_write_atomic(const char *path, const void *data, size_t len)
-{
-    char *tmp;
-    static unsigned long seq;
-    if (asprintf(&tmp, "%s.tmp.%d.%lu", path, getpid(), __atomic_add_fetch(&seq, 1, 0)) < 0)
-        return -ENOMEM;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        int e = -errno;
-        free(tmp);
-        return e;
-    }
-    const char *p = data;
-    size_t left = len;
-    while (left) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            int e = -errno;
-            close(fd);
-            unlink(tmp);
-            free(tmp);
-            return e;
-        }
-        p += n;
-        left -= (size_t)n;
-    }
-    /* No fsync: the emulator must survive its own kill/restart (the page
-     * cache does), not power loss; fsync per instance made big imports slow. */
-    if (close(fd) < 0 || rename(tmp, path) < 0) {
-        int e = -errno;
-        unlink(tmp);
-        free(tmp);
-        return e;
-    }
-    free(tmp);
-    return 0;
-}
-
 int hc_read_file(const char *path, uint8_t **data, size_t *len)
 {
     char *text;
@@ -121,14 +61,6 @@ int hc_read_file(const char *path, uint8_t **data, size_t *len)
     return rc;
 }
 
-void hc_rfc3339(const struct timespec *ts, char *buf, size_t len)
-{
-    struct tm tm;
-    gmtime_r(&ts->tv_sec, &tm);
-    char d[32];
-    strftime(d, sizeof d, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%09ldZ", d, ts->tv_nsec);
-}
 /* ---- datasets and stores ---- */
 static hc_dataset *ds_find(hc_state *hs, const char *name)
 {
@@ -156,10 +88,7 @@ hc_store *hc_store_find(hc_state *hs, const char *name)
 
 static size_t hash_str(const char *s)
 {
-    size_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return (size_t)util_fnv1a_str(UTIL_FNV1A_INIT, s);
 }
 
 hc_inst *hc_inst_find(hc_store *s, const char *sop)
@@ -331,7 +260,7 @@ static int store_load(hc_store *s)
             free(l);
         }
     }
-    int rc = hc_write_atomic(path, b.p ? (const void *)b.p : "", b.len);
+    int rc = util_write_atomic(path, b.p ? (const void *)b.p : "", b.len, 0600);
     free(b.p);
     s->log_fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
     free(path);
@@ -365,7 +294,7 @@ static int state_save(hc_state *hs)
     char *path;
     int rc = -ENOMEM;
     if (txt && asprintf(&path, "%s/state.json", hs->dir) >= 0) {
-        rc = hc_write_atomic(path, txt, strlen(txt));
+        rc = util_write_atomic(path, txt, strlen(txt), 0600);
         free(path);
     }
     free(txt);
@@ -402,7 +331,7 @@ static hc_store *st_add(hc_state *hs, const char *name, const char *dirname)
         s->dir = NULL;
     char *files;
     if (s->dir && asprintf(&files, "%s/files", s->dir) >= 0) {
-        hc_mkdirs(files);
+        util_mkdirs(files, 0700);
         free(files);
     }
     hs->st[hs->n_st++] = s;
@@ -646,7 +575,7 @@ static int copy_fd_to(int in, uint64_t size, const char *path)
 static int src_place(const add_src *src, const char *path)
 {
     if (src->fd < 0)
-        return hc_write_atomic(path, src->buf, src->len);
+        return util_write_atomic(path, src->buf, src->len, 0600);
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", src->fd);
     if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
@@ -914,14 +843,14 @@ int hc_state_open(emu_ctx *ctx, hc_state **out)
         hs->dir = NULL;
         return -ENOMEM;
     }
-    int rc = hc_mkdirs(hs->dir);
+    int rc = util_mkdirs(hs->dir, 0700);
     if (rc < 0) {
         log_error("emulator: cannot create %s: %s", hs->dir, strerror(-rc));
         return rc;
     }
     char *sub;
     if (asprintf(&sub, "%s/stores", hs->dir) >= 0) {
-        hc_mkdirs(sub);
+        util_mkdirs(sub, 0700);
         free(sub);
     }
     hc_lock(hs);

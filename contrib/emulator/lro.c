@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 #include "hc_internal.h"
 
 struct hc_op {
@@ -115,7 +116,7 @@ static void op_save(const hc_op *op)
     cJSON_Delete(j);
     char *path;
     if (txt && asprintf(&path, "%s/%s.json", lro->dir, op->id) >= 0) {
-        int rc = hc_write_atomic(path, txt, strlen(txt));
+        int rc = util_write_atomic(path, txt, strlen(txt), 0600);
         if (rc < 0)
             log_error("emulator: cannot save operation %s: %s", op->id, strerror(-rc));
         free(path);
@@ -128,7 +129,7 @@ static void save_next_id(hc_lro *lro)
     char *path, buf[32];
     snprintf(buf, sizeof buf, "%llu\n", lro->next_id);
     if (asprintf(&path, "%s/next", lro->dir) >= 0) {
-        hc_write_atomic(path, buf, strlen(buf));
+        util_write_atomic(path, buf, strlen(buf), 0600);
         free(path);
     }
 }
@@ -224,10 +225,10 @@ static cJSON *op_json(const hc_op *op)
              op->version);
     cJSON_AddStringToObject(m, "@type", buf);
     cJSON_AddStringToObject(m, "apiMethodName", method_name(op, buf, sizeof buf));
-    hc_rfc3339(&op->create, buf, sizeof buf);
+    util_rfc3339(buf, sizeof buf, op->create.tv_sec, op->create.tv_nsec, 9);
     cJSON_AddStringToObject(m, "createTime", buf);
     if (op->done) {
-        hc_rfc3339(&op->end, buf, sizeof buf);
+        util_rfc3339(buf, sizeof buf, op->end.tv_sec, op->end.tv_nsec, 9);
         cJSON_AddStringToObject(m, "endTime", buf);
     }
     if (op->kind == HC_OP_IMPORT || op->kind == HC_OP_EXPORT) {
@@ -421,7 +422,7 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     char ts[64];
-    hc_rfc3339(&now, ts, sizeof ts);
+    util_rfc3339(ts, sizeof ts, now.tv_sec, now.tv_nsec, 9);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "timestamp", ts);
     cJSON_AddStringToObject(j, "severity", "ERROR");
@@ -783,8 +784,8 @@ int lro_open(emu_ctx *ctx, hc_state *hs, hc_lro **out)
         lro->logdir = NULL;
     if (!lro->dir || !lro->logdir)
         return -ENOMEM;
-    hc_mkdirs(lro->dir);
-    hc_mkdirs(lro->logdir);
+    util_mkdirs(lro->dir, 0700);
+    util_mkdirs(lro->logdir, 0700);
     return 0;
 }
 

@@ -20,6 +20,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 #define MAX_BUCKETS 64
 
@@ -454,7 +455,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static int setup_data_dir(const char *data, emu_ctx *ctx)
 {
     if (data) {
-        int rc = emu_mkdirs(data);
+        int rc = util_mkdirs(data, 0700);
         if (rc != 0) {
             fprintf(stderr, "dicomfs-emulator: cannot create --data %s: %s\n", data, strerror(-rc));
             return -1;
