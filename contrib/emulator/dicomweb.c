@@ -706,6 +706,22 @@ static void metadata(emu_response *w, const char *version, const dw_store *store
 /* rendered (frame >= 0 or whole instance) and frames. */
 /* Bulk data of a top-level element (the BulkDataURI of metadata). Single
  * part with Accept: application/octet-stream, else multipart/related. */
+/* Reads and parses the first instance found, then frees f. On failure
+ * answers 500 and returns false. */
+static bool load_first(emu_response *w, found *f, uint8_t **data, size_t *len, dj_file *df)
+{
+    char why[300] = "";
+    bool ok = hc_read_file(f->v[0].path, data, len) == 0 &&
+              dj_parse_file(*data, *len, df, why, sizeof why) == 0;
+    found_free(f);
+    if (!ok) {
+        free(*data);
+        *data = NULL;
+        dw_error(w, 500, "cannot read the instance: %s", why);
+    }
+    return ok;
+}
+
 static void bulkdata(emu_response *w, const emu_request *r, const dw_store *store,
                      const char *study, const char *series, const char *sop, const char *tag_hex)
 {
@@ -721,14 +737,8 @@ static void bulkdata(emu_response *w, const emu_request *r, const dw_store *stor
     size_t len = 0;
     dj_file df;
     char why[300] = "";
-    if (hc_read_file(f.v[0].path, &data, &len) < 0 ||
-        dj_parse_file(data, len, &df, why, sizeof why) < 0) {
-        free(data);
-        found_free(&f);
-        dw_error(w, 500, "cannot read the instance: %s", why);
+    if (!load_first(w, &f, &data, &len, &df))
         return;
-    }
-    found_free(&f);
     hc_buf out = {0};
     const dj_elem *e = dj_find(df.ds, tag);
     int rc = 0;
@@ -786,14 +796,8 @@ static void pixels(emu_response *w, const emu_request *r, const dw_store *store,
         }
         frame = (int)v - 1;
     }
-    if (hc_read_file(f.v[0].path, &data, &len) < 0 ||
-        dj_parse_file(data, len, &df, why, sizeof why) < 0) {
-        free(data);
-        found_free(&f);
-        dw_error(w, 500, "cannot read the instance: %s", why);
+    if (!load_first(w, &f, &data, &len, &df))
         return;
-    }
-    found_free(&f);
     hc_buf out = {0};
     if (frame >= conv_num_frames(&df)) {
         dw_error(w, 400, "frame %s does not exist", frames);

@@ -67,6 +67,8 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
 int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
                   size_t whylen);
 void dj_file_free(dj_file *f);
+/* Whether explicit VR encodes this VR with a 4-byte length (PS3.5 7.1.2). */
+bool dj_long_vr(const char *vr);
 const dj_elem *dj_find(const dj_ds *ds, uint32_t tag);
 /* Integer value of a US/UL/IS/SS element (first value), or def. */
 long dj_int(const dj_elem *e, enum dj_enc enc, long def);
