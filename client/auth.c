@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "util.h"
 
@@ -62,6 +63,11 @@ struct auth_provider {
     char *client_secret;
     char *refresh_token;
     char *quota_project;
+    /* The credentials file and its identity when read: a change (say a new
+     * `gcloud auth application-default login`) is read again before the
+     * next token request. NULL for the metadata server. */
+    char *path;
+    struct stat file_st;
 
     /* Token cache, guarded by lock. One thread refreshes (refreshing=true);
      * the others wait on cond until generation changes. */
@@ -430,6 +436,13 @@ static int post_grant(auth_provider *p, const char *form, const char *const *sec
                                           "Accept: application/json", NULL};
     http_response resp;
     http_error herr;
+    if (!http_url_safe_for_credentials(p->token_uri)) {
+        set_err(err, "INVALID_ARGUMENT",
+                "refusing to send credentials in clear text to token_uri %s: use https:// "
+                "(plain http only to a loopback address)",
+                p->token_uri);
+        return AUTH_ERR_REJECTED;
+    }
     /* A grant may be repeated safely. */
     int hrc = token_request(p, "POST", headers, form, true, AUTH_TOKEN_TIMEOUT_S, &resp, &herr);
     int rc;
@@ -594,9 +607,58 @@ static int cache_copy(const auth_provider *p, char *buf, size_t buflen, http_err
     return AUTH_OK;
 }
 
+static auth_provider *provider_alloc(auth_kind kind);
+static int load_credentials_file(auth_provider *p, const char *path, http_error *err);
+
+#define SWAP(a, b)                                                                                 \
+    do {                                                                                           \
+        __typeof__(a) t_ = (a);                                                                    \
+        (a) = (b);                                                                                 \
+        (b) = t_;                                                                                  \
+    } while (0)
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_size == b->st_size;
+}
+
+/* Caller holds p->lock and is the refreshing thread (the only one that
+ * reads the credentials). Reads the credentials file again when it
+ * changed; unusable new content keeps the old credentials (logged). */
+static void reload_if_changed(auth_provider *p)
+{
+    struct stat st;
+    if (!p->path || stat(p->path, &st) != 0 || same_file(&st, &p->file_st))
+        return;
+    p->file_st = st;
+    auth_provider *n = provider_alloc(AUTH_KIND_NONE);
+    http_error e;
+    memset(&e, 0, sizeof e);
+    if (!n || load_credentials_file(n, p->path, &e) != AUTH_OK) {
+        log_warn("auth: %s changed but cannot be used (%s): keeping the credentials read before",
+                 p->path, n ? e.message : "out of memory");
+        auth_provider_free(n);
+        return;
+    }
+    SWAP(p->kind, n->kind);
+    SWAP(p->desc, n->desc);
+    SWAP(p->token_uri, n->token_uri);
+    SWAP(p->client_email, n->client_email);
+    SWAP(p->private_key_id, n->private_key_id);
+    SWAP(p->pkey, n->pkey);
+    SWAP(p->client_id, n->client_id);
+    SWAP(p->client_secret, n->client_secret);
+    SWAP(p->refresh_token, n->refresh_token);
+    log_info("auth: %s changed: now using %s", p->path, p->desc);
+    auth_provider_free(n);
+}
+
 /* Caller holds p->lock; it is released during the request. */
 static void cache_refresh(auth_provider *p)
 {
+    reload_if_changed(p);
     char *token = NULL;
     double lifetime = 0;
     http_error ferr;
@@ -610,6 +672,11 @@ static void cache_refresh(auth_provider *p)
         cache_install(p, token, lifetime, started);
         log_debug("auth: new access token from %s, valid for %.0f s", p->desc, lifetime);
     } else {
+        /* Refused credentials need a person; anything else passes by itself. */
+        ferr.kind = rc == AUTH_ERR_REJECTED || rc == AUTH_ERR_KEY || rc == AUTH_ERR_FILE ||
+                            rc == AUTH_ERR_NOTFOUND
+                        ? HTTP_KIND_CREDENTIALS
+                        : HTTP_KIND_TOKEN;
         log_warn("auth: token refresh for %s failed: %s", p->desc, ferr.message);
     }
     p->last_rc = rc;
@@ -617,6 +684,28 @@ static void cache_refresh(auth_provider *p)
     p->refreshing = false;
     p->generation++;
     pthread_cond_broadcast(&p->cond);
+}
+
+/* Waits (p->lock held) until the running refresh ends; a thread with a
+ * deadline (a user's request) waits no longer than that: -1. */
+static int wait_refresh(auth_provider *p, unsigned long entry_gen)
+{
+    while (p->generation == entry_gen) {
+        double left = deadline_remaining_ms();
+        if (left < 0) {
+            pthread_cond_wait(&p->cond, &p->lock);
+            continue;
+        }
+        if (left == 0)
+            return -1;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + left / 1000.0;
+        ts.tv_sec = (time_t)at;
+        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&p->cond, &p->lock, &ts);
+    }
+    return 0;
 }
 
 int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, http_error *err)
@@ -655,8 +744,16 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
             break;
         }
         if (p->refreshing) {
-            while (p->generation == entry_gen)
-                pthread_cond_wait(&p->cond, &p->lock);
+            if (wait_refresh(p, entry_gen) != 0) {
+                set_err(err, "DEADLINE_EXCEEDED",
+                        "no access token within the %g s timeout (another thread is still "
+                        "fetching one from %s)",
+                        deadline_length_s(), p->token_uri ? p->token_uri : p->desc);
+                if (err)
+                    err->kind = HTTP_KIND_DEADLINE;
+                rc = AUTH_ERR_TRANSPORT;
+                break;
+            }
             continue;
         }
         cache_refresh(p);
@@ -793,6 +890,11 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
         rc = AUTH_ERR_NOMEM;
     }
+    if (rc == AUTH_OK && !p->path) {
+        p->path = strdup(path);
+        if (stat(path, &p->file_st) != 0)
+            memset(&p->file_st, 0, sizeof p->file_st);
+    }
     return rc;
 }
 
@@ -858,7 +960,11 @@ static auth_provider *provider_alloc(auth_kind kind)
         return NULL;
     p->kind = kind;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* wait_refresh counts in it */
+    pthread_cond_init(&p->cond, &ca);
+    pthread_condattr_destroy(&ca);
     return p;
 }
 
@@ -949,6 +1055,7 @@ void auth_provider_free(auth_provider *p)
     free(p->quota_project);
     free(p->token_uri);
     free(p->desc);
+    free(p->path);
     if (p->own_http)
         http_client_free(p->own_http);
     pthread_mutex_destroy(&p->lock);

@@ -57,8 +57,7 @@ const char *auth_provider_quota_project(const auth_provider *p);
  * still returns the old token while it is valid. For AUTH_KIND_NONE it
  * writes an empty string and succeeds: the daemon passes token_fn = NULL for
  * that kind instead, so no empty Authorization header is ever sent. */
-int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
-                   http_error *err);
+int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, http_error *err);
 
 /* Builds a signed RS256 JWT assertion for the JWT-bearer grant (exposed for tests).
  * Returns malloc'ed "header.claims.signature" or NULL. */

@@ -16,23 +16,23 @@
 
 enum {
     DICOM_OK = 0,
-    DICOM_ERR_NOT_PART10 = -1, /* too short for a preamble or no "DICM" at 128 */
-    DICOM_ERR_TRUNCATED = -2,  /* an element runs past the end of the input */
-    DICOM_ERR_MALFORMED = -3,  /* bad meta group, bad VR, bad length */
-    DICOM_ERR_UNSUPPORTED = -4,/* transfer syntax whose data set cannot be read */
-    DICOM_ERR_MISSING = -5,    /* a required UID is absent */
+    DICOM_ERR_NOT_PART10 = -1,  /* too short for a preamble or no "DICM" at 128 */
+    DICOM_ERR_TRUNCATED = -2,   /* an element runs past the end of the input */
+    DICOM_ERR_MALFORMED = -3,   /* bad meta group, bad VR, bad length */
+    DICOM_ERR_UNSUPPORTED = -4, /* transfer syntax whose data set cannot be read */
+    DICOM_ERR_MISSING = -5,     /* a required UID is absent */
     DICOM_ERR_IO = -6,
 };
 
 typedef struct dicom_info {
-    char transfer_syntax[DICOM_UID_MAX + 1];      /* (0002,0010) */
-    char media_sop_class[DICOM_UID_MAX + 1];      /* (0002,0002) */
-    char media_sop_instance[DICOM_UID_MAX + 1];   /* (0002,0003) */
-    char sop_class_uid[DICOM_UID_MAX + 1];        /* (0008,0016) */
-    char sop_instance_uid[DICOM_UID_MAX + 1];     /* (0008,0018) */
-    char study_uid[DICOM_UID_MAX + 1];            /* (0020,000D) */
-    char series_uid[DICOM_UID_MAX + 1];           /* (0020,000E) */
-    uint64_t meta_end;    /* offset of the first data set byte */
+    char transfer_syntax[DICOM_UID_MAX + 1];    /* (0002,0010) */
+    char media_sop_class[DICOM_UID_MAX + 1];    /* (0002,0002) */
+    char media_sop_instance[DICOM_UID_MAX + 1]; /* (0002,0003) */
+    char sop_class_uid[DICOM_UID_MAX + 1];      /* (0008,0016) */
+    char sop_instance_uid[DICOM_UID_MAX + 1];   /* (0008,0018) */
+    char study_uid[DICOM_UID_MAX + 1];          /* (0020,000D) */
+    char series_uid[DICOM_UID_MAX + 1];         /* (0020,000E) */
+    uint64_t meta_end;                          /* offset of the first data set byte */
 } dicom_info;
 
 /* Parses a whole file held in memory. On error, why (if non-NULL) gets a

@@ -30,8 +30,8 @@ typedef struct filter_path {
 } filter_path;
 
 /* Parses one line (without its line break). */
-int filter_parse_line(const char *line, size_t len, filter_path *out, size_t *bad_column,
-                      char *why, size_t whylen);
+int filter_parse_line(const char *line, size_t len, filter_path *out, size_t *bad_column, char *why,
+                      size_t whylen);
 
 /* Validates a whole file; calls cb (if non-NULL) for every path in order. A
  * non-zero return from cb stops parsing and is returned. n_paths (if

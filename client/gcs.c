@@ -80,16 +80,13 @@ static int protocol_err(http_error *err, const http_response *resp, const char *
 
 /* ---- client ---------------------------------------------------------------- */
 
-/* Scheme added when missing (STORAGE_EMULATOR_HOST is often "host:port"),
- * trailing slashes removed so paths can be appended with '/'. */
+/* Scheme added when missing (STORAGE_EMULATOR_HOST is often "host:port";
+ * see util_with_scheme), trailing slashes removed so paths can be appended
+ * with '/'. */
 static char *normalize_endpoint(const char *ep)
 {
-    char *out;
     size_t n;
-    if (strstr(ep, "://"))
-        out = strdup(ep);
-    else
-        out = util_asprintf("http://%s", ep);
+    char *out = util_with_scheme(ep);
     if (!out)
         return NULL;
     n = strlen(out);

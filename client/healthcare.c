@@ -1,7 +1,10 @@
 /* healthcare (prefix hc_): the Cloud Healthcare API, DICOM parts (see healthcare.h).
  *
  * Retry policy: GETs, DELETEs and operations.cancel are idempotent and may be
- * retried by the http layer. import and export are retried too: a retry after
+ * retried by the http layer. import is retried only when the server said it
+ * did not act (429, 5xx) or the connection was refused: after a lost answer
+ * the caller finds the operation it may have started (fs/adopt.h) rather
+ * than start a second one. export is retried like import was: a retry after
  * an unseen success starts a second operation, but its effect is the same
  * (import ignores instances already in the store, export overwrites the same
  * objects), while giving up would fail the user's close() on a passing 429 or
@@ -18,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "util.h"
 
@@ -78,11 +82,15 @@ static int protocol_err(http_error *err, const char *what, const char *url, long
 static char *normalize_root(const char *ep)
 {
     static const char *const versions[] = {"v1/", "v1beta1/"};
-    size_t n = strlen(ep);
-    char *out = malloc(n + 2);
-    if (!out)
+    char *full = util_with_scheme(ep); /* no scheme: https (http for loopback) */
+    if (!full)
         return NULL;
-    memcpy(out, ep, n + 1);
+    size_t n = strlen(full);
+    char *out = realloc(full, n + 2);
+    if (!out) {
+        free(full);
+        return NULL;
+    }
     while (n > 1 && out[n - 1] == '/' && out[n - 2] == '/')
         out[--n] = '\0';
     if (n == 0 || out[n - 1] != '/') {
@@ -138,7 +146,8 @@ typedef struct hc_call {
     const char *json_body;      /* NULL: no body */
     const char *const *headers; /* extra headers, NULL-terminated, or NULL */
     bool idempotent;
-    int response_fd; /* -1: into memory */
+    int response_fd;        /* -1: into memory */
+    bool unless_unanswered; /* see http_request */
 } hc_call;
 
 /* Performs one call; HC_OK only for a 2xx status (resp filled). */
@@ -165,6 +174,7 @@ static int perform(hc_client *c, const hc_call *call, http_response *resp, http_
     }
     req.response_fd = call->response_fd;
     req.idempotent = call->idempotent;
+    req.unless_unanswered = call->unless_unanswered;
     memset(resp, 0, sizeof(*resp));
     rc = http_perform(c->http, &req, resp, err);
     if (rc != HTTP_OK)
@@ -219,7 +229,7 @@ static int call_url(hc_client *c, const char *method, char *url, const char *jso
     int rc;
     if (!url)
         return nomem(err);
-    hc_call call = {method, url, json_body, NULL, idempotent, -1};
+    hc_call call = {method, url, json_body, NULL, idempotent, -1, false};
     rc = body ? call_body(c, &call, body, len, err) : call_discard(c, &call, err);
     free(url);
     return rc;
@@ -241,10 +251,14 @@ static char *op_name_of(const char *json, size_t len)
 
 /* A POST that starts an LRO: *op_name gets the Operation's name. repeatable:
  * the operation's effect is the same when it runs twice (see the top). */
-static int start_operation(hc_client *c, const char *url, const char *json_body, bool repeatable,
+/* How an operation start may be retried by the http layer. */
+enum { START_ONCE, START_REPEAT, START_REPEAT_IF_UNDONE };
+
+static int start_operation(hc_client *c, const char *url, const char *json_body, int repeat,
                            char **op_name, http_error *err)
 {
-    hc_call call = {"POST", url, json_body, NULL, repeatable, -1};
+    hc_call call = {
+        "POST", url, json_body, NULL, repeat != START_ONCE, -1, repeat == START_REPEAT_IF_UNDONE};
     char *body = NULL;
     size_t len = 0;
     int rc = call_body(c, &call, &body, &len, err);
@@ -327,7 +341,7 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
         char *url = (token && !et) ? NULL
                                    : util_asprintf("%s?pageSize=%d%s%s", base, HC_PAGE_SIZE,
                                                    et ? "&pageToken=" : "", et ? et : "");
-        hc_call call = {"GET", url, NULL, NULL, true, -1};
+        hc_call call = {"GET", url, NULL, NULL, true, -1, false};
         char *body = NULL;
         size_t len = 0;
         cJSON *page;
@@ -451,7 +465,7 @@ int hc_dataset_create(hc_client *c, const char *location, const char *id, char *
     url = create_url(c, location, "datasets", "datasetId", id);
     if (!url)
         return nomem(err);
-    rc = start_operation(c, url, "{}", false, op_name, err);
+    rc = start_operation(c, url, "{}", START_ONCE, op_name, err);
     free(url);
     return rc;
 }
@@ -512,7 +526,7 @@ int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_na
     rc = json_print(j, &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, "v1", store, ":import");
-        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, START_REPEAT_IF_UNDONE, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);
@@ -552,7 +566,7 @@ int hc_export(hc_client *c, const char *store, const char *uri_prefix, const cha
     rc = json_print(export_body(uri_prefix, mime_type, filter_uri), &body, err);
     if (rc == HC_OK) {
         url = versioned_url(c, filter_uri ? "v1beta1" : "v1", store, ":export");
-        rc = url ? start_operation(c, url, body, true, op_name, err) : nomem(err);
+        rc = url ? start_operation(c, url, body, START_REPEAT, op_name, err) : nomem(err);
     }
     cJSON_free(body);
     free(url);
@@ -773,10 +787,11 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
                          timeout_s);
             return HC_ERR_TIMEOUT;
         }
-        if (timeout_s >= 0 && left * 1000 < delay_ms)
-            sleep_ms((long)(left * 1000) + 1);
-        else
-            sleep_ms(delay_ms);
+        long nap = timeout_s >= 0 && left * 1000 < delay_ms ? (long)(left * 1000) + 1 : delay_ms;
+        double user = deadline_remaining_ms(); /* a person waits: no nap past their deadline */
+        if (user >= 0 && user < nap)
+            nap = (long)user + 1;
+        sleep_ms(nap);
         delay_ms = delay_ms * 2 > 5000 ? 5000 : delay_ms * 2;
     }
 }
@@ -905,7 +920,7 @@ int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const 
     for (;;) {
         char *url = util_asprintf("%sv1/%s/dicomWeb/%s?%slimit=%ld&offset=%ld", c->root, store,
                                   path, q.rest, q.limit, q.offset);
-        hc_call call = {"GET", url, NULL, accept, true, -1};
+        hc_call call = {"GET", url, NULL, accept, true, -1, false};
         http_response resp;
         long count = 0;
         if (!url) {
@@ -960,7 +975,7 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
                         series, instance);
     if (!url)
         return nomem(err);
-    hc_call call = {"GET", url, NULL, accept, true, fd};
+    hc_call call = {"GET", url, NULL, accept, true, fd, false};
     rc = perform(c, &call, &resp, err);
     if (rc == HC_OK && resp.status != 200)
         rc = protocol_err(err, "DICOMweb retrieve", url, resp.status);
@@ -1031,7 +1046,7 @@ int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char *
     url = util_asprintf("%sv1/%s/dicomWeb/%s", c->root, store, path);
     if (!url)
         return nomem(err);
-    hc_call call = {"DELETE", url, NULL, NULL, true, -1};
+    hc_call call = {"DELETE", url, NULL, NULL, true, -1, false};
     rc = call_body(c, &call, &body, &len, err);
     /* Study/series deletes answer with an Operation; instance deletes with {}. */
     if (rc == HC_OK && op_name && len > 0) {
@@ -1063,7 +1078,7 @@ int hc_dicomweb_instance_size(hc_client *c, const char *store, const char *study
                               c->root, store, study, series, instance);
     if (!url)
         return nomem(err);
-    hc_call call = {"GET", url, NULL, NULL, true, -1};
+    hc_call call = {.method = "GET", .url = url, .idempotent = true, .response_fd = -1};
     int rc = call_body(c, &call, &body, &len, err);
     if (rc == HC_OK) {
         cJSON *j = parse_body(body, len);

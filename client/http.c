@@ -2,6 +2,7 @@
  * full-jitter backoff, bearer tokens and Google error decoding (see http.h). */
 #include "http.h"
 
+#include "deadline.h"
 #include "log.h"
 
 #include <cjson/cJSON.h>
@@ -268,6 +269,34 @@ double http_parse_retry_after(const char *value, long now_epoch_s)
         return -1;
     double delta = (double)(t - now_epoch_s) * 1000.0;
     return delta > 0 ? delta : 0;
+}
+
+bool http_url_safe_for_credentials(const char *url)
+{
+    if (!url)
+        return false;
+    if (strncasecmp(url, "https://", 8) == 0)
+        return true;
+    if (strncasecmp(url, "http://", 7) != 0)
+        return false;
+    const char *h = url + 7;
+    const char *at = h + strcspn(h, "/?#");
+    const char *cred = memchr(h, '@', (size_t)(at - h));
+    if (cred)
+        h = cred + 1; /* user:pass@host */
+    size_t n;
+    if (*h == '[') {
+        return strncmp(h, "[::1]", 5) == 0 && strchr(":/?#", h[5]) != NULL;
+    }
+    n = strcspn(h, ":/?#");
+    if (n == 9 && strncasecmp(h, "localhost", 9) == 0)
+        return true;
+    if (n < 4 || strncmp(h, "127.", 4) != 0)
+        return false;
+    for (size_t i = 4; i < n; i++)
+        if (!isdigit((unsigned char)h[i]) && h[i] != '.')
+            return false;
+    return true;
 }
 
 char *http_escape(const char *s)
@@ -542,6 +571,7 @@ typedef struct xfer {
     int down_errno; /* pwrite failed */
     char *hdr;
     size_t hlen, hcap;
+    long deadline_ms; /* what is left of the thread's deadline; 0 = none */
 } xfer;
 
 static bool buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
@@ -783,13 +813,28 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->connect_timeout_s);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
-    if (req->timeout_s > 0)
-        curl_easy_setopt(h, CURLOPT_TIMEOUT, req->timeout_s);
+    long timeout_ms = req->timeout_s > 0 ? req->timeout_s * 1000 : 0;
+    bool streams = req->response_fd >= 0 || req->body_fd >= 0;
+    if (x->deadline_ms > 0 && streams) {
+        /* A file transfer that keeps moving may outlast the deadline (a
+         * large instance on a slow link): the deadline bounds the wait for
+         * the connection and any stall, not the transfer. */
+        long stall_s = (x->deadline_ms + 999) / 1000;
+        if (x->deadline_ms < c->connect_timeout_s * 1000)
+            curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, x->deadline_ms);
+        if (stall_s < c->low_speed_time_s)
+            curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, stall_s);
+    } else if (x->deadline_ms > 0 && (timeout_ms == 0 || x->deadline_ms < timeout_ms)) {
+        timeout_ms = x->deadline_ms;
+    }
+    if (timeout_ms > 0)
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     /* libcurl silently re-sends a request once when a reused connection turns
      * out to be dead. For a POST that starts work (import, export, create) that
      * could start it twice, so such requests always get a fresh connection. */
-    if (!req->idempotent && req->method && strcmp(req->method, "POST") == 0)
+    if ((!req->idempotent || req->unless_unanswered) && req->method &&
+        strcmp(req->method, "POST") == 0)
         curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
@@ -859,6 +904,13 @@ static bool curl_code_retryable(CURLcode code)
     }
 }
 
+/* The request cannot have reached the server. */
+static bool never_sent(CURLcode code)
+{
+    return code == CURLE_COULDNT_CONNECT || code == CURLE_SSL_CONNECT_ERROR ||
+           code == CURLE_COULDNT_RESOLVE_HOST;
+}
+
 /* The Retry-After of the last response in ms, or -1. */
 static double retry_after_of(const xfer *x)
 {
@@ -890,6 +942,11 @@ static int get_token(http_client *c, char *tok, size_t toklen, bool force, http_
     if (r != 0 || !tok[0] || !memchr(tok, '\0', toklen)) {
         wipe(tok, toklen);
         *err = e;
+        /* The token endpoint's status (say 400 invalid_grant) says nothing
+         * about this request: it stays in the message only. */
+        err->http_status = 0;
+        if (err->kind == HTTP_KIND_SERVER)
+            err->kind = HTTP_KIND_TOKEN;
         if (!err->status[0])
             copy_str(err->status, sizeof err->status, "UNAUTHENTICATED");
         if (!err->message[0])
@@ -948,6 +1005,29 @@ static void finish_response(xfer *x, const outcome *o, http_response *resp)
     x->body = NULL;
 }
 
+/* Fills err for a call that ran out of its thread's deadline; last: what
+ * the last attempt got ("" when none was made). */
+static int deadline_error(const char *method, const char *url, const char *last, http_error *err)
+{
+    memset(err, 0, sizeof *err);
+    err->kind = HTTP_KIND_DEADLINE;
+    err->curl_code = CURLE_OPERATION_TIMEDOUT;
+    copy_str(err->status, sizeof err->status, "DEADLINE_EXCEEDED");
+    set_message(err, "%s %s: no answer within the %g s timeout (mount option timeout=)%s%s", method,
+                url, deadline_length_s(), *last ? "; last attempt: " : "", last);
+    log_warn("http: %s", err->message);
+    return HTTP_ERR_TRANSPORT;
+}
+
+/* What the last attempt got, for log lines. */
+static void describe_outcome(const outcome *o, char *what, size_t len)
+{
+    if (o->code == CURLE_OK)
+        snprintf(what, len, "HTTP %ld", o->status);
+    else
+        snprintf(what, len, "%s (curl %d)", o->errbuf, (int)o->code);
+}
+
 int http_perform(http_client *c, const http_request *req, http_response *resp, http_error *err)
 {
     http_error scratch;
@@ -965,22 +1045,41 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     char url[512];
     url_for_log(req->url, url, sizeof url);
     const char *method = req->method ? req->method : "GET";
+    if (c->token_fn && !req->no_auth && !http_url_safe_for_credentials(req->url)) {
+        copy_str(err->status, sizeof err->status, "INVALID_ARGUMENT");
+        set_message(err,
+                    "refusing to send an access token in clear text to %s: use https:// (plain "
+                    "http only to a loopback address, e.g. a local emulator)",
+                    url);
+        log_error("http: %s", err->message);
+        return HTTP_ERR_INVAL;
+    }
     xfer x = {.req = req, .limit = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY};
     outcome o;
+    memset(&o, 0, sizeof o);
     char tok[HTTP_TOKEN_MAX];
+    char what[CURL_ERROR_SIZE + 32] = "";
     bool use_token = c->token_fn && !req->no_auth;
     bool force_refresh = false, auth_retried = false;
     double waited = 0;
     int retries = 0;
     int rc = HTTP_OK;
     for (;;) {
+        double left = deadline_remaining_ms();
+        if (left == 0) {
+            xfer_reset(&x);
+            return deadline_error(method, url, what, err);
+        }
         if (use_token && (rc = get_token(c, tok, sizeof tok, force_refresh, err)) != HTTP_OK)
             break;
         xfer_reset(&x);
+        left = deadline_remaining_ms(); /* the token may have taken a while */
+        x.deadline_ms = left < 0 ? 0 : left < 1 ? 1 : (long)left;
         resp->attempts++;
         run_attempt(c, req, use_token ? tok : NULL, &x, &o);
         if (use_token)
             wipe(tok, sizeof tok);
+        describe_outcome(&o, what, sizeof what);
         /* 401: the token was refused and nothing was done; refresh once. */
         if (o.code == CURLE_OK && o.status == 401 && use_token && !auth_retried) {
             auth_retried = force_refresh = true;
@@ -988,19 +1087,28 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
             continue;
         }
         force_refresh = false;
+        /* curl's timer may fire a hair before ours. */
+        double after = deadline_remaining_ms();
+        if (o.code == CURLE_OPERATION_TIMEDOUT && after >= 0 && after < 100) {
+            xfer_reset(&x);
+            return deadline_error(method, url, what, err);
+        }
         bool retryable = o.code == CURLE_OK ? http_status_retryable(o.status)
-                                            : (!o.rc && curl_code_retryable(o.code));
+                                            : (!o.rc && curl_code_retryable(o.code) &&
+                                               (!req->unless_unanswered || never_sent(o.code)));
         if (!retryable || !req->idempotent || retries + 1 >= c->retry.max_attempts)
             break;
         double ra = o.code == CURLE_OK ? retry_after_of(&x) : -1;
         double wait = http_backoff_ms(&c->retry, retries + 1, random_unit(), ra);
         if (c->retry.total_ms > 0 && waited + wait > c->retry.total_ms)
             break;
-        char what[CURL_ERROR_SIZE + 32];
-        if (o.code == CURLE_OK)
-            snprintf(what, sizeof what, "HTTP %ld", o.status);
-        else
-            snprintf(what, sizeof what, "%s (curl %d)", o.errbuf, (int)o.code);
+        left = deadline_remaining_ms();
+        if (left >= 0 && wait >= left && o.code != CURLE_OK) {
+            xfer_reset(&x); /* no answer, and no time left to ask again */
+            return deadline_error(method, url, what, err);
+        }
+        if (left >= 0 && wait >= left)
+            break; /* the caller cannot wait that long: the last answer stands */
         log_warn("http: %s %s: %s; attempt %d of %d failed, retrying in %.0f ms", method, url, what,
                  retries + 1, c->retry.max_attempts, wait);
         sleep_ms(wait);
@@ -1020,6 +1128,8 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     xfer_reset(&x);
     if (o.status >= 400) {
         http_error_decode(o.status, resp->body, resp->body_len, err);
+        if (o.status == 401 && auth_retried)
+            err->kind = HTTP_KIND_CREDENTIALS; /* refused even a fresh token */
         return HTTP_ERR_STATUS;
     }
     if (log_enabled(LOG_DEBUG))

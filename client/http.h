@@ -38,9 +38,22 @@ enum {
     HTTP_ERR_INVAL = -6, /* bad arguments */
 };
 
+/* What kind of trouble an error is, beyond its status. Callers that decide
+ * whether to give up on something (a file, a batch) look here first: only
+ * HTTP_KIND_SERVER errors are what the server said about the request. */
+enum {
+    HTTP_KIND_SERVER = 0,      /* the server's answer, or the connection's failure */
+    HTTP_KIND_CREDENTIALS = 1, /* the token endpoint refused the credentials, or the API
+                                  answered 401 to a freshly fetched token: fix the credentials */
+    HTTP_KIND_TOKEN = 2,       /* no token: the token endpoint was unreachable or failed */
+    HTTP_KIND_DEADLINE = 3,    /* the calling thread's deadline passed (deadline.h) */
+};
+
 /* One decoded error. Filled for every failure; http_status is 0 for failures
- * that never produced an HTTP status. */
+ * that never produced an HTTP status (also when no token could be obtained:
+ * the token endpoint's status is in the message, never in http_status). */
 typedef struct http_error {
+    int kind;          /* HTTP_KIND_* */
     long http_status;  /* e.g. 404; 0 for transport errors */
     int curl_code;     /* CURLcode for transport errors, else 0 */
     char status[40];   /* canonical code name: "NOT_FOUND", "RESOURCE_EXHAUSTED", ... */
@@ -55,20 +68,20 @@ typedef int (*http_token_fn)(void *ctx, char *buf, size_t buflen, bool force_ref
                              http_error *err);
 
 typedef struct http_retry_policy {
-    int max_attempts;     /* total attempts including the first; 1 = no retry */
-    double base_ms;       /* first backoff ceiling */
-    double max_backoff_ms;/* cap of one wait */
-    double total_ms;      /* give up once this much time has been spent waiting (<= 0: no limit) */
+    int max_attempts;      /* total attempts including the first; 1 = no retry */
+    double base_ms;        /* first backoff ceiling */
+    double max_backoff_ms; /* cap of one wait */
+    double total_ms;       /* give up once this much time has been spent waiting (<= 0: no limit) */
 } http_retry_policy;
 
 typedef struct http_options {
-    long connect_timeout_s;      /* default 10 */
-    long low_speed_time_s;       /* abort a transfer slower than 1 byte/s for this long; default 60 */
-    http_retry_policy retry;     /* default {8, 500, 32000, 300000} */
-    http_token_fn token_fn;      /* NULL: no Authorization header */
+    long connect_timeout_s;  /* default 10 */
+    long low_speed_time_s;   /* abort a transfer slower than 1 byte/s for this long; default 60 */
+    http_retry_policy retry; /* default {8, 500, 32000, 300000} */
+    http_token_fn token_fn;  /* NULL: no Authorization header */
     void *token_ctx;
-    const char *user_project;    /* X-Goog-User-Project value or NULL */
-    const char *user_agent;      /* default "dicomfs/VERSION" */
+    const char *user_project; /* X-Goog-User-Project value or NULL */
+    const char *user_agent;   /* default "dicomfs/VERSION" */
 } http_options;
 
 void http_options_init(http_options *opts);
@@ -77,25 +90,29 @@ void http_client_free(http_client *client);
 
 /* A request. Unused body/sink fields are left zero / -1 (see http_request_init). */
 typedef struct http_request {
-    const char *method;          /* "GET", "POST", "PUT", "DELETE", "PATCH" */
+    const char *method; /* "GET", "POST", "PUT", "DELETE", "PATCH" */
     const char *url;
-    const char *const *headers;  /* NULL-terminated "Name: value" list, or NULL */
+    const char *const *headers; /* NULL-terminated "Name: value" list, or NULL */
     /* Request body: either a memory buffer ... */
     const void *body;
     size_t body_len;
     /* ... or a byte range of a file descriptor, read with pread (never buffered whole). */
-    int body_fd;                 /* -1: none */
+    int body_fd; /* -1: none */
     off_t body_fd_offset;
     off_t body_fd_len;
     /* Response body: into memory (default) or appended to a file descriptor at
      * response_fd_offset with pwrite. On a retry the fd is rewritten from the same
      * offset, so partial bodies never accumulate. */
-    int response_fd;             /* -1: collect in http_response.body */
+    int response_fd; /* -1: collect in http_response.body */
     off_t response_fd_offset;
-    size_t max_body;             /* cap on an in-memory response; default 64 MiB */
-    bool idempotent;             /* may be retried on 408/429/5xx/connection errors */
-    bool no_auth;                /* do not attach the bearer token (e.g. token endpoint) */
-    long timeout_s;              /* whole-request timeout, 0 = none (low-speed limit still applies) */
+    size_t max_body; /* cap on an in-memory response; default 64 MiB */
+    bool idempotent; /* may be retried on 408/429/5xx/connection errors */
+    /* With idempotent: not after a lost or cut answer (the server may have
+     * acted; the caller reconciles), only after an answer saying it did not
+     * act or a connection that was never made. */
+    bool unless_unanswered;
+    bool no_auth;   /* do not attach the bearer token (e.g. token endpoint) */
+    long timeout_s; /* whole-request timeout, 0 = none (low-speed limit still applies) */
     http_body_observer body_observer; /* NULL: none (see http_body_observer) */
     void *body_observer_ctx;
 } http_request;
@@ -112,7 +129,10 @@ typedef struct http_response {
     int attempts; /* how many attempts were made */
 } http_response;
 
-/* Performs the request with retries. Returns HTTP_OK for 1xx-3xx statuses
+/* Performs the request with retries. When the calling thread has a
+ * deadline (deadline.h), every attempt and wait ends by then: the call
+ * fails with HTTP_ERR_TRANSPORT, err->kind HTTP_KIND_DEADLINE and
+ * status DEADLINE_EXCEEDED. Returns HTTP_OK for 1xx-3xx statuses
  * (308 included: callers inspect resp->status), HTTP_ERR_STATUS with err
  * decoded for >= 400, or another HTTP_ERR_ code. resp is always safe to pass to
  * http_response_free afterwards. */
@@ -147,6 +167,12 @@ double http_backoff_ms(const http_retry_policy *policy, int attempt, double rnd,
 /* Parses a Retry-After value (delta-seconds or HTTP-date) into milliseconds;
  * -1 if absent or unparseable. */
 double http_parse_retry_after(const char *value, long now_epoch_s);
+
+/* Whether url may carry credentials (a bearer token, a refresh token, a
+ * signed assertion): https, or http to a loopback address (127.0.0.0/8,
+ * ::1, localhost: a local emulator). http_perform refuses to attach a
+ * token to any other URL. */
+bool http_url_safe_for_credentials(const char *url);
 
 /* Percent-encodes s for use as one path segment or query value (RFC 3986
  * unreserved characters kept). Returns malloc'ed string or NULL. */

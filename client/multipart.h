@@ -22,8 +22,7 @@ char *multipart_content_type_param(const char *content_type, const char *param);
 /* Value of a header inside a part's header block, copied into buf.
  * Returns MULTIPART_OK, MULTIPART_ERR_SYNTAX if there is no such header, or
  * MULTIPART_ERR_NOMEM if the value does not fit in buf. */
-int multipart_part_header(const multipart_part *part, const char *name, char *buf,
-                          size_t buflen);
+int multipart_part_header(const multipart_part *part, const char *name, char *buf, size_t buflen);
 
 /* Splits body into parts; calls cb for each. Parts point into body. */
 typedef int (*multipart_part_cb)(void *ctx, const multipart_part *part);

@@ -69,6 +69,17 @@ size_t util_pread_full(int fd, void *buf, size_t len, off_t off)
     return got;
 }
 
+char *util_with_scheme(const char *ep)
+{
+    if (strstr(ep, "://"))
+        return strdup(ep);
+    char *plain = util_asprintf("http://%s", ep);
+    if (!plain || http_url_safe_for_credentials(plain))
+        return plain;
+    free(plain);
+    return util_asprintf("https://%s", ep);
+}
+
 char *util_asprintf(const char *fmt, ...)
 {
     va_list ap;

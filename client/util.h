@@ -29,6 +29,11 @@ void util_vset_err(http_error *err, long status, const char *code, const char *f
 char *util_endpoint(const char *explicit_ep, const char *env_name, const char *dflt,
                     char *(*normalize)(const char *ep));
 
+/* ep with a scheme when it has none: http:// for a loopback address (an
+ * emulator's "localhost:8080"), https:// for anything else, so that no
+ * token goes out in clear text. malloc'ed, or NULL. */
+char *util_with_scheme(const char *ep);
+
 /* Paging: after a page was delivered, its "nextPageToken" replaces *token
  * (malloc'ed; freed and set NULL when there is none or it is empty). */
 enum {

@@ -15,8 +15,7 @@ enum { WILDCARD_OK = 0, WILDCARD_ERR_SYNTAX = -1 };
 
 /* Splits "gs://bucket/object" into malloc'ed parts (object may contain
  * wildcards). Returns WILDCARD_ERR_SYNTAX with why filled for a bad URI. */
-int wildcard_split_gcs_uri(const char *uri, char **bucket, char **object, char *why,
-                           size_t whylen);
+int wildcard_split_gcs_uri(const char *uri, char **bucket, char **object, char *why, size_t whylen);
 
 /* Validates an object pattern against the rules above. */
 int wildcard_validate(const char *pattern, char *why, size_t whylen);

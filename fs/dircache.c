@@ -1,6 +1,7 @@
 /* dircache: short-lived directory listings (see dircache.h). */
 #include "dircache.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@ typedef struct listing {
     size_t n, cap;
     double complete_until; /* 0: not complete */
     bool was_complete;     /* v came from a full list call (fresh or not) */
+    double failed_until;   /* the last refresh failed: serve v until then without asking */
 } listing;
 
 struct dircache {
@@ -180,6 +182,7 @@ void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
         l->n = l->cap = n;
         l->complete_until = now + ttl_s;
         l->was_complete = true;
+        l->failed_until = 0;
         v = NULL;
     }
     pthread_mutex_unlock(&c->lock);
@@ -326,4 +329,73 @@ void dircache_invalidate(dircache *c, const char *key)
         listing_free(l);
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+/* Refreshing key's listing failed: for ttl_s the last one is served as it
+ * is, so that during an outage each listing waits on the server once per
+ * ttl, not once per request. */
+static void note_failure(dircache *c, const char *key, double ttl_s)
+{
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    if (l && l->was_complete)
+        l->failed_until = now_s() + ttl_s;
+    pthread_mutex_unlock(&c->lock);
+}
+
+bool dircache_failing(dircache *c, const char *key)
+{
+    pthread_mutex_lock(&c->lock);
+    listing *l = find(c, key, NULL);
+    bool failing = l && l->was_complete && l->failed_until >= now_s();
+    pthread_mutex_unlock(&c->lock);
+    return failing;
+}
+
+int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_fetch_fn fetch,
+                          void *ctx, dircache_list *out)
+{
+    if (dircache_get(c, key, out) == 0)
+        return 0;
+    if (dircache_failing(c, key) && dircache_get_stale(c, key, out) == 0)
+        return 0;
+    dircache_list l;
+    dircache_list_init(&l);
+    int rc = fetch(ctx, &l);
+    if (rc == 0) {
+        dircache_put(c, key, &l, ttl_s);
+        if (dircache_get(c, key, out) != 0)
+            dircache_list_init(out);
+        return 0;
+    }
+    dircache_list_clear(&l);
+    /* Stale on error: the last good listing rather than a failure (the
+     * fetch logged why); "gone" and "out of memory" stand. */
+    if (rc != -ENOENT && rc != -ENOMEM && dircache_get_stale(c, key, out) == 0) {
+        note_failure(c, key, ttl_s);
+        return 0;
+    }
+    dircache_list_init(out);
+    return rc;
+}
+
+int dircache_lookup_or_fetch(dircache *c, const char *key, const char *name, double ttl_s,
+                             dircache_fetch_fn fetch, void *ctx, bool *is_dir, uint64_t *size)
+{
+    int f = dircache_lookup(c, key, name, is_dir, size);
+    if (f >= 0)
+        return f;
+    /* Stale while revalidating: a name the last listing had resolves at
+     * once, without the server (a copy into import/ must not wait on it);
+     * the listing is refreshed by the next readdir or a lookup of a name it
+     * lacks. */
+    if (dircache_lookup_stale(c, key, name, is_dir, size) == 1)
+        return 1;
+    dircache_list l;
+    int rc = dircache_get_or_fetch(c, key, ttl_s, fetch, ctx, &l);
+    dircache_list_clear(&l);
+    if (rc)
+        return rc;
+    f = dircache_lookup_stale(c, key, name, is_dir, size);
+    return f == 1 ? 1 : 0;
 }

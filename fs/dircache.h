@@ -67,6 +67,30 @@ int dircache_lookup_stale(dircache *c, const char *key, const char *name, bool *
                           uint64_t *size);
 int dircache_get_stale(dircache *c, const char *key, dircache_list *out);
 
+/* Fills l with the complete listing of a directory from the server, or
+ * returns -errno (having logged what failed and why). */
+typedef int (*dircache_fetch_fn)(void *ctx, dircache_list *l);
+
+/* The one way every kind of directory is read: the fresh listing of key,
+ * else a new one from fetch (kept ttl_s seconds), else, when fetch fails
+ * for another reason than -ENOENT or -ENOMEM (the server is unreachable,
+ * timed out, refused), the last complete listing however old (stale on
+ * error). Copies it into out (caller clears). Returns 0 or fetch's -errno. */
+int dircache_get_or_fetch(dircache *c, const char *key, double ttl_s, dircache_fetch_fn fetch,
+                          void *ctx, dircache_list *out);
+
+/* One name of key's directory: 1 found (is_dir/size set), 0 absent, or
+ * -errno. A name in the last complete listing, however old, is found at
+ * once without calling fetch (stale while revalidate); otherwise as
+ * dircache_get_or_fetch. */
+int dircache_lookup_or_fetch(dircache *c, const char *key, const char *name, double ttl_s,
+                             dircache_fetch_fn fetch, void *ctx, bool *is_dir, uint64_t *size);
+
+/* True while the last refresh of key's listing failed less than its ttl
+ * ago (dircache_get_or_fetch then serves the last listing without asking):
+ * callers that read single entries may do the same. */
+bool dircache_failing(dircache *c, const char *key);
+
 /* Forgets key's listing (after a change we made). */
 void dircache_invalidate(dircache *c, const char *key);
 

@@ -103,7 +103,7 @@ static int write_file(const char *path, const void *data, size_t len)
     char *tmp = http_strdup_printf("%s.tmp", path);
     if (!tmp)
         return -ENOMEM;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     int rc = 0;
     if (fd < 0) {
         rc = -errno;
@@ -136,7 +136,7 @@ static int write_file(const char *path, const void *data, size_t len)
 /* Reads a whole small file; -ENOENT when absent. */
 static int read_file(const char *path, char **data, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return -errno;
     struct stat st;
@@ -1059,6 +1059,49 @@ static int cmp_item(const void *a, const void *b)
     return c ? c : (int)y->is_dir - (int)x->is_dir;
 }
 
+/* The objects of one run's prefix (dircache_fetch_fn). */
+struct out_src {
+    fs_ctx *x;
+    const tree_path *tp;
+    const char *prefix; /* the run's object prefix, no '/' at the end */
+};
+
+static int fetch_out(void *ctx, dircache_list *out)
+{
+    struct out_src *src = ctx;
+    fs_ctx *x = src->x;
+    const tree_path *tp = src->tp;
+    char *slashed = http_strdup_printf("%s/", src->prefix);
+    if (!slashed)
+        return -ENOMEM;
+    struct out_collect oc = {strlen(slashed), NULL, 0, 0};
+    http_error err = {0};
+    int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
+    if (rc != GCS_OK) {
+        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
+        log_error("%s/%s/export/%s/%s: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
+                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
+        rc = e;
+    }
+    if (oc.n)
+        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
+    dircache_list_init(out);
+    for (size_t i = 0; rc == 0 && i < oc.n; i++) {
+        /* A name that is both an object and a prefix shows as the directory. */
+        if (i > 0 && strcmp(oc.v[i].path, oc.v[i - 1].path) == 0)
+            continue;
+        if (dircache_list_add(out, oc.v[i].path, oc.v[i].is_dir, oc.v[i].size))
+            rc = -ENOMEM;
+    }
+    for (size_t i = 0; i < oc.n; i++)
+        free(oc.v[i].path);
+    free(oc.v);
+    free(slashed);
+    if (rc)
+        dircache_list_clear(out);
+    return rc;
+}
+
 /* Which objects a path below NAME.out/ or NAME.runs/RUN/ shows. */
 typedef struct out_view {
     char *prefix;     /* object prefix of the run, no '/' at the end */
@@ -1134,44 +1177,17 @@ static int out_listing(fs_ctx *x, const tree_path *tp, const out_view *v, bool f
         return 0;
     if (v->gated) {
         int done = export_done(x, tp, fresh);
+        /* Stale on error: the server cannot say; show what it listed last. */
+        if (done < 0 && done != -ENOENT && done != -ENOMEM &&
+            dircache_get_stale(x->cache, v->key, l) == 0)
+            return 0;
         if (done <= 0) {
             dircache_list_init(l);
             return done;
         }
     }
-    char *slashed = http_strdup_printf("%s/", v->prefix);
-    if (!slashed)
-        return -ENOMEM;
-    struct out_collect oc = {strlen(slashed), NULL, 0, 0};
-    http_error err = {0};
-    int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
-    if (rc != GCS_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
-        log_error("%s/%s/export/%s/%s: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
-                  tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
-        rc = e;
-    }
-    if (oc.n)
-        qsort(oc.v, oc.n, sizeof *oc.v, cmp_item);
-    dircache_list built;
-    dircache_list_init(&built);
-    for (size_t i = 0; rc == 0 && i < oc.n; i++) {
-        /* A name that is both an object and a prefix shows as the directory. */
-        if (i > 0 && strcmp(oc.v[i].path, oc.v[i - 1].path) == 0)
-            continue;
-        if (dircache_list_add(&built, oc.v[i].path, oc.v[i].is_dir, oc.v[i].size))
-            rc = -ENOMEM;
-    }
-    for (size_t i = 0; i < oc.n; i++)
-        free(oc.v[i].path);
-    free(oc.v);
-    free(slashed);
-    if (rc == 0) {
-        dircache_put(x->cache, v->key, &built, FS_LIST_TTL);
-        if (dircache_get(x->cache, v->key, l) != 0)
-            dircache_list_init(l);
-    }
-    dircache_list_clear(&built);
+    struct out_src src = {x, tp, v->prefix};
+    int rc = dircache_get_or_fetch(x->cache, v->key, FS_LIST_TTL, fetch_out, &src, l);
     return rc;
 }
 
@@ -1355,7 +1371,7 @@ static int open_error(fs_ctx *x, const tree_path *tp, int *fdp)
     char *pe = record_file(x, tp, "error");
     if (!pe)
         return -ENOMEM;
-    int fd = open(pe, O_RDONLY | O_CLOEXEC);
+    int fd = open(pe, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     int rc = fd < 0 ? -errno : 0;
     free(pe);
     if (rc == 0)

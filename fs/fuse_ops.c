@@ -9,6 +9,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "export.h"
 #include "import.h"
 #include "journal.h"
@@ -173,15 +174,23 @@ static char *list_key(const char *ds_id)
     return ds_id ? http_strdup_printf("ds:%s", ds_id) : strdup("root");
 }
 
-static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key)
+/* The datasets of the location (ds_id NULL) or the stores of a dataset. */
+struct names_src {
+    fs_ctx *x;
+    const char *ds_id;
+};
+
+static int fetch_names(void *c, dircache_list *out)
 {
-    struct name_list nl = {.stores = ds_id != NULL};
+    struct names_src *src = c;
+    fs_ctx *x = src->x;
+    struct name_list nl = {.stores = src->ds_id != NULL};
     dircache_list_init(&nl.l);
     http_error err = {0};
     int rc;
     char *ds = NULL;
-    if (ds_id) {
-        ds = fs_dataset_name(x, ds_id);
+    if (src->ds_id) {
+        ds = fs_dataset_name(x, src->ds_id);
         if (!ds)
             return -ENOMEM;
         rc = hc_stores_list(x->cl.hc, ds, name_list_cb, &nl, &err);
@@ -198,42 +207,47 @@ static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key)
         return e;
     }
     free(ds);
-    dircache_put(x->cache, key, &nl.l, FS_LIST_TTL);
+    *out = nl.l;
     return 0;
 }
 
-/* 0 when name is in the listing of ds_id (NULL: the root), else -ENOENT. */
+static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key)
+{
+    struct names_src src = {x, ds_id};
+    dircache_list l;
+    dircache_list_init(&l);
+    int rc = fetch_names(&src, &l);
+    if (rc == 0)
+        dircache_put(x->cache, key, &l, FS_LIST_TTL);
+    dircache_list_clear(&l);
+    return rc;
+}
+
+/* 0 when name is in the listing of ds_id (NULL: the root), else -ENOENT
+ * or why the listing could not be had (EIO, not ENOENT). */
 static int listed(fs_ctx *x, const char *ds_id, const char *name)
 {
     char *key = list_key(ds_id);
     if (!key)
         return -ENOMEM;
+    struct names_src src = {x, ds_id};
     bool is_dir;
     uint64_t size;
-    int f = dircache_lookup(x->cache, key, name, &is_dir, &size);
-    if (f < 0) {
-        int rc = refresh_listing(x, ds_id, key);
-        if (rc) {
-            /* Stale-if-error: a name in the last good listing still
-             * resolves while the list call fails (it is retried on the next
-             * access); with nothing known the error stands (EIO, not
-             * ENOENT). */
-            if (rc != -ENOENT && dircache_lookup_stale(x->cache, key, name, &is_dir, &size) == 1)
-                rc = 0;
-            free(key);
-            return rc;
-        }
-        f = dircache_lookup(x->cache, key, name, &is_dir, &size);
-    }
+    int f = dircache_lookup_or_fetch(x->cache, key, name, FS_LIST_TTL, fetch_names, &src, &is_dir,
+                                     &size);
     free(key);
-    return f == 1 ? 0 : -ENOENT;
+    return f == 1 ? 0 : f == 0 ? -ENOENT : f;
 }
 
 static int dataset_exists(fs_ctx *x, const tree_path *tp)
 {
     if (x->opt->dataset)
         return 0; /* checked before mounting */
-    return listed(x, NULL, tp->dataset);
+    /* A dataset with files of ours resolves without the server. */
+    char *ds = x->import ? fs_dataset_name(x, tp->dataset) : NULL;
+    bool known = ds && import_knows_dataset(x->import, ds);
+    free(ds);
+    return known ? 0 : listed(x, NULL, tp->dataset);
 }
 
 /* True when the import manager holds state for the store (files spooled,
@@ -567,15 +581,8 @@ static int fill_list(fs_ctx *x, const char *ds_id, struct fill_adapter *a)
     if (!key)
         return -ENOMEM;
     dircache_list l;
-    int rc = 0;
-    if (dircache_get(x->cache, key, &l) != 0) {
-        rc = refresh_listing(x, ds_id, key);
-        if (rc == 0 && dircache_get(x->cache, key, &l) != 0)
-            dircache_list_init(&l);
-        /* Stale-if-error: the last good listing rather than a failure. */
-        if (rc && rc != -ENOENT && dircache_get_stale(x->cache, key, &l) == 0)
-            rc = 0;
-    }
+    struct names_src src = {x, ds_id};
+    int rc = dircache_get_or_fetch(x->cache, key, FS_LIST_TTL, fetch_names, &src, &l);
     free(key);
     if (rc)
         return rc;
@@ -1704,29 +1711,71 @@ static void op_destroy(void *private_data)
     log_info("unmounted %s", x->opt->source);
 }
 
+/* Every callback that may reach the server runs under the mount's timeout
+ * (deadline.h): a person waits on the server at most that long, retries
+ * included; background threads have no deadline. */
+#define TIMED(op, params, args)                                                                    \
+    static int timed_##op params                                                                   \
+    {                                                                                              \
+        deadline_begin(ctx()->opt->timeout);                                                       \
+        int r = op args;                                                                           \
+        deadline_end();                                                                            \
+        return r;                                                                                  \
+    }
+
+TIMED(op_getattr, (const char *p, struct stat *st, struct fuse_file_info *fi), (p, st, fi))
+TIMED(op_readdir,
+      (const char *p, void *buf, fuse_fill_dir_t filler, off_t off, struct fuse_file_info *fi,
+       enum fuse_readdir_flags fl),
+      (p, buf, filler, off, fi, fl))
+TIMED(op_mkdir, (const char *p, mode_t mode), (p, mode))
+TIMED(op_rmdir, (const char *p), (p))
+TIMED(op_unlink, (const char *p), (p))
+TIMED(op_rename, (const char *a, const char *b, unsigned int fl), (a, b, fl))
+TIMED(op_create, (const char *p, mode_t mode, struct fuse_file_info *fi), (p, mode, fi))
+TIMED(op_open, (const char *p, struct fuse_file_info *fi), (p, fi))
+TIMED(op_read, (const char *p, char *buf, size_t n, off_t off, struct fuse_file_info *fi),
+      (p, buf, n, off, fi))
+TIMED(op_write, (const char *p, const char *buf, size_t n, off_t off, struct fuse_file_info *fi),
+      (p, buf, n, off, fi))
+TIMED(op_flush, (const char *p, struct fuse_file_info *fi), (p, fi))
+TIMED(op_fsync, (const char *p, int ds, struct fuse_file_info *fi), (p, ds, fi))
+TIMED(op_release, (const char *p, struct fuse_file_info *fi), (p, fi))
+TIMED(op_truncate, (const char *p, off_t size, struct fuse_file_info *fi), (p, size, fi))
+TIMED(op_utimens, (const char *p, const struct timespec tv[2], struct fuse_file_info *fi),
+      (p, tv, fi))
+TIMED(op_chmod, (const char *p, mode_t mode, struct fuse_file_info *fi), (p, mode, fi))
+TIMED(op_chown, (const char *p, uid_t uid, gid_t gid, struct fuse_file_info *fi), (p, uid, gid, fi))
+TIMED(op_statfs, (const char *p, struct statvfs *sv), (p, sv))
+TIMED(op_getxattr, (const char *p, const char *name, char *v, size_t n), (p, name, v, n))
+TIMED(op_listxattr, (const char *p, char *list, size_t n), (p, list, n))
+TIMED(op_setxattr, (const char *p, const char *name, const char *v, size_t n, int fl),
+      (p, name, v, n, fl))
+TIMED(op_removexattr, (const char *p, const char *name), (p, name))
+
 static const struct fuse_operations operations = {
-    .getattr = op_getattr,
-    .readdir = op_readdir,
-    .mkdir = op_mkdir,
-    .rmdir = op_rmdir,
-    .unlink = op_unlink,
-    .rename = op_rename,
-    .create = op_create,
-    .open = op_open,
-    .read = op_read,
-    .write = op_write,
-    .flush = op_flush,
-    .fsync = op_fsync,
-    .release = op_release,
-    .truncate = op_truncate,
-    .utimens = op_utimens,
-    .chmod = op_chmod,
-    .chown = op_chown,
-    .getxattr = op_getxattr,
-    .listxattr = op_listxattr,
-    .setxattr = op_setxattr,
-    .removexattr = op_removexattr,
-    .statfs = op_statfs,
+    .getattr = timed_op_getattr,
+    .readdir = timed_op_readdir,
+    .mkdir = timed_op_mkdir,
+    .rmdir = timed_op_rmdir,
+    .unlink = timed_op_unlink,
+    .rename = timed_op_rename,
+    .create = timed_op_create,
+    .open = timed_op_open,
+    .read = timed_op_read,
+    .write = timed_op_write,
+    .flush = timed_op_flush,
+    .fsync = timed_op_fsync,
+    .release = timed_op_release,
+    .truncate = timed_op_truncate,
+    .utimens = timed_op_utimens,
+    .chmod = timed_op_chmod,
+    .chown = timed_op_chown,
+    .statfs = timed_op_statfs,
+    .getxattr = timed_op_getxattr,
+    .listxattr = timed_op_listxattr,
+    .setxattr = timed_op_setxattr,
+    .removexattr = timed_op_removexattr,
     .symlink = op_symlink,
     .mknod = op_mknod,
     .link = op_link,

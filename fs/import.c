@@ -1025,6 +1025,7 @@ void import_mgr_free(import_mgr *m)
     for (store_st *s = m->stores, *nx; s; s = nx) {
         nx = s->next;
         free(s->name);
+        free(s->paused);
         free(s);
     }
     spool_close(m->sp);

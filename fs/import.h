@@ -108,6 +108,8 @@ int import_state(import_mgr *m, const char *store, const char *rel, char *out, s
 /* True when the manager holds state for store (full resource name): files
  * spooled, uploading, importing or imported since the journal began. */
 bool import_knows_store(import_mgr *m, const char *store);
+/* The same for any store of dataset (full resource name). */
+bool import_knows_dataset(import_mgr *m, const char *dataset);
 
 /* The STORE/status file: progress counters as "key: value" lines, then one
  * "failed: PATH: REASON" line per failed file. Returns malloc'ed text. */

@@ -55,6 +55,9 @@ struct batch {
     double backoff;
     bool verifying;                    /* op done with errors: checking files one by one */
     char *op_error;                    /* message of the finished op's error */
+    bool reimport;                     /* verifying: missing files are imported again (the op
+                                          vanished), not failed */
+    int reimports;                     /* imports started again for this batch */
     int n_pending, n_uploaded, n_refs; /* recomputed each coordinator tick */
     int n_streaming;                   /* ST_NEW files streaming into it (each tick) */
     uint64_t n_bytes;                  /* bytes of its files (each tick) */
@@ -66,9 +69,10 @@ struct batch {
 
 struct store_st {
     char *name;
-    batch *open; /* the batch new files join, or NULL; other B_OPEN batches of
-                  * the store are closed to new files and seal once uploaded */
-    int running; /* its batches in B_IMPORTING (recounted each tick) */
+    batch *open;  /* the batch new files join, or NULL; other B_OPEN batches of
+                   * the store are closed to new files and seal once uploaded */
+    int running;  /* its batches in B_IMPORTING (recounted each tick) */
+    char *paused; /* why its background work waits, with the fix (failpolicy.h), or NULL */
     uint64_t imported, present, bytes_spooled, bytes_uploaded; /* since mount */
     store_st *next;
 };

@@ -77,7 +77,7 @@ static void reserve_arm(journal *j)
     if (j->reserve_held || fstatvfs(j->dirfd, &sv) < 0 ||
         (uint64_t)sv.f_bavail * sv.f_frsize < 4 * (uint64_t)JOURNAL_RESERVE)
         return;
-    int fd = openat(j->dirfd, "reserve", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    int fd = openat(j->dirfd, "reserve", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return;
     if (posix_fallocate(fd, 0, JOURNAL_RESERVE) == 0)
@@ -311,7 +311,7 @@ static void keep_bad_tail(journal *j, int fd, uint64_t from, uint64_t end)
     int out = -1;
     for (int n = 1; n < 1000 && out < 0; n++) {
         snprintf(name, sizeof name, "log.bad.%d", n);
-        out = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        out = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (out < 0 && errno != EEXIST)
             break;
     }
@@ -419,7 +419,7 @@ static const char SNAP_MAGIC[8] = {'D', 'F', 'S', 'J', 'N', 'L', '1', '\n'};
 static int load(journal *j)
 {
     uint64_t valid, end;
-    int fd = openat(j->dirfd, "snapshot", O_RDONLY | O_CLOEXEC);
+    int fd = openat(j->dirfd, "snapshot", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd >= 0) {
         char magic[8];
         size_t got = 0;
@@ -476,10 +476,11 @@ int journal_open(const char *dir, journal **out)
     int rc = 0;
     if (!j->buckets || !j->dir)
         rc = -ENOMEM;
-    if (rc == 0 && (j->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    if (rc == 0 && (j->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) < 0)
         rc = -errno;
     if (rc == 0 &&
-        (j->logfd = openat(j->dirfd, "log", O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0)
+        (j->logfd = openat(j->dirfd, "log", O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
+                           0600)) < 0)
         rc = -errno;
     if (rc == 0)
         rc = load(j);
@@ -525,7 +526,8 @@ void journal_close(journal *j)
 
 static int compact_locked(journal *j)
 {
-    int fd = openat(j->dirfd, "snapshot.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = openat(j->dirfd, "snapshot.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                    0600);
     if (fd < 0)
         return -errno;
     int rc = write_all(fd, SNAP_MAGIC, sizeof SNAP_MAGIC);
@@ -723,7 +725,7 @@ static int ops_each(void *vctx, const char *key, const void *val, size_t len)
     const char *kind = memchr(op, '\0', (size_t)(end - op));
     if (!kind || ++kind >= end || end[-1] != '\0')
         return 0;
-    if (strcmp(s, o->store) != 0)
+    if (o->store && strcmp(s, o->store) != 0)
         return 0;
     return o->cb(o->ctx, op, kind);
 }

@@ -23,6 +23,7 @@ void journal_close(journal *j);
  * "export:NAME"). Recording is durable before it returns. */
 int journal_add_operation(journal *j, const char *store, const char *op_name, const char *kind);
 typedef int (*journal_op_cb)(void *ctx, const char *op_name, const char *kind);
+/* store NULL: the operations of every store. */
 int journal_list_operations(journal *j, const char *store, journal_op_cb cb, void *ctx);
 
 /* Added for the import manager: a durable key/value map (keys are strings,

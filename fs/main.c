@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "fuse_ops.h"
@@ -207,6 +208,12 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "wait") == 0)
         return wait_main(argc - 1, argv + 1);
+    /* From here on the process holds private keys and tokens: no core
+     * dumps of it, and no other process of the user may read its memory
+     * (ptrace, /proc/PID/mem). */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        fprintf(stderr, "dicomfs: warning: cannot make the process non-dumpable: %s\n",
+                strerror(errno));
     fs_options o;
     char err[1024] = "";
     if (fs_options_parse(argc, argv, &o, err, sizeof err) != 0) {

@@ -86,25 +86,31 @@ static int list_cb(void *ctx, const char *name, const char *json)
     return dircache_list_add_mtime(&lc->l, file, false, content_size(json), mtime) ? -ENOMEM : 0;
 }
 
-/* Fetches the dataset's operations into the cache. */
-static int refresh_dataset(fs_ctx *x, const char *ds_id, const char *key)
+/* The operations of one dataset. */
+struct ops_src {
+    fs_ctx *x;
+    const char *ds_id;
+};
+
+/* dircache_fetch_fn: lists the dataset's operations. */
+static int fetch_dataset(void *c, dircache_list *out)
 {
-    char *ds = fs_dataset_name(x, ds_id);
+    struct ops_src *src = c;
+    char *ds = fs_dataset_name(src->x, src->ds_id);
     if (!ds)
         return -ENOMEM;
     struct list_ctx lc;
     dircache_list_init(&lc.l);
     http_error err = {0};
-    int rc = hc_operations_list(x->cl.hc, ds, list_cb, &lc, &err);
+    int rc = hc_operations_list(src->x->cl.hc, ds, list_cb, &lc, &err);
+    free(ds);
     if (rc != HC_OK) {
         int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
-        log_error("%s/operations: listing operations failed: %s", ds_id, err.message);
+        log_error("%s/operations: listing operations failed: %s", src->ds_id, err.message);
         dircache_list_clear(&lc.l);
-        free(ds);
         return e;
     }
-    dircache_put(x->cache, key, &lc.l, FS_OP_TTL);
-    free(ds);
+    *out = lc.l;
     return 0;
 }
 
@@ -202,13 +208,28 @@ int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *
     uint64_t size = 0;
     int64_t mtime = 0;
     int found = dircache_lookup_mtime(x->cache, key, file, &is_dir, &size, &mtime);
+    /* The server did not answer the last listing: its entries stand. */
+    if (found != 1 && dircache_failing(x->cache, key) &&
+        dircache_lookup_stale(x->cache, key, file, &is_dir, &size) == 1)
+        found = 1;
     free(key);
     if (found != 1) {
         size_t n = 0;
         int rc = get_op(x, ds_id, file, NULL, &n, &mtime);
+        if (rc && rc != -ENOENT && rc != -ENOMEM) {
+            /* Stale on error: the last listing, or the journal (store_id),
+             * still knows the operation. */
+            char *k = ops_key(ds_id);
+            if (k && dircache_lookup_stale(x->cache, k, file, &is_dir, &size) == 1)
+                rc = 0;
+            else if (store_id)
+                rc = 0, size = 0;
+            free(k);
+        } else if (rc == 0) {
+            size = n;
+        }
         if (rc)
             return rc;
-        size = n;
     }
     op_stat(x, st, size, mtime);
     return 0;
@@ -250,9 +271,10 @@ static int fill_store_ops(fs_ctx *x, const char *ds_id, const char *key, const d
         int64_t mtime = 0;
         if (dircache_lookup_mtime(x->cache, key, file, &is_dir, &size, &mtime) != 1) {
             size_t n = 0;
-            if (get_op(x, ds_id, file, NULL, &n, &mtime) != 0)
-                continue; /* gone from the server (expired): not shown */
-            size = n;
+            int rc = get_op(x, ds_id, file, NULL, &n, &mtime);
+            if (rc == -ENOENT)
+                continue;           /* gone from the server (expired): not shown */
+            size = rc == 0 ? n : 0; /* unreachable: the journal still knows it */
         }
         struct stat st;
         op_stat(x, &st, size, mtime);
@@ -269,11 +291,8 @@ int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn 
         return -ENOMEM;
     int rc = 0;
     dircache_list l;
-    if (dircache_get(x->cache, key, &l) != 0) {
-        rc = refresh_dataset(x, ds_id, key);
-        if (rc == 0 && dircache_get(x->cache, key, &l) != 0)
-            dircache_list_init(&l);
-    }
+    struct ops_src src = {x, ds_id};
+    rc = dircache_get_or_fetch(x->cache, key, FS_OP_TTL, fetch_dataset, &src, &l);
     if (rc) {
         free(key);
         return rc;

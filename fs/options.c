@@ -17,7 +17,7 @@
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
-    char *uploads, *commit_delay, *stream_min, *imports, *batch_max, *cache_max;
+    char *uploads, *commit_delay, *stream_min, *imports, *batch_max, *cache_max, *timeout;
     int allow_delete, no_auth, sync_close, upload_present;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
@@ -51,6 +51,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("batch_max=%s", batch_max),
     RAWS("cache_max=%s", cache_max),
     RAW("upload_present", upload_present),
+    RAWS("timeout=%s", timeout),
     RAW("allow_delete", allow_delete),
     RAW("no_auth", no_auth),
     RAW("sync_close", sync_close),
@@ -128,6 +129,7 @@ static void raw_free(struct raw_opts *r)
     free(r->imports);
     free(r->batch_max);
     free(r->cache_max);
+    free(r->timeout);
     free(r->nonopt[0]);
     free(r->nonopt[1]);
     free(r->extra);
@@ -349,6 +351,42 @@ static int mkdirs(const char *dir, mode_t mode)
     return rc;
 }
 
+/* Every directory above the cache must be safe from other users: owned by
+ * root or us, and not writable by others unless sticky (like /tmp), or
+ * someone could rename our cache away and put theirs in its place. */
+static int check_ancestors(const char *dir, char *err, size_t errlen)
+{
+    char *real = realpath(dir, NULL);
+    if (!real) {
+        int rc = -errno;
+        fail(err, errlen, "cache_dir '%s': %s", dir, strerror(errno));
+        return rc;
+    }
+    int rc = 0;
+    bool more = strcmp(real, "/") != 0;
+    while (rc == 0 && more) {
+        char *p = strrchr(real, '/'); /* drop the last component: its parent next */
+        more = p != real;
+        p[more ? 0 : 1] = '\0';
+        const char *path = real;
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        if (st.st_uid != 0 && st.st_uid != geteuid())
+            rc = fail(err, errlen,
+                      "cache_dir '%s': %s above it belongs to uid %u: another user could "
+                      "replace the cache; choose a path inside your own directories",
+                      dir, path, (unsigned)st.st_uid);
+        else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
+            rc = fail(err, errlen,
+                      "cache_dir '%s': %s above it is writable by others (mode %03o) and not "
+                      "sticky: another user could replace the cache; choose another path",
+                      dir, path, (unsigned)(st.st_mode & 07777));
+    }
+    free(real);
+    return rc ? -EPERM : 0;
+}
+
 int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
 {
     if (!dir || dir[0] != '/') {
@@ -375,6 +413,8 @@ int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
              (unsigned)st.st_uid, (unsigned)geteuid());
         return -EPERM;
     }
+    if (check_ancestors(dir, err, errlen))
+        return -EPERM;
     /* Spooled DICOM files are patient data: keep the directory private. */
     if ((st.st_mode & 077) && chmod(dir, st.st_mode & 0700) != 0) {
         rc = -errno;
@@ -387,6 +427,23 @@ int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
         fail(err, errlen, "cache_dir '%s' is not writable: %s", dir, strerror(errno));
         return rc;
     }
+    return 0;
+}
+
+/* Makes a relative *path absolute (from the current directory, which the
+ * daemon leaves when it detaches). */
+static int absolute_path(const char *what, char **path, char *err, size_t errlen)
+{
+    if (!*path || !**path || **path == '/')
+        return 0;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return fail(err, errlen, "%s '%s': %s", what, *path, strerror(errno));
+    char *abs = http_strdup_printf("%s/%s", cwd, *path);
+    if (!abs)
+        return fail(err, errlen, "out of memory");
+    free(*path);
+    *path = abs;
     return 0;
 }
 
@@ -459,6 +516,11 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (r->commit_delay &&
         parse_seconds("commit_delay", r->commit_delay, &o->commit_delay, err, errlen))
         return -1;
+    o->timeout = FS_OPTIONS_DEFAULT_TIMEOUT;
+    if (r->timeout && parse_seconds("timeout", r->timeout, &o->timeout, err, errlen))
+        return -1;
+    if (o->timeout <= 0)
+        return fail(err, errlen, "bad timeout=%s: must be more than 0 seconds", r->timeout);
     o->stream_min_mib = FS_OPTIONS_DEFAULT_STREAM_MIN_MIB;
     if (r->stream_min &&
         parse_int("stream_min", r->stream_min, 0, 1 << 20, &o->stream_min_mib, err, errlen))
@@ -507,15 +569,17 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         o->cache_dir = abs;
     }
     /* The daemon changes to "/" when it detaches and reads the file again. */
-    if (o->credentials && o->credentials[0] != '/' && o->credentials[0]) {
-        char cwd[PATH_MAX];
-        if (!getcwd(cwd, sizeof cwd))
-            return fail(err, errlen, "credentials '%s': %s", o->credentials, strerror(errno));
-        char *abs = http_strdup_printf("%s/%s", cwd, o->credentials);
-        if (!abs)
-            return fail(err, errlen, "out of memory");
-        free(o->credentials);
-        o->credentials = abs;
+    if (absolute_path("credentials", &o->credentials, err, errlen))
+        return -1;
+    const char *gac = getenv("GOOGLE_APPLICATION_CREDENTIALS");
+    if (gac && *gac && *gac != '/') {
+        char *abs = strdup(gac);
+        if (!abs || absolute_path("GOOGLE_APPLICATION_CREDENTIALS", &abs, err, errlen) ||
+            setenv("GOOGLE_APPLICATION_CREDENTIALS", abs, 1) != 0) {
+            free(abs);
+            return fail(err, errlen, "GOOGLE_APPLICATION_CREDENTIALS: out of memory");
+        }
+        free(abs);
     }
     if (o->endpoint && !*o->endpoint)
         return fail(err, errlen, "bad endpoint: empty");
@@ -613,6 +677,9 @@ void fs_options_usage(const char *progname)
            "                         filesystem's free space at mount)\n"
            "  upload_present         upload files whose instance the store already holds\n"
            "                         (default: such files are reported present, not sent)\n"
+           "  timeout=SECONDS        longest a command waits on the server (default %g);\n"
+           "                         then listings show the last known content, other\n"
+           "                         calls fail with EIO (uploads and imports keep going)\n"
            "  sync_close             close() in import/ also fsyncs the file and the journal\n"
            "                         (power-loss durable at every close; default: at fsync\n"
            "                         and within 50 ms for the journal, like a local disk)\n"
@@ -632,5 +699,6 @@ void fs_options_usage(const char *progname)
            "codes of wait: see dicomfs(1).\n",
            progname, progname, FS_OPTIONS_DEFAULT_UPLOADS, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
            FS_OPTIONS_DEFAULT_STREAM_MIN_MIB, FS_OPTIONS_DEFAULT_IMPORTS,
-           FS_OPTIONS_DEFAULT_BATCH_FILES, (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30));
+           FS_OPTIONS_DEFAULT_BATCH_FILES, (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30),
+           FS_OPTIONS_DEFAULT_TIMEOUT);
 }

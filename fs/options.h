@@ -42,6 +42,7 @@ typedef struct fs_options {
     uint64_t batch_max_bytes; /* ... or this many bytes */
     uint64_t cache_max;       /* spool limit in bytes; 0 = default at mount */
     bool upload_present;      /* upload files whose instance is already stored */
+    double timeout;           /* seconds a FUSE request may wait on the server, retries included */
     bool allow_delete;
     bool no_auth;
     bool sync_close; /* fsync spool file and journal at every close() in import/ */
@@ -64,6 +65,7 @@ enum { FS_OPTIONS_DEFAULT_UPLOADS = 16 };
 #define FS_OPTIONS_DEFAULT_IMPORTS 1
 #define FS_OPTIONS_DEFAULT_BATCH_FILES 1000
 #define FS_OPTIONS_DEFAULT_BATCH_BYTES (1ull << 30)
+#define FS_OPTIONS_DEFAULT_TIMEOUT 20.0
 
 /* Parses argv. On a usage error returns -1 with a one-line message in err;
  * --help / --version set show_help / show_version and return 0 without

@@ -119,7 +119,8 @@ static int open_pool_dir(const char *cache_dir)
     snprintf(path, sizeof path, "%s/spool-pool", cache_dir);
     int fd = -1;
     if ((mkdir(path, 0700) == 0 || errno == EEXIST) &&
-        (fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0 && fchmod(fd, 0700) == 0) {
+        (fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) >= 0 &&
+        fchmod(fd, 0700) == 0) {
         int dfd = dup(fd);
         DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
         struct dirent *de;
@@ -158,7 +159,7 @@ int spool_open(const char *cache_dir, spool **out)
     int rc = 0;
     if (mkdir(s->dir, 0700) < 0 && errno != EEXIST)
         rc = -errno;
-    if (rc == 0 && (s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    if (rc == 0 && (s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) < 0)
         rc = -errno;
     /* An existing directory may have looser permissions: spooled files are
      * medical data, so tighten it. */
@@ -235,7 +236,7 @@ static int create_file(int dirfd, char id[SPOOL_ID_LEN + 1])
         int rc = new_id(id);
         if (rc < 0)
             return rc;
-        int fd = openat(dirfd, id, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        int fd = openat(dirfd, id, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd >= 0)
             return fd;
         if (errno != EEXIST)
@@ -293,7 +294,7 @@ int spool_open_file(spool *s, const char *id, int flags)
 {
     if (!spool_id_valid(id))
         return -EINVAL;
-    int fd = openat(s->dirfd, id, (flags & ~O_CREAT) | O_CLOEXEC);
+    int fd = openat(s->dirfd, id, (flags & ~O_CREAT) | O_CLOEXEC | O_NOFOLLOW);
     return fd < 0 ? -errno : fd;
 }
 
@@ -336,7 +337,7 @@ int spool_recycle(spool *s, const char *id)
     bool room = s->pool_on && s->pool_n < SPOOL_POOL;
     pthread_mutex_unlock(&s->lock);
     char nid[SPOOL_ID_LEN + 1];
-    int fd = room ? openat(s->dirfd, id, O_RDWR | O_TRUNC | O_CLOEXEC) : -1;
+    int fd = room ? openat(s->dirfd, id, O_RDWR | O_TRUNC | O_CLOEXEC | O_NOFOLLOW) : -1;
     if (fd < 0 || new_id(nid) < 0 || renameat(s->dirfd, id, s->pooldirfd, nid) < 0) {
         if (fd >= 0)
             close(fd);

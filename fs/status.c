@@ -3,7 +3,9 @@
  * Counters for one store: spooled (accepted, waiting for upload), uploading,
  * uploaded (waiting for the batch commit), importing (batch import
  * started), failed (listed in import/ until unlinked), from the journal;
- * imported, bytes_spooled and bytes_uploaded since mount. Then one
+ * imported, bytes_spooled and bytes_uploaded since mount. Then, while the
+ * store's background work waits for a cause that is not about its files,
+ * one "paused: CAUSE: FIX" line (failpolicy.h). Then one
  * "failed: PATH: REASON" line per failed file, with '\n', '\r' and '\\' in
  * names escaped as \n, \r and \\ so that one file is one line; then one
  * "failed: export/FMT/NAME: REASON" line per filter whose export did not
@@ -41,6 +43,19 @@ bool import_knows_store(import_mgr *m, const char *store)
     bool known = false;
     for (store_st *s = m->stores; s && !known; s = s->next)
         known = strcmp(s->name, store) == 0;
+    pthread_mutex_unlock(&m->lock);
+    return known;
+}
+
+bool import_knows_dataset(import_mgr *m, const char *dataset)
+{
+    if (!m || !dataset)
+        return false;
+    size_t n = strlen(dataset);
+    pthread_mutex_lock(&m->lock);
+    bool known = false;
+    for (store_st *s = m->stores; s && !known; s = s->next)
+        known = strncmp(s->name, dataset, n) == 0 && strncmp(s->name + n, "/dicomStores/", 13) == 0;
     pthread_mutex_unlock(&m->lock);
     return known;
 }
@@ -115,6 +130,11 @@ char *import_status_text(import_mgr *m, const char *store)
             "present: %" PRIu64 "\ncache_used: %" PRIu64 "\ncache_max: %" PRIu64
             "\nwriters_waiting: %" PRIu64 "\n",
             c.present, c.cache_used, c.cache_max, c.writers_waiting);
+    if (st && st->paused) { /* why nothing moves, and the fix (failpolicy.h) */
+        fputs("paused: ", f);
+        put_escaped(f, st->paused);
+        fputc('\n', f);
+    }
     for (node *n = st ? m->head : NULL; n; n = n->next) {
         if (n->is_dir || n->st != st || n->state != ST_FAILED)
             continue;

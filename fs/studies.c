@@ -161,22 +161,28 @@ static void keep_sizes(fs_ctx *x, const char *key, dircache_list *l)
     dircache_list_clear(&old);
 }
 
-static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, dircache_list *out)
+/* One level of the studies/ tree of a store. */
+struct level_src {
+    fs_ctx *x;
+    const tree_path *tp;
+    const spath *sp;
+    int depth;
+    const char *key; /* the listing's dircache key (sizes learnt before are kept) */
+};
+
+/* dircache_fetch_fn: one DICOMweb search. */
+static int fetch_level(void *ctx, dircache_list *out)
 {
-    char *key = cache_key(tp, sp, depth);
-    if (!key)
-        return -ENOMEM;
-    if (dircache_get(x->cache, key, out) == 0) {
-        free(key);
-        return 0;
-    }
+    struct level_src *src = ctx;
+    fs_ctx *x = src->x;
+    const tree_path *tp = src->tp;
     char *store = fs_store_name(x, tp->dataset, tp->store);
-    char *path = search_path(sp, depth);
-    struct collect c = {.depth = depth};
+    char *path = search_path(src->sp, src->depth);
+    struct collect c = {.depth = src->depth};
     dircache_list_init(&c.l);
     http_error err = {0};
     /* SeriesDate/SeriesTime are not among the default series fields */
-    const char *query = depth == 1 ? "includefield=00080021&includefield=00080031" : NULL;
+    const char *query = src->depth == 1 ? "includefield=00080021&includefield=00080031" : NULL;
     int rc = store && path ? hc_dicomweb_search(x->cl.hc, store, path, query, collect_cb, &c, &err)
                            : -ENOMEM;
     if (rc != HC_OK) {
@@ -185,20 +191,26 @@ static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, d
             log_error("%s/%s/studies/%s: DICOMweb search %s failed: %s", tp->dataset, tp->store,
                       tp->rest, path ? path : "", err.message);
         dircache_list_clear(&c.l);
-        free(store);
-        free(path);
-        free(key);
-        return e;
+        rc = e;
+    } else {
+        if (c.depth == 2)
+            keep_sizes(x, src->key, &c.l);
+        *out = c.l;
     }
-    if (c.depth == 2)
-        keep_sizes(x, key, &c.l);
-    dircache_put(x->cache, key, &c.l, FS_LIST_TTL);
-    if (dircache_get(x->cache, key, out) != 0)
-        dircache_list_init(out);
     free(store);
     free(path);
+    return rc;
+}
+
+static int listing(fs_ctx *x, const tree_path *tp, const spath *sp, int depth, dircache_list *out)
+{
+    char *key = cache_key(tp, sp, depth);
+    if (!key)
+        return -ENOMEM;
+    struct level_src src = {x, tp, sp, depth, key};
+    int rc = dircache_get_or_fetch(x->cache, key, FS_LIST_TTL, fetch_level, &src, out);
     free(key);
-    return 0;
+    return rc;
 }
 
 /* ---- instance sizes: stat must report what reading returns, before any
@@ -338,18 +350,12 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
         return -ENOMEM;
     bool is_dir;
     uint64_t size;
+    struct level_src src = {x, tp, &sp, sp.depth - 1, key};
+    int f = dircache_lookup_or_fetch(x->cache, key, leaf, FS_LIST_TTL, fetch_level, &src, &is_dir,
+                                     &size);
     int64_t mtime = 0;
-    int f = dircache_lookup_mtime(x->cache, key, leaf, &is_dir, &size, &mtime);
-    if (f < 0) {
-        dircache_list l;
-        rc = listing(x, tp, &sp, sp.depth - 1, &l);
-        dircache_list_clear(&l);
-        if (rc) {
-            free(key);
-            return rc;
-        }
-        f = dircache_lookup_mtime(x->cache, key, leaf, &is_dir, &size, &mtime);
-    }
+    if (f == 1 && dircache_lookup_mtime(x->cache, key, leaf, &is_dir, &size, &mtime) != 1)
+        mtime = 0;
     if (f == 1 && !is_dir && size == 0) {
         resolve_sizes(x, tp, &sp, key);
         if (dircache_lookup(x->cache, key, leaf, &is_dir, &size) != 1)
@@ -358,6 +364,8 @@ int studies_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
             size = retrieved_size(x, tp);
     }
     free(key);
+    if (f < 0)
+        return f;
     if (f != 1)
         return -ENOENT;
     if (is_dir)

@@ -164,6 +164,25 @@ static void parse_dataset(const char *const *c, const size_t *cl, int n, const c
  * handed on whole (import/, studies/, NAME.out/). */
 #define MAX_COMPS 8
 
+/* Dataset, store and operation ids end up in URL paths: characters that
+ * would change the URL (query, fragment, escapes, spaces, controls) can
+ * be in no real id, so such a name is invalid (EINVAL, as for mkdir). */
+static bool url_safe_id(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || *s == 0x7f || strchr("?#%\\\"<>^`{|}", *s))
+            return false;
+    return true;
+}
+
+static int check_ids(const tree_path *out)
+{
+    bool op = out->kind == TREE_DS_OP || out->kind == TREE_STORE_OP;
+    if (!url_safe_id(out->dataset) || !url_safe_id(out->store) || (op && !url_safe_id(out->name)))
+        return -EINVAL;
+    return 0;
+}
+
 int tree_parse(const char *path, const char *fixed_dataset, tree_path *out)
 {
     memset(out, 0, sizeof *out);
@@ -199,7 +218,7 @@ int tree_parse(const char *path, const char *fixed_dataset, tree_path *out)
             return -ENAMETOOLONG;
         copy_comp(out->dataset, fixed_dataset, dl);
         parse_dataset(c, cl, n, tail, out);
-        return 0;
+        return check_ids(out);
     }
     if (n == 0) {
         out->kind = TREE_ROOT;
@@ -207,7 +226,7 @@ int tree_parse(const char *path, const char *fixed_dataset, tree_path *out)
     }
     copy_comp(out->dataset, c[0], cl[0]);
     parse_dataset(c + 1, cl + 1, n - 1, tail + 1, out);
-    return 0;
+    return check_ids(out);
 }
 
 int tree_op_file_name(const char *op_name, char *buf, size_t buflen)

@@ -75,6 +75,8 @@
  * resume polling their operation. An ACCEPTED file whose spool file is gone becomes FAILED with a
  * loud error.
  */
+#include "adopt.h"
+#include "failpolicy.h"
 #include "import_int.h"
 
 #include <errno.h>
@@ -85,6 +87,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -167,12 +170,47 @@ static node *dequeue(import_mgr *m)
     return n;
 }
 
-/* 4xx other than 401 (token refresh races), 408 and 429: asking again will
- * not help. */
-static bool permanent(const http_error *e)
+/* ------------------------------------------------------------- pausing */
+
+/* Length of the part of a cause that names its kind (up to the first
+ * "(" or ":"): the same kind is logged once, not once per file. */
+static size_t cause_kind_len(const char *cause)
 {
-    return e->http_status >= 400 && e->http_status < 500 && e->http_status != 401 &&
-           e->http_status != 408 && e->http_status != 429;
+    return strcspn(cause, "(:");
+}
+
+/* The store's background work waits for cause (lock held): STORE/status
+ * shows it; the log gets one line per new kind of cause. Its files keep
+ * their state and are retried with backoff (failpolicy.h). */
+static void store_pause(store_st *st, const char *cause)
+{
+    size_t k = cause_kind_len(cause);
+    bool same = st->paused && cause_kind_len(st->paused) == k && strncmp(st->paused, cause, k) == 0;
+    if (!same)
+        log_error("import: %s: paused: %s", st->name, cause);
+    char *c = strdup(cause);
+    if (c) {
+        free(st->paused);
+        st->paused = c;
+    }
+}
+
+/* A call for the store succeeded (lock held): the pause is over. */
+static void store_resume(store_st *st)
+{
+    if (!st->paused)
+        return;
+    log_info("import: %s: resumed: the server accepts our work again", st->name);
+    free(st->paused);
+    st->paused = NULL;
+}
+
+/* Pauses the store for a failed call (lock held). */
+static void store_pause_http(import_mgr *m, store_st *st, const http_error *e, const char *what)
+{
+    char cause[900];
+    fp_http_cause(e, what, m->bucket, cause, sizeof cause);
+    store_pause(st, cause);
 }
 
 static void retry_later(node *n, double now)
@@ -314,6 +352,7 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
                         const http_error *err, double now)
 {
     if (rc == 0) {
+        store_resume(n->st);
         n->staged = true;
         n->backoff = 1;
         if (n->state == ST_ACCEPTED && n->gen == j->gen && !n->dirty)
@@ -328,11 +367,11 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
         imp_node_fail(m, n, "the spool file disappeared from the cache: %s", err->message);
         return;
     }
-    if (permanent(err)) {
-        imp_node_fail(m, n, "upload to gs://%s/%s refused: HTTP %ld %s: %s", m->bucket, j->object,
-                      err->http_status, err->status, err->message);
-        return;
-    }
+    /* Never a reason to fail the file: nothing in an upload's refusal is
+     * about the file's content (it passed validation at close). */
+    char what[600];
+    snprintf(what, sizeof what, "uploading to gs://%s/%s", m->bucket, j->object);
+    store_pause_http(m, n->st, err, what);
     log_warn("import: %s: upload to gs://%s/%s failed (HTTP %ld %s), retrying in %.0f s", j->label,
              m->bucket, j->object, err->http_status, err->message, n->backoff);
     retry_later(n, now);
@@ -798,15 +837,6 @@ static void batch_mark_imported(import_mgr *m, node *n)
     imp_node_to(m, n, ST_IMPORTED, 0);
 }
 
-static void batch_fail_all(import_mgr *m, batch *b, const char *msg)
-{
-    for (node *n = m->head; n; n = n->next)
-        if (!n->is_dir && n->b == b && n->state == ST_UPLOADED)
-            imp_node_fail(m, n, "%s", msg);
-    b->state = B_DONE;
-    imp_batch_journal(m, b);
-}
-
 static void seal(import_mgr *m, batch *b, double now)
 {
     b->state = B_SEALED;
@@ -817,19 +847,46 @@ static void seal(import_mgr *m, batch *b, double now)
     imp_batch_journal(m, b);
 }
 
+/* Starts the import of batch id, or adopts the operation of an earlier
+ * start whose answer was lost (adopt.h); journals the operation (unlocked). */
+static int start_or_adopt(import_mgr *m, const char *id, const char *store, const char *uri,
+                          char **op, http_error *err)
+{
+    if (!store || !uri)
+        return HC_ERR_NOMEM;
+    time_t lost = adopt_intent_get(m->j, id);
+    int found = lost ? adopt_lost_import(m->hc, m->j, store, lost, op, err) : 0;
+    if (found < 0)
+        return HC_ERR_HTTP; /* cannot tell: do not start a second one */
+    int rc = HC_OK;
+    if (!found) {
+        if (adopt_intent_put(m->j, id, time(NULL)) != 0) {
+            snprintf(err->message, sizeof err->message, "cannot journal the import start");
+            return HC_ERR_IO;
+        }
+        rc = hc_import(m->hc, store, uri, op, err);
+    }
+    if (rc == HC_OK && *op)
+        rc = journal_add_operation(m->j, store, *op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    /* Keep the intent while the start may have happened untracked. */
+    if (rc == HC_OK || (rc != HC_ERR_IO && !adopt_maybe_started(rc, err)))
+        adopt_intent_del(m->j, id);
+    return rc;
+}
+
 static void start_import(import_mgr *m, batch *b)
 {
     char *store = strdup(b->st->name);
     char *uri = http_strdup_printf("gs://%s/%s%sbatches/%s/**", m->bucket, m->prefix,
                                    *m->prefix ? "/" : "", b->id);
     int n = b->n_uploaded;
+    char id[sizeof b->id];
+    memcpy(id, b->id, sizeof id);
     pthread_mutex_unlock(&m->lock);
     char *op = NULL;
     http_error err;
     memset(&err, 0, sizeof err);
-    int rc = store && uri ? hc_import(m->hc, store, uri, &op, &err) : HC_ERR_NOMEM;
-    if (rc == HC_OK && op)
-        rc = journal_add_operation(m->j, store, op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    int rc = start_or_adopt(m, id, store, uri, &op, &err);
     pthread_mutex_lock(&m->lock);
     double now = imp_now();
     if (rc == HC_OK && op) {
@@ -840,14 +897,13 @@ static void start_import(import_mgr *m, batch *b)
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
         imp_batch_journal(m, b);
+        store_resume(b->st);
         log_info("import: %s: batch %s (%d file(s)) committed: %s", store, b->id, n, b->op);
-    } else if (rc == HC_ERR_HTTP && permanent(&err)) {
-        char msg[700];
-        snprintf(msg, sizeof msg, "import of %s refused: HTTP %ld %s: %s", uri, err.http_status,
-                 err.status, err.message);
-        log_error("import: %s: %s", store, msg);
-        batch_fail_all(m, b, msg);
     } else {
+        /* Whatever the refusal, it is not about one file: the batch waits. */
+        char what[600];
+        snprintf(what, sizeof what, "starting the import of %s", uri ? uri : "the batch");
+        store_pause_http(m, b->st, &err, what);
         log_warn("import: %s: cannot start the import of batch %s (HTTP %ld %s): retrying in "
                  "%.0f s",
                  store, b->id, err.http_status, err.message, b->backoff);
@@ -857,6 +913,26 @@ static void start_import(import_mgr *m, batch *b)
     free(op);
     free(uri);
     free(store);
+}
+
+/* The batch is imported again (lock held): its operation vanished or
+ * ended with an error that is not about the files. Its staged objects
+ * stay; importing instances already stored changes nothing. */
+static void reimport(import_mgr *m, batch *b, double now)
+{
+    free(b->op);
+    b->op = NULL;
+    free(b->op_error);
+    b->op_error = NULL;
+    b->verifying = false;
+    b->reimport = false;
+    b->state = B_SEALED;
+    int shift = b->reimports < 6 ? b->reimports : 6;
+    double wait = (double)(1 << shift);
+    b->next_try = now + (wait > RETRY_MAX_S ? RETRY_MAX_S : wait);
+    b->backoff = 1;
+    b->reimports++;
+    imp_batch_journal(m, b);
 }
 
 static int count_result(void *ctx, const char *name, const char *json)
@@ -871,6 +947,7 @@ static int count_result(void *ctx, const char *name, const char *json)
  * file; a search that fails leaves the rest for the next tick. */
 static void verify(import_mgr *m, batch *b)
 {
+    int missing = 0;
     for (node *n = m->head; n;) {
         if (n->is_dir || n->b != b || n->state != ST_UPLOADED || n->busy) {
             n = n->next;
@@ -894,18 +971,28 @@ static void verify(import_mgr *m, batch *b)
             log_warn("import: batch %s: cannot check which files arrived (HTTP %ld %s), "
                      "retrying",
                      b->id, err.http_status, err.message);
+            store_pause_http(m, b->st, &err, "checking which files arrived in the store");
             b->next_try = imp_now() + b->backoff;
             b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
             return;
         }
         node *next = n->next;
+        store_resume(b->st); /* the search answered */
         if (found)
             batch_mark_imported(m, n);
+        else if (b->reimport)
+            missing++; /* stays in the batch, imported again below */
         else
             imp_node_fail(m, n, "import operation %s failed: %s", b->op,
                           b->op_error ? b->op_error : "the instance is not in the store");
         imp_node_maybe_free(m, n);
         n = next;
+    }
+    if (missing) {
+        log_warn("import: %s: batch %s: %d file(s) not in the store: importing them again",
+                 b->st->name, b->id, missing);
+        reimport(m, b, imp_now());
+        return;
     }
     b->state = B_DONE;
     imp_batch_journal(m, b);
@@ -928,10 +1015,24 @@ static void poll_op(import_mgr *m, batch *b)
     free(json);
     pthread_mutex_lock(&m->lock);
     double now = imp_now();
-    if (rc != HC_OK || !op.done) {
-        if (rc != HC_OK)
+    char cause[900];
+    if (rc == HC_ERR_HTTP && err.http_status == 404 && err.kind == HTTP_KIND_SERVER) {
+        /* Expired or deleted with its dataset: which files arrived? */
+        log_warn("import: %s: operation %s is gone (404): checking each file of batch %s and "
+                 "importing the missing ones again",
+                 b->st->name, b->op, b->id);
+        b->verifying = true;
+        b->reimport = true;
+        b->backoff = POLL_FIRST_S;
+        verify(m, b);
+    } else if (rc != HC_OK || !op.done) {
+        if (rc != HC_OK) {
             log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying", b->st->name,
                      b->op, err.http_status, err.message);
+            char what[400];
+            snprintf(what, sizeof what, "reading operation %s", b->op);
+            store_pause_http(m, b->st, &err, what);
+        }
         b->next_try = now + b->backoff;
         /* Gentle growth: an import done just after a poll is seen at most
          * 25% (and 1 s) late (polls at 0.05, 0.11, 0.19, 0.29, 0.41 s...);
@@ -947,7 +1048,16 @@ static void poll_op(import_mgr *m, batch *b)
         b->state = B_DONE;
         imp_batch_journal(m, b);
         present_forget_store(m->present, b->st->name); /* it holds more now */
+        store_resume(b->st);
         log_info("import: %s: batch %s: %d file(s) imported (%s)", b->st->name, b->id, n, b->op);
+    } else if (op.has_error &&
+               fp_op_transient(op.error_code, op.error_message, m->bucket, cause, sizeof cause)) {
+        log_warn("import: %s: operation %s of batch %s ended with error %d (%s): importing the "
+                 "batch again",
+                 b->st->name, b->op, b->id, op.error_code,
+                 op.error_message ? op.error_message : "");
+        store_pause(b->st, cause);
+        reimport(m, b, now);
     } else {
         free(b->op_error);
         b->op_error = strdup(op.error_message ? op.error_message : "import reported failures");

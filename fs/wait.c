@@ -160,6 +160,25 @@ static void time_left(const import_counts *c, double rate, char *buf, size_t len
         snprintf(buf, len, ", %.1f h left", s / 3600);
 }
 
+/* The status's "paused: CAUSE: FIX" line goes to stderr once per kind of
+ * cause (the part before the first '(' or ':' after "paused: "), so a
+ * person waiting sees why nothing moves and what to do. */
+static void show_pause(bool tty, const char *text, char *shown, size_t shown_len)
+{
+    const char *line = strstr(text, "\npaused: ");
+    if (!line) {
+        shown[0] = '\0';
+        return;
+    }
+    line++;
+    size_t ll = strcspn(line, "\n");
+    size_t kind = 8 + strcspn(line + 8, "(:\n");
+    if (kind < shown_len && strlen(shown) == kind && strncmp(shown, line, kind) == 0)
+        return;
+    snprintf(shown, shown_len, "%.*s", (int)(kind < shown_len ? kind : shown_len - 1), line);
+    fprintf(stderr, "%sdicomfs wait: %.*s\n", tty ? "\n" : "", (int)ll, line);
+}
+
 static void draw(bool tty, const import_counts *c, double rate, bool final)
 {
     uint64_t pending = c->spooled + c->uploading + c->uploaded + c->importing;
@@ -247,6 +266,7 @@ int wait_main(int argc, char **argv)
     double start = now_s(), last_print = 0, last_t = start, rate = 0;
     uint64_t last_bytes = 0;
     bool first = true;
+    char paused[256] = "";
     for (;;) {
         char *text = read_status(store);
         import_counts c;
@@ -269,6 +289,7 @@ int wait_main(int argc, char **argv)
             free(text);
             return c.failed || rejected ? WAIT_FAILED : WAIT_OK;
         }
+        show_pause(tty, text, paused, sizeof paused);
         if (tty || t - last_print >= 5) {
             draw(tty, &c, rate, false);
             last_print = t;

@@ -596,7 +596,8 @@ TEST(token_endpoint_rejects)
     CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_ERR_REJECTED);
     CHECK_EQ_INT(err.http_status, 400);
     CHECK(strstr(err.message, "Invalid JWT Signature") || strstr(err.message, "invalid_grant"));
-    CHECK_EQ_INT(testsrv_count(g_srv), base + 1); /* 400 is not retried */
+    CHECK_EQ_INT(testsrv_count(g_srv), base + 1);  /* 400 is not retried */
+    CHECK_EQ_INT(err.kind, HTTP_KIND_CREDENTIALS); /* a person must fix them */
 
     /* A server that echoes the assertion: the message must not carry it. */
     testsrv_set_handler(g_srv, echo_invalid_grant, NULL);
@@ -617,6 +618,42 @@ TEST(token_endpoint_rejects)
     }
     free(as);
     safx_end(&t);
+}
+
+/* The credentials file is read again when it changes (a new login
+ * replaced it): the next refresh uses the new credentials. */
+TEST(credentials_file_read_again_when_changed)
+{
+    env_reset();
+    char *tu = token_url();
+    char *path = write_user(g_tmp, "relogin.json", tu);
+    http_client *http = new_http();
+    auth_provider *p = NULL;
+    http_error err;
+    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    if (!p)
+        goto out;
+    push_token("ya29.first", 3599, 0);
+    char tok[256];
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_STR(tok, "ya29.first");
+    /* Replaced by a service account key (a new inode, as editors and gcloud do). */
+    char *sa = write_sa("relogin-sa.json", "new@proj-1.iam.gserviceaccount.com", tu, 0600);
+    CHECK(rename(sa, path) == 0);
+    int base = testsrv_count(g_srv);
+    push_token("ya29.second", 3599, 0);
+    sleep(2); /* past the force-refresh window */
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_STR(tok, "ya29.second");
+    CHECK_EQ_INT(auth_provider_kind(p), AUTH_KIND_SERVICE_ACCOUNT);
+    const testsrv_req *rq = testsrv_get(g_srv, base);
+    CHECK(rq && strstr(rq->body, "jwt-bearer") != NULL);
+    free(sa);
+out:
+    auth_provider_free(p);
+    http_client_free(http);
+    free(path);
+    free(tu);
 }
 
 TEST(authorized_user_flow)
@@ -1047,6 +1084,7 @@ int main(void)
     RUN(concurrent_single_refresh);
     RUN(token_endpoint_rejects);
     RUN(authorized_user_flow);
+    RUN(credentials_file_read_again_when_changed);
     RUN(metadata_flow);
     RUN(adc_order);
     RUN(nothing_anywhere_is_notfound_quickly);

@@ -1,4 +1,5 @@
 /* Unit tests for fs/dircache.c: complete listings, single entries, expiry. */
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -160,6 +161,77 @@ TEST(stale_listing_kept_for_errors)
     dircache_free(c);
 }
 
+/* A fetch that answers with "x" and "y", or fails with rc. */
+typedef struct fetcher {
+    int rc;
+    int calls;
+} fetcher;
+
+static int fetch_xy(void *ctx, dircache_list *l)
+{
+    fetcher *f = ctx;
+    f->calls++;
+    if (f->rc)
+        return f->rc;
+    dircache_list_add(l, "x", false, 1);
+    dircache_list_add(l, "y", true, 0);
+    return 0;
+}
+
+/* Every listing kind goes through get_or_fetch: fresh, fetched, stale on
+ * error (once per ttl), and the error when nothing is known. */
+TEST(get_or_fetch_serves_stale_on_error)
+{
+    dircache *c = dircache_new();
+    fetcher f = {0, 0};
+    dircache_list l;
+    f.rc = -EIO;
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), -EIO); /* nothing known */
+    CHECK_EQ_INT(l.n, 0);
+    f.rc = 0;
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), 0);
+    CHECK_EQ_INT(l.n, 2);
+    dircache_list_clear(&l);
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), 0); /* fresh: no fetch */
+    CHECK_EQ_INT(f.calls, 2);
+    dircache_list_clear(&l);
+    nap(0.3);
+    f.rc = -EIO; /* the server is gone: the last listing stands */
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), 0);
+    CHECK_EQ_INT(l.n, 2);
+    dircache_list_clear(&l);
+    CHECK(dircache_failing(c, "k"));
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), 0); /* no second wait */
+    CHECK_EQ_INT(f.calls, 3);
+    dircache_list_clear(&l);
+    nap(0.3);
+    CHECK(!dircache_failing(c, "k"));
+    f.rc = -ENOENT; /* gone stands */
+    CHECK_EQ_INT(dircache_get_or_fetch(c, "k", 0.2, fetch_xy, &f, &l), -ENOENT);
+    dircache_free(c);
+}
+
+/* Lookups: a name of the last listing resolves without fetching. */
+TEST(lookup_or_fetch_stale_while_revalidate)
+{
+    dircache *c = dircache_new();
+    fetcher f = {0, 0};
+    bool is_dir;
+    uint64_t size;
+    CHECK_EQ_INT(dircache_lookup_or_fetch(c, "k", "x", 0.1, fetch_xy, &f, &is_dir, &size), 1);
+    CHECK_EQ_INT(f.calls, 1);
+    nap(0.2);
+    f.rc = -EIO;
+    CHECK_EQ_INT(dircache_lookup_or_fetch(c, "k", "y", 0.1, fetch_xy, &f, &is_dir, &size), 1);
+    CHECK(is_dir);
+    CHECK_EQ_INT(f.calls, 1); /* answered from the last listing */
+    /* an unknown name asks; the failure leaves "absent" from the stale listing */
+    CHECK_EQ_INT(dircache_lookup_or_fetch(c, "k", "z", 0.1, fetch_xy, &f, &is_dir, &size), 0);
+    CHECK_EQ_INT(f.calls, 2);
+    CHECK_EQ_INT(dircache_lookup_or_fetch(c, "new", "x", 0.1, fetch_xy, &f, &is_dir, &size), -EIO);
+    dircache_free(c);
+}
+
 int main(void)
 {
     RUN(complete_listing_answers_lookups);
@@ -168,5 +240,7 @@ int main(void)
     RUN(invalidate_and_replace);
     RUN(many_keys_are_pruned_not_lost_when_fresh);
     RUN(stale_listing_kept_for_errors);
+    RUN(get_or_fetch_serves_stale_on_error);
+    RUN(lookup_or_fetch_stale_while_revalidate);
     return test_done();
 }

@@ -227,6 +227,11 @@ TEST(endpoint_selection)
     c = gcs_client_new(h, NULL);
     CHECK_EQ_STR(gcs_client_endpoint(c), "http://localhost:9023");
     gcs_client_free(c);
+    /* Without a scheme only loopback means http: a token never goes out in clear. */
+    setenv("STORAGE_EMULATOR_HOST", "emu.example:9023", 1);
+    c = gcs_client_new(h, NULL);
+    CHECK_EQ_STR(gcs_client_endpoint(c), "https://emu.example:9023");
+    gcs_client_free(c);
 
     setenv("STORAGE_EMULATOR_HOST", "https://emu.example:443/", 1);
     c = gcs_client_new(h, NULL);

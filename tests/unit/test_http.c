@@ -1,4 +1,5 @@
 /* Unit tests for client/http.c, against tests/unit/testsrv. */
+#include "deadline.h"
 #include "http.h"
 #include "log.h"
 #include "testlib.h"
@@ -565,6 +566,83 @@ TEST(whole_request_timeout)
     hfx_end(&t);
 }
 
+/* A thread deadline bounds the whole call, retries and backoff included,
+ * even for a server that never answers and a policy that would retry for
+ * minutes; without one the same policy runs its course. */
+TEST(thread_deadline_bounds_retries)
+{
+    hfx t;
+    hfx_start(&t, 1, "/stalled");
+    http_client_free(t.c);
+    http_options o;
+    http_options_init(&o); /* the background policy: 8 attempts, 300 s */
+    o.retry.base_ms = 400;
+    t.c = http_client_new(&o);
+    for (int i = 0; i < 8; i++) {
+        testsrv_reply r = {.status = 200, .body = "late", .delay_ms = 3000};
+        testsrv_push(t.srv, &r);
+    }
+    t.req.idempotent = true;
+    deadline_begin(1.0);
+    double t0 = mono_ms();
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    double took = mono_ms() - t0;
+    deadline_end();
+    CHECK(took < 1900);
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    CHECK_EQ_STR(t.err.status, "DEADLINE_EXCEEDED");
+    CHECK(strstr(t.err.message, "timeout=") != NULL);
+    CHECK(deadline_remaining_ms() == -1);
+    /* Past the deadline before the call: nothing is sent. */
+    int before = testsrv_count(t.srv);
+    deadline_begin(0.001);
+    usleep(5000);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    deadline_end();
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    CHECK_EQ_INT(testsrv_count(t.srv), before);
+    hfx_end(&t);
+}
+
+/* A download into a file under a deadline: a server that does not answer
+ * is given up on by the deadline (stall detection), like any call. */
+TEST(thread_deadline_bounds_a_stalled_download)
+{
+    hfx t;
+    hfx_start(&t, 1, "/stalled-download");
+    testsrv_reply r = {.status = 200, .body = "late", .delay_ms = 4000};
+    testsrv_push(t.srv, &r);
+    char path[] = "/tmp/dicomfs-test-http-dl.XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    unlink(path);
+    t.req.response_fd = fd;
+    deadline_begin(1.0);
+    double t0 = mono_ms();
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    double took = mono_ms() - t0;
+    deadline_end();
+    CHECK(took < 3500);
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    close(fd);
+    hfx_end(&t);
+}
+
+/* A 503 retried under a deadline: the retry happens while time is left. */
+TEST(thread_deadline_leaves_room_for_retries)
+{
+    hfx t;
+    hfx_start(&t, 4, "/flaky");
+    push_status(t.srv, 503, NULL);
+    push_status(t.srv, 200, "ok");
+    t.req.idempotent = true;
+    deadline_begin(5.0);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    deadline_end();
+    CHECK_EQ_INT(t.resp.attempts, 2);
+    hfx_end(&t);
+}
+
 /* --- auth */
 
 typedef struct {
@@ -585,6 +663,32 @@ static int token_cb(void *ctx, char *buf, size_t buflen, bool force_refresh, htt
         t->forced++;
     snprintf(buf, buflen, "%s%d", force_refresh ? "fresh" : "tok", n);
     return 0;
+}
+
+/* Tokens go only over https or to a loopback address. */
+TEST(token_only_over_https_or_loopback)
+{
+    CHECK(http_url_safe_for_credentials("https://healthcare.googleapis.com/v1/x"));
+    CHECK(http_url_safe_for_credentials("http://127.0.0.1:8080/v1"));
+    CHECK(http_url_safe_for_credentials("http://localhost/x"));
+    CHECK(http_url_safe_for_credentials("http://[::1]:99/x"));
+    CHECK(!http_url_safe_for_credentials("http://example.com/x"));
+    CHECK(!http_url_safe_for_credentials("http://127.0.0.1.evil.example/x"));
+    CHECK(!http_url_safe_for_credentials("http://localhost.evil.example/x"));
+    CHECK(!http_url_safe_for_credentials("http://[::1]x/"));
+    CHECK(!http_url_safe_for_credentials("ftp://127.0.0.1/"));
+    token_state ts = {0};
+    http_client *c = mkclient_opts(1, token_cb, &ts, NULL);
+    http_request req;
+    http_request_init(&req);
+    req.url = "http://192.0.2.1:9/x"; /* never contacted */
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_INVAL);
+    CHECK(strstr(err.message, "clear text") != NULL);
+    CHECK_EQ_INT(ts.calls, 0);
+    http_response_free(&resp);
+    http_client_free(c);
 }
 
 TEST(auth_401_refreshes_once_and_retries)
@@ -678,7 +782,59 @@ TEST(token_failure_is_auth_error)
     CHECK_EQ_STR(t.err.message, "no credentials found");
     CHECK_EQ_STR(t.err.status, "UNAUTHENTICATED");
     CHECK_EQ_INT(testsrv_count(t.srv), 0);
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_TOKEN);
     hfx_end(&t);
+}
+
+/* The token endpoint's status (400 invalid_grant) never becomes the
+ * request's: http_status stays 0, the kind says "credentials refused". */
+static int refused_token_cb(void *ctx, char *buf, size_t buflen, bool force, http_error *err)
+{
+    (void)ctx;
+    (void)buf;
+    (void)buflen;
+    (void)force;
+    err->http_status = 400;
+    err->kind = HTTP_KIND_CREDENTIALS;
+    snprintf(err->status, sizeof err->status, "INVALID_ARGUMENT");
+    snprintf(err->message, sizeof err->message, "token request failed: invalid_grant");
+    return -1;
+}
+
+TEST(refused_credentials_are_their_own_class)
+{
+    hfx t;
+    hfx_start(&t, 0, "/x");
+    t.c = mkclient_opts(3, refused_token_cb, NULL, NULL);
+    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_AUTH);
+    CHECK_EQ_INT(t.err.http_status, 0);
+    CHECK_EQ_INT(t.err.kind, HTTP_KIND_CREDENTIALS);
+    CHECK(strstr(t.err.message, "invalid_grant") != NULL);
+    CHECK_EQ_INT(testsrv_count(t.srv), 0);
+    hfx_end(&t);
+}
+
+/* 401 to a token fetched just now: the credentials are refused. */
+TEST(unauthorized_after_refresh_is_credentials)
+{
+    testsrv *srv = testsrv_start();
+    token_state ts = {0};
+    http_client *c = mkclient_opts(3, token_cb, &ts, NULL);
+    push_status(srv, 401, NULL);
+    push_status(srv, 401, NULL);
+    char *url = mkurl(srv, "/x");
+    http_request req;
+    http_request_init(&req);
+    req.url = url;
+    http_response resp;
+    http_error err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(err.http_status, 401);
+    CHECK_EQ_INT(err.kind, HTTP_KIND_CREDENTIALS);
+    http_response_free(&resp);
+    free(url);
+    http_client_free(c);
+    testsrv_stop(srv);
 }
 
 /* --- error decoding */
@@ -1431,9 +1587,15 @@ int main(void)
     RUN(max_attempts_exhaustion_returns_last_error);
     RUN(transport_error_connection_refused);
     RUN(whole_request_timeout);
+    RUN(thread_deadline_bounds_retries);
+    RUN(thread_deadline_leaves_room_for_retries);
+    RUN(thread_deadline_bounds_a_stalled_download);
     RUN(auth_401_refreshes_once_and_retries);
     RUN(auth_header_and_no_auth_and_user_project);
     RUN(token_failure_is_auth_error);
+    RUN(token_only_over_https_or_loopback);
+    RUN(refused_credentials_are_their_own_class);
+    RUN(unauthorized_after_refresh_is_credentials);
     RUN(error_decode_google_status_shape);
     RUN(error_decode_gcs_shape);
     RUN(error_decode_oauth_shape);

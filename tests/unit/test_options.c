@@ -43,6 +43,7 @@ TEST(location_defaults)
     CHECK_EQ_STR(o.export_to, "gs://bkt/stage-exports");
     CHECK_EQ_INT(o.uploads, 16);
     CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
+    CHECK(o.timeout == FS_OPTIONS_DEFAULT_TIMEOUT);
     CHECK(!o.sync_close);
     CHECK_EQ_INT(o.stream_min_mib, FS_OPTIONS_DEFAULT_STREAM_MIN_MIB);
     CHECK_EQ_INT(o.imports, FS_OPTIONS_DEFAULT_IMPORTS);
@@ -76,7 +77,7 @@ TEST(dataset_source_and_all_options)
                        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
                        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
                        "uploads=4,commit_delay=0.25,stream_min=0,allow_delete,no_auth,sync_close,"
-                       "imports=2,batch_max=3G,cache_max=256MiB,upload_present,attr_timeout=3",
+                       "imports=2,batch_max=3G,cache_max=256MiB,upload_present,attr_timeout=3,timeout=7.5",
                        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(err, "");
@@ -93,6 +94,7 @@ TEST(dataset_source_and_all_options)
     CHECK_EQ_STR(o.storage_endpoint, "http://127.0.0.1:2");
     CHECK_EQ_INT(o.uploads, 4);
     CHECK(o.commit_delay == 0.25);
+    CHECK(o.timeout == 7.5);
     CHECK_EQ_INT(o.stream_min_mib, 0);
     CHECK_EQ_INT(o.imports, 2);
     CHECK(o.batch_max_bytes == 3ull << 30);
@@ -273,6 +275,9 @@ TEST(bad_numbers_and_args)
     const char *cd[] = {"dicomfs", "projects/p/locations/l", "/m",
                         "-ostaging=gs://b,commit_delay=-1", NULL};
     expect_error(cd, "commit_delay");
+    const char *to[] = {"dicomfs", "projects/p/locations/l", "/m", "-ostaging=gs://b,timeout=0",
+                        NULL};
+    expect_error(to, "timeout");
     const char *nomnt[] = {"dicomfs", "projects/p/locations/l", "-ostaging=gs://b", NULL};
     expect_error(nomnt, "MOUNTPOINT");
     const char *extra[] = {"dicomfs", "projects/p/locations/l", "/m",
@@ -325,6 +330,15 @@ TEST(prepare_cache_dir)
     CHECK_EQ_INT(fs_options_prepare_cache_dir(file, err, sizeof err), -ENOTDIR);
     CHECK(strstr(err, "not a directory") != NULL);
     CHECK_EQ_INT(fs_options_prepare_cache_dir("relative", err, sizeof err), -EINVAL);
+    /* a directory above it that others may write (not sticky) is refused */
+    snprintf(file, sizeof file, "%s/a", tmpl);
+    chmod(file, 0777);
+    CHECK_EQ_INT(fs_options_prepare_cache_dir(dir, err, sizeof err), -EPERM);
+    CHECK(strstr(err, "writable by others") != NULL);
+    chmod(file, 01777); /* sticky, like /tmp: fine */
+    CHECK_EQ_INT(fs_options_prepare_cache_dir(dir, err, sizeof err), 0);
+    chmod(file, 0700);
+    snprintf(file, sizeof file, "%s/f", tmpl);
     unlink(file);
     rmdir(dir);
     snprintf(dir, sizeof dir, "%s/a", tmpl);

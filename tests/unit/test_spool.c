@@ -769,6 +769,8 @@ typedef struct fake {
     bool upload_forbidden;
     int import_fail_left; /* answer 503 to this many :import calls first */
     bool op_error;        /* the operation ends with an error, failure 1 */
+    int transient_left;   /* this many finished operations end with UNAVAILABLE (14) */
+    int op_gone_left;     /* answer 404 to this many operation polls */
     char present[4][80];  /* UIDs a search finds */
     int uploads, deletes, imports, op_gets, searches;
     char import_body[512];
@@ -822,6 +824,19 @@ static void fake_handler(void *ctx, const testsrv_req *req, testsrv_reply *out)
     }
     if (strstr(req->url, "/operations/77")) {
         f->op_gets++;
+        if (f->op_gone_left > 0) {
+            f->op_gone_left--;
+            out->status = 404;
+            out->body = "{\"error\":{\"code\":404,\"message\":\"operation not found\"}}";
+            return;
+        }
+        if (f->op_gets > 1 && f->transient_left > 0) {
+            f->transient_left--;
+            out->body = "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\","
+                        "\"done\":true,\"error\":{\"code\":14,\"message\":\"backend "
+                        "unavailable\"}}";
+            return;
+        }
         if (f->op_gets == 1) { /* first poll: still running */
             out->body = "{\"name\":\"projects/p/locations/l/datasets/d/operations/77\","
                         "\"metadata\":{\"counter\":{\"pending\":\"2\"}}}";
@@ -1033,7 +1048,10 @@ TEST(uploader_retries_transient_errors)
     remote_stop(&r);
 }
 
-TEST(uploader_permanent_error_marks_failed)
+/* A refused upload (403 on the staging bucket) is not about the file: the
+ * store pauses with a line naming cause and fix, the file stays, and it is
+ * imported once the bucket accepts it. */
+TEST(uploader_refused_upload_pauses_the_store)
 {
     remote r;
     env e;
@@ -1045,15 +1063,69 @@ TEST(uploader_permanent_error_marks_failed)
     if (!e.m)
         return;
     CHECK_EQ_INT(put_valid(&e, "denied.dcm", valid1), 0);
-    CHECK(wait_for(&e, settled_n, 1));
-    char *t = import_status_text(e.m, STORE);
-    CHECK(t && strstr(t, "\nfailed: 1\n") != NULL);
-    CHECK(t && strstr(t, "failed: denied.dcm: upload to gs://bucket/pre/batches/") != NULL);
-    CHECK(t && strstr(t, "403") != NULL);
+    char *t = NULL;
+    for (int i = 0; i < 200 && !(t && strstr(t, "\npaused: ")); i++) {
+        free(t);
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+        t = import_status_text(e.m, STORE);
+    }
+    CHECK(t && strstr(t, "\nfailed: 0\n") != NULL);
+    CHECK(t &&
+          strstr(t, "\npaused: permission denied while uploading to gs://bucket/pre/") != NULL);
+    CHECK(t && strstr(t, "roles/storage.objectAdmin on gs://bucket") != NULL);
     free(t);
     CHECK_EQ_INT(r.f.imports, 0);
-    struct stat st;
-    CHECK_EQ_INT(import_getattr(e.m, STORE, "denied.dcm", &st), 0); /* still listed */
+    r.f.upload_forbidden = false;
+    CHECK(wait_for(&e, imported_n, 1));
+    t = import_status_text(e.m, STORE);
+    CHECK(t && strstr(t, "paused:") == NULL);
+    free(t);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+/* An import that ends UNAVAILABLE is imported again; nothing fails. */
+TEST(uploader_transient_op_error_imports_again)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    r.f.transient_left = 1;
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "a.dcm", valid1), 0);
+    CHECK(wait_for(&e, imported_n, 1));
+    CHECK_EQ_INT(counts(&e).failed, 0);
+    CHECK_EQ_INT(r.f.imports, 2);
+    CHECK_EQ_INT(r.f.searches, 0);
+    env_stop(&e);
+    remote_stop(&r);
+}
+
+/* A polled operation that answers 404: each file is looked up, the ones
+ * present are imported, the missing ones imported again; none fails. */
+TEST(uploader_vanished_op_checks_and_imports_again)
+{
+    remote r;
+    env e;
+    CHECK_EQ_INT(remote_start(&r), 0);
+    r.f.op_gone_left = 1;
+    snprintf(r.f.present[0], sizeof r.f.present[0], "%s", SOP1);
+    snprintf(e.cache, sizeof e.cache, "%s/c%d", root, ++seq);
+    mkdir(e.cache, 0700);
+    CHECK_EQ_INT(env_start_remote(&e, &r, 0.2), 0);
+    if (!e.m)
+        return;
+    CHECK_EQ_INT(put_valid(&e, "in.dcm", valid1), 0);
+    CHECK_EQ_INT(put_valid(&e, "out.dcm", valid2), 0);
+    CHECK(wait_for(&e, imported_n, 2));
+    CHECK_EQ_INT(counts(&e).failed, 0);
+    CHECK_EQ_INT(r.f.searches, 2);
+    CHECK_EQ_INT(r.f.imports, 2);
     env_stop(&e);
     remote_stop(&r);
 }
@@ -1325,7 +1397,9 @@ int main(void)
     RUN(status_text_format_and_parse);
     RUN(uploader_one_import_per_batch);
     RUN(uploader_retries_transient_errors);
-    RUN(uploader_permanent_error_marks_failed);
+    RUN(uploader_refused_upload_pauses_the_store);
+    RUN(uploader_transient_op_error_imports_again);
+    RUN(uploader_vanished_op_checks_and_imports_again);
     RUN(uploader_op_error_checks_each_file);
     RUN(uploader_unlink_after_upload_deletes_staged_object);
     RUN(uploader_resumes_after_restart);

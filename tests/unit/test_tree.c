@@ -169,6 +169,15 @@ TEST(hostile_names)
     tp = P("/...", NULL, &rc);
     CHECK_EQ_INT(rc, 0);
     CHECK_EQ_STR(tp.dataset, "...");
+    /* ids that would change a URL (escapes, query, fragment) are invalid */
+    P("/d%2F..%2Fother/s", NULL, &rc);
+    CHECK_EQ_INT(rc, -EINVAL);
+    P("/d/s?x=1/studies", NULL, &rc);
+    CHECK_EQ_INT(rc, -EINVAL);
+    P("/d/operations/1#x.json", NULL, &rc);
+    CHECK_EQ_INT(rc, -EINVAL);
+    P("/d/s/operations/a b.json", NULL, &rc);
+    CHECK_EQ_INT(rc, -EINVAL);
 }
 
 TEST(check_name)

@@ -7,6 +7,7 @@ import os
 import test_badinput
 import test_crash
 import test_faults
+import test_nohang
 import test_restart
 from resilience_util import res_mounts  # noqa: F401  (fixture)
 
@@ -41,3 +42,10 @@ def test_long_bad_filters(emulator, res_mounts):  # noqa: F811
         extra.append((label + " (after 10k lines)",
                       b"/studies/1.2.3\n" * 10000 + data))
     test_badinput.run_bad_filters(emulator, res_mounts, None, extra_cases=extra)
+
+
+def test_long_soak(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """30 minutes (DICOMFS_LONG_SOAK_MINUTES) of rounds of faults, kills,
+    emulator restarts and credential outages (test_nohang.run_soak)."""
+    minutes = float(os.environ.get("DICOMFS_LONG_SOAK_MINUTES", "30"))
+    test_nohang.run_soak(emulator_factory, res_mounts, tmp_path, minutes, 60, "soak-long")
