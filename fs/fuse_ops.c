@@ -1561,6 +1561,9 @@ static int op_getxattr(const char *path, const char *name, char *value, size_t s
     return rc;
 }
 
+/* user.dicomfs.state is read by name only: listing it would make
+ * `rsync -X` try to remove it from files whose source lacks it (EPERM,
+ * exit 23), as rsync mirrors the source's list of names. */
 static int op_listxattr(const char *path, char *list, size_t size)
 {
     tree_path tp;
@@ -1568,21 +1571,9 @@ static int op_listxattr(const char *path, char *list, size_t size)
     char *store = xattr_target(path, &tp, &rc);
     if (!store)
         return rc == -ENOTSUP ? 0 : rc;
-    /* The state name comes first, then the user's own names. */
-    bool has_state = state_xattr(&tp, NULL, 0) > 0;
-    size_t off = has_state ? sizeof STATE_XATTR : 0;
-    if (size && size < off) {
-        free(store);
-        return -ERANGE;
-    }
-    if (size && has_state)
-        memcpy(list, STATE_XATTR, sizeof STATE_XATTR);
-    rc =
-        xattrs_list(ctx()->xattrs, store, tp.rest, size ? list + off : NULL, size ? size - off : 0);
+    rc = xattrs_list(ctx()->xattrs, store, tp.rest, list, size);
     free(store);
-    if (rc >= 0 && size && (size_t)rc + off > size)
-        return -ERANGE;
-    return rc < 0 ? rc : rc + (int)off;
+    return rc;
 }
 
 static int op_removexattr(const char *path, const char *name)
