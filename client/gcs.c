@@ -242,72 +242,9 @@ int gcs_object_from_json(const char *json, size_t len, gcs_object *out)
     return rc;
 }
 
-/* ---- CRC32C (Castagnoli, reflected 0x82F63B78), slicing-by-8 ------------- */
-
-static uint32_t crc_table[8][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GCS_CRC_HW 1
-/* SSE4.2 has a CRC32C instruction (the same polynomial): about 10x the
- * table version, which showed up in upload profiles. Chosen at run time. */
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p,
-                                                            size_t len)
-{
-    uint64_t c = ~crc;
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8); /* x86 is little-endian; memcpy avoids alignment traps */
-        c = __builtin_ia32_crc32di(c, w);
-        p += 8;
-        len -= 8;
-    }
-    uint32_t c32 = (uint32_t)c;
-    while (len--)
-        c32 = __builtin_ia32_crc32qi(c32, *p++);
-    return ~c32;
-}
-#endif
-
 uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len)
 {
-    const unsigned char *p = data;
-#ifdef GCS_CRC_HW
-    if (__builtin_cpu_supports("sse4.2"))
-        return crc32c_hw(crc, p, len);
-#endif
-    pthread_once(&crc_once, crc_init);
-    crc = ~crc;
-    while (len >= 8) {
-        /* Assemble little-endian words byte by byte: no alignment or
-         * host-endianness assumptions. */
-        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                             (uint32_t)p[3] << 24);
-        uint32_t hi =
-            (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
-              crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^
-              crc_table[2][(hi >> 8) & 0xff] ^ crc_table[1][(hi >> 16) & 0xff] ^
-              crc_table[0][hi >> 24];
-        p += 8;
-        len -= 8;
-    }
-    while (len--)
-        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
-    return ~crc;
+    return util_crc32c(crc, data, len);
 }
 
 /* ---- checksums of what we send ----------------------------------------------- */
@@ -461,8 +398,7 @@ static char *object_url(const gcs_client *c, const char *bucket, const char *nam
 {
     char *eb = http_escape(bucket), *en = http_escape(name), *url = NULL;
     if (eb && en)
-        url = http_strdup_printf("%s/storage/v1/b/%s/o/%s%s", c->endpoint, eb, en,
-                                 suffix ? suffix : "");
+        url = util_asprintf("%s/storage/v1/b/%s/o/%s%s", c->endpoint, eb, en, suffix ? suffix : "");
     free(eb);
     free(en);
     return url;
@@ -472,8 +408,8 @@ static char *upload_url(const gcs_client *c, const char *bucket, const char *nam
 {
     char *eb = http_escape(bucket), *en = http_escape(name), *url = NULL;
     if (eb && en)
-        url = http_strdup_printf("%s/upload/storage/v1/b/%s/o?uploadType=%s&name=%s", c->endpoint,
-                                 eb, type, en);
+        url = util_asprintf("%s/upload/storage/v1/b/%s/o?uploadType=%s&name=%s", c->endpoint, eb,
+                            type, en);
     free(eb);
     free(en);
     return url;
@@ -515,7 +451,7 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     sum_feed feed = {.sum = sum};
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "media");
-    char *cth = http_strdup_printf("Content-Type: %s", ctype);
+    char *cth = util_asprintf("Content-Type: %s", ctype);
     const char *hdrs[] = {cth, NULL};
     int rc;
 
@@ -554,9 +490,9 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
     http_request req;
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "resumable");
-    char *xct = http_strdup_printf("X-Upload-Content-Type: %s", ctype);
+    char *xct = util_asprintf("X-Upload-Content-Type: %s", ctype);
     char *xcl =
-        size == SIZE_UNKNOWN ? NULL : http_strdup_printf("X-Upload-Content-Length: %" PRIu64, size);
+        size == SIZE_UNKNOWN ? NULL : util_asprintf("X-Upload-Content-Length: %" PRIu64, size);
     const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, xcl, NULL};
     cJSON *meta = cJSON_CreateObject();
     char *body = NULL, loc[GCS_URL_BUF];
@@ -587,7 +523,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
         /* Normally absolute; a bare path is taken relative to the endpoint. */
         *session = strstr(loc, "://")
                        ? strdup(loc)
-                       : http_strdup_printf("%s%s%s", c->endpoint, loc[0] == '/' ? "" : "/", loc);
+                       : util_asprintf("%s%s%s", c->endpoint, loc[0] == '/' ? "" : "/", loc);
         rc = *session ? GCS_OK : nomem(err);
     }
 out:
@@ -944,7 +880,7 @@ static int append_param(char **url, const char *key, const char *value)
     if (!value)
         return GCS_OK;
     ev = http_escape(value);
-    n = ev ? http_strdup_printf("%s&%s=%s", *url, key, ev) : NULL;
+    n = ev ? util_asprintf("%s&%s=%s", *url, key, ev) : NULL;
     free(ev);
     if (!n)
         return GCS_ERR_NOMEM;
@@ -1001,8 +937,8 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
     do {
         http_response resp;
         cJSON *page = NULL;
-        char *url = http_strdup_printf("%s/storage/v1/b/%s/o?maxResults=%d", c->endpoint, eb,
-                                       GCS_LIST_PAGE);
+        char *url =
+            util_asprintf("%s/storage/v1/b/%s/o?maxResults=%d", c->endpoint, eb, GCS_LIST_PAGE);
         if (!url || append_param(&url, "prefix", prefix && *prefix ? prefix : NULL) ||
             append_param(&url, "delimiter", delimiter && *delimiter ? delimiter : NULL) ||
             append_param(&url, "pageToken", token)) {

@@ -187,7 +187,7 @@ static int perform(hc_client *c, const hc_call *call, http_response *resp, http_
 static char *versioned_url(const hc_client *c, const char *version, const char *name,
                            const char *suffix)
 {
-    return http_strdup_printf("%s%s/%s%s", c->root, version, name, suffix ? suffix : "");
+    return util_asprintf("%s%s/%s%s", c->root, version, name, suffix ? suffix : "");
 }
 
 /* Simple call whose body is returned (malloc'ed, NUL-terminated). */
@@ -339,8 +339,8 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
     do {
         char *et = token ? http_escape(token) : NULL;
         char *url = (token && !et) ? NULL
-                                   : http_strdup_printf("%s?pageSize=%d%s%s", base, HC_PAGE_SIZE,
-                                                        et ? "&pageToken=" : "", et ? et : "");
+                                   : util_asprintf("%s?pageSize=%d%s%s", base, HC_PAGE_SIZE,
+                                                   et ? "&pageToken=" : "", et ? et : "");
         hc_call call = {"GET", url, NULL, NULL, true, -1, false};
         char *body = NULL;
         size_t len = 0;
@@ -399,7 +399,7 @@ static int list_children(hc_client *c, const char *parent, const char *collectio
     err = err_or(err, &dummy);
     if (bad_args(c, parent, err) || bad_args(cb, cb, err))
         return HC_ERR_INVAL;
-    base = http_strdup_printf("%sv1/%s/%s", c->root, parent, collection);
+    base = util_asprintf("%sv1/%s/%s", c->root, parent, collection);
     rc = list_all(c, base, collection, cb, ctx, err);
     free(base);
     return rc;
@@ -446,7 +446,7 @@ static char *create_url(hc_client *c, const char *parent, const char *collection
 {
     char *eid = http_escape(id), *url = NULL;
     if (eid)
-        url = http_strdup_printf("%sv1/%s/%s?%s=%s", c->root, parent, collection, idparam, eid);
+        url = util_asprintf("%sv1/%s/%s?%s=%s", c->root, parent, collection, idparam, eid);
     free(eid);
     return url;
 }
@@ -918,8 +918,8 @@ int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const 
     if (rc != HC_OK)
         return nomem(err);
     for (;;) {
-        char *url = http_strdup_printf("%sv1/%s/dicomWeb/%s?%slimit=%ld&offset=%ld", c->root, store,
-                                       path, q.rest, q.limit, q.offset);
+        char *url = util_asprintf("%sv1/%s/dicomWeb/%s?%slimit=%ld&offset=%ld", c->root, store,
+                                  path, q.rest, q.limit, q.offset);
         hc_call call = {"GET", url, NULL, accept, true, -1, false};
         http_response resp;
         long count = 0;
@@ -971,8 +971,8 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
         util_set_err(err, 0, "INVALID_ARGUMENT", "retrieve: bad file descriptor");
         return HC_ERR_INVAL;
     }
-    url = http_strdup_printf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s", c->root, store,
-                             study, series, instance);
+    url = util_asprintf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s", c->root, store, study,
+                        series, instance);
     if (!url)
         return nomem(err);
     hc_call call = {"GET", url, NULL, accept, true, fd, false};
@@ -1004,7 +1004,7 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ht
         util_set_err(err, 0, "INVALID_ARGUMENT", "store: bad file descriptor");
         return HC_ERR_INVAL;
     }
-    url = http_strdup_printf("%sv1/%s/dicomWeb/studies", c->root, store);
+    url = util_asprintf("%sv1/%s/dicomWeb/studies", c->root, store);
     if (!url)
         return nomem(err);
     http_request_init(&req);
@@ -1043,7 +1043,7 @@ int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char *
         *op_name = NULL;
     if (bad_args(c, store, err) || bad_args(path, path, err))
         return HC_ERR_INVAL;
-    url = http_strdup_printf("%sv1/%s/dicomWeb/%s", c->root, store, path);
+    url = util_asprintf("%sv1/%s/dicomWeb/%s", c->root, store, path);
     if (!url)
         return nomem(err);
     hc_call call = {"DELETE", url, NULL, NULL, true, -1, false};
@@ -1073,9 +1073,9 @@ int hc_dicomweb_instance_size(hc_client *c, const char *store, const char *study
     err = err_or(err, &dummy);
     if (bad_args(c, store, err) || bad_args(study, series, err) || bad_args(instance, size, err))
         return HC_ERR_INVAL;
-    char *url = http_strdup_printf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s"
-                                   ":getStorageInfo",
-                                   c->root, store, study, series, instance);
+    char *url = util_asprintf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s"
+                              ":getStorageInfo",
+                              c->root, store, study, series, instance);
     if (!url)
         return nomem(err);
     hc_call call = {.method = "GET", .url = url, .idempotent = true, .response_fd = -1};

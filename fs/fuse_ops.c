@@ -211,14 +211,16 @@ static int fetch_names(void *c, dircache_list *out)
     return 0;
 }
 
-static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key)
+/* Lists ds_id (NULL: the root) into the cache under key, fresh for ttl_s
+ * seconds (0: kept only as the last known listing). */
+static int refresh_listing(fs_ctx *x, const char *ds_id, const char *key, double ttl_s)
 {
     struct names_src src = {x, ds_id};
     dircache_list l;
     dircache_list_init(&l);
     int rc = fetch_names(&src, &l);
     if (rc == 0)
-        dircache_put(x->cache, key, &l, FS_LIST_TTL);
+        dircache_put(x->cache, key, &l, ttl_s);
     dircache_list_clear(&l);
     return rc;
 }
@@ -802,7 +804,7 @@ static int delete_dataset(fs_ctx *x, const char *path, const tree_path *tp)
     dircache_list l;
     if (key)
         dircache_invalidate(x->cache, key);
-    int rc = key ? refresh_listing(x, tp->dataset, key) : -ENOMEM;
+    int rc = key ? refresh_listing(x, tp->dataset, key, FS_LIST_TTL) : -ENOMEM;
     if (rc == 0 && dircache_get(x->cache, key, &l) == 0) {
         size_t n = l.n;
         dircache_list_clear(&l);
@@ -1561,6 +1563,9 @@ static int op_getxattr(const char *path, const char *name, char *value, size_t s
     return rc;
 }
 
+/* user.dicomfs.state is read by name only: listing it would make
+ * `rsync -X` try to remove it from files whose source lacks it (EPERM,
+ * exit 23), as rsync mirrors the source's list of names. */
 static int op_listxattr(const char *path, char *list, size_t size)
 {
     tree_path tp;
@@ -1568,21 +1573,9 @@ static int op_listxattr(const char *path, char *list, size_t size)
     char *store = xattr_target(path, &tp, &rc);
     if (!store)
         return rc == -ENOTSUP ? 0 : rc;
-    /* The state name comes first, then the user's own names. */
-    bool has_state = state_xattr(&tp, NULL, 0) > 0;
-    size_t off = has_state ? sizeof STATE_XATTR : 0;
-    if (size && size < off) {
-        free(store);
-        return -ERANGE;
-    }
-    if (size && has_state)
-        memcpy(list, STATE_XATTR, sizeof STATE_XATTR);
-    rc =
-        xattrs_list(ctx()->xattrs, store, tp.rest, size ? list + off : NULL, size ? size - off : 0);
+    rc = xattrs_list(ctx()->xattrs, store, tp.rest, list, size);
     free(store);
-    if (rc >= 0 && size && (size_t)rc + off > size)
-        return -ERANGE;
-    return rc < 0 ? rc : rc + (int)off;
+    return rc;
 }
 
 static int op_removexattr(const char *path, const char *name)
@@ -1639,6 +1632,50 @@ static int op_statfs(const char *path, struct statvfs *sv)
 
 /* ---- init / destroy */
 
+/* Lists the root once at mount (the datasets, or the stores of the
+ * source dataset), in the background and under the mount's timeout: a
+ * store nobody listed yet then resolves from that listing while the server
+ * is unreachable, so copying into its import/ needs no network. */
+static int prime_one(fs_ctx *x, const char *ds_id)
+{
+    char *key = list_key(ds_id);
+    deadline_begin(x->opt->timeout);
+    /* Only a fallback: a name it lacks is still asked for (created since). */
+    int rc = key ? refresh_listing(x, ds_id, key, 0) : -ENOMEM;
+    deadline_end();
+    if (rc)
+        log_warn("%s: listing %s at mount failed (%s): its names are looked up when first used",
+                 x->opt->source, ds_id ? ds_id : "the datasets", strerror(-rc));
+    free(key);
+    return rc;
+}
+
+/* A location's first PRIME_DATASETS datasets get their stores listed too. */
+#define PRIME_DATASETS 32
+
+static void *primer_main(void *arg)
+{
+    fs_ctx *x = arg;
+    if (x->opt->dataset) {
+        if (prime_one(x, hc_name_leaf(x->opt->dataset)) == 0)
+            log_info("listed the stores of %s at mount", x->opt->dataset);
+        return NULL;
+    }
+    dircache_list l;
+    char *root = list_key(NULL);
+    int rc = root && prime_one(x, NULL) == 0 ? dircache_get_stale(x->cache, root, &l) : -1;
+    free(root);
+    if (rc != 0)
+        return NULL;
+    size_t n = 0;
+    for (; n < l.n && n < PRIME_DATASETS; n++)
+        if (l.v[n].is_dir && prime_one(x, l.v[n].name) != 0)
+            break; /* the server is not answering: stop asking */
+    log_info("listed %zu dataset(s) and the stores of %zu at mount", l.n, n);
+    dircache_list_clear(&l);
+    return NULL;
+}
+
 static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
     fs_ctx *x = ctx();
@@ -1690,6 +1727,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             x->import = NULL;
         }
     }
+    x->primer_started = pthread_create(&x->primer, NULL, primer_main, x) == 0;
     log_info("mounted %s (staging gs://%s/%s, exports to %s, cache %s)", x->opt->source,
              x->opt->staging_bucket, x->opt->staging_prefix, x->opt->export_to, x->opt->cache_dir);
     return x;
@@ -1698,6 +1736,9 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 static void op_destroy(void *private_data)
 {
     fs_ctx *x = private_data;
+    if (x->primer_started)
+        pthread_join(x->primer, NULL); /* at most the mount's timeout */
+    x->primer_started = false;
     if (x->import)
         import_mgr_free(x->import);
     x->import = NULL;

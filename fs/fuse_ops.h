@@ -12,6 +12,7 @@
 #define FUSE_USE_VERSION 31
 #include <fuse.h>
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
 #include <time.h>
@@ -57,6 +58,8 @@ typedef struct fs_ctx {
     uid_t uid;
     gid_t gid;
     struct timespec mount_time;
+    pthread_t primer; /* lists the root once at mount (joined at unmount) */
+    bool primer_started;
 } fs_ctx;
 
 /* The callbacks; private_data passed to fuse_new must be an fs_ctx whose

@@ -84,6 +84,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define IMP_WRITEBACK_STEP (8u << 20)
 
@@ -106,10 +107,7 @@ double imp_now(void)
 
 static uint64_t name_hash(const store_st *st, const char *path)
 {
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uintptr_t)st;
-    for (const char *s = path; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return util_fnv1a_str(UTIL_FNV1A_INIT ^ (uint64_t)(uintptr_t)st, path);
 }
 
 static node *name_find(import_mgr *m, const store_st *st, const char *path)
@@ -383,8 +381,7 @@ void imp_batch_free(import_mgr *m, batch *b)
 
 char *imp_object_name(import_mgr *m, const node *n)
 {
-    return http_strdup_printf("%s%sbatches/%s/%s.dcm", m->prefix, *m->prefix ? "/" : "", n->bid,
-                              n->id);
+    return util_asprintf("%s%sbatches/%s/%s.dcm", m->prefix, *m->prefix ? "/" : "", n->bid, n->id);
 }
 
 void imp_spool_account(import_mgr *m, node *n, uint64_t bytes)
@@ -1353,7 +1350,7 @@ static int fetch_copy(import_mgr *m, handle *h)
     node *n = h->n;
     char *object = imp_object_name(m, n);
     char *store = strdup(n->st->name);
-    char *label = http_strdup_printf("%s/%s", n->st->name, n->path);
+    char *label = util_asprintf("%s/%s", n->st->name, n->path);
     bool staged = n->staged;
     char study[sizeof n->study], series[sizeof n->series], sop[sizeof n->sop];
     memcpy(study, n->study, sizeof study);
@@ -1818,7 +1815,7 @@ static int rename_dir(import_mgr *m, node *d, const char *to)
     for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
             continue;
-        char *np = http_strdup_printf("%s%s", to, n->path + fl);
+        char *np = util_asprintf("%s%s", to, n->path + fl);
         if (!np)
             return -ENOMEM;
         name_remove(m, n);

@@ -44,7 +44,8 @@ typedef struct import_config {
     double commit_delay_s;      /* quiet period before a batch is committed */
     bool sync_close;            /* fdatasync spool file + journal in every close() */
     int stream_min_mib;         /* upload files while written from this size on
-                                   (0: 32 MiB; < 0: never; see uploader.c) */
+                                   (0: 32 MiB; < 0: never, which the mount
+                                   option stream_min=0 becomes; uploader.c) */
     int imports;                /* import operations in flight per store (< 1: 1) */
     uint64_t batch_max_files;   /* a batch stops growing at this many files (0: no limit) */
     uint64_t batch_max_bytes;   /* ... or bytes (0: no limit) */
@@ -93,7 +94,7 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
 int import_unlink(import_mgr *m, const char *store, const char *rel);
 int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2]);
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode);
-/* Added: remembers the owner shown for a pending file or directory ((uid_t)-1
+/* Remembers the owner shown for a pending file or directory ((uid_t)-1
  * / (gid_t)-1 = unchanged), so `rsync -a` run as root keeps its ownership
  * and finds nothing to change on its second run. */
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid);

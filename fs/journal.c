@@ -36,6 +36,7 @@
 #include <zlib.h>
 
 #include "log.h"
+#include "util.h"
 
 #define JOURNAL_MAX_RECORD (16u << 20) /* no record is this big: a larger length is corrupt */
 #define JOURNAL_COMPACT_MIN (8u << 20)
@@ -103,10 +104,7 @@ static bool reserve_release(journal *j)
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return util_fnv1a_str(UTIL_FNV1A_INIT, s);
 }
 
 static kv *map_find(journal *j, const char *key)

@@ -1,4 +1,5 @@
-/* dicomfs: mounts Cloud Healthcare API DICOM stores (see DESIGN.md).
+/* dicomfs: mounts Cloud Healthcare API DICOM stores (see README.md and
+ * docs/architecture.md).
  *
  * Order matters: parse options, check everything a user can get wrong
  * (SOURCE, credentials, endpoint, staging bucket, cache directory) while
@@ -15,6 +16,7 @@
 
 #include "fuse_ops.h"
 #include "log.h"
+#include "util.h"
 #include "options.h"
 #include "wait.h"
 
@@ -96,7 +98,7 @@ static int check_bucket(const char *what, const char *bucket, const char *prefix
                         char *msg, size_t len)
 {
     http_error err = {0};
-    char *p = *prefix ? http_strdup_printf("%s/", prefix) : strdup("");
+    char *p = *prefix ? util_asprintf("%s/", prefix) : strdup("");
     if (!p) {
         snprintf(msg, len, "out of memory");
         return -1;

@@ -9,6 +9,7 @@
 
 #include "journal.h"
 #include "log.h"
+#include "util.h"
 #include "tree.h"
 
 char *ops_file_content(const char *json, size_t len, size_t *out_len)
@@ -68,7 +69,7 @@ static size_t content_size(const char *json)
 
 static char *ops_key(const char *ds_id)
 {
-    return http_strdup_printf("ops:%s", ds_id);
+    return util_asprintf("ops:%s", ds_id);
 }
 
 struct list_ctx {
@@ -121,7 +122,7 @@ static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, s
     if (tree_op_id_from_file(file, id, sizeof id) != 0)
         return -ENOENT;
     char *ds = fs_dataset_name(x, ds_id);
-    char *op = ds ? http_strdup_printf("%s/operations/%s", ds, id) : NULL;
+    char *op = ds ? util_asprintf("%s/operations/%s", ds, id) : NULL;
     free(ds);
     if (!op)
         return -ENOMEM;

@@ -3,6 +3,8 @@
  * each holds its UIDs sorted, looked up with bsearch. */
 #include "present.h"
 
+#include "util.h"
+
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,12 +51,8 @@ static void entry_free(present_cache *pc, entry *e)
 
 static size_t bucket(const char *store, const char *study)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *s = store; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    h = (h ^ '/') * 1099511628211ull;
-    for (const char *s = study; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    uint64_t h = util_fnv1a_str(UTIL_FNV1A_INIT, store);
+    h = util_fnv1a_str(util_fnv1a(h, "/", 1), study);
     return (size_t)(h % PRESENT_BUCKETS);
 }
 

@@ -44,14 +44,14 @@ bool scratch_is_name(const char *name)
 
 static char *dir_of(fs_ctx *x, const tree_path *tp)
 {
-    return http_strdup_printf("%s/exports/%s/%s/%s/.scratch", x->opt->cache_dir, tp->dataset,
-                              tp->store, tp->format->dir);
+    return util_asprintf("%s/exports/%s/%s/%s/.scratch", x->opt->cache_dir, tp->dataset, tp->store,
+                         tp->format->dir);
 }
 
 static char *path_of(fs_ctx *x, const tree_path *tp)
 {
-    return http_strdup_printf("%s/exports/%s/%s/%s/.scratch/%s", x->opt->cache_dir, tp->dataset,
-                              tp->store, tp->format->dir, tp->name);
+    return util_asprintf("%s/exports/%s/%s/%s/.scratch/%s", x->opt->cache_dir, tp->dataset,
+                         tp->store, tp->format->dir, tp->name);
 }
 
 int scratch_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)

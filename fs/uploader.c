@@ -1208,8 +1208,8 @@ static void tick(import_mgr *m, double now)
             verify(m, b);
         else
             poll_op(m, b);
-        if (before == B_IMPORTING && b->state == B_DONE)
-            b->st->running--;
+        if (before == B_IMPORTING && b->state != B_IMPORTING)
+            b->st->running--; /* done, or sealed again to be re-imported */
     }
     for (batch *b = m->batches; b && !m->stop; b = b->next)
         if (b->state == B_SEALED && b->n_refs > 0 && b->next_try <= now &&

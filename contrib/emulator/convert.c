@@ -50,16 +50,6 @@ static void put32(hc_buf *b, uint32_t v)
     hc_buf_put(b, x, 4);
 }
 
-static bool long_vr(const char *vr)
-{
-    static const char *const l[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ",
-                                    "UC", "UN", "UR", "UT", "SV", "UV"};
-    for (size_t i = 0; i < sizeof l / sizeof l[0]; i++)
-        if (strcmp(vr, l[i]) == 0)
-            return true;
-    return false;
-}
-
 /* Width of a value unit whose bytes must be swapped from big endian. */
 static size_t swap_width(const char *vr)
 {
@@ -84,7 +74,7 @@ static void put_header(hc_buf *b, uint32_t tag, const char *vr, uint32_t len)
     put16(b, (uint16_t)(tag >> 16));
     put16(b, (uint16_t)tag);
     hc_buf_put(b, vr, 2);
-    if (long_vr(vr)) {
+    if (dj_long_vr(vr)) {
         put16(b, 0);
         put32(b, len);
     } else {
@@ -168,7 +158,7 @@ static void write_ds(hc_buf *b, const dj_ds *ds, enum dj_enc enc, long bits_allo
             continue;
         }
         uint32_t len = (uint32_t)(e->len + (e->len & 1));
-        if (!long_vr(vr) && len > 0xFFFF)
+        if (!dj_long_vr(vr) && len > 0xFFFF)
             memcpy(vr, "UN", 3);
         put_header(b, e->tag, vr, len);
         put_value(b, e, vr, enc);

@@ -187,7 +187,7 @@ static int fail(rd *r, const char *msg)
     return -1;
 }
 
-static bool long_vr(const char *vr)
+bool dj_long_vr(const char *vr)
 {
     static const char *const l[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ",
                                     "UC", "UN", "UR", "UT", "SV", "UV"};
@@ -323,7 +323,7 @@ static int parse_elem(rd *r, size_t end, int depth, dj_ds *ds, uint32_t tag)
         if (!isupper((unsigned char)vr[0]) || !isupper((unsigned char)vr[1]))
             return fail(r, "invalid VR");
         r->pos += 2;
-        if (long_vr(vr)) {
+        if (dj_long_vr(vr)) {
             if (end - r->pos < 6)
                 return fail(r, "truncated length");
             vlen = u32(r->p + r->pos + 2, be);

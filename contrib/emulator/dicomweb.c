@@ -26,6 +26,14 @@
 #define EXPLICIT_LE "1.2.840.10008.1.2.1"
 #define MAX_SEG 12
 
+/* The DICOM store a request addresses, with what serves it. */
+typedef struct dw_store {
+    const char *name;
+    emu_ctx *ctx;
+    hc_state *hs;
+    hc_lro *lro;
+} dw_store;
+
 enum level { LV_STUDY, LV_SERIES, LV_INSTANCE };
 
 static const uint32_t def_study[] = {0x00080005, 0x00080020, 0x00080030, 0x00080050, 0x00080056,
@@ -368,7 +376,7 @@ static void add_tag(cJSON *row_json, hc_store *st, const hc_inst *rep, enum leve
         *need_file = true;
 }
 
-static void qido(emu_response *w, const emu_request *r, const char *store, enum level lv,
+static void qido(emu_response *w, const emu_request *r, const dw_store *store, enum level lv,
                  const char *study, const char *series)
 {
     query q;
@@ -402,8 +410,8 @@ static void qido(emu_response *w, const emu_request *r, const char *store, enum 
     size_t n_rows = 0;
     long skipped = 0;
     sset seen = {0};
-    hc_lock();
-    hc_store *st = hc_store_find(store);
+    hc_lock(store->hs);
+    hc_store *st = hc_store_find(store->hs, store->name);
     for (size_t i = 0; st && rows && i < st->n_inst && n_rows < (size_t)q.limit; i++) {
         hc_inst *in = st->inst[i];
         cJSON *cache = NULL;
@@ -432,7 +440,7 @@ static void qido(emu_response *w, const emu_request *r, const char *store, enum 
             rows[n_rows].path = hc_inst_path(st, in);
         n_rows++;
     }
-    hc_unlock();
+    hc_unlock(store->hs);
     free(seen.v);
     cJSON *arr = cJSON_CreateArray();
     for (size_t i = 0; i < n_rows; i++) {
@@ -483,12 +491,12 @@ typedef struct found {
     char (*ts)[HC_UID_MAX + 1];
 } found;
 
-static int find_instances(const char *store, const char *study, const char *series, const char *sop,
-                          found *out)
+static int find_instances(const dw_store *store, const char *study, const char *series,
+                          const char *sop, found *out)
 {
     memset(out, 0, sizeof *out);
-    hc_lock();
-    hc_store *st = hc_store_find(store);
+    hc_lock(store->hs);
+    hc_store *st = hc_store_find(store->hs, store->name);
     size_t n = 0;
     for (size_t i = 0; st && i < st->n_inst; i++) {
         hc_inst *in = st->inst[i];
@@ -510,7 +518,7 @@ static int find_instances(const char *store, const char *study, const char *seri
         nv[n].path = hc_inst_path(st, in);
         n++;
     }
-    hc_unlock();
+    hc_unlock(store->hs);
     out->n = n;
     return (int)n;
 }
@@ -587,7 +595,7 @@ static int instance_bytes(const char *path, const char *stored_ts, const char *w
     return rc;
 }
 
-static void wado(emu_response *w, const emu_request *r, const char *store, const char *study,
+static void wado(emu_response *w, const emu_request *r, const dw_store *store, const char *study,
                  const char *series, const char *sop)
 {
     bool single;
@@ -659,7 +667,7 @@ static void wado(emu_response *w, const emu_request *r, const char *store, const
     found_free(&f);
 }
 
-static void metadata(emu_response *w, const char *version, const char *store, const char *study,
+static void metadata(emu_response *w, const char *version, const dw_store *store, const char *study,
                      const char *series, const char *sop)
 {
     found f;
@@ -679,8 +687,8 @@ static void metadata(emu_response *w, const char *version, const char *store, co
         if (dj_parse_file(data, len, &df, why, sizeof why) == 0) {
             char *bulk;
             if (asprintf(&bulk, "%s/%s/%s/dicomWeb/studies/%s/series/%s/instances/%s",
-                         emu_base_url(hc_ctx()), version, store, f.v[i].study, f.v[i].series,
-                         f.v[i].sop) < 0)
+                         emu_base_url(store->ctx), version, store->name, f.v[i].study,
+                         f.v[i].series, f.v[i].sop) < 0)
                 bulk = NULL;
             cJSON_AddItemToArray(arr, dj_to_json(df.ds, df.enc, bulk));
             free(bulk);
@@ -698,8 +706,24 @@ static void metadata(emu_response *w, const char *version, const char *store, co
 /* rendered (frame >= 0 or whole instance) and frames. */
 /* Bulk data of a top-level element (the BulkDataURI of metadata). Single
  * part with Accept: application/octet-stream, else multipart/related. */
-static void bulkdata(emu_response *w, const emu_request *r, const char *store, const char *study,
-                     const char *series, const char *sop, const char *tag_hex)
+/* Reads and parses the first instance found, then frees f. On failure
+ * answers 500 and returns false. */
+static bool load_first(emu_response *w, found *f, uint8_t **data, size_t *len, dj_file *df)
+{
+    char why[300] = "";
+    bool ok = hc_read_file(f->v[0].path, data, len) == 0 &&
+              dj_parse_file(*data, *len, df, why, sizeof why) == 0;
+    found_free(f);
+    if (!ok) {
+        free(*data);
+        *data = NULL;
+        dw_error(w, 500, "cannot read the instance: %s", why);
+    }
+    return ok;
+}
+
+static void bulkdata(emu_response *w, const emu_request *r, const dw_store *store,
+                     const char *study, const char *series, const char *sop, const char *tag_hex)
 {
     uint32_t tag = dj_parse_tag(tag_hex);
     found f;
@@ -713,14 +737,8 @@ static void bulkdata(emu_response *w, const emu_request *r, const char *store, c
     size_t len = 0;
     dj_file df;
     char why[300] = "";
-    if (hc_read_file(f.v[0].path, &data, &len) < 0 ||
-        dj_parse_file(data, len, &df, why, sizeof why) < 0) {
-        free(data);
-        found_free(&f);
-        dw_error(w, 500, "cannot read the instance: %s", why);
+    if (!load_first(w, &f, &data, &len, &df))
         return;
-    }
-    found_free(&f);
     hc_buf out = {0};
     const dj_elem *e = dj_find(df.ds, tag);
     int rc = 0;
@@ -754,7 +772,7 @@ static void bulkdata(emu_response *w, const emu_request *r, const char *store, c
     free(data);
 }
 
-static void pixels(emu_response *w, const emu_request *r, const char *store, const char *study,
+static void pixels(emu_response *w, const emu_request *r, const dw_store *store, const char *study,
                    const char *series, const char *sop, const char *frames, bool rendered)
 {
     found f;
@@ -778,14 +796,8 @@ static void pixels(emu_response *w, const emu_request *r, const char *store, con
         }
         frame = (int)v - 1;
     }
-    if (hc_read_file(f.v[0].path, &data, &len) < 0 ||
-        dj_parse_file(data, len, &df, why, sizeof why) < 0) {
-        free(data);
-        found_free(&f);
-        dw_error(w, 500, "cannot read the instance: %s", why);
+    if (!load_first(w, &f, &data, &len, &df))
         return;
-    }
-    found_free(&f);
     hc_buf out = {0};
     if (frame >= conv_num_frames(&df)) {
         dw_error(w, 400, "frame %s does not exist", frames);
@@ -840,7 +852,8 @@ static void pixels(emu_response *w, const emu_request *r, const char *store, con
 
 /* ---- STOW ---- */
 typedef struct stow {
-    const char *store, *study, *base;
+    const dw_store *store;
+    const char *study, *base;
     cJSON *ok, *failed;
     int n_failed;
 } stow;
@@ -857,7 +870,8 @@ static cJSON *attr(const char *vr, const char *s)
 static void stow_one(stow *s, const uint8_t *buf, size_t len)
 {
     char uids[4][HC_UID_MAX + 1] = {"", "", "", ""}, why[400] = "";
-    enum hc_add_result ar = hc_store_add(s->store, buf, len, s->study, uids, why, sizeof why);
+    enum hc_add_result ar =
+        hc_store_add(s->store->hs, s->store->name, buf, len, s->study, uids, why, sizeof why);
     cJSON *item = cJSON_CreateObject();
     cJSON_AddItemToObject(item, "00081150", attr("UI", uids[3]));
     cJSON_AddItemToObject(item, "00081155", attr("UI", uids[2]));
@@ -964,8 +978,8 @@ static void json_to_xml(hc_buf *b, const cJSON *obj)
     }
 }
 
-static void stow_rs(emu_response *w, const emu_request *r, const char *version, const char *store,
-                    const char *study)
+static void stow_rs(emu_response *w, const emu_request *r, const char *version,
+                    const dw_store *store, const char *study)
 {
     const char *ct = emu_req_header(r, "Content-Type");
     size_t len = 0;
@@ -985,7 +999,7 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version, 
     if (!body)
         body = "";
     char *base;
-    if (asprintf(&base, "%s/%s/%s/dicomWeb", emu_base_url(hc_ctx()), version, store) < 0)
+    if (asprintf(&base, "%s/%s/%s/dicomWeb", emu_base_url(store->ctx), version, store->name) < 0)
         base = NULL;
     stow s = {.store = store,
               .study = study,
@@ -1078,8 +1092,8 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version, 
 /* ---- instances.getStorageInfo (a Healthcare API extra, v1 and v1beta1) ----
  * blobStorageInfo.sizeBytes is the size of the stored file, which is what a
  * retrieval as stored (transfer-syntax=*) sends. */
-static void storage_info(emu_response *w, const char *version, const char *store, const char *study,
-                         const char *series, const char *sop)
+static void storage_info(emu_response *w, const char *version, const dw_store *store,
+                         const char *study, const char *series, const char *sop)
 {
     found f;
     struct stat st;
@@ -1091,8 +1105,8 @@ static void storage_info(emu_response *w, const char *version, const char *store
     found_free(&f);
     char num[32], res[1024];
     snprintf(num, sizeof num, "%llu", (unsigned long long)st.st_size);
-    snprintf(res, sizeof res, "%s/dicomWeb/studies/%s/series/%s/instances/%s", store, study, series,
-             sop);
+    snprintf(res, sizeof res, "%s/dicomWeb/studies/%s/series/%s/instances/%s", store->name, study,
+             series, sop);
     (void)version;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "referencedResource", res);
@@ -1105,8 +1119,8 @@ static void storage_info(emu_response *w, const char *version, const char *store
 }
 
 /* ---- DELETE ---- */
-static void delete_rs(emu_response *w, const char *version, const char *dataset, const char *store,
-                      const char *study, const char *series, const char *sop)
+static void delete_rs(emu_response *w, const char *version, const char *dataset,
+                      const dw_store *store, const char *study, const char *series, const char *sop)
 {
     found f;
     int n = find_instances(store, study, series, sop, &f);
@@ -1116,7 +1130,7 @@ static void delete_rs(emu_response *w, const char *version, const char *dataset,
         return;
     }
     if (sop) {
-        hc_store_delete(store, study, series, sop);
+        hc_store_delete(store->hs, store->name, study, series, sop);
         emu_resp_json(w, 200, cJSON_CreateObject());
         return;
     }
@@ -1124,14 +1138,17 @@ static void delete_rs(emu_response *w, const char *version, const char *dataset,
     cJSON_AddStringToObject(req, "study", study);
     if (series)
         cJSON_AddStringToObject(req, "series", series);
-    hc_op_start(w, series ? HC_OP_DELETE_SERIES : HC_OP_DELETE_STUDY, version, dataset, store, req);
+    hc_op_start(store->lro, w, series ? HC_OP_DELETE_SERIES : HC_OP_DELETE_STUDY, version, dataset,
+                store->name, req);
     cJSON_Delete(req);
 }
 
-void dicomweb_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *version,
-                     const char *store, const char *dataset, const char *path)
+void dicomweb_handle(emu_ctx *ctx, hc_state *hs, hc_lro *lro, const emu_request *r, emu_response *w,
+                     const char *version, const char *store_name, const char *dataset,
+                     const char *path)
 {
-    (void)ctx;
+    const dw_store target = {.name = store_name, .ctx = ctx, .hs = hs, .lro = lro};
+    const dw_store *store = &target;
     char *copy = strdup(path);
     char *seg[MAX_SEG];
     int n = 0;

@@ -41,6 +41,11 @@ bool emu_agent_can_write(emu_ctx *ctx, const char *bucket);
 /* The stable 12-digit project number of a project id. */
 unsigned long long emu_project_number(const char *project);
 bool emu_shutting_down(const emu_ctx *ctx);
+/* The Healthcare side's context (hc_api.c), owned by the emulator context:
+ * set by emu_hc_init, cleared by emu_hc_shutdown. */
+typedef struct emu_hc emu_hc;
+emu_hc *emu_ctx_hc(const emu_ctx *ctx);
+void emu_ctx_set_hc(emu_ctx *ctx, emu_hc *hc);
 
 /* ---- requests (server.c) ---- */
 const char *emu_req_method(const emu_request *r);

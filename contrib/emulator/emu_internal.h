@@ -60,6 +60,7 @@ typedef struct emu_oauth emu_oauth;
 typedef struct emu_faults emu_faults;
 typedef struct emu_net emu_net;
 typedef struct emu_iam emu_iam;
+typedef struct emu_uploads emu_uploads;
 
 struct emu_ctx {
     char *data_dir;
@@ -82,6 +83,8 @@ struct emu_ctx {
     atomic_llong refuse_tokens_until_ms; /* CLOCK_MONOTONIC ms; 0 = grants work */
     emu_store *store;
     emu_oauth *oauth;
+    emu_uploads *uploads; /* resumable upload sessions (gcs_api.c) */
+    emu_hc *hc;           /* the Healthcare API (hc_api.c) */
 };
 
 /* ---- server.c ---- */
@@ -244,19 +247,15 @@ typedef int (*emu_store_obj_cb)(void *cb_ctx, const emu_obj_info *o);
 int emu_store_object_each(emu_ctx *ctx, const char *bucket, const char *prefix, const char *start,
                           emu_store_obj_cb cb, void *cb_ctx);
 
-/* Base64 helpers shared by the core modules. */
-char *emu_b64_encode(const unsigned char *data, size_t len, bool url); /* malloc'ed */
-/* Returns decoded length or -1; accepts both alphabets, padding optional. */
-long emu_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outcap);
-uint32_t emu_crc32c(uint32_t crc, const void *data, size_t len);
+/* Base64, CRC32C, RFC 3339 and mkdir -p: client/util.h. */
 int64_t emu_now_us(void);
-void emu_rfc3339(int64_t us, char *buf, size_t len);
-/* mkdir -p with mode 0700. */
-int emu_mkdirs(const char *path);
 /* Random hex string of n bytes of entropy. */
 void emu_random_hex(char *out, size_t nbytes);
 
 /* ---- gcs_api.c ---- */
+/* The registry of resumable upload sessions in memory (locks, hashes). */
+emu_uploads *emu_uploads_new(void);
+void emu_uploads_free(emu_uploads *up);
 void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
 /* True for resumable-session requests (the session URI is the credential). */
 bool emu_gcs_is_session_request(const emu_request *r);

@@ -26,6 +26,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 #include "multipart.h"
 
 #define CHUNK_QUANTUM (256u * 1024)
@@ -74,7 +75,7 @@ static void add_i64_str(cJSON *j, const char *k, long long v)
 static void add_time(cJSON *j, const char *k, int64_t us)
 {
     char buf[40];
-    emu_rfc3339(us, buf, sizeof(buf));
+    util_rfc3339(buf, sizeof(buf), (time_t)(us / 1000000), (long)(us % 1000000) * 1000, 3);
     cJSON_AddStringToObject(j, k, buf);
 }
 
@@ -85,7 +86,7 @@ static char *etag_of(int64_t gen, int64_t metagen)
         raw[i] = (unsigned char)((uint64_t)gen >> (56 - 8 * i));
         raw[8 + i] = (unsigned char)((uint64_t)metagen >> (56 - 8 * i));
     }
-    return emu_b64_encode(raw, sizeof(raw), false);
+    return util_b64_encode(raw, sizeof(raw), false);
 }
 
 static cJSON *object_json(emu_ctx *ctx, const emu_obj_info *o)
@@ -565,7 +566,7 @@ static void object_list(emu_ctx *ctx, const emu_request *r, emu_response *w, con
     if (tok && *tok) {
         size_t tl = strlen(tok);
         unsigned char *raw = malloc(tl + 1);
-        long n = raw ? emu_b64_decode(tok, tl, raw, tl) : -1;
+        long n = raw ? util_b64_decode(tok, tl, raw, tl) : -1;
         if (n < 0) {
             free(raw);
             emu_resp_gcs_error(w, 400, "invalid", "Invalid pageToken.");
@@ -589,7 +590,7 @@ static void object_list(emu_ctx *ctx, const emu_request *r, emu_response *w, con
         cJSON *root = cJSON_CreateObject();
         cJSON_AddStringToObject(root, "kind", "storage#objects");
         if (l.more && l.last_key) {
-            char *t = emu_b64_encode((const unsigned char *)l.last_key, strlen(l.last_key), true);
+            char *t = util_b64_encode((const unsigned char *)l.last_key, strlen(l.last_key), true);
             if (t)
                 cJSON_AddStringToObject(root, "nextPageToken", t);
             free(t);
@@ -790,22 +791,19 @@ static void session_path(emu_ctx *ctx, const char *id, const char *ext, char *ou
 /* Session locks, striped by upload id: appends and the final hashing of one
  * session never wait for another session's. */
 #define SESSION_LOCKS 64
-static pthread_mutex_t session_locks[SESSION_LOCKS];
-static pthread_once_t session_locks_once = PTHREAD_ONCE_INIT;
 
-static void session_locks_init(void)
-{
-    for (int i = 0; i < SESSION_LOCKS; i++)
-        pthread_mutex_init(&session_locks[i], NULL);
-}
+typedef struct upsess upsess;
 
-static pthread_mutex_t *session_lock(const char *id)
+/* The resumable sessions of one emulator (owned by its context). */
+struct emu_uploads {
+    pthread_mutex_t locks[SESSION_LOCKS];
+    pthread_mutex_t mu; /* list and refs */
+    upsess *list;
+};
+
+static pthread_mutex_t *session_lock(emu_ctx *ctx, const char *id)
 {
-    pthread_once(&session_locks_once, session_locks_init);
-    uint32_t h = 2166136261u;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return &session_locks[h % SESSION_LOCKS];
+    return &ctx->uploads->locks[util_fnv1a_str(UTIL_FNV1A_INIT, id) % SESSION_LOCKS];
 }
 
 /* What the emulator keeps in memory of each session's part file: its
@@ -815,9 +813,10 @@ static pthread_mutex_t *session_lock(const char *id)
  * hashes of the bytes already there are unknown, and the file is hashed
  * once at the end. Appends take only the entry's own lock, so a chunk
  * streaming in (emu_body_sink) never holds the session lock. */
-typedef struct upsess {
+struct upsess {
     struct upsess *next;
-    unsigned refs; /* under g_upsess_mu */
+    emu_uploads *owner;
+    unsigned refs; /* under owner->mu */
     char id[65];
     pthread_mutex_t mu; /* the fields below */
     bool dead;          /* cancelled or finished: nothing more is appended */
@@ -825,18 +824,26 @@ typedef struct upsess {
     EVP_MD_CTX *md5;
     uint32_t crc;
     uint64_t len; /* bytes in the part file */
-} upsess;
+};
 
-static upsess *g_upsess;
-static pthread_mutex_t g_upsess_mu = PTHREAD_MUTEX_INITIALIZER;
+emu_uploads *emu_uploads_new(void)
+{
+    emu_uploads *up = calloc(1, sizeof(*up));
+    if (!up)
+        return NULL;
+    for (int i = 0; i < SESSION_LOCKS; i++)
+        pthread_mutex_init(&up->locks[i], NULL);
+    pthread_mutex_init(&up->mu, NULL);
+    return up;
+}
 
 static void upsess_unref(upsess *u)
 {
     if (!u)
         return;
-    pthread_mutex_lock(&g_upsess_mu);
+    pthread_mutex_lock(&u->owner->mu);
     bool last = --u->refs == 0;
-    pthread_mutex_unlock(&g_upsess_mu);
+    pthread_mutex_unlock(&u->owner->mu);
     if (last) {
         pthread_mutex_destroy(&u->mu);
         EVP_MD_CTX_free(u->md5);
@@ -850,13 +857,14 @@ static void upsess_unref(upsess *u)
  * going meanwhile. */
 static upsess *upsess_get(emu_ctx *ctx, const char *id)
 {
-    pthread_mutex_lock(&g_upsess_mu);
-    upsess *u = g_upsess;
+    emu_uploads *up = ctx->uploads;
+    pthread_mutex_lock(&up->mu);
+    upsess *u = up->list;
     while (u && strcmp(u->id, id) != 0)
         u = u->next;
     if (u)
         u->refs++;
-    pthread_mutex_unlock(&g_upsess_mu);
+    pthread_mutex_unlock(&up->mu);
     if (u)
         return u;
     char path[4200];
@@ -865,39 +873,55 @@ static upsess *upsess_get(emu_ctx *ctx, const char *id)
     if (stat(path, &st) != 0 || !(u = calloc(1, sizeof(*u))))
         return NULL;
     snprintf(u->id, sizeof(u->id), "%s", id);
+    u->owner = up;
     pthread_mutex_init(&u->mu, NULL);
     u->len = (uint64_t)st.st_size;
     u->md5 = EVP_MD_CTX_new();
     /* Bytes received before a restart were never hashed here. */
     u->hashed = u->len == 0 && u->md5 && EVP_DigestInit_ex(u->md5, EVP_md5(), NULL) == 1;
     u->refs = 2; /* the registry's and the caller's */
-    pthread_mutex_lock(&g_upsess_mu);
-    u->next = g_upsess;
-    g_upsess = u;
-    pthread_mutex_unlock(&g_upsess_mu);
+    pthread_mutex_lock(&up->mu);
+    u->next = up->list;
+    up->list = u;
+    pthread_mutex_unlock(&up->mu);
     return u;
 }
 
 /* Ends the session's life in memory (cancelled or finished): appends of
  * chunks still streaming in are dropped from now on. With the session lock. */
-static void upsess_kill(const char *id)
+static void upsess_kill(emu_uploads *up, const char *id)
 {
     upsess *u = NULL;
-    pthread_mutex_lock(&g_upsess_mu);
-    for (upsess **pp = &g_upsess; *pp; pp = &(*pp)->next) {
+    pthread_mutex_lock(&up->mu);
+    for (upsess **pp = &up->list; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->id, id) == 0) {
             u = *pp;
             *pp = u->next;
             break;
         }
     }
-    pthread_mutex_unlock(&g_upsess_mu);
+    pthread_mutex_unlock(&up->mu);
     if (!u)
         return;
     pthread_mutex_lock(&u->mu);
     u->dead = true;
     pthread_mutex_unlock(&u->mu);
     upsess_unref(u);
+}
+
+void emu_uploads_free(emu_uploads *up)
+{
+    if (!up)
+        return;
+    while (up->list) {
+        upsess *u = up->list;
+        up->list = u->next;
+        upsess_unref(u);
+    }
+    for (int i = 0; i < SESSION_LOCKS; i++)
+        pthread_mutex_destroy(&up->locks[i]);
+    pthread_mutex_destroy(&up->mu);
+    free(up);
 }
 
 static uint64_t upsess_len(upsess *u)
@@ -937,7 +961,7 @@ static int part_append_locked(upsess *u, int fd, uint64_t off, const char *data,
         }
         if (u->hashed) {
             EVP_DigestUpdate(u->md5, p, (size_t)got);
-            u->crc = emu_crc32c(u->crc, p, (size_t)got);
+            u->crc = util_crc32c(u->crc, p, (size_t)got);
         }
         u->len += (uint64_t)got;
         p += got;
@@ -967,7 +991,7 @@ static bool upsess_finish(upsess *u, uint64_t *len, unsigned char md5[16], uint3
     *len = u->len;
     *crc = u->crc;
     pthread_mutex_unlock(&u->mu);
-    upsess_kill(u->id);
+    upsess_kill(u->owner, u->id);
     return ok;
 }
 static cJSON *session_load(emu_ctx *ctx, const char *id)
@@ -986,19 +1010,10 @@ static cJSON *session_load(emu_ctx *ctx, const char *id)
 
 static int session_save(emu_ctx *ctx, const char *id, cJSON *s)
 {
-    char path[4200], tmp[4300];
+    char path[4200];
     session_path(ctx, id, "json", path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     char *text = cJSON_PrintUnformatted(s);
-    FILE *f = text ? fopen(tmp, "wb") : NULL;
-    int rc = -1;
-    if (f) {
-        rc = fputs(text, f) >= 0 ? 0 : -1;
-        if (fclose(f) != 0)
-            rc = -1;
-        if (rc == 0 && rename(tmp, path) != 0)
-            rc = -1;
-    }
+    int rc = text && util_write_atomic(path, text, strlen(text), 0644) == 0 ? 0 : -1;
     free(text);
     return rc;
 }
@@ -1055,7 +1070,7 @@ static void upload_resumable_start(emu_ctx *ctx, const emu_request *r, emu_respo
         if (pre.has_meta_not_match)
             add_i64_str(p, "ifMetagenerationNotMatch", pre.meta_not_match);
         snprintf(path, sizeof(path), "%s/gcs/uploads", emu_data_dir(ctx));
-        emu_mkdirs(path);
+        util_mkdirs(path, 0700);
         session_path(ctx, id, "part", path, sizeof(path));
         int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
         if (fd >= 0)
@@ -1359,7 +1374,7 @@ emu_body_sink *emu_gcs_sink_open(emu_ctx *ctx, const emu_request *r, uint64_t co
         return NULL;
     }
     k->fd = -1;
-    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_t *mu = session_lock(ctx, id);
     pthread_mutex_lock(mu);
     cJSON *s = session_load(ctx, id);
     if (s && !cJSON_GetObjectItemCaseSensitive(s, "result"))
@@ -1453,7 +1468,7 @@ static void upload_resumable_put(emu_ctx *ctx, const emu_request *r, emu_respons
     emu_body_sink *k = emu_req_sink(r);
     if (k)
         sink_finish(k);
-    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_t *mu = session_lock(ctx, id);
     pthread_mutex_lock(mu);
     cJSON *s = session_load(ctx, id);
     cJSON *result = cJSON_GetObjectItemCaseSensitive(s, "result");
@@ -1506,11 +1521,11 @@ static void upload_resumable_put_locked(emu_ctx *ctx, const emu_request *r, emu_
 static void upload_resumable_delete(emu_ctx *ctx, emu_response *w, const char *id)
 {
     char path[4200];
-    pthread_mutex_t *mu = session_lock(id);
+    pthread_mutex_t *mu = session_lock(ctx, id);
     pthread_mutex_lock(mu);
     session_path(ctx, id, "json", path, sizeof(path));
     bool existed = unlink(path) == 0;
-    upsess_kill(id);
+    upsess_kill(ctx->uploads, id);
     session_path(ctx, id, "part", path, sizeof(path));
     unlink(path);
     pthread_mutex_unlock(mu);

@@ -166,7 +166,7 @@ static int split_prefix(const char *uri, char **bucket, char **prefix)
 static int write_obj(hc_job *job, const char *bucket, const char *name, const hc_buf *data,
                      enum hc_export_fmt fmt)
 {
-    int rc = emu_gcs_write(hc_ctx(), bucket, name, data->p ? (const void *)data->p : "", data->len,
+    int rc = emu_gcs_write(job->ctx, bucket, name, data->p ? (const void *)data->p : "", data->len,
                            fmt_type(fmt));
     if (rc < 0)
         hc_op_log(job->op, name, 13, "cannot write gs://%s/%s: %s", bucket, name, strerror(-rc));
@@ -279,11 +279,11 @@ void hc_export_run(hc_job *job)
         hc_op_fail(job->op, 3, "invalid export request");
         goto out;
     }
-    if (!emu_gcs_bucket_exists(hc_ctx(), bucket)) {
+    if (!emu_gcs_bucket_exists(job->ctx, bucket)) {
         hc_op_fail(job->op, 5, "destination bucket %s does not exist", bucket);
         goto out;
     }
-    if (!emu_agent_can_write(hc_ctx(), bucket)) {
+    if (!emu_agent_can_write(job->ctx, bucket)) {
         hc_op_fail_agent(job->op, job->target, bucket, true);
         goto out;
     }
@@ -294,14 +294,14 @@ void hc_export_run(hc_job *job)
         if (strncmp(furi, "gs://", 5) == 0 && strchr(furi + 5, '/')) {
             fb = strndup(furi + 5, (size_t)(strchr(furi + 5, '/') - (furi + 5)));
             fp = strdup(strchr(furi + 5, '/') + 1);
-            if (fb && !emu_agent_can_read(hc_ctx(), fb)) {
+            if (fb && !emu_agent_can_read(job->ctx, fb)) {
                 /* The agent reads the filter file too. */
                 hc_op_fail_agent(job->op, job->target, fb, false);
                 free(fb);
                 free(fp);
                 goto out;
             }
-            rc = fb && fp ? emu_gcs_read(hc_ctx(), fb, fp, &data, &len) : -ENOMEM;
+            rc = fb && fp ? emu_gcs_read(job->ctx, fb, fp, &data, &len) : -ENOMEM;
         }
         free(fb);
         free(fp);
@@ -320,7 +320,7 @@ void hc_export_run(hc_job *job)
             goto out;
         }
     }
-    if (hc_store_snapshot(job->target, &refs, &n) < 0) {
+    if (hc_store_snapshot(job->state, job->target, &refs, &n) < 0) {
         hc_op_fail(job->op, 5, "DICOM store %s no longer exists", job->target);
         goto out;
     }

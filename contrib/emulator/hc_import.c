@@ -61,10 +61,10 @@ void hc_import_run(hc_job *job)
         hc_op_fail(job->op, 3, "invalid gcs_source.uri: %s", why);
         return;
     }
-    emu_ctx *ctx = hc_ctx();
-    hc_lock();
-    bool store_ok = hc_store_find(job->target) != NULL;
-    hc_unlock();
+    emu_ctx *ctx = job->ctx;
+    hc_lock(job->state);
+    bool store_ok = hc_store_find(job->state, job->target) != NULL;
+    hc_unlock(job->state);
     if (!store_ok) {
         hc_op_fail(job->op, 5, "DICOM store %s does not exist", job->target);
         free(bucket);
@@ -114,7 +114,7 @@ void hc_import_run(hc_job *job)
         why[0] = '\0';
         /* From the object's file: only the header is read, and the bytes are
          * linked into the store, not copied through memory. */
-        enum hc_add_result ar = hc_store_add_fd(job->target, fd, len, why, sizeof why);
+        enum hc_add_result ar = hc_store_add_fd(job->state, job->target, fd, len, why, sizeof why);
         close(fd);
         if (ar == HC_ADD_ERROR) {
             hc_op_log(job->op, res, 3, "cannot import %s: %s", res, why);
@@ -143,7 +143,7 @@ void hc_delete_run(hc_job *job)
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(job->request, "study"));
     const char *series =
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(job->request, "series"));
-    long n = hc_store_delete(job->target, study, series, NULL);
+    long n = hc_store_delete(job->state, job->target, study, series, NULL);
     if (n < 0) {
         hc_op_fail(job->op, 5, "DICOM store %s no longer exists", job->target);
         return;

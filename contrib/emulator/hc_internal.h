@@ -1,11 +1,16 @@
 /* hc_internal: shared internals of the emulated Healthcare API.
  *
- * hc_api.c owns the state (datasets, stores, instance indexes, persistence)
- * and the REST routing; lro.c the operations; hc_import.c / hc_export.c the
- * import and export workers; dicomweb.c QIDO/WADO/STOW/DELETE; dicomjson.c a
- * bounded DICOM element walker and DICOM JSON; convert.c re-encoding and
- * pixel export (PNG, JPEG, raw). One mutex (hc_lock) guards the state; it is
- * never held across file reads, parsing or conversion.
+ * Layers, each calling only the ones below it:
+ *   hc_api.c    REST routing; owns emu_hc (state + operations) in the
+ *               emulator context and registers the workers with lro
+ *   dicomweb.c  QIDO/WADO/STOW/DELETE
+ *   hc_import.c, hc_export.c  operation workers (run by lro from its table)
+ *   lro.c       operations: records, pacing, one thread per running op
+ *   hc_state.c  datasets, stores, instance indexes, persistence
+ *   dicomjson.c a bounded DICOM element walker and DICOM JSON;
+ *   convert.c   re-encoding and pixel export (PNG, JPEG, raw).
+ * One mutex (hc_lock) guards the state; it is never held across file reads,
+ * parsing or conversion. No mutable globals: everything hangs off emu_hc.
  */
 #ifndef DICOMFS_EMU_HC_INTERNAL_H
 #define DICOMFS_EMU_HC_INTERNAL_H
@@ -62,6 +67,8 @@ int dj_parse_file(const uint8_t *buf, size_t len, dj_file *out, char *why, size_
 int dj_parse_head(const uint8_t *buf, size_t len, uint32_t stop_tag, dj_file *out, char *why,
                   size_t whylen);
 void dj_file_free(dj_file *f);
+/* Whether explicit VR encodes this VR with a 4-byte length (PS3.5 7.1.2). */
+bool dj_long_vr(const char *vr);
 const dj_elem *dj_find(const dj_ds *ds, uint32_t tag);
 /* Integer value of a US/UL/IS/SS element (first value), or def. */
 long dj_int(const dj_elem *e, enum dj_enc enc, long def);
@@ -103,7 +110,15 @@ int conv_num_frames(const dj_file *f);
 /* Whether the emulator decodes this compressed source (JPEG baseline, 8-bit). */
 bool conv_can_decode(const dj_file *f);
 
-/* ---- state (hc_api.c) ---- */
+/* ---- state (hc_state.c) ---- */
+typedef struct hc_state hc_state;
+
+typedef struct hc_dataset {
+    char *name;
+    char *tz;
+    bool deleted;
+} hc_dataset;
+
 typedef struct hc_inst {
     char study[HC_UID_MAX + 1], series[HC_UID_MAX + 1], sop[HC_UID_MAX + 1];
     char sop_class[HC_UID_MAX + 1], ts[HC_UID_MAX + 1];
@@ -127,12 +142,31 @@ typedef struct hc_store {
     int log_fd; /* index log (append) */
 } hc_store;
 
-void hc_lock(void);
-void hc_unlock(void);
-emu_ctx *hc_ctx(void);
+/* Loads DATA/healthcare (*out is set even on failure: close it). */
+int hc_state_open(emu_ctx *ctx, hc_state **out);
+void hc_state_close(hc_state *hs);
+emu_ctx *hc_state_ctx(const hc_state *hs);
+void hc_lock(hc_state *hs);
+void hc_unlock(hc_state *hs);
 /* Finds a live store by name (under hc_lock). */
-hc_store *hc_store_find(const char *name);
-bool hc_dataset_exists(const char *name);
+hc_store *hc_store_find(hc_state *hs, const char *name);
+bool hc_dataset_exists(hc_state *hs, const char *name);
+/* Under hc_lock: lookups, changes (saved at once) and listings for REST. */
+const hc_dataset *hc_dataset_find(hc_state *hs, const char *name);
+int hc_dataset_add_locked(hc_state *hs, const char *name, const char *tz);
+/* Deletes the dataset and its stores with their instances. */
+void hc_dataset_drop_locked(hc_state *hs, const char *name);
+hc_store *hc_store_create_locked(hc_state *hs, const char *name);
+void hc_store_drop_locked(hc_state *hs, hc_store *s);
+typedef void (*hc_dataset_cb)(void *arg, const hc_dataset *d);
+typedef void (*hc_store_cb)(void *arg, const hc_store *s);
+/* The datasets under parent (projects/P/locations/L), the stores of dataset. */
+void hc_datasets_each_locked(hc_state *hs, const char *parent, hc_dataset_cb cb, void *arg);
+void hc_stores_each_locked(hc_state *hs, const char *dataset, hc_store_cb cb, void *arg);
+/* Whether loc is --location or the location of an existing dataset. */
+bool hc_location_used(hc_state *hs, const char *loc);
+/* Sets --location unless one is set. */
+void hc_location_default_locked(hc_state *hs, const char *loc);
 hc_inst *hc_inst_find(hc_store *s, const char *sop); /* under lock */
 /* Path of an instance's file (malloc'ed). Under lock. */
 char *hc_inst_path(hc_store *s, const hc_inst *i);
@@ -140,32 +174,34 @@ char *hc_inst_path(hc_store *s, const hc_inst *i);
 enum hc_add_result { HC_ADD_NEW, HC_ADD_DUP_SAME, HC_ADD_DUP_DIFFERENT, HC_ADD_ERROR };
 /* Parses and stores one Part-10 file. why gets the reason of an error. The
  * study, series, SOP instance and SOP class UIDs go to uids_out (may be NULL). */
-enum hc_add_result hc_store_add(const char *store_name, const uint8_t *buf, size_t len,
-                                const char *require_study, char uids_out[4][HC_UID_MAX + 1],
-                                char *why, size_t whylen);
+enum hc_add_result hc_store_add(hc_state *hs, const char *store_name, const uint8_t *buf,
+                                size_t len, const char *require_study,
+                                char uids_out[4][HC_UID_MAX + 1], char *why, size_t whylen);
 /* The same for a file open at fd (size bytes): reads only the header, and
  * stores the bytes by a hard link to the file (a copy where the file system
  * refuses the link), so an import never holds or rewrites a big file. The
  * file must not change afterwards (Cloud Storage generations never do). */
-enum hc_add_result hc_store_add_fd(const char *store_name, int fd, uint64_t size, char *why,
-                                   size_t whylen);
+enum hc_add_result hc_store_add_fd(hc_state *hs, const char *store_name, int fd, uint64_t size,
+                                   char *why, size_t whylen);
 /* Removes instances matching study [series [sop]]; returns the count or -1. */
-long hc_store_delete(const char *store_name, const char *study, const char *series,
+long hc_store_delete(hc_state *hs, const char *store_name, const char *study, const char *series,
                      const char *sop);
 /* Reads a whole file (malloc'ed). */
 int hc_read_file(const char *path, uint8_t **data, size_t *len);
-int hc_write_atomic(const char *path, const void *data, size_t len);
-int hc_mkdirs(const char *path);
 /* Copies the matching instances (snapshot) for workers; caller frees. */
 typedef struct hc_inst_ref {
     char study[HC_UID_MAX + 1], series[HC_UID_MAX + 1], sop[HC_UID_MAX + 1];
     char *path;
 } hc_inst_ref;
-int hc_store_snapshot(const char *store_name, hc_inst_ref **refs, size_t *n);
+int hc_store_snapshot(hc_state *hs, const char *store_name, hc_inst_ref **refs, size_t *n);
 void hc_refs_free(hc_inst_ref *refs, size_t n);
 
-/* Error helper: writes a Google error with the HTTP status. */
-void hc_error(emu_response *w, int status, const char *msg);
+/* ---- REST helpers (hc_api.c) ---- */
+/* Writes a Google error with the HTTP status. */
+static inline void hc_error(emu_response *w, int status, const char *msg)
+{
+    emu_resp_error(w, status, "%s", msg);
+}
 /* Validates body fields against an allowed-field schema; on error sends 400. */
 typedef struct hc_field {
     const char *json_name;      /* camelCase */
@@ -174,7 +210,6 @@ typedef struct hc_field {
 } hc_field;
 bool hc_check_fields(emu_response *w, const cJSON *obj, const hc_field *schema, const char *at);
 cJSON *hc_parse_body(const emu_request *r, emu_response *w);
-void hc_rfc3339(const struct timespec *ts, char *buf, size_t len);
 bool hc_id_valid(const char *id);
 
 /* ---- operations (lro.c) ---- */
@@ -185,11 +220,15 @@ enum hc_op_kind {
     HC_OP_DELETE_STUDY,
     HC_OP_DELETE_SERIES
 };
+#define HC_OP_KIND_COUNT (HC_OP_DELETE_SERIES + 1)
 
 typedef struct hc_op hc_op;
+typedef struct hc_lro hc_lro;
 /* Context passed to a worker. */
 typedef struct hc_job {
     hc_op *op;
+    emu_ctx *ctx;
+    hc_state *state;
     const char *version;  /* "v1" / "v1beta1" */
     const char *target;   /* store or dataset name */
     const cJSON *request; /* the validated request body */
@@ -197,8 +236,8 @@ typedef struct hc_job {
 
 /* Starts an operation under dataset; request is copied. Writes the
  * {"name": ...} response. Returns the op name (static storage) or NULL. */
-int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
-                const char *target, const cJSON *request);
+int hc_op_start(hc_lro *lro, emu_response *w, enum hc_op_kind kind, const char *version,
+                const char *dataset, const char *target, const cJSON *request);
 /* Worker-side progress (thread-safe). set_work: the items and their total
  * bytes (the op's duration is planned from them); set_pending: the same
  * with no byte cost. */
@@ -220,18 +259,25 @@ long hc_op_failures(hc_op *op);
  * target's project and what it lacks on bucket (read: import, write: export). */
 void hc_op_fail_agent(hc_op *op, const char *target, const char *bucket, bool write);
 
-void lro_init(void);
-int lro_load(void);
-void lro_shutdown(void);
-void lro_handle(emu_response *w, const char *method, const char *dataset, const char *op_id,
-                const char *verb, const emu_request *r);
-void lro_list(emu_response *w, const char *dataset, const emu_request *r);
-void lro_delete_dataset(const char *dataset);
+/* Creates the operations' directories (*out is set even on failure). */
+int lro_open(emu_ctx *ctx, hc_state *hs, hc_lro **out);
+/* A worker runs an op of its kind on the op's thread. Kinds without one
+ * (dataset creation) complete after their planned duration. */
+typedef void (*hc_worker_fn)(hc_job *job);
+void lro_register(hc_lro *lro, enum hc_op_kind kind, hc_worker_fn fn);
+/* Loads the records and resumes interrupted operations (after lro_register). */
+int lro_load(hc_lro *lro);
+/* Waits for running workers and frees everything. */
+void lro_close(hc_lro *lro);
+void lro_handle(hc_lro *lro, emu_response *w, const char *method, const char *dataset,
+                const char *op_id, const char *verb, const emu_request *r);
+void lro_list(hc_lro *lro, emu_response *w, const char *dataset, const emu_request *r);
+void lro_delete_dataset(hc_lro *lro, const char *dataset);
 /* Expires the op with this full name (NULL: all); returns how many. */
-int lro_expire(const char *name);
-void lro_logs(emu_response *w, const char *op_id);
+int lro_expire(hc_lro *lro, const char *name);
+void lro_logs(hc_lro *lro, emu_response *w, const char *op_id);
 
-/* Workers (run on an op thread). */
+/* Workers (run on an op thread, registered by hc_api.c). */
 void hc_import_run(hc_job *job);
 void hc_export_run(hc_job *job);
 void hc_delete_run(hc_job *job);
@@ -250,7 +296,7 @@ enum hc_export_fmt {
 int hc_export_parse_mime(const char *mime, enum hc_export_fmt *fmt);
 
 /* ---- DICOMweb (dicomweb.c) ---- */
-void dicomweb_handle(emu_ctx *ctx, const emu_request *r, emu_response *w, const char *version,
-                     const char *store, const char *dataset, const char *path);
+void dicomweb_handle(emu_ctx *ctx, hc_state *hs, hc_lro *lro, const emu_request *r, emu_response *w,
+                     const char *version, const char *store, const char *dataset, const char *path);
 
 #endif

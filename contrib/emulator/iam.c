@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "emu_internal.h"
+#include "util.h"
 
 typedef struct rule {
     char *bucket;
@@ -114,10 +115,6 @@ cJSON *emu_iam_json(emu_iam *m)
 /* FNV-1a folded into [100000000000, 999999999999]: stable across runs. */
 unsigned long long emu_project_number(const char *project)
 {
-    unsigned long long h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)project; *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ull;
-    }
+    unsigned long long h = util_fnv1a_str(UTIL_FNV1A_INIT, project);
     return 100000000000ull + h % 900000000000ull;
 }

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 #include "hc_internal.h"
 
 struct hc_op {
@@ -43,10 +44,15 @@ struct hc_op {
     uint64_t work_bytes, paced_bytes;
     int err_code;
     char *err_msg;
+    hc_lro *lro;
     struct hc_op *next;
 };
 
-static struct {
+/* The operations of one emulator (owned by its emu_hc). */
+struct hc_lro {
+    emu_ctx *ctx;
+    hc_state *state; /* handed to the workers */
+    hc_worker_fn workers[HC_OP_KIND_COUNT];
     pthread_mutex_t mu;
     pthread_cond_t cv;
     hc_op *ops;
@@ -54,7 +60,7 @@ static struct {
     int active;
     bool stop;
     char *dir, *logdir;
-} L = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+};
 
 static const char *kind_name(enum hc_op_kind k)
 {
@@ -81,9 +87,10 @@ static void op_free(hc_op *op)
     free(op);
 }
 
-/* Persists an op (called with L.mu held; the write is small). */
+/* Persists an op (called with lro->mu held; the write is small). */
 static void op_save(const hc_op *op)
 {
+    hc_lro *lro = op->lro;
     if (op->deleted)
         return;
     cJSON *j = cJSON_CreateObject();
@@ -108,8 +115,8 @@ static void op_save(const hc_op *op)
     char *txt = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     char *path;
-    if (txt && asprintf(&path, "%s/%s.json", L.dir, op->id) >= 0) {
-        int rc = hc_write_atomic(path, txt, strlen(txt));
+    if (txt && asprintf(&path, "%s/%s.json", lro->dir, op->id) >= 0) {
+        int rc = util_write_atomic(path, txt, strlen(txt), 0600);
         if (rc < 0)
             log_error("emulator: cannot save operation %s: %s", op->id, strerror(-rc));
         free(path);
@@ -117,12 +124,12 @@ static void op_save(const hc_op *op)
     free(txt);
 }
 
-static void save_next_id(void)
+static void save_next_id(hc_lro *lro)
 {
     char *path, buf[32];
-    snprintf(buf, sizeof buf, "%llu\n", L.next_id);
-    if (asprintf(&path, "%s/next", L.dir) >= 0) {
-        hc_write_atomic(path, buf, strlen(buf));
+    snprintf(buf, sizeof buf, "%llu\n", lro->next_id);
+    if (asprintf(&path, "%s/next", lro->dir) >= 0) {
+        util_write_atomic(path, buf, strlen(buf), 0600);
         free(path);
     }
 }
@@ -134,39 +141,41 @@ static long elapsed_ms(const struct timespec *since)
     return (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
 }
 
-/* Removes an op from view and disk (L.mu held). A running op's worker sees
+/* Removes an op from view and disk (lro->mu held). A running op's worker sees
  * it as cancelled and stops; what it did so far stays done. */
 static void op_expire(hc_op *o)
 {
+    hc_lro *lro = o->lro;
     o->deleted = true;
     char *p;
-    if (asprintf(&p, "%s/%s.json", L.dir, o->id) >= 0) {
+    if (asprintf(&p, "%s/%s.json", lro->dir, o->id) >= 0) {
         unlink(p);
         free(p);
     }
-    if (asprintf(&p, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+    if (asprintf(&p, "%s/%s.jsonl", lro->logdir, o->id) >= 0) {
         unlink(p);
         free(p);
     }
-    pthread_cond_broadcast(&L.cv);
+    pthread_cond_broadcast(&lro->cv);
 }
 
 /* Whether an op can be seen; expires it lazily once op-ttl has passed since
- * its end (L.mu held). */
+ * its end (lro->mu held). */
 static bool op_visible(hc_op *o)
 {
+    hc_lro *lro = o->lro;
     if (o->deleted)
         return false;
-    if (o->done && elapsed_ms(&o->end) / 1000 >= emu_op_ttl_s(hc_ctx())) {
+    if (o->done && elapsed_ms(&o->end) / 1000 >= emu_op_ttl_s(lro->ctx)) {
         op_expire(o);
         return false;
     }
     return true;
 }
 
-static hc_op *op_find(const char *id)
+static hc_op *op_find(hc_lro *lro, const char *id)
 {
-    for (hc_op *o = L.ops; o; o = o->next)
+    for (hc_op *o = lro->ops; o; o = o->next)
         if (strcmp(o->id, id) == 0 && op_visible(o))
             return o;
     return NULL;
@@ -204,9 +213,10 @@ static void add_count(cJSON *c, const char *key, long v)
     }
 }
 
-/* The Operation JSON (under L.mu). */
+/* The Operation JSON (under lro->mu). */
 static cJSON *op_json(const hc_op *op)
 {
+    hc_lro *lro = op->lro;
     char buf[160];
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "name", op->name);
@@ -215,15 +225,15 @@ static cJSON *op_json(const hc_op *op)
              op->version);
     cJSON_AddStringToObject(m, "@type", buf);
     cJSON_AddStringToObject(m, "apiMethodName", method_name(op, buf, sizeof buf));
-    hc_rfc3339(&op->create, buf, sizeof buf);
+    util_rfc3339(buf, sizeof buf, op->create.tv_sec, op->create.tv_nsec, 9);
     cJSON_AddStringToObject(m, "createTime", buf);
     if (op->done) {
-        hc_rfc3339(&op->end, buf, sizeof buf);
+        util_rfc3339(buf, sizeof buf, op->end.tv_sec, op->end.tv_nsec, 9);
         cJSON_AddStringToObject(m, "endTime", buf);
     }
     if (op->kind == HC_OP_IMPORT || op->kind == HC_OP_EXPORT) {
         char *url;
-        if (asprintf(&url, "%s/logs/%s", emu_base_url(hc_ctx()), op->id) >= 0) {
+        if (asprintf(&url, "%s/logs/%s", emu_base_url(lro->ctx), op->id) >= 0) {
             cJSON_AddStringToObject(m, "logsUrl", url);
             free(url);
         }
@@ -276,11 +286,12 @@ static cJSON *op_json(const hc_op *op)
 /* ---- worker API ---- */
 void hc_op_set_work(hc_op *op, long n, uint64_t bytes)
 {
-    pthread_mutex_lock(&L.mu);
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
     op->pending = n;
     op->work_n = n;
     op->work_bytes = bytes;
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
 }
 
 void hc_op_set_pending(hc_op *op, long pending)
@@ -314,67 +325,73 @@ static void wait_due(hc_op *op, long due)
 
 void hc_op_pace(hc_op *op, uint64_t bytes)
 {
-    pthread_mutex_lock(&L.mu);
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
     op->paced_n++;
     op->paced_bytes += bytes;
     long due = plan_ms(op, op->paced_n, op->paced_bytes);
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     wait_due(op, due);
 }
 
 void hc_op_count(hc_op *op, bool success)
 {
-    pthread_mutex_lock(&L.mu);
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
     if (success)
         op->success++;
     else
         op->failure++;
     if (op->pending > 0)
         op->pending--;
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
 }
 
 long hc_op_failures(hc_op *op)
 {
-    pthread_mutex_lock(&L.mu);
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
     long f = op->failure;
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     return f;
 }
 
 bool hc_op_cancelled(hc_op *op)
 {
-    pthread_mutex_lock(&L.mu);
-    bool c = op->cancel_req || op->deleted || L.stop || emu_shutting_down(hc_ctx());
-    pthread_mutex_unlock(&L.mu);
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
+    bool c = op->cancel_req || op->deleted || lro->stop || emu_shutting_down(lro->ctx);
+    pthread_mutex_unlock(&lro->mu);
     return c;
 }
 
 bool hc_op_stopping(hc_op *op)
 {
+    hc_lro *lro = op->lro;
     (void)op;
-    pthread_mutex_lock(&L.mu);
-    bool s = L.stop || emu_shutting_down(hc_ctx());
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
+    bool s = lro->stop || emu_shutting_down(lro->ctx);
+    pthread_mutex_unlock(&lro->mu);
     return s;
 }
 
 void hc_op_fail(hc_op *op, int code, const char *fmt, ...)
 {
+    hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0)
         msg = NULL;
     va_end(ap);
-    pthread_mutex_lock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
     if (!op->err_code) {
         op->err_code = code;
         free(op->err_msg);
         op->err_msg = msg;
         msg = NULL;
     }
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     free(msg);
 }
 
@@ -395,6 +412,7 @@ void hc_op_fail_agent(hc_op *op, const char *target, const char *bucket, bool wr
 
 void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
 {
+    hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
     char *msg = NULL;
@@ -404,7 +422,7 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     char ts[64];
-    hc_rfc3339(&now, ts, sizeof ts);
+    util_rfc3339(ts, sizeof ts, now.tv_sec, now.tv_nsec, 9);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "timestamp", ts);
     cJSON_AddStringToObject(j, "severity", "ERROR");
@@ -417,8 +435,8 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
     char *line = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     char *path;
-    if (line && asprintf(&path, "%s/%s.jsonl", L.logdir, op->id) >= 0) {
-        pthread_mutex_lock(&L.mu);
+    if (line && asprintf(&path, "%s/%s.jsonl", lro->logdir, op->id) >= 0) {
+        pthread_mutex_lock(&lro->mu);
         int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (fd >= 0) {
             size_t n = strlen(line);
@@ -427,7 +445,7 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
                 log_error("emulator: cannot write the log of operation %s", op->id);
             close(fd);
         }
-        pthread_mutex_unlock(&L.mu);
+        pthread_mutex_unlock(&lro->mu);
         free(path);
     }
     free(line);
@@ -435,12 +453,13 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
 
 /* ---- worker thread ---- */
 
-/* Whether an earlier unfinished op works on the same target (L.mu held):
+/* Whether an earlier unfinished op works on the same target (lro->mu held):
  * the service serialises operations on one store. */
 static bool earlier_running(const hc_op *op)
 {
+    hc_lro *lro = op->lro;
     unsigned long long id = strtoull(op->id, NULL, 10);
-    for (const hc_op *o = L.ops; o; o = o->next)
+    for (const hc_op *o = lro->ops; o; o = o->next)
         if (o != op && !o->done && !o->deleted && strcmp(o->target, op->target) == 0 &&
             strtoull(o->id, NULL, 10) < id)
             return true;
@@ -450,9 +469,10 @@ static bool earlier_running(const hc_op *op)
 /* Waits for its turn on the target; then the clock of its timing starts. */
 static void wait_turn(hc_op *op)
 {
-    pthread_mutex_lock(&L.mu);
-    while (earlier_running(op) && !op->cancel_req && !op->deleted && !L.stop &&
-           !emu_shutting_down(hc_ctx())) {
+    hc_lro *lro = op->lro;
+    pthread_mutex_lock(&lro->mu);
+    while (earlier_running(op) && !op->cancel_req && !op->deleted && !lro->stop &&
+           !emu_shutting_down(lro->ctx)) {
         struct timespec t;
         clock_gettime(CLOCK_REALTIME, &t);
         t.tv_nsec += 100000000L;
@@ -460,46 +480,42 @@ static void wait_turn(hc_op *op)
             t.tv_sec++;
             t.tv_nsec -= 1000000000L;
         }
-        pthread_cond_timedwait(&L.cv, &L.mu, &t);
+        pthread_cond_timedwait(&lro->cv, &lro->mu, &t);
     }
     clock_gettime(CLOCK_REALTIME, &op->start);
-    emu_op_timing_get(hc_ctx(), &op->timing);
-    pthread_mutex_unlock(&L.mu);
+    emu_op_timing_get(lro->ctx, &op->timing);
+    pthread_mutex_unlock(&lro->mu);
 }
 
+/* Runs the worker registered for the op's kind (lro_register). */
 static void run_job(hc_op *op)
 {
-    hc_job job = {.op = op, .version = op->version, .target = op->target, .request = op->request};
-    switch (op->kind) {
-    case HC_OP_IMPORT:
-        hc_import_run(&job);
-        break;
-    case HC_OP_EXPORT:
-        hc_export_run(&job);
-        break;
-    case HC_OP_DELETE_STUDY:
-    case HC_OP_DELETE_SERIES:
-        hc_delete_run(&job);
-        break;
-    case HC_OP_CREATE_DATASET:
-        break;
-    }
+    hc_lro *lro = op->lro;
+    hc_job job = {.op = op,
+                  .ctx = lro->ctx,
+                  .state = lro->state,
+                  .version = op->version,
+                  .target = op->target,
+                  .request = op->request};
+    if (lro->workers[op->kind])
+        lro->workers[op->kind](&job);
 }
 
 static void *worker(void *arg)
 {
     hc_op *op = arg;
+    hc_lro *lro = op->lro;
     wait_turn(op);
     if (!hc_op_cancelled(op))
         run_job(op);
     /* The whole planned duration, even if the items went faster (or the
      * job failed before it knew them: then the base alone). */
-    pthread_mutex_lock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
     long due = plan_ms(op, op->work_n, op->work_bytes);
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     wait_due(op, due);
-    pthread_mutex_lock(&L.mu);
-    if (!L.stop && !emu_shutting_down(hc_ctx())) {
+    pthread_mutex_lock(&lro->mu);
+    if (!lro->stop && !emu_shutting_down(lro->ctx)) {
         op->done = true;
         op->pending = 0;
         clock_gettime(CLOCK_REALTIME, &op->end);
@@ -510,24 +526,25 @@ static void *worker(void *arg)
         }
         op_save(op);
     }
-    L.active--;
-    pthread_cond_broadcast(&L.cv);
-    pthread_mutex_unlock(&L.mu);
+    lro->active--;
+    pthread_cond_broadcast(&lro->cv);
+    pthread_mutex_unlock(&lro->mu);
     return NULL;
 }
 
-/* Starts a worker (L.mu held). */
+/* Starts a worker (lro->mu held). */
 static int op_spawn(hc_op *op)
 {
+    hc_lro *lro = op->lro;
     pthread_t th;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    L.active++;
+    lro->active++;
     int rc = pthread_create(&th, &at, worker, op);
     pthread_attr_destroy(&at);
     if (rc != 0) {
-        L.active--;
+        lro->active--;
         op->done = true;
         op->err_code = 13;
         op->err_msg = strdup("cannot start a worker thread");
@@ -537,23 +554,23 @@ static int op_spawn(hc_op *op)
     return rc;
 }
 
-/* Unfinished ops of the project of dataset (L.mu held). */
-static int running_in_project(const char *dataset)
+/* Unfinished ops of the project of dataset (lro->mu held). */
+static int running_in_project(hc_lro *lro, const char *dataset)
 {
     const char *slash = strchr(dataset + strlen("projects/"), '/');
     size_t plen = slash ? (size_t)(slash - dataset) + 1 : strlen(dataset);
     int n = 0;
-    for (const hc_op *o = L.ops; o; o = o->next)
+    for (const hc_op *o = lro->ops; o; o = o->next)
         if (!o->done && !o->deleted && strncmp(o->dataset, dataset, plen) == 0)
             n++;
     return n;
 }
 
-/* The per-project cap: answers 429 RESOURCE_EXHAUSTED (L.mu held). */
-static bool over_cap(emu_response *w, const char *dataset)
+/* The per-project cap: answers 429 RESOURCE_EXHAUSTED (lro->mu held). */
+static bool over_cap(hc_lro *lro, emu_response *w, const char *dataset)
 {
-    int cap = emu_max_running_ops(hc_ctx());
-    if (cap <= 0 || running_in_project(dataset) < cap)
+    int cap = emu_max_running_ops(lro->ctx);
+    if (cap <= 0 || running_in_project(lro, dataset) < cap)
         return false;
     emu_resp_error(w, 429,
                    "Quota exceeded: the project already runs %d long-running operations "
@@ -562,50 +579,51 @@ static bool over_cap(emu_response *w, const char *dataset)
     return true;
 }
 
-int hc_op_start(emu_response *w, enum hc_op_kind kind, const char *version, const char *dataset,
-                const char *target, const cJSON *request)
+int hc_op_start(hc_lro *lro, emu_response *w, enum hc_op_kind kind, const char *version,
+                const char *dataset, const char *target, const cJSON *request)
 {
     hc_op *op = calloc(1, sizeof *op);
     if (!op) {
         hc_error(w, 500, "out of memory");
         return -1;
     }
+    op->lro = lro;
     op->kind = kind;
     snprintf(op->version, sizeof op->version, "%s", version);
     op->dataset = strdup(dataset);
     op->target = strdup(target);
     op->request = cJSON_Duplicate(request, true);
     clock_gettime(CLOCK_REALTIME, &op->create);
-    pthread_mutex_lock(&L.mu);
-    if (over_cap(w, dataset)) {
-        pthread_mutex_unlock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
+    if (over_cap(lro, w, dataset)) {
+        pthread_mutex_unlock(&lro->mu);
         op_free(op);
         return -1;
     }
-    snprintf(op->id, sizeof op->id, "%llu", L.next_id++);
-    save_next_id();
+    snprintf(op->id, sizeof op->id, "%llu", lro->next_id++);
+    save_next_id(lro);
     if (asprintf(&op->name, "%s/operations/%s", dataset, op->id) < 0)
         op->name = NULL;
-    op->next = L.ops;
-    L.ops = op;
+    op->next = lro->ops;
+    lro->ops = op;
     op_save(op);
     op_spawn(op);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "name", op->name);
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     emu_resp_json(w, 200, j);
     return 0;
 }
 
 /* ---- REST ---- */
-void lro_handle(emu_response *w, const char *method, const char *dataset, const char *op_id,
-                const char *verb, const emu_request *r)
+void lro_handle(hc_lro *lro, emu_response *w, const char *method, const char *dataset,
+                const char *op_id, const char *verb, const emu_request *r)
 {
     (void)r;
-    pthread_mutex_lock(&L.mu);
-    hc_op *op = op_find(op_id);
+    pthread_mutex_lock(&lro->mu);
+    hc_op *op = op_find(lro, op_id);
     if (!op || strcmp(op->dataset, dataset) != 0) {
-        pthread_mutex_unlock(&L.mu);
+        pthread_mutex_unlock(&lro->mu);
         char msg[600];
         snprintf(msg, sizeof msg, "Operation %.300s/operations/%.100s not found", dataset, op_id);
         hc_error(w, 404, msg);
@@ -613,7 +631,7 @@ void lro_handle(emu_response *w, const char *method, const char *dataset, const 
     }
     if (!verb && strcmp(method, "GET") == 0) {
         cJSON *j = op_json(op);
-        pthread_mutex_unlock(&L.mu);
+        pthread_mutex_unlock(&lro->mu);
         emu_resp_json(w, 200, j);
         return;
     }
@@ -622,11 +640,11 @@ void lro_handle(emu_response *w, const char *method, const char *dataset, const 
             op->cancel_req = true;
             op_save(op);
         }
-        pthread_mutex_unlock(&L.mu);
+        pthread_mutex_unlock(&lro->mu);
         emu_resp_json(w, 200, cJSON_CreateObject());
         return;
     }
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     hc_error(w, 404, "Method not found.");
 }
 
@@ -637,7 +655,7 @@ static int cmp_ops(const void *a, const void *b)
     return ix < iy ? 1 : ix > iy ? -1 : 0;
 }
 
-void lro_list(emu_response *w, const char *dataset, const emu_request *r)
+void lro_list(hc_lro *lro, emu_response *w, const char *dataset, const emu_request *r)
 {
     long size = 100, off = 0;
     const char *ps = emu_req_query(r, "pageSize"), *pt = emu_req_query(r, "pageToken");
@@ -670,13 +688,13 @@ void lro_list(emu_response *w, const char *dataset, const emu_request *r)
             return;
         }
     }
-    pthread_mutex_lock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
     size_t n = 0;
-    for (hc_op *o = L.ops; o; o = o->next)
+    for (hc_op *o = lro->ops; o; o = o->next)
         n++;
     hc_op **v = calloc(n + 1, sizeof *v);
     size_t k = 0;
-    for (hc_op *o = L.ops; v && o; o = o->next)
+    for (hc_op *o = lro->ops; v && o; o = o->next)
         if (op_visible(o) && strcmp(o->dataset, dataset) == 0 &&
             (want_done < 0 || o->done == (want_done == 1)))
             v[k++] = o;
@@ -686,7 +704,7 @@ void lro_list(emu_response *w, const char *dataset, const emu_request *r)
     cJSON *arr = cJSON_CreateArray();
     for (size_t i = (size_t)off; v && i < k && i < (size_t)(off + size); i++)
         cJSON_AddItemToArray(arr, op_json(v[i]));
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     free(v);
     if (cJSON_GetArraySize(arr))
         cJSON_AddItemToObject(out, "operations", arr);
@@ -700,48 +718,48 @@ void lro_list(emu_response *w, const char *dataset, const emu_request *r)
     emu_resp_json(w, 200, out);
 }
 
-void lro_delete_dataset(const char *dataset)
+void lro_delete_dataset(hc_lro *lro, const char *dataset)
 {
-    pthread_mutex_lock(&L.mu);
-    for (hc_op *o = L.ops; o; o = o->next)
+    pthread_mutex_lock(&lro->mu);
+    for (hc_op *o = lro->ops; o; o = o->next)
         if (!o->deleted && strcmp(o->dataset, dataset) == 0)
             op_expire(o);
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
 }
 
-int lro_expire(const char *name)
+int lro_expire(hc_lro *lro, const char *name)
 {
     int n = 0;
-    pthread_mutex_lock(&L.mu);
-    for (hc_op *o = L.ops; o; o = o->next) {
+    pthread_mutex_lock(&lro->mu);
+    for (hc_op *o = lro->ops; o; o = o->next) {
         if (o->deleted || (name && strcmp(o->name, name) != 0))
             continue;
         op_expire(o);
         n++;
     }
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     return n;
 }
 
-void lro_logs(emu_response *w, const char *op_id)
+void lro_logs(hc_lro *lro, emu_response *w, const char *op_id)
 {
-    pthread_mutex_lock(&L.mu);
-    bool known = op_find(op_id) != NULL;
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
+    bool known = op_find(lro, op_id) != NULL;
+    pthread_mutex_unlock(&lro->mu);
     if (!known) {
         hc_error(w, 404, "No logs for this operation");
         return;
     }
     char *path;
-    if (asprintf(&path, "%s/%s.jsonl", L.logdir, op_id) < 0) {
+    if (asprintf(&path, "%s/%s.jsonl", lro->logdir, op_id) < 0) {
         hc_error(w, 500, "out of memory");
         return;
     }
     uint8_t *data = NULL;
     size_t len = 0;
-    pthread_mutex_lock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
     int rc = hc_read_file(path, &data, &len);
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     free(path);
     emu_resp_bytes(w, 200, "application/x-ndjson", rc == 0 ? (const char *)data : "",
                    rc == 0 ? len : 0);
@@ -749,21 +767,34 @@ void lro_logs(emu_response *w, const char *op_id)
 }
 
 /* ---- lifecycle ---- */
-void lro_init(void)
+int lro_open(emu_ctx *ctx, hc_state *hs, hc_lro **out)
 {
-    const char *base = emu_data_dir(hc_ctx());
-    free(L.dir);
-    free(L.logdir);
-    if (asprintf(&L.dir, "%s/healthcare/ops", base) < 0)
-        L.dir = NULL;
-    if (asprintf(&L.logdir, "%s/healthcare/logs", base) < 0)
-        L.logdir = NULL;
-    hc_mkdirs(L.dir);
-    hc_mkdirs(L.logdir);
-    L.stop = false;
+    hc_lro *lro = calloc(1, sizeof *lro);
+    *out = lro;
+    if (!lro)
+        return -ENOMEM;
+    lro->ctx = ctx;
+    lro->state = hs;
+    pthread_mutex_init(&lro->mu, NULL);
+    pthread_cond_init(&lro->cv, NULL);
+    const char *base = emu_data_dir(ctx);
+    if (asprintf(&lro->dir, "%s/healthcare/ops", base) < 0)
+        lro->dir = NULL;
+    if (asprintf(&lro->logdir, "%s/healthcare/logs", base) < 0)
+        lro->logdir = NULL;
+    if (!lro->dir || !lro->logdir)
+        return -ENOMEM;
+    util_mkdirs(lro->dir, 0700);
+    util_mkdirs(lro->logdir, 0700);
+    return 0;
 }
 
-static hc_op *op_from_json(const cJSON *j)
+void lro_register(hc_lro *lro, enum hc_op_kind kind, hc_worker_fn fn)
+{
+    lro->workers[kind] = fn;
+}
+
+static hc_op *op_from_json(hc_lro *lro, const cJSON *j)
 {
     const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "id"));
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "name"));
@@ -776,6 +807,7 @@ static hc_op *op_from_json(const cJSON *j)
     hc_op *op = calloc(1, sizeof *op);
     if (!op)
         return NULL;
+    op->lro = lro;
     snprintf(op->id, sizeof op->id, "%s", id);
     op->name = strdup(name);
     op->dataset = strdup(ds);
@@ -799,29 +831,29 @@ static hc_op *op_from_json(const cJSON *j)
     return op;
 }
 
-int lro_load(void)
+int lro_load(hc_lro *lro)
 {
-    DIR *d = opendir(L.dir);
+    DIR *d = opendir(lro->dir);
     if (!d)
         return 0;
     struct dirent *de;
     unsigned long long max_id = 0;
-    pthread_mutex_lock(&L.mu);
+    pthread_mutex_lock(&lro->mu);
     while ((de = readdir(d))) {
         size_t n = strlen(de->d_name);
         if (n < 6 || strcmp(de->d_name + n - 5, ".json") != 0)
             continue;
         char *path;
-        if (asprintf(&path, "%s/%s", L.dir, de->d_name) < 0)
+        if (asprintf(&path, "%s/%s", lro->dir, de->d_name) < 0)
             continue;
         uint8_t *data;
         size_t len;
         if (hc_read_file(path, &data, &len) == 0) {
             cJSON *j = cJSON_ParseWithLength((const char *)data, len);
-            hc_op *op = j ? op_from_json(j) : NULL;
+            hc_op *op = j ? op_from_json(lro, j) : NULL;
             if (op) {
-                op->next = L.ops;
-                L.ops = op;
+                op->next = lro->ops;
+                lro->ops = op;
                 unsigned long long id = strtoull(op->id, NULL, 10);
                 if (id > max_id)
                     max_id = id;
@@ -836,7 +868,7 @@ int lro_load(void)
     closedir(d);
     char *np;
     unsigned long long next = 0;
-    if (asprintf(&np, "%s/next", L.dir) >= 0) {
+    if (asprintf(&np, "%s/next", lro->dir) >= 0) {
         uint8_t *data;
         size_t len;
         if (hc_read_file(np, &data, &len) == 0) {
@@ -851,37 +883,44 @@ int lro_load(void)
         /* realistic-looking numeric ids that do not repeat across data loss */
         next = (unsigned long long)time(NULL) * 1000000ull;
     }
-    L.next_id = next;
-    save_next_id();
+    lro->next_id = next;
+    save_next_id(lro);
     /* Resume operations interrupted by a restart: every kind is idempotent. */
-    for (hc_op *o = L.ops; o; o = o->next) {
+    for (hc_op *o = lro->ops; o; o = o->next) {
         if (o->done)
             continue;
         log_info("emulator: resuming operation %s (%s) after a restart", o->id, kind_name(o->kind));
         o->success = o->failure = o->pending = 0;
         char *lp;
-        if (asprintf(&lp, "%s/%s.jsonl", L.logdir, o->id) >= 0) {
+        if (asprintf(&lp, "%s/%s.jsonl", lro->logdir, o->id) >= 0) {
             unlink(lp); /* the rerun logs every failure again */
             free(lp);
         }
         op_spawn(o);
     }
-    pthread_mutex_unlock(&L.mu);
+    pthread_mutex_unlock(&lro->mu);
     return 0;
 }
 
-void lro_shutdown(void)
+void lro_close(hc_lro *lro)
 {
-    pthread_mutex_lock(&L.mu);
-    L.stop = true;
-    while (L.active > 0)
-        pthread_cond_wait(&L.cv, &L.mu);
-    hc_op *o = L.ops;
-    L.ops = NULL;
-    pthread_mutex_unlock(&L.mu);
+    if (!lro)
+        return;
+    pthread_mutex_lock(&lro->mu);
+    lro->stop = true;
+    while (lro->active > 0)
+        pthread_cond_wait(&lro->cv, &lro->mu);
+    hc_op *o = lro->ops;
+    lro->ops = NULL;
+    pthread_mutex_unlock(&lro->mu);
     while (o) {
         hc_op *n = o->next;
         op_free(o);
         o = n;
     }
+    free(lro->dir);
+    free(lro->logdir);
+    pthread_cond_destroy(&lro->cv);
+    pthread_mutex_destroy(&lro->mu);
+    free(lro);
 }

@@ -20,6 +20,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 #define MAX_BUCKETS 64
 
@@ -465,7 +466,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static int setup_data_dir(const char *data, emu_ctx *ctx)
 {
     if (data) {
-        int rc = emu_mkdirs(data);
+        int rc = util_mkdirs(data, 0700);
         if (rc != 0) {
             fprintf(stderr, "dicomfs-emulator: cannot create --data %s: %s\n", data, strerror(-rc));
             return -1;
@@ -549,6 +550,7 @@ static void cleanup(emu_ctx *ctx)
     emu_faults_free(ctx->faults);
     emu_net_free(ctx->net);
     emu_iam_free(ctx->iam);
+    emu_uploads_free(ctx->uploads);
     free(ctx->tls_key);
     free(ctx->tls_cert);
     if (ctx->data_dir_is_temp)
@@ -582,7 +584,8 @@ int main(int argc, char **argv)
     int rc = 1;
     int lfd = -1;
     ctx.faults = emu_faults_new(&ctx.fault_cfg);
-    if (!ctx.faults || apply_realism(&ctx, &o) != 0 || !emu_store_open(&ctx) ||
+    ctx.uploads = emu_uploads_new();
+    if (!ctx.faults || !ctx.uploads || apply_realism(&ctx, &o) != 0 || !emu_store_open(&ctx) ||
         emu_oauth_open(&ctx) != 0)
         goto out;
     lfd = open_listener(o.listen, &ctx);

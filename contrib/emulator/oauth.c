@@ -28,6 +28,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 typedef struct sa_key {
     char kid[64];
@@ -64,27 +65,6 @@ static void sha256_hex(const char *s, size_t len, char out[65])
     for (int i = 0; i < 32; i++)
         sprintf(out + 2 * i, "%02x", md[i]);
     out[64] = '\0';
-}
-
-/* Writes a file 0600 through a temp file and rename. */
-static int write_private(const char *path, const char *text)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return -errno;
-    fchmod(fd, 0600);
-    size_t len = strlen(text);
-    ssize_t n = write(fd, text, len);
-    int e = n == (ssize_t)len ? 0 : (errno ? errno : EIO);
-    if (close(fd) != 0 && !e)
-        e = errno;
-    if (!e && rename(tmp, path) != 0)
-        e = errno;
-    if (e)
-        unlink(tmp);
-    return -e;
 }
 
 static const char *jstr(const cJSON *j, const char *k)
@@ -164,7 +144,7 @@ static int save_keys(emu_ctx *ctx, emu_oauth *o)
     cJSON_Delete(arr);
     char path[4200];
     oauth_path(ctx, "keys.json", path, sizeof(path));
-    int rc = text ? write_private(path, text) : -ENOMEM;
+    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
     free(text);
     return rc;
 }
@@ -217,7 +197,7 @@ static void save_tokens(emu_ctx *ctx, emu_oauth *o)
                                 (long long)o->tokens[i].expiry);
     char path[4200];
     oauth_path(ctx, "tokens", path, sizeof(path));
-    if (write_private(path, text) != 0)
+    if (util_write_atomic(path, text, strlen(text), 0600) != 0)
         log_warn("cannot persist tokens in %s", path);
     free(text);
 }
@@ -262,7 +242,7 @@ static int save_refresh(emu_ctx *ctx, emu_oauth *o)
     cJSON_Delete(arr);
     char path[4200];
     oauth_path(ctx, "refresh.json", path, sizeof(path));
-    int rc = text ? write_private(path, text) : -ENOMEM;
+    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
     free(text);
     return rc;
 }
@@ -271,7 +251,7 @@ int emu_oauth_open(emu_ctx *ctx)
 {
     char dir[4200];
     oauth_path(ctx, "", dir, sizeof(dir));
-    int rc = emu_mkdirs(dir);
+    int rc = util_mkdirs(dir, 0700);
     if (rc != 0) {
         log_error("cannot create %s: %s", dir, strerror(-rc));
         return rc;
@@ -377,7 +357,7 @@ int emu_oauth_write_credentials(emu_ctx *ctx, const char *file)
     OPENSSL_cleanse(priv, strlen(priv));
     free(priv);
     if (rc == 0)
-        rc = text ? write_private(file, text) : -ENOMEM;
+        rc = text ? util_write_atomic(file, text, strlen(text), 0600) : -ENOMEM;
     if (text)
         OPENSSL_cleanse(text, strlen(text));
     free(text);
@@ -421,7 +401,7 @@ int emu_oauth_write_user_credentials(emu_ctx *ctx, const char *file)
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     if (rc == 0)
-        rc = text ? write_private(file, text) : -ENOMEM;
+        rc = text ? util_write_atomic(file, text, strlen(text), 0600) : -ENOMEM;
     free(text);
     if (rc != 0)
         log_error("cannot write user credentials %s: %s", file, strerror(-rc));
@@ -435,7 +415,7 @@ static cJSON *b64_json(const char *s, size_t len)
     unsigned char *buf = malloc(len + 1);
     if (!buf)
         return NULL;
-    long n = emu_b64_decode(s, len, buf, len);
+    long n = util_b64_decode(s, len, buf, len);
     cJSON *j = n >= 0 ? cJSON_ParseWithLength((const char *)buf, (size_t)n) : NULL;
     free(buf);
     return j;
@@ -464,7 +444,7 @@ static cJSON *jwt_verify(emu_ctx *ctx, const char *jwt, const char **why)
     cJSON *claims = b64_json(d1 + 1, (size_t)(d2 - d1 - 1));
     size_t siglen_in = strlen(d2 + 1);
     unsigned char *sig = malloc(siglen_in + 1);
-    long siglen = sig ? emu_b64_decode(d2 + 1, siglen_in, sig, siglen_in) : -1;
+    long siglen = sig ? util_b64_decode(d2 + 1, siglen_in, sig, siglen_in) : -1;
     const char *alg = jstr(hdr, "alg"), *kid = jstr(hdr, "kid");
     bool ok = false;
     *why = "Invalid JWT Signature.";

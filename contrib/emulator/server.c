@@ -24,6 +24,7 @@
 #include "emu_internal.h"
 #include "http.h"
 #include "log.h"
+#include "util.h"
 
 #define EMU_BODY_MEM_MAX (64u * 1024 * 1024)
 
@@ -116,6 +117,16 @@ bool emu_req_fault_partial(const emu_request *r, uint32_t *aux)
 bool emu_shutting_down(const emu_ctx *ctx)
 {
     return atomic_load(&ctx->shutting_down);
+}
+
+emu_hc *emu_ctx_hc(const emu_ctx *ctx)
+{
+    return ctx->hc;
+}
+
+void emu_ctx_set_hc(emu_ctx *ctx, emu_hc *hc)
+{
+    ctx->hc = hc;
 }
 
 /* ---- requests ---- */
@@ -436,7 +447,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static int spool_write(emu_request *r, const char *data, size_t len)
 {
     EVP_DigestUpdate(r->spool_md5, data, len);
-    r->spool_crc = emu_crc32c(r->spool_crc, data, len);
+    r->spool_crc = util_crc32c(r->spool_crc, data, len);
     while (len) {
         ssize_t n = write(r->body_fd, data, len);
         if (n < 0 && errno == EINTR)

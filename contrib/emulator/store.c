@@ -12,7 +12,7 @@
  * names are removed at start-up. An in-memory index (sorted by name) under
  * one mutex answers lookups and listings; the disk is the truth at start-up.
  *
- * Also holds small helpers (base64, CRC32C, time, random) the core shares.
+ * Also holds small helpers (time, random ids) the core shares.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -60,34 +60,6 @@ int64_t emu_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-void emu_rfc3339(int64_t us, char *buf, size_t len)
-{
-    time_t s = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char tmp[32];
-    strftime(tmp, sizeof(tmp), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%03dZ", tmp, (int)((us / 1000) % 1000));
-}
-
-int emu_mkdirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
-        return -ENAMETOOLONG;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 void emu_random_hex(char *out, size_t nbytes)
 {
     unsigned char raw[64];
@@ -101,136 +73,6 @@ void emu_random_hex(char *out, size_t nbytes)
     for (size_t i = 0; i < nbytes; i++)
         sprintf(out + 2 * i, "%02x", raw[i]);
     out[2 * nbytes] = '\0';
-}
-
-char *emu_b64_encode(const unsigned char *data, size_t len, bool url)
-{
-    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    static const char urlt[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    const char *t = url ? urlt : std;
-    char *out = malloc(4 * ((len + 2) / 3) + 1);
-    if (!out)
-        return NULL;
-    size_t j = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)data[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)data[i + 1] << 8;
-        if (i + 2 < len)
-            v |= data[i + 2];
-        out[j++] = t[(v >> 18) & 63];
-        out[j++] = t[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[j++] = t[(v >> 6) & 63];
-        else if (!url)
-            out[j++] = '=';
-        if (i + 2 < len)
-            out[j++] = t[v & 63];
-        else if (!url)
-            out[j++] = '=';
-    }
-    out[j] = '\0';
-    return out;
-}
-
-static int b64_val(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '-')
-        return 62;
-    if (c == '/' || c == '_')
-        return 63;
-    return -1;
-}
-
-long emu_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outcap)
-{
-    while (inlen && in[inlen - 1] == '=')
-        inlen--;
-    if (inlen % 4 == 1)
-        return -1;
-    size_t j = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < inlen; i++) {
-        int v = b64_val(in[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (j >= outcap)
-                return -1;
-            out[j++] = (unsigned char)((acc >> bits) & 0xff);
-        }
-    }
-    return (long)j;
-}
-
-/* CRC32C (Castagnoli, reflected 0x82F63B78): SSE4.2 when the CPU has it. */
-static uint32_t crc_table[8][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
-}
-
-#if defined(__x86_64__)
-#include <nmmintrin.h>
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const unsigned char *p,
-                                                         size_t n)
-{
-    uint64_t c64 = c;
-    while (n >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        c64 = _mm_crc32_u64(c64, v);
-        p += 8;
-        n -= 8;
-    }
-    c = (uint32_t)c64;
-    while (n--)
-        c = _mm_crc32_u8(c, *p++);
-    return c;
-}
-#endif
-
-uint32_t emu_crc32c(uint32_t crc, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    uint32_t c = ~crc;
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("sse4.2"))
-        return ~crc_hw(c, p, len);
-#endif
-    pthread_once(&crc_once, crc_init);
-    while (len >= 8) {
-        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                           (uint32_t)p[3] << 24);
-        c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
-            crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^
-            crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
-        p += 8;
-        len -= 8;
-    }
-    while (len--)
-        c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xff];
-    return ~c;
 }
 
 /* ---- object info ---- */
@@ -659,10 +501,10 @@ emu_store *emu_store_open(emu_ctx *ctx)
     pthread_mutex_init(&s->mu, NULL);
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s/gcs/buckets", ctx->data_dir);
-    int rc = emu_mkdirs(dir);
+    int rc = util_mkdirs(dir, 0700);
     snprintf(dir, sizeof(dir), "%s/tmp", ctx->data_dir);
     if (rc == 0)
-        rc = emu_mkdirs(dir);
+        rc = util_mkdirs(dir, 0700);
     if (rc != 0) {
         log_error("cannot create %s: %s", dir, strerror(-rc));
         pthread_mutex_destroy(&s->mu);
@@ -715,7 +557,7 @@ int emu_gcs_bucket_create(emu_ctx *ctx, const char *name)
     char dir[4096], path[4200];
     bucket_dir(ctx, name, dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/objects", dir);
-    int rc = emu_mkdirs(path);
+    int rc = util_mkdirs(path, 0700);
     int64_t now = emu_now_us();
     if (rc == 0) {
         char text[64];
@@ -823,7 +665,7 @@ emu_writer *emu_store_writer_new(emu_ctx *ctx)
 static void writer_hash(emu_writer *w, const void *data, size_t len)
 {
     EVP_DigestUpdate(w->md5, data, len);
-    w->crc = emu_crc32c(w->crc, data, len);
+    w->crc = util_crc32c(w->crc, data, len);
     w->size += len;
 }
 
@@ -888,7 +730,7 @@ void emu_store_writer_abort(emu_writer *w)
 static bool b64_equal(const char *given, const unsigned char *raw, size_t rawlen)
 {
     unsigned char buf[64];
-    long n = emu_b64_decode(given, strlen(given), buf, sizeof(buf));
+    long n = util_b64_decode(given, strlen(given), buf, sizeof(buf));
     return n == (long)rawlen && memcmp(buf, raw, rawlen) == 0;
 }
 
@@ -982,8 +824,8 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     if ((want_md5 && *want_md5 && !b64_equal(want_md5, md5, 16)) ||
         (want_crc && *want_crc && !b64_equal(want_crc, crc_be, 4)))
         rc = EMU_STORE_BADHASH;
-    char *md5b64 = emu_b64_encode(md5, 16, false);
-    char *crcb64 = emu_b64_encode(crc_be, 4, false);
+    char *md5b64 = util_b64_encode(md5, 16, false);
+    char *crcb64 = util_b64_encode(crc_be, 4, false);
     if (!md5b64 || !crcb64)
         rc = EMU_STORE_IO;
     if (rc == EMU_STORE_OK) {

@@ -23,6 +23,7 @@
 
 #include "emu_internal.h"
 #include "log.h"
+#include "util.h"
 
 #define TLS_DAYS 7
 
@@ -88,7 +89,7 @@ static char *bio_text(BIO *b)
 
 static int write_ca(emu_ctx *ctx, const char *dir, X509 *ca)
 {
-    int rc = emu_mkdirs(dir);
+    int rc = util_mkdirs(dir, 0755);
     if (rc != 0) {
         fprintf(stderr, "dicomfs-emulator: cannot create --tls-dir %s: %s\n", dir, strerror(-rc));
         return -1;

@@ -331,3 +331,32 @@ def run_soak(emulator_factory, res_mounts, tmp_path, minutes, files_per_phase, s
 
 def test_short_soak(emulator_factory, res_mounts, tmp_path):  # noqa: F811
     run_soak(emulator_factory, res_mounts, tmp_path, 0, 40, "soak-short")
+
+
+def test_fresh_mount_copies_in_while_server_stopped(emulator_factory, res_mounts,  # noqa: F811
+                                                    tmp_path):
+    """A mount that never listed anything: the listing made at mount lets
+    `cp` into a store's import/ work while the server stops answering."""
+    emu = emulator_factory()
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 4, studies=1)
+    m = res_mounts(emu, commit_delay=1)
+    deadline = time.monotonic() + 30
+    while "at mount" not in m.log() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the mount-time listing runs in the background
+    assert "listed 1 dataset(s) and the stores of 1 at mount" in m.log(), m.log_tail()
+    os.kill(emu.proc.pid, signal.SIGSTOP)
+    cp_waits = []
+    try:
+        for rel in sorted(files):
+            dst = os.path.join(m.import_dir, rel)
+            secs, rc, err = timed(["mkdir", "-p", os.path.dirname(dst)], timeout=60)
+            assert rc == 0, err
+            secs2, rc, err = timed(["cp", os.path.join(src, rel), dst], timeout=60)
+            assert rc == 0, "cp %s on a fresh mount, server stopped: %s" % (rel, err)
+            cp_waits.append(secs + secs2)
+    finally:
+        os.kill(emu.proc.pid, signal.SIGCONT)
+    figures = dict(longest_user_call_s=round(max(cp_waits), 3))
+    finish(emu, m, files, sorted(files), "fresh-mount-server-stopped", figures)
+    assert max(cp_waits) <= CALL_LIMIT_S

@@ -5,6 +5,7 @@ a warning for a credentials file others can read, no allow_other unless
 asked, and the emulator listening on 127.0.0.1 by default.
 """
 import os
+import signal
 import re
 import select
 import shutil
@@ -179,20 +180,26 @@ def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path):  # noqa: F81
         assert re.search(r"cache", msg), "refused an open cache dir without saying why:\n" + msg
         os.chmod(cache, 0o700)
         m.start()
-    rc, err = ru.cp_r(src, m.import_dir)
-    assert rc == 0, err
-    # Pending (commit_delay=60): the spool files are there now.
-    modes = {}
-    spool_files = 0
-    for dirpath, dirnames, filenames in os.walk(cache):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            modes[p] = stat.S_IMODE(os.lstat(p).st_mode)
-        for fn in filenames:
-            p = os.path.join(dirpath, fn)
-            modes[p] = stat.S_IMODE(os.lstat(p).st_mode)
-            if os.sep + "spool" + os.sep in p:
-                spool_files += 1
+    # The server stops answering while the files are copied in, so their
+    # spool files stay (a file's spool space is released once its staged
+    # object is verified); copying into import/ needs no network.
+    os.kill(emulator.proc.pid, signal.SIGSTOP)
+    try:
+        rc, err = ru.cp_r(src, m.import_dir)
+        assert rc == 0, err
+        modes = {}
+        spool_files = 0
+        for dirpath, dirnames, filenames in os.walk(cache):
+            for d in dirnames:
+                p = os.path.join(dirpath, d)
+                modes[p] = stat.S_IMODE(os.lstat(p).st_mode)
+            for fn in filenames:
+                p = os.path.join(dirpath, fn)
+                modes[p] = stat.S_IMODE(os.lstat(p).st_mode)
+                if os.sep + "spool" + os.sep in p:
+                    spool_files += 1
+    finally:
+        os.kill(emulator.proc.pid, signal.SIGCONT)
     top = stat.S_IMODE(os.stat(cache).st_mode)
     open_to_others = {p: oct(v) for p, v in modes.items() if v & 0o077}
     spool_modes = {v for p, v in modes.items()

@@ -1,0 +1,103 @@
+/* Tests for client/util.c: the helpers shared by client/, fs/ and the emulator. */
+#include "testlib.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+TEST(asprintf_formats)
+{
+    char *s = util_asprintf("%s-%d", "a", 42);
+    CHECK_EQ_STR(s, "a-42");
+    free(s);
+}
+
+TEST(crc32c_known_values)
+{
+    /* RFC 3720 B.4 check value of "123456789", and chaining. */
+    CHECK(util_crc32c(0, "123456789", 9) == 0xE3069283u);
+    CHECK(util_crc32c(util_crc32c(0, "1234", 4), "56789", 5) == 0xE3069283u);
+    unsigned char zeros[32] = {0};
+    CHECK(util_crc32c(0, zeros, sizeof zeros) == 0x8A9136AAu);
+}
+
+TEST(fnv1a_known_values)
+{
+    CHECK(util_fnv1a_str(UTIL_FNV1A_INIT, "") == UTIL_FNV1A_INIT);
+    CHECK(util_fnv1a_str(UTIL_FNV1A_INIT, "a") == (UTIL_FNV1A_INIT ^ 'a') * 1099511628211ull);
+    CHECK(util_fnv1a_str(0xcbf29ce484222325ull, "a") == 0xaf63dc4c8601ec8cull); /* standard */
+    CHECK(util_fnv1a(UTIL_FNV1A_INIT, "foobar", 6) == util_fnv1a_str(UTIL_FNV1A_INIT, "foobar"));
+}
+
+TEST(rfc3339_digits)
+{
+    char b[64];
+    util_rfc3339(b, sizeof b, 86400 + 3661, 123456789, 9);
+    CHECK_EQ_STR(b, "1970-01-02T01:01:01.123456789Z");
+    util_rfc3339(b, sizeof b, 86400 + 3661, 123456789, 3);
+    CHECK_EQ_STR(b, "1970-01-02T01:01:01.123Z");
+    util_rfc3339(b, sizeof b, 0, 999999999, 0);
+    CHECK_EQ_STR(b, "1970-01-01T00:00:00Z");
+}
+
+TEST(base64_round_trip)
+{
+    /* RFC 4648 section 10 vectors, standard alphabet with padding. */
+    static const char *plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        char *e = util_b64_encode(plain[i], strlen(plain[i]), false);
+        CHECK_EQ_STR(e, enc[i]);
+        unsigned char out[16];
+        long n = util_b64_decode(e, strlen(e), out, sizeof out);
+        CHECK_EQ_INT(n, (long)strlen(plain[i]));
+        CHECK(memcmp(out, plain[i], (size_t)n) == 0);
+        free(e);
+    }
+    unsigned char raw[] = {0xfb, 0xff};
+    char *u = util_b64_encode(raw, sizeof raw, true);
+    CHECK_EQ_STR(u, "-_8");
+    free(u);
+    unsigned char out[4];
+    CHECK_EQ_INT(util_b64_decode("Zm9v", 4, out, 2), -1); /* does not fit */
+    CHECK_EQ_INT(util_b64_decode("Zm!v", 4, out, sizeof out), -1);
+}
+
+TEST(mkdirs_and_atomic_write)
+{
+    char base[] = "/tmp/dicomfs-test-util.XXXXXX";
+    CHECK(mkdtemp(base) != NULL);
+    char *dir = util_asprintf("%s/a/b/c", base);
+    CHECK_EQ_INT(util_mkdirs(dir, 0700), 0);
+    CHECK_EQ_INT(util_mkdirs(dir, 0700), 0); /* exists: fine */
+    struct stat st;
+    CHECK(stat(dir, &st) == 0 && S_ISDIR(st.st_mode));
+    char *file = util_asprintf("%s/f", dir);
+    CHECK_EQ_INT(util_write_atomic(file, "one", 3, 0600), 0);
+    CHECK_EQ_INT(util_write_atomic(file, "second", 6, 0640), 0);
+    CHECK(stat(file, &st) == 0 && st.st_size == 6 && (st.st_mode & 0777) == 0640);
+    char *missing = util_asprintf("%s/nodir/f", base);
+    CHECK_EQ_INT(util_write_atomic(missing, "x", 1, 0600), -ENOENT);
+    unlink(file);
+    for (int i = 0; i < 3; i++) {
+        rmdir(dir);
+        *strrchr(dir, '/') = '\0';
+    }
+    CHECK(rmdir(base) == 0); /* no temporary file left behind */
+    free(missing);
+    free(file);
+    free(dir);
+}
+
+int main(void)
+{
+    RUN(asprintf_formats);
+    RUN(crc32c_known_values);
+    RUN(fnv1a_known_values);
+    RUN(rfc3339_digits);
+    RUN(base64_round_trip);
+    RUN(mkdirs_and_atomic_write);
+    return test_done();
+}
