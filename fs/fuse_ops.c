@@ -1496,14 +1496,14 @@ static char *xattr_target(const char *path, tree_path *tp, int *rc)
     *rc = parse(path, tp);
     if (*rc)
         return NULL;
+    if (tp->kind != TREE_IMPORT || !*tp->rest) {
+        *rc = -ENOTSUP; /* decided before any lookup: `ls -l` asks every entry */
+        return NULL;
+    }
     struct stat st;
     *rc = getattr_path(x, tp, &st);
     if (*rc)
         return NULL;
-    if (tp->kind != TREE_IMPORT || !*tp->rest) {
-        *rc = -ENOTSUP;
-        return NULL;
-    }
     char *store = fs_store_name(x, tp->dataset, tp->store);
     if (!store)
         *rc = -ENOMEM;
@@ -1550,6 +1550,10 @@ static int op_setxattr(const char *path, const char *name, const char *value, si
 
 static int op_getxattr(const char *path, const char *name, char *value, size_t size)
 {
+    /* Only user.* names exist; `ls -l` asks for security.* and system.*
+     * on every entry, answered here without parsing or lookups. */
+    if (strncmp(name, "user.", 5) != 0)
+        return -ENODATA;
     tree_path tp;
     int rc;
     char *store = xattr_target(path, &tp, &rc);
