@@ -1704,6 +1704,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     free(jdir);
     x->rejects = rejects_new();
     x->xattrs = xattrs_new();
+    x->opsnap = opsnap_new();
     if (x->journal) {
         import_config ic = {
             .cache_dir = x->opt->cache_dir,
@@ -1752,6 +1753,8 @@ static void op_destroy(void *private_data)
     rejects_free(x->rejects);
     x->rejects = NULL;
     xattrs_free(x->xattrs);
+    opsnap_free(x->opsnap);
+    x->opsnap = NULL;
     x->xattrs = NULL;
     log_info("unmounted %s", x->opt->source);
 }

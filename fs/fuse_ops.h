@@ -19,6 +19,7 @@
 
 #include "auth.h"
 #include "dircache.h"
+#include "opsnap.h"
 #include "gcs.h"
 #include "healthcare.h"
 #include "http.h"
@@ -55,6 +56,7 @@ typedef struct fs_ctx {
     rejects *rejects; /* refused import/ files, kept visible */
     xattrs *xattrs;   /* user.* attributes of import/ files */
     dircache *cache;
+    opsnap *opsnap; /* operation files as last fetched (stat and cat agree) */
     uid_t uid;
     gid_t gid;
     struct timespec mount_time;

@@ -146,6 +146,10 @@ static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, s
     free(json);
     if (!content)
         return -ENOMEM;
+    /* The bytes whose size getattr now reports: an open within FS_OP_TTL
+     * serves them, so stat and cat agree while the operation changes. */
+    if (x->opsnap)
+        opsnap_put(x->opsnap, ds_id, file, content, n, FS_OP_TTL);
     char *key = ops_key(ds_id);
     if (key)
         dircache_put_one_mtime(x->cache, key, file, false, n, t, FS_OP_TTL);
@@ -243,6 +247,8 @@ int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char
         if (rc)
             return rc;
     }
+    if (x->opsnap && opsnap_get(x->opsnap, ds_id, file, data, len) == 0)
+        return 0; /* what a get less than FS_OP_TTL ago gave (and stat said) */
     return get_op(x, ds_id, file, data, len, NULL);
 }
 

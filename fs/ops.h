@@ -3,9 +3,11 @@
  * DATASET/operations/ lists every operation of the dataset (operations.list,
  * all pages) as ID.json; STORE/operations/ lists those the store's import/
  * and export/ started (from the journal). ID.json holds the operation JSON
- * exactly as operations.get returned it, plus a final "\n" when missing. It
- * is fetched fresh on open; getattr reports the size a fresh read gives,
- * from a listing or get at most FS_OP_TTL seconds old.
+ * exactly as operations.get returned it, plus a final "\n" when missing.
+ * getattr reports the size of a listing or get at most FS_OP_TTL seconds
+ * old. open serves the bytes of a get made less than FS_OP_TTL ago (the
+ * ones whose size a stat reported: stat and cat agree while the operation
+ * changes, opsnap.h), else fetches anew.
  */
 #ifndef DICOMFS_OPS_H
 #define DICOMFS_OPS_H
@@ -21,7 +23,7 @@ typedef int (*ops_fill_fn)(void *buf, const char *name, const struct stat *st);
 int ops_readdir(fs_ctx *x, const char *ds_id, const char *store_id, ops_fill_fn fill, void *buf);
 int ops_getattr(fs_ctx *x, const char *ds_id, const char *store_id, const char *file,
                 struct stat *st);
-/* Fetches the file's content fresh: *data malloc'ed, newline-terminated. */
+/* The file's content (see the top of this header): *data malloc'ed, newline-terminated. */
 int ops_read_file(fs_ctx *x, const char *ds_id, const char *store_id, const char *file, char **data,
                   size_t *len);
 
