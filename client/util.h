@@ -66,6 +66,8 @@ int util_write_atomic(const char *path, const void *data, size_t len, mode_t mod
  * offset basis 14695981039346656037 (a digit short): kept, because the
  * emulator's project numbers derive from it and must not change. */
 #define UTIL_FNV1A_INIT 1469598103934665603ull
+/* CLOCK_MONOTONIC in seconds (for deadlines and time-to-live). */
+double util_now_s(void);
 uint64_t util_fnv1a(uint64_t h, const void *data, size_t len);
 uint64_t util_fnv1a_str(uint64_t h, const char *s);
 

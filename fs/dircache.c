@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "util.h"
+
 typedef struct centry {
     dircache_entry e;
     double expires; /* for single entries; complete listings use the listing's */
@@ -30,13 +32,6 @@ struct dircache {
 /* Listings of big directories are kept; stale ones are dropped when the
  * total grows beyond this many. */
 #define DIRCACHE_MAX_LISTINGS 256
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 dircache *dircache_new(void)
 {
@@ -158,7 +153,7 @@ static listing *get_or_add(dircache *c, const char *key)
 
 void dircache_put(dircache *c, const char *key, dircache_list *in, double ttl_s)
 {
-    double now = now_s();
+    double now = util_now_s();
     centry *v = calloc(in->n ? in->n : 1, sizeof *v);
     if (!v) {
         dircache_list_clear(in);
@@ -210,7 +205,7 @@ void dircache_put_one(dircache *c, const char *key, const char *name, bool is_di
 void dircache_put_one_mtime(dircache *c, const char *key, const char *name, bool is_dir,
                             uint64_t size, int64_t mtime, double ttl_s)
 {
-    double now = now_s();
+    double now = util_now_s();
     pthread_mutex_lock(&c->lock);
     listing *l = get_or_add(c, key);
     centry *e = l ? bsearch_name(l, name) : NULL;
@@ -248,7 +243,7 @@ int dircache_lookup(dircache *c, const char *key, const char *name, bool *is_dir
 int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *is_dir,
                           uint64_t *size, int64_t *mtime)
 {
-    double now = now_s();
+    double now = util_now_s();
     int rc = -1;
     pthread_mutex_lock(&c->lock);
     listing *l = find(c, key, NULL);
@@ -271,7 +266,7 @@ int dircache_lookup_mtime(dircache *c, const char *key, const char *name, bool *
  * until now or later) or, with stale, complete at some time. 0 or -1. */
 static int copy_listing(dircache *c, const char *key, bool stale, dircache_list *out)
 {
-    double now = now_s();
+    double now = util_now_s();
     int rc = -1;
     dircache_list_init(out);
     pthread_mutex_lock(&c->lock);
@@ -339,7 +334,7 @@ static void note_failure(dircache *c, const char *key, double ttl_s)
     pthread_mutex_lock(&c->lock);
     listing *l = find(c, key, NULL);
     if (l && l->was_complete)
-        l->failed_until = now_s() + ttl_s;
+        l->failed_until = util_now_s() + ttl_s;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -347,7 +342,7 @@ bool dircache_failing(dircache *c, const char *key)
 {
     pthread_mutex_lock(&c->lock);
     listing *l = find(c, key, NULL);
-    bool failing = l && l->was_complete && l->failed_until >= now_s();
+    bool failing = l && l->was_complete && l->failed_until >= util_now_s();
     pthread_mutex_unlock(&c->lock);
     return failing;
 }

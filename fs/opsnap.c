@@ -21,13 +21,6 @@ struct opsnap {
     slot slots[OPSNAP_SLOTS];
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 opsnap *opsnap_new(void)
 {
     opsnap *s = calloc(1, sizeof *s);
@@ -72,7 +65,7 @@ void opsnap_put(opsnap *s, const char *ds_id, const char *file, const char *data
     pthread_mutex_lock(&s->lock);
     slot *e = slot_of(s, key);
     slot_clear(e);
-    *e = (slot){key, copy, len, now_s() + ttl_s};
+    *e = (slot){key, copy, len, util_now_s() + ttl_s};
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -84,7 +77,7 @@ int opsnap_get(opsnap *s, const char *ds_id, const char *file, char **data, size
     int rc = -ENOENT;
     pthread_mutex_lock(&s->lock);
     slot *e = slot_of(s, key);
-    if (e->key && strcmp(e->key, key) == 0 && e->expires >= now_s()) {
+    if (e->key && strcmp(e->key, key) == 0 && e->expires >= util_now_s()) {
         char *copy = malloc(e->len + 1);
         if (copy) {
             memcpy(copy, e->data, e->len);
