@@ -79,16 +79,6 @@ static void set_message(http_error *err, const char *fmt, ...)
     va_end(ap);
 }
 
-char *http_strdup_printf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    return n < 0 ? NULL : s;
-}
-
 /* The URL up to (not including) its query or fragment: what we may log. */
 static void url_for_log(const char *url, char *buf, size_t buflen)
 {

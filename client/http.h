@@ -179,7 +179,4 @@ bool http_url_safe_for_credentials(const char *url);
  * unreserved characters kept). Returns malloc'ed string or NULL. */
 char *http_escape(const char *s);
 
-/* Formats a printf-style string into a malloc'ed buffer (NULL on failure). */
-char *http_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 #endif

@@ -37,6 +37,7 @@
 #include "filter.h"
 #include "journal.h"
 #include "log.h"
+#include "util.h"
 
 struct export_file {
     tree_path tp;
@@ -56,20 +57,20 @@ struct export_file {
 
 static char *record_dir(fs_ctx *x, const tree_path *tp)
 {
-    return http_strdup_printf("%s/exports/%s/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
-                              tp->format->dir, tp->name);
+    return util_asprintf("%s/exports/%s/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
+                         tp->format->dir, tp->name);
 }
 
 static char *fmt_dir(fs_ctx *x, const tree_path *tp)
 {
-    return http_strdup_printf("%s/exports/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
-                              tp->format->dir);
+    return util_asprintf("%s/exports/%s/%s/%s", x->opt->cache_dir, tp->dataset, tp->store,
+                         tp->format->dir);
 }
 
 static char *record_file(fs_ctx *x, const tree_path *tp, const char *leaf)
 {
     char *d = record_dir(x, tp);
-    char *f = d ? http_strdup_printf("%s/%s", d, leaf) : NULL;
+    char *f = d ? util_asprintf("%s/%s", d, leaf) : NULL;
     free(d);
     return f;
 }
@@ -100,7 +101,7 @@ int export_mkdirs(const char *dir)
 /* Writes path atomically: temp file, fsync, rename. */
 static int write_file(const char *path, const void *data, size_t len)
 {
-    char *tmp = http_strdup_printf("%s.tmp", path);
+    char *tmp = util_asprintf("%s.tmp", path);
     if (!tmp)
         return -ENOMEM;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -214,8 +215,8 @@ static int failure_stat(fs_ctx *x, const tree_path *tp, struct stat *lst)
 static char *dest_prefix(fs_ctx *x, const tree_path *tp, const char *run)
 {
     const char *p = x->opt->export_prefix;
-    return http_strdup_printf("%s%s%s/%s/%s/%s%s%s", p, *p ? "/" : "", tp->dataset, tp->store,
-                              tp->format->dir, tp->name, run ? "/" : "", run ? run : "");
+    return util_asprintf("%s%s%s/%s/%s/%s%s%s", p, *p ? "/" : "", tp->dataset, tp->store,
+                         tp->format->dir, tp->name, run ? "/" : "", run ? run : "");
 }
 
 /* A new run id: the start time, UTC to the millisecond ("20261206T210405.123Z"),
@@ -243,13 +244,13 @@ static void new_run_id(const char *last, char *buf, size_t len)
 
 static char *out_key(const tree_path *tp)
 {
-    return http_strdup_printf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
+    return util_asprintf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
 }
 
 static char *run_key(const tree_path *tp, const char *run)
 {
-    return http_strdup_printf("run:%s/%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir,
-                              tp->name, run);
+    return util_asprintf("run:%s/%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name,
+                         run);
 }
 
 /* ---- export/FMT/ */
@@ -457,8 +458,8 @@ static char *describe(const http_error *e)
     const char *msg = e->message[0] ? e->message : "unknown error";
     if (!e->http_status)
         return strdup(msg);
-    return http_strdup_printf("%s (HTTP %ld%s%s)", msg, e->http_status, e->status[0] ? " " : "",
-                              e->status);
+    return util_asprintf("%s (HTTP %ld%s%s)", msg, e->http_status, e->status[0] ? " " : "",
+                         e->status);
 }
 
 /* Uploads the filter (when it selects paths) and starts the export. On
@@ -469,7 +470,7 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
     size_t n_paths = f->n_paths;
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *prefix = dest_prefix(x, tp, run);
-    char *dest = prefix ? http_strdup_printf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
+    char *dest = prefix ? util_asprintf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
     char *filter_obj = NULL, *filter_uri = NULL, *desc = NULL;
     int rc = 0;
     http_error err = {0};
@@ -480,11 +481,10 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
     if (n_paths > 0) {
         const char *sp = x->opt->staging_prefix;
         filter_obj =
-            http_strdup_printf("%s%sfilters/%s/%s/%s/%s-%lld.txt", sp, *sp ? "/" : "", tp->dataset,
-                               tp->store, tp->format->dir, tp->name, (long long)time(NULL));
-        filter_uri = filter_obj
-                         ? http_strdup_printf("gs://%s/%s", x->opt->staging_bucket, filter_obj)
-                         : NULL;
+            util_asprintf("%s%sfilters/%s/%s/%s/%s-%lld.txt", sp, *sp ? "/" : "", tp->dataset,
+                          tp->store, tp->format->dir, tp->name, (long long)time(NULL));
+        filter_uri =
+            filter_obj ? util_asprintf("gs://%s/%s", x->opt->staging_bucket, filter_obj) : NULL;
         if (!filter_uri) {
             rc = -ENOMEM;
             goto out;
@@ -494,9 +494,8 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
         if (g != GCS_OK) {
             rc = fs_errno_gcs(g, &err);
             desc = describe(&err);
-            *why =
-                desc ? http_strdup_printf("uploading the filter to %s failed: %s", filter_uri, desc)
-                     : NULL;
+            *why = desc ? util_asprintf("uploading the filter to %s failed: %s", filter_uri, desc)
+                        : NULL;
             goto out;
         }
     }
@@ -504,8 +503,7 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
     if (h != HC_OK) {
         rc = fs_errno_hc(h, &err);
         desc = describe(&err);
-        *why = desc ? http_strdup_printf("starting the export of %s to %s failed: %s", store, dest,
-                                         desc)
+        *why = desc ? util_asprintf("starting the export of %s to %s failed: %s", store, dest, desc)
                     : NULL;
         goto out;
     }
@@ -585,14 +583,13 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused
         snprintf(ts, sizeof ts, "%lld", (long long)now);
     char *name = one_line(tp->name);
     char *reason = one_line(why);
-    char *text =
-        name && reason
-            ? http_strdup_printf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
-                                 " Write the filter again to retry; remove it to clear "
-                                 "this.\n",
-                                 ts, fmt_part(tp->format), fmt_sep(tp->format), name, reason,
-                                 refused ? REFUSED_NOTE : "The export did not start.")
-            : NULL;
+    char *text = name && reason
+                     ? util_asprintf("time: %s\nfilter: export/%s%s%s\nreason: %s\n%s"
+                                     " Write the filter again to retry; remove it to clear "
+                                     "this.\n",
+                                     ts, fmt_part(tp->format), fmt_sep(tp->format), name, reason,
+                                     refused ? REFUSED_NOTE : "The export did not start.")
+                     : NULL;
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
     char *pe = record_file(x, tp, "error");
@@ -618,7 +615,7 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused
  * "rejected: export/FMT/NAME: REASON" (refused content) for one record. */
 static void status_line(FILE *out, const char *dir, const tree_format *fmt, const char *name)
 {
-    char *pe = http_strdup_printf("%s/%s/error", dir, name);
+    char *pe = util_asprintf("%s/%s/error", dir, name);
     char *text = NULL;
     size_t len = 0;
     if (pe && read_file(pe, &text, &len) == 0) {
@@ -641,7 +638,7 @@ void export_status_failures(const char *cache_dir, const char *dataset, const ch
 {
     for (size_t i = 0; i <= tree_n_formats; i++) {
         const tree_format *fmt = i < tree_n_formats ? &tree_formats[i] : &tree_format_top;
-        char *d = http_strdup_printf("%s/exports/%s/%s/%s", cache_dir, dataset, store, fmt->dir);
+        char *d = util_asprintf("%s/exports/%s/%s/%s", cache_dir, dataset, store, fmt->dir);
         DIR *dir = d ? opendir(d) : NULL;
         struct dirent *de;
         while (dir && (de = readdir(dir)))
@@ -662,7 +659,7 @@ static int add_run(fs_ctx *x, const tree_path *tp, const char *run)
     int rc = pr ? 0 : -ENOMEM;
     if (rc == 0 && read_file(pr, &data, &len) != 0)
         data = NULL, len = 0;
-    char *all = rc == 0 ? http_strdup_printf("%s%s\n", data ? data : "", run) : NULL;
+    char *all = rc == 0 ? util_asprintf("%s%s\n", data ? data : "", run) : NULL;
     if (rc == 0)
         rc = all ? write_file(pr, all, strlen(all)) : -ENOMEM;
     free(all);
@@ -732,7 +729,7 @@ static void validate(export_file *f)
     log_error("%s/%s/export/%s/%s: %s%s", tp->dataset, tp->store, tp->format->dir, tp->name, pos,
               msg);
     free(f->why);
-    f->why = http_strdup_printf("%s%s", pos, msg);
+    f->why = util_asprintf("%s%s", pos, msg);
 }
 
 int export_flush(fs_ctx *x, export_file *f)
@@ -1071,7 +1068,7 @@ static int fetch_out(void *ctx, dircache_list *out)
     struct out_src *src = ctx;
     fs_ctx *x = src->x;
     const tree_path *tp = src->tp;
-    char *slashed = http_strdup_printf("%s/", src->prefix);
+    char *slashed = util_asprintf("%s/", src->prefix);
     if (!slashed)
         return -ENOMEM;
     struct out_collect oc = {strlen(slashed), NULL, 0, 0};
@@ -1394,7 +1391,7 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
     rc = out_view_of(x, tp, &v);
     if (rc)
         return rc;
-    char *obj = http_strdup_printf("%s/%s", v.prefix, v.rest);
+    char *obj = util_asprintf("%s/%s", v.prefix, v.rest);
     out_view_clear(&v);
     if (!obj)
         return -ENOMEM;

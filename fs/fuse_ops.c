@@ -21,6 +21,7 @@
 #include "studies.h"
 #include "tree.h"
 #include "xattrs.h"
+#include "util.h"
 
 /* ---- errors */
 
@@ -115,13 +116,12 @@ static fs_ctx *ctx(void)
 
 char *fs_dataset_name(const fs_ctx *x, const char *dataset_id)
 {
-    return http_strdup_printf("%s/datasets/%s", x->opt->location, dataset_id);
+    return util_asprintf("%s/datasets/%s", x->opt->location, dataset_id);
 }
 
 char *fs_store_name(const fs_ctx *x, const char *dataset_id, const char *store_id)
 {
-    return http_strdup_printf("%s/datasets/%s/dicomStores/%s", x->opt->location, dataset_id,
-                              store_id);
+    return util_asprintf("%s/datasets/%s/dicomStores/%s", x->opt->location, dataset_id, store_id);
 }
 
 void fs_stat_dir(const fs_ctx *x, struct stat *st, mode_t perm)
@@ -171,7 +171,7 @@ static int name_list_cb(void *c, const char *name, const char *json)
 /* Key of the listing of the root (NULL ds) or of a dataset. */
 static char *list_key(const char *ds_id)
 {
-    return ds_id ? http_strdup_printf("ds:%s", ds_id) : strdup("root");
+    return ds_id ? util_asprintf("ds:%s", ds_id) : strdup("root");
 }
 
 /* The datasets of the location (ds_id NULL) or the stores of a dataset. */
@@ -418,7 +418,7 @@ static struct timespec status_stamp(fs_ctx *x, const tree_path *tp, const char *
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (const unsigned char *p = (const unsigned char *)text; *p; p++)
         h = (h ^ *p) * 1099511628211ull;
-    char *key = http_strdup_printf("%s/%s/%s", tp->dataset, tp->store, tp->name);
+    char *key = util_asprintf("%s/%s/%s", tp->dataset, tp->store, tp->name);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     bool is_dir;
@@ -1692,7 +1692,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         conn->max_write = 1u << 20;
     conn->max_readahead = 1u << 20;
 
-    char *jdir = http_strdup_printf("%s/journal", x->opt->cache_dir);
+    char *jdir = util_asprintf("%s/journal", x->opt->cache_dir);
     if (jdir && mkdir(jdir, 0700) != 0 && errno != EEXIST)
         log_error("%s: cannot create the journal directory: %s", jdir, strerror(errno));
     int rc = jdir ? journal_open(jdir, &x->journal) : -ENOMEM;

@@ -1182,21 +1182,25 @@ static uint64_t cache_freeable(import_mgr *m)
     return k;
 }
 
+/* Waits (lock held) at most ms milliseconds for space_cond. */
+static void wait_space(import_mgr *m, long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+}
+
 /* Waits (lock held) up to 0.2 s for space to be released; -EINTR when the
  * request was interrupted (a signal to the writer). */
 static int cache_wait_once(import_mgr *m)
 {
     if (m->cfg.interrupted && m->cfg.interrupted())
         return -EINTR;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     m->writers_waiting++;
-    pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+    wait_space(m, 200);
     m->writers_waiting--;
     return 0;
 }
@@ -1390,14 +1394,7 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
      * staged object is being deleted after its import, waits for that
      * short step (at most 30 s) instead of failing. */
     for (int i = 0; wr && n && !n->has_spool && settling(n) && i < 3000; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
+        wait_space(m, 10);
         n = lookup(m, store, rel);
     }
     int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;

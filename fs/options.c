@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "gcs.h"
+#include "util.h"
 
 /* What fuse_opt writes: it stores ints for flags and strdup'ed strings. */
 struct raw_opts {
@@ -321,14 +322,14 @@ char *fs_options_default_cache_dir(const char *source, uid_t uid)
     char hash[17];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)fnv1a64(source));
     if (uid == 0)
-        return http_strdup_printf("/var/cache/dicomfs/%s", hash);
+        return util_asprintf("/var/cache/dicomfs/%s", hash);
     const char *xdg = getenv("XDG_CACHE_HOME");
     if (xdg && xdg[0] == '/')
-        return http_strdup_printf("%s/dicomfs/%s", xdg, hash);
+        return util_asprintf("%s/dicomfs/%s", xdg, hash);
     const char *home = getenv("HOME");
     if (!home || home[0] != '/')
         return NULL;
-    return http_strdup_printf("%s/.cache/dicomfs/%s", home, hash);
+    return util_asprintf("%s/.cache/dicomfs/%s", home, hash);
 }
 
 static int mkdirs(const char *dir, mode_t mode)
@@ -442,7 +443,7 @@ static int absolute_path(const char *what, char **path, char *err, size_t errlen
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd))
         return fail(err, errlen, "%s '%s': %s", what, *path, strerror(errno));
-    char *abs = http_strdup_printf("%s/%s", cwd, *path);
+    char *abs = util_asprintf("%s/%s", cwd, *path);
     if (!abs)
         return fail(err, errlen, "out of memory");
     free(*path);
@@ -529,9 +530,9 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
         /* Beside the staging area, never inside it: an import of the staging
          * prefix with "**" must not pick up exported objects. */
         o->export_bucket = strdup(o->staging_bucket);
-        o->export_prefix = *o->staging_prefix ? http_strdup_printf("%s-exports", o->staging_prefix)
+        o->export_prefix = *o->staging_prefix ? util_asprintf("%s-exports", o->staging_prefix)
                                               : strdup("dicomfs-exports");
-        o->export_to = http_strdup_printf("gs://%s/%s", o->export_bucket, o->export_prefix);
+        o->export_to = util_asprintf("gs://%s/%s", o->export_bucket, o->export_prefix);
         if (!o->export_bucket || !o->export_prefix || !o->export_to)
             return fail(err, errlen, "out of memory");
     }
@@ -589,7 +590,7 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
             char cwd[PATH_MAX];
             if (!getcwd(cwd, sizeof cwd))
                 return fail(err, errlen, "cache_dir '%s': %s", o->cache_dir, strerror(errno));
-            abs = http_strdup_printf("%s/%s", cwd, o->cache_dir);
+            abs = util_asprintf("%s/%s", cwd, o->cache_dir);
         }
         free(o->cache_dir);
         o->cache_dir = abs;
@@ -617,7 +618,7 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
 static int add_fuse_defaults(fs_options *o)
 {
     /* Ours go first so that the user's own -o values, later on the line, win. */
-    char *fsname = http_strdup_printf("-ofsname=%s,subtype=dicomfs,default_permissions", o->source);
+    char *fsname = util_asprintf("-ofsname=%s,subtype=dicomfs,default_permissions", o->source);
     if (!fsname)
         return -1;
     int rc = fuse_opt_insert_arg(&o->fuse_args, 1, fsname);

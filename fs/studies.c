@@ -13,6 +13,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "util.h"
 
 /* Writable directories only where unlink can do something: with
  * default_permissions the kernel checks the directory's w bit first. */
@@ -65,16 +66,16 @@ static char *search_path(const spath *sp, int depth)
     case 0:
         return strdup("studies");
     case 1:
-        return http_strdup_printf("studies/%s/series", sp->study);
+        return util_asprintf("studies/%s/series", sp->study);
     default:
-        return http_strdup_printf("studies/%s/series/%s/instances", sp->study, sp->series);
+        return util_asprintf("studies/%s/series/%s/instances", sp->study, sp->series);
     }
 }
 
 static char *cache_key(const tree_path *tp, const spath *sp, int depth)
 {
-    return http_strdup_printf("studies:%s/%s/%d/%s/%s", tp->dataset, tp->store, depth,
-                              depth >= 1 ? sp->study : "", depth >= 2 ? sp->series : "");
+    return util_asprintf("studies:%s/%s/%d/%s/%s", tp->dataset, tp->store, depth,
+                         depth >= 1 ? sp->study : "", depth >= 2 ? sp->series : "");
 }
 
 struct collect {
@@ -477,7 +478,7 @@ int studies_unlink(fs_ctx *x, const tree_path *tp)
     }
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *path =
-        http_strdup_printf("studies/%s/series/%s/instances/%s", sp.study, sp.series, sp.instance);
+        util_asprintf("studies/%s/series/%s/instances/%s", sp.study, sp.series, sp.instance);
     http_error err = {0};
     int h = store && path ? hc_dicomweb_delete(x->cl.hc, store, path, NULL, &err) : HC_ERR_NOMEM;
     if (h == HC_ERR_NOMEM)

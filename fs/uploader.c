@@ -91,6 +91,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 
@@ -289,7 +290,7 @@ static void fetch_study(import_mgr *m, const char *store_name, const char *study
 {
     char *store = strdup(store_name);
     char *study = strdup(study_uid);
-    char *path = http_strdup_printf("studies/%s/instances", study_uid);
+    char *path = util_asprintf("studies/%s/instances", study_uid);
     uint64_t token = present_begin(m->present, store_name, study_uid);
     pthread_mutex_unlock(&m->lock);
     uid_list l = {0};
@@ -500,7 +501,7 @@ static void *worker_main(void *arg)
             continue;
         }
         j.object = imp_object_name(m, n);
-        j.label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
+        j.label = util_asprintf("%s/%s", n->st->name, n->path ? n->path : "");
         memcpy(j.id, n->id, sizeof j.id);
         j.gen = n->gen;
         j.staged = n->staged;
@@ -751,7 +752,7 @@ static void stream_start(import_mgr *m, node *n, int fd)
     memcpy(s->id, n->id, sizeof s->id);
     s->avail = n->seq_end;
     s->object = imp_object_name(m, n);
-    s->label = http_strdup_printf("%s/%s", n->st->name, n->path ? n->path : "");
+    s->label = util_asprintf("%s/%s", n->st->name, n->path ? n->path : "");
     pthread_cond_init(&s->cond, NULL);
     if (!s->object || !s->label || pthread_create(&s->thr, NULL, stream_main, s) != 0) {
         stream_free(s);
@@ -896,8 +897,8 @@ static int start_or_adopt(import_mgr *m, const char *id, const char *store, cons
 static void start_import(import_mgr *m, batch *b)
 {
     char *store = strdup(b->st->name);
-    char *uri = http_strdup_printf("gs://%s/%s%sbatches/%s/**", m->bucket, m->prefix,
-                                   *m->prefix ? "/" : "", b->id);
+    char *uri = util_asprintf("gs://%s/%s%sbatches/%s/**", m->bucket, m->prefix,
+                              *m->prefix ? "/" : "", b->id);
     int n = b->n_uploaded;
     char id[sizeof b->id];
     memcpy(id, b->id, sizeof id);
@@ -974,7 +975,7 @@ static void verify(import_mgr *m, batch *b)
             continue;
         }
         char *store = strdup(b->st->name);
-        char *q = http_strdup_printf("SOPInstanceUID=%s", n->sop);
+        char *q = util_asprintf("SOPInstanceUID=%s", n->sop);
         n->busy = true; /* keeps n alive while unlocked */
         pthread_mutex_unlock(&m->lock);
         int found = 0;

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "testlib.h"
 #include "testsrv.h"
+#include "util.h"
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
@@ -166,7 +167,7 @@ static http_client *mkclient(int max_attempts)
 
 static char *mkurl(testsrv *srv, const char *path)
 {
-    return http_strdup_printf("%s%s", testsrv_url(srv), path);
+    return util_asprintf("%s%s", testsrv_url(srv), path);
 }
 
 static void push_status(testsrv *srv, int status, const char *body)
@@ -1026,7 +1027,7 @@ TEST(escape)
     CHECK_EQ_STR(s, "");
     free(s);
     CHECK(http_escape(NULL) == NULL);
-    s = http_strdup_printf("%s/%d", "x", 42);
+    s = util_asprintf("%s/%d", "x", 42);
     CHECK_EQ_STR(s, "x/42");
     free(s);
 }
@@ -1389,14 +1390,14 @@ TEST(tls_self_signed_certificate_rejected)
 {
     char dir[] = "/tmp/test_http_tls.XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char *cmd = http_strdup_printf(
+    char *cmd = util_asprintf(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
         "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout %s/key.pem "
         "-out %s/cert.pem >/dev/null 2>&1",
         dir, dir);
     CHECK_EQ_INT(system(cmd), 0);
     free(cmd);
-    char *kp = http_strdup_printf("%s/key.pem", dir), *cp = http_strdup_printf("%s/cert.pem", dir);
+    char *kp = util_asprintf("%s/key.pem", dir), *cp = util_asprintf("%s/cert.pem", dir);
     char *key = read_text(kp), *cert = read_text(cp);
     unlink(kp);
     unlink(cp);
