@@ -207,15 +207,22 @@ static void list_remove(import_mgr *m, node *n)
     n->listed = false;
 }
 
-void imp_node_settle(import_mgr *m, node *n)
+static bool settle(import_mgr *m, node *n)
 {
     if (!n->listed || n->settled || n->is_dir || !n->visible ||
         (n->state != ST_IMPORTED && n->state != ST_PRESENT) || n->staged || n->has_spool ||
         n->releasing)
-        return;
+        return false;
     list_remove(m, n);
     n->settled = true;
     list_add(m, n);
+    return true;
+}
+
+void imp_node_settle(import_mgr *m, node *n)
+{
+    if (settle(m, n) && !m->loading)
+        imp_node_journal(m, n); /* its record moves to the index */
 }
 
 static void node_unsettle(import_mgr *m, node *n)
@@ -448,10 +455,54 @@ static int split_fields(const char *val, size_t len, const char **f, int max)
     return n;
 }
 
+/* The index row of a file (strings point into n). */
+static index_entry node_entry(const node *n)
+{
+    index_entry e = {.path = n->path,
+                     .id = n->id,
+                     .state = n->state,
+                     .size = n->size,
+                     .mode = n->mode,
+                     .uid = n->uid,
+                     .gid = n->gid,
+                     .atime = n->atime,
+                     .mtime = n->mtime,
+                     .ctime = n->ctime,
+                     .sop = n->sop,
+                     .study = n->study,
+                     .series = n->series};
+    return e;
+}
+
+static void node_journal_del(import_mgr *m, node *n);
+
+/* A settled file's record goes to the index and leaves the journal; if the
+ * index cannot take it, the journal keeps it (and memory the node). */
+static int node_index(import_mgr *m, node *n)
+{
+    index_entry e = node_entry(n);
+    int rc = index_put(m->ix, n->st->name, &e);
+    if (rc < 0)
+        return rc;
+    n->indexed = true;
+    node_journal_del(m, n);
+    return 0;
+}
+
+/* The index row of n goes (n forgotten, renamed, or journaled again). */
+static void node_unindex(import_mgr *m, node *n)
+{
+    if (n->indexed && n->path)
+        index_del(m->ix, n->st->name, n->path);
+    n->indexed = false;
+}
+
 int imp_node_journal(import_mgr *m, node *n)
 {
     if (!n->is_dir && n->state == ST_NEW)
         return 0; /* not accepted yet: nothing to remember */
+    if (!n->is_dir && n->settled && m->ix && !m->loading && node_index(m, n) == 0)
+        return 0;
     sbuf b = {0};
     char key[SPOOL_ID_LEN + 3];
     snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
@@ -491,6 +542,8 @@ int imp_node_journal(import_mgr *m, node *n)
     if (rc < 0)
         log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
                   n->path ? n->path : "", strerror(-rc));
+    else if (!n->settled)
+        node_unindex(m, n); /* in flight again: the journal has it */
     free(b.p);
     return rc;
 }
@@ -528,7 +581,14 @@ static void node_free(node *n)
 
 void imp_node_maybe_free(import_mgr *m, node *n)
 {
-    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream) {
+    if (n->refs || n->busy || n->queued || n->stream)
+        return;
+    if (n->listed && n->settled && n->indexed && n->visible) {
+        /* Remembered: the index holds it; memory lets it go. */
+        name_remove(m, n);
+        list_remove(m, n);
+    }
+    if (!n->listed && !n->visible) {
         sop_remove(m, n);
         node_free(n);
     }
@@ -580,10 +640,10 @@ int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
         break;
     }
     n->state = to;
+    settle(m, n); /* before the record: a settled file's goes to the index */
     int rc = imp_node_journal(m, n);
     if (to != ST_NEW && to != ST_ACCEPTED)
         up_enqueue(m, n); /* spool release, staged object deletion; a no-op if none */
-    imp_node_settle(m, n);
     return rc;
 }
 
@@ -600,6 +660,7 @@ void imp_node_unlist(import_mgr *m, node *n)
     name_remove(m, n);
     list_remove(m, n);
     node_journal_del(m, n);
+    node_unindex(m, n);
     sop_remove(m, n);
     n->b = NULL;
     imp_node_maybe_free(m, n);
@@ -658,11 +719,92 @@ static bool node_importing(const node *n)
     return n->state == ST_UPLOADED && n->b && n->b->state >= B_SEALED;
 }
 
+/* A remembered file's fields from its index row (not path or store). */
+static void node_from_entry(node *n, const index_entry *e)
+{
+    snprintf(n->id, sizeof n->id, "%s", e->id);
+    n->state = e->state;
+    n->size = e->size;
+    n->mode = (mode_t)e->mode & 07777;
+    n->uid = (uid_t)e->uid;
+    n->gid = (gid_t)e->gid;
+    n->atime = e->atime;
+    n->mtime = e->mtime;
+    n->ctime = e->ctime;
+    snprintf(n->sop, sizeof n->sop, "%s", e->sop);
+    snprintf(n->study, sizeof n->study, "%s", e->study);
+    snprintf(n->series, sizeof n->series, "%s", e->series);
+}
+
+typedef struct fault_ctx {
+    import_mgr *m;
+    store_st *st;
+    node *n;
+} fault_ctx;
+
+static int fault_cb(void *vctx, const index_entry *e)
+{
+    fault_ctx *c = vctx;
+    node *n = node_new(c->m, c->st, e->path, false, e->mode);
+    if (!n)
+        return -ENOMEM;
+    node_from_entry(n, e);
+    n->settled = n->indexed = true;
+    list_add(c->m, n);
+    name_insert(c->m, n);
+    sop_insert(c->m, n);
+    c->n = n;
+    return 0;
+}
+
+/* A visible node by name, brought back from the index into memory if it
+ * is a remembered file (for an operation that uses or changes it; it
+ * leaves memory again at imp_node_maybe_free). */
+static node *find(import_mgr *m, store_st *st, const char *path)
+{
+    node *n = name_find(m, st, path);
+    fault_ctx c = {m, st, NULL};
+    if (!n && m->ix && *path)
+        index_get(m->ix, st->name, path, fault_cb, &c);
+    return n ? n : c.n;
+}
+
 /* Looks up a visible node; store must already be known. */
 static node *lookup(import_mgr *m, const char *store, const char *rel)
 {
     store_st *st = store_find(m, store);
-    return st ? name_find(m, st, rel) : NULL;
+    return st ? find(m, st, rel) : NULL;
+}
+
+typedef struct peek_ctx {
+    import_mgr *m;
+    struct stat *sb;
+    char *state;
+    size_t statelen;
+} peek_ctx;
+
+static void fill_stat(import_mgr *m, const node *n, struct stat *st);
+static const char *state_name(const node *n);
+
+static int peek_cb(void *vctx, const index_entry *e)
+{
+    peek_ctx *c = vctx;
+    node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    node_from_entry(&tmp, e);
+    if (c->sb)
+        fill_stat(c->m, &tmp, c->sb);
+    if (c->state)
+        snprintf(c->state, c->statelen, "%s", state_name(&tmp));
+    return 0;
+}
+
+/* stat and state of a remembered file without bringing it into memory
+ * (ls -l of a large folder). -ENOENT when the index has no such file. */
+static int peek(import_mgr *m, const char *store, const char *rel, peek_ctx *c)
+{
+    c->m = m;
+    return m->ix && *rel ? index_get(m->ix, store, rel, peek_cb, c) : -ENOENT;
 }
 
 /* The parent of rel must be import/ itself or a directory. */
@@ -675,8 +817,9 @@ static int check_parent(import_mgr *m, store_st *st, const char *rel)
     if (!*parent)
         return 0;
     node *p = name_find(m, st, parent);
+    peek_ctx c = {0};
     if (!p)
-        return -ENOENT;
+        return peek(m, st->name, parent, &c) == 0 ? -ENOTDIR : -ENOENT;
     return p->is_dir ? 0 : -ENOTDIR;
 }
 
@@ -798,6 +941,10 @@ static int load_node(void *vctx, const char *key, const void *val, size_t len)
         name_insert(m, n);
         return 0;
     }
+    /* The index may hold an older row of this name (a crash between the
+     * journal record and the row's deletion): the first record written
+     * for the file deletes it. */
+    n->indexed = m->ix != NULL;
     n->state = (int)num(f[2]);
     n->size = (uint64_t)num(f[3]);
     n->mode = (mode_t)num(f[4]) & 07777;
@@ -909,16 +1056,39 @@ static void resume(import_mgr *m)
     }
 }
 
+static int load_store(void *ctx, const char *store)
+{
+    return store_get(ctx, store) ? 0 : -ENOMEM;
+}
+
+/* Settled files still in the journal (written before the index, or when
+ * the index refused them): their records move to the index now. */
+static void migrate_settled(import_mgr *m)
+{
+    for (node *n = m->rhead, *nx; n; n = nx) {
+        nx = n->next;
+        imp_node_journal(m, n);
+        imp_node_maybe_free(m, n);
+    }
+}
+
 static int load_all(import_mgr *m)
 {
     load_ctx c = {m, 0};
-    journal_scan(m->j, "b/", load_batch, &c);
+    if (m->ix)
+        c.rc = index_stores(m->ix, load_store, m);
+    m->loading = true;
+    if (c.rc == 0)
+        journal_scan(m->j, "b/", load_batch, &c);
     if (c.rc == 0)
         journal_scan(m->j, "d/", load_node, &c);
     if (c.rc == 0)
         journal_scan(m->j, "e/", load_node, &c);
+    m->loading = false;
     if (c.rc < 0)
         return c.rc;
+    if (m->ix)
+        migrate_settled(m);
     gc_spool(m);
     resume(m);
     int n = 0;
@@ -991,6 +1161,8 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     }
     if (rc == 0)
         rc = spool_open(m->cache_dir, &m->sp);
+    if (rc == 0)
+        rc = index_open(m->cache_dir, &m->ix);
     if (rc == 0) {
         spool_set_eager_dir_sync(m->sp, m->cfg.sync_close);
         pthread_mutex_lock(&m->lock);
@@ -1029,6 +1201,7 @@ void import_mgr_free(import_mgr *m)
         free(s);
     }
     spool_close(m->sp);
+    index_close(m->ix);
     free(m->table);
     free(m->cache_dir);
     free(m->bucket);
@@ -1069,11 +1242,34 @@ int import_getattr(import_mgr *m, const char *store, const char *rel, struct sta
         return 0;
     }
     pthread_mutex_lock(&m->lock);
-    node *n = lookup(m, store, rel);
+    store_st *s = store_find(m, store);
+    node *n = s ? name_find(m, s, rel) : NULL;
+    peek_ctx c = {.sb = st};
+    int rc = n ? 0 : s ? peek(m, store, rel, &c) : -ENOENT;
     if (n)
         fill_stat(m, n, st);
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return rc < 0 ? -ENOENT : 0;
+}
+
+typedef struct list_ctx {
+    import_mgr *m;
+    store_st *st;
+    import_fill_fn fill;
+    void *buf;
+} list_ctx;
+
+static int list_cb(void *vctx, const index_entry *e)
+{
+    list_ctx *c = vctx;
+    if (name_find(c->m, c->st, e->path))
+        return 0; /* in memory too: listed from there */
+    node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    node_from_entry(&tmp, e);
+    struct stat sb;
+    fill_stat(c->m, &tmp, &sb);
+    return c->fill(c->buf, e->name, &sb) ? 1 : 0;
 }
 
 int import_readdir(import_mgr *m, const char *store, const char *rel, import_fill_fn fill,
@@ -1086,15 +1282,20 @@ int import_readdir(import_mgr *m, const char *store, const char *rel, import_fil
         node *d = st ? name_find(m, st, rel) : NULL;
         rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
     }
+    bool full = false;
     for (node *n = st && rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
         if (!n->visible || n->st != st || !is_child_of(n->path, rel))
             continue;
         struct stat sb;
         fill_stat(m, n, &sb);
         const char *slash = strrchr(n->path, '/');
-        if (fill(buf, slash ? slash + 1 : n->path, &sb))
+        if ((full = fill(buf, slash ? slash + 1 : n->path, &sb)))
             break;
     }
+    /* Then the remembered files of the folder: one query by folder. */
+    list_ctx c = {m, st, fill, buf};
+    if (st && rc == 0 && !full && m->ix)
+        index_list(m->ix, store, rel, list_cb, &c);
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
@@ -1104,7 +1305,8 @@ int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
     pthread_mutex_lock(&m->lock);
     store_st *st = store_get(m, store);
     int rc = st ? check_parent(m, st, rel) : -ENOMEM;
-    if (rc == 0 && name_find(m, st, rel))
+    peek_ctx c = {0};
+    if (rc == 0 && (name_find(m, st, rel) || peek(m, store, rel, &c) == 0))
         rc = -EEXIST;
     node *n = NULL;
     if (rc == 0 && !(n = node_new(m, st, rel, true, mode)))
@@ -1127,6 +1329,15 @@ int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
     return rc == 0 ? journal_settle(m) : rc;
 }
 
+/* No visible file or folder in dir: in memory, then in the index. */
+static bool dir_empty(import_mgr *m, store_st *st, const char *dir)
+{
+    for (node *n = all_first(m); n; n = all_next(m, n))
+        if (n->visible && n->st == st && is_child_of(n->path, dir))
+            return false;
+    return !m->ix || index_has_children(m->ix, st->name, dir) == 0;
+}
+
 int import_rmdir(import_mgr *m, const char *store, const char *rel)
 {
     if (!*rel)
@@ -1134,12 +1345,8 @@ int import_rmdir(import_mgr *m, const char *store, const char *rel)
     pthread_mutex_lock(&m->lock);
     node *d = lookup(m, store, rel);
     int rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
-    for (node *n = rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
-        if (n->visible && n->st == d->st && is_child_of(n->path, rel)) {
-            rc = -ENOTEMPTY;
-            break;
-        }
-    }
+    if (rc == 0 && !dir_empty(m, d->st, rel))
+        rc = -ENOTEMPTY;
     if (rc == 0)
         imp_node_unlist(m, d);
     pthread_mutex_unlock(&m->lock);
@@ -1267,7 +1474,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     pthread_mutex_lock(&m->lock);
     store_st *st = store_get(m, store);
     int rc = st ? check_parent(m, st, rel) : -ENOMEM;
-    node *existing = rc == 0 ? name_find(m, st, rel) : NULL;
+    node *existing = rc == 0 ? find(m, st, rel) : NULL;
     pthread_mutex_unlock(&m->lock);
     if (rc < 0)
         return rc;
@@ -1576,6 +1783,13 @@ static int sync_spool_file(import_mgr *m, int fd, const char **what)
     return rc;
 }
 
+/* The path of a remembered file with the same instance (into ctx). */
+static int other_cb(void *ctx, const index_entry *e)
+{
+    snprintf(ctx, 300, "%s", e->path);
+    return 0;
+}
+
 /* Validates the current content of h's file and accepts it if it is DICOM
  * Part 10. Returns what flush() returns. */
 static int validate(import_mgr *m, handle *h)
@@ -1650,12 +1864,15 @@ static int validate(import_mgr *m, handle *h)
     n->st->bytes_spooled += n->size;
     sop_insert(m, n);
     node *dup = m->cfg.upload_present ? NULL : sop_other(m, n);
-    if (dup) {
+    char other[300] = "";
+    if (!dup && !m->cfg.upload_present && m->ix && n->sop[0])
+        index_find_sop(m->ix, n->st->name, n->sop, n->path, other_cb, other);
+    if (dup || *other) {
         /* Duplicates within a copy are known now: the import would keep
          * only one of them anyway. */
-        char why[300];
+        char why[600];
         snprintf(why, sizeof why, "%s (SOP Instance UID %s) has this instance",
-                 dup->visible ? dup->path : "a file copied before", n->sop);
+                 dup ? (dup->visible ? dup->path : "a file copied before") : other, n->sop);
         imp_node_present(m, n, why);
     } else if (!up_stream_accepted(m, n, n->size)) {
         /* A stream that sent this very content finishes the upload;
@@ -1808,6 +2025,11 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
 static int rename_dir(import_mgr *m, node *d, const char *to)
 {
     size_t fl = strlen(d->path);
+    /* Remembered files below it move in the index (nodes of them in
+     * memory are rewritten to the same rows below). */
+    int rc = m->ix ? index_move_tree(m->ix, d->st->name, d->path, to) : 0;
+    if (rc < 0)
+        return rc;
     /* Children first, while d->path is still the old prefix. */
     for (node *n = all_first(m); n; n = all_next(m, n)) {
         if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
@@ -1833,9 +2055,9 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         return -EINVAL;
     pthread_mutex_lock(&m->lock);
     store_st *st = store_find(m, store);
-    node *src = st ? name_find(m, st, from) : NULL;
+    node *src = st ? find(m, st, from) : NULL;
     int rc = src ? check_parent(m, st, to) : -ENOENT;
-    node *dst = rc == 0 ? name_find(m, st, to) : NULL;
+    node *dst = rc == 0 ? find(m, st, to) : NULL;
     if (rc == 0 && src->is_dir && (is_below(to, from) || strcmp(to, from) == 0))
         rc = strcmp(to, from) == 0 ? 0 : -EINVAL;
     if (rc == 0 && dst == src)
@@ -1848,11 +2070,8 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         else if (!src->is_dir && dst->is_dir)
             rc = -EISDIR;
         else if (dst->is_dir) {
-            for (node *n = all_first(m); n; n = all_next(m, n))
-                if (n->visible && n->st == st && is_child_of(n->path, to)) {
-                    rc = -ENOTEMPTY;
-                    break;
-                }
+            if (!dir_empty(m, st, to))
+                rc = -ENOTEMPTY;
             if (rc == 0)
                 imp_node_unlist(m, dst);
         } else {
@@ -1867,12 +2086,15 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
             rc = rename_dir(m, src, to);
         if (rc == 0) {
             name_remove(m, src);
+            if (!src->is_dir)
+                node_unindex(m, src); /* its row is under the old name */
             free(src->path);
             src->path = np;
             np = NULL;
             name_insert(m, src);
             clock_gettime(CLOCK_REALTIME, &src->ctime);
             rc = imp_node_journal(m, src);
+            imp_node_maybe_free(m, src);
         }
         free(np);
     }
@@ -1892,19 +2114,27 @@ int import_unlink(import_mgr *m, const char *store, const char *rel)
     return rc == 0 ? journal_settle(m) : rc;
 }
 
+static const char *state_name(const node *n)
+{
+    return n->state == ST_UPLOADED   ? (node_importing(n) ? "importing" : "uploaded")
+           : n->state == ST_IMPORTED ? "imported"
+           : n->state == ST_PRESENT  ? "present"
+           : n->state == ST_FAILED   ? "failed"
+                                     : "pending";
+}
+
 int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen)
 {
     pthread_mutex_lock(&m->lock);
-    node *n = *rel ? lookup(m, store, rel) : NULL;
-    int rc = !*rel ? -ENODATA : !n ? -ENOENT : n->is_dir ? -ENODATA : 0;
-    if (rc == 0) {
-        const char *name = n->state == ST_UPLOADED ? (node_importing(n) ? "importing" : "uploaded")
-                           : n->state == ST_IMPORTED ? "imported"
-                           : n->state == ST_PRESENT  ? "present"
-                           : n->state == ST_FAILED   ? "failed"
-                                                     : "pending";
-        snprintf(out, outlen, "%s", name);
-    }
+    store_st *st = store_find(m, store);
+    node *n = *rel && st ? name_find(m, st, rel) : NULL;
+    peek_ctx c = {.state = out, .statelen = outlen};
+    int rc = !*rel ? -ENODATA
+             : n   ? (n->is_dir ? -ENODATA : 0)
+             : st  ? peek(m, store, rel, &c)
+                   : -ENOENT;
+    if (rc == 0 && n)
+        snprintf(out, outlen, "%s", state_name(n));
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
@@ -1923,7 +2153,7 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1938,32 +2168,34 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
         /* Written to the log now (survives a daemon kill); made durable by
          * the next sync point: an fsync per utimens would halve rsync's speed. */
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }
 
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
         n->mode = mode & 07777;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }
 
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1973,7 +2205,8 @@ int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, g
             n->gid = gid;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }

@@ -18,6 +18,7 @@
 #include "upconc.h"
 #include "dicom.h"
 #include "import.h"
+#include "index.h"
 #include "journal.h"
 #include "present.h"
 #include "spool.h"
@@ -137,6 +138,11 @@ struct node {
      * coordinator's and the cache's walks never visit, so their cost does
      * not grow with the number of files imported. */
     bool settled;
+    /* indexed: the index (index.c) has a row for (st, path). A settled
+     * file lives there alone: its record leaves the journal and the node
+     * leaves memory once nothing refers to it (imp_node_maybe_free); a
+     * lookup by name brings it back (fault_in in import.c). */
+    bool indexed;
     node *qnext; /* work queue */
     node *snext; /* SOP table chain (while in_sops) */
     bool in_sops;
@@ -148,6 +154,8 @@ struct import_mgr {
     gcs_client *gcs;
     hc_client *hc;
     journal *j;
+    index_db *ix; /* remembered files (cache_dir/index.sqlite) */
+    bool loading; /* journal records being loaded: no journal writes */
     spool *sp;
     pthread_mutex_t lock;
     pthread_cond_t work_cond;   /* workers: queue non-empty or stop */
@@ -191,11 +199,14 @@ double imp_now(void); /* CLOCK_MONOTONIC seconds */
 int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);
 void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
+/* Frees n when nothing refers to it: unlisted, or settled and indexed
+ * (it then lives in the index only). n may be gone on return. */
 void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
-/* Moves n to the remembered list when it is settled (see node.settled). */
+/* Moves n to the remembered list when it is settled (see node.settled),
+ * and its record from the journal to the index. */
 void imp_node_settle(import_mgr *m, node *n);
 /* Changes n's state with its bookkeeping (the state machine: see import.c). */
 int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes);
