@@ -1186,7 +1186,9 @@ void import_mgr_free(import_mgr *m)
     if (!m)
         return;
     up_stop(m);
-    if (m->j)
+    /* A clean stop leaves a compact journal: only files in flight (the
+     * records of remembered files moved to the index). */
+    if (m->j && journal_compact(m->j) < 0)
         journal_sync(m->j);
     for (node *n = all_first(m), *nx; n; n = nx) {
         nx = all_next(m, n);
