@@ -1161,8 +1161,13 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     }
     if (rc == 0)
         rc = spool_open(m->cache_dir, &m->sp);
-    if (rc == 0)
-        rc = index_open(m->cache_dir, &m->ix);
+    if (rc == 0 && index_open(m->cache_dir, &m->ix) < 0)
+        /* A full cache disk must not stop the imports that would free it:
+         * without the index, files imported from now on are remembered in
+         * memory and the journal (moved to the index at a later mount). */
+        log_error("import: the index of remembered files cannot be opened (above): files "
+                  "imported in earlier runs are not listed in import/ until it can be; free "
+                  "space in the cache directory and remount");
     if (rc == 0) {
         spool_set_eager_dir_sync(m->sp, m->cfg.sync_close);
         pthread_mutex_lock(&m->lock);
