@@ -85,7 +85,6 @@ def fill_index(cache, store, n, per_folder, folders):
             yield (sid, parent, f"f{i:07d}.dcm", "%032x" % (i + 1), 3, 16384, 0o644, os.getuid(),
                    os.getgid(), now, 0, now, 0, now, 0, f"1.2.826.0.1.3680043.10.511.{i + 1}",
                    "1.2.3", "1.2.3.4")
-    db.execute("BEGIN")
     db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    rows())
     db.commit()
@@ -99,53 +98,12 @@ def timed(argv):
     return time.monotonic() - t0
 
 
-def part_a(args, build_dir, work):
-    emu = bench.Emulator(build_dir, work)
-    store = "scale"
-    m = bench.Mount(build_dir, emu, work, uploads=0, name="mnt-a")
-    try:
-        os.mkdir(m.store_dir(store))
-        imp = os.path.join(m.store_dir(store), "import")
-        folders = [f"d{i:03d}" for i in range(max(1, args.remembered // args.folder))]
-        for f in folders:
-            os.mkdir(os.path.join(imp, f))
-        m.stop()
-        bench.log(f"a: filling the index with {args.remembered} rows")
-        t = time.monotonic()
-        fill_index(m.cache, f"{bench.DATASET_NAME}/dicomStores/{store}", args.remembered,
-                   args.folder, folders)
-        bench.log(f"a: filled in {time.monotonic() - t:.1f} s "
-                  f"({os.path.getsize(os.path.join(m.cache, 'index.sqlite')) / MiB:.0f} MiB)")
-        os.rmdir(m.mnt)
-        os.rename(m.log.name, m.log.name + ".1")
-        m = bench.Mount(build_dir, emu, work, uploads=0, name="mnt-a")
-        # The same cache dir: Mount made a new empty one; use the filled one.
-    finally:
-        pass
-    m.stop()
-    shutil.rmtree(m.cache)
-    os.rename(os.path.join(work, "mnt-a-cache-filled"), m.cache) if os.path.exists(
-        os.path.join(work, "mnt-a-cache-filled")) else None
-    return emu
-
-
-def mount_on(build_dir, emu, work, cache, name):
-    """A Mount of an existing cache dir."""
-    tmp = tempfile.mkdtemp(dir=work, prefix=name + "-")
-    m = bench.Mount(build_dir, emu, tmp, uploads=0, name=name)
-    m.stop()
-    shutil.rmtree(m.cache)
-    shutil.move(cache, m.cache)
-    os.rename(m.log.name, m.log.name + ".first")
-    return bench.Mount.__new__(bench.Mount), m
-
-
 def measure_a(args, build_dir, work):
     emu = bench.Emulator(build_dir, work)
     try:
         store = "scale"
-        m = bench.Mount(build_dir, emu, os.path.join(work, "a1") if _mk(work, "a1") else "",
-                        uploads=0, name="mnt")
+        os.makedirs(os.path.join(work, "a1"))
+        m = bench.Mount(build_dir, emu, os.path.join(work, "a1"), uploads=0, name="mnt")
         os.mkdir(m.store_dir(store))
         imp = os.path.join(m.store_dir(store), "import")
         folders = [f"d{i:03d}" for i in range(max(1, args.remembered // args.folder))]
@@ -159,11 +117,15 @@ def measure_a(args, build_dir, work):
                    args.folder, folders)
         size = os.path.getsize(os.path.join(cache, "index.sqlite")) / MiB
         bench.log(f"a: filled in {time.monotonic() - t:.1f} s, index.sqlite {size:.0f} MiB")
-        # Remount on the same cache: a second work dir whose cache is this one.
+        # Remount on the same cache (bench.Mount's extra options come last:
+        # this cache_dir wins over the new empty one it makes).
         w2 = os.path.join(work, "a2")
         os.makedirs(w2)
-        os.symlink(cache, os.path.join(w2, "mnt-cache"))
-        m2 = Mount2(build_dir, emu, w2, cache)
+        os.environ["DICOMFS_BENCH_OPTS"] = f"cache_dir={cache}"
+        try:
+            m2 = bench.Mount(build_dir, emu, w2, uploads=0, name="mnt")
+        finally:
+            del os.environ["DICOMFS_BENCH_OPTS"]
         try:
             pid = m2.proc.pid
             imp = os.path.join(m2.store_dir(store), "import")
@@ -182,19 +144,6 @@ def measure_a(args, build_dir, work):
         return res
     finally:
         emu.stop()
-
-
-def _mk(work, name):
-    os.makedirs(os.path.join(work, name))
-    return True
-
-
-class Mount2(bench.Mount):
-    """bench.Mount on an existing cache directory."""
-
-    def __init__(self, build_dir, emu, work, cache):
-        self._cache = cache
-        super().__init__(build_dir, emu, work, uploads=0, name="mnt")
 
 
 def measure_b(args, build_dir, work, data_root):
