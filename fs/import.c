@@ -67,8 +67,10 @@
  *   truncates, acceptance, rejection, unlink and rename tell the streaming
  *   side (up_stream_wrote/_accepted/_drop) so that a stream never finishes
  *   with content other than what close() accepted.
- * - Memory: file data is never held in memory; per file only a small
- *   struct (and the same metadata in the journal's map).
+ * - Memory: file data is never held in memory; per file in flight only a
+ *   small struct (and the same metadata in the journal's map). Remembered
+ *   files live in the index (index.c) and come into memory only while an
+ *   operation uses them (find/fault_in; see docs/migrations.md).
  */
 #include "import_int.h"
 
