@@ -21,6 +21,7 @@ usage: tests/bench/scale.py [--remembered 1000000] [--folder 10000]
          [--sizes 10000,200000] [--kib 16] [--skip-a] [--skip-b] [--smoke]
 """
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -197,7 +198,7 @@ def main():
     try:
         if not args.skip_a:
             a = measure_a(args, build_dir, os.path.join(work, "a"))
-            print("a:", a, flush=True)
+            print("RESULT a", json.dumps(a), flush=True)
             ok_a = a["rss_after_ls_mib"] <= 100 and a["ls_l_first_s"] < 1
             print(f"a: RSS {a['rss_after_mount_mib']:.1f} MiB after mount, "
                   f"{a['rss_after_ls_mib']:.1f} MiB after ls -l (target <= 100); "
@@ -210,6 +211,7 @@ def main():
             data = os.path.join(work, "data")
             os.makedirs(data)
             b = measure_b(args, build_dir, os.path.join(work, "b"), data)
+            print("RESULT b", json.dumps(b), flush=True)
             base = b[0]["cp_ms_per_file"]
             for r in b:
                 print(f"b: N={r['n']}: cp {r['cp_ms_per_file']:.3f} ms/file "
