@@ -56,7 +56,9 @@ static const char *const queries[Q_N] = {
     [Q_HASCHILD] = "SELECT 1 FROM files WHERE store = ?1 AND parent = ?2 LIMIT 1",
     [Q_MOVE] = "UPDATE OR REPLACE files SET parent = ?3 || substr(parent, length(?2) + 1) "
                "WHERE store = ?1 AND (parent = ?2 OR (parent >= ?2 || '/' AND parent < ?2 || '0'))",
-    [Q_SOP] = "SELECT " COLS " FROM files WHERE store = ?1 AND sop = ?2 AND "
+    /* INDEXED BY: with the NOT clause the planner would otherwise walk the
+     * store's whole primary-key range (every remembered file per close). */
+    [Q_SOP] = "SELECT " COLS " FROM files INDEXED BY files_sop WHERE store = ?1 AND sop = ?2 AND "
               "NOT (parent = ?3 AND name = ?4) LIMIT 1",
     [Q_STORE_GET] = "SELECT id FROM stores WHERE name = ?1",
     [Q_STORE_ADD] = "INSERT INTO stores(name) VALUES (?1)",

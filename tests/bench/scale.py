@@ -46,30 +46,38 @@ def rss_kib(pid, key="VmRSS"):
     return -1
 
 
+STUDY_FILES = 500  # instances per study: a CT series' order of magnitude
+
+
 def template(path, kib):
-    """One Part-10 file of about kib KiB whose SOP Instance UID is a
-    fixed-length placeholder, so copies differ by patching bytes only."""
+    """One Part-10 file of about kib KiB whose Study and SOP Instance UIDs
+    are fixed-length placeholders, so copies differ by patching bytes only."""
     from pydicom.uid import generate_uid
-    placeholder = "1.2.826.0.1.3680043.10.511.9" + "0" * 24
-    bench.make_dicom(path, generate_uid(), generate_uid(), placeholder, kib * 1024)
+    sop = "1.2.826.0.1.3680043.10.511.9" + "0" * 24
+    study = "1.2.826.0.1.3680043.10.511.8" + "0" * 24
+    bench.make_dicom(path, study, generate_uid(), sop, kib * 1024)
     with open(path, "rb") as f:
         data = f.read()
-    assert data.count(placeholder.encode()) >= 2, "placeholder UID not found twice"
-    return data, placeholder.encode()
+    assert data.count(sop.encode()) >= 2, "placeholder SOP Instance UID not found twice"
+    assert data.count(study.encode()) >= 1, "placeholder Study UID not found"
+    return data, sop.encode(), study.encode()
 
 
 def make_files(root, n, kib, per_dir=1000):
-    """n files (folders of per_dir), each a distinct instance."""
-    data, ph = template(os.path.join(root, "template.dcm"), kib)
+    """n files (folders of per_dir), each a distinct instance, STUDY_FILES
+    per study (the store's present check fetches a study's list once)."""
+    data, sop, study = template(os.path.join(root, "template.dcm"), kib)
     os.remove(os.path.join(root, "template.dcm"))
     src = os.path.join(root, f"src{n}")
+    tag = "%06d" % (int.from_bytes(os.urandom(3), "big") % 1000000)  # differs per run
     for i in range(n):
         d = os.path.join(src, f"d{i // per_dir:04d}")
         if i % per_dir == 0:
             os.makedirs(d)
-        uid = (ph[:-24] + b"%024d" % (i + 1))
+        body = data.replace(sop, sop[:-24] + b"%024d" % (i + 1))
+        body = body.replace(study, study[:-24] + b"%s%018d" % (tag.encode(), i // STUDY_FILES))
         with open(os.path.join(d, f"f{i:07d}.dcm"), "wb") as f:
-            f.write(data.replace(ph, uid))
+            f.write(body)
     return src
 
 
