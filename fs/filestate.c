@@ -493,7 +493,8 @@ void imp_node_maybe_free(import_mgr *m, node *n)
 
 /* The state machine of a file, in one place: every change of n->state
  * after loading goes through here (lock held), with its bookkeeping
- * (batch membership, counters, journal record, follow-up work).
+ * (batch membership, counters, journal or index record, the remembered
+ * list, follow-up work for the uploader's queue).
  *
  *   (created) NEW -> ACCEPTED   validate(): close() accepted the content
  *   ACCEPTED -> UPLOADED         upload or stream verified (bytes: its size)
@@ -504,6 +505,7 @@ void imp_node_maybe_free(import_mgr *m, node *n)
  *   any -> FAILED                imp_node_fail (the reason is set there)
  *   any -> WITHDRAWN             unlinked, replaced, or failed without a name
  *   IMPORTED/PRESENT/FAILED -> NEW  rewritten whole (rewrite_released)
+ *   ACCEPTED -> NEW              its record could not be written (validate)
  *
  * Returns the journal's result (what close() reports for ACCEPTED). */
 int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)

@@ -279,6 +279,19 @@ static int one_row(index_db *ix, sqlite3_stmt *s, index_cb cb, void *ctx, const 
     return rc;
 }
 
+/* Statement q with store's id bound at 1 (*out): 1, 0 for a store the
+ * index does not know (nothing to find), or a negative errno. */
+static int store_stmt(index_db *ix, const char *store, int q, sqlite3_stmt **out)
+{
+    int64_t sid;
+    int rc = store_lookup(ix, store, false, &sid);
+    if (rc < 0 || sid == 0)
+        return rc;
+    *out = stmt(ix, q);
+    sqlite3_bind_int64(*out, 1, sid);
+    return 1;
+}
+
 /* Binds (store id, parent, name) of path at 1..3; 0, or -ENOENT for an
  * unknown store. */
 static int bind_key(index_db *ix, sqlite3_stmt *s, const char *store, const char *path)
@@ -316,14 +329,12 @@ int index_del(index_db *ix, const char *store, const char *path)
 
 int index_list(index_db *ix, const char *store, const char *dir, index_cb cb, void *ctx)
 {
-    int64_t sid;
-    int rc = store_lookup(ix, store, false, &sid);
-    if (rc < 0 || sid == 0)
-        return rc;
+    int rc;
     char after[1024] = ""; /* names are at most 255 bytes */
     for (;;) {
-        sqlite3_stmt *s = stmt(ix, Q_LIST);
-        sqlite3_bind_int64(s, 1, sid);
+        sqlite3_stmt *s;
+        if ((rc = store_stmt(ix, store, Q_LIST, &s)) <= 0)
+            return rc;
         bind_text(s, 2, dir, -1);
         bind_text(s, 3, after, -1);
         sqlite3_bind_int(s, 4, INDEX_PAGE);
@@ -348,12 +359,10 @@ int index_list(index_db *ix, const char *store, const char *dir, index_cb cb, vo
 
 int index_has_children(index_db *ix, const char *store, const char *dir)
 {
-    int64_t sid;
-    int rc = store_lookup(ix, store, false, &sid);
-    if (rc < 0 || sid == 0)
+    sqlite3_stmt *s;
+    int rc = store_stmt(ix, store, Q_HASCHILD, &s);
+    if (rc <= 0)
         return rc;
-    sqlite3_stmt *s = stmt(ix, Q_HASCHILD);
-    sqlite3_bind_int64(s, 1, sid);
     bind_text(s, 2, dir, -1);
     rc = sqlite3_step(s);
     sqlite3_reset(s);
@@ -362,12 +371,10 @@ int index_has_children(index_db *ix, const char *store, const char *dir)
 
 int index_move_tree(index_db *ix, const char *store, const char *from, const char *to)
 {
-    int64_t sid;
-    int rc = store_lookup(ix, store, false, &sid);
-    if (rc < 0 || sid == 0)
+    sqlite3_stmt *s;
+    int rc = store_stmt(ix, store, Q_MOVE, &s);
+    if (rc <= 0)
         return rc;
-    sqlite3_stmt *s = stmt(ix, Q_MOVE);
-    sqlite3_bind_int64(s, 1, sid);
     bind_text(s, 2, from, -1);
     bind_text(s, 3, to, -1);
     return sqlite3_step(s) == SQLITE_DONE ? 0 : fail(ix, "moving a folder");
@@ -406,12 +413,10 @@ int index_stores(index_db *ix, int (*cb)(void *ctx, const char *store), void *ct
 
 int64_t index_count(index_db *ix, const char *store)
 {
-    int64_t sid;
-    int rc = store_lookup(ix, store, false, &sid);
-    if (rc < 0 || sid == 0)
+    sqlite3_stmt *s;
+    int rc = store_stmt(ix, store, Q_COUNT, &s);
+    if (rc <= 0)
         return rc;
-    sqlite3_stmt *s = stmt(ix, Q_COUNT);
-    sqlite3_bind_int64(s, 1, sid);
     int64_t n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
     sqlite3_reset(s);
     return n < 0 ? fail(ix, "counting rows") : n;
