@@ -332,7 +332,7 @@ int index_list(index_db *ix, const char *store, const char *dir, index_cb cb, vo
     int rc;
     char after[1024] = ""; /* names are at most 255 bytes */
     for (;;) {
-        sqlite3_stmt *s;
+        sqlite3_stmt *s = NULL;
         if ((rc = store_stmt(ix, store, Q_LIST, &s)) <= 0)
             return rc;
         bind_text(s, 2, dir, -1);
@@ -359,7 +359,7 @@ int index_list(index_db *ix, const char *store, const char *dir, index_cb cb, vo
 
 int index_has_children(index_db *ix, const char *store, const char *dir)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = NULL;
     int rc = store_stmt(ix, store, Q_HASCHILD, &s);
     if (rc <= 0)
         return rc;
@@ -371,7 +371,7 @@ int index_has_children(index_db *ix, const char *store, const char *dir)
 
 int index_move_tree(index_db *ix, const char *store, const char *from, const char *to)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = NULL;
     int rc = store_stmt(ix, store, Q_MOVE, &s);
     if (rc <= 0)
         return rc;
@@ -413,7 +413,7 @@ int index_stores(index_db *ix, int (*cb)(void *ctx, const char *store), void *ct
 
 int64_t index_count(index_db *ix, const char *store)
 {
-    sqlite3_stmt *s;
+    sqlite3_stmt *s = NULL;
     int rc = store_stmt(ix, store, Q_COUNT, &s);
     if (rc <= 0)
         return rc;
