@@ -10,10 +10,13 @@
 #include "index.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -157,6 +160,14 @@ int index_open(const char *dir, index_db **out)
         free(ix);
         free(file);
         return -ENOMEM;
+    }
+    /* Created 0600 first: SQLite gives its -wal and -shm files the mode of
+     * the database file (the cache holds users' file names). */
+    int fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0) {
+        if (fchmod(fd, 0600) < 0)
+            log_warn("index: cannot make %s private: %s", file, strerror(errno));
+        close(fd);
     }
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc = sqlite3_open_v2(file, &ix->db, flags, NULL) == SQLITE_OK ? 0 : -EIO;

@@ -1118,7 +1118,10 @@ static void batch_drop(import_mgr *m, batch *b)
     imp_batch_free(m, b);
 }
 
-static void tick(import_mgr *m, double now)
+/* One pass of the coordinator. Returns how long its walk of the files in
+ * flight took (not the imports started or polled, which wait on the
+ * network). */
+static double tick(import_mgr *m, double now)
 {
     streams_reap(m);
     for (store_st *st = m->stores; st; st = st->next)
@@ -1129,6 +1132,7 @@ static void tick(import_mgr *m, double now)
         if (b->state == B_IMPORTING)
             b->st->running++;
     }
+    double walk0 = imp_now();
     for (node *n = m->head; n; n = n->next) {
         if (n->is_dir)
             continue;
@@ -1146,6 +1150,7 @@ static void tick(import_mgr *m, double now)
         if (n->stream && n->state == ST_NEW)
             b->n_streaming++;
     }
+    double walk = imp_now() - walk0;
     /* Running operations first (one that ends frees a slot for the batches
      * that follow), then the oldest sealed batches, then open ones. */
     for (batch *b = m->batches; b && !m->stop; b = b->next) {
@@ -1172,6 +1177,7 @@ static void tick(import_mgr *m, double now)
                  b->n_refs == 0)
             batch_drop(m, b); /* no file refers to it any more */
     }
+    return walk;
 }
 
 /* Waits on cond (m->lock held) for a signal or for `seconds`. */
@@ -1228,12 +1234,11 @@ static void *coord_main(void *arg)
             continue;
         }
         last = now;
-        tick(m, now);
         /* A tick walks the files in flight (up to a full cache of them),
-         * holding the lock: spaced so that it takes at most 1/TICK_SHARE
-         * of the time, whatever their number. */
-        double took = imp_now() - now;
-        gap = took * TICK_SHARE > TICK_MIN_S ? took * TICK_SHARE : TICK_MIN_S;
+         * holding the lock: spaced so that the walks take at most
+         * 1/TICK_SHARE of the time, whatever their number. */
+        double walk = tick(m, now);
+        gap = walk * TICK_SHARE > TICK_MIN_S ? walk * TICK_SHARE : TICK_MIN_S;
         if (m->stop)
             break;
         wait_kick(m, next_wait(m, imp_now()));

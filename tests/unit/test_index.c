@@ -71,6 +71,17 @@ TEST(put_get_reopen)
     index_entry e = entry("a/b/c.dcm", "1.2.3.4", 16384);
     CHECK_EQ_INT(index_put(ix, STORE, &e), 0);
     index_close(ix);
+    /* private: the cache holds users' file names */
+    const char *files[] = {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm"};
+    for (int i = 0; i < 3; i++) {
+        char p[192];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        if (stat(p, &sb) == 0)
+            CHECK_EQ_INT(sb.st_mode & 0777, 0600);
+        else
+            CHECK(i > 0); /* WAL files may be gone after a clean close */
+    }
     CHECK_EQ_INT(index_open(dir, &ix), 0);
     got g = {0};
     CHECK_EQ_INT(index_get(ix, STORE, "a/b/c.dcm", keep, &g), 0);
