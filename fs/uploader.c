@@ -478,7 +478,7 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&m->work_cond, &m->lock);
             continue;
         }
-        double now = imp_now();
+        double now = util_now_s();
         job_ctx j = {.kind = job_for(n, now)};
         if (j.kind == JOB_NONE) {
             imp_node_maybe_free(m, n);
@@ -487,15 +487,15 @@ static void *worker_main(void *arg)
         n->busy = true;
         if (j.kind == JOB_UPLOAD && check_present(m, n)) {
             n->busy = false;
-            if (job_for(n, imp_now()) != JOB_NONE)
+            if (job_for(n, util_now_s()) != JOB_NONE)
                 up_enqueue(m, n);
             imp_node_maybe_free(m, n);
             pthread_cond_signal(&m->tick_cond);
             continue;
         }
-        if (j.kind == JOB_UPLOAD && job_for(n, imp_now()) != JOB_UPLOAD) {
+        if (j.kind == JOB_UPLOAD && job_for(n, util_now_s()) != JOB_UPLOAD) {
             n->busy = false; /* changed while its study was fetched */
-            if (job_for(n, imp_now()) != JOB_NONE)
+            if (job_for(n, util_now_s()) != JOB_NONE)
                 up_enqueue(m, n);
             imp_node_maybe_free(m, n);
             continue;
@@ -522,7 +522,7 @@ static void *worker_main(void *arg)
             rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
 
         pthread_mutex_lock(&m->lock);
-        now = imp_now();
+        now = util_now_s();
         m->active--;
         if (j.kind == JOB_UPLOAD && rc == 0)
             adapt_concurrency(m, now, size);
@@ -620,7 +620,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     n->stream = NULL;
     n->busy = false;
     n->staged = true; /* even after an error the final chunk may have landed */
-    double now = imp_now();
+    double now = util_now_s();
     if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
         imp_node_to(m, n, ST_UPLOADED, s->final_size);
         log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
@@ -908,7 +908,7 @@ static void start_import(import_mgr *m, batch *b)
     memset(&err, 0, sizeof err);
     int rc = start_or_adopt(m, id, store, uri, &op, &err);
     pthread_mutex_lock(&m->lock);
-    double now = imp_now();
+    double now = util_now_s();
     if (rc == HC_OK && op) {
         b->op = op;
         op = NULL;
@@ -993,7 +993,7 @@ static void verify(import_mgr *m, batch *b)
                      "retrying",
                      b->id, err.http_status, err.message);
             store_pause_http(m, b->st, &err, "checking which files arrived in the store");
-            b->next_try = imp_now() + b->backoff;
+            b->next_try = util_now_s() + b->backoff;
             b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
             return;
         }
@@ -1012,7 +1012,7 @@ static void verify(import_mgr *m, batch *b)
     if (missing) {
         log_warn("import: %s: batch %s: %d file(s) not in the store: importing them again",
                  b->st->name, b->id, missing);
-        reimport(m, b, imp_now());
+        reimport(m, b, util_now_s());
         return;
     }
     b->state = B_DONE;
@@ -1056,7 +1056,7 @@ static void poll_op(import_mgr *m, batch *b)
         rc = hc_operation_parse(json, len, &op);
     free(json);
     pthread_mutex_lock(&m->lock);
-    double now = imp_now();
+    double now = util_now_s();
     char cause[900];
     if (rc == HC_ERR_HTTP && err.http_status == 404 && err.kind == HTTP_KIND_SERVER) {
         /* Expired or deleted with its dataset: which files arrived? */
@@ -1230,15 +1230,7 @@ static void tick(import_mgr *m, double now)
 /* Waits on cond (m->lock held) for a signal or for `seconds`. */
 static void wait_on(import_mgr *m, pthread_cond_t *cond, double seconds)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long ns = (long)(seconds * 1e9) + 1;
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec += ns % 1000000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = util_timespec_in(CLOCK_REALTIME, seconds);
     pthread_cond_timedwait(cond, &m->lock, &ts);
 }
 
@@ -1273,7 +1265,7 @@ static void *coord_main(void *arg)
     double last = -1e9;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
-        double now = imp_now();
+        double now = util_now_s();
         if (now - last < TICK_MIN_S) {
             /* Kicked too soon after the last tick: wait out the rest (kicks
              * meanwhile are covered by the tick that follows). */
@@ -1284,7 +1276,7 @@ static void *coord_main(void *arg)
         tick(m, now);
         if (m->stop)
             break;
-        wait_kick(m, next_wait(m, imp_now()));
+        wait_kick(m, next_wait(m, util_now_s()));
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;

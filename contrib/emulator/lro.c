@@ -380,9 +380,7 @@ void hc_op_fail(hc_op *op, int code, const char *fmt, ...)
     hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&lro->mu);
     if (!op->err_code) {
@@ -415,9 +413,7 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
     hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -473,13 +469,7 @@ static void wait_turn(hc_op *op)
     pthread_mutex_lock(&lro->mu);
     while (earlier_running(op) && !op->cancel_req && !op->deleted && !lro->stop &&
            !emu_shutting_down(lro->ctx)) {
-        struct timespec t;
-        clock_gettime(CLOCK_REALTIME, &t);
-        t.tv_nsec += 100000000L;
-        if (t.tv_nsec >= 1000000000L) {
-            t.tv_sec++;
-            t.tv_nsec -= 1000000000L;
-        }
+        struct timespec t = util_timespec_in(CLOCK_REALTIME, 0.1);
         pthread_cond_timedwait(&lro->cv, &lro->mu, &t);
     }
     clock_gettime(CLOCK_REALTIME, &op->start);

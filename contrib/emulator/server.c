@@ -323,19 +323,11 @@ void emu_resp_empty(emu_response *w, int status)
     w->status = status;
 }
 
-static char *vfmt(const char *fmt, va_list ap)
-{
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        return NULL;
-    return s;
-}
-
 void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
@@ -351,7 +343,7 @@ void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const c
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");

@@ -352,38 +352,6 @@ char *emu_read_text(const char *path)
     return emu_read_file(path, &text, &len) == 0 ? text : NULL;
 }
 
-/* Writes text to path atomically (temp file in the same directory, rename). */
-static int write_atomic(const char *path, const char *text)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return -errno;
-    size_t len = strlen(text);
-    const char *p = text;
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int e = errno ? errno : EIO;
-            close(fd);
-            unlink(tmp);
-            return -e;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return -e;
-    }
-    return 0;
-}
-
 /* ---- start-up ---- */
 
 static bool ends_with(const char *s, const char *suf)
@@ -563,7 +531,7 @@ int emu_gcs_bucket_create(emu_ctx *ctx, const char *name)
         char text[64];
         snprintf(text, sizeof(text), "{\"timeCreated\":\"%lld\"}\n", (long long)now);
         snprintf(path, sizeof(path), "%s/bucket.json", dir);
-        rc = write_atomic(path, text);
+        rc = util_write_atomic(path, text, strlen(text), 0600);
     }
     if (rc == 0 && !add_bucket(s, name, now))
         rc = -ENOMEM;
@@ -775,7 +743,7 @@ static int commit_locked(emu_store *s, bucket *b, emu_writer *w, const char *nam
     cJSON_Delete(side);
     int rc = EMU_STORE_IO;
     if (text && i->bucket && i->name && rename(w->path, data_path) == 0) {
-        if (write_atomic(meta_path, text) == 0)
+        if (util_write_atomic(meta_path, text, strlen(text), 0600) == 0)
             rc = EMU_STORE_OK;
         else
             unlink(data_path);
