@@ -1711,7 +1711,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .uploads = x->opt->uploads,
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
-            .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
+            .stream_min_mib = x->opt->stream_min_mib,
             .imports = x->opt->imports,
             .batch_max_files = x->opt->batch_max_files,
             .batch_max_bytes = x->opt->batch_max_bytes,

@@ -43,7 +43,7 @@
  *   while every write so far appended at its end from offset 0 (node seq /
  *   seq_end; no writeback cache, so a cp's writes arrive in order), it is
  *   not accepted yet (ST_NEW), its spool file has "DICM" at offset 128 and
- *   stream_min_mib (import_config; default 32 MiB, < 0 = never) are
+ *   stream_min_mib (import_config; 0 = never) are
  *   written; at most STREAM_MAX (4) stream at once,
  *   and a file streams at most once. Then it joins the store's open batch
  *   (its object name is fixed; the batch cannot seal while the file is
@@ -543,9 +543,10 @@ static void *worker_main(void *arg)
         free(j.object);
         free(j.label);
         /* No journal_sync here: losing an UPLOADED or deleted record in a
-         * crash only repeats an upload or a delete, and the coordinator
-         * syncs the journal after every tick (at least every 250 ms). An
-         * fsync per upload competed with the fsyncs close() waits for. */
+         * crash only repeats an upload or a delete, and the flusher thread
+         * (jflush_main) syncs the journal every JFLUSH_S (50 ms) when it
+         * changed. An fsync per upload competed with the fsyncs close()
+         * waits for. */
         pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
@@ -557,7 +558,6 @@ static void *worker_main(void *arg)
 /* A file being written into import/ is uploaded while it is written when it
  * qualifies (see the header comment): one thread per stream sends each
  * STREAM_CHUNK as soon as it is written, straight from the spool file. */
-#define STREAM_MIN_MIB 32          /* appended MiB before a stream starts (default) */
 #define STREAM_CHUNK (16u << 20)   /* bytes waiting before a chunk is sent */
 #define STREAM_MAX_PUT (32u << 20) /* largest request (an abandon waits for it) */
 #define STREAM_MAX 4               /* concurrent streams; more files wait for close */
@@ -787,7 +787,7 @@ void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
             pthread_cond_signal(&s->cond);
         return;
     }
-    int min_mib = m->cfg.stream_min_mib ? m->cfg.stream_min_mib : STREAM_MIN_MIB;
+    int min_mib = m->cfg.stream_min_mib;
     if (m->gcs && !m->stop && min_mib > 0 && !n->stream_tried && n->state == ST_NEW && !n->io_err &&
         n->seq_end >= (uint64_t)min_mib << 20)
         stream_start(m, n, fd);
