@@ -96,6 +96,19 @@ char *util_asprintf(const char *fmt, ...)
     return s;
 }
 
+void *util_grow(void *v, size_t n, size_t *cap, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return v;
+    size_t nc = *cap ? *cap * 2 : first;
+    if (nc < *cap || nc > SIZE_MAX / elem)
+        return NULL;
+    void *nv = realloc(v, nc * elem);
+    if (nv)
+        *cap = nc;
+    return nv;
+}
+
 int util_mkdirs(const char *path, mode_t mode)
 {
     char *p = strdup(path);

@@ -52,6 +52,12 @@ size_t util_pread_full(int fd, void *buf, size_t len, off_t off);
 char *util_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *util_vasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 
+/* Room for one more element in a growing array of elem-byte elements, n of
+ * them in use and *cap allocated: v itself when there is room, else v
+ * reallocated to twice *cap (first when empty) with *cap updated; NULL when
+ * out of memory (v stays valid and *cap unchanged). */
+void *util_grow(void *v, size_t n, size_t *cap, size_t elem, size_t first);
+
 /* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
 int util_mkdirs(const char *path, mode_t mode);
 

@@ -936,14 +936,10 @@ struct out_collect {
 static int add_item(struct out_collect *oc, const char *path, size_t len, bool is_dir,
                     uint64_t size)
 {
-    if (oc->n == oc->cap) {
-        size_t cap = oc->cap ? oc->cap * 2 : 64;
-        out_item *v = realloc(oc->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        oc->v = v;
-        oc->cap = cap;
-    }
+    out_item *v = util_grow(oc->v, oc->n, &oc->cap, sizeof *v, 64);
+    if (!v)
+        return -ENOMEM;
+    oc->v = v;
     char *p = strndup(path, len);
     if (!p)
         return -ENOMEM;

@@ -297,12 +297,20 @@ static node *sop_other(import_mgr *m, const node *n)
 
 /* ---------------------------------------------------------------- stores, batches */
 
-static store_st *store_get(import_mgr *m, const char *name)
+static store_st *store_find(import_mgr *m, const char *name)
 {
     for (store_st *s = m->stores; s; s = s->next)
         if (strcmp(s->name, name) == 0)
             return s;
-    store_st *s = calloc(1, sizeof *s);
+    return NULL;
+}
+
+static store_st *store_get(import_mgr *m, const char *name)
+{
+    store_st *s = store_find(m, name);
+    if (s)
+        return s;
+    s = calloc(1, sizeof *s);
     if (!s || !(s->name = strdup(name))) {
         free(s);
         return NULL;
@@ -310,14 +318,6 @@ static store_st *store_get(import_mgr *m, const char *name)
     s->next = m->stores;
     m->stores = s;
     return s;
-}
-
-static store_st *store_find(import_mgr *m, const char *name)
-{
-    for (store_st *s = m->stores; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
-            return s;
-    return NULL;
 }
 
 static batch *batch_find(import_mgr *m, const char *id)

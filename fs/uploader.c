@@ -266,16 +266,12 @@ static int collect_uid(void *ctx, const char *name, const char *json)
     uid_list *l = ctx;
     if (!name || !*name)
         return 0;
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 64;
-        char **nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv) {
-            l->oom = true;
-            return -1;
-        }
-        l->v = nv;
-        l->cap = nc;
+    char **nv = util_grow(l->v, l->n, &l->cap, sizeof *nv, 64);
+    if (!nv) {
+        l->oom = true;
+        return -1;
     }
+    l->v = nv;
     if (!(l->v[l->n] = strdup(name))) {
         l->oom = true;
         return -1;

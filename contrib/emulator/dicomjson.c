@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
+#include "util.h"
 #include "hc_internal.h"
 
 #define DJ_MAX_DEPTH 16
@@ -201,14 +202,10 @@ static void ds_free(dj_ds *ds);
 
 static dj_elem *ds_push(dj_ds *ds)
 {
-    if (ds->n == ds->cap) {
-        size_t nc = ds->cap ? ds->cap * 2 : 16;
-        dj_elem *n = realloc(ds->el, nc * sizeof *n);
-        if (!n)
-            return NULL;
-        ds->el = n;
-        ds->cap = nc;
-    }
+    dj_elem *n = util_grow(ds->el, ds->n, &ds->cap, sizeof *n, 16);
+    if (!n)
+        return NULL;
+    ds->el = n;
     dj_elem *e = &ds->el[ds->n++];
     memset(e, 0, sizeof *e);
     return e;

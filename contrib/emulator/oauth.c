@@ -97,9 +97,7 @@ static void load_keys(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "keys.json", path, sizeof(path));
-    char *text = emu_read_text(path);
-    cJSON *arr = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *arr = emu_read_json(path);
     cJSON *k;
     cJSON_ArrayForEach(k, arr)
     {
@@ -206,9 +204,7 @@ static void load_refresh(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "refresh.json", path, sizeof(path));
-    char *text = emu_read_text(path);
-    cJSON *arr = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *arr = emu_read_json(path);
     cJSON *r;
     cJSON_ArrayForEach(r, arr)
     {

@@ -210,14 +210,10 @@ static obj_rec *find_obj(const bucket *b, const char *name, size_t *pos)
 
 static int insert_obj(bucket *b, size_t pos, obj_rec *o)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64;
-        obj_rec **n = realloc(b->objs, cap * sizeof(*n));
-        if (!n)
-            return -1;
-        b->objs = n;
-        b->cap = cap;
-    }
+    obj_rec **n = util_grow(b->objs, b->n, &b->cap, sizeof(*n), 64);
+    if (!n)
+        return -1;
+    b->objs = n;
     memmove(b->objs + pos + 1, b->objs + pos, (b->n - pos) * sizeof(*b->objs));
     b->objs[pos] = o;
     b->n++;
@@ -238,14 +234,10 @@ static bucket *add_bucket(emu_store *s, const char *name, int64_t created_us)
     bucket *b = find_bucket(s, name, &pos);
     if (b)
         return b;
-    if (s->nb == s->capb) {
-        size_t cap = s->capb ? s->capb * 2 : 8;
-        bucket **n = realloc(s->b, cap * sizeof(*n));
-        if (!n)
-            return NULL;
-        s->b = n;
-        s->capb = cap;
-    }
+    bucket **n = util_grow(s->b, s->nb, &s->capb, sizeof(*n), 8);
+    if (!n)
+        return NULL;
+    s->b = n;
     b = calloc(1, sizeof(*b));
     if (!b || !(b->name = strdup(name))) {
         free(b);
@@ -345,11 +337,15 @@ int emu_read_file(const char *path, char **data, size_t *len)
     return 0;
 }
 
-char *emu_read_text(const char *path)
+cJSON *emu_read_json(const char *path)
 {
     char *text;
     size_t len;
-    return emu_read_file(path, &text, &len) == 0 ? text : NULL;
+    if (emu_read_file(path, &text, &len) != 0)
+        return NULL;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    return j;
 }
 
 /* ---- start-up ---- */
@@ -374,9 +370,7 @@ static void load_objects(emu_store *s, bucket *b)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        char *text = emu_read_text(path);
-        cJSON *j = text ? cJSON_Parse(text) : NULL;
-        free(text);
+        cJSON *j = emu_read_json(path);
         obj_rec *o = calloc(1, sizeof(*o));
         if (!j || !o || sidecar_to_info(j, b->name, &o->info) != 0) {
             log_warn("ignoring unreadable object sidecar %s", path);
@@ -430,9 +424,7 @@ static void load_buckets(emu_store *s)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s/bucket.json", dir, e->d_name);
-        char *text = emu_read_text(path);
-        cJSON *j = text ? cJSON_Parse(text) : NULL;
-        free(text);
+        cJSON *j = emu_read_json(path);
         if (!j)
             continue;
         bucket *b = add_bucket(s, e->d_name, jnum(j, "timeCreated"));

@@ -130,6 +130,27 @@ TEST(clocks_and_timed_waits)
     CHECK(at.tv_nsec >= 0 && at.tv_nsec < 1000000000L);
 }
 
+TEST(grow_doubles_from_first)
+{
+    int *v = NULL;
+    size_t n = 0, cap = 0;
+    for (int i = 0; i < 100; i++) {
+        int *nv = util_grow(v, n, &cap, sizeof *nv, 4);
+        CHECK(nv != NULL);
+        if (!nv)
+            break;
+        v = nv;
+        v[n++] = i;
+    }
+    CHECK_EQ_INT((long long)cap, 128); /* 4, 8, ..., 128 */
+    CHECK_EQ_INT(v[99], 99);
+    CHECK(util_grow(v, n, &cap, sizeof *v, 4) == v); /* room left: the same array */
+    size_t huge = SIZE_MAX / 2 + 1;
+    CHECK(util_grow(v, huge, &huge, sizeof *v, 4) == NULL); /* too large: refused */
+    CHECK(huge == SIZE_MAX / 2 + 1);
+    free(v);
+}
+
 int main(void)
 {
     RUN(asprintf_formats);
@@ -140,5 +161,6 @@ int main(void)
     RUN(mkdirs_and_atomic_write);
     RUN(utc_basic_digits);
     RUN(clocks_and_timed_waits);
+    RUN(grow_doubles_from_first);
     return test_done();
 }
