@@ -288,15 +288,9 @@ static int state_save(hc_state *hs)
         cJSON_AddItemToArray(sta, d);
     }
     cJSON_AddNumberToObject(j, "nextStore", (double)hs->next_store);
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
-    char *path;
-    int rc = -ENOMEM;
-    if (txt && asprintf(&path, "%s/state.json", hs->dir) >= 0) {
-        rc = util_write_atomic(path, txt, strlen(txt), 0600);
-        free(path);
-    }
-    free(txt);
+    char *path = util_asprintf("%s/state.json", hs->dir);
+    int rc = path ? emu_write_json(path, j, true) : (cJSON_Delete(j), -ENOMEM);
+    free(path);
     if (rc < 0)
         log_error("emulator: cannot save healthcare state: %s", strerror(-rc));
     return rc;

@@ -348,6 +348,15 @@ cJSON *emu_read_json(const char *path)
     return j;
 }
 
+int emu_write_json(const char *path, cJSON *j, bool pretty)
+{
+    char *text = pretty ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
+    free(text);
+    return rc;
+}
+
 /* ---- start-up ---- */
 
 static bool ends_with(const char *s, const char *suf)
@@ -804,8 +813,8 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     return rc;
 }
 
-emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
-                                   const unsigned char md5[16], uint32_t crc)
+/* A writer over the existing file at path (no descriptor of its own). */
+static emu_writer *writer_for(emu_ctx *ctx, const char *path)
 {
     emu_writer *w = calloc(1, sizeof(*w));
     if (!w)
@@ -813,6 +822,15 @@ emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size
     w->ctx = ctx;
     w->fd = -1;
     snprintf(w->path, sizeof(w->path), "%s", path);
+    return w;
+}
+
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc)
+{
+    emu_writer *w = writer_for(ctx, path);
+    if (!w)
+        return NULL;
     w->size = size;
     w->crc = crc;
     w->prehashed = true;
@@ -824,12 +842,9 @@ int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, co
                           const char *content_type, const cJSON *metadata, const emu_preconds *pre,
                           const char *want_md5, const char *want_crc, emu_obj_info *out)
 {
-    emu_writer *w = calloc(1, sizeof(*w));
+    emu_writer *w = writer_for(ctx, path);
     if (!w)
         return EMU_STORE_IO;
-    w->ctx = ctx;
-    w->fd = -1;
-    snprintf(w->path, sizeof(w->path), "%s", path);
     w->md5 = EVP_MD_CTX_new();
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (!w->md5 || fd < 0 || EVP_DigestInit_ex(w->md5, EVP_md5(), NULL) != 1) {
