@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 #include <zlib.h>
 
 #include "util.h"
@@ -891,10 +890,8 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
     } else if (is_number_vr(e->vr)) {
         cJSON_AddItemToObject(o, "Value", binary_numbers(e, enc));
     } else {
-        int outlen = 4 * (((int)e->len + 2) / 3) + 1;
-        char *b64 = malloc((size_t)outlen);
+        char *b64 = util_b64_encode(e->val, e->len, false);
         if (b64) {
-            EVP_EncodeBlock((unsigned char *)b64, e->val, (int)e->len);
             cJSON_AddStringToObject(o, "InlineBinary", b64);
             free(b64);
         }

@@ -873,22 +873,30 @@ int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, co
 
 /* ---- reads ---- */
 
+/* The object bucket_name/name (lock held) in *b, *o and its index *pos,
+ * if it exists and meets pre: EMU_STORE_OK, NOBUCKET, NOTFOUND or PRECOND. */
+static int find_checked(emu_store *s, const char *bucket_name, const char *name,
+                        const emu_preconds *pre, bucket **b, obj_rec **o, size_t *pos)
+{
+    *b = find_bucket(s, bucket_name, NULL);
+    *o = *b ? find_obj(*b, name, pos) : NULL;
+    if (!*b)
+        return EMU_STORE_NOBUCKET;
+    if (!*o)
+        return EMU_STORE_NOTFOUND;
+    return emu_preconds_check(pre, &(*o)->info) != EMU_STORE_OK ? EMU_STORE_PRECOND : EMU_STORE_OK;
+}
+
 int emu_store_object_get(emu_ctx *ctx, const char *bucket_name, const char *name,
                          const emu_preconds *pre, emu_obj_info *out, int *fd)
 {
     emu_store *s = ctx->store;
-    int rc = EMU_STORE_OK;
     if (fd)
         *fd = -1;
     pthread_mutex_lock(&s->mu);
-    bucket *b = find_bucket(s, bucket_name, NULL);
-    obj_rec *o = b ? find_obj(b, name, NULL) : NULL;
-    if (!b)
-        rc = EMU_STORE_NOBUCKET;
-    else if (!o)
-        rc = EMU_STORE_NOTFOUND;
-    else if (emu_preconds_check(pre, &o->info) != EMU_STORE_OK)
-        rc = EMU_STORE_PRECOND;
+    bucket *b;
+    obj_rec *o;
+    int rc = find_checked(s, bucket_name, name, pre, &b, &o, NULL);
     if (rc == EMU_STORE_OK && fd) {
         char path[4400];
         obj_data_path(ctx, b->name, o->key, o->info.generation, path, sizeof(path));
@@ -914,17 +922,11 @@ int emu_store_object_delete(emu_ctx *ctx, const char *bucket_name, const char *n
                             const emu_preconds *pre)
 {
     emu_store *s = ctx->store;
-    int rc = EMU_STORE_OK;
     pthread_mutex_lock(&s->mu);
-    bucket *b = find_bucket(s, bucket_name, NULL);
+    bucket *b;
+    obj_rec *o;
     size_t pos = 0;
-    obj_rec *o = b ? find_obj(b, name, &pos) : NULL;
-    if (!b)
-        rc = EMU_STORE_NOBUCKET;
-    else if (!o)
-        rc = EMU_STORE_NOTFOUND;
-    else if (emu_preconds_check(pre, &o->info) != EMU_STORE_OK)
-        rc = EMU_STORE_PRECOND;
+    int rc = find_checked(s, bucket_name, name, pre, &b, &o, &pos);
     if (rc == EMU_STORE_OK) {
         char path[4400];
         obj_meta_path(ctx, b->name, o->key, path, sizeof(path));
