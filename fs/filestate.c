@@ -38,13 +38,6 @@ typedef struct load_ctx {
 
 static void node_journal_del(import_mgr *m, node *n);
 
-double imp_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static uint64_t name_hash(const store_st *st, const char *path)
 {
     return util_fnv1a_str(UTIL_FNV1A_INIT ^ (uint64_t)(uintptr_t)st, path);
@@ -220,12 +213,20 @@ node *imp_sop_other(import_mgr *m, const node *n)
     return NULL;
 }
 
-store_st *imp_store_get(import_mgr *m, const char *name)
+store_st *imp_store_find(import_mgr *m, const char *name)
 {
     for (store_st *s = m->stores; s; s = s->next)
         if (strcmp(s->name, name) == 0)
             return s;
-    store_st *s = calloc(1, sizeof *s);
+    return NULL;
+}
+
+store_st *imp_store_get(import_mgr *m, const char *name)
+{
+    store_st *s = imp_store_find(m, name);
+    if (s)
+        return s;
+    s = calloc(1, sizeof *s);
     if (!s || !(s->name = strdup(name))) {
         free(s);
         return NULL;
@@ -233,14 +234,6 @@ store_st *imp_store_get(import_mgr *m, const char *name)
     s->next = m->stores;
     m->stores = s;
     return s;
-}
-
-store_st *imp_store_find(import_mgr *m, const char *name)
-{
-    for (store_st *s = m->stores; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
-            return s;
-    return NULL;
 }
 
 static batch *batch_find(import_mgr *m, const char *id)
@@ -262,11 +255,8 @@ static batch *batch_new(import_mgr *m, store_st *st, const char *id)
         unsigned char r[4] = {0};
         if (getrandom(r, sizeof r, 0) < 0)
             memset(r, 0, sizeof r);
-        time_t t = time(NULL);
-        struct tm tm;
-        gmtime_r(&t, &tm);
         char ts[32];
-        strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
+        util_utc_basic(ts, sizeof ts, time(NULL), 0, 0);
         snprintf(b->id, sizeof b->id, "%s-%02x%02x%02x%02x", ts, r[0], r[1], r[2], r[3]);
     }
     b->st = st;
@@ -653,7 +643,7 @@ static int load_batch(void *vctx, const char *key, const void *val, size_t len)
         b->state = B_SEALED; /* start it again: import ignores duplicates */
     if (b->state == B_OPEN)
         st->open = b; /* the last one takes new files; the others seal once uploaded */
-    b->last_accept = imp_now();
+    b->last_accept = util_now_s();
     return 0;
 }
 

@@ -636,7 +636,7 @@ static handle *handle_new(node *n, int fd, bool writable)
 static void note_activity(store_st *st)
 {
     if (st->open)
-        st->open->last_accept = imp_now();
+        st->open->last_accept = util_now_s();
 }
 
 /* Bytes of spool files that work in flight will free (lock held): files
@@ -656,11 +656,7 @@ static uint64_t cache_freeable(import_mgr *m)
 /* Waits (lock held) at most ms milliseconds for space_cond. */
 static void wait_space(import_mgr *m, long ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += ms * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = util_timespec_in(CLOCK_REALTIME, ms / 1000.0);
     pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
 }
 
@@ -1104,7 +1100,7 @@ static int validate(import_mgr *m, handle *h)
         return rc;
     }
     if (n->b)
-        n->b->last_accept = imp_now();
+        n->b->last_accept = util_now_s();
     n->st->bytes_spooled += n->size;
     imp_sop_insert(m, n);
     node *dup = m->cfg.upload_present ? NULL : imp_sop_other(m, n);

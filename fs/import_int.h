@@ -218,7 +218,6 @@ struct upstream {
  * upload, batch, import, verify) call down into it, never into each
  * other's upper stage: import.c calls uploader.c only to start, stop,
  * stream and fetch; uploader.c calls nothing of import.c. */
-double imp_now(void); /* CLOCK_MONOTONIC seconds (any lock) */
 /* Records: loading at start; putting a node's or batch's record (no sync;
  * a settled file's goes to the index). */
 int imp_load_records(import_mgr *m);
