@@ -39,7 +39,13 @@
 
 #include "log.h"
 
-#define SPOOL_POOL 32 /* empty files created ahead */
+#define SPOOL_FILL 32 /* empty files created ahead */
+/* Room for recycled files beyond SPOOL_FILL: the pool is refilled (new
+ * inodes) while the files in flight are still being uploaded; when they
+ * come back a pool of only SPOOL_FILL overflowed, so about one file in ten
+ * was deleted and another created (each creation scanning for recently
+ * freed inodes on a busy ext4). */
+#define SPOOL_POOL (3 * SPOOL_FILL)
 
 struct spool {
     char *dir;
@@ -64,7 +70,7 @@ static int create_file(int dirfd, char id[SPOOL_ID_LEN + 1]);
 /* Fills the pool up (lock held; dropped around each creation). */
 static void pool_fill(spool *s)
 {
-    while (!s->stop && s->pool_on && s->pool_n < SPOOL_POOL) {
+    while (!s->stop && s->pool_on && s->pool_n < SPOOL_FILL) {
         char id[SPOOL_ID_LEN + 1];
         pthread_mutex_unlock(&s->lock);
         int fd = create_file(s->pooldirfd, id);
@@ -89,7 +95,7 @@ static void *syncer_main(void *arg)
     spool *s = arg;
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
-        if (s->pool_on && s->pool_n <= SPOOL_POOL / 2) {
+        if (s->pool_on && s->pool_n <= SPOOL_FILL / 2) {
             pool_fill(s);
             continue;
         }
@@ -257,7 +263,7 @@ static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1])
     if (s->pool_n > 0) {
         fd = s->pool_fd[--s->pool_n];
         memcpy(id, s->pool_id[s->pool_n], SPOOL_ID_LEN + 1);
-        if (s->pool_n <= SPOOL_POOL / 2)
+        if (s->pool_n <= SPOOL_FILL / 2)
             pthread_cond_broadcast(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
