@@ -40,19 +40,35 @@ def sectors_written():
     return total
 
 
+def ctx_switches(pid):
+    """Context switches of every live thread of pid so far."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for ln in f:
+                    if ln.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(ln.split()[1])
+        except OSError:
+            pass  # the thread ended meanwhile
+    return total
+
+
 def run_variant(args, build_dir, opts, work, src, files, with_raw):
     os.environ["DICOMFS_BENCH_OPTS"] = opts
     b = bench.Bench(args, build_dir, work)
     try:
         w0 = sectors_written()
+        c0 = ctx_switches(b.mount.proc.pid)
         t_cp, t_done = b.dicomfs_cp(src)
+        ctx = (ctx_switches(b.mount.proc.pid) - c0) / args.n
         fs_cpu = b.cpu[0]
         disk_mib = (sectors_written() - w0) * 512 / 2**20
         raw_cpu = None
         if with_raw:
             b.raw_parallel(files)
             raw_cpu = b.cpu[0]
-        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib
+        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx
     finally:
         b.stop()
 
@@ -79,24 +95,24 @@ def main():
                 work = tempfile.mkdtemp(prefix=f"{name}.", dir=top)
                 out = run_variant(args, build_dir, opts, work, src, files, i == 0)
                 shutil.rmtree(work, ignore_errors=True)
-                res[name].append(out[:3] + out[4:])
+                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx
                 if out[3] is not None:
                     raw.append(out[3])
                 bench.log(f"round {r + 1} {name}: cp {out[0]:.2f} s, done {out[1]:.2f} s, "
                           f"client CPU {out[2] / args.n * 1e3:.3f} ms/file, "
-                          f"disk writes {out[5]:.0f} MiB")
+                          f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file")
         raw_ms = bench.median(raw) / args.n * 1e3
         print(f"\nN={args.n} x {args.size_kib} KiB, uploads={args.uploads}, medians of "
               f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file")
         print(f"{'variant':<12} {'cp s':>7} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
-              f"{'RSS MiB':>8} {'disk MiB':>9}")
+              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11}")
         for name, _, _ in variants:
             rows = res[name]
             cpu_ms = bench.median([x[2] for x in rows]) / args.n * 1e3
             print(f"{name:<12} {bench.median([x[0] for x in rows]):7.2f} "
                   f"{bench.median([x[1] for x in rows]):7.2f} {cpu_ms:12.3f} "
                   f"{cpu_ms / raw_ms:7.2f} {max(x[3] for x in rows) / 1024:8.1f} "
-                  f"{bench.median([x[4] for x in rows]):9.0f}")
+                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f}")
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
