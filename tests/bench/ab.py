@@ -7,6 +7,7 @@ one import) runs once per round as the reference for client CPU per file.
 
 usage: tests/bench/ab.py [--n 1000] [--size-kib 512] [--repeat 3] [--uploads 16]
          VARIANT...   where VARIANT is NAME=BUILD_DIR[:OPT,OPT...]
+         (an OPT DICOMFS_X=V is set in dicomfs's environment instead)
 e.g.   tests/bench/ab.py base=/tmp/base/build-release new=build-release \\
                          wb=build-release:writeback_cache
 Client CPU is cp + the whole dicomfs process from the start of cp until the
@@ -55,7 +56,14 @@ def ctx_switches(pid):
 
 
 def run_variant(args, build_dir, opts, work, src, files, with_raw):
-    os.environ["DICOMFS_BENCH_OPTS"] = opts
+    items = [o for o in opts.split(",") if o]
+    env = [o for o in items if o.startswith("DICOMFS_")]  # given to dicomfs's environment
+    os.environ["DICOMFS_BENCH_OPTS"] = ",".join(o for o in items if o not in env)
+    for k in [k for k in os.environ if k.startswith("DICOMFS_EXP")]:
+        del os.environ[k]
+    for e in env:
+        k, _, v = e.partition("=")
+        os.environ[k] = v
     b = bench.Bench(args, build_dir, work)
     try:
         w0 = sectors_written()
