@@ -75,7 +75,7 @@ def run_variant(args, build_dir, opts, work, src, files, with_raw):
         raw_cpu = None
         if with_raw:
             b.raw_parallel(files)
-            raw_cpu = b.cpu[0]
+            raw_cpu = (b.cpu[0], b.local_cp(src))
         return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx
     finally:
         b.stop()
@@ -94,7 +94,7 @@ def main():
     variants = [parse_variant(v) for v in args.variants]
     top = tempfile.mkdtemp(prefix="dicomfs-ab.")
     res = {name: [] for name, _, _ in variants}
-    raw = []
+    raw, local = [], []
     try:
         src = os.path.join(top, "data")
         files = bench.make_tree(src, args.n, args.size_kib * 1024, args.studies)
@@ -105,19 +105,23 @@ def main():
                 shutil.rmtree(work, ignore_errors=True)
                 res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx
                 if out[3] is not None:
-                    raw.append(out[3])
+                    raw.append(out[3][0])
+                    local.append(out[3][1])
                 bench.log(f"round {r + 1} {name}: cp {out[0]:.2f} s, done {out[1]:.2f} s, "
                           f"client CPU {out[2] / args.n * 1e3:.3f} ms/file, "
                           f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file")
         raw_ms = bench.median(raw) / args.n * 1e3
+        local_s = bench.median(local)
         print(f"\nN={args.n} x {args.size_kib} KiB, uploads={args.uploads}, medians of "
-              f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file")
-        print(f"{'variant':<12} {'cp s':>7} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
+              f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file; local cp -r "
+              f"{local_s:.2f} s")
+        print(f"{'variant':<12} {'cp s':>7} {'vs local':>8} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
               f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11}")
         for name, _, _ in variants:
             rows = res[name]
             cpu_ms = bench.median([x[2] for x in rows]) / args.n * 1e3
-            print(f"{name:<12} {bench.median([x[0] for x in rows]):7.2f} "
+            cp_s = bench.median([x[0] for x in rows])
+            print(f"{name:<12} {cp_s:7.2f} {local_s / cp_s:8.2f} "
                   f"{bench.median([x[1] for x in rows]):7.2f} {cpu_ms:12.3f} "
                   f"{cpu_ms / raw_ms:7.2f} {max(x[3] for x in rows) / 1024:8.1f} "
                   f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f}")
