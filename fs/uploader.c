@@ -396,7 +396,7 @@ static void release_finish(import_mgr *m, node *n)
     else
         imp_node_settle(m, n);
     n->busy = false;
-    if (job_for(n, imp_now()) != JOB_NONE)
+    if (job_for(n, util_now_s()) != JOB_NONE)
         up_enqueue(m, n);
     imp_node_maybe_free(m, n);
     pthread_cond_signal(&m->tick_cond);
@@ -409,14 +409,10 @@ static bool release_defer(import_mgr *m, node *n)
 {
     if (!m->rel_on)
         return false;
-    if (m->rel_n == m->rel_cap) {
-        size_t cap = m->rel_cap ? 2 * m->rel_cap : 64;
-        node **v = realloc(m->rel_v, cap * sizeof *v);
-        if (!v)
-            return false;
-        m->rel_v = v;
-        m->rel_cap = cap;
-    }
+    node **v = util_grow(m->rel_v, m->rel_n, &m->rel_cap, sizeof *v, 64);
+    if (!v)
+        return false;
+    m->rel_v = v;
     m->rel_v[m->rel_n++] = n;
     if (m->writers_waiting > 0)
         pthread_cond_signal(&m->jflush_cond);
