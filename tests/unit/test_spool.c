@@ -391,6 +391,61 @@ TEST(spool_pool_handout_and_cleanup)
     CHECK_EQ_INT(count_dir(pool), 0);
 }
 
+/* Every released file is kept for reuse, not only a pool's worth: after
+ * N files in flight come back, the next N files reuse their inodes
+ * (none is allocated), and spool_close removes them all. */
+TEST(spool_recycle_keeps_every_file)
+{
+    enum { N = 300 }; /* more than three pools' worth (SPOOL_POOL is 96) */
+    char dir[128], pool[160], sdir[160];
+    snprintf(dir, sizeof dir, "%s/spool-reuse-%d", root, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    snprintf(pool, sizeof pool, "%s/spool-pool", dir);
+    snprintf(sdir, sizeof sdir, "%s/spool", dir);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    if (!sp)
+        return;
+    static char ids[N][SPOOL_ID_LEN + 1];
+    static ino_t inos[N];
+    for (int i = 0; i < N; i++) {
+        int fd = spool_create(sp, ids[i]);
+        CHECK(fd >= 0);
+        struct stat st;
+        CHECK(fd >= 0 && write(fd, "data", 4) == 4 && fstat(fd, &st) == 0);
+        inos[i] = fd >= 0 ? st.st_ino : 0;
+        if (fd >= 0)
+            close(fd);
+    }
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
+    CHECK_EQ_INT(count_dir(sdir), 0);
+    CHECK(count_dir(pool) >= N); /* all kept, plus the files made ahead */
+    /* The pool is a stack: the recycled files come out first. One file
+     * made ahead may sit among them (the filler races the recycling). */
+    int reused = 0;
+    for (int i = 0; i < N - 50; i++) {
+        char id[SPOOL_ID_LEN + 1];
+        int fd = spool_create(sp, id);
+        CHECK(fd >= 0);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) != 0)
+            continue;
+        CHECK_EQ_INT(st.st_size, 0);
+        CHECK_EQ_INT(write(fd, "x", 1), 1); /* reopened by name: writable */
+        close(fd);
+        for (int k = 0; k < N; k++)
+            if (inos[k] == st.st_ino) {
+                reused++;
+                break;
+            }
+    }
+    CHECK(reused >= N - 50 - 1);
+    CHECK_EQ_INT(count_dir(sdir), N - 50);
+    spool_close(sp);
+    CHECK_EQ_INT(count_dir(pool), 0);
+}
+
 TEST(non_dicom_rejected_and_gone)
 {
     env e;
@@ -1382,6 +1437,7 @@ int main(void)
     RUN(write_error_never_accepted);
     RUN(spool_dir_sync_lazy_and_eager);
     RUN(spool_pool_handout_and_cleanup);
+    RUN(spool_recycle_keeps_every_file);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
