@@ -136,7 +136,7 @@ static int add_path(void *ctx, const filter_path *p)
         size_t nc = fs->cap ? fs->cap * 2 : 16;
         filter_path *nv = realloc(fs->v, nc * sizeof *nv);
         if (!nv)
-            return FILTER_ERR_NOMEM;
+            return CERR_NOMEM;
         fs->v = nv;
         fs->cap = nc;
     }
@@ -314,7 +314,7 @@ void hc_export_run(hc_job *job)
         memset(&fe, 0, sizeof fe);
         rc = filter_parse(data, len, add_path, &fs, NULL, &fe);
         free(data);
-        if (rc != FILTER_OK) {
+        if (rc != CERR_OK) {
             hc_op_fail(job->op, 3, "invalid filter file %s: line %zu, column %zu: %s", furi,
                        fe.line, fe.column, fe.message);
             goto out;

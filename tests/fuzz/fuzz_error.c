@@ -8,7 +8,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    http_error err;
+    cerr_detail err;
     long status = 0;
     if (size >= 2) {
         status = (long)data[0] << 8 | data[1];
