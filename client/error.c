@@ -46,6 +46,8 @@ int cerr_from_http_status(long s)
         return CERR_PRECONDITION;
     case 429:
         return CERR_QUOTA;
+    case 501:
+        return CERR_UNSUPPORTED;
     default:
         return s >= 500 && s <= 599 ? CERR_UNAVAILABLE : CERR_SERVER;
     }

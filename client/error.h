@@ -44,7 +44,8 @@ enum {
                                 the API promises, a DICOM file, a multipart body, a filter */
     CERR_CHECKSUM = -16,     /* the server's CRC32C or size differs from what was sent */
     CERR_TRUNCATED = -17,    /* input ends inside a structure (a DICOM element) */
-    CERR_UNSUPPORTED = -18,  /* a valid variant this code cannot use (transfer syntax, key) */
+    CERR_UNSUPPORTED = -18,  /* a valid variant this code cannot use (transfer syntax, key),
+                                or a method the server does not implement (501) */
     CERR_WRONG_TYPE = -19,   /* not the expected kind of input at all (no DICOM preamble) */
     CERR_MISSING = -20,      /* a required field is absent (a DICOM UID) */
 };

@@ -482,9 +482,7 @@ int studies_unlink(fs_ctx *x, const tree_path *tp)
         util_asprintf("studies/%s/series/%s/instances/%s", sp.study, sp.series, sp.instance);
     cerr_detail err = {0};
     int h = store && path ? hc_dicomweb_delete(x->cl.hc, store, path, NULL, &err) : CERR_NOMEM;
-    if (h == CERR_NOMEM)
-        rc = -ENOMEM;
-    else if (h != CERR_OK && err.http_status != 404)
+    if (h != CERR_OK && h != CERR_NOT_FOUND) /* not found: gone already */
         rc = errmap_errno(h);
     if (rc)
         log_error("%s/%s/studies/%s: DICOMweb DELETE failed: %s", tp->dataset, tp->store, tp->rest,

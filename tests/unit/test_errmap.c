@@ -57,8 +57,9 @@ TEST(http_statuses_keep_their_errno)
         {411, CERR_INVALID, -EINVAL},    {412, CERR_PRECONDITION, -EAGAIN},
         {413, CERR_INVALID, -EINVAL},    {414, CERR_INVALID, -EINVAL},
         {416, CERR_SERVER, -EIO},        {429, CERR_QUOTA, -EAGAIN},
-        {500, CERR_UNAVAILABLE, -EIO},   {502, CERR_UNAVAILABLE, -EIO},
-        {503, CERR_UNAVAILABLE, -EIO},   {504, CERR_UNAVAILABLE, -EIO},
+        {500, CERR_UNAVAILABLE, -EIO},   {501, CERR_UNSUPPORTED, -EIO},
+        {502, CERR_UNAVAILABLE, -EIO},   {503, CERR_UNAVAILABLE, -EIO},
+        {504, CERR_UNAVAILABLE, -EIO},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         CHECK_EQ_INT(cerr_from_http_status(want[i].status), want[i].cls);
