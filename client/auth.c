@@ -47,7 +47,8 @@
 #define AUTH_TOKEN_TIMEOUT_S 60
 /* Secret substrings this long that appear in a server message get it withheld. */
 #define AUTH_SCRUB_WINDOW 12
-/* Internal: the answer did not come from a metadata server. */
+/* Internal, never returned: the answer did not come from a metadata server
+ * (far from every CERR_ class). */
 #define AUTH_NOT_METADATA (-100)
 
 struct auth_provider {
