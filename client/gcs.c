@@ -452,11 +452,9 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     req.idempotent = true;
     set_body(&req, src, 0, src->size, &feed);
     rc = http_perform(c->http, &req, &resp, err);
-    if (rc != CERR_OK)
-        ; /* err says why */
-    else if (resp.status != 200 && resp.status != 201)
+    if (rc == CERR_OK && resp.status != 200 && resp.status != 201)
         rc = protocol_err(err, &resp, "media upload", bucket, name);
-    else
+    else if (rc == CERR_OK)
         rc = finish_upload(&resp, src, sum, bucket, name, out, err);
     http_response_free(&resp);
     free(url);
@@ -500,7 +498,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
     req.idempotent = true;
     rc = http_perform(c->http, &req, &resp, err);
     if (rc != CERR_OK) {
-        /* err says why */
+        /* err says why: the http layer filled it */
     } else if ((resp.status != 200 && resp.status != 201) ||
                !http_response_header(&resp, "Location", loc, sizeof(loc)) || !loc[0]) {
         rc = protocol_err(err, &resp, "resumable session start (no Location)", bucket, name);

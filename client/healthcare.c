@@ -1003,9 +1003,7 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ce
     req.body_fd_len = (off_t)size;
     req.idempotent = true;
     rc = http_perform(c->http, &req, &resp, err);
-    if (rc != CERR_OK) {
-        /* err says why */
-    } else if (resp.status != 200) {
+    if (rc == CERR_OK && resp.status != 200) {
         /* 202: stored with warnings or partly failed; for one instance that is
          * not a clean store. */
         rc = cerr_set(err, CERR_SERVER, resp.status, "", "DICOMweb store: HTTP %ld: %.400s",
