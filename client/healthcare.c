@@ -731,13 +731,6 @@ static void sleep_ms(long ms)
         ;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_operation *out,
                       cerr_detail *err)
 {
@@ -751,7 +744,7 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
     }
     if (bad_args(c, op_name, err) || bad_args(out, out, err))
         return CERR_INVALID;
-    deadline = now_s() + (timeout_s > 0 ? timeout_s : 0);
+    deadline = util_now_s() + (timeout_s > 0 ? timeout_s : 0);
     for (;;) {
         char *json = NULL;
         size_t len = 0;
@@ -768,7 +761,7 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
             return nomem(err);
         if (out->done)
             return CERR_OK;
-        left = deadline - now_s();
+        left = deadline - util_now_s();
         if (timeout_s >= 0 && left <= 0) {
             cerr_set(err, CERR_TIMEOUT, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s",
                      op_name, timeout_s);

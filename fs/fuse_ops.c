@@ -332,9 +332,7 @@ static char *status_text(fs_ctx *x, const tree_path *tp)
  * getattr or read), so `tail -f` and other pollers notice a change. */
 static struct timespec status_stamp(fs_ctx *x, const tree_path *tp, const char *text)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
+    uint64_t h = util_fnv1a_str(UTIL_FNV1A_INIT, text);
     char *key = util_asprintf("%s/%s/%s", tp->dataset, tp->store, tp->name);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -1630,7 +1628,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
             .uploads = x->opt->uploads,
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
-            .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
+            .stream_min_mib = x->opt->stream_min_mib,
             .imports = x->opt->imports,
             .batch_max_files = x->opt->batch_max_files,
             .batch_max_bytes = x->opt->batch_max_bytes,
