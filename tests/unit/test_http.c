@@ -1552,8 +1552,8 @@ static int alpn_get(const alpn_srv *s, const char *dir, http_response *resp)
     req.url = url;
     req.idempotent = true;
     req.timeout_s = 10;
-    http_error err;
-    int rc = c ? http_perform(c, &req, resp, &err) : HTTP_ERR_NOMEM;
+    cerr_detail err;
+    int rc = c ? http_perform(c, &req, resp, &err) : CERR_NOMEM;
     http_client_free(c);
     free(url);
     free(ca);
@@ -1593,7 +1593,7 @@ TEST(https_falls_back_to_http11_when_h2_not_chosen)
     alpn_srv s;
     CHECK(alpn_start(&s, dir, "http/1.1"));
     http_response resp;
-    CHECK_EQ_INT(alpn_get(&s, dir, &resp), HTTP_OK);
+    CHECK_EQ_INT(alpn_get(&s, dir, &resp), CERR_OK);
     CHECK_EQ_INT(resp.status, 200);
     http_response_free(&resp);
     alpn_stop(&s);
