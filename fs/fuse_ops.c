@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "deadline.h"
+#include "errmap.h"
 #include "export.h"
 #include "import.h"
 #include "journal.h"
@@ -22,90 +23,6 @@
 #include "tree.h"
 #include "xattrs.h"
 #include "util.h"
-
-/* ---- errors */
-
-static int errno_from_status(const http_error *err)
-{
-    long s = err ? err->http_status : 0;
-    switch (s) {
-    case 0:
-        return err && strcmp(err->status, "UNAUTHENTICATED") == 0 ? -EACCES : -EIO;
-    case 400:
-    case 411:
-    case 413:
-    case 414:
-        return -EINVAL;
-    case 401:
-    case 403:
-        return -EACCES;
-    case 404:
-    case 410:
-        return -ENOENT;
-    case 409:
-        return -EEXIST;
-    case 412:
-        return -EAGAIN;
-    case 429:
-        return -EAGAIN;
-    default:
-        return -EIO;
-    }
-}
-
-int fs_errno_hc(int rc, const http_error *err)
-{
-    switch (rc) {
-    case HC_OK:
-        return 0;
-    case HC_ERR_HTTP:
-        return errno_from_status(err);
-    case HC_ERR_NOMEM:
-        return -ENOMEM;
-    case HC_ERR_INVAL:
-        return -EINVAL;
-    default:
-        return -EIO;
-    }
-}
-
-int fs_errno_gcs(int rc, const http_error *err)
-{
-    switch (rc) {
-    case GCS_OK:
-        return 0;
-    case GCS_ERR_HTTP:
-        return errno_from_status(err);
-    case GCS_ERR_NOMEM:
-        return -ENOMEM;
-    case GCS_ERR_INVAL:
-        return -EINVAL;
-    default:
-        return -EIO;
-    }
-}
-
-/* errno for an operation that finished with a google.rpc.Status. */
-static int errno_from_rpc(int code)
-{
-    switch (code) {
-    case 3:  /* INVALID_ARGUMENT */
-    case 9:  /* FAILED_PRECONDITION */
-    case 11: /* OUT_OF_RANGE */
-        return -EINVAL;
-    case 5:
-        return -ENOENT;
-    case 6:
-        return -EEXIST;
-    case 7:
-    case 16:
-        return -EACCES;
-    case 8:
-        return -EAGAIN;
-    default:
-        return -EIO;
-    }
-}
 
 /* ---- context helpers */
 
@@ -165,7 +82,7 @@ static int name_list_cb(void *c, const char *name, const char *json)
         log_warn("%s: hidden behind the fixed directory of the same name", name);
         return 0;
     }
-    return dircache_list_add(&nl->l, leaf, true, 0) ? -ENOMEM : 0;
+    return dircache_list_add(&nl->l, leaf, true, 0) ? CERR_NOMEM : 0;
 }
 
 /* Key of the listing of the root (NULL ds) or of a dataset. */
@@ -186,7 +103,7 @@ static int fetch_names(void *c, dircache_list *out)
     fs_ctx *x = src->x;
     struct name_list nl = {.stores = src->ds_id != NULL};
     dircache_list_init(&nl.l);
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc;
     char *ds = NULL;
     if (src->ds_id) {
@@ -197,8 +114,8 @@ static int fetch_names(void *c, dircache_list *out)
     } else {
         rc = hc_datasets_list(x->cl.hc, x->opt->location, name_list_cb, &nl, &err);
     }
-    if (rc != HC_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         if (e != -ENOENT)
             log_error("%s: listing %s failed: %s", ds ? ds : x->opt->location,
                       ds ? "DICOM stores" : "datasets", err.message);
@@ -704,10 +621,10 @@ static int create_dataset(fs_ctx *x, const char *path, const char *id)
     if (listed(x, NULL, id) == 0)
         return -EEXIST;
     char *op = NULL;
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = hc_dataset_create(x->cl.hc, x->opt->location, id, &op, &err);
-    if (rc != HC_OK) {
-        int e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         log_error("%s: creating dataset %s failed: %s", path, id, err.message);
         return e;
     }
@@ -715,11 +632,11 @@ static int create_dataset(fs_ctx *x, const char *path, const char *id)
     memset(&o, 0, sizeof o);
     rc = hc_operation_wait(x->cl.hc, op, 300, &o, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: waiting for %s failed: %s", path, op, err.message);
     } else if (o.has_error) {
-        e = errno_from_rpc(o.error_code);
+        e = errmap_rpc_errno(o.error_code);
         log_error("%s: creating dataset %s failed: %s", path, id,
                   o.error_message ? o.error_message : "(no message)");
     } else {
@@ -743,11 +660,11 @@ static int create_store(fs_ctx *x, const char *path, const tree_path *tp)
     char *ds = fs_dataset_name(x, tp->dataset);
     if (!ds)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_store_create(x->cl.hc, ds, tp->store, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: creating DICOM store %s failed: %s", path, tp->store, err.message);
     } else {
         log_info("%s: DICOM store created", path);
@@ -817,11 +734,11 @@ static int delete_dataset(fs_ctx *x, const char *path, const tree_path *tp)
     char *ds = fs_dataset_name(x, tp->dataset);
     if (!ds)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_dataset_delete(x->cl.hc, ds, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: deleting dataset %s failed: %s", path, ds, err.message);
     } else {
         log_info("%s: dataset %s deleted (allow_delete)", path, ds);
@@ -839,11 +756,11 @@ static int delete_store(fs_ctx *x, const char *path, const tree_path *tp)
     char *store = fs_store_name(x, tp->dataset, tp->store);
     if (!store)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_store_delete(x->cl.hc, store, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: deleting DICOM store %s failed: %s", path, store, err.message);
     } else {
         log_info("%s: DICOM store %s deleted (allow_delete)", path, store);
@@ -1853,7 +1770,7 @@ static void quick_retries(http_options *ho)
 int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, size_t msglen)
 {
     memset(c, 0, sizeof *c);
-    http_error err = {0};
+    cerr_detail err = {0};
     if (o->no_auth) {
         c->auth = auth_provider_new_none();
     } else {
@@ -1866,17 +1783,17 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
         char *where = NULL;
         int rc = c->auth_http
                      ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where, &err)
-                     : AUTH_ERR_NOMEM;
-        if (rc != AUTH_OK) {
+                     : CERR_NOMEM;
+        if (rc != CERR_OK) {
             switch (rc) {
-            case AUTH_ERR_NOTFOUND:
+            case CERR_NOT_FOUND:
                 snprintf(msg, msglen,
                          "no Google credentials found: pass -o credentials=FILE, set "
                          "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth "
                          "application-default login`");
                 break;
-            case AUTH_ERR_FILE:
-            case AUTH_ERR_KEY:
+            case CERR_INVALID:
+            case CERR_UNSUPPORTED:
                 snprintf(msg, msglen, "credentials %s unusable: %s",
                          o->credentials ? o->credentials : "(default)", err.message);
                 break;

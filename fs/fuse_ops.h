@@ -3,8 +3,8 @@
  * Owns: dispatch of every callback on the kind of path (tree.h) to the
  * module that serves it (import.h, ops.h, export.h), the attributes of the
  * fixed directories, the dataset/store listings and their short cache,
- * mkdir/rmdir of datasets and stores, the mapping of client errors to errno
- * (fs_errno_hc / fs_errno_gcs) with a log line naming the path.
+ * mkdir/rmdir of datasets and stores, a log line naming the path of every
+ * failed client call (its errno comes from errmap.h).
  */
 #ifndef DICOMFS_FUSE_OPS_H
 #define DICOMFS_FUSE_OPS_H
@@ -67,10 +67,6 @@ typedef struct fs_ctx {
 /* The callbacks; private_data passed to fuse_new must be an fs_ctx whose
  * opt and cl are set (init opens the journal and the import manager). */
 const struct fuse_operations *fs_fuse_operations(void);
-
-/* errno for a failed hc_/gcs_ call (logged by the caller). */
-int fs_errno_hc(int rc, const http_error *err);
-int fs_errno_gcs(int rc, const http_error *err);
 
 /* Full resource names from ids (malloc'ed). */
 char *fs_dataset_name(const fs_ctx *x, const char *dataset_id);
