@@ -41,7 +41,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 #define EXPORT_MAX_FILTER (64u << 20)

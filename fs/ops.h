@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 
 typedef int (*ops_fill_fn)(void *buf, const char *name, const struct stat *st);
 

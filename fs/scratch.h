@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 typedef int (*scratch_fill_fn)(void *buf, const char *name, const struct stat *st);

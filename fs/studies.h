@@ -17,7 +17,7 @@
 
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 typedef int (*studies_fill_fn)(void *buf, const char *name, const struct stat *st);

@@ -1,0 +1,62 @@
+/* node_studies: STORE/studies/, the read-only DICOMweb view (studies.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "node.h"
+#include "places.h"
+#include "studies.h"
+
+static int sd_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
+{
+    int rc = places_store_exists(x, tp);
+    return rc ? rc : studies_getattr(x, tp, st);
+}
+
+static int sd_readdir(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *buf)
+{
+    return studies_readdir(x, tp, fill, buf);
+}
+
+static int sd_rmdir(fs_ctx *x, const char *path, const tree_path *tp)
+{
+    (void)path;
+    int rc = places_store_exists(x, tp);
+    return rc ? rc : studies_rmdir(x, tp);
+}
+
+static int sd_unlink(fs_ctx *x, const char *path, const tree_path *tp)
+{
+    (void)path;
+    int rc = places_store_exists(x, tp);
+    return rc ? rc : studies_unlink(x, tp);
+}
+
+static int sd_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
+                   int flags, fs_file **out)
+{
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+        return fs_deny(path, "open for writing: studies/ is read-only", -EACCES);
+    int fd = -1;
+    int rc = studies_open(x, tp, &fd);
+    if (rc)
+        return rc;
+    fs_file *f = node_fd_file(fd, false);
+    if (!f) {
+        close(fd);
+        return -ENOMEM;
+    }
+    /* stat promised st_size; should the retrieval differ, read what it gave */
+    struct stat got;
+    f->direct_io = fstat(fd, &got) != 0 || got.st_size != st->st_size;
+    *out = f;
+    return 0;
+}
+
+const fs_node node_studies = {
+    .getattr = sd_getattr,
+    .readdir = sd_readdir,
+    .rmdir = sd_rmdir,
+    .open = sd_open,
+    .unlink = sd_unlink,
+};
