@@ -242,15 +242,22 @@ static void new_run_id(const char *last, char *buf, size_t len)
     }
 }
 
+/* Listing keys (fs_cache_key): export/FMT/NAME.out, export/FMT/NAME.runs/RUN
+ * (FMT being tree_format_top's "as-stored" for a filter straight in export/). */
 static char *out_key(const tree_path *tp)
 {
-    return util_asprintf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
+    char *what = util_asprintf("export/%s/%s.out", tp->format->dir, tp->name);
+    char *key = what ? fs_cache_key(tp->dataset, tp->store, what) : NULL;
+    free(what);
+    return key;
 }
 
 static char *run_key(const tree_path *tp, const char *run)
 {
-    return util_asprintf("run:%s/%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name,
-                         run);
+    char *what = util_asprintf("export/%s/%s.runs/%s", tp->format->dir, tp->name, run);
+    char *key = what ? fs_cache_key(tp->dataset, tp->store, what) : NULL;
+    free(what);
+    return key;
 }
 
 /* ---- export/FMT/ */
@@ -951,7 +958,14 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
     /* Checked at most every FS_OP_TTL seconds per operation. */
     bool is_dir;
     uint64_t state = 0;
-    if (!fresh && dircache_lookup(x->cache, "export-state", op, &is_dir, &state) == 1) {
+    char *key = fs_cache_key(tp->dataset, tp->store, "export");
+    if (!key) {
+        free(op);
+        free(donef);
+        return -ENOMEM;
+    }
+    if (!fresh && dircache_lookup(x->cache, key, op, &is_dir, &state) == 1) {
+        free(key);
         free(op);
         free(donef);
         return 0;
@@ -981,7 +995,8 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
         hc_operation_clear(&o);
     }
     if (result == 0)
-        dircache_put_one(x->cache, "export-state", op, false, 0, FS_OP_TTL);
+        dircache_put_one(x->cache, key, op, false, 0, FS_OP_TTL);
+    free(key);
     free(json);
     free(op);
     free(donef);
