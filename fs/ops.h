@@ -1,5 +1,7 @@
 /* ops: the operations/ directories.
  *
+ * Owns: the listings and the content of operations/ID.json files.
+ *
  * DATASET/operations/ lists every operation of the dataset (operations.list,
  * all pages) as ID.json; STORE/operations/ lists those the store's import/
  * and export/ started (from the journal). ID.json holds the operation JSON
