@@ -3,6 +3,7 @@
 #include "node.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -63,11 +64,23 @@ int node_readdir(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *buf)
     return n->readdir ? n->readdir(x, tp, fill, buf) : -ENOTDIR;
 }
 
+bool node_wants_write(int flags)
+{
+    return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+static int refuse(const char *path, fs_refusal r)
+{
+    return r.what ? fs_deny(path, r.what, r.err) : r.err;
+}
+
 int node_mkdir(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode)
 {
     const fs_node *n = node_of(tp->kind);
     if (n->mkdir)
         return n->mkdir(x, path, tp, mode);
+    if (n->mkdir_refused.err)
+        return refuse(path, n->mkdir_refused);
     return fs_deny(path, "mkdir: only datasets, stores and folders under import/ can be made",
                    -EPERM);
 }
@@ -84,6 +97,8 @@ int node_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode, i
     const fs_node *n = node_of(tp->kind);
     if (n->create)
         return n->create(x, path, tp, mode, flags, out);
+    if (n->create_refused.err)
+        return refuse(path, n->create_refused);
     return fs_deny(path, "create: not a place for files", -EACCES);
 }
 
@@ -96,13 +111,19 @@ int node_open(fs_ctx *x, const char *path, const tree_path *tp, int flags, fs_fi
     if (S_ISDIR(st.st_mode))
         return -EISDIR;
     const fs_node *n = node_of(tp->kind);
+    if (n->write_refused && node_wants_write(flags))
+        return fs_deny(path, n->write_refused, -EACCES);
     return n->open ? n->open(x, path, tp, &st, flags, out) : -ENOENT;
 }
 
 int node_unlink(fs_ctx *x, const char *path, const tree_path *tp)
 {
     const fs_node *n = node_of(tp->kind);
-    return n->unlink ? n->unlink(x, path, tp) : fs_deny(path, "unlink: not removable", -EPERM);
+    if (n->unlink)
+        return n->unlink(x, path, tp);
+    if (n->unlink_refused.err)
+        return refuse(path, n->unlink_refused);
+    return fs_deny(path, "unlink: not removable", -EPERM);
 }
 
 int node_truncate(fs_ctx *x, const char *path, const tree_path *tp, off_t size, fs_file *open)
@@ -198,23 +219,6 @@ int node_chown_fixed(fs_ctx *x, const char *path, const tree_path *tp, uid_t uid
     return fs_deny(path, "chown: every entry belongs to the mounting user", -EPERM);
 }
 
-int node_mkdir_exists(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode)
-{
-    (void)x;
-    (void)path;
-    (void)tp;
-    (void)mode;
-    return -EEXIST;
-}
-
-int node_mkdir_readonly(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode)
-{
-    (void)x;
-    (void)tp;
-    (void)mode;
-    return fs_deny(path, "mkdir: read-only place", -EACCES);
-}
-
 /* ---- a buffer */
 
 typedef struct buf_file {
@@ -223,18 +227,23 @@ typedef struct buf_file {
     size_t len;
 } buf_file;
 
+int node_copy_out(const char *data, size_t len, char *buf, size_t size, off_t off)
+{
+    if (off < 0)
+        return -EINVAL;
+    if ((size_t)off >= len)
+        return 0;
+    if (size > len - (size_t)off)
+        size = len - (size_t)off;
+    memcpy(buf, data + off, size);
+    return (int)size;
+}
+
 static int buf_read(fs_ctx *x, fs_file *f, char *buf, size_t size, off_t off)
 {
     (void)x;
     buf_file *b = (buf_file *)f;
-    if (off < 0)
-        return -EINVAL;
-    if ((size_t)off >= b->len)
-        return 0;
-    if (size > b->len - (size_t)off)
-        size = b->len - (size_t)off;
-    memcpy(buf, b->data + off, size);
-    return (int)size;
+    return node_copy_out(b->data, b->len, buf, size, off);
 }
 
 static void buf_release(fs_ctx *x, fs_file *f)
@@ -292,14 +301,17 @@ static void fd_release(fs_ctx *x, fs_file *f)
 static const fs_file_ops fd_ro_ops = {.read = fd_read, .release = fd_release};
 static const fs_file_ops fd_rw_ops = {.read = fd_read, .write = fd_write, .release = fd_release};
 
-fs_file *node_fd_file(int fd, bool writable)
+int node_open_fd(int fd, bool writable, fs_file **out)
 {
     fd_file *d = calloc(1, sizeof *d);
-    if (!d)
-        return NULL;
+    if (!d) {
+        close(fd);
+        return -ENOMEM;
+    }
     d->f.ops = writable ? &fd_rw_ops : &fd_ro_ops;
     d->fd = fd;
-    return &d->f;
+    *out = &d->f;
+    return 0;
 }
 
 int node_fd_writable(const fs_file *f)

@@ -46,8 +46,17 @@ struct fs_file {
     bool direct_io; /* reads bypass the page cache (content may change per open) */
 };
 
+/* A call an entry refuses: -err, logged with what (NULL: not logged). */
+typedef struct fs_refusal {
+    int err;
+    const char *what;
+} fs_refusal;
+
 typedef struct fs_node {
     bool needs_import; /* EIO at once when the import manager could not start */
+    /* Refusals used where the member of that call is NULL (err 0: none). */
+    fs_refusal mkdir_refused, create_refused, unlink_refused;
+    const char *write_refused; /* open for writing refused (EACCES) with this line */
     int (*getattr)(fs_ctx *x, const tree_path *tp, struct stat *st); /* NULL: ENOENT */
     /* Called once getattr said it is a directory. NULL: ENOTDIR. */
     int (*readdir)(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *buf);
@@ -119,24 +128,23 @@ int node_getxattr(fs_ctx *x, const char *path, const tree_path *tp, const char *
 int node_listxattr(fs_ctx *x, const char *path, const tree_path *tp, char *list, size_t size);
 int node_removexattr(fs_ctx *x, const char *path, const tree_path *tp, const char *name);
 
+/* Whether open(2) flags may change the file (write access or O_TRUNC). */
+bool node_wants_write(int flags);
 /* The default chown (see fs_node), for a node that serves only part of it. */
 int node_chown_fixed(fs_ctx *x, const char *path, const tree_path *tp, uid_t uid, gid_t gid);
 /* The refusal of setxattr where attributes cannot be kept. */
 int node_no_xattrs(const char *path);
 
-/* Shared members: mkdir of a fixed directory (EEXIST) and of a read-only
- * place (EACCES, logged). */
-int node_mkdir_exists(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode);
-int node_mkdir_readonly(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode);
-
 /* An open file serving data (malloc'ed, taken over, freed on failure):
  * fetched fresh per open, it may differ from the size getattr saw, so it
  * is read until EOF (direct_io). */
 int node_open_buffer(char *data, size_t len, fs_file **out);
-/* An open file reading (and, writable, writing) a local descriptor, which
- * release closes. */
-fs_file *node_fd_file(int fd, bool writable);
-/* The descriptor of a writable node_fd_file, else -1. */
+/* read(2) of data (len bytes) at off into buf: the byte count, 0 at EOF. */
+int node_copy_out(const char *data, size_t len, char *buf, size_t size, off_t off);
+/* An open file reading (and, writable, writing) a local descriptor, taken
+ * over: release closes it (and so does a failure). */
+int node_open_fd(int fd, bool writable, fs_file **out);
+/* The descriptor of a writable node_open_fd file, else -1. */
 int node_fd_writable(const fs_file *f);
 
 #endif

@@ -42,30 +42,19 @@ static int top_readdir(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *bu
     return fmt_readdir(x, &top, fill, buf);
 }
 
-static int top_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode, int flags,
-                      fs_file **out)
-{
-    (void)x;
-    (void)tp;
-    (void)mode;
-    (void)flags;
-    (void)out;
-    return fs_deny(path, "create: filters go in export/FORMAT/ (dicom, png, ...)", -EACCES);
-}
-
 const fs_node node_export = {
+    .mkdir_refused = {-EEXIST, NULL},
+    .create_refused = {-EACCES, "create: filters go in export/FORMAT/ (dicom, png, ...)"},
     .getattr = dir_getattr,
     .readdir = top_readdir,
-    .mkdir = node_mkdir_exists,
-    .create = top_create,
 };
 
 /* ---- export/FMT/ */
 
 const fs_node node_export_fmt = {
+    .mkdir_refused = {-EEXIST, NULL},
     .getattr = dir_getattr,
     .readdir = fmt_readdir,
-    .mkdir = node_mkdir_exists,
 };
 
 /* ---- export/[FMT/]NAME: a filter, or an editor's scratch file */
@@ -129,14 +118,10 @@ static int open_scratch(fs_ctx *x, const tree_path *tp, int flags, fs_file **out
     int rc = scratch_open(x, tp, flags, &fd);
     if (rc)
         return rc;
-    fs_file *f = node_fd_file(fd, true);
-    if (!f) {
-        close(fd);
-        return -ENOMEM;
-    }
-    f->direct_io = true;
-    *out = f;
-    return 0;
+    rc = node_open_fd(fd, true, out);
+    if (rc == 0)
+        (*out)->direct_io = true;
+    return rc;
 }
 
 static int filter_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -302,33 +287,22 @@ static int out_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t m
 static int out_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
                     int flags, fs_file **out)
 {
+    (void)path;
     (void)st;
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
-        return fs_deny(path, "open for writing: exported objects are read-only", -EACCES);
+    (void)flags;
     int fd = -1;
     int rc = export_out_open(x, tp, &fd);
     if (rc)
         return rc;
-    *out = node_fd_file(fd, false);
-    if (!*out) {
-        close(fd);
-        return -ENOMEM;
-    }
-    return 0;
-}
-
-static int out_unlink(fs_ctx *x, const char *path, const tree_path *tp)
-{
-    (void)x;
-    (void)tp;
-    return fs_deny(path, "unlink: exported objects are read-only", -EACCES);
+    return node_open_fd(fd, false, out);
 }
 
 const fs_node node_export_out = {
+    .mkdir_refused = {-EACCES, "mkdir: read-only place"},
+    .unlink_refused = {-EACCES, "unlink: exported objects are read-only"},
+    .write_refused = "open for writing: exported objects are read-only",
     .getattr = out_getattr,
     .readdir = out_readdir,
-    .mkdir = node_mkdir_readonly,
     .create = out_create,
     .open = out_open,
-    .unlink = out_unlink,
 };

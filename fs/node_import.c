@@ -257,11 +257,6 @@ static int im_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mo
     return open_import(x, tp, flags, IM_CREATE, mode, out);
 }
 
-static bool wants_write(int flags)
-{
-    return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
-}
-
 static int im_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
                    int flags, fs_file **out)
 {
@@ -270,7 +265,7 @@ static int im_open(fs_ctx *x, const char *path, const tree_path *tp, const struc
     if (rejected(x, tp)) {
         /* The refused file is gone; what is shown is its empty trace.
          * Writing it (the shell's `>` on a cached name) starts anew. */
-        if (!wants_write(flags))
+        if (!node_wants_write(flags))
             return node_open_buffer(strdup(""), 0, out);
         forget_rejected(x, tp);
         return open_import(x, tp, flags, IM_CREATE, 0644, out);
@@ -343,11 +338,11 @@ static int im_rename(fs_ctx *x, const char *from, const tree_path *a, const tree
  * import/ itself) */
 
 /* The store's full name when tp is an existing entry below import/; else
- * NULL with *rc set. */
-static char *xattr_target(fs_ctx *x, const tree_path *tp, int *rc)
+ * NULL with *rc set: none for import/ itself, or why tp is not there. */
+static char *xattr_target(fs_ctx *x, const tree_path *tp, int none, int *rc)
 {
     struct stat st;
-    *rc = im_getattr(x, tp, &st);
+    *rc = *tp->rest ? im_getattr(x, tp, &st) : none;
     if (*rc)
         return NULL;
     char *store = fs_store_name(x, tp->dataset, tp->store);
@@ -385,7 +380,7 @@ static int im_setxattr(fs_ctx *x, const char *path, const tree_path *tp, const c
     if (!*tp->rest)
         return node_no_xattrs(path);
     int rc;
-    char *store = xattr_target(x, tp, &rc);
+    char *store = xattr_target(x, tp, -ENOTSUP, &rc);
     if (!store)
         return rc;
     rc = xattrs_set(x->xattrs, store, tp->rest, name, value, size, flags);
@@ -397,10 +392,8 @@ static int im_getxattr(fs_ctx *x, const char *path, const tree_path *tp, const c
                        char *value, size_t size)
 {
     (void)path;
-    if (!*tp->rest)
-        return -ENODATA;
     int rc;
-    char *store = xattr_target(x, tp, &rc);
+    char *store = xattr_target(x, tp, -ENODATA, &rc);
     if (!store)
         return rc;
     if (strcmp(name, STATE_XATTR) == 0)
@@ -418,9 +411,9 @@ static int im_listxattr(fs_ctx *x, const char *path, const tree_path *tp, char *
 {
     (void)path;
     if (!*tp->rest)
-        return 0;
+        return 0; /* import/ itself has none */
     int rc;
-    char *store = xattr_target(x, tp, &rc);
+    char *store = xattr_target(x, tp, 0, &rc);
     if (!store)
         return rc;
     rc = xattrs_list(x->xattrs, store, tp->rest, list, size);
@@ -431,10 +424,8 @@ static int im_listxattr(fs_ctx *x, const char *path, const tree_path *tp, char *
 static int im_removexattr(fs_ctx *x, const char *path, const tree_path *tp, const char *name)
 {
     (void)path;
-    if (!*tp->rest)
-        return -ENODATA;
     int rc;
-    char *store = xattr_target(x, tp, &rc);
+    char *store = xattr_target(x, tp, -ENODATA, &rc);
     if (!store)
         return rc;
     rc = xattrs_remove(x->xattrs, store, tp->rest, name);

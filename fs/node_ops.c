@@ -1,7 +1,6 @@
 /* node_ops: DATASET/operations/, STORE/operations/ and their ID.json
  * files, read-only (ops.h). */
 #include <errno.h>
-#include <fcntl.h>
 
 #include "node.h"
 #include "ops.h"
@@ -18,17 +17,6 @@ static int place_exists(fs_ctx *x, const tree_path *tp)
     return store_of(tp) ? places_store_exists(x, tp) : places_dataset_exists(x, tp);
 }
 
-static int ops_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode, int flags,
-                      fs_file **out)
-{
-    (void)x;
-    (void)tp;
-    (void)mode;
-    (void)flags;
-    (void)out;
-    return fs_deny(path, "create: operations/ is read-only", -EACCES);
-}
-
 static int dir_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
 {
     int rc = place_exists(x, tp);
@@ -42,11 +30,16 @@ static int dir_readdir(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *bu
     return ops_readdir(x, tp->dataset, store_of(tp), fill, buf);
 }
 
+#define OPS_CREATE_REFUSED                                                                         \
+    {                                                                                              \
+        -EACCES, "create: operations/ is read-only"                                                \
+    }
+
 const fs_node node_ops_dir = {
+    .mkdir_refused = {-EEXIST, NULL},
+    .create_refused = OPS_CREATE_REFUSED,
     .getattr = dir_getattr,
     .readdir = dir_readdir,
-    .mkdir = node_mkdir_exists,
-    .create = ops_create,
 };
 
 static int op_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -58,26 +51,20 @@ static int op_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
 static int op_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
                    int flags, fs_file **out)
 {
+    (void)path;
     (void)st;
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
-        return fs_deny(path, "open for writing: operations are read-only", -EACCES);
+    (void)flags;
     char *data = NULL;
     size_t len = 0;
     int rc = ops_read_file(x, tp->dataset, store_of(tp), tp->name, &data, &len);
     return rc ? rc : node_open_buffer(data, len, out);
 }
 
-static int op_unlink(fs_ctx *x, const char *path, const tree_path *tp)
-{
-    (void)x;
-    (void)tp;
-    return fs_deny(path, "unlink: operations are read-only", -EACCES);
-}
-
 const fs_node node_op = {
+    .mkdir_refused = {-EACCES, "mkdir: read-only place"},
+    .create_refused = OPS_CREATE_REFUSED,
+    .unlink_refused = {-EACCES, "unlink: operations are read-only"},
+    .write_refused = "open for writing: operations are read-only",
     .getattr = op_getattr,
-    .mkdir = node_mkdir_readonly,
-    .create = ops_create,
     .open = op_open,
-    .unlink = op_unlink,
 };

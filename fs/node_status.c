@@ -2,7 +2,6 @@
  * store's background work as text (status.h, import_status_text) or JSON
  * (statusjson.h), read-only. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,11 +103,7 @@ static int status_read(fs_ctx *x, fs_file *f, char *buf, size_t size, off_t off)
         h->eof_seen = true;
         return 0;
     }
-    size_t at = (size_t)off;
-    if (size > h->len - at)
-        size = h->len - at;
-    memcpy(buf, h->data + at, size);
-    return (int)size;
+    return node_copy_out(h->data, h->len, buf, size, off);
 }
 
 static void status_release(fs_ctx *x, fs_file *f)
@@ -136,9 +131,9 @@ static int st_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
 static int st_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
                    int flags, fs_file **out)
 {
+    (void)path;
     (void)st;
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
-        return fs_deny(path, "open for writing: status is read-only", -EACCES);
+    (void)flags;
     status_file *h = calloc(1, sizeof *h);
     char *text = h ? status_text(x, tp) : NULL;
     if (h && !text)
@@ -158,28 +153,11 @@ static int st_open(fs_ctx *x, const char *path, const tree_path *tp, const struc
     return 0;
 }
 
-static int st_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode, int flags,
-                     fs_file **out)
-{
-    (void)x;
-    (void)tp;
-    (void)mode;
-    (void)flags;
-    (void)out;
-    return fs_deny(path, "create: status is read-only", -EACCES);
-}
-
-static int st_unlink(fs_ctx *x, const char *path, const tree_path *tp)
-{
-    (void)x;
-    (void)tp;
-    return fs_deny(path, "unlink: status is part of the store", -EACCES);
-}
-
 const fs_node node_status = {
+    .mkdir_refused = {-EACCES, "mkdir: read-only place"},
+    .create_refused = {-EACCES, "create: status is read-only"},
+    .unlink_refused = {-EACCES, "unlink: status is part of the store"},
+    .write_refused = "open for writing: status is read-only",
     .getattr = st_getattr,
-    .mkdir = node_mkdir_readonly,
-    .create = st_create,
     .open = st_open,
-    .unlink = st_unlink,
 };

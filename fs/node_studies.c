@@ -1,7 +1,5 @@
 /* node_studies: STORE/studies/, the read-only DICOMweb view (studies.h). */
 #include <errno.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include "node.h"
 #include "places.h"
@@ -35,17 +33,16 @@ static int sd_unlink(fs_ctx *x, const char *path, const tree_path *tp)
 static int sd_open(fs_ctx *x, const char *path, const tree_path *tp, const struct stat *st,
                    int flags, fs_file **out)
 {
-    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
-        return fs_deny(path, "open for writing: studies/ is read-only", -EACCES);
+    (void)path;
+    (void)flags;
     int fd = -1;
     int rc = studies_open(x, tp, &fd);
     if (rc)
         return rc;
-    fs_file *f = node_fd_file(fd, false);
-    if (!f) {
-        close(fd);
-        return -ENOMEM;
-    }
+    fs_file *f = NULL;
+    rc = node_open_fd(fd, false, &f);
+    if (rc)
+        return rc;
     /* stat promised st_size; should the retrieval differ, read what it gave */
     struct stat got;
     f->direct_io = fstat(fd, &got) != 0 || got.st_size != st->st_size;
@@ -54,6 +51,7 @@ static int sd_open(fs_ctx *x, const char *path, const tree_path *tp, const struc
 }
 
 const fs_node node_studies = {
+    .write_refused = "open for writing: studies/ is read-only",
     .getattr = sd_getattr,
     .readdir = sd_readdir,
     .rmdir = sd_rmdir,

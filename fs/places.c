@@ -358,22 +358,16 @@ static int root_readdir(fs_ctx *x, const tree_path *tp, fs_fill_fn fill, void *b
     return fill_list(x, NULL, fill, buf);
 }
 
-static int dir_create(fs_ctx *x, const char *path, const tree_path *tp, mode_t mode, int flags,
-                      fs_file **out)
-{
-    (void)x;
-    (void)tp;
-    (void)mode;
-    (void)flags;
-    (void)out;
-    return fs_deny(path, "create: only directories (datasets, stores) can be made here", -EPERM);
-}
+#define DIRS_ONLY                                                                                  \
+    {                                                                                              \
+        -EPERM, "create: only directories (datasets, stores) can be made here"                     \
+    }
 
 const fs_node node_root = {
+    .mkdir_refused = {-EEXIST, NULL},
+    .create_refused = DIRS_ONLY,
     .getattr = root_getattr,
     .readdir = root_readdir,
-    .mkdir = node_mkdir_exists,
-    .create = dir_create,
 };
 
 static int dataset_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
@@ -411,11 +405,11 @@ static int dataset_rmdir(fs_ctx *x, const char *path, const tree_path *tp)
 }
 
 const fs_node node_dataset = {
+    .create_refused = DIRS_ONLY,
     .getattr = dataset_getattr,
     .readdir = dataset_readdir,
     .mkdir = dataset_mkdir,
     .rmdir = dataset_rmdir,
-    .create = dir_create,
 };
 
 static int store_getattr(fs_ctx *x, const tree_path *tp, struct stat *st)
