@@ -1076,13 +1076,24 @@ struct out_src {
     fs_ctx *x;
     const tree_path *tp;
     const char *prefix; /* the run's object prefix, no '/' at the end */
+    bool gated;         /* NAME.out/: listed once the operation is done */
+    bool fresh;         /* ask whether it is done even if it said "not yet" a moment ago */
 };
+
+/* What fetch_out returns while the export runs: nothing to list, nothing
+ * kept (no errno mapping of a client error gives it). */
+#define OUT_NOT_DONE (-EINPROGRESS)
 
 static int fetch_out(void *ctx, dircache_list *out)
 {
     struct out_src *src = ctx;
     fs_ctx *x = src->x;
     const tree_path *tp = src->tp;
+    if (src->gated) {
+        int done = export_done(x, tp, src->fresh);
+        if (done <= 0)
+            return done < 0 ? done : OUT_NOT_DONE;
+    }
     char *slashed = util_asprintf("%s/", src->prefix);
     if (!slashed)
         return -ENOMEM;
@@ -1185,22 +1196,11 @@ static int out_view_of(fs_ctx *x, const tree_path *tp, out_view *v)
 static int out_listing(fs_ctx *x, const tree_path *tp, const out_view *v, bool fresh,
                        dircache_list *l)
 {
-    if (dircache_get(x->cache, v->key, l) == 0)
-        return 0;
-    if (v->gated) {
-        int done = export_done(x, tp, fresh);
-        /* Stale on error: the server cannot say; show what it listed last. */
-        if (done < 0 && done != -ENOENT && done != -ENOMEM &&
-            dircache_get_stale(x->cache, v->key, l) == 0)
-            return 0;
-        if (done <= 0) {
-            dircache_list_init(l);
-            return done;
-        }
-    }
-    struct out_src src = {x, tp, v->prefix};
+    /* Stale on error, as every listing: when the server cannot say whether
+     * the export is done, or list its objects, what it listed last. */
+    struct out_src src = {x, tp, v->prefix, v->gated, fresh};
     int rc = dircache_get_or_fetch(x->cache, v->key, FS_LIST_TTL, fetch_out, &src, l);
-    return rc;
+    return rc == OUT_NOT_DONE ? 0 : rc;
 }
 
 /* What NAME.out/ holds: the exported objects once an export started
