@@ -85,24 +85,6 @@ struct auth_provider {
 
 /* ---- small helpers ---- */
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-    va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    return n < 0 ? NULL : s;
-}
-
 static void secret_free(char *s)
 {
     if (s) {
@@ -214,39 +196,12 @@ static int json_req(const cJSON *obj, const char *name, const char *path, char *
 
 /* ---- base64url and JWT ---- */
 
-char *auth_base64url(const unsigned char *data, size_t len)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    char *out = malloc(len / 3 * 4 + 5);
-    if (!out)
-        return NULL;
-    size_t o = 0, i = 0;
-    for (; i + 2 < len; i += 3) {
-        unsigned v = (unsigned)data[i] << 16 | (unsigned)data[i + 1] << 8 | data[i + 2];
-        out[o++] = tab[v >> 18 & 63];
-        out[o++] = tab[v >> 12 & 63];
-        out[o++] = tab[v >> 6 & 63];
-        out[o++] = tab[v & 63];
-    }
-    if (i < len) {
-        unsigned v = (unsigned)data[i] << 16;
-        if (i + 1 < len)
-            v |= (unsigned)data[i + 1] << 8;
-        out[o++] = tab[v >> 18 & 63];
-        out[o++] = tab[v >> 12 & 63];
-        if (i + 1 < len)
-            out[o++] = tab[v >> 6 & 63];
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static char *b64url_json(cJSON *obj)
 {
     char *json = cJSON_PrintUnformatted(obj);
     if (!json)
         return NULL;
-    char *enc = auth_base64url((const unsigned char *)json, strlen(json));
+    char *enc = util_b64_encode(json, strlen(json), true);
     cJSON_free(json);
     return enc;
 }
@@ -293,7 +248,7 @@ static char *jwt_header_claims(const char *iss, const char *kid, const char *sco
     h64 = b64url_json(hdr);
     c64 = b64url_json(cl);
     if (h64 && c64)
-        out = xprintf("%s.%s", h64, c64);
+        out = util_asprintf("%s.%s", h64, c64);
 done:
     cJSON_Delete(hdr);
     cJSON_Delete(cl);
@@ -319,9 +274,9 @@ static char *jwt_sign(EVP_PKEY *pkey, const char *iss, const char *kid, const ch
     sig = malloc(siglen);
     if (!sig || EVP_DigestSign(md, sig, &siglen, (const unsigned char *)input, strlen(input)) != 1)
         goto done;
-    s64 = auth_base64url(sig, siglen);
+    s64 = util_b64_encode(sig, siglen, true);
     if (s64)
-        out = xprintf("%s.%s", input, s64);
+        out = util_asprintf("%s.%s", input, s64);
 done:
     EVP_MD_CTX_free(md);
     free(sig);
@@ -474,10 +429,11 @@ static int fetch_service_account(auth_provider *p, char **token, double *lifetim
         return AUTH_ERR_KEY;
     }
     char *esc = http_escape(jwt);
-    char *form = esc ? xprintf("grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Ajwt-"
-                               "bearer&assertion=%s",
-                               esc)
-                     : NULL;
+    char *form =
+        esc ? util_asprintf("grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Ajwt-"
+                            "bearer&assertion=%s",
+                            esc)
+            : NULL;
     int rc;
     if (!form) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
@@ -499,8 +455,9 @@ static int fetch_authorized_user(auth_provider *p, char **token, double *lifetim
     char *sec = http_escape(p->client_secret);
     char *form =
         rt && id && sec
-            ? xprintf("grant_type=refresh_token&refresh_token=%s&client_id=%s&client_secret=%s", rt,
-                      id, sec)
+            ? util_asprintf(
+                  "grant_type=refresh_token&refresh_token=%s&client_id=%s&client_secret=%s", rt, id,
+                  sec)
             : NULL;
     int rc;
     if (!form) {
@@ -578,7 +535,7 @@ static void cache_install(auth_provider *p, char *token, double lifetime, double
     p->token = token;
     p->lifetime_s = lifetime;
     p->expires_at = started + lifetime;
-    p->refreshed_at = mono_now();
+    p->refreshed_at = util_now_s();
 }
 
 /* Caller holds p->lock. */
@@ -665,7 +622,7 @@ static void cache_refresh(auth_provider *p)
     memset(&ferr, 0, sizeof ferr);
     p->refreshing = true;
     pthread_mutex_unlock(&p->lock);
-    double started = mono_now();
+    double started = util_now_s();
     int rc = fetch_token(p, &token, &lifetime, &ferr);
     pthread_mutex_lock(&p->lock);
     if (rc == AUTH_OK) {
@@ -698,11 +655,7 @@ static int wait_refresh(auth_provider *p, unsigned long entry_gen)
         }
         if (left == 0)
             return -1;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + left / 1000.0;
-        ts.tv_sec = (time_t)at;
-        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        struct timespec ts = util_timespec_in(CLOCK_MONOTONIC, left / 1000.0);
         pthread_cond_timedwait(&p->cond, &p->lock, &ts);
     }
     return 0;
@@ -726,7 +679,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
     pthread_mutex_lock(&p->lock);
     unsigned long entry_gen = p->generation;
     for (;;) {
-        double now = mono_now();
+        double now = util_now_s();
         if (p->generation != entry_gen) {
             /* A refresh finished since we arrived: its result answers us. A
              * failed refresh-ahead still leaves the old token usable. */
@@ -832,7 +785,7 @@ static int load_service_account(auth_provider *p, const cJSON *root, const char 
     secret_free(pem);
     if (rc == AUTH_OK) {
         p->kind = AUTH_KIND_SERVICE_ACCOUNT;
-        p->desc = xprintf("service account %s from %s", p->client_email, path);
+        p->desc = util_asprintf("service account %s from %s", p->client_email, path);
     }
     return rc;
 }
@@ -849,7 +802,7 @@ static int load_authorized_user(auth_provider *p, const cJSON *root, const char 
         rc = load_token_uri_and_quota(p, root, err);
     if (rc == AUTH_OK) {
         p->kind = AUTH_KIND_AUTHORIZED_USER;
-        p->desc = xprintf("authorized user from %s", path);
+        p->desc = util_asprintf("authorized user from %s", path);
     }
     return rc;
 }
@@ -906,7 +859,7 @@ static int init_metadata(auth_provider *p, http_error *err)
     bool explicit_host = host && *host;
     char *base = !explicit_host                ? strdup(AUTH_METADATA_DEFAULT_BASE)
                  : strstr(host, "://") != NULL ? strdup(host)
-                                               : xprintf("http://%s", host);
+                                               : util_asprintf("http://%s", host);
     if (!base) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
         return AUTH_ERR_NOMEM;
@@ -915,8 +868,8 @@ static int init_metadata(auth_provider *p, http_error *err)
     while (bl > 0 && base[bl - 1] == '/')
         base[--bl] = '\0';
     p->kind = AUTH_KIND_METADATA;
-    p->token_uri = xprintf("%s%s", base, AUTH_METADATA_TOKEN_PATH);
-    p->desc = xprintf("metadata server at %s", base);
+    p->token_uri = util_asprintf("%s%s", base, AUTH_METADATA_TOKEN_PATH);
+    p->desc = util_asprintf("metadata server at %s", base);
     free(base);
     if (!p->token_uri || !p->desc) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
@@ -924,7 +877,7 @@ static int init_metadata(auth_provider *p, http_error *err)
     }
     /* The probe is the first token request: a genuine answer is cached. */
     char *token = NULL;
-    double lifetime = 0, started = mono_now();
+    double lifetime = 0, started = util_now_s();
     http_error perr;
     memset(&perr, 0, sizeof perr);
     int rc = fetch_metadata(
@@ -980,9 +933,9 @@ static char *gcloud_adc_path(void)
     const char *home = getenv("HOME");
     char *path = NULL;
     if (cfg && *cfg)
-        path = xprintf("%s/%s", cfg, AUTH_ADC_FILE);
+        path = util_asprintf("%s/%s", cfg, AUTH_ADC_FILE);
     else if (home && *home)
-        path = xprintf("%s/.config/gcloud/%s", home, AUTH_ADC_FILE);
+        path = util_asprintf("%s/.config/gcloud/%s", home, AUTH_ADC_FILE);
     struct stat st;
     if (path && stat(path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
         free(path);

@@ -65,7 +65,4 @@ char *auth_jwt_assertion(const char *client_email, const char *private_key_pem,
                          const char *private_key_id, const char *scope, const char *audience,
                          int64_t iat, int64_t lifetime_s);
 
-/* base64url without padding; returns malloc'ed string. */
-char *auth_base64url(const unsigned char *data, size_t len);
-
 #endif

@@ -640,11 +640,36 @@ static double jitter(void)
     return (double)rand_r(&seed) / ((double)RAND_MAX + 1.0);
 }
 
+/* A request that moved the persisted offset nowhere (kind: "" or
+ * "streaming "): after GCS_MAX_STALLS in a row the upload fails; after an
+ * interruption it waits a backoff and *query makes the next request ask the
+ * server what it holds, since that may differ from what was sent. */
+static int no_progress(int *stalls, step_result st, uint64_t off, bool *query, const char *kind,
+                       const char *bucket, const char *name, http_error *err)
+{
+    const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
+    if (++*stalls >= GCS_MAX_STALLS) {
+        if (st == STEP_CONTINUE)
+            util_set_err(err, 308, "ABORTED",
+                         "upload of gs://%s/%s: no progress at offset %" PRIu64, bucket, name, off);
+        log_error("gcs: %supload of gs://%s/%s failed after %d attempts without progress: %s", kind,
+                  bucket, name, *stalls, err->message);
+        return GCS_ERR_HTTP;
+    }
+    *query = st == STEP_RETRY;
+    if (st == STEP_RETRY) {
+        log_warn("gcs: %supload of gs://%s/%s interrupted at offset %" PRIu64
+                 " (%s), asking the server what it has",
+                 kind, bucket, name, off, err->message);
+        sleep_ms(http_backoff_ms(&backoff, *stalls, jitter(), -1));
+    }
+    return GCS_OK;
+}
+
 static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
                             const gcs_source *src, const char *ctype, gcs_sum *sum, gcs_object *out,
                             http_error *err)
 {
-    const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
     char *session = NULL;
     uint64_t off = 0;
     int sessions = 0, stalls = 0, rc = GCS_OK;
@@ -695,25 +720,9 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
             continue;
         }
         /* No progress: interrupted, or a 308 that persisted nothing new. */
-        if (++stalls >= GCS_MAX_STALLS) {
-            if (st == STEP_CONTINUE)
-                util_set_err(err, 308, "ABORTED",
-                             "upload of gs://%s/%s: no progress at offset %" PRIu64, bucket, name,
-                             off);
-            log_error("gcs: upload of gs://%s/%s failed after %d attempts without progress: %s",
-                      bucket, name, stalls, err->message);
-            rc = GCS_ERR_HTTP;
+        rc = no_progress(&stalls, st, off, &query, "", bucket, name, err);
+        if (rc != GCS_OK)
             break;
-        }
-        if (st == STEP_RETRY) {
-            log_warn("gcs: upload of gs://%s/%s interrupted at offset %" PRIu64
-                     " (%s), asking the server what it has",
-                     bucket, name, off, err->message);
-            sleep_ms(http_backoff_ms(&backoff, stalls, jitter(), -1));
-            query = true;
-        } else {
-            query = false;
-        }
     }
     free(session);
     return rc;
@@ -1109,7 +1118,6 @@ static int stream_request(gcs_stream *s, int fd, uint64_t off, uint64_t end, uin
 static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, http_response *resp,
                         bool *done, http_error *err)
 {
-    const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
     int stalls = 0, rc = GCS_OK;
     bool query = false;
     *done = false;
@@ -1160,23 +1168,9 @@ static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, htt
                 continue;
             }
         }
-        if (++stalls >= GCS_MAX_STALLS) {
-            if (st == STEP_CONTINUE)
-                util_set_err(err, 308, "ABORTED",
-                             "upload of gs://%s/%s: no progress at offset %" PRIu64, s->bucket,
-                             s->name, s->persisted);
-            log_error("gcs: streaming upload of gs://%s/%s failed after %d attempts without "
-                      "progress: %s",
-                      s->bucket, s->name, stalls, err->message);
-            return GCS_ERR_HTTP;
-        }
-        if (st == STEP_RETRY) {
-            log_warn("gcs: streaming upload of gs://%s/%s interrupted at offset %" PRIu64
-                     " (%s), asking the server what it has",
-                     s->bucket, s->name, s->persisted, err->message);
-            sleep_ms(http_backoff_ms(&backoff, stalls, jitter(), -1));
-            query = true;
-        }
+        rc = no_progress(&stalls, st, s->persisted, &query, "streaming ", s->bucket, s->name, err);
+        if (rc != GCS_OK)
+            return rc;
     }
 }
 

@@ -744,13 +744,6 @@ static void sleep_ms(long ms)
         ;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_operation *out,
                       http_error *err)
 {
@@ -764,7 +757,7 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
     }
     if (bad_args(c, op_name, err) || bad_args(out, out, err))
         return HC_ERR_INVAL;
-    deadline = now_s() + (timeout_s > 0 ? timeout_s : 0);
+    deadline = util_now_s() + (timeout_s > 0 ? timeout_s : 0);
     for (;;) {
         char *json = NULL;
         size_t len = 0;
@@ -781,7 +774,7 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
             return nomem(err);
         if (out->done)
             return HC_OK;
-        left = deadline - now_s();
+        left = deadline - util_now_s();
         if (timeout_s >= 0 && left <= 0) {
             util_set_err(err, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s", op_name,
                          timeout_s);

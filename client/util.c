@@ -81,14 +81,32 @@ char *util_with_scheme(const char *ep)
     return util_asprintf("https://%s", ep);
 }
 
+char *util_vasprintf(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    return vasprintf(&s, fmt, ap) < 0 ? NULL : s;
+}
+
 char *util_asprintf(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *s = NULL;
-    int n = vasprintf(&s, fmt, ap);
+    char *s = util_vasprintf(fmt, ap);
     va_end(ap);
-    return n < 0 ? NULL : s;
+    return s;
+}
+
+void *util_grow(void *v, size_t n, size_t *cap, size_t elem, size_t first)
+{
+    if (n < *cap)
+        return v;
+    size_t nc = *cap ? *cap * 2 : first;
+    if (nc < *cap || nc > SIZE_MAX / elem)
+        return NULL;
+    void *nv = realloc(v, nc * elem);
+    if (nv)
+        *cap = nc;
+    return nv;
 }
 
 int util_mkdirs(const char *path, mode_t mode)
@@ -126,7 +144,7 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-int util_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
+static int write_replace(const char *path, const void *data, size_t len, mode_t mode, bool sync)
 {
     char *tmp = util_asprintf("%s.tmp.XXXXXX", path);
     if (!tmp)
@@ -138,6 +156,8 @@ int util_write_atomic(const char *path, const void *data, size_t len, mode_t mod
         return e;
     }
     int rc = fchmod(fd, mode) != 0 ? -errno : write_all(fd, data, len);
+    if (rc == 0 && sync && fsync(fd) != 0)
+        rc = -errno;
     if (close(fd) != 0 && rc == 0)
         rc = -errno;
     if (rc == 0 && rename(tmp, path) != 0)
@@ -146,6 +166,16 @@ int util_write_atomic(const char *path, const void *data, size_t len, mode_t mod
         unlink(tmp);
     free(tmp);
     return rc;
+}
+
+int util_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
+{
+    return write_replace(path, data, len, mode, false);
+}
+
+int util_write_durable(const char *path, const void *data, size_t len, mode_t mode)
+{
+    return write_replace(path, data, len, mode, true);
 }
 
 uint64_t util_fnv1a(uint64_t h, const void *data, size_t len)
@@ -163,18 +193,29 @@ uint64_t util_fnv1a_str(uint64_t h, const char *s)
     return h;
 }
 
-void util_rfc3339(char *buf, size_t len, time_t sec, long nsec, int digits)
+static void utc_format(char *buf, size_t len, time_t sec, long nsec, int digits, bool basic)
 {
     struct tm tm;
-    char d[32] = "1970-01-01T00:00:00";
-    if (gmtime_r(&sec, &tm))
-        strftime(d, sizeof d, "%Y-%m-%dT%H:%M:%S", &tm);
+    char d[32] = "";
+    if (!gmtime_r(&sec, &tm) ||
+        !strftime(d, sizeof d, basic ? "%Y%m%dT%H%M%S" : "%Y-%m-%dT%H:%M:%S", &tm))
+        snprintf(d, sizeof d, "%s", basic ? "19700101T000000" : "1970-01-01T00:00:00");
     if (digits == 9)
         snprintf(buf, len, "%s.%09ldZ", d, nsec);
     else if (digits == 3)
         snprintf(buf, len, "%s.%03ldZ", d, nsec / 1000000);
     else
         snprintf(buf, len, "%sZ", d);
+}
+
+void util_rfc3339(char *buf, size_t len, time_t sec, long nsec, int digits)
+{
+    utc_format(buf, len, sec, nsec, digits, false);
+}
+
+void util_utc_basic(char *buf, size_t len, time_t sec, long nsec, int digits)
+{
+    utc_format(buf, len, sec, nsec, digits, true);
 }
 
 char *util_b64_encode(const void *in, size_t len, bool url)
@@ -321,4 +362,21 @@ double util_now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int64_t util_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+struct timespec util_timespec_in(clockid_t clock, double seconds)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    long long ns = (long long)ts.tv_nsec + (seconds > 0 ? (long long)(seconds * 1e9) : 0);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    return ts;
 }

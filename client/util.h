@@ -50,6 +50,13 @@ size_t util_pread_full(int fd, void *buf, size_t len, off_t off);
 
 /* The project's asprintf: a malloc'ed formatted string, or NULL. */
 char *util_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *util_vasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+
+/* Room for one more element in a growing array of elem-byte elements, n of
+ * them in use and *cap allocated: v itself when there is room, else v
+ * reallocated to twice *cap (first when empty) with *cap updated; NULL when
+ * out of memory (v stays valid and *cap unchanged). */
+void *util_grow(void *v, size_t n, size_t *cap, size_t elem, size_t first);
 
 /* mkdir -p: creates path and its missing parents with mode. 0 or -errno. */
 int util_mkdirs(const char *path, mode_t mode);
@@ -59,6 +66,9 @@ int util_mkdirs(const char *path, mode_t mode);
  * content, never a part. File mode is mode. No fsync: callers that need
  * durability across power loss sync themselves. 0 or -errno. */
 int util_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* util_write_atomic with an fsync of the file before the rename, for
+ * records that must survive a crash of the machine. 0 or -errno. */
+int util_write_durable(const char *path, const void *data, size_t len, mode_t mode);
 
 /* FNV-1a (64-bit) over bytes or a NUL-terminated string, continuing from
  * h (UTIL_FNV1A_INIT to start): a fast non-cryptographic hash for tables.
@@ -66,14 +76,23 @@ int util_write_atomic(const char *path, const void *data, size_t len, mode_t mod
  * offset basis 14695981039346656037 (a digit short): kept, because the
  * emulator's project numbers derive from it and must not change. */
 #define UTIL_FNV1A_INIT 1469598103934665603ull
-/* CLOCK_MONOTONIC in seconds (for deadlines and time-to-live). */
-double util_now_s(void);
 uint64_t util_fnv1a(uint64_t h, const void *data, size_t len);
 uint64_t util_fnv1a_str(uint64_t h, const char *s);
 
 /* RFC 3339 UTC time "YYYY-MM-DDTHH:MM:SS[.fff|.fffffffff]Z" with digits
  * (0, 3 or 9) of fraction taken from nsec. */
 void util_rfc3339(char *buf, size_t len, time_t sec, long nsec, int digits);
+/* The same instant in ISO 8601 basic format, "YYYYMMDDTHHMMSS[.fff]Z": no
+ * separators, so it fits in names (batch and run ids) and sorts by age. */
+void util_utc_basic(char *buf, size_t len, time_t sec, long nsec, int digits);
+
+/* CLOCK_MONOTONIC in seconds (for deadlines and time-to-live) and in
+ * nanoseconds (for pacing, where a double would round). */
+double util_now_s(void);
+int64_t util_mono_ns(void);
+/* The absolute time seconds from now on clock, for pthread_cond_timedwait
+ * (CLOCK_REALTIME unless the condition variable was set to another). */
+struct timespec util_timespec_in(clockid_t clock, double seconds);
 
 /* Base64 (RFC 4648): url selects the URL-safe alphabet without padding.
  * Returns a malloc'ed string or NULL. */

@@ -172,7 +172,7 @@ void fs_ctx_start(fs_ctx *x, int (*interrupted)(void))
             .uploads = x->opt->uploads,
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
-            .stream_min_mib = x->opt->stream_min_mib > 0 ? x->opt->stream_min_mib : -1,
+            .stream_min_mib = x->opt->stream_min_mib,
             .imports = x->opt->imports,
             .batch_max_files = x->opt->batch_max_files,
             .batch_max_bytes = x->opt->batch_max_bytes,

@@ -75,14 +75,10 @@ int dircache_list_add(dircache_list *l, const char *name, bool is_dir, uint64_t 
 int dircache_list_add_mtime(dircache_list *l, const char *name, bool is_dir, uint64_t size,
                             int64_t mtime)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 32;
-        dircache_entry *v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return -1;
-        l->v = v;
-        l->cap = cap;
-    }
+    dircache_entry *v = util_grow(l->v, l->n, &l->cap, sizeof *v, 32);
+    if (!v)
+        return -1;
+    l->v = v;
     char *dup = strdup(name);
     if (!dup)
         return -1;
@@ -216,14 +212,9 @@ void dircache_put_one_mtime(dircache *c, const char *key, const char *name, bool
         e->expires = now + ttl_s;
     } else if (l) {
         char *dup = strdup(name);
-        if (dup && l->n == l->cap) {
-            size_t cap = l->cap ? l->cap * 2 : 8;
-            centry *v = realloc(l->v, cap * sizeof *v);
-            if (v) {
-                l->v = v;
-                l->cap = cap;
-            }
-        }
+        centry *v = dup ? util_grow(l->v, l->n, &l->cap, sizeof *v, 8) : NULL;
+        if (v)
+            l->v = v;
         if (dup && l->n < l->cap) {
             l->v[l->n++] = (centry){{dup, is_dir, size, mtime}, now + ttl_s};
             qsort(l->v, l->n, sizeof *l->v, cmp_centry);

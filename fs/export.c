@@ -75,65 +75,6 @@ static char *record_file(fs_ctx *x, const tree_path *tp, const char *leaf)
     return f;
 }
 
-int export_mkdirs(const char *dir)
-{
-    char *tmp = strdup(dir);
-    if (!tmp)
-        return -ENOMEM;
-    int rc = 0;
-    for (char *p = tmp + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
-            rc = -errno;
-            break;
-        }
-        *p = c;
-        if (!c)
-            break;
-    }
-    free(tmp);
-    return rc;
-}
-
-/* Writes path atomically: temp file, fsync, rename. */
-static int write_file(const char *path, const void *data, size_t len)
-{
-    char *tmp = util_asprintf("%s.tmp", path);
-    if (!tmp)
-        return -ENOMEM;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    int rc = 0;
-    if (fd < 0) {
-        rc = -errno;
-    } else {
-        const char *p = data;
-        size_t left = len;
-        while (left > 0 && rc == 0) {
-            ssize_t n = write(fd, p, left);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                rc = -errno;
-            else {
-                p += n;
-                left -= (size_t)n;
-            }
-        }
-        if (rc == 0 && fsync(fd) != 0)
-            rc = -errno;
-        close(fd);
-        if (rc == 0 && rename(tmp, path) != 0)
-            rc = -errno;
-        if (rc)
-            unlink(tmp);
-    }
-    free(tmp);
-    return rc;
-}
-
 /* Reads a whole small file; -ENOENT when absent. */
 static int read_file(const char *path, char **data, size_t *len)
 {
@@ -181,18 +122,18 @@ static char *read_line_file(fs_ctx *x, const tree_path *tp, const char *leaf)
     return data;
 }
 
+/* The record's directory holds its leaves only, plus any temporary file of
+ * util_write_durable that a crash left ("op.tmp.XXXXXX"): all go. */
 static void remove_record(fs_ctx *x, const tree_path *tp)
 {
-    static const char *const leaves[] = {
-        "filter",     "op",     "done",     "started",     "error",     "run",     "runs",
-        "filter.tmp", "op.tmp", "done.tmp", "started.tmp", "error.tmp", "run.tmp", "runs.tmp"};
-    for (size_t i = 0; i < sizeof leaves / sizeof leaves[0]; i++) {
-        char *f = record_file(x, tp, leaves[i]);
-        if (f)
-            unlink(f);
-        free(f);
-    }
     char *d = record_dir(x, tp);
+    DIR *dir = d ? opendir(d) : NULL;
+    struct dirent *de;
+    while (dir && (de = readdir(dir)))
+        if (de->d_name[0] != '.')
+            unlinkat(dirfd(dir), de->d_name, 0);
+    if (dir)
+        closedir(dir);
     if (d)
         rmdir(d);
     free(d);
@@ -226,12 +167,7 @@ static void new_run_id(const char *last, char *buf, size_t len)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     for (int i = 0; i < 1000; i++) {
-        struct tm tm;
-        time_t sec = ts.tv_sec;
-        gmtime_r(&sec, &tm);
-        char day[32];
-        strftime(day, sizeof day, "%Y%m%dT%H%M%S", &tm);
-        snprintf(buf, len, "%.15s.%03dZ", day, (int)(ts.tv_nsec / 1000000) % 1000);
+        util_utc_basic(buf, len, ts.tv_sec, ts.tv_nsec, 3);
         if (!last || strcmp(buf, last) > 0)
             return;
         ts.tv_nsec += 1000000;
@@ -342,12 +278,12 @@ int export_open_filter(fs_ctx *x, const tree_path *tp, int flags, bool create, e
     int rc = 0;
     if (create) {
         char *d = record_dir(x, tp);
-        rc = d ? export_mkdirs(d) : -ENOMEM;
+        rc = d ? util_mkdirs(d, 0700) : -ENOMEM;
         free(d);
         struct stat st;
         bool existed = rc == 0 && stat(path, &st) == 0;
         if (rc == 0 && !existed) {
-            rc = write_file(path, "", 0);
+            rc = util_write_durable(path, "", 0, 0600);
             f->created = true;
         }
         f->dirty = f->changed = true;
@@ -584,10 +520,7 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused
 {
     const tree_path *tp = &f->tp;
     char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    if (!gmtime_r(&now, &tm) || !strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm))
-        snprintf(ts, sizeof ts, "%lld", (long long)now);
+    util_rfc3339(ts, sizeof ts, time(NULL), 0, 0);
     char *name = one_line(tp->name);
     char *reason = one_line(why);
     char *text = name && reason
@@ -600,11 +533,11 @@ static int save_failure(fs_ctx *x, export_file *f, const char *why, bool refused
     char *d = record_dir(x, tp);
     char *pf = record_file(x, tp, "filter");
     char *pe = record_file(x, tp, "error");
-    int rc = text && d && pf && pe ? export_mkdirs(d) : -ENOMEM;
+    int rc = text && d && pf && pe ? util_mkdirs(d, 0700) : -ENOMEM;
     if (rc == 0)
-        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+        rc = util_write_durable(pf, f->buf ? f->buf : "", f->len, 0600);
     if (rc == 0)
-        rc = write_file(pe, text, strlen(text));
+        rc = util_write_durable(pe, text, strlen(text), 0600);
     char *key = out_key(tp);
     if (key)
         dircache_invalidate(x->cache, key);
@@ -668,7 +601,7 @@ static int add_run(fs_ctx *x, const tree_path *tp, const char *run)
         data = NULL, len = 0;
     char *all = rc == 0 ? util_asprintf("%s%s\n", data ? data : "", run) : NULL;
     if (rc == 0)
-        rc = all ? write_file(pr, all, strlen(all)) : -ENOMEM;
+        rc = all ? util_write_durable(pr, all, strlen(all), 0600) : -ENOMEM;
     free(all);
     free(data);
     free(pr);
@@ -678,7 +611,7 @@ static int add_run(fs_ctx *x, const tree_path *tp, const char *run)
 static int save_record(fs_ctx *x, export_file *f, const char *op, const char *run)
 {
     char *d = record_dir(x, &f->tp);
-    int rc = d ? export_mkdirs(d) : -ENOMEM;
+    int rc = d ? util_mkdirs(d, 0700) : -ENOMEM;
     free(d);
     char *pf = record_file(x, &f->tp, "filter");
     char *ps = record_file(x, &f->tp, "started");
@@ -687,20 +620,20 @@ static int save_record(fs_ctx *x, export_file *f, const char *op, const char *ru
     if (!pf || !ps || !po || !pd)
         rc = -ENOMEM;
     if (rc == 0)
-        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+        rc = util_write_durable(pf, f->buf ? f->buf : "", f->len, 0600);
     if (rc == 0)
-        rc = write_file(ps, f->buf ? f->buf : "", f->len);
+        rc = util_write_durable(ps, f->buf ? f->buf : "", f->len, 0600);
     if (rc == 0) {
         unlink(pd);
         rc = add_run(x, &f->tp, run);
     }
     if (rc == 0) {
         char *pr = record_file(x, &f->tp, "run");
-        rc = pr ? write_file(pr, run, strlen(run)) : -ENOMEM;
+        rc = pr ? util_write_durable(pr, run, strlen(run), 0600) : -ENOMEM;
         free(pr);
     }
     if (rc == 0)
-        rc = write_file(po, op, strlen(op));
+        rc = util_write_durable(po, op, strlen(op), 0600);
     if (rc == 0)
         clear_failure(x, &f->tp);
     free(pf);
@@ -750,9 +683,9 @@ int export_flush(fs_ctx *x, export_file *f)
      * export itself starts at release(). */
     char *d = record_dir(x, &f->tp);
     char *pf = record_file(x, &f->tp, "filter");
-    int rc = d && pf ? export_mkdirs(d) : -ENOMEM;
+    int rc = d && pf ? util_mkdirs(d, 0700) : -ENOMEM;
     if (rc == 0)
-        rc = write_file(pf, f->buf ? f->buf : "", f->len);
+        rc = util_write_durable(pf, f->buf ? f->buf : "", f->len, 0600);
     if (rc)
         log_error("%s/%s/export/%s/%s: saving the filter in the cache failed: %s", f->tp.dataset,
                   f->tp.store, f->tp.format->dir, f->tp.name, strerror(-rc));
@@ -786,7 +719,7 @@ static void restore_started(fs_ctx *x, export_file *f)
     char *data = NULL;
     size_t len = 0;
     if (ps && pf && read_file(ps, &data, &len) == 0)
-        write_file(pf, data, len);
+        util_write_durable(pf, data, len, 0600);
     free(data);
     free(ps);
     free(pf);
@@ -988,7 +921,7 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
                           tp->format->dir, tp->name, op,
                           o.error_message ? o.error_message : "(no message)");
             } else {
-                write_file(donef, "", 0);
+                util_write_durable(donef, "", 0, 0600);
                 result = 1;
             }
         }
@@ -1018,14 +951,10 @@ struct out_collect {
 static int add_item(struct out_collect *oc, const char *path, size_t len, bool is_dir,
                     uint64_t size)
 {
-    if (oc->n == oc->cap) {
-        size_t cap = oc->cap ? oc->cap * 2 : 64;
-        out_item *v = realloc(oc->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        oc->v = v;
-        oc->cap = cap;
-    }
+    out_item *v = util_grow(oc->v, oc->n, &oc->cap, sizeof *v, 64);
+    if (!v)
+        return -ENOMEM;
+    oc->v = v;
     char *p = strndup(path, len);
     if (!p)
         return -ENOMEM;

@@ -77,8 +77,6 @@ int export_install(fs_ctx *x, const tree_path *tp, const char *data, size_t len)
  * no longer listed, but what it started stays (NAME.runs/, and writing the
  * same content again starts nothing). */
 int export_take(fs_ctx *x, const tree_path *tp, char **data, size_t *len);
-/* mkdir -p with mode 0700. */
-int export_mkdirs(const char *dir);
 
 /* Forgets a filter locally (exported objects stay where they are). */
 int export_unlink(fs_ctx *x, const tree_path *tp);

@@ -96,13 +96,6 @@ typedef struct handle {
     int last_rc;  /* result of this handle's last flush (kept once the node is gone) */
 } handle;
 
-double imp_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---------------------------------------------------------------- names */
 
 static uint64_t name_hash(const store_st *st, const char *path)
@@ -304,12 +297,20 @@ static node *sop_other(import_mgr *m, const node *n)
 
 /* ---------------------------------------------------------------- stores, batches */
 
-static store_st *store_get(import_mgr *m, const char *name)
+static store_st *store_find(import_mgr *m, const char *name)
 {
     for (store_st *s = m->stores; s; s = s->next)
         if (strcmp(s->name, name) == 0)
             return s;
-    store_st *s = calloc(1, sizeof *s);
+    return NULL;
+}
+
+static store_st *store_get(import_mgr *m, const char *name)
+{
+    store_st *s = store_find(m, name);
+    if (s)
+        return s;
+    s = calloc(1, sizeof *s);
     if (!s || !(s->name = strdup(name))) {
         free(s);
         return NULL;
@@ -317,14 +318,6 @@ static store_st *store_get(import_mgr *m, const char *name)
     s->next = m->stores;
     m->stores = s;
     return s;
-}
-
-static store_st *store_find(import_mgr *m, const char *name)
-{
-    for (store_st *s = m->stores; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
-            return s;
-    return NULL;
 }
 
 static batch *batch_find(import_mgr *m, const char *id)
@@ -346,11 +339,8 @@ static batch *batch_new(import_mgr *m, store_st *st, const char *id)
         unsigned char r[4] = {0};
         if (getrandom(r, sizeof r, 0) < 0)
             memset(r, 0, sizeof r);
-        time_t t = time(NULL);
-        struct tm tm;
-        gmtime_r(&t, &tm);
         char ts[32];
-        strftime(ts, sizeof ts, "%Y%m%dT%H%M%SZ", &tm);
+        util_utc_basic(ts, sizeof ts, time(NULL), 0, 0);
         snprintf(b->id, sizeof b->id, "%s-%02x%02x%02x%02x", ts, r[0], r[1], r[2], r[3]);
     }
     b->st = st;
@@ -767,7 +757,7 @@ static int load_batch(void *vctx, const char *key, const void *val, size_t len)
         b->state = B_SEALED; /* start it again: import ignores duplicates */
     if (b->state == B_OPEN)
         st->open = b; /* the last one takes new files; the others seal once uploaded */
-    b->last_accept = imp_now();
+    b->last_accept = util_now_s();
     return 0;
 }
 
@@ -1165,7 +1155,7 @@ static handle *handle_new(node *n, int fd, bool writable)
 static void note_activity(store_st *st)
 {
     if (st->open)
-        st->open->last_accept = imp_now();
+        st->open->last_accept = util_now_s();
 }
 
 /* Bytes of spool files that work in flight will free (lock held): files
@@ -1185,11 +1175,7 @@ static uint64_t cache_freeable(import_mgr *m)
 /* Waits (lock held) at most ms milliseconds for space_cond. */
 static void wait_space(import_mgr *m, long ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += ms * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = util_timespec_in(CLOCK_REALTIME, ms / 1000.0);
     pthread_cond_timedwait(&m->space_cond, &m->lock, &ts);
 }
 
@@ -1646,7 +1632,7 @@ static int validate(import_mgr *m, handle *h)
         return rc;
     }
     if (n->b)
-        n->b->last_accept = imp_now();
+        n->b->last_accept = util_now_s();
     n->st->bytes_spooled += n->size;
     sop_insert(m, n);
     node *dup = m->cfg.upload_present ? NULL : sop_other(m, n);

@@ -43,9 +43,8 @@ typedef struct import_config {
     int uploads;                /* parallel uploads */
     double commit_delay_s;      /* quiet period before a batch is committed */
     bool sync_close;            /* fdatasync spool file + journal in every close() */
-    int stream_min_mib;         /* upload files while written from this size on
-                                   (0: 32 MiB; < 0: never, which the mount
-                                   option stream_min=0 becomes; uploader.c) */
+    int stream_min_mib;         /* upload files while written from this size on;
+                                   0 = never, as for the stream_min= option */
     int imports;                /* import operations in flight per store (< 1: 1) */
     uint64_t batch_max_files;   /* a batch stops growing at this many files (0: no limit) */
     uint64_t batch_max_bytes;   /* ... or bytes (0: no limit) */

@@ -185,8 +185,6 @@ struct import_mgr {
     size_t nsops;
 };
 
-double imp_now(void); /* CLOCK_MONOTONIC seconds */
-
 /* import.c */
 int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
 void imp_batch_journal(import_mgr *m, batch *b);

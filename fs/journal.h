@@ -26,7 +26,7 @@ typedef int (*journal_op_cb)(void *ctx, const char *op_name, const char *kind);
 /* store NULL: the operations of every store. */
 int journal_list_operations(journal *j, const char *store, journal_op_cb cb, void *ctx);
 
-/* Added for the import manager: a durable key/value map (keys are strings,
+/* A durable key/value map for the import manager (keys are strings,
  * values are bytes), stored as an append-only log of records, each with a
  * length and a CRC32, plus a snapshot written by compaction (temp file,
  * fsync, rename, fsync of the directory). On load a torn or corrupt record

@@ -13,6 +13,7 @@
 #include "places.h"
 #include "rejects.h"
 #include "statusjson.h"
+#include "util.h"
 
 /* The text of STORE/status (NULL when import/ could not start, or ENOMEM):
  * the import manager's, then a "failed: export/FMT/NAME: REASON" line per
@@ -48,9 +49,7 @@ static char *status_text(fs_ctx *x, const tree_path *tp)
  * getattr or read), so `tail -f` and other pollers notice a change. */
 static struct timespec status_stamp(fs_ctx *x, const tree_path *tp, const char *text)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
+    uint64_t h = util_fnv1a_str(UTIL_FNV1A_INIT, text);
     char *key = fs_cache_key(tp->dataset, tp->store, "status");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);

@@ -334,29 +334,6 @@ char *fs_options_default_cache_dir(const char *source, uid_t uid)
     return util_asprintf("%s/.cache/dicomfs/%s", home, hash);
 }
 
-static int mkdirs(const char *dir, mode_t mode)
-{
-    char *tmp = strdup(dir);
-    if (!tmp)
-        return -ENOMEM;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) != 0 && errno != EEXIST) {
-            int e = errno;
-            free(tmp);
-            return -e;
-        }
-        *p = '/';
-    }
-    int rc = 0;
-    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
-        rc = -errno;
-    free(tmp);
-    return rc;
-}
-
 /* Every directory above the cache must be safe from other users: owned by
  * root or us, and not writable by others unless sticky (like /tmp), or
  * someone could rename our cache away and put theirs in its place. */
@@ -399,7 +376,7 @@ int fs_options_prepare_cache_dir(const char *dir, char *err, size_t errlen)
         fail(err, errlen, "cache_dir '%s' must be an absolute path", dir ? dir : "");
         return -EINVAL;
     }
-    int rc = mkdirs(dir, 0700);
+    int rc = util_mkdirs(dir, 0700);
     if (rc) {
         fail(err, errlen, "cache_dir '%s': cannot create: %s", dir, strerror(-rc));
         return rc;

@@ -37,7 +37,7 @@ typedef struct fs_options {
     int uploads;
     double commit_delay;
     int stream_min_mib;       /* stream_min=: stream uploads of files from this size on;
-                                 0 = never (import_config gets -1 then) */
+                                 0 = never (import_config takes it as it is) */
     int imports;              /* import operations in flight per store */
     uint64_t batch_max_files; /* a batch starts once it holds this many files */
     uint64_t batch_max_bytes; /* ... or this many bytes */

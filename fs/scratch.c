@@ -77,7 +77,7 @@ int scratch_open(fs_ctx *x, const tree_path *tp, int flags, int *fd)
     char *d = dir_of(x, tp);
     int rc = p && d ? 0 : -ENOMEM;
     if (rc == 0 && (flags & O_CREAT))
-        rc = export_mkdirs(d);
+        rc = util_mkdirs(d, 0700);
     if (rc == 0) {
         int f = open(p, (flags & ~(O_APPEND | O_DIRECT)) | O_CLOEXEC, 0600);
         if (f < 0)

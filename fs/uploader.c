@@ -43,7 +43,7 @@
  *   while every write so far appended at its end from offset 0 (node seq /
  *   seq_end; no writeback cache, so a cp's writes arrive in order), it is
  *   not accepted yet (ST_NEW), its spool file has "DICM" at offset 128 and
- *   stream_min_mib (import_config; default 32 MiB, < 0 = never) are
+ *   stream_min_mib (import_config; 0 = never) are
  *   written; at most STREAM_MAX (4) stream at once,
  *   and a file streams at most once. Then it joins the store's open batch
  *   (its object name is fixed; the batch cannot seal while the file is
@@ -266,16 +266,12 @@ static int collect_uid(void *ctx, const char *name, const char *json)
     uid_list *l = ctx;
     if (!name || !*name)
         return 0;
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 64;
-        char **nv = realloc(l->v, nc * sizeof *nv);
-        if (!nv) {
-            l->oom = true;
-            return -1;
-        }
-        l->v = nv;
-        l->cap = nc;
+    char **nv = util_grow(l->v, l->n, &l->cap, sizeof *nv, 64);
+    if (!nv) {
+        l->oom = true;
+        return -1;
     }
+    l->v = nv;
     if (!(l->v[l->n] = strdup(name))) {
         l->oom = true;
         return -1;
@@ -478,7 +474,7 @@ static void *worker_main(void *arg)
             pthread_cond_wait(&m->work_cond, &m->lock);
             continue;
         }
-        double now = imp_now();
+        double now = util_now_s();
         job_ctx j = {.kind = job_for(n, now)};
         if (j.kind == JOB_NONE) {
             imp_node_maybe_free(m, n);
@@ -487,15 +483,15 @@ static void *worker_main(void *arg)
         n->busy = true;
         if (j.kind == JOB_UPLOAD && check_present(m, n)) {
             n->busy = false;
-            if (job_for(n, imp_now()) != JOB_NONE)
+            if (job_for(n, util_now_s()) != JOB_NONE)
                 up_enqueue(m, n);
             imp_node_maybe_free(m, n);
             pthread_cond_signal(&m->tick_cond);
             continue;
         }
-        if (j.kind == JOB_UPLOAD && job_for(n, imp_now()) != JOB_UPLOAD) {
+        if (j.kind == JOB_UPLOAD && job_for(n, util_now_s()) != JOB_UPLOAD) {
             n->busy = false; /* changed while its study was fetched */
-            if (job_for(n, imp_now()) != JOB_NONE)
+            if (job_for(n, util_now_s()) != JOB_NONE)
                 up_enqueue(m, n);
             imp_node_maybe_free(m, n);
             continue;
@@ -522,7 +518,7 @@ static void *worker_main(void *arg)
             rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
 
         pthread_mutex_lock(&m->lock);
-        now = imp_now();
+        now = util_now_s();
         m->active--;
         if (j.kind == JOB_UPLOAD && rc == 0)
             adapt_concurrency(m, now, size);
@@ -543,9 +539,10 @@ static void *worker_main(void *arg)
         free(j.object);
         free(j.label);
         /* No journal_sync here: losing an UPLOADED or deleted record in a
-         * crash only repeats an upload or a delete, and the coordinator
-         * syncs the journal after every tick (at least every 250 ms). An
-         * fsync per upload competed with the fsyncs close() waits for. */
+         * crash only repeats an upload or a delete, and the flusher thread
+         * (jflush_main) syncs the journal every JFLUSH_S (50 ms) when it
+         * changed. An fsync per upload competed with the fsyncs close()
+         * waits for. */
         pthread_mutex_lock(&m->lock);
     }
     pthread_mutex_unlock(&m->lock);
@@ -557,7 +554,6 @@ static void *worker_main(void *arg)
 /* A file being written into import/ is uploaded while it is written when it
  * qualifies (see the header comment): one thread per stream sends each
  * STREAM_CHUNK as soon as it is written, straight from the spool file. */
-#define STREAM_MIN_MIB 32          /* appended MiB before a stream starts (default) */
 #define STREAM_CHUNK (16u << 20)   /* bytes waiting before a chunk is sent */
 #define STREAM_MAX_PUT (32u << 20) /* largest request (an abandon waits for it) */
 #define STREAM_MAX 4               /* concurrent streams; more files wait for close */
@@ -620,7 +616,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     n->stream = NULL;
     n->busy = false;
     n->staged = true; /* even after an error the final chunk may have landed */
-    double now = imp_now();
+    double now = util_now_s();
     if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
         imp_node_to(m, n, ST_UPLOADED, s->final_size);
         log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
@@ -787,7 +783,7 @@ void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
             pthread_cond_signal(&s->cond);
         return;
     }
-    int min_mib = m->cfg.stream_min_mib ? m->cfg.stream_min_mib : STREAM_MIN_MIB;
+    int min_mib = m->cfg.stream_min_mib;
     if (m->gcs && !m->stop && min_mib > 0 && !n->stream_tried && n->state == ST_NEW && !n->io_err &&
         n->seq_end >= (uint64_t)min_mib << 20)
         stream_start(m, n, fd);
@@ -908,7 +904,7 @@ static void start_import(import_mgr *m, batch *b)
     memset(&err, 0, sizeof err);
     int rc = start_or_adopt(m, id, store, uri, &op, &err);
     pthread_mutex_lock(&m->lock);
-    double now = imp_now();
+    double now = util_now_s();
     if (rc == HC_OK && op) {
         b->op = op;
         op = NULL;
@@ -993,7 +989,7 @@ static void verify(import_mgr *m, batch *b)
                      "retrying",
                      b->id, err.http_status, err.message);
             store_pause_http(m, b->st, &err, "checking which files arrived in the store");
-            b->next_try = imp_now() + b->backoff;
+            b->next_try = util_now_s() + b->backoff;
             b->backoff = b->backoff * 2 > POLL_MAX_S ? POLL_MAX_S : b->backoff * 2;
             return;
         }
@@ -1012,7 +1008,7 @@ static void verify(import_mgr *m, batch *b)
     if (missing) {
         log_warn("import: %s: batch %s: %d file(s) not in the store: importing them again",
                  b->st->name, b->id, missing);
-        reimport(m, b, imp_now());
+        reimport(m, b, util_now_s());
         return;
     }
     b->state = B_DONE;
@@ -1056,7 +1052,7 @@ static void poll_op(import_mgr *m, batch *b)
         rc = hc_operation_parse(json, len, &op);
     free(json);
     pthread_mutex_lock(&m->lock);
-    double now = imp_now();
+    double now = util_now_s();
     char cause[900];
     if (rc == HC_ERR_HTTP && err.http_status == 404 && err.kind == HTTP_KIND_SERVER) {
         /* Expired or deleted with its dataset: which files arrived? */
@@ -1230,15 +1226,7 @@ static void tick(import_mgr *m, double now)
 /* Waits on cond (m->lock held) for a signal or for `seconds`. */
 static void wait_on(import_mgr *m, pthread_cond_t *cond, double seconds)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long ns = (long)(seconds * 1e9) + 1;
-    ts.tv_sec += ns / 1000000000L;
-    ts.tv_nsec += ns % 1000000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = util_timespec_in(CLOCK_REALTIME, seconds);
     pthread_cond_timedwait(cond, &m->lock, &ts);
 }
 
@@ -1273,7 +1261,7 @@ static void *coord_main(void *arg)
     double last = -1e9;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
-        double now = imp_now();
+        double now = util_now_s();
         if (now - last < TICK_MIN_S) {
             /* Kicked too soon after the last tick: wait out the rest (kicks
              * meanwhile are covered by the tick that follows). */
@@ -1284,7 +1272,7 @@ static void *coord_main(void *arg)
         tick(m, now);
         if (m->stop)
             break;
-        wait_kick(m, next_wait(m, imp_now()));
+        wait_kick(m, next_wait(m, util_now_s()));
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "status.h"
+#include "util.h"
 
 enum { WAIT_OK = 0, WAIT_FAILED = 1, WAIT_USAGE = 2, WAIT_TIMEOUT = 3 };
 
@@ -116,13 +117,6 @@ static char *read_status(const char *store)
     if (buf)
         buf[len] = '\0';
     return buf;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Prints the "failed: PATH: REASON" lines (not the "failed: N" counter)
@@ -263,7 +257,7 @@ int wait_main(int argc, char **argv)
         return WAIT_USAGE;
     }
     bool tty = isatty(STDOUT_FILENO);
-    double start = now_s(), last_print = 0, last_t = start, rate = 0;
+    double start = util_now_s(), last_print = 0, last_t = start, rate = 0;
     uint64_t last_bytes = 0;
     bool first = true;
     char paused[256] = "";
@@ -276,7 +270,7 @@ int wait_main(int argc, char **argv)
             free(text);
             return WAIT_USAGE;
         }
-        double t = now_s();
+        double t = util_now_s();
         if (!first && t > last_t && c.bytes_uploaded >= last_bytes)
             rate = 0.7 * rate + 0.3 * (double)(c.bytes_uploaded - last_bytes) / (t - last_t);
         last_t = t;

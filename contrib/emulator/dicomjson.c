@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 #include <zlib.h>
 
+#include "util.h"
 #include "hc_internal.h"
 
 #define DJ_MAX_DEPTH 16
@@ -201,14 +201,10 @@ static void ds_free(dj_ds *ds);
 
 static dj_elem *ds_push(dj_ds *ds)
 {
-    if (ds->n == ds->cap) {
-        size_t nc = ds->cap ? ds->cap * 2 : 16;
-        dj_elem *n = realloc(ds->el, nc * sizeof *n);
-        if (!n)
-            return NULL;
-        ds->el = n;
-        ds->cap = nc;
-    }
+    dj_elem *n = util_grow(ds->el, ds->n, &ds->cap, sizeof *n, 16);
+    if (!n)
+        return NULL;
+    ds->el = n;
     dj_elem *e = &ds->el[ds->n++];
     memset(e, 0, sizeof *e);
     return e;
@@ -894,10 +890,8 @@ static cJSON *elem_json(const dj_elem *e, enum dj_enc enc, const char *bulk_base
     } else if (is_number_vr(e->vr)) {
         cJSON_AddItemToObject(o, "Value", binary_numbers(e, enc));
     } else {
-        int outlen = 4 * (((int)e->len + 2) / 3) + 1;
-        char *b64 = malloc((size_t)outlen);
+        char *b64 = util_b64_encode(e->val, e->len, false);
         if (b64) {
-            EVP_EncodeBlock((unsigned char *)b64, e->val, (int)e->len);
             cJSON_AddStringToObject(o, "InlineBinary", b64);
             free(b64);
         }

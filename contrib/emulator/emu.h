@@ -100,8 +100,12 @@ int emu_gcs_write(emu_ctx *ctx, const char *bucket, const char *name, const void
 /* Reads a whole file into *data (malloc'ed, a NUL after the len bytes).
  * Returns 0, or -errno with *data NULL. */
 int emu_read_file(const char *path, char **data, size_t *len);
-/* The same as a string (state files), or NULL. */
-char *emu_read_text(const char *path);
+/* A JSON state file parsed (free with cJSON_Delete), or NULL when it is
+ * missing or not JSON. */
+cJSON *emu_read_json(const char *path);
+/* Writes j to path atomically (mode 0600) and deletes j; pretty for the
+ * files people read. 0 or -errno. */
+int emu_write_json(const char *path, cJSON *j, bool pretty);
 
 /* ---- the Healthcare API (hc_api.c etc.), called by the router ---- */
 /* Handles /v1/... and /v1beta1/... (version is "v1" or "v1beta1", rest the

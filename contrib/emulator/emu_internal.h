@@ -69,6 +69,7 @@ struct emu_ctx {
     char host[64];
     int port;
     const char *tls_dir;      /* --tls-dir: serve https, DIR/ca.pem to trust */
+    char tls_dir_real[4096];  /* tls_dir made absolute at start (tls.c) */
     char *tls_key, *tls_cert; /* PEM, made at start by emu_tls_make */
     bool no_auth;
     int token_ttl;
@@ -83,18 +84,19 @@ struct emu_ctx {
     atomic_llong refuse_tokens_until_ms; /* CLOCK_MONOTONIC ms; 0 = grants work */
     emu_store *store;
     emu_oauth *oauth;
-    emu_uploads *uploads; /* resumable upload sessions (gcs_api.c) */
-    emu_hc *hc;           /* the Healthcare API (hc_api.c) */
+    emu_uploads *uploads;      /* resumable upload sessions (gcs_api.c) */
+    emu_hc *hc;                /* the Healthcare API (hc_api.c) */
+    struct MHD_Daemon *daemon; /* the HTTP server while it runs (server.c) */
 };
 
 /* ---- server.c ---- */
 /* Serves on an already listening socket until emu_server_stop. */
 int emu_server_start(emu_ctx *ctx, int listen_fd);
+void emu_server_stop(emu_ctx *ctx);
 
 /* tls.c: a throwaway CA (written to DIR/ca.pem) and a server key and
  * certificate for ctx->host, 127.0.0.1 and localhost (ctx->tls_key/cert). */
 int emu_tls_make(emu_ctx *ctx, const char *dir);
-void emu_server_stop(emu_ctx *ctx);
 /* The request's connection-level kind as routed. */
 enum emu_kind emu_req_kind(const emu_request *r);
 /* For a body spooled to disk (above 64 MiB): hands its file over to the

@@ -259,6 +259,23 @@ static void add_store_json(void *items, const hc_store *s)
     cJSON_AddItemToArray(items, store_json(s));
 }
 
+/* The id of a resource to create, from the query parameter param
+ * ("datasetId", "dicomStoreId"), or NULL after answering 400. */
+static const char *new_id(emu_response *w, const emu_request *r, const char *param)
+{
+    const char *id = emu_req_query(r, param);
+    char msg[512];
+    if (!id || !*id)
+        snprintf(msg, sizeof msg, "%s is required", param);
+    else if (!hc_id_valid(id))
+        snprintf(msg, sizeof msg, "Invalid %s \"%.300s\": must match [\\p{L}\\p{N}_\\-\\.]{1,256}",
+                 param, id);
+    else
+        return id;
+    hc_error(w, 400, msg);
+    return NULL;
+}
+
 static void datasets_collection(emu_hc *hc, emu_response *w, const emu_request *r,
                                 const char *method, const char *version, const char *parent)
 {
@@ -274,18 +291,9 @@ static void datasets_collection(emu_hc *hc, emu_response *w, const emu_request *
         hc_error(w, 405, "Method not allowed");
         return;
     }
-    const char *id = emu_req_query(r, "datasetId");
-    if (!id || !*id) {
-        hc_error(w, 400, "datasetId is required");
+    const char *id = new_id(w, r, "datasetId");
+    if (!id)
         return;
-    }
-    if (!hc_id_valid(id)) {
-        char msg[512];
-        snprintf(msg, sizeof msg,
-                 "Invalid datasetId \"%.300s\": must match [\\p{L}\\p{N}_\\-\\.]{1,256}", id);
-        hc_error(w, 400, msg);
-        return;
-    }
     cJSON *body = hc_parse_body(r, w);
     if (!body)
         return;
@@ -367,18 +375,9 @@ static void stores_collection(emu_hc *hc, emu_response *w, const emu_request *r,
         hc_error(w, 405, "Method not allowed");
         return;
     }
-    const char *id = emu_req_query(r, "dicomStoreId");
-    if (!id || !*id) {
-        hc_error(w, 400, "dicomStoreId is required");
+    const char *id = new_id(w, r, "dicomStoreId");
+    if (!id)
         return;
-    }
-    if (!hc_id_valid(id)) {
-        char msg[512];
-        snprintf(msg, sizeof msg,
-                 "Invalid dicomStoreId \"%.300s\": must match [\\p{L}\\p{N}_\\-\\.]{1,256}", id);
-        hc_error(w, 400, msg);
-        return;
-    }
     cJSON *body = hc_parse_body(r, w);
     if (!body)
         return;

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "filter.h"
+#include "util.h"
 #include "hc_internal.h"
 
 static char *trim(char *s)
@@ -132,14 +133,10 @@ typedef struct filter_set {
 static int add_path(void *ctx, const filter_path *p)
 {
     filter_set *fs = ctx;
-    if (fs->n == fs->cap) {
-        size_t nc = fs->cap ? fs->cap * 2 : 16;
-        filter_path *nv = realloc(fs->v, nc * sizeof *nv);
-        if (!nv)
-            return FILTER_ERR_NOMEM;
-        fs->v = nv;
-        fs->cap = nc;
-    }
+    filter_path *nv = util_grow(fs->v, fs->n, &fs->cap, sizeof *nv, 16);
+    if (!nv)
+        return FILTER_ERR_NOMEM;
+    fs->v = nv;
     fs->v[fs->n++] = *p;
     return 0;
 }

@@ -52,7 +52,6 @@ emu_ctx *hc_state_ctx(const hc_state *hs)
 }
 
 /* ---- file helpers ---- */
-/* ---- small helpers ---- */
 int hc_read_file(const char *path, uint8_t **data, size_t *len)
 {
     char *text;
@@ -289,15 +288,9 @@ static int state_save(hc_state *hs)
         cJSON_AddItemToArray(sta, d);
     }
     cJSON_AddNumberToObject(j, "nextStore", (double)hs->next_store);
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
-    char *path;
-    int rc = -ENOMEM;
-    if (txt && asprintf(&path, "%s/state.json", hs->dir) >= 0) {
-        rc = util_write_atomic(path, txt, strlen(txt), 0600);
-        free(path);
-    }
-    free(txt);
+    char *path = util_asprintf("%s/state.json", hs->dir);
+    int rc = path ? emu_write_json(path, j, true) : (cJSON_Delete(j), -ENOMEM);
+    free(path);
     if (rc < 0)
         log_error("emulator: cannot save healthcare state: %s", strerror(-rc));
     return rc;
@@ -546,11 +539,11 @@ static bool src_equals(const add_src *src, const char *path)
 
 static int copy_fd_to(int in, uint64_t size, const char *path)
 {
-    char *tmp;
-    static unsigned long seq;
-    if (asprintf(&tmp, "%s.tmp.%d.%lu", path, getpid(), __atomic_add_fetch(&seq, 1, 0)) < 0)
+    /* A unique name in the same directory, as util_write_atomic makes. */
+    char *tmp = util_asprintf("%s.tmp.XXXXXX", path);
+    if (!tmp)
         return -ENOMEM;
-    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int out = mkostemp(tmp, O_CLOEXEC);
     int rc = out < 0 ? -errno : 0;
     loff_t ioff = 0;
     while (rc == 0 && (uint64_t)ioff < size) {

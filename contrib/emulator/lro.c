@@ -112,16 +112,11 @@ static void op_save(const hc_op *op)
     cJSON_AddNumberToObject(j, "errCode", op->err_code);
     if (op->err_msg)
         cJSON_AddStringToObject(j, "errMsg", op->err_msg);
-    char *txt = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    char *path;
-    if (txt && asprintf(&path, "%s/%s.json", lro->dir, op->id) >= 0) {
-        int rc = util_write_atomic(path, txt, strlen(txt), 0600);
-        if (rc < 0)
-            log_error("emulator: cannot save operation %s: %s", op->id, strerror(-rc));
-        free(path);
-    }
-    free(txt);
+    char *path = util_asprintf("%s/%s.json", lro->dir, op->id);
+    int rc = path ? emu_write_json(path, j, false) : (cJSON_Delete(j), -ENOMEM);
+    if (rc < 0)
+        log_error("emulator: cannot save operation %s: %s", op->id, strerror(-rc));
+    free(path);
 }
 
 static void save_next_id(hc_lro *lro)
@@ -183,24 +178,14 @@ static hc_op *op_find(hc_lro *lro, const char *id)
 
 static const char *method_name(const hc_op *op, char *buf, size_t len)
 {
-    const char *v = op->version;
-    switch (op->kind) {
-    case HC_OP_CREATE_DATASET:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dataset.DatasetService.CreateDataset", v);
-        break;
-    case HC_OP_IMPORT:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dicom.DicomService.ImportDicomData", v);
-        break;
-    case HC_OP_EXPORT:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dicom.DicomService.ExportDicomData", v);
-        break;
-    case HC_OP_DELETE_STUDY:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteStudy", v);
-        break;
-    case HC_OP_DELETE_SERIES:
-        snprintf(buf, len, "google.cloud.healthcare.%s.dicomweb.DicomWebService.DeleteSeries", v);
-        break;
-    }
+    static const char *const methods[HC_OP_KIND_COUNT] = {
+        [HC_OP_CREATE_DATASET] = "dataset.DatasetService.CreateDataset",
+        [HC_OP_IMPORT] = "dicom.DicomService.ImportDicomData",
+        [HC_OP_EXPORT] = "dicom.DicomService.ExportDicomData",
+        [HC_OP_DELETE_STUDY] = "dicomweb.DicomWebService.DeleteStudy",
+        [HC_OP_DELETE_SERIES] = "dicomweb.DicomWebService.DeleteSeries",
+    };
+    snprintf(buf, len, "google.cloud.healthcare.%s.%s", op->version, methods[op->kind]);
     return buf;
 }
 
@@ -380,9 +365,7 @@ void hc_op_fail(hc_op *op, int code, const char *fmt, ...)
     hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&lro->mu);
     if (!op->err_code) {
@@ -415,9 +398,7 @@ void hc_op_log(hc_op *op, const char *resource, int code, const char *fmt, ...)
     hc_lro *lro = op->lro;
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -473,13 +454,7 @@ static void wait_turn(hc_op *op)
     pthread_mutex_lock(&lro->mu);
     while (earlier_running(op) && !op->cancel_req && !op->deleted && !lro->stop &&
            !emu_shutting_down(lro->ctx)) {
-        struct timespec t;
-        clock_gettime(CLOCK_REALTIME, &t);
-        t.tv_nsec += 100000000L;
-        if (t.tv_nsec >= 1000000000L) {
-            t.tv_sec++;
-            t.tv_nsec -= 1000000000L;
-        }
+        struct timespec t = util_timespec_in(CLOCK_REALTIME, 0.1);
         pthread_cond_timedwait(&lro->cv, &lro->mu, &t);
     }
     clock_gettime(CLOCK_REALTIME, &op->start);

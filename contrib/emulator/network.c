@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "emu_internal.h"
+#include "util.h"
 
 struct emu_net {
     pthread_mutex_t mu;
@@ -21,16 +22,9 @@ struct emu_net {
     int64_t link_free_ns; /* CLOCK_MONOTONIC time at which the link is idle */
 };
 
-static int64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
 int64_t emu_mono_ms(void)
 {
-    return mono_ns() / 1000000LL;
+    return util_mono_ns() / 1000000LL;
 }
 
 static void sleep_until_ns(int64_t when)
@@ -85,7 +79,7 @@ void emu_net_latency(emu_net *n)
     int ms = n->latency_ms;
     pthread_mutex_unlock(&n->mu);
     if (ms > 0)
-        sleep_until_ns(mono_ns() + (int64_t)ms * 1000000LL);
+        sleep_until_ns(util_mono_ns() + (int64_t)ms * 1000000LL);
 }
 
 bool emu_net_capped(emu_net *n)
@@ -107,7 +101,7 @@ void emu_net_transfer(emu_net *n, uint64_t len)
     }
     /* bits / (Mbit/s) = microseconds; * 1000 for ns */
     int64_t cost = (int64_t)(len * 8ull * 1000ull / (uint64_t)n->bandwidth_mbps);
-    int64_t now = mono_ns();
+    int64_t now = util_mono_ns();
     int64_t start = n->link_free_ns > now ? n->link_free_ns : now;
     n->link_free_ns = start + cost;
     int64_t until = n->link_free_ns;

@@ -97,9 +97,7 @@ static void load_keys(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "keys.json", path, sizeof(path));
-    char *text = emu_read_text(path);
-    cJSON *arr = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *arr = emu_read_json(path);
     cJSON *k;
     cJSON_ArrayForEach(k, arr)
     {
@@ -140,13 +138,9 @@ static int save_keys(emu_ctx *ctx, emu_oauth *o)
         free(pem);
         cJSON_AddItemToArray(arr, k);
     }
-    char *text = cJSON_Print(arr);
-    cJSON_Delete(arr);
     char path[4200];
     oauth_path(ctx, "keys.json", path, sizeof(path));
-    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
-    free(text);
-    return rc;
+    return emu_write_json(path, arr, true);
 }
 
 static void load_tokens(emu_ctx *ctx, emu_oauth *o)
@@ -206,9 +200,7 @@ static void load_refresh(emu_ctx *ctx, emu_oauth *o)
 {
     char path[4200];
     oauth_path(ctx, "refresh.json", path, sizeof(path));
-    char *text = emu_read_text(path);
-    cJSON *arr = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *arr = emu_read_json(path);
     cJSON *r;
     cJSON_ArrayForEach(r, arr)
     {
@@ -238,13 +230,9 @@ static int save_refresh(emu_ctx *ctx, emu_oauth *o)
         cJSON_AddStringToObject(r, "clientSecret", o->refresh[i].client_secret);
         cJSON_AddItemToArray(arr, r);
     }
-    char *text = cJSON_Print(arr);
-    cJSON_Delete(arr);
     char path[4200];
     oauth_path(ctx, "refresh.json", path, sizeof(path));
-    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
-    free(text);
-    return rc;
+    return emu_write_json(path, arr, true);
 }
 
 int emu_oauth_open(emu_ctx *ctx)

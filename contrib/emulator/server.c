@@ -73,8 +73,6 @@ struct emu_response {
     bool is_json;
 };
 
-static struct MHD_Daemon *g_daemon;
-
 /* ---- context ---- */
 
 const char *emu_data_dir(const emu_ctx *ctx)
@@ -323,19 +321,11 @@ void emu_resp_empty(emu_response *w, int status)
     w->status = status;
 }
 
-static char *vfmt(const char *fmt, va_list ap)
-{
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        return NULL;
-    return s;
-}
-
 void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
@@ -351,7 +341,7 @@ void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const c
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = vfmt(fmt, ap);
+    char *msg = util_vasprintf(fmt, ap);
     va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
@@ -931,14 +921,14 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
     }
     if (tls)
         flags |= MHD_USE_TLS;
-    g_daemon = MHD_start_daemon(
+    ctx->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, ctx, MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, on_uri, ctx, MHD_OPTION_NOTIFY_COMPLETED, on_completed, ctx,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900,
         tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, ctx->tls_key, MHD_OPTION_HTTPS_MEM_CERT,
         ctx->tls_cert, MHD_OPTION_END);
-    if (!g_daemon) {
+    if (!ctx->daemon) {
         log_error("cannot start the HTTP server on %s", ctx->base_url);
         return -1;
     }
@@ -947,12 +937,11 @@ int emu_server_start(emu_ctx *ctx, int listen_fd)
 
 void emu_server_stop(emu_ctx *ctx)
 {
-    (void)ctx;
-    if (!g_daemon)
+    if (!ctx->daemon)
         return;
-    MHD_socket fd = MHD_quiesce_daemon(g_daemon);
-    MHD_stop_daemon(g_daemon);
+    MHD_socket fd = MHD_quiesce_daemon(ctx->daemon);
+    MHD_stop_daemon(ctx->daemon);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
-    g_daemon = NULL;
+    ctx->daemon = NULL;
 }

@@ -210,14 +210,10 @@ static obj_rec *find_obj(const bucket *b, const char *name, size_t *pos)
 
 static int insert_obj(bucket *b, size_t pos, obj_rec *o)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64;
-        obj_rec **n = realloc(b->objs, cap * sizeof(*n));
-        if (!n)
-            return -1;
-        b->objs = n;
-        b->cap = cap;
-    }
+    obj_rec **n = util_grow(b->objs, b->n, &b->cap, sizeof(*n), 64);
+    if (!n)
+        return -1;
+    b->objs = n;
     memmove(b->objs + pos + 1, b->objs + pos, (b->n - pos) * sizeof(*b->objs));
     b->objs[pos] = o;
     b->n++;
@@ -238,14 +234,10 @@ static bucket *add_bucket(emu_store *s, const char *name, int64_t created_us)
     bucket *b = find_bucket(s, name, &pos);
     if (b)
         return b;
-    if (s->nb == s->capb) {
-        size_t cap = s->capb ? s->capb * 2 : 8;
-        bucket **n = realloc(s->b, cap * sizeof(*n));
-        if (!n)
-            return NULL;
-        s->b = n;
-        s->capb = cap;
-    }
+    bucket **n = util_grow(s->b, s->nb, &s->capb, sizeof(*n), 8);
+    if (!n)
+        return NULL;
+    s->b = n;
     b = calloc(1, sizeof(*b));
     if (!b || !(b->name = strdup(name))) {
         free(b);
@@ -345,43 +337,24 @@ int emu_read_file(const char *path, char **data, size_t *len)
     return 0;
 }
 
-char *emu_read_text(const char *path)
+cJSON *emu_read_json(const char *path)
 {
     char *text;
     size_t len;
-    return emu_read_file(path, &text, &len) == 0 ? text : NULL;
+    if (emu_read_file(path, &text, &len) != 0)
+        return NULL;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    return j;
 }
 
-/* Writes text to path atomically (temp file in the same directory, rename). */
-static int write_atomic(const char *path, const char *text)
+int emu_write_json(const char *path, cJSON *j, bool pretty)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return -errno;
-    size_t len = strlen(text);
-    const char *p = text;
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int e = errno ? errno : EIO;
-            close(fd);
-            unlink(tmp);
-            return -e;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return -e;
-    }
-    return 0;
+    char *text = pretty ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    int rc = text ? util_write_atomic(path, text, strlen(text), 0600) : -ENOMEM;
+    free(text);
+    return rc;
 }
 
 /* ---- start-up ---- */
@@ -406,9 +379,7 @@ static void load_objects(emu_store *s, bucket *b)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        char *text = emu_read_text(path);
-        cJSON *j = text ? cJSON_Parse(text) : NULL;
-        free(text);
+        cJSON *j = emu_read_json(path);
         obj_rec *o = calloc(1, sizeof(*o));
         if (!j || !o || sidecar_to_info(j, b->name, &o->info) != 0) {
             log_warn("ignoring unreadable object sidecar %s", path);
@@ -462,9 +433,7 @@ static void load_buckets(emu_store *s)
             continue;
         char path[4400];
         snprintf(path, sizeof(path), "%s/%s/bucket.json", dir, e->d_name);
-        char *text = emu_read_text(path);
-        cJSON *j = text ? cJSON_Parse(text) : NULL;
-        free(text);
+        cJSON *j = emu_read_json(path);
         if (!j)
             continue;
         bucket *b = add_bucket(s, e->d_name, jnum(j, "timeCreated"));
@@ -563,7 +532,7 @@ int emu_gcs_bucket_create(emu_ctx *ctx, const char *name)
         char text[64];
         snprintf(text, sizeof(text), "{\"timeCreated\":\"%lld\"}\n", (long long)now);
         snprintf(path, sizeof(path), "%s/bucket.json", dir);
-        rc = write_atomic(path, text);
+        rc = util_write_atomic(path, text, strlen(text), 0600);
     }
     if (rc == 0 && !add_bucket(s, name, now))
         rc = -ENOMEM;
@@ -775,7 +744,7 @@ static int commit_locked(emu_store *s, bucket *b, emu_writer *w, const char *nam
     cJSON_Delete(side);
     int rc = EMU_STORE_IO;
     if (text && i->bucket && i->name && rename(w->path, data_path) == 0) {
-        if (write_atomic(meta_path, text) == 0)
+        if (util_write_atomic(meta_path, text, strlen(text), 0600) == 0)
             rc = EMU_STORE_OK;
         else
             unlink(data_path);
@@ -844,8 +813,8 @@ int emu_store_writer_commit(emu_writer *w, const char *bucket_name, const char *
     return rc;
 }
 
-emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
-                                   const unsigned char md5[16], uint32_t crc)
+/* A writer over the existing file at path (no descriptor of its own). */
+static emu_writer *writer_for(emu_ctx *ctx, const char *path)
 {
     emu_writer *w = calloc(1, sizeof(*w));
     if (!w)
@@ -853,6 +822,15 @@ emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size
     w->ctx = ctx;
     w->fd = -1;
     snprintf(w->path, sizeof(w->path), "%s", path);
+    return w;
+}
+
+emu_writer *emu_store_writer_adopt(emu_ctx *ctx, const char *path, uint64_t size,
+                                   const unsigned char md5[16], uint32_t crc)
+{
+    emu_writer *w = writer_for(ctx, path);
+    if (!w)
+        return NULL;
     w->size = size;
     w->crc = crc;
     w->prehashed = true;
@@ -864,12 +842,9 @@ int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, co
                           const char *content_type, const cJSON *metadata, const emu_preconds *pre,
                           const char *want_md5, const char *want_crc, emu_obj_info *out)
 {
-    emu_writer *w = calloc(1, sizeof(*w));
+    emu_writer *w = writer_for(ctx, path);
     if (!w)
         return EMU_STORE_IO;
-    w->ctx = ctx;
-    w->fd = -1;
-    snprintf(w->path, sizeof(w->path), "%s", path);
     w->md5 = EVP_MD_CTX_new();
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (!w->md5 || fd < 0 || EVP_DigestInit_ex(w->md5, EVP_md5(), NULL) != 1) {
@@ -898,22 +873,30 @@ int emu_store_commit_file(emu_ctx *ctx, const char *path, const char *bucket, co
 
 /* ---- reads ---- */
 
+/* The object bucket_name/name (lock held) in *b, *o and its index *pos,
+ * if it exists and meets pre: EMU_STORE_OK, NOBUCKET, NOTFOUND or PRECOND. */
+static int find_checked(emu_store *s, const char *bucket_name, const char *name,
+                        const emu_preconds *pre, bucket **b, obj_rec **o, size_t *pos)
+{
+    *b = find_bucket(s, bucket_name, NULL);
+    *o = *b ? find_obj(*b, name, pos) : NULL;
+    if (!*b)
+        return EMU_STORE_NOBUCKET;
+    if (!*o)
+        return EMU_STORE_NOTFOUND;
+    return emu_preconds_check(pre, &(*o)->info) != EMU_STORE_OK ? EMU_STORE_PRECOND : EMU_STORE_OK;
+}
+
 int emu_store_object_get(emu_ctx *ctx, const char *bucket_name, const char *name,
                          const emu_preconds *pre, emu_obj_info *out, int *fd)
 {
     emu_store *s = ctx->store;
-    int rc = EMU_STORE_OK;
     if (fd)
         *fd = -1;
     pthread_mutex_lock(&s->mu);
-    bucket *b = find_bucket(s, bucket_name, NULL);
-    obj_rec *o = b ? find_obj(b, name, NULL) : NULL;
-    if (!b)
-        rc = EMU_STORE_NOBUCKET;
-    else if (!o)
-        rc = EMU_STORE_NOTFOUND;
-    else if (emu_preconds_check(pre, &o->info) != EMU_STORE_OK)
-        rc = EMU_STORE_PRECOND;
+    bucket *b;
+    obj_rec *o;
+    int rc = find_checked(s, bucket_name, name, pre, &b, &o, NULL);
     if (rc == EMU_STORE_OK && fd) {
         char path[4400];
         obj_data_path(ctx, b->name, o->key, o->info.generation, path, sizeof(path));
@@ -939,17 +922,11 @@ int emu_store_object_delete(emu_ctx *ctx, const char *bucket_name, const char *n
                             const emu_preconds *pre)
 {
     emu_store *s = ctx->store;
-    int rc = EMU_STORE_OK;
     pthread_mutex_lock(&s->mu);
-    bucket *b = find_bucket(s, bucket_name, NULL);
+    bucket *b;
+    obj_rec *o;
     size_t pos = 0;
-    obj_rec *o = b ? find_obj(b, name, &pos) : NULL;
-    if (!b)
-        rc = EMU_STORE_NOBUCKET;
-    else if (!o)
-        rc = EMU_STORE_NOTFOUND;
-    else if (emu_preconds_check(pre, &o->info) != EMU_STORE_OK)
-        rc = EMU_STORE_PRECOND;
+    int rc = find_checked(s, bucket_name, name, pre, &b, &o, &pos);
     if (rc == EMU_STORE_OK) {
         char path[4400];
         obj_meta_path(ctx, b->name, o->key, path, sizeof(path));

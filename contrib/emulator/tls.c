@@ -102,9 +102,8 @@ static int write_ca(emu_ctx *ctx, const char *dir, X509 *ca)
         return -1;
     }
     /* The printed export line names it: absolute, whatever the cwd. */
-    static char abs[4096];
-    if (realpath(dir, abs))
-        ctx->tls_dir = abs;
+    if (realpath(dir, ctx->tls_dir_real))
+        ctx->tls_dir = ctx->tls_dir_real;
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "auth.h"
 #include "http.h"
 #include "log.h"
+#include "util.h"
 
 #include <cJSON.h>
 #include <arpa/inet.h>
@@ -332,7 +333,7 @@ TEST(base64url_vectors)
              {(const char *)bin, 3, "-_-_"},
              {(const char *)bin, 2, "-_8"}};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        char *s = auth_base64url((const unsigned char *)v[i].in, v[i].len);
+        char *s = util_b64_encode(v[i].in, v[i].len, true);
         CHECK_EQ_STR(s, v[i].out);
         free(s);
     }
@@ -367,7 +368,7 @@ TEST(jwt_assertion_claims_and_signature)
     /* Tampering with the claims (iss changed, same signature) must not verify. */
     cJSON_ReplaceItemInObject(c, "iss", cJSON_CreateString("evil@example.com"));
     char *cj = cJSON_PrintUnformatted(c);
-    char *c64 = auth_base64url((unsigned char *)cj, strlen(cj));
+    char *c64 = util_b64_encode(cj, strlen(cj), true);
     const char *d1 = strchr(jwt, '.'), *d2 = strrchr(jwt, '.');
     char *forged = NULL;
     CHECK(asprintf(&forged, "%.*s.%s%s", (int)(d1 - jwt), jwt, c64, d2) > 0);

@@ -5,12 +5,25 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+static char *vfmt(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = util_vasprintf(fmt, ap);
+    va_end(ap);
+    return s;
+}
 
 TEST(asprintf_formats)
 {
     char *s = util_asprintf("%s-%d", "a", 42);
     CHECK_EQ_STR(s, "a-42");
+    free(s);
+    s = vfmt("%s/%u", "b", 7u);
+    CHECK_EQ_STR(s, "b/7");
     free(s);
 }
 
@@ -78,6 +91,8 @@ TEST(mkdirs_and_atomic_write)
     CHECK_EQ_INT(util_write_atomic(file, "one", 3, 0600), 0);
     CHECK_EQ_INT(util_write_atomic(file, "second", 6, 0640), 0);
     CHECK(stat(file, &st) == 0 && st.st_size == 6 && (st.st_mode & 0777) == 0640);
+    CHECK_EQ_INT(util_write_durable(file, "durable", 7, 0600), 0);
+    CHECK(stat(file, &st) == 0 && st.st_size == 7 && (st.st_mode & 0777) == 0600);
     char *missing = util_asprintf("%s/nodir/f", base);
     CHECK_EQ_INT(util_write_atomic(missing, "x", 1, 0600), -ENOENT);
     unlink(file);
@@ -91,6 +106,51 @@ TEST(mkdirs_and_atomic_write)
     free(dir);
 }
 
+TEST(utc_basic_digits)
+{
+    char b[40];
+    util_utc_basic(b, sizeof b, 1700000000, 123456789, 0);
+    CHECK_EQ_STR(b, "20231114T221320Z");
+    util_utc_basic(b, sizeof b, 1700000000, 123456789, 3);
+    CHECK_EQ_STR(b, "20231114T221320.123Z");
+}
+
+TEST(clocks_and_timed_waits)
+{
+    double s = util_now_s();
+    int64_t ns = util_mono_ns();
+    double gap = (double)ns / 1e9 - s;
+    CHECK(ns > 0 && gap > -1.0 && gap < 1.0);
+    struct timespec now, at = util_timespec_in(CLOCK_REALTIME, 1.75);
+    clock_gettime(CLOCK_REALTIME, &now);
+    double d = (double)(at.tv_sec - now.tv_sec) + (double)(at.tv_nsec - now.tv_nsec) / 1e9;
+    CHECK(d > 1.5 && d <= 1.75);
+    CHECK(at.tv_nsec >= 0 && at.tv_nsec < 1000000000L);
+    at = util_timespec_in(CLOCK_MONOTONIC, -5); /* the past is now */
+    CHECK(at.tv_nsec >= 0 && at.tv_nsec < 1000000000L);
+}
+
+TEST(grow_doubles_from_first)
+{
+    int *v = NULL;
+    size_t n = 0, cap = 0;
+    for (int i = 0; i < 100; i++) {
+        int *nv = util_grow(v, n, &cap, sizeof *nv, 4);
+        CHECK(nv != NULL);
+        if (!nv)
+            break;
+        v = nv;
+        v[n++] = i;
+    }
+    CHECK_EQ_INT((long long)cap, 128); /* 4, 8, ..., 128 */
+    CHECK_EQ_INT(v[99], 99);
+    CHECK(util_grow(v, n, &cap, sizeof *v, 4) == v); /* room left: the same array */
+    size_t huge = SIZE_MAX / 2 + 1;
+    CHECK(util_grow(v, huge, &huge, sizeof *v, 4) == NULL); /* too large: refused */
+    CHECK(huge == SIZE_MAX / 2 + 1);
+    free(v);
+}
+
 int main(void)
 {
     RUN(asprintf_formats);
@@ -99,5 +159,8 @@ int main(void)
     RUN(rfc3339_digits);
     RUN(base64_round_trip);
     RUN(mkdirs_and_atomic_write);
+    RUN(utc_basic_digits);
+    RUN(clocks_and_timed_waits);
+    RUN(grow_doubles_from_first);
     return test_done();
 }
