@@ -244,10 +244,13 @@ static int op_setxattr(const char *path, const char *name, const char *value, si
 
 static int op_getxattr(const char *path, const char *name, char *value, size_t size)
 {
-    /* Only user.* names exist; `ls -l` asks for security.* and system.*
-     * on every entry, answered here without parsing or lookups. */
+    /* Only user.* names exist. `ls -l` asks for security.selinux and
+     * system.posix_acl_access of every entry (two round trips each, even
+     * with every entry cached); "not supported" (not "no such attribute")
+     * makes ls stop asking for the rest of the filesystem: a cached
+     * `ls -l` of 1000 entries then makes no request per entry. */
     if (strncmp(name, "user.", 5) != 0)
-        return -ENODATA;
+        return -ENOTSUP;
     tree_path tp;
     int rc = parse(path, &tp);
     return rc ? rc : node_getxattr(ctx(), path, &tp, name, value, size);

@@ -168,6 +168,11 @@ struct import_mgr {
     pthread_t coord;
     pthread_t jflush; /* fsyncs the journal every JFLUSH_S when it changed */
     bool jflush_started;
+    /* Nodes whose spool release waits for the flusher's next journal sync
+     * (rel_on: the flusher is running and takes them). */
+    node **rel_v;
+    size_t rel_n, rel_cap;
+    bool rel_on;
     bool coord_started;
     upstream *streams; /* streaming upload threads, joined when done */
     /* Bounded cache: cache_used bytes of spool files against cache_max;

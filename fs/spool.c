@@ -39,7 +39,13 @@
 
 #include "log.h"
 
-#define SPOOL_POOL 32 /* empty files created ahead */
+#define SPOOL_FILL 32 /* empty files created ahead */
+/* Room for recycled files beyond SPOOL_FILL: the pool is refilled (new
+ * inodes) while the files in flight are still being uploaded; when they
+ * come back a pool of only SPOOL_FILL overflowed, so about one file in ten
+ * was deleted and another created (each creation scanning for recently
+ * freed inodes on a busy ext4). */
+#define SPOOL_POOL (3 * SPOOL_FILL)
 
 struct spool {
     char *dir;
@@ -64,7 +70,7 @@ static int create_file(int dirfd, char id[SPOOL_ID_LEN + 1]);
 /* Fills the pool up (lock held; dropped around each creation). */
 static void pool_fill(spool *s)
 {
-    while (!s->stop && s->pool_on && s->pool_n < SPOOL_POOL) {
+    while (!s->stop && s->pool_on && s->pool_n < SPOOL_FILL) {
         char id[SPOOL_ID_LEN + 1];
         pthread_mutex_unlock(&s->lock);
         int fd = create_file(s->pooldirfd, id);
@@ -89,7 +95,7 @@ static void *syncer_main(void *arg)
     spool *s = arg;
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
-        if (s->pool_on && s->pool_n <= SPOOL_POOL / 2) {
+        if (s->pool_on && s->pool_n <= SPOOL_FILL / 2) {
             pool_fill(s);
             continue;
         }
@@ -257,7 +263,7 @@ static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1])
     if (s->pool_n > 0) {
         fd = s->pool_fd[--s->pool_n];
         memcpy(id, s->pool_id[s->pool_n], SPOOL_ID_LEN + 1);
-        if (s->pool_n <= SPOOL_POOL / 2)
+        if (s->pool_n <= SPOOL_FILL / 2)
             pthread_cond_broadcast(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
@@ -329,6 +335,24 @@ int spool_remove(spool *s, const char *id)
     return 0;
 }
 
+/* The spool file id emptied, open for its next use. ext4 marks a file
+ * truncated to 0 (auto_da_alloc: the "truncate and rewrite" pattern of
+ * editors) and, at the next close of any descriptor of it, writes all its
+ * delayed-allocation data to disk: the next file spooled in this inode
+ * would go to disk at its close (about 5% of the client's CPU per file, and
+ * disk writes for data that is usually released before write-back). So
+ * the truncating descriptor is closed while the file is still empty (that
+ * close clears the mark at no cost) and a second one is kept. */
+static int open_emptied(spool *s, const char *id)
+{
+    int tfd = openat(s->dirfd, id, O_RDWR | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
+    if (tfd < 0)
+        return -1;
+    int fd = openat(s->dirfd, id, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    close(tfd);
+    return fd;
+}
+
 int spool_recycle(spool *s, const char *id)
 {
     if (!spool_id_valid(id))
@@ -337,7 +361,7 @@ int spool_recycle(spool *s, const char *id)
     bool room = s->pool_on && s->pool_n < SPOOL_POOL;
     pthread_mutex_unlock(&s->lock);
     char nid[SPOOL_ID_LEN + 1];
-    int fd = room ? openat(s->dirfd, id, O_RDWR | O_TRUNC | O_CLOEXEC | O_NOFOLLOW) : -1;
+    int fd = room ? open_emptied(s, id) : -1;
     if (fd < 0 || new_id(nid) < 0 || renameat(s->dirfd, id, s->pooldirfd, nid) < 0) {
         if (fd >= 0)
             close(fd);

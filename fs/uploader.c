@@ -377,18 +377,13 @@ static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t siz
     retry_later(n, now);
 }
 
-/* Releases n's spool space (lock held, n busy): the record saying the
- * spool file is no longer needed is made durable first, so a crash after
- * the removal never finds an accepted file without its data; a crash
- * before it leaves a stray spool file, removed at the next start. */
-static void release_spool(import_mgr *m, node *n)
+/* The end of a release (lock held, n busy, its release record durable):
+ * the spool file goes (recycled unless someone reads the file through it)
+ * and n is no longer busy; n may be freed. */
+static void release_finish(import_mgr *m, node *n)
 {
-    n->has_spool = false;
-    n->releasing = true;
-    imp_node_journal(m, n);
     bool recycle = n->refs == 0; /* nobody reads the file through it */
     pthread_mutex_unlock(&m->lock);
-    journal_sync(m->j);
     if (recycle)
         spool_recycle(m->sp, n->id); /* its inode serves a later file */
     else
@@ -400,6 +395,64 @@ static void release_spool(import_mgr *m, node *n)
         imp_node_unlist(m, n); /* unlinked meanwhile: forgotten */
     else
         imp_node_settle(m, n);
+    n->busy = false;
+    if (job_for(n, util_now_s()) != JOB_NONE)
+        up_enqueue(m, n);
+    imp_node_maybe_free(m, n);
+    pthread_cond_signal(&m->tick_cond);
+}
+
+/* Hands n to the journal flusher (lock held); false when it is not running
+ * (stopping) or out of memory. Writers waiting for cache space wake it at
+ * once. */
+static bool release_defer(import_mgr *m, node *n)
+{
+    if (!m->rel_on)
+        return false;
+    node **v = util_grow(m->rel_v, m->rel_n, &m->rel_cap, sizeof *v, 64);
+    if (!v)
+        return false;
+    m->rel_v = v;
+    m->rel_v[m->rel_n++] = n;
+    if (m->writers_waiting > 0)
+        pthread_cond_signal(&m->jflush_cond);
+    return true;
+}
+
+/* Releases n's spool space (lock held, n busy; n is no longer the caller's
+ * afterwards): the record saying the spool file is no longer needed is made
+ * durable first, so a crash after the removal never finds an accepted file
+ * without its data; a crash before it leaves a stray spool file, removed at
+ * the next start. The journal flusher makes it durable with every other
+ * record of its period (one fdatasync per JFLUSH_S, not one per file: 5% of
+ * the client's CPU per 512 KiB file here, and a journal commit each on a
+ * journalled ext4) and then finishes the release. */
+static void release_spool(import_mgr *m, node *n)
+{
+    n->has_spool = false;
+    n->releasing = true;
+    imp_node_journal(m, n);
+    if (release_defer(m, n))
+        return;
+    pthread_mutex_unlock(&m->lock);
+    journal_sync(m->j);
+    pthread_mutex_lock(&m->lock);
+    release_finish(m, n);
+}
+
+/* One journal sync, then the releases that waited for it (lock held). */
+static void flush_and_release(import_mgr *m)
+{
+    node **v = m->rel_v;
+    size_t n = m->rel_n;
+    m->rel_v = NULL;
+    m->rel_n = m->rel_cap = 0;
+    pthread_mutex_unlock(&m->lock);
+    journal_sync(m->j); /* covers every record written before: theirs too */
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < n; i++)
+        release_finish(m, v[i]);
+    free(v);
 }
 
 int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
@@ -524,16 +577,18 @@ static void *worker_main(void *arg)
             adapt_concurrency(m, now, size);
         /* Still busy while the result is applied, so that an unlist does
          * not free n under us. */
-        if (j.kind == JOB_UPLOAD)
-            upload_done(m, n, &j, rc, size, &err, now);
-        else if (j.kind == JOB_RELEASE)
-            release_spool(m, n);
-        else
-            delete_done(m, n, rc, &err, now);
-        n->busy = false;
-        if (job_for(n, now) != JOB_NONE)
-            up_enqueue(m, n);
-        imp_node_maybe_free(m, n);
+        if (j.kind == JOB_RELEASE) {
+            release_spool(m, n); /* busy until the release is durable */
+        } else {
+            if (j.kind == JOB_UPLOAD)
+                upload_done(m, n, &j, rc, size, &err, now);
+            else
+                delete_done(m, n, rc, &err, now);
+            n->busy = false;
+            if (job_for(n, now) != JOB_NONE)
+                up_enqueue(m, n);
+            imp_node_maybe_free(m, n);
+        }
         pthread_cond_signal(&m->tick_cond);
         pthread_mutex_unlock(&m->lock);
         free(j.object);
@@ -1287,13 +1342,14 @@ static void *jflush_main(void *arg)
 {
     import_mgr *m = arg;
     pthread_mutex_lock(&m->lock);
+    m->rel_on = true; /* spool releases wait for these syncs (release_spool) */
     while (!m->stop) {
-        pthread_mutex_unlock(&m->lock);
-        journal_sync(m->j);
-        pthread_mutex_lock(&m->lock);
+        flush_and_release(m);
         if (!m->stop)
             wait_on(m, &m->jflush_cond, JFLUSH_S);
     }
+    m->rel_on = false;
+    flush_and_release(m); /* the releases handed over before the stop */
     pthread_mutex_unlock(&m->lock);
     return NULL;
 }

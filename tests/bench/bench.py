@@ -21,7 +21,7 @@ in tests/bench/results/<timestamp>/.
 
 usage: tests/bench/bench.py [--n 2000] [--size-kib 512] [--studies 20]
          [--sizes 500,2000,8000] [--big-mib 1024] [--repeat 3] [--uploads 16]
-         [--ops 1000] [--smoke]
+         [--ops 1000] [--smoke | --quick] [--docs]
 """
 import argparse
 import json
@@ -814,7 +814,12 @@ def main():
     p.add_argument("--no-rclone", action="store_true")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run: checks the harness works, numbers mean little")
+    p.add_argument("--quick", action="store_true",
+                   help="both profiles at reduced sizes (N 250/500 x 512 KiB, 2000 x 16 KiB, "
+                        "128 MiB), 3 repeats: ~10 min, to measure a change")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--docs", action="store_true",
+                   help="also write results.md/.json and the plots to docs/bench/")
     args = p.parse_args()
     global DROP_CACHES
     DROP_CACHES = not args.smoke
@@ -823,6 +828,11 @@ def main():
         args.cloud_sizes, args.small_n, args.small_kib = "6,12", 24, 4
         args.big_mib, args.repeat, args.ops, args.uploads = 4, 1, 10, 4
         args.big_repeat, args.cloud_time_scale = 1, 0.01
+
+    if args.quick:
+        args.n, args.sizes, args.cloud_sizes = 500, "250,500", "250,500"
+        args.small_n, args.big_mib, args.big_repeat, args.ops = 2000, 128, 2, 300
+        args.rclone_mount_max = 500
 
     build_dir = build()
     work = tempfile.mkdtemp(prefix="dicomfs-bench.")
@@ -838,6 +848,12 @@ def main():
                                                            data_root, trees)
         ok = report(results, outdir, args)
         log(f"results in {outdir}")
+        if args.docs:
+            docs = os.path.join(TOP, "docs", "bench")
+            os.makedirs(docs, exist_ok=True)
+            for name in os.listdir(outdir):
+                shutil.copy(os.path.join(outdir, name), docs)
+            log(f"copied to {docs}")
         return 0 if ok or args.smoke else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -246,11 +246,21 @@ class ApiClient:
         return payload
 
 
-def _ismount(path):
+def is_mounted(path):
+    """path is a mount point in /proc/mounts. Also true of a dead FUSE mount
+    (its daemon killed), which os.path.ismount misses as soon as the root's
+    cached attributes expire (stat then fails with ENOTCONN): the mount was
+    then left behind and the next mount on it failed."""
+    path = os.path.realpath(path)
     try:
-        return os.path.ismount(path)
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[1].encode().decode("unicode_escape") == path:
+                    return True
     except OSError:
-        return False
+        pass
+    return False
 
 
 class DicomfsMount:
@@ -293,7 +303,7 @@ class DicomfsMount:
                                      stdin=subprocess.DEVNULL, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if _ismount(self.mnt):
+            if os.path.ismount(self.mnt):  # mounted and answering
                 return self
             if self.proc.poll() is not None:
                 break
@@ -315,7 +325,7 @@ class DicomfsMount:
     def stop(self, timeout=20):
         """Unmounts and waits for dicomfs; returns its exit code (None if killed)."""
         rc = None
-        if _ismount(self.mnt):
+        if is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", self.mnt], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         if self.proc is not None:
@@ -327,7 +337,7 @@ class DicomfsMount:
                 rc = None
             self.exit_codes.append(rc)
             self.proc = None
-        if _ismount(self.mnt):  # the process died without unmounting
+        if is_mounted(self.mnt):  # the process died without unmounting
             subprocess.run(["fusermount3", "-uz", self.mnt], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         if self._log:
@@ -409,7 +419,7 @@ def run_dicomfs(args, timeout=60, env=None):
         return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
     except subprocess.TimeoutExpired:
         mnt = args[1] if len(args) > 1 else None
-        if mnt and _ismount(mnt):
+        if mnt and is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", mnt])
         p.kill()
         out, err = p.communicate()

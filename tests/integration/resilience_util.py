@@ -301,17 +301,7 @@ def check_exactly_once(emu, expected_uids, allowed_uids=None):
 
 # --------------------------------------------------------------- mounts
 
-def is_mounted(path):
-    path = os.path.realpath(path)
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[1].encode().decode("unicode_escape") == path:
-                    return True
-    except OSError:
-        pass
-    return False
+from mount_fixture import is_mounted  # noqa: E402,F401 (used as ru.is_mounted)
 
 
 def mount_options(path):

@@ -7,7 +7,11 @@
 #include "util.h"
 
 #include <curl/curl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1384,24 +1388,39 @@ static char *read_text(const char *path)
     return s;
 }
 
+/* A self-signed certificate for 127.0.0.1 in dir (key.pem, cert.pem). */
+static int make_cert(const char *dir)
+{
+    char *cmd = util_asprintf(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout %s/key.pem "
+        "-out %s/cert.pem >/dev/null 2>&1",
+        dir, dir);
+    int rc = cmd ? system(cmd) : -1;
+    free(cmd);
+    return rc;
+}
+
+static void remove_cert(const char *dir)
+{
+    char *kp = util_asprintf("%s/key.pem", dir), *cp = util_asprintf("%s/cert.pem", dir);
+    unlink(kp);
+    unlink(cp);
+    rmdir(dir);
+    free(kp);
+    free(cp);
+}
+
 /* A server with a self-signed certificate must be refused: verification is
  * always on, and a verification failure is not worth retrying. */
 TEST(tls_self_signed_certificate_rejected)
 {
     char dir[] = "/tmp/test_http_tls.XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char *cmd = util_asprintf(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout %s/key.pem "
-        "-out %s/cert.pem >/dev/null 2>&1",
-        dir, dir);
-    CHECK_EQ_INT(system(cmd), 0);
-    free(cmd);
+    CHECK_EQ_INT(make_cert(dir), 0);
     char *kp = util_asprintf("%s/key.pem", dir), *cp = util_asprintf("%s/cert.pem", dir);
     char *key = read_text(kp), *cert = read_text(cp);
-    unlink(kp);
-    unlink(cp);
-    rmdir(dir);
+    remove_cert(dir);
     free(kp);
     free(cp);
     CHECK(key && cert);
@@ -1429,6 +1448,158 @@ TEST(tls_self_signed_certificate_rejected)
     }
     free(key);
     free(cert);
+}
+
+/* --- HTTP/2: offered by ALPN, spoken when the server picks it.
+ * A one-connection TLS server (OpenSSL) records the client's ALPN list,
+ * selects `pick`, and keeps the first bytes sent after the handshake. */
+
+typedef struct alpn_srv {
+    int lfd, port;
+    SSL_CTX *ctx;
+    const char *pick;
+    char offered[128]; /* the client's list, comma separated */
+    char first[64];    /* the start of what it sent after the handshake */
+    pthread_t thread;
+} alpn_srv;
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    alpn_srv *s = arg;
+    size_t o = 0;
+    int rc = SSL_TLSEXT_ERR_NOACK;
+    for (unsigned i = 0; i < inlen; i += 1u + in[i]) {
+        if (o + in[i] + 2 < sizeof s->offered) {
+            if (o)
+                s->offered[o++] = ',';
+            memcpy(s->offered + o, in + i + 1, in[i]);
+            o += in[i];
+        }
+        if (in[i] == strlen(s->pick) && memcmp(in + i + 1, s->pick, in[i]) == 0) {
+            *out = in + i + 1;
+            *outlen = in[i];
+            rc = SSL_TLSEXT_ERR_OK;
+        }
+    }
+    s->offered[o] = '\0';
+    return rc;
+}
+
+static void *alpn_main(void *arg)
+{
+    alpn_srv *s = arg;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    SSL *ssl = SSL_new(s->ctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+        size_t got = 0;
+        while (got < 16) { /* an HTTP/2 preface or a request line */
+            int n = SSL_read(ssl, s->first + got, (int)(sizeof s->first - 1 - got));
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        const char *ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        if (strcmp(s->pick, "http/1.1") == 0)
+            SSL_write(ssl, ok, (int)strlen(ok));
+        SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    close(fd);
+    return NULL;
+}
+
+static bool alpn_start(alpn_srv *s, const char *dir, const char *pick)
+{
+    memset(s, 0, sizeof *s);
+    s->pick = pick;
+    s->ctx = SSL_CTX_new(TLS_server_method());
+    char *kp = util_asprintf("%s/key.pem", dir), *cp = util_asprintf("%s/cert.pem", dir);
+    bool ok = s->ctx && SSL_CTX_use_certificate_file(s->ctx, cp, SSL_FILETYPE_PEM) == 1 &&
+              SSL_CTX_use_PrivateKey_file(s->ctx, kp, SSL_FILETYPE_PEM) == 1;
+    free(kp);
+    free(cp);
+    if (!ok)
+        return false;
+    SSL_CTX_set_alpn_select_cb(s->ctx, alpn_select, s);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(s->lfd, 4) != 0 || getsockname(s->lfd, (struct sockaddr *)&sa, &len) != 0)
+        return false;
+    s->port = ntohs(sa.sin_port);
+    return pthread_create(&s->thread, NULL, alpn_main, s) == 0;
+}
+
+/* One GET to the server through a client that trusts dir/cert.pem. */
+static int alpn_get(const alpn_srv *s, const char *dir, http_response *resp)
+{
+    char *ca = util_asprintf("%s/cert.pem", dir);
+    char *url = util_asprintf("https://127.0.0.1:%d/h2", s->port);
+    http_options o;
+    http_options_init(&o);
+    o.retry = (http_retry_policy){1, 5, 20, 10000};
+    o.connect_timeout_s = 5;
+    o.ca_file = ca;
+    http_client *c = http_client_new(&o);
+    http_request req;
+    http_request_init(&req);
+    req.url = url;
+    req.idempotent = true;
+    req.timeout_s = 10;
+    http_error err;
+    int rc = c ? http_perform(c, &req, resp, &err) : HTTP_ERR_NOMEM;
+    http_client_free(c);
+    free(url);
+    free(ca);
+    return rc;
+}
+
+static void alpn_stop(alpn_srv *s)
+{
+    shutdown(s->lfd, SHUT_RDWR); /* an accept still waiting (no client came) returns */
+    pthread_join(s->thread, NULL);
+    close(s->lfd);
+    SSL_CTX_free(s->ctx);
+}
+
+TEST(https_offers_h2_and_speaks_it_when_chosen)
+{
+    char dir[] = "/tmp/test_http_h2.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_EQ_INT(make_cert(dir), 0);
+    alpn_srv s;
+    CHECK(alpn_start(&s, dir, "h2"));
+    http_response resp;
+    alpn_get(&s, dir, &resp); /* fails: this server stops after the preface */
+    http_response_free(&resp);
+    alpn_stop(&s);
+    CHECK(strstr(s.offered, "h2") != NULL);
+    CHECK(strstr(s.offered, "http/1.1") != NULL);
+    CHECK(strncmp(s.first, "PRI * HTTP/2.0", 14) == 0); /* the HTTP/2 connection preface */
+    remove_cert(dir);
+}
+
+TEST(https_falls_back_to_http11_when_h2_not_chosen)
+{
+    char dir[] = "/tmp/test_http_h11.XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_EQ_INT(make_cert(dir), 0);
+    alpn_srv s;
+    CHECK(alpn_start(&s, dir, "http/1.1"));
+    http_response resp;
+    CHECK_EQ_INT(alpn_get(&s, dir, &resp), HTTP_OK);
+    CHECK_EQ_INT(resp.status, 200);
+    http_response_free(&resp);
+    alpn_stop(&s);
+    CHECK(strstr(s.offered, "h2") != NULL);
+    CHECK(strncmp(s.first, "GET /h2 HTTP/1.1", 16) == 0);
+    remove_cert(dir);
 }
 
 /* --- large streamed upload */
@@ -1617,6 +1788,8 @@ int main(void)
     RUN(large_post_sends_no_expect_header);
     RUN(large_download_streamed_to_fd);
     RUN(tls_self_signed_certificate_rejected);
+    RUN(https_offers_h2_and_speaks_it_when_chosen);
+    RUN(https_falls_back_to_http11_when_h2_not_chosen);
     RUN(streamed_upload_20mib_not_buffered);
     RUN(concurrent_requests_share_one_client);
     curl_global_cleanup();

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""A/B of dicomfs builds or mount options in one run (the CPU view: instant
+plain-http emulator): each variant copies the same N files into a new store's
+import/ with `cp -r` and waits until `dicomfs wait` returns; variants run
+alternately, --repeat rounds, medians printed. The raw limit (curl --parallel +
+one import) runs once per round as the reference for client CPU per file.
+
+usage: tests/bench/ab.py [--n 1000] [--size-kib 512] [--repeat 3] [--uploads 16]
+         VARIANT...   where VARIANT is NAME=BUILD_DIR[:OPT,OPT...]
+         (an OPT DICOMFS_X=V is set in dicomfs's environment instead)
+e.g.   tests/bench/ab.py base=/tmp/base/build-release new=build-release \\
+                         wb=build-release:writeback_cache
+Client CPU is cp + the whole dicomfs process from the start of cp until the
+wait returns (uploads included), as in bench.py.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def parse_variant(s):
+    name, _, rest = s.partition("=")
+    build_dir, _, opts = rest.partition(":")
+    return name, os.path.abspath(build_dir), opts
+
+
+def sectors_written():
+    """Sectors written to the whole-disk block devices so far (all processes:
+    other work on the machine counts too)."""
+    total = 0
+    with open("/proc/diskstats") as f:
+        for ln in f:
+            x = ln.split()
+            if x[2].startswith(("vd", "sd", "nvme", "xvd")) and not x[2][-1].isdigit():
+                total += int(x[9])
+    return total
+
+
+def ctx_switches(pid):
+    """Context switches of every live thread of pid so far."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for ln in f:
+                    if ln.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(ln.split()[1])
+        except OSError:
+            pass  # the thread ended meanwhile
+    return total
+
+
+def run_variant(args, build_dir, opts, work, src, files, with_raw):
+    items = [o for o in opts.split(",") if o]
+    env = [o for o in items if o.startswith("DICOMFS_")]  # given to dicomfs's environment
+    os.environ["DICOMFS_BENCH_OPTS"] = ",".join(o for o in items if o not in env)
+    for k in [k for k in os.environ if k.startswith("DICOMFS_EXP")]:
+        del os.environ[k]
+    for e in env:
+        k, _, v = e.partition("=")
+        os.environ[k] = v
+    b = bench.Bench(args, build_dir, work)
+    try:
+        w0 = sectors_written()
+        c0 = ctx_switches(b.mount.proc.pid)
+        t_cp, t_done = b.dicomfs_cp(src)
+        ctx = (ctx_switches(b.mount.proc.pid) - c0) / args.n
+        fs_cpu = b.cpu[0]
+        disk_mib = (sectors_written() - w0) * 512 / 2**20
+        raw_cpu = None
+        if with_raw:
+            b.raw_parallel(files)
+            raw_cpu = (b.cpu[0], b.local_cp(src))
+        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx
+    finally:
+        b.stop()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--size-kib", type=int, default=512)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--uploads", type=int, default=16)
+    p.add_argument("variants", nargs="+")
+    args = p.parse_args()
+    args.studies, args.fs_uploads = 20, 0
+    variants = [parse_variant(v) for v in args.variants]
+    top = tempfile.mkdtemp(prefix="dicomfs-ab.")
+    res = {name: [] for name, _, _ in variants}
+    raw, local = [], []
+    try:
+        src = os.path.join(top, "data")
+        files = bench.make_tree(src, args.n, args.size_kib * 1024, args.studies)
+        for r in range(args.repeat):
+            for i, (name, build_dir, opts) in enumerate(variants):
+                work = tempfile.mkdtemp(prefix=f"{name}.", dir=top)
+                out = run_variant(args, build_dir, opts, work, src, files, i == 0)
+                shutil.rmtree(work, ignore_errors=True)
+                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx
+                if out[3] is not None:
+                    raw.append(out[3][0])
+                    local.append(out[3][1])
+                bench.log(f"round {r + 1} {name}: cp {out[0]:.2f} s, done {out[1]:.2f} s, "
+                          f"client CPU {out[2] / args.n * 1e3:.3f} ms/file, "
+                          f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file")
+        raw_ms = bench.median(raw) / args.n * 1e3
+        local_s = bench.median(local)
+        print(f"\nN={args.n} x {args.size_kib} KiB, uploads={args.uploads}, medians of "
+              f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file; local cp -r "
+              f"{local_s:.2f} s")
+        print(f"{'variant':<12} {'cp s':>7} {'vs local':>8} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
+              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11}")
+        for name, _, _ in variants:
+            rows = res[name]
+            cpu_ms = bench.median([x[2] for x in rows]) / args.n * 1e3
+            cp_s = bench.median([x[0] for x in rows])
+            print(f"{name:<12} {cp_s:7.2f} {local_s / cp_s:8.2f} "
+                  f"{bench.median([x[1] for x in rows]):7.2f} {cpu_ms:12.3f} "
+                  f"{cpu_ms / raw_ms:7.2f} {max(x[3] for x in rows) / 1024:8.1f} "
+                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f}")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
