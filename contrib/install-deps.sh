@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   # build
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev
-  libfuse3-dev fuse3 libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev
+  libfuse3-dev fuse3 libcurl4-openssl-dev libcjson-dev libssl-dev zlib1g-dev libsqlite3-dev
   # emulator
   libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev
   # tests, demo and benchmarks: independent DICOM toolkits and real file tools

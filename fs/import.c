@@ -1,4 +1,5 @@
-/* import: the STORE/import/ namespace, spooling and the journal records.
+/* import: the STORE/import/ namespace, spooling and acceptance (the first
+ * stage of the pipeline; the files and their states: filestate.c).
  *
  * Guarantees (also in the README):
  *
@@ -65,10 +66,12 @@
  *   Directories stay until removed with rmdir.
  * - Uploads, batches, commits and restarts: see uploader.c. Writes,
  *   truncates, acceptance, rejection, unlink and rename tell the streaming
- *   side (up_stream_wrote/_accepted/_drop) so that a stream never finishes
+ *   side (up_stream_wrote/_accepted, imp_stream_drop) so that a stream never finishes
  *   with content other than what close() accepted.
- * - Memory: file data is never held in memory; per file only a small
- *   struct (and the same metadata in the journal's map).
+ * - Memory: file data is never held in memory; per file in flight only a
+ *   small struct (and the same metadata in the journal's map). Remembered
+ *   files live in the index (index.c) and come into memory only while an
+ *   operation uses them (find/fault_in; see docs/migrations.md).
  */
 #include "import_int.h"
 
@@ -98,130 +101,6 @@ typedef struct handle {
 
 /* ---------------------------------------------------------------- names */
 
-static uint64_t name_hash(const store_st *st, const char *path)
-{
-    return util_fnv1a_str(UTIL_FNV1A_INIT ^ (uint64_t)(uintptr_t)st, path);
-}
-
-static node *name_find(import_mgr *m, const store_st *st, const char *path)
-{
-    for (node *n = m->table[name_hash(st, path) % m->nbuckets]; n; n = n->hnext)
-        if (n->st == st && strcmp(n->path, path) == 0)
-            return n;
-    return NULL;
-}
-
-/* Every listed node, active then remembered (namespace walks: readdir,
- * rename and rmdir of directories, the name table). */
-static node *all_first(import_mgr *m)
-{
-    return m->head ? m->head : m->rhead;
-}
-
-static node *all_next(import_mgr *m, const node *n)
-{
-    return n->next ? n->next : n->settled ? NULL : m->rhead;
-}
-
-static void name_grow(import_mgr *m)
-{
-    size_t nb = m->nbuckets * 2;
-    node **t = calloc(nb, sizeof *t);
-    if (!t)
-        return;
-    for (node *n = all_first(m); n; n = all_next(m, n)) {
-        if (!n->visible)
-            continue;
-        size_t i = name_hash(n->st, n->path) % nb;
-        n->hnext = t[i];
-        t[i] = n;
-    }
-    free(m->table);
-    m->table = t;
-    m->nbuckets = nb;
-}
-
-static void name_insert(import_mgr *m, node *n)
-{
-    size_t i = name_hash(n->st, n->path) % m->nbuckets;
-    n->hnext = m->table[i];
-    m->table[i] = n;
-    n->visible = true;
-    if (++m->nvisible > m->nbuckets)
-        name_grow(m);
-}
-
-static void name_remove(import_mgr *m, node *n)
-{
-    if (!n->visible)
-        return;
-    node **pp = &m->table[name_hash(n->st, n->path) % m->nbuckets];
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == n) {
-            *pp = n->hnext;
-            break;
-        }
-    }
-    n->hnext = NULL;
-    n->visible = false;
-    m->nvisible--;
-}
-
-/* n joins (or leaves) the list its settled flag names. */
-static void list_add(import_mgr *m, node *n)
-{
-    node **head = n->settled ? &m->rhead : &m->head;
-    node **tail = n->settled ? &m->rtail : &m->tail;
-    n->prev = *tail;
-    n->next = NULL;
-    if (*tail)
-        (*tail)->next = n;
-    else
-        *head = n;
-    *tail = n;
-    n->listed = true;
-}
-
-static void list_remove(import_mgr *m, node *n)
-{
-    if (!n->listed)
-        return;
-    node **head = n->settled ? &m->rhead : &m->head;
-    node **tail = n->settled ? &m->rtail : &m->tail;
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        *head = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    else
-        *tail = n->prev;
-    n->prev = n->next = NULL;
-    n->listed = false;
-}
-
-void imp_node_settle(import_mgr *m, node *n)
-{
-    if (!n->listed || n->settled || n->is_dir || !n->visible ||
-        (n->state != ST_IMPORTED && n->state != ST_PRESENT) || n->staged || n->has_spool ||
-        n->releasing)
-        return;
-    list_remove(m, n);
-    n->settled = true;
-    list_add(m, n);
-}
-
-static void node_unsettle(import_mgr *m, node *n)
-{
-    if (!n->settled)
-        return;
-    bool listed = n->listed;
-    list_remove(m, n);
-    n->settled = false;
-    if (listed)
-        list_add(m, n);
-}
-
 /* "a/b/c" -> "a/b"; "c" -> "" (written into buf). */
 static void parent_of(const char *path, char *buf, size_t buflen)
 {
@@ -247,400 +126,7 @@ static bool is_below(const char *path, const char *dir)
     return strncmp(path, dir, dl) == 0 && path[dl] == '/';
 }
 
-/* ---------------------------------------------------------------- SOP table */
-
-#define SOP_BUCKETS (1u << 16)
-
-static size_t sop_bucket(const store_st *st, const char *sop)
-{
-    return (size_t)(name_hash(st, sop) % SOP_BUCKETS);
-}
-
-static void sop_remove(import_mgr *m, node *n)
-{
-    if (!n->in_sops)
-        return;
-    for (node **pp = &m->sops[sop_bucket(n->st, n->sop)]; *pp; pp = &(*pp)->snext)
-        if (*pp == n) {
-            *pp = n->snext;
-            break;
-        }
-    n->snext = NULL;
-    n->in_sops = false;
-}
-
-/* After n->sop was set (a file accepted, or loaded). */
-static void sop_insert(import_mgr *m, node *n)
-{
-    sop_remove(m, n);
-    if (!m->sops || !n->sop[0])
-        return;
-    size_t i = sop_bucket(n->st, n->sop);
-    n->snext = m->sops[i];
-    m->sops[i] = n;
-    n->in_sops = true;
-}
-
-/* Another file of n's store with n's instance that is (or will be) in the
- * store: accepted, uploaded, imported or present. */
-static node *sop_other(import_mgr *m, const node *n)
-{
-    if (!m->sops || !n->sop[0])
-        return NULL;
-    for (node *x = m->sops[sop_bucket(n->st, n->sop)]; x; x = x->snext)
-        if (x != n && x->st == n->st && strcmp(x->sop, n->sop) == 0 &&
-            (x->state == ST_ACCEPTED || x->state == ST_UPLOADED || x->state == ST_IMPORTED ||
-             x->state == ST_PRESENT))
-            return x;
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- stores, batches */
-
-static store_st *store_find(import_mgr *m, const char *name)
-{
-    for (store_st *s = m->stores; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
-            return s;
-    return NULL;
-}
-
-static store_st *store_get(import_mgr *m, const char *name)
-{
-    store_st *s = store_find(m, name);
-    if (s)
-        return s;
-    s = calloc(1, sizeof *s);
-    if (!s || !(s->name = strdup(name))) {
-        free(s);
-        return NULL;
-    }
-    s->next = m->stores;
-    m->stores = s;
-    return s;
-}
-
-static batch *batch_find(import_mgr *m, const char *id)
-{
-    for (batch *b = m->batches; b; b = b->next)
-        if (strcmp(b->id, id) == 0)
-            return b;
-    return NULL;
-}
-
-static batch *batch_new(import_mgr *m, store_st *st, const char *id)
-{
-    batch *b = calloc(1, sizeof *b);
-    if (!b)
-        return NULL;
-    if (id) {
-        snprintf(b->id, sizeof b->id, "%s", id);
-    } else {
-        unsigned char r[4] = {0};
-        if (getrandom(r, sizeof r, 0) < 0)
-            memset(r, 0, sizeof r);
-        char ts[32];
-        util_utc_basic(ts, sizeof ts, time(NULL), 0, 0);
-        snprintf(b->id, sizeof b->id, "%s-%02x%02x%02x%02x", ts, r[0], r[1], r[2], r[3]);
-    }
-    b->st = st;
-    b->state = B_OPEN;
-    b->backoff = 0.5;
-    /* Appended: the coordinator starts sealed batches oldest first. */
-    batch **pp = &m->batches;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = b;
-    return b;
-}
-
-void imp_batch_free(import_mgr *m, batch *b)
-{
-    for (batch **pp = &m->batches; *pp; pp = &(*pp)->next) {
-        if (*pp == b) {
-            *pp = b->next;
-            break;
-        }
-    }
-    if (b->st && b->st->open == b)
-        b->st->open = NULL;
-    free(b->op);
-    free(b->op_error);
-    free(b);
-}
-
-char *imp_object_name(import_mgr *m, const node *n)
-{
-    return util_asprintf("%s%sbatches/%s/%s.dcm", m->prefix, *m->prefix ? "/" : "", n->bid, n->id);
-}
-
-void imp_spool_account(import_mgr *m, node *n, uint64_t bytes)
-{
-    m->cache_used = m->cache_used - n->spool_bytes + bytes;
-    if (bytes < n->spool_bytes)
-        pthread_cond_broadcast(&m->space_cond);
-    n->spool_bytes = bytes;
-}
-
-void imp_spool_remove(import_mgr *m, node *n)
-{
-    if (!n->has_spool)
-        return;
-    spool_remove(m->sp, n->id);
-    n->has_spool = false;
-    imp_spool_account(m, n, 0);
-}
-
-/* ---------------------------------------------------------------- journal records */
-
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_field(sbuf *b, const char *s)
-{
-    size_t l = strlen(s) + 1;
-    if (b->len + l > b->cap) {
-        size_t nc = (b->cap + l) * 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, l);
-    b->len += l;
-}
-
-static void sb_num(sbuf *b, int64_t v)
-{
-    char t[32];
-    snprintf(t, sizeof t, "%" PRId64, v);
-    sb_field(b, t);
-}
-
-/* Splits a record into at most max NUL-terminated fields. */
-static int split_fields(const char *val, size_t len, const char **f, int max)
-{
-    int n = 0;
-    size_t i = 0;
-    while (i < len && n < max) {
-        const char *end = memchr(val + i, '\0', len - i);
-        if (!end)
-            break;
-        f[n++] = val + i;
-        i = (size_t)(end - val) + 1;
-    }
-    return n;
-}
-
-int imp_node_journal(import_mgr *m, node *n)
-{
-    if (!n->is_dir && n->state == ST_NEW)
-        return 0; /* not accepted yet: nothing to remember */
-    sbuf b = {0};
-    char key[SPOOL_ID_LEN + 3];
-    snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
-    sb_field(&b, n->st->name);
-    sb_field(&b, n->path ? n->path : "");
-    if (n->is_dir) {
-        sb_num(&b, n->mode);
-        sb_num(&b, n->uid);
-        sb_num(&b, n->gid);
-        sb_num(&b, n->mtime.tv_sec);
-        sb_num(&b, n->mtime.tv_nsec);
-    } else {
-        sb_num(&b, n->state);
-        sb_num(&b, (int64_t)n->size);
-        sb_num(&b, n->mode);
-        sb_num(&b, n->uid);
-        sb_num(&b, n->gid);
-        sb_num(&b, n->mtime.tv_sec);
-        sb_num(&b, n->mtime.tv_nsec);
-        sb_num(&b, n->atime.tv_sec);
-        sb_num(&b, n->atime.tv_nsec);
-        sb_field(&b, n->sop);
-        sb_field(&b, n->bid);
-        sb_num(&b, n->staged);
-        sb_field(&b, n->reason ? n->reason : "");
-        sb_num(&b, n->visible);
-        sb_field(&b, n->study);
-        sb_field(&b, n->series);
-        sb_num(&b, n->has_spool);
-    }
-    /* Accepting a file may fail on a full disk (close() gets ENOSPC); later
-     * states record progress of accepted work and may use the reserve. */
-    bool progress = n->is_dir ? false : n->state != ST_ACCEPTED && n->state != ST_NEW;
-    int rc = b.oom      ? -ENOMEM
-             : progress ? journal_put_progress(m->j, key, b.p, b.len, false)
-                        : journal_put(m->j, key, b.p, b.len, false);
-    if (rc < 0)
-        log_error("import: %s/%s: cannot record in the journal: %s", n->st->name,
-                  n->path ? n->path : "", strerror(-rc));
-    free(b.p);
-    return rc;
-}
-
-void imp_batch_journal(import_mgr *m, batch *b)
-{
-    sbuf s = {0};
-    char key[64];
-    snprintf(key, sizeof key, "b/%s", b->id);
-    sb_field(&s, b->st->name);
-    sb_num(&s, b->state);
-    sb_field(&s, b->op ? b->op : "");
-    int rc = s.oom ? -ENOMEM : journal_put_progress(m->j, key, s.p, s.len, false);
-    if (rc < 0)
-        log_error("import: batch %s: cannot record in the journal: %s", b->id, strerror(-rc));
-    free(s.p);
-}
-
-static void node_journal_del(import_mgr *m, node *n)
-{
-    char key[SPOOL_ID_LEN + 3];
-    snprintf(key, sizeof key, "%c/%s", n->is_dir ? 'd' : 'e', n->id);
-    journal_del(m->j, key, false);
-}
-
-/* ---------------------------------------------------------------- nodes */
-
-static void node_free(node *n)
-{
-    free(n->path);
-    free(n->reason);
-    free(n->why);
-    free(n);
-}
-
-void imp_node_maybe_free(import_mgr *m, node *n)
-{
-    if (!n->listed && !n->visible && n->refs == 0 && !n->busy && !n->queued && !n->stream) {
-        sop_remove(m, n);
-        node_free(n);
-    }
-}
-
-/* The state machine of a file, in one place: every change of n->state
- * after loading goes through here (lock held), with its bookkeeping
- * (batch membership, counters, journal record, follow-up work).
- *
- *   (created) NEW -> ACCEPTED   validate(): close() accepted the content
- *   ACCEPTED -> UPLOADED         upload or stream verified (bytes: its size)
- *   ACCEPTED -> PRESENT          the store holds the instance, or another
- *                                file of the store has it (imp_node_present)
- *   UPLOADED -> IMPORTED         its batch's import succeeded (or verify()
- *                                found the instance)
- *   any -> FAILED                imp_node_fail (the reason is set there)
- *   any -> WITHDRAWN             unlinked, replaced, or failed without a name
- *   IMPORTED/PRESENT/FAILED -> NEW  rewritten whole (rewrite_released)
- *
- * Returns the journal's result (what close() reports for ACCEPTED). */
-int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes)
-{
-    node_unsettle(m, n);
-    switch (to) {
-    case ST_NEW:
-        n->b = NULL;
-        n->bid[0] = '\0';
-        break;
-    case ST_ACCEPTED:
-        n->retry_at = 0;
-        break;
-    case ST_UPLOADED:
-        n->backoff = 1;
-        n->st->bytes_uploaded += bytes;
-        break;
-    case ST_IMPORTED:
-        n->b = NULL;
-        n->st->imported++;
-        break;
-    case ST_PRESENT:
-        up_stream_drop(m, n, "present in the store");
-        n->b = NULL;
-        n->retry_at = 0;
-        n->st->present++;
-        break;
-    case ST_FAILED:
-    case ST_WITHDRAWN:
-        up_stream_drop(m, n, to == ST_FAILED ? "failed" : "removed");
-        break;
-    }
-    n->state = to;
-    int rc = imp_node_journal(m, n);
-    if (to != ST_NEW && to != ST_ACCEPTED)
-        up_enqueue(m, n); /* spool release, staged object deletion; a no-op if none */
-    imp_node_settle(m, n);
-    return rc;
-}
-
-void imp_node_present(import_mgr *m, node *n, const char *why)
-{
-    log_info("import: %s/%s: present: %s; not uploaded (the store keeps its copy)", n->st->name,
-             n->path, why);
-    imp_node_to(m, n, ST_PRESENT, 0);
-}
-
-void imp_node_unlist(import_mgr *m, node *n)
-{
-    up_stream_drop(m, n, "removed");
-    name_remove(m, n);
-    list_remove(m, n);
-    node_journal_del(m, n);
-    sop_remove(m, n);
-    n->b = NULL;
-    imp_node_maybe_free(m, n);
-}
-
-static void set_reason(node *n, const char *msg)
-{
-    free(n->reason);
-    n->reason = strdup(msg);
-}
-
-void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
-{
-    char msg[700];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    up_stream_drop(m, n, "failed");
-    n->b = NULL;
-    if (!n->visible) {
-        /* Replaced by a rename while importing: no name left to unlink it
-         * by, so it is not kept as a failure (the log line stays). */
-        log_error("import: %s/%s (since replaced): failed: %s", n->st->name, n->path, msg);
-        if (!n->releasing)
-            imp_spool_remove(m, n);
-        imp_node_to(m, n, ST_WITHDRAWN, 0);
-        return;
-    }
-    set_reason(n, msg);
-    log_error("import: %s/%s: failed: %s", n->st->name, n->path, msg);
-    imp_node_to(m, n, ST_FAILED, 0); /* a staged object is deleted */
-}
-
-static node *node_new(import_mgr *m, store_st *st, const char *path, bool is_dir, mode_t mode)
-{
-    node *n = calloc(1, sizeof *n);
-    if (!n || !(n->path = strdup(path))) {
-        free(n);
-        return NULL;
-    }
-    n->st = st;
-    n->is_dir = is_dir;
-    n->mode = mode & 07777;
-    n->uid = m->cfg.uid;
-    n->gid = m->cfg.gid;
-    clock_gettime(CLOCK_REALTIME, &n->mtime);
-    n->atime = n->ctime = n->mtime;
-    n->backoff = 1;
-    return n;
-}
+/* ---------------------------------------------------------------- lookups */
 
 /* Whether the file's import was started: it can no longer be changed. */
 static bool node_importing(const node *n)
@@ -648,11 +134,75 @@ static bool node_importing(const node *n)
     return n->state == ST_UPLOADED && n->b && n->b->state >= B_SEALED;
 }
 
+typedef struct fault_ctx {
+    import_mgr *m;
+    store_st *st;
+    node *n;
+} fault_ctx;
+
+static int fault_cb(void *vctx, const index_entry *e)
+{
+    fault_ctx *c = vctx;
+    node *n = imp_node_new(c->m, c->st, e->path, false, e->mode);
+    if (!n)
+        return -ENOMEM;
+    imp_node_from_entry(n, e);
+    n->settled = n->indexed = true;
+    imp_list_add(c->m, n);
+    imp_name_insert(c->m, n);
+    imp_sop_insert(c->m, n);
+    c->n = n;
+    return 0;
+}
+
+/* A visible node by name, brought back from the index into memory if it
+ * is a remembered file (for an operation that uses or changes it; it
+ * leaves memory again at imp_node_maybe_free). */
+static node *find(import_mgr *m, store_st *st, const char *path)
+{
+    node *n = imp_name_find(m, st, path);
+    fault_ctx c = {m, st, NULL};
+    if (!n && m->ix && *path)
+        index_get(m->ix, st->name, path, fault_cb, &c);
+    return n ? n : c.n;
+}
+
 /* Looks up a visible node; store must already be known. */
 static node *lookup(import_mgr *m, const char *store, const char *rel)
 {
-    store_st *st = store_find(m, store);
-    return st ? name_find(m, st, rel) : NULL;
+    store_st *st = imp_store_find(m, store);
+    return st ? find(m, st, rel) : NULL;
+}
+
+typedef struct peek_ctx {
+    import_mgr *m;
+    struct stat *sb;
+    char *state;
+    size_t statelen;
+} peek_ctx;
+
+static void fill_stat(import_mgr *m, const node *n, struct stat *st);
+static const char *state_name(const node *n);
+
+static int peek_cb(void *vctx, const index_entry *e)
+{
+    peek_ctx *c = vctx;
+    node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    imp_node_from_entry(&tmp, e);
+    if (c->sb)
+        fill_stat(c->m, &tmp, c->sb);
+    if (c->state)
+        snprintf(c->state, c->statelen, "%s", state_name(&tmp));
+    return 0;
+}
+
+/* stat and state of a remembered file without bringing it into memory
+ * (ls -l of a large folder). -ENOENT when the index has no such file. */
+static int peek(import_mgr *m, const char *store, const char *rel, peek_ctx *c)
+{
+    c->m = m;
+    return m->ix && *rel ? index_get(m->ix, store, rel, peek_cb, c) : -ENOENT;
 }
 
 /* The parent of rel must be import/ itself or a directory. */
@@ -664,9 +214,10 @@ static int check_parent(import_mgr *m, store_st *st, const char *rel)
     parent_of(rel, parent, sizeof parent);
     if (!*parent)
         return 0;
-    node *p = name_find(m, st, parent);
+    node *p = imp_name_find(m, st, parent);
+    peek_ctx c = {0};
     if (!p)
-        return -ENOENT;
+        return peek(m, st->name, parent, &c) == 0 ? -ENOTDIR : -ENOENT;
     return p->is_dir ? 0 : -ENOTDIR;
 }
 
@@ -674,7 +225,7 @@ static int check_parent(import_mgr *m, store_st *st, const char *rel)
  * Returns -EBUSY when its batch import already started and busy_ok is false. */
 static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
 {
-    up_stream_drop(m, n, why);
+    imp_stream_drop(m, n, why);
     if (node_importing(n)) {
         if (!busy_ok) {
             log_error("import: %s/%s: cannot %s: its batch import already started", n->st->name,
@@ -683,21 +234,21 @@ static int node_withdraw(import_mgr *m, node *n, bool busy_ok, const char *why)
         }
         log_warn("import: %s/%s: %s while its batch import runs: that copy stays imported",
                  n->st->name, n->path, why);
-        name_remove(m, n);
+        imp_name_remove(m, n);
         imp_node_journal(m, n);
         return 0;
     }
     if (n->state == ST_IMPORTED || n->state == ST_PRESENT) {
         /* Remembered: forgotten locally, nothing remote is deleted (the
          * workers still finish its cleanup if any is due, then unlist it). */
-        name_remove(m, n);
+        imp_name_remove(m, n);
         if (n->staged || n->has_spool || n->busy || n->releasing)
             imp_node_journal(m, n);
         else
             imp_node_unlist(m, n);
         return 0;
     }
-    name_remove(m, n);
+    imp_name_remove(m, n);
     if (!n->releasing)
         imp_spool_remove(m, n);
     if (n->staged || n->busy) {
@@ -727,115 +278,6 @@ static void fill_stat(import_mgr *m, const node *n, struct stat *st)
 }
 
 /* ---------------------------------------------------------------- load */
-
-static int64_t num(const char *s)
-{
-    return strtoll(s, NULL, 10);
-}
-
-typedef struct load_ctx {
-    import_mgr *m;
-    int rc;
-} load_ctx;
-
-static int load_batch(void *vctx, const char *key, const void *val, size_t len)
-{
-    load_ctx *c = vctx;
-    const char *f[3];
-    if (split_fields(val, len, f, 3) < 3) {
-        log_error("import: journal record %s is malformed, ignored", key);
-        return 0;
-    }
-    store_st *st = store_get(c->m, f[0]);
-    batch *b = st ? batch_new(c->m, st, key + 2) : NULL;
-    if (!b)
-        return c->rc = -ENOMEM;
-    b->state = (int)num(f[1]);
-    if (*f[2])
-        b->op = strdup(f[2]);
-    if (b->state == B_IMPORTING && !b->op)
-        b->state = B_SEALED; /* start it again: import ignores duplicates */
-    if (b->state == B_OPEN)
-        st->open = b; /* the last one takes new files; the others seal once uploaded */
-    b->last_accept = util_now_s();
-    return 0;
-}
-
-static int load_node(void *vctx, const char *key, const void *val, size_t len)
-{
-    load_ctx *c = vctx;
-    import_mgr *m = c->m;
-    bool dir = key[0] == 'd';
-    const char *f[19];
-    int nf = split_fields(val, len, f, 19);
-    if ((dir && nf < 7) || (!dir && nf < 16) || !spool_id_valid(key + 2)) {
-        log_error("import: journal record %s is malformed, ignored", key);
-        return 0;
-    }
-    store_st *st = store_get(m, f[0]);
-    node *n = st ? node_new(m, st, f[1], dir, 0) : NULL;
-    if (!n)
-        return c->rc = -ENOMEM;
-    snprintf(n->id, sizeof n->id, "%s", key + 2);
-    if (dir) {
-        n->mode = (mode_t)num(f[2]) & 07777;
-        n->uid = (uid_t)num(f[3]);
-        n->gid = (gid_t)num(f[4]);
-        n->mtime.tv_sec = num(f[5]);
-        n->mtime.tv_nsec = num(f[6]);
-        n->ctime = n->atime = n->mtime;
-        list_add(m, n);
-        name_insert(m, n);
-        return 0;
-    }
-    n->state = (int)num(f[2]);
-    n->size = (uint64_t)num(f[3]);
-    n->mode = (mode_t)num(f[4]) & 07777;
-    n->uid = (uid_t)num(f[5]);
-    n->gid = (gid_t)num(f[6]);
-    n->mtime.tv_sec = num(f[7]);
-    n->mtime.tv_nsec = num(f[8]);
-    n->atime.tv_sec = num(f[9]);
-    n->atime.tv_nsec = num(f[10]);
-    n->ctime = n->mtime;
-    snprintf(n->sop, sizeof n->sop, "%s", f[11]);
-    snprintf(n->bid, sizeof n->bid, "%s", f[12]);
-    n->staged = num(f[13]) != 0;
-    if (*f[14])
-        n->reason = strdup(f[14]);
-    bool visible = num(f[15]) != 0;
-    if (nf >= 19) {
-        snprintf(n->study, sizeof n->study, "%s", f[16]);
-        snprintf(n->series, sizeof n->series, "%s", f[17]);
-        n->has_spool = num(f[18]) != 0;
-    } else { /* a record written before spool space was released early */
-        n->has_spool = n->state != ST_IMPORTED && n->state != ST_WITHDRAWN;
-    }
-    if (n->has_spool) {
-        n->spool_bytes = n->size;
-        m->cache_used += n->size;
-    }
-    list_add(m, n);
-    sop_insert(m, n);
-    if (visible && n->state != ST_WITHDRAWN) {
-        if (name_find(m, st, n->path)) {
-            log_error("import: %s/%s: two journal entries for one name; keeping the first",
-                      st->name, n->path);
-        } else {
-            name_insert(m, n);
-        }
-    }
-    if (n->state == ST_ACCEPTED || n->state == ST_UPLOADED) {
-        n->b = batch_find(m, n->bid);
-        if (!n->b) {
-            /* Its batch record is gone (should not happen): start a fresh
-             * batch; an UPLOADED file must then be uploaded again. */
-            n->state = ST_ACCEPTED;
-        }
-    }
-    imp_node_settle(m, n);
-    return 0;
-}
 
 /* Spool files to keep at startup: a sorted array of ids, so that checking
  * every file of a large spool stays O(n log n). */
@@ -890,10 +332,10 @@ static void resume(import_mgr *m)
             }
             if (!n->b)
                 imp_assign_batch(m, n);
-            up_enqueue(m, n);
+            imp_enqueue(m, n);
             break;
         default: /* staged objects to delete, spool space to release */
-            up_enqueue(m, n);
+            imp_enqueue(m, n);
             break;
         }
     }
@@ -901,14 +343,9 @@ static void resume(import_mgr *m)
 
 static int load_all(import_mgr *m)
 {
-    load_ctx c = {m, 0};
-    journal_scan(m->j, "b/", load_batch, &c);
-    if (c.rc == 0)
-        journal_scan(m->j, "d/", load_node, &c);
-    if (c.rc == 0)
-        journal_scan(m->j, "e/", load_node, &c);
-    if (c.rc < 0)
-        return c.rc;
+    int rc = imp_load_records(m);
+    if (rc < 0)
+        return rc;
     gc_spool(m);
     resume(m);
     int n = 0;
@@ -981,6 +418,13 @@ int import_mgr_new(const import_config *cfg, gcs_client *gcs, hc_client *hc, jou
     }
     if (rc == 0)
         rc = spool_open(m->cache_dir, &m->sp);
+    if (rc == 0 && index_open(m->cache_dir, &m->ix) < 0)
+        /* A full cache disk must not stop the imports that would free it:
+         * without the index, files imported from now on are remembered in
+         * memory and the journal (moved to the index at a later mount). */
+        log_error("import: the index of remembered files cannot be opened (above): files "
+                  "imported in earlier runs are not listed in import/ until it can be; free "
+                  "space in the cache directory and remount");
     if (rc == 0) {
         spool_set_eager_dir_sync(m->sp, m->cfg.sync_close);
         pthread_mutex_lock(&m->lock);
@@ -1004,11 +448,13 @@ void import_mgr_free(import_mgr *m)
     if (!m)
         return;
     up_stop(m);
-    if (m->j)
+    /* A clean stop leaves a compact journal: only files in flight (the
+     * records of remembered files moved to the index). */
+    if (m->j && journal_compact(m->j) < 0)
         journal_sync(m->j);
-    for (node *n = all_first(m), *nx; n; n = nx) {
-        nx = all_next(m, n);
-        node_free(n);
+    for (node *n = imp_all_first(m), *nx; n; n = nx) {
+        nx = imp_all_next(m, n);
+        imp_node_free(n);
     }
     while (m->batches)
         imp_batch_free(m, m->batches);
@@ -1019,6 +465,7 @@ void import_mgr_free(import_mgr *m)
         free(s);
     }
     spool_close(m->sp);
+    index_close(m->ix);
     free(m->table);
     free(m->cache_dir);
     free(m->bucket);
@@ -1059,32 +506,60 @@ int import_getattr(import_mgr *m, const char *store, const char *rel, struct sta
         return 0;
     }
     pthread_mutex_lock(&m->lock);
-    node *n = lookup(m, store, rel);
+    store_st *s = imp_store_find(m, store);
+    node *n = s ? imp_name_find(m, s, rel) : NULL;
+    peek_ctx c = {.sb = st};
+    int rc = n ? 0 : s ? peek(m, store, rel, &c) : -ENOENT;
     if (n)
         fill_stat(m, n, st);
     pthread_mutex_unlock(&m->lock);
-    return n ? 0 : -ENOENT;
+    return rc < 0 ? -ENOENT : 0;
+}
+
+typedef struct list_ctx {
+    import_mgr *m;
+    store_st *st;
+    import_fill_fn fill;
+    void *buf;
+} list_ctx;
+
+static int list_cb(void *vctx, const index_entry *e)
+{
+    list_ctx *c = vctx;
+    if (imp_name_find(c->m, c->st, e->path))
+        return 0; /* in memory too: listed from there */
+    node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    imp_node_from_entry(&tmp, e);
+    struct stat sb;
+    fill_stat(c->m, &tmp, &sb);
+    return c->fill(c->buf, e->name, &sb) ? 1 : 0;
 }
 
 int import_readdir(import_mgr *m, const char *store, const char *rel, import_fill_fn fill,
                    void *buf)
 {
     pthread_mutex_lock(&m->lock);
-    store_st *st = store_find(m, store);
+    store_st *st = imp_store_find(m, store);
     int rc = 0;
     if (*rel) {
-        node *d = st ? name_find(m, st, rel) : NULL;
+        node *d = st ? imp_name_find(m, st, rel) : NULL;
         rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
     }
-    for (node *n = st && rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
+    bool full = false;
+    for (node *n = st && rc == 0 ? imp_all_first(m) : NULL; n; n = imp_all_next(m, n)) {
         if (!n->visible || n->st != st || !is_child_of(n->path, rel))
             continue;
         struct stat sb;
         fill_stat(m, n, &sb);
         const char *slash = strrchr(n->path, '/');
-        if (fill(buf, slash ? slash + 1 : n->path, &sb))
+        if ((full = fill(buf, slash ? slash + 1 : n->path, &sb)))
             break;
     }
+    /* Then the remembered files of the folder: one query by folder. */
+    list_ctx c = {m, st, fill, buf};
+    if (st && rc == 0 && !full && m->ix)
+        index_list(m->ix, store, rel, list_cb, &c);
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
@@ -1092,29 +567,39 @@ int import_readdir(import_mgr *m, const char *store, const char *rel, import_fil
 int import_mkdir(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
     pthread_mutex_lock(&m->lock);
-    store_st *st = store_get(m, store);
+    store_st *st = imp_store_get(m, store);
     int rc = st ? check_parent(m, st, rel) : -ENOMEM;
-    if (rc == 0 && name_find(m, st, rel))
+    peek_ctx c = {0};
+    if (rc == 0 && (imp_name_find(m, st, rel) || peek(m, store, rel, &c) == 0))
         rc = -EEXIST;
     node *n = NULL;
-    if (rc == 0 && !(n = node_new(m, st, rel, true, mode)))
+    if (rc == 0 && !(n = imp_node_new(m, st, rel, true, mode)))
         rc = -ENOMEM;
     if (rc == 0 && getrandom(n->id, SPOOL_ID_LEN / 2, 0) == SPOOL_ID_LEN / 2) {
         unsigned char r[SPOOL_ID_LEN / 2];
         memcpy(r, n->id, sizeof r);
         for (size_t i = 0; i < sizeof r; i++)
             snprintf(n->id + 2 * i, 3, "%02x", r[i]);
-        list_add(m, n);
-        name_insert(m, n);
+        imp_list_add(m, n);
+        imp_name_insert(m, n);
         rc = imp_node_journal(m, n);
         if (rc < 0)
             imp_node_unlist(m, n); /* a directory we cannot remember is not made */
     } else if (rc == 0) {
-        node_free(n);
+        imp_node_free(n);
         rc = -EIO;
     }
     pthread_mutex_unlock(&m->lock);
     return rc == 0 ? journal_settle(m) : rc;
+}
+
+/* No visible file or folder in dir: in memory, then in the index. */
+static bool dir_empty(import_mgr *m, store_st *st, const char *dir)
+{
+    for (node *n = imp_all_first(m); n; n = imp_all_next(m, n))
+        if (n->visible && n->st == st && is_child_of(n->path, dir))
+            return false;
+    return !m->ix || index_has_children(m->ix, st->name, dir) == 0;
 }
 
 int import_rmdir(import_mgr *m, const char *store, const char *rel)
@@ -1124,12 +609,8 @@ int import_rmdir(import_mgr *m, const char *store, const char *rel)
     pthread_mutex_lock(&m->lock);
     node *d = lookup(m, store, rel);
     int rc = !d ? -ENOENT : !d->is_dir ? -ENOTDIR : 0;
-    for (node *n = rc == 0 ? all_first(m) : NULL; n; n = all_next(m, n)) {
-        if (n->visible && n->st == d->st && is_child_of(n->path, rel)) {
-            rc = -ENOTEMPTY;
-            break;
-        }
-    }
+    if (rc == 0 && !dir_empty(m, d->st, rel))
+        rc = -ENOTEMPTY;
     if (rc == 0)
         imp_node_unlist(m, d);
     pthread_mutex_unlock(&m->lock);
@@ -1251,9 +732,9 @@ static int cache_wait_freed(import_mgr *m)
 int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode, uint64_t *fh)
 {
     pthread_mutex_lock(&m->lock);
-    store_st *st = store_get(m, store);
+    store_st *st = imp_store_get(m, store);
     int rc = st ? check_parent(m, st, rel) : -ENOMEM;
-    node *existing = rc == 0 ? name_find(m, st, rel) : NULL;
+    node *existing = rc == 0 ? find(m, st, rel) : NULL;
     pthread_mutex_unlock(&m->lock);
     if (rc < 0)
         return rc;
@@ -1269,23 +750,22 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     pthread_mutex_lock(&m->lock);
     node *n = NULL;
     handle *h = NULL;
-    if (name_find(m, st, rel))
+    if (imp_name_find(m, st, rel))
         rc = -EEXIST;
-    else if (!(n = node_new(m, st, rel, false, mode)))
+    else if (!(n = imp_node_new(m, st, rel, false, mode)))
         rc = -ENOMEM;
     if (rc == 0) {
-        memcpy(n->id, id, sizeof n->id);
-        n->state = ST_NEW;
+        memcpy(n->id, id, sizeof n->id); /* state ST_NEW, as imp_node_new makes it */
         n->has_spool = true;
         n->dirty = true;
         n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);
         if (!h) {
-            node_free(n);
+            imp_node_free(n);
             rc = -ENOMEM;
         } else {
-            list_add(m, n);
-            name_insert(m, n);
+            imp_list_add(m, n);
+            imp_name_insert(m, n);
             note_activity(st);
         }
     }
@@ -1408,7 +888,7 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
             rc = -errno;
         } else {
             imp_spool_account(m, n, 0);
-            up_stream_drop(m, n, "truncated");
+            imp_stream_drop(m, n, "truncated");
             n->seq = true;
             n->seq_end = 0;
             n->size = 0;
@@ -1492,33 +972,13 @@ int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off)
     return n < 0 ? -errno : (int)n;
 }
 
-/* Joins the store's open batch (creating one). */
-void imp_assign_batch(import_mgr *m, node *n)
-{
-    store_st *st = n->st;
-    if (n->b && n->b->state == B_OPEN)
-        return;
-    if (!st->open) {
-        st->open = batch_new(m, st, NULL);
-        if (!st->open)
-            return;
-        imp_batch_journal(m, st->open);
-    }
-    n->b = st->open;
-    if (n->staged && strcmp(n->bid, n->b->id) != 0)
-        log_warn("import: %s/%s: an older staged copy stays in batch %s", st->name, n->path,
-                 n->bid);
-    snprintf(n->bid, sizeof n->bid, "%s", n->b->id);
-    n->staged = false;
-}
-
 /* Rejects a file that failed validation: it disappears. */
 static void reject(import_mgr *m, node *n)
 {
     if (!n->visible)
         return;
     if (n->state == ST_NEW) {
-        name_remove(m, n);
+        imp_name_remove(m, n);
         imp_spool_remove(m, n);
         imp_node_unlist(m, n);
         return;
@@ -1560,6 +1020,13 @@ static int sync_spool_file(import_mgr *m, int fd, const char **what)
     if (rc < 0)
         *what = "cannot sync the spool directory";
     return rc;
+}
+
+/* The path of a remembered file with the same instance (into ctx). */
+static int other_cb(void *ctx, const index_entry *e)
+{
+    snprintf(ctx, 300, "%s", e->path);
+    return 0;
 }
 
 /* Validates the current content of h's file and accepts it if it is DICOM
@@ -1626,7 +1093,8 @@ static int validate(import_mgr *m, handle *h)
     if (rc < 0) {
         /* Not recorded = not accepted: close() fails (ENOSPC on a full
          * cache disk) and the file goes, as for a rejected one. */
-        n->state = prev_state == ST_NEW ? ST_NEW : n->state;
+        if (prev_state == ST_NEW)
+            imp_node_to(m, n, ST_NEW, 0); /* back: reject() drops a new file */
         reject(m, n);
         pthread_mutex_unlock(&m->lock);
         return rc;
@@ -1634,21 +1102,24 @@ static int validate(import_mgr *m, handle *h)
     if (n->b)
         n->b->last_accept = util_now_s();
     n->st->bytes_spooled += n->size;
-    sop_insert(m, n);
-    node *dup = m->cfg.upload_present ? NULL : sop_other(m, n);
-    if (dup) {
+    imp_sop_insert(m, n);
+    node *dup = m->cfg.upload_present ? NULL : imp_sop_other(m, n);
+    char other[300] = "";
+    if (!dup && !m->cfg.upload_present && m->ix && n->sop[0])
+        index_find_sop(m->ix, n->st->name, n->sop, n->path, other_cb, other);
+    if (dup || *other) {
         /* Duplicates within a copy are known now: the import would keep
          * only one of them anyway. */
-        char why[300];
+        char why[600];
         snprintf(why, sizeof why, "%s (SOP Instance UID %s) has this instance",
-                 dup->visible ? dup->path : "a file copied before", n->sop);
+                 dup ? (dup->visible ? dup->path : "a file copied before") : other, n->sop);
         imp_node_present(m, n, why);
     } else if (!up_stream_accepted(m, n, n->size)) {
         /* A stream that sent this very content finishes the upload;
          * otherwise the workers upload the spool file. */
-        up_enqueue(m, n);
+        imp_enqueue(m, n);
     }
-    up_kick(m); /* a new file: the quiet period starts again */
+    imp_kick(m); /* a new file: the quiet period starts again */
     pthread_mutex_unlock(&m->lock);
     /* Without sync, the record is in the cache filesystem already (it
      * survives a crash of dicomfs) and the journal flusher thread fsyncs it
@@ -1720,7 +1191,7 @@ int import_release(import_mgr *m, uint64_t fh)
     if (h->writable) {
         n->writers--;
         if (n->writers == 0)
-            up_stream_drop(m, n, "closed without being accepted");
+            imp_stream_drop(m, n, "closed without being accepted");
         /* The last close of a file whose last validation failed: reject it
          * now (the handle's reference keeps n alive through reject()). */
         if (n->writers == 0 && n->visible && n->dirty && n->checked && n->check_rc < 0) {
@@ -1735,9 +1206,9 @@ int import_release(import_mgr *m, uint64_t fh)
     }
     n->refs--;
     if (n->writers == 0 && n->state == ST_ACCEPTED && !n->dirty)
-        up_enqueue(m, n); /* it was held back while open for writing */
+        imp_enqueue(m, n); /* it was held back while open for writing */
     imp_node_maybe_free(m, n);
-    up_kick(m);
+    imp_kick(m);
     pthread_mutex_unlock(&m->lock);
     free(h);
     if (dropped)
@@ -1764,7 +1235,7 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
         }
         pthread_mutex_lock(&m->lock);
         imp_spool_account(m, h->n, (uint64_t)size);
-        up_stream_drop(m, h->n, "truncated");
+        imp_stream_drop(m, h->n, "truncated");
         h->n->seq = size == 0;
         h->n->seq_end = 0;
         h->n->size = (uint64_t)size;
@@ -1794,17 +1265,22 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
 static int rename_dir(import_mgr *m, node *d, const char *to)
 {
     size_t fl = strlen(d->path);
+    /* Remembered files below it move in the index (nodes of them in
+     * memory are rewritten to the same rows below). */
+    int rc = m->ix ? index_move_tree(m->ix, d->st->name, d->path, to) : 0;
+    if (rc < 0)
+        return rc;
     /* Children first, while d->path is still the old prefix. */
-    for (node *n = all_first(m); n; n = all_next(m, n)) {
+    for (node *n = imp_all_first(m); n; n = imp_all_next(m, n)) {
         if (!n->visible || n->st != d->st || !is_below(n->path, d->path))
             continue;
         char *np = util_asprintf("%s%s", to, n->path + fl);
         if (!np)
             return -ENOMEM;
-        name_remove(m, n);
+        imp_name_remove(m, n);
         free(n->path);
         n->path = np;
-        name_insert(m, n);
+        imp_name_insert(m, n);
         imp_node_journal(m, n);
     }
     return 0;
@@ -1818,10 +1294,10 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
     if (flags & RENAME_EXCHANGE)
         return -EINVAL;
     pthread_mutex_lock(&m->lock);
-    store_st *st = store_find(m, store);
-    node *src = st ? name_find(m, st, from) : NULL;
+    store_st *st = imp_store_find(m, store);
+    node *src = st ? find(m, st, from) : NULL;
     int rc = src ? check_parent(m, st, to) : -ENOENT;
-    node *dst = rc == 0 ? name_find(m, st, to) : NULL;
+    node *dst = rc == 0 ? find(m, st, to) : NULL;
     if (rc == 0 && src->is_dir && (is_below(to, from) || strcmp(to, from) == 0))
         rc = strcmp(to, from) == 0 ? 0 : -EINVAL;
     if (rc == 0 && dst == src)
@@ -1834,11 +1310,8 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         else if (!src->is_dir && dst->is_dir)
             rc = -EISDIR;
         else if (dst->is_dir) {
-            for (node *n = all_first(m); n; n = all_next(m, n))
-                if (n->visible && n->st == st && is_child_of(n->path, to)) {
-                    rc = -ENOTEMPTY;
-                    break;
-                }
+            if (!dir_empty(m, st, to))
+                rc = -ENOTEMPTY;
             if (rc == 0)
                 imp_node_unlist(m, dst);
         } else {
@@ -1852,13 +1325,16 @@ int import_rename(import_mgr *m, const char *store, const char *from, const char
         if (rc == 0 && src->is_dir)
             rc = rename_dir(m, src, to);
         if (rc == 0) {
-            name_remove(m, src);
+            imp_name_remove(m, src);
+            if (!src->is_dir)
+                imp_node_unindex(m, src); /* its row is under the old name */
             free(src->path);
             src->path = np;
             np = NULL;
-            name_insert(m, src);
+            imp_name_insert(m, src);
             clock_gettime(CLOCK_REALTIME, &src->ctime);
             rc = imp_node_journal(m, src);
+            imp_node_maybe_free(m, src);
         }
         free(np);
     }
@@ -1873,24 +1349,32 @@ int import_unlink(import_mgr *m, const char *store, const char *rel)
     int rc = !n ? -ENOENT : n->is_dir ? -EISDIR : 0;
     if (rc == 0)
         rc = node_withdraw(m, n, false, "be removed");
-    up_kick(m);
+    imp_kick(m);
     pthread_mutex_unlock(&m->lock);
     return rc == 0 ? journal_settle(m) : rc;
+}
+
+static const char *state_name(const node *n)
+{
+    return n->state == ST_UPLOADED   ? (node_importing(n) ? "importing" : "uploaded")
+           : n->state == ST_IMPORTED ? "imported"
+           : n->state == ST_PRESENT  ? "present"
+           : n->state == ST_FAILED   ? "failed"
+                                     : "pending";
 }
 
 int import_state(import_mgr *m, const char *store, const char *rel, char *out, size_t outlen)
 {
     pthread_mutex_lock(&m->lock);
-    node *n = *rel ? lookup(m, store, rel) : NULL;
-    int rc = !*rel ? -ENODATA : !n ? -ENOENT : n->is_dir ? -ENODATA : 0;
-    if (rc == 0) {
-        const char *name = n->state == ST_UPLOADED ? (node_importing(n) ? "importing" : "uploaded")
-                           : n->state == ST_IMPORTED ? "imported"
-                           : n->state == ST_PRESENT  ? "present"
-                           : n->state == ST_FAILED   ? "failed"
-                                                     : "pending";
-        snprintf(out, outlen, "%s", name);
-    }
+    store_st *st = imp_store_find(m, store);
+    node *n = *rel && st ? imp_name_find(m, st, rel) : NULL;
+    peek_ctx c = {.state = out, .statelen = outlen};
+    int rc = !*rel ? -ENODATA
+             : n   ? (n->is_dir ? -ENODATA : 0)
+             : st  ? peek(m, store, rel, &c)
+                   : -ENOENT;
+    if (rc == 0 && n)
+        snprintf(out, outlen, "%s", state_name(n));
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
@@ -1909,7 +1393,7 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1924,32 +1408,34 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
         /* Written to the log now (survives a daemon kill); made durable by
          * the next sync point: an fsync per utimens would halve rsync's speed. */
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }
 
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
         n->mode = mode & 07777;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }
 
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
 {
     if (!*rel)
         return 0;
-    int rc = 0;
+    int rc = -ENOENT;
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
@@ -1959,7 +1445,8 @@ int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, g
             n->gid = gid;
         clock_gettime(CLOCK_REALTIME, &n->ctime);
         rc = imp_node_journal(m, n);
+        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
     }
     pthread_mutex_unlock(&m->lock);
-    return n ? rc : -ENOENT;
+    return rc;
 }

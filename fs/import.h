@@ -1,5 +1,6 @@
 /* import: the STORE/import/ directory — spool, journal, background uploads
- * and batch commits (spool.c, journal.c, uploader.c, import.c, status.c).
+ * and batch commits (spool.c, journal.c, index.c, filestate.c, uploader.c,
+ * import.c, status.c).
  *
  * A file written under import/ goes to a spool file in cache_dir. flush()
  * (what each close() returns, also of a dup'ed descriptor) fsyncs it and

@@ -1,6 +1,7 @@
-/* import_int: state shared by import.c (the import/ namespace and the
- * journal records), uploader.c (worker threads and batch commits) and
- * status.c. Not a public interface: only these three files include it.
+/* import_int: state shared by the import pipeline: filestate.c (files,
+ * their state machine and records), import.c (the import/ namespace and
+ * acceptance), uploader.c (worker threads and batch commits) and status.c.
+ * Not a public interface: only these files include it.
  *
  * Locking: everything below is guarded by import_mgr.lock. Journal records
  * are written (journal_put/del with sync=false) while holding it, so the log
@@ -18,6 +19,7 @@
 #include "upconc.h"
 #include "dicom.h"
 #include "import.h"
+#include "index.h"
 #include "journal.h"
 #include "present.h"
 #include "spool.h"
@@ -137,6 +139,11 @@ struct node {
      * coordinator's and the cache's walks never visit, so their cost does
      * not grow with the number of files imported. */
     bool settled;
+    /* indexed: the index (index.c) has a row for (st, path). A settled
+     * file lives there alone: its record leaves the journal and the node
+     * leaves memory once nothing refers to it (imp_node_maybe_free); a
+     * lookup by name brings it back (fault_in in import.c). */
+    bool indexed;
     node *qnext; /* work queue */
     node *snext; /* SOP table chain (while in_sops) */
     bool in_sops;
@@ -148,6 +155,8 @@ struct import_mgr {
     gcs_client *gcs;
     hc_client *hc;
     journal *j;
+    index_db *ix; /* remembered files (cache_dir/index.sqlite) */
+    bool loading; /* journal records being loaded: no journal writes */
     spool *sp;
     pthread_mutex_t lock;
     pthread_cond_t work_cond;   /* workers: queue non-empty or stop */
@@ -190,44 +199,98 @@ struct import_mgr {
     size_t nsops;
 };
 
-/* import.c */
-int imp_node_journal(import_mgr *m, node *n); /* put the node's record (no sync) */
+#define SOP_BUCKETS (1u << 16) /* m->sops */
+
+/* A streaming upload: its thread lives in uploader.c; filestate.c detaches
+ * it from its file when the file changes (imp_stream_drop). */
+struct upstream {
+    import_mgr *m;
+    node *n; /* NULL once dropped: the thread then only cancels and ends */
+    char id[SPOOL_ID_LEN + 1];
+    char *object, *label;
+    uint64_t avail;      /* [0, avail) written by appends */
+    uint64_t final_size; /* finishing: the accepted size and generation */
+    uint64_t final_gen;
+    bool finishing, dropped, done;
+    pthread_cond_t cond;
+    pthread_t thr;
+    upstream *next;
+};
+
+/* filestate.c: the files, their state machine and records, the work
+ * queue. Everything below is called with the lock held unless noted. The
+ * pipeline's stages (import.c: namespace and acceptance; uploader.c:
+ * upload, batch, import, verify) call down into it, never into each
+ * other's upper stage: import.c calls uploader.c only to start, stop,
+ * stream and fetch; uploader.c calls nothing of import.c. */
+/* Records: loading at start; putting a node's or batch's record (no sync;
+ * a settled file's goes to the index). */
+int imp_load_records(import_mgr *m);
+int imp_node_journal(import_mgr *m, node *n);
 void imp_batch_journal(import_mgr *m, batch *b);
-void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + journal del */
+/* The index row of n goes (n renamed, or journaled again). */
+void imp_node_unindex(import_mgr *m, node *n);
+/* Names and lists. */
+node *imp_name_find(import_mgr *m, const store_st *st, const char *path);
+void imp_name_insert(import_mgr *m, node *n);
+void imp_name_remove(import_mgr *m, node *n);
+void imp_list_add(import_mgr *m, node *n); /* to the list its settled flag names */
+/* Every listed node, files in flight first, then remembered ones in memory. */
+node *imp_all_first(import_mgr *m);
+node *imp_all_next(import_mgr *m, const node *n);
+store_st *imp_store_get(import_mgr *m, const char *name); /* created if new */
+store_st *imp_store_find(import_mgr *m, const char *name);
+/* The SOP table: n's instance (after n->sop is set); another file of n's
+ * store with it that is (or will be) in the store. */
+void imp_sop_insert(import_mgr *m, node *n);
+node *imp_sop_other(import_mgr *m, const node *n);
+/* Nodes. */
+node *imp_node_new(import_mgr *m, store_st *st, const char *path, bool is_dir, mode_t mode);
+void imp_node_free(node *n);
+/* A remembered file's fields from its index row (not path or store). */
+void imp_node_from_entry(node *n, const index_entry *e);
+void imp_node_unlist(import_mgr *m, node *n); /* hide + drop from the list + record del */
+/* Frees n when nothing refers to it: unlisted, or settled and indexed
+ * (it then lives in the index only). n may be gone on return. */
 void imp_node_maybe_free(import_mgr *m, node *n);
 void imp_node_fail(import_mgr *m, node *n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void imp_batch_free(import_mgr *m, batch *b);
-/* Moves n to the remembered list when it is settled (see node.settled). */
+/* Moves n to the remembered list when it is settled (see node.settled),
+ * and its record from the journal to the index. */
 void imp_node_settle(import_mgr *m, node *n);
-/* Changes n's state with its bookkeeping (the state machine: see import.c). */
+/* THE state machine: every change of a file's state goes through here,
+ * with its bookkeeping (see filestate.c). */
 int imp_node_to(import_mgr *m, node *n, int to, uint64_t bytes);
 /* The store already holds n's instance (or will: a duplicate of a pending
- * file): not uploaded, reported present (lock held). */
+ * file): not uploaded, reported present. */
 void imp_node_present(import_mgr *m, node *n, const char *why);
 char *imp_object_name(import_mgr *m, const node *n); /* malloc'ed */
-/* Cache accounting (lock held): n's spool file now holds `bytes`. */
+/* Cache accounting: n's spool file now holds `bytes`. */
 void imp_spool_account(import_mgr *m, node *n, uint64_t bytes);
-/* Removes n's spool file now (lock held; withdrawn or rejected files). */
+/* Removes n's spool file now (withdrawn or rejected files). */
 void imp_spool_remove(import_mgr *m, node *n);
 void imp_assign_batch(import_mgr *m, node *n); /* join the store's open batch */
+/* Work for the uploader: n has a job (its workers take it from the queue);
+ * something changed that the coordinator should look at. */
+void imp_enqueue(import_mgr *m, node *n);
+void imp_kick(import_mgr *m);
+/* Abandons n's streaming upload unless its final chunk is on its way (n is
+ * then busy until it ends). */
+void imp_stream_drop(import_mgr *m, node *n, const char *why);
 
-/* uploader.c */
+/* uploader.c (upload, batch, import, verify) */
 int up_start(import_mgr *m);
 void up_stop(import_mgr *m);
-void up_enqueue(import_mgr *m, node *n); /* with the lock held */
-void up_kick(import_mgr *m);             /* wake the coordinator */
 /* A copy of a file whose spool space was released, fetched into fd (lock
  * NOT held): from its staged object, else from the store. */
 int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
                   const char *study, const char *series, const char *sop, int fd);
-/* Streaming uploads (lock held). up_stream_wrote: after every successful
- * write of n (through fd) of [off, off+len): feeds a running stream or
- * starts one. up_stream_drop: abandons n's stream unless its final chunk is
- * on its way (n is then busy until it ends). up_stream_accepted: n was just
- * accepted with size bytes; true when its stream takes over the upload. */
+/* Streaming uploads. up_stream_wrote: after every successful write of n
+ * (through fd) of [off, off+len): feeds a running stream or starts one.
+ * up_stream_accepted: n was just accepted with size bytes; true when its
+ * stream takes over the upload. */
 void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len);
-void up_stream_drop(import_mgr *m, node *n, const char *why);
 bool up_stream_accepted(import_mgr *m, node *n, uint64_t size);
 
 #endif

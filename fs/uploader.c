@@ -57,7 +57,7 @@
  *   CRC32C (summed over the bytes as sent) like any upload; success = UPLOADED
  *   when the file's generation is still the accepted one, else the workers
  *   upload it again as after any upload of a stale generation. Anything else
- *   abandons the stream (up_stream_drop): a write below the streamed end,
+ *   abandons the stream (imp_stream_drop): a write below the streamed end,
  *   a truncate, the last writer closing without acceptance, unlink, rename
  *   onto it, rejection, failure, a session error (transient errors are
  *   retried by asking the server what it holds). Its session is cancelled
@@ -108,6 +108,7 @@ enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
  * close and every finished upload, so ticks are spaced at least this much
  * (otherwise N files cost N scans of N files). */
 #define TICK_MIN_S 0.05
+#define TICK_SHARE 20 /* ticks take at most 1/20 of the coordinator's time */
 
 static enum job job_for(const node *n, double now)
 {
@@ -140,25 +141,6 @@ static enum job job_for(const node *n, double now)
     default:
         return JOB_NONE;
     }
-}
-
-void up_enqueue(import_mgr *m, node *n)
-{
-    if (!m->gcs || n->queued || n->busy)
-        return; /* no uploader (tests), or a worker will look at it again */
-    n->queued = true;
-    n->qnext = NULL;
-    if (m->qtail)
-        m->qtail->qnext = n;
-    else
-        m->qhead = n;
-    m->qtail = n;
-    pthread_cond_signal(&m->work_cond);
-}
-
-void up_kick(import_mgr *m)
-{
-    pthread_cond_signal(&m->tick_cond);
 }
 
 static node *dequeue(import_mgr *m)
@@ -397,7 +379,7 @@ static void release_finish(import_mgr *m, node *n)
         imp_node_settle(m, n);
     n->busy = false;
     if (job_for(n, util_now_s()) != JOB_NONE)
-        up_enqueue(m, n);
+        imp_enqueue(m, n);
     imp_node_maybe_free(m, n);
     pthread_cond_signal(&m->tick_cond);
 }
@@ -537,7 +519,7 @@ static void *worker_main(void *arg)
         if (j.kind == JOB_UPLOAD && check_present(m, n)) {
             n->busy = false;
             if (job_for(n, util_now_s()) != JOB_NONE)
-                up_enqueue(m, n);
+                imp_enqueue(m, n);
             imp_node_maybe_free(m, n);
             pthread_cond_signal(&m->tick_cond);
             continue;
@@ -545,7 +527,7 @@ static void *worker_main(void *arg)
         if (j.kind == JOB_UPLOAD && job_for(n, util_now_s()) != JOB_UPLOAD) {
             n->busy = false; /* changed while its study was fetched */
             if (job_for(n, util_now_s()) != JOB_NONE)
-                up_enqueue(m, n);
+                imp_enqueue(m, n);
             imp_node_maybe_free(m, n);
             continue;
         }
@@ -586,7 +568,7 @@ static void *worker_main(void *arg)
                 delete_done(m, n, rc, &err, now);
             n->busy = false;
             if (job_for(n, now) != JOB_NONE)
-                up_enqueue(m, n);
+                imp_enqueue(m, n);
             imp_node_maybe_free(m, n);
         }
         pthread_cond_signal(&m->tick_cond);
@@ -613,20 +595,6 @@ static void *worker_main(void *arg)
 #define STREAM_MAX_PUT (32u << 20) /* largest request (an abandon waits for it) */
 #define STREAM_MAX 4               /* concurrent streams; more files wait for close */
 #define STREAM_IDLE_S 2.0          /* an idle open stream lets its batch go after this */
-
-struct upstream {
-    import_mgr *m;
-    node *n; /* NULL once dropped: the thread then only cancels and ends */
-    char id[SPOOL_ID_LEN + 1];
-    char *object, *label;
-    uint64_t avail;      /* [0, avail) written by appends */
-    uint64_t final_size; /* finishing: the accepted size and generation */
-    uint64_t final_gen;
-    bool finishing, dropped, done;
-    pthread_cond_t cond;
-    pthread_t thr;
-    upstream *next;
-};
 
 static void stream_free(upstream *s)
 {
@@ -682,7 +650,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     }
     imp_node_journal(m, n);
     if (job_for(n, now) != JOB_NONE)
-        up_enqueue(m, n);
+        imp_enqueue(m, n);
     imp_node_maybe_free(m, n);
     pthread_cond_signal(&m->tick_cond);
 }
@@ -697,7 +665,7 @@ static void stream_failed(import_mgr *m, upstream *s, const http_error *err)
     log_warn("import: %s: streaming upload failed (HTTP %ld %s): the file is uploaded after it "
              "is closed",
              s->label, err->http_status, err->message);
-    up_stream_drop(m, n, NULL);
+    imp_stream_drop(m, n, NULL);
 }
 
 static void *stream_main(void *arg)
@@ -825,7 +793,7 @@ void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
         n->seq = false;
     if (!n->seq) {
         if (s)
-            up_stream_drop(m, n, "written out of order");
+            imp_stream_drop(m, n, "written out of order");
         return;
     }
     n->seq_end = off + len;
@@ -844,34 +812,13 @@ void up_stream_wrote(import_mgr *m, node *n, int fd, uint64_t off, uint64_t len)
         stream_start(m, n, fd);
 }
 
-void up_stream_drop(import_mgr *m, node *n, const char *why)
-{
-    upstream *s = n->stream;
-    if (!s || s->finishing)
-        return;
-    s->dropped = true;
-    s->n = NULL;
-    n->stream = NULL;
-    pthread_cond_signal(&s->cond);
-    if (n->state == ST_NEW) {
-        /* Not accepted: leave the batch; acceptance picks one again. */
-        n->b = NULL;
-        n->bid[0] = '\0';
-    }
-    if (why)
-        log_info("import: %s: streaming upload abandoned (%s); the file is uploaded once "
-                 "accepted",
-                 s->label, why);
-    (void)m;
-}
-
 bool up_stream_accepted(import_mgr *m, node *n, uint64_t size)
 {
     upstream *s = n->stream;
     if (!s || s->finishing)
         return false;
     if (!n->seq || n->seq_end != size || s->avail != size) {
-        up_stream_drop(m, n, "the accepted content is not what was streamed");
+        imp_stream_drop(m, n, "the accepted content is not what was streamed");
         return false;
     }
     s->finishing = true;
@@ -893,7 +840,7 @@ static void streams_release_idle(import_mgr *m, batch *b, double now)
         return;
     for (node *n = m->head; n; n = n->next)
         if (!n->is_dir && n->b == b && n->stream && n->state == ST_NEW)
-            up_stream_drop(m, n, "idle while other files of its batch wait");
+            imp_stream_drop(m, n, "idle while other files of its batch wait");
     b->n_pending = 0;
     b->n_streaming = 0;
 }
@@ -1222,7 +1169,10 @@ static void batch_drop(import_mgr *m, batch *b)
     imp_batch_free(m, b);
 }
 
-static void tick(import_mgr *m, double now)
+/* One pass of the coordinator. Returns how long its walk of the files in
+ * flight took (not the imports started or polled, which wait on the
+ * network). */
+static double tick(import_mgr *m, double now)
 {
     streams_reap(m);
     for (store_st *st = m->stores; st; st = st->next)
@@ -1233,11 +1183,12 @@ static void tick(import_mgr *m, double now)
         if (b->state == B_IMPORTING)
             b->st->running++;
     }
+    double walk0 = util_now_s();
     for (node *n = m->head; n; n = n->next) {
         if (n->is_dir)
             continue;
         if (!n->queued && !n->busy && job_for(n, now) != JOB_NONE)
-            up_enqueue(m, n);
+            imp_enqueue(m, n);
         batch *b = n->b;
         if (!b)
             continue;
@@ -1250,6 +1201,7 @@ static void tick(import_mgr *m, double now)
         if (n->stream && n->state == ST_NEW)
             b->n_streaming++;
     }
+    double walk = util_now_s() - walk0;
     /* Running operations first (one that ends frees a slot for the batches
      * that follow), then the oldest sealed batches, then open ones. */
     for (batch *b = m->batches; b && !m->stop; b = b->next) {
@@ -1276,6 +1228,7 @@ static void tick(import_mgr *m, double now)
                  b->n_refs == 0)
             batch_drop(m, b); /* no file refers to it any more */
     }
+    return walk;
 }
 
 /* Waits on cond (m->lock held) for a signal or for `seconds`. */
@@ -1313,18 +1266,22 @@ static double next_wait(import_mgr *m, double now)
 static void *coord_main(void *arg)
 {
     import_mgr *m = arg;
-    double last = -1e9;
+    double last = -1e9, gap = TICK_MIN_S;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         double now = util_now_s();
-        if (now - last < TICK_MIN_S) {
+        if (now - last < gap) {
             /* Kicked too soon after the last tick: wait out the rest (kicks
              * meanwhile are covered by the tick that follows). */
-            wait_kick(m, last + TICK_MIN_S - now);
+            wait_kick(m, last + gap - now);
             continue;
         }
         last = now;
-        tick(m, now);
+        /* A tick walks the files in flight (up to a full cache of them),
+         * holding the lock: spaced so that the walks take at most
+         * 1/TICK_SHARE of the time, whatever their number. */
+        double walk = tick(m, now);
+        gap = walk * TICK_SHARE > TICK_MIN_S ? walk * TICK_SHARE : TICK_MIN_S;
         if (m->stop)
             break;
         wait_kick(m, next_wait(m, util_now_s()));

@@ -267,3 +267,66 @@ def test_writer_waiting_for_cache_room_is_interruptible(emulator_factory,  # noq
     ru.faults_off(emu)
     counts, _ = wait_all(m, timeout=120)
     assert counts["imported"] >= 1, counts
+
+
+def index_rows(cache_dir):
+    """Rows of dicomfs's index of remembered files (read-only, a second
+    SQLite connection: WAL lets it read while dicomfs writes)."""
+    import sqlite3
+    db = sqlite3.connect("file:%s/index.sqlite?mode=ro" % cache_dir, uri=True, timeout=10)
+    try:
+        return sorted((p + "/" + n if p else n, s) for p, n, s in
+                      db.execute("SELECT parent, name, state FROM files"))
+    finally:
+        db.close()
+
+
+def journal_file_records(cache_dir):
+    """How many file records ("e/ID") the journal holds after a clean
+    unmount (which compacts it: the log is empty, the snapshot's keys are
+    plain text)."""
+    n = 0
+    for name in ("snapshot", "log"):
+        p = os.path.join(cache_dir, "journal", name)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                n += f.read().count(b"e/")
+    return n
+
+
+def test_remembered_files_live_in_the_index(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """Imported files leave memory and the journal for the SQLite index
+    (cache_dir/index.sqlite): one row each; after a remount they are listed
+    from it (rsync rerun transfers 0), rm deletes the row, rewriting one
+    makes it a new file that leaves the index until it is imported again."""
+    emu = emulator_factory()
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 20, studies=2)
+    m = res_mounts(emu, commit_delay=0.2)
+    rc, out, err = run(["rsync", "-a", src + "/", m.import_dir + "/"])
+    assert rc == 0, err + m.log_tail(60)
+    wait_all(m)
+    assert ru.wait_until(lambda: len(index_rows(m.cache_dir)) == len(files), 30), \
+        (index_rows(m.cache_dir), m.log_tail(40))
+    assert [p for p, _ in index_rows(m.cache_dir)] == sorted(files)
+    rc = m.unmount()
+    assert rc == 0
+    assert journal_file_records(m.cache_dir) == 0, "the journal still holds remembered files"
+    m.remount()
+    rc, out, err = run(["rsync", "-a", "--stats", src + "/", m.import_dir + "/"])
+    assert rc == 0, err
+    assert "Number of regular files transferred: 0" in out, out
+    first, second = sorted(files)[:2]
+    assert xattr_state(os.path.join(m.import_dir, first)) == "imported"
+    rc, out, err = run(["rm", os.path.join(m.import_dir, first)])
+    assert rc == 0, err
+    assert first not in [p for p, _ in index_rows(m.cache_dir)]
+    assert not os.path.exists(os.path.join(m.import_dir, first))
+    # A whole rewrite (cp of the same bytes): a new file, present in the
+    # store already; it is remembered again once settled.
+    rc, out, err = run(["cp", os.path.join(src, second), os.path.join(m.import_dir, second)])
+    assert rc == 0, err + m.log_tail(20)
+    wait_all(m)
+    assert xattr_state(os.path.join(m.import_dir, second)) in ("present", "imported")
+    assert ru.wait_until(lambda: second in [p for p, _ in index_rows(m.cache_dir)], 30)
+    assert len(index_rows(m.cache_dir)) == len(files) - 1
