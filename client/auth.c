@@ -3,7 +3,7 @@
  *
  * Secrets (private keys, refresh tokens, client secrets, assertions, access
  * tokens) live only in memory, are wiped with OPENSSL_cleanse before being
- * freed, and never reach a log line or an http_error message.
+ * freed, and never reach a log line or an cerr_detail message.
  */
 #include "auth.h"
 
@@ -47,8 +47,9 @@
 #define AUTH_TOKEN_TIMEOUT_S 60
 /* Secret substrings this long that appear in a server message get it withheld. */
 #define AUTH_SCRUB_WINDOW 12
-/* Internal: the answer did not come from a metadata server. */
-#define AUTH_ERR_NOT_METADATA (-100)
+/* Internal, never returned: the answer did not come from a metadata server
+ * (far from every CERR_ class). */
+#define AUTH_NOT_METADATA (-100)
 
 struct auth_provider {
     auth_kind kind;
@@ -80,7 +81,7 @@ struct auth_provider {
     double expires_at;   /* CLOCK_MONOTONIC seconds */
     double refreshed_at; /* CLOCK_MONOTONIC seconds of the last success */
     int last_rc;
-    http_error last_err;
+    cerr_detail last_err;
 };
 
 /* ---- small helpers ---- */
@@ -93,23 +94,24 @@ static void secret_free(char *s)
     }
 }
 
-static void set_err(http_error *err, const char *status, const char *fmt, ...)
+static void set_err(cerr_detail *err, const char *status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void set_err(http_error *err, const char *status, const char *fmt, ...)
+static void set_err(cerr_detail *err, const char *status, const char *fmt, ...)
 {
     if (!err)
         return;
     va_list ap;
     va_start(ap, fmt);
-    util_vset_err(err, 0, status, fmt, ap);
+    /* The class is the value returned: the public entry points copy it in. */
+    cerr_vset(err, CERR_OK, 0, status, fmt, ap);
     va_end(ap);
 }
 
 /* Passes the http layer's error on (status, codes) with our own message,
  * which says where the token was asked for. */
-static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+static void relay_err(cerr_detail *err, const cerr_detail *herr, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void relay_err(http_error *err, const http_error *herr, const char *fmt, ...)
+static void relay_err(cerr_detail *err, const cerr_detail *herr, const char *fmt, ...)
 {
     if (!err)
         return;
@@ -122,7 +124,7 @@ static void relay_err(http_error *err, const http_error *herr, const char *fmt, 
 
 /* Withholds a server message that quotes any part of a secret we sent
  * (some endpoints echo the request back). */
-static void scrub_message(http_error *err, const char *const *secrets, size_t n)
+static void scrub_message(cerr_detail *err, const char *const *secrets, size_t n)
 {
     if (!err)
         return;
@@ -168,28 +170,28 @@ static const char *json_str(const cJSON *obj, const char *name)
 }
 
 /* Copies an optional string field (NULL when absent or empty). */
-static int json_opt(const cJSON *obj, const char *name, char **out, http_error *err)
+static int json_opt(const cJSON *obj, const char *name, char **out, cerr_detail *err)
 {
     const char *v = json_str(obj, name);
     *out = NULL;
     if (!v || !*v)
-        return AUTH_OK;
+        return CERR_OK;
     *out = strdup(v);
     if (!*out) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
-    return AUTH_OK;
+    return CERR_OK;
 }
 
 static int json_req(const cJSON *obj, const char *name, const char *path, char **out,
-                    http_error *err)
+                    cerr_detail *err)
 {
     int rc = json_opt(obj, name, out, err);
-    if (rc == AUTH_OK && !*out) {
+    if (rc == CERR_OK && !*out) {
         set_err(err, "INVALID_ARGUMENT", "credentials file %s has no \"%s\" string", path, name);
         log_error("auth: credentials file %s has no \"%s\" string", path, name);
-        return AUTH_ERR_FILE;
+        return CERR_INVALID;
     }
     return rc;
 }
@@ -299,16 +301,13 @@ char *auth_jwt_assertion(const char *client_email, const char *private_key_pem,
 
 /* ---- token endpoint responses ---- */
 
-static int map_http_rc(int hrc)
+/* The class of a failed token request: refused when the endpoint answered
+ * an error status, else unreachable (a deadline included). */
+static int map_http_rc(int hrc, const cerr_detail *herr)
 {
-    switch (hrc) {
-    case HTTP_ERR_NOMEM:
-        return AUTH_ERR_NOMEM;
-    case HTTP_ERR_STATUS:
-        return AUTH_ERR_REJECTED;
-    default:
-        return AUTH_ERR_TRANSPORT;
-    }
+    if (hrc == CERR_NOMEM)
+        return CERR_NOMEM;
+    return herr->http_status >= 400 ? CERR_AUTH : CERR_NETWORK;
 }
 
 /* Rejects tokens that could break out of an HTTP header line. */
@@ -322,21 +321,21 @@ static bool token_chars_ok(const char *t)
 
 /* Parses {"access_token","expires_in","token_type"}. */
 static int parse_token_response(const char *body, size_t len, const char *desc, char **token,
-                                double *lifetime, http_error *err)
+                                double *lifetime, cerr_detail *err)
 {
     cJSON *root = body ? cJSON_ParseWithLength(body, len) : NULL;
     const char *tok = root ? json_str(root, "access_token") : NULL;
     const char *type = root ? json_str(root, "token_type") : NULL;
     const cJSON *exp = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
-    int rc = AUTH_OK;
+    int rc = CERR_OK;
     *token = NULL;
     if (!tok || !*tok || !token_chars_ok(tok)) {
         set_err(err, "UNAUTHENTICATED", "token response from %s has no usable access_token", desc);
-        rc = AUTH_ERR_REJECTED;
+        rc = CERR_AUTH;
     } else if (type && strcasecmp(type, "Bearer") != 0) {
         set_err(err, "UNAUTHENTICATED",
                 "token response from %s has token_type \"%.32s\", not Bearer", desc, type);
-        rc = AUTH_ERR_REJECTED;
+        rc = CERR_AUTH;
     } else {
         *lifetime = AUTH_DEFAULT_EXPIRES_S;
         if (cJSON_IsNumber(exp))
@@ -346,7 +345,7 @@ static int parse_token_response(const char *body, size_t len, const char *desc, 
         *token = strdup(tok);
         if (!*token) {
             set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-            rc = AUTH_ERR_NOMEM;
+            rc = CERR_NOMEM;
         }
     }
     json_free_wiped(root);
@@ -364,7 +363,7 @@ static void response_free_wiped(http_response *resp)
  * yet). body NULL: none. herr gets the http layer's error as it came. */
 static int token_request(auth_provider *p, const char *method, const char *const *headers,
                          const char *body, bool idempotent, long timeout_s, http_response *resp,
-                         http_error *herr)
+                         cerr_detail *herr)
 {
     http_request req;
     http_request_init(&req);
@@ -385,34 +384,34 @@ static int token_request(auth_provider *p, const char *method, const char *const
 
 /* POSTs a form-encoded grant to token_uri and parses the token. */
 static int post_grant(auth_provider *p, const char *form, const char *const *secrets,
-                      size_t nsecrets, char **token, double *lifetime, http_error *err)
+                      size_t nsecrets, char **token, double *lifetime, cerr_detail *err)
 {
     static const char *const headers[] = {"Content-Type: application/x-www-form-urlencoded",
                                           "Accept: application/json", NULL};
     http_response resp;
-    http_error herr;
+    cerr_detail herr;
     if (!http_url_safe_for_credentials(p->token_uri)) {
         set_err(err, "INVALID_ARGUMENT",
                 "refusing to send credentials in clear text to token_uri %s: use https:// "
                 "(plain http only to a loopback address)",
                 p->token_uri);
-        return AUTH_ERR_REJECTED;
+        return CERR_AUTH;
     }
     /* A grant may be repeated safely. */
     int hrc = token_request(p, "POST", headers, form, true, AUTH_TOKEN_TIMEOUT_S, &resp, &herr);
     int rc;
     scrub_message(&herr, secrets, nsecrets);
-    if (hrc != HTTP_OK) {
-        rc = map_http_rc(hrc);
-        if (hrc == HTTP_ERR_STATUS && herr.http_status >= 500)
-            rc = AUTH_ERR_TRANSPORT;
+    if (hrc != CERR_OK) {
+        rc = map_http_rc(hrc, &herr);
+        if (herr.http_status >= 500)
+            rc = CERR_UNAVAILABLE;
         relay_err(err, &herr, "token request to %s failed: %.300s", p->token_uri, herr.message);
     } else if (resp.status != 200) {
         set_err(err, "UNAUTHENTICATED", "token request to %s answered HTTP %ld", p->token_uri,
                 resp.status);
         if (err)
             err->http_status = resp.status;
-        rc = AUTH_ERR_REJECTED;
+        rc = CERR_AUTH;
     } else {
         rc = parse_token_response(resp.body, resp.body_len, p->token_uri, token, lifetime, err);
     }
@@ -420,13 +419,13 @@ static int post_grant(auth_provider *p, const char *form, const char *const *sec
     return rc;
 }
 
-static int fetch_service_account(auth_provider *p, char **token, double *lifetime, http_error *err)
+static int fetch_service_account(auth_provider *p, char **token, double *lifetime, cerr_detail *err)
 {
     char *jwt = jwt_sign(p->pkey, p->client_email, p->private_key_id, AUTH_SCOPE_CLOUD_PLATFORM,
                          p->token_uri, (int64_t)time(NULL), AUTH_JWT_LIFETIME_S);
     if (!jwt) {
         set_err(err, "INTERNAL", "cannot sign a JWT assertion with the key of %s", p->desc);
-        return AUTH_ERR_KEY;
+        return CERR_UNSUPPORTED;
     }
     char *esc = http_escape(jwt);
     char *form =
@@ -437,7 +436,7 @@ static int fetch_service_account(auth_provider *p, char **token, double *lifetim
     int rc;
     if (!form) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        rc = AUTH_ERR_NOMEM;
+        rc = CERR_NOMEM;
     } else {
         const char *secrets[] = {jwt + strcspn(jwt, ".")}; /* claims and signature */
         rc = post_grant(p, form, secrets, 1, token, lifetime, err);
@@ -448,7 +447,7 @@ static int fetch_service_account(auth_provider *p, char **token, double *lifetim
     return rc;
 }
 
-static int fetch_authorized_user(auth_provider *p, char **token, double *lifetime, http_error *err)
+static int fetch_authorized_user(auth_provider *p, char **token, double *lifetime, cerr_detail *err)
 {
     char *rt = http_escape(p->refresh_token);
     char *id = http_escape(p->client_id);
@@ -462,7 +461,7 @@ static int fetch_authorized_user(auth_provider *p, char **token, double *lifetim
     int rc;
     if (!form) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        rc = AUTH_ERR_NOMEM;
+        rc = CERR_NOMEM;
     } else {
         const char *secrets[] = {p->refresh_token, rt, p->client_secret, sec};
         rc = post_grant(p, form, secrets, 4, token, lifetime, err);
@@ -477,31 +476,31 @@ static int fetch_authorized_user(auth_provider *p, char **token, double *lifetim
 /* GETs the metadata token URL. A response without "Metadata-Flavor: Google"
  * did not come from a metadata server and is refused. */
 static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **token,
-                          double *lifetime, http_error *err)
+                          double *lifetime, cerr_detail *err)
 {
     static const char *const headers[] = {"Metadata-Flavor: Google", NULL};
     http_response resp;
-    http_error herr;
+    cerr_detail herr;
     char flavor[64] = "";
     int hrc = token_request(p, "GET", headers, NULL, retry, timeout_s, &resp, &herr);
     bool genuine = http_response_header(&resp, "Metadata-Flavor", flavor, sizeof flavor) &&
                    strcmp(flavor, "Google") == 0;
     int rc;
-    if (hrc != HTTP_OK && hrc != HTTP_ERR_STATUS) {
-        rc = map_http_rc(hrc);
+    if (hrc != CERR_OK && herr.http_status == 0) { /* no answer */
+        rc = map_http_rc(hrc, &herr);
         relay_err(err, &herr, "metadata server at %s: %.300s", p->token_uri, herr.message);
     } else if (!genuine) {
         set_err(err, "UNAUTHENTICATED",
                 "%s answered without \"Metadata-Flavor: Google\": not a metadata server",
                 p->token_uri);
-        rc = AUTH_ERR_NOT_METADATA;
-    } else if (hrc != HTTP_OK || resp.status != 200) {
-        long st = hrc == HTTP_OK ? resp.status : herr.http_status;
+        rc = AUTH_NOT_METADATA;
+    } else if (hrc != CERR_OK || resp.status != 200) {
+        long st = hrc == CERR_OK ? resp.status : herr.http_status;
         relay_err(err, &herr, "metadata server at %s refused a token (HTTP %ld): %.300s",
                   p->token_uri, st, herr.message);
         if (err)
             err->http_status = st;
-        rc = AUTH_ERR_REJECTED;
+        rc = CERR_AUTH;
     } else {
         rc = parse_token_response(resp.body, resp.body_len, p->token_uri, token, lifetime, err);
     }
@@ -509,7 +508,7 @@ static int fetch_metadata(auth_provider *p, long timeout_s, bool retry, char **t
     return rc;
 }
 
-static int fetch_token(auth_provider *p, char **token, double *lifetime, http_error *err)
+static int fetch_token(auth_provider *p, char **token, double *lifetime, cerr_detail *err)
 {
     switch (p->kind) {
     case AUTH_KIND_SERVICE_ACCOUNT:
@@ -518,11 +517,11 @@ static int fetch_token(auth_provider *p, char **token, double *lifetime, http_er
         return fetch_authorized_user(p, token, lifetime, err);
     case AUTH_KIND_METADATA: {
         int rc = fetch_metadata(p, AUTH_TOKEN_TIMEOUT_S, true, token, lifetime, err);
-        return rc == AUTH_ERR_NOT_METADATA ? AUTH_ERR_REJECTED : rc;
+        return rc == AUTH_NOT_METADATA ? CERR_AUTH : rc;
     }
     default:
         set_err(err, "INTERNAL", "no credentials to fetch a token with");
-        return AUTH_ERR_NOTFOUND;
+        return CERR_NOT_FOUND;
     }
 }
 
@@ -552,20 +551,20 @@ static bool cache_usable(const auth_provider *p, double now, bool force)
     return remaining > ahead;
 }
 
-static int cache_copy(const auth_provider *p, char *buf, size_t buflen, http_error *err)
+static int cache_copy(const auth_provider *p, char *buf, size_t buflen, cerr_detail *err)
 {
     size_t len = strlen(p->token);
     if (len + 1 > buflen) {
         set_err(err, "INTERNAL", "access token (%zu bytes) does not fit a %zu-byte buffer", len,
                 buflen);
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     memcpy(buf, p->token, len + 1);
-    return AUTH_OK;
+    return CERR_OK;
 }
 
 static auth_provider *provider_alloc(auth_kind kind);
-static int load_credentials_file(auth_provider *p, const char *path, http_error *err);
+static int load_credentials_file(auth_provider *p, const char *path, cerr_detail *err);
 
 #define SWAP(a, b)                                                                                 \
     do {                                                                                           \
@@ -591,9 +590,9 @@ static void reload_if_changed(auth_provider *p)
         return;
     p->file_st = st;
     auth_provider *n = provider_alloc(AUTH_KIND_NONE);
-    http_error e;
+    cerr_detail e;
     memset(&e, 0, sizeof e);
-    if (!n || load_credentials_file(n, p->path, &e) != AUTH_OK) {
+    if (!n || load_credentials_file(n, p->path, &e) != CERR_OK) {
         log_warn("auth: %s changed but cannot be used (%s): keeping the credentials read before",
                  p->path, n ? e.message : "out of memory");
         auth_provider_free(n);
@@ -618,22 +617,22 @@ static void cache_refresh(auth_provider *p)
     reload_if_changed(p);
     char *token = NULL;
     double lifetime = 0;
-    http_error ferr;
+    cerr_detail ferr;
     memset(&ferr, 0, sizeof ferr);
     p->refreshing = true;
     pthread_mutex_unlock(&p->lock);
     double started = util_now_s();
     int rc = fetch_token(p, &token, &lifetime, &ferr);
     pthread_mutex_lock(&p->lock);
-    if (rc == AUTH_OK) {
+    if (rc == CERR_OK) {
         cache_install(p, token, lifetime, started);
         log_debug("auth: new access token from %s, valid for %.0f s", p->desc, lifetime);
     } else {
-        /* Refused credentials need a person; anything else passes by itself. */
-        ferr.kind = rc == AUTH_ERR_REJECTED || rc == AUTH_ERR_KEY || rc == AUTH_ERR_FILE ||
-                            rc == AUTH_ERR_NOTFOUND
-                        ? HTTP_KIND_CREDENTIALS
-                        : HTTP_KIND_TOKEN;
+        /* Refused or unusable credentials need a person (CERR_AUTH);
+         * anything else passes by itself and keeps its class. */
+        if (rc == CERR_AUTH || rc == CERR_UNSUPPORTED || rc == CERR_INVALID || rc == CERR_NOT_FOUND)
+            rc = CERR_AUTH;
+        ferr.cls = rc;
         log_warn("auth: token refresh for %s failed: %s", p->desc, ferr.message);
     }
     p->last_rc = rc;
@@ -661,20 +660,31 @@ static int wait_refresh(auth_provider *p, unsigned long entry_gen)
     return 0;
 }
 
-int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, http_error *err)
+static int get_token(auth_provider *p, char *buf, size_t buflen, bool force_refresh,
+                     cerr_detail *err);
+
+int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, cerr_detail *err)
 {
-    auth_provider *p = provider;
+    int rc = get_token(provider, buf, buflen, force_refresh, err);
+    if (err)
+        err->cls = rc;
+    return rc;
+}
+
+static int get_token(auth_provider *p, char *buf, size_t buflen, bool force_refresh,
+                     cerr_detail *err)
+{
     if (!p) {
         set_err(err, "UNAUTHENTICATED", "no credentials provider");
-        return AUTH_ERR_NOTFOUND;
+        return CERR_NOT_FOUND;
     }
     if (!buf || buflen == 0) {
         set_err(err, "INTERNAL", "no buffer for the access token");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     buf[0] = '\0';
     if (p->kind == AUTH_KIND_NONE)
-        return AUTH_OK;
+        return CERR_OK;
     int rc;
     pthread_mutex_lock(&p->lock);
     unsigned long entry_gen = p->generation;
@@ -683,7 +693,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
         if (p->generation != entry_gen) {
             /* A refresh finished since we arrived: its result answers us. A
              * failed refresh-ahead still leaves the old token usable. */
-            if (p->last_rc == AUTH_OK || (!force_refresh && p->token && p->expires_at > now)) {
+            if (p->last_rc == CERR_OK || (!force_refresh && p->token && p->expires_at > now)) {
                 rc = cache_copy(p, buf, buflen, err);
             } else {
                 rc = p->last_rc;
@@ -702,9 +712,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
                         "no access token within the %g s timeout (another thread is still "
                         "fetching one from %s)",
                         deadline_length_s(), p->token_uri ? p->token_uri : p->desc);
-                if (err)
-                    err->kind = HTTP_KIND_DEADLINE;
-                rc = AUTH_ERR_TRANSPORT;
+                rc = CERR_TIMEOUT;
                 break;
             }
             continue;
@@ -717,7 +725,7 @@ int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh,
 
 /* ---- credentials files ---- */
 
-static int read_file_secret(const char *path, char **out, size_t *len, http_error *err)
+static int read_file_secret(const char *path, char **out, size_t *len, cerr_detail *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not hang us */
     struct stat st;
@@ -728,14 +736,14 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
         log_error("auth: cannot read credentials file %s: %s", path, strerror(e));
         if (fd >= 0)
             close(fd);
-        return AUTH_ERR_FILE;
+        return CERR_INVALID;
     }
     if (!S_ISREG(st.st_mode) || st.st_size > AUTH_MAX_FILE_BYTES) {
         set_err(err, "INVALID_ARGUMENT", "credentials file %s is not a regular file under 1 MiB",
                 path);
         log_error("auth: credentials file %s is not a regular file under 1 MiB", path);
         close(fd);
-        return AUTH_ERR_FILE;
+        return CERR_INVALID;
     }
     if (st.st_mode & 077)
         log_warn("auth: credentials file %s is accessible by group or others (mode %04o); "
@@ -746,44 +754,44 @@ static int read_file_secret(const char *path, char **out, size_t *len, http_erro
     close(fd);
     if (!buf) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     buf[got] = '\0';
     *out = buf;
     *len = got;
-    return AUTH_OK;
+    return CERR_OK;
 }
 
 /* The fields both key files may carry; token_uri defaults to Google's. */
-static int load_token_uri_and_quota(auth_provider *p, const cJSON *root, http_error *err)
+static int load_token_uri_and_quota(auth_provider *p, const cJSON *root, cerr_detail *err)
 {
     int rc = json_opt(root, "token_uri", &p->token_uri, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = json_opt(root, "quota_project_id", &p->quota_project, err);
-    if (rc == AUTH_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
-        rc = AUTH_ERR_NOMEM;
+    if (rc == CERR_OK && !p->token_uri && !(p->token_uri = strdup(AUTH_DEFAULT_TOKEN_URI)))
+        rc = CERR_NOMEM;
     return rc;
 }
 
 static int load_service_account(auth_provider *p, const cJSON *root, const char *path,
-                                http_error *err)
+                                cerr_detail *err)
 {
     char *pem = NULL;
     int rc = json_req(root, "client_email", path, &p->client_email, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = json_req(root, "private_key", path, &pem, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = json_opt(root, "private_key_id", &p->private_key_id, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = load_token_uri_and_quota(p, root, err);
-    if (rc == AUTH_OK && !(p->pkey = load_rsa_key(pem))) {
+    if (rc == CERR_OK && !(p->pkey = load_rsa_key(pem))) {
         set_err(err, "INVALID_ARGUMENT", "private_key in %s is not an unencrypted PEM RSA key",
                 path);
         log_error("auth: private_key in %s is not an unencrypted PEM RSA key", path);
-        rc = AUTH_ERR_KEY;
+        rc = CERR_UNSUPPORTED;
     }
     secret_free(pem);
-    if (rc == AUTH_OK) {
+    if (rc == CERR_OK) {
         p->kind = AUTH_KIND_SERVICE_ACCOUNT;
         p->desc = util_asprintf("service account %s from %s", p->client_email, path);
     }
@@ -791,28 +799,28 @@ static int load_service_account(auth_provider *p, const cJSON *root, const char 
 }
 
 static int load_authorized_user(auth_provider *p, const cJSON *root, const char *path,
-                                http_error *err)
+                                cerr_detail *err)
 {
     int rc = json_req(root, "client_id", path, &p->client_id, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = json_req(root, "client_secret", path, &p->client_secret, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = json_req(root, "refresh_token", path, &p->refresh_token, err);
-    if (rc == AUTH_OK)
+    if (rc == CERR_OK)
         rc = load_token_uri_and_quota(p, root, err);
-    if (rc == AUTH_OK) {
+    if (rc == CERR_OK) {
         p->kind = AUTH_KIND_AUTHORIZED_USER;
         p->desc = util_asprintf("authorized user from %s", path);
     }
     return rc;
 }
 
-static int load_credentials_file(auth_provider *p, const char *path, http_error *err)
+static int load_credentials_file(auth_provider *p, const char *path, cerr_detail *err)
 {
     char *text = NULL;
     size_t len = 0;
     int rc = read_file_secret(path, &text, &len, err);
-    if (rc != AUTH_OK)
+    if (rc != CERR_OK)
         return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
     OPENSSL_cleanse(text, len);
@@ -821,11 +829,11 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
     if (!cJSON_IsObject(root)) {
         set_err(err, "INVALID_ARGUMENT", "credentials file %s is not a JSON object", path);
         log_error("auth: credentials file %s is not a JSON object", path);
-        rc = AUTH_ERR_FILE;
+        rc = CERR_INVALID;
     } else if (!type) {
         set_err(err, "INVALID_ARGUMENT", "credentials file %s has no \"type\" string", path);
         log_error("auth: credentials file %s has no \"type\" string", path);
-        rc = AUTH_ERR_FILE;
+        rc = CERR_INVALID;
     } else if (strcmp(type, "service_account") == 0) {
         rc = load_service_account(p, root, path, err);
     } else if (strcmp(type, "authorized_user") == 0) {
@@ -836,14 +844,14 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
                 "authorized_user",
                 path, type);
         log_error("auth: credentials file %s has unsupported type \"%.40s\"", path, type);
-        rc = AUTH_ERR_FILE;
+        rc = CERR_INVALID;
     }
     json_free_wiped(root);
-    if (rc == AUTH_OK && !p->desc) {
+    if (rc == CERR_OK && !p->desc) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        rc = AUTH_ERR_NOMEM;
+        rc = CERR_NOMEM;
     }
-    if (rc == AUTH_OK && !p->path) {
+    if (rc == CERR_OK && !p->path) {
         p->path = strdup(path);
         if (stat(path, &p->file_st) != 0)
             memset(&p->file_st, 0, sizeof p->file_st);
@@ -853,7 +861,7 @@ static int load_credentials_file(auth_provider *p, const char *path, http_error 
 
 /* ---- metadata server ---- */
 
-static int init_metadata(auth_provider *p, http_error *err)
+static int init_metadata(auth_provider *p, cerr_detail *err)
 {
     const char *host = getenv("GCE_METADATA_HOST");
     bool explicit_host = host && *host;
@@ -862,7 +870,7 @@ static int init_metadata(auth_provider *p, http_error *err)
                                                : util_asprintf("http://%s", host);
     if (!base) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     size_t bl = strlen(base);
     while (bl > 0 && base[bl - 1] == '/')
@@ -873,30 +881,30 @@ static int init_metadata(auth_provider *p, http_error *err)
     free(base);
     if (!p->token_uri || !p->desc) {
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     /* The probe is the first token request: a genuine answer is cached. */
     char *token = NULL;
     double lifetime = 0, started = util_now_s();
-    http_error perr;
+    cerr_detail perr;
     memset(&perr, 0, sizeof perr);
     int rc = fetch_metadata(
         p, explicit_host ? AUTH_PROBE_EXPLICIT_TIMEOUT_S : AUTH_PROBE_DEFAULT_TIMEOUT_S, false,
         &token, &lifetime, &perr);
-    if (rc == AUTH_OK) {
+    if (rc == CERR_OK) {
         pthread_mutex_lock(&p->lock);
         cache_install(p, token, lifetime, started);
         pthread_mutex_unlock(&p->lock);
-        return AUTH_OK;
+        return CERR_OK;
     }
-    if (rc == AUTH_ERR_TRANSPORT || rc == AUTH_ERR_NOT_METADATA) {
+    if (rc == CERR_NETWORK || rc == AUTH_NOT_METADATA) {
         set_err(err, "UNAUTHENTICATED",
                 "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS or pass a key "
                 "file, run 'gcloud auth application-default login', or run on Google Cloud "
                 "(%.300s)",
                 perr.message);
         log_error("auth: %s", err ? err->message : perr.message);
-        return AUTH_ERR_NOTFOUND;
+        return CERR_NOT_FOUND;
     }
     if (err)
         *err = perr;
@@ -944,7 +952,7 @@ static char *gcloud_adc_path(void)
     return path;
 }
 
-static int discover(auth_provider *p, const char *credentials_file, http_error *err)
+static int discover(auth_provider *p, const char *credentials_file, cerr_detail *err)
 {
     if (credentials_file)
         return load_credentials_file(p, credentials_file, err);
@@ -960,15 +968,27 @@ static int discover(auth_provider *p, const char *credentials_file, http_error *
     return init_metadata(p, err);
 }
 
+static int provider_new(const char *credentials_file, http_client *http, auth_provider **out,
+                        char **where, cerr_detail *err);
+
 int auth_provider_new(const char *credentials_file, http_client *http, auth_provider **out,
-                      char **where, http_error *err)
+                      char **where, cerr_detail *err)
+{
+    int rc = provider_new(credentials_file, http, out, where, err);
+    if (err)
+        err->cls = rc;
+    return rc;
+}
+
+static int provider_new(const char *credentials_file, http_client *http, auth_provider **out,
+                        char **where, cerr_detail *err)
 {
     if (where)
         *where = NULL;
     if (err)
         memset(err, 0, sizeof *err);
     if (!out)
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     *out = NULL;
     auth_provider *p = provider_alloc(AUTH_KIND_NONE);
     if (p && !http) {
@@ -979,19 +999,19 @@ int auth_provider_new(const char *credentials_file, http_client *http, auth_prov
     if (!p || !http) {
         auth_provider_free(p);
         set_err(err, "RESOURCE_EXHAUSTED", "out of memory");
-        return AUTH_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     p->http = http;
     int rc = discover(p, credentials_file, err);
-    if (rc == AUTH_OK && where && !(*where = strdup(p->desc)))
-        rc = AUTH_ERR_NOMEM;
-    if (rc != AUTH_OK) {
+    if (rc == CERR_OK && where && !(*where = strdup(p->desc)))
+        rc = CERR_NOMEM;
+    if (rc != CERR_OK) {
         auth_provider_free(p);
         return rc;
     }
     log_info("auth: using %s", p->desc);
     *out = p;
-    return AUTH_OK;
+    return CERR_OK;
 }
 
 void auth_provider_free(auth_provider *p)

@@ -19,15 +19,14 @@
 
 typedef struct auth_provider auth_provider;
 
-enum {
-    AUTH_OK = 0,
-    AUTH_ERR_NOTFOUND = -1,  /* no credentials anywhere */
-    AUTH_ERR_FILE = -2,      /* credentials file unreadable or malformed */
-    AUTH_ERR_KEY = -3,       /* private key unusable */
-    AUTH_ERR_REJECTED = -4,  /* token endpoint refused (invalid_grant, 401, ...) */
-    AUTH_ERR_TRANSPORT = -5, /* token endpoint unreachable */
-    AUTH_ERR_NOMEM = -6,
-};
+/* auth_provider_new returns CERR_OK or a class (error.h): CERR_NOT_FOUND
+ * (no credentials anywhere), CERR_INVALID (a credentials file unreadable or
+ * malformed), CERR_UNSUPPORTED (its private key unusable), CERR_AUTH (the
+ * token endpoint refused: invalid_grant, 401, ...), CERR_NETWORK or
+ * CERR_UNAVAILABLE (the token endpoint unreachable or failing), CERR_NOMEM.
+ * auth_get_token returns CERR_AUTH for every refused or unusable credential
+ * (a person must fix it), CERR_TIMEOUT when the thread's deadline passed,
+ * else the class of what failed. */
 
 #define AUTH_SCOPE_CLOUD_PLATFORM "https://www.googleapis.com/auth/cloud-platform"
 
@@ -43,7 +42,7 @@ typedef enum {
  * description of what was found (e.g. "service account x@y from /path") goes
  * to *where (malloc'ed, may be NULL). */
 int auth_provider_new(const char *credentials_file, http_client *http, auth_provider **out,
-                      char **where, http_error *err);
+                      char **where, cerr_detail *err);
 auth_provider *auth_provider_new_none(void);
 void auth_provider_free(auth_provider *p);
 auth_kind auth_provider_kind(const auth_provider *p);
@@ -57,7 +56,7 @@ const char *auth_provider_quota_project(const auth_provider *p);
  * still returns the old token while it is valid. For AUTH_KIND_NONE it
  * writes an empty string and succeeds: the daemon passes token_fn = NULL for
  * that kind instead, so no empty Authorization header is ever sent. */
-int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, http_error *err);
+int auth_get_token(void *provider, char *buf, size_t buflen, bool force_refresh, cerr_detail *err);
 
 /* Builds a signed RS256 JWT assertion for the JWT-bearer grant (exposed for tests).
  * Returns malloc'ed "header.claims.signature" or NULL. */

@@ -154,11 +154,11 @@ static int fail_short(parser *p, uint64_t off, const char *fmt, ...)
     va_end(ap);
     if (p->src->io_error) {
         set_why(p, "%s %" PRIu64 ": read error: %s", p->where, off, strerror(p->src->io_error));
-        return DICOM_ERR_IO;
+        return CERR_IO;
     }
     set_why(p, "%s %" PRIu64 ": %s runs past end of %s (size %" PRIu64 ")", p->where, off, what,
             p->what, p->src->size);
-    return DICOM_ERR_TRUNCATED;
+    return CERR_TRUNCATED;
 }
 
 /* ---- element headers ------------------------------------------------- */
@@ -192,7 +192,7 @@ static int read_header(parser *p, uint64_t off, encoding enc, element *e)
     if (p->budget == 0) {
         set_why(p, "%s %" PRIu64 ": too many elements (more than %lu)", p->where, off,
                 MAX_ELEMENTS);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     p->budget--;
     const uint8_t *b = src_get(p->src, off, 8);
@@ -206,26 +206,26 @@ static int read_header(parser *p, uint64_t off, encoding enc, element *e)
     /* Item and delimiter tags never carry a VR, in any transfer syntax. */
     if (enc == ENC_IMPLICIT_LE || (e->tag >> 16) == 0xFFFE) {
         e->len = rd32(b + 4, be);
-        return DICOM_OK;
+        return CERR_OK;
     }
     if (b[4] < 'A' || b[4] > 'Z' || b[5] < 'A' || b[5] > 'Z') {
         set_why(p, "%s %" PRIu64 ": element (%04X,%04X) has an invalid VR (bytes 0x%02X 0x%02X)",
                 p->where, off, e->tag >> 16, e->tag & 0xFFFF, b[4], b[5]);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     e->vr[0] = (char)b[4];
     e->vr[1] = (char)b[5];
     e->vr[2] = '\0';
     if (!vr_long(e->vr)) {
         e->len = rd16(b + 6, be);
-        return DICOM_OK;
+        return CERR_OK;
     }
     b = src_get(p->src, off, 12);
     if (!b)
         return fail_short(p, off, "element (%04X,%04X) header", e->tag >> 16, e->tag & 0xFFFF);
     e->hdr = 12;
     e->len = rd32(b + 8, be);
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 /* Checks that a defined-length value lies inside the input. */
@@ -234,7 +234,7 @@ static int check_value(parser *p, const element *e)
     if (e->len > p->src->size || e->off + e->hdr > p->src->size - e->len)
         return fail_short(p, e->off, "element (%04X,%04X) length %" PRIu32, e->tag >> 16,
                           e->tag & 0xFFFF, e->len);
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 /* ---- skipping nested data -------------------------------------------- */
@@ -252,12 +252,12 @@ static int skip_item_dataset(parser *p, uint64_t off, encoding enc, int depth, u
             return rc;
         if (e.tag == TAG_ITEM_DELIM) {
             *next = off + 8;
-            return DICOM_OK;
+            return CERR_OK;
         }
         if ((e.tag >> 16) == 0xFFFE) {
             set_why(p, "%s %" PRIu64 ": unexpected (FFFE,%04X) inside an item", p->where, off,
                     e.tag & 0xFFFF);
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
         rc = skip_value(p, &e, depth, &off);
         if (rc)
@@ -271,7 +271,7 @@ static int skip_items(parser *p, uint64_t off, encoding enc, int depth, uint64_t
 {
     if (depth > MAX_DEPTH) {
         set_why(p, "%s %" PRIu64 ": sequences nested deeper than %d", p->where, off, MAX_DEPTH);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     for (;;) {
         element e = {0};
@@ -280,12 +280,12 @@ static int skip_items(parser *p, uint64_t off, encoding enc, int depth, uint64_t
             return rc;
         if (e.tag == TAG_SEQ_DELIM) {
             *next = off + 8;
-            return DICOM_OK;
+            return CERR_OK;
         }
         if (e.tag != TAG_ITEM) {
             set_why(p, "%s %" PRIu64 ": expected an item (FFFE,E000), found (%04X,%04X)", p->where,
                     off, e.tag >> 16, e.tag & 0xFFFF);
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
         if (e.len == UNDEFINED_LEN) {
             rc = skip_item_dataset(p, off + 8, enc, depth, &off);
@@ -302,14 +302,14 @@ static int skip_value(parser *p, const element *e, int depth, uint64_t *next)
 {
     if (e->len != UNDEFINED_LEN) {
         int rc = check_value(p, e);
-        if (rc == DICOM_OK)
+        if (rc == CERR_OK)
             *next = e->off + e->hdr + e->len;
         return rc;
     }
     if (e->enc != ENC_IMPLICIT_LE && !vr_long(e->vr)) {
         set_why(p, "%s %" PRIu64 ": element (%04X,%04X) VR %s cannot have an undefined length",
                 p->where, e->off, e->tag >> 16, e->tag & 0xFFFF, e->vr);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     /* An undefined-length UN holds a sequence encoded in implicit VR LE
      * (PS3.5 6.2.2). */
@@ -329,7 +329,7 @@ static int read_uid(parser *p, const element *e, char out[DICOM_UID_MAX + 1])
                 "%s %" PRIu64 ": UID element (%04X,%04X) has length %" PRIu32
                 " (more than %d characters)",
                 p->where, e->off, e->tag >> 16, e->tag & 0xFFFF, e->len, DICOM_UID_MAX);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     int rc = check_value(p, e);
     if (rc)
@@ -343,18 +343,18 @@ static int read_uid(parser *p, const element *e, char out[DICOM_UID_MAX + 1])
     if (n > DICOM_UID_MAX) {
         set_why(p, "%s %" PRIu64 ": UID in (%04X,%04X) is %zu characters (more than %d)", p->where,
                 e->off, e->tag >> 16, e->tag & 0xFFFF, n, DICOM_UID_MAX);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
     for (size_t i = 0; i < n; i++) {
         if ((v[i] < '0' || v[i] > '9') && v[i] != '.') {
             set_why(p, "%s %" PRIu64 ": UID in (%04X,%04X) has a bad character 0x%02X", p->where,
                     e->off, e->tag >> 16, e->tag & 0xFFFF, v[i]);
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
     }
     memcpy(out, v, n);
     out[n] = '\0';
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 /* ---- file meta group -------------------------------------------------- */
@@ -377,7 +377,7 @@ static int parse_meta(parser *p, dicom_info *out)
         if (e.len == UNDEFINED_LEN) {
             set_why(p, "%s %" PRIu64 ": meta element (0002,%04X) has an undefined length", p->where,
                     off, e.tag & 0xFFFF);
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
         rc = check_value(p, &e);
         if (rc)
@@ -404,9 +404,9 @@ static int parse_meta(parser *p, dicom_info *out)
     if (out->transfer_syntax[0] == '\0') {
         set_why(p, "%s %" PRIu64 ": file meta group has no transfer syntax (0002,0010)", p->where,
                 (uint64_t)PREAMBLE_LEN + 4);
-        return DICOM_ERR_MALFORMED;
+        return CERR_MALFORMED;
     }
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 /* ---- data set ------------------------------------------------------------ */
@@ -417,7 +417,7 @@ static int parse_meta(parser *p, dicom_info *out)
  * both accept such a file when the padding is a whole number of 8-byte units;
  * DCMTK refuses any other length (a partial element header). We follow: at a
  * top-level element boundary, a rest of the input that is all zero ends the
- * data set if its length is a multiple of 8 and is DICOM_ERR_TRUNCATED
+ * data set if its length is a multiple of 8 and is CERR_TRUNCATED
  * otherwise. Returns 1 when the rest is not all zero (parse on). */
 static int zero_tail(parser *p, uint64_t off)
 {
@@ -446,19 +446,19 @@ static int zero_tail(parser *p, uint64_t off)
     }
     uint64_t n = p->src->size - off;
     if (n % 8 == 0)
-        return DICOM_OK;
+        return CERR_OK;
     set_why(p,
             "%s %" PRIu64 ": the data set is followed by %" PRIu64
             " zero bytes, not a whole number of 8-byte empty elements (DCMTK cannot read "
             "it): remove the padding (truncate -s %" PRIu64 ")",
             p->where, off, n, off);
-    return DICOM_ERR_TRUNCATED;
+    return CERR_TRUNCATED;
 }
 
 /* Walks the top-level data set from off. With full set, every element header
  * up to the end of the input is walked (values are skipped by their lengths,
  * never read), so a file cut short anywhere, the pixel data included, is
- * DICOM_ERR_TRUNCATED: the data set must end exactly at the end of the input
+ * CERR_TRUNCATED: the data set must end exactly at the end of the input
  * with a complete element, or be followed by zero padding (zero_tail).
  * Without full (the inflated data set, which is only inflated as far as
  * needed), the walk stops once the UIDs are all found or at a tag past
@@ -469,7 +469,7 @@ static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom
         if (full) {
             int zrc = zero_tail(p, off);
             if (zrc != 1)
-                return zrc; /* DICOM_OK: the data set ended; or an error */
+                return zrc; /* CERR_OK: the data set ended; or an error */
         }
         element e = {0};
         int rc = read_header(p, off, enc, &e);
@@ -478,7 +478,7 @@ static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom
         if ((e.tag >> 16) == 0xFFFE) {
             set_why(p, "%s %" PRIu64 ": item tag (FFFE,%04X) outside a sequence", p->where, off,
                     e.tag & 0xFFFF);
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
         if (!full && e.tag > TAG_SERIES) /* sorted: the UIDs cannot follow */
             break;
@@ -497,13 +497,13 @@ static int parse_dataset(parser *p, uint64_t off, encoding enc, bool full, dicom
                 return rc;
             if (!full && out->sop_class_uid[0] && out->sop_instance_uid[0] && out->study_uid[0] &&
                 out->series_uid[0])
-                return DICOM_OK;
+                return CERR_OK;
         }
         rc = skip_value(p, &e, 0, &off);
         if (rc)
             return rc;
     }
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 static bool has_required(const dicom_info *d)
@@ -520,7 +520,7 @@ static int check_required(parser *p, dicom_info *out)
     if (missing) {
         set_why(p, "offset %" PRIu64 ": the data set starting here has no %s", out->meta_end,
                 missing);
-        return DICOM_ERR_MISSING;
+        return CERR_MISSING;
     }
     /* Fall back on the meta group's copy of the SOP Class UID; the service
      * needs one of the two (it files and answers every instance by class). */
@@ -532,9 +532,9 @@ static int check_required(parser *p, dicom_info *out)
                 ": the data set starting here has no SOP Class UID (0008,0016), nor has the "
                 "file meta group (0002,0002)",
                 out->meta_end);
-        return DICOM_ERR_MISSING;
+        return CERR_MISSING;
     }
-    return DICOM_OK;
+    return CERR_OK;
 }
 
 /* ---- transfer syntaxes ------------------------------------------------- */
@@ -562,7 +562,7 @@ static ts_kind classify_ts(const char *ts)
 
 /* Inflates the rest of a deflate stream into buf (the output is thrown
  * away) and checks that it ends: a deflated file cut short anywhere is
- * DICOM_ERR_TRUNCATED. The work is bounded by INFLATE_DRAIN_MAX bytes of
+ * CERR_TRUNCATED. The work is bounded by INFLATE_DRAIN_MAX bytes of
  * output, which is also a bound on how much a decompression bomb can cost. */
 static int drain_deflate(parser *p, z_stream *z, uint64_t start, uint64_t *in_off, uint8_t *buf,
                          size_t cap)
@@ -579,7 +579,7 @@ static int drain_deflate(parser *p, z_stream *z, uint64_t start, uint64_t *in_of
                         "offset %" PRIu64 ": deflated data set runs past end of file (size %" PRIu64
                         "): the deflate stream does not end",
                         start, p->src->size);
-                return DICOM_ERR_TRUNCATED;
+                return CERR_TRUNCATED;
             }
             if (avail > UINT32_MAX)
                 avail = UINT32_MAX;
@@ -591,17 +591,17 @@ static int drain_deflate(parser *p, z_stream *z, uint64_t start, uint64_t *in_of
         z->avail_out = (uInt)cap;
         int zr = inflate(z, Z_NO_FLUSH);
         if (zr == Z_STREAM_END)
-            return DICOM_OK;
+            return CERR_OK;
         if (zr != Z_OK && zr != Z_BUF_ERROR) {
             set_why(p, "offset %" PRIu64 ": deflated data set is corrupt (%s)", start,
                     z->msg ? z->msg : "zlib error");
-            return DICOM_ERR_MALFORMED;
+            return CERR_MALFORMED;
         }
         total += cap - z->avail_out;
         if (total > INFLATE_DRAIN_MAX) {
             set_why(p, "offset %" PRIu64 ": deflated data set inflates to more than %d GiB", start,
                     (int)(INFLATE_DRAIN_MAX >> 30));
-            return DICOM_ERR_UNSUPPORTED;
+            return CERR_UNSUPPORTED;
         }
     }
 }
@@ -614,21 +614,21 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
     memset(&z, 0, sizeof z);
     if (inflateInit2(&z, -MAX_WBITS) != Z_OK) {
         set_why(p, "cannot initialise zlib");
-        return DICOM_ERR_IO;
+        return CERR_IO;
     }
     uint8_t *buf = NULL;
     size_t cap = 0, have = 0;
     uint64_t in_off = start;
     bool done = false;       /* stream ended or input exhausted */
     bool stream_end = false; /* the deflate stream's final block was seen */
-    int rc = DICOM_OK;
+    int rc = CERR_OK;
     for (size_t target = INFLATE_FIRST;;
          target = target * 4 > INFLATE_MAX ? INFLATE_MAX : target * 4) {
         if (target > cap) {
             uint8_t *nb = realloc(buf, target);
             if (!nb) {
                 set_why(p, "out of memory inflating the data set");
-                rc = DICOM_ERR_IO;
+                rc = CERR_IO;
                 break;
             }
             buf = nb;
@@ -661,7 +661,7 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
             } else if (zr != Z_OK && zr != Z_BUF_ERROR) {
                 set_why(p, "offset %" PRIu64 ": deflated data set is corrupt (%s)", start,
                         z.msg ? z.msg : "zlib error");
-                rc = DICOM_ERR_MALFORMED;
+                rc = CERR_MALFORMED;
                 goto out;
             }
         }
@@ -674,13 +674,13 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
                      .budget = MAX_ELEMENTS};
         dicom_info tmp = *out;
         rc = parse_dataset(&ip, 0, ENC_EXPLICIT_LE, stream_end, &tmp);
-        bool incomplete = rc == DICOM_ERR_TRUNCATED || (rc == DICOM_OK && !has_required(&tmp));
+        bool incomplete = rc == CERR_TRUNCATED || (rc == CERR_OK && !has_required(&tmp));
         if (incomplete && !done) {
             if (cap < INFLATE_MAX)
                 continue; /* inflate more and look again */
             set_why(p, "UIDs not found in the first %d MiB of the inflated data set",
                     INFLATE_MAX >> 20);
-            rc = DICOM_ERR_UNSUPPORTED;
+            rc = CERR_UNSUPPORTED;
             break;
         }
         if (incomplete && !stream_end) {
@@ -689,12 +689,12 @@ static int parse_deflated(parser *p, uint64_t start, dicom_info *out)
                     "offset %" PRIu64 ": deflated data set runs past end of file (size %" PRIu64
                     ") before its UIDs",
                     start, p->src->size);
-            rc = DICOM_ERR_TRUNCATED;
+            rc = CERR_TRUNCATED;
             break;
         }
-        if (rc == DICOM_OK && !stream_end)
+        if (rc == CERR_OK && !stream_end)
             rc = drain_deflate(p, &z, start, &in_off, buf, cap);
-        if (rc == DICOM_OK)
+        if (rc == CERR_OK)
             *out = tmp;
         break;
     }
@@ -721,11 +721,11 @@ static int parse_source(source *s, dicom_info *out, char *why, size_t whylen)
             return fail_short(&p, 0, "preamble");
         set_why(&p, "offset 0: file of %" PRIu64 " bytes is too short for a DICOM preamble",
                 s->size);
-        return DICOM_ERR_NOT_PART10;
+        return CERR_WRONG_TYPE;
     }
     if (memcmp(magic, "DICM", 4) != 0) {
         set_why(&p, "offset 128: no \"DICM\" prefix (not a DICOM Part-10 file)");
-        return DICOM_ERR_NOT_PART10;
+        return CERR_WRONG_TYPE;
     }
     int rc = parse_meta(&p, out);
     if (rc)
@@ -745,7 +745,7 @@ static int parse_source(source *s, dicom_info *out, char *why, size_t whylen)
         break;
     default:
         set_why(&p, "unsupported transfer syntax %s", out->transfer_syntax);
-        return DICOM_ERR_UNSUPPORTED;
+        return CERR_UNSUPPORTED;
     }
     if (rc)
         return rc;
@@ -766,18 +766,18 @@ int dicom_parse_fd(int fd, dicom_info *out, char *why, size_t whylen)
     if (fstat(fd, &st) != 0) {
         if (why && whylen)
             snprintf(why, whylen, "fstat: %s", strerror(errno));
-        return DICOM_ERR_IO;
+        return CERR_IO;
     }
     if (!S_ISREG(st.st_mode)) {
         if (why && whylen)
             snprintf(why, whylen, "not a regular file");
-        return DICOM_ERR_IO;
+        return CERR_IO;
     }
     source s = {.fd = fd, .size = (uint64_t)st.st_size, .win = malloc(WINDOW_SIZE)};
     if (!s.win) {
         if (why && whylen)
             snprintf(why, whylen, "out of memory");
-        return DICOM_ERR_IO;
+        return CERR_IO;
     }
     int rc = parse_source(&s, out, why, whylen);
     free(s.win);
@@ -792,19 +792,19 @@ int dicom_check_magic(const uint8_t *buf, size_t len)
 const char *dicom_strerror(int rc)
 {
     switch (rc) {
-    case DICOM_OK:
+    case CERR_OK:
         return "ok";
-    case DICOM_ERR_NOT_PART10:
+    case CERR_WRONG_TYPE:
         return "not a DICOM Part-10 file";
-    case DICOM_ERR_TRUNCATED:
+    case CERR_TRUNCATED:
         return "DICOM file is truncated";
-    case DICOM_ERR_MALFORMED:
+    case CERR_MALFORMED:
         return "malformed DICOM file";
-    case DICOM_ERR_UNSUPPORTED:
+    case CERR_UNSUPPORTED:
         return "unsupported DICOM transfer syntax";
-    case DICOM_ERR_MISSING:
+    case CERR_MISSING:
         return "DICOM file lacks a required UID";
-    case DICOM_ERR_IO:
+    case CERR_IO:
         return "I/O error reading DICOM file";
     default:
         return "unknown DICOM error";

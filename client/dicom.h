@@ -12,17 +12,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
+
 #define DICOM_UID_MAX 64
 
-enum {
-    DICOM_OK = 0,
-    DICOM_ERR_NOT_PART10 = -1,  /* too short for a preamble or no "DICM" at 128 */
-    DICOM_ERR_TRUNCATED = -2,   /* an element runs past the end of the input */
-    DICOM_ERR_MALFORMED = -3,   /* bad meta group, bad VR, bad length */
-    DICOM_ERR_UNSUPPORTED = -4, /* transfer syntax whose data set cannot be read */
-    DICOM_ERR_MISSING = -5,     /* a required UID is absent */
-    DICOM_ERR_IO = -6,
-};
+/* Every function returns CERR_OK or a class (error.h): CERR_WRONG_TYPE
+ * (too short for a preamble or no "DICM" at 128), CERR_TRUNCATED (an element
+ * runs past the end of the input), CERR_MALFORMED (bad meta group, bad VR,
+ * bad length), CERR_UNSUPPORTED (a transfer syntax whose data set cannot be
+ * read), CERR_MISSING (a required UID is absent), CERR_IO. */
 
 typedef struct dicom_info {
     char transfer_syntax[DICOM_UID_MAX + 1];    /* (0002,0010) */

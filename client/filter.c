@@ -129,12 +129,12 @@ int filter_parse_line(const char *line, size_t len, filter_path *out, size_t *ba
     if (!line)
         len = 0;
     if (parse_line(line, len, out, &b) == 0)
-        return FILTER_OK;
+        return CERR_OK;
     if (bad_column)
         *bad_column = b.at + 1;
     if (why && whylen)
         snprintf(why, whylen, "%s", b.msg);
-    return FILTER_ERR_SYNTAX;
+    return CERR_MALFORMED;
 }
 
 /* Whether buf holds nothing but line breaks ("\n" or "\r\n"). */
@@ -159,7 +159,7 @@ int filter_parse(const char *buf, size_t len, filter_path_cb cb, void *ctx, size
     if (err)
         memset(err, 0, sizeof *err);
     if (!buf || only_line_breaks(buf, len))
-        return FILTER_OK; /* an empty filter names nothing (the whole store) */
+        return CERR_OK; /* an empty filter names nothing (the whole store) */
     while (off < len) {
         const char *nl = memchr(buf + off, '\n', len - off);
         size_t end = nl ? (size_t)(nl - buf) : len;
@@ -176,7 +176,7 @@ int filter_parse(const char *buf, size_t len, filter_path_cb cb, void *ctx, size
                 snprintf(err->message, sizeof err->message, "line %zu, column %zu: %s", line_no,
                          b.at + 1, b.msg);
             }
-            return FILTER_ERR_SYNTAX;
+            return CERR_MALFORMED;
         }
         count++;
         if (n_paths)
@@ -188,7 +188,7 @@ int filter_parse(const char *buf, size_t len, filter_path_cb cb, void *ctx, size
         }
         off = end + 1; /* past the '\n'; the text after a final '\n' is no line */
     }
-    return FILTER_OK;
+    return CERR_OK;
 }
 
 int filter_path_matches(const filter_path *p, const char *study, const char *series,

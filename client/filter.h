@@ -14,7 +14,8 @@
 
 #include "dicom.h"
 
-enum { FILTER_OK = 0, FILTER_ERR_SYNTAX = -1, FILTER_ERR_NOMEM = -2 };
+/* Returns CERR_OK, CERR_MALFORMED (a bad line; filter_error says where) or
+ * CERR_NOMEM (error.h). */
 
 typedef struct filter_error {
     size_t line;   /* 1-based */

@@ -40,42 +40,27 @@ typedef struct gcs_source {
 
 /* ---- errors ---------------------------------------------------------------- */
 
-static int nomem(http_error *err)
+static int nomem(cerr_detail *err)
 {
-    util_set_err(err, 0, "", "out of memory");
-    return GCS_ERR_NOMEM;
+    cerr_set(err, CERR_NOMEM, 0, "", "out of memory");
+    return CERR_NOMEM;
 }
 
-static int bad_args(http_error *err, const char *what)
+static int bad_args(cerr_detail *err, const char *what)
 {
-    util_set_err(err, 0, "INVALID_ARGUMENT", "%s: bad arguments", what);
-    return GCS_ERR_INVAL;
-}
-
-static int from_http_rc(int rc)
-{
-    switch (rc) {
-    case HTTP_OK:
-        return GCS_OK;
-    case HTTP_ERR_NOMEM:
-        return GCS_ERR_NOMEM;
-    case HTTP_ERR_IO:
-        return GCS_ERR_IO;
-    case HTTP_ERR_INVAL:
-        return GCS_ERR_INVAL;
-    default:
-        return GCS_ERR_HTTP;
-    }
+    cerr_set(err, CERR_INVALID, 0, "INVALID_ARGUMENT", "%s: bad arguments", what);
+    return CERR_INVALID;
 }
 
 /* Unexpected status or body: the server spoke, but not what the API promises. */
-static int protocol_err(http_error *err, const http_response *resp, const char *what,
+static int protocol_err(cerr_detail *err, const http_response *resp, const char *what,
                         const char *bucket, const char *name)
 {
-    util_set_err(err, resp ? resp->status : 0, "INTERNAL", "%s: unexpected response for gs://%s/%s",
-                 what, bucket ? bucket : "", name ? name : "");
+    cerr_set(err, CERR_MALFORMED, resp ? resp->status : 0, "INTERNAL",
+             "%s: unexpected response for gs://%s/%s", what, bucket ? bucket : "",
+             name ? name : "");
     log_error("gcs: %s", err->message);
-    return GCS_ERR_PROTOCOL;
+    return CERR_MALFORMED;
 }
 
 /* ---- client ---------------------------------------------------------------- */
@@ -188,15 +173,15 @@ static int object_from_cjson(const cJSON *j, gcs_object *out)
     uint64_t u;
     memset(out, 0, sizeof(*out));
     if (!cJSON_IsObject(j))
-        return GCS_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     v = cJSON_GetObjectItemCaseSensitive(j, "name");
     if (!cJSON_IsString(v) || !v->valuestring)
-        return GCS_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     if (!copy_str(v, &out->name) ||
         !copy_str(cJSON_GetObjectItemCaseSensitive(j, "bucket"), &out->bucket) ||
         !copy_str(cJSON_GetObjectItemCaseSensitive(j, "contentType"), &out->content_type)) {
         gcs_object_clear(out);
-        return GCS_ERR_NOMEM;
+        return CERR_NOMEM;
     }
     v = cJSON_GetObjectItemCaseSensitive(j, "size");
     if (v && !json_u64(v, &out->size))
@@ -219,10 +204,10 @@ static int object_from_cjson(const cJSON *j, gcs_object *out)
             goto bad;
         strcpy(out->crc32c_b64, v->valuestring);
     }
-    return GCS_OK;
+    return CERR_OK;
 bad:
     gcs_object_clear(out);
-    return GCS_ERR_PROTOCOL;
+    return CERR_MALFORMED;
 }
 
 int gcs_object_from_json(const char *json, size_t len, gcs_object *out)
@@ -230,13 +215,13 @@ int gcs_object_from_json(const char *json, size_t len, gcs_object *out)
     cJSON *j;
     int rc;
     if (!out)
-        return GCS_ERR_INVAL;
+        return CERR_INVALID;
     memset(out, 0, sizeof(*out));
     if (!json)
-        return GCS_ERR_INVAL;
+        return CERR_INVALID;
     j = cJSON_ParseWithLength(json, len);
     if (!j)
-        return GCS_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     rc = object_from_cjson(j, out);
     cJSON_Delete(j);
     return rc;
@@ -293,14 +278,14 @@ static void sum_observe(void *ctx, uint64_t offset, const void *data, size_t len
 
 /* The CRC32C of the whole source, reading it once (pread, 256 KiB at a time:
  * the file is never held whole). Only used when the streamed sum has a gap. */
-static int read_crc(const gcs_source *src, uint32_t *crc, http_error *err)
+static int read_crc(const gcs_source *src, uint32_t *crc, cerr_detail *err)
 {
     unsigned char *buf;
     uint64_t off = 0;
     *crc = 0;
     if (src->buf) {
         *crc = gcs_crc32c(0, src->buf, src->size);
-        return GCS_OK;
+        return CERR_OK;
     }
     buf = malloc(GCS_CHUNK_QUANTUM);
     if (!buf)
@@ -312,23 +297,23 @@ static int read_crc(const gcs_source *src, uint32_t *crc, http_error *err)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            util_set_err(err, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
-                         n < 0 ? strerror(errno) : "file shorter than its size");
+            cerr_set(err, CERR_IO, 0, "", "reading upload source at offset %" PRIu64 ": %s", off,
+                     n < 0 ? strerror(errno) : "file shorter than its size");
             log_error("gcs: %s", err->message);
             free(buf);
-            return GCS_ERR_IO;
+            return CERR_IO;
         }
         *crc = gcs_crc32c(*crc, buf, (size_t)n);
         off += (uint64_t)n;
     }
     free(buf);
-    return GCS_OK;
+    return CERR_OK;
 }
 
 /* The base64 CRC32C of what was sent, as GCS reports it: the streamed sum
  * when it covers every byte exactly once, else one read pass. */
 static int sent_crc32c(const gcs_source *src, const gcs_sum *sum, const char *bucket,
-                       const char *name, char out[16], http_error *err)
+                       const char *name, char out[16], cerr_detail *err)
 {
     uint32_t crc = sum->crc;
     unsigned char b[4];
@@ -337,7 +322,7 @@ static int sent_crc32c(const gcs_source *src, const gcs_sum *sum, const char *bu
                  " bytes%s; reading the source again",
                  bucket, name, sum->next, src->size, sum->gap ? " with a gap" : "");
         int rc = read_crc(src, &crc, err);
-        if (rc != GCS_OK)
+        if (rc != CERR_OK)
             return rc;
     }
     b[0] = (unsigned char)(crc >> 24); /* GCS encodes crc32c big-endian */
@@ -345,13 +330,13 @@ static int sent_crc32c(const gcs_source *src, const gcs_sum *sum, const char *bu
     b[2] = (unsigned char)(crc >> 8);
     b[3] = (unsigned char)crc;
     EVP_EncodeBlock((unsigned char *)out, b, 4);
-    return GCS_OK;
+    return CERR_OK;
 }
 
 /* The object the server reports must match what we sent, by size and
  * crc32c. A missing crc32c cannot be checked; the size still is. */
 static int verify_object(const gcs_object *o, const char *crc_b64, uint64_t size,
-                         const char *bucket, const char *name, http_error *err)
+                         const char *bucket, const char *name, cerr_detail *err)
 {
     const char *what = NULL;
     if (o->size != size)
@@ -359,32 +344,32 @@ static int verify_object(const gcs_object *o, const char *crc_b64, uint64_t size
     else if (o->crc32c_b64[0] && strcmp(o->crc32c_b64, crc_b64) != 0)
         what = "crc32c";
     if (what) {
-        util_set_err(err, 0, "DATA_LOSS",
-                     "upload of gs://%s/%s: server %s differs from the data sent (sent crc32c %s "
-                     "size %" PRIu64 "; server crc32c %s size %" PRIu64 ")",
-                     bucket, name, what, crc_b64, size, o->crc32c_b64, o->size);
+        cerr_set(err, CERR_CHECKSUM, 0, "DATA_LOSS",
+                 "upload of gs://%s/%s: server %s differs from the data sent (sent crc32c %s "
+                 "size %" PRIu64 "; server crc32c %s size %" PRIu64 ")",
+                 bucket, name, what, crc_b64, size, o->crc32c_b64, o->size);
         log_error("gcs: %s", err->message);
-        return GCS_ERR_CHECKSUM;
+        return CERR_CHECKSUM;
     }
     if (!o->crc32c_b64[0])
         log_warn("gcs: upload of gs://%s/%s: server returned no crc32c to verify", bucket, name);
-    return GCS_OK;
+    return CERR_OK;
 }
 
 static int finish_upload(const http_response *resp, const gcs_source *src, const gcs_sum *sum,
-                         const char *bucket, const char *name, gcs_object *out, http_error *err)
+                         const char *bucket, const char *name, gcs_object *out, cerr_detail *err)
 {
     gcs_object o;
     char crc[16];
     int rc = gcs_object_from_json(resp->body, resp->body_len, &o);
-    if (rc == GCS_ERR_NOMEM)
+    if (rc == CERR_NOMEM)
         return nomem(err);
-    if (rc != GCS_OK)
+    if (rc != CERR_OK)
         return protocol_err(err, resp, "upload", bucket, name);
     rc = sent_crc32c(src, sum, bucket, name, crc, err);
-    if (rc == GCS_OK)
+    if (rc == CERR_OK)
         rc = verify_object(&o, crc, src->size, bucket, name, err);
-    if (rc == GCS_OK && out)
+    if (rc == CERR_OK && out)
         *out = o;
     else
         gcs_object_clear(&o);
@@ -445,7 +430,7 @@ static void set_body(http_request *req, const gcs_source *src, uint64_t off, uin
  * the same bytes again as a new generation. ifGenerationMatch=0 would turn
  * that case into a spurious 412, so the upload is marked idempotent instead. */
 static int upload_simple(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
-                         const char *ctype, gcs_sum *sum, gcs_object *out, http_error *err)
+                         const char *ctype, gcs_sum *sum, gcs_object *out, cerr_detail *err)
 {
     http_request req;
     sum_feed feed = {.sum = sum};
@@ -467,11 +452,9 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
     req.idempotent = true;
     set_body(&req, src, 0, src->size, &feed);
     rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK)
-        rc = from_http_rc(rc);
-    else if (resp.status != 200 && resp.status != 201)
+    if (rc == CERR_OK && resp.status != 200 && resp.status != 201)
         rc = protocol_err(err, &resp, "media upload", bucket, name);
-    else
+    else if (rc == CERR_OK)
         rc = finish_upload(&resp, src, sum, bucket, name, out, err);
     http_response_free(&resp);
     free(url);
@@ -485,7 +468,7 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
  * session has no visible effect (an unused one expires), so it is retried.
  * size is announced (X-Upload-Content-Length) unless SIZE_UNKNOWN. */
 static int session_start(gcs_client *c, const char *bucket, const char *name, uint64_t size,
-                         const char *ctype, char **session, http_error *err)
+                         const char *ctype, char **session, cerr_detail *err)
 {
     http_request req;
     http_response resp = {0};
@@ -496,7 +479,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
     const char *hdrs[] = {"Content-Type: application/json; charset=UTF-8", xct, xcl, NULL};
     cJSON *meta = cJSON_CreateObject();
     char *body = NULL, loc[GCS_URL_BUF];
-    int rc = GCS_ERR_NOMEM;
+    int rc = CERR_NOMEM;
 
     *session = NULL;
     if (!url || !xct || (size != SIZE_UNKNOWN && !xcl) || !meta ||
@@ -514,8 +497,8 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
     req.body_len = strlen(body);
     req.idempotent = true;
     rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK) {
-        rc = from_http_rc(rc);
+    if (rc != CERR_OK) {
+        /* err says why: the http layer filled it */
     } else if ((resp.status != 200 && resp.status != 201) ||
                !http_response_header(&resp, "Location", loc, sizeof(loc)) || !loc[0]) {
         rc = protocol_err(err, &resp, "resumable session start (no Location)", bucket, name);
@@ -524,7 +507,7 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
         *session = strstr(loc, "://")
                        ? strdup(loc)
                        : util_asprintf("%s%s%s", c->endpoint, loc[0] == '/' ? "" : "/", loc);
-        rc = *session ? GCS_OK : nomem(err);
+        rc = *session ? CERR_OK : nomem(err);
     }
 out:
     http_response_free(&resp);
@@ -571,20 +554,20 @@ typedef enum {
 } step_result;
 
 static step_result classify(int hrc, const http_response *resp, uint64_t size, uint64_t *off,
-                            int *rc, const char *bucket, const char *name, http_error *err)
+                            int *rc, const char *bucket, const char *name, cerr_detail *err)
 {
-    if (hrc == HTTP_ERR_TRANSPORT)
+    if (hrc == CERR_NETWORK || hrc == CERR_TIMEOUT)
         return STEP_RETRY;
-    if (hrc == HTTP_ERR_STATUS) {
+    if (hrc != CERR_OK && err->http_status >= 400) { /* the server answered */
         if (resp->status == 404 || resp->status == 410)
             return STEP_RESTART;
         if (http_status_retryable(resp->status))
             return STEP_RETRY;
-        *rc = GCS_ERR_HTTP;
+        *rc = hrc;
         return STEP_FAIL;
     }
-    if (hrc != HTTP_OK) {
-        *rc = from_http_rc(hrc);
+    if (hrc != CERR_OK) {
+        *rc = hrc;
         return STEP_FAIL;
     }
     if (resp->status == 200 || resp->status == 201)
@@ -600,7 +583,8 @@ static step_result classify(int hrc, const http_response *resp, uint64_t size, u
  * the http layer: after an interruption the server's persisted offset is
  * asked for instead, since it may differ from what was sent. */
 static int session_put(gcs_client *c, const char *session, const gcs_source *src, uint64_t off,
-                       uint64_t len, bool query, gcs_sum *sum, http_response *resp, http_error *err)
+                       uint64_t len, bool query, gcs_sum *sum, http_response *resp,
+                       cerr_detail *err)
 {
     http_request req;
     sum_feed feed = {.sum = sum};
@@ -645,16 +629,16 @@ static double jitter(void)
  * interruption it waits a backoff and *query makes the next request ask the
  * server what it holds, since that may differ from what was sent. */
 static int no_progress(int *stalls, step_result st, uint64_t off, bool *query, const char *kind,
-                       const char *bucket, const char *name, http_error *err)
+                       const char *bucket, const char *name, cerr_detail *err)
 {
     const http_retry_policy backoff = {GCS_MAX_STALLS, 250, 8000, 120000};
     if (++*stalls >= GCS_MAX_STALLS) {
         if (st == STEP_CONTINUE)
-            util_set_err(err, 308, "ABORTED",
-                         "upload of gs://%s/%s: no progress at offset %" PRIu64, bucket, name, off);
+            cerr_set(err, CERR_UNAVAILABLE, 308, "ABORTED",
+                     "upload of gs://%s/%s: no progress at offset %" PRIu64, bucket, name, off);
         log_error("gcs: %supload of gs://%s/%s failed after %d attempts without progress: %s", kind,
                   bucket, name, *stalls, err->message);
-        return GCS_ERR_HTTP;
+        return err->cls; /* the last interruption's class, or no progress */
     }
     *query = st == STEP_RETRY;
     if (st == STEP_RETRY) {
@@ -663,16 +647,16 @@ static int no_progress(int *stalls, step_result st, uint64_t off, bool *query, c
                  kind, bucket, name, off, err->message);
         sleep_ms(http_backoff_ms(&backoff, *stalls, jitter(), -1));
     }
-    return GCS_OK;
+    return CERR_OK;
 }
 
 static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
                             const gcs_source *src, const char *ctype, gcs_sum *sum, gcs_object *out,
-                            http_error *err)
+                            cerr_detail *err)
 {
     char *session = NULL;
     uint64_t off = 0;
-    int sessions = 0, stalls = 0, rc = GCS_OK;
+    int sessions = 0, stalls = 0, rc = CERR_OK;
     bool query = false;
 
     for (;;) {
@@ -683,15 +667,14 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
 
         if (!session) {
             if (++sessions > GCS_MAX_SESSIONS) {
-                util_set_err(err, 0, "ABORTED",
-                             "upload of gs://%s/%s: upload session lost %d times", bucket, name,
-                             GCS_MAX_SESSIONS);
+                rc = cerr_set(err, CERR_UNAVAILABLE, 0, "ABORTED",
+                              "upload of gs://%s/%s: upload session lost %d times", bucket, name,
+                              GCS_MAX_SESSIONS);
                 log_error("gcs: %s", err->message);
-                rc = GCS_ERR_HTTP;
                 break;
             }
             rc = session_start(c, bucket, name, src->size, ctype, &session, err);
-            if (rc != GCS_OK)
+            if (rc != CERR_OK)
                 break;
             off = 0;
             query = false;
@@ -721,7 +704,7 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
         }
         /* No progress: interrupted, or a 308 that persisted nothing new. */
         rc = no_progress(&stalls, st, off, &query, "", bucket, name, err);
-        if (rc != GCS_OK)
+        if (rc != CERR_OK)
             break;
     }
     free(session);
@@ -729,15 +712,15 @@ static int upload_resumable(gcs_client *c, const char *bucket, const char *name,
 }
 
 static int upload(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
-                  const char *content_type, gcs_object *out, http_error *err)
+                  const char *content_type, gcs_object *out, cerr_detail *err)
 {
     gcs_sum sum = {0};
     const char *ctype = content_type && *content_type ? content_type : "application/octet-stream";
     if (out)
         memset(out, 0, sizeof(*out));
     if (!bucket || !*bucket || !name || !*name) {
-        util_set_err(err, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
-        return GCS_ERR_INVAL;
+        cerr_set(err, CERR_INVALID, 0, "INVALID_ARGUMENT", "upload: empty bucket or object name");
+        return CERR_INVALID;
     }
     /* The CRC32C is summed while the bytes are sent (sum_observe). */
     if (src->size <= c->threshold)
@@ -746,9 +729,9 @@ static int upload(gcs_client *c, const char *bucket, const char *name, const gcs
 }
 
 int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, uint64_t size,
-                  const char *content_type, gcs_object *out, http_error *err)
+                  const char *content_type, gcs_object *out, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     gcs_source src = {.fd = fd, .buf = NULL, .size = size};
     if (!err)
         err = &dummy;
@@ -758,9 +741,9 @@ int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, u
 }
 
 int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
-                   size_t len, const char *content_type, gcs_object *out, http_error *err)
+                   size_t len, const char *content_type, gcs_object *out, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     gcs_source src = {.fd = -1, .buf = data ? data : (const void *)"", .size = len};
     if (!err)
         err = &dummy;
@@ -775,7 +758,7 @@ int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const vo
  * fd >= 0, to fd at fd_offset. resp is always safe to free afterwards. */
 static int perform_idempotent(gcs_client *c, const char *method, const char *url,
                               const char *const *hdrs, int fd, off_t fd_offset, http_response *resp,
-                              http_error *err)
+                              cerr_detail *err)
 {
     http_request req;
     http_request_init(&req);
@@ -786,13 +769,13 @@ static int perform_idempotent(gcs_client *c, const char *method, const char *url
     req.response_fd_offset = fd_offset;
     req.idempotent = true;
     memset(resp, 0, sizeof(*resp));
-    return from_http_rc(http_perform(c->http, &req, resp, err));
+    return http_perform(c->http, &req, resp, err);
 }
 
 /* perform_idempotent on the object's URL (suffix appended). */
 static int object_call(gcs_client *c, const char *method, const char *bucket, const char *name,
                        const char *suffix, const char *const *hdrs, int fd, off_t fd_offset,
-                       http_response *resp, http_error *err)
+                       http_response *resp, cerr_detail *err)
 {
     char *url = object_url(c, bucket, name, suffix);
     int rc;
@@ -804,9 +787,9 @@ static int object_call(gcs_client *c, const char *method, const char *bucket, co
     return rc;
 }
 
-int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err)
+int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     int rc;
     if (!err)
@@ -816,12 +799,12 @@ int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *ou
     if (!c || !bucket || !name || !out)
         return bad_args(err, "stat");
     rc = object_call(c, "GET", bucket, name, NULL, NULL, -1, 0, &resp, err);
-    if (rc == GCS_OK) {
+    if (rc == CERR_OK) {
         rc = gcs_object_from_json(resp.body, resp.body_len, out);
-        if (rc == GCS_ERR_PROTOCOL || resp.status != 200) {
+        if (rc == CERR_MALFORMED || resp.status != 200) {
             gcs_object_clear(out);
             rc = protocol_err(err, &resp, "stat", bucket, name);
-        } else if (rc != GCS_OK) {
+        } else if (rc != CERR_OK) {
             nomem(err);
         }
     }
@@ -830,9 +813,9 @@ int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *ou
 }
 
 int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,
-                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err)
+                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     char range[96];
     const char *hdrs[] = {range, NULL};
@@ -851,12 +834,12 @@ int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_
         snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-", offset);
     rc = object_call(c, "GET", bucket, name, "?alt=media", ranged ? hdrs : NULL, fd, fd_offset,
                      &resp, err);
-    if (rc == GCS_OK && resp.status != (ranged ? 206 : 200)) {
+    if (rc == CERR_OK && resp.status != (ranged ? 206 : 200)) {
         /* A 200 to a ranged request would be the whole object written at the
          * wrong place: refuse it rather than hand back wrong bytes. */
         rc = protocol_err(err, &resp, ranged ? "ranged download (expected 206)" : "download",
                           bucket, name);
-    } else if (rc == GCS_OK && written) {
+    } else if (rc == CERR_OK && written) {
         *written = resp.body_len;
     }
     http_response_free(&resp);
@@ -864,10 +847,10 @@ int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_
 }
 
 /* A retried delete whose first attempt succeeded unseen answers 404; callers
- * treat 404 (GCS_ERR_HTTP, http_status 404) as "already gone". */
-int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err)
+ * treat 404 (CERR_NOT_FOUND, http_status 404) as "already gone". */
+int gcs_delete(gcs_client *c, const char *bucket, const char *name, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     int rc;
     if (!err)
@@ -875,7 +858,7 @@ int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *
     if (!c || !bucket || !name)
         return bad_args(err, "delete");
     rc = object_call(c, "DELETE", bucket, name, NULL, NULL, -1, 0, &resp, err);
-    if (rc == GCS_OK && resp.status != 200 && resp.status != 204)
+    if (rc == CERR_OK && resp.status != 200 && resp.status != 204)
         rc = protocol_err(err, &resp, "delete", bucket, name);
     http_response_free(&resp);
     return rc;
@@ -887,19 +870,19 @@ static int append_param(char **url, const char *key, const char *value)
 {
     char *ev, *n;
     if (!value)
-        return GCS_OK;
+        return CERR_OK;
     ev = http_escape(value);
     n = ev ? util_asprintf("%s&%s=%s", *url, key, ev) : NULL;
     free(ev);
     if (!n)
-        return GCS_ERR_NOMEM;
+        return CERR_NOMEM;
     free(*url);
     *url = n;
-    return GCS_OK;
+    return CERR_OK;
 }
 
-/* Delivers one page's items and prefixes. Returns GCS_OK, GCS_ERR_PROTOCOL or
- * GCS_ERR_NOMEM; *stop gets the callback's non-zero value when it stopped. */
+/* Delivers one page's items and prefixes. Returns CERR_OK, CERR_MALFORMED or
+ * CERR_NOMEM; *stop gets the callback's non-zero value when it stopped. */
 static int list_page(const cJSON *page, gcs_list_cb cb, void *ctx, int *stop)
 {
     const cJSON *items = cJSON_GetObjectItemCaseSensitive(page, "items");
@@ -907,35 +890,35 @@ static int list_page(const cJSON *page, gcs_list_cb cb, void *ctx, int *stop)
     const cJSON *it;
     int rc;
     if ((items && !cJSON_IsArray(items)) || (prefixes && !cJSON_IsArray(prefixes)))
-        return GCS_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     cJSON_ArrayForEach(it, items)
     {
         gcs_object o;
         rc = object_from_cjson(it, &o);
-        if (rc != GCS_OK)
+        if (rc != CERR_OK)
             return rc;
         *stop = cb(ctx, &o, NULL);
         gcs_object_clear(&o);
         if (*stop)
-            return GCS_OK;
+            return CERR_OK;
     }
     cJSON_ArrayForEach(it, prefixes)
     {
         if (!cJSON_IsString(it) || !it->valuestring)
-            return GCS_ERR_PROTOCOL;
+            return CERR_MALFORMED;
         *stop = cb(ctx, NULL, it->valuestring);
         if (*stop)
-            return GCS_OK;
+            return CERR_OK;
     }
-    return GCS_OK;
+    return CERR_OK;
 }
 
 int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *delimiter,
-             gcs_list_cb cb, void *ctx, http_error *err)
+             gcs_list_cb cb, void *ctx, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *token = NULL, *eb;
-    int rc = GCS_OK, stop = 0;
+    int rc = CERR_OK, stop = 0;
     if (!err)
         err = &dummy;
     if (!c || !bucket || !*bucket || !cb)
@@ -957,20 +940,20 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
         }
         rc = perform_idempotent(c, "GET", url, NULL, -1, 0, &resp, err);
         free(url);
-        if (rc != GCS_OK) {
+        if (rc != CERR_OK) {
             http_response_free(&resp);
             break;
         }
         page = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
         rc = resp.status == 200 && cJSON_IsObject(page) ? list_page(page, cb, ctx, &stop)
-                                                        : GCS_ERR_PROTOCOL;
-        if (rc == GCS_ERR_PROTOCOL)
+                                                        : CERR_MALFORMED;
+        if (rc == CERR_MALFORMED)
             protocol_err(err, &resp, "list", bucket, prefix);
-        else if (rc == GCS_ERR_NOMEM)
+        else if (rc == CERR_NOMEM)
             nomem(err);
-        if (rc == GCS_OK && stop) {
+        if (rc == CERR_OK && stop) {
             rc = stop;
-        } else if (rc == GCS_OK) {
+        } else if (rc == CERR_OK) {
             int next = util_next_page_token(page, &token);
             if (next == UTIL_PAGE_REPEATED)
                 rc = protocol_err(err, &resp, "list (repeated pageToken)", bucket, prefix);
@@ -979,7 +962,7 @@ int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *
         }
         cJSON_Delete(page);
         http_response_free(&resp);
-    } while (rc == GCS_OK && token);
+    } while (rc == CERR_OK && token);
     free(token);
     free(eb);
     return rc;
@@ -998,24 +981,24 @@ int gcs_parse_uri(const char *uri, char **bucket, char **path)
     const char *b, *slash;
     size_t blen;
     if (!uri || !bucket || !path || strncmp(uri, "gs://", 5) != 0)
-        return GCS_ERR_INVAL;
+        return CERR_INVALID;
     b = uri + 5;
     slash = strchr(b, '/');
     blen = slash ? (size_t)(slash - b) : strlen(b);
     if (blen == 0 || blen > 222)
-        return GCS_ERR_INVAL;
+        return CERR_INVALID;
     for (size_t i = 0; i < blen; i++)
         if (!bucket_char_ok(b[i]))
-            return GCS_ERR_INVAL;
+            return CERR_INVALID;
     *bucket = strndup(b, blen);
     *path = strdup(slash ? slash + 1 : "");
     if (!*bucket || !*path) {
         free(*bucket);
         free(*path);
         *bucket = *path = NULL;
-        return GCS_ERR_NOMEM;
+        return CERR_NOMEM;
     }
-    return GCS_OK;
+    return CERR_OK;
 }
 
 /* ---- streaming uploads ------------------------------------------------------ */
@@ -1034,9 +1017,9 @@ struct gcs_stream {
 };
 
 int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const char *content_type,
-                     gcs_stream **out, http_error *err)
+                     gcs_stream **out, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     gcs_stream *s;
     int rc;
     if (!err)
@@ -1057,12 +1040,12 @@ int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const 
                                                            : "application/octet-stream",
                              &s->session, err)
              : nomem(err);
-    if (rc != GCS_OK) {
+    if (rc != CERR_OK) {
         gcs_stream_free(s);
         return rc;
     }
     *out = s;
-    return GCS_OK;
+    return CERR_OK;
 }
 
 uint64_t gcs_stream_offset(const gcs_stream *s)
@@ -1074,7 +1057,7 @@ uint64_t gcs_stream_offset(const gcs_stream *s)
  * end ("bytes STAR/TOTAL" or "bytes STAR/STAR"). total is UINT64_MAX while
  * unknown. */
 static int stream_request(gcs_stream *s, int fd, uint64_t off, uint64_t end, uint64_t total,
-                          http_response *resp, http_error *err)
+                          http_response *resp, cerr_detail *err)
 {
     http_request req;
     sum_feed feed = {.sum = &s->sum, .base = off};
@@ -1116,9 +1099,9 @@ static int stream_request(gcs_stream *s, int fd, uint64_t off, uint64_t end, uin
  * upload_resumable; a lost session (404/410) is an error here: the bytes
  * already sent are gone with it and the caller falls back to a plain upload. */
 static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, http_response *resp,
-                        bool *done, http_error *err)
+                        bool *done, cerr_detail *err)
 {
-    int stalls = 0, rc = GCS_OK;
+    int stalls = 0, rc = CERR_OK;
     bool query = false;
     *done = false;
     for (;;) {
@@ -1132,7 +1115,7 @@ static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, htt
                 s->persisted + (end > s->persisted ? (end - s->persisted) / GCS_CHUNK_QUANTUM : 0) *
                                    GCS_CHUNK_QUANTUM;
         if (!query && send_end == s->persisted && total == UINT64_MAX)
-            return GCS_OK;
+            return CERR_OK;
         /* Everything persisted but not final: an empty request finalizes. */
         hrc =
             stream_request(s, fd, s->persisted, query ? s->persisted : send_end, total, resp, err);
@@ -1140,7 +1123,7 @@ static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, htt
                                   s->bucket, s->name, err);
         if (st == STEP_DONE && total != UINT64_MAX) {
             *done = true;
-            return GCS_OK;
+            return CERR_OK;
         }
         http_response_free(resp);
         if (st == STEP_DONE) {
@@ -1148,11 +1131,12 @@ static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, htt
             return rc;
         }
         if (st == STEP_RESTART) {
-            util_set_err(err, err->http_status, "ABORTED",
-                         "upload of gs://%s/%s: streaming session lost (HTTP %ld)", s->bucket,
-                         s->name, err->http_status);
+            long lost = err->http_status;
+            cerr_set(err, cerr_from_http_status(lost), lost, "ABORTED",
+                     "upload of gs://%s/%s: streaming session lost (HTTP %ld)", s->bucket, s->name,
+                     lost);
             log_warn("gcs: %s", err->message);
-            return GCS_ERR_HTTP;
+            return err->cls;
         }
         if (st == STEP_FAIL)
             return rc;
@@ -1169,14 +1153,14 @@ static int stream_drive(gcs_stream *s, int fd, uint64_t end, uint64_t total, htt
             }
         }
         rc = no_progress(&stalls, st, s->persisted, &query, "streaming ", s->bucket, s->name, err);
-        if (rc != GCS_OK)
+        if (rc != CERR_OK)
             return rc;
     }
 }
 
-int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, http_error *err)
+int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     bool done;
     if (!err)
@@ -1186,9 +1170,9 @@ int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, http_error *err)
     return stream_drive(s, fd, end, UINT64_MAX, &resp, &done, err);
 }
 
-int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, http_error *err)
+int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     bool done = false;
     int rc;
@@ -1199,12 +1183,12 @@ int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, htt
     if (!s || !s->session || fd < 0 || size < s->persisted)
         return bad_args(err, "stream finish");
     rc = stream_drive(s, fd, size, size, &resp, &done, err);
-    if (rc == GCS_OK && done) {
+    if (rc == CERR_OK && done) {
         gcs_source src = {.fd = fd, .buf = NULL, .size = size};
         rc = finish_upload(&resp, &src, &s->sum, s->bucket, s->name, out, err);
         http_response_free(&resp);
     }
-    if (rc == GCS_OK) {
+    if (rc == CERR_OK) {
         free(s->session); /* finalized: nothing left to cancel */
         s->session = NULL;
     }
@@ -1216,7 +1200,7 @@ void gcs_stream_abort(gcs_stream *s)
     if (s && s->session) {
         http_request req;
         http_response resp = {0};
-        http_error err;
+        cerr_detail err;
         memset(&err, 0, sizeof(err));
         http_request_init(&req);
         req.method = "DELETE";
@@ -1224,7 +1208,7 @@ void gcs_stream_abort(gcs_stream *s)
         req.idempotent = true;
         /* GCS answers 499 to a cancelled session; 404 = already gone. */
         int rc = http_perform(s->c->http, &req, &resp, &err);
-        if (rc != HTTP_OK && resp.status != 499 && resp.status != 404)
+        if (rc != CERR_OK && resp.status != 499 && resp.status != 404)
             log_info("gcs: cancelling the upload session of gs://%s/%s: HTTP %ld %s (it expires "
                      "on its own)",
                      s->bucket, s->name, err.http_status, err.message);

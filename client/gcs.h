@@ -21,15 +21,10 @@
 
 typedef struct gcs_client gcs_client;
 
-enum {
-    GCS_OK = 0,
-    GCS_ERR_HTTP = -1,     /* see http_error */
-    GCS_ERR_CHECKSUM = -2, /* the server's crc32c or size differs from what was sent */
-    GCS_ERR_IO = -3,
-    GCS_ERR_NOMEM = -4,
-    GCS_ERR_INVAL = -5,
-    GCS_ERR_PROTOCOL = -6, /* unexpected response shape */
-};
+/* Every function returns CERR_OK or a class (error.h) with err filled;
+ * errors of the HTTP layer pass through with their class (http.h).
+ * CERR_CHECKSUM: the server's crc32c or size differs from what was sent;
+ * CERR_MALFORMED: a response of an unexpected shape. */
 
 typedef struct gcs_object {
     char *bucket;
@@ -51,9 +46,9 @@ const char *gcs_client_endpoint(const gcs_client *c);
 void gcs_client_set_resumable_threshold(gcs_client *c, uint64_t threshold, uint64_t chunk);
 
 int gcs_upload_fd(gcs_client *c, const char *bucket, const char *name, int fd, uint64_t size,
-                  const char *content_type, gcs_object *out, http_error *err);
+                  const char *content_type, gcs_object *out, cerr_detail *err);
 int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const void *data,
-                   size_t len, const char *content_type, gcs_object *out, http_error *err);
+                   size_t len, const char *content_type, gcs_object *out, cerr_detail *err);
 
 /* Streaming upload of a file that is still being written: a resumable
  * session opened before the size is known. gcs_stream_put sends the bytes
@@ -70,28 +65,29 @@ int gcs_upload_buf(gcs_client *c, const char *bucket, const char *name, const vo
  * One stream is used by one thread at a time. */
 typedef struct gcs_stream gcs_stream;
 int gcs_stream_begin(gcs_client *c, const char *bucket, const char *name, const char *content_type,
-                     gcs_stream **out, http_error *err);
-int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, http_error *err);
-int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, http_error *err);
+                     gcs_stream **out, cerr_detail *err);
+int gcs_stream_put(gcs_stream *s, int fd, uint64_t end, cerr_detail *err);
+int gcs_stream_finish(gcs_stream *s, int fd, uint64_t size, gcs_object *out, cerr_detail *err);
 uint64_t gcs_stream_offset(const gcs_stream *s); /* bytes the server confirmed */
 void gcs_stream_abort(gcs_stream *s);
 void gcs_stream_free(gcs_stream *s);
 
-int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out, http_error *err);
+int gcs_stat(gcs_client *c, const char *bucket, const char *name, gcs_object *out,
+             cerr_detail *err);
 
 /* Downloads [offset, offset+len) (len 0 = to the end) to fd at fd_offset. */
 int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_t offset,
-                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, http_error *err);
+                    uint64_t len, int fd, off_t fd_offset, uint64_t *written, cerr_detail *err);
 
-/* 200/204: GCS_OK. A missing object is GCS_ERR_HTTP with err->http_status
+/* 200/204: CERR_OK. A missing object is CERR_NOT_FOUND with err->http_status
  * 404, which callers may treat as "already gone". */
-int gcs_delete(gcs_client *c, const char *bucket, const char *name, http_error *err);
+int gcs_delete(gcs_client *c, const char *bucket, const char *name, cerr_detail *err);
 
 /* Lists all pages. For each object cb gets obj; for each prefix (when
  * delimiter is set) cb gets obj == NULL and prefix. Non-zero from cb stops. */
 typedef int (*gcs_list_cb)(void *ctx, const gcs_object *obj, const char *prefix);
 int gcs_list(gcs_client *c, const char *bucket, const char *prefix, const char *delimiter,
-             gcs_list_cb cb, void *ctx, http_error *err);
+             gcs_list_cb cb, void *ctx, cerr_detail *err);
 
 void gcs_object_clear(gcs_object *o);
 
@@ -104,7 +100,7 @@ int gcs_object_from_json(const char *json, size_t len, gcs_object *out);
 uint32_t gcs_crc32c(uint32_t crc, const void *data, size_t len);
 
 /* "gs://bucket/path" -> bucket, path (path without leading '/', may be "").
- * Returns GCS_ERR_INVAL for anything else. */
+ * Returns CERR_INVALID for anything else. */
 int gcs_parse_uri(const char *uri, char **bucket, char **path);
 
 #endif

@@ -38,26 +38,10 @@ struct hc_client {
 
 /* ---- errors ------------------------------------------------------------------ */
 
-static int nomem(http_error *err)
+static int nomem(cerr_detail *err)
 {
-    util_set_err(err, 0, "", "out of memory");
-    return HC_ERR_NOMEM;
-}
-
-static int from_http_rc(int rc)
-{
-    switch (rc) {
-    case HTTP_OK:
-        return HC_OK;
-    case HTTP_ERR_NOMEM:
-        return HC_ERR_NOMEM;
-    case HTTP_ERR_IO:
-        return HC_ERR_IO;
-    case HTTP_ERR_INVAL:
-        return HC_ERR_INVAL;
-    default:
-        return HC_ERR_HTTP;
-    }
+    cerr_set(err, CERR_NOMEM, 0, "", "out of memory");
+    return CERR_NOMEM;
 }
 
 /* Strips the query string: URLs are logged without it. */
@@ -68,11 +52,12 @@ static void log_protocol(const char *what, const char *url, long status)
               q ? (int)(q - url) : (int)strlen(url), url);
 }
 
-static int protocol_err(http_error *err, const char *what, const char *url, long status)
+static int protocol_err(cerr_detail *err, const char *what, const char *url, long status)
 {
-    util_set_err(err, status, "INTERNAL", "%s: unexpected response (HTTP %ld)", what, status);
+    cerr_set(err, CERR_MALFORMED, status, "INTERNAL", "%s: unexpected response (HTTP %ld)", what,
+             status);
     log_protocol(what, url, status);
-    return HC_ERR_PROTOCOL;
+    return CERR_MALFORMED;
 }
 
 /* ---- client ----------------------------------------------------------------- */
@@ -150,8 +135,8 @@ typedef struct hc_call {
     bool unless_unanswered; /* see http_request */
 } hc_call;
 
-/* Performs one call; HC_OK only for a 2xx status (resp filled). */
-static int perform(hc_client *c, const hc_call *call, http_response *resp, http_error *err)
+/* Performs one call; CERR_OK only for a 2xx status (resp filled). */
+static int perform(hc_client *c, const hc_call *call, http_response *resp, cerr_detail *err)
 {
     http_request req;
     const char *hdrs[12];
@@ -177,11 +162,11 @@ static int perform(hc_client *c, const hc_call *call, http_response *resp, http_
     req.unless_unanswered = call->unless_unanswered;
     memset(resp, 0, sizeof(*resp));
     rc = http_perform(c->http, &req, resp, err);
-    if (rc != HTTP_OK)
-        return from_http_rc(rc);
+    if (rc != CERR_OK)
+        return rc;
     if (resp->status < 200 || resp->status > 299)
         return protocol_err(err, call->method, call->url, resp->status);
-    return HC_OK;
+    return CERR_OK;
 }
 
 static char *versioned_url(const hc_client *c, const char *version, const char *name,
@@ -191,17 +176,17 @@ static char *versioned_url(const hc_client *c, const char *version, const char *
 }
 
 /* Simple call whose body is returned (malloc'ed, NUL-terminated). */
-static int call_body(hc_client *c, const hc_call *call, char **body, size_t *len, http_error *err)
+static int call_body(hc_client *c, const hc_call *call, char **body, size_t *len, cerr_detail *err)
 {
     http_response resp;
     int rc = perform(c, call, &resp, err);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         if (!resp.body) {
             resp.body = strdup("");
             if (!resp.body)
                 rc = nomem(err);
         }
-        if (rc == HC_OK) {
+        if (rc == CERR_OK) {
             if (len)
                 *len = resp.body_len;
             *body = resp.body;
@@ -212,7 +197,7 @@ static int call_body(hc_client *c, const hc_call *call, char **body, size_t *len
     return rc;
 }
 
-static int call_discard(hc_client *c, const hc_call *call, http_error *err)
+static int call_discard(hc_client *c, const hc_call *call, cerr_detail *err)
 {
     http_response resp;
     int rc = perform(c, call, &resp, err);
@@ -224,7 +209,7 @@ static int call_discard(hc_client *c, const hc_call *call, http_error *err)
  * With body non-NULL the response body is returned as by call_body, else it
  * is discarded. */
 static int call_url(hc_client *c, const char *method, char *url, const char *json_body,
-                    bool idempotent, char **body, size_t *len, http_error *err)
+                    bool idempotent, char **body, size_t *len, cerr_detail *err)
 {
     int rc;
     if (!url)
@@ -255,14 +240,14 @@ static char *op_name_of(const char *json, size_t len)
 enum { START_ONCE, START_REPEAT, START_REPEAT_IF_UNDONE };
 
 static int start_operation(hc_client *c, const char *url, const char *json_body, int repeat,
-                           char **op_name, http_error *err)
+                           char **op_name, cerr_detail *err)
 {
     hc_call call = {
         "POST", url, json_body, NULL, repeat != START_ONCE, -1, repeat == START_REPEAT_IF_UNDONE};
     char *body = NULL;
     size_t len = 0;
     int rc = call_body(c, &call, &body, &len, err);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         char *name = op_name_of(body, len);
         if (!name)
             rc = protocol_err(err, "operation start (no operation name)", url, 200);
@@ -275,11 +260,11 @@ static int start_operation(hc_client *c, const char *url, const char *json_body,
     return rc;
 }
 
-static int json_print(cJSON *j, char **out, http_error *err)
+static int json_print(cJSON *j, char **out, cerr_detail *err)
 {
     *out = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
-    return *out ? HC_OK : nomem(err);
+    return *out ? CERR_OK : nomem(err);
 }
 
 /* Parses a whole response body as one JSON value: cJSON stops at the end of
@@ -310,30 +295,30 @@ static int list_page(const cJSON *page, const char *key, hc_list_cb cb, void *ct
 {
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(page, key), *it;
     if (arr && !cJSON_IsArray(arr))
-        return HC_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     cJSON_ArrayForEach(it, arr)
     {
         const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "name");
         char *text;
         if (!cJSON_IsObject(it) || !cJSON_IsString(n) || !n->valuestring)
-            return HC_ERR_PROTOCOL;
+            return CERR_MALFORMED;
         text = cJSON_PrintUnformatted(it);
         if (!text)
-            return HC_ERR_NOMEM;
+            return CERR_NOMEM;
         *stop = cb(ctx, n->valuestring, text);
         cJSON_free(text);
         if (*stop)
             break;
     }
-    return HC_OK;
+    return CERR_OK;
 }
 
 /* GET base?pageSize=1000[&pageToken=T] until no nextPageToken. */
 static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb cb, void *ctx,
-                    http_error *err)
+                    cerr_detail *err)
 {
     char *token = NULL;
-    int rc = HC_OK, stop = 0;
+    int rc = CERR_OK, stop = 0;
     if (!base)
         return nomem(err);
     do {
@@ -351,17 +336,17 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
             break;
         }
         rc = call_body(c, &call, &body, &len, err);
-        page = rc == HC_OK ? parse_body(body, len) : NULL;
-        if (rc == HC_OK) {
-            rc = cJSON_IsObject(page) ? list_page(page, key, cb, ctx, &stop) : HC_ERR_PROTOCOL;
-            if (rc == HC_ERR_PROTOCOL)
+        page = rc == CERR_OK ? parse_body(body, len) : NULL;
+        if (rc == CERR_OK) {
+            rc = cJSON_IsObject(page) ? list_page(page, key, cb, ctx, &stop) : CERR_MALFORMED;
+            if (rc == CERR_MALFORMED)
                 protocol_err(err, "list", url, 200);
-            else if (rc == HC_ERR_NOMEM)
+            else if (rc == CERR_NOMEM)
                 nomem(err);
         }
-        if (rc == HC_OK && stop) {
+        if (rc == CERR_OK && stop) {
             rc = stop;
-        } else if (rc == HC_OK) {
+        } else if (rc == CERR_OK) {
             int next = util_next_page_token(page, &token);
             if (next == UTIL_PAGE_REPEATED)
                 rc = protocol_err(err, "list (repeated pageToken)", url, 200);
@@ -371,34 +356,34 @@ static int list_all(hc_client *c, const char *base, const char *key, hc_list_cb 
         cJSON_Delete(page);
         free(body);
         free(url);
-    } while (rc == HC_OK && token);
+    } while (rc == CERR_OK && token);
     free(token);
     return rc;
 }
 
-static http_error *err_or(http_error *err, http_error *dummy)
+static cerr_detail *err_or(cerr_detail *err, cerr_detail *dummy)
 {
     return err ? err : dummy;
 }
 
-static bool bad_args(const void *a, const void *b, http_error *err)
+static bool bad_args(const void *a, const void *b, cerr_detail *err)
 {
     if (a && b)
         return false;
-    util_set_err(err, 0, "INVALID_ARGUMENT", "missing argument");
+    cerr_set(err, CERR_INVALID, 0, "INVALID_ARGUMENT", "missing argument");
     return true;
 }
 
 /* Lists the `collection` children of parent; the JSON array is named alike. */
 static int list_children(hc_client *c, const char *parent, const char *collection, hc_list_cb cb,
-                         void *ctx, http_error *err)
+                         void *ctx, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *base;
     int rc;
     err = err_or(err, &dummy);
     if (bad_args(c, parent, err) || bad_args(cb, cb, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     base = util_asprintf("%sv1/%s/%s", c->root, parent, collection);
     rc = list_all(c, base, collection, cb, ctx, err);
     free(base);
@@ -407,35 +392,35 @@ static int list_children(hc_client *c, const char *parent, const char *collectio
 
 /* ---- datasets ---------------------------------------------------------------- */
 
-int hc_datasets_list(hc_client *c, const char *location, hc_list_cb cb, void *ctx, http_error *err)
+int hc_datasets_list(hc_client *c, const char *location, hc_list_cb cb, void *ctx, cerr_detail *err)
 {
     return list_children(c, location, "datasets", cb, ctx, err);
 }
 
 /* GET of a resource (or operation): its JSON as returned; len may be NULL. */
-static int get_resource(hc_client *c, const char *name, char **json, size_t *len, http_error *err)
+static int get_resource(hc_client *c, const char *name, char **json, size_t *len, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     err = err_or(err, &dummy);
     if (json)
         *json = NULL;
     if (len)
         *len = 0;
     if (bad_args(c, name, err) || bad_args(json, json, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     return call_url(c, "GET", versioned_url(c, "v1", name, NULL), NULL, true, json, len, err);
 }
 
-static int delete_resource(hc_client *c, const char *name, http_error *err)
+static int delete_resource(hc_client *c, const char *name, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     err = err_or(err, &dummy);
     if (bad_args(c, name, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     return call_url(c, "DELETE", versioned_url(c, "v1", name, NULL), NULL, true, NULL, NULL, err);
 }
 
-int hc_dataset_get(hc_client *c, const char *dataset, char **json, http_error *err)
+int hc_dataset_get(hc_client *c, const char *dataset, char **json, cerr_detail *err)
 {
     return get_resource(c, dataset, json, NULL, err);
 }
@@ -452,16 +437,16 @@ static char *create_url(hc_client *c, const char *parent, const char *collection
 }
 
 int hc_dataset_create(hc_client *c, const char *location, const char *id, char **op_name,
-                      http_error *err)
+                      cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *url;
     int rc;
     err = err_or(err, &dummy);
     if (op_name)
         *op_name = NULL;
     if (bad_args(c, location, err) || bad_args(id, id, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     url = create_url(c, location, "datasets", "datasetId", id);
     if (!url)
         return nomem(err);
@@ -470,44 +455,45 @@ int hc_dataset_create(hc_client *c, const char *location, const char *id, char *
     return rc;
 }
 
-int hc_dataset_delete(hc_client *c, const char *dataset, http_error *err)
+int hc_dataset_delete(hc_client *c, const char *dataset, cerr_detail *err)
 {
     return delete_resource(c, dataset, err);
 }
 
 /* ---- DICOM stores --------------------------------------------------------- */
 
-int hc_stores_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
+int hc_stores_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, cerr_detail *err)
 {
     return list_children(c, dataset, "dicomStores", cb, ctx, err);
 }
 
-int hc_store_get(hc_client *c, const char *store, char **json, http_error *err)
+int hc_store_get(hc_client *c, const char *store, char **json, cerr_detail *err)
 {
     return get_resource(c, store, json, NULL, err);
 }
 
 /* dicomStores.create is synchronous (returns the DicomStore, no LRO). */
-int hc_store_create(hc_client *c, const char *dataset, const char *id, http_error *err)
+int hc_store_create(hc_client *c, const char *dataset, const char *id, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     err = err_or(err, &dummy);
     if (bad_args(c, dataset, err) || bad_args(id, id, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     return call_url(c, "POST", create_url(c, dataset, "dicomStores", "dicomStoreId", id), "{}",
                     false, NULL, NULL, err);
 }
 
-int hc_store_delete(hc_client *c, const char *store, http_error *err)
+int hc_store_delete(hc_client *c, const char *store, cerr_detail *err)
 {
     return delete_resource(c, store, err);
 }
 
 /* ---- import / export ------------------------------------------------------ */
 
-int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_name, http_error *err)
+int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_name,
+              cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     cJSON *j = cJSON_CreateObject(), *src;
     char *body = NULL, *url = NULL;
     int rc;
@@ -516,7 +502,7 @@ int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_na
         *op_name = NULL;
     if (bad_args(c, store, err) || bad_args(gcs_uri, gcs_uri, err)) {
         cJSON_Delete(j);
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     }
     src = cJSON_AddObjectToObject(j, "gcsSource");
     if (!src || !cJSON_AddStringToObject(src, "uri", gcs_uri)) {
@@ -524,7 +510,7 @@ int hc_import(hc_client *c, const char *store, const char *gcs_uri, char **op_na
         return nomem(err);
     }
     rc = json_print(j, &body, err);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         url = versioned_url(c, "v1", store, ":import");
         rc = url ? start_operation(c, url, body, START_REPEAT_IF_UNDONE, op_name, err) : nomem(err);
     }
@@ -553,18 +539,18 @@ static cJSON *export_body(const char *uri_prefix, const char *mime_type, const c
 
 /* filterConfig exists only in v1beta1's ExportDicomDataRequest. */
 int hc_export(hc_client *c, const char *store, const char *uri_prefix, const char *mime_type,
-              const char *filter_uri, char **op_name, http_error *err)
+              const char *filter_uri, char **op_name, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *body = NULL, *url = NULL;
     int rc;
     err = err_or(err, &dummy);
     if (op_name)
         *op_name = NULL;
     if (bad_args(c, store, err) || bad_args(uri_prefix, uri_prefix, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     rc = json_print(export_body(uri_prefix, mime_type, filter_uri), &body, err);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         url = versioned_url(c, filter_uri ? "v1beta1" : "v1", store, ":export");
         rc = url ? start_operation(c, url, body, START_REPEAT, op_name, err) : nomem(err);
     }
@@ -592,30 +578,30 @@ static bool op_body_valid(const char *json, size_t len)
 
 /* A GET is safe to repeat, so a garbled body is fetched again a few times
  * (short backoff) before it counts as a protocol error. */
-int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, http_error *err)
+int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     err = err_or(err, &dummy);
     size_t got = 0;
     for (int attempt = 1;; attempt++) {
         int rc = get_resource(c, op_name, json, len ? len : &got, err);
-        if (rc != HC_OK)
+        if (rc != CERR_OK)
             return rc;
         size_t n = len ? *len : got;
         if (op_body_valid(*json, n))
-            return HC_OK;
+            return CERR_OK;
         free(*json);
         *json = NULL;
         if (len)
             *len = 0;
         if (attempt >= OP_GET_TRIES) {
-            util_set_err(err, 200, "INTERNAL",
-                         "operation %s: malformed JSON from the server (%zu bytes, %d tries)",
-                         op_name, n, attempt);
+            cerr_set(err, CERR_MALFORMED, 200, "INTERNAL",
+                     "operation %s: malformed JSON from the server (%zu bytes, %d tries)", op_name,
+                     n, attempt);
             log_error("healthcare: operation %s: malformed JSON from the server (%zu bytes, "
                       "%d tries)",
                       op_name, n, attempt);
-            return HC_ERR_PROTOCOL;
+            return CERR_MALFORMED;
         }
         log_warn("healthcare: operation %s: malformed JSON from the server, fetching it again",
                  op_name);
@@ -623,18 +609,19 @@ int hc_operation_get(hc_client *c, const char *op_name, char **json, size_t *len
     }
 }
 
-int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx, http_error *err)
+int hc_operations_list(hc_client *c, const char *dataset, hc_list_cb cb, void *ctx,
+                       cerr_detail *err)
 {
     return list_children(c, dataset, "operations", cb, ctx, err);
 }
 
 /* Cancelling twice is harmless, so the call may be retried. */
-int hc_operation_cancel(hc_client *c, const char *op_name, http_error *err)
+int hc_operation_cancel(hc_client *c, const char *op_name, cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     err = err_or(err, &dummy);
     if (bad_args(c, op_name, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     return call_url(c, "POST", versioned_url(c, "v1", op_name, ":cancel"), "{}", true, NULL, NULL,
                     err);
 }
@@ -700,17 +687,17 @@ int hc_operation_parse(const char *json, size_t len, hc_operation *out)
 {
     cJSON *j;
     const cJSON *err, *meta, *counter;
-    int rc = HC_OK;
+    int rc = CERR_OK;
     if (!out)
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     memset(out, 0, sizeof(*out));
     out->success = out->failure = out->pending = -1;
     if (!json)
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     j = parse_body(json, len);
     if (!cJSON_IsObject(j) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "name"))) {
         cJSON_Delete(j);
-        return HC_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     }
     out->done = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "done"));
     err = cJSON_GetObjectItemCaseSensitive(j, "error");
@@ -720,7 +707,7 @@ int hc_operation_parse(const char *json, size_t len, hc_operation *out)
         out->has_error = true;
         out->error_code = rpc_code(cJSON_GetObjectItemCaseSensitive(err, "code"));
         if (!dup_field(err, "message", &out->error_message))
-            rc = HC_ERR_NOMEM;
+            rc = CERR_NOMEM;
     }
     if (cJSON_IsObject(counter)) {
         out->success = json_i64(cJSON_GetObjectItemCaseSensitive(counter, "success"));
@@ -730,9 +717,9 @@ int hc_operation_parse(const char *json, size_t len, hc_operation *out)
     if (!dup_field(j, "name", &out->name) || !dup_field(meta, "apiMethodName", &out->api_method) ||
         !dup_field(meta, "createTime", &out->create_time) ||
         !dup_field(meta, "endTime", &out->end_time) || !dup_field(meta, "logsUrl", &out->logs_url))
-        rc = HC_ERR_NOMEM;
+        rc = CERR_NOMEM;
     cJSON_Delete(j);
-    if (rc != HC_OK)
+    if (rc != CERR_OK)
         hc_operation_clear(out);
     return rc;
 }
@@ -745,9 +732,9 @@ static void sleep_ms(long ms)
 }
 
 int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_operation *out,
-                      http_error *err)
+                      cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     double deadline;
     long delay_ms = 500;
     err = err_or(err, &dummy);
@@ -756,29 +743,29 @@ int hc_operation_wait(hc_client *c, const char *op_name, int timeout_s, hc_opera
         out->success = out->failure = out->pending = -1;
     }
     if (bad_args(c, op_name, err) || bad_args(out, out, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     deadline = util_now_s() + (timeout_s > 0 ? timeout_s : 0);
     for (;;) {
         char *json = NULL;
         size_t len = 0;
         int rc = hc_operation_get(c, op_name, &json, &len, err);
         double left;
-        if (rc != HC_OK)
+        if (rc != CERR_OK)
             return rc;
         hc_operation_clear(out);
         rc = hc_operation_parse(json, len, out);
         free(json);
-        if (rc == HC_ERR_PROTOCOL)
+        if (rc == CERR_MALFORMED)
             return protocol_err(err, "operation get", op_name, 200);
-        if (rc != HC_OK)
+        if (rc != CERR_OK)
             return nomem(err);
         if (out->done)
-            return HC_OK;
+            return CERR_OK;
         left = deadline - util_now_s();
         if (timeout_s >= 0 && left <= 0) {
-            util_set_err(err, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s", op_name,
-                         timeout_s);
-            return HC_ERR_TIMEOUT;
+            cerr_set(err, CERR_TIMEOUT, 0, "DEADLINE_EXCEEDED", "operation %s not done after %d s",
+                     op_name, timeout_s);
+            return CERR_TIMEOUT;
         }
         long nap = timeout_s >= 0 && left * 1000 < delay_ms ? (long)(left * 1000) + 1 : delay_ms;
         double user = deadline_remaining_ms(); /* a person waits: no nap past their deadline */
@@ -831,7 +818,7 @@ static int qido_prepare(const char *path, const char *query, qido_query *q)
     q->uid_tag = instances ? "00080018" : strcmp(lvl, "series") == 0 ? "0020000E" : "0020000D";
     q->rest = malloc(cap);
     if (!q->rest)
-        return HC_ERR_NOMEM;
+        return CERR_NOMEM;
     while (*p) {
         size_t n = strcspn(p, "&");
         long v;
@@ -849,7 +836,7 @@ static int qido_prepare(const char *path, const char *query, qido_query *q)
             p++;
     }
     q->rest[used] = '\0';
-    return HC_OK;
+    return CERR_OK;
 }
 
 static const char *uid_of(const cJSON *item, const char *tag)
@@ -866,26 +853,26 @@ static int qido_page(const http_response *resp, const qido_query *q, hc_list_cb 
 {
     cJSON *arr;
     const cJSON *it;
-    int rc = HC_OK;
+    int rc = CERR_OK;
     *count = 0;
     if (resp->status == 204 || resp->body_len == 0)
-        return HC_OK;
+        return CERR_OK;
     arr = parse_body(resp->body, resp->body_len);
     if (!cJSON_IsArray(arr)) {
         cJSON_Delete(arr);
-        return HC_ERR_PROTOCOL;
+        return CERR_MALFORMED;
     }
     cJSON_ArrayForEach(it, arr)
     {
         char *text;
         (*count)++;
         if (!cJSON_IsObject(it)) {
-            rc = HC_ERR_PROTOCOL;
+            rc = CERR_MALFORMED;
             break;
         }
         text = cJSON_PrintUnformatted(it);
         if (!text) {
-            rc = HC_ERR_NOMEM;
+            rc = CERR_NOMEM;
             break;
         }
         *stop = cb(ctx, uid_of(it, q->uid_tag), text);
@@ -898,17 +885,17 @@ static int qido_page(const http_response *resp, const qido_query *q, hc_list_cb 
 }
 
 int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const char *query,
-                       hc_list_cb cb, void *ctx, http_error *err)
+                       hc_list_cb cb, void *ctx, cerr_detail *err)
 {
     static const char *const accept[] = {"Accept: application/dicom+json", NULL};
-    http_error dummy;
+    cerr_detail dummy;
     qido_query q = {0};
     int rc, stop = 0;
     err = err_or(err, &dummy);
     if (bad_args(c, store, err) || bad_args(path, cb, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     rc = qido_prepare(path, query, &q);
-    if (rc != HC_OK)
+    if (rc != CERR_OK)
         return nomem(err);
     for (;;) {
         char *url = util_asprintf("%sv1/%s/dicomWeb/%s?%slimit=%ld&offset=%ld", c->root, store,
@@ -921,16 +908,16 @@ int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const 
             break;
         }
         rc = perform(c, &call, &resp, err);
-        if (rc == HC_OK) {
+        if (rc == CERR_OK) {
             rc = qido_page(&resp, &q, cb, ctx, &count, &stop);
-            if (rc == HC_ERR_PROTOCOL)
+            if (rc == CERR_MALFORMED)
                 protocol_err(err, "DICOMweb search", url, resp.status);
-            else if (rc == HC_ERR_NOMEM)
+            else if (rc == CERR_NOMEM)
                 nomem(err);
         }
         http_response_free(&resp);
         free(url);
-        if (rc != HC_OK)
+        if (rc != CERR_OK)
             break;
         if (stop) {
             rc = stop;
@@ -947,10 +934,10 @@ int hc_dicomweb_search(hc_client *c, const char *store, const char *path, const 
 
 int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *study,
                                   const char *series, const char *instance, int fd,
-                                  uint64_t *written, http_error *err)
+                                  uint64_t *written, cerr_detail *err)
 {
     static const char *const accept[] = {"Accept: application/dicom; transfer-syntax=*", NULL};
-    http_error dummy;
+    cerr_detail dummy;
     http_response resp;
     char *url;
     int rc;
@@ -959,10 +946,10 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
         *written = 0;
     if (bad_args(c, store, err) || bad_args(study, series, err) ||
         bad_args(instance, instance, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     if (fd < 0) {
-        util_set_err(err, 0, "INVALID_ARGUMENT", "retrieve: bad file descriptor");
-        return HC_ERR_INVAL;
+        cerr_set(err, CERR_INVALID, 0, "INVALID_ARGUMENT", "retrieve: bad file descriptor");
+        return CERR_INVALID;
     }
     url = util_asprintf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s", c->root, store, study,
                         series, instance);
@@ -970,9 +957,9 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
         return nomem(err);
     hc_call call = {"GET", url, NULL, accept, true, fd, false};
     rc = perform(c, &call, &resp, err);
-    if (rc == HC_OK && resp.status != 200)
+    if (rc == CERR_OK && resp.status != 200)
         rc = protocol_err(err, "DICOMweb retrieve", url, resp.status);
-    if (rc == HC_OK && written)
+    if (rc == CERR_OK && written)
         *written = resp.body_len;
     http_response_free(&resp);
     free(url);
@@ -981,21 +968,21 @@ int hc_dicomweb_retrieve_instance(hc_client *c, const char *store, const char *s
 
 /* Single-part STOW. Storing an identical instance again answers 200 (only
  * different content conflicts with 409), so a retry is safe. */
-int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, http_error *err)
+int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, cerr_detail *err)
 {
     static const char *const hdrs[] = {"Content-Type: application/dicom",
                                        "Accept: application/dicom+json", NULL};
-    http_error dummy;
+    cerr_detail dummy;
     http_request req;
     http_response resp = {0};
     char *url;
     int rc;
     err = err_or(err, &dummy);
     if (bad_args(c, store, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     if (fd < 0) {
-        util_set_err(err, 0, "INVALID_ARGUMENT", "store: bad file descriptor");
-        return HC_ERR_INVAL;
+        cerr_set(err, CERR_INVALID, 0, "INVALID_ARGUMENT", "store: bad file descriptor");
+        return CERR_INVALID;
     }
     url = util_asprintf("%sv1/%s/dicomWeb/studies", c->root, store);
     if (!url)
@@ -1009,15 +996,12 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ht
     req.body_fd_len = (off_t)size;
     req.idempotent = true;
     rc = http_perform(c->http, &req, &resp, err);
-    if (rc != HTTP_OK) {
-        rc = from_http_rc(rc);
-    } else if (resp.status != 200) {
+    if (rc == CERR_OK && resp.status != 200) {
         /* 202: stored with warnings or partly failed; for one instance that is
          * not a clean store. */
-        util_set_err(err, resp.status, "", "DICOMweb store: HTTP %ld: %.400s", resp.status,
-                     resp.body ? resp.body : "");
+        rc = cerr_set(err, CERR_SERVER, resp.status, "", "DICOMweb store: HTTP %ld: %.400s",
+                      resp.status, resp.body ? resp.body : "");
         log_protocol("DICOMweb store", url, resp.status);
-        rc = HC_ERR_HTTP;
     }
     http_response_free(&resp);
     free(url);
@@ -1025,9 +1009,9 @@ int hc_dicomweb_store(hc_client *c, const char *store, int fd, uint64_t size, ht
 }
 
 int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char **op_name,
-                       http_error *err)
+                       cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *url, *body = NULL;
     size_t len = 0;
     int rc;
@@ -1035,14 +1019,14 @@ int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char *
     if (op_name)
         *op_name = NULL;
     if (bad_args(c, store, err) || bad_args(path, path, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     url = util_asprintf("%sv1/%s/dicomWeb/%s", c->root, store, path);
     if (!url)
         return nomem(err);
     hc_call call = {"DELETE", url, NULL, NULL, true, -1, false};
     rc = call_body(c, &call, &body, &len, err);
     /* Study/series deletes answer with an Operation; instance deletes with {}. */
-    if (rc == HC_OK && op_name && len > 0) {
+    if (rc == CERR_OK && op_name && len > 0) {
         char *name = op_name_of(body, len);
         if (name && strstr(name, "/operations/"))
             *op_name = name;
@@ -1058,14 +1042,14 @@ int hc_dicomweb_delete(hc_client *c, const char *store, const char *path, char *
  * the instance retrieved as stored (what studies/ shows without a download). */
 int hc_dicomweb_instance_size(hc_client *c, const char *store, const char *study,
                               const char *series, const char *instance, uint64_t *size,
-                              http_error *err)
+                              cerr_detail *err)
 {
-    http_error dummy;
+    cerr_detail dummy;
     char *body = NULL;
     size_t len = 0;
     err = err_or(err, &dummy);
     if (bad_args(c, store, err) || bad_args(study, series, err) || bad_args(instance, size, err))
-        return HC_ERR_INVAL;
+        return CERR_INVALID;
     char *url = util_asprintf("%sv1/%s/dicomWeb/studies/%s/series/%s/instances/%s"
                               ":getStorageInfo",
                               c->root, store, study, series, instance);
@@ -1073,7 +1057,7 @@ int hc_dicomweb_instance_size(hc_client *c, const char *store, const char *study
         return nomem(err);
     hc_call call = {.method = "GET", .url = url, .idempotent = true, .response_fd = -1};
     int rc = call_body(c, &call, &body, &len, err);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         cJSON *j = parse_body(body, len);
         const cJSON *blob = cJSON_GetObjectItemCaseSensitive(j, "blobStorageInfo");
         int64_t n = json_i64(cJSON_GetObjectItemCaseSensitive(blob, "sizeBytes"));

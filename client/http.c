@@ -68,10 +68,10 @@ static void copy_str(char *dst, size_t dstlen, const char *src)
     snprintf(dst, dstlen, "%s", src ? src : "");
 }
 
-/* Messages are truncated to fit http_error.message; that is intended. */
-static void set_message(http_error *err, const char *fmt, ...)
+/* Messages are truncated to fit cerr_detail.message; that is intended. */
+static void set_message(cerr_detail *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static void set_message(http_error *err, const char *fmt, ...)
+static void set_message(cerr_detail *err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -318,7 +318,7 @@ char *http_escape(const char *s)
 /* A status name from a body is used only when it looks like one. */
 static bool is_code_name(const char *s)
 {
-    if (!s || !*s || strlen(s) >= sizeof(((http_error *)0)->status))
+    if (!s || !*s || strlen(s) >= sizeof(((cerr_detail *)0)->status))
         return false;
     for (; *s; s++)
         if (!(isupper((unsigned char)*s) || *s == '_'))
@@ -333,7 +333,7 @@ static const char *json_str(const cJSON *obj, const char *key)
 }
 
 /* Reason from details[] (the ErrorInfo entry) or errors[0] (Cloud Storage). */
-static void decode_reason(const cJSON *e, http_error *err)
+static void decode_reason(const cJSON *e, cerr_detail *err)
 {
     const cJSON *d;
     cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(e, "details"))
@@ -354,7 +354,7 @@ static void decode_reason(const cJSON *e, http_error *err)
     }
 }
 
-static bool decode_json(const char *body, size_t len, http_error *err)
+static bool decode_json(const char *body, size_t len, cerr_detail *err)
 {
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root)
@@ -384,7 +384,7 @@ static bool decode_json(const char *body, size_t len, http_error *err)
 
 /* For a plain-text body, its first line (printable bytes only) helps; HTML
  * pages are noise, so they are left out. */
-static void message_from_text(long status, const char *body, size_t len, http_error *err)
+static void message_from_text(long status, const char *body, size_t len, cerr_detail *err)
 {
     int n = snprintf(err->message, sizeof err->message, "HTTP %ld", status);
     size_t i = 0;
@@ -403,11 +403,12 @@ static void message_from_text(long status, const char *body, size_t len, http_er
     err->message[pos] = '\0';
 }
 
-void http_error_decode(long http_status, const char *body, size_t len, http_error *err)
+void http_error_decode(long http_status, const char *body, size_t len, cerr_detail *err)
 {
     if (!err)
         return;
     memset(err, 0, sizeof *err);
+    err->cls = cerr_from_http_status(http_status);
     err->http_status = http_status;
     if (!body)
         len = 0;
@@ -845,7 +846,7 @@ static void set_options(http_client *c, CURL *h, const http_request *req, xfer *
 typedef struct outcome {
     CURLcode code;
     long status;
-    int rc; /* HTTP_ERR_IO / HTTP_ERR_NOMEM from our own callbacks, else 0 */
+    int rc; /* CERR_IO / CERR_NOMEM from our own callbacks, else 0 */
     char errbuf[CURL_ERROR_SIZE];
 } outcome;
 
@@ -858,7 +859,7 @@ static void run_attempt(http_client *c, const http_request *req, const char *tok
     CURL *h = ok ? pool_get(c) : NULL;
     if (!h) {
         free_headers(headers);
-        o->rc = HTTP_ERR_NOMEM;
+        o->rc = CERR_NOMEM;
         o->code = CURLE_OUT_OF_MEMORY;
         copy_str(o->errbuf, sizeof o->errbuf, "out of memory");
         return;
@@ -874,10 +875,10 @@ static void run_attempt(http_client *c, const http_request *req, const char *tok
     if (o->code == CURLE_OK)
         return;
     if (x->too_big || x->down_errno || x->up_errno || x->up_short)
-        o->rc = HTTP_ERR_IO;
+        o->rc = CERR_IO;
     else if (o->code == CURLE_OUT_OF_MEMORY ||
              (o->code == CURLE_WRITE_ERROR && !x->down_errno && !x->too_big))
-        o->rc = HTTP_ERR_NOMEM;
+        o->rc = CERR_NOMEM;
     if (!o->errbuf[0])
         copy_str(o->errbuf, sizeof o->errbuf, curl_easy_strerror(o->code));
 }
@@ -928,10 +929,12 @@ static void xfer_reset(xfer *x)
     x->limit = limit;
 }
 
-/* Gets a token into tok; on failure fills err and returns HTTP_ERR_AUTH. */
-static int get_token(http_client *c, char *tok, size_t toklen, bool force, http_error *err)
+/* Gets a token into tok; on failure fills err and returns CERR_AUTH (the
+ * credentials were refused), CERR_TIMEOUT (the deadline passed) or
+ * CERR_TOKEN (anything else: it passes by itself). */
+static int get_token(http_client *c, char *tok, size_t toklen, bool force, cerr_detail *err)
 {
-    http_error e;
+    cerr_detail e;
     memset(&e, 0, sizeof e);
     tok[0] = '\0';
     int r = c->token_fn(c->token_ctx, tok, toklen, force, &e);
@@ -941,21 +944,20 @@ static int get_token(http_client *c, char *tok, size_t toklen, bool force, http_
         /* The token endpoint's status (say 400 invalid_grant) says nothing
          * about this request: it stays in the message only. */
         err->http_status = 0;
-        if (err->kind == HTTP_KIND_SERVER)
-            err->kind = HTTP_KIND_TOKEN;
+        err->cls = r == CERR_AUTH || r == CERR_TIMEOUT ? r : CERR_TOKEN;
         if (!err->status[0])
             copy_str(err->status, sizeof err->status, "UNAUTHENTICATED");
         if (!err->message[0])
             copy_str(err->message, sizeof err->message, "could not obtain an access token");
         log_error("http: no access token: %s", err->message);
-        return HTTP_ERR_AUTH;
+        return err->cls;
     }
-    return HTTP_OK;
+    return CERR_OK;
 }
 
 /* Fills err for a failed attempt that produced no HTTP status. */
 static int transport_error(const http_request *req, const xfer *x, const outcome *o,
-                           const char *url, http_error *err)
+                           const char *url, cerr_detail *err)
 {
     memset(err, 0, sizeof *err);
     err->curl_code = (int)o->code;
@@ -964,7 +966,7 @@ static int transport_error(const http_request *req, const xfer *x, const outcome
         set_message(err, "response body larger than max_body (%zu bytes) while %s %s", x->limit, m,
                     url);
         copy_str(err->status, sizeof err->status, "RESOURCE_EXHAUSTED");
-        return HTTP_ERR_IO;
+        return CERR_IO;
     }
     if (x->down_errno || x->up_errno || x->up_short) {
         const char *what =
@@ -974,12 +976,12 @@ static int transport_error(const http_request *req, const xfer *x, const outcome
                                       : strerror(x->down_errno ? x->down_errno : x->up_errno);
         set_message(err, "%s %d failed: %s while %s %s", what, fd, why, m, url);
         copy_str(err->status, sizeof err->status, "INTERNAL");
-        return HTTP_ERR_IO;
+        return CERR_IO;
     }
     set_message(err, "%s while %s %s", o->errbuf, m, url);
     copy_str(err->status, sizeof err->status,
              o->code == CURLE_OPERATION_TIMEDOUT ? "DEADLINE_EXCEEDED" : "UNAVAILABLE");
-    return o->rc ? o->rc : HTTP_ERR_TRANSPORT;
+    return o->rc ? o->rc : CERR_NETWORK;
 }
 
 /* Moves the final attempt's body and headers into resp. */
@@ -1003,16 +1005,15 @@ static void finish_response(xfer *x, const outcome *o, http_response *resp)
 
 /* Fills err for a call that ran out of its thread's deadline; last: what
  * the last attempt got ("" when none was made). */
-static int deadline_error(const char *method, const char *url, const char *last, http_error *err)
+static int deadline_error(const char *method, const char *url, const char *last, cerr_detail *err)
 {
     memset(err, 0, sizeof *err);
-    err->kind = HTTP_KIND_DEADLINE;
     err->curl_code = CURLE_OPERATION_TIMEDOUT;
     copy_str(err->status, sizeof err->status, "DEADLINE_EXCEEDED");
     set_message(err, "%s %s: no answer within the %g s timeout (mount option timeout=)%s%s", method,
                 url, deadline_length_s(), *last ? "; last attempt: " : "", last);
     log_warn("http: %s", err->message);
-    return HTTP_ERR_TRANSPORT;
+    return CERR_TIMEOUT;
 }
 
 /* What the last attempt got, for log lines. */
@@ -1024,19 +1025,15 @@ static void describe_outcome(const outcome *o, char *what, size_t len)
         snprintf(what, len, "%s (curl %d)", o->errbuf, (int)o->code);
 }
 
-int http_perform(http_client *c, const http_request *req, http_response *resp, http_error *err)
+static int perform(http_client *c, const http_request *req, http_response *resp, cerr_detail *err)
 {
-    http_error scratch;
-    if (!err)
-        err = &scratch;
-    memset(err, 0, sizeof *err);
     if (resp)
         memset(resp, 0, sizeof *resp);
     if (!c || !req || !resp || !req->url || (req->body_fd >= 0 && req->body_fd_len < 0) ||
         (req->body_len && !req->body && req->body_fd < 0)) {
         copy_str(err->status, sizeof err->status, "INVALID_ARGUMENT");
         copy_str(err->message, sizeof err->message, "http_perform: invalid arguments");
-        return HTTP_ERR_INVAL;
+        return CERR_INVALID;
     }
     char url[512];
     url_for_log(req->url, url, sizeof url);
@@ -1048,7 +1045,7 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
                     "http only to a loopback address, e.g. a local emulator)",
                     url);
         log_error("http: %s", err->message);
-        return HTTP_ERR_INVAL;
+        return CERR_INVALID;
     }
     xfer x = {.req = req, .limit = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY};
     outcome o;
@@ -1059,14 +1056,14 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     bool force_refresh = false, auth_retried = false;
     double waited = 0;
     int retries = 0;
-    int rc = HTTP_OK;
+    int rc = CERR_OK;
     for (;;) {
         double left = deadline_remaining_ms();
         if (left == 0) {
             xfer_reset(&x);
             return deadline_error(method, url, what, err);
         }
-        if (use_token && (rc = get_token(c, tok, sizeof tok, force_refresh, err)) != HTTP_OK)
+        if (use_token && (rc = get_token(c, tok, sizeof tok, force_refresh, err)) != CERR_OK)
             break;
         xfer_reset(&x);
         left = deadline_remaining_ms(); /* the token may have taken a while */
@@ -1111,9 +1108,9 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
         waited += wait;
         retries++;
     }
-    if (rc == HTTP_ERR_AUTH) { /* no token, possibly when refreshing after a 401 */
+    if (rc != CERR_OK) { /* no token, possibly when refreshing after a 401 */
         xfer_reset(&x);
-        return HTTP_ERR_AUTH;
+        return rc;
     }
     if (o.code != CURLE_OK) {
         rc = transport_error(req, &x, &o, url, err);
@@ -1125,13 +1122,24 @@ int http_perform(http_client *c, const http_request *req, http_response *resp, h
     if (o.status >= 400) {
         http_error_decode(o.status, resp->body, resp->body_len, err);
         if (o.status == 401 && auth_retried)
-            err->kind = HTTP_KIND_CREDENTIALS; /* refused even a fresh token */
-        return HTTP_ERR_STATUS;
+            err->cls = CERR_AUTH; /* refused even a fresh token */
+        return err->cls;
     }
     if (log_enabled(LOG_DEBUG))
         log_debug("http: %s %s -> %ld (%zu bytes, %d attempts)", method, url, o.status,
                   resp->body_len, resp->attempts);
-    return HTTP_OK;
+    return CERR_OK;
+}
+
+int http_perform(http_client *c, const http_request *req, http_response *resp, cerr_detail *err)
+{
+    cerr_detail scratch;
+    if (!err)
+        err = &scratch;
+    memset(err, 0, sizeof *err);
+    int rc = perform(c, req, resp, err);
+    err->cls = rc; /* every path above fills the rest */
+    return rc;
 }
 
 bool http_response_header(const http_response *resp, const char *name, char *buf, size_t buflen)

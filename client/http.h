@@ -5,7 +5,7 @@
  * request and response bodies from/to file descriptors, retries with
  * exponential backoff and full jitter (honouring Retry-After) for requests
  * that are safe to repeat, bearer-token injection with one refresh-and-retry
- * on 401, and decoding of both Google error shapes into one http_error.
+ * on 401, and decoding of both Google error shapes into one cerr_detail.
  *
  * Thread safety: an http_client may be used from many threads at once.
  */
@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "error.h"
+
 typedef struct http_client http_client;
 
 /* Sees the request body as libcurl takes it: called once per piece read from
@@ -27,45 +29,22 @@ typedef struct http_client http_client;
  * from new data. Runs on the thread calling http_perform. */
 typedef void (*http_body_observer)(void *ctx, uint64_t offset, const void *data, size_t len);
 
-/* Return codes of every http_ function (0 = success). */
-enum {
-    HTTP_OK = 0,
-    HTTP_ERR_TRANSPORT = -1, /* connection refused/reset, timeout, TLS failure */
-    HTTP_ERR_STATUS = -2,    /* the server answered with a status >= 400 */
-    HTTP_ERR_NOMEM = -3,
-    HTTP_ERR_IO = -4,    /* reading the request fd or writing the response fd failed */
-    HTTP_ERR_AUTH = -5,  /* no token could be obtained */
-    HTTP_ERR_INVAL = -6, /* bad arguments */
-};
-
-/* What kind of trouble an error is, beyond its status. Callers that decide
- * whether to give up on something (a file, a batch) look here first: only
- * HTTP_KIND_SERVER errors are what the server said about the request. */
-enum {
-    HTTP_KIND_SERVER = 0,      /* the server's answer, or the connection's failure */
-    HTTP_KIND_CREDENTIALS = 1, /* the token endpoint refused the credentials, or the API
-                                  answered 401 to a freshly fetched token: fix the credentials */
-    HTTP_KIND_TOKEN = 2,       /* no token: the token endpoint was unreachable or failed */
-    HTTP_KIND_DEADLINE = 3,    /* the calling thread's deadline passed (deadline.h) */
-};
-
-/* One decoded error. Filled for every failure; http_status is 0 for failures
- * that never produced an HTTP status (also when no token could be obtained:
- * the token endpoint's status is in the message, never in http_status). */
-typedef struct http_error {
-    int kind;          /* HTTP_KIND_* */
-    long http_status;  /* e.g. 404; 0 for transport errors */
-    int curl_code;     /* CURLcode for transport errors, else 0 */
-    char status[40];   /* canonical code name: "NOT_FOUND", "RESOURCE_EXHAUSTED", ... */
-    char reason[64];   /* GCS errors[0].reason or ErrorInfo.reason, may be empty */
-    char message[512]; /* human-readable message from the server or libcurl */
-} http_error;
+/* Every http_ function returns CERR_OK or a class (error.h): CERR_NETWORK
+ * (connection refused or cut, transfer timeout, TLS), the class of the
+ * status the server answered (>= 400: cerr_from_http_status, with 401 to a
+ * freshly fetched token CERR_AUTH), CERR_AUTH or CERR_TOKEN when no token
+ * could be obtained (refused credentials, or an unreachable or failing token
+ * endpoint), CERR_TIMEOUT when the thread's deadline passed, CERR_NOMEM,
+ * CERR_IO (reading the request fd or writing the response fd failed),
+ * CERR_INVALID (bad arguments). */
 
 /* Supplies a bearer token. Writes a NUL-terminated token into buf.
  * force_refresh is true after the server rejected the previous token (401).
- * Returns 0 on success, non-zero on failure (err filled). */
+ * Returns CERR_OK, or a class with err filled: CERR_AUTH when the
+ * credentials were refused, CERR_TIMEOUT when the deadline passed; any
+ * other class becomes CERR_TOKEN for http_perform's caller. */
 typedef int (*http_token_fn)(void *ctx, char *buf, size_t buflen, bool force_refresh,
-                             http_error *err);
+                             cerr_detail *err);
 
 typedef struct http_retry_policy {
     int max_attempts;      /* total attempts including the first; 1 = no retry */
@@ -132,13 +111,13 @@ typedef struct http_response {
 
 /* Performs the request with retries. When the calling thread has a
  * deadline (deadline.h), every attempt and wait ends by then: the call
- * fails with HTTP_ERR_TRANSPORT, err->kind HTTP_KIND_DEADLINE and
- * status DEADLINE_EXCEEDED. Returns HTTP_OK for 1xx-3xx statuses
- * (308 included: callers inspect resp->status), HTTP_ERR_STATUS with err
- * decoded for >= 400, or another HTTP_ERR_ code. resp is always safe to pass to
+ * fails with CERR_TIMEOUT and status DEADLINE_EXCEEDED. Returns CERR_OK for
+ * 1xx-3xx statuses (308 included: callers inspect resp->status), the status's
+ * class with err decoded for >= 400 (err->http_status is then set, and is
+ * 0 for every other failure), or another class. resp is always safe to pass to
  * http_response_free afterwards. */
 int http_perform(http_client *client, const http_request *req, http_response *resp,
-                 http_error *err);
+                 cerr_detail *err);
 
 void http_response_free(http_response *resp);
 
@@ -151,7 +130,7 @@ bool http_response_header(const http_response *resp, const char *name, char *buf
  *   {"error":{"code":404,"message":"..","errors":[{"reason":"notFound",..}]}}
  * plus OAuth's {"error":"invalid_grant","error_description":".."}.
  * Missing fields are derived (status name from the HTTP status). Never fails. */
-void http_error_decode(long http_status, const char *body, size_t len, http_error *err);
+void http_error_decode(long http_status, const char *body, size_t len, cerr_detail *err);
 
 /* Canonical google.rpc.Code name for an HTTP status, e.g. 404 -> "NOT_FOUND". */
 const char *http_status_name(long http_status);

@@ -31,7 +31,7 @@ static int fail(char *why, size_t whylen, const char *fmt, ...)
         vsnprintf(why, whylen, fmt, ap);
         va_end(ap);
     }
-    return MULTIPART_ERR_SYNTAX;
+    return CERR_MALFORMED;
 }
 
 static bool is_lwsp(char c)
@@ -127,21 +127,21 @@ static int append_trimmed(char *buf, size_t buflen, size_t *len, const char *s, 
         n--;
     if (*len > 0 && n > 0) { /* a folded line joins with one space */
         if (*len + 1 >= buflen)
-            return MULTIPART_ERR_NOMEM;
+            return CERR_NOMEM;
         buf[(*len)++] = ' ';
     }
     if (*len + n >= buflen)
-        return MULTIPART_ERR_NOMEM;
+        return CERR_NOMEM;
     memcpy(buf + *len, s, n);
     *len += n;
     buf[*len] = '\0';
-    return MULTIPART_OK;
+    return CERR_OK;
 }
 
 int multipart_part_header(const multipart_part *part, const char *name, char *buf, size_t buflen)
 {
     if (!part || !name || !buf || buflen == 0 || (!part->headers && part->headers_len))
-        return MULTIPART_ERR_SYNTAX;
+        return CERR_MALFORMED;
     size_t name_len = strlen(name), len = 0;
     const char *p = part->headers, *end = part->headers + part->headers_len;
     bool in_match = false, found = false;
@@ -151,8 +151,8 @@ int multipart_part_header(const multipart_part *part, const char *name, char *bu
         const char *line = p;
         p = next_line(p, end, &n);
         if (n > 0 && is_lwsp(line[0])) { /* obsolete folding: continuation */
-            if (in_match && append_trimmed(buf, buflen, &len, line, n) != MULTIPART_OK)
-                return MULTIPART_ERR_NOMEM;
+            if (in_match && append_trimmed(buf, buflen, &len, line, n) != CERR_OK)
+                return CERR_NOMEM;
             continue;
         }
         if (found)
@@ -167,11 +167,11 @@ int multipart_part_header(const multipart_part *part, const char *name, char *bu
         if (k == name_len && strncasecmp(line, name, k) == 0) {
             in_match = found = true;
             if (append_trimmed(buf, buflen, &len, colon + 1, n - (size_t)(colon + 1 - line)) !=
-                MULTIPART_OK)
-                return MULTIPART_ERR_NOMEM;
+                CERR_OK)
+                return CERR_NOMEM;
         }
     }
-    return found ? MULTIPART_OK : MULTIPART_ERR_SYNTAX;
+    return found ? CERR_OK : CERR_MALFORMED;
 }
 
 /* ---- body -------------------------------------------------------------- */
@@ -231,7 +231,7 @@ static int split_part(const char *body, size_t start, size_t next, multipart_par
             part->headers_len = (size_t)(line - body) - start;
             part->body = body + (b < seg_end ? b : seg_end);
             part->body_len = b < seg_end ? seg_end - b : 0;
-            return MULTIPART_OK;
+            return CERR_OK;
         }
         if (!is_lwsp(line[0]) && !memchr(line, ':', n))
             return fail(why, whylen, "offset %zu: part header line has no ':'",
@@ -242,7 +242,7 @@ static int split_part(const char *body, size_t start, size_t next, multipart_par
     part->headers_len = seg_end - start;
     part->body = body + seg_end;
     part->body_len = 0;
-    return MULTIPART_OK;
+    return CERR_OK;
 }
 
 int multipart_parse(const char *body, size_t len, const char *boundary, multipart_part_cb cb,
@@ -274,5 +274,5 @@ int multipart_parse(const char *body, size_t len, const char *boundary, multipar
         if (cb && (rc = cb(ctx, &part)) != 0)
             return rc;
     }
-    return MULTIPART_OK;
+    return CERR_OK;
 }

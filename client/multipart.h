@@ -6,7 +6,10 @@
 
 #include <stddef.h>
 
-enum { MULTIPART_OK = 0, MULTIPART_ERR_SYNTAX = -1, MULTIPART_ERR_NOMEM = -2 };
+#include "error.h"
+
+/* Returns CERR_OK, CERR_MALFORMED (the body breaks the grammar; why says
+ * where) or CERR_NOMEM (error.h). */
 
 typedef struct multipart_part {
     const char *headers; /* raw header block of the part (not NUL-terminated) */
@@ -20,8 +23,8 @@ typedef struct multipart_part {
 char *multipart_content_type_param(const char *content_type, const char *param);
 
 /* Value of a header inside a part's header block, copied into buf.
- * Returns MULTIPART_OK, MULTIPART_ERR_SYNTAX if there is no such header, or
- * MULTIPART_ERR_NOMEM if the value does not fit in buf. */
+ * Returns CERR_OK, CERR_MALFORMED if there is no such header, or
+ * CERR_NOMEM if the value does not fit in buf. */
 int multipart_part_header(const multipart_part *part, const char *name, char *buf, size_t buflen);
 
 /* Splits body into parts; calls cb for each. Parts point into body. */

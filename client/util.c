@@ -14,22 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void util_vset_err(http_error *err, long status, const char *code, const char *fmt, va_list ap)
-{
-    memset(err, 0, sizeof(*err));
-    err->http_status = status;
-    snprintf(err->status, sizeof(err->status), "%s", code);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
-}
-
-void util_set_err(http_error *err, long status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    util_vset_err(err, status, code, fmt, ap);
-    va_end(ap);
-}
-
 char *util_endpoint(const char *explicit_ep, const char *env_name, const char *dflt,
                     char *(*normalize)(const char *ep))
 {

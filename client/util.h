@@ -16,13 +16,6 @@
 
 struct cJSON;
 
-/* Clears *err and fills status, code and a printf-formatted message
- * (truncated to fit). */
-void util_set_err(http_error *err, long status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-void util_vset_err(http_error *err, long status, const char *code, const char *fmt, va_list ap)
-    __attribute__((format(printf, 4, 0)));
-
 /* The endpoint a client uses: explicit when non-empty, else the environment
  * variable env_name when set and non-empty, else dflt; passed through
  * normalize (which returns a malloc'ed string or NULL). */

@@ -43,11 +43,11 @@ void adopt_intent_del(journal *j, const char *batch_id)
     journal_del(j, key, false);
 }
 
-bool adopt_maybe_started(int hc_rc, const http_error *err)
+bool adopt_maybe_started(int hc_rc)
 {
-    if (hc_rc == HC_ERR_PROTOCOL)
-        return true; /* answered, but the body was unreadable */
-    return hc_rc == HC_ERR_HTTP && err->http_status == 0 && err->kind == HTTP_KIND_SERVER;
+    /* Answered, but the body was unreadable; or no answer (not a deadline of
+     * ours nor a missing token: then nothing was sent). */
+    return hc_rc == CERR_MALFORMED || hc_rc == CERR_NETWORK;
 }
 
 typedef struct known_ctx {
@@ -85,7 +85,7 @@ static int find_cb(void *ctx, const char *name, const char *json)
     find_ctx *f = ctx;
     hc_operation op;
     memset(&op, 0, sizeof op);
-    if (hc_operation_parse(json, strlen(json), &op) != HC_OK) {
+    if (hc_operation_parse(json, strlen(json), &op) != CERR_OK) {
         hc_operation_clear(&op);
         return 0;
     }
@@ -112,7 +112,7 @@ static int find_cb(void *ctx, const char *name, const char *json)
 }
 
 int adopt_lost_import(hc_client *hc, journal *j, const char *store, time_t since, char **op,
-                      http_error *err)
+                      cerr_detail *err)
 {
     *op = NULL;
     const char *cut = strstr(store, "/dicomStores/");
@@ -122,7 +122,7 @@ int adopt_lost_import(hc_client *hc, journal *j, const char *store, time_t since
     find_ctx f = {j, since, NULL, 0};
     int rc = hc_operations_list(hc, ds, find_cb, &f, err);
     free(ds);
-    if (rc != HC_OK) {
+    if (rc != CERR_OK) {
         free(f.best);
         return -1;
     }

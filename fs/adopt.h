@@ -26,12 +26,12 @@ void adopt_intent_del(journal *j, const char *batch_id);
 
 /* Did this failure of hc_import possibly reach the server and start the
  * import (no answer, or an unreadable one)? */
-bool adopt_maybe_started(int hc_rc, const http_error *err);
+bool adopt_maybe_started(int hc_rc);
 
 /* Looks for the operation of store's lost import start sent at `since`
  * (wall clock). 1: found, *op (malloc'ed) is its name; 0: the start was
  * not carried out; < 0: the operations could not be listed (err filled). */
 int adopt_lost_import(hc_client *hc, journal *j, const char *store, time_t since, char **op,
-                      http_error *err);
+                      cerr_detail *err);
 
 #endif

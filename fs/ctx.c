@@ -1,4 +1,4 @@
-/* ctx: the mount's state, clients, errno mapping and shared helpers (see ctx.h). */
+/* ctx: the mount's state, clients and shared helpers (see ctx.h). */
 #include "ctx.h"
 
 #include <errno.h>
@@ -12,89 +12,6 @@
 #include "rejects.h"
 #include "util.h"
 #include "xattrs.h"
-
-/* ---- errors */
-
-static int errno_from_status(const http_error *err)
-{
-    long s = err ? err->http_status : 0;
-    switch (s) {
-    case 0:
-        return err && strcmp(err->status, "UNAUTHENTICATED") == 0 ? -EACCES : -EIO;
-    case 400:
-    case 411:
-    case 413:
-    case 414:
-        return -EINVAL;
-    case 401:
-    case 403:
-        return -EACCES;
-    case 404:
-    case 410:
-        return -ENOENT;
-    case 409:
-        return -EEXIST;
-    case 412:
-        return -EAGAIN;
-    case 429:
-        return -EAGAIN;
-    default:
-        return -EIO;
-    }
-}
-
-int fs_errno_hc(int rc, const http_error *err)
-{
-    switch (rc) {
-    case HC_OK:
-        return 0;
-    case HC_ERR_HTTP:
-        return errno_from_status(err);
-    case HC_ERR_NOMEM:
-        return -ENOMEM;
-    case HC_ERR_INVAL:
-        return -EINVAL;
-    default:
-        return -EIO;
-    }
-}
-
-int fs_errno_gcs(int rc, const http_error *err)
-{
-    switch (rc) {
-    case GCS_OK:
-        return 0;
-    case GCS_ERR_HTTP:
-        return errno_from_status(err);
-    case GCS_ERR_NOMEM:
-        return -ENOMEM;
-    case GCS_ERR_INVAL:
-        return -EINVAL;
-    default:
-        return -EIO;
-    }
-}
-
-int fs_errno_rpc(int code)
-{
-    switch (code) {
-    case 3:  /* INVALID_ARGUMENT */
-    case 9:  /* FAILED_PRECONDITION */
-    case 11: /* OUT_OF_RANGE */
-        return -EINVAL;
-    case 5:
-        return -ENOENT;
-    case 6:
-        return -EEXIST;
-    case 7:
-    case 16:
-        return -EACCES;
-    case 8:
-        return -EAGAIN;
-    default:
-        return -EIO;
-    }
-}
 
 /* ---- names, attributes, refusals */
 
@@ -225,7 +142,7 @@ static void quick_retries(http_options *ho)
 int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, size_t msglen)
 {
     memset(c, 0, sizeof *c);
-    http_error err = {0};
+    cerr_detail err = {0};
     if (o->no_auth) {
         c->auth = auth_provider_new_none();
     } else {
@@ -238,17 +155,17 @@ int fs_clients_open(const fs_options *o, bool quick, fs_clients *c, char *msg, s
         char *where = NULL;
         int rc = c->auth_http
                      ? auth_provider_new(o->credentials, c->auth_http, &c->auth, &where, &err)
-                     : AUTH_ERR_NOMEM;
-        if (rc != AUTH_OK) {
+                     : CERR_NOMEM;
+        if (rc != CERR_OK) {
             switch (rc) {
-            case AUTH_ERR_NOTFOUND:
+            case CERR_NOT_FOUND:
                 snprintf(msg, msglen,
                          "no Google credentials found: pass -o credentials=FILE, set "
                          "GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth "
                          "application-default login`");
                 break;
-            case AUTH_ERR_FILE:
-            case AUTH_ERR_KEY:
+            case CERR_INVALID:
+            case CERR_UNSUPPORTED:
                 snprintf(msg, msglen, "credentials %s unusable: %s",
                          o->credentials ? o->credentials : "(default)", err.message);
                 break;

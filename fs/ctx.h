@@ -3,9 +3,7 @@
  * Owns: fs_ctx (the options, the API clients, the journal, the import
  * manager, the caches and the identity the tree is shown with), opening
  * and closing the clients, starting and stopping the mount's state
- * (fs_ctx_start / fs_ctx_stop), the mapping of client errors to errno
- * (fs_errno_hc / fs_errno_gcs / fs_errno_rpc, moved here unchanged from
- * fuse_ops.c), full resource names from ids, the attributes of synthetic
+ * (fs_ctx_start / fs_ctx_stop), full resource names from ids, the attributes of synthetic
  * entries and the log line of a refused call (fs_deny). No FUSE callback:
  * fuse_ops.c hands an fs_ctx to every node (node.h); nothing here calls a
  * view or the dispatcher.
@@ -73,12 +71,6 @@ typedef struct fs_ctx {
 void fs_ctx_start(fs_ctx *x, int (*interrupted)(void));
 /* Stops what fs_ctx_start started (the primer thread must be joined). */
 void fs_ctx_stop(fs_ctx *x);
-
-/* errno for a failed hc_/gcs_ call (logged by the caller). */
-int fs_errno_hc(int rc, const http_error *err);
-int fs_errno_gcs(int rc, const http_error *err);
-/* errno for an operation that finished with a google.rpc.Status code. */
-int fs_errno_rpc(int code);
 
 /* Full resource names from ids (malloc'ed). */
 char *fs_dataset_name(const fs_ctx *x, const char *dataset_id);

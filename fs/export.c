@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errmap.h"
 #include "filter.h"
 #include "journal.h"
 #include "log.h"
@@ -396,7 +397,7 @@ int export_truncate_path(fs_ctx *x, const tree_path *tp, off_t size)
 /* ---- starting the export */
 
 /* "MESSAGE (HTTP 404 NOT_FOUND)", or libcurl's message for a transport error. */
-static char *describe(const http_error *e)
+static char *describe(const cerr_detail *e)
 {
     const char *msg = e->message[0] ? e->message : "unknown error";
     if (!e->http_status)
@@ -416,7 +417,7 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
     char *dest = prefix ? util_asprintf("gs://%s/%s", x->opt->export_bucket, prefix) : NULL;
     char *filter_obj = NULL, *filter_uri = NULL, *desc = NULL;
     int rc = 0;
-    http_error err = {0};
+    cerr_detail err = {0};
     if (!store || !dest) {
         rc = -ENOMEM;
         goto out;
@@ -434,8 +435,8 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
         }
         int g = gcs_upload_buf(x->cl.gcs, x->opt->staging_bucket, filter_obj, f->buf, f->len,
                                "text/plain", NULL, &err);
-        if (g != GCS_OK) {
-            rc = fs_errno_gcs(g, &err);
+        if (g != CERR_OK) {
+            rc = errmap_errno(g);
             desc = describe(&err);
             *why = desc ? util_asprintf("uploading the filter to %s failed: %s", filter_uri, desc)
                         : NULL;
@@ -443,8 +444,8 @@ static int start_export(fs_ctx *x, export_file *f, const char *run, char **op_ou
         }
     }
     int h = hc_export(x->cl.hc, store, dest, tp->format->mime_type, filter_uri, op_out, &err);
-    if (h != HC_OK) {
-        rc = fs_errno_hc(h, &err);
+    if (h != CERR_OK) {
+        rc = errmap_errno(h);
         desc = describe(&err);
         *why = desc ? util_asprintf("starting the export of %s to %s failed: %s", store, dest, desc)
                     : NULL;
@@ -651,10 +652,10 @@ static void validate(export_file *f)
     memset(&ferr, 0, sizeof ferr);
     int p = filter_parse(f->buf ? f->buf : "", f->len, NULL, NULL, &f->n_paths, &ferr);
     f->dirty = false;
-    f->valid = p == FILTER_OK;
-    if (p == FILTER_OK)
+    f->valid = p == CERR_OK;
+    if (p == CERR_OK)
         return;
-    if (p != FILTER_ERR_SYNTAX) {
+    if (p != CERR_MALFORMED) {
         f->dirty = true; /* out of memory: check again next time */
         log_error("%s/%s/export/%s/%s: cannot check the filter: out of memory", tp->dataset,
                   tp->store, tp->format->dir, tp->name);
@@ -905,17 +906,17 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
     }
     char *json = NULL;
     size_t len = 0;
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = hc_operation_get(x->cl.hc, op, &json, &len, &err);
     int result = 0;
-    if (rc != HC_OK) {
+    if (rc != CERR_OK) {
         log_error("%s/%s/export/%s/%s: checking %s failed: %s", tp->dataset, tp->store,
                   tp->format->dir, tp->name, op, err.message);
-        result = fs_errno_hc(rc, &err);
+        result = errmap_errno(rc);
     } else {
         hc_operation o;
         memset(&o, 0, sizeof o);
-        if (hc_operation_parse(json, len, &o) == HC_OK && o.done) {
+        if (hc_operation_parse(json, len, &o) == CERR_OK && o.done) {
             if (o.has_error) {
                 log_error("%s/%s/export/%s/%s: %s failed: %s", tp->dataset, tp->store,
                           tp->format->dir, tp->name, op,
@@ -989,8 +990,8 @@ static int out_list_cb(void *ctx, const gcs_object *obj, const char *prefix)
         return 0; /* cannot be shown as a path */
     for (const char *s = strchr(rel, '/'); s; s = strchr(s + 1, '/'))
         if (add_item(oc, rel, (size_t)(s - rel), true, 0))
-            return -ENOMEM;
-    return add_item(oc, rel, strlen(rel), false, obj->size);
+            return CERR_NOMEM;
+    return add_item(oc, rel, strlen(rel), false, obj->size) ? CERR_NOMEM : 0;
 }
 
 static int cmp_item(const void *a, const void *b)
@@ -1027,10 +1028,10 @@ static int fetch_out(void *ctx, dircache_list *out)
     if (!slashed)
         return -ENOMEM;
     struct out_collect oc = {strlen(slashed), NULL, 0, 0};
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = gcs_list(x->cl.gcs, x->opt->export_bucket, slashed, NULL, out_list_cb, &oc, &err);
-    if (rc != GCS_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_gcs(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         log_error("%s/%s/export/%s/%s: listing gs://%s/%s failed: %s", tp->dataset, tp->store,
                   tp->format->dir, tp->name, x->opt->export_bucket, slashed, err.message);
         rc = e;
@@ -1348,10 +1349,10 @@ int export_out_open(fs_ctx *x, const tree_path *tp, int *fdp)
         return rc;
     }
     uint64_t written = 0;
-    http_error err = {0};
+    cerr_detail err = {0};
     int g = gcs_download_fd(x->cl.gcs, x->opt->export_bucket, obj, 0, 0, fd, 0, &written, &err);
-    if (g != GCS_OK) {
-        rc = fs_errno_gcs(g, &err);
+    if (g != CERR_OK) {
+        rc = errmap_errno(g);
         log_error("%s/%s/export/%s/%s: %s: downloading gs://%s/%s failed: %s", tp->dataset,
                   tp->store, tp->format->dir, tp->name, tp->rest, x->opt->export_bucket, obj,
                   err.message);

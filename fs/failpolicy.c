@@ -7,19 +7,19 @@
 
 #define RETRY_NOTE "retrying with backoff (at most every 60 s)"
 
-void fp_http_cause(const http_error *e, const char *what, const char *bucket, char *cause,
+void fp_http_cause(const cerr_detail *e, const char *what, const char *bucket, char *cause,
                    size_t len)
 {
     const char *msg = e->message[0] ? e->message : e->status;
-    switch (e->kind) {
-    case HTTP_KIND_CREDENTIALS:
+    switch (e->cls) {
+    case CERR_AUTH:
         snprintf(cause, len,
                  "the credentials were refused while %s (%s): run `gcloud auth "
                  "application-default login` or fix -o credentials=FILE (the file is read again "
                  "when it changes); " RETRY_NOTE,
                  what, msg);
         return;
-    case HTTP_KIND_TOKEN:
+    case CERR_TOKEN:
         snprintf(cause, len, "no access token while %s (%s): check the network; " RETRY_NOTE, what,
                  msg);
         return;

@@ -21,7 +21,7 @@
 
 /* The cause and fix of a failed upload, import start, poll or check
  * (what: "uploading to gs://B/O", "starting the import of gs://B/P/..."). */
-void fp_http_cause(const http_error *e, const char *what, const char *bucket, char *cause,
+void fp_http_cause(const cerr_detail *e, const char *what, const char *bucket, char *cause,
                    size_t len);
 
 /* An import operation finished with error code (google.rpc.Code) and

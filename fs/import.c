@@ -1056,7 +1056,7 @@ static int validate(import_mgr *m, handle *h)
         rc = -errno;
         what = "cannot stat the spool file";
     }
-    int drc = rc == 0 ? dicom_parse_fd(h->fd, &info, why, sizeof why) : DICOM_OK;
+    int drc = rc == 0 ? dicom_parse_fd(h->fd, &info, why, sizeof why) : CERR_OK;
     pthread_mutex_lock(&m->lock);
     if (!n->visible || n->gen != gen) {
         /* Unlinked or replaced while open: nothing to accept. Or written
@@ -1069,7 +1069,7 @@ static int validate(import_mgr *m, handle *h)
         pthread_mutex_unlock(&m->lock);
         return rc;
     }
-    if (drc != DICOM_OK) {
+    if (drc != CERR_OK) {
         if (!*why)
             snprintf(why, sizeof why, "%s", sb.st_size == 0 ? "empty file" : dicom_strerror(drc));
         rc = check_failed(n, -EINVAL, "not a DICOM Part-10 file: %s", why);

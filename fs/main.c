@@ -40,9 +40,11 @@ static int stop_first_obj(void *c, const gcs_object *obj, const char *prefix)
     return 1;
 }
 
-static bool unreachable(const http_error *err)
+/* No answer from the server: no connection, no time left, or no token. */
+static bool unreachable(int rc, const cerr_detail *err)
 {
-    return err->http_status == 0;
+    return err->http_status == 0 &&
+           (rc == CERR_NETWORK || rc == CERR_TIMEOUT || rc == CERR_AUTH || rc == CERR_TOKEN);
 }
 
 static int check_token(fs_clients *cl, char *msg, size_t len)
@@ -50,12 +52,12 @@ static int check_token(fs_clients *cl, char *msg, size_t len)
     if (auth_provider_kind(cl->auth) == AUTH_KIND_NONE)
         return 0;
     char tok[4096];
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = auth_get_token(cl->auth, tok, sizeof tok, false, &err);
     memset(tok, 0, sizeof tok); /* never kept, never logged */
     if (rc == 0)
         return 0;
-    if (rc == AUTH_ERR_TRANSPORT || (unreachable(&err) && rc != AUTH_ERR_REJECTED))
+    if (rc == CERR_NETWORK || rc == CERR_UNAVAILABLE || (err.http_status == 0 && rc != CERR_AUTH))
         snprintf(msg, len, "cannot reach the token endpoint: %s", err.message);
     else
         snprintf(msg, len, "credentials rejected: %s%s%s", err.status, err.status[0] ? ": " : "",
@@ -65,7 +67,7 @@ static int check_token(fs_clients *cl, char *msg, size_t len)
 
 static int check_source(const fs_options *o, fs_clients *cl, char *msg, size_t len)
 {
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc;
     if (o->dataset) {
         char *json = NULL;
@@ -74,19 +76,19 @@ static int check_source(const fs_options *o, fs_clients *cl, char *msg, size_t l
     } else {
         rc = hc_datasets_list(cl->hc, o->location, stop_first, NULL, &err);
         if (rc == 1)
-            rc = HC_OK;
+            rc = CERR_OK;
     }
-    if (rc == HC_OK)
+    if (rc == CERR_OK)
         return 0;
     const char *ep = hc_client_endpoint(cl->hc);
-    if (rc == HC_ERR_HTTP && unreachable(&err))
+    if (unreachable(rc, &err))
         snprintf(msg, len, "cannot reach the Healthcare API at %s: %s", ep, err.message);
-    else if (rc == HC_ERR_HTTP && err.http_status == 404)
+    else if (rc == CERR_NOT_FOUND)
         snprintf(msg, len, "%s does not exist (%s): %s", o->source, ep, err.message);
-    else if (rc == HC_ERR_HTTP && (err.http_status == 401 || err.http_status == 403))
+    else if (rc == CERR_PERMISSION || rc == CERR_AUTH)
         snprintf(msg, len, "access to %s denied (HTTP %ld): %s", o->source, err.http_status,
                  err.message);
-    else if (rc == HC_ERR_HTTP)
+    else if (err.http_status >= 400)
         snprintf(msg, len, "checking %s failed (HTTP %ld %s): %s", o->source, err.http_status,
                  err.status, err.message);
     else
@@ -97,7 +99,7 @@ static int check_source(const fs_options *o, fs_clients *cl, char *msg, size_t l
 static int check_bucket(const char *what, const char *bucket, const char *prefix, fs_clients *cl,
                         char *msg, size_t len)
 {
-    http_error err = {0};
+    cerr_detail err = {0};
     char *p = *prefix ? util_asprintf("%s/", prefix) : strdup("");
     if (!p) {
         snprintf(msg, len, "out of memory");
@@ -105,14 +107,14 @@ static int check_bucket(const char *what, const char *bucket, const char *prefix
     }
     int rc = gcs_list(cl->gcs, bucket, p, "/", stop_first_obj, NULL, &err);
     free(p);
-    if (rc == GCS_OK || rc == 1)
+    if (rc == CERR_OK || rc == 1)
         return 0;
     const char *ep = gcs_client_endpoint(cl->gcs);
-    if (rc == GCS_ERR_HTTP && unreachable(&err))
+    if (unreachable(rc, &err))
         snprintf(msg, len, "cannot reach Cloud Storage at %s: %s", ep, err.message);
-    else if (rc == GCS_ERR_HTTP && err.http_status == 404)
+    else if (rc == CERR_NOT_FOUND)
         snprintf(msg, len, "%s bucket gs://%s does not exist (%s)", what, bucket, ep);
-    else if (rc == GCS_ERR_HTTP && (err.http_status == 401 || err.http_status == 403))
+    else if (rc == CERR_PERMISSION || rc == CERR_AUTH)
         snprintf(msg, len, "access to the %s bucket gs://%s denied: %s", what, bucket, err.message);
     else
         snprintf(msg, len, "checking the %s bucket gs://%s failed (HTTP %ld): %s", what, bucket,

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "errmap.h"
 #include "journal.h"
 #include "log.h"
 #include "util.h"
@@ -46,7 +47,7 @@ static int64_t op_mtime(const char *json, size_t len)
     hc_operation o;
     memset(&o, 0, sizeof o);
     int64_t t = 0;
-    if (hc_operation_parse(json, len, &o) == HC_OK)
+    if (hc_operation_parse(json, len, &o) == CERR_OK)
         t = rfc3339_seconds(o.end_time && *o.end_time ? o.end_time : o.create_time);
     hc_operation_clear(&o);
     return t;
@@ -83,7 +84,7 @@ static int list_cb(void *ctx, const char *name, const char *json)
     if (tree_op_file_name(name, file, sizeof file) != 0)
         return 0; /* an id too long for a file name: cannot be shown */
     int64_t mtime = op_mtime(json, strlen(json));
-    return dircache_list_add_mtime(&lc->l, file, false, content_size(json), mtime) ? -ENOMEM : 0;
+    return dircache_list_add_mtime(&lc->l, file, false, content_size(json), mtime) ? CERR_NOMEM : 0;
 }
 
 /* The operations of one dataset. */
@@ -101,11 +102,11 @@ static int fetch_dataset(void *c, dircache_list *out)
         return -ENOMEM;
     struct list_ctx lc;
     dircache_list_init(&lc.l);
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = hc_operations_list(src->x->cl.hc, ds, list_cb, &lc, &err);
     free(ds);
-    if (rc != HC_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         log_error("%s/operations: listing operations failed: %s", src->ds_id, err.message);
         dircache_list_clear(&lc.l);
         return e;
@@ -128,10 +129,10 @@ static int get_op(fs_ctx *x, const char *ds_id, const char *file, char **data, s
         return -ENOMEM;
     char *json = NULL;
     size_t jlen = 0;
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = hc_operation_get(x->cl.hc, op, &json, &jlen, &err);
-    if (rc != HC_OK) {
-        int e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         if (e != -ENOENT)
             log_error("%s: getting the operation failed: %s", op, err.message);
         free(op);

@@ -227,7 +227,7 @@ static int parse_gs(const char *what, const char *uri, char **bucket, char **pre
                     size_t errlen)
 {
     char *b = NULL, *p = NULL;
-    if (gcs_parse_uri(uri, &b, &p) != GCS_OK || !b || !*b) {
+    if (gcs_parse_uri(uri, &b, &p) != CERR_OK || !b || !*b) {
         free(b);
         free(p);
         return fail(err, errlen, "bad %s '%s': expected gs://BUCKET/PREFIX", what, uri);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "deadline.h"
+#include "errmap.h"
 #include "import.h"
 #include "log.h"
 #include "node.h"
@@ -30,7 +31,7 @@ static int name_list_cb(void *c, const char *name, const char *json)
         log_warn("%s: hidden behind the fixed directory of the same name", name);
         return 0;
     }
-    return dircache_list_add(&nl->l, leaf, true, 0) ? -ENOMEM : 0;
+    return dircache_list_add(&nl->l, leaf, true, 0) ? CERR_NOMEM : 0;
 }
 
 /* Key of the listing of the root (NULL ds) or of a dataset. */
@@ -51,7 +52,7 @@ static int fetch_names(void *c, dircache_list *out)
     fs_ctx *x = src->x;
     struct name_list nl = {.stores = src->ds_id != NULL};
     dircache_list_init(&nl.l);
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc;
     char *ds = NULL;
     if (src->ds_id) {
@@ -62,8 +63,8 @@ static int fetch_names(void *c, dircache_list *out)
     } else {
         rc = hc_datasets_list(x->cl.hc, x->opt->location, name_list_cb, &nl, &err);
     }
-    if (rc != HC_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         if (e != -ENOENT)
             log_error("%s: listing %s failed: %s", ds ? ds : x->opt->location,
                       ds ? "DICOM stores" : "datasets", err.message);
@@ -187,10 +188,10 @@ static int create_dataset(fs_ctx *x, const char *path, const char *id)
     if (listed(x, NULL, id) == 0)
         return -EEXIST;
     char *op = NULL;
-    http_error err = {0};
+    cerr_detail err = {0};
     int rc = hc_dataset_create(x->cl.hc, x->opt->location, id, &op, &err);
-    if (rc != HC_OK) {
-        int e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         log_error("%s: creating dataset %s failed: %s", path, id, err.message);
         return e;
     }
@@ -198,11 +199,11 @@ static int create_dataset(fs_ctx *x, const char *path, const char *id)
     memset(&o, 0, sizeof o);
     rc = hc_operation_wait(x->cl.hc, op, 300, &o, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: waiting for %s failed: %s", path, op, err.message);
     } else if (o.has_error) {
-        e = fs_errno_rpc(o.error_code);
+        e = errmap_rpc_errno(o.error_code);
         log_error("%s: creating dataset %s failed: %s", path, id,
                   o.error_message ? o.error_message : "(no message)");
     } else {
@@ -226,11 +227,11 @@ static int create_store(fs_ctx *x, const char *path, const tree_path *tp)
     char *ds = fs_dataset_name(x, tp->dataset);
     if (!ds)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_store_create(x->cl.hc, ds, tp->store, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: creating DICOM store %s failed: %s", path, tp->store, err.message);
     } else {
         log_info("%s: DICOM store created", path);
@@ -261,11 +262,11 @@ static int delete_dataset(fs_ctx *x, const char *path, const tree_path *tp)
     char *ds = fs_dataset_name(x, tp->dataset);
     if (!ds)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_dataset_delete(x->cl.hc, ds, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: deleting dataset %s failed: %s", path, ds, err.message);
     } else {
         log_info("%s: dataset %s deleted (allow_delete)", path, ds);
@@ -283,11 +284,11 @@ static int delete_store(fs_ctx *x, const char *path, const tree_path *tp)
     char *store = fs_store_name(x, tp->dataset, tp->store);
     if (!store)
         return -ENOMEM;
-    http_error err = {0};
+    cerr_detail err = {0};
     rc = hc_store_delete(x->cl.hc, store, &err);
     int e = 0;
-    if (rc != HC_OK) {
-        e = fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        e = errmap_errno(rc);
         log_error("%s: deleting DICOM store %s failed: %s", path, store, err.message);
     } else {
         log_info("%s: DICOM store %s deleted (allow_delete)", path, store);

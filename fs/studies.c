@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errmap.h"
 #include "filter.h"
 #include "log.h"
 #include "util.h"
@@ -143,7 +144,7 @@ static int collect_cb(void *ctx, const char *uid, const char *json)
     char name[TREE_NAME_MAX + 1];
     snprintf(name, sizeof name, "%s%s", uid, inst ? ".dcm" : "");
     int64_t mtime = inst || !json ? 0 : dir_mtime(c->depth, json);
-    return dircache_list_add_mtime(&c->l, name, !inst, 0, mtime) ? -ENOMEM : 0;
+    return dircache_list_add_mtime(&c->l, name, !inst, 0, mtime) ? CERR_NOMEM : 0;
 }
 
 /* Listings come out of the cache sorted by name. */
@@ -186,13 +187,13 @@ static int fetch_level(void *ctx, dircache_list *out)
     char *path = search_path(src->sp, src->depth);
     struct collect c = {.depth = src->depth};
     dircache_list_init(&c.l);
-    http_error err = {0};
+    cerr_detail err = {0};
     /* SeriesDate/SeriesTime are not among the default series fields */
     const char *query = src->depth == 1 ? "includefield=00080021&includefield=00080031" : NULL;
     int rc = store && path ? hc_dicomweb_search(x->cl.hc, store, path, query, collect_cb, &c, &err)
                            : -ENOMEM;
-    if (rc != HC_OK) {
-        int e = rc == -ENOMEM ? -ENOMEM : fs_errno_hc(rc, &err);
+    if (rc != CERR_OK) {
+        int e = errmap_errno(rc);
         if (e != -ENOENT)
             log_error("%s/%s/studies/%s: DICOMweb search %s failed: %s", tp->dataset, tp->store,
                       tp->rest, path ? path : "", err.message);
@@ -236,7 +237,7 @@ typedef struct size_job {
     size_t next;
     size_t learned, failed;
     bool unsupported; /* the API answered 400/501: no getStorageInfo */
-    http_error last;  /* the last failure */
+    cerr_detail last; /* the last failure */
 } size_job;
 
 static void *size_worker(void *arg)
@@ -258,13 +259,13 @@ static void *size_worker(void *arg)
         if (n > 4)
             uid[n - 4] = '\0'; /* ".dcm" */
         uint64_t size = 0;
-        http_error err = {0};
+        cerr_detail err = {0};
         int rc = hc_dicomweb_instance_size(j->x->cl.hc, j->store, j->sp->study, j->sp->series, uid,
                                            &size, &err);
-        if (rc == HC_OK)
+        if (rc == CERR_OK)
             j->l->v[i].size = size; /* each worker writes its own (claimed) entry */
         pthread_mutex_lock(&j->lock);
-        if (rc == HC_OK) {
+        if (rc == CERR_OK) {
             j->learned++;
         } else {
             j->failed++;
@@ -428,12 +429,12 @@ int studies_open(fs_ctx *x, const tree_path *tp, int *fdp)
         return rc;
     }
     uint64_t written = 0;
-    http_error err = {0};
+    cerr_detail err = {0};
     int h = hc_dicomweb_retrieve_instance(x->cl.hc, store, sp.study, sp.series, sp.instance, fd,
                                           &written, &err);
     free(store);
-    if (h != HC_OK) {
-        rc = fs_errno_hc(h, &err);
+    if (h != CERR_OK) {
+        rc = errmap_errno(h);
         log_error("%s/%s/studies/%s: retrieving the instance failed: %s", tp->dataset, tp->store,
                   tp->rest, err.message);
         close(fd);
@@ -484,12 +485,10 @@ int studies_unlink(fs_ctx *x, const tree_path *tp)
     char *store = fs_store_name(x, tp->dataset, tp->store);
     char *path =
         util_asprintf("studies/%s/series/%s/instances/%s", sp.study, sp.series, sp.instance);
-    http_error err = {0};
-    int h = store && path ? hc_dicomweb_delete(x->cl.hc, store, path, NULL, &err) : HC_ERR_NOMEM;
-    if (h == HC_ERR_NOMEM)
-        rc = -ENOMEM;
-    else if (h != HC_OK && err.http_status != 404)
-        rc = fs_errno_hc(h, &err);
+    cerr_detail err = {0};
+    int h = store && path ? hc_dicomweb_delete(x->cl.hc, store, path, NULL, &err) : CERR_NOMEM;
+    if (h != CERR_OK && h != CERR_NOT_FOUND) /* not found: gone already */
+        rc = errmap_errno(h);
     if (rc)
         log_error("%s/%s/studies/%s: DICOMweb DELETE failed: %s", tp->dataset, tp->store, tp->rest,
                   err.message);

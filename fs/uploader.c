@@ -192,7 +192,7 @@ static void store_resume(store_st *st)
 }
 
 /* Pauses the store for a failed call (lock held). */
-static void store_pause_http(import_mgr *m, store_st *st, const http_error *e, const char *what)
+static void store_pause_http(import_mgr *m, store_st *st, const cerr_detail *e, const char *what)
 {
     char cause[900];
     fp_http_cause(e, what, m->bucket, cause, sizeof cause);
@@ -214,7 +214,7 @@ typedef struct job_ctx {
     char *label; /* "STORE/PATH" for log lines */
 } job_ctx;
 
-static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
+static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, cerr_detail *err)
 {
     memset(err, 0, sizeof *err);
     int fd = spool_open_file(m->sp, j->id, O_RDONLY);
@@ -233,7 +233,7 @@ static int do_upload(import_mgr *m, job_ctx *j, uint64_t *size, http_error *err)
     int rc = gcs_upload_fd(m->gcs, m->bucket, j->object, fd, *size, "application/dicom", &obj, err);
     gcs_object_clear(&obj);
     close(fd);
-    return rc == GCS_OK ? 0 : -EAGAIN;
+    return rc == CERR_OK ? 0 : -EAGAIN;
 }
 
 typedef struct uid_list {
@@ -272,14 +272,14 @@ static void fetch_study(import_mgr *m, const char *store_name, const char *study
     uint64_t token = present_begin(m->present, store_name, study_uid);
     pthread_mutex_unlock(&m->lock);
     uid_list l = {0};
-    http_error err;
+    cerr_detail err;
     memset(&err, 0, sizeof err);
     int rc =
         store && study && path
             ? hc_dicomweb_search(m->hc, store, path, "includefield=00080018", collect_uid, &l, &err)
-            : HC_ERR_NOMEM;
-    bool ok = rc == HC_OK && !l.oom;
-    if (!ok && rc == HC_ERR_HTTP && err.http_status == 404)
+            : CERR_NOMEM;
+    bool ok = rc == CERR_OK && !l.oom;
+    if (!ok && rc == CERR_NOT_FOUND)
         ok = true; /* no such study: it holds nothing */
     if (!ok)
         log_warn("import: %s: cannot list the instances of study %s (HTTP %ld %s): its files are "
@@ -331,7 +331,7 @@ static bool check_present(import_mgr *m, node *n)
 }
 
 static void upload_done(import_mgr *m, node *n, job_ctx *j, int rc, uint64_t size,
-                        const http_error *err, double now)
+                        const cerr_detail *err, double now)
 {
     if (rc == 0) {
         store_resume(n->st);
@@ -440,10 +440,11 @@ static void flush_and_release(import_mgr *m)
 int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *store,
                   const char *study, const char *series, const char *sop, int fd)
 {
-    http_error err;
+    cerr_detail err;
     memset(&err, 0, sizeof err);
     uint64_t written = 0;
-    if (staged && gcs_download_fd(m->gcs, m->bucket, object, 0, 0, fd, 0, &written, &err) == GCS_OK)
+    if (staged &&
+        gcs_download_fd(m->gcs, m->bucket, object, 0, 0, fd, 0, &written, &err) == CERR_OK)
         return 0;
     /* Imported meanwhile (its staged object deleted), or imported/present. */
     if (ftruncate(fd, 0) < 0)
@@ -452,13 +453,13 @@ int up_fetch_copy(import_mgr *m, const char *object, bool staged, const char *st
         return -ENOENT;
     memset(&err, 0, sizeof err);
     int rc = hc_dicomweb_retrieve_instance(m->hc, store, study, series, sop, fd, &written, &err);
-    if (rc != HC_OK)
+    if (rc != CERR_OK)
         log_warn("import: reading back %s from the store failed (HTTP %ld %s)", sop,
                  err.http_status, err.message);
-    return rc == HC_OK ? 0 : -EIO;
+    return rc == CERR_OK ? 0 : -EIO;
 }
 
-static void delete_done(import_mgr *m, node *n, int rc, const http_error *err, double now)
+static void delete_done(import_mgr *m, node *n, int rc, const cerr_detail *err, double now)
 {
     if (rc != 0 && err->http_status != 404) {
         log_warn("import: %s/%s: cannot delete staged object (HTTP %ld %s), retrying", n->st->name,
@@ -539,7 +540,7 @@ static void *worker_main(void *arg)
         m->active++;
         pthread_mutex_unlock(&m->lock);
 
-        http_error err;
+        cerr_detail err;
         memset(&err, 0, sizeof err);
         uint64_t size = 0;
         int rc = 0;
@@ -550,7 +551,7 @@ static void *worker_main(void *arg)
         else if (j.kind == JOB_RELEASE)
             rc = 0; /* done below, with the journal record first */
         else if (j.staged)
-            rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == GCS_OK ? 0 : -EIO;
+            rc = gcs_delete(m->gcs, m->bucket, j.object, &err) == CERR_OK ? 0 : -EIO;
 
         pthread_mutex_lock(&m->lock);
         now = util_now_s();
@@ -630,7 +631,7 @@ static int streams_active(import_mgr *m)
 
 /* The final chunk came back (lock held). The file was busy meanwhile, like
  * a worker's upload job: this is upload_done for a stream. */
-static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error *err)
+static void stream_finished(import_mgr *m, upstream *s, int rc, const cerr_detail *err)
 {
     node *n = s->n;
     s->n = NULL;
@@ -640,10 +641,10 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
     n->busy = false;
     n->staged = true; /* even after an error the final chunk may have landed */
     double now = util_now_s();
-    if (rc == GCS_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
+    if (rc == CERR_OK && n->state == ST_ACCEPTED && n->gen == s->final_gen && !n->dirty) {
         imp_node_to(m, n, ST_UPLOADED, s->final_size);
         log_info("import: %s: streamed upload of %" PRIu64 " bytes done", s->label, s->final_size);
-    } else if (rc != GCS_OK) {
+    } else if (rc != CERR_OK) {
         log_warn("import: %s: streamed upload to gs://%s/%s failed (HTTP %ld %s): uploading the "
                  "file again",
                  s->label, m->bucket, s->object, err->http_status, err->message);
@@ -657,7 +658,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const http_error
 
 /* The session failed before the file was accepted (lock held): the file
  * goes on as if it never streamed. */
-static void stream_failed(import_mgr *m, upstream *s, const http_error *err)
+static void stream_failed(import_mgr *m, upstream *s, const cerr_detail *err)
 {
     node *n = s->n;
     if (!n)
@@ -673,10 +674,10 @@ static void *stream_main(void *arg)
     upstream *s = arg;
     import_mgr *m = s->m;
     lower_priority(); /* like the workers: the copy in comes first */
-    http_error err;
+    cerr_detail err;
     memset(&err, 0, sizeof err);
     gcs_stream *gs = NULL;
-    int rc = GCS_ERR_IO;
+    int rc = CERR_IO;
     bool final = false;
     int fd = spool_open_file(m->sp, s->id, O_RDONLY);
     if (fd < 0)
@@ -684,7 +685,7 @@ static void *stream_main(void *arg)
     else
         rc = gcs_stream_begin(m->gcs, m->bucket, s->object, "application/dicom", &gs, &err);
     pthread_mutex_lock(&m->lock);
-    while (rc == GCS_OK && !s->dropped && !m->stop) {
+    while (rc == CERR_OK && !s->dropped && !m->stop) {
         uint64_t at = gcs_stream_offset(gs);
         if (s->finishing && s->final_size - at > STREAM_MAX_PUT) {
             /* The rest in chunks too: a request body beyond what a server
@@ -705,7 +706,7 @@ static void *stream_main(void *arg)
             gcs_object_clear(&obj);
             pthread_mutex_lock(&m->lock);
             stream_finished(m, s, rc, &err);
-            final = rc == GCS_OK;
+            final = rc == CERR_OK;
             break;
         }
         if (s->avail - at < STREAM_CHUNK) {
@@ -717,9 +718,9 @@ static void *stream_main(void *arg)
         rc = gcs_stream_put(gs, fd, end, &err);
         pthread_mutex_lock(&m->lock);
     }
-    if (rc != GCS_OK && s->finishing)
+    if (rc != CERR_OK && s->finishing)
         stream_finished(m, s, rc, &err); /* the workers upload it again */
-    else if (rc != GCS_OK)
+    else if (rc != CERR_OK)
         stream_failed(m, s, &err);
     if (s->n) {
         /* Stopping: the file stays as it is (an accepted one is in the
@@ -868,26 +869,25 @@ static void seal(import_mgr *m, batch *b, double now)
 /* Starts the import of batch id, or adopts the operation of an earlier
  * start whose answer was lost (adopt.h); journals the operation (unlocked). */
 static int start_or_adopt(import_mgr *m, const char *id, const char *store, const char *uri,
-                          char **op, http_error *err)
+                          char **op, cerr_detail *err)
 {
     if (!store || !uri)
-        return HC_ERR_NOMEM;
+        return CERR_NOMEM;
     time_t lost = adopt_intent_get(m->j, id);
     int found = lost ? adopt_lost_import(m->hc, m->j, store, lost, op, err) : 0;
-    if (found < 0)
-        return HC_ERR_HTTP; /* cannot tell: do not start a second one */
-    int rc = HC_OK;
+    if (found < 0) /* cannot tell: do not start a second one */
+        return err->cls ? err->cls : CERR_NOMEM;
+    int rc = CERR_OK;
     if (!found) {
         if (adopt_intent_put(m->j, id, time(NULL)) != 0) {
-            snprintf(err->message, sizeof err->message, "cannot journal the import start");
-            return HC_ERR_IO;
+            return cerr_set(err, CERR_IO, 0, "", "cannot journal the import start");
         }
         rc = hc_import(m->hc, store, uri, op, err);
     }
-    if (rc == HC_OK && *op)
-        rc = journal_add_operation(m->j, store, *op, "import") == 0 ? HC_OK : HC_ERR_IO;
+    if (rc == CERR_OK && *op)
+        rc = journal_add_operation(m->j, store, *op, "import") == 0 ? CERR_OK : CERR_IO;
     /* Keep the intent while the start may have happened untracked. */
-    if (rc == HC_OK || (rc != HC_ERR_IO && !adopt_maybe_started(rc, err)))
+    if (rc == CERR_OK || (rc != CERR_IO && !adopt_maybe_started(rc)))
         adopt_intent_del(m->j, id);
     return rc;
 }
@@ -902,12 +902,12 @@ static void start_import(import_mgr *m, batch *b)
     memcpy(id, b->id, sizeof id);
     pthread_mutex_unlock(&m->lock);
     char *op = NULL;
-    http_error err;
+    cerr_detail err;
     memset(&err, 0, sizeof err);
     int rc = start_or_adopt(m, id, store, uri, &op, &err);
     pthread_mutex_lock(&m->lock);
     double now = util_now_s();
-    if (rc == HC_OK && op) {
+    if (rc == CERR_OK && op) {
         b->op = op;
         op = NULL;
         b->state = B_IMPORTING;
@@ -977,16 +977,16 @@ static void verify(import_mgr *m, batch *b)
         n->busy = true; /* keeps n alive while unlocked */
         pthread_mutex_unlock(&m->lock);
         int found = 0;
-        http_error err;
+        cerr_detail err;
         memset(&err, 0, sizeof err);
         int rc = store && q
                      ? hc_dicomweb_search(m->hc, store, "instances", q, count_result, &found, &err)
-                     : HC_ERR_NOMEM;
+                     : CERR_NOMEM;
         free(store);
         free(q);
         pthread_mutex_lock(&m->lock);
         n->busy = false;
-        if (rc != HC_OK) {
+        if (rc != CERR_OK) {
             log_warn("import: batch %s: cannot check which files arrived (HTTP %ld %s), "
                      "retrying",
                      b->id, err.http_status, err.message);
@@ -1045,18 +1045,18 @@ static void poll_op(import_mgr *m, batch *b)
     pthread_mutex_unlock(&m->lock);
     char *json = NULL;
     size_t len = 0;
-    http_error err;
+    cerr_detail err;
     memset(&err, 0, sizeof err);
     hc_operation op;
     memset(&op, 0, sizeof op);
-    int rc = op_name ? hc_operation_get(m->hc, op_name, &json, &len, &err) : HC_ERR_NOMEM;
-    if (rc == HC_OK)
+    int rc = op_name ? hc_operation_get(m->hc, op_name, &json, &len, &err) : CERR_NOMEM;
+    if (rc == CERR_OK)
         rc = hc_operation_parse(json, len, &op);
     free(json);
     pthread_mutex_lock(&m->lock);
     double now = util_now_s();
     char cause[900];
-    if (rc == HC_ERR_HTTP && err.http_status == 404 && err.kind == HTTP_KIND_SERVER) {
+    if (rc == CERR_NOT_FOUND) {
         /* Expired or deleted with its dataset: which files arrived? */
         log_warn("import: %s: operation %s is gone (404): checking each file of batch %s and "
                  "importing the missing ones again",
@@ -1065,8 +1065,8 @@ static void poll_op(import_mgr *m, batch *b)
         b->reimport = true;
         b->backoff = POLL_FIRST_S;
         verify(m, b);
-    } else if (rc != HC_OK || !op.done) {
-        if (rc != HC_OK) {
+    } else if (rc != CERR_OK || !op.done) {
+        if (rc != CERR_OK) {
             log_warn("import: %s: cannot read operation %s (HTTP %ld %s), retrying", b->st->name,
                      b->op, err.http_status, err.message);
             char what[400];
@@ -1079,7 +1079,7 @@ static void poll_op(import_mgr *m, batch *b)
          * the counters predict an earlier end, the next poll goes just after
          * it (+ POLL_FIRST_S), so a batch's end is not seen up to 1 s late:
          * with imports=1 and many batches those seconds add up. */
-        double eta = rc == HC_OK ? op_eta(b, &op, now) : -1;
+        double eta = rc == CERR_OK ? op_eta(b, &op, now) : -1;
         double wait = b->backoff;
         if (eta >= 0 && eta + POLL_FIRST_S < wait)
             wait = eta + POLL_FIRST_S;

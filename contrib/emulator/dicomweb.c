@@ -1024,7 +1024,7 @@ static void stow_rs(emu_response *w, const emu_request *r, const char *version,
                      "application/dicom)",
                      type);
         } else if (multipart_parse(body, len, boundary, stow_part, &s, why, sizeof why) !=
-                   MULTIPART_OK) {
+                   CERR_OK) {
             status = 400;
         }
         free(boundary);

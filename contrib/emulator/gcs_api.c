@@ -724,10 +724,10 @@ static void upload_multipart(emu_ctx *ctx, const emu_request *r, emu_response *w
     char why[160] = "";
     int prc = multipart_parse(b.data, b.len, boundary, mp_collect, &m, why, sizeof(why));
     free(boundary);
-    if (prc != MULTIPART_OK || m.n != 2) {
+    if (prc != CERR_OK || m.n != 2) {
         body_put(&b);
         emu_resp_gcs_error(w, 400, "invalid", "Malformed multipart body (%s).",
-                           prc != MULTIPART_OK ? why : "expected metadata and media parts");
+                           prc != CERR_OK ? why : "expected metadata and media parts");
         return;
     }
     cJSON *meta = cJSON_ParseWithLength(m.part[0].body, m.part[0].body_len);

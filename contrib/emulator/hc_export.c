@@ -135,7 +135,7 @@ static int add_path(void *ctx, const filter_path *p)
     filter_set *fs = ctx;
     filter_path *nv = util_grow(fs->v, fs->n, &fs->cap, sizeof *nv, 16);
     if (!nv)
-        return FILTER_ERR_NOMEM;
+        return CERR_NOMEM;
     fs->v = nv;
     fs->v[fs->n++] = *p;
     return 0;
@@ -311,7 +311,7 @@ void hc_export_run(hc_job *job)
         memset(&fe, 0, sizeof fe);
         rc = filter_parse(data, len, add_path, &fs, NULL, &fe);
         free(data);
-        if (rc != FILTER_OK) {
+        if (rc != CERR_OK) {
             hc_op_fail(job->op, 3, "invalid filter file %s: line %zu, column %zu: %s", furi,
                        fe.line, fe.column, fe.message);
             goto out;

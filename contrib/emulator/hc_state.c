@@ -664,7 +664,7 @@ drop:
 
 static bool parse_failed(int rc, char *why, size_t whylen)
 {
-    if (rc == DICOM_OK)
+    if (rc == CERR_OK)
         return false;
     if (!why[0])
         snprintf(why, whylen, "%s", dicom_strerror(rc));

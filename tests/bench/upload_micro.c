@@ -53,11 +53,11 @@ static void *worker(void *ud)
                 close(fd);
             continue;
         }
-        http_error err;
+        cerr_detail err;
         int rc = gcs_upload_fd(j->gcs, j->bucket, obj, fd, (uint64_t)sb.st_size,
                                "application/dicom", NULL, &err);
         close(fd);
-        if (rc != GCS_OK) {
+        if (rc != CERR_OK) {
             fprintf(stderr, "%s: %s\n", obj, err.message);
             j->failed++;
         } else {

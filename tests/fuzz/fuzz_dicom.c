@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char why_mem[256], why_fd[256];
     int rc_mem = dicom_parse(data, size, &mem, why_mem, sizeof why_mem);
     /* Invariants of a successful parse. */
-    if (rc_mem == DICOM_OK) {
+    if (rc_mem == CERR_OK) {
         if (!mem.sop_instance_uid[0] || !mem.study_uid[0] || !mem.series_uid[0])
             abort();
         if (mem.meta_end < 132 || mem.meta_end > size)
@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc_fd = dicom_parse_fd(fd, &fdi, why_fd, sizeof why_fd);
         if (rc_fd != rc_mem)
             abort();
-        if (rc_mem == DICOM_OK && !same_info(&mem, &fdi))
+        if (rc_mem == CERR_OK && !same_info(&mem, &fdi))
             abort();
     }
     close(fd);

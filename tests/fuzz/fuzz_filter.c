@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = 0;
     filter_error err;
     int rc = filter_parse(s, size, check_path, NULL, &n, &err);
-    if (rc == FILTER_ERR_SYNTAX && (err.line == 0 || err.column == 0 || !err.message[0]))
+    if (rc == CERR_MALFORMED && (err.line == 0 || err.column == 0 || !err.message[0]))
         abort();
     /* The first line on its own. */
     const char *nl = memchr(s, '\n', size);
@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     filter_path p;
     size_t col = 0;
     char why[128];
-    if (filter_parse_line(s, len, &p, &col, why, sizeof why) == FILTER_OK)
+    if (filter_parse_line(s, len, &p, &col, why, sizeof why) == CERR_OK)
         check_path(NULL, &p);
     else if (col == 0 || col > len + 1)
         abort();

@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     gcs_object o;
     int rc = gcs_object_from_json((const char *)data, size, &o);
-    if (rc == GCS_OK) {
+    if (rc == CERR_OK) {
         if (!o.name)
             __builtin_trap(); /* name is required for success */
         (void)strlen(o.name);

@@ -10,7 +10,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     hc_operation op;
     int rc = hc_operation_parse((const char *)data, size, &op);
-    if (rc == HC_OK) {
+    if (rc == CERR_OK) {
         /* Every string that is set must be a readable C string. */
         if (op.name)
             (void)strlen(op.name);

@@ -298,7 +298,7 @@ typedef struct safx {
     auth_provider *p;
 } safx;
 
-static int safx_start(safx *t, const char *file, const char *email, char **where, http_error *err)
+static int safx_start(safx *t, const char *file, const char *email, char **where, cerr_detail *err)
 {
     env_reset();
     t->tu = token_url();
@@ -408,11 +408,11 @@ TEST(jwt_assertion_bad_key)
 TEST(service_account_flow)
 {
     char *where = NULL;
-    http_error err;
+    cerr_detail err;
     int base = testsrv_count(g_srv);
     safx t;
     CHECK_EQ_INT(safx_start(&t, "sa.json", "sa@proj-1.iam.gserviceaccount.com", &where, &err),
-                 AUTH_OK);
+                 CERR_OK);
     auth_provider *p = t.p;
     CHECK(p != NULL);
     if (!p)
@@ -426,7 +426,7 @@ TEST(service_account_flow)
 
     push_token("ya29.first-token", 3600, 0);
     char tok[2048];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.first-token");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
     const testsrv_req *rq = testsrv_get(g_srv, base);
@@ -454,23 +454,23 @@ TEST(service_account_flow)
 
     /* Cached: no second request. */
     push_token("ya29.second-token", 3600, 0);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.first-token");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
 
     /* A forced refresh (after the 1 s window) fetches exactly once ... */
     sleep_s(1.1);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.second-token");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
     /* ... and a second force right after it is answered from the new token. */
     push_token("ya29.third-token", 3600, 0);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.second-token");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
     /* Drain the unused canned reply so later tests start clean. */
     sleep_s(1.1);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.third-token");
 out:
     free(where);
@@ -479,24 +479,24 @@ out:
 
 TEST(refresh_near_expiry)
 {
-    http_error err;
+    cerr_detail err;
     safx t;
     CHECK_EQ_INT(safx_start(&t, "sa-exp.json", "exp@proj-1.iam.gserviceaccount.com", NULL, &err),
-                 AUTH_OK);
+                 CERR_OK);
     auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     /* 2 s lifetime: refreshed once less than 0.5 s (lifetime/4) remain. */
     push_token("ya29.short-1", 2, 0);
     push_token("ya29.short-2", 3600, 0);
     char tok[256];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.short-1");
     sleep_s(0.5);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.short-1");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
     sleep_s(1.2);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.short-2");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
     safx_end(&t);
@@ -513,7 +513,7 @@ typedef struct {
 static void *worker_main(void *arg)
 {
     worker *w = arg;
-    http_error err;
+    cerr_detail err;
     pthread_barrier_wait(w->bar);
     w->rc = auth_get_token(w->p, w->tok, sizeof w->tok, w->force, &err);
     return NULL;
@@ -536,10 +536,10 @@ static void run_workers(auth_provider *p, int n, bool force, worker *w)
 
 TEST(concurrent_single_refresh)
 {
-    http_error err;
+    cerr_detail err;
     safx t;
     CHECK_EQ_INT(safx_start(&t, "sa-conc.json", "conc@proj-1.iam.gserviceaccount.com", NULL, &err),
-                 AUTH_OK);
+                 CERR_OK);
     auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     /* A slow endpoint, so every thread arrives while the fetch is under way. */
@@ -550,7 +550,7 @@ TEST(concurrent_single_refresh)
     run_workers(p, 8, false, w);
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
     for (int i = 0; i < 8; i++) {
-        CHECK_EQ_INT(w[i].rc, AUTH_OK);
+        CHECK_EQ_INT(w[i].rc, CERR_OK);
         CHECK_EQ_STR(w[i].tok, "ya29.shared");
     }
     /* 10 threads whose requests all got 401: one refresh between them. */
@@ -558,13 +558,13 @@ TEST(concurrent_single_refresh)
     run_workers(p, 10, true, w);
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
     for (int i = 0; i < 10; i++) {
-        CHECK_EQ_INT(w[i].rc, AUTH_OK);
+        CHECK_EQ_INT(w[i].rc, CERR_OK);
         CHECK_EQ_STR(w[i].tok, "ya29.extra-a");
     }
     /* Consume the spare reply. */
     sleep_s(1.1);
     char tok[256];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     safx_end(&t);
 }
 
@@ -582,10 +582,10 @@ static void echo_invalid_grant(void *ctx, const testsrv_req *req, testsrv_reply 
 
 TEST(token_endpoint_rejects)
 {
-    http_error err;
+    cerr_detail err;
     safx t;
     CHECK_EQ_INT(safx_start(&t, "sa-rej.json", "rej@proj-1.iam.gserviceaccount.com", NULL, &err),
-                 AUTH_OK);
+                 CERR_OK);
     auth_provider *p = t.p;
     int base = testsrv_count(g_srv);
     testsrv_reply r = {.status = 400,
@@ -594,16 +594,16 @@ TEST(token_endpoint_rejects)
     testsrv_push(g_srv, &r);
     char tok[256];
     memset(&err, 0, sizeof err);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_ERR_REJECTED);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_AUTH);
     CHECK_EQ_INT(err.http_status, 400);
     CHECK(strstr(err.message, "Invalid JWT Signature") || strstr(err.message, "invalid_grant"));
-    CHECK_EQ_INT(testsrv_count(g_srv), base + 1);  /* 400 is not retried */
-    CHECK_EQ_INT(err.kind, HTTP_KIND_CREDENTIALS); /* a person must fix them */
+    CHECK_EQ_INT(testsrv_count(g_srv), base + 1); /* 400 is not retried */
+    CHECK_EQ_INT(err.cls, CERR_AUTH);             /* a person must fix them */
 
     /* A server that echoes the assertion: the message must not carry it. */
     testsrv_set_handler(g_srv, echo_invalid_grant, NULL);
     memset(&err, 0, sizeof err);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_ERR_REJECTED);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_AUTH);
     testsrv_set_handler(g_srv, NULL, NULL);
     const testsrv_req *rq = testsrv_get(g_srv, base + 1);
     char *as = rq ? form_field(rq->body, "assertion") : NULL;
@@ -630,13 +630,13 @@ TEST(credentials_file_read_again_when_changed)
     char *path = write_user(g_tmp, "relogin.json", tu);
     http_client *http = new_http();
     auth_provider *p = NULL;
-    http_error err;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), AUTH_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(auth_provider_new(path, http, &p, NULL, &err), CERR_OK);
     if (!p)
         goto out;
     push_token("ya29.first", 3599, 0);
     char tok[256];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.first");
     /* Replaced by a service account key (a new inode, as editors and gcloud do). */
     char *sa = write_sa("relogin-sa.json", "new@proj-1.iam.gserviceaccount.com", tu, 0600);
@@ -644,7 +644,7 @@ TEST(credentials_file_read_again_when_changed)
     int base = testsrv_count(g_srv);
     push_token("ya29.second", 3599, 0);
     sleep(2); /* past the force-refresh window */
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.second");
     CHECK_EQ_INT(auth_provider_kind(p), AUTH_KIND_SERVICE_ACCOUNT);
     const testsrv_req *rq = testsrv_get(g_srv, base);
@@ -665,8 +665,8 @@ TEST(authorized_user_flow)
     http_client *http = new_http();
     auth_provider *p = NULL;
     char *where = NULL;
-    http_error err;
-    CHECK_EQ_INT(auth_provider_new(path, http, &p, &where, &err), AUTH_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(auth_provider_new(path, http, &p, &where, &err), CERR_OK);
     if (!p)
         goto out;
     char want[512];
@@ -677,7 +677,7 @@ TEST(authorized_user_flow)
     int base = testsrv_count(g_srv);
     push_token("ya29.user-token", 3599, 0);
     char tok[256];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.user-token");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
     const testsrv_req *rq = testsrv_get(g_srv, base);
@@ -705,10 +705,10 @@ TEST(metadata_flow)
     http_client *http = new_http();
     auth_provider *p = NULL;
     char *where = NULL;
-    http_error err;
+    cerr_detail err;
     int base = testsrv_count(g_srv);
     push_metadata_token("ya29.meta-1", 3600, true);
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, &where, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, &where, &err), CERR_OK);
     if (!p)
         goto out;
     char want[128];
@@ -725,14 +725,14 @@ TEST(metadata_flow)
     }
     /* The probe's token is reused. */
     char tok[256];
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.meta-1");
     CHECK_EQ_INT(testsrv_count(g_srv), base + 1);
 
     /* A refresh answered without Metadata-Flavor is refused. */
     sleep_s(1.1);
     push_metadata_token("ya29.impostor", 3600, false);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_ERR_REJECTED);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_AUTH);
     CHECK(strstr(err.message, "Metadata-Flavor") != NULL);
     CHECK_EQ_INT(testsrv_count(g_srv), base + 2);
     rq = testsrv_get(g_srv, base + 1);
@@ -740,7 +740,7 @@ TEST(metadata_flow)
           strcmp(testsrv_req_header(rq, "Metadata-Flavor"), "Google") == 0);
     /* A genuine answer afterwards works again. */
     push_metadata_token("ya29.meta-2", 3600, true);
-    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, tok, sizeof tok, true, &err), CERR_OK);
     CHECK_EQ_STR(tok, "ya29.meta-2");
 out:
     auth_provider_free(p);
@@ -749,7 +749,7 @@ out:
     /* A server that is not a metadata server is not a credentials source. */
     p = NULL;
     push_metadata_token("ya29.impostor", 3600, false);
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), AUTH_ERR_NOTFOUND);
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), CERR_NOT_FOUND);
     CHECK(p == NULL);
     http_client_free(http);
     env_reset();
@@ -760,9 +760,9 @@ static void check_where(const char *file, const char *want_sub)
     http_client *http = new_http();
     auth_provider *p = NULL;
     char *where = NULL;
-    http_error err;
+    cerr_detail err;
     int rc = auth_provider_new(file, http, &p, &where, &err);
-    CHECK_EQ_INT(rc, AUTH_OK);
+    CHECK_EQ_INT(rc, CERR_OK);
     CHECK(where && strstr(where, want_sub));
     if (!where || !strstr(where, want_sub))
         printf("# where = %s, expected it to contain %s\n", where ? where : "(null)", want_sub);
@@ -814,20 +814,20 @@ TEST(adc_order)
     setenv("GOOGLE_APPLICATION_CREDENTIALS", missing, 1);
     http_client *http = new_http();
     auth_provider *p = NULL;
-    http_error err;
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), AUTH_ERR_FILE);
+    cerr_detail err;
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), CERR_INVALID);
     CHECK(strstr(err.message, missing) != NULL);
     setenv("GOOGLE_APPLICATION_CREDENTIALS", g_tmp, 1); /* a directory */
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), AUTH_ERR_FILE);
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), CERR_INVALID);
     if (geteuid() != 0) {
         chmod(gac, 0);
         setenv("GOOGLE_APPLICATION_CREDENTIALS", gac, 1);
-        CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), AUTH_ERR_FILE);
+        CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), CERR_INVALID);
         chmod(gac, 0600);
     }
     /* An explicit file that is missing is an error too, never a fall-through. */
     unsetenv("GOOGLE_APPLICATION_CREDENTIALS");
-    CHECK_EQ_INT(auth_provider_new(missing, http, &p, NULL, &err), AUTH_ERR_FILE);
+    CHECK_EQ_INT(auth_provider_new(missing, http, &p, NULL, &err), CERR_INVALID);
     CHECK(p == NULL);
     http_client_free(http);
     env_reset();
@@ -851,9 +851,9 @@ TEST(nothing_anywhere_is_notfound_quickly)
     http_client *http = new_http();
     auth_provider *p = NULL;
     char *where = NULL;
-    http_error err;
+    cerr_detail err;
     double t0 = now_s();
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, &where, &err), AUTH_ERR_NOTFOUND);
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, &where, &err), CERR_NOT_FOUND);
     CHECK(now_s() - t0 < 3.0);
     CHECK(p == NULL);
     CHECK(where == NULL);
@@ -869,29 +869,28 @@ TEST(malformed_files)
         const char *text;
         int want;
     } cases[] = {
-        {"", AUTH_ERR_FILE},
-        {"not json at all", AUTH_ERR_FILE},
-        {"[1,2,3]", AUTH_ERR_FILE},
-        {"{\"type\":\"service_account\",\"client_email\":\"a@b\"", AUTH_ERR_FILE},
-        {"{\"client_email\":\"a@b\"}", AUTH_ERR_FILE},
-        {"{\"type\":\"external_account\",\"audience\":\"x\"}", AUTH_ERR_FILE},
-        {"{\"type\":\"service_account\",\"client_email\":\"a@b\"}", AUTH_ERR_FILE},
-        {"{\"type\":\"service_account\",\"private_key\":\"x\"}", AUTH_ERR_FILE},
-        {"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":7}",
-         AUTH_ERR_FILE},
+        {"", CERR_INVALID},
+        {"not json at all", CERR_INVALID},
+        {"[1,2,3]", CERR_INVALID},
+        {"{\"type\":\"service_account\",\"client_email\":\"a@b\"", CERR_INVALID},
+        {"{\"client_email\":\"a@b\"}", CERR_INVALID},
+        {"{\"type\":\"external_account\",\"audience\":\"x\"}", CERR_INVALID},
+        {"{\"type\":\"service_account\",\"client_email\":\"a@b\"}", CERR_INVALID},
+        {"{\"type\":\"service_account\",\"private_key\":\"x\"}", CERR_INVALID},
+        {"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":7}", CERR_INVALID},
         {"{\"type\":\"authorized_user\",\"client_id\":\"c\",\"client_secret\":\"s\"}",
-         AUTH_ERR_FILE},
+         CERR_INVALID},
         /* Well-formed JSON but an unusable key. */
         {"{\"type\":\"service_account\",\"client_email\":\"a@b\",\"private_key\":\"-----BEGIN "
          "PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"}",
-         AUTH_ERR_KEY},
+         CERR_UNSUPPORTED},
     };
     char *path = path_in(g_tmp, "bad.json");
     http_client *http = new_http();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         write_file(path, cases[i].text, 0600);
         auth_provider *p = NULL;
-        http_error err;
+        cerr_detail err;
         int rc = auth_provider_new(path, http, &p, NULL, &err);
         if (rc != cases[i].want)
             printf("# case %zu: %s\n", i, cases[i].text);
@@ -903,8 +902,8 @@ TEST(malformed_files)
     write_file(path, "{oops", 0600);
     setenv("GOOGLE_APPLICATION_CREDENTIALS", path, 1);
     auth_provider *p = NULL;
-    http_error err;
-    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), AUTH_ERR_FILE);
+    cerr_detail err;
+    CHECK_EQ_INT(auth_provider_new(NULL, http, &p, NULL, &err), CERR_INVALID);
     http_client_free(http);
     env_reset();
     free(path);
@@ -917,7 +916,7 @@ TEST(loose_permissions_warn)
     char *tight = write_sa("tight.json", "tight@p.iam.gserviceaccount.com", NULL, 0600);
     http_client *http = new_http();
     auth_provider *p = NULL;
-    http_error err;
+    cerr_detail err;
     capture_begin();
     int rc1 = auth_provider_new(loose, http, &p, NULL, &err);
     auth_provider_free(p);
@@ -926,8 +925,8 @@ TEST(loose_permissions_warn)
     int rc2 = auth_provider_new(tight, http, &p, NULL, &err);
     auth_provider_free(p);
     char *log2 = capture_end();
-    CHECK_EQ_INT(rc1, AUTH_OK);
-    CHECK_EQ_INT(rc2, AUTH_OK);
+    CHECK_EQ_INT(rc1, CERR_OK);
+    CHECK_EQ_INT(rc2, CERR_OK);
     char want[300];
     snprintf(want, sizeof want, "chmod 600 %s", loose);
     CHECK(strstr(log1, "warning") != NULL);
@@ -961,7 +960,7 @@ TEST(no_secrets_in_debug_logs)
     char *upath = write_user(g_tmp, "user-log.json", tu);
     http_client *http = new_http();
     auth_provider *p = NULL, *u = NULL;
-    http_error err;
+    cerr_detail err;
     char tok[256];
     int base = testsrv_count(g_srv);
     log_set_level(LOG_DEBUG);
@@ -981,12 +980,12 @@ TEST(no_secrets_in_debug_logs)
     int rc5 = auth_get_token(u, tok, sizeof tok, false, &err);
     char *log = capture_end();
     log_set_level(LOG_INFO);
-    CHECK_EQ_INT(rc, AUTH_OK);
-    CHECK_EQ_INT(rc1, AUTH_OK);
-    CHECK_EQ_INT(rc2, AUTH_OK);
-    CHECK_EQ_INT(rc3, AUTH_ERR_REJECTED);
-    CHECK_EQ_INT(rc4, AUTH_OK);
-    CHECK_EQ_INT(rc5, AUTH_OK);
+    CHECK_EQ_INT(rc, CERR_OK);
+    CHECK_EQ_INT(rc1, CERR_OK);
+    CHECK_EQ_INT(rc2, CERR_OK);
+    CHECK_EQ_INT(rc3, CERR_AUTH);
+    CHECK_EQ_INT(rc4, CERR_OK);
+    CHECK_EQ_INT(rc5, CERR_OK);
     CHECK(strlen(log) > 0); /* the flow did log something */
     CHECK(strstr(log, "SECRET") == NULL);
     CHECK(!log_has_key_line(log));
@@ -1019,8 +1018,8 @@ TEST(none_provider_and_small_buffer)
     CHECK_EQ_INT(auth_provider_kind(n), AUTH_KIND_NONE);
     CHECK(auth_provider_quota_project(n) == NULL);
     char tok[16] = "garbage";
-    http_error err;
-    CHECK_EQ_INT(auth_get_token(n, tok, sizeof tok, false, &err), AUTH_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(auth_get_token(n, tok, sizeof tok, false, &err), CERR_OK);
     CHECK_EQ_STR(tok, "");
     auth_provider_free(n);
 
@@ -1028,12 +1027,12 @@ TEST(none_provider_and_small_buffer)
     safx t;
     CHECK_EQ_INT(
         safx_start(&t, "sa-small.json", "small@proj-1.iam.gserviceaccount.com", NULL, &err),
-        AUTH_OK);
+        CERR_OK);
     auth_provider *p = t.p;
     push_token("ya29.a-token-longer-than-sixteen-bytes", 3600, 0);
-    CHECK(auth_get_token(p, tok, sizeof tok, false, &err) != AUTH_OK);
+    CHECK(auth_get_token(p, tok, sizeof tok, false, &err) != CERR_OK);
     char big[128];
-    CHECK_EQ_INT(auth_get_token(p, big, sizeof big, false, &err), AUTH_OK);
+    CHECK_EQ_INT(auth_get_token(p, big, sizeof big, false, &err), CERR_OK);
     CHECK_EQ_STR(big, "ya29.a-token-longer-than-sixteen-bytes");
     safx_end(&t);
 }

@@ -5,11 +5,11 @@
 #include "../../fs/failpolicy.h"
 #include "testlib.h"
 
-static http_error mkerr(int kind, long status, const char *msg)
+static cerr_detail mkerr(int cls, long status, const char *msg)
 {
-    http_error e;
+    cerr_detail e;
     memset(&e, 0, sizeof e);
-    e.kind = kind;
+    e.cls = cls;
     e.http_status = status;
     snprintf(e.message, sizeof e.message, "%s", msg);
     return e;
@@ -18,17 +18,17 @@ static http_error mkerr(int kind, long status, const char *msg)
 TEST(http_causes_name_the_fix)
 {
     char c[900];
-    http_error e = mkerr(HTTP_KIND_CREDENTIALS, 0, "invalid_grant: Token has been revoked");
+    cerr_detail e = mkerr(CERR_AUTH, 0, "invalid_grant: Token has been revoked");
     fp_http_cause(&e, "uploading to gs://b/o", "b", c, sizeof c);
     CHECK(strstr(c, "credentials were refused") && strstr(c, "invalid_grant"));
     CHECK(strstr(c, "gcloud auth application-default login") != NULL);
-    e = mkerr(HTTP_KIND_SERVER, 403, "no write access");
+    e = mkerr(CERR_PERMISSION, 403, "no write access");
     fp_http_cause(&e, "uploading to gs://b/o", "b", c, sizeof c);
     CHECK(strstr(c, "permission denied") && strstr(c, "roles/storage.objectAdmin on gs://b"));
-    e = mkerr(HTTP_KIND_SERVER, 429, "quota");
+    e = mkerr(CERR_QUOTA, 429, "quota");
     fp_http_cause(&e, "starting the import", "b", c, sizeof c);
     CHECK(strstr(c, "quota") != NULL);
-    e = mkerr(HTTP_KIND_SERVER, 0, "Connection refused");
+    e = mkerr(CERR_NETWORK, 0, "Connection refused");
     fp_http_cause(&e, "reading operation x", "b", c, sizeof c);
     CHECK(strstr(c, "unreachable") && strstr(c, "retrying"));
 }

@@ -42,9 +42,9 @@ TEST(good_lines_every_depth)
             size_t col = 0;
             char why[128] = "";
             int rc = filter_parse_line(line, strlen(line), &p, &col, why, sizeof why);
-            if (rc != FILTER_OK)
+            if (rc != CERR_OK)
                 printf("# %s: column %zu: %s\n", line, col, why);
-            CHECK_EQ_INT(rc, FILTER_OK);
+            CHECK_EQ_INT(rc, CERR_OK);
             CHECK_EQ_INT(p.depth, depth);
             CHECK_EQ_STR(p.study, a);
             CHECK_EQ_STR(p.series, depth >= 2 ? b : "");
@@ -147,7 +147,7 @@ TEST(bad_lines_report_column)
         size_t col = 0;
         char why[128] = "";
         int rc = filter_parse_line(c->line, c->len, &p, &col, why, sizeof why);
-        if (rc != FILTER_ERR_SYNTAX || col != c->column || !strstr(why, c->msg_part)) {
+        if (rc != CERR_MALFORMED || col != c->column || !strstr(why, c->msg_part)) {
             printf("# bad case %zu: rc %d column %zu (want %zu) why \"%s\" (want \"%s\")\n", i, rc,
                    col, c->column, why, c->msg_part);
             CHECK(0);
@@ -171,7 +171,7 @@ TEST(bad_lines_in_a_file)
         filter_error err;
         size_t np = 99;
         int rc = filter_parse(buf, n, NULL, NULL, &np, &err);
-        CHECK_EQ_INT(rc, FILTER_ERR_SYNTAX);
+        CHECK_EQ_INT(rc, CERR_MALFORMED);
         CHECK_EQ_INT(err.line, 3);
         CHECK_EQ_INT(err.column, c->column);
         CHECK_EQ_INT(np, 2);
@@ -204,12 +204,12 @@ TEST(empty_and_only_line_breaks_are_valid)
     collect c;
     size_t np = 99;
     filter_error err;
-    CHECK_EQ_INT(parse_str("", &c, &np, &err), FILTER_OK);
+    CHECK_EQ_INT(parse_str("", &c, &np, &err), CERR_OK);
     CHECK_EQ_INT(np, 0);
-    CHECK_EQ_INT(parse_str("\n", &c, &np, &err), FILTER_OK);
-    CHECK_EQ_INT(parse_str("\r\n\n\r\n", &c, &np, &err), FILTER_OK);
+    CHECK_EQ_INT(parse_str("\n", &c, &np, &err), CERR_OK);
+    CHECK_EQ_INT(parse_str("\r\n\n\r\n", &c, &np, &err), CERR_OK);
     CHECK_EQ_INT(c.n, 0);
-    CHECK_EQ_INT(filter_parse(NULL, 0, NULL, NULL, &np, NULL), FILTER_OK);
+    CHECK_EQ_INT(filter_parse(NULL, 0, NULL, NULL, &np, NULL), CERR_OK);
 }
 
 TEST(lf_crlf_and_final_line_without_break)
@@ -219,16 +219,16 @@ TEST(lf_crlf_and_final_line_without_break)
     filter_error err;
     CHECK_EQ_INT(parse_str("/studies/1\n/studies/2/series/3\r\n/studies/4/series/5/instances/6", &c,
                            &np, &err),
-                 FILTER_OK);
+                 CERR_OK);
     CHECK_EQ_INT(np, 3);
     CHECK_EQ_INT(c.n, 3);
     CHECK_EQ_STR(c.paths[0].study, "1");
     CHECK_EQ_INT(c.paths[1].depth, 2);
     CHECK_EQ_STR(c.paths[1].series, "3");
     CHECK_EQ_STR(c.paths[2].instance, "6");
-    CHECK_EQ_INT(parse_str("/studies/1\r\n/studies/2\r\n", &c, &np, &err), FILTER_OK);
+    CHECK_EQ_INT(parse_str("/studies/1\r\n/studies/2\r\n", &c, &np, &err), CERR_OK);
     CHECK_EQ_INT(np, 2);
-    CHECK_EQ_INT(parse_str("/studies/1\n", &c, &np, &err), FILTER_OK);
+    CHECK_EQ_INT(parse_str("/studies/1\n", &c, &np, &err), CERR_OK);
     CHECK_EQ_INT(np, 1);
 }
 
@@ -237,23 +237,23 @@ TEST(blank_lines_and_lone_cr)
     collect c;
     size_t np;
     filter_error err;
-    CHECK_EQ_INT(parse_str("/studies/1\n\n/studies/2\n", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\n\n/studies/2\n", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 2);
     CHECK_EQ_INT(err.column, 1);
     CHECK(strstr(err.message, "empty line") != NULL);
-    CHECK_EQ_INT(parse_str("/studies/1\n\n", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\n\n", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 2);
-    CHECK_EQ_INT(parse_str("\n/studies/1\n", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("\n/studies/1\n", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 1);
-    CHECK_EQ_INT(parse_str("/studies/1\r\n\r\n/studies/2", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\r\n\r\n/studies/2", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 2);
-    CHECK_EQ_INT(parse_str("/studies/1\r/studies/2\n", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\r/studies/2\n", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 1);
     CHECK_EQ_INT(err.column, 11);
     CHECK(strstr(err.message, "carriage return") != NULL);
-    CHECK_EQ_INT(parse_str("/studies/1\r\r\n", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\r\r\n", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.column, 11);
-    CHECK_EQ_INT(parse_str("/studies/1\n\r", &c, &np, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(parse_str("/studies/1\n\r", &c, &np, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 2);
     CHECK_EQ_INT(err.column, 1);
 }
@@ -264,7 +264,7 @@ TEST(error_message_names_line_and_column)
     size_t np;
     filter_error err;
     CHECK_EQ_INT(parse_str("/studies/1\n/studies/2\n/studies/1.2/series/1.02\n", &c, &np, &err),
-                 FILTER_ERR_SYNTAX);
+                 CERR_MALFORMED);
     CHECK_EQ_STR(err.message, "line 3, column 23: UID component has a leading zero");
     CHECK_EQ_INT(c.n, 2); /* the callback saw the good lines before it */
 }
@@ -273,7 +273,7 @@ TEST(nul_byte_in_file)
 {
     static const char buf[] = "/studies/1\n/studies/2\0\n";
     filter_error err;
-    CHECK_EQ_INT(filter_parse(buf, sizeof buf - 1, NULL, NULL, NULL, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(filter_parse(buf, sizeof buf - 1, NULL, NULL, NULL, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.line, 2);
     CHECK_EQ_INT(err.column, 11);
 }
@@ -310,13 +310,13 @@ TEST(ten_megabyte_lines_rejected_fast)
     memcpy(buf, "/studies/", 9);
     memset(buf + 9, '1', n - 9);
     double t0 = now();
-    CHECK_EQ_INT(filter_parse(buf, n, NULL, NULL, NULL, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(filter_parse(buf, n, NULL, NULL, NULL, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.column, 74);
     /* a good UID followed by 10 MB of spaces, then a line break */
     memcpy(buf, "/studies/1.2", 12);
     memset(buf + 12, ' ', n - 13);
     buf[n - 1] = '\n';
-    CHECK_EQ_INT(filter_parse(buf, n, NULL, NULL, NULL, &err), FILTER_ERR_SYNTAX);
+    CHECK_EQ_INT(filter_parse(buf, n, NULL, NULL, NULL, &err), CERR_MALFORMED);
     CHECK_EQ_INT(err.column, 13);
     /* 10 MB of valid lines */
     size_t off = 0, lines = 0;
@@ -325,7 +325,7 @@ TEST(ten_megabyte_lines_rejected_fast)
         lines++;
     }
     size_t np = 0;
-    CHECK_EQ_INT(filter_parse(buf, off, NULL, NULL, &np, &err), FILTER_OK);
+    CHECK_EQ_INT(filter_parse(buf, off, NULL, NULL, &np, &err), CERR_OK);
     CHECK_EQ_INT(np, lines);
     double secs = now() - t0;
     CHECK(secs < 2.0);
@@ -335,18 +335,18 @@ TEST(ten_megabyte_lines_rejected_fast)
 TEST(path_matches)
 {
     filter_path p;
-    CHECK_EQ_INT(filter_parse_line(L("/studies/1.2"), &p, NULL, NULL, 0), FILTER_OK);
+    CHECK_EQ_INT(filter_parse_line(L("/studies/1.2"), &p, NULL, NULL, 0), CERR_OK);
     CHECK(filter_path_matches(&p, "1.2", "3", "4"));
     CHECK(filter_path_matches(&p, "1.2", NULL, NULL));
     CHECK(!filter_path_matches(&p, "1.20", "3", "4"));
     CHECK(!filter_path_matches(&p, "1", "3", "4"));
-    CHECK_EQ_INT(filter_parse_line(L("/studies/1.2/series/3"), &p, NULL, NULL, 0), FILTER_OK);
+    CHECK_EQ_INT(filter_parse_line(L("/studies/1.2/series/3"), &p, NULL, NULL, 0), CERR_OK);
     CHECK(filter_path_matches(&p, "1.2", "3", "4"));
     CHECK(!filter_path_matches(&p, "1.2", "33", "4"));
     CHECK(!filter_path_matches(&p, "1.2", NULL, NULL));
     CHECK(!filter_path_matches(&p, "9", "3", "4"));
     CHECK_EQ_INT(filter_parse_line(L("/studies/1.2/series/3/instances/4"), &p, NULL, NULL, 0),
-                 FILTER_OK);
+                 CERR_OK);
     CHECK(filter_path_matches(&p, "1.2", "3", "4"));
     CHECK(!filter_path_matches(&p, "1.2", "3", "5"));
     CHECK(!filter_path_matches(&p, "1.2", "3", NULL));

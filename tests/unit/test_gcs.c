@@ -157,24 +157,24 @@ TEST(crc32c_incremental_matches_reference)
 TEST(parse_uri)
 {
     char *b = NULL, *p = NULL;
-    CHECK_EQ_INT(gcs_parse_uri("gs://my-bucket/a/b/c.dcm", &b, &p), GCS_OK);
+    CHECK_EQ_INT(gcs_parse_uri("gs://my-bucket/a/b/c.dcm", &b, &p), CERR_OK);
     CHECK_EQ_STR(b, "my-bucket");
     CHECK_EQ_STR(p, "a/b/c.dcm");
     free(b);
     free(p);
-    CHECK_EQ_INT(gcs_parse_uri("gs://bkt", &b, &p), GCS_OK);
+    CHECK_EQ_INT(gcs_parse_uri("gs://bkt", &b, &p), CERR_OK);
     CHECK_EQ_STR(b, "bkt");
     CHECK_EQ_STR(p, "");
     free(b);
     free(p);
-    CHECK_EQ_INT(gcs_parse_uri("gs://bkt/", &b, &p), GCS_OK);
+    CHECK_EQ_INT(gcs_parse_uri("gs://bkt/", &b, &p), CERR_OK);
     CHECK_EQ_STR(p, "");
     free(b);
     free(p);
-    CHECK_EQ_INT(gcs_parse_uri("s3://bkt/x", &b, &p), GCS_ERR_INVAL);
-    CHECK_EQ_INT(gcs_parse_uri("gs:///x", &b, &p), GCS_ERR_INVAL);
-    CHECK_EQ_INT(gcs_parse_uri("gs://Bad Bucket/x", &b, &p), GCS_ERR_INVAL);
-    CHECK_EQ_INT(gcs_parse_uri("bkt/x", &b, &p), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_parse_uri("s3://bkt/x", &b, &p), CERR_INVALID);
+    CHECK_EQ_INT(gcs_parse_uri("gs:///x", &b, &p), CERR_INVALID);
+    CHECK_EQ_INT(gcs_parse_uri("gs://Bad Bucket/x", &b, &p), CERR_INVALID);
+    CHECK_EQ_INT(gcs_parse_uri("bkt/x", &b, &p), CERR_INVALID);
 }
 
 TEST(object_from_json_strings_and_numbers)
@@ -183,7 +183,7 @@ TEST(object_from_json_strings_and_numbers)
     const char *s = "{\"bucket\":\"b\",\"name\":\"d/x.dcm\",\"size\":\"12345678901\","
                     "\"generation\":\"1700000000000001\",\"md5Hash\":\"XrY7u+Ae7tCTyyK7j1rNww==\","
                     "\"crc32c\":\"yZRlqg==\",\"contentType\":\"application/dicom\"}";
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_OK);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_OK);
     CHECK_EQ_STR(o.bucket, "b");
     CHECK_EQ_STR(o.name, "d/x.dcm");
     CHECK_EQ_INT(o.size, 12345678901ll);
@@ -194,21 +194,21 @@ TEST(object_from_json_strings_and_numbers)
     gcs_object_clear(&o);
 
     s = "{\"name\":\"n\",\"size\":42,\"generation\":7}";
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_OK);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_OK);
     CHECK_EQ_INT(o.size, 42);
     CHECK_EQ_INT(o.generation, 7);
     CHECK(o.bucket == NULL);
     gcs_object_clear(&o);
 
     s = "{\"size\":\"1\"}"; /* no name */
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_MALFORMED);
     s = "{\"name\":\"n\",\"size\":\"-1\"}";
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_MALFORMED);
     s = "{\"name\":\"n\",\"size\":\"12x\"}";
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_MALFORMED);
     s = "[1,2]";
-    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), GCS_ERR_PROTOCOL);
-    CHECK_EQ_INT(gcs_object_from_json("{\"name\":", 8, &o), GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_object_from_json(s, strlen(s), &o), CERR_MALFORMED);
+    CHECK_EQ_INT(gcs_object_from_json("{\"name\":", 8, &o), CERR_MALFORMED);
 }
 
 /* ---- endpoint --------------------------------------------------------------------- */
@@ -252,7 +252,7 @@ TEST(emulator_host_is_used_for_requests)
     http_client *h = test_http();
     char hostport[64];
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     snprintf(hostport, sizeof hostport, "127.0.0.1:%d", testsrv_port(srv));
     setenv("STORAGE_EMULATOR_HOST", hostport, 1);
     gcs_client *c = gcs_client_new(h, NULL);
@@ -260,7 +260,7 @@ TEST(emulator_host_is_used_for_requests)
     testsrv_reply r = {.status = 200,
                        .body = "{\"bucket\":\"bkt\",\"name\":\"a b/c\",\"size\":\"3\"}"};
     testsrv_push(srv, &r);
-    CHECK_EQ_INT(gcs_stat(c, "bkt", "a b/c", &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stat(c, "bkt", "a b/c", &o, &e), CERR_OK);
     CHECK_EQ_INT(o.size, 3);
     CHECK_EQ_INT(testsrv_count(srv), 1);
     const testsrv_req *q = testsrv_get(srv, 0);
@@ -308,12 +308,12 @@ TEST(simple_upload_sends_bytes_and_verifies)
     int fd = testlib_temp_fd(data, n);
     media_srv m = {0};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char md5[32];
 
     testsrv_set_handler(t.srv, media_handler, &m);
     CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, "application/dicom", &o, &e),
-                 GCS_OK);
+                 CERR_OK);
     CHECK_EQ_INT(testsrv_count(t.srv), 1);
     const testsrv_req *q = testsrv_get(t.srv, 0);
     CHECK_EQ_STR(q->method, "POST");
@@ -329,7 +329,7 @@ TEST(simple_upload_sends_bytes_and_verifies)
 
     /* The buffer variant sends the same request. */
     CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, n, "application/dicom", NULL, &e),
-                 GCS_OK);
+                 CERR_OK);
     CHECK_EQ_INT(testsrv_count(t.srv), 2);
     q = testsrv_get(t.srv, 1);
     CHECK(q->body_len == n && memcmp(q->body, data, n) == 0);
@@ -347,11 +347,11 @@ TEST(simple_upload_wrong_crc32c_is_checksum_error)
     int fd = testlib_temp_fd(data, strlen(data));
     media_srv m = {.lie = {.crc = "AAAAAA=="}};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
 
     testsrv_set_handler(t.srv, media_handler, &m);
     CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, strlen(data), NULL, &o, &e),
-                 GCS_ERR_CHECKSUM);
+                 CERR_CHECKSUM);
     CHECK(strstr(e.message, "crc32c") != NULL);
     CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
     CHECK(o.name == NULL);
@@ -362,7 +362,7 @@ TEST(simple_upload_wrong_crc32c_is_checksum_error)
 
     /* From memory too. */
     CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, strlen(data), NULL, NULL, &e),
-                 GCS_ERR_CHECKSUM);
+                 CERR_CHECKSUM);
     CHECK(strstr(e.message, "crc32c") != NULL);
     close(fd);
     gfx_end(&t);
@@ -376,10 +376,10 @@ TEST(md5_not_checked_crc32c_and_size_are)
     gfx_start(&t);
     const char *data = "another payload";
     media_srv m = {.lie = {.md5 = "AAAAAAAAAAAAAAAAAAAAAA=="}};
-    http_error e;
+    cerr_detail e;
     testsrv_set_handler(t.srv, media_handler, &m);
     CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, strlen(data), NULL, NULL, &e),
-                 GCS_OK);
+                 CERR_OK);
     gfx_end(&t);
 }
 
@@ -392,15 +392,14 @@ TEST(upload_size_mismatch_is_checksum_error)
     int fd = testlib_temp_fd(data, n);
     media_srv m = {.lie = {.size_delta = -1}};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     testsrv_set_handler(t.srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_ERR_CHECKSUM);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), CERR_CHECKSUM);
     CHECK(strstr(e.message, "server size differs") != NULL);
     CHECK(strstr(e.message, "gs://bkt/dir/a.dcm") != NULL);
     CHECK(o.name == NULL);
     m.lie.size_delta = 1;
-    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, n, NULL, NULL, &e),
-                 GCS_ERR_CHECKSUM);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, n, NULL, NULL, &e), CERR_CHECKSUM);
     CHECK(strstr(e.message, "server size differs") != NULL);
     close(fd);
     free(data);
@@ -420,10 +419,10 @@ TEST(crc32c_is_summed_from_the_bytes_sent)
     int fd = testlib_temp_fd(data, n);
     media_srv m = {.fd = fd};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char crc[16];
     testsrv_set_handler(t.srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), CERR_OK);
     CHECK(m.fd == fd); /* the overwrite happened */
     b64_crc(data, n, crc);
     CHECK_EQ_STR(o.crc32c_b64, crc);
@@ -442,10 +441,11 @@ TEST(uploads_reuse_one_connection)
     gfx_start(&t);
     media_srv m = {0};
     unsigned char *data = pattern(100000, 13);
-    http_error e;
+    cerr_detail e;
     testsrv_set_handler(t.srv, media_handler, &m);
     for (int i = 0; i < 3; i++)
-        CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, 100000, NULL, NULL, &e), GCS_OK);
+        CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", data, 100000, NULL, NULL, &e),
+                     CERR_OK);
     CHECK_EQ_INT(testsrv_count(t.srv), 3);
     CHECK(testsrv_get(t.srv, 0)->client_port != 0);
     CHECK_EQ_INT(testsrv_get(t.srv, 0)->client_port, testsrv_get(t.srv, 2)->client_port);
@@ -590,12 +590,12 @@ TEST(media_upload_reset_mid_body_then_retry_verifies)
     raw_srv s = {.cut_after = 200000};
     http_client *h = test_http();
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char url[64];
     CHECK(raw_start(&s));
     snprintf(url, sizeof url, "http://127.0.0.1:%d", s.port);
     gcs_client *c = gcs_client_new(h, url);
-    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_upload_fd(c, "bkt", "dir/a.dcm", fd, n, NULL, &o, &e), CERR_OK);
     raw_stop(&s);
     CHECK_EQ_INT(s.conns, 2);
     CHECK_EQ_INT(s.first_got, 200000); /* the first attempt was cut mid-body */
@@ -729,13 +729,13 @@ TEST(resumable_upload_short_persist_and_reset)
     int fd = testlib_temp_fd(data, n);
     resum_srv s = {.base = testsrv_url(t.srv), .data = calloc(1, n), .total = n};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char want[96];
 
     gcs_client_set_resumable_threshold(t.c, 256 * 1024, 256 * 1024);
     testsrv_set_handler(t.srv, resum_handler, &s);
     CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "big/obj.dcm", fd, n, "application/dicom", &o, &e),
-                 GCS_OK);
+                 CERR_OK);
     CHECK_EQ_INT(s.persisted, n);
     CHECK(memcmp(s.data, data, n) == 0);
     CHECK(s.shortened && s.was_reset);
@@ -793,7 +793,7 @@ TEST(resumable_upload_short_persist_and_reset)
 static int resum_upload(gfx *t, resum_srv *s, size_t n, unsigned seed, bool *same)
 {
     unsigned char *data = pattern(n, seed);
-    http_error e;
+    cerr_detail e;
     int rc;
     s->base = testsrv_url(t->srv);
     s->data = calloc(1, n);
@@ -812,7 +812,7 @@ TEST(resumable_upload_restarts_lost_session)
     gfx_start(&t);
     resum_srv s = {.shortened = true, .was_reset = true, .gone_at_put = 2};
     bool same = false;
-    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 5, &same), GCS_OK);
+    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 5, &same), CERR_OK);
     CHECK_EQ_INT(s.starts, 2);
     CHECK(same);
     free(s.data);
@@ -825,7 +825,7 @@ TEST(resumable_upload_503_queries_then_resumes)
     gfx_start(&t);
     resum_srv s = {.shortened = true, .was_reset = true, .busy_at_put = 2};
     bool same = false;
-    CHECK_EQ_INT(resum_upload(&t, &s, 700000, 9, &same), GCS_OK);
+    CHECK_EQ_INT(resum_upload(&t, &s, 700000, 9, &same), CERR_OK);
     CHECK_EQ_INT(s.starts, 1);
     CHECK_EQ_INT(s.queries, 1);
     CHECK(same);
@@ -848,7 +848,7 @@ TEST(resumable_chunk_retried_verifies)
     resum_srv s = {.shortened = true, .was_reset = true, .busy_at_put = 1};
     bool same = false;
     /* busy at the first chunk: the whole first chunk is sent again from 0. */
-    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 15, &same), GCS_OK);
+    CHECK_EQ_INT(resum_upload(&t, &s, 600000, 15, &same), CERR_OK);
     CHECK(same);
     CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 1), "Content-Range"),
                  "bytes 0-262143/600000");
@@ -876,11 +876,11 @@ TEST(resumable_gap_falls_back_to_a_read_pass)
                    .jump_at_put = 1,
                    .ref = data};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char crc[16];
     gcs_client_set_resumable_threshold(t.c, 256 * 1024, 256 * 1024);
     testsrv_set_handler(t.srv, resum_handler, &s);
-    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "big/obj.dcm", fd, n, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_upload_fd(t.c, "bkt", "big/obj.dcm", fd, n, NULL, &o, &e), CERR_OK);
     CHECK(memcmp(s.data, data, n) == 0);
     /* Bytes 262144-524287 were never sent. */
     CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 2), "Content-Range"),
@@ -900,24 +900,24 @@ TEST(upload_errors_and_empty_object)
     gfx_start(&t);
     media_srv m = {0};
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     testsrv_reply denied = {.status = 403,
                             .body = "{\"error\":{\"code\":403,\"message\":\"no write access\","
                                     "\"errors\":[{\"reason\":\"forbidden\"}]}}"};
     testsrv_push(t.srv, &denied);
-    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "x", "abc", 3, NULL, &o, &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "x", "abc", 3, NULL, &o, &e), CERR_PERMISSION);
     CHECK_EQ_INT(e.http_status, 403);
     CHECK_EQ_INT(testsrv_count(t.srv), 1);
 
     /* An empty object: empty body, MD5 of nothing. */
     testsrv_set_handler(t.srv, media_handler, &m);
-    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "dir/a.dcm", NULL, 0, NULL, &o, &e), CERR_OK);
     CHECK_EQ_INT(testsrv_get(t.srv, 1)->body_len, 0);
     CHECK_EQ_STR(o.md5_b64, "1B2M2Y8AsgTpgAmY7PhCfg==");
     CHECK_EQ_INT(o.size, 0);
     gcs_object_clear(&o);
 
-    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "", "a", 1, NULL, NULL, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_upload_buf(t.c, "bkt", "", "a", 1, NULL, NULL, &e), CERR_INVALID);
     CHECK_EQ_INT(testsrv_count(t.srv), 2);
     gfx_end(&t);
 }
@@ -1083,10 +1083,10 @@ TEST(stream_puts_while_written_then_finishes)
     stream_fx_start(&f, 1400000, 21);
     gcs_stream *st = NULL;
     gcs_object o;
-    http_error e;
+    cerr_detail e;
     char crc[16];
     CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", "application/dicom", &st, &e),
-                 GCS_OK);
+                 CERR_OK);
     CHECK(st != NULL);
     CHECK(!f.s.has_length_header); /* the size is not known yet */
     const testsrv_req *q = testsrv_get(f.t.srv, 0);
@@ -1095,21 +1095,21 @@ TEST(stream_puts_while_written_then_finishes)
 
     stream_fx_write(&f, 0, 600000);
     /* Only whole 256 KiB quanta go out before the end is known. */
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 600000, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 600000, &e), CERR_OK);
     CHECK_EQ_INT(gcs_stream_offset(st), 524288);
     CHECK_EQ_STR(req_range(&f.t, 1), "bytes 0-524287/*");
     CHECK_EQ_INT(testsrv_get(f.t.srv, 1)->body_len, 524288);
     /* Nothing new to send: no request. */
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 700000, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 700000, &e), CERR_OK);
     CHECK_EQ_INT(testsrv_count(f.t.srv), 2);
 
     stream_fx_write(&f, 600000, 1100000);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1100000, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1100000, &e), CERR_OK);
     CHECK_EQ_STR(req_range(&f.t, 2), "bytes 524288-1048575/*");
     CHECK(!f.s.finalized);
 
     stream_fx_write(&f, 1100000, f.n);
-    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), CERR_OK);
     CHECK_EQ_STR(req_range(&f.t, 3), "bytes 1048576-1399999/1400000");
     CHECK_EQ_INT(testsrv_count(f.t.srv), 4);
     CHECK(f.s.finalized);
@@ -1131,12 +1131,12 @@ TEST(stream_finish_with_everything_sent)
     stream_fx_start(&f, 786432, 22);
     gcs_stream *st = NULL;
     gcs_object o;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), CERR_OK);
     stream_fx_write(&f, 0, f.n);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), CERR_OK);
     CHECK(!f.s.finalized);
-    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), CERR_OK);
     CHECK_EQ_STR(req_range(&f.t, 2), "bytes */786432");
     CHECK_EQ_INT(testsrv_get(f.t.srv, 2)->body_len, 0);
     CHECK(f.s.finalized && memcmp(f.s.data, f.data, f.n) == 0);
@@ -1158,17 +1158,17 @@ TEST(stream_resumes_after_short_persist_reset_and_503)
     f.s.busy_at_offset = 948576 + 50000; /* where the put resumes after the reset */
     gcs_stream *st = NULL;
     gcs_object o;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), CERR_OK);
     stream_fx_write(&f, 0, f.n);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1048576, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 1048576, &e), CERR_OK);
     /* 100000 bytes fewer kept: less than a quantum left, nothing more sent. */
     CHECK_EQ_INT(gcs_stream_offset(st), 948576);
     CHECK_EQ_INT(testsrv_count(f.t.srv), 2);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), CERR_OK);
     CHECK_EQ_INT(gcs_stream_offset(st), 948576 + 50000 + 262144);
     CHECK(f.s.queries >= 2); /* after the reset and after the 503 */
-    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), CERR_OK);
     CHECK(memcmp(f.s.data, f.data, f.n) == 0);
     CHECK_EQ_INT(f.s.starts, 1);
     CHECK_EQ_STR(req_range(&f.t, 1), "bytes 0-1048575/*");
@@ -1196,11 +1196,11 @@ TEST(stream_lost_session_is_an_error)
     stream_fx_start(&f, 800000, 24);
     f.s.gone_at_put = 2;
     gcs_stream *st = NULL;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), CERR_OK);
     stream_fx_write(&f, 0, f.n);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 262144, &e), GCS_OK);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 262144, &e), CERR_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), CERR_NOT_FOUND);
     CHECK_EQ_INT(e.http_status, 404);
     CHECK_EQ_INT(f.s.starts, 1);
     CHECK(!f.s.finalized);
@@ -1214,10 +1214,10 @@ TEST(stream_abort_cancels_the_session)
     stream_fx f;
     stream_fx_start(&f, 600000, 25);
     gcs_stream *st = NULL;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), CERR_OK);
     stream_fx_write(&f, 0, f.n);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, 524288, &e), CERR_OK);
     gcs_stream_abort(st);
     CHECK_EQ_INT(f.s.deletes, 1);
     int last = testsrv_count(f.t.srv) - 1;
@@ -1234,11 +1234,11 @@ TEST(stream_crc32c_mismatch_is_checksum_error)
     f.s.lie_crc = "AAAAAA==";
     gcs_stream *st = NULL;
     gcs_object o;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), GCS_OK);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(f.t.c, "bkt", "big/obj.dcm", NULL, &st, &e), CERR_OK);
     stream_fx_write(&f, 0, f.n);
-    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), GCS_OK);
-    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), GCS_ERR_CHECKSUM);
+    CHECK_EQ_INT(gcs_stream_put(st, f.fd, f.n, &e), CERR_OK);
+    CHECK_EQ_INT(gcs_stream_finish(st, f.fd, f.n, &o, &e), CERR_CHECKSUM);
     CHECK_EQ_STR(e.status, "DATA_LOSS");
     gcs_stream_abort(st);
     stream_fx_end(&f);
@@ -1249,10 +1249,10 @@ TEST(stream_bad_arguments)
     gfx t;
     gfx_start(&t);
     gcs_stream *st = (gcs_stream *)&t;
-    http_error e;
-    CHECK_EQ_INT(gcs_stream_begin(t.c, "bkt", "", NULL, &st, &e), GCS_ERR_INVAL);
+    cerr_detail e;
+    CHECK_EQ_INT(gcs_stream_begin(t.c, "bkt", "", NULL, &st, &e), CERR_INVALID);
     CHECK(st == NULL);
-    CHECK_EQ_INT(gcs_stream_put(NULL, 0, 1, &e), GCS_ERR_INVAL);
+    CHECK_EQ_INT(gcs_stream_put(NULL, 0, 1, &e), CERR_INVALID);
     CHECK_EQ_INT(testsrv_count(t.srv), 0);
     gfx_end(&t);
 }
@@ -1284,7 +1284,7 @@ TEST(list_two_pages_with_prefixes)
     gfx t;
     gfx_start(&t);
     list_rec r = {0};
-    http_error e;
+    cerr_detail e;
     testsrv_reply p1 = {.body = "{\"kind\":\"storage#objects\",\"items\":[{\"name\":\"in/a.dcm\","
                                 "\"size\":\"10\"},{\"name\":\"in/b.dcm\",\"size\":\"20\"}],"
                                 "\"prefixes\":[\"in/s1/\"],\"nextPageToken\":\"tok+1/=\"}"};
@@ -1292,7 +1292,7 @@ TEST(list_two_pages_with_prefixes)
                                 "\"size\":\"30\"}],\"prefixes\":[\"in/s2/\"]}"};
     testsrv_push(t.srv, &p1);
     testsrv_push(t.srv, &p2);
-    CHECK_EQ_INT(gcs_list(t.c, "bkt", "in/", "/", list_cb, &r, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_list(t.c, "bkt", "in/", "/", list_cb, &r, &e), CERR_OK);
     CHECK_EQ_INT(r.n, 3);
     CHECK_EQ_STR(r.names[0], "in/a.dcm");
     CHECK_EQ_STR(r.names[2], "in/c.dcm");
@@ -1344,13 +1344,13 @@ TEST(download_range_into_fd)
     int fd = testlib_temp_fd("0123456789", 10);
     uint64_t written = 0;
     char got[16] = {0};
-    http_error e;
+    cerr_detail e;
     testsrv_reply r = {.status = 206,
                        .content_type = "application/octet-stream",
                        .body = "BCDE",
                        .headers = {"Content-Range: bytes 1-4/100"}};
     testsrv_push(t.srv, &r);
-    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 1, 4, fd, 3, &written, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 1, 4, fd, 3, &written, &e), CERR_OK);
     CHECK_EQ_INT(written, 4);
     CHECK_EQ_INT(pread(fd, got, 10, 0), 10);
     CHECK_EQ_STR(got, "012BCDE789");
@@ -1362,14 +1362,13 @@ TEST(download_range_into_fd)
     testsrv_reply whole = {
         .status = 200, .content_type = "application/octet-stream", .body = "abc"};
     testsrv_push(t.srv, &whole);
-    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 0, 0, fd, 0, &written, &e), GCS_OK);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 0, 0, fd, 0, &written, &e), CERR_OK);
     CHECK_EQ_INT(written, 3);
     CHECK(testsrv_req_header(testsrv_get(t.srv, 1), "Range") == NULL);
 
     /* A 200 to a ranged request would put the wrong bytes in place. */
     testsrv_push(t.srv, &whole);
-    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 5, 0, fd, 0, &written, &e),
-                 GCS_ERR_PROTOCOL);
+    CHECK_EQ_INT(gcs_download_fd(t.c, "bkt", "d/x.dcm", 5, 0, fd, 0, &written, &e), CERR_MALFORMED);
     CHECK_EQ_STR(testsrv_req_header(testsrv_get(t.srv, 2), "Range"), "bytes=5-");
     close(fd);
     gfx_end(&t);
@@ -1379,17 +1378,17 @@ TEST(delete_ok_and_404)
 {
     gfx t;
     gfx_start(&t);
-    http_error e;
+    cerr_detail e;
     testsrv_reply ok = {.status = 204};
     testsrv_reply gone = {.status = 404,
                           .body = "{\"error\":{\"code\":404,\"message\":\"No such object: "
                                   "bkt/x\",\"errors\":[{\"reason\":\"notFound\"}]}}"};
     testsrv_push(t.srv, &ok);
     testsrv_push(t.srv, &gone);
-    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), GCS_OK);
+    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), CERR_OK);
     CHECK_EQ_STR(testsrv_get(t.srv, 0)->method, "DELETE");
     CHECK_EQ_STR(testsrv_get(t.srv, 0)->url, "/storage/v1/b/bkt/o/a%2Fx");
-    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), GCS_ERR_HTTP);
+    CHECK_EQ_INT(gcs_delete(t.c, "bkt", "a/x", &e), CERR_NOT_FOUND);
     CHECK_EQ_INT(e.http_status, 404);
     CHECK_EQ_INT(testsrv_count(t.srv), 2);
     gfx_end(&t);

@@ -219,7 +219,7 @@ typedef struct hfx {
     char *url;
     http_request req;
     http_response resp;
-    http_error err;
+    cerr_detail err;
 } hfx;
 
 static void hfx_start(hfx *t, int max_attempts, const char *path)
@@ -252,7 +252,7 @@ TEST(get_into_memory)
     hfx t;
     hfx_start(&t, 3, "/v1/things?pageSize=5");
     push_status(t.srv, 200, "{\"hello\":\"world\"}");
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.status, 200);
     CHECK_EQ_STR(t.resp.body, "{\"hello\":\"world\"}");
     CHECK_EQ_INT(t.resp.body_len, strlen("{\"hello\":\"world\"}"));
@@ -280,7 +280,7 @@ TEST(post_body_from_memory)
     t.req.headers = hdrs;
     t.req.body = body;
     t.req.body_len = sizeof body - 1;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     const testsrv_req *r = testsrv_get(t.srv, 0);
     CHECK(r != NULL);
     if (r) {
@@ -311,8 +311,8 @@ static void check_fd_range_upload(const char *method)
     req.body_fd_offset = 5;
     req.body_fd_len = 10;
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
     const testsrv_req *r = testsrv_get(srv, 0);
     CHECK(r != NULL);
     if (r) {
@@ -346,7 +346,7 @@ TEST(delete_without_body)
     hfx_start(&t, 1, "/o/x");
     push_status(t.srv, 204, NULL);
     t.req.method = "DELETE";
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.status, 204);
     CHECK(t.resp.body != NULL && t.resp.body_len == 0);
     const testsrv_req *r = testsrv_get(t.srv, 0);
@@ -362,7 +362,7 @@ TEST(response_streamed_to_fd_at_offset)
     int fd = testlib_temp_fd("XXXXXXXXXX", 10);
     t.req.response_fd = fd;
     t.req.response_fd_offset = 3;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK(t.resp.body == NULL);
     CHECK_EQ_INT(t.resp.body_len, 5);
     char buf[16] = {0};
@@ -381,7 +381,7 @@ TEST(error_body_not_written_to_fd)
                 "\"domain\":\"global\",\"reason\":\"notFound\",\"message\":\"No such object\"}]}}");
     int fd = testlib_temp_fd("XXXXXXXXXX", 10);
     t.req.response_fd = fd;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_NOT_FOUND);
     CHECK_EQ_INT(t.err.http_status, 404);
     CHECK_EQ_STR(t.err.status, "NOT_FOUND");
     CHECK_EQ_STR(t.err.reason, "notFound");
@@ -409,7 +409,7 @@ TEST(retry_rewrites_fd_from_same_offset)
     t.req.idempotent = true;
     t.req.response_fd = fd;
     t.req.response_fd_offset = 2;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.attempts, 2);
     char buf[16] = {0};
     CHECK_EQ_INT(pread(fd, buf, sizeof buf - 1, 0), 10);
@@ -428,7 +428,7 @@ TEST(retry_503_503_200_idempotent)
     push_status(t.srv, 503, google_503);
     push_status(t.srv, 200, "done");
     t.req.idempotent = true;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.attempts, 3);
     CHECK_EQ_STR(t.resp.body, "done");
     CHECK_EQ_INT(testsrv_count(t.srv), 3);
@@ -445,7 +445,7 @@ TEST(non_idempotent_not_retried)
     t.req.method = "POST";
     t.req.body = "x";
     t.req.body_len = 1;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_UNAVAILABLE);
     CHECK_EQ_INT(t.resp.attempts, 1);
     CHECK_EQ_INT(t.resp.status, 503);
     CHECK_EQ_INT(t.err.http_status, 503);
@@ -466,7 +466,7 @@ TEST(retry_after_honoured)
     push_status(t.srv, 200, "ok");
     t.req.idempotent = true;
     double t0 = mono_ms();
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     double elapsed = mono_ms() - t0;
     CHECK(elapsed >= 950);
     CHECK(elapsed < 5000);
@@ -488,7 +488,7 @@ TEST(retry_after_beyond_total_budget_gives_up)
     push_status(t.srv, 200, "ok");
     t.req.idempotent = true;
     double t0 = mono_ms();
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_UNAVAILABLE);
     CHECK(mono_ms() - t0 < 2000);
     CHECK_EQ_INT(t.resp.attempts, 1);
     CHECK_EQ_INT(t.err.http_status, 503);
@@ -503,7 +503,7 @@ TEST(connection_reset_then_200)
     testsrv_push(t.srv, &r);
     push_status(t.srv, 200, "recovered");
     t.req.idempotent = true;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_STR(t.resp.body, "recovered");
     CHECK_EQ_INT(t.resp.attempts, 2);
     CHECK_EQ_INT(testsrv_count(t.srv), 2);
@@ -519,7 +519,7 @@ TEST(max_attempts_exhaustion_returns_last_error)
     push_status(t.srv, 504, "{\"error\":{\"code\":504,\"message\":\"third\"}}");
     push_status(t.srv, 200, "never reached");
     t.req.idempotent = true;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_UNAVAILABLE);
     CHECK_EQ_INT(t.resp.attempts, 3);
     CHECK_EQ_INT(t.err.http_status, 504);
     CHECK_EQ_STR(t.err.message, "third");
@@ -541,7 +541,7 @@ TEST(transport_error_connection_refused)
     capture_begin(&cap);
     int rc = hfx_perform(&t);
     char *logged = capture_end(&cap);
-    CHECK_EQ_INT(rc, HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(rc, CERR_NETWORK);
     CHECK_EQ_INT(t.err.curl_code, CURLE_COULDNT_CONNECT);
     CHECK_EQ_INT(t.err.http_status, 0);
     CHECK_EQ_INT(t.resp.attempts, 2);
@@ -564,7 +564,7 @@ TEST(whole_request_timeout)
     testsrv_push(t.srv, &r);
     t.req.timeout_s = 1;
     double t0 = mono_ms();
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_NETWORK);
     CHECK(mono_ms() - t0 < 2400);
     CHECK_EQ_INT(t.err.curl_code, CURLE_OPERATION_TIMEDOUT);
     CHECK_EQ_STR(t.err.status, "DEADLINE_EXCEEDED");
@@ -590,11 +590,11 @@ TEST(thread_deadline_bounds_retries)
     t.req.idempotent = true;
     deadline_begin(1.0);
     double t0 = mono_ms();
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_TIMEOUT);
     double took = mono_ms() - t0;
     deadline_end();
     CHECK(took < 1900);
-    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    CHECK_EQ_INT(t.err.cls, CERR_TIMEOUT);
     CHECK_EQ_STR(t.err.status, "DEADLINE_EXCEEDED");
     CHECK(strstr(t.err.message, "timeout=") != NULL);
     CHECK(deadline_remaining_ms() == -1);
@@ -602,9 +602,9 @@ TEST(thread_deadline_bounds_retries)
     int before = testsrv_count(t.srv);
     deadline_begin(0.001);
     usleep(5000);
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_TIMEOUT);
     deadline_end();
-    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    CHECK_EQ_INT(t.err.cls, CERR_TIMEOUT);
     CHECK_EQ_INT(testsrv_count(t.srv), before);
     hfx_end(&t);
 }
@@ -624,11 +624,11 @@ TEST(thread_deadline_bounds_a_stalled_download)
     t.req.response_fd = fd;
     deadline_begin(1.0);
     double t0 = mono_ms();
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_TRANSPORT);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_TIMEOUT);
     double took = mono_ms() - t0;
     deadline_end();
     CHECK(took < 3500);
-    CHECK_EQ_INT(t.err.kind, HTTP_KIND_DEADLINE);
+    CHECK_EQ_INT(t.err.cls, CERR_TIMEOUT);
     close(fd);
     hfx_end(&t);
 }
@@ -642,7 +642,7 @@ TEST(thread_deadline_leaves_room_for_retries)
     push_status(t.srv, 200, "ok");
     t.req.idempotent = true;
     deadline_begin(5.0);
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     deadline_end();
     CHECK_EQ_INT(t.resp.attempts, 2);
     hfx_end(&t);
@@ -656,12 +656,12 @@ typedef struct {
     bool fail;
 } token_state;
 
-static int token_cb(void *ctx, char *buf, size_t buflen, bool force_refresh, http_error *err)
+static int token_cb(void *ctx, char *buf, size_t buflen, bool force_refresh, cerr_detail *err)
 {
     token_state *t = ctx;
     if (t->fail) {
         snprintf(err->message, sizeof err->message, "no credentials found");
-        return -1;
+        return CERR_NETWORK;
     }
     int n = ++t->calls;
     if (force_refresh)
@@ -688,8 +688,8 @@ TEST(token_only_over_https_or_loopback)
     http_request_init(&req);
     req.url = "http://192.0.2.1:9/x"; /* never contacted */
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_INVAL);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_INVALID);
     CHECK(strstr(err.message, "clear text") != NULL);
     CHECK_EQ_INT(ts.calls, 0);
     http_response_free(&resp);
@@ -713,8 +713,8 @@ TEST(auth_401_refreshes_once_and_retries)
     req.body = "{}";
     req.body_len = 2;
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
     CHECK_EQ_STR(resp.body, "created");
     CHECK_EQ_INT(testsrv_count(srv), 2);
     CHECK_EQ_INT(ts.forced, 1);
@@ -733,7 +733,7 @@ TEST(auth_401_refreshes_once_and_retries)
     push_status(srv, 401, "{\"error\":{\"code\":401,\"message\":\"still bad\"}}");
     push_status(srv, 200, "never");
     req.idempotent = true;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_AUTH);
     CHECK_EQ_INT(err.http_status, 401);
     CHECK_EQ_STR(err.status, "UNAUTHENTICATED");
     CHECK_EQ_STR(err.message, "still bad");
@@ -757,11 +757,11 @@ TEST(auth_header_and_no_auth_and_user_project)
     char *url = mkurl(srv, "/x");
     req.url = url;
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
     http_response_free(&resp);
     req.no_auth = true;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
     http_response_free(&resp);
     CHECK_EQ_INT(ts.calls, 1);
     const testsrv_req *r0 = testsrv_get(srv, 0), *r1 = testsrv_get(srv, 1);
@@ -783,27 +783,27 @@ TEST(token_failure_is_auth_error)
     hfx_start(&t, 0, "/x");
     token_state ts = {.fail = true};
     t.c = mkclient_opts(3, token_cb, &ts, NULL);
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_AUTH);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_TOKEN);
     CHECK_EQ_STR(t.err.message, "no credentials found");
     CHECK_EQ_STR(t.err.status, "UNAUTHENTICATED");
     CHECK_EQ_INT(testsrv_count(t.srv), 0);
-    CHECK_EQ_INT(t.err.kind, HTTP_KIND_TOKEN);
+    CHECK_EQ_INT(t.err.cls, CERR_TOKEN);
     hfx_end(&t);
 }
 
 /* The token endpoint's status (400 invalid_grant) never becomes the
- * request's: http_status stays 0, the kind says "credentials refused". */
-static int refused_token_cb(void *ctx, char *buf, size_t buflen, bool force, http_error *err)
+ * request's: http_status stays 0, the class says "credentials refused". */
+static int refused_token_cb(void *ctx, char *buf, size_t buflen, bool force, cerr_detail *err)
 {
     (void)ctx;
     (void)buf;
     (void)buflen;
     (void)force;
     err->http_status = 400;
-    err->kind = HTTP_KIND_CREDENTIALS;
+    err->cls = CERR_AUTH;
     snprintf(err->status, sizeof err->status, "INVALID_ARGUMENT");
     snprintf(err->message, sizeof err->message, "token request failed: invalid_grant");
-    return -1;
+    return CERR_AUTH;
 }
 
 TEST(refused_credentials_are_their_own_class)
@@ -811,9 +811,9 @@ TEST(refused_credentials_are_their_own_class)
     hfx t;
     hfx_start(&t, 0, "/x");
     t.c = mkclient_opts(3, refused_token_cb, NULL, NULL);
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_AUTH);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_AUTH);
     CHECK_EQ_INT(t.err.http_status, 0);
-    CHECK_EQ_INT(t.err.kind, HTTP_KIND_CREDENTIALS);
+    CHECK_EQ_INT(t.err.cls, CERR_AUTH);
     CHECK(strstr(t.err.message, "invalid_grant") != NULL);
     CHECK_EQ_INT(testsrv_count(t.srv), 0);
     hfx_end(&t);
@@ -832,10 +832,10 @@ TEST(unauthorized_after_refresh_is_credentials)
     http_request_init(&req);
     req.url = url;
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_STATUS);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_AUTH);
     CHECK_EQ_INT(err.http_status, 401);
-    CHECK_EQ_INT(err.kind, HTTP_KIND_CREDENTIALS);
+    CHECK_EQ_INT(err.cls, CERR_AUTH);
     http_response_free(&resp);
     free(url);
     http_client_free(c);
@@ -845,7 +845,7 @@ TEST(unauthorized_after_refresh_is_credentials)
 /* --- error decoding */
 
 /* Decodes from an exact-size heap copy, so reading past len trips ASan. */
-static void decode(long status, const char *body, http_error *err)
+static void decode(long status, const char *body, cerr_detail *err)
 {
     size_t n = strlen(body);
     char *copy = malloc(n ? n : 1);
@@ -856,7 +856,7 @@ static void decode(long status, const char *body, http_error *err)
 
 TEST(error_decode_google_status_shape)
 {
-    http_error e;
+    cerr_detail e;
     decode(
         403,
         "{\"error\":{\"code\":403,\"message\":\"Permission 'healthcare.dicomStores.dicomWebRead' "
@@ -885,7 +885,7 @@ TEST(error_decode_google_status_shape)
 
 TEST(error_decode_gcs_shape)
 {
-    http_error e;
+    cerr_detail e;
     decode(412,
            "{\"error\":{\"code\":412,\"message\":\"At least one of the pre-conditions you "
            "specified did not hold.\",\"errors\":[{\"message\":\"At least one...\",\"domain\":"
@@ -906,7 +906,7 @@ TEST(error_decode_gcs_shape)
 
 TEST(error_decode_oauth_shape)
 {
-    http_error e;
+    cerr_detail e;
     decode(400, "{\"error\":\"invalid_grant\",\"error_description\":\"Invalid JWT Signature.\"}",
            &e);
     CHECK_EQ_STR(e.reason, "invalid_grant");
@@ -920,7 +920,7 @@ TEST(error_decode_oauth_shape)
 
 TEST(error_decode_non_json_bodies)
 {
-    http_error e;
+    cerr_detail e;
     decode(502, "<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", &e);
     CHECK_EQ_STR(e.message, "HTTP 502");
     CHECK_EQ_STR(e.status, "UNAVAILABLE");
@@ -1047,7 +1047,7 @@ TEST(response_header_lookup)
                        .headers = {"X-Foo: first", "ETag:  \"abc\"  ", "x-foo: second"}};
     testsrv_push(t.srv, &r);
     t.req.idempotent = true;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     char buf[64];
     CHECK(http_response_header(&t.resp, "x-FOO", buf, sizeof buf));
     CHECK_EQ_STR(buf, "second");
@@ -1081,14 +1081,14 @@ TEST(max_body_cap)
     req.idempotent = true;
     req.max_body = 999;
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_IO);
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_IO);
     CHECK(strstr(err.message, "max_body") != NULL);
     CHECK_EQ_INT(resp.attempts, 1); /* not retried: it would fail the same way */
     CHECK(resp.body == NULL);
     http_response_free(&resp);
     req.max_body = 1000;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
     CHECK_EQ_INT(resp.body_len, 1000);
     http_response_free(&resp);
     free(url);
@@ -1102,12 +1102,12 @@ TEST(invalid_arguments)
     http_request req;
     http_request_init(&req);
     http_response resp;
-    http_error err;
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_INVAL); /* no URL */
+    cerr_detail err;
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_INVALID); /* no URL */
     http_response_free(&resp);
     req.url = "http://127.0.0.1:1/";
     req.body_len = 5; /* a length without a body */
-    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_INVAL);
+    CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_INVALID);
     http_response_free(&resp);
     http_client_free(c);
 }
@@ -1123,8 +1123,8 @@ TEST(connection_reused_across_requests)
         http_request_init(&req);
         req.url = url;
         http_response resp;
-        http_error err;
-        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_OK);
+        cerr_detail err;
+        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_OK);
         http_response_free(&resp);
     }
     CHECK_EQ_INT(testsrv_count(srv), 3);
@@ -1144,7 +1144,7 @@ TEST(body_fd_shorter_than_length_is_io_error)
     t.req.idempotent = true;
     t.req.body_fd = fd;
     t.req.body_fd_len = 100;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_ERR_IO);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_IO);
     CHECK_EQ_INT(t.resp.attempts, 1);
     CHECK(strstr(t.err.message, "shorter") != NULL);
     close(fd);
@@ -1164,7 +1164,7 @@ TEST(fd_upload_resent_whole_on_retry)
     t.req.body_fd = fd;
     t.req.body_fd_offset = 6;
     t.req.body_fd_len = 13;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(testsrv_count(t.srv), 2);
     for (int i = 0; i < 2; i++) {
         const testsrv_req *r = testsrv_get(t.srv, i);
@@ -1228,7 +1228,7 @@ TEST(body_observer_sees_every_byte_at_its_offset)
     t.req.body_len = n;
     t.req.body_observer = obs_cb;
     t.req.body_observer_ctx = &o;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(o.total, n);
     CHECK_EQ_INT(o.starts, 1);
     CHECK(!o.out_of_order);
@@ -1246,7 +1246,7 @@ TEST(body_observer_sees_every_byte_at_its_offset)
     t.req.body_fd_len = (off_t)n;
     t.req.body_observer = obs_cb;
     t.req.body_observer_ctx = &o;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(o.total, n);
     CHECK_EQ_INT(o.starts, 1);
     CHECK(!o.out_of_order);
@@ -1274,7 +1274,7 @@ TEST(body_observer_offsets_restart_on_retry)
     t.req.body_fd_len = (off_t)n;
     t.req.body_observer = obs_cb;
     t.req.body_observer_ctx = &o;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.attempts, 2);
     CHECK_EQ_INT(o.starts, 2);
     CHECK_EQ_INT(o.total, 2 * n);
@@ -1297,7 +1297,7 @@ TEST(body_observer_sees_libcurl_rewind)
     hfx t;
     hfx_start(&t, 1, "/o");
     push_status(t.srv, 200, "{}");
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK); /* opens the connection to reuse */
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK); /* opens the connection to reuse */
     http_response_free(&t.resp);
     testsrv_reply drop = {.reset = true};
     testsrv_push(t.srv, &drop);
@@ -1307,7 +1307,7 @@ TEST(body_observer_sees_libcurl_rewind)
     t.req.body_len = n;
     t.req.body_observer = obs_cb;
     t.req.body_observer_ctx = &o;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK_EQ_INT(t.resp.attempts, 1); /* not our retry: max_attempts is 1 */
     CHECK_EQ_INT(testsrv_count(t.srv), 3);
     CHECK_EQ_INT(o.starts, 2);
@@ -1331,7 +1331,7 @@ TEST(large_post_sends_no_expect_header)
     t.req.method = "POST";
     t.req.body = data;
     t.req.body_len = n;
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     const testsrv_req *r = testsrv_get(t.srv, 0);
     CHECK(r != NULL);
     if (r) {
@@ -1358,7 +1358,7 @@ TEST(large_download_streamed_to_fd)
     t.req.response_fd = fd;
     t.req.response_fd_offset = 100;
     t.req.max_body = 1024; /* applies to memory only, not to a streamed body */
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     CHECK(t.resp.body == NULL);
     CHECK_EQ_INT(t.resp.body_len, size);
     char *back = malloc(size);
@@ -1436,8 +1436,8 @@ TEST(tls_self_signed_certificate_rejected)
         req.url = url;
         req.idempotent = true;
         http_response resp;
-        http_error err;
-        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), HTTP_ERR_TRANSPORT);
+        cerr_detail err;
+        CHECK_EQ_INT(http_perform(c, &req, &resp, &err), CERR_NETWORK);
         CHECK_EQ_INT(err.curl_code, CURLE_PEER_FAILED_VERIFICATION);
         CHECK_EQ_INT(resp.attempts, 1);
         CHECK_EQ_INT(testsrv_count(srv), 0);
@@ -1552,8 +1552,8 @@ static int alpn_get(const alpn_srv *s, const char *dir, http_response *resp)
     req.url = url;
     req.idempotent = true;
     req.timeout_s = 10;
-    http_error err;
-    int rc = c ? http_perform(c, &req, resp, &err) : HTTP_ERR_NOMEM;
+    cerr_detail err;
+    int rc = c ? http_perform(c, &req, resp, &err) : CERR_NOMEM;
     http_client_free(c);
     free(url);
     free(ca);
@@ -1593,7 +1593,7 @@ TEST(https_falls_back_to_http11_when_h2_not_chosen)
     alpn_srv s;
     CHECK(alpn_start(&s, dir, "http/1.1"));
     http_response resp;
-    CHECK_EQ_INT(alpn_get(&s, dir, &resp), HTTP_OK);
+    CHECK_EQ_INT(alpn_get(&s, dir, &resp), CERR_OK);
     CHECK_EQ_INT(resp.status, 200);
     http_response_free(&resp);
     alpn_stop(&s);
@@ -1668,7 +1668,7 @@ TEST(streamed_upload_20mib_not_buffered)
     size_t before = s.peak;
     pthread_t th;
     pthread_create(&th, NULL, sample_heap, &s);
-    CHECK_EQ_INT(hfx_perform(&t), HTTP_OK);
+    CHECK_EQ_INT(hfx_perform(&t), CERR_OK);
     s.stop = true;
     pthread_join(th, NULL);
     const testsrv_req *r = testsrv_get(t.srv, 0);
@@ -1713,8 +1713,8 @@ static void *par_worker(void *ud)
         http_request_init(&req);
         req.url = url;
         http_response resp;
-        http_error err;
-        if (http_perform(p->c, &req, &resp, &err) == HTTP_OK && resp.body &&
+        cerr_detail err;
+        if (http_perform(p->c, &req, &resp, &err) == CERR_OK && resp.body &&
             strcmp(resp.body, strstr(url + 7, "/")) == 0)
             p->ok++;
         http_response_free(&resp);

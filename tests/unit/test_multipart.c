@@ -56,18 +56,17 @@ TEST(crlf_two_parts)
                             "--XyZ--\r\n";
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S(b), "XyZ", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S(b), "XyZ", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 2);
     CHECK_EQ_INT(c.parts[0].body_len, 25);
     CHECK(memcmp(c.parts[0].body, "DICM\0binary\r\nwith lines\r\n", 25) == 0);
     CHECK(body_is(&c.parts[1], "{}"));
     char v[64];
-    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "content-type", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "content-type", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "application/dicom");
-    CHECK_EQ_INT(multipart_part_header(&c.parts[1], "CONTENT-LENGTH", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&c.parts[1], "CONTENT-LENGTH", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "2");
-    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "Content-Length", v, sizeof v),
-                 MULTIPART_ERR_SYNTAX);
+    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "Content-Length", v, sizeof v), CERR_MALFORMED);
 }
 
 TEST(lf_only)
@@ -75,7 +74,7 @@ TEST(lf_only)
     static const char b[] = "--b\nContent-Type: text/plain\n\nhello\n--b\n\nno headers\n--b--\n";
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S(b), "b", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S(b), "b", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 2);
     CHECK(body_is(&c.parts[0], "hello"));
     CHECK_EQ_INT(c.parts[1].headers_len, 0);
@@ -98,7 +97,7 @@ TEST(preamble_epilogue_padding)
                             "epilogue --b\r\n--b\r\n";
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S(b), "b", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S(b), "b", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 2);
     CHECK(body_is(&c.parts[0], "one\r\n--bb is not it either"));
     CHECK(body_is(&c.parts[1], "two"));
@@ -109,7 +108,7 @@ TEST(close_at_end_without_line_break)
     static const char b[] = "--b\r\n\r\nx\r\n--b--";
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S(b), "b", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S(b), "b", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 1);
     CHECK(body_is(&c.parts[0], "x"));
 }
@@ -120,11 +119,11 @@ TEST(empty_bodies_and_headers_only)
     static const char b[] = "--b\r\nA: 1\r\n--b\r\nA: 2\r\n\r\n--b\r\n\r\n\r\n--b--\r\n";
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S(b), "b", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S(b), "b", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 3);
     CHECK_EQ_INT(c.parts[0].body_len, 0);
     char v[8];
-    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "a", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&c.parts[0], "a", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "1");
     CHECK_EQ_INT(c.parts[1].body_len, 0);
     CHECK_EQ_INT(c.parts[2].body_len, 0);
@@ -135,7 +134,7 @@ TEST(only_close_delimiter)
 {
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S("--b--\r\n"), "b", &c, why), MULTIPART_OK);
+    CHECK_EQ_INT(parse(S("--b--\r\n"), "b", &c, why), CERR_OK);
     CHECK_EQ_INT(c.n, 0);
 }
 
@@ -165,16 +164,16 @@ TEST(bad_bodies)
         collected c;
         char why[160] = "";
         int rc = parse(cases[i].body, cases[i].len, cases[i].boundary, &c, why);
-        if (rc != MULTIPART_ERR_SYNTAX || !strstr(why, cases[i].msg))
+        if (rc != CERR_MALFORMED || !strstr(why, cases[i].msg))
             printf("# case %zu: rc %d why \"%s\"\n", i, rc, why);
-        CHECK_EQ_INT(rc, MULTIPART_ERR_SYNTAX);
+        CHECK_EQ_INT(rc, CERR_MALFORMED);
         CHECK(strstr(why, cases[i].msg) != NULL);
     }
     collected c;
     char why[160] = "";
-    CHECK_EQ_INT(parse(S("--b--"), longb, &c, why), MULTIPART_ERR_SYNTAX);
+    CHECK_EQ_INT(parse(S("--b--"), longb, &c, why), CERR_MALFORMED);
     CHECK(strstr(why, "longer than 70") != NULL);
-    CHECK_EQ_INT(multipart_parse(NULL, 0, "b", NULL, NULL, NULL, 0), MULTIPART_ERR_SYNTAX);
+    CHECK_EQ_INT(multipart_parse(NULL, 0, "b", NULL, NULL, NULL, 0), CERR_MALFORMED);
 }
 
 TEST(callback_stops)
@@ -242,19 +241,18 @@ TEST(part_header_lookup)
     memcpy(copy, h, sizeof h - 1);
     multipart_part p = {.headers = copy, .headers_len = sizeof h - 1};
     char v[64];
-    CHECK_EQ_INT(multipart_part_header(&p, "content-type", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&p, "content-type", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "application/dicom; transfer-syntax=*");
-    CHECK_EQ_INT(multipart_part_header(&p, "x-folded", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&p, "x-folded", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "one two");
-    CHECK_EQ_INT(multipart_part_header(&p, "X-DUP", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&p, "X-DUP", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "first");
-    CHECK_EQ_INT(multipart_part_header(&p, "x-last", v, sizeof v), MULTIPART_OK);
+    CHECK_EQ_INT(multipart_part_header(&p, "x-last", v, sizeof v), CERR_OK);
     CHECK_EQ_STR(v, "last");
-    CHECK_EQ_INT(multipart_part_header(&p, "x-missing", v, sizeof v), MULTIPART_ERR_SYNTAX);
-    CHECK_EQ_INT(multipart_part_header(&p, "content", v, sizeof v), MULTIPART_ERR_SYNTAX);
+    CHECK_EQ_INT(multipart_part_header(&p, "x-missing", v, sizeof v), CERR_MALFORMED);
+    CHECK_EQ_INT(multipart_part_header(&p, "content", v, sizeof v), CERR_MALFORMED);
     char small[5];
-    CHECK_EQ_INT(multipart_part_header(&p, "content-type", small, sizeof small),
-                 MULTIPART_ERR_NOMEM);
+    CHECK_EQ_INT(multipart_part_header(&p, "content-type", small, sizeof small), CERR_NOMEM);
     free(copy);
 }
 
