@@ -6,6 +6,10 @@
  * from a fresh complete listing does not exist. Single entries (e.g. the
  * size of one operation fetched by getattr) can be added to a listing
  * without making it complete. Thread-safe.
+ *
+ * Owns the one cache policy of every remote listing: fresh within a TTL,
+ * then fetched again, the last listing served when that fails
+ * (dircache_get_or_fetch). Keys come from fs_cache_key (ctx.h).
  */
 #ifndef DICOMFS_DIRCACHE_H
 #define DICOMFS_DIRCACHE_H

@@ -179,15 +179,22 @@ static void new_run_id(const char *last, char *buf, size_t len)
     }
 }
 
+/* Listing keys (fs_cache_key): export/FMT/NAME.out, export/FMT/NAME.runs/RUN
+ * (FMT being tree_format_top's "as-stored" for a filter straight in export/). */
 static char *out_key(const tree_path *tp)
 {
-    return util_asprintf("out:%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name);
+    char *what = util_asprintf("export/%s/%s.out", tp->format->dir, tp->name);
+    char *key = what ? fs_cache_key(tp->dataset, tp->store, what) : NULL;
+    free(what);
+    return key;
 }
 
 static char *run_key(const tree_path *tp, const char *run)
 {
-    return util_asprintf("run:%s/%s/%s/%s/%s", tp->dataset, tp->store, tp->format->dir, tp->name,
-                         run);
+    char *what = util_asprintf("export/%s/%s.runs/%s", tp->format->dir, tp->name, run);
+    char *key = what ? fs_cache_key(tp->dataset, tp->store, what) : NULL;
+    free(what);
+    return key;
 }
 
 /* ---- export/FMT/ */
@@ -885,7 +892,14 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
     /* Checked at most every FS_OP_TTL seconds per operation. */
     bool is_dir;
     uint64_t state = 0;
-    if (!fresh && dircache_lookup(x->cache, "export-state", op, &is_dir, &state) == 1) {
+    char *key = fs_cache_key(tp->dataset, tp->store, "export");
+    if (!key) {
+        free(op);
+        free(donef);
+        return -ENOMEM;
+    }
+    if (!fresh && dircache_lookup(x->cache, key, op, &is_dir, &state) == 1) {
+        free(key);
         free(op);
         free(donef);
         return 0;
@@ -915,7 +929,8 @@ static int export_done(fs_ctx *x, const tree_path *tp, bool fresh)
         hc_operation_clear(&o);
     }
     if (result == 0)
-        dircache_put_one(x->cache, "export-state", op, false, 0, FS_OP_TTL);
+        dircache_put_one(x->cache, key, op, false, 0, FS_OP_TTL);
+    free(key);
     free(json);
     free(op);
     free(donef);
@@ -991,13 +1006,24 @@ struct out_src {
     fs_ctx *x;
     const tree_path *tp;
     const char *prefix; /* the run's object prefix, no '/' at the end */
+    bool gated;         /* NAME.out/: listed once the operation is done */
+    bool fresh;         /* ask whether it is done even if it said "not yet" a moment ago */
 };
+
+/* What fetch_out returns while the export runs: nothing to list, nothing
+ * kept (no errno mapping of a client error gives it). */
+#define OUT_NOT_DONE (-EINPROGRESS)
 
 static int fetch_out(void *ctx, dircache_list *out)
 {
     struct out_src *src = ctx;
     fs_ctx *x = src->x;
     const tree_path *tp = src->tp;
+    if (src->gated) {
+        int done = export_done(x, tp, src->fresh);
+        if (done <= 0)
+            return done < 0 ? done : OUT_NOT_DONE;
+    }
     char *slashed = util_asprintf("%s/", src->prefix);
     if (!slashed)
         return -ENOMEM;
@@ -1100,22 +1126,11 @@ static int out_view_of(fs_ctx *x, const tree_path *tp, out_view *v)
 static int out_listing(fs_ctx *x, const tree_path *tp, const out_view *v, bool fresh,
                        dircache_list *l)
 {
-    if (dircache_get(x->cache, v->key, l) == 0)
-        return 0;
-    if (v->gated) {
-        int done = export_done(x, tp, fresh);
-        /* Stale on error: the server cannot say; show what it listed last. */
-        if (done < 0 && done != -ENOENT && done != -ENOMEM &&
-            dircache_get_stale(x->cache, v->key, l) == 0)
-            return 0;
-        if (done <= 0) {
-            dircache_list_init(l);
-            return done;
-        }
-    }
-    struct out_src src = {x, tp, v->prefix};
+    /* Stale on error, as every listing: when the server cannot say whether
+     * the export is done, or list its objects, what it listed last. */
+    struct out_src src = {x, tp, v->prefix, v->gated, fresh};
     int rc = dircache_get_or_fetch(x->cache, v->key, FS_LIST_TTL, fetch_out, &src, l);
-    return rc;
+    return rc == OUT_NOT_DONE ? 0 : rc;
 }
 
 /* What NAME.out/ holds: the exported objects once an export started

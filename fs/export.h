@@ -1,5 +1,8 @@
 /* export: the STORE/export/ directory.
  *
+ * Owns: the filters (in memory while open, their records in
+ * cache_dir/exports/), starting exports, NAME.out/ and NAME.runs/.
+ *
  * export/FMT/ for each output format (tree_formats). Writing a filter file
  * export/FMT/NAME keeps it in memory (at most EXPORT_MAX_FILTER bytes,
  * EFBIG beyond); flush() (what each close() returns, also of a dup'ed
@@ -41,7 +44,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 #define EXPORT_MAX_FILTER (64u << 20)

@@ -1389,7 +1389,13 @@ static void apply_time(struct timespec *dst, const struct timespec *src)
         *dst = *src;
 }
 
-int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2])
+/* The one path of utimens/chmod/chown: apply changes the node under the
+ * lock, then its ctime, its journal record (written now, so it survives a
+ * daemon kill; made durable by the next sync point: an fsync per call would
+ * halve rsync's speed) and, for a remembered file, its way back to the
+ * index only. */
+static int set_attrs(import_mgr *m, const char *store, const char *rel,
+                     void (*apply)(node *n, const void *arg), const void *arg)
 {
     if (!*rel)
         return 0;
@@ -1397,56 +1403,58 @@ int import_utimens(import_mgr *m, const char *store, const char *rel, const stru
     pthread_mutex_lock(&m->lock);
     node *n = lookup(m, store, rel);
     if (n) {
-        if (tv) {
-            apply_time(&n->atime, &tv[0]);
-            apply_time(&n->mtime, &tv[1]);
-        } else {
-            clock_gettime(CLOCK_REALTIME, &n->mtime);
-            n->atime = n->mtime;
-        }
+        apply(n, arg);
         clock_gettime(CLOCK_REALTIME, &n->ctime);
-        /* Written to the log now (survives a daemon kill); made durable by
-         * the next sync point: an fsync per utimens would halve rsync's speed. */
         rc = imp_node_journal(m, n);
-        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
+        imp_node_maybe_free(m, n);
     }
     pthread_mutex_unlock(&m->lock);
     return rc;
+}
+
+static void apply_times(node *n, const void *arg)
+{
+    const struct timespec *tv = arg;
+    if (tv) {
+        apply_time(&n->atime, &tv[0]);
+        apply_time(&n->mtime, &tv[1]);
+    } else {
+        clock_gettime(CLOCK_REALTIME, &n->mtime);
+        n->atime = n->mtime;
+    }
+}
+
+int import_utimens(import_mgr *m, const char *store, const char *rel, const struct timespec tv[2])
+{
+    return set_attrs(m, store, rel, apply_times, tv);
+}
+
+static void apply_mode(node *n, const void *arg)
+{
+    n->mode = *(const mode_t *)arg & 07777;
 }
 
 int import_chmod(import_mgr *m, const char *store, const char *rel, mode_t mode)
 {
-    if (!*rel)
-        return 0;
-    int rc = -ENOENT;
-    pthread_mutex_lock(&m->lock);
-    node *n = lookup(m, store, rel);
-    if (n) {
-        n->mode = mode & 07777;
-        clock_gettime(CLOCK_REALTIME, &n->ctime);
-        rc = imp_node_journal(m, n);
-        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
-    }
-    pthread_mutex_unlock(&m->lock);
-    return rc;
+    return set_attrs(m, store, rel, apply_mode, &mode);
+}
+
+struct owner {
+    uid_t uid;
+    gid_t gid;
+};
+
+static void apply_owner(node *n, const void *arg)
+{
+    const struct owner *o = arg;
+    if (o->uid != (uid_t)-1)
+        n->uid = o->uid;
+    if (o->gid != (gid_t)-1)
+        n->gid = o->gid;
 }
 
 int import_chown(import_mgr *m, const char *store, const char *rel, uid_t uid, gid_t gid)
 {
-    if (!*rel)
-        return 0;
-    int rc = -ENOENT;
-    pthread_mutex_lock(&m->lock);
-    node *n = lookup(m, store, rel);
-    if (n) {
-        if (uid != (uid_t)-1)
-            n->uid = uid;
-        if (gid != (gid_t)-1)
-            n->gid = gid;
-        clock_gettime(CLOCK_REALTIME, &n->ctime);
-        rc = imp_node_journal(m, n);
-        imp_node_maybe_free(m, n); /* a remembered file goes back to the index only */
-    }
-    pthread_mutex_unlock(&m->lock);
-    return rc;
+    struct owner o = {uid, gid};
+    return set_attrs(m, store, rel, apply_owner, &o);
 }

@@ -169,7 +169,7 @@ static int run(fs_options *o)
         return 1;
 
     struct fuse *f =
-        fuse_new(&o->fuse_args, fs_fuse_operations(), sizeof(struct fuse_operations), &x);
+        fuse_new(o->fuse_args, fs_fuse_operations(), sizeof(struct fuse_operations), &x);
     if (!f) {
         fprintf(stderr, "dicomfs: cannot set up FUSE (see the message above)\n");
         dircache_free(x.cache);

@@ -70,7 +70,7 @@ static size_t content_size(const char *json)
 
 static char *ops_key(const char *ds_id)
 {
-    return util_asprintf("ops:%s", ds_id);
+    return fs_cache_key(ds_id, NULL, "operations");
 }
 
 struct list_ctx {

@@ -1,5 +1,7 @@
 /* ops: the operations/ directories.
  *
+ * Owns: the listings and the content of operations/ID.json files.
+ *
  * DATASET/operations/ lists every operation of the dataset (operations.list,
  * all pages) as ID.json; STORE/operations/ lists those the store's import/
  * and export/ started (from the journal). ID.json holds the operation JSON
@@ -15,7 +17,7 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 
 typedef int (*ops_fill_fn)(void *buf, const char *name, const struct stat *st);
 

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fuse_opt.h>
+
 #include "gcs.h"
 #include "util.h"
 
@@ -598,7 +600,7 @@ static int add_fuse_defaults(fs_options *o)
     char *fsname = util_asprintf("-ofsname=%s,subtype=dicomfs,default_permissions", o->source);
     if (!fsname)
         return -1;
-    int rc = fuse_opt_insert_arg(&o->fuse_args, 1, fsname);
+    int rc = fuse_opt_insert_arg(o->fuse_args, 1, fsname);
     free(fsname);
     return rc;
 }
@@ -608,11 +610,14 @@ int fs_options_parse(int argc, char **argv, fs_options *o, char *err, size_t err
     memset(o, 0, sizeof *o);
     struct raw_opts r;
     memset(&r, 0, sizeof r);
-    o->fuse_args = (struct fuse_args)FUSE_ARGS_INIT(0, NULL);
+    o->fuse_args = calloc(1, sizeof *o->fuse_args);
+    if (!o->fuse_args)
+        return fail(err, errlen, "out of memory");
+    *o->fuse_args = (struct fuse_args)FUSE_ARGS_INIT(0, NULL);
     for (int i = 0; i < argc; i++)
-        if (fuse_opt_add_arg(&o->fuse_args, argv[i]) != 0)
+        if (fuse_opt_add_arg(o->fuse_args, argv[i]) != 0)
             return fail(err, errlen, "out of memory");
-    if (fuse_opt_parse(&o->fuse_args, &r, option_spec, option_proc) != 0) {
+    if (fuse_opt_parse(o->fuse_args, &r, option_spec, option_proc) != 0) {
         raw_free(&r);
         return fail(err, errlen, "cannot parse the options");
     }
@@ -640,7 +645,9 @@ void fs_options_free(fs_options *o)
     free(o->endpoint);
     free(o->storage_endpoint);
     free(o->ca_file);
-    fuse_opt_free_args(&o->fuse_args);
+    if (o->fuse_args)
+        fuse_opt_free_args(o->fuse_args);
+    free(o->fuse_args);
     memset(o, 0, sizeof *o);
 }
 

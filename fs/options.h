@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include <fuse_opt.h>
+struct fuse_args;
 
 typedef struct fs_options {
     char *source;     /* as given, without trailing '/' */
@@ -53,7 +53,7 @@ typedef struct fs_options {
     bool show_help;
     bool show_version;
 
-    struct fuse_args fuse_args; /* handed to fuse_new() */
+    struct fuse_args *fuse_args; /* handed to fuse_new() (fuse_opt.h; malloc'ed) */
 } fs_options;
 
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 0 }; /* 0: adaptive, 4..64 from 16 (upconc.h) */

@@ -1,5 +1,6 @@
 /* scratch: the temporary files editors and tools make beside a filter in
  * export/ (or export/FMT/), kept as private local files that start nothing.
+ * Owns: which names are scratch and cache_dir/exports/.../.scratch/.
  *
  * A name is scratch when it starts with '.' or '#', ends with '~', ".swp",
  * ".swo", ".swx" or ".tmp", is GNU sed's "sedXXXXXX" (6 letters/digits) or
@@ -15,7 +16,7 @@
 #include <stdbool.h>
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 typedef int (*scratch_fill_fn)(void *buf, const char *name, const struct stat *st);

@@ -7,9 +7,9 @@
  * store's background work waits for a cause that is not about its files,
  * one "paused: CAUSE: FIX" line (failpolicy.h). Then one
  * "failed: PATH: REASON" line per failed file, with '\n', '\r' and '\\' in
- * names escaped as \n, \r and \\ so that one file is one line; then one
- * "failed: export/FMT/NAME: REASON" line per filter whose export did not
- * start (export.c; not counted in "failed: N", which counts import files).
+ * names escaped as \n, \r and \\ so that one file is one line. The
+ * STORE/status file adds the export and import/ refusals after this text
+ * (node_status.c).
  */
 #include "status.h"
 
@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export.h"
 #include "import_int.h"
 
 static void put_escaped(FILE *f, const char *s)
@@ -58,21 +57,6 @@ bool import_knows_dataset(import_mgr *m, const char *dataset)
         known = strncmp(s->name, dataset, n) == 0 && strncmp(s->name + n, "/dicomStores/", 13) == 0;
     pthread_mutex_unlock(&m->lock);
     return known;
-}
-
-/* The filters of the store (".../datasets/D/dicomStores/S") whose export
- * did not start: their lines follow the import failures. */
-static void export_failures(const char *cache_dir, const char *store, FILE *f)
-{
-    const char *d = strstr(store, "/datasets/");
-    const char *s = d ? strstr(d, "/dicomStores/") : NULL;
-    if (!d || !s)
-        return;
-    d += strlen("/datasets/");
-    char *ds = strndup(d, (size_t)(s - d));
-    if (ds)
-        export_status_failures(cache_dir, ds, s + strlen("/dicomStores/"), f);
-    free(ds);
 }
 
 char *import_status_text(import_mgr *m, const char *store)
@@ -145,7 +129,6 @@ char *import_status_text(import_mgr *m, const char *store)
         fputc('\n', f);
     }
     pthread_mutex_unlock(&m->lock);
-    export_failures(m->cache_dir, store, f);
     if (fclose(f) != 0) {
         free(text);
         return NULL;

@@ -1,5 +1,8 @@
 /* status: the text of STORE/status (see import_status_text in import.h) and
- * its parser, shared with `dicomfs wait`. */
+ * its parser, shared with `dicomfs wait`.
+ *
+ * Owns: the counter lines of the import pipeline and their parsing; the
+ * STORE/status file adds the export and import/ refusals (node_status.c). */
 #ifndef DICOMFS_STATUS_H
 #define DICOMFS_STATUS_H
 

@@ -73,10 +73,15 @@ static char *search_path(const spath *sp, int depth)
     }
 }
 
+/* studies/, studies/STUDY or studies/STUDY/SERIES (fs_cache_key). */
 static char *cache_key(const tree_path *tp, const spath *sp, int depth)
 {
-    return util_asprintf("studies:%s/%s/%d/%s/%s", tp->dataset, tp->store, depth,
-                         depth >= 1 ? sp->study : "", depth >= 2 ? sp->series : "");
+    char *what = depth >= 2   ? util_asprintf("studies/%s/%s", sp->study, sp->series)
+                 : depth == 1 ? util_asprintf("studies/%s", sp->study)
+                              : strdup("studies");
+    char *key = what ? fs_cache_key(tp->dataset, tp->store, what) : NULL;
+    free(what);
+    return key;
 }
 
 struct collect {

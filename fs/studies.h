@@ -1,5 +1,8 @@
 /* studies: the read-only STORE/studies/ view (DICOMweb).
  *
+ * Owns: the study/series/instance listings, instance sizes and retrieval,
+ * and the deletes allow_delete permits.
+ *
  *   studies/                    one directory per study (QIDO-RS studies)
  *   studies/STUDY/              one directory per series
  *   studies/STUDY/SERIES/       INSTANCE.dcm per instance
@@ -17,7 +20,7 @@
 
 #include <sys/stat.h>
 
-#include "fuse_ops.h"
+#include "ctx.h"
 #include "tree.h"
 
 typedef int (*studies_fill_fn)(void *buf, const char *name, const struct stat *st);

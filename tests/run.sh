@@ -94,6 +94,19 @@ run_unit() {
   done
 }
 
+# --- Structure checks: no include cycle among fs/ modules, every header
+# says what its module owns, FUSE headers only in the FUSE layer.
+run_checks() {
+  echo "== structure checks"
+  if "$PY" tests/tools/include_cycles.py fs >"$LOGDIR/include_cycles.log" 2>&1; then
+    pass
+    echo "  include_cycles: $(tail -1 "$LOGDIR/include_cycles.log")"
+  else
+    fail "include_cycles (see $LOGDIR/include_cycles.log)"
+    cat "$LOGDIR/include_cycles.log"
+  fi
+}
+
 # --- Integration tests: pytest from Debian, real mounts against the emulator.
 run_integration() {
   echo "== integration tests"
@@ -178,9 +191,9 @@ run_fuzz() {
 }
 
 case "$ONLY" in
-  unit) run_unit ;;
+  unit) run_unit; run_checks ;;
   integration) run_integration ;;
   fuzz) run_fuzz ;;
-  *) run_unit; run_integration; run_fuzz ;;
+  *) run_unit; run_checks; run_integration; run_fuzz ;;
 esac
 summary

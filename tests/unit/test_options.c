@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fuse_opt.h>
+
 #include "../../fs/options.h"
 #include "testlib.h"
 
@@ -19,8 +21,8 @@ static int parse(fs_options *o, char *err, const char *const *args)
 /* Whether the FUSE arguments contain s as an argument or inside a -o list. */
 static int fuse_has(const fs_options *o, const char *s)
 {
-    for (int i = 0; i < o->fuse_args.argc; i++)
-        if (strstr(o->fuse_args.argv[i], s))
+    for (int i = 0; i < o->fuse_args->argc; i++)
+        if (strstr(o->fuse_args->argv[i], s))
             return 1;
     return 0;
 }
@@ -110,9 +112,9 @@ TEST(dataset_source_and_all_options)
     CHECK(fuse_has(&o, "attr_timeout=3"));
     CHECK(!fuse_has(&o, "uploads"));
     CHECK(!fuse_has(&o, "no_auth"));
-    for (int i = 0; i < o.fuse_args.argc; i++) {
-        CHECK(strcmp(o.fuse_args.argv[i], "-f") != 0);
-        CHECK(strcmp(o.fuse_args.argv[i], "-s") != 0);
+    for (int i = 0; i < o.fuse_args->argc; i++) {
+        CHECK(strcmp(o.fuse_args->argv[i], "-f") != 0);
+        CHECK(strcmp(o.fuse_args->argv[i], "-s") != 0);
     }
     fs_options_free(&o);
 }
