@@ -378,6 +378,12 @@ def test_rsync_aX_into_import_keeps_user_xattrs(dicomfs_mount, filled, tmp_path,
     with pytest.raises(OSError) as ei:
         os.setxattr(one, "user.dicomfs.state", b"imported")
     assert ei.value.errno == errno.EPERM
+    # other namespaces are not supported, for reading too (README: ls -l then
+    # stops asking for SELinux labels and ACLs after the first entry)
+    for name in ("security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as ei:
+            os.getxattr(one, name)
+        assert ei.value.errno == errno.ENOTSUP, (name, ei.value)
     w = dicomfs_wait(m, ds_id, st_id)
     assert w.returncode == 0, (w.stdout, w.stderr)
 
