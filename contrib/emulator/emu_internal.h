@@ -261,6 +261,17 @@ void emu_uploads_free(emu_uploads *up);
 void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w);
 /* True for resumable-session requests (the session URI is the credential). */
 bool emu_gcs_is_session_request(const emu_request *r);
+/* An object resource as objects.get answers it (gcs_api.c). */
+cJSON *emu_gcs_object_json(emu_ctx *ctx, const emu_obj_info *o);
+/* The Cloud Storage error envelope emu_resp_gcs_error sends (server.c). */
+cJSON *emu_gcs_error_json(int status, const char *reason, const char *msg);
+/* Decodes %XX only ('+' stays '+', as in paths); malloc'ed (server.c). */
+char *emu_percent_decode(const char *s, size_t n);
+
+/* ---- gcs_batch.c ---- */
+/* POST /batch/storage/v1: a multipart/mixed body of up to 100 inner
+ * objects.delete / objects.get requests, answered part by part. */
+void emu_gcs_batch(emu_ctx *ctx, const emu_request *r, emu_response *w);
 /* Called by the server once a request's headers are in, before its body:
  * a valid chunk of a resumable session (Content-Length known) gets a sink
  * that writes the body straight to the session's part file as it arrives,

@@ -1580,10 +1580,19 @@ static void upload(emu_ctx *ctx, const emu_request *r, emu_response *w, const ch
 
 /* ---- routing ---- */
 
+cJSON *emu_gcs_object_json(emu_ctx *ctx, const emu_obj_info *o)
+{
+    return object_json(ctx, o);
+}
+
 void emu_gcs_handle(emu_ctx *ctx, const emu_request *r, emu_response *w)
 {
     const char *path = emu_req_path(r);
     bool is_upload = false, is_download = false;
+    if (strcmp(path, "/batch/storage/v1") == 0) {
+        emu_gcs_batch(ctx, r, w);
+        return;
+    }
     if (strstr(emu_req_raw_path(r), "%00")) {
         emu_resp_gcs_error(w, 400, "invalid", "Names cannot contain NUL characters.");
         return;

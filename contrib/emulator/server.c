@@ -337,12 +337,8 @@ void emu_resp_error(emu_response *w, int status, const char *fmt, ...)
     emu_resp_json(w, status, root);
 }
 
-void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const char *fmt, ...)
+cJSON *emu_gcs_error_json(int status, const char *reason, const char *msg)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    char *msg = util_vasprintf(fmt, ap);
-    va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     cJSON *errs = cJSON_AddArrayToObject(err, "errors");
@@ -353,6 +349,16 @@ void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const c
     cJSON_AddItemToArray(errs, e);
     cJSON_AddNumberToObject(err, "code", status);
     cJSON_AddStringToObject(err, "message", msg ? msg : "error");
+    return root;
+}
+
+void emu_resp_gcs_error(emu_response *w, int status, const char *reason, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = util_vasprintf(fmt, ap);
+    va_end(ap);
+    cJSON *root = emu_gcs_error_json(status, reason, msg);
     free(msg);
     emu_resp_json(w, status, root);
 }
@@ -370,7 +376,7 @@ static int hexval(char c)
 }
 
 /* Decodes %XX only: '+' stays '+' in paths. */
-static char *percent_decode(const char *s, size_t n)
+char *emu_percent_decode(const char *s, size_t n)
 {
     char *out = malloc(n + 1);
     if (!out)
@@ -406,7 +412,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         return r;
     size_t plen = strcspn(r->raw_uri, "?#");
     r->raw_path = strndup(r->raw_uri, plen);
-    r->path = percent_decode(r->raw_uri, plen);
+    r->path = emu_percent_decode(r->raw_uri, plen);
     return r;
 }
 
@@ -547,7 +553,8 @@ static enum emu_kind route_kind(const char *path)
 {
     if (has_prefix(path, "/_emulator/"))
         return EMU_KIND_CONTROL;
-    if (has_prefix(path, "/storage/v1/") || strcmp(path, "/b") == 0 || has_prefix(path, "/b/"))
+    if (has_prefix(path, "/storage/v1/") || strcmp(path, "/b") == 0 || has_prefix(path, "/b/") ||
+        strcmp(path, "/batch/storage/v1") == 0)
         return EMU_KIND_GCS;
     if (has_prefix(path, "/upload/storage/v1/"))
         return EMU_KIND_UPLOAD;

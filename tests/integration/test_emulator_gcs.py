@@ -414,6 +414,94 @@ def test_delete(emulator):
     gcs_error(emulator.request("DELETE", "/storage/v1/b/staging/o/" + enc("d/x")), 404, "notFound")
 
 
+# ---- batch (POST /batch/storage/v1, multipart/mixed of application/http parts) ----
+def batch_body(calls, boundary="===b4tch==="):
+    out = []
+    for i, (method, path) in enumerate(calls):
+        out.append("--%s\r\nContent-Type: application/http\r\nContent-ID: <c%d>\r\n\r\n"
+                   "%s %s HTTP/1.1\r\n\r\n" % (boundary, i, method, path))
+    out.append("--%s--\r\n" % boundary)
+    return "".join(out).encode(), "multipart/mixed; boundary=\"%s\"" % boundary
+
+
+def batch(emu, calls, **kw):
+    body, ctype = batch_body(calls, **kw)
+    return emu.request("POST", "/batch/storage/v1", body=body, headers={"Content-Type": ctype})
+
+
+def batch_parts(resp):
+    """Splits a 200 multipart/mixed answer into (content_id, status, json-or-None)."""
+    code, headers, body = resp
+    assert code == 200, body
+    ctype = headers["Content-Type"]
+    assert ctype.startswith("multipart/mixed; boundary=")
+    boundary = ctype.split("boundary=", 1)[1].strip('"').encode()
+    assert body.endswith(b"--" + boundary + b"--\r\n")
+    parts = []
+    for raw in body.split(b"--" + boundary)[1:-1]:
+        head, inner = raw.lstrip(b"\r\n").split(b"\r\n\r\n", 1)
+        fields = dict(h.split(": ", 1) for h in head.decode().split("\r\n"))
+        assert fields["Content-Type"] == "application/http"
+        status_line, rest = inner.split(b"\r\n", 1)
+        ihead, ibody = rest.split(b"\r\n\r\n", 1)
+        ibody = ibody[:-2]  # the line break before the next delimiter
+        ilen = [int(h.split(b": ")[1]) for h in ihead.split(b"\r\n") if h.startswith(b"Content-Length")]
+        assert ilen == [len(ibody)]
+        parts.append((fields.get("Content-ID"), int(status_line.split()[1]),
+                      json.loads(ibody) if ibody else None))
+    return parts
+
+
+def test_batch_delete_and_get(emulator):
+    for n in ("bt/a", "bt/b c", "bt/keep"):
+        ok_json(upload_media(emulator, n, b"x" + n.encode()))
+    before = emulator.stats()["byKind"]["gcs"]
+    parts = batch_parts(batch(emulator, [
+        ("DELETE", "/storage/v1/b/staging/o/" + enc("bt/a")),
+        ("DELETE", "/storage/v1/b/staging/o/" + enc("bt/missing")),
+        ("DELETE", "/storage/v1/b/staging/o/" + enc("bt/b c")),
+        ("GET", "/storage/v1/b/staging/o/" + enc("bt/keep")),
+        ("DELETE", "/storage/v1/b/nobucket/o/x"),
+        ("PATCH", "/storage/v1/b/staging/o/" + enc("bt/keep")),
+    ]))
+    # One HTTP request for six calls, in the statistics as on the wire.
+    assert emulator.stats()["byKind"]["gcs"] == before + 1
+    assert [p[0] for p in parts] == ["<response-c%d>" % i for i in range(6)]
+    assert [p[1] for p in parts] == [204, 404, 204, 200, 404, 405]
+    assert parts[0][2] is None and parts[2][2] is None
+    assert parts[1][2]["error"]["errors"][0]["reason"] == "notFound"
+    assert parts[3][2]["name"] == "bt/keep" and parts[3][2]["size"] == "8"
+    for n, status in (("bt/a", 404), ("bt/b c", 404), ("bt/keep", 200)):
+        code, _, _ = emulator.request("GET", "/storage/v1/b/staging/o/" + enc(n))
+        assert code == status, n
+
+
+def test_batch_limits(emulator):
+    ok_json(upload_media(emulator, "lim/0", b"0"))
+    calls = [("DELETE", "/storage/v1/b/staging/o/" + enc("lim/%d" % i)) for i in range(101)]
+    gcs_error(batch(emulator, calls), 400, "invalid")
+    # Nothing of a refused batch ran.
+    code, _, _ = emulator.request("GET", "/storage/v1/b/staging/o/" + enc("lim/0"))
+    assert code == 200
+    parts = batch_parts(batch(emulator, calls[:100]))
+    assert len(parts) == 100 and parts[0][1] == 204 and {p[1] for p in parts[1:]} == {404}
+    gcs_error(emulator.request("POST", "/batch/storage/v1", body=b"x",
+                               headers={"Content-Type": "text/plain"}), 400, "invalid")
+    gcs_error(emulator.request("GET", "/batch/storage/v1"), 405, "invalid")
+    code, _, _ = emulator.request("POST", "/batch/storage/v1", body=batch_body(calls[:1])[0],
+                                  headers={"Content-Type": batch_body(calls[:1])[1]}, auth=False)
+    assert code == 401
+
+
+def test_batch_is_one_request_to_faults(emulator_factory):
+    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/batch/")
+    ok_json(upload_media(emu, "f/x", b"x"))
+    code, _, _ = batch(emu, [("DELETE", "/storage/v1/b/staging/o/" + enc("f/x"))])
+    assert code in (429, 500, 503)
+    code, _, _ = emu.request("GET", "/storage/v1/b/staging/o/" + enc("f/x"))
+    assert code == 200  # a failed batch did nothing
+
+
 # ---- persistence ----
 def test_persistence_across_restart(emulator):
     data = os.urandom(4096)
