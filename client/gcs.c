@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "multipart.h"
 #include "util.h"
 
 #define GCS_DEFAULT_ENDPOINT "https://storage.googleapis.com"
@@ -861,6 +863,155 @@ int gcs_delete(gcs_client *c, const char *bucket, const char *name, cerr_detail 
     if (rc == CERR_OK && resp.status != 200 && resp.status != 204)
         rc = protocol_err(err, &resp, "delete", bucket, name);
     http_response_free(&resp);
+    return rc;
+}
+
+/* ---- batch delete -------------------------------------------------------------- */
+
+typedef struct batch_parse {
+    long *status;
+    size_t n;
+    size_t next; /* position of the next part (for answers without Content-ID) */
+} batch_parse;
+
+/* "HTTP/1.1 204 No Content" at the start of an inner response: the status. */
+static long inner_status(const char *p, size_t len)
+{
+    if (len < 12 || strncmp(p, "HTTP/", 5) != 0)
+        return 0;
+    const char *sp = memchr(p, ' ', len < 16 ? len : 16);
+    if (!sp || (size_t)(sp - p) + 4 > len)
+        return 0;
+    long st = 0;
+    for (int i = 1; i <= 3; i++) {
+        if (sp[i] < '0' || sp[i] > '9')
+            return 0;
+        st = st * 10 + (sp[i] - '0');
+    }
+    size_t after = (size_t)(sp - p) + 4;
+    if (after < len && sp[4] != ' ' && sp[4] != '\r' && sp[4] != '\n')
+        return 0;
+    return st >= 100 && st <= 599 ? st : 0;
+}
+
+/* "response-7" or "<response-7>" -> 7; 0 for anything else. */
+static size_t response_id(const char *cid)
+{
+    size_t n = strlen(cid);
+    if (n >= 2 && cid[0] == '<' && cid[n - 1] == '>') {
+        cid++;
+        n -= 2;
+    }
+    if (n < 10 || strncmp(cid, "response-", 9) != 0 || n - 9 > 6)
+        return 0;
+    size_t id = 0;
+    for (size_t i = 9; i < n; i++) {
+        if (cid[i] < '0' || cid[i] > '9')
+            return 0;
+        id = id * 10 + (size_t)(cid[i] - '0');
+    }
+    return id;
+}
+
+static int batch_part(void *ctx, const multipart_part *part)
+{
+    batch_parse *b = ctx;
+    char cid[128];
+    size_t idx = b->next++;
+    if (multipart_part_header(part, "Content-ID", cid, sizeof cid) == CERR_OK) {
+        size_t id = response_id(cid);
+        if (id == 0)
+            return CERR_MALFORMED;
+        idx = id - 1;
+    }
+    long st = inner_status(part->body, part->body_len);
+    if (idx >= b->n || b->status[idx] != 0 || st == 0)
+        return CERR_MALFORMED;
+    b->status[idx] = st;
+    return 0;
+}
+
+int gcs_batch_parse(const char *content_type, const char *body, size_t len, long *status, size_t n)
+{
+    if (!content_type || strncasecmp(content_type, "multipart/mixed", 15) != 0 || !status)
+        return CERR_MALFORMED;
+    char *boundary = multipart_content_type_param(content_type, "boundary");
+    if (!boundary)
+        return CERR_MALFORMED;
+    batch_parse b = {.status = status, .n = n};
+    int rc = multipart_parse(body, len, boundary, batch_part, &b, NULL, 0);
+    free(boundary);
+    return rc == CERR_NOMEM ? CERR_NOMEM : rc != CERR_OK ? CERR_MALFORMED : CERR_OK;
+}
+
+/* The request body: part i+1 holds "DELETE /storage/v1/b/B/o/NAME". */
+static char *batch_body(const char *boundary, const char *bucket, const char *const *names,
+                        size_t n, size_t *len)
+{
+    char *out = NULL, *eb = http_escape(bucket);
+    FILE *f = eb ? open_memstream(&out, len) : NULL;
+    bool ok = f != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        char *en = http_escape(names[i]);
+        ok = en && fprintf(f,
+                           "--%s\r\nContent-Type: application/http\r\nContent-ID: <%zu>\r\n\r\n"
+                           "DELETE /storage/v1/b/%s/o/%s HTTP/1.1\r\n\r\n\r\n",
+                           boundary, i + 1, eb, en) > 0;
+        free(en);
+    }
+    if (ok)
+        ok = fprintf(f, "--%s--\r\n", boundary) > 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    free(eb);
+    if (!ok) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+int gcs_delete_batch(gcs_client *c, const char *bucket, const char *const *names, size_t n,
+                     long *status, cerr_detail *err)
+{
+    cerr_detail dummy;
+    if (!err)
+        err = &dummy;
+    if (!c || !bucket || !names || !status || n == 0 || n > GCS_BATCH_MAX)
+        return bad_args(err, "batch delete");
+    memset(status, 0, n * sizeof *status);
+    const char *boundary = "dicomfs_batch_6b1f0c";
+    size_t len = 0;
+    char *body = batch_body(boundary, bucket, names, n, &len);
+    char *url = util_asprintf("%s/batch/storage/v1", c->endpoint);
+    char *cth = util_asprintf("Content-Type: multipart/mixed; boundary=%s", boundary);
+    const char *hdrs[] = {cth, NULL};
+    http_response resp = {0};
+    int rc = CERR_NOMEM;
+    if (body && url && cth) {
+        http_request req;
+        http_request_init(&req);
+        req.method = "POST";
+        req.url = url;
+        req.headers = hdrs;
+        req.body = body;
+        req.body_len = len;
+        req.idempotent = true; /* a repeated delete answers 404 = gone */
+        rc = http_perform(c->http, &req, &resp, err);
+        char ct[256] = "";
+        if (rc == CERR_OK &&
+            (resp.status != 200 || !http_response_header(&resp, "Content-Type", ct, sizeof ct) ||
+             gcs_batch_parse(ct, resp.body, resp.body_len, status, n) != CERR_OK)) {
+            memset(status, 0, n * sizeof *status);
+            rc = protocol_err(err, &resp, "batch delete", bucket, names[0]);
+        }
+    } else {
+        rc = nomem(err);
+    }
+    http_response_free(&resp);
+    free(body);
+    free(url);
+    free(cth);
     return rc;
 }
 

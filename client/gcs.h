@@ -83,6 +83,27 @@ int gcs_download_fd(gcs_client *c, const char *bucket, const char *name, uint64_
  * 404, which callers may treat as "already gone". */
 int gcs_delete(gcs_client *c, const char *bucket, const char *name, cerr_detail *err);
 
+/* Deletes up to GCS_BATCH_MAX objects of one bucket with ONE request
+ * (POST /batch/storage/v1, multipart/mixed of inner DELETEs). status[i]
+ * gets the inner HTTP status of names[i] (204/200 deleted, 404 already
+ * gone, others failed; the answer for a part carries only a status, so
+ * callers retry failed ones one by one). Returns CERR_OK when the batch was
+ * answered part by part, else the class of the whole request's failure
+ * (every status[i] is 0 then). A retried batch is safe: a delete that
+ * happened unseen answers 404 the second time. */
+#define GCS_BATCH_MAX 100
+int gcs_delete_batch(gcs_client *c, const char *bucket, const char *const *names, size_t n,
+                     long *status, cerr_detail *err);
+
+/* Parses a batch answer (exposed for tests and fuzzing): content_type is
+ * the response's Content-Type (multipart/mixed; boundary=...), each part an
+ * application/http response "HTTP/1.1 STATUS ..." whose Content-ID
+ * "response-I" (or <response-I>, I counting from 1) names the request part,
+ * or, without Content-IDs, its position. status[0..n) must be zero on
+ * entry; parts answering no request, twice the same request, or lacking a
+ * status line make it CERR_MALFORMED. Requests without an answer keep 0. */
+int gcs_batch_parse(const char *content_type, const char *body, size_t len, long *status, size_t n);
+
 /* Lists all pages. For each object cb gets obj; for each prefix (when
  * delimiter is set) cb gets obj == NULL and prefix. Non-zero from cb stops. */
 typedef int (*gcs_list_cb)(void *ctx, const gcs_object *obj, const char *prefix);

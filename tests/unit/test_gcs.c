@@ -1394,6 +1394,98 @@ TEST(delete_ok_and_404)
     gfx_end(&t);
 }
 
+/* A batch answer with parts out of order, one 404, one 500, bracketed
+ * Content-IDs: each status lands on its request. */
+TEST(delete_batch_maps_parts_to_names)
+{
+    gfx t;
+    gfx_start(&t);
+    cerr_detail e;
+    const char *ans = "--bb\r\nContent-Type: application/http\r\nContent-ID: <response-2>\r\n\r\n"
+                      "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n"
+                      "{\"error\":{\"code\":404}}\r\n"
+                      "--bb\r\nContent-Type: application/http\r\nContent-ID: <response-1>\r\n\r\n"
+                      "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n\r\n"
+                      "--bb\r\nContent-Type: application/http\r\nContent-ID: response-3\r\n\r\n"
+                      "HTTP/1.1 503 Service Unavailable\r\n\r\n\r\n"
+                      "--bb--\r\n";
+    testsrv_reply r = {.status = 200, .content_type = "multipart/mixed; boundary=bb", .body = ans};
+    testsrv_push(t.srv, &r);
+    const char *names[] = {"p/a", "p/b c", "p/x", "p/y"};
+    long st[4] = {9, 9, 9, 9};
+    CHECK_EQ_INT(gcs_delete_batch(t.c, "bkt", names, 4, st, &e), CERR_OK);
+    CHECK_EQ_INT(st[0], 204);
+    CHECK_EQ_INT(st[1], 404);
+    CHECK_EQ_INT(st[2], 503);
+    CHECK_EQ_INT(st[3], 0); /* no answer: the caller retries it */
+    CHECK_EQ_INT(testsrv_count(t.srv), 1);
+    const testsrv_req *q = testsrv_get(t.srv, 0);
+    CHECK_EQ_STR(q->method, "POST");
+    CHECK_EQ_STR(q->url, "/batch/storage/v1");
+    CHECK(strstr(testsrv_req_header(q, "Content-Type"), "multipart/mixed; boundary=") != NULL);
+    CHECK(strstr(q->body, "Content-ID: <2>\r\n\r\nDELETE /storage/v1/b/bkt/o/p%2Fb%20c HTTP/1.1") !=
+          NULL);
+    CHECK(strstr(q->body, "Content-ID: <4>\r\n\r\nDELETE /storage/v1/b/bkt/o/p%2Fy HTTP/1.1") !=
+          NULL);
+    gfx_end(&t);
+}
+
+/* Whole-batch failures: a 400 (e.g. too many parts), a 200 that is not
+ * multipart, bad arguments. Every status stays 0. */
+TEST(delete_batch_failures)
+{
+    gfx t;
+    gfx_start(&t);
+    cerr_detail e;
+    testsrv_reply bad = {.status = 400, .body = "{\"error\":{\"code\":400,\"message\":\"x\"}}"};
+    testsrv_reply notmp = {.status = 200, .body = "{}"};
+    testsrv_push(t.srv, &bad);
+    testsrv_push(t.srv, &notmp);
+    const char *names[] = {"a"};
+    long st[1] = {7};
+    CHECK(gcs_delete_batch(t.c, "bkt", names, 1, st, &e) != CERR_OK);
+    CHECK_EQ_INT(e.http_status, 400);
+    CHECK_EQ_INT(st[0], 0);
+    CHECK_EQ_INT(gcs_delete_batch(t.c, "bkt", names, 1, st, &e), CERR_MALFORMED);
+    CHECK_EQ_INT(st[0], 0);
+    CHECK_EQ_INT(gcs_delete_batch(t.c, "bkt", names, 0, st, &e), CERR_INVALID);
+    CHECK_EQ_INT(gcs_delete_batch(t.c, "bkt", names, GCS_BATCH_MAX + 1, st, &e), CERR_INVALID);
+    gfx_end(&t);
+}
+
+TEST(batch_parse_rejects_bad_answers)
+{
+    const char *ct = "multipart/mixed; boundary=\"q\"";
+    long st[2] = {0, 0};
+    /* Positional (no Content-ID). */
+    const char *pos = "--q\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n\r\n--q\r\n\r\nHTTP/1.1 404 NF\r\n"
+                      "\r\n\r\n--q--";
+    CHECK_EQ_INT(gcs_batch_parse(ct, pos, strlen(pos), st, 2), CERR_OK);
+    CHECK_EQ_INT(st[0], 204);
+    CHECK_EQ_INT(st[1], 404);
+    const char *bad[] = {
+        /* the same request answered twice */
+        "--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n"
+        "--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
+        /* an answer to no request */
+        "--q\r\nContent-ID: response-3\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
+        "--q\r\nContent-ID: response-0\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
+        "--q\r\nContent-ID: other\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
+        /* no status line */
+        "--q\r\n\r\n{\"error\":1}\r\n--q--",
+        "--q\r\n\r\nHTTP/1.1 2x4 X\r\n\r\n\r\n--q--",
+        /* no closing delimiter */
+        "--q\r\n\r\nHTTP/1.1 204 X\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        long s2[2] = {0, 0};
+        CHECK_EQ_INT(gcs_batch_parse(ct, bad[i], strlen(bad[i]), s2, 2), CERR_MALFORMED);
+    }
+    long s3[1] = {0};
+    CHECK_EQ_INT(gcs_batch_parse("application/json", pos, strlen(pos), s3, 1), CERR_MALFORMED);
+    CHECK_EQ_INT(gcs_batch_parse("multipart/mixed", pos, strlen(pos), s3, 1), CERR_MALFORMED);
+}
+
 int main(void)
 {
     RUN(crc32c_known_answers);
@@ -1426,5 +1518,8 @@ int main(void)
     RUN(list_callback_stops);
     RUN(download_range_into_fd);
     RUN(delete_ok_and_404);
+    RUN(delete_batch_maps_parts_to_names);
+    RUN(delete_batch_failures);
+    RUN(batch_parse_rejects_bad_answers);
     return test_done();
 }
