@@ -477,6 +477,113 @@ static void delete_done(import_mgr *m, node *n, int rc, const cerr_detail *err, 
     }
 }
 
+/* ------------------------------------------------------------- batched deletes */
+
+/* After an import, every file of the batch wants its staged object deleted:
+ * a worker that takes such a delete job takes up to GCS_BATCH_MAX - 1 more
+ * from the queue (they sit together: the import's end queued them) and
+ * deletes them with ONE batch request instead of one request each. Only
+ * the request changes: each file's result goes through delete_done, so the
+ * journal records and what a crash repeats are those of single deletes. */
+#define DEL_SCAN_MAX (4 * GCS_BATCH_MAX) /* queue entries looked at per batch */
+
+static bool wants_staged_delete(const node *n, double now)
+{
+    return !n->busy && n->staged && job_for(n, now) == JOB_DELETE;
+}
+
+/* Moves queued staged-delete files after first into v (first is v[0]),
+ * marking them busy; returns the count (lock held). */
+static size_t gather_deletes(import_mgr *m, node *first, node **v, double now)
+{
+    size_t k = 0, scanned = 0;
+    v[k++] = first;
+    node *prev = NULL, *x = m->qhead;
+    while (x && k < GCS_BATCH_MAX && scanned++ < DEL_SCAN_MAX) {
+        node *next = x->qnext;
+        if (wants_staged_delete(x, now)) {
+            if (prev)
+                prev->qnext = next;
+            else
+                m->qhead = next;
+            if (m->qtail == x)
+                m->qtail = prev;
+            x->qnext = NULL;
+            x->queued = false;
+            x->busy = true;
+            v[k++] = x;
+        } else {
+            prev = x;
+        }
+        x = next;
+    }
+    return k;
+}
+
+/* Per-file outcome of a batch (unlocked): 2xx and 404 are done, others get
+ * rc -EIO with err[i] saying why; a batch that failed as a whole falls
+ * back to one delete per file. */
+static void run_delete_batch(import_mgr *m, char **names, size_t k, int *rc, cerr_detail *err)
+{
+    long status[GCS_BATCH_MAX];
+    cerr_detail whole;
+    memset(&whole, 0, sizeof whole);
+    bool batched = gcs_delete_batch(m->gcs, m->bucket, (const char *const *)names, k, status,
+                                    &whole) == CERR_OK;
+    if (!batched)
+        log_info("import: batch delete of %zu staged objects failed (HTTP %ld %s); deleting "
+                 "them one by one",
+                 k, whole.http_status, whole.message);
+    for (size_t i = 0; i < k; i++) {
+        memset(&err[i], 0, sizeof err[i]);
+        if (!batched) {
+            rc[i] = gcs_delete(m->gcs, m->bucket, names[i], &err[i]) == CERR_OK ? 0 : -EIO;
+        } else if ((status[i] >= 200 && status[i] < 300) || status[i] == 404) {
+            rc[i] = 0;
+        } else {
+            rc[i] = -EIO;
+            err[i].http_status = status[i];
+            snprintf(err[i].message, sizeof err[i].message, "%s in a batch delete",
+                     status[i] ? "error status" : "no answer");
+        }
+    }
+}
+
+/* One worker job deleting the staged objects of v[0..k) (lock held on
+ * entry and exit; every v[i] busy). */
+static void delete_batch_job(import_mgr *m, node **v, size_t k)
+{
+    char *names[GCS_BATCH_MAX];
+    int rc[GCS_BATCH_MAX];
+    cerr_detail *err = calloc(k, sizeof *err);
+    bool ok = err != NULL;
+    for (size_t i = 0; i < k; i++) {
+        names[i] = imp_object_name(m, v[i]);
+        ok = ok && names[i];
+    }
+    m->active++;
+    pthread_mutex_unlock(&m->lock);
+    if (ok)
+        run_delete_batch(m, names, k, rc, err);
+    pthread_mutex_lock(&m->lock);
+    m->active--;
+    double now = util_now_s();
+    cerr_detail nomem = {.message = "out of memory"};
+    for (size_t i = 0; i < k; i++) {
+        node *n = v[i];
+        delete_done(m, n, ok ? rc[i] : -ENOMEM, ok ? &err[i] : &nomem, now);
+        n->busy = false;
+        if (job_for(n, now) != JOB_NONE)
+            imp_enqueue_self(m, n);
+        imp_node_maybe_free(m, n);
+        free(names[i]);
+    }
+    free(err);
+    if (k > 1)
+        pthread_cond_broadcast(&m->work_cond); /* re-queued files need workers */
+    imp_kick(m);
+}
+
 /* Uploads are background work: on a busy machine the threads serving the
  * copy into import/ (and the copying program) come first, so cp runs at
  * disk speed and the uploads use what is left (on a real network they wait
@@ -517,6 +624,14 @@ static void *worker_main(void *arg)
             continue;
         }
         n->busy = true;
+        if (j.kind == JOB_DELETE && n->staged) {
+            node *v[GCS_BATCH_MAX];
+            size_t k = gather_deletes(m, n, v, now);
+            if (k > 1) {
+                delete_batch_job(m, v, k);
+                continue;
+            }
+        }
         if (j.kind == JOB_UPLOAD && check_present(m, n)) {
             n->busy = false;
             if (job_for(n, util_now_s()) != JOB_NONE)

@@ -40,6 +40,10 @@ static cJSON *stats_json(emu_ctx *ctx)
     cJSON_AddNumberToObject(f, "partial", (double)atomic_load(&s->fault_partial));
     cJSON_AddNumberToObject(f, "delayed", (double)atomic_load(&s->fault_latency));
     cJSON_AddNumberToObject(f, "lostResponses", (double)atomic_load(&s->lost_responses));
+    cJSON *g = cJSON_AddObjectToObject(root, "gcs");
+    cJSON_AddNumberToObject(g, "objectDeletes", (double)atomic_load(&s->object_deletes));
+    cJSON_AddNumberToObject(g, "batchRequests", (double)atomic_load(&s->batch_requests));
+    cJSON_AddNumberToObject(g, "batchCalls", (double)atomic_load(&s->batch_calls));
     cJSON_AddNumberToObject(root, "unauthenticated", (double)atomic_load(&s->unauthenticated));
     cJSON_AddNumberToObject(root, "tokenRefusals", (double)atomic_load(&s->token_refused));
     char num[32];

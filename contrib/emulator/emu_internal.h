@@ -45,6 +45,8 @@ typedef struct emu_stats {
     atomic_ullong fault_reset, fault_malformed, fault_latency, fault_partial;
     atomic_ullong unauthenticated;
     atomic_ullong token_refused, lost_responses;
+    atomic_ullong object_deletes;              /* DELETE of one object, answered */
+    atomic_ullong batch_requests, batch_calls; /* /batch/storage/v1 and its parts */
 } emu_stats;
 
 /* Service-like timing and limits of long-running operations (settable at

@@ -473,6 +473,7 @@ static void object_delete(emu_ctx *ctx, const emu_request *r, emu_response *w, c
     if (!parse_preconds(r, w, &pre))
         return;
     int rc = emu_store_object_delete(ctx, bucket, name, &pre);
+    atomic_fetch_add(&ctx->stats.object_deletes, 1);
     if (rc != EMU_STORE_OK)
         answer_store_error(w, rc, bucket, name);
     else

@@ -225,6 +225,8 @@ void emu_gcs_batch(emu_ctx *ctx, const emu_request *r, emu_response *w)
                                rc == CERR_OK ? "no parts" : why);
         return;
     }
+    atomic_fetch_add(&ctx->stats.batch_requests, 1);
+    atomic_fetch_add(&ctx->stats.batch_calls, (unsigned long long)b.parts);
     char boundary[48];
     snprintf(boundary, sizeof boundary, "batch_%08x%08x", (unsigned)rand(), (unsigned)rand());
     char *out = NULL;

@@ -455,7 +455,7 @@ def batch_parts(resp):
 def test_batch_delete_and_get(emulator):
     for n in ("bt/a", "bt/b c", "bt/keep"):
         ok_json(upload_media(emulator, n, b"x" + n.encode()))
-    before = emulator.stats()["byKind"]["gcs"]
+    before = emulator.stats()
     parts = batch_parts(batch(emulator, [
         ("DELETE", "/storage/v1/b/staging/o/" + enc("bt/a")),
         ("DELETE", "/storage/v1/b/staging/o/" + enc("bt/missing")),
@@ -465,7 +465,11 @@ def test_batch_delete_and_get(emulator):
         ("PATCH", "/storage/v1/b/staging/o/" + enc("bt/keep")),
     ]))
     # One HTTP request for six calls, in the statistics as on the wire.
-    assert emulator.stats()["byKind"]["gcs"] == before + 1
+    after = emulator.stats()
+    assert after["byKind"]["gcs"] == before["byKind"]["gcs"] + 1
+    assert after["gcs"]["batchRequests"] == before["gcs"]["batchRequests"] + 1
+    assert after["gcs"]["batchCalls"] == before["gcs"]["batchCalls"] + 6
+    assert after["gcs"]["objectDeletes"] == before["gcs"]["objectDeletes"]
     assert [p[0] for p in parts] == ["<response-c%d>" % i for i in range(6)]
     assert [p[1] for p in parts] == [204, 404, 204, 200, 404, 405]
     assert parts[0][2] is None and parts[2][2] is None

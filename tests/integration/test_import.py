@@ -243,6 +243,31 @@ def test_import_cp_one_file(mounts, emulator, workdir):
     assert staged_objects(emulator) == []
 
 
+def test_import_deletes_staged_objects_in_one_batch(mounts, emulator, workdir):
+    # After an import, its files' staged objects go with ONE batch request
+    # (POST /batch/storage/v1), not one DELETE each.
+    src = os.path.join(workdir, "src")
+    uids = make_tree(src, studies=1, series=2, instances=4)
+    before = emulator.stats()["gcs"]
+    m = mounts(commit_delay=1)
+    r = subprocess.run(["cp", "-r", src, os.path.join(m.import_dir(), "b")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    w = m.wait()
+    assert w.returncode == 0, (w.stdout, w.stderr, m.log())
+    assert_all_imported_once(emulator, list(uids.values()))
+    deadline = time.monotonic() + 10
+    while staged_objects(emulator) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staged_objects(emulator) == []
+    after = emulator.stats()["gcs"]
+    assert after["objectDeletes"] == before["objectDeletes"], after
+    assert after["batchCalls"] - before["batchCalls"] == len(uids), after
+    # One import: its deletes are queued together and leave in few batches
+    # (workers may split them), far fewer than one per file.
+    assert 1 <= after["batchRequests"] - before["batchRequests"] < len(uids), after
+
+
 def test_import_cp_r_three_studies_with_hostile_names(mounts, emulator, workdir):
     src = os.path.join(workdir, "src")
     names = {("study", 0): "study with spaces", ("study", 1): "\u00e9tude \u540d\u524d",
