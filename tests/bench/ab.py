@@ -11,13 +11,18 @@ usage: tests/bench/ab.py [--n 1000] [--size-kib 512] [--repeat 3] [--uploads 16]
 e.g.   tests/bench/ab.py base=/tmp/base/build-release new=build-release \\
                          wb=build-release:writeback_cache
 Client CPU is cp + the whole dicomfs process from the start of cp until the
-wait returns (uploads included), as in bench.py.
+wait returns (uploads included), as in bench.py. After the wait, the run
+waits until the import's staged objects are deleted: "GCS req/file" counts
+the Cloud Storage requests the emulator answered per file (uploads and
+deletes; its own empty-bucket polls left out), "fs+del ms/file" the dicomfs
+process's CPU per file up to then.
 """
 import argparse
 import os
 import shutil
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -55,6 +60,24 @@ def ctx_switches(pid):
     return total
 
 
+def storage_requests(emu):
+    """Cloud Storage requests the emulator answered so far (uploads included)."""
+    k = emu.api("GET", "/_emulator/stats")["byKind"]
+    return k["gcs"] + k["upload"] + k["download"]
+
+
+def wait_staged_gone(emu, timeout=120):
+    """Polls (one list request each) until the bucket is empty, i.e. every
+    staged object was deleted after the import; returns the polls made."""
+    polls, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        polls += 1
+        if not emu.api("GET", f"/storage/v1/b/{bench.BUCKET}/o?maxResults=1").get("items"):
+            return polls
+        time.sleep(0.1)
+    raise RuntimeError("staged objects still there after the import")
+
+
 def run_variant(args, build_dir, opts, work, src, files, with_raw):
     items = [o for o in opts.split(",") if o]
     env = [o for o in items if o.startswith("DICOMFS_")]  # given to dicomfs's environment
@@ -68,15 +91,19 @@ def run_variant(args, build_dir, opts, work, src, files, with_raw):
     try:
         w0 = sectors_written()
         c0 = ctx_switches(b.mount.proc.pid)
+        r0, p0 = storage_requests(b.emu), bench.proc_cpu(b.mount.proc.pid)
         t_cp, t_done = b.dicomfs_cp(src)
         ctx = (ctx_switches(b.mount.proc.pid) - c0) / args.n
         fs_cpu = b.cpu[0]
+        polls = wait_staged_gone(b.emu)
+        reqs = (storage_requests(b.emu) - r0 - polls) / args.n
+        del_cpu = bench.proc_cpu(b.mount.proc.pid) - p0  # dicomfs alone, deletes included
         disk_mib = (sectors_written() - w0) * 512 / 2**20
         raw_cpu = None
         if with_raw:
             b.raw_parallel(files)
             raw_cpu = (b.cpu[0], b.local_cp(src))
-        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx
+        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx, reqs, del_cpu
     finally:
         b.stop()
 
@@ -103,20 +130,23 @@ def main():
                 work = tempfile.mkdtemp(prefix=f"{name}.", dir=top)
                 out = run_variant(args, build_dir, opts, work, src, files, i == 0)
                 shutil.rmtree(work, ignore_errors=True)
-                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx
+                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx, reqs, del_cpu
                 if out[3] is not None:
                     raw.append(out[3][0])
                     local.append(out[3][1])
                 bench.log(f"round {r + 1} {name}: cp {out[0]:.2f} s, done {out[1]:.2f} s, "
                           f"client CPU {out[2] / args.n * 1e3:.3f} ms/file, "
-                          f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file")
+                          f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file, "
+                          f"{out[7]:.2f} storage requests/file, dicomfs CPU with deletes "
+                          f"{out[8] / args.n * 1e3:.3f} ms/file")
         raw_ms = bench.median(raw) / args.n * 1e3
         local_s = bench.median(local)
         print(f"\nN={args.n} x {args.size_kib} KiB, uploads={args.uploads}, medians of "
               f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file; local cp -r "
               f"{local_s:.2f} s")
         print(f"{'variant':<12} {'cp s':>7} {'vs local':>8} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
-              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11}")
+              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11} {'GCS req/file':>12} "
+              f"{'fs+del ms/file':>14}")
         for name, _, _ in variants:
             rows = res[name]
             cpu_ms = bench.median([x[2] for x in rows]) / args.n * 1e3
@@ -124,7 +154,9 @@ def main():
             print(f"{name:<12} {cp_s:7.2f} {local_s / cp_s:8.2f} "
                   f"{bench.median([x[1] for x in rows]):7.2f} {cpu_ms:12.3f} "
                   f"{cpu_ms / raw_ms:7.2f} {max(x[3] for x in rows) / 1024:8.1f} "
-                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f}")
+                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f} "
+                  f"{bench.median([x[6] for x in rows]):12.2f} "
+                  f"{bench.median([x[7] for x in rows]) / args.n * 1e3:14.3f}")
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
