@@ -9,7 +9,9 @@
  *   fails the file stays ACCEPTED and is tried again later with backoff (up
  *   to 60 s), never dropped. A permanent error (HTTP 400/403/404) marks it
  *   FAILED with the reason. Workers also delete staged objects of withdrawn,
- *   failed and imported files, and the spool files of imported ones.
+ *   failed and imported files (up to GCS_BATCH_MAX per batch request when
+ *   several are queued: see "batched deletes"), and the spool files of
+ *   imported ones.
  * - A batch is the set of files of one store accepted since its last
  *   commit. When commit_delay seconds passed without a new accepted file
  *   (nor a write to any file of the store: a file still being copied keeps

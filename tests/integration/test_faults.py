@@ -155,3 +155,28 @@ def run_export_under_faults(emu, m, files):
 def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path):
     run_import_under_faults(emulator_factory, res_mounts, tmp_path, n_files=300, studies=5,
                             record_property=None)
+
+
+def test_staged_deletes_fall_back_when_batches_fail(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    # Every batch request fails, with 404 as from a server without the batch
+    # endpoint (not retried, so the test stays short): the staged objects of
+    # an import still go, one DELETE each, and the import is unaffected.
+    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/batch/")
+    code, _, body = emu.request("POST", "/_emulator/faults?fail_status=404", auth=False)
+    assert code == 200, body
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 6, studies=1, series_per_study=2)
+    m = res_mounts(emu, commit_delay=1)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    wrc, wout = m.wait(timeout=120)
+    assert wrc == 0, (wout[-2000:], m.log_tail())
+    ru.assert_store_ok(ru.try_check_exactly_once(emu, list(files.values())), "copied")
+    deadline = time.monotonic() + 60
+    while gcs_list(emu, "staging", "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gcs_list(emu, "staging", "") == []
+    stats = emu.stats()
+    assert stats["gcs"]["batchRequests"] == 0, stats  # every one was refused by the fault
+    assert sum(ru.fault_totals(stats)[k] for k in ("http429", "http500", "http503")) > 0, stats
+    assert stats["gcs"]["objectDeletes"] >= len(files), stats
