@@ -522,24 +522,36 @@ static size_t gather_deletes(import_mgr *m, node *first, node **v, double now)
     return k;
 }
 
+/* A batch the server answered without doing it (400/404/405, another
+ * status, or an answer not of the batch shape: no batch endpoint there)
+ * falls back to single deletes; a transient failure (network, 429, 5xx,
+ * the token) would fail those too, so it is retried later instead. */
+static bool batch_unsupported(int rc)
+{
+    return rc == CERR_INVALID || rc == CERR_NOT_FOUND || rc == CERR_SERVER ||
+           rc == CERR_MALFORMED || rc == CERR_UNSUPPORTED;
+}
+
 /* Per-file outcome of a batch (unlocked): 2xx and 404 are done, others get
- * rc -EIO with err[i] saying why; a batch that failed as a whole falls
- * back to one delete per file. */
+ * rc -EIO with err[i] saying why. */
 static void run_delete_batch(import_mgr *m, char **names, size_t k, int *rc, cerr_detail *err)
 {
     long status[GCS_BATCH_MAX];
     cerr_detail whole;
     memset(&whole, 0, sizeof whole);
-    bool batched = gcs_delete_batch(m->gcs, m->bucket, (const char *const *)names, k, status,
-                                    &whole) == CERR_OK;
-    if (!batched)
-        log_info("import: batch delete of %zu staged objects failed (HTTP %ld %s); deleting "
+    int brc = gcs_delete_batch(m->gcs, m->bucket, (const char *const *)names, k, status, &whole);
+    bool single = brc != CERR_OK && batch_unsupported(brc);
+    if (single)
+        log_info("import: batch delete of %zu staged objects refused (HTTP %ld %s); deleting "
                  "them one by one",
                  k, whole.http_status, whole.message);
     for (size_t i = 0; i < k; i++) {
         memset(&err[i], 0, sizeof err[i]);
-        if (!batched) {
+        if (single) {
             rc[i] = gcs_delete(m->gcs, m->bucket, names[i], &err[i]) == CERR_OK ? 0 : -EIO;
+        } else if (brc != CERR_OK) {
+            rc[i] = -EIO;   /* retried with backoff, as a failed single delete */
+            err[i] = whole; /* never 404: that one is batch_unsupported */
         } else if ((status[i] >= 200 && status[i] < 300) || status[i] == 404) {
             rc[i] = 0;
         } else {
