@@ -915,6 +915,7 @@ static void start_import(import_mgr *m, batch *b)
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
         b->prog_t = 0;
+        b->near_end = false;
         imp_batch_journal(m, b);
         store_resume(b->st);
         log_info("import: %s: batch %s (%d file(s)) committed: %s", store, b->id, n, b->op);
@@ -1018,8 +1019,11 @@ static void verify(import_mgr *m, batch *b)
     present_forget_store(m->present, b->st->name);
 }
 
-/* Seconds until the operation should end, from its counters' progress
- * since they were first seen moving; < 0 when it cannot be told yet. */
+/* Seconds until the operation may end at the earliest, from its counters'
+ * progress since they were first seen moving: the items still pending but
+ * the one under way (a poll sees the count only after an item ended, so
+ * the one under way may be nearly done); 0 once at most one is pending;
+ * < 0 when it cannot be told yet. */
 static double op_eta(batch *b, const hc_operation *op, double now)
 {
     if (op->success < 0 || op->pending < 0)
@@ -1032,11 +1036,11 @@ static double op_eta(batch *b, const hc_operation *op, double now)
         b->prog_n = n;
         return -1;
     }
-    if (op->pending == 0)
-        return 0; /* every item counted: the end is near */
+    if (op->pending <= 1)
+        return 0; /* the last item is under way or counted: the end is near */
     if (n <= b->prog_n || now <= b->prog_t)
         return -1;
-    return (double)op->pending * (now - b->prog_t) / (double)(n - b->prog_n);
+    return (double)(op->pending - 1) * (now - b->prog_t) / (double)(n - b->prog_n);
 }
 
 static void poll_op(import_mgr *m, batch *b)
@@ -1078,10 +1082,17 @@ static void poll_op(import_mgr *m, batch *b)
          * a one-hour import costs about 3600 GETs, well inside quotas. When
          * the counters predict an earlier end, the next poll goes just after
          * it (+ POLL_FIRST_S), so a batch's end is not seen up to 1 s late:
-         * with imports=1 and many batches those seconds add up. */
+         * with imports=1 and many batches those seconds add up. The end
+         * aimed at is the earliest one (op_eta); from there the polls start
+         * again at POLL_FIRST_S and grow, so an end that comes later by up
+         * to one item's time is seen within 25% of that. */
         double eta = rc == CERR_OK ? op_eta(b, &op, now) : -1;
+        if (eta == 0 && !b->near_end) {
+            b->near_end = true;
+            b->backoff = POLL_FIRST_S;
+        }
         double wait = b->backoff;
-        if (eta >= 0 && eta + POLL_FIRST_S < wait)
+        if (eta > 0 && eta + POLL_FIRST_S < wait)
             wait = eta + POLL_FIRST_S;
         b->next_try = now + wait;
         b->backoff = b->backoff * POLL_GROWTH > POLL_MAX_S ? POLL_MAX_S : b->backoff * POLL_GROWTH;
