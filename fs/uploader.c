@@ -96,7 +96,6 @@
 enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 
 #define RETRY_MAX_S 60.0
-#define UP_NICE 10
 #define JFLUSH_S 0.05 /* journal fsync period (when it changed) */
 #define POLL_MAX_S 1.0
 #define POLL_FIRST_S 0.05 /* first operation poll; x1.25 up to POLL_MAX_S */
@@ -480,10 +479,15 @@ static void delete_done(import_mgr *m, node *n, int rc, const cerr_detail *err, 
 /* Uploads are background work: on a busy machine the threads serving the
  * copy into import/ (and the copying program) come first, so cp runs at
  * disk speed and the uploads use what is left (on a real network they wait
- * for the network anyway). Linux applies nice per thread. */
-static void lower_priority(void)
+ * for the network anyway). Linux applies nice per thread. Only the threads
+ * that move data: the coordinator and the journal flusher use little CPU
+ * but hold the import lock that the FUSE threads take, so they keep the
+ * FUSE threads' priority (no waiting behind a preempted low-priority
+ * holder). upload_nice=0 leaves them all as they are. */
+static void lower_priority(const import_mgr *m)
 {
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), UP_NICE) < 0)
+    if (m->cfg.upload_nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), m->cfg.upload_nice) < 0)
         log_debug("import: cannot lower the upload threads' priority: %s", strerror(errno));
 }
 
@@ -502,7 +506,7 @@ static void adapt_concurrency(import_mgr *m, double now, uint64_t size)
 static void *worker_main(void *arg)
 {
     import_mgr *m = arg;
-    lower_priority();
+    lower_priority(m);
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         node *n = m->active < upconc_limit(m->conc) ? dequeue(m) : NULL;
@@ -673,7 +677,7 @@ static void *stream_main(void *arg)
 {
     upstream *s = arg;
     import_mgr *m = s->m;
-    lower_priority(); /* like the workers: the copy in comes first */
+    lower_priority(m); /* like the workers: the copy in comes first */
     cerr_detail err;
     memset(&err, 0, sizeof err);
     gcs_stream *gs = NULL;
