@@ -157,6 +157,12 @@ def test_import_and_export_under_faults(emulator_factory, res_mounts, tmp_path):
                             record_property=None)
 
 
+def http_faults(emu):
+    """Requests the emulator answered with an injected error status."""
+    t = ru.fault_totals(emu.stats())
+    return t["http429"] + t["http500"] + t["http503"]
+
+
 def test_staged_deletes_fall_back_when_batches_fail(emulator_factory, res_mounts, tmp_path):  # noqa: F811
     # Every batch request fails, with 404 as from a server without the batch
     # endpoint (not retried, so the test stays short): the staged objects of
@@ -178,5 +184,33 @@ def test_staged_deletes_fall_back_when_batches_fail(emulator_factory, res_mounts
     assert gcs_list(emu, "staging", "") == []
     stats = emu.stats()
     assert stats["gcs"]["batchRequests"] == 0, stats  # every one was refused by the fault
-    assert sum(ru.fault_totals(stats)[k] for k in ("http429", "http500", "http503")) > 0, stats
+    assert http_faults(emu) > 0, stats
     assert stats["gcs"]["objectDeletes"] >= len(files), stats
+
+
+def test_staged_deletes_wait_out_a_failing_batch_endpoint(emulator_factory, res_mounts,  # noqa: F811
+                                                          tmp_path):
+    # Batch requests fail transiently (503): no fallback to single deletes
+    # (they would fail the same way), the objects stay staged and go in a
+    # later batch once the service is back.
+    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/batch/")
+    src = str(tmp_path / "src")
+    files = ru.make_tree(src, 4, studies=1, series_per_study=1)
+    m = res_mounts(emu, commit_delay=1)
+    rc, err = ru.cp_r(src, m.import_dir)
+    assert rc == 0, err
+    wrc, wout = m.wait(timeout=120)
+    assert wrc == 0, (wout[-2000:], m.log_tail())
+    deadline = time.monotonic() + 30
+    while http_faults(emu) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)  # one batch, all its attempts (4) refused
+    assert http_faults(emu) >= 4
+    assert len(gcs_list(emu, "staging", "")) == len(files)
+    code, _, body = emu.request("POST", "/_emulator/faults?fail_rate=0", auth=False)
+    assert code == 200, body
+    deadline = time.monotonic() + 60
+    while gcs_list(emu, "staging", "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gcs_list(emu, "staging", "") == []
+    stats = emu.stats()["gcs"]
+    assert stats["objectDeletes"] == 0 and stats["batchCalls"] == len(files), stats
