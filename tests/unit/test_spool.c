@@ -323,7 +323,8 @@ TEST(spool_dir_sync_lazy_and_eager)
         spool_set_eager_dir_sync(sp, eager);
         for (int i = 0; i < 3; i++) {
             char id[SPOOL_ID_LEN + 1];
-            int fd = spool_create(sp, id);
+            uint64_t old_len;
+            int fd = spool_create(sp, id, &old_len);
             CHECK(fd >= 0);
             if (fd >= 0)
                 close(fd);
@@ -356,8 +357,9 @@ TEST(spool_pool_handout_and_cleanup)
         return;
     CHECK(access(stale, F_OK) != 0); /* left by a crash: gone */
     char ids[40][SPOOL_ID_LEN + 1];
+    uint64_t old_len;
     for (int i = 0; i < 40; i++) { /* more than one pool's worth */
-        int fd = spool_create(sp, ids[i]);
+        int fd = spool_create(sp, ids[i], &old_len);
         CHECK(fd >= 0);
         if (fd < 0)
             continue;
@@ -370,18 +372,21 @@ TEST(spool_pool_handout_and_cleanup)
     char sdir[160];
     snprintf(sdir, sizeof sdir, "%s/spool", dir);
     CHECK_EQ_INT(count_dir(sdir), 40);
-    /* A recycled file leaves spool/ and comes back empty under a new id. */
+    /* A recycled file leaves spool/ and comes back under a new id, with
+     * the earlier file's byte still in it (old_len says so). */
     for (int i = 0; i < 40; i++)
         CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
     CHECK_EQ_INT(count_dir(sdir), 0);
     for (int i = 0; i < 40; i++) {
         char id[SPOOL_ID_LEN + 1];
-        int fd = spool_create(sp, id);
+        int fd = spool_create(sp, id, &old_len);
         CHECK(fd >= 0);
         if (fd < 0)
             continue;
         struct stat st;
-        CHECK(fstat(fd, &st) == 0 && st.st_size == 0);
+        char c = 0;
+        CHECK(fstat(fd, &st) == 0 && (uint64_t)st.st_size == old_len);
+        CHECK(old_len == 0 || (pread(fd, &c, 1, 0) == 1 && c == 'x'));
         close(fd);
         for (int k = 0; k < 40; k++)
             CHECK(strcmp(ids[k], id) != 0);
@@ -408,8 +413,9 @@ TEST(spool_recycle_keeps_every_file)
         return;
     static char ids[N][SPOOL_ID_LEN + 1];
     static ino_t inos[N];
+    uint64_t old_len;
     for (int i = 0; i < N; i++) {
-        int fd = spool_create(sp, ids[i]);
+        int fd = spool_create(sp, ids[i], &old_len);
         CHECK(fd >= 0);
         struct stat st;
         CHECK(fd >= 0 && write(fd, "data", 4) == 4 && fstat(fd, &st) == 0);
@@ -426,12 +432,13 @@ TEST(spool_recycle_keeps_every_file)
     int reused = 0;
     for (int i = 0; i < N - 50; i++) {
         char id[SPOOL_ID_LEN + 1];
-        int fd = spool_create(sp, id);
+        int fd = spool_create(sp, id, &old_len);
         CHECK(fd >= 0);
         struct stat st;
         if (fd < 0 || fstat(fd, &st) != 0)
             continue;
-        CHECK_EQ_INT(st.st_size, 0);
+        CHECK_EQ_INT(st.st_size, (int64_t)old_len); /* "data" kept, or a file made ahead */
+        CHECK(old_len == 0 || old_len == 4);
         CHECK_EQ_INT(write(fd, "x", 1), 1); /* reopened by name: writable */
         close(fd);
         for (int k = 0; k < N; k++)
