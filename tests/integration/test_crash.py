@@ -10,6 +10,7 @@ were accepted (exit 0) before the kill.
 """
 import os
 import random
+import subprocess
 import time
 
 import resilience_util as ru
@@ -204,3 +205,69 @@ def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path):  # noqa: F811
     kept = [f for f in os.listdir(os.path.dirname(log_path)) if f.startswith("log.bad")]
     finish_and_check(emulator, m, files, accepted, "torn-journal-tail", None,
                      dict(torn_tails=len(tails), bad_tails_kept=len(kept)))
+
+
+def cp(path, dst):
+    return subprocess.run(["cp", str(path), dst], capture_output=True, text=True, timeout=60)
+
+
+def instance_bytes(emu, study, series, sop):
+    """The instance as the store holds it (WADO-RS, single part, as stored)."""
+    path = "/v1/%s/dicomWeb/studies/%s/series/%s/instances/%s" % (ru.STORE_NAME, study, series, sop)
+    status, _, body = ru._request(emu, "GET", path,
+                                  headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert status == 200, (status, body[:300])
+    return body
+
+
+def test_short_file_over_recycled_spool_file_survives_kill(emulator_factory, res_mounts,  # noqa: F811
+                                                          tmp_path):
+    """A released spool file keeps its bytes for the next file to write over
+    (fs/spool.c): a short file spooled into the inode of a longer one must be
+    uploaded with exactly its own bytes, also when dicomfs is killed between
+    its close() and its upload and the upload happens after the remount."""
+    emu = emulator_factory("--fault-paths", "/upload/")
+    src = tmp_path / "src"
+    study, series = ru._uid(), ru._uid()
+    long_sop, short_sop = ru._uid(), ru._uid()
+    ru.write_instance(str(src / "long.dcm"), study, series, long_sop, rows=256, cols=256)
+    ru.write_instance(str(src / "short.dcm"), study, series, short_sop, number=2)
+    long_b = (src / "long.dcm").read_bytes()
+    short_b = (src / "short.dcm").read_bytes()
+    assert len(long_b) > len(short_b) + 60000
+    m = res_mounts(emu, commit_delay=1, uploads=1)
+    pool = os.path.join(m.cache_dir, "spool-pool")
+    spool = os.path.join(m.cache_dir, "spool")
+
+    def recycled():  # the long file's spool file, back in the pool with its bytes
+        for name in os.listdir(pool):
+            st = os.stat(os.path.join(pool, name))
+            if st.st_size == len(long_b):
+                return st.st_ino
+        return None
+
+    r = cp(src / "long.dcm", m.import_dir)
+    assert r.returncode == 0, r.stderr
+    assert ru.wait_until(lambda: recycled() is not None, 60), \
+        "the long file's spool file never came back to the pool\n" + m.log_tail()
+    ino = recycled()
+    assert m.wait()[0] == 0
+    # Uploads now hang: the short file stays spooled until the kill.
+    ru.set_faults(emu, latency_ms=60000)
+    r = cp(src / "short.dcm", m.import_dir)
+    assert r.returncode == 0, r.stderr
+    spooled = {os.stat(os.path.join(spool, n)).st_ino: os.stat(os.path.join(spool, n)).st_size
+               for n in os.listdir(spool)}
+    # It went into the recycled inode, cut to its own size at close().
+    assert spooled == {ino: len(short_b)}, (spooled, ino, len(short_b))
+    with open(os.path.join(m.import_dir, "short.dcm"), "rb") as f:
+        assert f.read() == short_b  # read back through the mount
+    m.kill9()
+    ru.faults_off(emu)
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    wrc, wout = m.wait(timeout=120)
+    assert wrc == 0, (wout[-1500:], m.log_tail(80))
+    ru.check_exactly_once(emu, [long_sop, short_sop])
+    assert instance_bytes(emu, study, series, short_sop) == short_b
+    assert instance_bytes(emu, study, series, long_sop) == long_b
