@@ -89,6 +89,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -319,6 +320,33 @@ static void gc_spool(import_mgr *m)
     free(k.ids);
 }
 
+/* Whether n's spool file still holds what was accepted: its size and SOP
+ * Instance UID. A power loss can leave a spool file whose bytes had not
+ * reached the disk empty, zeroed, or holding an earlier file's bytes (a
+ * recycled spool file is written over, spool.h); such a file must never be
+ * uploaded under n's name. Reads the file's header only. */
+static bool spool_intact(import_mgr *m, const node *n, char *why, size_t whylen)
+{
+    int fd = spool_open_file(m->sp, n->id, O_RDONLY);
+    struct stat sb;
+    dicom_info info;
+    bool ok = false;
+    if (fd < 0)
+        snprintf(why, whylen, "the spool file %s is missing from the cache", n->id);
+    else if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != n->size)
+        snprintf(why, whylen,
+                 "the spool file %s has lost its content (%lld bytes, %" PRIu64 " accepted)", n->id,
+                 (long long)sb.st_size, n->size);
+    else if (dicom_parse_fd(fd, &info, NULL, 0) != CERR_OK || strcmp(info.sop_instance_uid, n->sop))
+        snprintf(why, whylen, "the spool file %s no longer holds the accepted instance %s", n->id,
+                 n->sop);
+    else
+        ok = true;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
 /* After loading: put every file where it continues. */
 static void resume(import_mgr *m)
 {
@@ -328,18 +356,20 @@ static void resume(import_mgr *m)
         switch (n->state) {
         case ST_NEW:
             break;
-        case ST_ACCEPTED:
-            if (!n->has_spool || !spool_exists(m->sp, n->id)) {
-                log_error("import: %s/%s: the spool file %s is missing from the cache: the "
-                          "file cannot be uploaded",
-                          n->st->name, n->path, n->id);
-                imp_node_fail(m, n, "spool file lost from the cache directory");
+        case ST_ACCEPTED: {
+            char why[400] = "the spool file is missing from the cache";
+            if (!n->has_spool || !spool_intact(m, n, why, sizeof why)) {
+                log_error("import: %s/%s: %s (a power loss or someone else's change to the "
+                          "cache directory): the file cannot be uploaded; copy it again",
+                          n->st->name, n->path, why);
+                imp_node_fail(m, n, "spool file lost or damaged in the cache directory");
                 break;
             }
             if (!n->b)
                 imp_assign_batch(m, n);
             imp_enqueue(m, n);
             break;
+        }
         default: /* staged objects to delete, spool space to release */
             imp_enqueue(m, n);
             break;
@@ -687,7 +717,9 @@ static int unstale(import_mgr *m, node *n, int fd)
         pthread_cond_wait(&m->space_cond, &m->lock);
     if (!n->stale)
         return 0;
-    if (ftruncate(fd, (off_t)n->size) < 0)
+    /* [0, size) was written without a gap (a gap cuts first), so nothing
+     * of the earlier file is left when it was not longer. */
+    if (n->stale_len > n->size && ftruncate(fd, (off_t)n->size) < 0)
         return -errno;
     n->stale = false;
     return 0;
@@ -794,6 +826,7 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
         memcpy(n->id, id, sizeof n->id); /* state ST_NEW, as imp_node_new makes it */
         n->has_spool = true;
         n->stale = old_len > 0; /* written over; cut at acceptance */
+        n->stale_len = old_len;
         n->dirty = true;
         n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);

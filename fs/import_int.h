@@ -113,6 +113,7 @@ struct node {
      * wr_inflight: writes between their reservation and their size update
      * (a cut must not race one). */
     bool stale;
+    uint64_t stale_len; /* the recycled file's size when handed out */
     int wr_inflight;
     batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
     char bid[48]; /* batch id of the staged object name */
