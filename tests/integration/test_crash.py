@@ -225,12 +225,16 @@ def test_short_file_over_recycled_spool_file_survives_kill(emulator_factory, res
     """A released spool file keeps its bytes for the next file to write over
     (fs/spool.c): a short file spooled into the inode of a longer one must be
     uploaded with exactly its own bytes, also when dicomfs is killed between
-    its close() and its upload and the upload happens after the remount."""
+    its close() and its upload and the upload happens after the remount. A
+    file written with a gap, or grown by truncate, over another recycled one
+    reads zeros there, never the earlier file's bytes."""
     emu = emulator_factory("--fault-paths", "/upload/")
     src = tmp_path / "src"
     study, series = ru._uid(), ru._uid()
-    long_sop, short_sop = ru._uid(), ru._uid()
+    long_sop, long2_sop, short_sop = ru._uid(), ru._uid(), ru._uid()
     ru.write_instance(str(src / "long.dcm"), study, series, long_sop, rows=256, cols=256)
+    ru.write_instance(str(src / "long2.dcm"), study, series, long2_sop, rows=256, cols=256,
+                      number=3)
     ru.write_instance(str(src / "short.dcm"), study, series, short_sop, number=2)
     long_b = (src / "long.dcm").read_bytes()
     short_b = (src / "short.dcm").read_bytes()
@@ -239,35 +243,58 @@ def test_short_file_over_recycled_spool_file_survives_kill(emulator_factory, res
     pool = os.path.join(m.cache_dir, "spool-pool")
     spool = os.path.join(m.cache_dir, "spool")
 
-    def recycled():  # the long file's spool file, back in the pool with its bytes
-        for name in os.listdir(pool):
-            st = os.stat(os.path.join(pool, name))
-            if st.st_size == len(long_b):
-                return st.st_ino
-        return None
+    def recycled():  # the long files' spool files, back in the pool with their bytes
+        sts = [os.stat(os.path.join(pool, name)) for name in os.listdir(pool)]
+        return {st.st_ino for st in sts if st.st_size == len(long_b)}
 
-    r = cp(src / "long.dcm", m.import_dir)
-    assert r.returncode == 0, r.stderr
-    assert ru.wait_until(lambda: recycled() is not None, 60), \
-        "the long file's spool file never came back to the pool\n" + m.log_tail()
-    ino = recycled()
+    for name in ("long.dcm", "long2.dcm"):
+        r = cp(src / name, m.import_dir)
+        assert r.returncode == 0, r.stderr
+    assert ru.wait_until(lambda: len(recycled()) == 2, 60), \
+        "the long files' spool files never came back to the pool\n" + m.log_tail()
+    inos = recycled()
     assert m.wait()[0] == 0
-    # Uploads now hang: the short file stays spooled until the kill.
-    ru.set_faults(emu, latency_ms=60000)
+    # Uploads now take 8 s: the short file stays spooled until the kill
+    # (checked below; short enough for the emulator to stop cleanly).
+    ru.set_faults(emu, latency_ms=8000)
     r = cp(src / "short.dcm", m.import_dir)
     assert r.returncode == 0, r.stderr
     spooled = {os.stat(os.path.join(spool, n)).st_ino: os.stat(os.path.join(spool, n)).st_size
                for n in os.listdir(spool)}
-    # It went into the recycled inode, cut to its own size at close().
-    assert spooled == {ino: len(short_b)}, (spooled, ino, len(short_b))
-    with open(os.path.join(m.import_dir, "short.dcm"), "rb") as f:
-        assert f.read() == short_b  # read back through the mount
+    # It went into a recycled inode, cut to its own size at close().
+    assert len(spooled) == 1 and set(spooled) <= inos, (spooled, inos)
+    assert list(spooled.values()) == [len(short_b)]
+    r = subprocess.run(["cat", os.path.join(m.import_dir, "short.dcm")], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == short_b  # read back through the mount
+    # The other recycled file: written with a gap, then grown by truncate,
+    # read back before close() (then rejected: not DICOM).
+    script = """if True:
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        os.pwrite(fd, b"A" * 10, 0)
+        assert os.pread(fd, 100000, 0) == b"A" * 10, "read past the end"
+        os.pwrite(fd, b"B", 30000)
+        os.ftruncate(fd, 60000)
+        data = os.pread(fd, 300000, 0)
+        sys.stdout.buffer.write(data)
+        try:
+            os.close(fd)  # EINVAL: not DICOM, rejected
+        except OSError:
+            pass
+    """
+    r = subprocess.run(["/usr/bin/python3", "-c", script, os.path.join(m.import_dir, "gap.dcm")],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(long_b) > 60000  # both within the earlier file's bytes
+    assert r.stdout == b"A" * 10 + bytes(30000 - 10) + b"B" + bytes(60000 - 30001)
+    assert ru.file_state(os.path.join(m.import_dir, "short.dcm")) == "pending"
     m.kill9()
     ru.faults_off(emu)
     ok, msg = m.try_start(commit_delay=1)
     assert ok, "remount after SIGKILL failed:\n" + msg
     wrc, wout = m.wait(timeout=120)
     assert wrc == 0, (wout[-1500:], m.log_tail(80))
-    ru.check_exactly_once(emu, [long_sop, short_sop])
+    ru.check_exactly_once(emu, [long_sop, long2_sop, short_sop])
     assert instance_bytes(emu, study, series, short_sop) == short_b
     assert instance_bytes(emu, study, series, long_sop) == long_b
