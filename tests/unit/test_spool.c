@@ -453,6 +453,47 @@ TEST(spool_recycle_keeps_every_file)
     CHECK_EQ_INT(count_dir(pool), 0);
 }
 
+/* Recycled files keep their bytes while the pool holds at most 64 MiB of
+ * them (spool_create says how many an earlier file left); beyond that they
+ * come back emptied. */
+TEST(spool_recycle_keeps_bytes_within_budget)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/spool-budget-%d", root, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    if (!sp)
+        return;
+    const off_t big = 40 << 20; /* two of them exceed the budget */
+    char ids[2][SPOOL_ID_LEN + 1];
+    uint64_t old_len;
+    for (int i = 0; i < 2; i++) {
+        int fd = spool_create(sp, ids[i], &old_len);
+        CHECK(fd >= 0);
+        CHECK(fd >= 0 && pwrite(fd, "z", 1, 0) == 1 && ftruncate(fd, big) == 0);
+        if (fd >= 0)
+            close(fd);
+    }
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
+    /* The pool is a stack: the second one (emptied) comes out first. */
+    uint64_t got[2];
+    for (int i = 0; i < 2; i++) {
+        char id[SPOOL_ID_LEN + 1];
+        int fd = spool_create(sp, id, &got[i]);
+        struct stat st;
+        CHECK(fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == got[i]);
+        char c = 0;
+        CHECK(got[i] == 0 || (pread(fd, &c, 1, 0) == 1 && c == 'z'));
+        if (fd >= 0)
+            close(fd);
+    }
+    CHECK_EQ_INT(got[0], 0);
+    CHECK_EQ_INT(got[1], big);
+    spool_close(sp);
+}
+
 TEST(non_dicom_rejected_and_gone)
 {
     env e;
@@ -1445,6 +1486,7 @@ int main(void)
     RUN(spool_dir_sync_lazy_and_eager);
     RUN(spool_pool_handout_and_cleanup);
     RUN(spool_recycle_keeps_every_file);
+    RUN(spool_recycle_keeps_bytes_within_budget);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
