@@ -298,3 +298,37 @@ def test_short_file_over_recycled_spool_file_survives_kill(emulator_factory, res
     ru.check_exactly_once(emu, [long_sop, long2_sop, short_sop])
     assert instance_bytes(emu, study, series, short_sop) == short_b
     assert instance_bytes(emu, study, series, long_sop) == long_b
+
+
+def test_damaged_spool_file_is_failed_at_restart(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """A power loss can leave a pending file's spool file empty or holding
+    another file's bytes (spool files are reused): at the next mount such a
+    file is failed, never uploaded. Simulated by killing dicomfs before the
+    uploads and changing the spool files behind its back."""
+    emu = emulator_factory("--fault-paths", "/upload/")
+    src = tmp_path / "src"
+    files = ru.make_tree(str(src), 2, studies=1)
+    m = res_mounts(emu, commit_delay=1, uploads=1)
+    ru.set_faults(emu, latency_ms=8000)  # the uploads are still pending at the kill
+    rc, err = ru.cp_r(str(src), m.import_dir)
+    assert rc == 0, err
+    m.kill9()
+    ru.faults_off(emu)
+    spool = os.path.join(m.cache_dir, "spool")
+    names = sorted(os.listdir(spool))
+    assert len(names) == 2, names
+    a, b = (os.path.join(spool, n) for n in names)
+    a_len = os.path.getsize(a)
+    with open(b, "rb") as f:
+        other = f.read()
+    with open(a, "wb") as f:  # the other file's bytes, at this file's size
+        f.write((other + bytes(a_len))[:a_len])
+    os.truncate(b, 0)  # its bytes never reached the disk
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    wrc, wout = m.wait(timeout=120)
+    counts, failed = m.status()
+    assert wrc == 1, (wrc, wout[-1500:], m.log_tail(40))
+    assert len(failed) == 2, (failed, counts)
+    assert "spool file lost or damaged" in "\n".join(failed)
+    assert ru.qido_instances(emu) == []
