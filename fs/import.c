@@ -63,7 +63,7 @@
  *   a crash only ever see the accepted bytes; reads through the mount stop
  *   at the node's size until then.
  * - Bounded cache: cache_used counts spool bytes (node spool_bytes);
- *   cache_reserve makes a growing write wait while cache_max is reached and
+ *   write_begin makes a growing write wait while cache_max is reached and
  *   in-flight work can free room; ENOSPC from the disk waits the same way
  *   (cache_wait_freed) and is returned only when nothing can free space.
  * - Present: a file whose SOP Instance UID another accepted, uploaded,
@@ -328,7 +328,7 @@ static void gc_spool(import_mgr *m)
 static bool spool_intact(import_mgr *m, const node *n, char *why, size_t whylen)
 {
     int fd = spool_open_file(m->sp, n->id, O_RDONLY);
-    struct stat sb;
+    struct stat sb = {0};
     dicom_info info;
     bool ok = false;
     if (fd < 0)
