@@ -763,10 +763,11 @@ void imp_assign_batch(import_mgr *m, node *n)
     n->staged = false;
 }
 
-void imp_enqueue(import_mgr *m, node *n)
+/* Appends n to the work queue (lock held); false when it is not queued. */
+static bool queue_push(import_mgr *m, node *n)
 {
     if (!m->gcs || n->queued || n->busy)
-        return; /* no uploader (tests), or a worker will look at it again */
+        return false; /* no uploader (tests), or a worker will look at it again */
     n->queued = true;
     n->qnext = NULL;
     if (m->qtail)
@@ -774,12 +775,25 @@ void imp_enqueue(import_mgr *m, node *n)
     else
         m->qhead = n;
     m->qtail = n;
-    pthread_cond_signal(&m->work_cond);
+    return true;
+}
+
+void imp_enqueue(import_mgr *m, node *n)
+{
+    if (queue_push(m, n))
+        pthread_cond_signal(&m->work_cond);
+}
+
+void imp_enqueue_self(import_mgr *m, node *n)
+{
+    queue_push(m, n);
 }
 
 void imp_kick(import_mgr *m)
 {
-    pthread_cond_signal(&m->tick_cond);
+    m->kicked = true;
+    if (m->coord_idle)
+        pthread_cond_signal(&m->tick_cond);
 }
 
 void imp_stream_drop(import_mgr *m, node *n, const char *why)

@@ -168,8 +168,13 @@ struct import_mgr {
     bool loading; /* journal records being loaded: no journal writes */
     spool *sp;
     pthread_mutex_t lock;
-    pthread_cond_t work_cond;   /* workers: queue non-empty or stop */
-    pthread_cond_t tick_cond;   /* coordinator: something changed */
+    pthread_cond_t work_cond; /* workers: queue non-empty or stop */
+    pthread_cond_t tick_cond; /* coordinator: something changed */
+    /* imp_kick: `kicked` says something changed since the last tick; the
+     * condvar is signalled only while the coordinator waits for a kick
+     * (coord_idle), not while it ticks or sleeps out its minimum gap, so
+     * that a burst of closes and uploads costs no wake-up each. */
+    bool kicked, coord_idle;
     pthread_cond_t jflush_cond; /* journal flusher: stop */
     bool stop;
     node **table;
@@ -283,6 +288,10 @@ void imp_assign_batch(import_mgr *m, node *n); /* join the store's open batch */
 /* Work for the uploader: n has a job (its workers take it from the queue);
  * something changed that the coordinator should look at. */
 void imp_enqueue(import_mgr *m, node *n);
+/* The same without waking a worker: for a worker that looks at the queue
+ * again right after (the hand-off to another worker cost two context
+ * switches and a futex round trip per job). */
+void imp_enqueue_self(import_mgr *m, node *n);
 void imp_kick(import_mgr *m);
 /* Abandons n's streaming upload unless its final chunk is on its way (n is
  * then busy until it ends). */

@@ -381,7 +381,7 @@ static void release_finish(import_mgr *m, node *n)
     if (job_for(n, util_now_s()) != JOB_NONE)
         imp_enqueue(m, n);
     imp_node_maybe_free(m, n);
-    pthread_cond_signal(&m->tick_cond);
+    imp_kick(m);
 }
 
 /* Hands n to the journal flusher (lock held); false when it is not running
@@ -520,15 +520,15 @@ static void *worker_main(void *arg)
         if (j.kind == JOB_UPLOAD && check_present(m, n)) {
             n->busy = false;
             if (job_for(n, util_now_s()) != JOB_NONE)
-                imp_enqueue(m, n);
+                imp_enqueue_self(m, n);
             imp_node_maybe_free(m, n);
-            pthread_cond_signal(&m->tick_cond);
+            imp_kick(m);
             continue;
         }
         if (j.kind == JOB_UPLOAD && job_for(n, util_now_s()) != JOB_UPLOAD) {
             n->busy = false; /* changed while its study was fetched */
             if (job_for(n, util_now_s()) != JOB_NONE)
-                imp_enqueue(m, n);
+                imp_enqueue_self(m, n);
             imp_node_maybe_free(m, n);
             continue;
         }
@@ -569,10 +569,10 @@ static void *worker_main(void *arg)
                 delete_done(m, n, rc, &err, now);
             n->busy = false;
             if (job_for(n, now) != JOB_NONE)
-                imp_enqueue(m, n);
+                imp_enqueue_self(m, n);
             imp_node_maybe_free(m, n);
         }
-        pthread_cond_signal(&m->tick_cond);
+        imp_kick(m);
         pthread_mutex_unlock(&m->lock);
         free(j.object);
         free(j.label);
@@ -653,7 +653,7 @@ static void stream_finished(import_mgr *m, upstream *s, int rc, const cerr_detai
     if (job_for(n, now) != JOB_NONE)
         imp_enqueue(m, n);
     imp_node_maybe_free(m, n);
-    pthread_cond_signal(&m->tick_cond);
+    imp_kick(m);
 }
 
 /* The session failed before the file was accepted (lock held): the file
@@ -740,7 +740,7 @@ static void *stream_main(void *arg)
         close(fd);
     pthread_mutex_lock(&m->lock);
     s->done = true;
-    pthread_cond_signal(&m->tick_cond); /* the coordinator joins the thread */
+    imp_kick(m); /* the coordinator joins the thread */
     pthread_mutex_unlock(&m->lock);
     return NULL;
 }
@@ -1271,12 +1271,14 @@ static void *coord_main(void *arg)
     while (!m->stop) {
         double now = util_now_s();
         if (now - last < gap) {
-            /* Kicked too soon after the last tick: wait out the rest (kicks
-             * meanwhile are covered by the tick that follows). */
+            /* Too soon after the last tick: sleep out the rest. Kicks
+             * meanwhile only set m->kicked (coord_idle is false: no wake-up
+             * per close or upload) and are covered by the tick that follows. */
             wait_kick(m, last + gap - now);
             continue;
         }
         last = now;
+        m->kicked = false;
         /* A tick walks the files in flight (up to a full cache of them),
          * holding the lock: spaced so that the walks take at most
          * 1/TICK_SHARE of the time, whatever their number. */
@@ -1284,7 +1286,11 @@ static void *coord_main(void *arg)
         gap = walk * TICK_SHARE > TICK_MIN_S ? walk * TICK_SHARE : TICK_MIN_S;
         if (m->stop)
             break;
+        if (m->kicked)
+            continue; /* something changed during the tick (it unlocks for HTTP) */
+        m->coord_idle = true;
         wait_kick(m, next_wait(m, util_now_s()));
+        m->coord_idle = false;
     }
     pthread_mutex_unlock(&m->lock);
     return NULL;
