@@ -87,6 +87,7 @@ void fs_ctx_start(fs_ctx *x, int (*interrupted)(void))
             .staging_bucket = x->opt->staging_bucket,
             .staging_prefix = x->opt->staging_prefix,
             .uploads = x->opt->uploads,
+            .upload_nice = x->opt->upload_nice,
             .commit_delay_s = x->opt->commit_delay,
             .sync_close = x->opt->sync_close,
             .stream_min_mib = x->opt->stream_min_mib,

@@ -42,6 +42,7 @@ typedef struct import_config {
     const char *staging_bucket; /* from staging=gs://B/P */
     const char *staging_prefix; /* "P" without trailing '/', may be "" */
     int uploads;                /* parallel uploads */
+    int upload_nice;            /* nice of the upload threads (0: unchanged) */
     double commit_delay_s;      /* quiet period before a batch is committed */
     bool sync_close;            /* fdatasync spool file + journal in every close() */
     int stream_min_mib;         /* upload files while written from this size on;

@@ -60,6 +60,8 @@ struct batch {
      * its rate predicts the end, so the last poll lands just after it. */
     double prog_t;
     int64_t prog_n;
+    /* At most one item left: the polls started again from their shortest. */
+    bool near_end;
     bool verifying;                    /* op done with errors: checking files one by one */
     char *op_error;                    /* message of the finished op's error */
     bool reimport;                     /* verifying: missing files are imported again (the op

@@ -22,6 +22,7 @@ struct raw_opts {
     char *staging, *export_to, *cache_dir, *credentials, *endpoint, *storage_endpoint;
     char *ca_file;
     char *uploads, *commit_delay, *stream_min, *imports, *batch_max, *cache_max, *timeout;
+    char *upload_nice;
     int allow_delete, no_auth, sync_close, upload_present;
     int help, version, foreground, debug, single_thread;
     int n_nonopt;
@@ -50,6 +51,7 @@ static const struct fuse_opt option_spec[] = {
     RAWS("storage_endpoint=%s", storage_endpoint),
     RAWS("ca_file=%s", ca_file),
     RAWS("uploads=%s", uploads),
+    RAWS("upload_nice=%s", upload_nice),
     RAWS("commit_delay=%s", commit_delay),
     RAWS("stream_min=%s", stream_min),
     RAWS("imports=%s", imports),
@@ -130,6 +132,7 @@ static void raw_free(struct raw_opts *r)
     free(r->storage_endpoint);
     free(r->ca_file);
     free(r->uploads);
+    free(r->upload_nice);
     free(r->commit_delay);
     free(r->stream_min);
     free(r->imports);
@@ -531,6 +534,10 @@ static int take_raw(struct raw_opts *r, fs_options *o, char *err, size_t errlen)
     if (r->stream_min &&
         parse_int("stream_min", r->stream_min, 0, 1 << 20, &o->stream_min_mib, err, errlen))
         return -1;
+    o->upload_nice = FS_OPTIONS_DEFAULT_UPLOAD_NICE;
+    if (r->upload_nice &&
+        parse_int("upload_nice", r->upload_nice, 0, 19, &o->upload_nice, err, errlen))
+        return -1;
     o->imports = FS_OPTIONS_DEFAULT_IMPORTS;
     if (r->imports && parse_int("imports", r->imports, 1, 64, &o->imports, err, errlen))
         return -1;
@@ -679,6 +686,9 @@ void fs_options_usage(const char *progname)
            "                         --tls-dir ca.pem); verification is always on\n"
            "  uploads=N              parallel uploads (default: adaptive, 4 to 64 from 16,\n"
            "                         by measured throughput)\n"
+           "  upload_nice=N          nice of the upload threads, 0..19: the copy into\n"
+           "                         import/ comes first on a busy CPU (default %d;\n"
+           "                         0: uploads compete with it as equals)\n"
            "  commit_delay=SECONDS   quiet period before a batch is imported (default %g)\n"
            "  stream_min=MIB         upload a file while it is written once it reaches MIB\n"
            "                         (0: only after close; default %d)\n"
@@ -713,7 +723,8 @@ void fs_options_usage(const char *progname)
            "\n"
            "The tree, export runs, editors in export/, refusals, status and the exit\n"
            "codes of wait: see dicomfs(1).\n",
-           progname, progname, FS_OPTIONS_DEFAULT_COMMIT_DELAY, FS_OPTIONS_DEFAULT_STREAM_MIN_MIB,
-           FS_OPTIONS_DEFAULT_IMPORTS, FS_OPTIONS_DEFAULT_BATCH_FILES,
-           (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30), FS_OPTIONS_DEFAULT_TIMEOUT);
+           progname, progname, FS_OPTIONS_DEFAULT_UPLOAD_NICE, FS_OPTIONS_DEFAULT_COMMIT_DELAY,
+           FS_OPTIONS_DEFAULT_STREAM_MIN_MIB, FS_OPTIONS_DEFAULT_IMPORTS,
+           FS_OPTIONS_DEFAULT_BATCH_FILES, (int)(FS_OPTIONS_DEFAULT_BATCH_BYTES >> 30),
+           FS_OPTIONS_DEFAULT_TIMEOUT);
 }

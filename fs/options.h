@@ -35,6 +35,7 @@ typedef struct fs_options {
     char *storage_endpoint;
     char *ca_file; /* CA bundle for https, NULL: the system's */
     int uploads;
+    int upload_nice; /* upload_nice=: nice of the upload threads, 0..19 */
     double commit_delay;
     int stream_min_mib;       /* stream_min=: stream uploads of files from this size on;
                                  0 = never (import_config takes it as it is) */
@@ -58,6 +59,9 @@ typedef struct fs_options {
 
 enum { FS_OPTIONS_DEFAULT_UPLOADS = 0 }; /* 0: adaptive, 4..64 from 16 (upconc.h) */
 #define FS_OPTIONS_DEFAULT_COMMIT_DELAY 0.2
+/* The copy into import/ comes first on a busy CPU; uploads wait for the
+ * network anyway (README, defaults, says what was measured). */
+#define FS_OPTIONS_DEFAULT_UPLOAD_NICE 10
 #define FS_OPTIONS_DEFAULT_STREAM_MIN_MIB 32
 /* Real imports take minutes and the service caps running operations per
  * project and runs one store's operations one after another: one at a time

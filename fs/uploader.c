@@ -96,7 +96,6 @@
 enum job { JOB_NONE, JOB_UPLOAD, JOB_DELETE, JOB_RELEASE };
 
 #define RETRY_MAX_S 60.0
-#define UP_NICE 10
 #define JFLUSH_S 0.05 /* journal fsync period (when it changed) */
 #define POLL_MAX_S 1.0
 #define POLL_FIRST_S 0.05 /* first operation poll; x1.25 up to POLL_MAX_S */
@@ -480,10 +479,15 @@ static void delete_done(import_mgr *m, node *n, int rc, const cerr_detail *err, 
 /* Uploads are background work: on a busy machine the threads serving the
  * copy into import/ (and the copying program) come first, so cp runs at
  * disk speed and the uploads use what is left (on a real network they wait
- * for the network anyway). Linux applies nice per thread. */
-static void lower_priority(void)
+ * for the network anyway). Linux applies nice per thread. Only the threads
+ * that move data: the coordinator and the journal flusher use little CPU
+ * but hold the import lock that the FUSE threads take, so they keep the
+ * FUSE threads' priority (no waiting behind a preempted low-priority
+ * holder). upload_nice=0 leaves them all as they are. */
+static void lower_priority(const import_mgr *m)
 {
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), UP_NICE) < 0)
+    if (m->cfg.upload_nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), m->cfg.upload_nice) < 0)
         log_debug("import: cannot lower the upload threads' priority: %s", strerror(errno));
 }
 
@@ -502,7 +506,7 @@ static void adapt_concurrency(import_mgr *m, double now, uint64_t size)
 static void *worker_main(void *arg)
 {
     import_mgr *m = arg;
-    lower_priority();
+    lower_priority(m);
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         node *n = m->active < upconc_limit(m->conc) ? dequeue(m) : NULL;
@@ -673,7 +677,7 @@ static void *stream_main(void *arg)
 {
     upstream *s = arg;
     import_mgr *m = s->m;
-    lower_priority(); /* like the workers: the copy in comes first */
+    lower_priority(m); /* like the workers: the copy in comes first */
     cerr_detail err;
     memset(&err, 0, sizeof err);
     gcs_stream *gs = NULL;
@@ -915,6 +919,7 @@ static void start_import(import_mgr *m, batch *b)
         b->next_try = now + POLL_FIRST_S;
         b->backoff = POLL_FIRST_S;
         b->prog_t = 0;
+        b->near_end = false;
         imp_batch_journal(m, b);
         store_resume(b->st);
         log_info("import: %s: batch %s (%d file(s)) committed: %s", store, b->id, n, b->op);
@@ -1018,8 +1023,11 @@ static void verify(import_mgr *m, batch *b)
     present_forget_store(m->present, b->st->name);
 }
 
-/* Seconds until the operation should end, from its counters' progress
- * since they were first seen moving; < 0 when it cannot be told yet. */
+/* Seconds until the operation may end at the earliest, from its counters'
+ * progress since they were first seen moving: the items still pending but
+ * the one under way (a poll sees the count only after an item ended, so
+ * the one under way may be nearly done); 0 once at most one is pending;
+ * < 0 when it cannot be told yet. */
 static double op_eta(batch *b, const hc_operation *op, double now)
 {
     if (op->success < 0 || op->pending < 0)
@@ -1032,11 +1040,11 @@ static double op_eta(batch *b, const hc_operation *op, double now)
         b->prog_n = n;
         return -1;
     }
-    if (op->pending == 0)
-        return 0; /* every item counted: the end is near */
+    if (op->pending <= 1)
+        return 0; /* the last item is under way or counted: the end is near */
     if (n <= b->prog_n || now <= b->prog_t)
         return -1;
-    return (double)op->pending * (now - b->prog_t) / (double)(n - b->prog_n);
+    return (double)(op->pending - 1) * (now - b->prog_t) / (double)(n - b->prog_n);
 }
 
 static void poll_op(import_mgr *m, batch *b)
@@ -1078,10 +1086,17 @@ static void poll_op(import_mgr *m, batch *b)
          * a one-hour import costs about 3600 GETs, well inside quotas. When
          * the counters predict an earlier end, the next poll goes just after
          * it (+ POLL_FIRST_S), so a batch's end is not seen up to 1 s late:
-         * with imports=1 and many batches those seconds add up. */
+         * with imports=1 and many batches those seconds add up. The end
+         * aimed at is the earliest one (op_eta); from there the polls start
+         * again at POLL_FIRST_S and grow, so an end that comes later by up
+         * to one item's time is seen within 25% of that. */
         double eta = rc == CERR_OK ? op_eta(b, &op, now) : -1;
+        if (eta == 0 && !b->near_end) {
+            b->near_end = true;
+            b->backoff = POLL_FIRST_S;
+        }
         double wait = b->backoff;
-        if (eta >= 0 && eta + POLL_FIRST_S < wait)
+        if (eta > 0 && eta + POLL_FIRST_S < wait)
             wait = eta + POLL_FIRST_S;
         b->next_try = now + wait;
         b->backoff = b->backoff * POLL_GROWTH > POLL_MAX_S ? POLL_MAX_S : b->backoff * POLL_GROWTH;

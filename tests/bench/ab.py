@@ -6,16 +6,26 @@ alternately, --repeat rounds, medians printed. The raw limit (curl --parallel +
 one import) runs once per round as the reference for client CPU per file.
 
 usage: tests/bench/ab.py [--n 1000] [--size-kib 512] [--repeat 3] [--uploads 16]
-         VARIANT...   where VARIANT is NAME=BUILD_DIR[:OPT,OPT...]
-         (an OPT DICOMFS_X=V is set in dicomfs's environment instead)
+         [--emu-args "FLAGS"] VARIANT...   where VARIANT is NAME=BUILD_DIR[:OPT,OPT...]
+         (an OPT DICOMFS_X=V is set in dicomfs's environment instead; the
+         diagnostics emu_nice=N (the emulator's threads at nice N) and emu_stop
+         (the emulator SIGSTOPped during cp: nothing uploads, the files only
+         spool; resumed before the wait) change the variant's emulator)
 e.g.   tests/bench/ab.py base=/tmp/base/build-release new=build-release \\
                          wb=build-release:writeback_cache
+       tests/bench/ab.py --uploads 0 --emu-args "--profile realistic --latency-ms 30 \\
+                         --time-scale 0.02" base=/tmp/base/build-release new=build-release
 Client CPU is cp + the whole dicomfs process from the start of cp until the
-wait returns (uploads included), as in bench.py.
+wait returns (uploads included), as in bench.py; the emulator's CPU over the
+same time is printed beside it (it stands in for Google's side but shares
+this machine's cores). --uploads 0: dicomfs's own (adaptive) upload
+concurrency, curl's raw reference at 16.
 """
 import argparse
 import os
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -55,28 +65,68 @@ def ctx_switches(pid):
     return total
 
 
+def renice_all(pid, nice):
+    """Every thread of pid (and so those it starts later) at nice."""
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(t), nice)
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
+def stopped_during_copy(b):
+    """The emulator SIGSTOPped once the copy's store exists, until the wait."""
+    pid = b.emu.proc.pid
+    fresh_store, wait = b.fresh_store, b.mount.wait
+
+    def fresh_then_stop(tag, mount=None):
+        out = fresh_store(tag, mount)
+        if mount is not None:
+            os.kill(pid, signal.SIGSTOP)
+        return out
+
+    def cont_then_wait(store):
+        os.kill(pid, signal.SIGCONT)
+        return wait(store)
+    b.fresh_store, b.mount.wait = fresh_then_stop, cont_then_wait
+
+
 def run_variant(args, build_dir, opts, work, src, files, with_raw):
     items = [o for o in opts.split(",") if o]
+    diag = [o for o in items if o.startswith("emu_")]  # the variant's emulator
     env = [o for o in items if o.startswith("DICOMFS_")]  # given to dicomfs's environment
-    os.environ["DICOMFS_BENCH_OPTS"] = ",".join(o for o in items if o not in env)
+    os.environ["DICOMFS_BENCH_OPTS"] = ",".join(o for o in items
+                                                if o not in env and o not in diag)
     for k in [k for k in os.environ if k.startswith("DICOMFS_EXP")]:
         del os.environ[k]
     for e in env:
         k, _, v = e.partition("=")
         os.environ[k] = v
-    b = bench.Bench(args, build_dir, work)
+    b = bench.Bench(args, build_dir, work, emu_extra=shlex.split(args.emu_args))
     try:
+        for o in diag:
+            if o.startswith("emu_nice="):
+                renice_all(b.emu.proc.pid, int(o.partition("=")[2]))
+            elif o == "emu_stop":
+                stopped_during_copy(b)
+            else:
+                raise SystemExit(f"unknown diagnostic {o}")
         w0 = sectors_written()
         c0 = ctx_switches(b.mount.proc.pid)
         t_cp, t_done = b.dicomfs_cp(src)
         ctx = (ctx_switches(b.mount.proc.pid) - c0) / args.n
-        fs_cpu = b.cpu[0]
+        fs_cpu, emu_cpu = b.cpu
         disk_mib = (sectors_written() - w0) * 512 / 2**20
         raw_cpu = None
         if with_raw:
-            b.raw_parallel(files)
+            renice_all(b.emu.proc.pid, 0)  # the references as always
+            uploads, args.uploads = args.uploads, args.uploads or 16
+            try:
+                b.raw_parallel(files)
+            finally:
+                args.uploads = uploads
             raw_cpu = (b.cpu[0], b.local_cp(src))
-        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx
+        return t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx, emu_cpu
     finally:
         b.stop()
 
@@ -88,6 +138,8 @@ def main():
     p.add_argument("--size-kib", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--uploads", type=int, default=16)
+    p.add_argument("--emu-args", default="",
+                   help="more emulator flags for every variant, e.g. the realistic profile")
     p.add_argument("variants", nargs="+")
     args = p.parse_args()
     args.studies, args.fs_uploads = 20, 0
@@ -103,12 +155,13 @@ def main():
                 work = tempfile.mkdtemp(prefix=f"{name}.", dir=top)
                 out = run_variant(args, build_dir, opts, work, src, files, i == 0)
                 shutil.rmtree(work, ignore_errors=True)
-                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx
+                res[name].append(out[:3] + out[4:])  # cp, done, cpu, rss, disk, ctx, emu
                 if out[3] is not None:
                     raw.append(out[3][0])
                     local.append(out[3][1])
                 bench.log(f"round {r + 1} {name}: cp {out[0]:.2f} s, done {out[1]:.2f} s, "
                           f"client CPU {out[2] / args.n * 1e3:.3f} ms/file, "
+                          f"emulator CPU {out[7] / args.n * 1e3:.3f} ms/file, "
                           f"disk writes {out[5]:.0f} MiB, {out[6]:.1f} switches/file")
         raw_ms = bench.median(raw) / args.n * 1e3
         local_s = bench.median(local)
@@ -116,7 +169,7 @@ def main():
               f"{args.repeat}; raw curl client CPU {raw_ms:.3f} ms/file; local cp -r "
               f"{local_s:.2f} s")
         print(f"{'variant':<12} {'cp s':>7} {'vs local':>8} {'done s':>7} {'CPU ms/file':>12} {'x curl':>7} "
-              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11}")
+              f"{'RSS MiB':>8} {'disk MiB':>9} {'switch/file':>11} {'emu ms/file':>11}")
         for name, _, _ in variants:
             rows = res[name]
             cpu_ms = bench.median([x[2] for x in rows]) / args.n * 1e3
@@ -124,7 +177,8 @@ def main():
             print(f"{name:<12} {cp_s:7.2f} {local_s / cp_s:8.2f} "
                   f"{bench.median([x[1] for x in rows]):7.2f} {cpu_ms:12.3f} "
                   f"{cpu_ms / raw_ms:7.2f} {max(x[3] for x in rows) / 1024:8.1f} "
-                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f}")
+                  f"{bench.median([x[4] for x in rows]):9.0f} {bench.median([x[5] for x in rows]):11.1f} "
+                  f"{bench.median([x[6] for x in rows]) / args.n * 1e3:11.3f}")
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

@@ -328,13 +328,15 @@ def cloud_emulator_flags(args):
 
 
 class Bench:
-    def __init__(self, args, build_dir, work, profile="cpu"):
+    def __init__(self, args, build_dir, work, profile="cpu", emu_extra=()):
+        """emu_extra: more emulator flags (ab.py --emu-args)."""
         self.args = args
         self.build_dir = build_dir
         self.work = work
         self.profile = profile
         cloud = profile == "cloud"
-        self.emu = Emulator(build_dir, work, cloud_emulator_flags(args) if cloud else (),
+        self.emu = Emulator(build_dir, work,
+                            [*(cloud_emulator_flags(args) if cloud else ()), *emu_extra],
                             tls=cloud)
         # The cloud profile measures dicomfs as a user gets it (adaptive
         # upload concurrency) unless --fs-uploads; the CPU view pins it to

@@ -246,10 +246,13 @@ def test_token_refusal_then_grants_again(emulator_factory):
 
 
 def test_refuse_tokens_for_flag(emulator_factory):
-    emu = emulator_factory("--refuse-tokens-for", "1")
+    # The window counts from the emulator's start; 4 s leaves room for a slow
+    # start on a loaded machine (1 s was sometimes over before the first ask).
+    t0 = time.monotonic()
+    emu = emulator_factory("--refuse-tokens-for", "4")
     status, body = emu.exchange(emu.jwt())
     assert status == 400 and body["error"] == "invalid_grant"
-    time.sleep(1.1)
+    time.sleep(max(0.0, t0 + 4.2 - time.monotonic()))
     assert emu.exchange(emu.jwt())[0] == 200
 
 

@@ -182,7 +182,12 @@ def test_cache_dir_and_spool_modes(emulator, res_mounts, tmp_path):  # noqa: F81
         m.start()
     # The server stops answering while the files are copied in, so their
     # spool files stay (a file's spool space is released once its staged
-    # object is verified); copying into import/ needs no network.
+    # object is verified); copying into import/ needs no network. The store
+    # must be known first: a lookup that reaches the stopped server fails with
+    # EIO after timeout= unless an earlier answer can be served stale.
+    p = subprocess.run(["stat", m.import_dir], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
     os.kill(emulator.proc.pid, signal.SIGSTOP)
     try:
         rc, err = ru.cp_r(src, m.import_dir)

@@ -44,6 +44,7 @@ TEST(location_defaults)
     CHECK_EQ_STR(o.export_prefix, "stage-exports");
     CHECK_EQ_STR(o.export_to, "gs://bkt/stage-exports");
     CHECK_EQ_INT(o.uploads, 0); /* adaptive */
+    CHECK_EQ_INT(o.upload_nice, FS_OPTIONS_DEFAULT_UPLOAD_NICE);
     CHECK(o.commit_delay == FS_OPTIONS_DEFAULT_COMMIT_DELAY);
     CHECK(o.timeout == FS_OPTIONS_DEFAULT_TIMEOUT);
     CHECK(!o.sync_close);
@@ -70,17 +71,18 @@ TEST(dataset_source_and_all_options)
 {
     fs_options o;
     char err[512] = "";
-    const char *a[] = {"dicomfs",
-                       "projects/p/locations/l/datasets/d/",
-                       "/m",
-                       "-f",
-                       "-s",
-                       "-o",
-                       "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
-                       "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
-                       "uploads=4,commit_delay=0.25,stream_min=0,allow_delete,no_auth,sync_close,"
-                       "imports=2,batch_max=3G,cache_max=256MiB,upload_present,attr_timeout=3,timeout=7.5",
-                       NULL};
+    const char *a[] = {
+        "dicomfs",
+        "projects/p/locations/l/datasets/d/",
+        "/m",
+        "-f",
+        "-s",
+        "-o",
+        "staging=gs://b,export_to=gs://e/x/y,cache_dir=/tmp/c,credentials=/k.json,"
+        "endpoint=http://127.0.0.1:1/,storage_endpoint=http://127.0.0.1:2,"
+        "uploads=4,upload_nice=0,commit_delay=0.25,stream_min=0,allow_delete,no_auth,sync_close,"
+        "imports=2,batch_max=3G,cache_max=256MiB,upload_present,attr_timeout=3,timeout=7.5",
+        NULL};
     CHECK_EQ_INT(parse(&o, err, a), 0);
     CHECK_EQ_STR(err, "");
     CHECK_EQ_STR(o.source, "projects/p/locations/l/datasets/d");
@@ -95,6 +97,7 @@ TEST(dataset_source_and_all_options)
     CHECK_EQ_STR(o.endpoint, "http://127.0.0.1:1/");
     CHECK_EQ_STR(o.storage_endpoint, "http://127.0.0.1:2");
     CHECK_EQ_INT(o.uploads, 4);
+    CHECK_EQ_INT(o.upload_nice, 0);
     CHECK(o.commit_delay == 0.25);
     CHECK(o.timeout == 7.5);
     CHECK_EQ_INT(o.stream_min_mib, 0);
@@ -298,6 +301,9 @@ TEST(bad_numbers_and_args)
     const char *ux[] = {"dicomfs", "projects/p/locations/l", "/m", "-ostaging=gs://b,uploads=8x",
                         NULL};
     expect_error(ux, "uploads");
+    const char *nice[] = {"dicomfs", "projects/p/locations/l", "/m",
+                          "-ostaging=gs://b,upload_nice=20", NULL};
+    expect_error(nice, "upload_nice");
     const char *cd[] = {"dicomfs", "projects/p/locations/l", "/m",
                         "-ostaging=gs://b,commit_delay=-1", NULL};
     expect_error(cd, "commit_delay");
