@@ -35,6 +35,17 @@ static char root[64];
 static char valid1[256], valid2[256];
 static int seq;
 
+/* A new, empty directory under root for one test, and a spool opened on it
+ * (NULL when it cannot be: the CHECKs have said why). */
+static spool *open_fresh_spool(char *dir, size_t cap, const char *what)
+{
+    snprintf(dir, cap, "%s/spool-%s-%d", root, what, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    return sp;
+}
+
 typedef struct env {
     char cache[200];
     journal *j;
@@ -313,10 +324,7 @@ TEST(valid_file_accepted_durably)
 TEST(spool_dir_sync_lazy_and_eager)
 {
     char dir[128];
-    snprintf(dir, sizeof dir, "%s/spool-sync-%d", root, seq++);
-    CHECK_EQ_INT(mkdir(dir, 0700), 0);
-    spool *sp = NULL;
-    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    spool *sp = open_fresh_spool(dir, sizeof dir, "sync");
     if (!sp)
         return;
     for (int eager = 0; eager < 2; eager++) {
@@ -403,12 +411,9 @@ TEST(spool_recycle_keeps_every_file)
 {
     enum { N = 300 }; /* more than three pools' worth (SPOOL_POOL is 96) */
     char dir[128], pool[160], sdir[160];
-    snprintf(dir, sizeof dir, "%s/spool-reuse-%d", root, seq++);
-    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = open_fresh_spool(dir, sizeof dir, "reuse");
     snprintf(pool, sizeof pool, "%s/spool-pool", dir);
     snprintf(sdir, sizeof sdir, "%s/spool", dir);
-    spool *sp = NULL;
-    CHECK_EQ_INT(spool_open(dir, &sp), 0);
     if (!sp)
         return;
     static char ids[N][SPOOL_ID_LEN + 1];
@@ -459,10 +464,7 @@ TEST(spool_recycle_keeps_every_file)
 TEST(spool_recycle_keeps_bytes_within_budget)
 {
     char dir[128];
-    snprintf(dir, sizeof dir, "%s/spool-budget-%d", root, seq++);
-    CHECK_EQ_INT(mkdir(dir, 0700), 0);
-    spool *sp = NULL;
-    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    spool *sp = open_fresh_spool(dir, sizeof dir, "budget");
     if (!sp)
         return;
     const off_t big = 40 << 20; /* two of them exceed the budget */
