@@ -56,8 +56,14 @@
  *   fetches a private copy (fetch_copy). A whole rewrite (O_TRUNC) of a
  *   remembered file makes it a new file (rewrite_released).
  *   Failed files stay listed, with the reason in STORE/status.
+ * - Recycled spool files keep an earlier file's bytes (spool.h): a new file
+ *   writes over them (node.stale) and they are cut to its size when a write
+ *   or truncate would leave a gap and at acceptance (unstale), before the
+ *   journal records it: the uploader, the DICOM check and a recovery after
+ *   a crash only ever see the accepted bytes; reads through the mount stop
+ *   at the node's size until then.
  * - Bounded cache: cache_used counts spool bytes (node spool_bytes);
- *   cache_reserve makes a growing write wait while cache_max is reached and
+ *   write_begin makes a growing write wait while cache_max is reached and
  *   in-flight work can free room; ENOSPC from the disk waits the same way
  *   (cache_wait_freed) and is returned only when nothing can free space.
  * - Present: a file whose SOP Instance UID another accepted, uploaded,
@@ -83,6 +89,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -313,6 +320,33 @@ static void gc_spool(import_mgr *m)
     free(k.ids);
 }
 
+/* Whether n's spool file still holds what was accepted: its size and SOP
+ * Instance UID. A power loss can leave a spool file whose bytes had not
+ * reached the disk empty, zeroed, or holding an earlier file's bytes (a
+ * recycled spool file is written over, spool.h); such a file must never be
+ * uploaded under n's name. Reads the file's header only. */
+static bool spool_intact(import_mgr *m, const node *n, char *why, size_t whylen)
+{
+    int fd = spool_open_file(m->sp, n->id, O_RDONLY);
+    struct stat sb = {0};
+    dicom_info info;
+    bool ok = false;
+    if (fd < 0)
+        snprintf(why, whylen, "the spool file %s is missing from the cache", n->id);
+    else if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size != n->size)
+        snprintf(why, whylen,
+                 "the spool file %s has lost its content (%lld bytes, %" PRIu64 " accepted)", n->id,
+                 (long long)sb.st_size, n->size);
+    else if (dicom_parse_fd(fd, &info, NULL, 0) != CERR_OK || strcmp(info.sop_instance_uid, n->sop))
+        snprintf(why, whylen, "the spool file %s no longer holds the accepted instance %s", n->id,
+                 n->sop);
+    else
+        ok = true;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
 /* After loading: put every file where it continues. */
 static void resume(import_mgr *m)
 {
@@ -322,18 +356,20 @@ static void resume(import_mgr *m)
         switch (n->state) {
         case ST_NEW:
             break;
-        case ST_ACCEPTED:
-            if (!n->has_spool || !spool_exists(m->sp, n->id)) {
-                log_error("import: %s/%s: the spool file %s is missing from the cache: the "
-                          "file cannot be uploaded",
-                          n->st->name, n->path, n->id);
-                imp_node_fail(m, n, "spool file lost from the cache directory");
+        case ST_ACCEPTED: {
+            char why[400] = "the spool file is missing from the cache";
+            if (!n->has_spool || !spool_intact(m, n, why, sizeof why)) {
+                log_error("import: %s/%s: %s (a power loss or someone else's change to the "
+                          "cache directory): the file cannot be uploaded; copy it again",
+                          n->st->name, n->path, why);
+                imp_node_fail(m, n, "spool file lost or damaged in the cache directory");
                 break;
             }
             if (!n->b)
                 imp_assign_batch(m, n);
             imp_enqueue(m, n);
             break;
+        }
         default: /* staged objects to delete, spool space to release */
             imp_enqueue(m, n);
             break;
@@ -672,12 +708,39 @@ static int cache_wait_once(import_mgr *m)
     return 0;
 }
 
-/* Backpressure: before n's spool file grows to `end` bytes, waits while the
- * cache holds cache_max and in-flight work can free some of it; then counts
- * the growth. When nothing can free space (every byte belongs to files
- * being written or kept), the write goes on beyond the limit: only the disk
- * itself then says ENOSPC. */
-static int cache_reserve(import_mgr *m, node *n, uint64_t end)
+/* Cuts n's recycled spool file (fd) to n's size (lock held; see
+ * node.stale), once no write is between its reservation and its size
+ * update: what lies beyond is an earlier file's. */
+static int unstale(import_mgr *m, node *n, int fd)
+{
+    while (n->wr_inflight > 0)
+        pthread_cond_wait(&m->space_cond, &m->lock);
+    if (!n->stale)
+        return 0;
+    /* [0, size) was written without a gap (a gap cuts first), so nothing
+     * of the earlier file is left when it was not longer. */
+    if (n->stale_len > n->size && ftruncate(fd, (off_t)n->size) < 0)
+        return -errno;
+    n->stale = false;
+    return 0;
+}
+
+/* A write of [off, end) is done (lock held): see write_begin. */
+static void write_end(import_mgr *m, node *n)
+{
+    if (--n->wr_inflight == 0 && n->stale)
+        pthread_cond_broadcast(&m->space_cond); /* an unstale() may wait */
+}
+
+/* Before writing [off, end) of n through fd. Backpressure: before the
+ * spool file grows to `end` bytes, waits while the cache holds cache_max
+ * and in-flight work can free some of it; then counts the growth. When
+ * nothing can free space (every byte belongs to files being written or
+ * kept), the write goes on beyond the limit: only the disk itself then
+ * says ENOSPC. A write past the end of a recycled file cuts the earlier
+ * file's bytes first (the gap must read as zeros). On success the write is
+ * in flight until write_end. */
+static int write_begin(import_mgr *m, node *n, int fd, uint64_t off, uint64_t end)
 {
     int rc = 0;
     bool logged = false;
@@ -692,8 +755,12 @@ static int cache_reserve(import_mgr *m, node *n, uint64_t end)
         if ((rc = cache_wait_once(m)) < 0)
             break;
     }
+    if (rc == 0 && n->stale && off > n->size)
+        rc = unstale(m, n, fd);
     if (rc == 0 && end > n->spool_bytes)
         imp_spool_account(m, n, end);
+    if (rc == 0)
+        n->wr_inflight++;
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
@@ -744,7 +811,8 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if ((rc = cache_wait_room(m)) < 0)
         return rc;
     char id[SPOOL_ID_LEN + 1];
-    int fd = spool_create(m->sp, id);
+    uint64_t old_len;
+    int fd = spool_create(m->sp, id, &old_len);
     if (fd < 0)
         return fd;
     pthread_mutex_lock(&m->lock);
@@ -757,6 +825,8 @@ int import_create(import_mgr *m, const char *store, const char *rel, mode_t mode
     if (rc == 0) {
         memcpy(n->id, id, sizeof n->id); /* state ST_NEW, as imp_node_new makes it */
         n->has_spool = true;
+        n->stale = old_len > 0; /* written over; cut at acceptance */
+        n->stale_len = old_len;
         n->dirty = true;
         n->seq = true; /* empty: the first write at 0 appends */
         h = handle_new(n, fd, true);
@@ -806,6 +876,7 @@ static int rewrite_released(import_mgr *m, node *n, int flags)
     if (fd < 0)
         return fd;
     n->has_spool = true;
+    n->stale = false;
     if (remembered)
         imp_node_to(m, n, ST_NEW, 0);
     return fd;
@@ -889,6 +960,7 @@ int import_open(import_mgr *m, const char *store, const char *rel, int flags, ui
         } else {
             imp_spool_account(m, n, 0);
             imp_stream_drop(m, n, "truncated");
+            n->stale = false;
             n->seq = true;
             n->seq_end = 0;
             n->size = 0;
@@ -922,8 +994,18 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
         return -EBADF;
     if (size > INT32_MAX)
         size = INT32_MAX;
-    int rc = cache_reserve(m, h->n, (uint64_t)off + size);
-    ssize_t n = rc < 0 ? (errno = -rc, -1) : pwrite(h->fd, buf, size, off);
+    int rc = write_begin(m, h->n, h->fd, (uint64_t)off, (uint64_t)off + size);
+    if (rc < 0) {
+        pthread_mutex_lock(&m->lock);
+        log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
+                  strerror(-rc));
+        h->n->io_err = rc;
+        h->n->dirty = true;
+        h->n->checked = false;
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
+    ssize_t n = pwrite(h->fd, buf, size, off);
     while (n < 0 && errno == ENOSPC && (rc = cache_wait_freed(m)) == 0)
         n = pwrite(h->fd, buf, size, off); /* the disk is full: uploads free it */
     if (n < 0 && rc < 0)
@@ -931,6 +1013,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     if (n < 0) {
         int e = errno;
         pthread_mutex_lock(&m->lock);
+        write_end(m, h->n);
         log_error("import: %s/%s: write to the spool file failed: %s", h->n->st->name, h->n->path,
                   strerror(e));
         /* The file is incomplete: it must not be accepted at close(). */
@@ -951,6 +1034,7 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
     node *nd = h->n;
     if ((uint64_t)off + (uint64_t)n > nd->size)
         nd->size = (uint64_t)off + (uint64_t)n;
+    write_end(m, nd);
     nd->dirty = true;
     nd->checked = false;
     nd->gen++;
@@ -964,10 +1048,18 @@ int import_write(import_mgr *m, uint64_t fh, const char *buf, size_t size, off_t
 
 int import_read(import_mgr *m, uint64_t fh, char *buf, size_t size, off_t off)
 {
-    (void)m;
     handle *h = (handle *)(uintptr_t)fh;
     if (size > INT32_MAX)
         size = INT32_MAX;
+    /* A recycled spool file not cut yet: the earlier file's bytes beyond
+     * the size are not this file's. */
+    pthread_mutex_lock(&m->lock);
+    uint64_t lim = h->n->stale ? h->n->size : UINT64_MAX;
+    pthread_mutex_unlock(&m->lock);
+    if ((uint64_t)off >= lim)
+        return 0;
+    if (size > lim - (uint64_t)off)
+        size = (size_t)(lim - (uint64_t)off);
     ssize_t n = pread(h->fd, buf, size, off);
     return n < 0 ? -errno : (int)n;
 }
@@ -1044,8 +1136,15 @@ static int validate(import_mgr *m, handle *h)
         pthread_mutex_unlock(&m->lock);
         return rc;
     }
+    /* Before the sync, the check and the record: the spool file then holds
+     * exactly this content (also after a crash, and for the uploader). */
+    int rc = n->stale ? unstale(m, n, h->fd) : 0;
+    if (rc < 0) {
+        rc = check_failed(n, rc, "cannot cut the spool file to its size (%s)", strerror(-rc));
+        pthread_mutex_unlock(&m->lock);
+        return rc;
+    }
     pthread_mutex_unlock(&m->lock);
-    int rc = 0;
     const char *what = "";
     struct stat sb;
     memset(&sb, 0, sizeof sb);
@@ -1224,8 +1323,11 @@ int import_truncate(import_mgr *m, const char *store, const char *rel, off_t siz
         handle *h = (handle *)(uintptr_t)fh;
         if (!h->writable)
             return -EBADF;
-        if (ftruncate(h->fd, size) < 0) {
-            int e = errno;
+        pthread_mutex_lock(&m->lock);
+        int urc = h->n->stale ? unstale(m, h->n, h->fd) : 0; /* growing: zeros, not the old bytes */
+        pthread_mutex_unlock(&m->lock);
+        if (urc < 0 || ftruncate(h->fd, size) < 0) {
+            int e = urc < 0 ? -urc : errno;
             pthread_mutex_lock(&m->lock);
             h->n->io_err = -e;
             h->n->dirty = true;

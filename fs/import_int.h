@@ -108,6 +108,15 @@ struct node {
      * spool file is being removed (lock dropped). */
     bool has_spool, releasing;
     uint64_t spool_bytes;
+    /* stale: the spool file is a recycled one whose bytes beyond size may
+     * still be an earlier file's (spool_create): reads stop at size, and it
+     * is cut to size (import.c unstale) before a write or truncate leaves a
+     * gap, and at acceptance, before anything else reads or records it.
+     * wr_inflight: writes between their reservation and their size update
+     * (a cut must not race one). */
+    bool stale;
+    uint64_t stale_len; /* the recycled file's size when handed out */
+    int wr_inflight;
     batch *b;     /* batch it belongs to (ACCEPTED/UPLOADED), else NULL */
     char bid[48]; /* batch id of the staged object name */
     bool staged;  /* a staged object may exist */

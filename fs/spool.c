@@ -30,8 +30,13 @@
  * 200 000 files). Only the first SPOOL_POOL entries keep an open
  * descriptor (the others are reopened by name, which allocates nothing);
  * entries beyond SPOOL_POOL are removed once no file was created for
- * SPOOL_IDLE_S seconds, and all at spool_close. Emptied files hold no
- * data blocks: the pool costs inodes and about 40 bytes of memory each. */
+ * SPOOL_IDLE_S seconds, and all at spool_close. A recycled file keeps
+ * its content while the pool holds at most SPOOL_KEEP_BYTES of them: the
+ * next file written into it overwrites the cached pages (emptying a file
+ * and filling it again freed and reallocated every page and block, about
+ * a fifth of the client's CPU per file), and its writer cuts it to its
+ * size at acceptance (import.c). Emptied files hold no data blocks: beyond
+ * the budget the pool costs inodes and about 48 bytes of memory each. */
 #include "spool.h"
 
 #include <dirent.h>
@@ -55,9 +60,14 @@
 #define SPOOL_POOL_MAX 65536 /* released files kept at most */
 #define SPOOL_IDLE_S 30      /* no creation for this long: trim to SPOOL_POOL */
 
+/* Bytes of earlier files that recycled pool files may keep (see
+ * spool_recycle); beyond it, released files are emptied. */
+#define SPOOL_KEEP_BYTES (64u << 20)
+
 typedef struct {
     int fd; /* -1 beyond SPOOL_POOL: reopened by name when handed out */
     char id[SPOOL_ID_LEN + 1];
+    uint64_t len; /* bytes an earlier file left in it (counted in pool_bytes) */
 } pool_ent;
 
 struct spool {
@@ -72,6 +82,7 @@ struct spool {
     bool pool_on;             /* keep the pool filled (set by the first spool_create) */
     int pool_n, pool_cap;
     pool_ent *pool;
+    uint64_t pool_bytes;       /* sum of the entries' len, at most SPOOL_KEEP_BYTES */
     struct timespec last_take; /* CLOCK_MONOTONIC of the last spool_create */
     int sync_err;              /* result of the last dir fsync (0 or -errno) */
     bool stop, thread_ok;
@@ -80,8 +91,9 @@ struct spool {
 
 static int create_file(int dirfd, char id[SPOOL_ID_LEN + 1]);
 
-/* Adds a file to the pool (lock held). False when the pool is full. */
-static bool pool_push(spool *s, int fd, const char id[SPOOL_ID_LEN + 1])
+/* Adds a file holding len bytes to the pool (lock held; len already
+ * counted in pool_bytes). False when the pool is full. */
+static bool pool_push(spool *s, int fd, const char id[SPOOL_ID_LEN + 1], uint64_t len)
 {
     if (s->pool_n >= SPOOL_POOL_MAX)
         return false;
@@ -98,6 +110,7 @@ static bool pool_push(spool *s, int fd, const char id[SPOOL_ID_LEN + 1])
         fd = -1;
     }
     s->pool[s->pool_n].fd = fd;
+    s->pool[s->pool_n].len = len;
     memcpy(s->pool[s->pool_n].id, id, SPOOL_ID_LEN + 1);
     s->pool_n++;
     return true;
@@ -115,7 +128,7 @@ static void pool_fill(spool *s)
             s->pool_on = false; /* spool_create creates inline and reports the error */
             return;
         }
-        if (!pool_push(s, fd, id)) {
+        if (!pool_push(s, fd, id, 0)) {
             close(fd);
             unlinkat(s->pooldirfd, id, 0);
             return;
@@ -137,6 +150,7 @@ static time_t idle_left(spool *s, struct timespec *deadline)
 static void pool_trim_one(spool *s)
 {
     pool_ent e = s->pool[--s->pool_n];
+    s->pool_bytes -= e.len;
     pthread_mutex_unlock(&s->lock);
     if (e.fd >= 0)
         close(e.fd);
@@ -259,6 +273,7 @@ void spool_close(spool *s)
         pthread_mutex_unlock(&s->lock);
         pthread_join(s->thread, NULL);
     }
+    s->pool_bytes = 0;
     for (int i = 0; i < s->pool_n; i++) {
         if (s->pool[i].fd >= 0)
             close(s->pool[i].fd);
@@ -318,8 +333,9 @@ static int create_file(int dirfd, char id[SPOOL_ID_LEN + 1])
     return -EEXIST;
 }
 
-/* A file from the pool moved into spool/, or -1 (pool empty or off). */
-static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1])
+/* A file from the pool moved into spool/, or -1 (pool empty or off);
+ * *len: the bytes an earlier file left in it. */
+static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1], uint64_t *len)
 {
     pthread_mutex_lock(&s->lock);
     if (s->thread_ok && s->pooldirfd >= 0 && !s->pool_on) {
@@ -332,6 +348,8 @@ static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1])
     if (got) {
         pool_ent *e = &s->pool[--s->pool_n];
         fd = e->fd;
+        *len = e->len;
+        s->pool_bytes -= e->len;
         memcpy(id, e->id, SPOOL_ID_LEN + 1);
         if (s->pool_n <= SPOOL_FILL / 2)
             pthread_cond_broadcast(&s->cond);
@@ -353,9 +371,10 @@ static int from_pool(spool *s, char id[SPOOL_ID_LEN + 1])
     return fd;
 }
 
-int spool_create(spool *s, char id[SPOOL_ID_LEN + 1])
+int spool_create(spool *s, char id[SPOOL_ID_LEN + 1], uint64_t *old_len)
 {
-    int fd = from_pool(s, id);
+    *old_len = 0;
+    int fd = from_pool(s, id, old_len);
     if (fd < 0)
         fd = create_file(s->dirfd, id);
     if (fd < 0) {
@@ -430,6 +449,34 @@ static int open_emptied(spool *s, const char *id)
     return fd;
 }
 
+/* The spool file id open for its next use with its content kept, if the
+ * pool's budget has room for it (counted into pool_bytes from now on, so
+ * two recycles cannot both take the last room; *len: its size), else
+ * emptied (*len 0). -1 when it cannot be opened. */
+static int open_recycled(spool *s, const char *id, uint64_t *len)
+{
+    *len = 0;
+    int fd = openat(s->dirfd, id, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    pthread_mutex_lock(&s->lock);
+    bool keep = size <= SPOOL_KEEP_BYTES - s->pool_bytes;
+    if (keep)
+        s->pool_bytes += size;
+    pthread_mutex_unlock(&s->lock);
+    if (keep) {
+        *len = size;
+        return fd;
+    }
+    close(fd);
+    return open_emptied(s, id);
+}
+
 int spool_recycle(spool *s, const char *id)
 {
     if (!spool_id_valid(id))
@@ -438,14 +485,20 @@ int spool_recycle(spool *s, const char *id)
     bool room = s->pool_on && s->pool_n < SPOOL_POOL_MAX;
     pthread_mutex_unlock(&s->lock);
     char nid[SPOOL_ID_LEN + 1];
-    int fd = room ? open_emptied(s, id) : -1;
+    uint64_t len = 0;
+    int fd = room ? open_recycled(s, id, &len) : -1;
     if (fd < 0 || new_id(nid) < 0 || renameat(s->dirfd, id, s->pooldirfd, nid) < 0) {
         if (fd >= 0)
             close(fd);
+        pthread_mutex_lock(&s->lock);
+        s->pool_bytes -= len;
+        pthread_mutex_unlock(&s->lock);
         return spool_remove(s, id);
     }
     pthread_mutex_lock(&s->lock);
-    bool kept = pool_push(s, fd, nid);
+    bool kept = pool_push(s, fd, nid, len);
+    if (!kept)
+        s->pool_bytes -= len;
     if (kept && s->pool_n == SPOOL_POOL + 1)
         pthread_cond_broadcast(&s->cond); /* the syncer starts its idle timer */
     pthread_mutex_unlock(&s->lock);

@@ -8,6 +8,7 @@
 #define DICOMFS_SPOOL_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #define SPOOL_ID_LEN 32 /* hex characters */
 
@@ -17,9 +18,13 @@ typedef struct spool spool;
 int spool_open(const char *cache_dir, spool **out);
 void spool_close(spool *s);
 
-/* Creates a new empty spool file; id gets SPOOL_ID_LEN hex chars + NUL.
- * Returns an fd open O_RDWR or a negative errno. */
-int spool_create(spool *s, char id[SPOOL_ID_LEN + 1]);
+/* Hands out a spool file for a new file; id gets SPOOL_ID_LEN hex chars +
+ * NUL. It may be a recycled one that still holds *old_len bytes of an
+ * earlier file (0: empty): the caller overwrites them, never reads past
+ * what it wrote, and cuts the file to its size (ftruncate) before anything
+ * else reads it or records it (see spool_recycle). Returns an fd open
+ * O_RDWR or a negative errno. */
+int spool_create(spool *s, char id[SPOOL_ID_LEN + 1], uint64_t *old_len);
 /* Creates (or empties) the spool file of a known id: a remembered file
  * whose spool space was released and that is written again. */
 int spool_create_as(spool *s, const char *id);
@@ -29,9 +34,13 @@ int spool_open_tmp(spool *s);
 /* Opens an existing spool file (flags as for open(2), without O_CREAT). */
 int spool_open_file(spool *s, const char *id, int flags);
 int spool_remove(spool *s, const char *id);
-/* Like spool_remove, but the emptied file goes back to the pool of files
- * handed out by spool_create (under a new id) when there is room. Only for
- * a file nobody has open: its content is truncated. */
+/* Like spool_remove, but the file goes back to the pool of
+ * files handed out by spool_create (under a new id) when there is room.
+ * Only for a file nobody has open. Its content is kept for the next file
+ * to write over (emptying a file frees its pages and blocks, and the next
+ * file allocates them again: the largest system cost per file) while the
+ * pool holds at most SPOOL_KEEP_BYTES (64 MiB) of such bytes; beyond that
+ * it is emptied. */
 int spool_recycle(spool *s, const char *id);
 bool spool_exists(spool *s, const char *id);
 /* Removes every spool file for which keep(ctx, id) is false (files left by

@@ -10,6 +10,7 @@ were accepted (exit 0) before the kill.
 """
 import os
 import random
+import subprocess
 import time
 
 import resilience_util as ru
@@ -204,3 +205,130 @@ def test_torn_journal_tail_loads(emulator, res_mounts, tmp_path):  # noqa: F811
     kept = [f for f in os.listdir(os.path.dirname(log_path)) if f.startswith("log.bad")]
     finish_and_check(emulator, m, files, accepted, "torn-journal-tail", None,
                      dict(torn_tails=len(tails), bad_tails_kept=len(kept)))
+
+
+def cp(path, dst):
+    return subprocess.run(["cp", str(path), dst], capture_output=True, text=True, timeout=60)
+
+
+def instance_bytes(emu, study, series, sop):
+    """The instance as the store holds it (WADO-RS, single part, as stored)."""
+    path = "/v1/%s/dicomWeb/studies/%s/series/%s/instances/%s" % (ru.STORE_NAME, study, series, sop)
+    status, _, body = ru._request(emu, "GET", path,
+                                  headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert status == 200, (status, body[:300])
+    return body
+
+
+def test_short_file_over_recycled_spool_file_survives_kill(emulator_factory, res_mounts,  # noqa: F811
+                                                          tmp_path):
+    """A released spool file keeps its bytes for the next file to write over
+    (fs/spool.c): a short file spooled into the inode of a longer one must be
+    uploaded with exactly its own bytes, also when dicomfs is killed between
+    its close() and its upload and the upload happens after the remount. A
+    file written with a gap, or grown by truncate, over another recycled one
+    reads zeros there, never the earlier file's bytes."""
+    emu = emulator_factory("--fault-paths", "/upload/")
+    src = tmp_path / "src"
+    study, series = ru._uid(), ru._uid()
+    long_sop, long2_sop, short_sop = ru._uid(), ru._uid(), ru._uid()
+    ru.write_instance(str(src / "long.dcm"), study, series, long_sop, rows=256, cols=256)
+    ru.write_instance(str(src / "long2.dcm"), study, series, long2_sop, rows=256, cols=256,
+                      number=3)
+    ru.write_instance(str(src / "short.dcm"), study, series, short_sop, number=2)
+    long_b = (src / "long.dcm").read_bytes()
+    short_b = (src / "short.dcm").read_bytes()
+    assert len(long_b) > len(short_b) + 60000
+    m = res_mounts(emu, commit_delay=1, uploads=1)
+    pool = os.path.join(m.cache_dir, "spool-pool")
+    spool = os.path.join(m.cache_dir, "spool")
+
+    def recycled():  # the long files' spool files, back in the pool with their bytes
+        sts = [os.stat(os.path.join(pool, name)) for name in os.listdir(pool)]
+        return {st.st_ino for st in sts if st.st_size == len(long_b)}
+
+    for name in ("long.dcm", "long2.dcm"):
+        r = cp(src / name, m.import_dir)
+        assert r.returncode == 0, r.stderr
+    assert ru.wait_until(lambda: len(recycled()) == 2, 60), \
+        "the long files' spool files never came back to the pool\n" + m.log_tail()
+    inos = recycled()
+    assert m.wait()[0] == 0
+    # Uploads now take 8 s: the short file stays spooled until the kill
+    # (checked below; short enough for the emulator to stop cleanly).
+    ru.set_faults(emu, latency_ms=8000)
+    r = cp(src / "short.dcm", m.import_dir)
+    assert r.returncode == 0, r.stderr
+    spooled = {os.stat(os.path.join(spool, n)).st_ino: os.stat(os.path.join(spool, n)).st_size
+               for n in os.listdir(spool)}
+    # It went into a recycled inode, cut to its own size at close().
+    assert len(spooled) == 1 and set(spooled) <= inos, (spooled, inos)
+    assert list(spooled.values()) == [len(short_b)]
+    r = subprocess.run(["cat", os.path.join(m.import_dir, "short.dcm")], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == short_b  # read back through the mount
+    # The other recycled file: written with a gap, then grown by truncate,
+    # read back before close() (then rejected: not DICOM).
+    script = """if True:
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        os.pwrite(fd, b"A" * 10, 0)
+        assert os.pread(fd, 100000, 0) == b"A" * 10, "read past the end"
+        os.pwrite(fd, b"B", 30000)
+        os.ftruncate(fd, 60000)
+        data = os.pread(fd, 300000, 0)
+        sys.stdout.buffer.write(data)
+        try:
+            os.close(fd)  # EINVAL: not DICOM, rejected
+        except OSError:
+            pass
+    """
+    r = subprocess.run(["/usr/bin/python3", "-c", script, os.path.join(m.import_dir, "gap.dcm")],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(long_b) > 60000  # both within the earlier file's bytes
+    assert r.stdout == b"A" * 10 + bytes(30000 - 10) + b"B" + bytes(60000 - 30001)
+    assert ru.file_state(os.path.join(m.import_dir, "short.dcm")) == "pending"
+    m.kill9()
+    ru.faults_off(emu)
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    wrc, wout = m.wait(timeout=120)
+    assert wrc == 0, (wout[-1500:], m.log_tail(80))
+    ru.check_exactly_once(emu, [long_sop, long2_sop, short_sop])
+    assert instance_bytes(emu, study, series, short_sop) == short_b
+    assert instance_bytes(emu, study, series, long_sop) == long_b
+
+
+def test_damaged_spool_file_is_failed_at_restart(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    """A power loss can leave a pending file's spool file empty or holding
+    another file's bytes (spool files are reused): at the next mount such a
+    file is failed, never uploaded. Simulated by killing dicomfs before the
+    uploads and changing the spool files behind its back."""
+    emu = emulator_factory("--fault-paths", "/upload/")
+    src = tmp_path / "src"
+    files = ru.make_tree(str(src), 2, studies=1)
+    m = res_mounts(emu, commit_delay=1, uploads=1)
+    ru.set_faults(emu, latency_ms=8000)  # the uploads are still pending at the kill
+    rc, err = ru.cp_r(str(src), m.import_dir)
+    assert rc == 0, err
+    m.kill9()
+    ru.faults_off(emu)
+    spool = os.path.join(m.cache_dir, "spool")
+    names = sorted(os.listdir(spool))
+    assert len(names) == 2, names
+    a, b = (os.path.join(spool, n) for n in names)
+    a_len = os.path.getsize(a)
+    with open(b, "rb") as f:
+        other = f.read()
+    with open(a, "wb") as f:  # the other file's bytes, at this file's size
+        f.write((other + bytes(a_len))[:a_len])
+    os.truncate(b, 0)  # its bytes never reached the disk
+    ok, msg = m.try_start(commit_delay=1)
+    assert ok, "remount after SIGKILL failed:\n" + msg
+    wrc, wout = m.wait(timeout=120)
+    counts, failed = m.status()
+    assert wrc == 1, (wrc, wout[-1500:], m.log_tail(40))
+    assert len(failed) == 2, (failed, counts)
+    assert "spool file lost or damaged" in "\n".join(failed)
+    assert ru.qido_instances(emu) == []

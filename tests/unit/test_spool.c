@@ -35,6 +35,17 @@ static char root[64];
 static char valid1[256], valid2[256];
 static int seq;
 
+/* A new, empty directory under root for one test, and a spool opened on it
+ * (NULL when it cannot be: the CHECKs have said why). */
+static spool *open_fresh_spool(char *dir, size_t cap, const char *what)
+{
+    snprintf(dir, cap, "%s/spool-%s-%d", root, what, seq++);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = NULL;
+    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    return sp;
+}
+
 typedef struct env {
     char cache[200];
     journal *j;
@@ -313,17 +324,15 @@ TEST(valid_file_accepted_durably)
 TEST(spool_dir_sync_lazy_and_eager)
 {
     char dir[128];
-    snprintf(dir, sizeof dir, "%s/spool-sync-%d", root, seq++);
-    CHECK_EQ_INT(mkdir(dir, 0700), 0);
-    spool *sp = NULL;
-    CHECK_EQ_INT(spool_open(dir, &sp), 0);
+    spool *sp = open_fresh_spool(dir, sizeof dir, "sync");
     if (!sp)
         return;
     for (int eager = 0; eager < 2; eager++) {
         spool_set_eager_dir_sync(sp, eager);
         for (int i = 0; i < 3; i++) {
             char id[SPOOL_ID_LEN + 1];
-            int fd = spool_create(sp, id);
+            uint64_t old_len;
+            int fd = spool_create(sp, id, &old_len);
             CHECK(fd >= 0);
             if (fd >= 0)
                 close(fd);
@@ -356,8 +365,9 @@ TEST(spool_pool_handout_and_cleanup)
         return;
     CHECK(access(stale, F_OK) != 0); /* left by a crash: gone */
     char ids[40][SPOOL_ID_LEN + 1];
+    uint64_t old_len;
     for (int i = 0; i < 40; i++) { /* more than one pool's worth */
-        int fd = spool_create(sp, ids[i]);
+        int fd = spool_create(sp, ids[i], &old_len);
         CHECK(fd >= 0);
         if (fd < 0)
             continue;
@@ -370,18 +380,21 @@ TEST(spool_pool_handout_and_cleanup)
     char sdir[160];
     snprintf(sdir, sizeof sdir, "%s/spool", dir);
     CHECK_EQ_INT(count_dir(sdir), 40);
-    /* A recycled file leaves spool/ and comes back empty under a new id. */
+    /* A recycled file leaves spool/ and comes back under a new id, with
+     * the earlier file's byte still in it (old_len says so). */
     for (int i = 0; i < 40; i++)
         CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
     CHECK_EQ_INT(count_dir(sdir), 0);
     for (int i = 0; i < 40; i++) {
         char id[SPOOL_ID_LEN + 1];
-        int fd = spool_create(sp, id);
+        int fd = spool_create(sp, id, &old_len);
         CHECK(fd >= 0);
         if (fd < 0)
             continue;
         struct stat st;
-        CHECK(fstat(fd, &st) == 0 && st.st_size == 0);
+        char c = 0;
+        CHECK(fstat(fd, &st) == 0 && (uint64_t)st.st_size == old_len);
+        CHECK(old_len == 0 || (pread(fd, &c, 1, 0) == 1 && c == 'x'));
         close(fd);
         for (int k = 0; k < 40; k++)
             CHECK(strcmp(ids[k], id) != 0);
@@ -398,18 +411,16 @@ TEST(spool_recycle_keeps_every_file)
 {
     enum { N = 300 }; /* more than three pools' worth (SPOOL_POOL is 96) */
     char dir[128], pool[160], sdir[160];
-    snprintf(dir, sizeof dir, "%s/spool-reuse-%d", root, seq++);
-    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    spool *sp = open_fresh_spool(dir, sizeof dir, "reuse");
     snprintf(pool, sizeof pool, "%s/spool-pool", dir);
     snprintf(sdir, sizeof sdir, "%s/spool", dir);
-    spool *sp = NULL;
-    CHECK_EQ_INT(spool_open(dir, &sp), 0);
     if (!sp)
         return;
     static char ids[N][SPOOL_ID_LEN + 1];
     static ino_t inos[N];
+    uint64_t old_len;
     for (int i = 0; i < N; i++) {
-        int fd = spool_create(sp, ids[i]);
+        int fd = spool_create(sp, ids[i], &old_len);
         CHECK(fd >= 0);
         struct stat st;
         CHECK(fd >= 0 && write(fd, "data", 4) == 4 && fstat(fd, &st) == 0);
@@ -426,12 +437,13 @@ TEST(spool_recycle_keeps_every_file)
     int reused = 0;
     for (int i = 0; i < N - 50; i++) {
         char id[SPOOL_ID_LEN + 1];
-        int fd = spool_create(sp, id);
+        int fd = spool_create(sp, id, &old_len);
         CHECK(fd >= 0);
         struct stat st;
         if (fd < 0 || fstat(fd, &st) != 0)
             continue;
-        CHECK_EQ_INT(st.st_size, 0);
+        CHECK_EQ_INT(st.st_size, (int64_t)old_len); /* "data" kept, or a file made ahead */
+        CHECK(old_len == 0 || old_len == 4);
         CHECK_EQ_INT(write(fd, "x", 1), 1); /* reopened by name: writable */
         close(fd);
         for (int k = 0; k < N; k++)
@@ -444,6 +456,44 @@ TEST(spool_recycle_keeps_every_file)
     CHECK_EQ_INT(count_dir(sdir), N - 50);
     spool_close(sp);
     CHECK_EQ_INT(count_dir(pool), 0);
+}
+
+/* Recycled files keep their bytes while the pool holds at most 64 MiB of
+ * them (spool_create says how many an earlier file left); beyond that they
+ * come back emptied. */
+TEST(spool_recycle_keeps_bytes_within_budget)
+{
+    char dir[128];
+    spool *sp = open_fresh_spool(dir, sizeof dir, "budget");
+    if (!sp)
+        return;
+    const off_t big = 40 << 20; /* two of them exceed the budget */
+    char ids[2][SPOOL_ID_LEN + 1];
+    uint64_t old_len;
+    for (int i = 0; i < 2; i++) {
+        int fd = spool_create(sp, ids[i], &old_len);
+        CHECK(fd >= 0);
+        CHECK(fd >= 0 && pwrite(fd, "z", 1, 0) == 1 && ftruncate(fd, big) == 0);
+        if (fd >= 0)
+            close(fd);
+    }
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
+    /* The pool is a stack: the second one (emptied) comes out first. */
+    uint64_t got[2];
+    for (int i = 0; i < 2; i++) {
+        char id[SPOOL_ID_LEN + 1];
+        int fd = spool_create(sp, id, &got[i]);
+        struct stat st;
+        CHECK(fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == got[i]);
+        char c = 0;
+        CHECK(got[i] == 0 || (pread(fd, &c, 1, 0) == 1 && c == 'z'));
+        if (fd >= 0)
+            close(fd);
+    }
+    CHECK_EQ_INT(got[0], 0);
+    CHECK_EQ_INT(got[1], big);
+    spool_close(sp);
 }
 
 TEST(non_dicom_rejected_and_gone)
@@ -1438,6 +1488,7 @@ int main(void)
     RUN(spool_dir_sync_lazy_and_eager);
     RUN(spool_pool_handout_and_cleanup);
     RUN(spool_recycle_keeps_every_file);
+    RUN(spool_recycle_keeps_bytes_within_budget);
     RUN(non_dicom_rejected_and_gone);
     RUN(zero_length_rejected);
     RUN(flush_idempotent_revalidates_after_write);
