@@ -1465,8 +1465,8 @@ TEST(batch_parse_rejects_bad_answers)
     CHECK_EQ_INT(st[1], 404);
     const char *bad[] = {
         /* the same request answered twice */
-        "--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n"
-        "--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
+        ("--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n"
+         "--q\r\nContent-ID: response-1\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--"),
         /* an answer to no request */
         "--q\r\nContent-ID: response-3\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
         "--q\r\nContent-ID: response-0\r\n\r\nHTTP/1.1 204 X\r\n\r\n\r\n--q--",
