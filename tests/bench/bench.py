@@ -624,6 +624,10 @@ def run_profile(profile, args, build_dir, work, data_root, trees):
         return res
     finally:
         bench.stop()
+        # The emulator's objects of a full cloud run take tens of GiB; the
+        # next profile needs the disk (a full run once failed there with
+        # the emulator answering 500 on a full disk).
+        shutil.rmtree(pwork, ignore_errors=True)
 
 
 class Table:
@@ -848,12 +852,17 @@ def main():
             if args.profile in (profile, "both"):
                 results["profiles"][profile] = run_profile(profile, args, build_dir, work,
                                                            data_root, trees)
+                # Kept as soon as a profile ends: a later failure loses only its own.
+                with open(os.path.join(outdir, f"partial-{profile}.json"), "w") as f:
+                    json.dump(results["profiles"][profile], f, indent=1)
         ok = report(results, outdir, args)
         log(f"results in {outdir}")
         if args.docs:
             docs = os.path.join(TOP, "docs", "bench")
             os.makedirs(docs, exist_ok=True)
             for name in os.listdir(outdir):
+                if name.startswith("partial-"):
+                    continue
                 shutil.copy(os.path.join(outdir, name), docs)
             log(f"copied to {docs}")
         return 0 if ok or args.smoke else 1
