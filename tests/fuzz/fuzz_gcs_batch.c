@@ -3,6 +3,7 @@
  * is the body, copied into its own buffer so a read past its end is caught.
  * The request count is the Content-Type line's length modulo 101, so small
  * and full batches are both tried. */
+#include "fuzz_input.h"
 #include "gcs.h"
 
 #include <stdint.h>
@@ -11,19 +12,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *nl = memchr(data, '\n', size);
-    size_t first = nl ? (size_t)(nl - (const char *)data) : size;
-    size_t blen = nl ? size - first - 1 : 0;
-    char *line = malloc(first + 1), *body = malloc(blen ? blen : 1);
-    if (!line || !body) {
-        free(line);
-        free(body);
+    char *line, *body;
+    size_t first, blen;
+    if (fuzz_split_line(data, size, &line, &first, &body, &blen) != 0)
         return 0;
-    }
-    memcpy(line, data, first);
-    line[first] = '\0';
-    if (blen)
-        memcpy(body, nl + 1, blen);
     size_t n = first % (GCS_BATCH_MAX + 1);
     long status[GCS_BATCH_MAX] = {0};
     int rc = gcs_batch_parse(line, body, blen, status, n);

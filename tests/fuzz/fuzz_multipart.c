@@ -1,6 +1,7 @@
 /* libFuzzer target for client/multipart.c. The first line of the input is
  * the Content-Type (or a bare boundary); the rest is the body, copied into
  * its own buffer so a read past its end is caught. */
+#include "fuzz_input.h"
 #include "multipart.h"
 
 #include <stdint.h>
@@ -28,19 +29,10 @@ static int check_part(void *ctx, const multipart_part *p)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *nl = memchr(data, '\n', size);
-    size_t first = nl ? (size_t)(nl - (const char *)data) : size;
-    char *line = malloc(first + 1);
-    size_t blen = nl ? size - first - 1 : 0;
-    char *body = malloc(blen ? blen : 1);
-    if (!line || !body) {
-        free(line);
-        free(body);
+    char *line, *body;
+    size_t first, blen;
+    if (fuzz_split_line(data, size, &line, &first, &body, &blen) != 0)
         return 0;
-    }
-    memcpy(line, data, first);
-    line[first] = '\0';
-    memcpy(body, nl ? nl + 1 : (const char *)data, blen);
 
     char *boundary = multipart_content_type_param(line, "boundary");
     free(multipart_content_type_param(line, "type"));
