@@ -2,6 +2,7 @@
 #include "places.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,7 @@ static int prime_one(fs_ctx *x, const char *ds_id)
 void *places_primer(void *arg)
 {
     fs_ctx *x = arg;
+    pthread_setname_np(pthread_self(), "dfs-primer");
     if (x->opt->dataset) {
         if (prime_one(x, hc_name_leaf(x->opt->dataset)) == 0)
             log_info("listed the stores of %s at mount", x->opt->dataset);

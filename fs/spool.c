@@ -161,6 +161,7 @@ static void pool_trim_one(spool *s)
 static void *syncer_main(void *arg)
 {
     spool *s = arg;
+    pthread_setname_np(pthread_self(), "dfs-spoolsync");
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
         if (s->pool_on && s->pool_n <= SPOOL_FILL / 2) {

@@ -84,6 +84,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -627,6 +628,7 @@ static void adapt_concurrency(import_mgr *m, double now, uint64_t size)
 static void *worker_main(void *arg)
 {
     import_mgr *m = arg;
+    pthread_setname_np(pthread_self(), "dfs-upload"); /* for top -H, ps -L */
     lower_priority(m);
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
@@ -806,6 +808,7 @@ static void *stream_main(void *arg)
 {
     upstream *s = arg;
     import_mgr *m = s->m;
+    pthread_setname_np(pthread_self(), "dfs-stream");
     lower_priority(m); /* like the workers: the copy in comes first */
     cerr_detail err;
     memset(&err, 0, sizeof err);
@@ -1410,6 +1413,7 @@ static double next_wait(import_mgr *m, double now)
 static void *coord_main(void *arg)
 {
     import_mgr *m = arg;
+    pthread_setname_np(pthread_self(), "dfs-coord");
     double last = -1e9, gap = TICK_MIN_S;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
@@ -1448,6 +1452,7 @@ static void *coord_main(void *arg)
 static void *jflush_main(void *arg)
 {
     import_mgr *m = arg;
+    pthread_setname_np(pthread_self(), "dfs-jflush");
     pthread_mutex_lock(&m->lock);
     m->rel_on = true; /* spool releases wait for these syncs (release_spool) */
     while (!m->stop) {

@@ -304,6 +304,9 @@ TEST(bad_numbers_and_args)
     const char *nice[] = {"dicomfs", "projects/p/locations/l", "/m",
                           "-ostaging=gs://b,upload_nice=20", NULL};
     expect_error(nice, "upload_nice");
+    const char *nneg[] = {"dicomfs", "projects/p/locations/l", "/m",
+                          "-ostaging=gs://b,upload_nice=-1", NULL};
+    expect_error(nneg, "upload_nice");
     const char *cd[] = {"dicomfs", "projects/p/locations/l", "/m",
                         "-ostaging=gs://b,commit_delay=-1", NULL};
     expect_error(cd, "commit_delay");
