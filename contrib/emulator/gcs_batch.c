@@ -4,7 +4,8 @@
  * (Content-Type: application/http, optional Content-ID) each hold one
  * inner request: a request line with the path only ("DELETE
  * /storage/v1/b/B/o/O HTTP/1.1"), headers, optionally a body. Served inner
- * requests: objects.delete and objects.get (metadata). As documented: at
+ * requests: objects.delete and objects.get (metadata; alt=media is refused
+ * with a 400 part: batches serve no downloads). As documented: at
  * most 100 parts (more: 400 for the whole batch), a body under 10 MiB; the
  * answer is a 200 multipart/mixed whose parts are the inner responses in
  * order (status line, headers, body), each with Content-ID "response-ID"
@@ -79,8 +80,34 @@ static void inner_store_error(inner_resp *ir, int rc, const char *bucket, const 
     }
 }
 
-/* Runs one inner request: method and the decoded path after /storage/v1/b/. */
-static void inner_run(emu_ctx *ctx, const char *method, const char *rest, inner_resp *ir)
+/* Whether the query string q (after '?', up to a space or the end) holds
+ * key=value, both compared after percent-decoding. */
+static bool query_has(const char *q, const char *key, const char *value)
+{
+    size_t qlen = strcspn(q, " ");
+    const char *end = q + qlen;
+    bool found = false;
+    while (q < end && !found) {
+        size_t n = strcspn(q, "&");
+        if (q + n > end)
+            n = (size_t)(end - q);
+        const char *eq = memchr(q, '=', n);
+        if (eq) {
+            char *k = emu_percent_decode(q, (size_t)(eq - q));
+            char *v = emu_percent_decode(eq + 1, n - (size_t)(eq - q) - 1);
+            found = k && v && strcmp(k, key) == 0 && strcmp(v, value) == 0;
+            free(k);
+            free(v);
+        }
+        q += n + (q + n < end);
+    }
+    return found;
+}
+
+/* Runs one inner request: method, the decoded path after /storage/v1/b/
+ * and the query string (without '?', "" if none). */
+static void inner_run(emu_ctx *ctx, const char *method, const char *rest, const char *query,
+                      inner_resp *ir)
 {
     const char *slash = strchr(rest, '/');
     if (!slash || slash == rest || strncmp(slash, "/o/", 3) != 0 || !slash[3] ||
@@ -100,6 +127,13 @@ static void inner_run(emu_ctx *ctx, const char *method, const char *rest, inner_
             inner_store_error(ir, rc, bucket, name);
         else
             ir->status = 204;
+    } else if (strcmp(method, "GET") == 0 && query_has(query, "alt", "media")) {
+        /* As documented: "Cloud Storage does not support batch operations
+         * for uploading or downloading." The service's exact answer is not
+         * documented; a 400 tells a client at once. */
+        inner_error(ir, 400, "invalid",
+                    "Batch requests do not serve media downloads (alt=media): download the "
+                    "object with its own GET.");
     } else if (strcmp(method, "GET") == 0) {
         emu_obj_info o;
         memset(&o, 0, sizeof o);
@@ -141,7 +175,8 @@ static void inner_request(emu_ctx *ctx, const multipart_part *p, inner_resp *ir)
         inner_error(ir, 400, "invalid",
                     "A batch part's request line takes a path under /storage/v1/ only.");
     else
-        inner_run(ctx, method, path + strlen(INNER_PREFIX), ir);
+        inner_run(ctx, method, path + strlen(INNER_PREFIX),
+                  target[tlen] == '?' ? target + tlen + 1 : "", ir);
     free(path);
     free(line);
 }

@@ -463,18 +463,28 @@ def test_batch_delete_and_get(emulator):
         ("GET", "/storage/v1/b/staging/o/" + enc("bt/keep")),
         ("DELETE", "/storage/v1/b/nobucket/o/x"),
         ("PATCH", "/storage/v1/b/staging/o/" + enc("bt/keep")),
+        # Batches serve no downloads (documented): alt=media is a 400 part,
+        # however spelled; alt=json is the metadata as without it.
+        ("GET", "/storage/v1/b/staging/o/" + enc("bt/keep") + "?alt=media"),
+        ("GET", "/storage/v1/b/staging/o/" + enc("bt/keep") + "?fields=name&alt=%6Dedia"),
+        ("GET", "/storage/v1/b/staging/o/" + enc("bt/keep") + "?alt=json"),
     ]))
     # One HTTP request for six calls, in the statistics as on the wire.
     after = emulator.stats()
     assert after["byKind"]["gcs"] == before["byKind"]["gcs"] + 1
     assert after["gcs"]["batchRequests"] == before["gcs"]["batchRequests"] + 1
-    assert after["gcs"]["batchCalls"] == before["gcs"]["batchCalls"] + 6
+    assert after["gcs"]["batchCalls"] == before["gcs"]["batchCalls"] + 9
     assert after["gcs"]["objectDeletes"] == before["gcs"]["objectDeletes"]
-    assert [p[0] for p in parts] == ["<response-c%d>" % i for i in range(6)]
-    assert [p[1] for p in parts] == [204, 404, 204, 200, 404, 405]
+    assert [p[0] for p in parts] == ["<response-c%d>" % i for i in range(9)]
+    assert [p[1] for p in parts] == [204, 404, 204, 200, 404, 405, 400, 400, 200]
     assert parts[0][2] is None and parts[2][2] is None
     assert parts[1][2]["error"]["errors"][0]["reason"] == "notFound"
     assert parts[3][2]["name"] == "bt/keep" and parts[3][2]["size"] == "8"
+    for p in parts[6:8]:
+        assert p[2]["error"]["code"] == 400
+        assert p[2]["error"]["errors"][0]["reason"] == "invalid"
+        assert "media downloads" in p[2]["error"]["message"]
+    assert parts[8][2] == parts[3][2]
     for n, status in (("bt/a", 404), ("bt/b c", 404), ("bt/keep", 200)):
         code, _, _ = emulator.request("GET", "/storage/v1/b/staging/o/" + enc(n))
         assert code == status, n
