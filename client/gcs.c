@@ -427,6 +427,29 @@ static void set_body(http_request *req, const gcs_source *src, uint64_t off, uin
     }
 }
 
+/* One idempotent POST (the media upload, a resumable session start, a
+ * batch: each is safe to repeat, see its caller) of the whole of src;
+ * feed as for set_body. */
+static int post_idempotent(gcs_client *c, const char *url, const char *const *hdrs,
+                           const gcs_source *src, sum_feed *feed, http_response *resp,
+                           cerr_detail *err)
+{
+    http_request req;
+    http_request_init(&req);
+    req.method = "POST";
+    req.url = url;
+    req.headers = hdrs;
+    req.idempotent = true;
+    set_body(&req, src, 0, src->size, feed);
+    return http_perform(c->http, &req, resp, err);
+}
+
+/* A source over an in-memory body. */
+static gcs_source mem_source(const char *body, size_t len)
+{
+    return (gcs_source){.fd = -1, .buf = (const unsigned char *)body, .size = len};
+}
+
 /* One media request. A new object name with identical content is safe to
  * send twice: if the first attempt succeeded unseen, the retry just writes
  * the same bytes again as a new generation. ifGenerationMatch=0 would turn
@@ -434,7 +457,6 @@ static void set_body(http_request *req, const gcs_source *src, uint64_t off, uin
 static int upload_simple(gcs_client *c, const char *bucket, const char *name, const gcs_source *src,
                          const char *ctype, gcs_sum *sum, gcs_object *out, cerr_detail *err)
 {
-    http_request req;
     sum_feed feed = {.sum = sum};
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "media");
@@ -447,13 +469,7 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
         free(cth);
         return nomem(err);
     }
-    http_request_init(&req);
-    req.method = "POST";
-    req.url = url;
-    req.headers = hdrs;
-    req.idempotent = true;
-    set_body(&req, src, 0, src->size, &feed);
-    rc = http_perform(c->http, &req, &resp, err);
+    rc = post_idempotent(c, url, hdrs, src, &feed, &resp, err);
     if (rc == CERR_OK && resp.status != 200 && resp.status != 201)
         rc = protocol_err(err, &resp, "media upload", bucket, name);
     else if (rc == CERR_OK)
@@ -472,7 +488,6 @@ static int upload_simple(gcs_client *c, const char *bucket, const char *name, co
 static int session_start(gcs_client *c, const char *bucket, const char *name, uint64_t size,
                          const char *ctype, char **session, cerr_detail *err)
 {
-    http_request req;
     http_response resp = {0};
     char *url = upload_url(c, bucket, name, "resumable");
     char *xct = util_asprintf("X-Upload-Content-Type: %s", ctype);
@@ -491,14 +506,8 @@ static int session_start(gcs_client *c, const char *bucket, const char *name, ui
         rc = nomem(err);
         goto out;
     }
-    http_request_init(&req);
-    req.method = "POST";
-    req.url = url;
-    req.headers = hdrs;
-    req.body = body;
-    req.body_len = strlen(body);
-    req.idempotent = true;
-    rc = http_perform(c->http, &req, &resp, err);
+    gcs_source meta_src = mem_source(body, strlen(body));
+    rc = post_idempotent(c, url, hdrs, &meta_src, NULL, &resp, err);
     if (rc != CERR_OK) {
         /* err says why: the http layer filled it */
     } else if ((resp.status != 200 && resp.status != 201) ||
@@ -989,15 +998,9 @@ int gcs_delete_batch(gcs_client *c, const char *bucket, const char *const *names
     http_response resp = {0};
     int rc = CERR_NOMEM;
     if (body && url && cth) {
-        http_request req;
-        http_request_init(&req);
-        req.method = "POST";
-        req.url = url;
-        req.headers = hdrs;
-        req.body = body;
-        req.body_len = len;
-        req.idempotent = true; /* a repeated delete answers 404 = gone */
-        rc = http_perform(c->http, &req, &resp, err);
+        /* Idempotent: a repeated delete answers 404 = gone. */
+        gcs_source batch_src = mem_source(body, len);
+        rc = post_idempotent(c, url, hdrs, &batch_src, NULL, &resp, err);
         char ct[256] = "";
         if (rc == CERR_OK &&
             (resp.status != 200 || !http_response_header(&resp, "Content-Type", ct, sizeof ct) ||

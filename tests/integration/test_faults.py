@@ -163,25 +163,33 @@ def http_faults(emu):
     return t["http429"] + t["http500"] + t["http503"]
 
 
-def test_staged_deletes_fall_back_when_batches_fail(emulator_factory, res_mounts, tmp_path):  # noqa: F811
-    # Every batch request fails, with 404 as from a server without the batch
-    # endpoint (not retried, so the test stays short): the staged objects of
-    # an import still go, one DELETE each, and the import is unaffected.
+def import_with_failing_batches(emulator_factory, res_mounts, tmp_path, n_files,  # noqa: F811
+                                series_per_study, fail_status=None):
+    """An emulator failing every batch request (503, or fail_status), n_files
+    copied into import/ and imported (dicomfs wait): returns (emu, files)."""
     emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/batch/")
-    code, _, body = emu.request("POST", "/_emulator/faults?fail_status=404", auth=False)
-    assert code == 200, body
+    if fail_status is not None:
+        code, _, body = emu.request("POST", "/_emulator/faults?fail_status=%d" % fail_status,
+                                    auth=False)
+        assert code == 200, body
     src = str(tmp_path / "src")
-    files = ru.make_tree(src, 6, studies=1, series_per_study=2)
+    files = ru.make_tree(src, n_files, studies=1, series_per_study=series_per_study)
     m = res_mounts(emu, commit_delay=1)
     rc, err = ru.cp_r(src, m.import_dir)
     assert rc == 0, err
     wrc, wout = m.wait(timeout=120)
     assert wrc == 0, (wout[-2000:], m.log_tail())
+    return emu, files
+
+
+def test_staged_deletes_fall_back_when_batches_fail(emulator_factory, res_mounts, tmp_path):  # noqa: F811
+    # Every batch request fails, with 404 as from a server without the batch
+    # endpoint (not retried, so the test stays short): the staged objects of
+    # an import still go, one DELETE each, and the import is unaffected.
+    emu, files = import_with_failing_batches(emulator_factory, res_mounts, tmp_path, 6, 2,
+                                             fail_status=404)
     ru.assert_store_ok(ru.try_check_exactly_once(emu, list(files.values())), "copied")
-    deadline = time.monotonic() + 60
-    while gcs_list(emu, "staging", "") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert gcs_list(emu, "staging", "") == []
+    assert ru.wait_until(lambda: gcs_list(emu, "staging", "") == [], 60, 0.2)
     stats = emu.stats()
     assert stats["gcs"]["batchRequests"] == 0, stats  # every one was refused by the fault
     assert http_faults(emu) > 0, stats
@@ -193,24 +201,12 @@ def test_staged_deletes_wait_out_a_failing_batch_endpoint(emulator_factory, res_
     # Batch requests fail transiently (503): no fallback to single deletes
     # (they would fail the same way), the objects stay staged and go in a
     # later batch once the service is back.
-    emu = emulator_factory("--fail-rate", "1", "--fault-paths", "/batch/")
-    src = str(tmp_path / "src")
-    files = ru.make_tree(src, 4, studies=1, series_per_study=1)
-    m = res_mounts(emu, commit_delay=1)
-    rc, err = ru.cp_r(src, m.import_dir)
-    assert rc == 0, err
-    wrc, wout = m.wait(timeout=120)
-    assert wrc == 0, (wout[-2000:], m.log_tail())
-    deadline = time.monotonic() + 30
-    while http_faults(emu) < 4 and time.monotonic() < deadline:
-        time.sleep(0.2)  # one batch, all its attempts (4) refused
-    assert http_faults(emu) >= 4
+    emu, files = import_with_failing_batches(emulator_factory, res_mounts, tmp_path, 4, 1)
+    # One batch, all its attempts (4) refused.
+    assert ru.wait_until(lambda: http_faults(emu) >= 4, 30, 0.2)
     assert len(gcs_list(emu, "staging", "")) == len(files)
     code, _, body = emu.request("POST", "/_emulator/faults?fail_rate=0", auth=False)
     assert code == 200, body
-    deadline = time.monotonic() + 60
-    while gcs_list(emu, "staging", "") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert gcs_list(emu, "staging", "") == []
+    assert ru.wait_until(lambda: gcs_list(emu, "staging", "") == [], 60, 0.2)
     stats = emu.stats()["gcs"]
     assert stats["objectDeletes"] == 0 and stats["batchCalls"] == len(files), stats
