@@ -42,8 +42,9 @@ def test_upload_threads_run_at_upload_nice(emulator_factory, res_mounts, tmp_pat
     assert base < 7, "run the tests at a nice below 7 (now %d)" % base
     if expected is None:
         expected = base
-    # Slow uploads (300 ms each), so that they are in flight when looked at.
-    emu = emulator_factory("--fault-latency-ms", "300", "--fault-paths", "/upload/")
+    # Slow uploads (1.5 s each, 2 at a time), so that they are in flight when
+    # looked at, even on a loaded machine.
+    emu = emulator_factory("--fault-latency-ms", "1500", "--fault-paths", "/upload/")
     m = res_mounts(emu, uploads=2, extra_opts=[opt] if opt else [])
     src = str(tmp_path / "src")
     ru.make_tree(src, 6, studies=1)
