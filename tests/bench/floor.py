@@ -5,6 +5,7 @@ local cp -r). One run copies the same N files (bench.py's data) with `cp -r`:
   local    to a directory on the disk that holds dicomfs's cache
   discard  into nullfs (tests/bench/nullfs.c), which drops the data
   spool    into nullfs -o spool=DIR, which pwrite()s each file to DIR
+  wb       into nullfs discard -o writeback (FUSE_CAP_WRITEBACK_CACHE)
   dicomfs  into STORE/import/ (CPU view: instant plain-http emulator,
            uploads=--uploads), measured when cp ends and when `dicomfs wait`
            returns
@@ -89,11 +90,11 @@ def run_local(b, src, work):
     return out
 
 
-def run_nullfs(b, src, work, spool):
+def run_nullfs(b, src, work, spool, extra=()):
     sdir = os.path.join(work, "spool") if spool else None
     if sdir:
         os.mkdir(sdir)
-    fs = NullFs(b.build_dir, work, sdir)
+    fs = NullFs(b.build_dir, work, sdir, extra)
     try:
         out = copy(b, src, os.path.join(fs.mnt, "run"), fs)
         check_copy(src, os.path.join(fs.mnt, "run"))
@@ -163,13 +164,14 @@ def main():
     bench.run(["ninja", "-C", build_dir, "tests/bench/nullfs"], stdout=subprocess.DEVNULL)
     top = tempfile.mkdtemp(prefix="dicomfs-floor.")
     try:
-        for extra, size in (((), 512 << 10), ((), 4 << 20), (("-okillpriv",), 4 << 20)):
+        for extra, size in (((), 512 << 10), ((), 4 << 20), (("-okillpriv",), 4 << 20),
+                            (("-owriteback",), 512 << 10)):
             ops, flags = count_requests(build_dir, top, 4, size, extra)
             print(f"nullfs {' '.join(extra) or '(defaults)'}, cp -r of 4 x {size >> 10} KiB: "
                   f"{dict(sorted(ops.items()))}; INIT flags offered/replied {flags}")
         src = os.path.join(top, "data")
         files = bench.make_tree(src, args.n, args.size_kib * 1024, args.studies)
-        names = ["local", "discard", "spool", "dicomfs", "curl"]
+        names = ["local", "discard", "spool", "wb", "dicomfs", "curl"]
         res = collections.defaultdict(list)
         for r in range(args.repeat):
             work = tempfile.mkdtemp(prefix="round.", dir=top)
@@ -178,8 +180,9 @@ def main():
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     if name == "local":
                         res[name].append(run_local(b, src, work))
-                    elif name in ("discard", "spool"):
-                        res[name].append(run_nullfs(b, src, work, name == "spool"))
+                    elif name in ("discard", "spool", "wb"):
+                        res[name].append(run_nullfs(b, src, work, name == "spool",
+                                                    ["-owriteback"] if name == "wb" else []))
                     elif name == "dicomfs":
                         at_cp, done = run_dicomfs(b, src)
                         res["dicomfs cp"].append(at_cp)
@@ -211,7 +214,7 @@ def report(res, args):
           f"{curl_ms:.3f} ms/file")
     print(f"{'variant':<13} {'time s':>7} {'local/t':>7} {'CPU ms/file':>11} {'x curl':>6} "
           f"{'cp ms':>6} {'fs ms':>6} {'fs sw/file':>10} {'cp sw/file':>10}")
-    for name in ["local", "discard", "spool", "dicomfs cp", "dicomfs wait", "curl"]:
+    for name in ["local", "discard", "spool", "wb", "dicomfs cp", "dicomfs wait", "curl"]:
         cpu = bench.median([(x["cp"] + x["fs"]) for x in res[name]]) / args.n * 1e3
         print(f"{name:<13} {med(name, 't'):7.2f} {local_t / med(name, 't'):7.2f} {cpu:11.3f} "
               f"{cpu / curl_ms:6.2f} {per_file(name, 'cp'):6.3f} {per_file(name, 'fs'):6.3f} "

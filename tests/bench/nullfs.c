@@ -2,8 +2,8 @@
  * floor of the FUSE path itself on this machine (tests/bench/floor.py).
  *
  * It accepts what `cp -r` does into it: mkdir, create, write, flush,
- * release (and getattr, chmod, getxattr so that the kernel sends the same
- * requests as to dicomfs's import/). Names, modes and sizes live in one
+ * release (and getattr, chmod, utimens, and getxattr so that the kernel
+ * sends the same requests as to dicomfs's import/). Names, modes and sizes live in one
  * table (a glibc tsearch tree under a mutex); nothing else is kept.
  *   default     discard: the data is dropped, only the size is noted.
  *   -o spool=D  spool: each file's data is pwrite()n into D/<number>, as
@@ -11,13 +11,15 @@
  *               the files stay (the caller removes D).
  *   -o killpriv asks for FUSE_CAP_HANDLE_KILLPRIV in init (an experiment:
  *               does the kernel then stop its GETXATTR security.capability?).
+ *   -o writeback asks for FUSE_CAP_WRITEBACK_CACHE (writes go to the page
+ *               cache; the kernel sends them on in the background or at close).
  * Mount settings as dicomfs's where they matter for the cost: the
  * high-level API, fuse_loop_mt with libfuse's default threads,
  * default_permissions, max_write 1 MiB and st_blksize 1 MiB (so cp writes
  * 1 MiB requests), async reads, libfuse's default entry and attr timeouts.
  * No readdir, unlink or rename: `ls` of the mount fails (ENOSYS).
  *
- * usage: nullfs MOUNTPOINT [-o spool=DIR] [-o killpriv] [-d] */
+ * usage: nullfs MOUNTPOINT [-o spool=DIR] [-o killpriv] [-o writeback] [-d] */
 #define FUSE_USE_VERSION 31
 
 #include <errno.h>
@@ -43,7 +45,7 @@ struct node {
 
 struct nullfs {
     char *spool; /* -o spool=DIR */
-    int killpriv;
+    int killpriv, writeback;
     int spool_dir; /* its descriptor */
     pthread_mutex_t lock;
     void *root; /* struct node * by path */
@@ -99,6 +101,8 @@ static void *nfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
         conn->want |= FUSE_CAP_ASYNC_READ;
     if (nfs.killpriv && (conn->capable & FUSE_CAP_HANDLE_KILLPRIV))
         conn->want |= FUSE_CAP_HANDLE_KILLPRIV;
+    if (nfs.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     if (conn->max_write < (1u << 20))
         conn->max_write = 1u << 20;
     conn->max_readahead = 1u << 20;
@@ -145,6 +149,15 @@ static int nfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
         e->mode = (e->mode & S_IFMT) | (mode & 07777);
     pthread_mutex_unlock(&nfs.lock);
     return e ? 0 : -ENOENT;
+}
+
+/* Times are not kept; writeback_cache sends the mtime at close. */
+static int nfs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)tv;
+    (void)fi;
+    return 0;
 }
 
 /* Spool mode: the file's data goes to spool/<n>, a new name per file. */
@@ -218,6 +231,7 @@ static const struct fuse_operations nfs_ops = {
     .getattr = nfs_getattr,
     .mkdir = nfs_mkdir,
     .chmod = nfs_chmod,
+    .utimens = nfs_utimens,
     .create = nfs_create,
     .write = nfs_write,
     .flush = nfs_flush,
@@ -228,6 +242,7 @@ static const struct fuse_operations nfs_ops = {
 static const struct fuse_opt nfs_opts[] = {
     {"spool=%s", offsetof(struct nullfs, spool), 0},
     {"killpriv", offsetof(struct nullfs, killpriv), 1},
+    {"writeback", offsetof(struct nullfs, writeback), 1},
     FUSE_OPT_END,
 };
 
