@@ -11,10 +11,12 @@ usage: tests/bench/profile.py [--n 1000] [--size-kib 512] [--uploads 16]
          keeps the work dir with the perf.data files)
 
 --system: the machine-wide view instead, for both the raw curl upload and
-dicomfs's cp: `perf record -a` split by process (client = cp, curl, dicomfs;
-the emulator; the kernel's own threads), /proc/vmstat deltas per file
+dicomfs's cp: `perf record -a` split by process (client = the dicomfs daemon
+and this script's children cp, curl, dicomfs wait; the emulator; the rest of
+the machine by process name), /proc/vmstat deltas per file
 (reclaim, write-back), the peak of Dirty/Writeback, and counts of the
-write-back throttling and direct-reclaim tracepoints; --save keeps it as JSON.
+write-back throttling and direct-reclaim tracepoints; --save keeps it as JSON;
+--after-rm runs each variant after local copies made and removed, as bench.py.
 --compare A B: per-file figures of two saved runs (e.g. N=1000 and N=8000)
 side by side, largest growth first: what grows with N.
 """
@@ -152,9 +154,9 @@ def perf_split(data, n, client, emulator, daemon_is_client):
 
 
 def system_view(b, src, files, n, top, after_rm):
-    """Raw curl, then dicomfs's cp, each under a SystemMeter; after_rm: each
-    right after a local copy of the files was made and removed (as bench.py
-    ran them before its fix)."""
+    """Raw curl, then dicomfs's cp, each under a SystemMeter; after_rm: raw
+    after a local copy of the files, dicomfs after a local copy and a copy
+    with fsync per file (each removed at once), as in bench.py."""
     res = {"n": n}
     if after_rm:
         b.local_cp(src)
@@ -164,8 +166,9 @@ def system_view(b, src, files, n, top, after_rm):
     res["raw"] = dict(m.stop(n), seconds=t, client_ms=b.cpu[0] / n * 1e3)
     b.clean()
     store, _ = b.fresh_store("sys", b.mount)
-    if after_rm:
+    if after_rm:  # bench.py's CPU view: both local copies right before dicomfs
         b.local_cp(src)
+        b.local_cp_fsync(src)
     bench.drop_caches()
     m = SystemMeter(os.path.join(b.work, "fs.perf"), b, True)
     meter = bench.CpuMeter(b.emu, b.mount)
@@ -255,7 +258,8 @@ def main():
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--system", action="store_true", help="the machine-wide view (see above)")
     p.add_argument("--after-rm", action="store_true",
-                   help="--system: each variant right after N local files were removed")
+                   help="--system: raw after a local copy, dicomfs after a local copy and one with "
+                        "fsync per file (each removed), as bench.py runs them")
     p.add_argument("--save", help="--system: keep the figures in this JSON file")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
