@@ -22,6 +22,7 @@ side by side, largest growth first: what grows with N.
 """
 import argparse
 import json
+import mmap
 import os
 import re
 import shutil
@@ -153,7 +154,22 @@ def perf_split(data, n, client, emulator, daemon_is_client):
     return groups
 
 
-def system_view(b, src, files, n, top, after_rm):
+def prefault(gib):
+    """Touches gib GiB of fresh memory and frees it (a diagnostic: memory the
+    VM handed back to its host is backed again, for a few seconds)."""
+    if not gib:
+        return
+    zeros = bytes(256 << 20)
+    held = []
+    for _ in range(gib * 4):
+        m = mmap.mmap(-1, len(zeros))
+        m.write(zeros)
+        held.append(m)
+    for m in held:
+        m.close()
+
+
+def system_view(b, src, files, n, top, after_rm, gib=0):
     """Raw curl, then dicomfs's cp, each under a SystemMeter; after_rm: raw
     after a local copy of the files, dicomfs after a local copy and a copy
     with fsync per file (each removed at once), as in bench.py."""
@@ -170,6 +186,7 @@ def system_view(b, src, files, n, top, after_rm):
         b.local_cp(src)
         b.local_cp_fsync(src)
     bench.drop_caches()
+    prefault(gib)
     m = SystemMeter(os.path.join(b.work, "fs.perf"), b, True)
     meter = bench.CpuMeter(b.emu, b.mount)
     t0 = time.monotonic()
@@ -260,6 +277,8 @@ def main():
     p.add_argument("--after-rm", action="store_true",
                    help="--system: raw after a local copy, dicomfs after a local copy and one with "
                         "fsync per file (each removed), as bench.py runs them")
+    p.add_argument("--prefault-gib", type=int, default=0,
+                   help="--system: touch and free this much memory right before dicomfs's cp")
     p.add_argument("--save", help="--system: keep the figures in this JSON file")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = p.parse_args()
@@ -274,7 +293,8 @@ def main():
         src = os.path.join(work, "data")
         files = bench.make_tree(src, args.n, args.size_kib * 1024, args.studies)
         if args.system:
-            res = system_view(b, src, files, args.n, args.top, args.after_rm)
+            res = system_view(b, src, files, args.n, args.top, args.after_rm,
+                              args.prefault_gib)
             if args.save:
                 with open(args.save, "w") as f:
                     json.dump(res, f, indent=1)
