@@ -340,10 +340,12 @@ class CpuMeter:
         self.d0 = proc_cpu(mount.proc.pid) if mount else 0.0
 
     def stop(self):
-        client = children_cpu() - self.c0
-        if self.mount:
-            client += proc_cpu(self.mount.proc.pid) - self.d0
-        return client, proc_cpu(self.emu.proc.pid) - self.e0
+        """(client, emulator) CPU seconds so far; self.split: the client's
+        (children, mounted process) parts."""
+        children = children_cpu() - self.c0
+        fs = proc_cpu(self.mount.proc.pid) - self.d0 if self.mount else 0.0
+        self.split = (children, fs)
+        return children + fs, proc_cpu(self.emu.proc.pid) - self.e0
 
 
 def timed(fn):
@@ -439,14 +441,17 @@ class Bench:
         shutil.rmtree(dst)
         return t
 
-    def dicomfs_cp(self, src):
-        """(cp seconds, seconds until the import operation is done)."""
+    def dicomfs_cp(self, src, on_copied=None):
+        """(cp seconds, seconds until the import operation is done).
+        on_copied(meter) is called when cp has ended (floor.py)."""
         store, _ = self.fresh_store("fs", self.mount)
         drop_caches()
         meter = CpuMeter(self.emu, self.mount)
         t0 = time.monotonic()
         run(["cp", "-r", src, os.path.join(self.mount.store_dir(store), "import", "run")])
         t_cp = time.monotonic() - t0
+        if on_copied:
+            on_copied(meter)
         rc = self.mount.wait(store)
         t_done = time.monotonic() - t0
         self.cpu = meter.stop()
