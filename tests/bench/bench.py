@@ -441,11 +441,15 @@ class Bench:
         shutil.rmtree(dst)
         return t
 
-    def dicomfs_cp(self, src, on_copied=None):
-        """(cp seconds, seconds until the import operation is done).
+    def dicomfs_cp(self, src, on_copied=None, before=None):
+        """(cp seconds, seconds until the import operation is done); the
+        client CPU in self.cpu. before() runs after the cache drop, right
+        before the clock starts (profile.py attaches its tracers there);
         on_copied(meter) is called when cp has ended (floor.py)."""
         store, _ = self.fresh_store("fs", self.mount)
         drop_caches()
+        if before:
+            before()
         meter = CpuMeter(self.emu, self.mount)
         t0 = time.monotonic()
         run(["cp", "-r", src, os.path.join(self.mount.store_dir(store), "import", "run")])

@@ -181,22 +181,17 @@ def system_view(b, src, files, n, top, after_rm, gib=0):
     t = bench.timed(lambda: b.raw_parallel(files))
     res["raw"] = dict(m.stop(n), seconds=t, client_ms=b.cpu[0] / n * 1e3)
     b.clean()
-    store, _ = b.fresh_store("sys", b.mount)
     if after_rm:  # bench.py's CPU view: both local copies right before dicomfs
         b.local_cp(src)
         b.local_cp_fsync(src)
-    bench.drop_caches()
-    prefault(gib)
-    m = SystemMeter(os.path.join(b.work, "fs.perf"), b, True)
-    meter = bench.CpuMeter(b.emu, b.mount)
-    t0 = time.monotonic()
-    bench.run(["cp", "-r", src, os.path.join(b.mount.store_dir(store), "import", "p")])
-    if b.mount.wait(store) != 0:
-        raise RuntimeError("dicomfs wait failed")
-    t = time.monotonic() - t0
-    cpu = meter.stop()
-    res["dicomfs"] = dict(m.stop(n), seconds=t, client_ms=cpu[0] / n * 1e3)
-    b.leftover.append((store, None))
+    meters = []
+
+    def start():
+        prefault(gib)
+        meters.append(SystemMeter(os.path.join(b.work, "fs.perf"), b, True))
+
+    _, t = b.dicomfs_cp(src, before=start)
+    res["dicomfs"] = dict(meters[0].stop(n), seconds=t, client_ms=b.cpu[0] / n * 1e3)
     b.clean()
     for v in ("raw", "dicomfs"):
         print_variant(v, res[v], top)
@@ -241,29 +236,26 @@ def compare(a_path, b_path, top):
 
 
 def cp_until_imported(b, src, wrap_dicomfs):
-    """cp -r src into a new store's import/ and wait; returns (seconds,
-    client CPU seconds, wrapper's output file)."""
-    store, _ = b.fresh_store("prof", b.mount)
-    out = os.path.join(b.work, f"{store}.{wrap_dicomfs[0]}")
+    """cp -r src into a new store's import/ and wait, dicomfs under perf or
+    strace; returns (seconds, client CPU seconds, wrapper's output file)."""
+    out = os.path.join(b.work, f"dicomfs-{time.monotonic_ns()}.{wrap_dicomfs[0]}")
     pid = str(b.mount.proc.pid)
     if wrap_dicomfs[0] == "perf":
         cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", out, "-p", pid]
     else:
         cmd = ["strace", "-c", "-f", "-o", out, "-p", pid]
-    tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached
-    meter = bench.CpuMeter(b.emu, b.mount)
-    t0 = time.monotonic()
-    bench.run(["cp", "-r", src, os.path.join(b.mount.store_dir(store), "import", "p")])
-    if b.mount.wait(store) != 0:
-        raise RuntimeError("dicomfs wait failed")
-    t = time.monotonic() - t0
-    cpu = meter.stop()
-    tracer.send_signal(2)
-    tracer.wait(60)
-    b.leftover.append((store, None))
+    tracers = []
+
+    def attach():
+        tracers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # attached
+
+    _, t = b.dicomfs_cp(src, before=attach)
+    tracers[0].send_signal(2)
+    tracers[0].wait(60)
     b.clean()
-    return t, cpu, out
+    return t, b.cpu, out
 
 
 def main():
