@@ -32,7 +32,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -74,18 +73,6 @@ def storage_requests(emu):
     """Cloud Storage requests the emulator answered so far (uploads included)."""
     k = emu.api("GET", "/_emulator/stats")["byKind"]
     return k["gcs"] + k["upload"] + k["download"]
-
-
-def wait_staged_gone(emu, timeout=120):
-    """Polls (one list request each) until the bucket is empty, i.e. every
-    staged object was deleted after the import; returns the polls made."""
-    polls, deadline = 0, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        polls += 1
-        if not emu.api("GET", f"/storage/v1/b/{bench.BUCKET}/o?maxResults=1").get("items"):
-            return polls
-        time.sleep(0.1)
-    raise RuntimeError("staged objects still there after the import")
 
 
 def renice_all(pid, nice):
@@ -140,10 +127,11 @@ def run_variant(args, build_dir, opts, work, src, files, with_raw):
         t_cp, t_done = b.dicomfs_cp(src)
         ctx = (ctx_switches(b.mount.proc.pid) - c0) / args.n
         fs_cpu, emu_cpu = b.cpu
-        polls = wait_staged_gone(b.emu)
+        polls = b.emu.wait_bucket_empty()
         reqs = (storage_requests(b.emu) - r0 - polls) / args.n
         del_cpu = bench.proc_cpu(b.mount.proc.pid) - p0  # dicomfs alone, deletes included
         disk_mib = (sectors_written() - w0) * 512 / 2**20
+        b.clean()  # the store's instances: raw starts from the same state
         raw_cpu = None
         if with_raw:
             renice_all(b.emu.proc.pid, 0)  # the references as always
@@ -152,6 +140,7 @@ def run_variant(args, build_dir, opts, work, src, files, with_raw):
                 b.raw_parallel(files)
             finally:
                 args.uploads = uploads
+            b.clean()
             raw_cpu = (b.cpu[0], b.local_cp(src))
         return (t_cp, t_done, fs_cpu, raw_cpu, b.mount.peak_rss_kib(), disk_mib, ctx, emu_cpu,
                 reqs, del_cpu)

@@ -190,18 +190,53 @@ class Emulator:
         """curl's flags for this emulator: the CA when it serves https."""
         return ["--cacert", self.ca] if self.ca else []
 
-    def count_objects(self, prefix):
-        """Objects under prefix in the bucket (all pages)."""
-        count, token = 0, ""
+    def list_objects(self, prefix):
+        """Names of the objects under prefix in the bucket (all pages)."""
+        names, token = [], ""
         while True:
             q = urllib.parse.urlencode({"prefix": prefix, "maxResults": 1000,
                                         "fields": "items(name),nextPageToken",
                                         **({"pageToken": token} if token else {})})
             page = self.api("GET", f"/storage/v1/b/{BUCKET}/o?{q}")
-            count += len(page.get("items", []))
+            names += [o["name"] for o in page.get("items", [])]
             token = page.get("nextPageToken")
             if not token:
-                return count
+                return names
+
+    def count_objects(self, prefix):
+        return len(self.list_objects(prefix))
+
+    def delete_objects(self, prefix):
+        """Every object under prefix, 100 deletes per batch request."""
+        names = self.list_objects(prefix)
+        for i in range(0, len(names), 100):
+            body = "".join(f"--b\r\nContent-Type: application/http\r\n\r\nDELETE /storage/v1/b/"
+                           f"{BUCKET}/o/{urllib.parse.quote(n, safe='')} HTTP/1.1\r\n\r\n"
+                           for n in names[i:i + 100]) + "--b--\r\n"
+            req = urllib.request.Request(self.url + "/batch/storage/v1", method="POST",
+                                         data=body.encode(),
+                                         headers={"Content-Type": "multipart/mixed; boundary=b"})
+            with urllib.request.urlopen(req, timeout=120, context=self.ssl) as r:
+                answer = r.read().decode(errors="replace")
+            done = answer.count("HTTP/1.1 204") + answer.count("HTTP/1.1 404")
+            if done != len(names[i:i + 100]):
+                raise RuntimeError(f"batch delete under {prefix}: {done} of "
+                                   f"{len(names[i:i + 100])} deleted")
+
+    def delete_store(self, store):
+        """The DICOM store and its instances (the emulator unlinks their files)."""
+        self.api("DELETE", f"/v1/{DATASET_NAME}/dicomStores/{store}")
+
+    def wait_bucket_empty(self, timeout=120):
+        """Polls (one list request each) until the bucket is empty, e.g. every
+        object dicomfs staged was deleted after its import; returns the polls."""
+        polls, deadline = 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            polls += 1
+            if not self.api("GET", f"/storage/v1/b/{BUCKET}/o?maxResults=1").get("items"):
+                return polls
+            time.sleep(0.1)
+        raise RuntimeError("objects still in the bucket (staged objects not deleted?)")
 
     def stop(self):
         self.proc.terminate()
@@ -346,6 +381,22 @@ class Bench:
         self.mount = Mount(build_dir, self.emu, work,
                            args.fs_uploads if cloud else args.uploads)
         self.counter = 0
+        self.leftover = []  # (store, object prefix or None) of measured variants
+
+    def clean(self):
+        """A measured variant's data off the machine, right after it (outside
+        its clock): the objects it left in the bucket (dicomfs deletes its own
+        staged objects: wait for that) and its DICOM store's instances, then
+        written back, so that every variant starts from the same state (see
+        drop_caches) and a full run holds one variant's data at a time."""
+        for store, prefix in self.leftover:
+            if prefix:
+                self.emu.delete_objects(prefix)
+            else:
+                self.emu.wait_bucket_empty()
+            self.emu.delete_store(store)
+        self.leftover = []
+        os.sync()
 
     def fresh_store(self, tag, mount=None):
         """A new empty DICOM store. With a mount, made as a user would, by
@@ -390,11 +441,15 @@ class Bench:
         shutil.rmtree(dst)
         return t
 
-    def dicomfs_cp(self, src, on_copied=None):
-        """(cp seconds, seconds until the import operation is done).
+    def dicomfs_cp(self, src, on_copied=None, before=None):
+        """(cp seconds, seconds until the import operation is done); the
+        client CPU in self.cpu. before() runs after the cache drop, right
+        before the clock starts (profile.py attaches its tracers there);
         on_copied(meter) is called when cp has ended (floor.py)."""
         store, _ = self.fresh_store("fs", self.mount)
         drop_caches()
+        if before:
+            before()
         meter = CpuMeter(self.emu, self.mount)
         t0 = time.monotonic()
         run(["cp", "-r", src, os.path.join(self.mount.store_dir(store), "import", "run")])
@@ -404,6 +459,7 @@ class Bench:
         rc = self.mount.wait(store)
         t_done = time.monotonic() - t0
         self.cpu = meter.stop()
+        self.leftover.append((store, None))
         if rc != 0:
             raise RuntimeError(f"dicomfs wait exited {rc} for store {store}")
         return t_cp, t_done
@@ -428,6 +484,7 @@ class Bench:
         op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
         t = time.monotonic() - t0
         self.cpu = meter.stop()
+        self.leftover.append((store, prefix + "/"))
         if "error" in op:
             raise RuntimeError(f"raw import failed: {op['error']}")
         return t
@@ -448,9 +505,11 @@ class Bench:
              f"--transfers={self.args.uploads}", "--gcs-no-check-bucket"],
             env=self.rclone_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         op = self.emu.import_and_wait(name, f"gs://{BUCKET}/{prefix}/**")
+        t = time.monotonic() - t0
+        self.leftover.append((store, prefix + "/"))
         if "error" in op:
             raise RuntimeError(f"rclone import failed: {op['error']}")
-        return time.monotonic() - t0
+        return t
 
     def rclone_mount(self, src, n):
         """rclone mount --vfs-cache-mode writes, cp -r into it, one import.
@@ -460,6 +519,7 @@ class Bench:
         stops only once the bucket holds all n objects and the import is done."""
         store, name = self.fresh_store("rmount")
         prefix = f"rmount/{store}"
+        self.leftover.append((store, prefix + "/"))
         mnt = os.path.join(self.work, f"rclone-mnt-{store}")
         cache = os.path.join(self.work, f"rclone-cache-{store}")
         os.makedirs(mnt)
@@ -504,6 +564,8 @@ class Bench:
         if self.mount.wait(store) != 0:
             raise RuntimeError("big file import failed")
         t_fs = time.monotonic() - t0
+        self.leftover.append((store, None))
+        self.clean()
         store2, name2 = self.fresh_store("bigraw")
         drop_caches()
         t0 = time.monotonic()
@@ -512,9 +574,12 @@ class Bench:
              f"{self.emu.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media"
              f"&name=bigraw%2F{store2}%2Fbig.dcm"])
         op = self.emu.import_and_wait(name2, f"gs://{BUCKET}/bigraw/{store2}/**")
+        t_raw = time.monotonic() - t0
+        self.leftover.append((store2, f"bigraw/{store2}/"))
+        self.clean()
         if "error" in op:
             raise RuntimeError(f"raw big import failed: {op['error']}")
-        return t_fs, time.monotonic() - t0
+        return t_fs, t_raw
 
     def listings(self, src):
         """ls -l of operations/ with many ops, and of import/ with pending files."""
@@ -579,17 +644,21 @@ def measure_n(bench, n, args, trees, data_root, size_kib=None, cpu_view=True):
             r["local_cp"].append(bench.local_cp(src))
             r["local_cp_fsync"].append(bench.local_cp_fsync(src))
         t_cp, t_done = bench.dicomfs_cp(src)
+        bench.clean()
         r["fs_cp"].append(t_cp)
         r["fs_done"].append(t_done)
         r["fs_cpu"].append(bench.cpu[0])
         r["fs_emu_cpu"].append(bench.cpu[1])
         r["raw"].append(bench.raw_parallel(files))
+        bench.clean()
         r["raw_cpu"].append(bench.cpu[0])
         r["raw_emu_cpu"].append(bench.cpu[1])
         if not args.no_rclone:
             r["rclone_copy"].append(bench.rclone_copy(src))
+            bench.clean()
             if cpu_view and n <= args.rclone_mount_max:
                 r["rclone_mount"].append(bench.rclone_mount(src, n))
+                bench.clean()
     r["median"] = {k: median(v) for k, v in r.items() if isinstance(v, list)}
     return r
 

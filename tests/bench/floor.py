@@ -189,6 +189,7 @@ def main():
                         res["dicomfs wait"].append(done)
                     else:
                         res[name].append(run_curl(b, files))
+                    b.clean()  # its objects and store gone before the next variant
             finally:
                 b.stop()
                 shutil.rmtree(work, ignore_errors=True)
