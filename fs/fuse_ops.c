@@ -321,6 +321,13 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     cfg->hard_remove = 1; /* no .fuse_hidden files in import/ */
     if (conn->capable & FUSE_CAP_ASYNC_READ)
         conn->want |= FUSE_CAP_ASYNC_READ;
+    /* Without it the kernel runs a lookup in a directory only after a
+     * readdir of that directory in flight (fuse_lock_inode): a `stat
+     * DS/STORE` would wait for an `ls DS` waiting on the server, although
+     * the last listing answers it at once. Nothing here needs the kernel's
+     * serialization: the directory cache is locked itself. */
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+        conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->max_write < (1u << 20))
         conn->max_write = 1u << 20;
     conn->max_readahead = 1u << 20;

@@ -14,7 +14,9 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include "fuse_ops.h"
+#include "fuse_ops.h" /* first: FUSE_USE_VERSION */
+#include "fuseio.h"
+#include <fuse_lowlevel.h>
 #include "log.h"
 #include "util.h"
 #include "options.h"
@@ -139,6 +141,15 @@ static int preflight(const fs_options *o, char *msg, size_t len)
     return rc;
 }
 
+/* Asks the kernel for parallel lookups and listings (fuseio.h). Without the
+ * hooks the mount works, but a lookup may wait behind a listing. */
+static void use_fuseio(struct fuse_session *se)
+{
+    static const struct fuse_custom_io io = {.writev = fuseio_writev, .read = fuseio_read};
+    if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0)
+        log_warn("cannot hook /dev/fuse: a lookup may wait behind a listing of its directory");
+}
+
 static int run(fs_options *o)
 {
     char msg[1024] = "";
@@ -185,6 +196,7 @@ static int run(fs_options *o)
     if (fuse_daemonize(o->foreground) != 0)
         goto out_unmount;
     struct fuse_session *se = fuse_get_session(f);
+    use_fuseio(se);
     if (fuse_set_signal_handlers(se) != 0)
         goto out_unmount;
     /* Built after the fork: no thread or connection crosses it. */

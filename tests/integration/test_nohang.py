@@ -19,6 +19,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 import resilience_util as ru
 from test_emulator_realism import control  # POST /_emulator/PATH?params
 from resilience_util import res_mounts  # noqa: F401  (fixture)
@@ -147,6 +149,50 @@ def test_server_stopped_nothing_hangs(emulator_factory, res_mounts, tmp_path):  
         max(cp_waits))
     log = m.log()
     assert "timeout=" in log, "no log line said why a listing was served stale:\n" + m.log_tail()
+
+
+def drop_unused_dentries():
+    """The kernel forgets every dentry not in use, so the next stat of a
+    name makes a real LOOKUP (fuse_lookup, run under the directory's lock
+    unless FUSE_PARALLEL_DIROPS) instead of revalidating its entry."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+def test_lookup_does_not_wait_behind_a_listing(emulator_factory, res_mounts):  # noqa: F811
+    """The server stops answering while `ls -l DS` waits for DS's listing:
+    a `stat DS/STORE` started meanwhile is answered from the last listing at
+    once, not after that listing's timeout (it was: 18-20 s)."""
+    if os.geteuid() != 0:
+        pytest.skip("forgetting the kernel's dentries (/proc/sys/vm/drop_caches) needs root")
+    emu = emulator_factory()
+    m = res_mounts(emu, commit_delay=1)
+    for d in (m.mnt, m.dataset_dir, m.store_dir):
+        assert timed(["ls", "-l", d])[1] == 0, d
+    time.sleep(6)  # every listing cache expired (5 s), the kernel's too (1 s)
+    drop_unused_dentries()
+    os.kill(emu.proc.pid, signal.SIGSTOP)
+    ls = None
+    try:
+        ls = subprocess.Popen(["ls", "-l", m.dataset_dir], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        time.sleep(2)  # ls waits for DS's listing now
+        ls_waiting = ls.poll() is None
+        secs, rc, err = timed(["stat", m.store_dir], timeout=60)
+    finally:
+        os.kill(emu.proc.pid, signal.SIGCONT)
+        if ls is not None:
+            try:
+                ls.wait(timeout=CALL_LIMIT_S)
+            except subprocess.TimeoutExpired:
+                ls.kill()
+                ls.wait()
+    ru.record_figures("lookup-behind-listing", None, stat_s=round(secs, 2),
+                      ls_waiting=ls_waiting)
+    assert ls_waiting, "ls -l DS was not waiting on the server when stat started: no test"
+    assert rc == 0, "stat DS/STORE failed (%r): %s\n%s" % (rc, err, m.log_tail())
+    assert secs < CP_LIMIT_S, "stat DS/STORE waited %.1f s behind ls -l DS\n%s" % (
+        secs, m.log_tail())
 
 
 def copy_all(src, files, m, pause=0.0):
