@@ -325,7 +325,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
      * readdir of that directory in flight (fuse_lock_inode): a `stat
      * DS/STORE` would wait for an `ls DS` waiting on the server, although
      * the last listing answers it at once. Nothing here needs the kernel's
-     * serialization: the directory cache is locked itself. */
+     * serialization: the directory cache is locked itself. libfuse < 3.17.1
+     * drops the wish: fuseio.c then puts it in the INIT reply. */
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
         conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->max_write < (1u << 20))

@@ -11,6 +11,7 @@
  * So the INIT reply is amended here, when the kernel offered the flag.
  * Nothing in dicomfs relies on the kernel's serialization: libfuse locks
  * its node table and paths, and every dicomfs cache has its own lock.
+ * Custom I/O turns libfuse's splice off; dicomfs never asked for it.
  * No FUSE headers: the unit test drives it through pipes. */
 #ifndef DICOMFS_FUSEIO_H
 #define DICOMFS_FUSEIO_H
