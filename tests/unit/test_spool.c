@@ -477,6 +477,16 @@ TEST(spool_recycle_keeps_bytes_within_budget)
         if (fd >= 0)
             close(fd);
     }
+    /* The pool thread fills the pool with empty files from the first
+     * spool_create on, pushing each on top: let it finish (32 files in
+     * spool-pool/, then a moment for its last push), or a file it makes
+     * after the recycles below comes out first. Seen failing under load. */
+    char pool[160];
+    snprintf(pool, sizeof pool, "%s/spool-pool", dir);
+    for (int t = 0; t < 400 && count_dir(pool) < 32; t++)
+        usleep(50000);
+    CHECK_EQ_INT(count_dir(pool), 32);
+    usleep(100000);
     for (int i = 0; i < 2; i++)
         CHECK_EQ_INT(spool_recycle(sp, ids[i]), 0);
     /* The pool is a stack: the second one (emptied) comes out first. */
