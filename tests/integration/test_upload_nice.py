@@ -72,6 +72,32 @@ def test_upload_threads_run_at_upload_nice(emulator_factory, res_mounts, tmp_pat
     assert all(nice == base for _, nice in by_kind["other"]), threads
 
 
+def test_streaming_upload_thread_runs_at_upload_nice(emulator_factory, res_mounts):  # noqa: F811
+    """A file still being written uploads from a dfs-stream thread once it
+    reaches stream_min (1 MiB here): that thread runs at upload_nice too."""
+    from dicom_samples import large_instance_header
+    from pydicom.uid import generate_uid
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert base < 7, "run the tests at a nice below 7 (now %d)" % base
+    emu = emulator_factory("--fault-latency-ms", "1500", "--fault-paths", "/upload/")
+    m = res_mounts(emu, extra_opts=["upload_nice=7", "stream_min=1"])
+    side = 1024  # 2 MiB of 16-bit pixels
+    head = large_instance_header(generate_uid(), generate_uid(), generate_uid(), side,
+                                 ("Stream^Nice", "NICE-1"))
+    dst = os.path.join(m.import_dir, "big.dcm")
+    with open(dst, "wb") as f:  # held open: the stream runs while it is written
+        f.write(head)
+        f.write(bytes(side * side))
+        f.flush()
+        assert ru.wait_until(lambda: any(
+            n == "dfs-stream" for n, _ in thread_nices(m.proc.pid).values()), 30), m.log_tail()
+        streams = [nice for n, nice in thread_nices(m.proc.pid).values() if n == "dfs-stream"]
+        f.write(bytes(side * side))
+    assert streams and set(streams) == {7}, streams
+    wrc, wout = m.wait(timeout=120)
+    assert wrc == 0, wout
+
+
 @pytest.mark.parametrize("value", ["99", "-1", "20", "x"])
 def test_bad_upload_nice_is_refused_before_mounting(emulator, res_mounts, value):  # noqa: F811
     m = res_mounts(emulator, start=False, extra_opts=["upload_nice=" + value])
